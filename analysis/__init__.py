@@ -1,0 +1,5 @@
+"""Loading sweep results into pandas and drawing the paper's figures."""
+
+from analysis.load import load_points, load_results
+
+__all__ = ["load_results", "load_points"]

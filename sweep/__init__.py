@@ -1,0 +1,1 @@
+"""The sweep driver: configuration, planning, dispatch to Ray, and the ``sweep`` CLI."""

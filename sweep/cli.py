@@ -1,0 +1,91 @@
+"""``sweep``: launch a sweep, or show the status of one.
+
+    sweep launch [KEY=VALUE ...]     Hydra overrides, e.g. dataset=fashion_mnist trials=64
+    sweep status SWEEP_DIR
+
+Bad input ends with one line on stderr naming the key and what is allowed, exit code 2, before
+anything is written or Ray starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _fail(msg: str) -> int:
+    print(f"sweep: error: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_launch(overrides: list[str]) -> int:
+    from sweep.config import ConfigError, compose
+    from sweep.driver import launch
+    from workers.data import DataError
+
+    try:
+        cfg = compose(overrides)
+        launch(cfg)
+    except (ConfigError, DataError) as e:
+        return _fail(str(e))
+    return 0
+
+
+def cmd_status(sweep_dir: str) -> int:
+    import pyarrow.parquet as pq
+
+    from sweep.driver import PLAN_FILE
+    from workers.results import ResultError, read_trial, trial_path
+
+    d = Path(sweep_dir)
+    if not (d / PLAN_FILE).is_file():
+        return _fail(f"SWEEP_DIR: {d} is not a sweep directory (no {PLAN_FILE})")
+    planned = pq.read_table(d / PLAN_FILE, columns=["trial_id"]).column("trial_id").to_pylist()
+    counts: Counter = Counter()
+    failures, invalid = [], []
+    for tid in planned:
+        p = trial_path(d, tid)
+        if not p.exists():
+            counts["pending"] += 1
+            continue
+        try:
+            row = read_trial(p, columns=["trial_id", "status", "error"]).to_pylist()[0]
+        except ResultError as e:
+            counts["invalid"] += 1
+            invalid.append(str(e))
+            continue
+        counts[row["status"]] += 1
+        if row["status"] != "ok":
+            failures.append((tid, row["status"], (row["error"] or "").splitlines()[0:1]))
+    print(f"sweep {d}: {len(planned)} trials planned")
+    for k in ("ok", "diverged", "failed", "oom", "invalid", "pending"):
+        if counts[k]:
+            print(f"  {k:9s}{counts[k]:>8d}")
+    done = len(planned) - counts["pending"] - counts["invalid"]
+    print(f"  progress {done}/{len(planned)} ({100.0 * done / max(1, len(planned)):.1f}%)")
+    for tid, status, err in failures:
+        print(f"  {tid} {status}: {err[0] if err else ''}")
+    for e in invalid:
+        print(f"  invalid: {e}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sweep", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_launch = sub.add_parser("launch", help="plan and run a sweep (Hydra overrides: KEY=VALUE ...)")
+    p_launch.add_argument("overrides", nargs="*", help="e.g. dataset=fashion_mnist trials=64")
+    p_status = sub.add_parser("status", help="counts by status and failures of a sweep directory")
+    p_status.add_argument("sweep_dir")
+    args = parser.parse_args(argv)
+    if args.command == "launch":
+        return cmd_launch(args.overrides)
+    return cmd_status(args.sweep_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""The sweep configuration as a validated, typed object.
+
+Hydra composes ``conf/``; :func:`from_dictconfig` turns the result into a frozen
+:class:`SweepConfig` or raises :class:`ConfigError` with one line naming the key, the bad value
+and what is allowed. Nothing else in the code reads raw configuration dictionaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from workers.activations import ACTIVATIONS
+from workers.data import DATASETS
+from workers.train import MINIBATCH_OPTIMIZERS, OPTIMIZERS
+
+SPACE_KEYS = ("width", "depth", "activation", "optimizer", "lr", "batch_size", "init_scale", "seed")
+SAMPLERS = ("random", "qmc")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    root: str | None
+    download: bool
+    train_size: int | None
+    test_size: int | None
+    random_labels: bool
+    augment: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class Space:
+    width: tuple[int, ...]
+    depth: tuple[int, ...]
+    activation: tuple[str, ...]
+    optimizer: tuple[str, ...]
+    lr: tuple[float, ...]
+    batch_size: tuple[int, ...]
+    init_scale: tuple[float, ...]
+    seed: tuple[int, ...]
+
+    def values(self, key: str) -> tuple:
+        return getattr(self, key)
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    sampler: str
+    grid: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LbfgsConfig:
+    lr: float
+    max_iter: int
+    history_size: int
+    tolerance_grad: float
+    tolerance_change: float
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    early_stop: bool
+    check_every: int
+    lr_decay_epochs: int
+    lr_decay: float
+    lbfgs: LbfgsConfig
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    jacobian_points: int | None
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str | None
+    num_cpus: int | None
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_retries: int
+    max_in_flight: int | None
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    trials: int
+    seed: int
+    out: str | None
+    save_weights: bool
+    dataset: DatasetConfig
+    space: Space
+    plan: PlanConfig
+    train: TrainConfig
+    metrics: MetricsConfig
+    cluster: ClusterConfig
+    resources: ResourcesConfig
+    figure: bool
+    progress: bool
+
+    def identity(self) -> dict:
+        """What defines the sweep's set of trials: two configurations with the same identity
+        plan the same trials. Paths, cluster, resources and display settings are not part of it."""
+        d = asdict(self)
+        for k in ("out", "save_weights", "cluster", "resources", "figure", "progress"):
+            d.pop(k)
+        d["dataset"].pop("root")
+        d["dataset"].pop("download")
+        return d
+
+    def identity_hash(self) -> str:
+        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / f"{self.name}-{self.identity_hash()}"
+
+    @property
+    def train_split_size(self) -> int:
+        return self.dataset.train_size or DATASETS[self.dataset.name].train_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking helpers: each raises ConfigError naming the key
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int(key: str, v, lo: int | None = None, hi: int | None = None, allow_none=False) -> int | None:
+    if v is None and allow_none:
+        return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not _is_int(v):
+        raise ConfigError(f"{key}: expected an integer, got {v!r}")
+    if lo is not None and v < lo:
+        raise ConfigError(f"{key}: must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ConfigError(f"{key}: must be <= {hi}, got {v}")
+    return v
+
+
+def _float(key: str, v, positive=False, lo=None, hi=None) -> float:
+    if not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+        raise ConfigError(f"{key}: expected a number, got {v!r}")
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ConfigError(f"{key}: must be finite, got {v}")
+    if positive and v <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {v:g}")
+    if lo is not None and v < lo:
+        raise ConfigError(f"{key}: must be >= {lo}, got {v:g}")
+    if hi is not None and v > hi:
+        raise ConfigError(f"{key}: must be <= {hi}, got {v:g}")
+    return v
+
+
+def _bool(key: str, v) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}: expected true or false, got {v!r}")
+    return v
+
+
+def _choice(key: str, v, allowed) -> str:
+    if v not in allowed:
+        raise ConfigError(f"{key}: unknown value {v!r}; allowed: {', '.join(allowed)}")
+    return v
+
+
+def _list(key: str, v) -> list:
+    items = list(v) if isinstance(v, (list, tuple)) else [v]
+    if not items:
+        raise ConfigError(f"{key}: needs at least one value")
+    return items
+
+
+def _section(d: dict, key: str) -> dict:
+    v = d.get(key)
+    if not isinstance(v, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {v!r}")
+    return v
+
+
+def _space(d: dict, train_split: int) -> Space:
+    def each(key, fn):
+        vals = tuple(fn(f"space.{key}", x) for x in _list(f"space.{key}", d.get(key)))
+        if len(set(vals)) != len(vals):
+            raise ConfigError(f"space.{key}: repeated values in {list(vals)}")
+        return vals
+
+    batch = each("batch_size", lambda k, x: _int(k, x, lo=1))
+    optimizers = each("optimizer", lambda k, x: _choice(k, x, OPTIMIZERS))
+    if any(o in MINIBATCH_OPTIMIZERS for o in optimizers):
+        for b in batch:
+            if b > train_split:
+                raise ConfigError(
+                    f"space.batch_size: {b} is larger than the train set ({train_split} points); "
+                    f"allowed: 1..{train_split}"
+                )
+    return Space(
+        width=each("width", lambda k, x: _int(k, x, lo=1)),
+        depth=each("depth", lambda k, x: _int(k, x, lo=2)),
+        activation=each("activation", lambda k, x: _choice(k, x, tuple(ACTIVATIONS))),
+        optimizer=optimizers,
+        lr=each("lr", lambda k, x: _float(k, x, positive=True)),
+        batch_size=batch,
+        init_scale=each("init_scale", lambda k, x: _float(k, x, positive=True)),
+        seed=each("seed", lambda k, x: _int(k, x, lo=0)),
+    )
+
+
+def from_dict(d: dict[str, Any]) -> SweepConfig:
+    """Validate a plain (resolved) configuration mapping into a :class:`SweepConfig`."""
+    ds = _section(d, "dataset")
+    name = _choice("dataset.name", ds.get("name"), tuple(DATASETS))
+    info = DATASETS[name]
+    dataset = DatasetConfig(
+        name=name,
+        root=None if ds.get("root") is None else str(ds["root"]),
+        download=_bool("dataset.download", ds.get("download", False)),
+        train_size=_int("dataset.train_size", ds.get("train_size"), 1, info.train_size, True),
+        test_size=_int("dataset.test_size", ds.get("test_size"), 1, info.test_size, True),
+        random_labels=_bool("dataset.random_labels", ds.get("random_labels", False)),
+        augment=_bool("dataset.augment", ds.get("augment", False)),
+        seed=_int("dataset.seed", ds.get("seed", 0), lo=0),
+    )
+    train_split = dataset.train_size or info.train_size
+    space = _space(_section(d, "space"), train_split)
+    if dataset.augment and "lbfgs" in space.optimizer:
+        raise ConfigError(
+            "dataset.augment: true cannot be combined with optimizer lbfgs in space.optimizer "
+            "(a full-batch line search needs a fixed objective); allowed optimizers with "
+            f"augmentation: {', '.join(MINIBATCH_OPTIMIZERS)}"
+        )
+    p = _section(d, "plan")
+    grid = tuple(_choice("plan.grid", k, SPACE_KEYS) for k in _list("plan.grid", p.get("grid") or [None])
+                 if k is not None)
+    plan = PlanConfig(sampler=_choice("plan.sampler", p.get("sampler"), SAMPLERS), grid=grid)
+    t = _section(d, "train")
+    lb = _section(t, "lbfgs")
+    train = TrainConfig(
+        steps=_int("train.steps", t.get("steps"), lo=1),
+        early_stop=_bool("train.early_stop", t.get("early_stop")),
+        check_every=_int("train.check_every", t.get("check_every"), lo=1),
+        lr_decay_epochs=_int("train.lr_decay_epochs", t.get("lr_decay_epochs"), lo=1),
+        lr_decay=_float("train.lr_decay", t.get("lr_decay"), positive=True, hi=1.0),
+        lbfgs=LbfgsConfig(
+            lr=_float("train.lbfgs.lr", lb.get("lr"), positive=True),
+            max_iter=_int("train.lbfgs.max_iter", lb.get("max_iter"), lo=1),
+            history_size=_int("train.lbfgs.history_size", lb.get("history_size"), lo=1),
+            tolerance_grad=_float("train.lbfgs.tolerance_grad", lb.get("tolerance_grad"), lo=0.0),
+            tolerance_change=_float("train.lbfgs.tolerance_change", lb.get("tolerance_change"), lo=0.0),
+        ),
+    )
+    m = _section(d, "metrics")
+    c = _section(d, "cluster")
+    r = _section(d, "resources")
+    address = c.get("address")
+    return SweepConfig(
+        name=str(d.get("name")),
+        trials=_int("trials", d.get("trials"), lo=1),
+        seed=_int("seed", d.get("seed"), lo=0),
+        out=None if d.get("out") is None else str(d["out"]),
+        save_weights=_bool("save_weights", d.get("save_weights")),
+        dataset=dataset,
+        space=space,
+        plan=plan,
+        train=train,
+        metrics=MetricsConfig(_int("metrics.jacobian_points", m.get("jacobian_points"), lo=1, allow_none=True)),
+        cluster=ClusterConfig(
+            address=None if address is None else str(address),
+            num_cpus=_int("cluster.num_cpus", c.get("num_cpus"), lo=1, allow_none=True),
+        ),
+        resources=ResourcesConfig(
+            cpus_per_trial=_float("resources.cpus_per_trial", r.get("cpus_per_trial"), positive=True),
+            gpus_per_trial=_float("resources.gpus_per_trial", r.get("gpus_per_trial"), lo=0.0),
+            max_retries=_int("resources.max_retries", r.get("max_retries"), lo=0),
+            max_in_flight=_int("resources.max_in_flight", r.get("max_in_flight"), lo=1, allow_none=True),
+        ),
+        figure=_bool("figure", d.get("figure")),
+        progress=_bool("progress", d.get("progress")),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Hydra
+
+
+def conf_dir() -> Path:
+    import conf
+
+    return Path(conf.__file__).parent
+
+
+def available(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+    """Compose ``conf/`` with command-line style overrides and validate the result."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    for o in overrides:  # a group choice that does not exist gets the allowed values
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if key in ("dataset", "experiment") and value not in available(key):
+            raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(available(key))}")
+    try:
+        with initialize_config_dir(str(conf_dir()), version_base=None):
+            cfg = hydra_compose("config", overrides=list(overrides))
+        d = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"configuration: {first}") from None
+    return from_dict(d)

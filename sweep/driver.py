@@ -1,0 +1,210 @@
+"""Launching a sweep: check everything, write the plan, dispatch the trials to Ray.
+
+The sweep directory holds ``sweep.json`` (the configuration and its identity), ``plan.parquet``
+(the manifest: one row per planned trial), ``trials/<trial_id>.parquet`` (one result per trial,
+the source of truth) and ``figures/``. Launching into a directory of the same sweep runs exactly
+the planned trials that have no valid result file yet; a directory of a different sweep is
+refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from sweep.config import ConfigError, SweepConfig
+from sweep.plan import manifest_table, plan_trials
+from workers.data import DataError, check_available
+from workers.results import (
+    ResultError, atomic_write_bytes_via, read_trial, trial_path, trials_dir, valid_trial_ids,
+    write_trial,
+)
+from workers.spec import RunContext, TrialSpec
+
+SWEEP_FILE = "sweep.json"
+PLAN_FILE = "plan.parquet"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def check_out_dir(out: Path, cfg: SweepConfig) -> None:
+    """Refuse a directory that holds something other than this sweep."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"out: {out} exists and is not a directory")
+    meta = out / SWEEP_FILE
+    if meta.is_file():
+        try:
+            stored = json.loads(meta.read_text())["identity_hash"]
+        except Exception:
+            raise ConfigError(f"out: {meta} is unreadable; choose another out directory") from None
+        if stored != cfg.identity_hash():
+            raise ConfigError(
+                f"out: {out} holds a different sweep (identity {stored}, this configuration "
+                f"{cfg.identity_hash()}); choose another out directory or the same configuration"
+            )
+    elif any(out.iterdir()):
+        raise ConfigError(f"out: {out} is not empty and holds no {SWEEP_FILE}; choose another out directory")
+
+
+def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec]]:
+    """All checks, then the sweep directory with its configuration and plan. Raises
+    ConfigError/DataError before anything is written."""
+    specs = plan_trials(cfg)
+    out = cfg.out_dir()
+    check_out_dir(out, cfg)
+    check_available(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
+    if len(specs) < cfg.trials:
+        log(f"note: the space holds only {len(specs)} distinct configurations; planning {len(specs)} "
+            f"trials instead of {cfg.trials}")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = out / SWEEP_FILE
+    if not meta.exists():
+        doc = {"identity_hash": cfg.identity_hash(), "config": asdict(cfg), "created": time.time()}
+        text = json.dumps(doc, indent=2, sort_keys=True)
+        atomic_write_bytes_via(meta, lambda tmp: Path(tmp).write_text(text))
+    plan = out / PLAN_FILE
+    if not plan.exists():
+        table = manifest_table(specs)
+        atomic_write_bytes_via(plan, lambda tmp: pq.write_table(table, tmp))
+    trials_dir(out).mkdir(exist_ok=True)
+    return out, specs
+
+
+def pending(out: Path, specs: list[TrialSpec]) -> list[TrialSpec]:
+    """Planned trials without a valid result file. Unreadable files are moved aside to
+    ``trials/invalid/`` (never deleted) so that the re-run can write its result."""
+    done = valid_trial_ids(out)
+    todo = []
+    for s in specs:
+        if s.trial_id in done:
+            continue
+        p = trial_path(out, s.trial_id)
+        if p.exists():
+            bad = trials_dir(out) / "invalid"
+            bad.mkdir(exist_ok=True)
+            os.replace(p, bad / f"{p.name}.{int(time.time())}")
+        todo.append(s)
+    return todo
+
+
+def _run_remote(spec: TrialSpec, ctx: RunContext) -> dict:
+    from workers.trial import run_trial
+
+    row = run_trial(spec, ctx)
+    return {"trial_id": row["trial_id"], "status": row["status"], "error": row["error"]}
+
+
+def _record_system_failure(out: Path, spec: TrialSpec, exc: BaseException) -> str:
+    """A trial whose worker died (after Ray's retries) gets a result recording why."""
+    from workers.trial import failure_summary
+
+    try:  # the worker may have written its result just before it died
+        read_trial(trial_path(out, spec.trial_id), columns=["trial_id"])
+        return "ok"
+    except ResultError:
+        pass
+    import ray.exceptions as rex
+
+    status = "oom" if isinstance(exc, rex.OutOfMemoryError) else "failed"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    write_trial(out, failure_summary(spec, status, f"{type(exc).__name__}: {first}"[:4000]))
+    return status
+
+
+def start_ray(cfg: SweepConfig):
+    """A local Ray bound to 127.0.0.1 without a dashboard, or the cluster at cluster.address."""
+    # Must be in the environment before Ray starts: keeps a local Ray on the loopback interface.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    common = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    if cfg.cluster.address is None:
+        ray.init(address="local", num_cpus=cfg.cluster.num_cpus, _node_ip_address="127.0.0.1",
+                 **common)
+    else:
+        common.pop("include_dashboard")
+        ray.init(address=cfg.cluster.address, **common)
+    return ray
+
+
+def dispatch(cfg: SweepConfig, out: Path, todo: list[TrialSpec]) -> dict[str, int]:
+    """Run ``todo`` on Ray with bounded in-flight work; returns counts by status."""
+    from tqdm import tqdm
+
+    ray = start_ray(cfg)
+    res = cfg.resources
+    ctx = RunContext(
+        out_dir=str(out.resolve()), data_root=cfg.dataset.root, download=cfg.dataset.download,
+        save_weights=cfg.save_weights, device="cuda" if res.gpus_per_trial > 0 else "cpu",
+        num_threads=max(1, math.floor(res.cpus_per_trial)),
+    )
+    remote = ray.remote(_run_remote).options(
+        num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial, max_retries=res.max_retries,
+        retry_exceptions=False,
+    )
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
+    max_in_flight = res.max_in_flight or 2 * slots
+    counts = {"ok": 0, "failed": 0, "diverged": 0, "oom": 0}
+    queue = list(reversed(todo))
+    in_flight: dict = {}
+    bar = tqdm(total=len(todo), disable=not cfg.progress, unit="trial", dynamic_ncols=True,
+               file=sys.stderr)
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < max_in_flight:
+                spec = queue.pop()
+                in_flight[remote.remote(spec, ctx)] = spec
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                spec = in_flight.pop(ref)
+                try:
+                    status = ray.get(ref)["status"]
+                except Exception as e:  # the worker or its node died after all retries
+                    status = _record_system_failure(out, spec, e)
+                counts[status] += 1
+                bar.update(1)
+            bar.set_postfix(ok=counts["ok"], failed=counts["failed"] + counts["oom"],
+                            diverged=counts["diverged"], running=min(len(in_flight), slots),
+                            refresh=False)
+            bar.refresh()
+    finally:
+        bar.close()
+    return counts
+
+
+def launch(cfg: SweepConfig) -> Path:
+    out, specs = prepare(cfg)
+    todo = pending(out, specs)
+    log(f"sweep directory: {out}")
+    log(f"{len(specs)} trials planned, {len(specs) - len(todo)} already have results, "
+        f"{len(todo)} to run")
+    t0 = time.perf_counter()
+    if todo:
+        counts = dispatch(cfg, out, todo)
+        log("finished in {:.1f} s: ".format(time.perf_counter() - t0)
+            + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    if cfg.figure:
+        from analysis.figures import jacobian_vs_gap
+        from analysis.load import load_results
+
+        df = load_results(out)
+        fig = jacobian_vs_gap(df, out / "figures" / "jacobian_vs_gap.png")
+        if fig is not None:
+            log(f"figure: {fig}")
+    log(f"results: {out}  (analysis.load_results({str(out)!r}))")
+    return out

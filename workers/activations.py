@@ -1,0 +1,76 @@
+"""The non-linearities of A.4, with their linear-region breakpoints and init gains.
+
+Each activation is defined exactly as the paper does it. In particular HardSigmoid is
+``min(max(x + 0.5, 0), 1)`` with breakpoints at -0.5 and 0.5; ``torch.nn.Hardsigmoid`` is a
+different function (``relu6(x + 3) / 6``, breakpoints at -3 and 3) and is not used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Activation:
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    breakpoints: tuple[float, ...]  # where the linear piece changes (Tanh: 0, the sign boundary)
+    piecewise_linear: bool
+    init_variance: float  # v in Var(W_ij) = s^2 v / n_in (A.5)
+
+
+def _relu(x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(x, min=0.0)
+
+
+def _relu6(x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(x, min=0.0, max=6.0)
+
+
+def _hardtanh(x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(x, min=-1.0, max=1.0)
+
+
+def _hardsigmoid(x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(x + 0.5, min=0.0, max=1.0)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": Activation("relu", _relu, (0.0,), True, 2.0),
+    "relu6": Activation("relu6", _relu6, (0.0, 6.0), True, 2.0),
+    "tanh": Activation("tanh", torch.tanh, (0.0,), False, 1.0),
+    "hardtanh": Activation("hardtanh", _hardtanh, (-1.0, 1.0), True, 1.0),
+    "hardsigmoid": Activation("hardsigmoid", _hardsigmoid, (-0.5, 0.5), True, 2.0),
+}
+
+
+def get_activation(name: str) -> Activation:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"activation: unknown value {name!r}; allowed: {', '.join(ACTIVATIONS)}"
+        ) from None
+
+
+class PaperActivation(nn.Module):
+    """An A.4 non-linearity as a module; ``breakpoints`` are its linear-region boundaries."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.spec = get_activation(name)
+        self.name = name
+
+    @property
+    def breakpoints(self) -> tuple[float, ...]:
+        return self.spec.breakpoints
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spec.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name

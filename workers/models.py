@@ -1,0 +1,76 @@
+"""Fully connected, bias-free networks of A.4/A.5.
+
+``depth`` is the number of weight matrices (depth 2 = one hidden layer); ``width`` the number of
+units in each hidden layer. Weights are drawn from N(0, s^2 v / n_in) with v = 2 for ReLU, ReLU6
+and HardSigmoid and v = 1 for Tanh and HardTanh (A.5); s is ``init_scale``, the paper's
+"weight std multiplier".
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from workers.activations import PaperActivation, get_activation
+
+
+def build_mlp(
+    input_dim: int,
+    width: int,
+    depth: int,
+    num_classes: int,
+    activation: str,
+    init_scale: float = 1.0,
+    seed: int = 0,
+) -> nn.Sequential:
+    """Build a bias-free MLP: ``depth`` Linear layers with the activation between them.
+
+    The returned ``nn.Sequential`` alternates ``nn.Linear(bias=False)`` and
+    :class:`~workers.activations.PaperActivation`; it maps [N, input_dim] to logits
+    [N, num_classes]. Initialization is deterministic given ``seed`` (its own generator; the
+    global torch RNG is not touched).
+    """
+    if depth < 2:
+        raise ValueError(f"depth: must be >= 2 (number of weight matrices), got {depth}")
+    if width < 1:
+        raise ValueError(f"width: must be >= 1, got {width}")
+    act = get_activation(activation)
+    gen = torch.Generator().manual_seed(int(seed))
+    dims = [input_dim] + [width] * (depth - 1) + [num_classes]
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:])):
+        lin = nn.Linear(n_in, n_out, bias=False)
+        std = init_scale * math.sqrt(act.init_variance / n_in)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(n_out, n_in, generator=gen) * std)
+        layers.append(lin)
+        if i < depth - 1:
+            layers.append(PaperActivation(activation))
+    return nn.Sequential(*layers)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_model(sweep_dir: str | Path, trial_id: str) -> nn.Sequential:
+    """Rebuild the trained network of ``trial_id`` from a sweep run with ``save_weights=true``."""
+    from safetensors.torch import load_file
+
+    from workers.results import read_trial_summary, weights_path
+
+    row = read_trial_summary(sweep_dir, trial_id)
+    path = weights_path(sweep_dir, trial_id)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no saved weights for trial {trial_id} at {path}; run the sweep with save_weights=true"
+        )
+    model = build_mlp(
+        int(row["input_dim"]), int(row["width"]), int(row["depth"]), int(row["num_classes"]),
+        str(row["activation"]), float(row["init_scale"]), int(row["seed"]),
+    )
+    model.load_state_dict(load_file(str(path)))
+    return model

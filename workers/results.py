@@ -1,0 +1,169 @@
+"""Per-trial result files: one Parquet file per trial, explicit schema, atomic writes.
+
+A trial's file ``<sweep>/trials/<trial_id>.parquet`` holds one row: the summary columns and a
+``points`` column, a list of per-point records (split, index, label, jacobian_norm, loss,
+correct). ``analysis.load_results`` reads the summary columns only; ``analysis.load_points``
+flattens ``points``. A file is written to a temporary name and renamed, so a reader sees either
+nothing or the whole file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "diverged", "oom")
+
+POINT_TYPE = pa.struct(
+    [
+        ("split", pa.string()),
+        ("index", pa.int64()),  # row in the (subset) split the trial trained / tested on
+        ("label", pa.int64()),
+        ("jacobian_norm", pa.float64()),
+        ("loss", pa.float64()),
+        ("correct", pa.bool_()),
+    ]
+)
+
+SUMMARY_FIELDS = [
+    ("trial_id", pa.string()),
+    ("schema_version", pa.int32()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("dataset", pa.string()),
+    ("train_size", pa.int64()),
+    ("test_size", pa.int64()),
+    ("random_labels", pa.bool_()),
+    ("augment", pa.bool_()),
+    ("width", pa.int64()),
+    ("depth", pa.int64()),
+    ("activation", pa.string()),
+    ("optimizer", pa.string()),
+    ("lr", pa.float64()),
+    ("batch_size", pa.int64()),
+    ("init_scale", pa.float64()),
+    ("seed", pa.int64()),
+    ("step_budget", pa.int64()),
+    ("steps", pa.int64()),
+    ("input_dim", pa.int64()),
+    ("num_classes", pa.int64()),
+    ("n_params", pa.int64()),
+    ("train_acc", pa.float64()),
+    ("test_acc", pa.float64()),
+    ("train_loss", pa.float64()),
+    ("test_loss", pa.float64()),
+    ("gen_gap", pa.float64()),
+    ("jacobian_norm_train", pa.float64()),
+    ("jacobian_norm_test", pa.float64()),
+    ("jacobian_points_train", pa.int64()),
+    ("jacobian_points_test", pa.int64()),
+    ("wall_time_s", pa.float64()),
+    ("hostname", pa.string()),
+    ("spec", pa.string()),  # the canonical JSON the trial id hashes
+]
+SUMMARY_COLUMNS = [name for name, _ in SUMMARY_FIELDS]
+SCHEMA = pa.schema(
+    SUMMARY_FIELDS + [("points", pa.list_(POINT_TYPE))],
+    metadata={b"sensitivity_sweep_schema_version": str(SCHEMA_VERSION).encode()},
+)
+
+
+class ResultError(RuntimeError):
+    """A result file that is missing, truncated, corrupt or of another schema."""
+
+
+def trials_dir(sweep_dir: str | Path) -> Path:
+    return Path(sweep_dir) / "trials"
+
+
+def trial_path(sweep_dir: str | Path, trial_id: str) -> Path:
+    return trials_dir(sweep_dir) / f"{trial_id}.parquet"
+
+
+def weights_path(sweep_dir: str | Path, trial_id: str) -> Path:
+    return Path(sweep_dir) / "weights" / f"{trial_id}.safetensors"
+
+
+def atomic_write_bytes_via(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename it onto ``path`` (same directory, so atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_trial(sweep_dir: str | Path, summary: dict, points: list[dict] | None = None) -> Path:
+    """Write one trial's row atomically; every summary column must be present (None allowed)."""
+    missing = [c for c in SUMMARY_COLUMNS if c not in summary and c != "schema_version"]
+    if missing:
+        raise ValueError(f"summary lacks columns: {missing}")
+    if summary["status"] not in STATUSES:
+        raise ValueError(f"status: {summary['status']!r} not one of {STATUSES}")
+    row = {c: summary.get(c) for c in SUMMARY_COLUMNS}
+    row["schema_version"] = SCHEMA_VERSION
+    row["points"] = points or []
+    table = pa.Table.from_pylist([row], schema=SCHEMA)
+    path = trial_path(sweep_dir, summary["trial_id"])
+    atomic_write_bytes_via(path, lambda tmp: pq.write_table(table, tmp))
+    return path
+
+
+def points_columns(split: str, index, label, jac, loss, correct) -> list[dict]:
+    """Per-point records from equal-length sequences (tensors or lists)."""
+    cols = [list(map(int, index)), list(map(int, label)), list(map(float, jac)),
+            list(map(float, loss)), list(map(bool, correct))]
+    return [
+        {"split": split, "index": i, "label": l, "jacobian_norm": j, "loss": lo, "correct": c}
+        for i, l, j, lo, c in zip(*cols)
+    ]
+
+
+def read_trial(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read and validate one trial file; raise :class:`ResultError` if it is not a valid result."""
+    path = Path(path)
+    try:
+        pf = pq.ParquetFile(path)
+        meta = pf.schema_arrow.metadata or {}
+        version = meta.get(b"sensitivity_sweep_schema_version")
+        if version != str(SCHEMA_VERSION).encode():
+            raise ResultError(f"{path}: schema version {version!r}, expected {SCHEMA_VERSION}")
+        table = pf.read(columns=columns)
+    except ResultError:
+        raise
+    except Exception as e:  # truncated, not Parquet, unreadable
+        raise ResultError(f"{path}: unreadable result file ({type(e).__name__}: {e})") from None
+    if table.num_rows != 1:
+        raise ResultError(f"{path}: {table.num_rows} rows, expected 1")
+    return table
+
+
+def read_trial_summary(sweep_dir: str | Path, trial_id: str) -> dict:
+    table = read_trial(trial_path(sweep_dir, trial_id), columns=SUMMARY_COLUMNS)
+    return table.to_pylist()[0]
+
+
+def valid_trial_ids(sweep_dir: str | Path) -> dict[str, str]:
+    """trial_id -> status for every readable result file in the sweep."""
+    out: dict[str, str] = {}
+    d = trials_dir(sweep_dir)
+    if not d.is_dir():
+        return out
+    for p in sorted(d.glob("*.parquet")):
+        try:
+            row = read_trial(p, columns=["trial_id", "status"]).to_pylist()[0]
+        except ResultError:
+            continue
+        if row["trial_id"] == p.stem:
+            out[row["trial_id"]] = row["status"]
+    return out

@@ -1,0 +1,143 @@
+"""Training with cross-entropy (A.5): SGD, Momentum, Adam, RMSProp and full-batch L-BFGS.
+
+Secondary optimizer coefficients are PyTorch's defaults (Momentum: 0.9). The learning rate is
+multiplied by ``lr_decay`` every ``lr_decay_epochs`` epochs. Training stops at the step budget,
+or - with ``early_stop`` - once the whole (un-augmented) train set is classified 100% correctly,
+checked every ``check_every`` steps. A non-finite loss ends training as diverged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.data import Data, augment_batch
+from workers.metrics import accuracy
+from workers.spec import TrainSpec
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "lbfgs")
+MINIBATCH_OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+
+
+@dataclass
+class TrainOutcome:
+    steps: int  # optimizer steps (L-BFGS: iterations) actually run
+    diverged: bool = False
+    reason: str | None = None
+
+
+def make_optimizer(name: str, params, lr: float, train: TrainSpec) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    if name == "lbfgs":
+        return torch.optim.LBFGS(
+            params, lr=lr, max_iter=train.check_every, history_size=train.lbfgs_history,
+            tolerance_grad=train.lbfgs_tolerance_grad,
+            tolerance_change=train.lbfgs_tolerance_change, line_search_fn="strong_wolfe",
+        )
+    raise ValueError(f"optimizer: unknown value {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+
+
+def decayed_lr(lr0: float, epoch: float, train: TrainSpec) -> float:
+    return lr0 * train.lr_decay ** math.floor(epoch / train.lr_decay_epochs)
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def _all_correct(model: nn.Module, data: Data) -> bool:
+    return accuracy(model, data.x_train.flatten(1), data.y_train) == 1.0
+
+
+def train_model(
+    model: nn.Module, data: Data, optimizer: str, lr: float, batch_size: int | None,
+    train: TrainSpec, seed: int, augment: bool = False,
+) -> TrainOutcome:
+    if optimizer == "lbfgs":
+        return _train_lbfgs(model, data, lr, train)
+    return _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augment)
+
+
+def _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augment) -> TrainOutcome:
+    dev = data.x_train.device
+    n = len(data.y_train)
+    gen = torch.Generator(device=dev).manual_seed(int(seed))
+    opt = make_optimizer(optimizer, model.parameters(), lr, train)
+    x_train, y_train = data.x_train, data.y_train
+    perm, pos = torch.randperm(n, generator=gen, device=dev), 0
+    nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
+    current_lr = lr
+    model.train()
+    for step in range(train.steps):
+        if pos + batch_size > n:  # a new epoch: reshuffle, drop the remainder
+            perm, pos = torch.randperm(n, generator=gen, device=dev), 0
+        idx = perm[pos : pos + batch_size]
+        pos += batch_size
+        new_lr = decayed_lr(lr, step * batch_size / n, train)
+        if new_lr != current_lr:
+            _set_lr(opt, new_lr)
+            current_lr = new_lr
+        xb = x_train[idx]
+        if augment:
+            xb = augment_batch(xb, gen)
+        loss = F.cross_entropy(model(xb.flatten(1)), y_train[idx])
+        nonfinite |= ~torch.isfinite(loss.detach())  # no host sync per step
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        done = step + 1
+        if done % train.check_every == 0 or done == train.steps:
+            if bool(nonfinite):
+                return TrainOutcome(done, True, f"non-finite training loss by step {done}")
+            if train.early_stop and done < train.steps and _all_correct(model, data):
+                return TrainOutcome(done)
+    return TrainOutcome(train.steps)
+
+
+def _train_lbfgs(model, data, lr, train) -> TrainOutcome:
+    x, y = data.x_train.flatten(1), data.y_train
+    opt = make_optimizer("lbfgs", model.parameters(), lr, train)
+    budget = min(train.steps, train.lbfgs_max_iter)
+    model.train()
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    done = 0
+    while done < budget:
+        # One full batch per iteration, so an iteration is an epoch; chunks never straddle a
+        # learning-rate decay boundary.
+        to_decay = train.lr_decay_epochs - done % train.lr_decay_epochs
+        chunk = min(train.check_every, budget - done, to_decay)
+        group = opt.param_groups[0]
+        group["max_iter"], group["max_eval"] = chunk, chunk * 5 // 4 + 1
+        _set_lr(opt, decayed_lr(lr, done, train))
+        state = opt.state[group["params"][0]]
+        before = state.get("n_iter", 0)
+        loss = opt.step(closure)
+        ran = state.get("n_iter", 0) - before
+        done += ran
+        if not torch.isfinite(loss) or any(
+            not torch.isfinite(p).all() for p in model.parameters()
+        ):
+            return TrainOutcome(done, True, f"non-finite loss or weights by iteration {done}")
+        if ran < chunk:  # converged: gradient or change below tolerance
+            break
+        if train.early_stop and done < budget and _all_correct(model, data):
+            break
+    return TrainOutcome(done)

@@ -90,7 +90,7 @@ def read_idx(path: Path) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
         raise DataError(f"{path}: IDX header says {shape}, file holds {data.size} values")
-    return data.reshape(shape)
+    return data.reshape(shape).copy()  # writable, detached from the file buffer
 
 
 def _find(dirs: list[Path], stem: str) -> Path | None:

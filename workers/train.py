@@ -125,7 +125,9 @@ def _train_lbfgs(model, data, lr, train) -> TrainOutcome:
         to_decay = train.lr_decay_epochs - done % train.lr_decay_epochs
         chunk = min(train.check_every, budget - done, to_decay)
         group = opt.param_groups[0]
-        group["max_iter"], group["max_eval"] = chunk, chunk * 5 // 4 + 1
+        # Iterations, not function evaluations, bound a chunk: allow the strong-Wolfe search
+        # its full 25 evaluations per iteration.
+        group["max_iter"], group["max_eval"] = chunk, chunk * 25
         _set_lr(opt, decayed_lr(lr, done, train))
         state = opt.state[group["params"][0]]
         before = state.get("n_iter", 0)
@@ -136,7 +138,7 @@ def _train_lbfgs(model, data, lr, train) -> TrainOutcome:
             not torch.isfinite(p).all() for p in model.parameters()
         ):
             return TrainOutcome(done, True, f"non-finite loss or weights by iteration {done}")
-        if ran < chunk:  # converged: gradient or change below tolerance
+        if ran < chunk:  # stopped early: gradient or change below tolerance
             break
         if train.early_stop and done < budget and _all_correct(model, data):
             break

@@ -1,0 +1,67 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.activations import ACTIVATIONS
+from workers.metrics import accuracy, jacobian_norm, per_point_loss
+from workers.models import build_mlp
+
+
+def reference_jacobian_norm(model, x):
+    """The slow obvious way: the full Jacobian of each point with torch.autograd.functional."""
+    out = []
+    for xi in x:
+        J = torch.autograd.functional.jacobian(lambda v: torch.softmax(model(v[None]), -1)[0], xi)
+        out.append(torch.linalg.matrix_norm(J, "fro"))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_matches_autograd_functional_jacobian(act, scale):
+    model = build_mlp(12, 16, 4, 6, act, init_scale=scale, seed=2).double()
+    x = torch.randn(23, 12, dtype=torch.float64)
+    got = jacobian_norm(model, x, chunk_size=5)  # several chunks, last one partial
+    torch.testing.assert_close(got, reference_jacobian_norm(model, x), rtol=1e-10, atol=1e-12)
+
+
+def test_hand_derived_linear_model():
+    # logits = W x, so d softmax/dx = (diag(s) - s s^T) W, computed here in closed form.
+    W = torch.tensor([[1.0, -2.0], [0.5, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    model = nn.Linear(2, 3, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(W)
+    x = torch.tensor([[0.2, -0.1], [1.0, 1.0]], dtype=torch.float64)
+    want = []
+    for xi in x:
+        s = torch.softmax(W @ xi, 0)
+        want.append(torch.linalg.norm((torch.diag(s) - torch.outer(s, s)) @ W))
+    torch.testing.assert_close(jacobian_norm(model, x), torch.stack(want))
+
+
+def test_any_module_and_fp32():
+    # a user's own module with biases and a different non-linearity
+    model = nn.Sequential(nn.Linear(5, 9), nn.GELU(), nn.Linear(9, 4))
+    x = torch.randn(11, 5)
+    torch.testing.assert_close(jacobian_norm(model, x), reference_jacobian_norm(model, x),
+                               rtol=1e-4, atol=1e-6)
+    assert jacobian_norm(model, x).dtype == torch.float32
+    assert all(p.grad is None for p in model.parameters())  # no parameter gradients formed
+
+
+def test_input_validation_and_empty():
+    model = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"\[N, d\]"):
+        jacobian_norm(model, torch.randn(3))
+    assert jacobian_norm(model, torch.randn(0, 3)).shape == (0,)
+
+
+def test_per_point_loss_and_accuracy():
+    model = build_mlp(7, 8, 3, 5, "relu", seed=1)
+    x, y = torch.randn(50, 7), torch.randint(0, 5, (50,))
+    loss, correct = per_point_loss(model, x, y, chunk_size=16)
+    logits = model(x)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, y, reduction="none"))
+    assert correct.tolist() == (logits.argmax(1) == y).tolist()
+    assert accuracy(model, x, y) == pytest.approx(correct.float().mean().item())

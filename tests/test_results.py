@@ -1,0 +1,76 @@
+import math
+
+import pyarrow.parquet as pq
+import pytest
+
+from analysis import load_points, load_results
+from workers.results import (
+    SCHEMA, SCHEMA_VERSION, SUMMARY_COLUMNS, ResultError, points_columns, read_trial, trial_path,
+    valid_trial_ids, write_trial,
+)
+
+REQUIRED = ["trial_id", "status", "error", "dataset", "width", "depth", "activation", "optimizer",
+            "lr", "batch_size", "init_scale", "seed", "random_labels", "augment", "steps",
+            "n_params", "train_acc", "test_acc", "train_loss", "test_loss", "gen_gap",
+            "jacobian_norm_train", "jacobian_norm_test", "wall_time_s"]
+
+
+def summary(tid="abc123", status="ok", **kw):
+    row = {c: None for c in SUMMARY_COLUMNS}
+    row.update(trial_id=tid, status=status, dataset="digits", width=8, depth=3, activation="relu",
+               optimizer="sgd", lr=0.1, batch_size=32, init_scale=1.0, seed=1, steps=10,
+               train_acc=1.0, test_acc=0.75, gen_gap=0.25, jacobian_norm_test=0.5)
+    row.update(kw)
+    return row
+
+
+def test_schema_has_every_listed_column():
+    assert set(REQUIRED) <= set(SUMMARY_COLUMNS)
+    assert SCHEMA.metadata[b"sensitivity_sweep_schema_version"] == str(SCHEMA_VERSION).encode()
+
+
+def test_round_trip(tmp_path):
+    pts = points_columns("test", [0, 5], [3, 1], [0.5, 0.25], [0.1, 2.0], [True, False])
+    write_trial(tmp_path, summary(), pts)
+    write_trial(tmp_path, summary("def456", "failed", error="RuntimeError: boom",
+                                  train_acc=math.nan))
+    t = pq.read_table(trial_path(tmp_path, "abc123"))
+    assert t.schema.equals(SCHEMA, check_metadata=False)
+    df = load_results(tmp_path).set_index("trial_id")
+    assert df.loc["abc123", "gen_gap"] == 0.25 and df.loc["abc123", "schema_version"] == SCHEMA_VERSION
+    assert df.loc["def456", "status"] == "failed" and df.loc["def456", "error"] == "RuntimeError: boom"
+    assert list(load_results(tmp_path, columns=["trial_id", "width"]).columns) == ["trial_id", "width"]
+    p = load_points(tmp_path)
+    assert p.to_dict("records") == [
+        {"trial_id": "abc123", "split": "test", "index": 0, "label": 3, "jacobian_norm": 0.5,
+         "loss": 0.1, "correct": True},
+        {"trial_id": "abc123", "split": "test", "index": 5, "label": 1, "jacobian_norm": 0.25,
+         "loss": 2.0, "correct": False},
+    ]
+    assert valid_trial_ids(tmp_path) == {"abc123": "ok", "def456": "failed"}
+    assert [p.name for p in (tmp_path / "trials").iterdir()] != []
+    assert not [p for p in (tmp_path / "trials").iterdir() if p.name.startswith(".")]
+
+
+def test_truncated_or_foreign_files_are_detected(tmp_path):
+    path = write_trial(tmp_path, summary())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ResultError, match="unreadable"):
+        read_trial(path)
+    assert valid_trial_ids(tmp_path) == {}
+    with pytest.warns(UserWarning, match="skipping"):
+        assert len(load_results(tmp_path)) == 0
+    import pyarrow as pa
+    pq.write_table(pa.table({"trial_id": ["x"]}), trial_path(tmp_path, "x"))
+    with pytest.raises(ResultError, match="schema version"):
+        read_trial(trial_path(tmp_path, "x"))
+
+
+def test_bad_rows_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="status"):
+        write_trial(tmp_path, summary(status="done"))
+    row = summary()
+    del row["gen_gap"]
+    with pytest.raises(ValueError, match="gen_gap"):
+        write_trial(tmp_path, row)

@@ -1,0 +1,112 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workers.data import load_data
+from workers.models import build_mlp
+from workers.results import read_trial, trial_path
+from workers.spec import DataSpec, RunContext, TrainSpec, TrialSpec
+from workers.train import decayed_lr, train_model
+from workers.trial import run_trial
+
+
+def spec(**kw):
+    base = dict(data=DataSpec("digits", train_size=300, test_size=100), width=32, depth=3,
+                activation="relu", optimizer="momentum", lr=0.01, batch_size=64, init_scale=1.0,
+                seed=1, train=TrainSpec(steps=300, check_every=50))
+    base.update(kw)
+    return TrialSpec(**base)
+
+
+def test_lr_decays_tenfold_every_500_epochs():
+    t = TrainSpec()
+    assert decayed_lr(0.01, 0.0, t) == 0.01
+    assert decayed_lr(0.01, 499.99, t) == 0.01
+    assert decayed_lr(0.01, 500.0, t) == pytest.approx(0.001)
+    assert decayed_lr(0.01, 1234.0, t) == pytest.approx(0.0001)
+
+
+def test_minibatch_sgd_step_matches_a_hand_written_step():
+    # one SGD step on a given batch equals w - lr * grad computed independently
+    data = load_data("digits", train_size=64, test_size=10)
+    m1 = build_mlp(64, 16, 2, 10, "tanh", seed=3)
+    m2 = build_mlp(64, 16, 2, 10, "tanh", seed=3)
+    out = train_model(m1, data, "sgd", 0.5, 64, TrainSpec(steps=1, early_stop=False), seed=0)
+    assert out.steps == 1 and not out.diverged
+    x, y = data.x_train.flatten(1), data.y_train  # batch = the whole (64-point) train set
+    loss = F.cross_entropy(m2(x), y)
+    grads = torch.autograd.grad(loss, list(m2.parameters()))
+    for p1, p2, g in zip(m1.parameters(), m2.parameters(), grads):
+        torch.testing.assert_close(p1, p2 - 0.5 * g)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "rmsprop", "lbfgs"])
+def test_same_spec_same_numbers(tmp_path, optimizer):
+    s = spec(optimizer=optimizer, lr=1.0 if optimizer == "lbfgs" else 0.01,
+             batch_size=None if optimizer == "lbfgs" else 64)
+    a = run_trial(s, RunContext(str(tmp_path / "a")))
+    b = run_trial(s, RunContext(str(tmp_path / "b")))
+    assert a["status"] == "ok", a["error"]
+    keys = ["steps", "train_acc", "test_acc", "train_loss", "test_loss", "jacobian_norm_train",
+            "jacobian_norm_test"]
+    assert [a[k] for k in keys] == [b[k] for k in keys]
+    pa = read_trial(trial_path(tmp_path / "a", s.trial_id)).column("points").to_pylist()
+    pb = read_trial(trial_path(tmp_path / "b", s.trial_id)).column("points").to_pylist()
+    assert pa == pb
+
+
+def test_early_stop_at_full_train_accuracy_and_steps_recorded(tmp_path):
+    s = spec(optimizer="adam", lr=0.01, train=TrainSpec(steps=5000, check_every=25))
+    row = run_trial(s, RunContext(str(tmp_path)))
+    assert row["status"] == "ok" and row["train_acc"] == 1.0
+    assert row["steps"] < 5000 and row["steps"] % 25 == 0
+    row2 = run_trial(spec(optimizer="adam", lr=0.01, train=TrainSpec(steps=5000, check_every=25,
+                                                                     early_stop=False)),
+                     RunContext(str(tmp_path)))
+    assert row2["steps"] == 5000
+
+
+def test_summary_is_consistent_with_the_points(tmp_path):
+    s = spec()
+    row = run_trial(s, RunContext(str(tmp_path)))
+    pts = read_trial(trial_path(tmp_path, s.trial_id)).column("points").to_pylist()[0]
+    test = [p for p in pts if p["split"] == "test"]
+    assert len(test) == 100 and row["test_size"] == 100 and row["train_size"] == 300
+    assert row["test_acc"] == pytest.approx(sum(p["correct"] for p in test) / 100)
+    assert row["jacobian_norm_test"] == pytest.approx(sum(p["jacobian_norm"] for p in test) / 100)
+    assert row["test_loss"] == pytest.approx(sum(p["loss"] for p in test) / 100)
+    assert row["gen_gap"] == pytest.approx(row["train_acc"] - row["test_acc"])
+    assert row["n_params"] == 64 * 32 + 32 * 32 + 32 * 10
+
+
+def test_jacobian_points_subset(tmp_path):
+    s = spec(metrics=__import__("workers.spec", fromlist=["MetricSpec"]).MetricSpec(jacobian_points=17))
+    row = run_trial(s, RunContext(str(tmp_path)))
+    assert row["jacobian_points_train"] == 17 and row["jacobian_points_test"] == 17
+
+
+def test_diverging_trial_is_recorded_as_diverged(tmp_path):
+    s = spec(optimizer="sgd", lr=1e30, init_scale=8.0)
+    row = run_trial(s, RunContext(str(tmp_path)))
+    assert row["status"] == "diverged" and "non-finite" in row["error"]
+    assert row["steps"] == 50  # caught at the first check
+    assert math.isnan(row["test_acc"])
+    stored = read_trial(trial_path(tmp_path, s.trial_id)).to_pylist()[0]
+    assert stored["status"] == "diverged"
+
+
+def test_failing_trial_is_recorded_with_its_reason(tmp_path):
+    s = spec(data=DataSpec("mnist"))
+    row = run_trial(s, RunContext(str(tmp_path), data_root=str(tmp_path / "none")))
+    assert row["status"] == "failed" and "DataError" in row["error"]
+    assert read_trial(trial_path(tmp_path, s.trial_id)).to_pylist()[0]["status"] == "failed"
+
+
+def test_lbfgs_respects_the_iteration_cap(tmp_path):
+    s = spec(optimizer="lbfgs", lr=1.0, batch_size=None,
+             train=TrainSpec(steps=10_000, check_every=7, early_stop=False, lbfgs_max_iter=20,
+                             lbfgs_tolerance_grad=0.0, lbfgs_tolerance_change=0.0))
+    row = run_trial(s, RunContext(str(tmp_path)))
+    assert row["status"] == "ok" and row["steps"] == 20 and row["batch_size"] == 300

@@ -161,3 +161,13 @@ def test_missing_dataset_names_root_and_remedy(tmp_path):
         D.check_available("cifar10", str(tmp_path), download=False)
     with pytest.raises(D.DataError, match="allowed: digits"):
         D.load_data("svhn")
+
+
+@pytest.mark.skipif(not Path(D.FASHION_MNIST_DEFAULT_ROOT).is_dir(),
+                    reason="Debian package dataset-fashion-mnist not installed")
+def test_real_fashion_mnist_from_the_debian_package():
+    data = D.load_data("fashion_mnist", train_size=2000, test_size=500)
+    assert data.x_train.shape == (2000, 1, 28, 28) and data.x_test.shape == (500, 1, 28, 28)
+    assert sorted(data.y_train.unique().tolist()) == list(range(10))
+    norms = data.x_train.reshape(2000, -1).norm(dim=1)
+    torch.testing.assert_close(norms, torch.full_like(norms, 28.0), rtol=1e-4, atol=0)

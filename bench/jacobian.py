@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import sys
@@ -239,7 +238,7 @@ def run(args) -> int:
         "torch": torch.__version__,
         "threads": threads,
         "machine": platform.machine(),
-        "config": {k: v for k, v in vars(args).items() if k != "profile"},
+        "config": {k: v for k, v in vars(args).items() if not k.startswith("profile")},
         "matmul": {"gflops": mm_rate, "before": mm_before, "after": mm_after},
         "targets": {"speedup_vs_a": TARGET_SPEEDUP_A, "speedup_vs_b": TARGET_SPEEDUP_B,
                     "matmul_fraction": TARGET_MATMUL_FRACTION,
@@ -263,12 +262,16 @@ def profile(args) -> int:
                         generator=torch.Generator().manual_seed(args.seed + 1))
         for name, fn in (("jacobian_norm", method_jacobian_norm),
                          ("(b) per-class loop", method_per_class_loop)):
-            fn(model, x)  # warm-up
+            for _ in range(max(1, args.warmup)):
+                fn(model, x)
+            calls = max(1, args.profile_calls)
             with tprofile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 t0 = time.perf_counter()
-                fn(model, x)
-                dt = time.perf_counter() - t0
-            print(f"\n## {name}, width {width}, N={args.points}: {dt:.3f}s (under profiler)\n")
+                for _ in range(calls):
+                    fn(model, x)
+                dt = (time.perf_counter() - t0) / calls
+            print(f"\n## {name}, width {width}, N={args.points}: {dt:.3f}s per call under the "
+                  f"profiler; totals below are over {calls} calls\n")
             print(prof.key_averages(group_by_input_shape=True).table(
                 sort_by="self_cpu_time_total", row_limit=args.profile_rows, max_name_column_width=40,
                 max_shapes_column_width=70))
@@ -300,6 +303,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true",
                    help="profile jacobian_norm and (b) at each width instead of benchmarking")
     p.add_argument("--profile-rows", type=int, default=15)
+    p.add_argument("--profile-calls", type=int, default=3, help="profiled calls per method")
     args = p.parse_args(argv)
     if min(args.widths) < 1 or args.points < 1 or args.points_a < 1 or args.repeats < 1:
         p.error("widths, points, points-a and repeats must be positive")

@@ -19,11 +19,49 @@ def reference_jacobian_norm(model, x):
 
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
 @pytest.mark.parametrize("scale", [1.0, 4.0])
-def test_matches_autograd_functional_jacobian(act, scale):
-    model = build_mlp(12, 16, 4, 6, act, init_scale=scale, seed=2).double()
+@pytest.mark.parametrize("width", [16, 7])  # wider than the input; narrower (Gram path)
+def test_matches_autograd_functional_jacobian(act, scale, width):
+    model = build_mlp(12, width, 4, 6, act, init_scale=scale, seed=2).double()
     x = torch.randn(23, 12, dtype=torch.float64)
     got = jacobian_norm(model, x, chunk_size=5)  # several chunks, last one partial
     torch.testing.assert_close(got, reference_jacobian_norm(model, x), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6(), nn.Hardtanh(-0.3, 2.0), nn.Tanh()])
+def test_torch_activation_modules_with_bias(act):
+    # the hand-written backward path on torch's own modules, biases included, nested Sequential
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(9, 13), act,
+                          nn.Sequential(nn.Linear(13, 5), act), nn.Linear(5, 4)).double()
+    x = torch.randn(17, 9, dtype=torch.float64)
+    torch.testing.assert_close(jacobian_norm(model, x), reference_jacobian_norm(model, x),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_on_a_breakpoint_matches_autograd():
+    # pre-activations exactly on ReLU6's breakpoints 0 and 6: the derivative convention must be
+    # the one autograd uses for clamp
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU6(), nn.Linear(2, 3, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2))
+        model[2].weight.copy_(torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.0, 1.0]]))
+    model = model.double()
+    x = torch.tensor([[0.0, 6.0], [6.0, 3.0], [-1.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(jacobian_norm(model, x), reference_jacobian_norm(model, x))
+
+
+def test_single_class_has_zero_jacobian():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    assert jacobian_norm(model, torch.randn(5, 3)).tolist() == [0.0] * 5
+
+
+def test_fp32_close_to_fp64():
+    model = build_mlp(64, 32, 5, 10, "hardsigmoid", seed=3)
+    x = torch.randn(40, 64)
+    got = jacobian_norm(model, x)
+    assert got.dtype == torch.float32
+    want = reference_jacobian_norm(model.double(), x.double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-7)
 
 
 def test_hand_derived_linear_model():

@@ -21,6 +21,29 @@ class Activation:
     breakpoints: tuple[float, ...]  # where the linear piece changes (Tanh: 0, the sign boundary)
     piecewise_linear: bool
     init_variance: float  # v in Var(W_ij) = s^2 v / n_in (A.5)
+    derivative: Callable[[torch.Tensor], torch.Tensor]  # d fn / dz, elementwise
+
+
+def _window(lo: float | None, hi: float | None, closed: bool = True
+            ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Derivative of a clamp-shaped piecewise-linear function: 1 between lo and hi, 0 outside.
+    On a breakpoint itself it is 1 when ``closed`` (the convention of torch.clamp's backward,
+    used by these activations) and 0 otherwise (that of torch's relu, relu6 and hardtanh), so
+    hand-written backward passes match autograd exactly."""
+
+    def d(z: torch.Tensor) -> torch.Tensor:
+        m = torch.ones_like(z, dtype=torch.bool)
+        if lo is not None:
+            m &= (z >= lo) if closed else (z > lo)
+        if hi is not None:
+            m &= (z <= hi) if closed else (z < hi)
+        return m.to(z.dtype)
+
+    return d
+
+
+def _tanh_derivative(z: torch.Tensor) -> torch.Tensor:
+    return 1.0 - torch.tanh(z).square()
 
 
 def _relu(x: torch.Tensor) -> torch.Tensor:
@@ -40,11 +63,12 @@ def _hardsigmoid(x: torch.Tensor) -> torch.Tensor:
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "relu": Activation("relu", _relu, (0.0,), True, 2.0),
-    "relu6": Activation("relu6", _relu6, (0.0, 6.0), True, 2.0),
-    "tanh": Activation("tanh", torch.tanh, (0.0,), False, 1.0),
-    "hardtanh": Activation("hardtanh", _hardtanh, (-1.0, 1.0), True, 1.0),
-    "hardsigmoid": Activation("hardsigmoid", _hardsigmoid, (-0.5, 0.5), True, 2.0),
+    "relu": Activation("relu", _relu, (0.0,), True, 2.0, _window(0.0, None)),
+    "relu6": Activation("relu6", _relu6, (0.0, 6.0), True, 2.0, _window(0.0, 6.0)),
+    "tanh": Activation("tanh", torch.tanh, (0.0,), False, 1.0, _tanh_derivative),
+    "hardtanh": Activation("hardtanh", _hardtanh, (-1.0, 1.0), True, 1.0, _window(-1.0, 1.0)),
+    "hardsigmoid": Activation("hardsigmoid", _hardsigmoid, (-0.5, 0.5), True, 2.0,
+                              _window(-0.5, 0.5)),
 }
 
 

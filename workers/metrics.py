@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Elements of one chunk's batched backward ([classes, points, features]) kept under this bound.
+from workers.layers import Layer, mlp_layers
+
+# Elements of one chunk's backward rows ([points, classes, features]) kept under this bound.
 _CHUNK_ELEMENTS = 1 << 24
 
 
@@ -20,35 +22,118 @@ def _chunks(n: int, size: int):
         yield start, min(n, start + size)
 
 
+def _complement_basis(c: int, dtype, device) -> torch.Tensor:
+    """Q [C, C-1]: an orthonormal basis of the vectors orthogonal to the all-ones vector."""
+    ones = torch.ones(c, 1, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.cat([ones, torch.eye(c, dtype=torch.float64)[:, : c - 1]], 1))
+    return q[:, 1:].to(dtype=dtype, device=device)
+
+
+def _mixing_rows(logits: torch.Tensor) -> torch.Tensor:
+    """B = Q^T A per point, [n, C-1, C], with A = diag(s) - s s^T (s = softmax(logits)).
+
+    A is symmetric with A 1 = 0, so A = Q Q^T A and ||A G||_F = ||Q^T A G||_F for any G: C-1
+    backward rows give the exact norm. Entry (k, i) is s_i (Q_ik - (s Q)_k). With C = 1 the
+    softmax is constant and B is empty.
+    """
+    s = torch.softmax(logits, dim=-1)  # [n, C]
+    c = s.shape[-1]
+    if c == 1:
+        return s.new_zeros(s.shape[0], 0, 1)
+    q = _complement_basis(c, s.dtype, s.device)  # [C, C-1]
+    return s[:, None, :] * (q.T[None] - (s @ q)[:, :, None])
+
+
+def _first_layer_gram(layers: list[Layer]) -> torch.Tensor | None:
+    """W1 W1^T when the first layer is narrower than the input (then ||r W1||^2 = r W1 W1^T r^T
+    is cheaper through it), else None."""
+    w1 = layers[0].weight
+    return w1 @ w1.T if w1.shape[0] < w1.shape[1] else None
+
+
+def _structured_norm(layers: list[Layer], gram: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """Per-point ||Q^T A G||_F for an elementwise MLP, backpropagated by hand: every layer's
+    backward is one [n (C-1), out] x [out, in] matmul, scaled by the activation's derivative."""
+    derivs = []
+    h = x
+    for layer in layers:
+        z = layer.affine(h)
+        if layer.act is not None:
+            derivs.append(layer.act.derivative(z))
+            h = layer.act.fn(z)
+        else:
+            derivs.append(None)
+            h = z
+    n = x.shape[0]
+    r = _mixing_rows(h)  # [n, C-1, C]: rows of d(Q^T s)/d logits
+    k = r.shape[1]
+    if k == 0:
+        return x.new_zeros(n)
+    # Back through every layer but the first, applying the derivative of the activation below.
+    for i in range(len(layers) - 1, 0, -1):
+        r = (r.reshape(n * k, -1) @ layers[i].weight).reshape(n, k, -1)
+        if derivs[i - 1] is not None:
+            r.mul_(derivs[i - 1][:, None, :])
+    # First layer: ||r W1||^2 per row, through the Gram matrix when that is cheaper.
+    rows = r.reshape(n * k, -1)
+    if gram is not None:
+        sq = ((rows @ gram) * rows).sum(dim=-1).clamp_min(0.0)
+    else:
+        sq = (rows @ layers[0].weight).square().sum(dim=-1)
+    return sq.reshape(n, k).sum(dim=1).sqrt()
+
+
+def _autograd_norm(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per-point ||Q^T A G||_F for any module: one forward, one batched reverse pass."""
+    xc = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xc)
+        b = _mixing_rows(logits.detach())  # [n, C-1, C]
+        if b.shape[1] == 0:
+            return x.new_zeros(x.shape[0])
+        (rows,) = torch.autograd.grad(
+            logits, xc, grad_outputs=b.transpose(0, 1), is_grads_batched=True
+        )  # [C-1, n, d]
+    return rows.square().sum(dim=(0, 2)).sqrt()
+
+
 def jacobian_norm(model: nn.Module, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
     """Exact ||d softmax(model(x_n)) / d x_n||_F for every row x_n of ``x`` ([N, d]) -> [N].
 
     ``model`` is any module mapping [N, d] inputs to [N, C] logits, treating rows independently.
-    Using J = A G with A = diag(s) - s s^T (s = softmax) and G = d logits / dx^T, row i of J is
-    the vector-Jacobian product of the logits with row i of A. All C rows are computed in one
-    forward pass and one batched reverse pass per chunk (``is_grads_batched``); only input
-    gradients are formed, never parameter gradients.
+    With J = A G, A = diag(s) - s s^T (s = softmax) and G = d logits / dx^T: A annihilates the
+    all-ones vector, so ||J||_F = ||Q^T A G||_F with Q an orthonormal basis of its complement,
+    and C-1 vector-Jacobian products per point give the exact norm. For the paper's networks
+    (an ``nn.Sequential`` of ``nn.Linear`` and elementwise activations, see
+    :mod:`workers.layers`) the backward pass is done by hand as one matmul per layer over all
+    rows of a chunk; any other module goes through one batched autograd pass per chunk. Only
+    input gradients are formed, never parameter gradients.
     """
     if x.ndim != 2:
         raise ValueError(f"x: expected [N, d] inputs, got shape {tuple(x.shape)}")
     n, d = x.shape
     if n == 0:
         return x.new_zeros(0)
+    try:
+        layers = mlp_layers(model)
+    except ValueError:
+        layers = None
     with torch.no_grad():
         num_classes = model(x[:1]).shape[-1]
+        widest = max([d, num_classes] + ([l.weight.shape[0] for l in layers] if layers else []))
     if chunk_size is None:
-        chunk_size = max(1, min(4096, _CHUNK_ELEMENTS // (num_classes * max(d, 1))))
+        chunk_size = max(1, min(4096, _CHUNK_ELEMENTS // (max(num_classes - 1, 1) * widest)))
+        chunk_size = -(-n // -(-n // chunk_size))  # the same bound, in chunks of equal size
     out = []
+    if layers is not None:
+        with torch.no_grad():
+            gram = _first_layer_gram(layers)
     for a, b in _chunks(n, chunk_size):
-        xc = x[a:b].detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(xc)
-            s = torch.softmax(logits.detach(), dim=-1)  # [n, C]
-            jac_mix = torch.diag_embed(s) - s[:, :, None] * s[:, None, :]  # A, [n, C, C]
-            (rows,) = torch.autograd.grad(
-                logits, xc, grad_outputs=jac_mix.transpose(0, 1), is_grads_batched=True
-            )  # [C, n, d]: rows[i, n] = d s_i / dx at x_n
-        out.append(rows.pow(2).sum(dim=(0, 2)).sqrt())
+        if layers is not None:
+            with torch.no_grad():
+                out.append(_structured_norm(layers, gram, x[a:b]))
+        else:
+            out.append(_autograd_norm(model, x[a:b]))
     return torch.cat(out)
 
 

@@ -1,0 +1,95 @@
+"""A plain view of an MLP as a list of (affine map, elementwise activation) layers.
+
+Metrics that exploit the structure of the paper's networks (the fast Jacobian path, exact
+transition counting) read a model through :func:`mlp_layers`. A model has this view when it is
+an ``nn.Sequential`` (nesting allowed) of ``nn.Linear`` layers, with or without bias, each but the
+last followed by one elementwise activation whose derivative and breakpoints are known:
+:class:`~workers.activations.PaperActivation`, ``nn.ReLU``, ``nn.ReLU6``, ``nn.Hardtanh`` (any
+min/max) or ``nn.Tanh``; ``nn.Flatten`` and ``nn.Identity`` are skipped. The networks of
+:func:`workers.models.build_mlp` are of this form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from workers.activations import ACTIVATIONS, Activation, PaperActivation, _window
+
+
+@dataclass(frozen=True)
+class Layer:
+    weight: torch.Tensor  # [out, in]
+    bias: torch.Tensor | None  # [out] or None
+    act: Activation | None  # the activation after this layer; None for the output layer
+
+    def affine(self, h: torch.Tensor) -> torch.Tensor:
+        z = h @ self.weight.T
+        return z if self.bias is None else z + self.bias
+
+
+def _torch_clamp(lo: float | None, hi: float | None, name: str, v: float) -> Activation:
+    """torch's ReLU / ReLU6 / Hardtanh: same function as a clamp, but their backward is 0 on a
+    breakpoint (open window)."""
+    bps = tuple(b for b in (lo, hi) if b is not None)
+    return Activation(name, lambda z: torch.clamp(z, lo, hi), bps, True, v,
+                      _window(lo, hi, closed=False))
+
+
+def _as_activation(m: nn.Module) -> Activation | None:
+    if isinstance(m, PaperActivation):
+        return m.spec
+    if isinstance(m, nn.ReLU):
+        return _torch_clamp(0.0, None, "nn.ReLU", 2.0)
+    if isinstance(m, nn.Tanh):
+        return ACTIVATIONS["tanh"]
+    if isinstance(m, nn.Hardtanh):  # nn.ReLU6 is a Hardtanh with (0, 6)
+        lo, hi = float(m.min_val), float(m.max_val)
+        return _torch_clamp(lo, hi, f"nn.Hardtanh({lo}, {hi})", 1.0)
+    return None
+
+
+def _flatten(model: nn.Module) -> list[nn.Module]:
+    if isinstance(model, nn.Sequential):
+        return [leaf for child in model for leaf in _flatten(child)]
+    if isinstance(model, (nn.Flatten, nn.Identity)):
+        return []
+    return [model]
+
+
+def mlp_layers(model: nn.Module, dtype: torch.dtype | None = None) -> list[Layer]:
+    """The model as :class:`Layer` objects (weights detached, cast to ``dtype`` if given).
+
+    Raises ValueError naming the first module that does not fit the supported form (see the
+    module docstring).
+    """
+    flat = _flatten(model)
+    layers: list[Layer] = []
+    i = 0
+    while i < len(flat):
+        lin = flat[i]
+        if not isinstance(lin, nn.Linear):
+            raise ValueError(
+                f"unsupported module {type(lin).__name__} at position {i}; expected nn.Linear "
+                "layers separated by PaperActivation, ReLU, ReLU6, Hardtanh or Tanh"
+            )
+        w = lin.weight.detach()
+        b = None if lin.bias is None else lin.bias.detach()
+        if dtype is not None:
+            w = w.to(dtype)
+            b = None if b is None else b.to(dtype)
+        act = None
+        if i + 1 < len(flat):
+            act = _as_activation(flat[i + 1])
+            if act is None:
+                raise ValueError(
+                    f"unsupported activation {type(flat[i + 1]).__name__} after a Linear layer; "
+                    "supported: PaperActivation, ReLU, ReLU6, Hardtanh, Tanh"
+                )
+        layers.append(Layer(w, b, act))
+        i += 2 if act is not None else 1
+    if not layers:
+        raise ValueError("the model has no nn.Linear layer")
+    return layers

@@ -1,0 +1,176 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from workers.activations import PaperActivation
+from workers.models import build_mlp
+from workers.trajectories import (
+    THROUGH_ANGLES, angles, ellipse_profile, ellipse_through, pick_three, random_ellipse,
+    translation_path,
+)
+from workers.transitions import (
+    codes, count_transitions, count_transitions_batch, dense_transitions, transitions_per_edge,
+)
+
+
+def net(*layers):
+    """nn.Sequential from (weight, bias, activation-or-None) triples, float64."""
+    mods = []
+    for w, b, act in layers:
+        w = torch.tensor(w, dtype=torch.float64)
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None).double()
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if b is not None:
+                lin.bias.copy_(torch.tensor(b, dtype=torch.float64))
+        mods.append(lin)
+        if act is not None:
+            mods.append(PaperActivation(act) if isinstance(act, str) else act)
+    return nn.Sequential(*mods)
+
+
+def seg(*xs):
+    """Vertices on the x1 axis of R^2."""
+    return torch.tensor([[x, 0.0] for x in xs], dtype=torch.float64)
+
+
+def test_square_around_the_origin_relu():
+    # h = relu(x): each coordinate crosses 0 twice around the square -> 4
+    model = net(([[1, 0], [0, 1]], None, "relu"), ([[1, 1]], None, None))
+    square = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], dtype=torch.float64)
+    assert count_transitions(model, square) == 4
+    assert transitions_per_edge(model, square[None]).tolist() == [[1, 1, 1, 1]]
+
+
+def test_second_layer_crossings_between_first_layer_knots():
+    # layer 1: relu(x1), relu(-x1) (both cross at 0); layer 2: z = |x1| - 0.5, which is 0.5 at
+    # both ends of [-1, 1] but crosses 0 at -0.5 and 0.5: only found by walking the regions.
+    model = net(([[1, 0], [-1, 0]], None, "relu"), ([[1, 1]], [-0.5], "relu"),
+                ([[1], [2]], None, None))
+    assert count_transitions(model, seg(-1, 1), closed=False) == 2 + 2
+    assert count_transitions(model, seg(-1, 1), closed=True) == 8  # there and back
+    assert count_transitions(model, seg(-0.2, 0.3), closed=False) == 2  # only layer 1
+
+
+@pytest.mark.parametrize("act,lo,hi", [("relu6", 0.0, 6.0), ("hardtanh", -1.0, 1.0),
+                                       ("hardsigmoid", -0.5, 0.5)])
+def test_both_breakpoints_inside_one_edge(act, lo, hi):
+    model = net(([[1, 0]], None, act), ([[1], [-1]], None, None))
+    a, b = lo - 1.0, hi + 1.0
+    assert count_transitions(model, seg(a, b), closed=False) == 2
+    assert count_transitions(model, seg(a, b), closed=True) == 4
+    assert count_transitions(model, seg(a, (lo + hi) / 2), closed=False) == 1
+    assert count_transitions(model, seg(lo + 0.01, hi - 0.01), closed=False) == 0
+
+
+def test_nested_hardtanh_hand_count():
+    # h = clamp(x, -1, 1); z = 4h - 2 crosses -1 at h = 0.25 and 1 at h = 0.75: both inside the
+    # linear piece of layer 1 between its own two crossings. 2 + 2 along [-2, 2].
+    model = net(([[1, 0]], None, "hardtanh"), ([[4]], [-2.0], "hardtanh"), ([[1], [0]], None, None))
+    assert count_transitions(model, seg(-2, 2), closed=False) == 4
+    # and with ReLU6 on top of HardSigmoid: h in [0, 1], z = 12 h - 3 crosses 0 and 6
+    model = net(([[1, 0]], None, "hardsigmoid"), ([[12]], [-3.0], "relu6"), ([[1]], None, None))
+    assert count_transitions(model, seg(-1, 1), closed=False) == 2 + 2
+
+
+def test_torch_modules_supported():
+    model = net(([[1, 0], [0, 1]], [0.5, 0.0], nn.ReLU()), ([[1, -1]], None, nn.Hardtanh(-0.2, 0.2)),
+                ([[1]], None, None))
+    square = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], dtype=torch.float64)
+    assert count_transitions(model, square) == dense_transitions(model, square, k=1 << 14)
+
+
+def random_setup(act, seed, d=6, width=12, depth=4, verts=5):
+    model = build_mlp(d, width, depth, 3, act, init_scale=2.0, seed=seed).double()
+    v = 3.0 * torch.randn(verts, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return model, v
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6", "hardtanh", "hardsigmoid"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dense_never_exceeds_exact_and_converges(act, seed):
+    model, v = random_setup(act, seed)
+    exact = count_transitions(model, v)
+    assert exact > 0
+    dense = [dense_transitions(model, v, k) for k in (2 ** 6, 2 ** 10, 2 ** 14, 2 ** 21)]
+    assert all(x <= exact for x in dense), (dense, exact)
+    assert dense[0] <= dense[-1]
+    assert dense[-1] == exact, (dense, exact)
+
+
+def test_batch_equals_one_by_one_and_open_paths():
+    model, _ = random_setup("relu", 3)
+    vs = torch.randn(4, 7, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2
+    got = count_transitions_batch(model, vs).tolist()
+    assert got == [count_transitions(model, v) for v in vs]
+    # small edge batches give the same counts
+    assert transitions_per_edge(model, vs, max_edges=3).sum(1).tolist() == got
+    for v in vs[:2]:
+        assert count_transitions(model, v, closed=False) == dense_transitions(model, v, 1 << 16,
+                                                                              closed=False)
+
+
+def test_tanh_dense_only():
+    model, v = random_setup("tanh", 0)
+    with pytest.raises(ValueError, match="dense_transitions"):
+        count_transitions(model, v)
+    # tanh's code is the sign; the dense count equals the brute-force sign changes
+    k = 512
+    from workers.transitions import polygon_points
+    c = codes(model, polygon_points(v, k)).int()
+    assert dense_transitions(model, v, k) == int((torch.roll(c, -1, 0) - c).abs().sum())
+
+
+def test_unsupported_module_is_named():
+    with pytest.raises(ValueError, match="GELU"):
+        count_transitions(nn.Sequential(nn.Linear(2, 3), nn.GELU(), nn.Linear(3, 2)), seg(-1, 1))
+    with pytest.raises(ValueError, match=r"\[V, d\]"):
+        count_transitions(build_mlp(2, 3, 2, 2, "relu"), torch.zeros(3))
+
+
+def test_translation_path_is_the_closed_loop_of_shifts():
+    img = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(2, 3, 5)
+    path = translation_path(img)
+    assert path.shape == (5, 30)
+    for s in range(5):
+        want = torch.cat([img[:, :, -s:], img[:, :, :-s]], dim=-1) if s else img
+        assert torch.equal(path[s], want.reshape(-1))
+    # one more shift after the last vertex is the first vertex again: the loop closes
+    assert torch.equal(torch.roll(path[-1].reshape(2, 3, 5), 1, -1).reshape(-1), path[0])
+    assert translation_path(img[0]).shape == (5, 15)
+
+
+def test_ellipse_through_three_points():
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(3, 10, generator=g, dtype=torch.float64)
+    e = ellipse_through(*p)
+    torch.testing.assert_close(e.points(torch.tensor(THROUGH_ANGLES, dtype=torch.float64)), p)
+    # the circumcircle of the triangle maps to the ellipse: centre is the centroid
+    torch.testing.assert_close(e.centre, p.mean(0))
+    r = random_ellipse(10, g)
+    assert torch.count_nonzero(r.centre) == 0
+    pts = r.points(angles(8))
+    torch.testing.assert_close(pts[0], r.u)
+    torch.testing.assert_close(pts[2], r.v, atol=1e-12, rtol=0)
+
+
+def test_pick_three():
+    y = torch.tensor([0, 1, 1, 2, 1, 0, 2, 3])
+    g = torch.Generator().manual_seed(1)
+    same = pick_three(y, True, g)
+    assert len(set(same)) == 3 and len(set(y[same].tolist())) == 1
+    diff = pick_three(y, False, g)
+    assert len(set(y[diff].tolist())) == 3
+
+
+def test_ellipse_profile_matches_exact_count():
+    model, _ = random_setup("relu", 2)
+    e = random_ellipse(6, torch.Generator().manual_seed(3))
+    prof = ellipse_profile(model, e, k=256)
+    pts = e.points(angles(256))
+    assert int(prof["transitions"].sum()) == count_transitions(model, pts)
+    torch.testing.assert_close(prof["density"].sum() * (2 * math.pi / 256),
+                               prof["transitions"].sum().double())
+    assert prof["jacobian_norm"].shape == (256,)

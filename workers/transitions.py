@@ -1,0 +1,187 @@
+"""Linear-region transitions along closed trajectories (§3, Eq. 1; A.1).
+
+Every hidden neuron has a code for the linear piece its pre-activation z is in: the number of
+its activation's breakpoints strictly below z (ReLU: 0/1; ReLU6, HardTanh, HardSigmoid: 0/1/2;
+Tanh: the sign, boundary 0). The transitions along a closed trajectory are the L1 changes of the
+concatenated code between neighbouring points (Eq. 1).
+
+- :func:`count_transitions` counts them exactly: the k -> infinity limit of Eq. 1 along the
+  polygon through the given vertices. Along an edge, the pre-activations of the first hidden
+  layer are affine in the edge parameter t. Its breakpoint crossings are the sign changes of
+  z - b between the edge's ends, placed by linear interpolation; they are inserted as knots, and
+  between consecutive knots the layer's output, hence the next layer's pre-activation, is again
+  affine, so the next layer is treated the same way over the refined knots, and so on. float64
+  throughout, vectorized over all edges of all paths.
+- :func:`dense_transitions` is the paper's sampled count with k equidistant points. It never
+  exceeds the exact count and converges to it as k grows. It is also the method for Tanh, whose
+  "regions" are not linear pieces.
+
+Supported modules: those of :func:`workers.layers.mlp_layers` (an ``nn.Sequential`` of
+``nn.Linear`` layers, with or without bias, separated by PaperActivation, ReLU, ReLU6, Hardtanh
+or Tanh), which includes every network of :func:`workers.models.build_mlp`. A user's own module
+can be counted if it is (or is rewritten as) such a Sequential.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from workers.layers import Layer, mlp_layers
+
+# Knot rows (knots x widest layer) processed at once in the exact count, in float64 elements.
+_EXACT_ELEMENTS = 1 << 25
+
+
+def _hidden_layers(model: nn.Module, exact: bool) -> list[Layer]:
+    layers = mlp_layers(model, torch.float64)
+    hidden = layers[:-1]
+    if not hidden:
+        raise ValueError("transitions: the model has no hidden layer")
+    if any(l.act is None for l in hidden):
+        raise ValueError("transitions: two nn.Linear layers in a row; expected an activation "
+                         "after every hidden layer")
+    if exact and not all(l.act.piecewise_linear for l in hidden):
+        raise ValueError("transitions: exact counting needs piecewise-linear activations "
+                         "(ReLU, ReLU6, HardTanh, HardSigmoid); use dense_transitions for Tanh")
+    return hidden
+
+
+def _edges(v: torch.Tensor, closed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start and end points of the polygon edges of [P, V, d] vertices -> two [P, E, d]."""
+    if closed:
+        return v, torch.roll(v, -1, dims=1)
+    return v[:, :-1], v[:, 1:]
+
+
+def _check_vertices(vertices: torch.Tensor, ndim: int, closed: bool) -> None:
+    shape = "[P, V, d]" if ndim == 3 else "[V, d]"
+    if vertices.ndim != ndim:
+        raise ValueError(f"vertices: expected {shape}, got shape {tuple(vertices.shape)}")
+    if vertices.shape[-2] < 2:
+        raise ValueError(f"vertices: need at least 2 vertices, got {vertices.shape[-2]}")
+
+
+def _edge_crossings(hidden: list[Layer], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact crossing counts of every edge a[e] -> b[e] ([E, d] float64) -> int64 [E]."""
+    e = a.shape[0]
+    edge = torch.arange(e).repeat_interleave(2)  # knots, sorted by edge then t
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64).repeat(e)
+    h = torch.stack([a, b], dim=1).reshape(2 * e, -1)
+    counts = torch.zeros(e, dtype=torch.int64)
+    for layer in hidden:
+        z = layer.affine(h)  # affine in t between consecutive knots of the same edge
+        same = edge[1:] == edge[:-1]
+        new_t, new_z, new_e = [], [], []
+        for bp in layer.act.breakpoints:
+            above = z > bp
+            k, j = torch.nonzero((above[1:] != above[:-1]) & same[:, None], as_tuple=True)
+            if len(k) == 0:
+                continue
+            counts.index_add_(0, edge[k], torch.ones_like(k))
+            z0, z1 = z[k, j], z[k + 1, j]
+            frac = ((bp - z0) / (z1 - z0)).clamp(0.0, 1.0)
+            new_t.append(t[k] + frac * (t[k + 1] - t[k]))
+            new_z.append(z[k] + frac[:, None] * (z[k + 1] - z[k]))
+            new_e.append(edge[k])
+        if new_t:
+            t = torch.cat([t, *new_t])
+            z = torch.cat([z, *new_z])
+            edge = torch.cat([edge, *new_e])
+            # sort by (edge, t): t lies in [0, 1], so edge + t/2 orders both at once
+            order = torch.argsort(edge.to(torch.float64) * 2.0 + t, stable=True)
+            t, z, edge = t[order], z[order], edge[order]
+        h = layer.act.fn(z)
+    return counts
+
+
+def transitions_per_edge(model: nn.Module, vertices: torch.Tensor, closed: bool = True,
+                         max_edges: int | None = None) -> torch.Tensor:
+    """Exact crossings on every edge of P polygons: ``vertices`` [P, V, d] -> int64 [P, E]
+    (E = V when closed, else V - 1). Edges are processed in batches of at most ``max_edges``
+    (default: by a memory bound)."""
+    _check_vertices(vertices, 3, closed)
+    hidden = _hidden_layers(model, exact=True)
+    v = vertices.detach().to(device="cpu", dtype=torch.float64)
+    starts, ends = _edges(v, closed)
+    p, e, d = starts.shape
+    a, b = starts.reshape(-1, d), ends.reshape(-1, d)
+    widest = max([d] + [l.weight.shape[0] for l in hidden])
+    if max_edges is None:
+        # a crossing-free batch needs 2 knots per edge; leave room for many crossings per edge
+        max_edges = max(1, _EXACT_ELEMENTS // (64 * widest))
+    out = [_edge_crossings(hidden, a[i:i + max_edges], b[i:i + max_edges])
+           for i in range(0, len(a), max_edges)]
+    return torch.cat(out).reshape(p, e)
+
+
+def count_transitions_batch(model: nn.Module, vertices: torch.Tensor, closed: bool = True) -> torch.Tensor:
+    """Exact transition counts for P polygons, ``vertices`` [P, V, d] -> int64 [P]."""
+    return transitions_per_edge(model, vertices, closed).sum(dim=1)
+
+
+def count_transitions(model: nn.Module, vertices: torch.Tensor, closed: bool = True) -> int:
+    """Exact number of (neuron, breakpoint) crossings along the polygon through ``vertices``
+    ([V, d]; closed: the last vertex joins the first)."""
+    _check_vertices(vertices, 2, closed)
+    return int(count_transitions_batch(model, vertices[None], closed)[0])
+
+
+def region_codes(hidden: list[Layer], x: torch.Tensor) -> torch.Tensor:
+    """c(x): the code of every hidden neuron, concatenated, [N, total hidden] (int16): the
+    number of its activation's breakpoints strictly below its pre-activation."""
+    out = []
+    h = x.to(torch.float64)
+    for layer in hidden:
+        z = layer.affine(h)
+        c = torch.zeros(z.shape, dtype=torch.int16)
+        for bp in layer.act.breakpoints:
+            c += (z > bp).to(torch.int16)
+        out.append(c)
+        h = layer.act.fn(z)
+    return torch.cat(out, dim=1)
+
+
+def codes(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """c(x) for the rows of ``x`` ([N, d]) of a supported model, [N, total hidden] (int16)."""
+    return region_codes(_hidden_layers(model, exact=False), x)
+
+
+def polygon_points(vertices: torch.Tensor, k: int, closed: bool = True, start: int = 0,
+                   stop: int | None = None) -> torch.Tensor:
+    """Points ``start..stop-1`` of k equally spaced in the edge parameter along the polygon
+    (each edge spans the same parameter length; point i sits at parameter i * E / k, so point 0
+    is the first vertex). [V, d] -> [stop - start, d] (float64)."""
+    v = vertices.detach().to(torch.float64)[None]
+    starts, ends = (x[0] for x in _edges(v, closed))
+    n_edges = len(starts)
+    stop = k if stop is None else stop
+    u = torch.arange(start, stop, dtype=torch.float64) * (n_edges / k)
+    i = u.floor().long().clamp(max=n_edges - 1)
+    return starts[i] + (u - i)[:, None] * (ends[i] - starts[i])
+
+
+def dense_transitions(model: nn.Module, vertices: torch.Tensor, k: int, closed: bool = True,
+                      chunk: int = 1 << 14) -> int:
+    """Eq. 1 with k equidistant samples along the polygon through ``vertices`` ([V, d]):
+    sum_i ||c(z_i) - c(z_{i+1})||_1, wrapping around when ``closed``. Works for Tanh (boundary
+    0) too. Chunked, so k = 2^20 fits in memory."""
+    _check_vertices(vertices, 2, closed)
+    if k < 2:
+        raise ValueError(f"k: must be >= 2, got {k}")
+    hidden = _hidden_layers(model, exact=False)
+    total = 0
+    first = prev = None
+    for s in range(0, k, chunk):
+        # open path: k - 1 steps, so that the last sample is the last vertex
+        pts = polygon_points(vertices, k if closed else k - 1, closed, s, min(k, s + chunk))
+        c = region_codes(hidden, pts).to(torch.int32)
+        if prev is not None:
+            total += int((c[0] - prev).abs().sum())
+        total += int((c[1:] - c[:-1]).abs().sum())
+        if first is None:
+            first = c[0].clone()
+        prev = c[-1].clone()
+    if closed:
+        total += int((first - prev).abs().sum())
+    return total

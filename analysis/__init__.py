@@ -1,5 +1,5 @@
 """Loading sweep results into pandas and drawing the paper's figures."""
 
-from analysis.load import load_points, load_results
+from analysis.load import load_curves, load_grids, load_points, load_results
 
-__all__ = ["load_results", "load_points"]
+__all__ = ["load_results", "load_points", "load_curves", "load_grids"]

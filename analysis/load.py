@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 
-from workers.results import SUMMARY_COLUMNS, ResultError, read_trial, trials_dir
+from workers.results import POINT_FIELDS, SUMMARY_COLUMNS, ResultError, read_trial, trials_dir
 
 
 def _tables(sweep_dir: str | Path, columns: list[str]):
@@ -43,7 +44,7 @@ def load_results(sweep_dir: str | Path, columns: list[str] | None = None) -> pd.
 
 def load_points(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per (trial, split, point): trial_id, split, index, label, jacobian_norm, loss,
-    correct."""
+    correct, transitions (NaN where a metric was not measured at that point)."""
     parts = []
     for t in _tables(sweep_dir, ["trial_id", "points"]):
         pts = t.column("points").combine_chunks()
@@ -53,7 +54,35 @@ def load_points(sweep_dir: str | Path) -> pd.DataFrame:
         for field in flat.type:
             cols[field.name] = pc.struct_field(flat, field.name)
         parts.append(pa.table(cols))
-    names = ["trial_id", "split", "index", "label", "jacobian_norm", "loss", "correct"]
+    names = ["trial_id"] + POINT_FIELDS
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in names})
     return pa.concat_tables(parts).to_pandas()
+
+
+def _load_extra(sweep_dir: str | Path, kind: str) -> pd.DataFrame:
+    """Extra tables of the trials that have a valid result (others are incomplete re-runs)."""
+    from workers.results import EXTRA_SCHEMAS, extra_path, valid_trial_ids
+
+    schema = EXTRA_SCHEMAS[kind]
+    parts = []
+    for tid in sorted(valid_trial_ids(sweep_dir)):
+        p = extra_path(sweep_dir, kind, tid)
+        if p.is_file():
+            parts.append(pa.parquet.read_table(p, schema=schema))
+    if not parts:
+        return schema.empty_table().to_pandas()
+    return pa.concat_tables(parts).to_pandas()
+
+
+def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
+    """Ellipse profiles (Fig. 2): one row per (trial, ellipse, phase, angle) with the Jacobian
+    norm, the exact transitions on the k-gon edge from this angle to the next, and the density
+    (transitions per radian). Empty unless the sweep ran with ``metrics.ellipse_k`` > 0."""
+    return _load_extra(sweep_dir, "curves")
+
+
+def load_grids(sweep_dir: str | Path) -> pd.DataFrame:
+    """Boundary maps (Fig. 3): one row per (trial, phase) with the flattened n x n last-hidden-
+    layer boundary mask and predicted classes. Empty unless ``metrics.boundary_grid`` > 0."""
+    return _load_extra(sweep_dir, "grids")

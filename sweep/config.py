@@ -80,6 +80,11 @@ class TrainConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     jacobian_points: int | None
+    transitions_points: int | None
+    transitions_k: int
+    ellipse_k: int
+    boundary_grid: int
+    boundary_extent: float
 
 
 @dataclass(frozen=True)
@@ -283,7 +288,16 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
         space=space,
         plan=plan,
         train=train,
-        metrics=MetricsConfig(_int("metrics.jacobian_points", m.get("jacobian_points"), lo=1, allow_none=True)),
+        metrics=MetricsConfig(
+            jacobian_points=_int("metrics.jacobian_points", m.get("jacobian_points"), lo=1, allow_none=True),
+            transitions_points=_int("metrics.transitions_points", m.get("transitions_points"), lo=0,
+                                    allow_none=True),
+            transitions_k=_int("metrics.transitions_k", m.get("transitions_k"), lo=2),
+            ellipse_k=_int("metrics.ellipse_k", m.get("ellipse_k", 0), lo=0),
+            boundary_grid=_int("metrics.boundary_grid", m.get("boundary_grid", 0), lo=0),
+            boundary_extent=_float("metrics.boundary_extent", m.get("boundary_extent", 1.5),
+                                   positive=True),
+        ),
         cluster=ClusterConfig(
             address=None if address is None else str(address),
             num_cpus=_int("cluster.num_cpus", c.get("num_cpus"), lo=1, allow_none=True),

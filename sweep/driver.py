@@ -187,6 +187,20 @@ def dispatch(cfg: SweepConfig, out: Path, todo: list[TrialSpec]) -> dict[str, in
     return counts
 
 
+def draw_figures(out: Path) -> list[Path]:
+    """The figures the sweep's results support, under ``out/figures``."""
+    from analysis import figures
+    from analysis.load import load_curves, load_grids, load_results
+
+    d = out / "figures"
+    made = [
+        figures.jacobian_vs_gap(load_results(out), d / "jacobian_vs_gap.png"),
+        figures.trajectory_figure(load_curves(out), d / "trajectory.png"),
+        figures.boundaries_figure(load_grids(out), d / "boundaries.png"),
+    ]
+    return [p for p in made if p is not None]
+
+
 def launch(cfg: SweepConfig) -> Path:
     out, specs = prepare(cfg)
     todo = pending(out, specs)
@@ -199,12 +213,7 @@ def launch(cfg: SweepConfig) -> Path:
         log("finished in {:.1f} s: ".format(time.perf_counter() - t0)
             + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     if cfg.figure:
-        from analysis.figures import jacobian_vs_gap
-        from analysis.load import load_results
-
-        df = load_results(out)
-        fig = jacobian_vs_gap(df, out / "figures" / "jacobian_vs_gap.png")
-        if fig is not None:
+        for fig in draw_figures(out):
             log(f"figure: {fig}")
     log(f"results: {out}  (analysis.load_results({str(out)!r}))")
     return out

@@ -12,6 +12,7 @@ full-batch L-BFGS, which uses ``train.lbfgs.lr`` in place of the sampled ``lr``.
 from __future__ import annotations
 
 import itertools
+from dataclasses import asdict
 import warnings
 
 import pyarrow as pa
@@ -50,7 +51,7 @@ def _trial_spec(cfg: SweepConfig, v: dict) -> TrialSpec:
             lbfgs_history=t.lbfgs.history_size, lbfgs_tolerance_grad=t.lbfgs.tolerance_grad,
             lbfgs_tolerance_change=t.lbfgs.tolerance_change, lbfgs_max_iter=t.lbfgs.max_iter,
         ),
-        metrics=MetricSpec(jacobian_points=cfg.metrics.jacobian_points),
+        metrics=MetricSpec(**asdict(cfg.metrics)),
     )
 
 

@@ -30,7 +30,7 @@ def test_schema_has_every_listed_column():
 
 
 def test_round_trip(tmp_path):
-    pts = points_columns("test", [0, 5], [3, 1], [0.5, 0.25], [0.1, 2.0], [True, False])
+    pts = points_columns("test", [0, 5], [3, 1], [0.5, None], [0.1, 2.0], [True, False], [7, None])
     write_trial(tmp_path, summary(), pts)
     write_trial(tmp_path, summary("def456", "failed", error="RuntimeError: boom",
                                   train_acc=math.nan))
@@ -41,12 +41,12 @@ def test_round_trip(tmp_path):
     assert df.loc["def456", "status"] == "failed" and df.loc["def456", "error"] == "RuntimeError: boom"
     assert list(load_results(tmp_path, columns=["trial_id", "width"]).columns) == ["trial_id", "width"]
     p = load_points(tmp_path)
-    assert p.to_dict("records") == [
-        {"trial_id": "abc123", "split": "test", "index": 0, "label": 3, "jacobian_norm": 0.5,
-         "loss": 0.1, "correct": True},
-        {"trial_id": "abc123", "split": "test", "index": 5, "label": 1, "jacobian_norm": 0.25,
-         "loss": 2.0, "correct": False},
-    ]
+    recs = p.to_dict("records")
+    assert recs[0] == {"trial_id": "abc123", "split": "test", "index": 0, "label": 3,
+                       "jacobian_norm": 0.5, "loss": 0.1, "correct": True, "transitions": 7.0}
+    assert recs[1]["index"] == 5 and recs[1]["correct"] is False and recs[1]["loss"] == 2.0
+    # not measured at that point: missing, not zero
+    assert math.isnan(recs[1]["jacobian_norm"]) and math.isnan(recs[1]["transitions"])
     assert valid_trial_ids(tmp_path) == {"abc123": "ok", "def456": "failed"}
     assert [p.name for p in (tmp_path / "trials").iterdir()] != []
     assert not [p for p in (tmp_path / "trials").iterdir() if p.name.startswith(".")]

@@ -19,7 +19,8 @@ TINY = ["trials=6", "dataset.train_size=200", "dataset.test_size=80", "train.ste
 FILLED = ["trial_id", "status", "dataset", "width", "depth", "activation", "optimizer", "lr",
           "batch_size", "init_scale", "seed", "random_labels", "augment", "steps", "n_params",
           "train_acc", "test_acc", "train_loss", "test_loss", "gen_gap", "jacobian_norm_train",
-          "jacobian_norm_test", "wall_time_s"]
+          "jacobian_norm_test", "transitions_test", "transitions_method", "transitions_points",
+          "wall_time_s"]
 
 
 def test_tiny_sweep_resume_and_weights(ray_local, tmp_path, capsys):
@@ -29,6 +30,9 @@ def test_tiny_sweep_resume_and_weights(ray_local, tmp_path, capsys):
     df = load_results(out)
     assert len(df) == 6 and (df["status"] == "ok").all(), df[["status", "error"]]
     assert df[FILLED].notna().all().all()
+    pl = df.activation != "tanh"
+    assert (df.loc[pl, "transitions_method"] == "exact").all() and pl.any()
+    assert (df.loc[~pl, "transitions_method"] == "sampled").all()
     assert (out / "figures" / "jacobian_vs_gap.png").stat().st_size > 1000
     pts = load_points(out)
     assert len(pts) == 6 * (200 + 80)
@@ -51,7 +55,7 @@ def test_tiny_sweep_resume_and_weights(ray_local, tmp_path, capsys):
     df2 = load_results(out)
     assert len(df2) == 6 and (df2["status"] == "ok").all()
     assert list((out / "trials" / "invalid").iterdir())
-    cols = ["trial_id", "train_acc", "test_acc", "jacobian_norm_test"]
+    cols = ["trial_id", "train_acc", "test_acc", "jacobian_norm_test", "transitions_test"]
     a = df.sort_values("trial_id")[cols].reset_index(drop=True)
     b = df2.sort_values("trial_id")[cols].reset_index(drop=True)
     assert a.equals(b)  # the re-run reproduces the lost numbers exactly (CPU determinism)

@@ -110,3 +110,38 @@ def test_lbfgs_respects_the_iteration_cap(tmp_path):
                              lbfgs_tolerance_grad=0.0, lbfgs_tolerance_change=0.0))
     row = run_trial(s, RunContext(str(tmp_path)))
     assert row["status"] == "ok" and row["steps"] == 20 and row["batch_size"] == 300
+
+
+def test_transitions_per_point_are_the_exact_counts_of_the_translation_loops(tmp_path):
+    from workers.models import load_model
+    from workers.spec import MetricSpec
+    from workers.trajectories import translation_path
+    from workers.transitions import count_transitions
+
+    s = spec(activation="hardtanh", metrics=MetricSpec(jacobian_points=40, transitions_points=9))
+    row = run_trial(s, RunContext(str(tmp_path), save_weights=True))
+    assert row["status"] == "ok" and row["transitions_method"] == "exact"
+    assert row["transitions_points"] == 9 and row["transitions_k"] is None
+    pts = read_trial(trial_path(tmp_path, s.trial_id)).column("points").to_pylist()[0]
+    test = [p for p in pts if p["split"] == "test"]
+    counted = [p for p in test if p["transitions"] is not None]
+    assert len(counted) == 9 and len([p for p in test if p["jacobian_norm"] is not None]) == 40
+    assert len(test) == 40  # the 9 are among the 40: one permutation serves both subsets
+    model = load_model(tmp_path, s.trial_id)
+    data = load_data("digits", train_size=300, test_size=100)
+    for p in counted:
+        assert p["transitions"] == count_transitions(model, translation_path(data.x_test[p["index"]]))
+    assert row["transitions_test"] == pytest.approx(sum(p["transitions"] for p in counted) / 9)
+    assert row["transitions_test"] > 0
+
+
+def test_tanh_transitions_are_sampled_and_zero_points_turn_them_off(tmp_path):
+    from workers.spec import MetricSpec
+
+    row = run_trial(spec(activation="tanh", metrics=MetricSpec(transitions_points=5,
+                                                               transitions_k=256)),
+                    RunContext(str(tmp_path)))
+    assert row["transitions_method"] == "sampled" and row["transitions_k"] == 256
+    assert row["transitions_test"] > 0
+    row = run_trial(spec(metrics=MetricSpec(transitions_points=0)), RunContext(str(tmp_path)))
+    assert row["transitions_method"] is None and math.isnan(row["transitions_test"])

@@ -59,8 +59,10 @@ def _flatten(model: nn.Module) -> list[nn.Module]:
     return [model]
 
 
-def mlp_layers(model: nn.Module, dtype: torch.dtype | None = None) -> list[Layer]:
-    """The model as :class:`Layer` objects (weights detached, cast to ``dtype`` if given).
+def mlp_layers(model: nn.Module, dtype: torch.dtype | None = None,
+               device: torch.device | str | None = None) -> list[Layer]:
+    """The model as :class:`Layer` objects (weights detached, moved to ``dtype`` and ``device``
+    if given).
 
     Raises ValueError naming the first module that does not fit the supported form (see the
     module docstring).
@@ -77,9 +79,8 @@ def mlp_layers(model: nn.Module, dtype: torch.dtype | None = None) -> list[Layer
             )
         w = lin.weight.detach()
         b = None if lin.bias is None else lin.bias.detach()
-        if dtype is not None:
-            w = w.to(dtype)
-            b = None if b is None else b.to(dtype)
+        w = w.to(dtype=dtype, device=device)
+        b = None if b is None else b.to(dtype=dtype, device=device)
         act = None
         if i + 1 < len(flat):
             act = _as_activation(flat[i + 1])

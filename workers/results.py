@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("ok", "failed", "diverged", "oom")
 
 POINT_TYPE = pa.struct(
@@ -27,6 +27,7 @@ POINT_TYPE = pa.struct(
         ("jacobian_norm", pa.float64()),
         ("loss", pa.float64()),
         ("correct", pa.bool_()),
+        ("transitions", pa.float64()),  # along the point's translation loop; null if not counted
     ]
 )
 
@@ -62,6 +63,10 @@ SUMMARY_FIELDS = [
     ("jacobian_norm_test", pa.float64()),
     ("jacobian_points_train", pa.int64()),
     ("jacobian_points_test", pa.int64()),
+    ("transitions_test", pa.float64()),  # mean over transitions_points test points
+    ("transitions_method", pa.string()),  # "exact", "sampled" (Tanh: Eq. 1 at k points) or null
+    ("transitions_k", pa.int64()),  # samples per loop when sampled, else null
+    ("transitions_points", pa.int64()),
     ("wall_time_s", pa.float64()),
     ("hostname", pa.string()),
     ("spec", pa.string()),  # the canonical JSON the trial id hashes
@@ -71,6 +76,22 @@ SCHEMA = pa.schema(
     SUMMARY_FIELDS + [("points", pa.list_(POINT_TYPE))],
     metadata={b"sensitivity_sweep_schema_version": str(SCHEMA_VERSION).encode()},
 )
+
+
+# Tables a trial may store beside its result file, ``<sweep>/<kind>/<trial_id>.parquet``, written
+# before the result file (which alone marks the trial done).
+EXTRA_SCHEMAS = {
+    "curves": pa.schema([  # workers.studies.ellipse_rows
+        ("trial_id", pa.string()), ("ellipse", pa.string()), ("phase", pa.string()),
+        ("angle", pa.float64()), ("jacobian_norm", pa.float64()), ("transitions", pa.int64()),
+        ("density", pa.float64()),
+    ]),
+    "grids": pa.schema([  # workers.studies.boundary_map, one row per phase
+        ("trial_id", pa.string()), ("phase", pa.string()), ("n", pa.int64()),
+        ("extent", pa.float64()), ("boundary", pa.list_(pa.bool_())),
+        ("predicted", pa.list_(pa.int64())), ("anchor_labels", pa.list_(pa.int64())),
+    ]),
+}
 
 
 class ResultError(RuntimeError):
@@ -103,6 +124,19 @@ def atomic_write_bytes_via(path: Path, write) -> None:
         raise
 
 
+def extra_path(sweep_dir: str | Path, kind: str, trial_id: str) -> Path:
+    return Path(sweep_dir) / kind / f"{trial_id}.parquet"
+
+
+def write_extra(sweep_dir: str | Path, kind: str, trial_id: str, rows: list[dict]) -> Path:
+    """Write a trial's extra table (``kind`` in EXTRA_SCHEMAS) atomically."""
+    schema = EXTRA_SCHEMAS[kind]
+    table = pa.Table.from_pylist([{"trial_id": trial_id, **r} for r in rows], schema=schema)
+    path = extra_path(sweep_dir, kind, trial_id)
+    atomic_write_bytes_via(path, lambda tmp: pq.write_table(table, tmp))
+    return path
+
+
 def write_trial(sweep_dir: str | Path, summary: dict, points: list[dict] | None = None) -> Path:
     """Write one trial's row atomically; every summary column must be present (None allowed)."""
     missing = [c for c in SUMMARY_COLUMNS if c not in summary and c != "schema_version"]
@@ -119,14 +153,20 @@ def write_trial(sweep_dir: str | Path, summary: dict, points: list[dict] | None 
     return path
 
 
-def points_columns(split: str, index, label, jac, loss, correct) -> list[dict]:
-    """Per-point records from equal-length sequences (tensors or lists)."""
-    cols = [list(map(int, index)), list(map(int, label)), list(map(float, jac)),
-            list(map(float, loss)), list(map(bool, correct))]
-    return [
-        {"split": split, "index": i, "label": l, "jacobian_norm": j, "loss": lo, "correct": c}
-        for i, l, j, lo, c in zip(*cols)
-    ]
+POINT_FIELDS = [f.name for f in POINT_TYPE]
+
+
+def points_columns(split: str, index, label, jac, loss, correct, transitions=None) -> list[dict]:
+    """Per-point records from equal-length sequences (tensors or lists); ``jac`` and
+    ``transitions`` entries may be None (not measured at that point)."""
+    def opt(v):
+        return None if v is None else float(v)
+
+    n = len(index)
+    trans = [None] * n if transitions is None else transitions
+    cols = [list(map(int, index)), list(map(int, label)), [opt(v) for v in jac],
+            list(map(float, loss)), list(map(bool, correct)), [opt(v) for v in trans]]
+    return [dict(zip(["split"] + POINT_FIELDS[1:], (split, *vals))) for vals in zip(*cols)]
 
 
 def read_trial(path: str | Path, columns: list[str] | None = None) -> pa.Table:

@@ -42,6 +42,14 @@ class TrainSpec:
 @dataclass(frozen=True)
 class MetricSpec:
     jacobian_points: int | None = None  # per split, seeded subset; None = every point
+    # test points whose translation loop is walked for transitions (seeded subset; None = all,
+    # 0 = off); Tanh networks are counted by dense sampling with transitions_k points per loop
+    transitions_points: int | None = 100
+    transitions_k: int = 4096
+    # off-data studies, before and after training (workers.studies); 0 = off
+    ellipse_k: int = 0  # points per ellipse (Fig. 2; the paper: 2^20)
+    boundary_grid: int = 0  # n for an n x n grid in the plane of three training points (Fig. 3)
+    boundary_extent: float = 1.5  # the grid spans [-extent, extent]^2; the points sit at radius 1
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ _EXACT_ELEMENTS = 1 << 25
 
 
 def _hidden_layers(model: nn.Module, exact: bool) -> list[Layer]:
-    layers = mlp_layers(model, torch.float64)
+    layers = mlp_layers(model, torch.float64, "cpu")
     hidden = layers[:-1]
     if not hidden:
         raise ValueError("transitions: the model has no hidden layer")
@@ -144,7 +144,7 @@ def region_codes(hidden: list[Layer], x: torch.Tensor) -> torch.Tensor:
 
 def codes(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """c(x) for the rows of ``x`` ([N, d]) of a supported model, [N, total hidden] (int16)."""
-    return region_codes(_hidden_layers(model, exact=False), x)
+    return region_codes(_hidden_layers(model, exact=False), x.cpu())
 
 
 def polygon_points(vertices: torch.Tensor, k: int, closed: bool = True, start: int = 0,

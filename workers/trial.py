@@ -13,15 +13,20 @@ import traceback
 import torch
 
 from workers.data import load_data
+from workers.activations import get_activation
 from workers.metrics import jacobian_norm, per_point_loss
 from workers.models import build_mlp, count_params
-from workers.results import points_columns, weights_path, write_trial, atomic_write_bytes_via
+from workers.results import (
+    atomic_write_bytes_via, points_columns, weights_path, write_extra, write_trial,
+)
 from workers.spec import RunContext, TrialSpec
+from workers.trajectories import translation_path
+from workers.transitions import count_transitions_batch, dense_transitions
 
 NAN = float("nan")
 METRIC_COLUMNS = (
     "train_acc", "test_acc", "train_loss", "test_loss", "gen_gap",
-    "jacobian_norm_train", "jacobian_norm_test",
+    "jacobian_norm_train", "jacobian_norm_test", "transitions_test",
 )
 
 
@@ -37,6 +42,7 @@ def base_summary(spec: TrialSpec) -> dict:
         "init_scale": spec.init_scale, "seed": spec.seed, "step_budget": spec.train.steps,
         "steps": 0, "input_dim": None, "num_classes": None, "n_params": None,
         "jacobian_points_train": 0, "jacobian_points_test": 0,
+        "transitions_method": None, "transitions_k": None, "transitions_points": 0,
         "wall_time_s": NAN, "hostname": socket.gethostname(), "spec": spec.canonical(),
     }
     row.update({c: NAN for c in METRIC_COLUMNS})
@@ -49,27 +55,75 @@ def failure_summary(spec: TrialSpec, status: str, error: str) -> dict:
     return row
 
 
-def _jacobian_subset(n: int, k: int | None, seed: int) -> torch.Tensor:
-    """The same seeded subset of points for every trial on the same data."""
+def point_subset(n: int, k: int | None, seed: int) -> torch.Tensor:
+    """The same seeded subset of k of n points for every trial on the same data (sorted). Every
+    metric draws from the same permutation, so a smaller subset is inside a larger one."""
     if k is None or k >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))[:k].sort().values
 
 
-def _evaluate(model, x, y, k, seed, split, row, points):
+def loop_transitions(model, images: torch.Tensor, spec: TrialSpec) -> tuple[torch.Tensor, str, int | None]:
+    """Transitions along the translation loop of each image ([n, C, H, W]) -> ([n] float64,
+    method, k): exact for piecewise-linear networks, Eq. 1 with k samples for Tanh."""
+    if get_activation(spec.activation).piecewise_linear:
+        paths = torch.stack([translation_path(im) for im in images.cpu()])
+        return count_transitions_batch(model, paths).double(), "exact", None
+    k = spec.metrics.transitions_k
+    counts = [dense_transitions(model, translation_path(im), k) for im in images.cpu()]
+    return torch.tensor(counts, dtype=torch.float64), "sampled", k
+
+
+def _evaluate(model, images, y, spec: TrialSpec, split, row, points):
+    x = images.flatten(1)
+    seed = spec.data.seed
     loss, correct = per_point_loss(model, x, y)
-    idx = _jacobian_subset(len(y), k, seed).to(x.device)
-    jac = jacobian_norm(model, x[idx])
+    jac_idx = point_subset(len(y), spec.metrics.jacobian_points, seed)
+    jac = jacobian_norm(model, x[jac_idx.to(x.device)]).cpu()
     row[f"{split}_acc"] = float(correct.double().mean())
     row[f"{split}_loss"] = float(loss.double().mean())
     row[f"jacobian_norm_{split}"] = float(jac.double().mean())
-    row[f"jacobian_points_{split}"] = len(idx)
-    points.extend(points_columns(split, idx.cpu(), y[idx].cpu(), jac.cpu(), loss[idx].cpu(),
-                                 correct[idx].cpu()))
+    row[f"jacobian_points_{split}"] = len(jac_idx)
+    values = {"jac": dict(zip(jac_idx.tolist(), jac.tolist()))}
+    n_tr = spec.metrics.transitions_points
+    if split == "test" and n_tr != 0:
+        tr_idx = point_subset(len(y), n_tr, seed)
+        trans, method, k = loop_transitions(model, images[tr_idx.to(x.device)], spec)
+        row.update(transitions_test=float(trans.mean()), transitions_method=method,
+                   transitions_k=k, transitions_points=len(tr_idx))
+        values["trans"] = dict(zip(tr_idx.tolist(), trans.tolist()))
+    idx = sorted(set().union(*values.values()))
+    ii = torch.tensor(idx, dtype=torch.long)
+    points.extend(points_columns(
+        split, idx, y.cpu()[ii], [values["jac"].get(i) for i in idx], loss.cpu()[ii],
+        correct.cpu()[ii], [values.get("trans", {}).get(i) for i in idx]))
 
 
-def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.nn.Module | None]:
-    """Train and evaluate; returns (summary, points, model). Raises on trial errors."""
+def _studies(model, data, spec: TrialSpec, phase: str, setup: dict, extras: dict) -> None:
+    """Ellipse profiles and boundary maps of ``model`` (phase "init" or "trained"), if asked."""
+    from workers import studies
+
+    m, seed = spec.metrics, spec.data.seed
+    if m.ellipse_k > 0:
+        if "ellipses" not in setup:
+            setup["ellipses"] = studies.study_ellipses(data.x_train, data.y_train, seed)
+        extras.setdefault("curves", []).extend(
+            studies.ellipse_rows(model, setup["ellipses"], m.ellipse_k, phase))
+    if m.boundary_grid > 0:
+        if "plane" not in setup:
+            setup["plane"] = studies.boundary_plane(data.x_train, data.y_train, seed)
+        plane, idx = setup["plane"]
+        out = studies.boundary_map(model, plane, m.boundary_grid, m.boundary_extent)
+        extras.setdefault("grids", []).append({
+            "phase": phase, "n": m.boundary_grid, "extent": m.boundary_extent,
+            "boundary": out["boundary"].reshape(-1).tolist(),
+            "predicted": out["predicted"].reshape(-1).tolist(),
+            "anchor_labels": data.y_train.cpu()[idx].tolist()})
+
+
+def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.nn.Module | None, dict]:
+    """Train and evaluate; returns (summary, points, model, extra tables by kind). Raises on
+    trial errors."""
     from workers.train import train_model
 
     row = base_summary(spec)
@@ -84,20 +138,24 @@ def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.n
     model = build_mlp(data.input_dim, spec.width, spec.depth, data.info.num_classes,
                       spec.activation, spec.init_scale, spec.seed).to(ctx.device)
     row["n_params"] = count_params(model)
+    setup: dict = {}
+    extras: dict[str, list[dict]] = {}
+    model.eval()
+    _studies(model, data, spec, "init", setup, extras)
     outcome = train_model(model, data, spec.optimizer, spec.lr, spec.batch_size, spec.train,
                           spec.seed, d.augment)
     row["steps"] = outcome.steps
     points: list[dict] = []
     if outcome.diverged:
         row.update(status="diverged", error=outcome.reason)
-        return row, points, None
+        return row, points, None, {}
     model.eval()
-    k = spec.metrics.jacobian_points
-    _evaluate(model, data.x_train.flatten(1), data.y_train, k, d.seed, "train", row, points)
-    _evaluate(model, data.x_test.flatten(1), data.y_test, k, d.seed, "test", row, points)
+    _evaluate(model, data.x_train, data.y_train, spec, "train", row, points)
+    _evaluate(model, data.x_test, data.y_test, spec, "test", row, points)
     row["gen_gap"] = row["train_acc"] - row["test_acc"]
+    _studies(model, data, spec, "trained", setup, extras)
     row["status"] = "ok"
-    return row, points, model
+    return row, points, model, extras
 
 
 def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
@@ -106,9 +164,11 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
     torch.set_num_threads(max(1, ctx.num_threads))
     points: list[dict] = []
     try:
-        row, points, model = execute(spec, ctx)
+        row, points, model, extras = execute(spec, ctx)
         if model is not None and ctx.save_weights:
             _save_weights(ctx.out_dir, spec.trial_id, model)
+        for kind, rows in extras.items():  # before the result file, which marks the trial done
+            write_extra(ctx.out_dir, kind, spec.trial_id, rows)
     except (torch.OutOfMemoryError, MemoryError) as e:
         row = failure_summary(spec, "oom", f"{type(e).__name__}: {e}"[:2000])
     except Exception as e:

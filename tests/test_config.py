@@ -19,6 +19,16 @@ def test_default_is_the_demo_on_digits():
     assert set(cfg.plan.grid) == {"activation", "optimizer"}
 
 
+def test_study_experiments():
+    t = compose(["experiment=trajectory"])
+    assert t.metrics.ellipse_k > 0 and t.metrics.boundary_grid == 0 and t.trials == len(t.space.seed)
+    assert (t.space.depth, t.space.width, t.space.activation) == ((20,), (200,), ("relu",))
+    b = compose(["experiment=boundaries"])
+    assert b.metrics.boundary_grid > 0 and b.dataset.augment
+    assert (b.space.depth, b.space.width, b.space.activation) == ((15,), (300,), ("relu6",))
+    assert compose([]).metrics.ellipse_k == 0  # off in the demo
+
+
 def test_overrides_and_scalars_become_lists():
     cfg = compose(["dataset=fashion_mnist", "dataset.train_size=5000", "trials=64",
                    "train.steps=4096", "space.width=[64,256]", "space.activation=relu", "seed=3"])
@@ -29,7 +39,11 @@ def test_overrides_and_scalars_become_lists():
 
 @pytest.mark.parametrize("override,pattern", [
     ("dataset=svhn", "dataset: unknown value 'svhn'; allowed: cifar10, cifar100, digits, fashion_mnist, mnist"),
-    ("experiment=nope", "experiment: unknown value 'nope'; allowed: demo"),
+    ("experiment=nope", "experiment: unknown value 'nope'; allowed: boundaries, demo, trajectory"),
+    ("metrics.transitions_points=-1", "metrics.transitions_points: must be >= 0, got -1"),
+    ("metrics.transitions_k=1", "metrics.transitions_k: must be >= 2, got 1"),
+    ("metrics.ellipse_k=-5", "metrics.ellipse_k: must be >= 0, got -5"),
+    ("metrics.boundary_extent=0", "metrics.boundary_extent: must be > 0, got 0"),
     ("space.activation=[relu,swish]", f"space.activation: unknown value 'swish'; allowed: {ACTS}"),
     ("space.optimizer=adagrad", f"space.optimizer: unknown value 'adagrad'; allowed: {OPTS}"),
     ("space.width=[0,8]", "space.width: must be >= 1, got 0"),

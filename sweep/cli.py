@@ -1,6 +1,9 @@
 """``sweep``: launch a sweep, or show the status of one.
 
     sweep launch [KEY=VALUE ...]     Hydra overrides, e.g. dataset=fashion_mnist trials=64
+    sweep plan [KEY=VALUE ...]       write the sweep directory and its plan; run nothing
+    sweep resume SWEEP_DIR [KEY=VALUE ...]   run the planned trials that lack a valid result
+                                     (overrides: cluster.*, resources.*, progress, ...)
     sweep status SWEEP_DIR
 
 Bad input ends with one line on stderr naming the key and what is allowed, exit code 2, before
@@ -22,14 +25,26 @@ def _fail(msg: str) -> int:
     return EXIT_USAGE
 
 
-def cmd_launch(overrides: list[str]) -> int:
+def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
     from sweep.config import ConfigError, compose
-    from sweep.driver import launch
+    from sweep import driver
     from workers.data import DataError
 
     try:
         cfg = compose(overrides)
-        launch(cfg)
+        (driver.plan_only if plan_only else driver.launch)(cfg)
+    except (ConfigError, DataError) as e:
+        return _fail(str(e))
+    return 0
+
+
+def cmd_resume(sweep_dir: str, overrides: list[str]) -> int:
+    from sweep.config import ConfigError
+    from sweep import driver
+    from workers.data import DataError
+
+    try:
+        driver.launch(driver.stored_config(sweep_dir, overrides))
     except (ConfigError, DataError) as e:
         return _fail(str(e))
     return 0
@@ -79,11 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_launch = sub.add_parser("launch", help="plan and run a sweep (Hydra overrides: KEY=VALUE ...)")
     p_launch.add_argument("overrides", nargs="*", help="e.g. dataset=fashion_mnist trials=64")
+    p_plan = sub.add_parser("plan", help="write the sweep directory and its plan, run nothing")
+    p_plan.add_argument("overrides", nargs="*", help="as for launch")
+    p_resume = sub.add_parser("resume", help="run a sweep's planned trials that lack a valid result")
+    p_resume.add_argument("sweep_dir")
+    p_resume.add_argument("overrides", nargs="*",
+                          help="cluster.*, resources.*, progress, figure, save_weights, dataset.root")
     p_status = sub.add_parser("status", help="counts by status and failures of a sweep directory")
     p_status.add_argument("sweep_dir")
     args = parser.parse_args(argv)
-    if args.command == "launch":
-        return cmd_launch(args.overrides)
+    if args.command in ("launch", "plan"):
+        return cmd_launch(args.overrides, plan_only=args.command == "plan")
+    if args.command == "resume":
+        return cmd_resume(args.sweep_dir, args.overrides)
     return cmd_status(args.sweep_dir)
 
 

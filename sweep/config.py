@@ -56,6 +56,7 @@ class Space:
 class PlanConfig:
     sampler: str
     grid: tuple[str, ...]
+    cheap_bias: float
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,8 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
     p = _section(d, "plan")
     grid = tuple(_choice("plan.grid", k, SPACE_KEYS) for k in _list("plan.grid", p.get("grid") or [None])
                  if k is not None)
-    plan = PlanConfig(sampler=_choice("plan.sampler", p.get("sampler"), SAMPLERS), grid=grid)
+    plan = PlanConfig(sampler=_choice("plan.sampler", p.get("sampler"), SAMPLERS), grid=grid,
+                      cheap_bias=_float("plan.cheap_bias", p.get("cheap_bias", 0.0), lo=0.0))
     t = _section(d, "train")
     lb = _section(t, "lbfgs")
     train = TrainConfig(
@@ -295,7 +297,7 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
             transitions_k=_int("metrics.transitions_k", m.get("transitions_k"), lo=2),
             ellipse_k=_int("metrics.ellipse_k", m.get("ellipse_k", 0), lo=0),
             boundary_grid=_int("metrics.boundary_grid", m.get("boundary_grid", 0), lo=0),
-            boundary_extent=_float("metrics.boundary_extent", m.get("boundary_extent", 1.5),
+            boundary_extent=_float("metrics.boundary_extent", m.get("boundary_extent", 1.25),
                                    positive=True),
         ),
         cluster=ClusterConfig(

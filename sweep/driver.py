@@ -57,13 +57,31 @@ def check_out_dir(out: Path, cfg: SweepConfig) -> None:
         raise ConfigError(f"out: {out} is not empty and holds no {SWEEP_FILE}; choose another out directory")
 
 
+def read_plan(path: Path) -> list[TrialSpec]:
+    """The trials of a written manifest, checked against their ids."""
+    try:
+        t = pq.read_table(path, columns=["trial_id", "spec"])
+        specs = [TrialSpec.from_json(s) for s in t.column("spec").to_pylist()]
+    except Exception as e:
+        raise ConfigError(f"out: {path} is unreadable ({type(e).__name__}: {e}); the sweep "
+                          "directory is damaged") from None
+    for tid, s in zip(t.column("trial_id").to_pylist(), specs):
+        if s.trial_id != tid:
+            raise ConfigError(f"out: {path}: trial {tid} does not match its spec (written by "
+                              "another version?); launch into a new out directory")
+    return specs
+
+
 def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec]]:
-    """All checks, then the sweep directory with its configuration and plan. Raises
-    ConfigError/DataError before anything is written."""
-    specs = plan_trials(cfg)
+    """All checks, then the sweep directory with its configuration and plan. An existing plan
+    (same sweep) is read, not redrawn. Raises ConfigError/DataError before anything is written."""
     out = cfg.out_dir()
     check_out_dir(out, cfg)
     check_available(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
+    plan = out / PLAN_FILE
+    if plan.exists():
+        return out, read_plan(plan)
+    specs = plan_trials(cfg)
     if len(specs) < cfg.trials:
         log(f"note: the space holds only {len(specs)} distinct configurations; planning {len(specs)} "
             f"trials instead of {cfg.trials}")
@@ -73,15 +91,13 @@ def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec]]:
         doc = {"identity_hash": cfg.identity_hash(), "config": asdict(cfg), "created": time.time()}
         text = json.dumps(doc, indent=2, sort_keys=True)
         atomic_write_bytes_via(meta, lambda tmp: Path(tmp).write_text(text))
-    plan = out / PLAN_FILE
-    if not plan.exists():
-        table = manifest_table(specs)
-        atomic_write_bytes_via(plan, lambda tmp: pq.write_table(table, tmp))
+    table = manifest_table(specs, cfg)
+    atomic_write_bytes_via(plan, lambda tmp: pq.write_table(table, tmp))
     trials_dir(out).mkdir(exist_ok=True)
     return out, specs
 
 
-def pending(out: Path, specs: list[TrialSpec]) -> list[TrialSpec]:
+def pending(out: Path, specs: list[TrialSpec], move_invalid: bool = True) -> list[TrialSpec]:
     """Planned trials without a valid result file. Unreadable files are moved aside to
     ``trials/invalid/`` (never deleted) so that the re-run can write its result."""
     done = valid_trial_ids(out)
@@ -90,7 +106,7 @@ def pending(out: Path, specs: list[TrialSpec]) -> list[TrialSpec]:
         if s.trial_id in done:
             continue
         p = trial_path(out, s.trial_id)
-        if p.exists():
+        if p.exists() and move_invalid:
             bad = trials_dir(out) / "invalid"
             bad.mkdir(exist_ok=True)
             os.replace(p, bad / f"{p.name}.{int(time.time())}")
@@ -199,6 +215,52 @@ def draw_figures(out: Path) -> list[Path]:
         figures.boundaries_figure(load_grids(out), d / "boundaries.png"),
     ]
     return [p for p in made if p is not None]
+
+
+# What `sweep resume` may change: where and how the trials run, never which trials there are.
+RESUMABLE_KEYS = ("cluster", "resources", "progress", "figure", "save_weights", "dataset.root",
+                  "dataset.download")
+
+
+def stored_config(sweep_dir: str | Path, overrides: list[str] = ()) -> SweepConfig:
+    """The configuration a sweep directory was launched with (``sweep.json``), with ``out`` set
+    to that directory and ``overrides`` (KEY=VALUE, keys in RESUMABLE_KEYS only) applied."""
+    from omegaconf import OmegaConf
+
+    from sweep.config import from_dict
+
+    d = Path(sweep_dir)
+    meta = d / SWEEP_FILE
+    if not meta.is_file():
+        raise ConfigError(f"SWEEP_DIR: {d} is not a sweep directory (no {SWEEP_FILE})")
+    try:
+        doc = json.loads(meta.read_text())
+        stored, conf = doc["identity_hash"], doc["config"]
+    except Exception as e:
+        raise ConfigError(f"SWEEP_DIR: {meta} is unreadable ({type(e).__name__})") from None
+    for o in overrides:
+        key = o.partition("=")[0]
+        if "=" not in o or not any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS):
+            raise ConfigError(f"resume: cannot override {key!r}; allowed: KEY=VALUE with KEY in "
+                              f"{', '.join(RESUMABLE_KEYS)} (other keys change the sweep's trials)")
+    merged = OmegaConf.merge(OmegaConf.create(conf), OmegaConf.from_dotlist(list(overrides)))
+    conf = OmegaConf.to_container(merged, resolve=True)
+    conf["out"] = str(d)
+    cfg = from_dict(conf)
+    if cfg.identity_hash() != stored:
+        raise ConfigError(f"SWEEP_DIR: {meta} does not match its own identity hash {stored}; "
+                          "it was edited or written by another version")
+    return cfg
+
+
+def plan_only(cfg: SweepConfig) -> Path:
+    """Write the sweep directory with its configuration and plan; run nothing."""
+    out, specs = prepare(cfg)
+    todo = pending(out, specs, move_invalid=False)
+    log(f"sweep directory: {out}")
+    log(f"{len(specs)} trials planned ({out / PLAN_FILE}), {len(specs) - len(todo)} already have "
+        f"results; run them with: sweep resume {out}")
+    return out
 
 
 def launch(cfg: SweepConfig) -> Path:

@@ -3,10 +3,13 @@
 Keys named in ``plan.grid`` are crossed in full: trial i takes combination i mod (number of
 combinations), so any ``trials`` >= that number covers every combination. The other keys are
 drawn by a seeded Optuna sampler (``random``, or ``qmc``: scrambled Sobol over the value
-indices). The same configuration and
-seed give the same trials, in the same order, with the same ids. Every key is drawn for every
-trial (a fixed search space, as quasi-random sampling needs); ``batch_size`` is then dropped for
-full-batch L-BFGS, which uses ``train.lbfgs.lr`` in place of the sampled ``lr``.
+indices), define-by-run: ``lr`` and ``batch_size`` are conditional parameters, drawn only for
+mini-batch optimizers (full-batch L-BFGS uses ``train.lbfgs.lr`` and the whole train set).
+
+``plan.cheap_bias`` (b >= 0) favours cheap configurations, as the paper did: a drawn
+configuration is kept with probability (c_min / c)^b, c its estimated FLOPs
+(:mod:`sweep.cost`) and c_min that of the cheapest corner of the space; b = 0 keeps every draw.
+The same configuration and seed give the same trials, in the same order, with the same ids.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import warnings
 
 import pyarrow as pa
 
+from sweep import cost
 from sweep.config import SPACE_KEYS, SweepConfig
 from workers.spec import DataSpec, MetricSpec, TrainSpec, TrialSpec
 
@@ -43,7 +47,7 @@ def _trial_spec(cfg: SweepConfig, v: dict) -> TrialSpec:
         data=DataSpec(ds.name, ds.train_size, ds.test_size, ds.random_labels, ds.augment, ds.seed),
         width=v["width"], depth=v["depth"], activation=v["activation"], optimizer=v["optimizer"],
         lr=t.lbfgs.lr if lbfgs else v["lr"],
-        batch_size=None if lbfgs else v["batch_size"],
+        batch_size=None if lbfgs else v["batch_size"],  # L-BFGS: full batch
         init_scale=v["init_scale"], seed=v["seed"],
         train=TrainSpec(
             steps=t.steps, early_stop=t.early_stop, check_every=t.check_every,
@@ -55,9 +59,23 @@ def _trial_spec(cfg: SweepConfig, v: dict) -> TrialSpec:
     )
 
 
+CONDITIONAL = ("lr", "batch_size")  # mini-batch optimizers only
+
+
+def cheapest_flops(cfg: SweepConfig) -> float:
+    """Estimated FLOPs of the cheapest corner of the space (smallest width, depth, batch)."""
+    s = cfg.space
+    base = {"width": min(s.width), "depth": min(s.depth), "activation": s.activation[0],
+            "lr": min(s.lr), "batch_size": min(s.batch_size), "init_scale": s.init_scale[0],
+            "seed": s.seed[0]}
+    return min(cost.estimate_flops(_trial_spec(cfg, {**base, "optimizer": o})) for o in s.optimizer)
+
+
 def plan_trials(cfg: SweepConfig) -> list[TrialSpec]:
     """The sweep's distinct trials, in plan order. Fewer than ``cfg.trials`` only when the space
-    holds fewer distinct configurations."""
+    holds fewer distinct configurations (or the cost bias rejects too many draws)."""
+    import random
+
     import optuna
 
     space = cfg.space
@@ -65,9 +83,13 @@ def plan_trials(cfg: SweepConfig) -> list[TrialSpec]:
     cells = list(itertools.product(*(space.values(k) for k in grid_keys)))
     free = [k for k in SPACE_KEYS if k not in grid_keys]
     study = optuna.create_study(sampler=_sampler(cfg))
+    bias = cfg.plan.cheap_bias
+    accept = random.Random(cfg.seed)  # the cost bias's own seeded draws
+    c_min = cheapest_flops(cfg) if bias > 0 else 0.0
     specs: dict[str, TrialSpec] = {}
-    max_draws = 20 * cfg.trials + len(cells)
-    for i in range(max_draws):
+    max_draws = (200 if bias > 0 else 20) * cfg.trials + len(cells)
+    cell = 0
+    for _ in range(max_draws):
         if len(specs) == cfg.trials:
             break
         trial = study.ask()
@@ -76,23 +98,32 @@ def plan_trials(cfg: SweepConfig) -> list[TrialSpec]:
             vals = space.values(key)
             return vals[trial.suggest_int(key, 0, len(vals) - 1)] if len(vals) > 1 else vals[0]
 
-        v = dict(zip(grid_keys, cells[i % len(cells)]))
-        # Every free key is drawn in every trial, so a QMC sampler sees one fixed search
-        # space; _trial_spec drops batch_size (and the sampled lr) for full-batch L-BFGS.
-        v.update({k: draw(k) for k in free})
+        v = dict(zip(grid_keys, cells[cell % len(cells)]))
+        for k in free:
+            if k in CONDITIONAL and v["optimizer"] == "lbfgs":
+                continue
+            v[k] = draw(k)
         study.tell(trial, 0.0)
         spec = _trial_spec(cfg, v)
+        if bias > 0 and accept.random() >= (c_min / cost.estimate_flops(spec)) ** bias:
+            continue  # rejected by the cost bias; the grid cell is retried with the next draw
+        cell += 1
         specs.setdefault(spec.trial_id, spec)
     return list(specs.values())
 
 
-def manifest_table(specs: list[TrialSpec]) -> pa.Table:
-    """One row per planned trial: id, the sampled hyperparameters and the canonical spec."""
+def manifest_table(specs: list[TrialSpec], cfg: SweepConfig) -> pa.Table:
+    """One row per planned trial: id, the sampled hyperparameters, the cost estimates, the
+    resource class and the canonical spec."""
+    rc = cost.resource_class(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)
     rows = [
         {
             "trial_id": s.trial_id, "dataset": s.data.name, "width": s.width, "depth": s.depth,
             "activation": s.activation, "optimizer": s.optimizer, "lr": s.lr,
             "batch_size": s.batch_size, "init_scale": s.init_scale, "seed": s.seed,
+            "random_labels": s.data.random_labels, "augment": s.data.augment,
+            "n_params": cost.n_params(s), "est_flops": cost.estimate_flops(s),
+            "est_memory_bytes": cost.estimate_memory(s), "resource_class": rc,
             "spec": s.canonical(),
         }
         for s in specs
@@ -101,6 +132,8 @@ def manifest_table(specs: list[TrialSpec]) -> pa.Table:
         ("trial_id", pa.string()), ("dataset", pa.string()), ("width", pa.int64()),
         ("depth", pa.int64()), ("activation", pa.string()), ("optimizer", pa.string()),
         ("lr", pa.float64()), ("batch_size", pa.int64()), ("init_scale", pa.float64()),
-        ("seed", pa.int64()), ("spec", pa.string()),
+        ("seed", pa.int64()), ("random_labels", pa.bool_()), ("augment", pa.bool_()),
+        ("n_params", pa.int64()), ("est_flops", pa.float64()), ("est_memory_bytes", pa.int64()),
+        ("resource_class", pa.string()), ("spec", pa.string()),
     ])
     return pa.Table.from_pylist(rows, schema=schema)

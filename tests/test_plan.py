@@ -58,7 +58,60 @@ def test_trial_id_is_a_hash_of_the_full_spec():
 
 def test_manifest(tmp_path):
     specs = plan_trials(compose([]))
-    pq.write_table(manifest_table(specs), tmp_path / "plan.parquet")
+    pq.write_table(manifest_table(specs, compose([])), tmp_path / "plan.parquet")
     t = pq.read_table(tmp_path / "plan.parquet").to_pandas()
     assert t["trial_id"].tolist() == [s.trial_id for s in specs]
     assert t.loc[t.optimizer == "lbfgs", "batch_size"].isna().all()
+    assert (t["resource_class"] == "cpu").all() and (t["est_flops"] > 0).all()
+    # n_params by hand for one row: 64 inputs (8x8 digits), 10 classes
+    r = t.iloc[0]
+    assert r["n_params"] == 64 * r.width + (r.depth - 2) * r.width ** 2 + r.width * 10
+
+
+def test_cost_model_by_hand():
+    from sweep.cost import estimate_flops, estimate_memory
+    from workers.spec import DataSpec, TrainSpec, TrialSpec, MetricSpec
+
+    s = TrialSpec(DataSpec("digits", train_size=100, test_size=50), width=10, depth=3,
+                  activation="relu", optimizer="adam", lr=0.1, batch_size=20, init_scale=1.0,
+                  seed=1, train=TrainSpec(steps=7), metrics=MetricSpec(jacobian_points=30))
+    p = 64 * 10 + 10 * 10 + 10 * 10  # 840
+    want = 6 * p * 20 * 7 + 2 * p * 150 + 2 * p * 9 * (30 + 30)
+    assert estimate_flops(s) == want
+    dims = 64 + 10 + 10 + 10
+    assert estimate_memory(s) == 4 * (p * 4 + 150 * 64 + 2 * 20 * dims + (1 << 24))
+
+
+def test_cheap_bias_favours_small_networks_and_is_deterministic():
+    over = ["space.width=[8,64,512,4096]", "space.depth=[2,3,5,9]", "plan.grid=[]", "trials=60",
+            "space.seed=[1,2,3,4,5,6,7,8]"]
+    flat = plan_trials(compose(over))
+    biased = plan_trials(compose(over + ["plan.cheap_bias=0.5"]))
+    assert [s.trial_id for s in biased] == [s.trial_id for s in plan_trials(compose(over + ["plan.cheap_bias=0.5"]))]
+    mean = lambda specs: sum(s.width * s.depth for s in specs) / len(specs)
+    assert len(biased) == 60 and mean(biased) < 0.5 * mean(flat)
+    assert max(s.width for s in biased) >= 512  # large ones still drawn, just less often
+
+
+@pytest.mark.parametrize("name,extra", [("paper_large", []), ("paper_small", []),
+                                        ("per_point", []),
+                                        ("cross_entropy", ["dataset=fashion_mnist"])])
+def test_paper_experiments_plan_with_their_spaces(name, extra):
+    cfg = compose([f"experiment={name}", "trials=200"] + extra)
+    specs = plan_trials(cfg)
+    assert len(specs) == min(200, len(set(itertools.product(*(cfg.space.values(k) for k in
+                                                              cfg.plan.grid)))) if name == "cross_entropy" else 200)
+    for s in specs:
+        assert s.width in cfg.space.width and s.depth in cfg.space.depth
+    if name == "paper_large":
+        assert cfg.space.width == tuple(2 ** i for i in range(17))
+        assert cfg.space.depth == (2, 3, 5, 9, 17, 33, 65)
+        assert cfg.train.steps == 2 ** 19 and cfg.train.lbfgs.max_iter == 2684
+        assert set(cfg.space.optimizer) == {"sgd", "momentum", "adam", "rmsprop", "lbfgs"}
+        assert cfg.space.lr == (0.01, 0.005, 0.0005) and cfg.space.init_scale == (0.5, 1.0, 4.0, 8.0)
+    if name == "paper_small":
+        assert compose([f"experiment={name}"]).trials == 6 * 6 * 4 * 8
+        assert cfg.train.steps == 2 ** 18 and cfg.space.batch_size == (256,)
+    if name == "cross_entropy":
+        assert compose([f"experiment={name}"]).dataset.name == "cifar10"
+        assert cfg.dataset.test_size == 1000

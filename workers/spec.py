@@ -49,7 +49,7 @@ class MetricSpec:
     # off-data studies, before and after training (workers.studies); 0 = off
     ellipse_k: int = 0  # points per ellipse (Fig. 2; the paper: 2^20)
     boundary_grid: int = 0  # n for an n x n grid in the plane of three training points (Fig. 3)
-    boundary_extent: float = 1.5  # the grid spans [-extent, extent]^2; the points sit at radius 1
+    boundary_extent: float = 1.25  # the grid spans [-extent, extent]^2; the points sit at radius 1
 
 
 @dataclass(frozen=True)

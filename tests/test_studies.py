@@ -74,7 +74,7 @@ def test_trial_stores_curves_and_grids_that_match_an_independent_count(tmp_path)
     assert sorted(grids["phase"]) == ["init", "trained"]
     trained = grids.set_index("phase").loc["trained"]
     plane, idx = boundary_plane(data.x_train, data.y_train, 0)
-    want = boundary_map(model, plane, 9, 1.5)
+    want = boundary_map(model, plane, 9, s.metrics.boundary_extent)
     assert list(trained["boundary"]) == want["boundary"].reshape(-1).tolist()
     assert list(trained["anchor_labels"]) == data.y_train[idx].tolist()
 

@@ -145,3 +145,11 @@ def test_tanh_transitions_are_sampled_and_zero_points_turn_them_off(tmp_path):
     assert row["transitions_test"] > 0
     row = run_trial(spec(metrics=MetricSpec(transitions_points=0)), RunContext(str(tmp_path)))
     assert row["transitions_method"] is None and math.isnan(row["transitions_test"])
+
+
+def test_out_of_memory_is_recorded_as_oom(tmp_path):
+    # a 2^22-wide hidden layer asks the CPU allocator for 2^46 bytes: it refuses at once
+    s = spec(width=1 << 22)
+    row = run_trial(s, RunContext(str(tmp_path)))
+    assert row["status"] == "oom" and "allocate" in row["error"]
+    assert read_trial(trial_path(tmp_path, s.trial_id)).to_pylist()[0]["status"] == "oom"

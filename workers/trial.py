@@ -158,6 +158,18 @@ def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.n
     return row, points, model, extras
 
 
+_OOM_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory",
+                 "out of memory")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Out of memory, however torch reports it: torch.OutOfMemoryError (CUDA), MemoryError, or
+    the CPU allocator's RuntimeError."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and any(m in str(e) for m in _OOM_MESSAGES)
+
+
 def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
     """Run one trial and write its result file; returns the summary row (without points)."""
     t0 = time.perf_counter()
@@ -169,11 +181,13 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
             _save_weights(ctx.out_dir, spec.trial_id, model)
         for kind, rows in extras.items():  # before the result file, which marks the trial done
             write_extra(ctx.out_dir, kind, spec.trial_id, rows)
-    except (torch.OutOfMemoryError, MemoryError) as e:
-        row = failure_summary(spec, "oom", f"{type(e).__name__}: {e}"[:2000])
     except Exception as e:
-        tb = traceback.format_exc(limit=-3)
-        row = failure_summary(spec, "failed", f"{type(e).__name__}: {e}\n{tb}"[:4000])
+        points = []
+        if is_out_of_memory(e):
+            row = failure_summary(spec, "oom", f"{type(e).__name__}: {e}"[:2000])
+        else:
+            tb = traceback.format_exc(limit=-3)
+            row = failure_summary(spec, "failed", f"{type(e).__name__}: {e}\n{tb}"[:4000])
     row["wall_time_s"] = time.perf_counter() - t0
     write_trial(ctx.out_dir, row, points)
     return row

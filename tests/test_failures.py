@@ -1,0 +1,140 @@
+"""Failures on the way: a dying worker node, a killed driver, a trial out of memory.
+
+All on loopback: a local Ray, or a ``ray.cluster_utils.Cluster`` of a head and two worker nodes
+on 127.0.0.1 in a child process (one process can hold one Ray connection, and the suite's own
+local Ray is already up).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from analysis import load_results
+from sweep.config import compose
+from sweep.driver import launch
+
+pytestmark = pytest.mark.slow
+
+TINY = ["dataset.train_size=200", "dataset.test_size=60", "train.steps=400", "train.early_stop=false",
+        "train.check_every=100", "space.width=[32,48]", "space.depth=[2,3]", "space.batch_size=[32]",
+        "space.optimizer=[sgd,momentum,adam,rmsprop]", "plan.grid=[optimizer]",
+        "metrics.transitions_points=10", "progress=false", "figure=false"]
+METRICS = ["trial_id", "status", "steps", "train_acc", "test_acc", "train_loss", "test_loss",
+           "jacobian_norm_train", "jacobian_norm_test", "transitions_test"]
+ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def frame(out) -> "object":
+    return load_results(out)[METRICS].sort_values("trial_id").reset_index(drop=True)
+
+
+def kill_tree(pid: int) -> None:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    procs = root.children(recursive=True) + [root]
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
+def wait_for_results(out: Path, n: int, proc, timeout: float = 300) -> None:
+    t0 = time.time()
+    while len(list((out / "trials").glob("*.parquet"))) < n:
+        if proc.poll() is not None:
+            raise AssertionError(f"the sweep ended (rc {proc.returncode}) before {n} results")
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"fewer than {n} results after {timeout} s")
+        time.sleep(0.2)
+
+
+def test_sigkill_driver_then_resume_equals_an_uninterrupted_run(ray_local, tmp_path):
+    over = TINY + ["trials=8"]
+    ref = tmp_path / "ref"
+    launch(compose(over + [f"out={ref}"]))
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep.cli", "launch", *over, f"out={out}",
+         "cluster.num_cpus=2"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True)
+    try:
+        wait_for_results(out, 2, proc)
+    finally:
+        kill_tree(proc.pid)  # the driver and the local Ray it started: SIGKILL, no cleanup
+    done = len(list((out / "trials").glob("*.parquet")))
+    assert 2 <= done < 8, "the driver was not killed mid-sweep"
+    launch_rc = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(out)], env=ENV,
+                               capture_output=True, text=True)
+    assert launch_rc.returncode == 0, launch_rc.stderr
+    assert f"{done} already have results" in launch_rc.stderr
+    a, b = frame(ref), frame(out)
+    assert len(b) == 8 and (b["status"] == "ok").all()
+    assert a.equals(b)  # same trial ids, identical numbers (CPU)
+
+
+CLUSTER_SCRIPT = textwrap.dedent("""
+    import json, os, sys, threading, time
+    from pathlib import Path
+    from ray.cluster_utils import Cluster
+    from sweep.config import compose
+    from sweep.driver import launch
+
+    out = Path(sys.argv[1])
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+    cluster.wait_for_nodes()
+    killed = {}
+
+    def killer():
+        while len(list((out / "trials").glob("*.parquet"))) < 2:
+            time.sleep(0.1)
+        killed["done_before"] = len(list((out / "trials").glob("*.parquet")))
+        cluster.remove_node(workers[0], allow_graceful=False)
+
+    threading.Thread(target=killer, daemon=True).start()
+    cfg = compose(sys.argv[2:] + [f"out={out}", f"cluster.address={cluster.address}",
+                                  "resources.max_retries=5"])
+    launch(cfg)
+    print("KILLED " + json.dumps(killed), flush=True)
+    import ray
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+
+def test_worker_node_dies_mid_sweep_every_trial_lands_once(tmp_path):
+    out = tmp_path / "cluster"
+    r = subprocess.run([sys.executable, "-c", CLUSTER_SCRIPT, str(out), *TINY, "trials=8"],
+                       env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = [l for l in r.stdout.splitlines() if l.startswith("KILLED ")]
+    assert line, r.stdout[-2000:]
+    killed = json.loads(line[-1][len("KILLED "):])
+    assert 2 <= killed["done_before"] < 8, killed
+    df = load_results(out)
+    assert len(df) == 8 and df["trial_id"].is_unique and (df["status"] == "ok").all(), df[["status", "error"]]
+    files = sorted(p.name for p in (out / "trials").glob("*.parquet"))
+    assert len(files) == 8 and not list((out / "trials").glob(".*.tmp"))
+
+
+def test_a_trial_out_of_memory_is_oom_and_the_others_finish(ray_local, tmp_path):
+    out = tmp_path / "oom"
+    launch(compose(TINY + [f"out={out}", "space.width=[16,4194304]", "space.depth=3",
+                           "space.optimizer=adam", "plan.grid=[width]", "trials=2"]))
+    df = load_results(out).set_index("width")
+    assert df.loc[4194304, "status"] == "oom" and "allocate" in df.loc[4194304, "error"]
+    assert df.loc[16, "status"] == "ok"

@@ -86,3 +86,25 @@ def load_grids(sweep_dir: str | Path) -> pd.DataFrame:
     """Boundary maps (Fig. 3): one row per (trial, phase) with the flattened n x n last-hidden-
     layer boundary mask and predicted classes. Empty unless ``metrics.boundary_grid`` > 0."""
     return _load_extra(sweep_dir, "grids")
+
+
+PAIR_METRICS = ["status", "train_acc", "test_acc", "gen_gap", "jacobian_norm_test",
+                "transitions_test"]
+
+
+def load_pairs(sweep_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Fig. 4's pairs of a sweep planned with ``plan.factors``: one row per pair with pair_id,
+    factor, value_a, value_b, trial_a, trial_b and, for each of ``columns`` (summary columns;
+    default PAIR_METRICS), ``<column>_a`` and ``<column>_b`` from the two trials' results (NaN
+    where a trial has no result yet)."""
+    path = Path(sweep_dir) / "pairs.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{sweep_dir}: no pairs.parquet (plan the sweep with plan.factors)")
+    pairs = pa.parquet.read_table(path).to_pandas()
+    cols = list(columns or PAIR_METRICS)
+    res = load_results(sweep_dir, columns=["trial_id"] + cols).set_index("trial_id")
+    for side in ("a", "b"):
+        part = res.reindex(pairs[f"trial_{side}"])
+        for c in cols:
+            pairs[f"{c}_{side}"] = part[c].to_numpy()
+    return pairs

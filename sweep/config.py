@@ -19,6 +19,13 @@ from workers.train import MINIBATCH_OPTIMIZERS, OPTIMIZERS
 
 SPACE_KEYS = ("width", "depth", "activation", "optimizer", "lr", "batch_size", "init_scale", "seed")
 SAMPLERS = ("random", "qmc")
+# Fig. 4: the binary factors of paired trials, and the two values each pair compares
+FACTORS = {
+    "random_labels": (False, True),
+    "augment": (False, True),
+    "activation": ("relu", "hardsigmoid"),
+    "optimizer": ("minibatch", "lbfgs"),  # the base's mini-batch optimizer vs full-batch L-BFGS
+}
 
 
 class ConfigError(ValueError):
@@ -57,6 +64,7 @@ class PlanConfig:
     sampler: str
     grid: tuple[str, ...]
     cheap_bias: float
+    factors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -258,8 +266,17 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
     p = _section(d, "plan")
     grid = tuple(_choice("plan.grid", k, SPACE_KEYS) for k in _list("plan.grid", p.get("grid") or [None])
                  if k is not None)
+    factors = tuple(_choice("plan.factors", k, tuple(FACTORS))
+                    for k in _list("plan.factors", p.get("factors") or [None]) if k is not None)
+    if factors and not any(o in MINIBATCH_OPTIMIZERS for o in space.optimizer):
+        raise ConfigError("plan.factors: paired trials need a mini-batch optimizer in "
+                          f"space.optimizer; allowed: {', '.join(MINIBATCH_OPTIMIZERS)}")
+    if factors and (dataset.random_labels or dataset.augment):
+        raise ConfigError("plan.factors: dataset.random_labels and dataset.augment must be false "
+                          "(the pairs set them per trial)")
     plan = PlanConfig(sampler=_choice("plan.sampler", p.get("sampler"), SAMPLERS), grid=grid,
-                      cheap_bias=_float("plan.cheap_bias", p.get("cheap_bias", 0.0), lo=0.0))
+                      cheap_bias=_float("plan.cheap_bias", p.get("cheap_bias", 0.0), lo=0.0),
+                      factors=factors)
     t = _section(d, "train")
     lb = _section(t, "lbfgs")
     train = TrainConfig(

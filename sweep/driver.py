@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from sweep.config import ConfigError, SweepConfig
-from sweep.plan import manifest_table, plan_trials
+from sweep.plan import manifest_table, plan_pairs, plan_trials
 from workers.data import DataError, check_available
 from workers.results import (
     ResultError, atomic_write_bytes_via, read_trial, trial_path, trials_dir, valid_trial_ids,
@@ -30,6 +30,7 @@ from workers.spec import RunContext, TrialSpec
 
 SWEEP_FILE = "sweep.json"
 PLAN_FILE = "plan.parquet"
+PAIRS_FILE = "pairs.parquet"  # with plan.factors: one row per pair (sweep.plan.plan_pairs)
 
 
 def log(msg: str) -> None:
@@ -81,8 +82,12 @@ def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec]]:
     plan = out / PLAN_FILE
     if plan.exists():
         return out, read_plan(plan)
-    specs = plan_trials(cfg)
-    if len(specs) < cfg.trials:
+    pairs = None
+    if cfg.plan.factors:
+        specs, pairs = plan_pairs(cfg)
+    else:
+        specs = plan_trials(cfg)
+    if len(specs) < cfg.trials and pairs is None:
         log(f"note: the space holds only {len(specs)} distinct configurations; planning {len(specs)} "
             f"trials instead of {cfg.trials}")
     out.mkdir(parents=True, exist_ok=True)
@@ -91,6 +96,8 @@ def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec]]:
         doc = {"identity_hash": cfg.identity_hash(), "config": asdict(cfg), "created": time.time()}
         text = json.dumps(doc, indent=2, sort_keys=True)
         atomic_write_bytes_via(meta, lambda tmp: Path(tmp).write_text(text))
+    if pairs is not None:  # before the plan, whose presence marks the directory planned
+        atomic_write_bytes_via(out / PAIRS_FILE, lambda tmp: pq.write_table(pairs, tmp))
     table = manifest_table(specs, cfg)
     atomic_write_bytes_via(plan, lambda tmp: pq.write_table(table, tmp))
     trials_dir(out).mkdir(exist_ok=True)

@@ -15,13 +15,13 @@ The same configuration and seed give the same trials, in the same order, with th
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict
+from dataclasses import asdict, replace
 import warnings
 
 import pyarrow as pa
 
 from sweep import cost
-from sweep.config import SPACE_KEYS, SweepConfig
+from sweep.config import FACTORS, SPACE_KEYS, SweepConfig
 from workers.spec import DataSpec, MetricSpec, TrainSpec, TrialSpec
 
 
@@ -44,7 +44,9 @@ def _trial_spec(cfg: SweepConfig, v: dict) -> TrialSpec:
     lbfgs = v["optimizer"] == "lbfgs"
     ds = cfg.dataset
     return TrialSpec(
-        data=DataSpec(ds.name, ds.train_size, ds.test_size, ds.random_labels, ds.augment, ds.seed),
+        data=DataSpec(ds.name, ds.train_size, ds.test_size,
+                      v.get("random_labels", ds.random_labels), v.get("augment", ds.augment),
+                      ds.seed),
         width=v["width"], depth=v["depth"], activation=v["activation"], optimizer=v["optimizer"],
         lr=t.lbfgs.lr if lbfgs else v["lr"],
         batch_size=None if lbfgs else v["batch_size"],  # L-BFGS: full batch
@@ -73,7 +75,61 @@ def cheapest_flops(cfg: SweepConfig) -> float:
 
 def plan_trials(cfg: SweepConfig) -> list[TrialSpec]:
     """The sweep's distinct trials, in plan order. Fewer than ``cfg.trials`` only when the space
-    holds fewer distinct configurations (or the cost bias rejects too many draws)."""
+    holds fewer distinct configurations (or the cost bias rejects too many draws). With
+    ``plan.factors``, the trials of :func:`plan_pairs`."""
+    if cfg.plan.factors:
+        return plan_pairs(cfg)[0]
+    return _draw(cfg)
+
+
+def factor_value(spec: TrialSpec, factor: str):
+    """The value of a Fig. 4 factor in a trial."""
+    return getattr(spec.data, factor) if factor in ("random_labels", "augment") else getattr(spec, factor)
+
+
+def _pair_sides(cfg: SweepConfig, base: dict, factor: str) -> tuple[dict, dict]:
+    a, b = FACTORS[factor]
+    if factor == "optimizer":
+        return dict(base), {**base, "optimizer": "lbfgs"}
+    return {**base, factor: a}, {**base, factor: b}
+
+
+def plan_pairs(cfg: SweepConfig) -> tuple[list[TrialSpec], pa.Table]:
+    """Fig. 4's paired trials: ``trials`` base configurations are drawn from the space (with a
+    mini-batch optimizer, true labels, no augmentation), and each gives one pair per factor in
+    ``plan.factors``, identical but for that factor (FACTORS lists the two values). Pairs are
+    whole by construction; a trial shared by several pairs (e.g. the ReLU, true-label side) is
+    run once. Returns (distinct trials, pairs table: pair_id, factor, value_a, value_b,
+    trial_a, trial_b)."""
+    import hashlib
+
+    minibatch = tuple(o for o in cfg.space.optimizer if o != "lbfgs")
+    base_cfg = replace(cfg, space=replace(cfg.space, optimizer=minibatch),
+                       plan=replace(cfg.plan, factors=()))
+    specs: dict[str, TrialSpec] = {}
+    rows = []
+    for base in _draw(base_cfg, values=True):
+        for factor in cfg.plan.factors:
+            sides = [_trial_spec(cfg, v) for v in _pair_sides(cfg, base, factor)]
+            for s in sides:
+                specs.setdefault(s.trial_id, s)
+            pid = hashlib.sha256(f"{factor}:{sides[0].trial_id}:{sides[1].trial_id}".encode())
+            value = [str(factor_value(s, factor)) for s in sides]
+            rows.append({"pair_id": pid.hexdigest()[:16], "factor": factor, "value_a": value[0],
+                         "value_b": value[1], "trial_a": sides[0].trial_id,
+                         "trial_b": sides[1].trial_id})
+    table = pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA)
+    return list(specs.values()), table
+
+
+PAIRS_SCHEMA = pa.schema([("pair_id", pa.string()), ("factor", pa.string()),
+                          ("value_a", pa.string()), ("value_b", pa.string()),
+                          ("trial_a", pa.string()), ("trial_b", pa.string())])
+
+
+def _draw(cfg: SweepConfig, values: bool = False) -> list:
+    """Draw up to ``cfg.trials`` distinct configurations: TrialSpecs, or with ``values`` the
+    drawn value dicts (distinct by the spec they give)."""
     import random
 
     import optuna
@@ -108,7 +164,7 @@ def plan_trials(cfg: SweepConfig) -> list[TrialSpec]:
         if bias > 0 and accept.random() >= (c_min / cost.estimate_flops(spec)) ** bias:
             continue  # rejected by the cost bias; the grid cell is retried with the next draw
         cell += 1
-        specs.setdefault(spec.trial_id, spec)
+        specs.setdefault(spec.trial_id, v if values else spec)
     return list(specs.values())
 
 

@@ -1,0 +1,66 @@
+"""Fig. 4's paired trials: planned whole, differing in exactly one factor, run complete."""
+
+import json
+
+import pytest
+
+from analysis import load_pairs, load_results
+from sweep.config import ConfigError, compose
+from sweep.driver import launch
+from sweep.plan import plan_pairs
+
+SMALL = ["experiment=factors", "dataset=digits", "trials=3", "train.steps=200",
+         "train.check_every=100", "space.width=[16,32]", "space.depth=[2,3]", "space.batch_size=[32,64]",
+         "dataset.train_size=200", "dataset.test_size=60", "metrics.transitions_points=5",
+         "progress=false", "figure=false"]
+# where each factor lives in a spec's canonical JSON; lbfgs also drops lr/batch_size
+WHERE = {"random_labels": ("data", "random_labels"), "augment": ("data", "augment"),
+         "activation": (None, "activation"), "optimizer": (None, "optimizer")}
+
+
+def strip(spec: dict, factor: str) -> dict:
+    d = json.loads(json.dumps(spec))
+    sec, key = WHERE[factor]
+    (d[sec] if sec else d).pop(key)
+    if factor == "optimizer":
+        d.pop("lr"), d.pop("batch_size")
+    return d
+
+
+def test_pairs_differ_in_exactly_their_factor_and_are_deterministic():
+    cfg = compose(SMALL)
+    specs, pairs = plan_pairs(cfg)
+    again_specs, again = plan_pairs(compose(SMALL))
+    assert pairs.equals(again) and [s.trial_id for s in specs] == [s.trial_id for s in again_specs]
+    by_id = {s.trial_id: json.loads(s.canonical()) for s in specs}
+    rows = pairs.to_pylist()
+    assert len(rows) == 3 * 4 and {r["factor"] for r in rows} == set(WHERE)
+    for r in rows:
+        a, b = by_id[r["trial_a"]], by_id[r["trial_b"]]
+        assert a != b and strip(a, r["factor"]) == strip(b, r["factor"])
+        if r["factor"] == "optimizer":
+            assert b["optimizer"] == "lbfgs" and a["optimizer"] != "lbfgs" and b["batch_size"] is None
+        if r["factor"] == "activation":
+            assert (a["activation"], b["activation"]) == ("relu", "hardsigmoid")
+        if r["factor"] in ("random_labels", "augment"):
+            assert (a["data"][r["factor"]], b["data"][r["factor"]]) == (False, True)
+
+
+def test_factors_need_a_minibatch_optimizer():
+    with pytest.raises(ConfigError, match="plan.factors"):
+        compose(SMALL + ["space.optimizer=lbfgs"])
+    with pytest.raises(ConfigError, match="plan.factors: unknown value 'width'"):
+        compose(SMALL + ["plan.factors=[width]"])
+
+
+@pytest.mark.slow
+def test_scaled_down_factors_sweep_completes_with_every_pair_whole(ray_local, tmp_path):
+    out = tmp_path / "factors"
+    launch(compose(SMALL + [f"out={out}"]))
+    pairs = load_pairs(out)
+    assert len(pairs) == 12
+    assert pairs["status_a"].notna().all() and pairs["status_b"].notna().all()
+    assert set(pairs["status_a"]) | set(pairs["status_b"]) <= {"ok", "diverged"}
+    ok = pairs[(pairs.status_a == "ok") & (pairs.status_b == "ok")]
+    assert len(ok) >= 10 and ok[["gen_gap_a", "gen_gap_b", "jacobian_norm_test_a"]].notna().all().all()
+    assert len(load_results(out)) == len(set(pairs.trial_a) | set(pairs.trial_b))

@@ -6,9 +6,13 @@ drawn by a seeded Optuna sampler (``random``, or ``qmc``: scrambled Sobol over t
 indices), define-by-run: ``lr`` and ``batch_size`` are conditional parameters, drawn only for
 mini-batch optimizers (full-batch L-BFGS uses ``train.lbfgs.lr`` and the whole train set).
 
-``plan.cheap_bias`` (b >= 0) favours cheap configurations, as the paper did: a drawn
-configuration is kept with probability (c_min / c)^b, c its estimated FLOPs
-(:mod:`sweep.cost`) and c_min that of the cheapest corner of the space; b = 0 keeps every draw.
+``plan.cheap_bias`` (b >= 0) favours cheap configurations, as the paper did: a configuration's
+probability is multiplied by (c_min / c)^b, c its estimated FLOPs (:mod:`sweep.cost`) and c_min
+that of the cheapest corner of the space; b = 0 leaves the draws uniform. With the random
+sampler and a space of at most ENUMERATE_MAX free configurations this is exact: each trial is
+one Optuna draw of u in [0, 1) mapped through the cumulative probabilities of the enumerated
+configurations. Otherwise (qmc, larger spaces) every key is suggested separately and a draw is
+kept with probability (c_min / c)^b (rejection sampling: the same distribution).
 The same configuration and seed give the same trials, in the same order, with the same ids.
 """
 
@@ -127,6 +131,72 @@ PAIRS_SCHEMA = pa.schema([("pair_id", pa.string()), ("factor", pa.string()),
                           ("trial_a", pa.string()), ("trial_b", pa.string())])
 
 
+# The random sampler draws one index into the enumerated free configurations (below this many);
+# larger spaces, and the qmc sampler, draw every key separately.
+ENUMERATE_MAX = 300_000
+
+
+COST_KEYS = ("width", "depth", "optimizer", "batch_size", "lr")  # cost and conditionals
+
+
+class _Enumerated:
+    """The free configurations of one grid cell as a distribution that one uniform number
+    picks from. The free keys that decide a trial's cost or are conditional (COST_KEYS) are
+    enumerated: the optimizer uniform, lr and batch_size uniform given a mini-batch optimizer,
+    the others uniform, times the cost bias (c_min / c)^b, normalized to a cumulative table.
+    u in [0, 1) picks a row of that table; where u falls inside the row's interval, rescaled to
+    [0, 1), picks the remaining keys (activation, init_scale, seed: uniform, independent of the
+    cost) as the digits of a mixed-radix index. So every draw is kept and its distribution is
+    exactly the rejection-sampling one."""
+
+    def __init__(self, cfg: SweepConfig, cell: dict, free: list[str], c_min: float):
+        import numpy as np
+
+        space, bias = cfg.space, cfg.plan.cheap_bias
+        self.tail = [k for k in free if k not in COST_KEYS]
+        head = [k for k in free if k in COST_KEYS and k != "optimizer"]
+        opts = [cell["optimizer"]] if "optimizer" in cell else list(space.optimizer)
+        probe = {k: space.values(k)[0] for k in self.tail}  # cost does not depend on these
+        self.rows: list[dict] = []
+        weights = []
+        for opt in opts:
+            keys = [k for k in head if not (opt == "lbfgs" and k in CONDITIONAL)]
+            rows = [{**cell, "optimizer": opt, **dict(zip(keys, vals))}
+                    for vals in itertools.product(*(space.values(k) for k in keys))]
+            w = np.full(len(rows), 1.0 / (len(opts) * len(rows)))
+            if bias > 0:
+                flops = np.array([cost.estimate_flops(_trial_spec(cfg, {**probe, **r}))
+                                  for r in rows])
+                w *= (c_min / flops) ** bias
+            self.rows += rows
+            weights.append(w)
+        cdf = np.cumsum(np.concatenate(weights))
+        self.cdf = cdf / cdf[-1]
+        self.radix = [len(space.values(k)) for k in self.tail]
+        self.space = space
+
+    @staticmethod
+    def size(cfg: SweepConfig, free: list[str]) -> int:
+        n = 1
+        for k in free:
+            if k in COST_KEYS:
+                n *= len(cfg.space.values(k))
+        return n
+
+    def pick(self, u: float) -> dict:
+        import numpy as np
+
+        i = min(int(np.searchsorted(self.cdf, u, side="right")), len(self.rows) - 1)
+        lo = self.cdf[i - 1] if i else 0.0
+        frac = min(max((u - lo) / (self.cdf[i] - lo), 0.0), np.nextafter(1.0, 0.0))
+        r = int(frac * int(np.prod(self.radix)))  # mixed radix over the tail keys
+        v = dict(self.rows[i])
+        for k, n in zip(reversed(self.tail), reversed(self.radix)):
+            r, digit = divmod(r, n)
+            v[k] = self.space.values(k)[digit]
+        return v
+
+
 def _draw(cfg: SweepConfig, values: bool = False) -> list:
     """Draw up to ``cfg.trials`` distinct configurations: TrialSpecs, or with ``values`` the
     drawn value dicts (distinct by the spec they give)."""
@@ -140,29 +210,35 @@ def _draw(cfg: SweepConfig, values: bool = False) -> list:
     free = [k for k in SPACE_KEYS if k not in grid_keys]
     study = optuna.create_study(sampler=_sampler(cfg))
     bias = cfg.plan.cheap_bias
-    accept = random.Random(cfg.seed)  # the cost bias's own seeded draws
     c_min = cheapest_flops(cfg) if bias > 0 else 0.0
+    enumerate_ = cfg.plan.sampler == "random" and _Enumerated.size(cfg, free) <= ENUMERATE_MAX
+    tables: dict[tuple, _Enumerated] = {}
+    accept = random.Random(cfg.seed)  # the cost bias's own seeded draws (per-key path)
     specs: dict[str, TrialSpec] = {}
-    max_draws = (200 if bias > 0 else 20) * cfg.trials + len(cells)
+    max_draws = (20 if enumerate_ or bias == 0 else 200) * cfg.trials + len(cells)
     cell = 0
     for _ in range(max_draws):
         if len(specs) == cfg.trials:
             break
         trial = study.ask()
-
-        def draw(key: str):
-            vals = space.values(key)
-            return vals[trial.suggest_int(key, 0, len(vals) - 1)] if len(vals) > 1 else vals[0]
-
-        v = dict(zip(grid_keys, cells[cell % len(cells)]))
-        for k in free:
-            if k in CONDITIONAL and v["optimizer"] == "lbfgs":
-                continue
-            v[k] = draw(k)
-        study.tell(trial, 0.0)
-        spec = _trial_spec(cfg, v)
-        if bias > 0 and accept.random() >= (c_min / cost.estimate_flops(spec)) ** bias:
-            continue  # rejected by the cost bias; the grid cell is retried with the next draw
+        key = cells[cell % len(cells)]
+        v = dict(zip(grid_keys, key))
+        if enumerate_:
+            if key not in tables:
+                tables[key] = _Enumerated(cfg, v, free, c_min)
+            v = tables[key].pick(trial.suggest_float("u", 0.0, 1.0))
+            spec = _trial_spec(cfg, v)
+        else:
+            for k in free:
+                if k in CONDITIONAL and v["optimizer"] == "lbfgs":
+                    continue
+                vals = space.values(k)
+                v[k] = vals[trial.suggest_int(k, 0, len(vals) - 1)] if len(vals) > 1 else vals[0]
+            # QMC reads its search space from a finished trial; the random sampler needs no tell
+            study.tell(trial, 0.0)
+            spec = _trial_spec(cfg, v)
+            if bias > 0 and accept.random() >= (c_min / cost.estimate_flops(spec)) ** bias:
+                continue  # rejected by the cost bias; the grid cell is retried with the next draw
         cell += 1
         specs.setdefault(spec.trial_id, v if values else spec)
     return list(specs.values())

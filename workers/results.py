@@ -110,13 +110,24 @@ def weights_path(sweep_dir: str | Path, trial_id: str) -> Path:
     return Path(sweep_dir) / "weights" / f"{trial_id}.safetensors"
 
 
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's own files are 0600
+
+
 def atomic_write_bytes_via(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename it onto ``path`` (same directory, so atomic)."""
+    """Call ``write(tmp_path)`` then rename it onto ``path`` (same directory, so atomic). The
+    file gets the usual permissions (0666 less the umask), so other nodes' users can read it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

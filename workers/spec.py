@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 # Bump when the meaning of a spec field changes, so old and new trials never share an id.
 SPEC_VERSION = 1
@@ -67,13 +67,24 @@ class TrialSpec:
     metrics: MetricSpec = field(default_factory=MetricSpec)
 
     def canonical(self) -> str:
-        d = asdict(self)
-        d["_version"] = SPEC_VERSION
-        return json.dumps(d, sort_keys=True, separators=(",", ":"))
+        """The spec as canonical JSON (sorted keys, no spaces); computed once per instance."""
+        cached = self.__dict__.get("_canonical")
+        if cached is None:
+            d = {f.name: getattr(self, f.name) for f in fields(self)}
+            for k in ("data", "train", "metrics"):  # flat dataclasses: one level
+                d[k] = {f.name: getattr(d[k], f.name) for f in fields(d[k])}
+            d["_version"] = SPEC_VERSION
+            cached = json.dumps(d, sort_keys=True, separators=(",", ":"))
+            object.__setattr__(self, "_canonical", cached)
+        return cached
 
     @property
     def trial_id(self) -> str:
-        return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
+        cached = self.__dict__.get("_trial_id")
+        if cached is None:
+            cached = hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
+            object.__setattr__(self, "_trial_id", cached)
+        return cached
 
     @classmethod
     def from_json(cls, text: str) -> "TrialSpec":

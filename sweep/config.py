@@ -108,6 +108,8 @@ class ResourcesConfig:
     gpus_per_trial: float
     max_retries: int
     max_in_flight: int | None
+    trials_per_task: int = 16
+    batch_below_flops: float = 1e9
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class SweepConfig:
     resources: ResourcesConfig
     figure: bool
     progress: bool
+    dry_run: bool = False  # trials write their record without training (plumbing checks, benchmarks)
 
     def identity(self) -> dict:
         """What defines the sweep's set of trials: two configurations with the same identity
@@ -326,9 +329,13 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
             gpus_per_trial=_float("resources.gpus_per_trial", r.get("gpus_per_trial"), lo=0.0),
             max_retries=_int("resources.max_retries", r.get("max_retries"), lo=0),
             max_in_flight=_int("resources.max_in_flight", r.get("max_in_flight"), lo=1, allow_none=True),
+            trials_per_task=_int("resources.trials_per_task", r.get("trials_per_task", 16), lo=1),
+            batch_below_flops=_float("resources.batch_below_flops",
+                                     r.get("batch_below_flops", 1e9), lo=0.0),
         ),
         figure=_bool("figure", d.get("figure")),
         progress=_bool("progress", d.get("progress")),
+        dry_run=_bool("dry_run", d.get("dry_run", False)),
     )
 
 

@@ -23,14 +23,12 @@ from sweep.config import ConfigError, SweepConfig
 from sweep.plan import manifest_table, plan_pairs, plan_trials
 from workers.data import DataError, check_available
 from workers.results import (
-    ResultError, atomic_write_bytes_via, read_trial, trial_path, trials_dir, valid_trial_ids,
-    write_trial,
+    Journal, ResultError, atomic_write_bytes_via, read_trial, trial_path, trials_dir,
+    valid_trial_ids, write_trial,
 )
 from workers.spec import RunContext, TrialSpec
 
-SWEEP_FILE = "sweep.json"
-PLAN_FILE = "plan.parquet"
-PAIRS_FILE = "pairs.parquet"  # with plan.factors: one row per pair (sweep.plan.plan_pairs)
+from workers.results import PAIRS_FILE, PLAN_FILE, SWEEP_FILE  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -121,11 +119,45 @@ def pending(out: Path, specs: list[TrialSpec], move_invalid: bool = True) -> lis
     return todo
 
 
-def _run_remote(spec: TrialSpec, ctx: RunContext) -> dict:
+def _run_remote(specs: list[TrialSpec], ctx: RunContext) -> list[str]:
+    """One Ray task: run a unit of trials in order; their statuses. A retried unit (its worker
+    died) skips the trials that had already written a valid result."""
     from workers.trial import run_trial
 
-    row = run_trial(spec, ctx)
-    return {"trial_id": row["trial_id"], "status": row["status"], "error": row["error"]}
+    statuses = []
+    for spec in specs:
+        path = trial_path(ctx.out_dir, spec.trial_id)
+        if len(specs) > 1 and path.exists():
+            try:
+                statuses.append(read_trial(path, columns=["status"]).column("status")[0].as_py())
+                continue
+            except ResultError:
+                pass
+        statuses.append(run_trial(spec, ctx)["status"])
+    return statuses
+
+
+def make_units(cfg: SweepConfig, todo: list[TrialSpec]) -> list[list[TrialSpec]]:
+    """Trials grouped into Ray tasks: cheap ones (estimated FLOPs below
+    ``resources.batch_below_flops``; every dry-run trial) in units of up to
+    ``resources.trials_per_task``, so that per-task overhead does not dominate them; every other
+    trial alone, so that expensive trials spread over the cluster."""
+    from sweep.cost import estimate_flops
+
+    res = cfg.resources
+    units, cur = [], []
+    for s in todo:
+        cheap = cfg.dry_run or estimate_flops(s) < res.batch_below_flops
+        if not cheap or res.trials_per_task == 1:
+            units.append([s])
+            continue
+        cur.append(s)
+        if len(cur) == res.trials_per_task:
+            units.append(cur)
+            cur = []
+    if cur:
+        units.append(cur)
+    return units
 
 
 def _record_system_failure(out: Path, spec: TrialSpec, exc: BaseException) -> str:
@@ -133,8 +165,8 @@ def _record_system_failure(out: Path, spec: TrialSpec, exc: BaseException) -> st
     from workers.trial import failure_summary
 
     try:  # the worker may have written its result just before it died
-        read_trial(trial_path(out, spec.trial_id), columns=["trial_id"])
-        return "ok"
+        t = read_trial(trial_path(out, spec.trial_id), columns=["status"])
+        return t.column("status")[0].as_py()
     except ResultError:
         pass
     import ray.exceptions as rex
@@ -174,7 +206,7 @@ def dispatch(cfg: SweepConfig, out: Path, todo: list[TrialSpec]) -> dict[str, in
     ctx = RunContext(
         out_dir=str(out.resolve()), data_root=cfg.dataset.root, download=cfg.dataset.download,
         save_weights=cfg.save_weights, device="cuda" if res.gpus_per_trial > 0 else "cpu",
-        num_threads=max(1, math.floor(res.cpus_per_trial)),
+        num_threads=max(1, math.floor(res.cpus_per_trial)), dry_run=cfg.dry_run,
     )
     remote = ray.remote(_run_remote).options(
         num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial, max_retries=res.max_retries,
@@ -183,30 +215,35 @@ def dispatch(cfg: SweepConfig, out: Path, todo: list[TrialSpec]) -> dict[str, in
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
     max_in_flight = res.max_in_flight or 2 * slots
     counts = {"ok": 0, "failed": 0, "diverged": 0, "oom": 0}
-    queue = list(reversed(todo))
+    queue = list(reversed(make_units(cfg, todo)))
     in_flight: dict = {}
     bar = tqdm(total=len(todo), disable=not cfg.progress, unit="trial", dynamic_ncols=True,
-               file=sys.stderr)
+               file=sys.stderr, mininterval=0.5)
+    journal = Journal(out)
     try:
         while queue or in_flight:
             while queue and len(in_flight) < max_in_flight:
-                spec = queue.pop()
-                in_flight[remote.remote(spec, ctx)] = spec
+                unit = queue.pop()
+                in_flight[remote.remote(unit, ctx)] = unit
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in ready:
-                spec = in_flight.pop(ref)
+                unit = in_flight.pop(ref)
                 try:
-                    status = ray.get(ref)["status"]
+                    statuses = ray.get(ref)
                 except Exception as e:  # the worker or its node died after all retries
-                    status = _record_system_failure(out, spec, e)
-                counts[status] += 1
-                bar.update(1)
+                    statuses = [_record_system_failure(out, spec, e) for spec in unit]
+                for spec, status in zip(unit, statuses):
+                    size = trial_path(out, spec.trial_id).stat().st_size
+                    journal.record(spec.trial_id, status, size)
+                    counts[status] += 1
+                bar.update(len(unit))
             bar.set_postfix(ok=counts["ok"], failed=counts["failed"] + counts["oom"],
                             diverged=counts["diverged"], running=min(len(in_flight), slots),
                             refresh=False)
             bar.refresh()
     finally:
         bar.close()
+        journal.close()
     return counts
 
 

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 2
+# The files of a sweep directory besides trials/ (see sweep.driver)
+SWEEP_FILE = "sweep.json"
+PLAN_FILE = "plan.parquet"
+PAIRS_FILE = "pairs.parquet"  # with plan.factors: one row per pair (sweep.plan.plan_pairs)
 STATUSES = ("ok", "failed", "diverged", "oom")
 
 POINT_TYPE = pa.struct(
@@ -218,3 +223,74 @@ def valid_trial_ids(sweep_dir: str | Path) -> dict[str, str]:
         if row["trial_id"] == p.stem:
             out[row["trial_id"]] = row["status"]
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The journal: what the driver saw arrive, for a fast `sweep status`. The result files stay the
+# source of truth; a journal line only lets status skip reading a file whose size still matches.
+
+
+def journal_dir(sweep_dir: str | Path) -> Path:
+    return Path(sweep_dir) / "journal"
+
+
+class Journal:
+    """Appends ``trial_id<TAB>status<TAB>file size`` lines to a file of its own
+    (``journal/<time>-<pid>.tsv``): one per driver session, so drivers never share a file."""
+
+    def __init__(self, sweep_dir: str | Path, flush_every: int = 256):
+        d = journal_dir(sweep_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        self._f = open(d / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.tsv", "a")
+        self._n, self._every = 0, flush_every
+
+    def record(self, trial_id: str, status: str, size: int) -> None:
+        self._f.write(f"{trial_id}\t{status}\t{size}\n")
+        self._n += 1
+        if self._n % self._every == 0:
+            self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_journal(sweep_dir: str | Path) -> dict[str, tuple[str, int]]:
+    """trial_id -> (status, size) over all journal files, later files winning; torn lines
+    (a driver killed mid-write) are skipped."""
+    out: dict[str, tuple[str, int]] = {}
+    d = journal_dir(sweep_dir)
+    if not d.is_dir():
+        return out
+    for p in sorted(d.glob("*.tsv")):
+        for line in p.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3 and parts[1] in STATUSES and parts[2].isdigit():
+                out[parts[0]] = (parts[1], int(parts[2]))
+    return out
+
+
+def trial_statuses(sweep_dir: str | Path) -> tuple[dict[str, str], list[str]]:
+    """(trial_id -> status for every valid result file, errors of invalid files). A file whose
+    journaled size matches is taken from the journal; every other file is read and checked."""
+    journal = read_journal(sweep_dir)
+    statuses: dict[str, str] = {}
+    invalid: list[str] = []
+    d = trials_dir(sweep_dir)
+    if not d.is_dir():
+        return statuses, invalid
+    with os.scandir(d) as it:
+        for e in it:
+            if not e.name.endswith(".parquet") or e.name.startswith("."):
+                continue
+            tid = e.name[: -len(".parquet")]
+            j = journal.get(tid)
+            if j is not None and j[1] == e.stat().st_size:
+                statuses[tid] = j[0]
+                continue
+            try:
+                row = read_trial(e.path, columns=["trial_id", "status"]).to_pylist()[0]
+            except ResultError as err:
+                invalid.append(str(err))
+                continue
+            statuses[tid] = row["status"]
+    return statuses, invalid

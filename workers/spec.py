@@ -108,3 +108,4 @@ class RunContext:
     save_weights: bool = False
     device: str = "cpu"
     num_threads: int = 1
+    dry_run: bool = False  # write the trial's record without loading data or training

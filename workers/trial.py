@@ -176,7 +176,11 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
     torch.set_num_threads(max(1, ctx.num_threads))
     points: list[dict] = []
     try:
-        row, points, model, extras = execute(spec, ctx)
+        if ctx.dry_run:
+            row, points, model, extras = {**base_summary(spec), "status": "ok",
+                                          "error": "dry run: not trained"}, [], None, {}
+        else:
+            row, points, model, extras = execute(spec, ctx)
         if model is not None and ctx.save_weights:
             _save_weights(ctx.out_dir, spec.trial_id, model)
         for kind, rows in extras.items():  # before the result file, which marks the trial done

@@ -1,0 +1,62 @@
+"""Units of work, the journal and the fast status, without Ray."""
+
+import os
+
+from sweep.config import compose
+from sweep.driver import _run_remote, make_units
+from sweep.plan import plan_trials
+from workers.results import Journal, read_journal, trial_path, trial_statuses
+from workers.spec import RunContext
+from workers.trial import run_trial
+
+
+def test_cheap_trials_share_tasks_and_expensive_ones_run_alone():
+    over = ["space.width=[8,4096]", "space.depth=[2,9]", "plan.grid=[width,depth]", "trials=40",
+            "space.seed=[1,2,3,4,5,6,7,8,9,10]", "resources.trials_per_task=4"]
+    cfg = compose(over + ["resources.batch_below_flops=1e10"])
+    specs = plan_trials(cfg)
+    units = make_units(cfg, specs)
+    from sweep.cost import estimate_flops
+
+    assert sorted(s.trial_id for u in units for s in u) == sorted(s.trial_id for s in specs)
+    for u in units:
+        assert len(u) <= 4
+        if len(u) > 1:
+            assert all(estimate_flops(s) < 1e10 for s in u)
+    assert any(len(u) == 4 for u in units)
+    assert all(len(u) == 1 for u in units if estimate_flops(u[0]) >= 1e10)
+    assert all(len(u) == 1 for u in make_units(compose(over + ["resources.trials_per_task=1"]), specs))
+
+
+def test_a_retried_unit_does_not_rerun_finished_trials(tmp_path):
+    specs = plan_trials(compose(["trials=3", "dry_run=true"]))
+    ctx = RunContext(out_dir=str(tmp_path), dry_run=True)
+    run_trial(specs[0], ctx)
+    before = trial_path(tmp_path, specs[0].trial_id).stat().st_mtime_ns
+    assert _run_remote(specs, ctx) == ["ok", "ok", "ok"]
+    assert trial_path(tmp_path, specs[0].trial_id).stat().st_mtime_ns == before
+
+
+def test_status_trusts_the_journal_only_while_the_size_matches(tmp_path):
+    specs = plan_trials(compose(["trials=3", "dry_run=true"]))
+    ctx = RunContext(out_dir=str(tmp_path), dry_run=True)
+    for s in specs:
+        run_trial(s, ctx)
+    j = Journal(tmp_path)
+    for s, status in zip(specs, ["ok", "failed", "ok"]):  # a journal that disagrees with files
+        j.record(s.trial_id, status, trial_path(tmp_path, s.trial_id).stat().st_size)
+    j.close()
+    with open(next((tmp_path / "journal").glob("*.tsv")), "a") as f:
+        f.write("torn-line-without-fields")  # a driver killed mid-write
+    assert set(read_journal(tmp_path)) == {s.trial_id for s in specs}
+    statuses, invalid = trial_statuses(tmp_path)
+    assert statuses[specs[1].trial_id] == "failed"  # journal used: the size matches
+    p = trial_path(tmp_path, specs[1].trial_id)
+    os.truncate(p, p.stat().st_size // 2)  # now it does not: the file is read, and is invalid
+    statuses, invalid = trial_statuses(tmp_path)
+    assert specs[1].trial_id not in statuses and len(invalid) == 1
+    assert statuses[specs[0].trial_id] == "ok"
+
+
+def test_dry_run_is_part_of_the_sweep_identity():
+    assert compose(["dry_run=true"]).identity_hash() != compose([]).identity_hash()

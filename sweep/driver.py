@@ -23,8 +23,8 @@ from sweep.config import ConfigError, SweepConfig
 from sweep.plan import manifest_table, plan_pairs, plan_trials
 from workers.data import DataError, check_available
 from workers.results import (
-    Journal, ResultError, atomic_write_bytes_via, read_trial, trial_path, trials_dir,
-    valid_trial_ids, write_trial,
+    Journal, ResultError, atomic_write_bytes_via, read_trial, result_index, trial_path,
+    trials_dir, write_trial,
 )
 from workers.spec import RunContext, TrialSpec
 
@@ -103,18 +103,21 @@ def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec]]:
 
 
 def pending(out: Path, specs: list[TrialSpec], move_invalid: bool = True) -> list[TrialSpec]:
-    """Planned trials without a valid result file. Unreadable files are moved aside to
-    ``trials/invalid/`` (never deleted) so that the re-run can write its result."""
-    done = valid_trial_ids(out)
+    """Planned trials without a finished result: no file, an unreadable file, or a retryable
+    failure (its worker or node died). Such files are moved aside (never deleted), unreadable
+    ones to ``trials/invalid/``, retryable failures to ``trials/retried/``, so that the re-run
+    can write its result."""
+    readable = result_index(out)
     todo = []
     for s in specs:
-        if s.trial_id in done:
+        r = readable.get(s.trial_id)
+        if r is not None and not r["retryable"]:
             continue
         p = trial_path(out, s.trial_id)
         if p.exists() and move_invalid:
-            bad = trials_dir(out) / "invalid"
-            bad.mkdir(exist_ok=True)
-            os.replace(p, bad / f"{p.name}.{int(time.time())}")
+            aside = trials_dir(out) / ("retried" if s.trial_id in readable else "invalid")
+            aside.mkdir(exist_ok=True)
+            os.replace(p, aside / f"{p.name}.{time.time_ns()}")
         todo.append(s)
     return todo
 
@@ -173,7 +176,9 @@ def _record_system_failure(out: Path, spec: TrialSpec, exc: BaseException) -> st
 
     status = "oom" if isinstance(exc, rex.OutOfMemoryError) else "failed"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    write_trial(out, failure_summary(spec, status, f"{type(exc).__name__}: {first}"[:4000]))
+    row = failure_summary(spec, status, f"{type(exc).__name__}: {first}"[:4000])
+    row["retryable"] = status == "failed"  # the system failed, not the trial: resume retries it
+    write_trial(out, row)
     return status
 
 

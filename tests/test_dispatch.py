@@ -60,3 +60,20 @@ def test_status_trusts_the_journal_only_while_the_size_matches(tmp_path):
 
 def test_dry_run_is_part_of_the_sweep_identity():
     assert compose(["dry_run=true"]).identity_hash() != compose([]).identity_hash()
+
+
+def test_resume_reruns_retryable_failures_and_keeps_their_records(tmp_path):
+    from sweep.driver import pending
+    from workers.results import write_trial
+    from workers.trial import failure_summary
+
+    specs = plan_trials(compose(["trials=3", "dry_run=true"]))
+    system = failure_summary(specs[0], "failed", "WorkerCrashedError: the node died")
+    system["retryable"] = True
+    write_trial(tmp_path, system)
+    write_trial(tmp_path, failure_summary(specs[1], "failed", "ValueError: the trial's own"))
+    todo = pending(tmp_path, specs)
+    assert [s.trial_id for s in todo] == [specs[0].trial_id, specs[2].trial_id]
+    kept = list((tmp_path / "trials" / "retried").iterdir())
+    assert len(kept) == 1 and kept[0].name.startswith(specs[0].trial_id)
+    assert trial_path(tmp_path, specs[1].trial_id).exists()  # a trial's own failure is final

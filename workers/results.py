@@ -41,6 +41,7 @@ SUMMARY_FIELDS = [
     ("schema_version", pa.int32()),
     ("status", pa.string()),
     ("error", pa.string()),
+    ("retryable", pa.bool_()),  # a failure of the system, not of the trial: resume re-runs it
     ("dataset", pa.string()),
     ("train_size", pa.int64()),
     ("test_size", pa.int64()),
@@ -209,20 +210,26 @@ def read_trial_summary(sweep_dir: str | Path, trial_id: str) -> dict:
     return table.to_pylist()[0]
 
 
-def valid_trial_ids(sweep_dir: str | Path) -> dict[str, str]:
-    """trial_id -> status for every readable result file in the sweep."""
-    out: dict[str, str] = {}
+def result_index(sweep_dir: str | Path) -> dict[str, dict]:
+    """trial_id -> {"status", "retryable"} for every readable result file (each file is read and
+    checked)."""
+    out: dict[str, dict] = {}
     d = trials_dir(sweep_dir)
     if not d.is_dir():
         return out
     for p in sorted(d.glob("*.parquet")):
         try:
-            row = read_trial(p, columns=["trial_id", "status"]).to_pylist()[0]
+            row = read_trial(p, columns=["trial_id", "status", "retryable"]).to_pylist()[0]
         except ResultError:
             continue
         if row["trial_id"] == p.stem:
-            out[row["trial_id"]] = row["status"]
+            out[row["trial_id"]] = row
     return out
+
+
+def valid_trial_ids(sweep_dir: str | Path) -> dict[str, str]:
+    """trial_id -> status for every readable result file in the sweep."""
+    return {k: r["status"] for k, r in result_index(sweep_dir).items()}
 
 
 # --------------------------------------------------------------------------------------------

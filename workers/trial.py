@@ -34,7 +34,7 @@ def base_summary(spec: TrialSpec) -> dict:
     """The summary row of a trial that has not produced any numbers (yet)."""
     d = spec.data
     row = {
-        "trial_id": spec.trial_id, "status": "failed", "error": None,
+        "trial_id": spec.trial_id, "status": "failed", "error": None, "retryable": False,
         "dataset": d.name, "train_size": d.train_size, "test_size": d.test_size,
         "random_labels": d.random_labels, "augment": d.augment,
         "width": spec.width, "depth": spec.depth, "activation": spec.activation,

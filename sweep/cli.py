@@ -56,7 +56,7 @@ def cmd_status(sweep_dir: str) -> int:
     workers.results.trial_statuses); `sweep resume` reads and checks every file."""
     import pyarrow.parquet as pq
 
-    from workers.results import PLAN_FILE, read_trial, trial_path, trial_statuses
+    from workers.results import PLAN_FILE, ResultError, read_trial, trial_path, trial_statuses
 
     d = Path(sweep_dir)
     if not (d / PLAN_FILE).is_file():
@@ -65,13 +65,14 @@ def cmd_status(sweep_dir: str) -> int:
     statuses, invalid = trial_statuses(d)
     counts: Counter = Counter()
     failures = []
+    planned_set = set(planned)
+    bad = [(tid, msg) for tid, msg in invalid if tid in planned_set]
+    bad_ids = {tid for tid, _ in bad}
     for tid in planned:
         st = statuses.get(tid)
-        counts[st or "pending"] += 1
+        counts["invalid" if tid in bad_ids else (st or "pending")] += 1
         if st is not None and st != "ok":
             failures.append((tid, st))
-    counts["pending"] -= len(invalid)
-    counts["invalid"] = len(invalid)
     print(f"sweep {d}: {len(planned)} trials planned")
     for k in ("ok", "diverged", "failed", "oom", "invalid", "pending"):
         if counts[k]:
@@ -80,12 +81,16 @@ def cmd_status(sweep_dir: str) -> int:
     print(f"  progress {done}/{len(planned)} ({100.0 * done / max(1, len(planned)):.1f}%)")
     shown = failures[:50]
     for tid, status in shown:
-        err = read_trial(trial_path(d, tid), columns=["error"]).column("error")[0].as_py() or ""
+        try:
+            err = read_trial(trial_path(d, tid), columns=["error"]).column("error")[0].as_py()
+        except ResultError as e:  # moved aside or rewritten meanwhile
+            err = f"(unreadable now: {e})"
+        err = err or ""
         print(f"  {tid} {status}: {err.splitlines()[0] if err else ''}")
     if len(failures) > len(shown):
         print(f"  ... and {len(failures) - len(shown)} more (analysis.load_results for all)")
-    for e in invalid:
-        print(f"  invalid: {e}")
+    for _, msg in bad:
+        print(f"  invalid: {msg}")
     return 0
 
 

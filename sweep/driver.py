@@ -163,8 +163,11 @@ def make_units(cfg: SweepConfig, todo: list[TrialSpec]) -> list[list[TrialSpec]]
     return units
 
 
-def _record_system_failure(out: Path, spec: TrialSpec, exc: BaseException) -> str:
-    """A trial whose worker died (after Ray's retries) gets a result recording why."""
+def _record_system_failure(out: Path, spec: TrialSpec, exc: BaseException, unit_size: int = 1) -> str:
+    """A trial whose worker died (after Ray's retries) gets a result recording why. Ray's memory
+    monitor killing a task of one trial makes it ``oom``; any other death, and an oom kill of a
+    task that ran several trials (which of them used the memory is unknown), is a retryable
+    ``failed`` that resume runs again."""
     from workers.trial import failure_summary
 
     try:  # the worker may have written its result just before it died
@@ -174,7 +177,7 @@ def _record_system_failure(out: Path, spec: TrialSpec, exc: BaseException) -> st
         pass
     import ray.exceptions as rex
 
-    status = "oom" if isinstance(exc, rex.OutOfMemoryError) else "failed"
+    status = "oom" if isinstance(exc, rex.OutOfMemoryError) and unit_size == 1 else "failed"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     row = failure_summary(spec, status, f"{type(exc).__name__}: {first}"[:4000])
     row["retryable"] = status == "failed"  # the system failed, not the trial: resume retries it
@@ -236,10 +239,13 @@ def dispatch(cfg: SweepConfig, out: Path, todo: list[TrialSpec]) -> dict[str, in
                 try:
                     statuses = ray.get(ref)
                 except Exception as e:  # the worker or its node died after all retries
-                    statuses = [_record_system_failure(out, spec, e) for spec in unit]
+                    statuses = [_record_system_failure(out, spec, e, len(unit)) for spec in unit]
                 for spec, status in zip(unit, statuses):
-                    size = trial_path(out, spec.trial_id).stat().st_size
-                    journal.record(spec.trial_id, status, size)
+                    try:  # a shared file system may not show another node's file yet
+                        st = trial_path(out, spec.trial_id).stat()
+                        journal.record(spec.trial_id, status, st.st_size, st.st_mtime_ns)
+                    except OSError:
+                        pass  # no journal line: status reads the file instead
                     counts[status] += 1
                 bar.update(len(unit))
             bar.set_postfix(ok=counts["ok"], failed=counts["failed"] + counts["oom"],

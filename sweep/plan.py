@@ -111,7 +111,7 @@ def plan_pairs(cfg: SweepConfig) -> tuple[list[TrialSpec], pa.Table]:
     base_cfg = replace(cfg, space=replace(cfg.space, optimizer=minibatch),
                        plan=replace(cfg.plan, factors=()))
     specs: dict[str, TrialSpec] = {}
-    rows = []
+    rows: dict[str, dict] = {}  # by pair_id: two bases can give the same pair (e.g. activation)
     for base in _draw(base_cfg, values=True):
         for factor in cfg.plan.factors:
             sides = [_trial_spec(cfg, v) for v in _pair_sides(cfg, base, factor)]
@@ -119,10 +119,10 @@ def plan_pairs(cfg: SweepConfig) -> tuple[list[TrialSpec], pa.Table]:
                 specs.setdefault(s.trial_id, s)
             pid = hashlib.sha256(f"{factor}:{sides[0].trial_id}:{sides[1].trial_id}".encode())
             value = [str(factor_value(s, factor)) for s in sides]
-            rows.append({"pair_id": pid.hexdigest()[:16], "factor": factor, "value_a": value[0],
-                         "value_b": value[1], "trial_a": sides[0].trial_id,
-                         "trial_b": sides[1].trial_id})
-    table = pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA)
+            rows.setdefault(pid.hexdigest()[:16], {
+                "pair_id": pid.hexdigest()[:16], "factor": factor, "value_a": value[0],
+                "value_b": value[1], "trial_a": sides[0].trial_id, "trial_b": sides[1].trial_id})
+    table = pa.Table.from_pylist(list(rows.values()), schema=PAIRS_SCHEMA)
     return list(specs.values()), table
 
 
@@ -163,14 +163,15 @@ class _Enumerated:
             keys = [k for k in head if not (opt == "lbfgs" and k in CONDITIONAL)]
             rows = [{**cell, "optimizer": opt, **dict(zip(keys, vals))}
                     for vals in itertools.product(*(space.values(k) for k in keys))]
-            w = np.full(len(rows), 1.0 / (len(opts) * len(rows)))
-            if bias > 0:
+            logw = np.full(len(rows), -np.log(len(opts) * len(rows)))
+            if bias > 0:  # in logs: a large bias must not underflow every weight to 0
                 flops = np.array([cost.estimate_flops(_trial_spec(cfg, {**probe, **r}))
                                   for r in rows])
-                w *= (c_min / flops) ** bias
+                logw += bias * (np.log(c_min) - np.log(flops))
             self.rows += rows
-            weights.append(w)
-        cdf = np.cumsum(np.concatenate(weights))
+            weights.append(logw)
+        logw = np.concatenate(weights)
+        cdf = np.cumsum(np.exp(logw - logw.max()))
         self.cdf = cdf / cdf[-1]
         self.radix = [len(space.values(k)) for k in self.tail]
         self.space = space

@@ -44,7 +44,8 @@ def test_status_trusts_the_journal_only_while_the_size_matches(tmp_path):
         run_trial(s, ctx)
     j = Journal(tmp_path)
     for s, status in zip(specs, ["ok", "failed", "ok"]):  # a journal that disagrees with files
-        j.record(s.trial_id, status, trial_path(tmp_path, s.trial_id).stat().st_size)
+        st = trial_path(tmp_path, s.trial_id).stat()
+        j.record(s.trial_id, status, st.st_size, st.st_mtime_ns)
     j.close()
     with open(next((tmp_path / "journal").glob("*.tsv")), "a") as f:
         f.write("torn-line-without-fields")  # a driver killed mid-write

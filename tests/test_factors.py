@@ -35,6 +35,9 @@ def test_pairs_differ_in_exactly_their_factor_and_are_deterministic():
     by_id = {s.trial_id: json.loads(s.canonical()) for s in specs}
     rows = pairs.to_pylist()
     assert len(rows) == 3 * 4 and {r["factor"] for r in rows} == set(WHERE)
+    # many bases: two that differ only in activation give one activation pair, listed once
+    many = plan_pairs(compose(SMALL + ["trials=60"]))[1].to_pylist()
+    assert len({r["pair_id"] for r in many}) == len(many)
     for r in rows:
         a, b = by_id[r["trial_a"]], by_id[r["trial_b"]]
         assert a != b and strip(a, r["factor"]) == strip(b, r["factor"])

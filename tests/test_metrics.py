@@ -103,3 +103,11 @@ def test_per_point_loss_and_accuracy():
     torch.testing.assert_close(loss, F.cross_entropy(logits, y, reduction="none"))
     assert correct.tolist() == (logits.argmax(1) == y).tolist()
     assert accuracy(model, x, y) == pytest.approx(correct.float().mean().item())
+
+
+def test_model_ending_in_an_activation():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4), nn.Tanh()).double()
+    x = torch.randn(9, 6, dtype=torch.float64)
+    torch.testing.assert_close(jacobian_norm(model, x), reference_jacobian_norm(model, x),
+                               rtol=1e-10, atol=1e-12)

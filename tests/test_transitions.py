@@ -174,3 +174,16 @@ def test_ellipse_profile_matches_exact_count():
     torch.testing.assert_close(prof["density"].sum() * (2 * math.pi / 256),
                                prof["transitions"].sum().double())
     assert prof["jacobian_norm"].shape == (256,)
+
+
+def test_crossings_close_to_an_edge_end_are_ordered_on_every_edge():
+    # on an edge from 0 to 1: layer 1 crosses at 1 - 1e-11 and 1 - 0.5e-11; the layer-2 neuron
+    # h1 - 3 h2 - 2e-12 crosses 0 twice between them and the end. A sort key that rounds t
+    # (e.g. edge + t/2 in float64) misorders these knots on edges with a large index.
+    c1, c2 = 1 - 1e-11, 1 - 0.5e-11
+    model = net(([[1.0], [1.0]], [-c1, -c2], "relu"), ([[1.0, -3.0]], [-2e-12], "relu"),
+                ([[1.0]], None, None))
+    n_edges = 200_001
+    x = torch.tensor([0.0, 1.0], dtype=torch.float64).repeat(n_edges // 2 + 1)[: n_edges + 1, None]
+    per_edge = transitions_per_edge(model, x[None], closed=False)[0]
+    assert per_edge.tolist() == [4] * n_edges

@@ -69,6 +69,8 @@ def _structured_norm(layers: list[Layer], gram: torch.Tensor | None, x: torch.Te
     k = r.shape[1]
     if k == 0:
         return x.new_zeros(n)
+    if derivs[-1] is not None:  # an activation after the last Linear: the logits are its output
+        r = r * derivs[-1][:, None, :]
     # Back through every layer but the first, applying the derivative of the activation below.
     for i in range(len(layers) - 1, 0, -1):
         r = (r.reshape(n * k, -1) @ layers[i].weight).reshape(n, k, -1)

@@ -242,7 +242,7 @@ def journal_dir(sweep_dir: str | Path) -> Path:
 
 
 class Journal:
-    """Appends ``trial_id<TAB>status<TAB>file size`` lines to a file of its own
+    """Appends ``trial_id<TAB>status<TAB>file size<TAB>mtime_ns`` lines to a file of its own
     (``journal/<time>-<pid>.tsv``): one per driver session, so drivers never share a file."""
 
     def __init__(self, sweep_dir: str | Path, flush_every: int = 256):
@@ -251,8 +251,8 @@ class Journal:
         self._f = open(d / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.tsv", "a")
         self._n, self._every = 0, flush_every
 
-    def record(self, trial_id: str, status: str, size: int) -> None:
-        self._f.write(f"{trial_id}\t{status}\t{size}\n")
+    def record(self, trial_id: str, status: str, size: int, mtime_ns: int) -> None:
+        self._f.write(f"{trial_id}\t{status}\t{size}\t{mtime_ns}\n")
         self._n += 1
         if self._n % self._every == 0:
             self._f.flush()
@@ -261,27 +261,29 @@ class Journal:
         self._f.close()
 
 
-def read_journal(sweep_dir: str | Path) -> dict[str, tuple[str, int]]:
-    """trial_id -> (status, size) over all journal files, later files winning; torn lines
-    (a driver killed mid-write) are skipped."""
-    out: dict[str, tuple[str, int]] = {}
+def read_journal(sweep_dir: str | Path) -> dict[str, tuple[str, int, int]]:
+    """trial_id -> (status, size, mtime_ns) over all journal files, later files winning; torn
+    lines (a driver killed mid-write) are skipped."""
+    out: dict[str, tuple[str, int, int]] = {}
     d = journal_dir(sweep_dir)
     if not d.is_dir():
         return out
     for p in sorted(d.glob("*.tsv")):
         for line in p.read_text().splitlines():
             parts = line.split("\t")
-            if len(parts) == 3 and parts[1] in STATUSES and parts[2].isdigit():
-                out[parts[0]] = (parts[1], int(parts[2]))
+            if (len(parts) == 4 and parts[1] in STATUSES and parts[2].isdigit()
+                    and parts[3].isdigit()):
+                out[parts[0]] = (parts[1], int(parts[2]), int(parts[3]))
     return out
 
 
-def trial_statuses(sweep_dir: str | Path) -> tuple[dict[str, str], list[str]]:
+def trial_statuses(sweep_dir: str | Path) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """(trial_id -> status for every valid result file, errors of invalid files). A file whose
-    journaled size matches is taken from the journal; every other file is read and checked."""
+    size and modification time match its journal line is taken from the journal; every other
+    file is read and checked."""
     journal = read_journal(sweep_dir)
     statuses: dict[str, str] = {}
-    invalid: list[str] = []
+    invalid: list[tuple[str, str]] = []
     d = trials_dir(sweep_dir)
     if not d.is_dir():
         return statuses, invalid
@@ -291,13 +293,17 @@ def trial_statuses(sweep_dir: str | Path) -> tuple[dict[str, str], list[str]]:
                 continue
             tid = e.name[: -len(".parquet")]
             j = journal.get(tid)
-            if j is not None and j[1] == e.stat().st_size:
+            st = e.stat()
+            if j is not None and j[1:] == (st.st_size, st.st_mtime_ns):
                 statuses[tid] = j[0]
                 continue
             try:
                 row = read_trial(e.path, columns=["trial_id", "status"]).to_pylist()[0]
             except ResultError as err:
-                invalid.append(str(err))
+                invalid.append((tid, str(err)))
+                continue
+            if row["trial_id"] != tid:
+                invalid.append((tid, f"{e.path}: holds trial {row['trial_id']}, not {tid}"))
                 continue
             statuses[tid] = row["status"]
     return statuses, invalid

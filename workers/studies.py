@@ -74,9 +74,9 @@ def boundary_map(model: nn.Module, plane: Ellipse, n: int, extent: float) -> dic
     edge = torch.zeros(n, n, dtype=torch.bool)
     edge[:, :-1] |= (codes[:, 1:] != codes[:, :-1]).any(dim=-1)
     edge[:-1, :] |= (codes[1:, :] != codes[:-1, :]).any(dim=-1)
-    dtype = next(model.parameters()).dtype
+    p = next(model.parameters())
     with torch.no_grad():
-        pred = torch.cat([model(pts[i:i + 8192].to(dtype)).argmax(-1)
+        pred = torch.cat([model(pts[i:i + 8192].to(device=p.device, dtype=p.dtype)).argmax(-1).cpu()
                           for i in range(0, len(pts), 8192)]).reshape(n, n)
     return {"boundary": edge, "predicted": pred}
 

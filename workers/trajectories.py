@@ -108,8 +108,8 @@ def ellipse_profile(model: nn.Module, ellipse: Ellipse, k: int, exact_transition
 
     a = angles(k)
     pts = ellipse.points(a)
-    dtype = next(model.parameters()).dtype
-    jac = jacobian_norm(model, pts.to(dtype))
+    p = next(model.parameters())
+    jac = jacobian_norm(model, pts.to(device=p.device, dtype=p.dtype)).cpu()
     try:
         per_edge = transitions_per_edge(model, pts[None], closed=True)[0] if exact_transitions else None
     except ValueError:  # not piecewise linear

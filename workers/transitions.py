@@ -88,8 +88,9 @@ def _edge_crossings(hidden: list[Layer], a: torch.Tensor, b: torch.Tensor) -> to
             t = torch.cat([t, *new_t])
             z = torch.cat([z, *new_z])
             edge = torch.cat([edge, *new_e])
-            # sort by (edge, t): t lies in [0, 1], so edge + t/2 orders both at once
-            order = torch.argsort(edge.to(torch.float64) * 2.0 + t, stable=True)
+            # sort by (edge, t): by t, then stably by edge (a combined float key would round t)
+            order = torch.argsort(t, stable=True)
+            order = order[torch.argsort(edge[order], stable=True)]
             t, z, edge = t[order], z[order], edge[order]
         h = layer.act.fn(z)
     return counts

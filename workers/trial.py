@@ -165,7 +165,8 @@ _OOM_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memo
 def is_out_of_memory(e: BaseException) -> bool:
     """Out of memory, however torch reports it: torch.OutOfMemoryError (CUDA), MemoryError, or
     the CPU allocator's RuntimeError."""
-    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+    cuda_oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if isinstance(e, (cuda_oom, MemoryError)):
         return True
     return isinstance(e, RuntimeError) and any(m in str(e) for m in _OOM_MESSAGES)
 

@@ -140,22 +140,24 @@ def _run_remote(specs: list[TrialSpec], ctx: RunContext) -> list[str]:
     return statuses
 
 
-def make_units(cfg: SweepConfig, todo: list[TrialSpec]) -> list[list[TrialSpec]]:
+def make_units(cfg: SweepConfig, todo: list[TrialSpec], slots: int = 1) -> list[list[TrialSpec]]:
     """Trials grouped into Ray tasks: cheap ones (estimated FLOPs below
     ``resources.batch_below_flops``; every dry-run trial) in units of up to
-    ``resources.trials_per_task``, so that per-task overhead does not dominate them; every other
-    trial alone, so that expensive trials spread over the cluster."""
+    ``resources.trials_per_task``, so that per-task overhead does not dominate them, but never
+    so large that there are fewer than 4 units per slot (load balance of small sweeps); every
+    other trial alone, so that expensive trials spread over the cluster."""
     from sweep.cost import estimate_flops
 
     res = cfg.resources
+    size = max(1, min(res.trials_per_task, len(todo) // (4 * max(1, slots))))
     units, cur = [], []
     for s in todo:
         cheap = cfg.dry_run or estimate_flops(s) < res.batch_below_flops
-        if not cheap or res.trials_per_task == 1:
+        if not cheap or size == 1:
             units.append([s])
             continue
         cur.append(s)
-        if len(cur) == res.trials_per_task:
+        if len(cur) == size:
             units.append(cur)
             cur = []
     if cur:
@@ -223,7 +225,7 @@ def dispatch(cfg: SweepConfig, out: Path, todo: list[TrialSpec]) -> dict[str, in
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
     max_in_flight = res.max_in_flight or 2 * slots
     counts = {"ok": 0, "failed": 0, "diverged": 0, "oom": 0}
-    queue = list(reversed(make_units(cfg, todo)))
+    queue = list(reversed(make_units(cfg, todo, slots)))
     in_flight: dict = {}
     bar = tqdm(total=len(todo), disable=not cfg.progress, unit="trial", dynamic_ncols=True,
                file=sys.stderr, mininterval=0.5)

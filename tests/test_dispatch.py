@@ -78,3 +78,10 @@ def test_resume_reruns_retryable_failures_and_keeps_their_records(tmp_path):
     kept = list((tmp_path / "trials" / "retried").iterdir())
     assert len(kept) == 1 and kept[0].name.startswith(specs[0].trial_id)
     assert trial_path(tmp_path, specs[1].trial_id).exists()  # a trial's own failure is final
+
+
+def test_small_sweeps_keep_enough_units_to_balance():
+    specs = plan_trials(compose(["trials=30", "dry_run=true"]))
+    cfg = compose(["trials=30", "dry_run=true"])
+    units = make_units(cfg, specs, slots=2)
+    assert max(len(u) for u in units) == 30 // 8 and len(units) >= 8

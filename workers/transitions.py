@@ -62,6 +62,27 @@ def _check_vertices(vertices: torch.Tensor, ndim: int, closed: bool) -> None:
         raise ValueError(f"vertices: need at least 2 vertices, got {vertices.shape[-2]}")
 
 
+def _insert_knots(t, z, edge, k, new_t, new_z):
+    """Merge new knots into the knots (sorted by edge, then t). New knot m lies strictly inside
+    the interval from old knot k[m] to k[m] + 1 (same edge), so only the new knots are sorted, by
+    (k, t); an old knot i moves up by the number of new knots in intervals before it."""
+    order = torch.argsort(new_t, stable=True)
+    order = order[torch.argsort(k[order], stable=True)]
+    k, new_t, new_z = k[order], new_t[order], new_z[order]
+    n_old, n_new = len(t), len(k)
+    per_interval = torch.bincount(k, minlength=n_old)
+    before = torch.cumsum(per_interval, 0) - per_interval  # new knots in intervals < i
+    old_pos = torch.arange(n_old) + before
+    new_pos = k + 1 + torch.arange(n_new)
+    t2 = torch.empty(n_old + n_new, dtype=t.dtype)
+    z2 = torch.empty(n_old + n_new, z.shape[1], dtype=z.dtype)
+    e2 = torch.empty(n_old + n_new, dtype=edge.dtype)
+    t2[old_pos], t2[new_pos] = t, new_t
+    z2[old_pos], z2[new_pos] = z, new_z
+    e2[old_pos], e2[new_pos] = edge, edge[k]
+    return t2, z2, e2
+
+
 def _edge_crossings(hidden: list[Layer], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact crossing counts of every edge a[e] -> b[e] ([E, d] float64) -> int64 [E]."""
     e = a.shape[0]
@@ -72,7 +93,7 @@ def _edge_crossings(hidden: list[Layer], a: torch.Tensor, b: torch.Tensor) -> to
     for layer in hidden:
         z = layer.affine(h)  # affine in t between consecutive knots of the same edge
         same = edge[1:] == edge[:-1]
-        new_t, new_z, new_e = [], [], []
+        new_k, new_t, new_z = [], [], []
         for bp in layer.act.breakpoints:
             above = z > bp
             k, j = torch.nonzero((above[1:] != above[:-1]) & same[:, None], as_tuple=True)
@@ -81,17 +102,12 @@ def _edge_crossings(hidden: list[Layer], a: torch.Tensor, b: torch.Tensor) -> to
             counts.index_add_(0, edge[k], torch.ones_like(k))
             z0, z1 = z[k, j], z[k + 1, j]
             frac = ((bp - z0) / (z1 - z0)).clamp(0.0, 1.0)
+            new_k.append(k)
             new_t.append(t[k] + frac * (t[k + 1] - t[k]))
             new_z.append(z[k] + frac[:, None] * (z[k + 1] - z[k]))
-            new_e.append(edge[k])
-        if new_t:
-            t = torch.cat([t, *new_t])
-            z = torch.cat([z, *new_z])
-            edge = torch.cat([edge, *new_e])
-            # sort by (edge, t): by t, then stably by edge (a combined float key would round t)
-            order = torch.argsort(t, stable=True)
-            order = order[torch.argsort(edge[order], stable=True)]
-            t, z, edge = t[order], z[order], edge[order]
+        if new_k:
+            t, z, edge = _insert_knots(t, z, edge, torch.cat(new_k), torch.cat(new_t),
+                                       torch.cat(new_z))
         h = layer.act.fn(z)
     return counts
 

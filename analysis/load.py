@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet  # noqa: F401  (pa.parquet)
+import pyarrow.parquet as pq
 
 from workers.results import POINT_FIELDS, SUMMARY_COLUMNS, ResultError, read_trial, trials_dir
 
@@ -69,7 +69,7 @@ def _load_extra(sweep_dir: str | Path, kind: str) -> pd.DataFrame:
     for tid in sorted(valid_trial_ids(sweep_dir)):
         p = extra_path(sweep_dir, kind, tid)
         if p.is_file():
-            parts.append(pa.parquet.read_table(p, schema=schema))
+            parts.append(pq.read_table(p, schema=schema))
     if not parts:
         return schema.empty_table().to_pandas()
     return pa.concat_tables(parts).to_pandas()
@@ -100,7 +100,7 @@ def load_pairs(sweep_dir: str | Path, columns: list[str] | None = None) -> pd.Da
     path = Path(sweep_dir) / "pairs.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{sweep_dir}: no pairs.parquet (plan the sweep with plan.factors)")
-    pairs = pa.parquet.read_table(path).to_pandas()
+    pairs = pq.read_table(path).to_pandas()
     cols = list(columns or PAIR_METRICS)
     res = load_results(sweep_dir, columns=["trial_id"] + cols).set_index("trial_id")
     for side in ("a", "b"):

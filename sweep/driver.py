@@ -26,9 +26,8 @@ from workers.results import (
     Journal, ResultError, atomic_write_bytes_via, read_trial, result_index, trial_path,
     trials_dir, write_trial,
 )
+from workers.results import PAIRS_FILE, PLAN_FILE, SWEEP_FILE
 from workers.spec import RunContext, TrialSpec
-
-from workers.results import PAIRS_FILE, PLAN_FILE, SWEEP_FILE  # noqa: E402
 
 
 def log(msg: str) -> None:

@@ -9,28 +9,29 @@ lists them; launching the sweep again re-runs them).
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from workers.results import POINT_FIELDS, SUMMARY_COLUMNS, ResultError, read_trial, trials_dir
+from workers.results import (
+    PAIRS_FILE, POINT_FIELDS, SUMMARY_COLUMNS, TRIALS, ResultError, read_result, result_ids,
+)
+from workers.storage import store
 
 
-def _tables(sweep_dir: str | Path, columns: list[str]):
-    d = trials_dir(sweep_dir)
-    if not d.is_dir():
+def _tables(sweep_dir, columns: list[str]):
+    st = store(sweep_dir)
+    if not st.is_dir(TRIALS):
         raise FileNotFoundError(f"{sweep_dir}: not a sweep directory (no trials/ inside)")
-    for p in sorted(d.glob("*.parquet")):
+    for tid in result_ids(st):
         try:
-            yield read_trial(p, columns=columns)
+            yield read_result(st, tid, columns=columns)
         except ResultError as e:
             warnings.warn(f"skipping {e}", stacklevel=3)
 
 
-def load_results(sweep_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+def load_results(sweep_dir, columns: list[str] | None = None) -> pd.DataFrame:
     """One row per trial; ``columns`` selects summary columns (default: all)."""
     cols = list(columns) if columns else list(SUMMARY_COLUMNS)
     unknown = [c for c in cols if c not in SUMMARY_COLUMNS]
@@ -42,7 +43,7 @@ def load_results(sweep_dir: str | Path, columns: list[str] | None = None) -> pd.
     return pa.concat_tables(tables).to_pandas()
 
 
-def load_points(sweep_dir: str | Path) -> pd.DataFrame:
+def load_points(sweep_dir) -> pd.DataFrame:
     """One row per (trial, split, point): trial_id, split, index, label, jacobian_norm, loss,
     correct, transitions (NaN where a metric was not measured at that point)."""
     parts = []
@@ -60,29 +61,29 @@ def load_points(sweep_dir: str | Path) -> pd.DataFrame:
     return pa.concat_tables(parts).to_pandas()
 
 
-def _load_extra(sweep_dir: str | Path, kind: str) -> pd.DataFrame:
+def _load_extra(sweep_dir, kind: str) -> pd.DataFrame:
     """Extra tables of the trials that have a valid result (others are incomplete re-runs)."""
-    from workers.results import EXTRA_SCHEMAS, extra_path, valid_trial_ids
+    from workers.results import EXTRA_SCHEMAS, extra_file, valid_trial_ids
 
     schema = EXTRA_SCHEMAS[kind]
+    st = store(sweep_dir)
+    present = {e.name[: -len(".parquet")] for e in st.list(kind, ".parquet")}
     parts = []
-    for tid in sorted(valid_trial_ids(sweep_dir)):
-        p = extra_path(sweep_dir, kind, tid)
-        if p.is_file():
-            parts.append(pq.read_table(p, schema=schema))
+    for tid in sorted(set(valid_trial_ids(st)) & present):
+        parts.append(st.read_parquet(extra_file(kind, tid), schema=schema))
     if not parts:
         return schema.empty_table().to_pandas()
     return pa.concat_tables(parts).to_pandas()
 
 
-def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
+def load_curves(sweep_dir) -> pd.DataFrame:
     """Ellipse profiles (Fig. 2): one row per (trial, ellipse, phase, angle) with the Jacobian
     norm, the exact transitions on the k-gon edge from this angle to the next, and the density
     (transitions per radian). Empty unless the sweep ran with ``metrics.ellipse_k`` > 0."""
     return _load_extra(sweep_dir, "curves")
 
 
-def load_grids(sweep_dir: str | Path) -> pd.DataFrame:
+def load_grids(sweep_dir) -> pd.DataFrame:
     """Boundary maps (Fig. 3): one row per (trial, phase) with the flattened n x n last-hidden-
     layer boundary mask and predicted classes. Empty unless ``metrics.boundary_grid`` > 0."""
     return _load_extra(sweep_dir, "grids")
@@ -92,15 +93,15 @@ PAIR_METRICS = ["status", "train_acc", "test_acc", "gen_gap", "jacobian_norm_tes
                 "transitions_test"]
 
 
-def load_pairs(sweep_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+def load_pairs(sweep_dir, columns: list[str] | None = None) -> pd.DataFrame:
     """Fig. 4's pairs of a sweep planned with ``plan.factors``: one row per pair with pair_id,
     factor, value_a, value_b, trial_a, trial_b and, for each of ``columns`` (summary columns;
     default PAIR_METRICS), ``<column>_a`` and ``<column>_b`` from the two trials' results (NaN
     where a trial has no result yet)."""
-    path = Path(sweep_dir) / "pairs.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"{sweep_dir}: no pairs.parquet (plan the sweep with plan.factors)")
-    pairs = pq.read_table(path).to_pandas()
+    st = store(sweep_dir)
+    if not st.is_file(PAIRS_FILE):
+        raise FileNotFoundError(f"{sweep_dir}: no {PAIRS_FILE} (plan the sweep with plan.factors)")
+    pairs = st.read_parquet(PAIRS_FILE).to_pandas()
     cols = list(columns or PAIR_METRICS)
     res = load_results(sweep_dir, columns=["trial_id"] + cols).set_index("trial_id")
     for side in ("a", "b"):

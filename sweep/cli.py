@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from pathlib import Path
 
 EXIT_USAGE = 2
 
@@ -54,14 +53,16 @@ def cmd_status(sweep_dir: str) -> int:
     """Counts by status, progress, and the failures with their reasons. Fast at 10^5 trials: a
     result file whose size matches the driver's journal is not opened (see
     workers.results.trial_statuses); `sweep resume` reads and checks every file."""
-    import pyarrow.parquet as pq
+    from workers.results import PLAN_FILE, ResultError, read_result, trial_statuses
+    from workers.storage import store
 
-    from workers.results import PLAN_FILE, ResultError, read_trial, trial_path, trial_statuses
-
-    d = Path(sweep_dir)
-    if not (d / PLAN_FILE).is_file():
+    try:
+        d = store(sweep_dir)
+    except ValueError as e:
+        return _fail(str(e))
+    if not d.is_file(PLAN_FILE):
         return _fail(f"SWEEP_DIR: {d} is not a sweep directory (no {PLAN_FILE})")
-    planned = pq.read_table(d / PLAN_FILE, columns=["trial_id"]).column("trial_id").to_pylist()
+    planned = d.read_parquet(PLAN_FILE, columns=["trial_id"]).column("trial_id").to_pylist()
     statuses, invalid = trial_statuses(d)
     counts: Counter = Counter()
     failures = []
@@ -82,7 +83,7 @@ def cmd_status(sweep_dir: str) -> int:
     shown = failures[:50]
     for tid, status in shown:
         try:
-            err = read_trial(trial_path(d, tid), columns=["error"]).column("error")[0].as_py()
+            err = read_result(d, tid, columns=["error"]).column("error")[0].as_py()
         except ResultError as e:  # moved aside or rewritten meanwhile
             err = f"(unreadable now: {e})"
         err = err or ""

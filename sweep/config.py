@@ -144,8 +144,9 @@ class SweepConfig:
         text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
-    def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path("runs") / f"{self.name}-{self.identity_hash()}"
+    def out_dir(self) -> str:
+        """The sweep directory: a local path, or a pyarrow filesystem URI (s3://, gs://, ...)."""
+        return self.out if self.out else str(Path("runs") / f"{self.name}-{self.identity_hash()}")
 
     @property
     def train_split_size(self) -> int:

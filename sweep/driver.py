@@ -17,33 +17,38 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from sweep.config import ConfigError, SweepConfig
 from sweep.plan import manifest_table, plan_pairs, plan_trials
 from workers.data import DataError, check_available
 from workers.results import (
-    Journal, ResultError, atomic_write_bytes_via, read_trial, result_index, trial_path,
-    trials_dir, write_trial,
+    PAIRS_FILE, PLAN_FILE, SWEEP_FILE, TRIALS, Journal, ResultError, read_result, result_ids,
+    result_index, trial_file, write_trial,
 )
-from workers.results import PAIRS_FILE, PLAN_FILE, SWEEP_FILE
 from workers.spec import RunContext, TrialSpec
+from workers.storage import Store, store
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def check_out_dir(out: Path, cfg: SweepConfig) -> None:
+def open_out(location) -> Store:
+    try:
+        return store(location)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_out_dir(out: Store, cfg: SweepConfig) -> None:
     """Refuse a directory that holds something other than this sweep."""
     if not out.exists():
         return
     if not out.is_dir():
         raise ConfigError(f"out: {out} exists and is not a directory")
-    meta = out / SWEEP_FILE
-    if meta.is_file():
+    meta = out.uri(SWEEP_FILE)
+    if out.is_file(SWEEP_FILE):
         try:
-            stored = json.loads(meta.read_text())["identity_hash"]
+            stored = json.loads(out.read_text(SWEEP_FILE))["identity_hash"]
         except Exception:
             raise ConfigError(f"out: {meta} is unreadable; choose another out directory") from None
         if stored != cfg.identity_hash():
@@ -51,14 +56,15 @@ def check_out_dir(out: Path, cfg: SweepConfig) -> None:
                 f"out: {out} holds a different sweep (identity {stored}, this configuration "
                 f"{cfg.identity_hash()}); choose another out directory or the same configuration"
             )
-    elif any(out.iterdir()):
+    elif not out.is_empty():
         raise ConfigError(f"out: {out} is not empty and holds no {SWEEP_FILE}; choose another out directory")
 
 
-def read_plan(path: Path) -> list[TrialSpec]:
+def read_plan(out: Store) -> list[TrialSpec]:
     """The trials of a written manifest, checked against their ids."""
+    path = out.uri(PLAN_FILE)
     try:
-        t = pq.read_table(path, columns=["trial_id", "spec"])
+        t = out.read_parquet(PLAN_FILE, columns=["trial_id", "spec"])
         specs = [TrialSpec.from_json(s) for s in t.column("spec").to_pylist()]
     except Exception as e:
         raise ConfigError(f"out: {path} is unreadable ({type(e).__name__}: {e}); the sweep "
@@ -70,15 +76,14 @@ def read_plan(path: Path) -> list[TrialSpec]:
     return specs
 
 
-def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec]]:
+def prepare(cfg: SweepConfig) -> tuple[Store, list[TrialSpec]]:
     """All checks, then the sweep directory with its configuration and plan. An existing plan
     (same sweep) is read, not redrawn. Raises ConfigError/DataError before anything is written."""
-    out = cfg.out_dir()
+    out = open_out(cfg.out_dir())
     check_out_dir(out, cfg)
     check_available(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
-    plan = out / PLAN_FILE
-    if plan.exists():
-        return out, read_plan(plan)
+    if out.exists(PLAN_FILE):
+        return out, read_plan(out)
     pairs = None
     if cfg.plan.factors:
         specs, pairs = plan_pairs(cfg)
@@ -87,36 +92,34 @@ def prepare(cfg: SweepConfig) -> tuple[Path, list[TrialSpec]]:
     if len(specs) < cfg.trials and pairs is None:
         log(f"note: the space holds only {len(specs)} distinct configurations; planning {len(specs)} "
             f"trials instead of {cfg.trials}")
-    out.mkdir(parents=True, exist_ok=True)
-    meta = out / SWEEP_FILE
-    if not meta.exists():
+    out.makedirs()
+    if not out.exists(SWEEP_FILE):
         doc = {"identity_hash": cfg.identity_hash(), "config": asdict(cfg), "created": time.time()}
-        text = json.dumps(doc, indent=2, sort_keys=True)
-        atomic_write_bytes_via(meta, lambda tmp: Path(tmp).write_text(text))
+        out.write_text(SWEEP_FILE, json.dumps(doc, indent=2, sort_keys=True))
     if pairs is not None:  # before the plan, whose presence marks the directory planned
-        atomic_write_bytes_via(out / PAIRS_FILE, lambda tmp: pq.write_table(pairs, tmp))
-    table = manifest_table(specs, cfg)
-    atomic_write_bytes_via(plan, lambda tmp: pq.write_table(table, tmp))
-    trials_dir(out).mkdir(exist_ok=True)
+        out.write_parquet(PAIRS_FILE, pairs)
+    out.write_parquet(PLAN_FILE, manifest_table(specs, cfg))
+    out.makedirs(TRIALS)
     return out, specs
 
 
-def pending(out: Path, specs: list[TrialSpec], move_invalid: bool = True) -> list[TrialSpec]:
+def pending(out, specs: list[TrialSpec], move_invalid: bool = True) -> list[TrialSpec]:
     """Planned trials without a finished result: no file, an unreadable file, or a retryable
     failure (its worker or node died). Such files are moved aside (never deleted), unreadable
     ones to ``trials/invalid/``, retryable failures to ``trials/retried/``, so that the re-run
     can write its result."""
+    out = store(out)
     readable = result_index(out)
+    present = set(result_ids(out)) if move_invalid else set()
     todo = []
     for s in specs:
         r = readable.get(s.trial_id)
         if r is not None and not r["retryable"]:
             continue
-        p = trial_path(out, s.trial_id)
-        if p.exists() and move_invalid:
-            aside = trials_dir(out) / ("retried" if s.trial_id in readable else "invalid")
-            aside.mkdir(exist_ok=True)
-            os.replace(p, aside / f"{p.name}.{time.time_ns()}")
+        if s.trial_id in present:
+            aside = "retried" if s.trial_id in readable else "invalid"
+            out.move(trial_file(s.trial_id),
+                     f"{TRIALS}/{aside}/{s.trial_id}.parquet.{time.time_ns()}")
         todo.append(s)
     return todo
 
@@ -128,12 +131,12 @@ def _run_remote(specs: list[TrialSpec], ctx: RunContext) -> list[str]:
 
     statuses = []
     for spec in specs:
-        path = trial_path(ctx.out_dir, spec.trial_id)
-        if len(specs) > 1 and path.exists():
+        if len(specs) > 1:
             try:
-                statuses.append(read_trial(path, columns=["status"]).column("status")[0].as_py())
+                t = read_result(ctx.out_dir, spec.trial_id, columns=["status"])
+                statuses.append(t.column("status")[0].as_py())
                 continue
-            except ResultError:
+            except ResultError:  # none yet (or a torn one): run the trial
                 pass
         statuses.append(run_trial(spec, ctx)["status"])
     return statuses
@@ -164,7 +167,7 @@ def make_units(cfg: SweepConfig, todo: list[TrialSpec], slots: int = 1) -> list[
     return units
 
 
-def _record_system_failure(out: Path, spec: TrialSpec, exc: BaseException, unit_size: int = 1) -> str:
+def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: int = 1) -> str:
     """A trial whose worker died (after Ray's retries) gets a result recording why. Ray's memory
     monitor killing a task of one trial makes it ``oom``; any other death, and an oom kill of a
     task that ran several trials (which of them used the memory is unknown), is a retryable
@@ -172,7 +175,7 @@ def _record_system_failure(out: Path, spec: TrialSpec, exc: BaseException, unit_
     from workers.trial import failure_summary
 
     try:  # the worker may have written its result just before it died
-        t = read_trial(trial_path(out, spec.trial_id), columns=["status"])
+        t = read_result(out, spec.trial_id, columns=["status"])
         return t.column("status")[0].as_py()
     except ResultError:
         pass
@@ -206,14 +209,15 @@ def start_ray(cfg: SweepConfig):
     return ray
 
 
-def dispatch(cfg: SweepConfig, out: Path, todo: list[TrialSpec]) -> dict[str, int]:
+def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec]) -> dict[str, int]:
     """Run ``todo`` on Ray with bounded in-flight work; returns counts by status."""
     from tqdm import tqdm
 
+    out = store(out)
     ray = start_ray(cfg)
     res = cfg.resources
     ctx = RunContext(
-        out_dir=str(out.resolve()), data_root=cfg.dataset.root, download=cfg.dataset.download,
+        out_dir=os.path.abspath(out.location) if out.local else out.location, data_root=cfg.dataset.root, download=cfg.dataset.download,
         save_weights=cfg.save_weights, device="cuda" if res.gpus_per_trial > 0 else "cpu",
         num_threads=max(1, math.floor(res.cpus_per_trial)), dry_run=cfg.dry_run,
     )
@@ -243,8 +247,8 @@ def dispatch(cfg: SweepConfig, out: Path, todo: list[TrialSpec]) -> dict[str, in
                     statuses = [_record_system_failure(out, spec, e, len(unit)) for spec in unit]
                 for spec, status in zip(unit, statuses):
                     try:  # a shared file system may not show another node's file yet
-                        st = trial_path(out, spec.trial_id).stat()
-                        journal.record(spec.trial_id, status, st.st_size, st.st_mtime_ns)
+                        e = out.entry(trial_file(spec.trial_id))
+                        journal.record(spec.trial_id, status, e.size, e.mtime_ns)
                     except OSError:
                         pass  # no journal line: status reads the file instead
                     counts[status] += 1
@@ -259,18 +263,19 @@ def dispatch(cfg: SweepConfig, out: Path, todo: list[TrialSpec]) -> dict[str, in
     return counts
 
 
-def draw_figures(out: Path) -> list[Path]:
+def draw_figures(out) -> list[str]:
     """The figures the sweep's results support, under ``out/figures``."""
     from analysis import figures
     from analysis.load import load_curves, load_grids, load_results
 
-    d = out / "figures"
-    made = [
-        figures.jacobian_vs_gap(load_results(out), d / "jacobian_vs_gap.png"),
-        figures.trajectory_figure(load_curves(out), d / "trajectory.png"),
-        figures.boundaries_figure(load_grids(out), d / "boundaries.png"),
-    ]
-    return [p for p in made if p is not None]
+    out = store(out)
+    with out.staging("figures") as d:
+        made = [
+            figures.jacobian_vs_gap(load_results(out), d / "jacobian_vs_gap.png"),
+            figures.trajectory_figure(load_curves(out), d / "trajectory.png"),
+            figures.boundaries_figure(load_grids(out), d / "boundaries.png"),
+        ]
+    return [out.uri(f"figures/{Path(p).name}") for p in made if p is not None]
 
 
 # What `sweep resume` may change: where and how the trials run, never which trials there are.
@@ -285,12 +290,12 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = ()) -> SweepConf
 
     from sweep.config import from_dict
 
-    d = Path(sweep_dir)
-    meta = d / SWEEP_FILE
-    if not meta.is_file():
+    d = open_out(sweep_dir)
+    meta = d.uri(SWEEP_FILE)
+    if not d.is_file(SWEEP_FILE):
         raise ConfigError(f"SWEEP_DIR: {d} is not a sweep directory (no {SWEEP_FILE})")
     try:
-        doc = json.loads(meta.read_text())
+        doc = json.loads(d.read_text(SWEEP_FILE))
         stored, conf = doc["identity_hash"], doc["config"]
     except Exception as e:
         raise ConfigError(f"SWEEP_DIR: {meta} is unreadable ({type(e).__name__})") from None
@@ -301,7 +306,7 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = ()) -> SweepConf
                               f"{', '.join(RESUMABLE_KEYS)} (other keys change the sweep's trials)")
     merged = OmegaConf.merge(OmegaConf.create(conf), OmegaConf.from_dotlist(list(overrides)))
     conf = OmegaConf.to_container(merged, resolve=True)
-    conf["out"] = str(d)
+    conf["out"] = d.location
     cfg = from_dict(conf)
     if cfg.identity_hash() != stored:
         raise ConfigError(f"SWEEP_DIR: {meta} does not match its own identity hash {stored}; "
@@ -309,17 +314,17 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = ()) -> SweepConf
     return cfg
 
 
-def plan_only(cfg: SweepConfig) -> Path:
+def plan_only(cfg: SweepConfig) -> str:
     """Write the sweep directory with its configuration and plan; run nothing."""
     out, specs = prepare(cfg)
     todo = pending(out, specs, move_invalid=False)
     log(f"sweep directory: {out}")
-    log(f"{len(specs)} trials planned ({out / PLAN_FILE}), {len(specs) - len(todo)} already have "
-        f"results; run them with: sweep resume {out}")
-    return out
+    log(f"{len(specs)} trials planned ({out.uri(PLAN_FILE)}), {len(specs) - len(todo)} already "
+        f"have results; run them with: sweep resume {out}")
+    return out.location
 
 
-def launch(cfg: SweepConfig) -> Path:
+def launch(cfg: SweepConfig) -> str:
     out, specs = prepare(cfg)
     todo = pending(out, specs)
     log(f"sweep directory: {out}")
@@ -333,5 +338,5 @@ def launch(cfg: SweepConfig) -> Path:
     if cfg.figure:
         for fig in draw_figures(out):
             log(f"figure: {fig}")
-    log(f"results: {out}  (analysis.load_results({str(out)!r}))")
-    return out
+    log(f"results: {out}  (analysis.load_results({out.location!r}))")
+    return out.location

@@ -1,3 +1,4 @@
+from pathlib import Path
 import itertools
 
 import pyarrow.parquet as pq
@@ -165,6 +166,6 @@ def test_paper_large_plans_a_hundred_thousand_trials(tmp_path):
     t0 = time.perf_counter()
     out = plan_only(compose(["experiment=paper_large", "trials=100000", f"out={tmp_path / 'p'}"]))
     dt = time.perf_counter() - t0
-    t = pq.read_table(out / "plan.parquet", columns=["trial_id", "width", "est_flops"])
+    t = pq.read_table(Path(out) / "plan.parquet", columns=["trial_id", "width", "est_flops"])
     assert t.num_rows == 100000 and len(set(t.column("trial_id").to_pylist())) == 100000
     print(f"planned 100000 trials in {dt:.1f} s")

@@ -53,7 +53,7 @@ def test_round_trip(tmp_path):
 
 
 def test_truncated_or_foreign_files_are_detected(tmp_path):
-    path = write_trial(tmp_path, summary())
+    path = tmp_path / write_trial(tmp_path, summary())
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ResultError, match="unreadable"):

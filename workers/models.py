@@ -58,19 +58,19 @@ def count_params(model: nn.Module) -> int:
 
 def load_model(sweep_dir: str | Path, trial_id: str) -> nn.Sequential:
     """Rebuild the trained network of ``trial_id`` from a sweep run with ``save_weights=true``."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    from workers.results import read_trial_summary, weights_path
+    from workers.results import read_trial_summary, weights_file
+    from workers.storage import store
 
     row = read_trial_summary(sweep_dir, trial_id)
-    path = weights_path(sweep_dir, trial_id)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no saved weights for trial {trial_id} at {path}; run the sweep with save_weights=true"
-        )
+    st = store(sweep_dir)
+    if not st.is_file(weights_file(trial_id)):
+        raise FileNotFoundError(f"no saved weights for trial {trial_id} at "
+                                f"{st.uri(weights_file(trial_id))}; run the sweep with save_weights=true")
     model = build_mlp(
         int(row["input_dim"]), int(row["width"]), int(row["depth"]), int(row["num_classes"]),
         str(row["activation"]), float(row["init_scale"]), int(row["seed"]),
     )
-    model.load_state_dict(load_file(str(path)))
+    model.load_state_dict(load(st.read_bytes(weights_file(trial_id))))
     return model

@@ -10,12 +10,13 @@ nothing or the whole file.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from workers.storage import store
 
 SCHEMA_VERSION = 2
 # The files of a sweep directory besides trials/ (see sweep.driver)
@@ -104,57 +105,44 @@ class ResultError(RuntimeError):
     """A result file that is missing, truncated, corrupt or of another schema."""
 
 
+TRIALS = "trials"  # the result files, one per trial
+WEIGHTS = "weights"
+JOURNAL = "journal"
+
+
+def trial_file(trial_id: str) -> str:
+    """A trial's result file, relative to the sweep directory."""
+    return f"{TRIALS}/{trial_id}.parquet"
+
+
 def trials_dir(sweep_dir: str | Path) -> Path:
-    return Path(sweep_dir) / "trials"
+    """The local directory of the result files (local sweep directories only)."""
+    return Path(sweep_dir) / TRIALS
 
 
 def trial_path(sweep_dir: str | Path, trial_id: str) -> Path:
-    return trials_dir(sweep_dir) / f"{trial_id}.parquet"
+    """A trial's local result file (local sweep directories only; see :func:`trial_file`)."""
+    return Path(sweep_dir) / trial_file(trial_id)
 
 
-def weights_path(sweep_dir: str | Path, trial_id: str) -> Path:
-    return Path(sweep_dir) / "weights" / f"{trial_id}.safetensors"
+def weights_file(trial_id: str) -> str:
+    return f"{WEIGHTS}/{trial_id}.safetensors"
 
 
-def _umask() -> int:
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
+def extra_file(kind: str, trial_id: str) -> str:
+    return f"{kind}/{trial_id}.parquet"
 
 
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's own files are 0600
-
-
-def atomic_write_bytes_via(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename it onto ``path`` (same directory, so atomic). The
-    file gets the usual permissions (0666 less the umask), so other nodes' users can read it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def extra_path(sweep_dir: str | Path, kind: str, trial_id: str) -> Path:
-    return Path(sweep_dir) / kind / f"{trial_id}.parquet"
-
-
-def write_extra(sweep_dir: str | Path, kind: str, trial_id: str, rows: list[dict]) -> Path:
+def write_extra(sweep_dir, kind: str, trial_id: str, rows: list[dict]) -> str:
     """Write a trial's extra table (``kind`` in EXTRA_SCHEMAS) atomically."""
     schema = EXTRA_SCHEMAS[kind]
     table = pa.Table.from_pylist([{"trial_id": trial_id, **r} for r in rows], schema=schema)
-    path = extra_path(sweep_dir, kind, trial_id)
-    atomic_write_bytes_via(path, lambda tmp: pq.write_table(table, tmp))
-    return path
+    rel = extra_file(kind, trial_id)
+    store(sweep_dir).write_parquet(rel, table)
+    return rel
 
 
-def write_trial(sweep_dir: str | Path, summary: dict, points: list[dict] | None = None) -> Path:
+def write_trial(sweep_dir, summary: dict, points: list[dict] | None = None) -> str:
     """Write one trial's row atomically; every summary column must be present (None allowed)."""
     missing = [c for c in SUMMARY_COLUMNS if c not in summary and c != "schema_version"]
     if missing:
@@ -165,9 +153,9 @@ def write_trial(sweep_dir: str | Path, summary: dict, points: list[dict] | None 
     row["schema_version"] = SCHEMA_VERSION
     row["points"] = points or []
     table = pa.Table.from_pylist([row], schema=SCHEMA)
-    path = trial_path(sweep_dir, summary["trial_id"])
-    atomic_write_bytes_via(path, lambda tmp: pq.write_table(table, tmp))
-    return path
+    rel = trial_file(summary["trial_id"])
+    store(sweep_dir).write_parquet(rel, table)
+    return rel
 
 
 POINT_FIELDS = [f.name for f in POINT_TYPE]
@@ -186,48 +174,60 @@ def points_columns(split: str, index, label, jac, loss, correct, transitions=Non
     return [dict(zip(["split"] + POINT_FIELDS[1:], (split, *vals))) for vals in zip(*cols)]
 
 
-def read_trial(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """Read and validate one trial file; raise :class:`ResultError` if it is not a valid result."""
-    path = Path(path)
+def _validated(open_file, name: str, columns: list[str] | None) -> pa.Table:
     try:
-        pf = pq.ParquetFile(path)
+        pf = open_file()
         meta = pf.schema_arrow.metadata or {}
         version = meta.get(b"sensitivity_sweep_schema_version")
         if version != str(SCHEMA_VERSION).encode():
-            raise ResultError(f"{path}: schema version {version!r}, expected {SCHEMA_VERSION}")
+            raise ResultError(f"{name}: schema version {version!r}, expected {SCHEMA_VERSION}")
         table = pf.read(columns=columns)
     except ResultError:
         raise
-    except Exception as e:  # truncated, not Parquet, unreadable
-        raise ResultError(f"{path}: unreadable result file ({type(e).__name__}: {e})") from None
+    except Exception as e:  # missing, truncated, not Parquet, unreadable
+        raise ResultError(f"{name}: unreadable result file ({type(e).__name__}: {e})") from None
     if table.num_rows != 1:
-        raise ResultError(f"{path}: {table.num_rows} rows, expected 1")
+        raise ResultError(f"{name}: {table.num_rows} rows, expected 1")
     return table
 
 
-def read_trial_summary(sweep_dir: str | Path, trial_id: str) -> dict:
-    table = read_trial(trial_path(sweep_dir, trial_id), columns=SUMMARY_COLUMNS)
-    return table.to_pylist()[0]
+def read_trial(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read and validate one local trial file; raise :class:`ResultError` if it is not a valid
+    result."""
+    return _validated(lambda: pq.ParquetFile(path), str(path), columns)
 
 
-def result_index(sweep_dir: str | Path) -> dict[str, dict]:
+def read_result(sweep_dir, trial_id: str, columns: list[str] | None = None) -> pa.Table:
+    """Read and validate a trial's result file in a sweep directory (path or URI)."""
+    st = store(sweep_dir)
+    rel = trial_file(trial_id)
+    return _validated(lambda: st.parquet_file(rel), st.uri(rel), columns)
+
+
+def read_trial_summary(sweep_dir, trial_id: str) -> dict:
+    return read_result(sweep_dir, trial_id, columns=SUMMARY_COLUMNS).to_pylist()[0]
+
+
+def result_ids(sweep_dir) -> list[str]:
+    """The trial ids that have a result file (valid or not), sorted."""
+    return [e.name[: -len(".parquet")] for e in store(sweep_dir).list(TRIALS, ".parquet")]
+
+
+def result_index(sweep_dir) -> dict[str, dict]:
     """trial_id -> {"status", "retryable"} for every readable result file (each file is read and
     checked)."""
     out: dict[str, dict] = {}
-    d = trials_dir(sweep_dir)
-    if not d.is_dir():
-        return out
-    for p in sorted(d.glob("*.parquet")):
+    for tid in result_ids(sweep_dir):
         try:
-            row = read_trial(p, columns=["trial_id", "status", "retryable"]).to_pylist()[0]
+            row = read_result(sweep_dir, tid, columns=["trial_id", "status", "retryable"]).to_pylist()[0]
         except ResultError:
             continue
-        if row["trial_id"] == p.stem:
-            out[row["trial_id"]] = row
+        if row["trial_id"] == tid:
+            out[tid] = row
     return out
 
 
-def valid_trial_ids(sweep_dir: str | Path) -> dict[str, str]:
+def valid_trial_ids(sweep_dir) -> dict[str, str]:
     """trial_id -> status for every readable result file in the sweep."""
     return {k: r["status"] for k, r in result_index(sweep_dir).items()}
 
@@ -237,39 +237,43 @@ def valid_trial_ids(sweep_dir: str | Path) -> dict[str, str]:
 # source of truth; a journal line only lets status skip reading a file whose size still matches.
 
 
-def journal_dir(sweep_dir: str | Path) -> Path:
-    return Path(sweep_dir) / "journal"
-
-
 class Journal:
-    """Appends ``trial_id<TAB>status<TAB>file size<TAB>mtime_ns`` lines to a file of its own
-    (``journal/<time>-<pid>.tsv``): one per driver session, so drivers never share a file."""
+    """Records ``trial_id<TAB>status<TAB>file size<TAB>mtime_ns`` lines. Each flush writes the
+    lines since the last one as a new file ``journal/<time>-<pid>-<n>.tsv`` (object stores
+    cannot append), so drivers never share a file and a killed driver loses at most the lines
+    of its last interval; status then reads those trials' files instead."""
 
-    def __init__(self, sweep_dir: str | Path, flush_every: int = 256):
-        d = journal_dir(sweep_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        self._f = open(d / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.tsv", "a")
-        self._n, self._every = 0, flush_every
+    def __init__(self, sweep_dir, flush_every: int = 256, flush_seconds: float = 10.0):
+        self._store = store(sweep_dir)
+        self._prefix = f"{JOURNAL}/{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        self._lines: list[str] = []
+        self._chunk, self._every, self._seconds = 0, flush_every, flush_seconds
+        self._last = time.monotonic()
 
     def record(self, trial_id: str, status: str, size: int, mtime_ns: int) -> None:
-        self._f.write(f"{trial_id}\t{status}\t{size}\t{mtime_ns}\n")
-        self._n += 1
-        if self._n % self._every == 0:
-            self._f.flush()
+        self._lines.append(f"{trial_id}\t{status}\t{size}\t{mtime_ns}\n")
+        if len(self._lines) >= self._every or time.monotonic() - self._last > self._seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last = time.monotonic()
+        if not self._lines:
+            return
+        self._store.write_text(f"{self._prefix}-{self._chunk:06d}.tsv", "".join(self._lines))
+        self._chunk += 1
+        self._lines = []
 
     def close(self) -> None:
-        self._f.close()
+        self.flush()
 
 
-def read_journal(sweep_dir: str | Path) -> dict[str, tuple[str, int, int]]:
-    """trial_id -> (status, size, mtime_ns) over all journal files, later files winning; torn
-    lines (a driver killed mid-write) are skipped."""
+def read_journal(sweep_dir) -> dict[str, tuple[str, int, int]]:
+    """trial_id -> (status, size, mtime_ns) over all journal files, later files winning; lines
+    that do not parse are skipped."""
     out: dict[str, tuple[str, int, int]] = {}
-    d = journal_dir(sweep_dir)
-    if not d.is_dir():
-        return out
-    for p in sorted(d.glob("*.tsv")):
-        for line in p.read_text().splitlines():
+    st = store(sweep_dir)
+    for e in st.list(JOURNAL, ".tsv"):
+        for line in st.read_text(f"{JOURNAL}/{e.name}").splitlines():
             parts = line.split("\t")
             if (len(parts) == 4 and parts[1] in STATUSES and parts[2].isdigit()
                     and parts[3].isdigit()):
@@ -277,33 +281,26 @@ def read_journal(sweep_dir: str | Path) -> dict[str, tuple[str, int, int]]:
     return out
 
 
-def trial_statuses(sweep_dir: str | Path) -> tuple[dict[str, str], list[tuple[str, str]]]:
+def trial_statuses(sweep_dir) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """(trial_id -> status for every valid result file, errors of invalid files). A file whose
     size and modification time match its journal line is taken from the journal; every other
     file is read and checked."""
     journal = read_journal(sweep_dir)
     statuses: dict[str, str] = {}
     invalid: list[tuple[str, str]] = []
-    d = trials_dir(sweep_dir)
-    if not d.is_dir():
-        return statuses, invalid
-    with os.scandir(d) as it:
-        for e in it:
-            if not e.name.endswith(".parquet") or e.name.startswith("."):
-                continue
-            tid = e.name[: -len(".parquet")]
-            j = journal.get(tid)
-            st = e.stat()
-            if j is not None and j[1:] == (st.st_size, st.st_mtime_ns):
-                statuses[tid] = j[0]
-                continue
-            try:
-                row = read_trial(e.path, columns=["trial_id", "status"]).to_pylist()[0]
-            except ResultError as err:
-                invalid.append((tid, str(err)))
-                continue
-            if row["trial_id"] != tid:
-                invalid.append((tid, f"{e.path}: holds trial {row['trial_id']}, not {tid}"))
-                continue
-            statuses[tid] = row["status"]
+    for e in store(sweep_dir).list(TRIALS, ".parquet"):
+        tid = e.name[: -len(".parquet")]
+        j = journal.get(tid)
+        if j is not None and j[1:] == (e.size, e.mtime_ns):
+            statuses[tid] = j[0]
+            continue
+        try:
+            row = read_result(sweep_dir, tid, columns=["trial_id", "status"]).to_pylist()[0]
+        except ResultError as err:
+            invalid.append((tid, str(err)))
+            continue
+        if row["trial_id"] != tid:
+            invalid.append((tid, f"{trial_file(tid)}: holds trial {row['trial_id']}, not {tid}"))
+            continue
+        statuses[tid] = row["status"]
     return statuses, invalid

@@ -16,9 +16,7 @@ from workers.data import load_data
 from workers.activations import get_activation
 from workers.metrics import jacobian_norm, per_point_loss
 from workers.models import build_mlp, count_params
-from workers.results import (
-    atomic_write_bytes_via, points_columns, weights_path, write_extra, write_trial,
-)
+from workers.results import points_columns, weights_file, write_extra, write_trial
 from workers.spec import RunContext, TrialSpec
 from workers.trajectories import translation_path
 from workers.transitions import count_transitions_batch, dense_transitions
@@ -199,7 +197,9 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
 
 
 def _save_weights(out_dir: str, trial_id: str, model: torch.nn.Module) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from workers.storage import store
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes_via(weights_path(out_dir, trial_id), lambda tmp: save_file(state, tmp))
+    store(out_dir).write_bytes(weights_file(trial_id), save(state))

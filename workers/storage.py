@@ -1,0 +1,262 @@
+"""Where a sweep directory lives: a local (or shared POSIX) path, or any pyarrow filesystem URI.
+
+``out=/shared/runs/a`` and ``out=runs/a`` are local paths. ``out=s3://bucket/runs/a``,
+``gs://...``, ``hdfs://...`` and ``file:///abs/path`` go through
+``pyarrow.fs.FileSystem.from_uri``; credentials come from the usual environment of each
+filesystem (e.g. ``AWS_*`` variables or the instance role for S3) on the driver and on every
+worker.
+
+Every read and write of a sweep directory goes through :class:`Store`, so the rules hold on
+every backend:
+
+* a file appears whole or not at all. Local paths and filesystems with an atomic rename (local,
+  HDFS) write a temporary sibling and rename it; object stores (S3, GCS) write with one
+  streamed PUT, which becomes visible only when it completes;
+* nothing is deleted: a file that has to make way is moved aside (``move``).
+
+A URI, even ``file://``, uses only the pyarrow filesystem API; a plain path uses ``os`` calls,
+which are faster for listing 10^5 files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import posixpath
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's own files are 0600
+# filesystems whose objects appear only when their single upload completes (no rename needed)
+_PUT_ATOMIC = ("s3", "gcs")
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    size: int
+    mtime_ns: int
+
+
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+class Store:
+    """A sweep directory at ``location`` (a path or a filesystem URI). Paths given to the
+    methods are relative to it, with ``/`` separators."""
+
+    def __init__(self, location: str | Path, filesystem: pafs.FileSystem | None = None):
+        self.location = str(location)
+        if filesystem is not None:  # an explicit filesystem (tests, custom setups)
+            self.fs, self.root = filesystem, self.location.rstrip("/")
+        elif is_uri(location):
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(self.location)
+            except Exception as e:
+                raise ValueError(f"out: cannot open {self.location!r} as a pyarrow filesystem "
+                                 f"URI ({type(e).__name__}: {e}); use a local path or a URI "
+                                 "such as s3://bucket/prefix, gs://..., file:///abs/path") from None
+            self.root = self.root.rstrip("/")
+        else:
+            self.fs, self.root = None, str(Path(location))
+        self.local = self.fs is None
+        self._put_atomic = self.fs is not None and self.fs.type_name in _PUT_ATOMIC
+
+    def __repr__(self) -> str:
+        return f"Store({self.location!r})"
+
+    def __str__(self) -> str:
+        return self.location
+
+    # ---- paths
+    def path(self, rel: str = "") -> str:
+        """The path of ``rel`` on this store's filesystem (an OS path when local)."""
+        if not rel:
+            return self.root
+        return os.path.join(self.root, rel) if self.local else posixpath.join(self.root, rel)
+
+    def uri(self, rel: str = "") -> str:
+        """``rel`` as a location string another Store (or the user) can open."""
+        return posixpath.join(self.location.rstrip("/"), rel) if rel else self.location
+
+    # ---- queries
+    def _info(self, rel: str) -> pafs.FileInfo:
+        return self.fs.get_file_info(self.path(rel))
+
+    def exists(self, rel: str = "") -> bool:
+        if self.local:
+            return os.path.exists(self.path(rel))
+        return self._info(rel).type != pafs.FileType.NotFound
+
+    def is_file(self, rel: str) -> bool:
+        if self.local:
+            return os.path.isfile(self.path(rel))
+        return self._info(rel).type == pafs.FileType.File
+
+    def is_dir(self, rel: str = "") -> bool:
+        if self.local:
+            return os.path.isdir(self.path(rel))
+        return self._info(rel).type == pafs.FileType.Directory
+
+    def entry(self, rel: str) -> Entry:
+        """Size and modification time of a file; OSError if there is none."""
+        if self.local:
+            st = os.stat(self.path(rel))
+            return Entry(posixpath.basename(rel), st.st_size, st.st_mtime_ns)
+        info = self._info(rel)
+        if info.type != pafs.FileType.File:
+            raise FileNotFoundError(self.uri(rel))
+        return Entry(info.base_name, info.size, info.mtime_ns or 0)
+
+    def list(self, rel: str, suffix: str = "") -> list[Entry]:
+        """The files directly in directory ``rel`` whose names end in ``suffix`` (hidden ones,
+        such as temporary files, excluded), sorted by name; empty if there is no directory."""
+        out = []
+        if self.local:
+            try:
+                with os.scandir(self.path(rel)) as it:
+                    for e in it:
+                        if e.name.endswith(suffix) and not e.name.startswith(".") and e.is_file():
+                            st = e.stat()
+                            out.append(Entry(e.name, st.st_size, st.st_mtime_ns))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        else:
+            sel = pafs.FileSelector(self.path(rel), allow_not_found=True, recursive=False)
+            for info in self.fs.get_file_info(sel):
+                name = info.base_name
+                if info.type == pafs.FileType.File and name.endswith(suffix) and not name.startswith("."):
+                    out.append(Entry(name, info.size, info.mtime_ns or 0))
+        out.sort(key=lambda e: e.name)
+        return out
+
+    def is_empty(self) -> bool:
+        if self.local:
+            return not any(os.scandir(self.root))
+        sel = pafs.FileSelector(self.root, allow_not_found=True, recursive=False)
+        return not self.fs.get_file_info(sel)
+
+    # ---- reads
+    def read_bytes(self, rel: str) -> bytes:
+        if self.local:
+            with open(self.path(rel), "rb") as f:
+                return f.read()
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
+
+    def parquet_file(self, rel: str) -> pq.ParquetFile:
+        if self.local:
+            return pq.ParquetFile(self.path(rel))
+        return pq.ParquetFile(self.fs.open_input_file(self.path(rel)))
+
+    def read_parquet(self, rel: str, **kwargs):
+        return pq.read_table(self.path(rel), filesystem=self.fs, **kwargs)
+
+    # ---- writes
+    def makedirs(self, rel: str = "") -> None:
+        if self.local:
+            os.makedirs(self.path(rel), exist_ok=True)
+        else:
+            self.fs.create_dir(self.path(rel), recursive=True)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write ``data`` to ``rel`` so that a reader sees the old state or the whole file."""
+        if self.local:
+            self._write_local(self.path(rel), data)
+            return
+        path = self.path(rel)
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        if self._put_atomic:
+            with self.fs.open_output_stream(path) as f:
+                f.write(data)
+            return
+        parent, name = posixpath.split(path)
+        tmp = posixpath.join(parent, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, path)
+        except BaseException:
+            try:
+                self.fs.delete_file(tmp)
+            except Exception:
+                pass
+            raise
+
+    @staticmethod
+    def _write_local(path: str, data: bytes) -> None:
+        parent = os.path.dirname(path) or "."
+        os.makedirs(parent, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, _FILE_MODE)  # readable by other nodes' users, as open() would make it
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode())
+
+    def write_parquet(self, rel: str, table, **kwargs) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, **kwargs)
+        self.write_bytes(rel, buf.getvalue())
+
+    def move(self, src: str, dst: str) -> None:
+        """Move a file within the store (a copy and delete on object stores)."""
+        if self.local:
+            os.makedirs(os.path.dirname(self.path(dst)), exist_ok=True)
+            os.replace(self.path(src), self.path(dst))
+        else:
+            self.fs.create_dir(posixpath.dirname(self.path(dst)), recursive=True)
+            self.fs.move(self.path(src), self.path(dst))
+
+
+    @contextlib.contextmanager
+    def staging(self, rel: str):
+        """A local directory to write files into (for writers that need a path, such as
+        matplotlib): ``rel`` itself when local, else a temporary directory whose files are
+        uploaded to ``rel`` on success."""
+        if self.local:
+            self.makedirs(rel)
+            yield Path(self.path(rel))
+            return
+        with tempfile.TemporaryDirectory(prefix="sweep-stage-") as tmp:
+            yield Path(tmp)
+            for p in sorted(Path(tmp).rglob("*")):
+                if p.is_file():
+                    self.write_bytes(f"{rel}/{p.relative_to(tmp).as_posix()}", p.read_bytes())
+
+
+@lru_cache(maxsize=16)
+def _cached(location: str) -> Store:
+    return Store(location)
+
+
+def store(location: "str | Path | Store") -> Store:
+    """The Store of a location (cached per process: opening an S3 filesystem costs a round
+    trip)."""
+    if isinstance(location, Store):
+        return location
+    return _cached(str(location))

@@ -53,11 +53,14 @@ def jacobian_vs_gap(df: pd.DataFrame, path: str | Path) -> Path | None:
     return path
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path, vector: bool = False) -> Path:
+    """Write ``fig`` to ``path`` (PNG) and, with ``vector``, an SVG beside it."""
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
+    if vector:
+        fig.savefig(path.with_suffix(".svg"))
     plt.close(fig)
     return path
 
@@ -166,3 +169,211 @@ def boundaries_figure(grids: pd.DataFrame, path: str | Path) -> Path | None:
     fig.suptitle(f"Last-hidden-layer region boundaries, trial {tid}")
     fig.tight_layout()
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# The report's figures (``sweep report``). Each takes the rows to draw (the caller applies the
+# train-accuracy filter), writes a PNG and an SVG, and returns the PNG's path, or None when the
+# data has nothing to draw.
+
+def seed_means(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """One row per configuration (every hyperparameter but the seed): for each of ``columns``
+    the mean and the standard error of the mean over seeds (``<col>`` and ``<col>_se``; the s.e.
+    is 0 for a configuration with one seed), ``n_seeds``, and the configuration's hyperparameter
+    values. A.5's error bars."""
+    from analysis.stats import HYPERPARAMETERS
+
+    keys = [k for k in HYPERPARAMETERS if k in df.columns]
+    filled = df[keys].astype(object).where(df[keys].notna(), "<none>")  # null is its own value
+    g = df[columns].groupby([filled[k] for k in keys], sort=True, dropna=False)
+    mean, se = g.mean(), g.sem(ddof=1).fillna(0.0)
+    out = mean.copy()
+    for c in columns:
+        out[f"{c}_se"] = se[c]
+    out["n_seeds"] = g.size()
+    out = out.reset_index()
+    for k in keys:
+        out[k] = out[k].where(out[k] != "<none>", None)
+    return out
+
+
+def _errorbar(ax, m: pd.DataFrame, x: str, y: str, **kw) -> None:
+    ax.errorbar(m[x], m[y], xerr=m[f"{x}_se"], yerr=m[f"{y}_se"], fmt="o", ms=4, elinewidth=0.8,
+                capsize=0, alpha=0.8, **kw)
+
+
+def _caption_n(df: pd.DataFrame, m: pd.DataFrame) -> str:
+    return f"{len(df)} trials, {len(m)} configurations; mean +- s.e. over seeds"
+
+
+def params_loss_figure(df: pd.DataFrame, path: str | Path) -> Path | None:
+    """Fig. 1: the generalization gap against the number of parameters (left) and against the
+    final train loss (right), one colour per data set; log x."""
+    d = df.dropna(subset=["gen_gap", "n_params", "train_loss"])
+    if d.empty:
+        return None
+    plt = _pyplot()
+    m = seed_means(d, ["gen_gap", "n_params", "train_loss"])
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.2), dpi=120, sharey=True)
+    for i, (name, g) in enumerate(m.groupby("dataset")):
+        _errorbar(axes[0], g, "n_params", "gen_gap", color=f"C{i}", label=name)
+        pos = g[g["train_loss"] > 0]
+        _errorbar(axes[1], pos, "train_loss", "gen_gap", color=f"C{i}", label=name)
+    axes[0].set_xlabel("number of parameters")
+    axes[1].set_xlabel("train loss (cross-entropy)")
+    axes[0].set_ylabel("generalization gap (train acc - test acc)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Fig. 1: parameters and train loss vs generalization ({_caption_n(d, m)})",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, vector=True)
+
+
+def _per_dataset(df: pd.DataFrame, measure: str, colour_by: str, path, title: str, xlabel: str,
+                 log_colour: bool = False) -> Path | None:
+    """One panel per data set: ``measure`` (log x) against the generalization gap, seed means
+    with s.e. bars, coloured by ``colour_by`` (categorical, or a log colour scale)."""
+    d = df.dropna(subset=[measure, "gen_gap"])
+    d = d[d[measure] > 0]
+    if d.empty:
+        return None
+    import numpy as np
+
+    plt = _pyplot()
+    m = seed_means(d, [measure, "gen_gap"])
+    if colour_by == "neurons":
+        m["neurons"] = m["width"] * (m["depth"] - 1)  # hidden units: depth counts Linear layers
+    names = sorted(m["dataset"].unique())
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names) + 0.8, 4.2), dpi=120,
+                             squeeze=False)
+    cats = sorted(m[colour_by].astype(str).unique()) if not log_colour else None
+    for ax, name in zip(axes[0], names):
+        g = m[m["dataset"] == name]
+        if log_colour:
+            ax.errorbar(g[measure], g["gen_gap"], xerr=g[f"{measure}_se"], yerr=g["gen_gap_se"],
+                        fmt="none", ecolor="0.6", elinewidth=0.6, zorder=1)
+            sc = ax.scatter(g[measure], g["gen_gap"], c=np.log2(g[colour_by].astype(float)),
+                            cmap="viridis", s=18, zorder=2)
+            fig.colorbar(sc, ax=ax, label=f"log2 {colour_by}")
+        else:
+            for c, cat in enumerate(cats):
+                sub = g[g[colour_by].astype(str) == cat]
+                if len(sub):
+                    _errorbar(ax, sub, measure, "gen_gap", color=f"C{c}", label=cat)
+            ax.legend(fontsize=7)
+        ax.set_xscale("log")
+        ax.set_title(f"{name}: {len(g)} configurations", fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("generalization gap")
+    fig.suptitle(f"{title} ({_caption_n(d, m)})", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, vector=True)
+
+
+def jacobian_gap_figure(df: pd.DataFrame, path: str | Path) -> Path | None:
+    """Fig. 5: the test Jacobian norm against the generalization gap, one panel per data set,
+    coloured by non-linearity."""
+    return _per_dataset(df, "jacobian_norm_test", "activation", path,
+                        "Fig. 5: Jacobian norm vs generalization gap",
+                        "Jacobian norm  E_test ||d softmax / dx||_F")
+
+
+def transitions_gap_figure(df: pd.DataFrame, path: str | Path) -> Path | None:
+    """App. Fig. 8: transitions along the test points' trajectories against the generalization
+    gap, one panel per data set, coloured by the number of hidden neurons."""
+    return _per_dataset(df, "transitions_test", "neurons", path,
+                        "App. Fig. 8: transitions vs generalization gap",
+                        "transitions per trajectory (test points)", log_colour=True)
+
+
+PAIR_PANELS = [("gen_gap", "generalization gap", False), ("jacobian_norm_test", "Jacobian norm", True),
+               ("transitions_test", "transitions", True)]
+
+
+def factor_pairs_figure(pairs: pd.DataFrame, path: str | Path) -> Path | None:
+    """Fig. 4: for each factor (rows), the pair's two trials against each other (x: value a, y:
+    value b) for the generalization gap, the Jacobian norm and the transitions (columns), with
+    the y = x diagonal; a point above the diagonal is larger with value b."""
+    if pairs.empty:
+        return None
+    import numpy as np
+
+    panels = [p for p in PAIR_PANELS if f"{p[0]}_a" in pairs and pairs[f"{p[0]}_a"].notna().any()]
+    factors = list(dict.fromkeys(pairs["factor"]))
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(factors), len(panels), figsize=(3.6 * len(panels), 3.4 * len(factors)),
+                             dpi=120, squeeze=False)
+    for r, factor in enumerate(factors):
+        sub = pairs[pairs["factor"] == factor]
+        va, vb = sub["value_a"].iloc[0], sub["value_b"].iloc[0]
+        for c, (col, label, log) in enumerate(panels):
+            ax = axes[r, c]
+            x, y = sub[f"{col}_a"].to_numpy(float), sub[f"{col}_b"].to_numpy(float)
+            ok = np.isfinite(x) & np.isfinite(y) & ((x > 0) & (y > 0) if log else True)
+            ax.scatter(x[ok], y[ok], s=16, color=f"C{c}")
+            if ok.any():
+                lo, hi = min(x[ok].min(), y[ok].min()), max(x[ok].max(), y[ok].max())
+                ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            if log:
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+            ax.set_xlabel(f"{label}, {factor}={va}", fontsize=8)
+            ax.set_ylabel(f"{label}, {factor}={vb}", fontsize=8)
+            ax.set_title(f"{factor}: {int(ok.sum())} pairs", fontsize=9)
+            ax.grid(alpha=0.3)
+    fig.suptitle("Fig. 4: pairs identical but for one factor (dashed: y = x)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, vector=True)
+
+
+def per_point_bounds(loss, num_classes: int):
+    """A.3's approximate bounds, up to the constant c (the magnitude of a logit's input
+    gradient, assumed constant), as functions of the per-point cross-entropy l, with
+    s_y = exp(-l). Row i of J is s_i (e_i - s)^T df/dx, whose norm A.3 takes as c s_i (1 - s_i).
+    Lower: the true class's row alone, c s_y (1 - s_y) (Eq. 6: ||J||_F >= ||J_y||). Upper: the
+    maximum-entropy case s_i = (1 - s_y) / (C - 1) for i != y, adding C - 1 such rows:
+    c sqrt(s_y^2 (1 - s_y)^2 + (C - 1) s_i^2 (1 - s_i)^2). Returns (lower, upper) / c."""
+    import numpy as np
+
+    s_y = np.exp(-np.asarray(loss, dtype=np.float64))
+    lower = s_y * (1.0 - s_y)
+    q = (1.0 - s_y) / (num_classes - 1)
+    upper = np.sqrt(lower ** 2 + (num_classes - 1) * (q * (1.0 - q)) ** 2)
+    return lower, upper
+
+
+def per_point_figure(points: pd.DataFrame, path: str | Path, num_classes: int,
+                     split: str = "test") -> Path | None:
+    """Fig. 6 / App. 11: per-point Jacobian norm against per-point cross-entropy (log-log, point
+    density), with A.3's approximate lower and maximum-entropy upper curves. A.3 leaves the
+    constant c open; it is set to the median over points of ||J||_F / upper(l)."""
+    import numpy as np
+
+    d = points[(points["split"] == split)].dropna(subset=["jacobian_norm", "loss"])
+    d = d[(d["jacobian_norm"] > 0) & (d["loss"] > 0)]
+    if d.empty:
+        return None
+    plt = _pyplot()
+    loss, jac = d["loss"].to_numpy(), d["jacobian_norm"].to_numpy()
+    lower, upper = per_point_bounds(loss, num_classes)
+    c = float(np.median(jac / upper))
+    fig, ax = plt.subplots(figsize=(6.0, 4.6), dpi=120)
+    hb = ax.hexbin(loss, jac, xscale="log", yscale="log", gridsize=60, bins="log", cmap="Blues",
+                   mincnt=1)
+    fig.colorbar(hb, ax=ax, label="points (log)")
+    grid = np.logspace(np.log10(loss.min()), np.log10(loss.max()), 200)
+    lo, up = per_point_bounds(grid, num_classes)
+    ax.plot(grid, c * lo, "C3-", lw=1.2, label="c s_y (1 - s_y)  (lower)")
+    ax.plot(grid, c * up, "C1--", lw=1.2, label="max-entropy other classes  (upper)")
+    ax.set_xlabel("per-point cross-entropy loss")
+    ax.set_ylabel("per-point Jacobian norm ||J||_F")
+    ax.set_title(f"Fig. 6: {len(d)} {split} points of {d['trial_id'].nunique()} trials "
+                 f"(c = {c:.3g})", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path, vector=True)

@@ -5,6 +5,9 @@
     sweep resume SWEEP_DIR [KEY=VALUE ...]   run the planned trials that lack a valid result
                                      (overrides: cluster.*, resources.*, progress, ...)
     sweep status SWEEP_DIR
+    sweep report SWEEP_DIR [--train-acc 1.0] [--bootstrap 200] [--out DIR]
+                                     figures, statistics and an HTML report (SWEEP_DIR/report/)
+    sweep compact SWEEP_DIR          merge the per-trial files into a partitioned dataset
 
 Bad input ends with one line on stderr naming the key and what is allowed, exit code 2, before
 anything is written or Ray starts.
@@ -95,6 +98,42 @@ def cmd_status(sweep_dir: str) -> int:
     return 0
 
 
+def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None) -> int:
+    from workers.results import SWEEP_FILE
+    from workers.storage import store
+
+    try:
+        if not store(sweep_dir).is_file(SWEEP_FILE):
+            return _fail(f"SWEEP_DIR: {sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
+        if not 0.0 <= train_acc <= 1.0:
+            return _fail(f"--train-acc: {train_acc}; allowed: a number in [0, 1]")
+        if n_boot < 0:
+            return _fail(f"--bootstrap: {n_boot}; allowed: an integer >= 0")
+        from analysis.report import make_report
+
+        page = make_report(sweep_dir, train_acc=train_acc, n_boot=n_boot, out=out)
+    except ValueError as e:
+        return _fail(str(e))
+    print(f"report: {page}")
+    return 0
+
+
+def cmd_compact(sweep_dir: str) -> int:
+    from workers.results import SWEEP_FILE
+    from workers.storage import store
+
+    try:
+        if not store(sweep_dir).is_file(SWEEP_FILE):
+            return _fail(f"SWEEP_DIR: {sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
+    except ValueError as e:
+        return _fail(str(e))
+    from analysis.compact import compact
+
+    summary = compact(sweep_dir)
+    print("compacted: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sweep", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,11 +147,26 @@ def main(argv: list[str] | None = None) -> int:
                           help="cluster.*, resources.*, progress, figure, save_weights, dataset.root")
     p_status = sub.add_parser("status", help="counts by status and failures of a sweep directory")
     p_status.add_argument("sweep_dir")
+    p_report = sub.add_parser("report", help="figures, statistics and an HTML report of a sweep")
+    p_report.add_argument("sweep_dir")
+    p_report.add_argument("--train-acc", type=float, default=1.0,
+                          help="only trials at train accuracy >= this (default 1.0, the paper's)")
+    p_report.add_argument("--bootstrap", type=int, default=200,
+                          help="bootstrap resamples for the confidence intervals (default 200)")
+    p_report.add_argument("--out", default=None,
+                          help="write the report here instead of SWEEP_DIR/report (path or URI)")
+    p_compact = sub.add_parser("compact", help="merge per-trial result files into a partitioned "
+                                               "Parquet dataset (per-trial files are kept)")
+    p_compact.add_argument("sweep_dir")
     args = parser.parse_args(argv)
     if args.command in ("launch", "plan"):
         return cmd_launch(args.overrides, plan_only=args.command == "plan")
     if args.command == "resume":
         return cmd_resume(args.sweep_dir, args.overrides)
+    if args.command == "report":
+        return cmd_report(args.sweep_dir, args.train_acc, args.bootstrap, args.out)
+    if args.command == "compact":
+        return cmd_compact(args.sweep_dir)
     return cmd_status(args.sweep_dir)
 
 

@@ -1,0 +1,160 @@
+"""``sweep report SWEEP_DIR``: the paper's figures and the statistics table of a sweep, as one
+self-contained HTML file (figures embedded) with the PNG/SVG figures and the statistics as CSV
+and Parquet beside it, in ``SWEEP_DIR/report/`` (or ``out``).
+
+Only the trials that fit their training set enter the figures and statistics
+(:func:`analysis.filters.fits_training_set`, threshold ``train_acc``); the report says how many
+trials that leaves. Each figure is drawn when the sweep holds its data: Fig. 1, 5 and the
+statistics from any sweep; App. Fig. 8 with transitions; Fig. 4 with ``plan.factors``; Fig. 6
+with per-point Jacobian norms; Fig. 2/3 with ellipse profiles / boundary maps.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import figures
+from analysis.filters import DEFAULT_TRAIN_ACC, fits_training_set
+from analysis.load import load_curves, load_grids, load_pairs, load_points, load_results
+from analysis.stats import statistics_table, write_table
+from workers.storage import store
+
+REPORT_DIR = "report"
+# Measures judged against the generalization gap: the paper's two sensitivities, and Fig. 1's
+# two baselines (parameter count and train loss), which the paper shows do not track the gap.
+REPORT_MEASURES = ("jacobian_norm_test", "transitions_test", "jacobian_norm_train", "n_params",
+                   "train_loss")
+
+CAPTIONS = {
+    "fig1_params_loss": "Fig. 1: generalization gap against the number of parameters and the "
+                        "train loss; neither predicts it.",
+    "fig4_factor_pairs": "Fig. 4: pairs of networks identical but for one factor. Points off the "
+                         "diagonal show the factor's effect on the gap and on the sensitivities.",
+    "fig5_jacobian_gap": "Fig. 5: Jacobian norm (test points) against the generalization gap, "
+                         "one panel per data set.",
+    "fig8_transitions_gap": "App. Fig. 8: transitions along trajectories through test points "
+                            "against the generalization gap, coloured by hidden neurons.",
+    "fig6_per_point": "Fig. 6 / App. 11: per-point Jacobian norm against per-point "
+                      "cross-entropy, with A.3's approximate bounds.",
+    "fig2_trajectory": "Fig. 2: Jacobian norm and transition density along ellipses through "
+                       "the data, before and after training.",
+    "fig3_boundaries": "Fig. 3: transition boundaries of the last hidden layer in the plane of "
+                       "three training points.",
+}
+
+
+def _pairs_fitting(pairs: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Pairs whose two trials are both ``ok`` at train accuracy >= threshold (the filter of
+    :func:`fits_training_set`, applied to both sides)."""
+    keep = pd.Series(True, index=pairs.index)
+    for side in ("a", "b"):
+        side_df = pd.DataFrame({"status": pairs[f"status_{side}"], "train_acc": pairs[f"train_acc_{side}"]})
+        keep &= pairs.index.isin(fits_training_set(side_df, threshold).index)
+    return pairs[keep]
+
+
+def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 200,
+                out: str | None = None, seed: int = 0) -> str:
+    """Write the report of ``sweep_dir``; returns the location of ``report.html``."""
+    if not 0.0 <= float(train_acc) <= 1.0:
+        raise ValueError(f"--train-acc: {train_acc!r}; allowed: a number in [0, 1]")
+    if n_boot < 0:
+        raise ValueError(f"--bootstrap: {n_boot}; allowed: an integer >= 0")
+    t0 = time.perf_counter()
+    st = store(sweep_dir)
+    df = load_results(st)
+    if df.empty:
+        raise ValueError(f"SWEEP_DIR: {sweep_dir} holds no results yet; run the sweep first")
+    fit = fits_training_set(df, train_acc)
+    target = store(out) if out is not None else st
+    rel = "" if out is not None else REPORT_DIR
+
+    made: dict[str, Path] = {}
+    with target.staging(rel) as d:
+        def draw(name, fn, data, *extra):
+            p = fn(data, d / f"{name}.png", *extra)
+            if p is not None:
+                made[name] = Path(p)
+
+        draw("fig1_params_loss", figures.params_loss_figure, fit)
+        if st.is_file("pairs.parquet"):
+            draw("fig4_factor_pairs", figures.factor_pairs_figure,
+                 _pairs_fitting(load_pairs(st), train_acc))
+        draw("fig5_jacobian_gap", figures.jacobian_gap_figure, fit)
+        draw("fig8_transitions_gap", figures.transitions_gap_figure, fit)
+        points = load_points(st)
+        if len(points):
+            points = points[points["trial_id"].isin(set(fit["trial_id"]))]
+            classes = int(fit["num_classes"].max()) if len(fit) else 10
+            draw("fig6_per_point", figures.per_point_figure, points, classes)
+        draw("fig2_trajectory", figures.trajectory_figure, load_curves(st))
+        draw("fig3_boundaries", figures.boundaries_figure, load_grids(st))
+
+        table = statistics_table(fit, measures=[m for m in REPORT_MEASURES if m in fit],
+                                 n_boot=n_boot, seed=seed) if len(fit) else pd.DataFrame()
+        if len(table):
+            write_table(table, d / "statistics")
+        page = _html(st, df, fit, train_acc, table, made, n_boot, time.perf_counter() - t0)
+        (d / "report.html").write_text(page)
+    return target.uri(f"{rel}/report.html" if rel else "report.html")
+
+
+def _stats_html(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "<p>No trials pass the filter: no statistics.</p>"
+    t = table.copy()
+
+    def cell(r):
+        if pd.isna(r["value"]):
+            return "n/a"
+        ci = "" if pd.isna(r["ci_low"]) else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        return f"{r['value']:.3f}{ci}"
+
+    t["cell"] = t.apply(cell, axis=1)
+    wide = t.pivot_table(index=["group", "measure", "n_trials", "n_configs"], columns="statistic",
+                         values="cell", aggfunc="first", sort=False)
+    order = [c for c in ("pearson", "spearman", "kendall", "granulated_kendall", "conditional_mi",
+                         "sign_error") if c in wide.columns]
+    return wide[order].reset_index().to_html(index=False, escape=True, border=0,
+                                             classes="stats")
+
+
+def _html(st, df, fit, train_acc, table, made, n_boot, seconds) -> str:
+    counts = df["status"].value_counts().to_dict()
+    status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>Sweep report: {html.escape(str(st))}</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+        "table.stats{border-collapse:collapse;font-size:13px}table.stats td,table.stats th"
+        "{border:1px solid #ccc;padding:3px 6px;text-align:right}figure{margin:1.5em 0}"
+        "img{max-width:100%}figcaption{font-size:14px;color:#333}</style></head><body>",
+        f"<h1>Sweep report</h1><p><code>{html.escape(str(st))}</code>: {len(df)} trials "
+        f"({html.escape(status)}). Figures and statistics use the {len(fit)} ok trials at train "
+        f"accuracy &ge; {train_acc:g} (<code>analysis.filters.fits_training_set</code>).</p>",
+        "<h2>Statistics against the generalization gap</h2>",
+        f"<p>Value [95% bootstrap interval over {n_boot} resamples of seeds, or of trials when "
+        "the sweep has a single seed]. Pearson, Spearman and Kendall &tau;-b over trials; "
+        "granulated Kendall (Jiang et al. 2019), conditional mutual information (PGDL, minimum "
+        "over pairs of hyperparameters) and sign-error (Dziugaite et al. 2020; 0 is perfect, "
+        "lower is better) over configurations averaged over seeds. The same table: "
+        "<code>statistics.csv</code>, <code>statistics.parquet</code>.</p>",
+        _stats_html(table),
+        "<h2>Figures</h2>",
+    ]
+    for name, path in made.items():
+        data = base64.b64encode(path.read_bytes()).decode()
+        parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(CAPTIONS.get(name, name))} "
+                     f"(<code>{name}.png</code>, <code>{name}.svg</code>)</figcaption></figure>")
+    missing = [n for n in CAPTIONS if n not in made]
+    if missing:
+        parts.append("<p>Not drawn (no data for them in this sweep): "
+                     + ", ".join(html.escape(CAPTIONS[n].split(":")[0]) for n in missing) + ".</p>")
+    parts.append(f"<p><small>Made in {seconds:.1f} s.</small></p></body></html>")
+    return "\n".join(parts)

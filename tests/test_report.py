@@ -1,0 +1,162 @@
+"""The train-accuracy filter, seed means, the A.3 curves, every report figure from a synthetic
+results set, and `sweep report` on it (the statistics file against scipy)."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats as sps
+
+from analysis import figures
+from analysis.filters import fits_training_set
+from analysis.load import load_results
+from analysis.report import make_report
+from sweep.cli import main
+from workers.results import SUMMARY_COLUMNS, SWEEP_FILE, points_columns, write_trial
+
+
+def test_fits_training_set_keeps_ok_trials_at_the_threshold():
+    df = pd.DataFrame({
+        "trial_id": list("abcdef"),
+        "status": ["ok", "ok", "ok", "failed", "ok", "diverged"],
+        "train_acc": [1.0, 0.999, np.nan, 1.0, 0.95, 1.0],
+    })
+    assert list(fits_training_set(df)["trial_id"]) == ["a"]
+    assert list(fits_training_set(df, 0.95)["trial_id"]) == ["a", "b", "e"]
+    assert list(fits_training_set(df, 0.0)["trial_id"]) == ["a", "b", "e"]  # NaN never passes
+    with pytest.raises(ValueError, match=r"allowed: a number in \[0, 1\]"):
+        fits_training_set(df, 1.5)
+
+
+def test_seed_means_are_means_and_standard_errors_over_seeds():
+    base = dict(dataset="digits", train_size=None, random_labels=False, augment=False, width=8,
+                depth=3, activation="relu", optimizer="lbfgs", lr=0.1, batch_size=None,
+                init_scale=1.0, step_budget=100)
+    df = pd.DataFrame([{**base, "seed": 1, "gen_gap": 0.1}, {**base, "seed": 2, "gen_gap": 0.3},
+                       {**base, "seed": 3, "gen_gap": 0.8}, {**base, "width": 16, "seed": 1,
+                                                             "gen_gap": 0.5}])
+    m = figures.seed_means(df, ["gen_gap"]).set_index("width")
+    assert m.loc[8, "gen_gap"] == pytest.approx(0.4)
+    # s.e. by hand: deviations -0.3, -0.1, 0.4 -> variance 0.26/2 = 0.13; s.e. sqrt(0.13/3)
+    assert m.loc[8, "gen_gap_se"] == pytest.approx(math.sqrt(0.13 / 3))
+    assert m.loc[8, "n_seeds"] == 3 and m.loc[16, "gen_gap_se"] == 0.0
+    assert pd.isna(m.loc[8, "batch_size"])  # a null hyperparameter stays missing
+
+
+def test_per_point_bounds_by_hand():
+    lo, up = figures.per_point_bounds([math.log(2.0), 20.0], num_classes=10)
+    # l = ln 2: s_y = 1/2, lower 1/4; others 1/18 each: rows (1/18)(17/18)
+    assert lo[0] == pytest.approx(0.25)
+    assert up[0] == pytest.approx(math.sqrt(0.25 ** 2 + 9 * (17 / 18 ** 2) ** 2))
+    assert lo[1] == pytest.approx(math.exp(-20.0), rel=1e-6)  # confident and wrong: s_y ~ e^-l
+    assert np.all(up >= lo)
+
+
+def _row(tid, **kw):
+    row = {c: None for c in SUMMARY_COLUMNS}
+    row.update(trial_id=tid, status="ok", train_size=None, random_labels=False, augment=False,
+               optimizer="sgd", lr=0.01, batch_size=32, init_scale=1.0, step_budget=1000,
+               steps=1000, input_dim=64, num_classes=10, train_loss=1e-3, test_loss=0.5,
+               transitions_method="exact")
+    row.update(kw)
+    return row
+
+
+def synthetic_sweep(d, rng):
+    """Two data sets x 3 widths x 2 depths x 2 activations x 2 seeds, gap growing with the
+    Jacobian norm plus noise; a few trials short of 100% train accuracy; per-point rows; and
+    factor pairs."""
+    rows, n = [], 0
+    for ds in ("digits", "mnist"):
+        for width in (16, 64, 256):
+            for depth in (2, 4):
+                for act in ("relu", "tanh"):
+                    for seed in (1, 2):
+                        jac = float(rng.lognormal(0.0, 0.7))
+                        gap = 0.05 + 0.1 * math.log1p(jac) + float(rng.normal(0, 0.01))
+                        n += 1
+                        rows.append(_row(
+                            f"t{n:03d}", dataset=ds, width=width, depth=depth, activation=act,
+                            seed=seed, train_acc=1.0 if n % 7 else 0.98, test_acc=1.0 - gap,
+                            gen_gap=gap if n % 7 else gap - 0.02, jacobian_norm_test=jac,
+                            jacobian_norm_train=jac * 0.8, transitions_test=10 * jac + width / 8,
+                            n_params=64 * width + (depth - 2) * width ** 2 + width * 10))
+    for r in rows:
+        k = 20
+        loss = rng.lognormal(-2.0, 1.5, k)
+        jac = 3.0 * np.exp(-loss) * (1 - np.exp(-loss)) * rng.lognormal(0, 0.2, k)
+        pts = points_columns("test", range(k), rng.integers(0, 10, k), jac, loss, loss < 0.7)
+        write_trial(d, r, pts)
+    pairs = []
+    for i, factor in enumerate(("random_labels", "activation")):
+        for j in range(4):
+            a, b = rows[8 * i + 2 * j], rows[8 * i + 2 * j + 1]
+            pairs.append({"pair_id": f"p{i}{j}", "factor": factor, "value_a": "false",
+                          "value_b": "true", "trial_a": a["trial_id"], "trial_b": b["trial_id"]})
+    pq.write_table(pa.Table.from_pylist(pairs), d / "pairs.parquet")
+    (d / SWEEP_FILE).write_text(json.dumps({"identity_hash": "x", "config": {}}))
+    return rows
+
+
+def test_every_figure_renders_from_a_synthetic_sweep(tmp_path):
+    d = tmp_path / "s"
+    synthetic_sweep(d, np.random.default_rng(0))
+    df = fits_training_set(load_results(d))
+    from analysis.load import load_pairs, load_points
+
+    made = {
+        "f1": figures.params_loss_figure(df, tmp_path / "f1.png"),
+        "f4": figures.factor_pairs_figure(load_pairs(d), tmp_path / "f4.png"),
+        "f5": figures.jacobian_gap_figure(df, tmp_path / "f5.png"),
+        "f8": figures.transitions_gap_figure(df, tmp_path / "f8.png"),
+        "f6": figures.per_point_figure(load_points(d), tmp_path / "f6.png", 10),
+    }
+    for name, p in made.items():
+        assert p is not None and p.stat().st_size > 10_000, name
+        assert p.with_suffix(".svg").read_text().lstrip().startswith("<?xml"), name
+    empty = df.iloc[:0]
+    assert figures.params_loss_figure(empty, tmp_path / "x.png") is None
+    assert figures.jacobian_gap_figure(empty, tmp_path / "x.png") is None
+    assert figures.transitions_gap_figure(df.assign(transitions_test=np.nan), tmp_path / "x.png") is None
+
+
+def test_report_statistics_match_scipy(tmp_path):
+    d = tmp_path / "s"
+    synthetic_sweep(d, np.random.default_rng(1))
+    assert main(["report", str(d), "--bootstrap", "20"]) == 0
+    rep = d / "report"
+    page = (rep / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5  # Fig. 1, 4, 5, 6, 8 embedded
+    assert (rep / "fig5_jacobian_gap.svg").is_file()
+    table = pd.read_csv(rep / "statistics.csv")
+    assert table.equals(pd.read_parquet(rep / "statistics.parquet"))
+    fit = fits_training_set(load_results(d))
+    assert len(fit) == 48 - 48 // 7  # every 7th trial is short of 100% train accuracy
+    for group, rows in [("all", fit), ("mnist", fit[fit["dataset"] == "mnist"])]:
+        for measure in ("jacobian_norm_test", "transitions_test", "n_params"):
+            got = table[(table.group == group) & (table.measure == measure)].set_index("statistic")
+            x, y = rows[measure], rows["gen_gap"]
+            assert got.loc["kendall", "value"] == pytest.approx(sps.kendalltau(x, y).statistic, abs=1e-12)
+            assert got.loc["spearman", "value"] == pytest.approx(sps.spearmanr(x, y).statistic, abs=1e-12)
+            assert got.loc["pearson", "value"] == pytest.approx(sps.pearsonr(x, y).statistic, abs=1e-12)
+            assert (got["n_trials"] == len(rows)).all()
+    # a looser threshold lets the 98% trials in
+    assert main(["report", str(d), "--train-acc", "0.9", "--bootstrap", "0",
+                 "--out", str(tmp_path / "r2")]) == 0
+    t2 = pd.read_csv(tmp_path / "r2" / "statistics.csv")
+    assert (t2.loc[t2.group == "all", "n_trials"] == 48).all()
+
+
+def test_report_refuses_bad_input(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a sweep directory" in capsys.readouterr().err
+    d = tmp_path / "s"
+    synthetic_sweep(d, np.random.default_rng(2))
+    assert main(["report", str(d), "--train-acc", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sweep: error: --train-acc") and "\n" not in err
+    assert not (d / "report").exists()  # refused before any work

@@ -338,5 +338,11 @@ def launch(cfg: SweepConfig) -> str:
     if cfg.figure:
         for fig in draw_figures(out):
             log(f"figure: {fig}")
+        from analysis.report import make_report
+
+        try:
+            log(f"report: {make_report(out)}")
+        except ValueError as e:  # e.g. no results yet
+            log(f"no report: {e}")
     log(f"results: {out}  (analysis.load_results({out.location!r}))")
     return out.location

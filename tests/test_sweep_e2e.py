@@ -1,6 +1,8 @@
 """A tiny sweep end to end through a local Ray (marked slow: it starts Ray)."""
 
+import pandas as pd
 import pytest
+import scipy.stats
 import torch
 
 from analysis import load_points, load_results
@@ -70,6 +72,15 @@ def test_tiny_sweep_resume_and_weights(ray_local, tmp_path, capsys):
     assert main(["status", str(out)]) == 0
     status = capsys.readouterr().out
     assert "ok" in status and "6/6" in status
+
+    # the launch wrote the report; with every trial let in, its Kendall tau is scipy's
+    assert (out / "report" / "report.html").stat().st_size > 10_000
+    assert main(["report", str(out), "--train-acc", "0", "--bootstrap", "10"]) == 0
+    table = pd.read_csv(out / "report" / "statistics.csv")
+    got = table.query("group == 'all' and measure == 'jacobian_norm_test' and statistic == 'kendall'")
+    ok = df2[df2.status == "ok"]
+    assert got["value"].item() == pytest.approx(
+        scipy.stats.kendalltau(ok["jacobian_norm_test"], ok["gen_gap"]).statistic, abs=1e-12)
 
 
 def test_failed_trials_are_recorded_and_the_sweep_goes_on(ray_local, tmp_path):

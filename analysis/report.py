@@ -124,6 +124,14 @@ def _stats_html(table: pd.DataFrame) -> str:
                                              classes="stats")
 
 
+def _seeds_note(fit: pd.DataFrame) -> str:
+    n = fit["seed"].nunique() if "seed" in fit else 0
+    if 2 <= n < 5:
+        return (f"<p><b>Note:</b> {n} seeds give the seed bootstrap only a handful of distinct "
+                "resamples; read the intervals as rough. The paper uses 8 seeds.</p>")
+    return ""
+
+
 def _html(st, df, fit, train_acc, table, made, n_boot, seconds) -> str:
     counts = df["status"].value_counts().to_dict()
     status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
@@ -144,6 +152,7 @@ def _html(st, df, fit, train_acc, table, made, n_boot, seconds) -> str:
         "over pairs of hyperparameters) and sign-error (Dziugaite et al. 2020; 0 is perfect, "
         "lower is better) over configurations averaged over seeds. The same table: "
         "<code>statistics.csv</code>, <code>statistics.parquet</code>.</p>",
+        _seeds_note(fit),
         _stats_html(table),
         "<h2>Figures</h2>",
     ]

@@ -130,7 +130,7 @@ def trajectory_figure(curves: pd.DataFrame, path: str | Path, bins: int = 128) -
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"Sensitivity along ellipses (mean +- s.e. over {n_trials} trainings)")
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, vector=True)
 
 
 def boundaries_figure(grids: pd.DataFrame, path: str | Path) -> Path | None:
@@ -168,7 +168,7 @@ def boundaries_figure(grids: pd.DataFrame, path: str | Path) -> Path | None:
         ax.set_yticks([])
     fig.suptitle(f"Last-hidden-layer region boundaries, trial {tid}")
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, vector=True)
 
 
 # --------------------------------------------------------------------------------------------

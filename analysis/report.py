@@ -58,6 +58,22 @@ def _pairs_fitting(pairs: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return pairs[keep]
 
 
+PER_POINT_TRIALS = 500  # Fig. 6 draws the test points of at most this many trials
+
+
+def _per_point_trials(fit: pd.DataFrame, limit: int = PER_POINT_TRIALS, seed: int = 0) -> list[str]:
+    """The trials whose test points Fig. 6 draws: all passing trials with per-point Jacobian
+    norms, or a seeded sample of ``limit`` of them (the per-point rows of 10^5 trials would not
+    fit in memory)."""
+    has = fit[fit["jacobian_points_test"].fillna(0) > 0] if "jacobian_points_test" in fit else fit
+    ids = sorted(has["trial_id"])
+    if len(ids) > limit:
+        import numpy as np
+
+        ids = sorted(np.random.default_rng(seed).choice(ids, size=limit, replace=False))
+    return list(ids)
+
+
 def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 200,
                 out: str | None = None, seed: int = 0) -> str:
     """Write the report of ``sweep_dir``; returns the location of ``report.html``."""
@@ -67,12 +83,16 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
         raise ValueError(f"--bootstrap: {n_boot}; allowed: an integer >= 0")
     t0 = time.perf_counter()
     st = store(sweep_dir)
+    target = store(out) if out is not None else st
+    rel = "" if out is not None else REPORT_DIR
+    if out is not None and target.exists() and not target.is_empty() \
+            and not target.is_file("report.html"):
+        raise ValueError(f"--out: {out} is not empty and holds no report.html; choose a new or "
+                         "empty directory (a previous report there is moved to previous/)")
     df = load_results(st)
     if df.empty:
         raise ValueError(f"SWEEP_DIR: {sweep_dir} holds no results yet; run the sweep first")
     fit = fits_training_set(df, train_acc)
-    target = store(out) if out is not None else st
-    rel = "" if out is not None else REPORT_DIR
 
     made: dict[str, Path] = {}
     with target.staging(rel) as d:
@@ -87,11 +107,11 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
                  _pairs_fitting(load_pairs(st), train_acc))
         draw("fig5_jacobian_gap", figures.jacobian_gap_figure, fit)
         draw("fig8_transitions_gap", figures.transitions_gap_figure, fit)
-        points = load_points(st)
-        if len(points):
-            points = points[points["trial_id"].isin(set(fit["trial_id"]))]
-            classes = int(fit["num_classes"].max()) if len(fit) else 10
-            draw("fig6_per_point", figures.per_point_figure, points, classes)
+        chosen = _per_point_trials(fit)
+        if chosen:
+            points = load_points(st, [("trial_id", "in", chosen), ("split", "=", "test")])
+            draw("fig6_per_point", figures.per_point_figure, points,
+                 int(fit["num_classes"].max()))
         draw("fig2_trajectory", figures.trajectory_figure, load_curves(st))
         draw("fig3_boundaries", figures.boundaries_figure, load_grids(st))
 
@@ -150,8 +170,9 @@ def _html(st, df, fit, train_acc, table, made, n_boot, seconds) -> str:
         "the sweep has a single seed]. Pearson, Spearman and Kendall &tau;-b over trials; "
         "granulated Kendall (Jiang et al. 2019), conditional mutual information (PGDL, minimum "
         "over pairs of hyperparameters) and sign-error (Dziugaite et al. 2020; 0 is perfect, "
-        "lower is better) over configurations averaged over seeds. The same table: "
-        "<code>statistics.csv</code>, <code>statistics.parquet</code>.</p>",
+        "lower is better) over configurations averaged over seeds."
+        + (" The same table: <code>statistics.csv</code>, <code>statistics.parquet</code>."
+           if len(table) else "") + "</p>",
         _seeds_note(fit),
         _stats_html(table),
         "<h2>Figures</h2>",

@@ -112,7 +112,7 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None) -
         from analysis.report import make_report
 
         page = make_report(sweep_dir, train_acc=train_acc, n_boot=n_boot, out=out)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # incl. FileNotFoundError: no trials/ yet
         return _fail(str(e))
     print(f"report: {page}")
     return 0

@@ -124,22 +124,33 @@ def pending(out, specs: list[TrialSpec], move_invalid: bool = True) -> list[Tria
     return todo
 
 
-def _run_remote(specs: list[TrialSpec], ctx: RunContext) -> list[str]:
-    """One Ray task: run a unit of trials in order; their statuses. A retried unit (its worker
-    died) skips the trials that had already written a valid result."""
+def _run_remote(specs: list[TrialSpec], ctx: RunContext) -> list[tuple[str, int | None, int | None]]:
+    """One Ray task: run a unit of trials in order; per trial its status and its result file's
+    size and modification time (for the driver's journal; None if the file cannot be seen). A
+    retried unit (its worker died) skips the trials that had already written a valid result."""
     from workers.trial import run_trial
 
-    statuses = []
+    out = []
     for spec in specs:
+        status = None
         if len(specs) > 1:
             try:
                 t = read_result(ctx.out_dir, spec.trial_id, columns=["status"])
-                statuses.append(t.column("status")[0].as_py())
-                continue
+                status = t.column("status")[0].as_py()
             except ResultError:  # none yet (or a torn one): run the trial
                 pass
-        statuses.append(run_trial(spec, ctx)["status"])
-    return statuses
+        if status is None:
+            status = run_trial(spec, ctx)["status"]
+        out.append((status, *_file_stamp(ctx.out_dir, spec.trial_id)))
+    return out
+
+
+def _file_stamp(out, trial_id: str) -> tuple[int | None, int | None]:
+    try:
+        e = store(out).entry(trial_file(trial_id))
+        return e.size, e.mtime_ns
+    except OSError:  # a shared file system may not show the file yet
+        return None, None
 
 
 def make_units(cfg: SweepConfig, todo: list[TrialSpec], slots: int = 1) -> list[list[TrialSpec]]:
@@ -242,15 +253,13 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec]) -> dict[str, int]:
             for ref in ready:
                 unit = in_flight.pop(ref)
                 try:
-                    statuses = ray.get(ref)
+                    results = ray.get(ref)
                 except Exception as e:  # the worker or its node died after all retries
-                    statuses = [_record_system_failure(out, spec, e, len(unit)) for spec in unit]
-                for spec, status in zip(unit, statuses):
-                    try:  # a shared file system may not show another node's file yet
-                        e = out.entry(trial_file(spec.trial_id))
-                        journal.record(spec.trial_id, status, e.size, e.mtime_ns)
-                    except OSError:
-                        pass  # no journal line: status reads the file instead
+                    results = [(_record_system_failure(out, spec, e, len(unit)),
+                                *_file_stamp(out, spec.trial_id)) for spec in unit]
+                for spec, (status, size, mtime_ns) in zip(unit, results):
+                    if size is not None:  # else no journal line: status reads the file instead
+                        journal.record(spec.trial_id, status, size, mtime_ns)
                     counts[status] += 1
                 bar.update(len(unit))
             bar.set_postfix(ok=counts["ok"], failed=counts["failed"] + counts["oom"],
@@ -342,7 +351,7 @@ def launch(cfg: SweepConfig) -> str:
 
         try:
             log(f"report: {make_report(out)}")
-        except ValueError as e:  # e.g. no results yet
-            log(f"no report: {e}")
+        except Exception as e:  # the sweep's results are safe; only the report is missing
+            log(f"no report ({type(e).__name__}: {e}); write it with: sweep report {out}")
     log(f"results: {out}  (analysis.load_results({out.location!r}))")
     return out.location

@@ -33,8 +33,12 @@ def test_a_retried_unit_does_not_rerun_finished_trials(tmp_path):
     ctx = RunContext(out_dir=str(tmp_path), dry_run=True)
     run_trial(specs[0], ctx)
     before = trial_path(tmp_path, specs[0].trial_id).stat().st_mtime_ns
-    assert _run_remote(specs, ctx) == ["ok", "ok", "ok"]
+    got = _run_remote(specs, ctx)
+    assert [g[0] for g in got] == ["ok", "ok", "ok"]
     assert trial_path(tmp_path, specs[0].trial_id).stat().st_mtime_ns == before
+    for s, (_, size, mtime_ns) in zip(specs, got):  # the stamps the driver journals
+        st = trial_path(tmp_path, s.trial_id).stat()
+        assert (size, mtime_ns) == (st.st_size, st.st_mtime_ns)
 
 
 def test_status_trusts_the_journal_only_while_the_size_matches(tmp_path):

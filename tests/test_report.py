@@ -61,7 +61,7 @@ def _row(tid, **kw):
     row.update(trial_id=tid, status="ok", train_size=None, random_labels=False, augment=False,
                optimizer="sgd", lr=0.01, batch_size=32, init_scale=1.0, step_budget=1000,
                steps=1000, input_dim=64, num_classes=10, train_loss=1e-3, test_loss=0.5,
-               transitions_method="exact")
+               transitions_method="exact", jacobian_points_test=20)
     row.update(kw)
     return row
 
@@ -160,3 +160,19 @@ def test_report_refuses_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("sweep: error: --train-acc") and "\n" not in err
     assert not (d / "report").exists()  # refused before any work
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(["report", str(d), "--out", str(tmp_path / "busy")]) == 2
+    assert "not empty and holds no report.html" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
+
+
+def test_report_to_a_uri(tmp_path):
+    d = tmp_path / "s"
+    synthetic_sweep(d, np.random.default_rng(3))
+    uri = f"file://{tmp_path}/r"
+    assert main(["report", str(d), "--bootstrap", "0", "--out", uri]) == 0
+    assert (tmp_path / "r" / "report.html").stat().st_size > 10_000
+    assert (tmp_path / "r" / "statistics.parquet").is_file()
+    assert main(["report", str(d), "--bootstrap", "0", "--out", uri]) == 0  # again: old kept
+    assert len(list((tmp_path / "r" / "previous").rglob("report.html"))) == 1

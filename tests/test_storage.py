@@ -36,12 +36,35 @@ def test_uri_store_primitives(tmp_path):
     assert st.list("t", ".parquet") == [] and st.is_file("t/aside/x.parquet.1")
     assert st.list("missing") == []
     assert not list((tmp_path / "s").rglob(".*.tmp"))  # no temporary left behind
+    with pytest.raises(ValueError, match="must be relative"):
+        st.path("/etc/passwd")
+
+
+def test_staging_publishes_whole_files_and_keeps_the_previous_ones(tmp_path):
+    for location in (str(tmp_path / "a"), f"file://{tmp_path}/b"):
+        st = Store(location)
+        for rel in ("", "rep"):
+            with st.staging(rel) as d:
+                (d / "x.txt").write_text("one")
+            with st.staging(rel) as d:
+                (d / "x.txt").write_text("two")
+            with pytest.raises(RuntimeError):
+                with st.staging(rel) as d:
+                    (d / "x.txt").write_text("three")
+                    raise RuntimeError("a figure failed")
+            prefix = f"{rel}/" if rel else ""
+            assert st.read_text(f"{prefix}x.txt") == "two"  # the failed run published nothing
+            prev = st.list(f"{prefix}previous")
+            assert prev == []  # moved aside into a timestamped directory below previous/
+            olds = [p for p in (tmp_path / location[-1]).rglob("x.txt") if "previous" in p.parts]
+            assert [p.read_text() for p in olds if (rel in p.parts) == bool(rel)] == ["one"]
 
 
 def test_single_put_stores_write_in_one_stream(tmp_path):
     # S3/GCS objects appear only when their upload completes, so no temporary is written there
     st = Store(f"file://{tmp_path}/s")
     st._put_atomic = True
+    st.makedirs("x")  # a local filesystem needs the directory that an object store does not
     st.write_bytes("x/y.bin", b"\x00" * 10)
     assert (tmp_path / "s" / "x" / "y.bin").read_bytes() == b"\x00" * 10
 

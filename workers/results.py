@@ -238,33 +238,54 @@ def valid_trial_ids(sweep_dir) -> dict[str, str]:
 
 
 class Journal:
-    """Records ``trial_id<TAB>status<TAB>file size<TAB>mtime_ns`` lines. Each flush writes the
-    lines since the last one as a new file ``journal/<time>-<pid>-<n>.tsv`` (object stores
-    cannot append), so drivers never share a file and a killed driver loses at most the lines
-    of its last interval; status then reads those trials' files instead."""
+    """Records ``trial_id<TAB>status<TAB>file size<TAB>mtime_ns`` lines in a file of its own per
+    driver session (``journal/<time>-<host>-<pid>-<random>.tsv``), so drivers never share a
+    file. On a local path the lines are appended (flushed every ``flush_every`` lines); object
+    stores cannot append, so there the session's whole file is rewritten (one atomic PUT) at most
+    every ``flush_seconds``. A driver killed in between loses only its latest lines; status then
+    reads those trials' files instead."""
 
-    def __init__(self, sweep_dir, flush_every: int = 256, flush_seconds: float = 10.0):
+    def __init__(self, sweep_dir, flush_every: int = 256, flush_seconds: float = 30.0):
+        import socket
+
         self._store = store(sweep_dir)
-        self._prefix = f"{JOURNAL}/{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        host = socket.gethostname().split(".")[0] or "host"
+        self._rel = (f"{JOURNAL}/{time.strftime('%Y%m%dT%H%M%S')}-{host}-{os.getpid()}-"
+                     f"{os.urandom(3).hex()}.tsv")
         self._lines: list[str] = []
-        self._chunk, self._every, self._seconds = 0, flush_every, flush_seconds
+        self._pending, self._every, self._seconds = 0, flush_every, flush_seconds
         self._last = time.monotonic()
+        self._f = None
+        if self._store.local:
+            self._store.makedirs(JOURNAL)
+            self._f = open(self._store.path(self._rel), "a")
 
     def record(self, trial_id: str, status: str, size: int, mtime_ns: int) -> None:
-        self._lines.append(f"{trial_id}\t{status}\t{size}\t{mtime_ns}\n")
-        if len(self._lines) >= self._every or time.monotonic() - self._last > self._seconds:
+        line = f"{trial_id}\t{status}\t{size}\t{mtime_ns}\n"
+        self._pending += 1
+        if self._f is not None:
+            self._f.write(line)
+            if self._pending >= self._every:
+                self.flush()
+            return
+        self._lines.append(line)
+        if time.monotonic() - self._last > self._seconds:
             self.flush()
 
     def flush(self) -> None:
         self._last = time.monotonic()
-        if not self._lines:
+        if self._pending == 0:
             return
-        self._store.write_text(f"{self._prefix}-{self._chunk:06d}.tsv", "".join(self._lines))
-        self._chunk += 1
-        self._lines = []
+        self._pending = 0
+        if self._f is not None:
+            self._f.flush()
+        else:
+            self._store.write_text(self._rel, "".join(self._lines))
 
     def close(self) -> None:
         self.flush()
+        if self._f is not None:
+            self._f.close()
 
 
 def read_journal(sweep_dir) -> dict[str, tuple[str, int, int]]:
@@ -288,10 +309,14 @@ def trial_statuses(sweep_dir) -> tuple[dict[str, str], list[tuple[str, str]]]:
     journal = read_journal(sweep_dir)
     statuses: dict[str, str] = {}
     invalid: list[tuple[str, str]] = []
-    for e in store(sweep_dir).list(TRIALS, ".parquet"):
+    st = store(sweep_dir)
+    # object stores report modification times at different resolutions in a listing and in a
+    # single object's metadata: compare whole seconds there
+    unit = 1 if st.local else 10**9
+    for e in st.list(TRIALS, ".parquet"):
         tid = e.name[: -len(".parquet")]
         j = journal.get(tid)
-        if j is not None and j[1:] == (e.size, e.mtime_ns):
+        if j is not None and j[1] == e.size and j[2] // unit == e.mtime_ns // unit:
             statuses[tid] = j[0]
             continue
         try:

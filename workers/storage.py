@@ -25,6 +25,7 @@ import io
 import os
 import posixpath
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -87,6 +88,8 @@ class Store:
         """The path of ``rel`` on this store's filesystem (an OS path when local)."""
         if not rel:
             return self.root
+        if rel.startswith("/"):
+            raise ValueError(f"{rel!r}: a path inside the sweep directory must be relative")
         return os.path.join(self.root, rel) if self.local else posixpath.join(self.root, rel)
 
     def uri(self, rel: str = "") -> str:
@@ -182,11 +185,11 @@ class Store:
             self._write_local(self.path(rel), data)
             return
         path = self.path(rel)
-        self.fs.create_dir(posixpath.dirname(path), recursive=True)
-        if self._put_atomic:
+        if self._put_atomic:  # object stores have no directories to create
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
             return
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
         parent, name = posixpath.split(path)
         tmp = posixpath.join(parent, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
@@ -234,19 +237,21 @@ class Store:
 
 
     @contextlib.contextmanager
-    def staging(self, rel: str):
-        """A local directory to write files into (for writers that need a path, such as
-        matplotlib): ``rel`` itself when local, else a temporary directory whose files are
-        uploaded to ``rel`` on success."""
-        if self.local:
-            self.makedirs(rel)
-            yield Path(self.path(rel))
-            return
+    def staging(self, rel: str = ""):
+        """A fresh local directory to write files into (for writers that need a path, such as
+        matplotlib). On success its files are published under ``rel``, each atomically, after
+        the files already at ``rel``'s top level are moved to ``rel/previous/<time>/`` (nothing
+        is overwritten). On failure nothing is published."""
         with tempfile.TemporaryDirectory(prefix="sweep-stage-") as tmp:
             yield Path(tmp)
+            join = (lambda n: posixpath.join(rel, n)) if rel else (lambda n: n)
+            old = self.list(rel) if self.exists(rel) else []
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**9:09d}"
+            for e in old:
+                self.move(join(e.name), join(f"previous/{stamp}/{e.name}"))
             for p in sorted(Path(tmp).rglob("*")):
                 if p.is_file():
-                    self.write_bytes(f"{rel}/{p.relative_to(tmp).as_posix()}", p.read_bytes())
+                    self.write_bytes(join(p.relative_to(tmp).as_posix()), p.read_bytes())
 
 
 @lru_cache(maxsize=16)

@@ -1,6 +1,7 @@
 """Fig. 4's paired trials: planned whole, differing in exactly one factor, run complete."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,44 @@ def test_scaled_down_factors_sweep_completes_with_every_pair_whole(ray_local, tm
     ok = pairs[(pairs.status_a == "ok") & (pairs.status_b == "ok")]
     assert len(ok) >= 10 and ok[["gen_gap_a", "gen_gap_b", "jacobian_norm_test_a"]].notna().all().all()
     assert len(load_results(out)) == len(set(pairs.trial_a) | set(pairs.trial_b))
+    check_readme_analysis_examples(out)
+
+
+def readme_block(tag: str) -> str:
+    """The README's python block after the marker ``<!-- tested: tests/test_factors.py TAG -->``."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    after = text.split(f"<!-- tested: tests/test_factors.py {tag} -->", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def check_readme_analysis_examples(out):
+    """The README's analysis examples, run on a finished factors sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    # the README's groupby finds exactly the planner's random_labels pairs
+    ns = {}
+    exec(readme_block("pairs-groupby").replace('"runs/factors-<hash>"', repr(str(out))), ns)
+    got = ns["pairs"]["gen_gap"]
+    ref = load_pairs(out)
+    ref = ref[(ref.factor == "random_labels") & ref.gen_gap_a.notna() & ref.gen_gap_b.notna()]
+    assert len(got) == len(ref) == 3
+    assert sorted(got[False]) == sorted(ref.gen_gap_a) and sorted(got[True]) == sorted(ref.gen_gap_b)
+
+    # every figure of a factors sweep, from all trials
+    from sweep.cli import main
+    assert main(["report", str(out), "--train-acc", "0", "--bootstrap", "0"]) == 0
+    assert (out / "report" / "fig4_factor_pairs.svg").is_file()
+
+    # DuckDB on the compacted copy and on the per-trial files agrees with load_results
+    assert main(["compact", str(out)]) == 0
+    ns = {}
+    exec(readme_block("duckdb").replace('"runs/factors-<hash>"', repr(str(out))), ns)
+    df = load_results(out)
+    q = ns["duckdb"].sql(
+        f"SELECT count(*), sum(gen_gap) FROM read_parquet('{out}/compacted/results/*/*.parquet', "
+        "hive_partitioning = true) WHERE status = 'ok'").fetchall()[0]
+    ok = df[df.status == "ok"]
+    assert q[0] == len(ok) and q[1] == pytest.approx(ok.gen_gap.sum())
+    n_files = ns["duckdb"].sql(f"SELECT count(*) FROM read_parquet('{out}/trials/*.parquet')").fetchall()[0][0]
+    assert n_files == len(df)

@@ -4,6 +4,13 @@
 ``load_points(sweep_dir)``: one row per (trial, split, point): the per-point Jacobian norm,
 cross-entropy and correctness. Unreadable files are skipped with a warning (``sweep status``
 lists them; launching the sweep again re-runs them).
+
+Both read the per-trial files, or, after ``sweep compact`` (``analysis.compact``), the compacted
+copy for every trial whose file is unchanged since, plus the files that are new or changed. The
+frame is the same either way: rows sorted by trial_id, the same columns and dtypes.
+``filters`` (a pyarrow DNF list such as ``[("dataset", "=", "digits"), ("width", ">=", 64)]``,
+or a ``pyarrow.compute.Expression``) select rows, and are pushed down into the read of the
+compacted copy (whole ``dataset`` partitions are skipped).
 """
 
 from __future__ import annotations
@@ -13,52 +20,158 @@ import warnings
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from workers.results import (
-    PAIRS_FILE, POINT_FIELDS, SUMMARY_COLUMNS, TRIALS, ResultError, read_result, result_ids,
+from analysis.compact import (
+    POINTS_SCHEMA, RESULTS_SCHEMA, Match, flatten_points, read_manifest, read_trials,
 )
-from workers.storage import store
+from workers.results import PAIRS_FILE, POINT_FIELDS, SUMMARY_COLUMNS, TRIALS
+from workers.storage import Store, store
+
+POINT_COLUMNS = ["trial_id"] + POINT_FIELDS
+# what load_points filters may name: its columns and the trial's dataset
+_POINTS_READ_SCHEMA = POINTS_SCHEMA.append(pa.field("dataset", pa.string()))
 
 
-def _tables(sweep_dir, columns: list[str]):
+def _expression(filters, kind: str) -> pc.Expression | None:
+    """``filters`` (DNF list or Expression) as an Expression, checked against the columns."""
+    if filters is None or (not isinstance(filters, pc.Expression) and not filters):
+        return None
+    schema = RESULTS_SCHEMA if kind == "results" else _POINTS_READ_SCHEMA
+    if isinstance(filters, pc.Expression):
+        expr = filters
+    else:
+        terms = [t for conj in filters for t in conj] if isinstance(filters[0], list) else filters
+        unknown = sorted({t[0] for t in terms if t[0] not in schema.names})
+        if unknown:
+            raise ValueError(f"filters: unknown columns {unknown}; allowed: "
+                             f"{', '.join(schema.names)}")
+        expr = pq.filters_to_expression(filters)
+    try:
+        schema.empty_table().filter(expr)  # binds it: unknown fields, mismatched types
+    except (pa.ArrowException, TypeError) as e:
+        raise ValueError(f"filters: {e}") from None
+    return expr
+
+
+def _from_trials(st: Store, kind: str, tids: list[str], needed: list[str], expr,
+                 chunk: int = 1024) -> list[pa.Table]:
+    """Rows of per-trial files (``needed`` columns, trial_id among them), filtered chunk by
+    chunk (so that a selective filter keeps memory small); invalid files skipped with a
+    warning."""
+    if kind == "results":
+        read = SUMMARY_COLUMNS if expr is not None else needed
+    else:
+        read = ["trial_id", "dataset", "points"]
+    out, tables = [], []
+
+    def settle():
+        if not tables:
+            return
+        table = pa.concat_tables(tables)
+        tables.clear()
+        if kind == "points":
+            table = flatten_points(table, ["dataset"])
+        if expr is not None:
+            table = table.filter(expr)
+        out.append(table.select(needed))
+
+    for _, t, error in read_trials(st, tids, read):
+        if error is not None:
+            warnings.warn(f"skipping {error}", stacklevel=4)
+            continue
+        tables.append(t.replace_schema_metadata(None))
+        if len(tables) >= chunk:
+            settle()
+    settle()
+    return out
+
+
+def _from_compacted(st: Store, kind: str, files, needed: list[str], expr, drop: set[str]):
+    """Rows of the compacted copy's data files, without the trials in ``drop``."""
+    files = [f for f in files if f.kind == kind]
+    if not files:
+        return []
+    schema = RESULTS_SCHEMA if kind == "results" else _POINTS_READ_SCHEMA
+    ds_field = pc.field("dataset")
+    parts = [ds_field.is_null() if f.dataset is None else ds_field == f.dataset for f in files]
+    data = pads.FileSystemDataset.from_paths(
+        [st.path(f.path) for f in files], schema=schema, format=pads.ParquetFileFormat(),
+        filesystem=st.fs if st.fs is not None else pafs.LocalFileSystem(), partitions=parts)
+    if drop:
+        gone = ~pc.field("trial_id").isin(pa.array(sorted(drop), pa.string()))
+        expr = gone if expr is None else expr & gone
+    return [data.to_table(columns=needed, filter=expr)]
+
+
+def _read(sweep_dir, kind: str, columns: list[str], expr,
+          trial_ids=None) -> pa.Table | None:
+    """Rows of ``columns`` (sorted by trial_id) from whichever form the sweep is in."""
     st = store(sweep_dir)
     if not st.is_dir(TRIALS):
         raise FileNotFoundError(f"{sweep_dir}: not a sweep directory (no trials/ inside)")
-    for tid in result_ids(st):
+    needed = list(dict.fromkeys(list(columns) + ["trial_id"]))
+    schema = RESULTS_SCHEMA if kind == "results" else POINTS_SCHEMA
+    target = pa.schema([schema.field(c) for c in needed])
+    for attempt in range(3):
         try:
-            yield read_result(st, tid, columns=columns)
-        except ResultError as e:
-            warnings.warn(f"skipping {e}", stacklevel=3)
+            man = read_manifest(st)
+            entries = st.list(TRIALS, ".parquet")
+            match = man.match(entries) if man is not None else None
+            parts = [] if man is None else _from_compacted(st, kind, man.files, needed, expr,
+                                                           match.stale)
+        except (OSError, ValueError, pa.ArrowException) as err:
+            if attempt < 2:
+                continue  # a compaction replaced the files under us: read its manifest again
+            warnings.warn(f"compacted copy unreadable ({type(err).__name__}: {err}); reading "
+                          "the per-trial files", stacklevel=3)
+            man = None
+            entries = st.list(TRIALS, ".parquet")
+        if man is None:
+            match, parts = Match(new=[e.name[: -len(".parquet")] for e in entries]), []
+        for error in match.invalid.values():
+            warnings.warn(f"skipping {error}", stacklevel=3)
+        new = match.new if trial_ids is None else [t for t in match.new if t in trial_ids]
+        parts += _from_trials(st, kind, new, needed, expr)
+        break
+    parts = [p.cast(target) for p in parts if p.num_rows]
+    if not parts:
+        return None
+    table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+    return table.sort_by("trial_id").select(list(columns))  # stable: points keep their order
 
 
-def load_results(sweep_dir, columns: list[str] | None = None) -> pd.DataFrame:
-    """One row per trial; ``columns`` selects summary columns (default: all)."""
+def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> pd.DataFrame:
+    """One row per trial, sorted by trial_id; ``columns`` selects summary columns (default:
+    all); ``filters`` selects rows (any summary column: a pyarrow DNF list or Expression)."""
     cols = list(columns) if columns else list(SUMMARY_COLUMNS)
     unknown = [c for c in cols if c not in SUMMARY_COLUMNS]
     if unknown:
         raise ValueError(f"columns: unknown {unknown}; allowed: {', '.join(SUMMARY_COLUMNS)}")
-    tables = list(_tables(sweep_dir, cols))
-    if not tables:
+    table = _read(sweep_dir, "results", cols, _expression(filters, "results"))
+    if table is None:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
-    return pa.concat_tables(tables).to_pandas()
+    return table.to_pandas()
 
 
-def load_points(sweep_dir) -> pd.DataFrame:
+def load_points(sweep_dir, filters=None, trial_ids=None) -> pd.DataFrame:
     """One row per (trial, split, point): trial_id, split, index, label, jacobian_norm, loss,
-    correct, transitions (NaN where a metric was not measured at that point)."""
-    parts = []
-    for t in _tables(sweep_dir, ["trial_id", "points"]):
-        pts = t.column("points").combine_chunks()
-        flat = pc.list_flatten(pts)
-        n = len(flat)
-        cols = {"trial_id": pa.array([t.column("trial_id")[0].as_py()] * n, pa.string())}
-        for field in flat.type:
-            cols[field.name] = pc.struct_field(flat, field.name)
-        parts.append(pa.table(cols))
-    names = ["trial_id"] + POINT_FIELDS
-    if not parts:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in names})
-    return pa.concat_tables(parts).to_pandas()
+    correct, transitions (NaN where a metric was not measured at that point); sorted by
+    trial_id, then in the trial's point order. ``filters`` may name these columns and the
+    trial's ``dataset``. ``trial_ids`` restricts the rows to those trials and, unlike a
+    trial_id filter, opens only their per-trial files; to select by other summary columns:
+    ``load_points(d, trial_ids=load_results(d, ["trial_id"], filters=f).trial_id)``."""
+    expr = _expression(filters, "points")
+    if trial_ids is not None:  # only these trials' files are opened (per-trial form)
+        trial_ids = set(trial_ids)
+        among = pc.field("trial_id").isin(pa.array(sorted(trial_ids), pa.string()))
+        expr = among if expr is None else expr & among
+    table = _read(sweep_dir, "points", POINT_COLUMNS, expr, trial_ids)
+    if table is None:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in POINT_COLUMNS})
+    return table.to_pandas()
 
 
 def _load_extra(sweep_dir, kind: str) -> pd.DataFrame:

@@ -109,7 +109,7 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
         draw("fig8_transitions_gap", figures.transitions_gap_figure, fit)
         chosen = _per_point_trials(fit)
         if chosen:
-            points = load_points(st, [("trial_id", "in", chosen), ("split", "=", "test")])
+            points = load_points(st, [("split", "=", "test")], trial_ids=chosen)
             draw("fig6_per_point", figures.per_point_figure, points,
                  int(fit["num_classes"].max()))
         draw("fig2_trajectory", figures.trajectory_figure, load_curves(st))

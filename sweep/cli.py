@@ -127,10 +127,13 @@ def cmd_compact(sweep_dir: str) -> int:
             return _fail(f"SWEEP_DIR: {sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
     except ValueError as e:
         return _fail(str(e))
-    from analysis.compact import compact
+    from analysis.compact import compact, describe
 
-    summary = compact(sweep_dir)
-    print("compacted: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    try:
+        summary = compact(sweep_dir)
+    except (FileNotFoundError, OSError) as e:
+        return _fail(f"SWEEP_DIR: {e}")
+    print(describe(summary))
     return 0
 
 

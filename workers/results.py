@@ -181,7 +181,7 @@ def _validated(open_file, name: str, columns: list[str] | None) -> pa.Table:
         version = meta.get(b"sensitivity_sweep_schema_version")
         if version != str(SCHEMA_VERSION).encode():
             raise ResultError(f"{name}: schema version {version!r}, expected {SCHEMA_VERSION}")
-        table = pf.read(columns=columns)
+        table = pf.read(columns=columns, use_threads=False)  # one row: threads only cost
     except ResultError:
         raise
     except Exception as e:  # missing, truncated, not Parquet, unreadable

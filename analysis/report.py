@@ -130,17 +130,21 @@ def _stats_html(table: pd.DataFrame) -> str:
     t = table.copy()
 
     def cell(r):
+        n = f"<br><small>n={int(r['n_used'])}</small>" if "n_used" in r else ""
         if pd.isna(r["value"]):
-            return "n/a"
+            return "n/a" + n
         ci = "" if pd.isna(r["ci_low"]) else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        return f"{r['value']:.3f}{ci}"
+        return f"{r['value']:.3f}{ci}{n}"
 
     t["cell"] = t.apply(cell, axis=1)
+    t["group"], t["measure"] = t["group"].map(html.escape), t["measure"].map(html.escape)
     wide = t.pivot_table(index=["group", "measure", "n_trials", "n_configs"], columns="statistic",
                          values="cell", aggfunc="first", sort=False)
     order = [c for c in ("pearson", "spearman", "kendall", "granulated_kendall", "conditional_mi",
                          "sign_error") if c in wide.columns]
-    return wide[order].reset_index().to_html(index=False, escape=True, border=0,
+    wide = wide[order]
+    wide.columns.name = None
+    return wide.reset_index().to_html(index=False, escape=False, border=0,
                                              classes="stats")
 
 
@@ -170,7 +174,8 @@ def _html(st, df, fit, train_acc, table, made, n_boot, seconds) -> str:
         "the sweep has a single seed]. Pearson, Spearman and Kendall &tau;-b over trials; "
         "granulated Kendall (Jiang et al. 2019), conditional mutual information (PGDL, minimum "
         "over pairs of hyperparameters) and sign-error (Dziugaite et al. 2020; 0 is perfect, "
-        "lower is better) over configurations averaged over seeds."
+        "lower is better) over configurations averaged over seeds. n: what each rests on "
+        "(trials; groups where one hyperparameter varies; ordered pairs; one-factor pairs)."
         + (" The same table: <code>statistics.csv</code>, <code>statistics.parquet</code>."
            if len(table) else "") + "</p>",
         _seeds_note(fit),

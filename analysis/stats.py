@@ -39,7 +39,7 @@ STATISTICS = ("pearson", "spearman", "kendall", "granulated_kendall", "condition
 MEASURES = ("jacobian_norm_test", "transitions_test")
 MAX_PAIRS = 2_000_000  # conditional MI: ordered pairs enumerated before sampling kicks in
 TABLE_COLUMNS = ["group", "measure", "target", "statistic", "value", "ci_low", "ci_high",
-                 "ci_method", "n_trials", "n_configs"]
+                 "ci_method", "n_trials", "n_configs", "n_used"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -650,17 +650,21 @@ def bootstrap_ci(df: pd.DataFrame, fn: Callable[[pd.DataFrame], object], n_boot:
 
 
 def _all_statistics(p: _Prepared, idx: np.ndarray | None, k: int, max_pairs: int,
-                    seed: int) -> np.ndarray:
-    """The six STATISTICS of the rows ``idx`` (all rows if None), in STATISTICS order."""
+                    seed: int, support: bool = False):
+    """The six STATISTICS of the rows ``idx`` (all rows if None), in STATISTICS order; with
+    ``support`` also what each rests on: trials (correlations), groups where one hyperparameter
+    varies (granulated Kendall), ordered pairs (conditional MI), one-factor pairs (sign-error)."""
     mu = p.mu if idx is None else p.mu[idx]
     g = p.g if idx is None else p.g[idx]
     cf = _configs(p, idx)
     pairs = _one_factor_pairs(cf)
-    return np.array([
-        pearson(mu, g), spearman(mu, g), kendall(mu, g),
-        _granulated(cf, pairs).value, _cmi(cf, k, max_pairs, seed).value,
-        _sign_error(cf, pairs).value,
-    ])
+    gk, cmi, se = _granulated(cf, pairs), _cmi(cf, k, max_pairs, seed), _sign_error(cf, pairs)
+    values = np.array([pearson(mu, g), spearman(mu, g), kendall(mu, g), gk.value, cmi.value,
+                       se.value])
+    if not support:
+        return values
+    n = int(np.count_nonzero(~(np.isnan(mu) | np.isnan(g))))
+    return values, [n, n, n, sum(gk.n_groups.values()), cmi.n_pairs, sum(se.n_pairs.values())]
 
 
 def _group_label(v) -> str:
@@ -679,7 +683,9 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] = MEASURES,
     STATISTICS (pearson, spearman, kendall over trial rows; granulated_kendall, conditional_mi,
     sign_error over seed-averaged configurations, see their functions); ``value`` on the group's
     rows whose measure and target are not NaN (``n_trials`` rows, ``n_configs``
-    configurations); ``ci_low``/``ci_high`` the ``bootstrap_ci`` interval at ``level`` (all six
+    configurations; ``n_used`` what the statistic rests on: trials for the correlations, groups
+    where one hyperparameter varies for granulated_kendall, ordered pairs for conditional_mi,
+    one-factor pairs for sign_error); ``ci_low``/``ci_high`` the ``bootstrap_ci`` interval at ``level`` (all six
     statistics from the same resamples; ``numpy.random.default_rng(seed)`` afresh for each
     group and measure, so a measure's interval does not depend on the other measures) and
     ``ci_method`` "seeds" or "trials". Measures absent from ``df`` or all-NaN in a group are
@@ -705,16 +711,16 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] = MEASURES,
             p = _prepare(part, measure, target, hyperparameters)
             if p.n == 0:
                 continue
-            est = _all_statistics(p, None, k, max_pairs, seed)
+            est, used = _all_statistics(p, None, k, max_pairs, seed, support=True)
             method, draws = _bootstrap_indices(p.seed_codes, p.n, n_boot, seed)
             reps = np.array([_all_statistics(p, idx, k, max_pairs, seed) for idx in draws])
             low, high, _ = _percentiles(reps.reshape(n_boot, len(STATISTICS)), level)
             for s, name in enumerate(STATISTICS):
                 rows.append((label, measure, target, name, est[s], low[s], high[s], method,
-                             p.n, p.cfg_codes.shape[0]))
+                             p.n, p.cfg_codes.shape[0], used[s]))
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return table.astype({"value": float, "ci_low": float, "ci_high": float,
-                         "n_trials": np.int64, "n_configs": np.int64})
+                         "n_trials": np.int64, "n_configs": np.int64, "n_used": np.int64})
 
 
 def write_table(table: pd.DataFrame, path_stem: str | Path) -> tuple[Path, Path]:

@@ -419,6 +419,12 @@ def test_statistics_table_long_form_and_values():
     assert at.loc[("all", "sign_error"), "value"] == sign_error(df, m).value
     assert at.loc[("all", "conditional_mi"), "value"] == (
         conditional_mutual_information(df, m).value)
+    assert at.loc[("all", "kendall"), "n_used"] == len(rows)
+    assert at.loc[("all", "granulated_kendall"), "n_used"] == sum(
+        granulated_kendall(df, m).n_groups.values())
+    assert at.loc[("all", "sign_error"), "n_used"] == sum(sign_error(df, m).n_pairs.values())
+    assert at.loc[("all", "conditional_mi"), "n_used"] == (
+        conditional_mutual_information(df, m).n_pairs)
     # the interval is bootstrap_ci's on the same rows with the same seed
     ci = bootstrap_ci(rows, lambda d: kendall(d[m], d.gen_gap), n_boot=60, seed=1)
     assert (at.loc[("all", "kendall"), "ci_low"], at.loc[("all", "kendall"), "ci_high"]) == (

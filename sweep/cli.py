@@ -2,7 +2,7 @@
 
     sweep launch [KEY=VALUE ...]     Hydra overrides, e.g. dataset=fashion_mnist trials=64
     sweep plan [KEY=VALUE ...]       write the sweep directory and its plan; run nothing
-    sweep resume SWEEP_DIR [KEY=VALUE ...]   run the planned trials that lack a valid result
+    sweep resume SWEEP_DIR [--verify] [KEY=VALUE ...]   run the planned trials that lack a valid result
                                      (overrides: cluster.*, resources.*, progress, ...)
     sweep status SWEEP_DIR
     sweep report SWEEP_DIR [--train-acc 1.0] [--bootstrap 200] [--out DIR]
@@ -40,13 +40,13 @@ def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
     return 0
 
 
-def cmd_resume(sweep_dir: str, overrides: list[str]) -> int:
+def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> int:
     from sweep.config import ConfigError
     from sweep import driver
     from workers.data import DataError
 
     try:
-        driver.launch(driver.stored_config(sweep_dir, overrides))
+        driver.launch(driver.stored_config(sweep_dir, overrides), verify=verify)
     except (ConfigError, DataError) as e:
         return _fail(str(e))
     return 0
@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     p_plan.add_argument("overrides", nargs="*", help="as for launch")
     p_resume = sub.add_parser("resume", help="run a sweep's planned trials that lack a valid result")
     p_resume.add_argument("sweep_dir")
+    p_resume.add_argument("--verify", action="store_true",
+                          help="read and check every result file, not only those whose size or "
+                               "modification time differs from the drivers' journal")
     p_resume.add_argument("overrides", nargs="*",
                           help="cluster.*, resources.*, progress, figure, save_weights, dataset.root")
     p_status = sub.add_parser("status", help="counts by status and failures of a sweep directory")
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("launch", "plan"):
         return cmd_launch(args.overrides, plan_only=args.command == "plan")
     if args.command == "resume":
-        return cmd_resume(args.sweep_dir, args.overrides)
+        return cmd_resume(args.sweep_dir, args.overrides, args.verify)
     if args.command == "report":
         return cmd_report(args.sweep_dir, args.train_acc, args.bootstrap, args.out)
     if args.command == "compact":

@@ -103,13 +103,16 @@ def prepare(cfg: SweepConfig) -> tuple[Store, list[TrialSpec]]:
     return out, specs
 
 
-def pending(out, specs: list[TrialSpec], move_invalid: bool = True) -> list[TrialSpec]:
+def pending(out, specs: list[TrialSpec], move_invalid: bool = True,
+            verify: bool = False) -> list[TrialSpec]:
     """Planned trials without a finished result: no file, an unreadable file, or a retryable
     failure (its worker or node died). Such files are moved aside (never deleted), unreadable
     ones to ``trials/invalid/``, retryable failures to ``trials/retried/``, so that the re-run
-    can write its result."""
+    can write its result. A file is read and checked unless its size and modification time
+    match the drivers' journal (a truncated or rewritten file never does); ``verify`` reads
+    every file."""
     out = store(out)
-    readable = result_index(out)
+    readable = result_index(out, trust_journal=not verify)
     present = set(result_ids(out)) if move_invalid else set()
     todo = []
     for s in specs:
@@ -333,9 +336,9 @@ def plan_only(cfg: SweepConfig) -> str:
     return out.location
 
 
-def launch(cfg: SweepConfig) -> str:
+def launch(cfg: SweepConfig, verify: bool = False) -> str:
     out, specs = prepare(cfg)
-    todo = pending(out, specs)
+    todo = pending(out, specs, verify=verify)
     log(f"sweep directory: {out}")
     log(f"{len(specs)} trials planned, {len(specs) - len(todo)} already have results, "
         f"{len(todo)} to run")

@@ -89,3 +89,39 @@ def test_small_sweeps_keep_enough_units_to_balance():
     cfg = compose(["trials=30", "dry_run=true"])
     units = make_units(cfg, specs, slots=2)
     assert max(len(u) for u in units) == 30 // 8 and len(units) >= 8
+
+
+def test_resume_trusts_the_journal_only_for_unchanged_files(tmp_path):
+    from sweep.driver import pending
+    from workers.results import write_trial
+    from workers.trial import failure_summary
+
+    specs = plan_trials(compose(["trials=7", "dry_run=true"]))
+    ctx = RunContext(out_dir=str(tmp_path), dry_run=True)
+    for s in specs[:3]:
+        run_trial(s, ctx)  # 0, 1, 2: ok
+    system = failure_summary(specs[3], "failed", "WorkerCrashedError: the node died")
+    system["retryable"] = True
+    write_trial(tmp_path, system)  # 3: retryable failure
+    write_trial(tmp_path, failure_summary(specs[4], "failed", "ValueError: own"))  # 4: final
+    j = Journal(tmp_path)
+    for s in specs[:5]:
+        st = trial_path(tmp_path, s.trial_id).stat()
+        status = "ok" if s in specs[:3] else "failed"
+        j.record(s.trial_id, status, st.st_size, st.st_mtime_ns)
+    j.close()
+    run_trial(specs[5], ctx)  # 5: ok, never journaled: read
+    p = trial_path(tmp_path, specs[1].trial_id)  # 1: truncated after journaling
+    p.write_bytes(p.read_bytes()[:60])
+    # 2: corrupted in place with the same size, its modification time put back: only a full
+    # read can tell (the one case --verify exists for)
+    p2 = trial_path(tmp_path, specs[2].trial_id)
+    st2 = p2.stat()
+    p2.write_bytes(b"\0" * st2.st_size)
+    os.utime(p2, ns=(st2.st_atime_ns, st2.st_mtime_ns))
+
+    fast = [s.trial_id for s in pending(tmp_path, specs, move_invalid=False)]
+    full = [s.trial_id for s in pending(tmp_path, specs, move_invalid=False, verify=True)]
+    ids = [s.trial_id for s in specs]
+    assert fast == [ids[1], ids[3], ids[6]]
+    assert full == [ids[1], ids[2], ids[3], ids[6]]

@@ -213,9 +213,13 @@ def result_ids(sweep_dir) -> list[str]:
     return [e.name[: -len(".parquet")] for e in store(sweep_dir).list(TRIALS, ".parquet")]
 
 
-def result_index(sweep_dir) -> dict[str, dict]:
-    """trial_id -> {"status", "retryable"} for every readable result file (each file is read and
-    checked)."""
+def result_index(sweep_dir, trust_journal: bool = False) -> dict[str, dict]:
+    """trial_id -> {"status", "retryable"} for every readable result file. Each file is read and
+    checked; with ``trust_journal``, a file whose size and modification time match the drivers'
+    journal is taken from it unread (as ``sweep status`` does), except a ``failed`` one, which
+    is read for its ``retryable`` flag."""
+    if trust_journal:
+        return _journal_index(sweep_dir)
     out: dict[str, dict] = {}
     for tid in result_ids(sweep_dir):
         try:
@@ -329,3 +333,18 @@ def trial_statuses(sweep_dir) -> tuple[dict[str, str], list[tuple[str, str]]]:
             continue
         statuses[tid] = row["status"]
     return statuses, invalid
+
+
+def _journal_index(sweep_dir) -> dict[str, dict]:
+    statuses, _ = trial_statuses(sweep_dir)
+    out: dict[str, dict] = {}
+    for tid, status in statuses.items():
+        retryable = False
+        if status == "failed":
+            try:
+                t = read_result(sweep_dir, tid, columns=["retryable"])
+            except ResultError:  # unreadable since it was listed: not a valid result
+                continue
+            retryable = bool(t.column("retryable")[0].as_py())
+        out[tid] = {"status": status, "retryable": retryable}
+    return out

@@ -187,3 +187,16 @@ def test_crossings_close_to_an_edge_end_are_ordered_on_every_edge():
     x = torch.tensor([0.0, 1.0], dtype=torch.float64).repeat(n_edges // 2 + 1)[: n_edges + 1, None]
     per_edge = transitions_per_edge(model, x[None], closed=False)[0]
     assert per_edge.tolist() == [4] * n_edges
+
+
+def test_supports_exact_names_the_networks_the_exact_count_handles():
+    from torch import nn
+
+    from workers.models import build_mlp
+    from workers.transitions import supports_exact
+
+    assert supports_exact(build_mlp(4, 8, 3, 3, "hardsigmoid"))
+    assert supports_exact(nn.Sequential(nn.Linear(4, 8), nn.ReLU6(), nn.Linear(8, 3)))
+    assert not supports_exact(build_mlp(4, 8, 3, 3, "tanh"))
+    assert not supports_exact(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)))
+    assert not supports_exact(nn.Sequential(nn.Linear(4, 3)))  # no hidden layer

@@ -104,17 +104,15 @@ def ellipse_profile(model: nn.Module, ellipse: Ellipse, k: int, exact_transition
     neighbouring samples (Eq. 1's terms).
     """
     from workers.metrics import jacobian_norm
-    from workers.transitions import codes, transitions_per_edge
+    from workers.transitions import codes, supports_exact, transitions_per_edge
 
     a = angles(k)
     pts = ellipse.points(a)
     p = next(model.parameters())
     jac = jacobian_norm(model, pts.to(device=p.device, dtype=p.dtype)).cpu()
-    try:
-        per_edge = transitions_per_edge(model, pts[None], closed=True)[0] if exact_transitions else None
-    except ValueError:  # not piecewise linear
-        per_edge = None
-    if per_edge is None:
+    if exact_transitions and supports_exact(model):
+        per_edge = transitions_per_edge(model, pts[None], closed=True)[0]
+    else:
         c = codes(model, pts).to(torch.int32)
         per_edge = (torch.roll(c, -1, dims=0) - c).abs().sum(dim=1)
     return {"angle": a, "jacobian_norm": jac, "transitions": per_edge,

@@ -47,6 +47,16 @@ def _hidden_layers(model: nn.Module, exact: bool) -> list[Layer]:
     return hidden
 
 
+def supports_exact(model: nn.Module) -> bool:
+    """Whether the exact count applies: an MLP whose hidden activations are all piecewise
+    linear (else use :func:`dense_transitions`, Eq. 1 at sampled points)."""
+    try:
+        _hidden_layers(model, exact=True)
+    except ValueError:
+        return False
+    return True
+
+
 def _edges(v: torch.Tensor, closed: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Start and end points of the polygon edges of [P, V, d] vertices -> two [P, E, d]."""
     if closed:

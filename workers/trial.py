@@ -13,13 +13,12 @@ import traceback
 import torch
 
 from workers.data import load_data
-from workers.activations import get_activation
 from workers.metrics import jacobian_norm, per_point_loss
 from workers.models import build_mlp, count_params
 from workers.results import points_columns, weights_file, write_extra, write_trial
 from workers.spec import RunContext, TrialSpec
 from workers.trajectories import translation_path
-from workers.transitions import count_transitions_batch, dense_transitions
+from workers.transitions import count_transitions_batch, dense_transitions, supports_exact
 
 NAN = float("nan")
 METRIC_COLUMNS = (
@@ -64,7 +63,7 @@ def point_subset(n: int, k: int | None, seed: int) -> torch.Tensor:
 def loop_transitions(model, images: torch.Tensor, spec: TrialSpec) -> tuple[torch.Tensor, str, int | None]:
     """Transitions along the translation loop of each image ([n, C, H, W]) -> ([n] float64,
     method, k): exact for piecewise-linear networks, Eq. 1 with k samples for Tanh."""
-    if get_activation(spec.activation).piecewise_linear:
+    if supports_exact(model):
         paths = torch.stack([translation_path(im) for im in images.cpu()])
         return count_transitions_batch(model, paths).double(), "exact", None
     k = spec.metrics.transitions_k

@@ -197,6 +197,11 @@ def seed_means(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out
 
 
+def _labelled(m: pd.DataFrame) -> pd.DataFrame:
+    """The data set as a label ("null" when missing), for panels and legends."""
+    return m.assign(dataset=[("null" if pd.isna(v) else str(v)) for v in m["dataset"]])
+
+
 def _errorbar(ax, m: pd.DataFrame, x: str, y: str, **kw) -> None:
     ax.errorbar(m[x], m[y], xerr=m[f"{x}_se"], yerr=m[f"{y}_se"], fmt="o", ms=4, elinewidth=0.8,
                 capsize=0, alpha=0.8, **kw)
@@ -213,7 +218,7 @@ def params_loss_figure(df: pd.DataFrame, path: str | Path) -> Path | None:
     if d.empty:
         return None
     plt = _pyplot()
-    m = seed_means(d, ["gen_gap", "n_params", "train_loss"])
+    m = _labelled(seed_means(d, ["gen_gap", "n_params", "train_loss"]))
     fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.2), dpi=120, sharey=True)
     for i, (name, g) in enumerate(m.groupby("dataset")):
         _errorbar(axes[0], g, "n_params", "gen_gap", color=f"C{i}", label=name)
@@ -243,7 +248,7 @@ def _per_dataset(df: pd.DataFrame, measure: str, colour_by: str, path, title: st
     import numpy as np
 
     plt = _pyplot()
-    m = seed_means(d, [measure, "gen_gap"])
+    m = _labelled(seed_means(d, [measure, "gen_gap"]))
     if colour_by == "neurons":
         m["neurons"] = m["width"] * (m["depth"] - 1)  # hidden units: depth counts Linear layers
     names = sorted(m["dataset"].unique())
@@ -349,31 +354,40 @@ def per_point_bounds(loss, num_classes: int):
 def per_point_figure(points: pd.DataFrame, path: str | Path, num_classes: int,
                      split: str = "test") -> Path | None:
     """Fig. 6 / App. 11: per-point Jacobian norm against per-point cross-entropy (log-log, point
-    density), with A.3's approximate lower and maximum-entropy upper curves. A.3 leaves the
-    constant c open; it is set to the median over points of ||J||_F / upper(l)."""
+    density), with A.3's approximate lower and maximum-entropy upper curves. The bounds depend
+    on the number of classes: with a ``num_classes`` column in ``points`` (trials of data sets
+    with different class counts) there is one panel per class count, else every point has
+    ``num_classes``. A.3 leaves the constant c open; per panel it is set to the median over
+    points of ||J||_F / upper(l)."""
     import numpy as np
 
     d = points[(points["split"] == split)].dropna(subset=["jacobian_norm", "loss"])
     d = d[(d["jacobian_norm"] > 0) & (d["loss"] > 0)]
     if d.empty:
         return None
+    if "num_classes" not in d:
+        d = d.assign(num_classes=num_classes)
+    counts = sorted(int(c) for c in d["num_classes"].dropna().unique())
     plt = _pyplot()
-    loss, jac = d["loss"].to_numpy(), d["jacobian_norm"].to_numpy()
-    lower, upper = per_point_bounds(loss, num_classes)
-    c = float(np.median(jac / upper))
-    fig, ax = plt.subplots(figsize=(6.0, 4.6), dpi=120)
-    hb = ax.hexbin(loss, jac, xscale="log", yscale="log", gridsize=60, bins="log", cmap="Blues",
-                   mincnt=1)
-    fig.colorbar(hb, ax=ax, label="points (log)")
-    grid = np.logspace(np.log10(loss.min()), np.log10(loss.max()), 200)
-    lo, up = per_point_bounds(grid, num_classes)
-    ax.plot(grid, c * lo, "C3-", lw=1.2, label="c s_y (1 - s_y)  (lower)")
-    ax.plot(grid, c * up, "C1--", lw=1.2, label="max-entropy other classes  (upper)")
-    ax.set_xlabel("per-point cross-entropy loss")
-    ax.set_ylabel("per-point Jacobian norm ||J||_F")
-    ax.set_title(f"Fig. 6: {len(d)} {split} points of {d['trial_id'].nunique()} trials "
-                 f"(c = {c:.3g})", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(counts), figsize=(6.0 * len(counts), 4.6), dpi=120,
+                             squeeze=False)
+    for ax, n_cls in zip(axes[0], counts):
+        part = d[d["num_classes"] == n_cls]
+        loss, jac = part["loss"].to_numpy(), part["jacobian_norm"].to_numpy()
+        c = float(np.median(jac / per_point_bounds(loss, n_cls)[1]))
+        hb = ax.hexbin(loss, jac, xscale="log", yscale="log", gridsize=60, bins="log",
+                       cmap="Blues", mincnt=1)
+        fig.colorbar(hb, ax=ax, label="points (log)")
+        grid = np.logspace(np.log10(loss.min()), np.log10(loss.max()), 200)
+        lo, up = per_point_bounds(grid, n_cls)
+        ax.plot(grid, c * lo, "C3-", lw=1.2, label="c s_y (1 - s_y)  (lower)")
+        ax.plot(grid, c * up, "C1--", lw=1.2, label="max-entropy other classes  (upper)")
+        ax.set_xlabel("per-point cross-entropy loss")
+        ax.set_ylabel("per-point Jacobian norm ||J||_F")
+        ax.set_title(f"{len(part)} {split} points of {part['trial_id'].nunique()} trials, "
+                     f"{n_cls} classes (c = {c:.3g})", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Fig. 6: per-point sensitivity and loss", fontsize=10)
     fig.tight_layout()
     return _save(fig, path, vector=True)

@@ -58,9 +58,8 @@ def _expression(filters, kind: str) -> pc.Expression | None:
 
 def _from_trials(st: Store, kind: str, tids: list[str], needed: list[str], expr,
                  chunk: int = 1024) -> list[pa.Table]:
-    """Rows of per-trial files (``needed`` columns, trial_id among them), filtered chunk by
-    chunk (so that a selective filter keeps memory small); invalid files skipped with a
-    warning."""
+    """Rows of per-trial files (``needed`` columns, trial_id among them), filtered file by file
+    (so that a selective filter keeps memory small); invalid files skipped with a warning."""
     if kind == "results":
         read = SUMMARY_COLUMNS if expr is not None else needed
     else:
@@ -68,21 +67,21 @@ def _from_trials(st: Store, kind: str, tids: list[str], needed: list[str], expr,
     out, tables = [], []
 
     def settle():
-        if not tables:
-            return
-        table = pa.concat_tables(tables)
-        tables.clear()
-        if kind == "points":
-            table = flatten_points(table, ["dataset"])
-        if expr is not None:
-            table = table.filter(expr)
-        out.append(table.select(needed))
+        if tables:
+            out.append(pa.concat_tables(tables))
+            tables.clear()
 
     for _, t, error in read_trials(st, tids, read):
         if error is not None:
             warnings.warn(f"skipping {error}", stacklevel=4)
             continue
-        tables.append(t.replace_schema_metadata(None))
+        t = t.replace_schema_metadata(None)
+        if kind == "points":  # flattened and filtered file by file: memory follows the result
+            t = flatten_points(t, ["dataset"])
+        if expr is not None:
+            t = t.filter(expr)
+        if t.num_rows:
+            tables.append(t.select(needed))
         if len(tables) >= chunk:
             settle()
     settle()

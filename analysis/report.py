@@ -110,8 +110,10 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
         chosen = _per_point_trials(fit)
         if chosen:
             points = load_points(st, [("split", "=", "test")], trial_ids=chosen)
+            classes = fit.set_index("trial_id")["num_classes"]
+            points["num_classes"] = points["trial_id"].map(classes)
             draw("fig6_per_point", figures.per_point_figure, points,
-                 int(fit["num_classes"].max()))
+                 int(classes.max()))
         draw("fig2_trajectory", figures.trajectory_figure, load_curves(st))
         draw("fig3_boundaries", figures.boundaries_figure, load_grids(st))
 
@@ -126,7 +128,8 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
 
 def _stats_html(table: pd.DataFrame) -> str:
     if table.empty:
-        return "<p>No trials pass the filter: no statistics.</p>"
+        return ("<p>No statistics: no trial passes the filter, or every measure is missing "
+                "where one does.</p>")
     t = table.copy()
 
     def cell(r):

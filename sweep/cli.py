@@ -138,6 +138,11 @@ def cmd_compact(sweep_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verify = False
+    if argv[:1] == ["resume"] and "--verify" in argv[1:]:  # anywhere among the overrides
+        argv = [a for a in argv if a != "--verify"]
+        verify = True
     parser = argparse.ArgumentParser(prog="sweep", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_launch = sub.add_parser("launch", help="plan and run a sweep (Hydra overrides: KEY=VALUE ...)")
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("launch", "plan"):
         return cmd_launch(args.overrides, plan_only=args.command == "plan")
     if args.command == "resume":
-        return cmd_resume(args.sweep_dir, args.overrides, args.verify)
+        return cmd_resume(args.sweep_dir, args.overrides, verify or args.verify)
     if args.command == "report":
         return cmd_report(args.sweep_dir, args.train_acc, args.bootstrap, args.out)
     if args.command == "compact":

@@ -244,6 +244,14 @@ def _space(d: dict, train_split: int) -> Space:
     )
 
 
+def _ellipse_k(v) -> int:
+    k = _int("metrics.ellipse_k", v, lo=0)
+    if k == 1:
+        raise ConfigError("metrics.ellipse_k: 1; allowed: 0 (off) or an integer >= 2 (points on "
+                          "each ellipse)")
+    return k
+
+
 def from_dict(d: dict[str, Any]) -> SweepConfig:
     """Validate a plain (resolved) configuration mapping into a :class:`SweepConfig`."""
     ds = _section(d, "dataset")
@@ -316,7 +324,7 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
             transitions_points=_int("metrics.transitions_points", m.get("transitions_points"), lo=0,
                                     allow_none=True),
             transitions_k=_int("metrics.transitions_k", m.get("transitions_k"), lo=2),
-            ellipse_k=_int("metrics.ellipse_k", m.get("ellipse_k", 0), lo=0),
+            ellipse_k=_ellipse_k(m.get("ellipse_k", 0)),
             boundary_grid=_int("metrics.boundary_grid", m.get("boundary_grid", 0), lo=0),
             boundary_extent=_float("metrics.boundary_extent", m.get("boundary_extent", 1.25),
                                    positive=True),

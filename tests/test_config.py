@@ -43,6 +43,7 @@ def test_overrides_and_scalars_become_lists():
     ("metrics.transitions_points=-1", "metrics.transitions_points: must be >= 0, got -1"),
     ("metrics.transitions_k=1", "metrics.transitions_k: must be >= 2, got 1"),
     ("metrics.ellipse_k=-5", "metrics.ellipse_k: must be >= 0, got -5"),
+    ("metrics.ellipse_k=1", r"metrics.ellipse_k: 1; allowed: 0 \(off\) or an integer >= 2"),
     ("metrics.boundary_extent=0", "metrics.boundary_extent: must be > 0, got 0"),
     ("space.activation=[relu,swish]", f"space.activation: unknown value 'swish'; allowed: {ACTS}"),
     ("space.optimizer=adagrad", f"space.optimizer: unknown value 'adagrad'; allowed: {OPTS}"),

@@ -176,3 +176,27 @@ def test_report_to_a_uri(tmp_path):
     assert (tmp_path / "r" / "statistics.parquet").is_file()
     assert main(["report", str(d), "--bootstrap", "0", "--out", uri]) == 0  # again: old kept
     assert len(list((tmp_path / "r" / "previous").rglob("report.html"))) == 1
+
+
+def test_report_edge_cases_mixed_classes_and_missing_dataset(tmp_path, capsys):
+    d = tmp_path / "s"
+    rows = synthetic_sweep(d, np.random.default_rng(4))
+    # a trial without a data set name and one with 100 classes still give a report
+    write_trial(d, {**rows[0], "trial_id": "zz1", "dataset": None},
+                points_columns("test", [0, 1], [1, 2], [0.01, 0.02], [0.1, 0.2], [True, True]))
+    write_trial(d, {**rows[1], "trial_id": "zz2", "num_classes": 100},
+                points_columns("test", [0, 1], [1, 2], [0.01, 0.02], [0.1, 0.2], [True, True]))
+    assert main(["report", str(d), "--bootstrap", "0"]) == 0
+    assert (d / "report" / "fig6_per_point.png").is_file()
+    table = pd.read_csv(d / "report" / "statistics.csv", keep_default_na=False)
+    assert "null" in set(table["group"])
+    pts = pd.DataFrame({"trial_id": ["a", "a", "b"], "split": "test", "loss": [0.1, 0.5, 0.2],
+                        "jacobian_norm": [0.3, 0.2, 0.1], "num_classes": [10, 10, 100]})
+    fig = figures.per_point_figure(pts, tmp_path / "f6.png", 10)
+    assert fig is not None and fig.stat().st_size > 10_000
+
+
+def test_resume_accepts_verify_among_the_overrides(tmp_path, capsys):
+    assert main(["resume", str(tmp_path), "progress=false", "--verify"]) == 2
+    err = capsys.readouterr().err
+    assert "not a sweep directory" in err and "unrecognized" not in err

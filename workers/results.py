@@ -320,7 +320,8 @@ def trial_statuses(sweep_dir) -> tuple[dict[str, str], list[tuple[str, str]]]:
     for e in st.list(TRIALS, ".parquet"):
         tid = e.name[: -len(".parquet")]
         j = journal.get(tid)
-        if j is not None and j[1] == e.size and j[2] // unit == e.mtime_ns // unit:
+        # a filesystem that reports no modification time (0) cannot vouch for a file
+        if j is not None and e.mtime_ns and j[1] == e.size and j[2] // unit == e.mtime_ns // unit:
             statuses[tid] = j[0]
             continue
         try:

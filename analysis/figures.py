@@ -274,7 +274,7 @@ def _per_dataset(df: pd.DataFrame, measure: str, colour_by: str, path, title: st
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("generalization gap")
-    fig.suptitle(f"{title} ({_caption_n(d, m)})", fontsize=10)
+    fig.suptitle(f"{title}\n{_caption_n(d, m)}", fontsize=9)
     fig.tight_layout()
     return _save(fig, path, vector=True)
 

@@ -352,8 +352,10 @@ def launch(cfg: SweepConfig, verify: bool = False) -> str:
             log(f"figure: {fig}")
         from analysis.report import make_report
 
+        # 200 bootstrap replicates take ~17 min at 10^5 trials (bench/README.md); fewer there
+        n_boot = 200 if len(specs) <= 20_000 else 50
         try:
-            log(f"report: {make_report(out)}")
+            log(f"report: {make_report(out, n_boot=n_boot)}")
         except Exception as e:  # the sweep's results are safe; only the report is missing
             log(f"no report ({type(e).__name__}: {e}); write it with: sweep report {out}")
     log(f"results: {out}  (analysis.load_results({out.location!r}))")

@@ -2,7 +2,7 @@
 
 The sweep directory holds ``sweep.json`` (the configuration and its identity), ``plan.parquet``
 (the manifest: one row per planned trial), ``trials/<trial_id>.parquet`` (one result per trial,
-the source of truth) and ``figures/``. Launching into a directory of the same sweep runs exactly
+the source of truth) and ``report/`` (``sweep report``). Launching into a directory of the same sweep runs exactly
 the planned trials that have no valid result file yet; a directory of a different sweep is
 refused before anything is written.
 """
@@ -275,21 +275,6 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec]) -> dict[str, int]:
     return counts
 
 
-def draw_figures(out) -> list[str]:
-    """The figures the sweep's results support, under ``out/figures``."""
-    from analysis import figures
-    from analysis.load import load_curves, load_grids, load_results
-
-    out = store(out)
-    with out.staging("figures") as d:
-        made = [
-            figures.jacobian_vs_gap(load_results(out), d / "jacobian_vs_gap.png"),
-            figures.trajectory_figure(load_curves(out), d / "trajectory.png"),
-            figures.boundaries_figure(load_grids(out), d / "boundaries.png"),
-        ]
-    return [out.uri(f"figures/{Path(p).name}") for p in made if p is not None]
-
-
 # What `sweep resume` may change: where and how the trials run, never which trials there are.
 RESUMABLE_KEYS = ("cluster", "resources", "progress", "figure", "save_weights", "dataset.root",
                   "dataset.download")
@@ -348,8 +333,6 @@ def launch(cfg: SweepConfig, verify: bool = False) -> str:
         log("finished in {:.1f} s: ".format(time.perf_counter() - t0)
             + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     if cfg.figure:
-        for fig in draw_figures(out):
-            log(f"figure: {fig}")
         from analysis.report import make_report
 
         # 200 bootstrap replicates take ~17 min at 10^5 trials (bench/README.md); fewer there

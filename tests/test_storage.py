@@ -112,7 +112,7 @@ def test_sweep_to_a_uri_launches_loads_and_resumes(ray_local, tmp_path, capsys):
     assert len(df) == 4 and (df["status"] == "ok").all()
     cols = ["trial_id", "train_acc", "test_acc", "jacobian_norm_test", "transitions_test"]
     assert df[cols].equals(ref[cols])  # the same numbers as a local sweep
-    assert (tmp_path / "s" / "figures" / "jacobian_vs_gap.png").stat().st_size > 1000
+    assert (tmp_path / "s" / "report" / "report.html").stat().st_size > 1000
     assert len(list((tmp_path / "s" / "weights").iterdir())) == 4
     from workers import load_model
     assert load_model(uri, df["trial_id"][0]) is not None

@@ -35,7 +35,6 @@ def test_tiny_sweep_resume_and_weights(ray_local, tmp_path, capsys):
     pl = df.activation != "tanh"
     assert (df.loc[pl, "transitions_method"] == "exact").all() and pl.any()
     assert (df.loc[~pl, "transitions_method"] == "sampled").all()
-    assert (out / "figures" / "jacobian_vs_gap.png").stat().st_size > 1000
     pts = load_points(out)
     assert len(pts) == 6 * (200 + 80)
     assert set(pts["trial_id"]) == set(df["trial_id"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -36,8 +37,6 @@ def density_bins(curves: pd.DataFrame, bins: int) -> pd.DataFrame:
     """Transitions per radian in ``bins`` equal angle bins: per (trial, ellipse, phase, bin), the
     transitions on the k-gon edges starting in the bin divided by the bin's width. Columns:
     trial_id, ellipse, phase, angle (bin centre), density."""
-    import numpy as np
-
     width = 2 * np.pi / bins
     b = np.minimum((curves["angle"].to_numpy() / width).astype(int), bins - 1)
     g = curves.assign(bin=b).groupby(["trial_id", "ellipse", "phase", "bin"])["transitions"].sum()
@@ -55,7 +54,6 @@ def trajectory_figure(curves: pd.DataFrame, path: str | Path, bins: int = 128) -
     data."""
     if curves.empty:
         return None
-    import numpy as np
 
     k = curves.groupby(["trial_id", "ellipse", "phase"]).size().min()
     dens = density_bins(curves, int(min(bins, k)))
@@ -102,7 +100,6 @@ def boundaries_figure(grids: pd.DataFrame, path: str | Path) -> Path | None:
     predicted class (faint colours), for the first trial of the sweep. None without data."""
     if grids.empty:
         return None
-    import numpy as np
 
     from workers.studies import anchor_coords
 
@@ -139,22 +136,33 @@ def boundaries_figure(grids: pd.DataFrame, path: str | Path) -> Path | None:
 # train-accuracy filter), writes a PNG and an SVG, and returns the PNG's path, or None when the
 # data has nothing to draw.
 
-def seed_means(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """One row per configuration (every hyperparameter but the seed): for each of ``columns``
-    the mean and the standard error of the mean over seeds (``<col>`` and ``<col>_se``; the s.e.
-    is 0 for a configuration with one seed), ``n_seeds``, and the configuration's hyperparameter
-    values. A.5's error bars."""
-    from analysis.stats import HYPERPARAMETERS
+def seed_means(df: pd.DataFrame, columns: list[str],
+               hyperparameters: list[str] | None = None) -> pd.DataFrame:
+    """One row per configuration: for each of ``columns`` the mean and the standard error of
+    the mean over seeds (``<col>`` and ``<col>_se``; the s.e. is 0 for a configuration with one
+    seed), ``n_seeds``, and the configuration's hyperparameter values. A.5's error bars.
 
-    keys = [k for k in HYPERPARAMETERS if k in df.columns]
-    filled = df[keys].astype(object).where(df[keys].notna(), "<none>")  # null is its own value
-    g = df[columns].groupby([filled[k] for k in keys], sort=True, dropna=False)
+    A configuration is one value of every column in ``hyperparameters`` (default
+    ``analysis.stats.hyperparameter_columns(df, exclude=columns)``: every column of the table
+    but the seed, the outcome and bookkeeping columns and ``columns``; the statistics use the
+    same declaration), so two configurations that differ in any hyperparameter column, even
+    one the result schema does not know, are never merged. Null is a value of its own."""
+    from analysis.stats import hyperparameter_columns
+
+    if hyperparameters is None:
+        hyperparameters = hyperparameter_columns(df, exclude=columns)
+    keys = [k for k in hyperparameters if k not in columns]
+    if not keys:  # no hyperparameter at all: one configuration
+        g = df[columns].groupby(np.zeros(len(df), dtype=int))
+    else:
+        filled = df[keys].astype(object).where(df[keys].notna(), "<none>")  # null: own value
+        g = df[columns].groupby([filled[k] for k in keys], sort=True, dropna=False)
     mean, se = g.mean(), g.sem(ddof=1).fillna(0.0)
     out = mean.copy()
     for c in columns:
         out[f"{c}_se"] = se[c]
     out["n_seeds"] = g.size()
-    out = out.reset_index()
+    out = out.reset_index(drop=not keys)
     for k in keys:
         out[k] = out[k].where(out[k] != "<none>", None)
     return out
@@ -174,14 +182,15 @@ def _caption_n(df: pd.DataFrame, m: pd.DataFrame) -> str:
     return f"{len(df)} trials, {len(m)} configurations; mean +- s.e. over seeds"
 
 
-def params_loss_figure(df: pd.DataFrame, path: str | Path) -> Path | None:
+def params_loss_figure(df: pd.DataFrame, path: str | Path,
+                       hyperparameters: list[str] | None = None) -> Path | None:
     """Fig. 1: the generalization gap against the number of parameters (left) and against the
     final train loss (right), one colour per data set; log x."""
     d = df.dropna(subset=["gen_gap", "n_params", "train_loss"])
     if d.empty:
         return None
     plt = _pyplot()
-    m = _labelled(seed_means(d, ["gen_gap", "n_params", "train_loss"]))
+    m = _labelled(seed_means(d, ["gen_gap", "n_params", "train_loss"], hyperparameters))
     fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.2), dpi=120, sharey=True)
     for i, (name, g) in enumerate(m.groupby("dataset")):
         _errorbar(axes[0], g, "n_params", "gen_gap", color=f"C{i}", label=name)
@@ -201,17 +210,16 @@ def params_loss_figure(df: pd.DataFrame, path: str | Path) -> Path | None:
 
 
 def _per_dataset(df: pd.DataFrame, measure: str, colour_by: str, path, title: str, xlabel: str,
-                 log_colour: bool = False) -> Path | None:
+                 log_colour: bool = False, hyperparameters: list[str] | None = None) -> Path | None:
     """One panel per data set: ``measure`` (log x) against the generalization gap, seed means
     with s.e. bars, coloured by ``colour_by`` (categorical, or a log colour scale)."""
     d = df.dropna(subset=[measure, "gen_gap"])
     d = d[d[measure] > 0]
     if d.empty:
         return None
-    import numpy as np
 
     plt = _pyplot()
-    m = _labelled(seed_means(d, [measure, "gen_gap"]))
+    m = _labelled(seed_means(d, [measure, "gen_gap"], hyperparameters))
     if colour_by == "neurons":
         m["neurons"] = m["width"] * (m["depth"] - 1)  # hidden units: depth counts Linear layers
     names = sorted(m["dataset"].unique())
@@ -242,20 +250,24 @@ def _per_dataset(df: pd.DataFrame, measure: str, colour_by: str, path, title: st
     return _save(fig, path, vector=True)
 
 
-def jacobian_gap_figure(df: pd.DataFrame, path: str | Path) -> Path | None:
+def jacobian_gap_figure(df: pd.DataFrame, path: str | Path,
+                        hyperparameters: list[str] | None = None) -> Path | None:
     """Fig. 5: the test Jacobian norm against the generalization gap, one panel per data set,
     coloured by non-linearity."""
     return _per_dataset(df, "jacobian_norm_test", "activation", path,
                         "Fig. 5: Jacobian norm vs generalization gap",
-                        "Jacobian norm  E_test ||d softmax / dx||_F")
+                        "Jacobian norm  E_test ||d softmax / dx||_F",
+                        hyperparameters=hyperparameters)
 
 
-def transitions_gap_figure(df: pd.DataFrame, path: str | Path) -> Path | None:
+def transitions_gap_figure(df: pd.DataFrame, path: str | Path,
+                           hyperparameters: list[str] | None = None) -> Path | None:
     """App. Fig. 8: transitions along the test points' trajectories against the generalization
     gap, one panel per data set, coloured by the number of hidden neurons."""
     return _per_dataset(df, "transitions_test", "neurons", path,
                         "App. Fig. 8: transitions vs generalization gap",
-                        "transitions per trajectory (test points)", log_colour=True)
+                        "transitions per trajectory (test points)", log_colour=True,
+                        hyperparameters=hyperparameters)
 
 
 PAIR_PANELS = [("gen_gap", "generalization gap", False), ("jacobian_norm_test", "Jacobian norm", True),
@@ -268,7 +280,6 @@ def factor_pairs_figure(pairs: pd.DataFrame, path: str | Path) -> Path | None:
     the y = x diagonal; a point above the diagonal is larger with value b."""
     if pairs.empty:
         return None
-    import numpy as np
 
     panels = [p for p in PAIR_PANELS if f"{p[0]}_a" in pairs and pairs[f"{p[0]}_a"].notna().any()]
     factors = list(dict.fromkeys(pairs["factor"]))
@@ -305,11 +316,10 @@ def per_point_bounds(loss, num_classes: int):
     Lower: the true class's row alone, c s_y (1 - s_y) (Eq. 6: ||J||_F >= ||J_y||). Upper: the
     maximum-entropy case s_i = (1 - s_y) / (C - 1) for i != y, adding C - 1 such rows:
     c sqrt(s_y^2 (1 - s_y)^2 + (C - 1) s_i^2 (1 - s_i)^2). Returns (lower, upper) / c."""
-    import numpy as np
-
-    s_y = np.exp(-np.asarray(loss, dtype=np.float64))
-    lower = s_y * (1.0 - s_y)
-    q = (1.0 - s_y) / (num_classes - 1)
+    loss = np.asarray(loss, dtype=np.float64)
+    s_y, rest = np.exp(-loss), -np.expm1(-loss)  # 1 - s_y without cancellation at tiny loss
+    lower = s_y * rest
+    q = rest / (num_classes - 1)
     upper = np.sqrt(lower ** 2 + (num_classes - 1) * (q * (1.0 - q)) ** 2)
     return lower, upper
 
@@ -321,11 +331,13 @@ def per_point_figure(points: pd.DataFrame, path: str | Path, num_classes: int,
     on the number of classes: with a ``num_classes`` column in ``points`` (trials of data sets
     with different class counts) there is one panel per class count, else every point has
     ``num_classes``. A.3 leaves the constant c open; per panel it is set to the median over
-    points of ||J||_F / upper(l)."""
-    import numpy as np
-
+    points of ||J||_F / upper(l). Log axes cannot show a loss or norm of exactly 0 (a point
+    beyond float64's range, logit margin above about 745): such points are counted in the
+    title, never dropped silently."""
     d = points[(points["split"] == split)].dropna(subset=["jacobian_norm", "loss"])
-    d = d[(d["jacobian_norm"] > 0) & (d["loss"] > 0)]
+    keep = (d["jacobian_norm"] > 0) & (d["loss"] > 0)
+    zero = d[~keep]
+    d = d[keep]
     if d.empty:
         return None
     if "num_classes" not in d:
@@ -351,6 +363,8 @@ def per_point_figure(points: pd.DataFrame, path: str | Path, num_classes: int,
                      f"{n_cls} classes (c = {c:.3g})", fontsize=10)
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(alpha=0.3)
-    fig.suptitle("Fig. 6: per-point sensitivity and loss", fontsize=10)
+    note = "" if zero.empty else (f"\n{len(zero)} {split} points with loss or Jacobian norm 0 "
+                                  "(beyond float64) not drawn on the log axes")
+    fig.suptitle("Fig. 6: per-point sensitivity and loss" + note, fontsize=10)
     fig.tight_layout()
     return _save(fig, path, vector=True)

@@ -142,6 +142,13 @@ def _read(sweep_dir, kind: str, columns: list[str], expr,
     return table.sort_by("trial_id").select(list(columns))  # stable: points keep their order
 
 
+def _empty(schema: pa.Schema, columns: list[str]) -> pd.DataFrame:
+    """No rows, and the dtypes the schema gives a full frame (int64, float64, bool; object for
+    strings): a filter that matches nothing does not turn numbers into objects. (As pandas does,
+    an integer column that holds a null in a full frame comes out float64.)"""
+    return schema.empty_table().select(columns).to_pandas()
+
+
 def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> pd.DataFrame:
     """One row per trial, sorted by trial_id; ``columns`` selects summary columns (default:
     all); ``filters`` selects rows (any summary column: a pyarrow DNF list or Expression)."""
@@ -151,7 +158,7 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
         raise ValueError(f"columns: unknown {unknown}; allowed: {', '.join(SUMMARY_COLUMNS)}")
     table = _read(sweep_dir, "results", cols, _expression(filters, "results"))
     if table is None:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+        return _empty(RESULTS_SCHEMA, cols)
     return table.to_pandas()
 
 
@@ -169,7 +176,7 @@ def load_points(sweep_dir, filters=None, trial_ids=None) -> pd.DataFrame:
         expr = among if expr is None else expr & among
     table = _read(sweep_dir, "points", POINT_COLUMNS, expr, trial_ids)
     if table is None:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in POINT_COLUMNS})
+        return _empty(POINTS_SCHEMA, POINT_COLUMNS)
     return table.to_pandas()
 
 

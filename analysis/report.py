@@ -21,7 +21,7 @@ import pandas as pd
 from analysis import figures
 from analysis.filters import DEFAULT_TRAIN_ACC, fits_training_set
 from analysis.load import load_curves, load_grids, load_pairs, load_points, load_results
-from analysis.stats import statistics_table, write_table
+from analysis.stats import STATISTICS, hyperparameter_columns, statistics_table, write_table
 from workers.storage import store
 
 REPORT_DIR = "report"
@@ -75,8 +75,10 @@ def _per_point_trials(fit: pd.DataFrame, limit: int = PER_POINT_TRIALS, seed: in
 
 
 def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 200,
-                out: str | None = None, seed: int = 0) -> str:
-    """Write the report of ``sweep_dir``; returns the location of ``report.html``."""
+                out: str | None = None, seed: int = 0, noise_filter: bool = False) -> str:
+    """Write the report of ``sweep_dir``; returns the location of ``report.html``.
+    ``noise_filter``: the sign-errors with Dziugaite et al.'s Monte-Carlo noise filter, the
+    test points behind each gap taken from the trials' ``test_size``."""
     if not 0.0 <= float(train_acc) <= 1.0:
         raise ValueError(f"--train-acc: {train_acc!r}; allowed: a number in [0, 1]")
     if n_boot < 0:
@@ -93,6 +95,8 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
     if df.empty:
         raise ValueError(f"SWEEP_DIR: {sweep_dir} holds no results yet; run the sweep first")
     fit = fits_training_set(df, train_acc)
+    # one declaration of the hyperparameters for the figures' seed means and the statistics
+    hps = hyperparameter_columns(df, exclude=[*REPORT_MEASURES, "gen_gap"])
 
     made: dict[str, Path] = {}
     with target.staging(rel) as d:
@@ -101,12 +105,12 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
             if p is not None:
                 made[name] = Path(p)
 
-        draw("fig1_params_loss", figures.params_loss_figure, fit)
+        draw("fig1_params_loss", figures.params_loss_figure, fit, hps)
         if st.is_file("pairs.parquet"):
             draw("fig4_factor_pairs", figures.factor_pairs_figure,
                  _pairs_fitting(load_pairs(st), train_acc))
-        draw("fig5_jacobian_gap", figures.jacobian_gap_figure, fit)
-        draw("fig8_transitions_gap", figures.transitions_gap_figure, fit)
+        draw("fig5_jacobian_gap", figures.jacobian_gap_figure, fit, hps)
+        draw("fig8_transitions_gap", figures.transitions_gap_figure, fit, hps)
         chosen = _per_point_trials(fit)
         if chosen:
             points = load_points(st, [("split", "=", "test")], trial_ids=chosen)
@@ -118,10 +122,12 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
         draw("fig3_boundaries", figures.boundaries_figure, load_grids(st))
 
         table = statistics_table(fit, measures=[m for m in REPORT_MEASURES if m in fit],
-                                 n_boot=n_boot, seed=seed) if len(fit) else pd.DataFrame()
+                                 n_boot=n_boot, seed=seed, hyperparameters=hps,
+                                 noise_filter=noise_filter) if len(fit) else pd.DataFrame()
         if len(table):
             write_table(table, d / "statistics")
-        page = _html(st, df, fit, train_acc, table, made, n_boot, time.perf_counter() - t0)
+        page = _html(st, df, fit, train_acc, table, made, n_boot, time.perf_counter() - t0,
+                     noise_filter)
         (d / "report.html").write_text(page)
     return target.uri(f"{rel}/report.html" if rel else "report.html")
 
@@ -143,8 +149,7 @@ def _stats_html(table: pd.DataFrame) -> str:
     t["group"], t["measure"] = t["group"].map(html.escape), t["measure"].map(html.escape)
     wide = t.pivot_table(index=["group", "measure", "n_trials", "n_configs"], columns="statistic",
                          values="cell", aggfunc="first", sort=False)
-    order = [c for c in ("pearson", "spearman", "kendall", "granulated_kendall", "conditional_mi",
-                         "sign_error") if c in wide.columns]
+    order = [c for c in STATISTICS if c in wide.columns]
     wide = wide[order]
     wide.columns.name = None
     return wide.reset_index().to_html(index=False, escape=False, border=0,
@@ -159,7 +164,7 @@ def _seeds_note(fit: pd.DataFrame) -> str:
     return ""
 
 
-def _html(st, df, fit, train_acc, table, made, n_boot, seconds) -> str:
+def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=False) -> str:
     counts = df["status"].value_counts().to_dict()
     status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     parts = [
@@ -174,11 +179,22 @@ def _html(st, df, fit, train_acc, table, made, n_boot, seconds) -> str:
         f"accuracy &ge; {train_acc:g} (<code>analysis.filters.fits_training_set</code>).</p>",
         "<h2>Statistics against the generalization gap</h2>",
         f"<p>Value [95% bootstrap interval over {n_boot} resamples of seeds, or of trials when "
-        "the sweep has a single seed]. Pearson, Spearman and Kendall &tau;-b over trials; "
-        "granulated Kendall (Jiang et al. 2019), conditional mutual information (PGDL, minimum "
-        "over pairs of hyperparameters) and sign-error (Dziugaite et al. 2020; 0 is perfect, "
-        "lower is better) over configurations averaged over seeds. n: what each rests on "
-        "(trials; groups where one hyperparameter varies; ordered pairs; one-factor pairs)."
+        "the sweep has a single seed]. Over trials: Pearson, Spearman and Kendall's &tau;-b "
+        "(scipy.stats). Over configurations averaged over seeds: the granulated Kendall &Psi; "
+        "(Jiang et al. 2019, Eq. 2-3: within each group of configurations that differ in one "
+        "hyperparameter, &tau; = the mean over ordered pairs of sign(&Delta;&mu;) "
+        "sign(&Delta;g), a tie counting 0; averaged over groups, then over hyperparameters), "
+        "the conditional mutual information (PGDL, counted over all ordered pairs, minimum over "
+        "pairs of hyperparameters). Over pairs of runs: the sign-error (Dziugaite et al. 2020; "
+        "per environment, i.e. pair of configurations that differ in one hyperparameter, the "
+        "mean over every seed of one against every seed of the other of "
+        "(1 - sign(&Delta;&mu;) sign(&Delta;g))/2; <code>sign_error</code> is the mean over "
+        "environments, <code>robust_sign_error</code> the worst environment; 0 is perfect, "
+        "lower is better"
+        + ("; with the Monte-Carlo noise filter: pairs weighted by the Hoeffding bound on their "
+           "gap difference" if noise_filter else "")
+        + "). n: what each rests on (trials; groups where one hyperparameter varies; ordered "
+        "pairs; environments)."
         + (" The same table: <code>statistics.csv</code>, <code>statistics.parquet</code>."
            if len(table) else "") + "</p>",
         _seeds_note(fit),

@@ -1,22 +1,29 @@
 """Statistics that judge a sensitivity measure against the generalization gap.
 
-Input: the results table of ``analysis.load.load_results`` (one row per trial), already filtered
-by the caller (status ok, 100% train accuracy). Per measure, rows whose measure or target is NaN
-are dropped. Everything here is numpy/pandas and deterministic.
+Input: a results table such as ``analysis.load.load_results`` gives (one row per trial), already
+filtered by the caller (status ok, 100% train accuracy). Per measure, rows whose measure or
+target is NaN are dropped; +-inf are values (larger / smaller than every finite one). No
+statistic turns a NaN into a number: what is undefined is NaN.
 
-- ``pearson``, ``spearman``, ``kendall`` (tau-b): over trial rows (Novak et al. 2018 §4.3 show
-  the correlation of the Jacobian norm with the gap across trials as scatter plots; these put a
-  number on it).
-- ``granulated_kendall``: Jiang et al. 2019, "Fantastic generalization measures", §3 (Psi).
-- ``conditional_mutual_information``: Jiang et al. 2019 §4 and the PGDL competition scoring
-  (Jiang et al. 2020), normalized and minimized over conditioning sets of size k.
-- ``sign_error``: Dziugaite et al. 2020, "In search of robust measures of generalization", §3:
-  the ordering error over pairs of configurations that differ in exactly one hyperparameter.
+- ``pearson``, ``spearman``, ``kendall`` (Kendall's tau-b): over trial rows, computed by
+  ``scipy.stats`` (Novak et al. 2018 §4.3 show the relation of the Jacobian norm with the gap
+  across trials as scatter plots; these put a number on it).
+- ``granulated_kendall``: Jiang et al. 2019, "Fantastic generalization measures and where to
+  find them", §6.2, Eq. 2-3 (Psi).
+- ``conditional_mutual_information``: Jiang et al. 2019 §6.3 and the PGDL competition scoring
+  (Jiang et al. 2020), normalized and minimized over conditioning sets of size k, counted over
+  all ordered pairs of configurations.
+- ``sign_error``: Dziugaite et al. 2020, "In search of robust measures of generalization", §4:
+  the mean and the robust (worst-case) sign-error over environments, pairs of configurations
+  that differ in exactly one hyperparameter, with every seed of one against every seed of the
+  other; optionally with the paper's Monte-Carlo noise filter.
 - ``bootstrap_ci``: percentile interval from resampling whole seeds (or trials, with one seed).
 - ``statistics_table`` / ``write_table``: all of the above in long form, CSV + Parquet.
 
-A *configuration* is one value of every hyperparameter in ``HYPERPARAMETERS``; its measure and
-target are the means over the trials (seeds) that share it. A null hyperparameter value (e.g.
+A *configuration* is one value of every hyperparameter (``hyperparameter_columns``: the table's
+own columns less the seed, the outcome and bookkeeping columns of the result schema, and the
+measure and target in use; the same declaration serves the figures); its measure and target are
+the means over the trials (seeds) that share it. A null hyperparameter value (e.g.
 ``batch_size`` of the full-batch L-BFGS) is a value of its own; a hyperparameter with a single
 value in the data contributes nothing and is skipped.
 """
@@ -25,25 +32,48 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
+from workers.results import SUMMARY_COLUMNS
+
+# The result schema's hyperparameter columns (everything that defines a trained network but the
+# seed). Every other summary column is an outcome or bookkeeping: NOT_HYPERPARAMETERS.
 HYPERPARAMETERS = ["dataset", "train_size", "random_labels", "augment", "width", "depth",
                    "activation", "optimizer", "lr", "batch_size", "init_scale", "step_budget"]
+NOT_HYPERPARAMETERS = tuple(c for c in SUMMARY_COLUMNS if c not in HYPERPARAMETERS)
 STATISTICS = ("pearson", "spearman", "kendall", "granulated_kendall", "conditional_mi",
-              "sign_error")
+              "sign_error", "robust_sign_error")
 MEASURES = ("jacobian_norm_test", "transitions_test")
-MAX_PAIRS = 2_000_000  # conditional MI: ordered pairs enumerated before sampling kicks in
 TABLE_COLUMNS = ["group", "measure", "target", "statistic", "value", "ci_low", "ci_high",
                  "ci_method", "n_trials", "n_configs", "n_used"]
 
 
+def hyperparameter_columns(df: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
+    """The columns of ``df`` that make a configuration, in the table's order: every column but
+    the seed, the result schema's outcome and bookkeeping columns (``NOT_HYPERPARAMETERS``:
+    trial_id, status, accuracies, losses, Jacobian norms, n_params, ...) and ``exclude`` (the
+    measures and the target in use). On a ``load_results`` table these are ``HYPERPARAMETERS``;
+    a column a user adds (say ``weight_decay``) is a hyperparameter too, with a warning when it
+    is not one of the schema's. Pass ``hyperparameters=`` to the statistics and
+    ``analysis.figures.seed_means`` to choose the list yourself."""
+    skip = set(NOT_HYPERPARAMETERS) | set(exclude)
+    cols = [str(c) for c in df.columns if c not in skip]
+    extra = [c for c in cols if c not in HYPERPARAMETERS]
+    if extra:
+        warnings.warn(f"hyperparameters: treating {extra} as hyperparameters (columns outside "
+                      "the result schema); pass hyperparameters=[...] to choose", stacklevel=3)
+    return cols
+
+
 # ---------------------------------------------------------------------------------------------
-# Correlations over trial rows
+# Correlations over trial rows (scipy.stats)
 
 
 def _xy(x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -55,127 +85,44 @@ def _xy(x, y) -> tuple[np.ndarray, np.ndarray]:
     return x[keep], y[keep]
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+def _scipy(fn, x, y) -> float:
+    """``fn(x, y).statistic`` on the pairs without NaN; NaN below 2 pairs or where scipy says
+    the statistic is undefined (a constant side: scipy returns NaN with a warning)."""
+    x, y = _xy(x, y)
     if x.size < 2:
         return math.nan
-    dx = x - x.mean()
-    dy = y - y.mean()
-    sxx = float(dx @ dx)
-    syy = float(dy @ dy)
-    if sxx == 0.0 or syy == 0.0:
-        return math.nan
-    r = float(dx @ dy) / math.sqrt(sxx) / math.sqrt(syy)
-    return min(1.0, max(-1.0, r))
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return float(fn(x, y).statistic)
 
 
 def pearson(x, y) -> float:
-    """Pearson's r = sum_i (x_i - x̄)(y_i - ȳ) / sqrt(sum_i (x_i - x̄)^2 * sum_i (y_i - ȳ)^2).
-
-    Pairs with a NaN in x or y are dropped; NaN with fewer than 2 pairs or a constant side."""
-    return _pearson(*_xy(x, y))
-
-
-def _average_ranks(a: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties sharing the mean of the ranks they span."""
-    n = a.size
-    order = np.argsort(a, kind="stable")
-    s = a[order]
-    new = np.empty(n, dtype=bool)
-    new[:1] = True
-    new[1:] = s[1:] != s[:-1]
-    run = np.cumsum(new) - 1
-    starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], n)
-    ranks = np.empty(n, dtype=float)
-    ranks[order] = ((starts + ends - 1) / 2.0 + 1.0)[run]
-    return ranks
+    """Pearson's r (``scipy.stats.pearsonr``). Pairs with a NaN are dropped; NaN with fewer than
+    2 pairs or a constant side; with an infinite value r is NaN, as in scipy."""
+    return _scipy(sps.pearsonr, x, y)
 
 
 def spearman(x, y) -> float:
-    """Spearman's rho = Pearson's r of the average ranks (ties share the mean rank).
-
-    Pairs with a NaN in x or y are dropped; NaN with fewer than 2 pairs or a constant side."""
-    x, y = _xy(x, y)
-    if x.size < 2:
-        return math.nan
-    return _pearson(_average_ranks(x), _average_ranks(y))
-
-
-def _tied_pairs(*sorted_keys: np.ndarray) -> int:
-    """sum over runs of equal keys (arrays sorted jointly) of t (t - 1) / 2."""
-    n = sorted_keys[0].size
-    if n < 2:
-        return 0
-    new = np.zeros(n, dtype=bool)
-    new[0] = True
-    for k in sorted_keys:
-        new[1:] |= k[1:] != k[:-1]
-    t = np.diff(np.append(np.flatnonzero(new), n)).astype(np.int64)
-    return int((t * (t - 1) // 2).sum())
-
-
-def _inversions(v: np.ndarray) -> int:
-    """Number of pairs i < j with v_i > v_j, for integer ranks v in [0, m).
-
-    Bottom-up over block widths w = 1, 2, 4, ...: every inverted pair is counted once, at the
-    width where i and j first sit in sibling blocks (i in the left block, j in the right). Per
-    width: one sort of the left blocks and two binary searches, O(n log n); O(n log^2 n) total,
-    O(n) memory."""
-    n = v.size
-    m = int(v.max()) + 1 if n else 1
-    pos = np.arange(n, dtype=np.int64)
-    v = v.astype(np.int64)
-    total = 0
-    w = 1
-    while w < n:
-        pair = pos // (2 * w)
-        left = (pos // w) % 2 == 0
-        keys = np.sort(pair[left] * m + v[left])
-        pr = pair[~left]
-        above_all = np.searchsorted(keys, (pr + 1) * m, side="left")
-        up_to = np.searchsorted(keys, pr * m + v[~left], side="right")
-        total += int((above_all - up_to).sum())
-        w *= 2
-    return total
-
-
-_SMALL = 256  # kendall: up to this many rows the n x n sign matrices beat the merge count
+    """Spearman's rho (``scipy.stats.spearmanr``: Pearson's r of the average ranks; +-inf rank
+    last / first). Pairs with a NaN are dropped; NaN with fewer than 2 pairs or a constant side."""
+    return _scipy(sps.spearmanr, x, y)
 
 
 def kendall(x, y) -> float:
-    """Kendall's tau-b (equals ``scipy.stats.kendalltau(x, y).statistic``):
+    """Kendall's tau-b (``scipy.stats.kendalltau``, variant "b"), over trial rows:
 
         tau_b = (n_c - n_d) / sqrt((n_0 - n_1) (n_0 - n_2)),
 
-    n_0 = n (n - 1) / 2 pairs, n_c / n_d concordant / discordant pairs, n_1 / n_2 pairs tied in
-    x / in y. With n_3 the pairs tied in both, n_c - n_d = n_0 - n_1 - n_2 + n_3 - 2 n_d; n_d is
-    the number of inversions of y after sorting by (x, y), counted in O(n log^2 n) time and O(n)
-    memory (for n <= 256, the same sums straight from the n x n sign matrices). Pairs with a NaN
-    are dropped; NaN with fewer than 2 pairs or a constant side."""
-    x, y = _xy(x, y)
-    n = x.size
-    if n < 2:
-        return math.nan
-    if n <= _SMALL:  # all pairs at once: sum over i != j counts every pair twice, ratio unchanged
-        sx = np.sign(x[:, None] - x[None, :])
-        sy = np.sign(y[:, None] - y[None, :])
-        dx, dy = float(np.abs(sx).sum()), float(np.abs(sy).sum())
-        if dx == 0.0 or dy == 0.0:
-            return math.nan
-        return min(1.0, max(-1.0, float((sx * sy).sum()) / math.sqrt(dx) / math.sqrt(dy)))
-    order = np.lexsort((y, x))
-    xs, ys = x[order], y[order]
-    n0 = n * (n - 1) // 2
-    n1 = _tied_pairs(xs)
-    n3 = _tied_pairs(xs, ys)
-    n2 = _tied_pairs(np.sort(y))
-    if n0 == n1 or n0 == n2:
-        return math.nan
-    dense_y = np.unique(y, return_inverse=True)[1].reshape(-1)[order]
-    nd = _inversions(dense_y)
-    s = n0 - n1 - n2 + n3 - 2 * nd
-    tau = s / math.sqrt(n0 - n1) / math.sqrt(n0 - n2)
-    return min(1.0, max(-1.0, tau))
+    n_0 pairs, n_c / n_d concordant / discordant, n_1 / n_2 tied in x / in y. This is tau-b on
+    purpose (the usual correlation over trials); the granulated Kendall inside groups uses Jiang
+    et al.'s tau instead (ties count 0, every pair in the denominator). Pairs with a NaN are
+    dropped; NaN with fewer than 2 pairs or a constant side; +-inf rank last / first."""
+    return _scipy(sps.kendalltau, x, y)
+
+
+def _sgn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sign(b - a) from comparisons, so that inf vs inf is a tie (0) as in scipy's ranks."""
+    return (b > a).astype(np.int8) - (b < a).astype(np.int8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +140,7 @@ class _Prepared:
     levels: np.ndarray  # (h,) number of distinct values per hyperparameter (null included)
     names: tuple[str, ...]
     seed_codes: np.ndarray | None  # (n,) seed code per row, None without a seed column
+    test_size: np.ndarray | None  # (n,) test points behind each row's gap, if the table says
 
     @property
     def n(self) -> int:
@@ -202,7 +150,7 @@ class _Prepared:
 def _check_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{what}: {missing} not in the table; columns: {', '.join(df.columns)}")
+        raise ValueError(f"{what}: {missing} not in the table; columns: {', '.join(map(str, df.columns))}")
 
 
 def _row_keys(codes: np.ndarray, levels: np.ndarray) -> np.ndarray:
@@ -217,12 +165,17 @@ def _row_keys(codes: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return np.unique(codes, axis=0, return_inverse=True)[1].reshape(-1)
 
 
+def _numeric(df: pd.DataFrame, column: str) -> np.ndarray:
+    return pd.to_numeric(df[column], errors="raise").to_numpy(dtype=float, na_value=np.nan)
+
+
 def _prepare(df: pd.DataFrame, measure: str, target: str,
-             hyperparameters: Sequence[str]) -> _Prepared:
+             hyperparameters: Sequence[str] | None) -> _Prepared:
     _check_columns(df, [measure, target], "measure/target")
+    if hyperparameters is None:
+        hyperparameters = hyperparameter_columns(df, exclude=[measure, target])
     _check_columns(df, hyperparameters, "hyperparameters")
-    mu_all = pd.to_numeric(df[measure], errors="raise").to_numpy(dtype=float, na_value=np.nan)
-    g_all = pd.to_numeric(df[target], errors="raise").to_numpy(dtype=float, na_value=np.nan)
+    mu_all, g_all = _numeric(df, measure), _numeric(df, target)
     keep = ~(np.isnan(mu_all) | np.isnan(g_all))
     sub = df.loc[keep]
     cols, levels = [], []
@@ -240,40 +193,53 @@ def _prepare(df: pd.DataFrame, measure: str, target: str,
     seed_codes = None
     if "seed" in sub.columns:
         seed_codes = pd.factorize(sub["seed"], use_na_sentinel=False)[0].astype(np.int64)
+    test_size = _numeric(sub, "test_size") if "test_size" in sub.columns else None
     return _Prepared(mu_all[keep], g_all[keep], row_cfg, cfg_codes, levels,
-                     tuple(hyperparameters), seed_codes)
+                     tuple(hyperparameters), seed_codes, test_size)
 
 
 @dataclass(frozen=True)
 class _Configs:
-    """Seed-averaged configurations; only the hyperparameters that vary among them."""
+    """Seed-averaged configurations; only the hyperparameters that vary among them; and the
+    rows (trials, a resampled row once per draw) behind each."""
 
     codes: np.ndarray  # (C, h')
     levels: np.ndarray  # (h',)
     names: tuple[str, ...]
     mu: np.ndarray  # (C,) mean measure
     g: np.ndarray  # (C,) mean target
+    row_cfg: np.ndarray  # (m,) configuration (0..C-1) of each row
+    row_mu: np.ndarray  # (m,)
+    row_g: np.ndarray  # (m,)
+    row_test: np.ndarray | None  # (m,) test points behind each row's gap
 
 
 def _configs(p: _Prepared, idx: np.ndarray | None = None) -> _Configs:
     """Mean of measure and target per configuration over the rows ``idx`` (all rows if None;
-    a row drawn twice counts twice)."""
+    a row drawn twice counts twice). A configuration whose mean is undefined (+inf and -inf
+    among its seeds) is left out."""
     rc = p.row_cfg if idx is None else p.row_cfg[idx]
     mu = p.mu if idx is None else p.mu[idx]
     g = p.g if idx is None else p.g[idx]
+    test = None if p.test_size is None else (p.test_size if idx is None else p.test_size[idx])
     n_cfg = p.cfg_codes.shape[0]
     cnt = np.bincount(rc, minlength=n_cfg)
-    present = cnt > 0
+    with np.errstate(invalid="ignore"):
+        mu_sum = np.bincount(rc, weights=mu, minlength=n_cfg)
+        g_sum = np.bincount(rc, weights=g, minlength=n_cfg)
+    present = (cnt > 0) & ~np.isnan(mu_sum) & ~np.isnan(g_sum)
     c = cnt[present]
-    mu_c = np.bincount(rc, weights=mu, minlength=n_cfg)[present] / c
-    g_c = np.bincount(rc, weights=g, minlength=n_cfg)[present] / c
+    mu_c, g_c = mu_sum[present] / c, g_sum[present] / c
+    new_id = np.cumsum(present) - 1
+    keep = present[rc]
     codes = p.cfg_codes[present]
     if codes.shape[0]:
         varying = codes.min(axis=0) != codes.max(axis=0)
     else:
         varying = np.zeros(codes.shape[1], dtype=bool)
     names = tuple(nm for nm, v in zip(p.names, varying) if v)
-    return _Configs(codes[:, varying], p.levels[varying], names, mu_c, g_c)
+    return _Configs(codes[:, varying], p.levels[varying], names, mu_c, g_c, new_id[rc[keep]],
+                    mu[keep], g[keep], None if test is None else test[keep])
 
 
 def _one_factor_pairs(cf: _Configs) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -302,13 +268,14 @@ def _one_factor_pairs(cf: _Configs) -> list[tuple[np.ndarray, np.ndarray, np.nda
 
 
 # ---------------------------------------------------------------------------------------------
-# Granulated Kendall (Jiang et al. 2019, §3)
+# Granulated Kendall (Jiang et al. 2019, §6.2, Eq. 2-3)
 
 
 @dataclass(frozen=True)
 class GranulatedKendall:
-    """Psi = ``value``; ``psi[i]`` per hyperparameter i (only those with a group);
-    ``n_groups[i]`` the groups each psi_i averages; ``n_configs`` seed-averaged configs."""
+    """Psi = ``value``; ``psi[i]`` per hyperparameter i that has a group of >= 2
+    configurations; ``n_groups[i]`` the groups each psi_i averages; ``n_configs``
+    seed-averaged configurations."""
 
     value: float
     psi: dict[str, float]
@@ -321,197 +288,361 @@ def _granulated(cf: _Configs, pairs) -> GranulatedKendall:
     for name, (a, b, lab) in zip(cf.names, pairs):
         if a.size == 0:
             continue
-        sx = np.sign(cf.mu[b] - cf.mu[a])
-        sy = np.sign(cf.g[b] - cf.g[a])
+        s = _sgn(cf.mu[a], cf.mu[b]).astype(float) * _sgn(cf.g[a], cf.g[b])
         k = int(lab.max()) + 1
-        num = np.bincount(lab, weights=sx * sy, minlength=k)
-        dx = np.bincount(lab, weights=np.abs(sx), minlength=k)
-        dy = np.bincount(lab, weights=np.abs(sy), minlength=k)
-        ok = (dx > 0) & (dy > 0)
-        if not ok.any():
-            continue
-        tau = num[ok] / np.sqrt(dx[ok]) / np.sqrt(dy[ok])
-        psi[name] = float(tau.mean())
-        n_groups[name] = int(ok.sum())
+        num = np.bincount(lab, weights=s, minlength=k)
+        n_pairs = np.bincount(lab, minlength=k)
+        has = n_pairs > 0  # groups of >= 2 configurations (all of their pairs are listed)
+        # ordered pairs a != b: the sum counts each unordered pair twice, as does n (n - 1)
+        psi[name] = float((num[has] / n_pairs[has]).mean())
+        n_groups[name] = int(has.sum())
     value = float(np.mean(list(psi.values()))) if psi else math.nan
     return GranulatedKendall(value, psi, n_groups, int(cf.mu.size))
 
 
 def granulated_kendall(df: pd.DataFrame, measure: str, target: str = "gen_gap",
-                       hyperparameters: Sequence[str] = HYPERPARAMETERS) -> GranulatedKendall:
-    """Granulated Kendall coefficient Psi (Jiang et al. 2019, §3, Eq. 4-5).
+                       hyperparameters: Sequence[str] | None = None) -> GranulatedKendall:
+    """Granulated Kendall coefficient Psi (Jiang et al. 2019, "Fantastic generalization
+    measures and where to find them", §6.2, Eq. 2-3).
 
     Trials are first averaged over seeds into configurations theta (mean measure mu(theta),
     mean target g(theta)). For hyperparameter i, the configurations are grouped by the values
-    of all *other* hyperparameters; in each group with >= 2 configurations (so >= 2 values of i)
+    of all *other* hyperparameters; in each group of n >= 2 configurations (so >= 2 values of i)
 
-        tau_group = Kendall tau-b of {(mu(theta), g(theta)) : theta in group},
+        tau_group = 1 / (n (n - 1)) * sum over ordered pairs a != b of
+                    sign(mu_a - mu_b) * sign(g_a - g_b),
 
-    skipping groups where it is undefined (constant measure or target);
-    psi_i = mean of tau_group over the groups, and Psi = mean of psi_i over the hyperparameters
-    that have at least one group. NaN when none has. A group's tau-b is computed from its pairs:
-    sum sign(dmu) sign(dg) / sqrt(sum |sign(dmu)| * sum |sign(dg)|)."""
+    Jiang et al.'s tau: a tie in either contributes 0 and the denominator counts every pair (so
+    a group whose measure or target is constant gives tau = 0; it is not skipped). This is not
+    tau-b, which divides by the untied pairs only. psi_i = mean of tau over every group with
+    >= 2 configurations; Psi = mean of psi_i over the hyperparameters that have such a group
+    (every varying one on a complete grid). NaN when none has. ``hyperparameters``: default
+    ``hyperparameter_columns(df, exclude=[measure, target])``."""
     cf = _configs(_prepare(df, measure, target, hyperparameters))
     return _granulated(cf, _one_factor_pairs(cf))
 
 
 # ---------------------------------------------------------------------------------------------
-# Sign error (Dziugaite et al. 2020, §3)
+# Sign error (Dziugaite et al. 2020, §4)
 
 
 @dataclass(frozen=True)
 class SignError:
-    """``value``: mean error over all one-hyperparameter pairs; ``per_hyperparameter[i]`` the
-    mean over pairs that differ in i; ``worst`` = max of those, at ``worst_hyperparameter``;
-    ``n_pairs[i]`` pairs per hyperparameter."""
+    """``value``: mean sign-error over environments (pairs of configurations that differ in one
+    hyperparameter); ``robust``: the largest environment's error (the robust sign-error), found
+    in an environment that varies ``robust_hyperparameter``; ``per_hyperparameter[i]`` the mean
+    over environments that vary i; ``n_environments[i]`` their number (with the noise filter:
+    those with a positive weight); ``n_run_pairs`` pairs of trials compared in all."""
 
     value: float
+    robust: float
+    robust_hyperparameter: str | None
     per_hyperparameter: dict[str, float]
-    n_pairs: dict[str, int]
-    worst: float
-    worst_hyperparameter: str | None
+    n_environments: dict[str, int]
+    n_run_pairs: int
     n_configs: int
 
 
-def _sign_error(cf: _Configs, pairs) -> SignError:
-    per, n_pairs, errs = {}, {}, []
+def hoeffding_weight(delta_gap: np.ndarray, m: np.ndarray | float) -> np.ndarray:
+    """Dziugaite et al. 2020's Monte-Carlo noise weight of a pair of runs whose gaps differ by
+    ``delta_gap``, each estimated on ``m`` test points: by Hoeffding's inequality each estimate
+    lies within |delta|/2 of its mean with probability >= 1 - 2 exp(-2 m (delta/2)^2), so both
+    do (and the sign of the difference is right) with probability >= w = max(0, that)^2. The
+    pair then enters with weight (w - 1/2)_+: pairs below 1/2 are discarded, as the authors'
+    code does."""
+    d = np.abs(np.asarray(delta_gap, dtype=float))
+    w = np.maximum(0.0, 1.0 - 2.0 * np.exp(-2.0 * np.asarray(m, dtype=float) * (d / 2.0) ** 2)) ** 2
+    return np.maximum(w - 0.5, 0.0)
+
+
+def _run_pairs(counts: np.ndarray, first: np.ndarray, a: np.ndarray, b: np.ndarray):
+    """Every (row of configuration a_e, row of configuration b_e) for every environment e:
+    (environment, row in a, row in b), rows numbered in configuration order."""
+    na, nb = counts[a], counts[b]
+    per = na * nb
+    env = np.repeat(np.arange(a.size), per)
+    off = np.arange(env.size) - np.repeat(np.cumsum(per) - per, per)
+    return env, first[a][env] + off // nb[env], first[b][env] + off % nb[env]
+
+
+def _sign_error(cf: _Configs, pairs, noise_filter: bool | float = False) -> SignError:
+    if noise_filter is True and cf.row_test is None:
+        raise ValueError("noise_filter=True needs a test_size column (test points behind each "
+                         "gap); pass noise_filter=<number of test points> instead")
+    order = np.argsort(cf.row_cfg, kind="stable")
+    counts = np.bincount(cf.row_cfg, minlength=cf.mu.size)
+    first = np.cumsum(counts) - counts
+    mu, g = cf.row_mu[order], cf.row_g[order]
+    if noise_filter is not False:
+        m = (cf.row_test[order] if noise_filter is True
+             else np.full(mu.size, float(noise_filter)))
+    per, n_env, errs, names_of = {}, {}, [], []
+    n_run_pairs = 0
     for name, (a, b, _) in zip(cf.names, pairs):
         if a.size == 0:
             continue
-        e = (1.0 - np.sign(cf.mu[b] - cf.mu[a]) * np.sign(cf.g[b] - cf.g[a])) / 2.0
-        per[name] = float(e.mean())
-        n_pairs[name] = int(e.size)
+        env, ra, rb = _run_pairs(counts, first, a, b)
+        err = (1.0 - _sgn(mu[ra], mu[rb]).astype(float) * _sgn(g[ra], g[rb])) / 2.0
+        if noise_filter is False:
+            w = np.ones(env.size)
+        else:
+            w = hoeffding_weight(g[rb] - g[ra], np.minimum(m[ra], m[rb]))
+        wsum = np.bincount(env, weights=w, minlength=a.size)
+        used = wsum > 0  # with the noise filter, environments whose pairs all got weight 0 go
+        e = np.bincount(env, weights=w * err, minlength=a.size)[used] / wsum[used]
+        n_run_pairs += int(np.count_nonzero(w))
+        if e.size == 0:
+            continue
+        per[name], n_env[name] = float(e.mean()), int(e.size)
         errs.append(e)
+        names_of.append(name)
     if not errs:
-        return SignError(math.nan, {}, {}, math.nan, None, int(cf.mu.size))
-    worst_name = max(per, key=per.get)
-    return SignError(float(np.concatenate(errs).mean()), per, n_pairs, per[worst_name],
-                     worst_name, int(cf.mu.size))
+        return SignError(math.nan, math.nan, None, {}, {}, 0, int(cf.mu.size))
+    worst = [float(e.max()) for e in errs]
+    k = int(np.argmax(worst))
+    return SignError(float(np.concatenate(errs).mean()), worst[k], names_of[k], per, n_env,
+                     n_run_pairs, int(cf.mu.size))
 
 
 def sign_error(df: pd.DataFrame, measure: str, target: str = "gen_gap",
-               hyperparameters: Sequence[str] = HYPERPARAMETERS) -> SignError:
-    """Sign error over single-hyperparameter interventions (Dziugaite et al. 2020, §3).
+               hyperparameters: Sequence[str] | None = None,
+               noise_filter: bool | float = False) -> SignError:
+    """Sign-error over single-hyperparameter interventions (Dziugaite et al. 2020, "In search of
+    robust measures of generalization", §4, the coupled-network experiments).
 
-    Trials are averaged over seeds into configurations. Every unordered pair (theta, theta') of
-    configurations that differ in exactly ONE hyperparameter i contributes
+    An environment e is a pair of configurations (theta, theta') that differ in exactly ONE
+    hyperparameter. Its sign-error is the expectation over pairs of runs, every trial (seed) of
+    theta with every trial of theta',
 
-        err = (1 - sign(mu(theta') - mu(theta)) * sign(g(theta') - g(theta))) / 2
+        err(e) = E[(1 - sign(mu' - mu) * sign(g' - g)) / 2]
 
-    (0: the measure orders the pair like the target, 1: the other way, 1/2: a tie on either
-    side). Returns the mean over all such pairs, the mean per hyperparameter i, and the worst
-    (largest) per-hyperparameter mean; NaN when there is no such pair. Pairs are found by
-    grouping configurations on all-but-one hyperparameter, never by looping over all pairs."""
+    (0: the measure orders the two runs like the target, 1: the other way, 1/2: a tie on either
+    side). ``value`` = the mean of err(e) over all environments; ``robust`` = the robust
+    sign-error, max over environments (the paper's sup over the family of environments).
+    ``noise_filter`` (default off): the paper's Monte-Carlo noise filter, weighting each pair of
+    runs by ``hoeffding_weight`` of its gap difference (err(e) becomes the weighted mean;
+    environments whose pairs all get weight 0 are left out); ``True`` takes the test points
+    behind each gap from the ``test_size`` column (the smaller of the two runs), a number sets
+    them. NaN when there is no environment. Environments are found by grouping configurations
+    on all-but-one hyperparameter, never by looping over all pairs."""
     cf = _configs(_prepare(df, measure, target, hyperparameters))
-    return _sign_error(cf, _one_factor_pairs(cf))
+    return _sign_error(cf, _one_factor_pairs(cf), noise_filter)
 
 
 # ---------------------------------------------------------------------------------------------
-# Conditional mutual information (Jiang et al. 2019, §4; PGDL 2020 scoring)
+# Conditional mutual information (Jiang et al. 2019, §6.3; PGDL 2020 scoring), counted exactly
+#
+# Over all n^2 ordered pairs (i, j) of configurations the outcome is (V_g, V_mu) =
+# ([g_i > g_j], [mu_i > mu_j]) and the cell under a conditioning set S is (class_S(i),
+# class_S(j)). Per pair of classes (A, B) the four outcome counts follow from
+#     N_AB = |A| |B|,  G_AB = #{g_i > g_j},  M_AB = #{mu_i > mu_j},  GM_AB = #{both}
+# (i in A, j in B): t(1,1) = GM, t(1,0) = G - GM, t(0,1) = M - GM, t(0,0) = N - G - M + GM.
+# G and M are one-dimensional (sort once); GM is a two-dimensional dominance count, split by a
+# divide and conquer over the g-order into one-dimensional counts in the mu-order (level l:
+# segments of 2^(l+1) positions, the upper half's elements against the lower half's). Every
+# one-dimensional count "sources before targets in a sequence" is a block sum: per block of
+# `_BLOCK` positions, the class histogram of the targets times the class histogram of the
+# sources in earlier blocks of the segment (one matrix product per conditioning set), plus the
+# pairs inside a block, listed once and shared by every conditioning set. Nothing enumerates
+# the n^2 pairs: the work is O(n log n) per set plus the histograms' O((n / block) K log n).
+
+_BLOCK = 16
+
+
+@dataclass(frozen=True)
+class _Counting:
+    """One family of one-dimensional counts (all of G, all of M, or every level of GM), laid
+    out as concatenated sequences, for classes that are not known yet."""
+
+    t_elem: np.ndarray  # targets: configuration
+    t_block: np.ndarray  # targets: block whose earlier blocks (in the segment) hold their sources
+    s_elem: np.ndarray  # sources: configuration
+    s_block: np.ndarray  # sources: block
+    seg_first: np.ndarray  # (blocks,) first block of each block's segment
+    near_t: np.ndarray  # pairs inside a block (or a short segment): target configuration
+    near_s: np.ndarray  # ... and its source configuration
+
+    @property
+    def n_blocks(self) -> int:
+        return self.seg_first.size
+
+
+def _dense_rank(x: np.ndarray) -> np.ndarray:
+    return np.unique(x, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def _one_dimensional(rank: np.ndarray, block: int) -> _Counting:
+    """G (or M) as a count: target i, source j with rank_j < rank_i, one segment."""
+    n = rank.size
+    order = np.argsort(rank, kind="stable")
+    r = rank[order]
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = r[1:] != r[:-1]
+    tie_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))  # first position of tie
+    n_blocks = -(-n // block) if n else 0
+    near_t, near_s = [], []
+    lo = (tie_start // block) * block
+    for d in range(1, block):
+        q = tie_start - d
+        ok = q >= lo
+        near_t.append(order[ok])
+        near_s.append(order[q[ok]])
+    cat = (lambda a: np.concatenate(a) if a else np.zeros(0, dtype=np.int64))
+    return _Counting(order, tie_start // block, order, np.arange(n) // block,
+                     np.zeros(n_blocks, dtype=np.int64), cat(near_t), cat(near_s))
+
+
+def _dominance(rg: np.ndarray, rm: np.ndarray, block: int) -> _Counting:
+    """GM as counts: target i, source j with rg_j < rg_i and rm_j < rm_i.
+
+    Positions follow g (ties broken by mu descending, so that a pair tied in g never counts);
+    at level l the upper half of a segment holds the targets, the lower half the sources, and
+    the segment is ordered by mu with targets first among equal mu (so a pair tied in mu never
+    counts): sources before targets are exactly the dominated pairs split at this level."""
+    n = rg.size
+    pos_of = np.empty(n, dtype=np.int64)
+    order_g = np.lexsort((-rm, rg))
+    pos_of[order_g] = np.arange(n)
+    t_elem, t_block, s_elem, s_block, seg_first, near_t, near_s = [], [], [], [], [], [], []
+    offset = 0
+    level = 0
+    while (1 << level) < n:
+        seg_len = 1 << (level + 1)
+        seg = pos_of >> (level + 1)
+        upper = (pos_of >> level) & 1
+        order = np.lexsort((1 - upper, rm, seg))  # by segment, mu, targets first on ties
+        side = upper[order]
+        if seg_len <= block:  # short segments: every pair inside is listed
+            sseg = seg[order]
+            for d in range(1, seg_len):
+                ok = (side[d:] == 1) & (side[:-d] == 0) & (sseg[d:] == sseg[:-d])
+                near_t.append(order[d:][ok])
+                near_s.append(order[:-d][ok])
+        else:  # segments are whole blocks
+            p = np.arange(n)
+            blk = offset + p // block
+            nb = -(-n // block)
+            tgt, src = side == 1, side == 0
+            t_elem.append(order[tgt])
+            t_block.append(blk[tgt])
+            s_elem.append(order[src])
+            s_block.append(blk[src])
+            seg_first.append(offset + (np.arange(nb) * block // seg_len) * (seg_len // block))
+            for d in range(1, block):
+                q = p - d
+                ok = tgt & (q >= (p // block) * block)
+                ok[ok] &= src[q[ok]]
+                near_t.append(order[ok])
+                near_s.append(order[q[ok]])
+            offset += nb
+        level += 1
+    cat = (lambda a: np.concatenate(a) if a else np.zeros(0, dtype=np.int64))
+    return _Counting(cat(t_elem), cat(t_block), cat(s_elem), cat(s_block), cat(seg_first),
+                     cat(near_t), cat(near_s))
+
+
+def _class_pair_counts(c: _Counting, labels: np.ndarray, k: int) -> np.ndarray:
+    """(k, k) int64: [a, b] = number of (target of class a, source of class b) pairs."""
+    out = np.bincount(labels[c.near_t] * k + labels[c.near_s], minlength=k * k)
+    out = out.reshape(k, k).astype(np.float64)
+    nb = c.n_blocks
+    if nb:
+        ht = np.bincount(c.t_block * k + labels[c.t_elem], minlength=nb * k).reshape(nb, k)
+        hs = np.bincount(c.s_block * k + labels[c.s_elem], minlength=nb * k).reshape(nb, k)
+        cum = np.cumsum(hs, axis=0) - hs  # sources in earlier blocks, from the first block
+        before = cum - cum[c.seg_first]  # ... of the same segment
+        out += ht.T.astype(np.float64) @ before.astype(np.float64)
+    return np.rint(out).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _PairCounts:
+    """The shared part of the exact count for one set of configurations (mu, g)."""
+
+    n: int
+    g: _Counting
+    m: _Counting
+    gm: _Counting
+
+    @classmethod
+    def build(cls, mu: np.ndarray, g: np.ndarray, block: int = _BLOCK) -> "_PairCounts":
+        rg, rm = _dense_rank(g), _dense_rank(mu)
+        return cls(mu.size, _one_dimensional(rg, block), _one_dimensional(rm, block),
+                   _dominance(rg, rm, block))
+
+    def outcome_counts(self, labels: np.ndarray, k: int) -> np.ndarray:
+        """(k * k, 4) int64: per cell (class of i, class of j) the ordered pairs with outcome
+        2 V_g + V_mu."""
+        size = np.bincount(labels, minlength=k).astype(np.int64)
+        n_ab = np.outer(size, size)
+        g_ab = _class_pair_counts(self.g, labels, k)
+        m_ab = _class_pair_counts(self.m, labels, k)
+        gm_ab = _class_pair_counts(self.gm, labels, k)
+        t = np.stack([n_ab - g_ab - m_ab + gm_ab, m_ab - gm_ab, g_ab - gm_ab, gm_ab], axis=-1)
+        return t.reshape(k * k, 4)
 
 
 @dataclass(frozen=True)
 class ConditionalMI:
     """``value`` = min over conditioning sets S of the normalized CMI ``per_set[S]`` (NaN where
-    undefined), attained at ``argmin``; ``n_pairs`` ordered pairs used (``sampled`` if drawn at
-    random rather than enumerated); ``n_configs`` seed-averaged configurations."""
+    undefined), attained at ``argmin``; ``n_pairs`` ordered pairs counted (n^2, all of them);
+    ``n_configs`` seed-averaged configurations."""
 
     value: float
     per_set: dict[tuple[str, ...], float]
     argmin: tuple[str, ...] | None
     n_pairs: int
-    sampled: bool
     n_configs: int
 
 
-def _normalized_cmi(t: np.ndarray) -> np.ndarray:
-    """Per conditioning set s: I(V_mu; V_g | U) / H(V_g | U) from integer counts
-    t[s, u, 2 V_g + V_mu]. With F(c) = sum c log c over the given cells and N pairs,
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    out = np.zeros_like(x)
+    pos = x > 0
+    out[pos] = x[pos] * np.log(x[pos])
+    return out
+
+
+def _normalized_cmi(t: np.ndarray) -> float:
+    """I(V_mu; V_g | U) / H(V_g | U) from integer counts t[u, 2 V_g + V_mu]. With
+    F(c) = sum c log c over the given cells and N pairs,
 
         N I = F(n_u) - F(n_ug) - F(n_um) + F(n_ugm),   N H = F(n_u) - F(n_ug)
 
     (natural log; the ratio does not depend on the base; empty cells add nothing). NaN where
     H(V_g | U) = 0, i.e. where every cell holds a single value of V_g (checked on the counts)."""
-    g0, g1 = t[:, :, 0] + t[:, :, 1], t[:, :, 2] + t[:, :, 3]
-    m0, m1 = t[:, :, 0] + t[:, :, 2], t[:, :, 1] + t[:, :, 3]
-    n_u = g0 + g1
-    c = np.arange(int(n_u.max()) + 1 if n_u.size else 1, dtype=float)
-    c[1:] *= np.log(c[1:])  # c log c, 0 log 0 = 0
-
-    def f(x):
-        return c[x].reshape(x.shape[0], -1).sum(axis=1)
-
-    f_u, f_g = f(n_u), f(g0) + f(g1)
-    info = f_u - f_g - f(m0) - f(m1) + f(t)
-    h = f_u - f_g
-    out = np.full(t.shape[0], np.nan)
-    ok = (np.minimum(g0, g1) > 0).any(axis=1)
-    out[ok] = np.clip(info[ok] / h[ok], 0.0, 1.0)
-    return out
+    g0, g1 = t[:, 0] + t[:, 1], t[:, 2] + t[:, 3]
+    m0, m1 = t[:, 0] + t[:, 2], t[:, 1] + t[:, 3]
+    if not (np.minimum(g0, g1) > 0).any():
+        return math.nan
+    f_u = _xlogx(g0 + g1).sum()
+    f_g = _xlogx(g0).sum() + _xlogx(g1).sum()
+    info = f_u - f_g - _xlogx(m0).sum() - _xlogx(m1).sum() + _xlogx(t).sum()
+    return float(np.clip(info / (f_u - f_g), 0.0, 1.0))
 
 
-def _cmi_per_set(cf: _Configs, i: np.ndarray, j: np.ndarray, y: np.ndarray,
-                 sets: list[tuple[int, ...]]) -> np.ndarray:
-    """Normalized CMI of every conditioning set for the ordered pairs (i, j) with outcome
-    y = 2 V_g + V_mu. The cell of a pair under S is the mixed-radix number of
-    (value in i, value in j) over S; many sets share one bincount when the cells are few."""
-    n_pairs = i.size
-    out = np.full(len(sets), np.nan)
-    batch = max(1, 4_000_000 // max(n_pairs, 1))
-    # per hyperparameter: value in i * levels + value in j, gathered once (h x pairs)
-    small = int(cf.levels.max(initial=1)) ** 2 < 2**31
-    pair_code = np.empty((cf.levels.size, n_pairs), dtype=np.int32 if small else np.int64)
-    for c, n_levels in enumerate(cf.levels):
-        col = cf.codes[:, c].astype(pair_code.dtype)
-        np.add(col[i] * int(n_levels), col[j], out=pair_code[c])
-    for start in range(0, len(sets), batch):
-        chunk = sets[start:start + batch]
-        lv = cf.levels[np.array(chunk)]  # (b, |S|)
-        radix = np.prod(lv.astype(float) ** 2, axis=1)
-        if radix.max() * len(chunk) * 4 <= 2.0**22:
-            key = np.zeros((len(chunk), n_pairs), dtype=np.int64)
-            for pos in range(lv.shape[1]):
-                key = key * lv[:, pos:pos + 1] ** 2 + pair_code[[s[pos] for s in chunk]]
-            r = int(radix.max())
-            flat = (np.arange(len(chunk))[:, None] * r + key) * 4 + y
-            t = np.bincount(flat.ravel(), minlength=len(chunk) * r * 4)
-            out[start:start + len(chunk)] = _normalized_cmi(t.reshape(len(chunk), r, 4))
-            continue
-        for n, s in enumerate(chunk):  # many cells: number only the cells that occur
-            cell = _row_keys(pair_code[list(s)].T.astype(np.int64), lv[n] ** 2)
-            t = np.bincount(cell * 4 + y, minlength=4 * (int(cell.max()) + 1))
-            out[start + n] = _normalized_cmi(t.reshape(1, -1, 4))[0]
-    return out
-
-
-def _cmi(cf: _Configs, k: int, max_pairs: int, seed: int) -> ConditionalMI:
+def _cmi(cf: _Configs, k: int) -> ConditionalMI:
     n_cfg, h = cf.codes.shape
     if n_cfg < 2 or h == 0:
-        return ConditionalMI(math.nan, {}, None, 0, False, n_cfg)
-    if n_cfg * n_cfg <= max_pairs:
-        i = np.repeat(np.arange(n_cfg), n_cfg)
-        j = np.tile(np.arange(n_cfg), n_cfg)
-        sampled = False
-    else:
-        rng = np.random.default_rng(seed)
-        i = rng.integers(0, n_cfg, size=max_pairs)
-        j = rng.integers(0, n_cfg, size=max_pairs)
-        sampled = True
-    y = (cf.g[i] > cf.g[j]).astype(np.int64) * 2 + (cf.mu[i] > cf.mu[j]).astype(np.int64)
-    sets = list(itertools.combinations(range(h), min(k, h)))
-    values = _cmi_per_set(cf, i, j, y, sets)
-    per_set = {tuple(cf.names[c] for c in s): float(v) for s, v in zip(sets, values)}
+        return ConditionalMI(math.nan, {}, None, n_cfg * n_cfg, n_cfg)
+    counts = _PairCounts.build(cf.mu, cf.g)
+    per_set = {}
+    for s in itertools.combinations(range(h), min(k, h)):
+        labels = _row_keys(cf.codes[:, list(s)], cf.levels[list(s)])
+        n_classes = int(labels.max()) + 1
+        per_set[tuple(cf.names[c] for c in s)] = _normalized_cmi(
+            counts.outcome_counts(labels, n_classes))
     defined = {s: v for s, v in per_set.items() if not math.isnan(v)}
     argmin = min(defined, key=defined.get) if defined else None
     value = defined[argmin] if defined else math.nan
-    return ConditionalMI(value, per_set, argmin, int(i.size), sampled, n_cfg)
+    return ConditionalMI(value, per_set, argmin, n_cfg * n_cfg, n_cfg)
 
 
 def conditional_mutual_information(df: pd.DataFrame, measure: str, target: str = "gen_gap",
-                                   hyperparameters: Sequence[str] = HYPERPARAMETERS, k: int = 2,
-                                   max_pairs: int = MAX_PAIRS, seed: int = 0) -> ConditionalMI:
+                                   hyperparameters: Sequence[str] | None = None,
+                                   k: int = 2) -> ConditionalMI:
     """Normalized conditional mutual information, minimized over conditioning sets
-    (Jiang et al. 2019, §4; the PGDL competition score, Jiang et al. 2020).
+    (Jiang et al. 2019, §6.3; the PGDL competition score, Jiang et al. 2020).
 
     Over pairs (theta_1, theta_2) of seed-averaged configurations:
 
@@ -523,6 +654,10 @@ def conditional_mutual_information(df: pd.DataFrame, measure: str, target: str =
 
     and the score is min over S with |S| = k (k = 2; all varying hyperparameters if fewer)
     of I~_S, in [0, 1]. Only hyperparameters that vary among the configurations form S.
+
+    Every one of the n^2 ordered pairs is counted, exactly, at any n (the four outcome counts
+    of each pair of cells follow from sorting and dominance counting; no pair is enumerated or
+    sampled), so the plug-in estimate carries no sampling bias.
 
     Convention, taken from the PGDL scoring program (``scoring_program/mutual_information.py``
     of the competition's starting kit), so the numbers are comparable with PGDL's:
@@ -539,17 +674,11 @@ def conditional_mutual_information(df: pd.DataFrame, measure: str, target: str =
     where PGDL's 1e-12 smoothing would return about 0. Hence NaN when no S is defined, and
     always NaN with <= k varying hyperparameters (pass k=1 then). As in PGDL (which takes the
     minimum over all pairs of distinct hyperparameters, |S| = 2), the score is blind to the
-    direction of the relation: mu and -mu score the same.
-
-    Pairs: all n^2 ordered pairs when n^2 <= ``max_pairs`` (2e6 by default, n <= 1414
-    configurations); beyond, ``max_pairs`` pairs (i, j) drawn uniformly with replacement with
-    ``numpy.random.default_rng(seed)``, the same pairs for every S: a sample of the same pair
-    distribution, deterministic for a seed. (The plug-in CMI of a sample is biased upward when
-    cells hold few pairs; at 2e6 pairs this is negligible for grids of the paper's size.)"""
+    direction of the relation: mu and -mu score the same."""
     if k < 1:
         raise ValueError(f"k: {k}; allowed: an integer >= 1")
     cf = _configs(_prepare(df, measure, target, hyperparameters))
-    return _cmi(cf, k, max_pairs, seed)
+    return _cmi(cf, k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,22 +778,24 @@ def bootstrap_ci(df: pd.DataFrame, fn: Callable[[pd.DataFrame], object], n_boot:
 # The table
 
 
-def _all_statistics(p: _Prepared, idx: np.ndarray | None, k: int, max_pairs: int,
-                    seed: int, support: bool = False):
-    """The six STATISTICS of the rows ``idx`` (all rows if None), in STATISTICS order; with
+def _all_statistics(p: _Prepared, idx: np.ndarray | None, k: int,
+                    noise_filter: bool | float = False, support: bool = False):
+    """The STATISTICS of the rows ``idx`` (all rows if None), in STATISTICS order; with
     ``support`` also what each rests on: trials (correlations), groups where one hyperparameter
-    varies (granulated Kendall), ordered pairs (conditional MI), one-factor pairs (sign-error)."""
+    varies (granulated Kendall), ordered pairs (conditional MI), environments (sign-error)."""
     mu = p.mu if idx is None else p.mu[idx]
     g = p.g if idx is None else p.g[idx]
     cf = _configs(p, idx)
     pairs = _one_factor_pairs(cf)
-    gk, cmi, se = _granulated(cf, pairs), _cmi(cf, k, max_pairs, seed), _sign_error(cf, pairs)
+    gk, cmi = _granulated(cf, pairs), _cmi(cf, k)
+    se = _sign_error(cf, pairs, noise_filter)
     values = np.array([pearson(mu, g), spearman(mu, g), kendall(mu, g), gk.value, cmi.value,
-                       se.value])
+                       se.value, se.robust])
     if not support:
         return values
-    n = int(np.count_nonzero(~(np.isnan(mu) | np.isnan(g))))
-    return values, [n, n, n, sum(gk.n_groups.values()), cmi.n_pairs, sum(se.n_pairs.values())]
+    n = int(mu.size)
+    n_env = sum(se.n_environments.values())
+    return values, [n, n, n, sum(gk.n_groups.values()), cmi.n_pairs, n_env, n_env]
 
 
 def _group_label(v) -> str:
@@ -673,30 +804,32 @@ def _group_label(v) -> str:
 
 def statistics_table(df: pd.DataFrame, measures: Sequence[str] = MEASURES,
                      target: str = "gen_gap", by: str | None = "dataset", n_boot: int = 200,
-                     seed: int = 0, *, hyperparameters: Sequence[str] = HYPERPARAMETERS,
-                     level: float = 0.95, k: int = 2, max_pairs: int = MAX_PAIRS,
-                     boot_max_pairs: int = MAX_PAIRS // 10) -> pd.DataFrame:
+                     seed: int = 0, *, hyperparameters: Sequence[str] | None = None,
+                     level: float = 0.95, k: int = 2,
+                     noise_filter: bool | float = False) -> pd.DataFrame:
     """Every statistic of every measure against ``target``, in long form.
 
     One row per (group, measure, statistic): ``group`` is "all" and, when ``by`` has several
     values, each value of ``by`` (as a string; "null" for a missing value); ``statistic`` one of
-    STATISTICS (pearson, spearman, kendall over trial rows; granulated_kendall, conditional_mi,
-    sign_error over seed-averaged configurations, see their functions); ``value`` on the group's
-    rows whose measure and target are not NaN (``n_trials`` rows, ``n_configs``
-    configurations; ``n_used`` what the statistic rests on: trials for the correlations, groups
-    where one hyperparameter varies for granulated_kendall, ordered pairs for conditional_mi,
-    one-factor pairs for sign_error); ``ci_low``/``ci_high`` the ``bootstrap_ci`` interval at ``level`` (all six
-    statistics from the same resamples; ``numpy.random.default_rng(seed)`` afresh for each
-    group and measure, so a measure's interval does not depend on the other measures) and
-    ``ci_method`` "seeds" or "trials". Measures absent from ``df`` or all-NaN in a group are
-    skipped. The conditional MI of a bootstrap replicate samples at most ``boot_max_pairs``
-    ordered pairs (its estimate: ``max_pairs``): the pair sampling is nearly all of a
-    replicate's cost at 10^5 trials, and 2*10^5 pairs add little noise to an interval."""
+    STATISTICS (pearson, spearman, kendall (tau-b) over trial rows; granulated_kendall
+    (Jiang et al.'s tau), conditional_mi, sign_error (mean over environments) and
+    robust_sign_error (max over environments) over seed-averaged configurations, see their
+    functions); ``value`` on the group's rows whose measure and target are not NaN
+    (``n_trials`` rows, ``n_configs`` configurations; ``n_used`` what the statistic rests on:
+    trials for the correlations, groups where one hyperparameter varies for
+    granulated_kendall, ordered pairs for conditional_mi, environments for the sign-errors);
+    ``ci_low``/``ci_high`` the ``bootstrap_ci`` interval at ``level`` (all statistics from the
+    same resamples; ``numpy.random.default_rng(seed)`` afresh for each group and measure, so a
+    measure's interval does not depend on the other measures) and ``ci_method`` "seeds" or
+    "trials". Measures absent from ``df`` or all-NaN in a group are skipped.
+    ``hyperparameters``: default ``hyperparameter_columns(df, exclude=measures + [target])``,
+    the same for every measure. ``noise_filter``: see ``sign_error``."""
     _check_columns(df, [target], "target")
+    if hyperparameters is None:
+        hyperparameters = hyperparameter_columns(df, exclude=[*measures, target])
     _check_columns(df, hyperparameters, "hyperparameters")
     if k < 1:
         raise ValueError(f"k: {k}; allowed: an integer >= 1")
-    boot_pairs = min(max_pairs, boot_max_pairs)
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: {level}; allowed: 0 < level < 1")
     groups = [("all", df)]
@@ -714,9 +847,9 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] = MEASURES,
             p = _prepare(part, measure, target, hyperparameters)
             if p.n == 0:
                 continue
-            est, used = _all_statistics(p, None, k, max_pairs, seed, support=True)
+            est, used = _all_statistics(p, None, k, noise_filter, support=True)
             method, draws = _bootstrap_indices(p.seed_codes, p.n, n_boot, seed)
-            reps = np.array([_all_statistics(p, idx, k, boot_pairs, seed) for idx in draws])
+            reps = np.array([_all_statistics(p, idx, k, noise_filter) for idx in draws])
             low, high, _ = _percentiles(reps.reshape(n_boot, len(STATISTICS)), level)
             for s, name in enumerate(STATISTICS):
                 rows.append((label, measure, target, name, est[s], low[s], high[s], method,

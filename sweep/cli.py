@@ -5,7 +5,7 @@
     sweep resume SWEEP_DIR [--verify] [KEY=VALUE ...]   run the planned trials that lack a valid result
                                      (overrides: cluster.*, resources.*, progress, ...)
     sweep status SWEEP_DIR
-    sweep report SWEEP_DIR [--train-acc 1.0] [--bootstrap 200] [--out DIR]
+    sweep report SWEEP_DIR [--train-acc 1.0] [--bootstrap 200] [--noise-filter] [--out DIR]
                                      figures, statistics and an HTML report (SWEEP_DIR/report/)
     sweep compact SWEEP_DIR          merge the per-trial files into a partitioned dataset
 
@@ -98,7 +98,8 @@ def cmd_status(sweep_dir: str) -> int:
     return 0
 
 
-def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None) -> int:
+def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
+               noise_filter: bool = False) -> int:
     from workers.results import SWEEP_FILE
     from workers.storage import store
 
@@ -111,7 +112,8 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None) -
             return _fail(f"--bootstrap: {n_boot}; allowed: an integer >= 0")
         from analysis.report import make_report
 
-        page = make_report(sweep_dir, train_acc=train_acc, n_boot=n_boot, out=out)
+        page = make_report(sweep_dir, train_acc=train_acc, n_boot=n_boot, out=out,
+                           noise_filter=noise_filter)
     except (ValueError, OSError) as e:  # incl. FileNotFoundError: no trials/ yet
         return _fail(str(e))
     print(f"report: {page}")
@@ -164,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                           help="only trials at train accuracy >= this (default 1.0, the paper's)")
     p_report.add_argument("--bootstrap", type=int, default=200,
                           help="bootstrap resamples for the confidence intervals (default 200)")
+    p_report.add_argument("--noise-filter", action="store_true",
+                          help="sign-errors with Dziugaite et al.'s Monte-Carlo noise filter "
+                               "(pairs of runs weighted by the Hoeffding bound on their gap "
+                               "difference over the trials' test points)")
     p_report.add_argument("--out", default=None,
                           help="write the report here instead of SWEEP_DIR/report (path or URI)")
     p_compact = sub.add_parser("compact", help="merge per-trial result files into a partitioned "
@@ -175,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "resume":
         return cmd_resume(args.sweep_dir, args.overrides, verify or args.verify)
     if args.command == "report":
-        return cmd_report(args.sweep_dir, args.train_acc, args.bootstrap, args.out)
+        return cmd_report(args.sweep_dir, args.train_acc, args.bootstrap, args.out,
+                          args.noise_filter)
     if args.command == "compact":
         return cmd_compact(args.sweep_dir)
     return cmd_status(args.sweep_dir)

@@ -403,3 +403,30 @@ def test_load_points_trial_ids_open_only_those_files(tmp_path, monkeypatch):
     assert_frame_equal(pts.reset_index(drop=True), ref)
     compact(d)  # the compacted form gives the same rows
     assert_frame_equal(load_points(d, [("split", "=", "test")], trial_ids=want).reset_index(drop=True), ref)
+
+
+def test_empty_reads_keep_the_schema(tmp_path):
+    """Issue example: load_results(d, filters=[("width", ">", 10**6)]) gave all-object columns;
+    an empty read has the dtypes of a full one, in both forms and for every loader."""
+    import numpy as np
+
+    d = make_sweep(tmp_path / "s")
+    full, pts_full = load_results(d), load_points(d)
+    for form in ("per-trial", "compacted"):
+        if form == "compacted":
+            compact(d)
+        empty = load_results(d, filters=[("width", ">", 10**6)])
+        assert len(empty) == 0 and list(empty.columns) == list(full.columns)
+        for c in full.columns:
+            if full[c].notna().all():  # (a column with a null is float64/object in pandas)
+                assert empty[c].dtype == full[c].dtype, (form, c)
+        assert empty["width"].dtype == np.int64 and empty["train_size"].dtype == np.int64
+        assert empty["gen_gap"].dtype == np.float64 and empty["augment"].dtype == bool
+        some = load_results(d, columns=["trial_id", "width", "gen_gap"],
+                            filters=[("width", ">", 10**6)])
+        assert list(some.dtypes) == list(full[["trial_id", "width", "gen_gap"]].dtypes)
+        pts = load_points(d, filters=[("index", ">", 10**6)])
+        assert len(pts) == 0 and list(pts.columns) == list(pts_full.columns)
+        for c in ("trial_id", "split", "index", "label", "loss", "correct"):
+            assert pts[c].dtype == pts_full[c].dtype, (form, c)
+        assert pts["jacobian_norm"].dtype == np.float64

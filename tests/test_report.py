@@ -47,6 +47,36 @@ def test_seed_means_are_means_and_standard_errors_over_seeds():
     assert pd.isna(m.loc[8, "batch_size"])  # a null hyperparameter stays missing
 
 
+def test_seed_means_never_merge_configurations_of_an_unknown_column():
+    """Issue example: widths [8,8,8,8], weight_decay [0,0,.1,.1], seeds [1,2,1,2], gap
+    [.1,.2,.5,.6] are two configurations (0.15 +- 0.05, 0.55 +- 0.05), not one (0.35)."""
+    df = pd.DataFrame({"width": [8, 8, 8, 8], "weight_decay": [0, 0, 0.1, 0.1],
+                       "seed": [1, 2, 1, 2], "gen_gap": [0.1, 0.2, 0.5, 0.6]})
+    with pytest.warns(UserWarning, match="weight_decay"):
+        m = figures.seed_means(df, ["gen_gap"]).set_index("weight_decay")
+    assert len(m) == 2
+    # by hand: mean of two seeds, s.e. = |a - b| / 2
+    assert m.loc[0.0, "gen_gap"] == pytest.approx(0.15) and m.loc[0.1, "gen_gap"] == pytest.approx(0.55)
+    assert m.loc[0.0, "gen_gap_se"] == pytest.approx(0.05)
+    assert m.loc[0.1, "gen_gap_se"] == pytest.approx(0.05)
+    # the statistics group on the same declaration
+    from analysis.stats import hyperparameter_columns
+
+    with pytest.warns(UserWarning):
+        assert hyperparameter_columns(df, exclude=["gen_gap"]) == ["width", "weight_decay"]
+    # an explicit list still wins
+    one = figures.seed_means(df, ["gen_gap"], hyperparameters=["width"])
+    assert len(one) == 1 and one.loc[0, "gen_gap"] == pytest.approx(0.35)
+
+
+def test_per_point_bounds_at_tiny_loss():
+    """1 - exp(-l) cancels for a confident point; -expm1(-l) does not: lower = s_y (1 - s_y)
+    = e^-l (1 - e^-l) ~ l for tiny l."""
+    lo, up = figures.per_point_bounds([1e-12, 1e-30], num_classes=10)
+    assert lo[0] == pytest.approx(1e-12, rel=1e-9) and lo[1] == pytest.approx(1e-30, rel=1e-9)
+    assert np.all(up >= lo) and np.all(lo > 0)
+
+
 def test_per_point_bounds_by_hand():
     lo, up = figures.per_point_bounds([math.log(2.0), 20.0], num_classes=10)
     # l = ln 2: s_y = 1/2, lower 1/4; others 1/18 each: rows (1/18)(17/18)

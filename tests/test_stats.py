@@ -4,6 +4,7 @@ case, or a slow loop over pairs written here), never against itself."""
 import itertools
 import math
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,8 @@ import scipy.stats
 
 from analysis.stats import (
     HYPERPARAMETERS, STATISTICS, TABLE_COLUMNS, bootstrap_ci, conditional_mutual_information,
-    granulated_kendall, kendall, pearson, sign_error, spearman, statistics_table, write_table,
+    granulated_kendall, hyperparameter_columns, kendall, pearson, sign_error, spearman,
+    statistics_table, write_table,
 )
 
 
@@ -49,7 +51,7 @@ def test_correlations_match_scipy(kind, n):
         assert kendall(x, y) == pytest.approx(scipy.stats.kendalltau(x, y).statistic, abs=1e-12)
 
 
-@pytest.mark.parametrize("n", [40, 300])  # the sign-matrix and the merge-count paths
+@pytest.mark.parametrize("n", [40, 300])
 def test_kendall_tau_b_by_brute_force(n):
     """tau-b from its definition with an explicit double loop (no scipy)."""
     rng = np.random.default_rng(0)
@@ -92,18 +94,59 @@ def test_correlations_drop_nan_pairs_and_undefined_cases():
         kendall([1.0, 2.0], [1.0])
 
 
+def test_infinities_as_scipy_and_no_nan_becomes_a_number():
+    """Issue example: kendall([1, 2, inf], [1, 2, 3]) was -1.0 (an inf - inf NaN clamped into
+    [-1, 1]); scipy ranks inf last: 1.0."""
+    inf = math.inf
+    assert kendall([1, 2, inf], [1, 2, 3]) == 1.0
+    x, y = [1.0, 2.0, inf, -inf, 0.5], [1.0, 2.0, 3.0, 0.0, 0.7]
+    assert kendall(x, y) == pytest.approx(scipy.stats.kendalltau(x, y).statistic)
+    assert spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x, y).statistic)
+    with np.errstate(all="ignore"):
+        want = scipy.stats.pearsonr(x, y).statistic
+    assert math.isnan(pearson(x, y)) and math.isnan(want)
+    for f in (pearson, spearman, kendall):
+        assert math.isnan(f([math.nan] * 4, [1.0, 2.0, 3.0, 4.0]))
+        assert math.isnan(f([inf, inf, inf], [1.0, 2.0, 3.0]))  # constant: undefined
+    # +inf twice in one group is a tie, as in scipy's ranks: never a NaN turned into a number
+    df = frame([(0, 0.1, 1.0), (1, 0.2, inf), (2, 0.3, inf)], ["a", "gen_gap", "m"])
+    r = granulated_kendall(df, "m", hyperparameters=["a"])
+    assert r.value == pytest.approx(2 / 3)  # pairs (0,1) (0,2) concordant, (1,2) tied
+    s = sign_error(df, "m", hyperparameters=["a"])
+    assert s.value == pytest.approx((0 + 0 + 0.5) / 3) and s.robust == 0.5
+
+
+def test_hyperparameter_columns_are_the_tables_own():
+    """One declaration for figures and statistics: every column but the seed, outcomes and
+    bookkeeping of the result schema, and the measures in use."""
+    df = sweep_frame().assign(weight_decay=0.0, trial_id="t", status="ok", n_params=5)
+    with pytest.warns(UserWarning, match="weight_decay"):
+        hp = hyperparameter_columns(df, exclude=["gen_gap", "jacobian_norm_test"])
+    assert hp == HYPERPARAMETERS + ["weight_decay"]
+    assert hyperparameter_columns(sweep_frame(), exclude=["jacobian_norm_test",
+                                                          "gen_gap"]) == HYPERPARAMETERS
+    # a configuration that differs only in weight_decay is its own configuration
+    df = pd.DataFrame({"width": [8, 8, 8, 8], "weight_decay": [0, 0, 0.1, 0.1],
+                       "seed": [1, 2, 1, 2], "gen_gap": [0.1, 0.2, 0.5, 0.6],
+                       "m": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.warns(UserWarning):
+        r = granulated_kendall(df, "m")
+    assert r.n_configs == 2 and r.psi == {"weight_decay": 1.0}
+
+
 # --- granulated Kendall -----------------------------------------------------------------------
 
-# A 3 x 3 grid (a, b), config means (gap g, measure mu), chosen so each tau is countable by hand:
-#   b=0: g = 1,2,3 (a=0,1,2)  mu = 10,20,30 -> tau = +1
-#   b=1: g = 1,2,3            mu = 10,30,20 -> pairs C,C,D -> tau = 1/3
-#   b=2: g = 3,2,1            mu = 10,20,30 -> tau = -1
+# A 3 x 3 grid (a, b), config means (gap g, measure mu); Jiang et al.'s tau per group is the
+# mean over ordered pairs of sign(dmu) sign(dg), a tie counting 0:
+#   b=0: g = 1,2,3 (a=0,1,2)  mu = 10,20,30 -> 3 concordant of 3        -> tau = +1
+#   b=1: g = 1,2,3            mu = 10,30,20 -> C, C, D                  -> tau = 1/3
+#   b=2: g = 3,2,1            mu = 10,20,30 -> 3 discordant             -> tau = -1
 #   psi_a = (1 + 1/3 - 1) / 3 = 1/9 over 3 groups
-#   a=0: g = 1,1,3 (b=0,1,2)  mu = 10,10,10 -> constant measure: undefined, skipped
-#   a=1: g = 2,2,2            constant gap: skipped
-#   a=2: g = 3,3,1            mu = 30,20,30 -> n0 = 3, one pair tied in g, one tied in mu,
-#        one discordant: tau_b = -1 / sqrt(2 * 2) = -1/2;  psi_b = -1/2 over 1 group
-#   Psi = (1/9 - 1/2) / 2 = -7/36
+#   a=0: g = 1,1,3 (b=0,1,2)  mu = 10,10,10 -> constant measure: tau = 0 (counted, not skipped)
+#   a=1: g = 2,2,2            mu = 20,30,20 -> constant gap: tau = 0
+#   a=2: g = 3,3,1            mu = 30,20,30 -> tie in g, tie in mu, one discordant -> -1/3
+#        (tau-b would give -1 / sqrt(2 * 2) = -1/2 and skip the other two groups)
+#   psi_b = (0 + 0 - 1/3) / 3 = -1/9 over 3 groups;  Psi = (1/9 - 1/9) / 2 = 0
 GAP = {(0, 0): 1, (1, 0): 2, (2, 0): 3, (0, 1): 1, (1, 1): 2, (2, 1): 3,
        (0, 2): 3, (1, 2): 2, (2, 2): 1}
 MU = {(0, 0): 10, (1, 0): 20, (2, 0): 30, (0, 1): 10, (1, 1): 30, (2, 1): 20,
@@ -126,18 +169,78 @@ def test_granulated_kendall_hand_grid_with_seeds():
     df = hand_grid()
     hp = ["dataset", "a", "b", "batch_size"]  # dataset and batch_size (all null) are constant
     r = granulated_kendall(df, "m", hyperparameters=hp)
-    assert r.psi == pytest.approx({"a": 1 / 9, "b": -1 / 2}, abs=1e-12)
-    assert r.n_groups == {"a": 3, "b": 1}
-    assert r.value == pytest.approx(-7 / 36, abs=1e-12)
+    assert r.psi == pytest.approx({"a": 1 / 9, "b": -1 / 9}, abs=1e-12)
+    assert r.n_groups == {"a": 3, "b": 3}
+    assert r.value == pytest.approx(0.0, abs=1e-12)
     assert r.n_configs == 9
     # the seeds alone order the configurations differently: averaging matters
     one = granulated_kendall(df[df.seed == 1], "m", hyperparameters=hp)
-    assert one.value != pytest.approx(-7 / 36)
+    assert one.psi != pytest.approx({"a": 1 / 9, "b": -1 / 9})
 
 
-def test_granulated_kendall_group_tau_matches_scipy_and_nan_without_groups():
-    # the a=2 group of the hand grid, by scipy
-    assert scipy.stats.kendalltau([3, 3, 1], [30, 20, 30]).statistic == pytest.approx(-0.5)
+def slow_granulated(df, measure, hps):
+    """Jiang et al. 2019 Eq. 2-3 literally: seed means, then per hyperparameter i and per group
+    of configurations equal on every other hyperparameter (>= 2 of them), tau = 1/(n(n-1)) *
+    sum over ordered pairs a != b of sign(mu_a - mu_b) sign(g_a - g_b); psi_i = mean over
+    groups; Psi = mean over the hyperparameters that have a group."""
+    cfg = df.groupby(hps, dropna=False)[[measure, "gen_gap"]].mean().reset_index()
+    psis = {}
+    for h in hps:
+        others = [o for o in hps if o != h]
+        taus = []
+        groups = cfg.groupby(others, dropna=False) if others else [(None, cfg)]
+        for _, grp in groups:
+            n = len(grp)
+            if n < 2:
+                continue
+            mu, g = grp[measure].tolist(), grp["gen_gap"].tolist()
+            s = sum(np.sign(mu[a] - mu[b]) * np.sign(g[a] - g[b])
+                    for a in range(n) for b in range(n) if a != b)
+            taus.append(s / (n * (n - 1)))
+        if taus:
+            psis[h] = sum(taus) / len(taus)
+    return (sum(psis.values()) / len(psis) if psis else math.nan), psis
+
+
+CASE_HPS = ["width", "depth", "lr", "activation"]
+
+
+def case(name):
+    return pd.read_csv(Path(__file__).parent / "cases" / f"{name}.csv")
+
+
+@pytest.mark.parametrize("measure,want,tau_b_value", [("m_tie", 0.4653, 0.8054),
+                                                      ("m_good", 0.7153, 0.8362)])
+def test_granulated_kendall_issue_example_gap_with_ties(measure, want, tau_b_value):
+    """shared/cases/statistics/gap_ties.csv (36 configurations, one seed, a gap rounded to
+    0.02): Jiang et al.'s formula gives 0.4653 (m_tie) and 0.7153 (m_good); tau-b per group
+    would give 0.8054 and 0.8362."""
+    df = case("gap_ties")
+    got = granulated_kendall(df, measure, hyperparameters=CASE_HPS)
+    slow, psis = slow_granulated(df, measure, CASE_HPS)
+    assert got.value == pytest.approx(slow, abs=1e-12)
+    assert got.psi == pytest.approx(psis, abs=1e-12)
+    assert round(got.value, 4) == want and round(slow, 4) == want
+    # tau-b inside every group, averaged the same way, is the value the issue names
+    taub = []
+    for h in CASE_HPS:
+        others = [o for o in CASE_HPS if o != h]
+        t = [scipy.stats.kendalltau(g[measure], g.gen_gap).statistic
+             for _, g in df.groupby(others) if len(g) > 1]
+        taub.append(np.nanmean(t))
+    assert round(float(np.mean(taub)), 4) == tau_b_value
+
+
+@pytest.mark.parametrize("name", ["gap_ties", "three_seeds"])
+@pytest.mark.parametrize("measure", ["m_good", "m_rand", "m_neg", "m_tie", "m_hp"])
+def test_granulated_kendall_matches_the_literal_formula(name, measure):
+    df = case(name)
+    got = granulated_kendall(df, measure, hyperparameters=CASE_HPS)
+    slow, psis = slow_granulated(df, measure, CASE_HPS)
+    assert got.value == pytest.approx(slow, abs=1e-12) and got.psi == pytest.approx(psis)
+
+
+def test_granulated_kendall_nan_without_groups():
     df = frame([(0, 1.0, 2.0), (1, 2.0, 1.0)], ["a", "gen_gap", "m"])
     assert granulated_kendall(df, "m", hyperparameters=["a"]).value == -1.0
     df = frame([(0, 0, 1.0, 2.0), (1, 1, 2.0, 1.0)], ["a", "b", "gen_gap", "m"])
@@ -157,23 +260,83 @@ def test_unknown_columns_are_refused():
 
 
 def test_sign_error_hand_case():
-    # configs A=(0,0) B=(1,0) C=(0,1) D=(1,1); one-hyperparameter pairs:
-    #   a: A-B  mu 1->6 up, g .1->.2 up: right 0;   C-D mu 5->5 tie: 0.5
-    #   b: A-C  mu 1->5 up, g .1->.3 up: right 0;   B-D mu 6->5 down, g .2->.4 up: wrong 1
-    #   (A-D and B-C differ in both and do not count; B-C alone would be another wrong one)
-    # a: 0.25, b: 0.5, all: 1.5 / 4 = 0.375, worst b
+    # configs A=(0,0) B=(1,0) C=(0,1) D=(1,1), two seeds each (g +- 0.25, m -+ 1):
+    #   A: (g, m) = (0.35, 0), (-0.15, 2)    B: (0.45, 5), (-0.05, 7)
+    #   C: (0.55, 4), (0.05, 6)              D: (0.65, 4), (0.15, 6)
+    # environments (differ in one hyperparameter), every seed against every seed:
+    #   a: A-B: right, wrong, right, right -> 1/4;  C-D: tie, wrong, wrong, tie -> 3/4
+    #   b: A-C: right, wrong, right, right -> 1/4;  B-D: wrong x 4 -> 1
+    # mean over environments 2.25 / 4 = 0.5625; robust (worst environment) 1, in b
+    # (averaging the seeds first would give 0.375: it hides B-D's four wrong orders)
     base = {(0, 0): (0.1, 1.0), (1, 0): (0.2, 6.0), (0, 1): (0.3, 5.0), (1, 1): (0.4, 5.0)}
     rows = []
     for (a, b), (g, m) in base.items():
-        for seed, d in ((1, 0.25), (2, -0.25)):  # seeds averaged away
+        for seed, d in ((1, 0.25), (2, -0.25)):
             rows.append((a, b, seed, g + d, m - 4 * d))
     df = frame(rows, ["a", "b", "seed", "gen_gap", "m"])
     r = sign_error(df, "m", hyperparameters=["a", "b"])
-    assert r.value == pytest.approx(0.375)
-    assert r.per_hyperparameter == pytest.approx({"a": 0.25, "b": 0.5})
-    assert r.n_pairs == {"a": 2, "b": 2}
-    assert r.worst == pytest.approx(0.5) and r.worst_hyperparameter == "b"
-    assert r.n_configs == 4
+    assert r.value == pytest.approx(0.5625)
+    assert r.robust == pytest.approx(1.0) and r.robust_hyperparameter == "b"
+    assert r.per_hyperparameter == pytest.approx({"a": 0.5, "b": 0.625})
+    assert r.n_environments == {"a": 2, "b": 2}
+    assert r.n_run_pairs == 16 and r.n_configs == 4
+
+
+def slow_sign_error(df, measure, hps, m_test=None):
+    """Dziugaite et al. 2020 literally: every pair of configurations that differ in exactly one
+    hyperparameter is an environment; its error is the (noise-weighted) mean over every run of
+    one with every run of the other of (1 - sign(dmu) sign(dg)) / 2."""
+    keys = [tuple(r) for r in df[hps].astype(str).itertuples(index=False)]
+    runs = defaultdict(list)
+    for key, mu, g in zip(keys, df[measure], df["gen_gap"]):
+        runs[key].append((mu, g))
+    cfgs = sorted(runs)
+    errs = []
+    for x, y in itertools.combinations(cfgs, 2):
+        if sum(a != b for a, b in zip(x, y)) != 1:
+            continue
+        num = den = 0.0
+        for mu1, g1 in runs[x]:
+            for mu2, g2 in runs[y]:
+                w = 1.0
+                if m_test is not None:
+                    phi = 2 * math.exp(-2 * m_test * (abs(g1 - g2) / 2) ** 2)
+                    w = max(0.0, max(0.0, 1 - phi) ** 2 - 0.5)
+                num += w * (1 - np.sign(mu1 - mu2) * np.sign(g1 - g2)) / 2
+                den += w
+        if den > 0:
+            errs.append(num / den)
+    return (float(np.mean(errs)), float(max(errs))) if errs else (math.nan, math.nan)
+
+
+def test_sign_error_issue_example_three_seeds():
+    """shared/cases/statistics/three_seeds.csv, m_good: the mean over environments is 0.0874
+    and the robust sign-error 0.6667 (seed means first: 0.0556)."""
+    df = case("three_seeds")
+    r = sign_error(df, "m_good", hyperparameters=CASE_HPS)
+    assert (round(r.value, 4), round(r.robust, 4)) == (0.0874, 0.6667)
+    assert (r.value, r.robust) == pytest.approx(slow_sign_error(df, "m_good", CASE_HPS))
+    means = df.groupby(CASE_HPS)[["m_good", "gen_gap"]].mean().reset_index()
+    assert round(slow_sign_error(means, "m_good", CASE_HPS)[0], 4) == 0.0556
+
+
+@pytest.mark.parametrize("measure", ["m_good", "m_rand", "m_neg", "m_tie", "m_hp"])
+@pytest.mark.parametrize("m_test", [None, 500, 5000])
+def test_sign_error_matches_the_literal_definition(measure, m_test):
+    df = case("three_seeds").iloc[:-5]  # unbalanced: some configurations have fewer seeds
+    r = sign_error(df, measure, hyperparameters=CASE_HPS,
+                   noise_filter=False if m_test is None else m_test)
+    assert (r.value, r.robust) == pytest.approx(slow_sign_error(df, measure, CASE_HPS, m_test),
+                                                nan_ok=True)
+    if m_test is not None:  # the test_size column gives the same as the number
+        df = df.assign(test_size=m_test)
+        t = sign_error(df, measure, hyperparameters=CASE_HPS, noise_filter=True)
+        assert (t.value, t.robust) == pytest.approx((r.value, r.robust), nan_ok=True)
+
+
+def test_sign_error_noise_filter_needs_test_points():
+    with pytest.raises(ValueError, match="test_size"):
+        sign_error(case("three_seeds"), "m_good", hyperparameters=CASE_HPS, noise_filter=True)
 
 
 def test_sign_error_null_is_a_value_and_nan_without_pairs():
@@ -182,8 +345,8 @@ def test_sign_error_null_is_a_value_and_nan_without_pairs():
             for w in (1, 2) for bs in (128, None)]
     df = frame(rows, ["width", "batch_size", "gen_gap", "m"])
     r = sign_error(df, "m", hyperparameters=["width", "batch_size"])
-    assert r.n_pairs == {"width": 2, "batch_size": 2}
-    assert r.value == 0.0
+    assert r.n_environments == {"width": 2, "batch_size": 2}
+    assert r.value == 0.0 and r.robust == 0.0
     one = frame([(1, 0.1, 1.0)], ["width", "gen_gap", "m"])
     assert math.isnan(sign_error(one, "m", hyperparameters=["width"]).value)
 
@@ -258,7 +421,7 @@ def test_cmi_matches_slow_pair_loop(make):
                 assert got.per_set[s] == pytest.approx(v, abs=1e-12)
         defined = [v for v in want.values() if v is not None]
         assert got.value == pytest.approx(min(defined), abs=1e-12)
-        assert got.n_pairs == len(df.groupby(hps, dropna=False)) ** 2 and not got.sampled
+        assert got.n_pairs == len(df.groupby(hps, dropna=False)) ** 2
 
 
 def grid(levels, seeds=(1,)):
@@ -302,21 +465,48 @@ def test_cmi_undefined_with_too_few_hyperparameters():
     assert list(r.per_set) == [("width",)]
 
 
-def test_cmi_sampled_pairs_deterministic_and_close():
-    names, rows = grid({"a": range(4), "b": range(4), "c": range(25)})
-    df = pd.DataFrame(rows)
-    rng = np.random.default_rng(1)
-    df["gen_gap"] = 0.1 * df.a + rng.normal(scale=0.1, size=len(df))
-    df["m"] = df.gen_gap + rng.normal(scale=0.1, size=len(df))
-    full = conditional_mutual_information(df, "m", hyperparameters=names)
-    kw = dict(hyperparameters=names, max_pairs=100_000)
-    s1 = conditional_mutual_information(df, "m", seed=7, **kw)
-    s2 = conditional_mutual_information(df, "m", seed=7, **kw)
-    s3 = conditional_mutual_information(df, "m", seed=8, **kw)
-    assert not full.sampled and full.n_pairs == 400 * 400
-    assert s1.sampled and s1.n_pairs == 100_000
-    assert s1 == s2 and s1.value != s3.value
-    assert s1.value == pytest.approx(full.value, abs=0.02)  # plug-in bias shrinks with pairs
+def brute_force_cmi(mu, g, codes, levels, k=2):
+    """All n^2 ordered pairs enumerated with numpy (fine up to a few thousand
+    configurations), per conditioning set a bincount of (cell, outcome), then the plug-in
+    normalized CMI from the probability tables."""
+    n = mu.size
+    i, j = np.repeat(np.arange(n), n), np.tile(np.arange(n), n)
+    y = (g[i] > g[j]).astype(np.int64) * 2 + (mu[i] > mu[j])
+    out = {}
+    for s in itertools.combinations(range(codes.shape[1]), k):
+        cell = np.zeros(n * n, dtype=np.int64)
+        for c in s:
+            cell = (cell * levels[c] + codes[i, c]) * levels[c] + codes[j, c]
+        _, cell = np.unique(cell, return_inverse=True)
+        t = np.bincount(cell * 4 + y, minlength=4 * (cell.max() + 1)).reshape(-1, 4) / (n * n)
+        pu = t.sum(1)
+        pg = np.stack([t[:, 0] + t[:, 1], t[:, 2] + t[:, 3]], 1)
+        pm = np.stack([t[:, 0] + t[:, 2], t[:, 1] + t[:, 3]], 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            info = np.nansum(t * np.log(t * pu[:, None] / (pg[:, [0, 0, 1, 1]] *
+                                                           pm[:, [0, 1, 0, 1]])))
+            ent = -np.nansum(pg * np.log(pg / pu[:, None]))
+        out[s] = info / ent if ent > 1e-12 else math.nan
+    return out
+
+
+@pytest.mark.parametrize("n_cfg", [1500, 2500])
+def test_cmi_counts_every_pair_exactly_at_any_size(n_cfg):
+    """Above 1414 configurations the old estimate sampled 2e6 pairs (biased upward by about
+    cells / (2 x pairs)); now every ordered pair is counted, equal to brute force."""
+    rng = np.random.default_rng(n_cfg)
+    levels = {"a": 5, "b": 7, "c": 9, "d": 11}
+    codes = np.stack([rng.integers(0, v, 3 * n_cfg) for v in levels.values()], 1)
+    codes = np.unique(codes, axis=0)[:n_cfg]
+    df = pd.DataFrame(codes, columns=list(levels))
+    df["gen_gap"] = np.round(0.01 * df.a + rng.normal(scale=0.02, size=len(df)), 2)  # ties
+    df["m"] = np.round(df.gen_gap + rng.normal(scale=0.05, size=len(df)), 1)
+    got = conditional_mutual_information(df, "m", hyperparameters=list(levels))
+    assert got.n_configs == len(df) and got.n_pairs == len(df) ** 2
+    want = brute_force_cmi(df.m.to_numpy(), df.gen_gap.to_numpy(), codes[:len(df)],
+                           np.array(list(levels.values())))
+    for s, v in want.items():
+        assert got.per_set[tuple(list(levels)[c] for c in s)] == pytest.approx(v, abs=1e-10)
 
 
 # --- bootstrap --------------------------------------------------------------------------------
@@ -422,7 +612,10 @@ def test_statistics_table_long_form_and_values():
     assert at.loc[("all", "kendall"), "n_used"] == len(rows)
     assert at.loc[("all", "granulated_kendall"), "n_used"] == sum(
         granulated_kendall(df, m).n_groups.values())
-    assert at.loc[("all", "sign_error"), "n_used"] == sum(sign_error(df, m).n_pairs.values())
+    se = sign_error(df, m)
+    assert at.loc[("all", "robust_sign_error"), "value"] == se.robust
+    assert at.loc[("all", "sign_error"), "n_used"] == sum(se.n_environments.values())
+    assert at.loc[("all", "robust_sign_error"), "n_used"] == sum(se.n_environments.values())
     assert at.loc[("all", "conditional_mi"), "n_used"] == (
         conditional_mutual_information(df, m).n_pairs)
     # the interval is bootstrap_ci's on the same rows with the same seed

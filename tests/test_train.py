@@ -28,6 +28,27 @@ def test_lr_decays_tenfold_every_500_epochs():
     assert decayed_lr(0.01, 1234.0, t) == pytest.approx(0.0001)
 
 
+def test_lr_decays_on_epochs_as_the_loop_draws_them():
+    """An epoch is floor(n / B) steps (the loop drops the remainder), so digits (1347 train
+    points) with batch 128 has 10 steps per epoch and decays after 5000 steps at the paper's
+    500 epochs, not 5262 (= 500 * 1347 / 128). Here 5-epoch decays: steps 50, 100, ..."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    data = load_data("digits")
+    assert len(data.y_train) == 1347
+    lrs = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
+    try:
+        train_model(build_mlp(64, 4, 2, 10, "relu", seed=0), data, "sgd", 0.1, 128,
+                    TrainSpec(steps=160, early_stop=False, lr_decay_epochs=5), seed=0)
+    finally:
+        handle.remove()
+    want = [0.1 * 0.1 ** ((t // (1347 // 128)) // 5) for t in range(160)]
+    assert lrs == pytest.approx(want, rel=1e-12)
+    assert lrs[49] == pytest.approx(0.1) and lrs[50] == pytest.approx(0.01)
+
+
 def test_minibatch_sgd_step_matches_a_hand_written_step():
     # one SGD step on a given batch equals w - lr * grad computed independently
     data = load_data("digits", train_size=64, test_size=10)

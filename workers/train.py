@@ -1,14 +1,14 @@
 """Training with cross-entropy (A.5): SGD, Momentum, Adam, RMSProp and full-batch L-BFGS.
 
 Secondary optimizer coefficients are PyTorch's defaults (Momentum: 0.9). The learning rate is
-multiplied by ``lr_decay`` every ``lr_decay_epochs`` epochs. Training stops at the step budget,
+multiplied by ``lr_decay`` every ``lr_decay_epochs`` epochs, an epoch being one pass as the loop
+draws it (floor(n / B) steps, the remainder dropped). Training stops at the step budget,
 or - with ``early_stop`` - once the whole (un-augmented) train set is classified 100% correctly,
 checked every ``check_every`` steps. A non-finite loss ends training as diverged.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -48,8 +48,16 @@ def make_optimizer(name: str, params, lr: float, train: TrainSpec) -> torch.opti
     raise ValueError(f"optimizer: unknown value {name!r}; allowed: {', '.join(OPTIMIZERS)}")
 
 
-def decayed_lr(lr0: float, epoch: float, train: TrainSpec) -> float:
-    return lr0 * train.lr_decay ** math.floor(epoch / train.lr_decay_epochs)
+def decayed_lr(lr0: float, epoch: int, train: TrainSpec) -> float:
+    """lr0 x lr_decay per ``lr_decay_epochs`` whole epochs completed (A.5: x 0.1 every 500)."""
+    return lr0 * train.lr_decay ** (int(epoch) // train.lr_decay_epochs)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch as the mini-batch loop draws it: one pass over a fresh
+    permutation of the n training points in batches of ``batch_size``, the remainder dropped,
+    so floor(n / B) steps (one step, of the whole set, when B >= n)."""
+    return max(1, n // batch_size)
 
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -79,13 +87,14 @@ def _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augmen
     perm, pos = torch.randperm(n, generator=gen, device=dev), 0
     nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
     current_lr = lr
+    per_epoch = steps_per_epoch(n, batch_size)
     model.train()
     for step in range(train.steps):
         if pos + batch_size > n:  # a new epoch: reshuffle, drop the remainder
             perm, pos = torch.randperm(n, generator=gen, device=dev), 0
         idx = perm[pos : pos + batch_size]
         pos += batch_size
-        new_lr = decayed_lr(lr, step * batch_size / n, train)
+        new_lr = decayed_lr(lr, step // per_epoch, train)
         if new_lr != current_lr:
             _set_lr(opt, new_lr)
             current_lr = new_lr

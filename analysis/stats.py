@@ -9,11 +9,11 @@ statistic turns a NaN into a number: what is undefined is NaN.
   ``scipy.stats`` (Novak et al. 2018 §4.3 show the relation of the Jacobian norm with the gap
   across trials as scatter plots; these put a number on it).
 - ``granulated_kendall``: Jiang et al. 2019, "Fantastic generalization measures and where to
-  find them", §6.2, Eq. 2-3 (Psi).
-- ``conditional_mutual_information``: Jiang et al. 2019 §6.3 and the PGDL competition scoring
-  (Jiang et al. 2020), normalized and minimized over conditioning sets of size k, counted over
-  all ordered pairs of configurations.
-- ``sign_error``: Dziugaite et al. 2020, "In search of robust measures of generalization", §4:
+  find them", Eq. 2-3 (Psi).
+- ``conditional_mutual_information``: Jiang et al. 2019 (the conditional-independence
+  criterion) and the PGDL competition scoring (Jiang et al. 2020), normalized and minimized over
+  conditioning sets of size k, counted over all ordered pairs of configurations.
+- ``sign_error``: Dziugaite et al. 2020, "In search of robust measures of generalization":
   the mean and the robust (worst-case) sign-error over environments, pairs of configurations
   that differ in exactly one hyperparameter, with every seed of one against every seed of the
   other; optionally with the paper's Monte-Carlo noise filter.
@@ -268,7 +268,7 @@ def _one_factor_pairs(cf: _Configs) -> list[tuple[np.ndarray, np.ndarray, np.nda
 
 
 # ---------------------------------------------------------------------------------------------
-# Granulated Kendall (Jiang et al. 2019, §6.2, Eq. 2-3)
+# Granulated Kendall (Jiang et al. 2019, Eq. 2-3)
 
 
 @dataclass(frozen=True)
@@ -303,7 +303,7 @@ def _granulated(cf: _Configs, pairs) -> GranulatedKendall:
 def granulated_kendall(df: pd.DataFrame, measure: str, target: str = "gen_gap",
                        hyperparameters: Sequence[str] | None = None) -> GranulatedKendall:
     """Granulated Kendall coefficient Psi (Jiang et al. 2019, "Fantastic generalization
-    measures and where to find them", §6.2, Eq. 2-3).
+    measures and where to find them", Eq. 2-3).
 
     Trials are first averaged over seeds into configurations theta (mean measure mu(theta),
     mean target g(theta)). For hyperparameter i, the configurations are grouped by the values
@@ -323,7 +323,7 @@ def granulated_kendall(df: pd.DataFrame, measure: str, target: str = "gen_gap",
 
 
 # ---------------------------------------------------------------------------------------------
-# Sign error (Dziugaite et al. 2020, §4)
+# Sign error (Dziugaite et al. 2020)
 
 
 @dataclass(frozen=True)
@@ -408,7 +408,8 @@ def sign_error(df: pd.DataFrame, measure: str, target: str = "gen_gap",
                hyperparameters: Sequence[str] | None = None,
                noise_filter: bool | float = False) -> SignError:
     """Sign-error over single-hyperparameter interventions (Dziugaite et al. 2020, "In search of
-    robust measures of generalization", §4, the coupled-network experiments).
+    robust measures of generalization", NeurIPS 2020: the sign-error loss and the robust
+    sign-error of its coupled-network experiments).
 
     An environment e is a pair of configurations (theta, theta') that differ in exactly ONE
     hyperparameter. Its sign-error is the expectation over pairs of runs, every trial (seed) of
@@ -430,7 +431,7 @@ def sign_error(df: pd.DataFrame, measure: str, target: str = "gen_gap",
 
 
 # ---------------------------------------------------------------------------------------------
-# Conditional mutual information (Jiang et al. 2019, §6.3; PGDL 2020 scoring), counted exactly
+# Conditional mutual information (Jiang et al. 2019; PGDL 2020 scoring), counted exactly
 #
 # Over all n^2 ordered pairs (i, j) of configurations the outcome is (V_g, V_mu) =
 # ([g_i > g_j], [mu_i > mu_j]) and the cell under a conditioning set S is (class_S(i),
@@ -446,71 +447,84 @@ def sign_error(df: pd.DataFrame, measure: str, target: str = "gen_gap",
 # pairs inside a block, listed once and shared by every conditioning set. Nothing enumerates
 # the n^2 pairs: the work is O(n log n) per set plus the histograms' O((n / block) K log n).
 
-_BLOCK = 16
+_BLOCK = 16  # GM: 13 levels of histograms at 72k configurations; listed pairs ~ n * block / 8
+_BLOCK_1D = 4  # G, M: a single level, so small blocks (fewer listed pairs) cost little
 
 
 @dataclass(frozen=True)
-class _Counting:
-    """One family of one-dimensional counts (all of G, all of M, or every level of GM), laid
-    out as concatenated sequences, for classes that are not known yet."""
+class _Level:
+    """One one-dimensional count in a sequence cut into blocks: per target the sources in
+    earlier blocks of its segment (pairs inside a block are listed in ``_Family.near_*``)."""
 
     t_elem: np.ndarray  # targets: configuration
-    t_block: np.ndarray  # targets: block whose earlier blocks (in the segment) hold their sources
+    t_block: np.ndarray  # targets: block (0..n_blocks-1) whose earlier blocks hold its sources
+    t_seg: np.ndarray  # targets: segment
     s_elem: np.ndarray  # sources: configuration
     s_block: np.ndarray  # sources: block
-    seg_first: np.ndarray  # (blocks,) first block of each block's segment
-    near_t: np.ndarray  # pairs inside a block (or a short segment): target configuration
-    near_s: np.ndarray  # ... and its source configuration
+    n_blocks: int
+    seg_first: np.ndarray  # (segments,) first block of each segment
 
-    @property
-    def n_blocks(self) -> int:
-        return self.seg_first.size
+
+@dataclass(frozen=True)
+class _Family:
+    """All of G, all of M, or every level of GM: blocked levels, and the pairs inside blocks
+    (or inside short segments), listed once for every conditioning set."""
+
+    levels: list[_Level]
+    near_t: np.ndarray  # target configuration of each listed pair
+    near_s: np.ndarray  # its source configuration
 
 
 def _dense_rank(x: np.ndarray) -> np.ndarray:
     return np.unique(x, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
-def _one_dimensional(rank: np.ndarray, block: int) -> _Counting:
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _one_dimensional(rank: np.ndarray, block: int) -> _Family:
     """G (or M) as a count: target i, source j with rank_j < rank_i, one segment."""
     n = rank.size
     order = np.argsort(rank, kind="stable")
     r = rank[order]
     starts = np.ones(n, dtype=bool)
     starts[1:] = r[1:] != r[:-1]
-    tie_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))  # first position of tie
-    n_blocks = -(-n // block) if n else 0
-    near_t, near_s = [], []
+    tie_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))  # first of its tie
     lo = (tie_start // block) * block
+    near_t, near_s = [], []
     for d in range(1, block):
         q = tie_start - d
         ok = q >= lo
         near_t.append(order[ok])
         near_s.append(order[q[ok]])
-    cat = (lambda a: np.concatenate(a) if a else np.zeros(0, dtype=np.int64))
-    return _Counting(order, tie_start // block, order, np.arange(n) // block,
-                     np.zeros(n_blocks, dtype=np.int64), cat(near_t), cat(near_s))
+    level = _Level(order, tie_start // block, np.zeros(n, dtype=np.int64), order,
+                   np.arange(n) // block, -(-n // block), np.zeros(1, dtype=np.int64))
+    return _Family([level], _cat(near_t), _cat(near_s))
 
 
-def _dominance(rg: np.ndarray, rm: np.ndarray, block: int) -> _Counting:
+def _dominance(rg: np.ndarray, rm: np.ndarray, block: int) -> _Family:
     """GM as counts: target i, source j with rg_j < rg_i and rm_j < rm_i.
 
     Positions follow g (ties broken by mu descending, so that a pair tied in g never counts);
-    at level l the upper half of a segment holds the targets, the lower half the sources, and
-    the segment is ordered by mu with targets first among equal mu (so a pair tied in mu never
-    counts): sources before targets are exactly the dominated pairs split at this level."""
+    at level l the upper half of each segment of 2^(l+1) positions holds the targets, the lower
+    half the sources, and the segment is ordered by mu with targets first among equal mu (so
+    a pair tied in mu never counts): the sources before a target are exactly the pairs it
+    dominates that are split at this level. Each level's order is the previous one re-sorted
+    (two sorted runs per segment: a linear merge for a stable sort)."""
     n = rg.size
     pos_of = np.empty(n, dtype=np.int64)
-    order_g = np.lexsort((-rm, rg))
-    pos_of[order_g] = np.arange(n)
-    t_elem, t_block, s_elem, s_block, seg_first, near_t, near_s = [], [], [], [], [], [], []
-    offset = 0
+    pos_of[np.lexsort((-rm, rg))] = np.arange(n)
+    levels, near_t, near_s = [], [], []
+    order = np.arange(n)
+    p = np.arange(n)
     level = 0
     while (1 << level) < n:
         seg_len = 1 << (level + 1)
         seg = pos_of >> (level + 1)
         upper = (pos_of >> level) & 1
-        order = np.lexsort((1 - upper, rm, seg))  # by segment, mu, targets first on ties
+        key = (seg * n + rm) * 2 + (1 - upper)  # segment, mu, targets first on ties
+        order = order[np.argsort(key[order], kind="stable")]
         side = upper[order]
         if seg_len <= block:  # short segments: every pair inside is listed
             sseg = seg[order]
@@ -519,67 +533,106 @@ def _dominance(rg: np.ndarray, rm: np.ndarray, block: int) -> _Counting:
                 near_t.append(order[d:][ok])
                 near_s.append(order[:-d][ok])
         else:  # segments are whole blocks
-            p = np.arange(n)
-            blk = offset + p // block
-            nb = -(-n // block)
-            tgt, src = side == 1, side == 0
-            t_elem.append(order[tgt])
-            t_block.append(blk[tgt])
-            s_elem.append(order[src])
-            s_block.append(blk[src])
-            seg_first.append(offset + (np.arange(nb) * block // seg_len) * (seg_len // block))
+            tgt = side == 1
+            src = ~tgt
+            blk = p // block
+            n_segs = -(-n // seg_len)
+            levels.append(_Level(order[tgt], blk[tgt], (p // seg_len)[tgt], order[src],
+                                 blk[src], -(-n // block),
+                                 np.arange(n_segs, dtype=np.int64) * (seg_len // block)))
+            lo = blk * block
             for d in range(1, block):
-                q = p - d
-                ok = tgt & (q >= (p // block) * block)
-                ok[ok] &= src[q[ok]]
-                near_t.append(order[ok])
-                near_s.append(order[q[ok]])
-            offset += nb
+                q = p[d:] - d
+                ok = tgt[d:] & src[:-d] & (q >= lo[d:])
+                near_t.append(order[d:][ok])
+                near_s.append(order[:-d][ok])
         level += 1
-    cat = (lambda a: np.concatenate(a) if a else np.zeros(0, dtype=np.int64))
-    return _Counting(cat(t_elem), cat(t_block), cat(s_elem), cat(s_block), cat(seg_first),
-                     cat(near_t), cat(near_s))
+    return _Family(levels, _cat(near_t), _cat(near_s))
 
 
-def _class_pair_counts(c: _Counting, labels: np.ndarray, k: int) -> np.ndarray:
-    """(k, k) int64: [a, b] = number of (target of class a, source of class b) pairs."""
-    out = np.bincount(labels[c.near_t] * k + labels[c.near_s], minlength=k * k)
-    out = out.reshape(k, k).astype(np.float64)
-    nb = c.n_blocks
-    if nb:
-        ht = np.bincount(c.t_block * k + labels[c.t_elem], minlength=nb * k).reshape(nb, k)
-        hs = np.bincount(c.s_block * k + labels[c.s_elem], minlength=nb * k).reshape(nb, k)
-        cum = np.cumsum(hs, axis=0) - hs  # sources in earlier blocks, from the first block
-        before = cum - cum[c.seg_first]  # ... of the same segment
-        out += ht.T.astype(np.float64) @ before.astype(np.float64)
-    return np.rint(out).astype(np.int64)
+def _small_int(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.int32) if a.size == 0 or int(a.max()) < 2**31 else a.astype(np.int64)
 
 
-@dataclass(frozen=True)
+class _FamilyCounter:
+    """A family's counts for any conditioning set (tuple of hyperparameter columns): each
+    hyperparameter's codes are gathered once per level (the block, or segment, folded into the
+    set's last column), and a set's classes are mixed-radix codes. Levels are counted one at a
+    time, so that their (classes x blocks) histograms stay in cache."""
+
+    def __init__(self, fam: _Family, codes: np.ndarray, levels: np.ndarray):
+        self.levels = [int(v) for v in levels]
+        cols = [np.ascontiguousarray(codes[:, c]) for c in range(codes.shape[1])]
+        # listed pairs, per hyperparameter: (code of the target) * L + (code of the source)
+        self.near = [_small_int(c[fam.near_t] * lv + c[fam.near_s])
+                     for c, lv in zip(cols, self.levels)]
+        self.per_level = []
+        for lv in fam.levels:
+            nb, ns = lv.n_blocks, lv.seg_first.size
+            tc, sc = [c[lv.t_elem] for c in cols], [c[lv.s_elem] for c in cols]
+            self.per_level.append((
+                lv, tc, sc, [c * nb + lv.t_block for c in tc], [c * nb + lv.s_block for c in sc],
+                [c * ns + lv.t_seg for c in tc] if ns > 1 else None,
+                np.ones(lv.t_elem.size)))
+
+    def _key(self, code, key, s, radix):
+        out = None
+        for c in s[:-1]:
+            out = code[c] if out is None else out * self.levels[c] + code[c]
+        last = key[s[-1]]
+        return last if out is None else out * (self.levels[s[-1]] * radix) + last
+
+    def counts(self, s: tuple[int, ...]) -> np.ndarray:
+        """(K, K) float64 (exact integers): [a, b] = pairs with target in class a, source in
+        class b; classes are mixed-radix codes over ``s`` (K = product of their levels)."""
+        lv = [self.levels[c] for c in s]
+        k = int(np.prod(lv))
+        cell = self.near[s[0]].astype(np.int64)
+        for c, ln in zip(s[1:], lv[1:]):
+            cell = cell * (ln * ln) + self.near[c]
+        out = np.bincount(cell, minlength=k * k).reshape(*[x for ln in lv for x in (ln, ln)])
+        out = out.transpose(*[2 * i for i in range(len(s))], *[2 * i + 1 for i in range(len(s))])
+        out = out.reshape(k, k).astype(np.float64)
+        for level, tc, sc, tk, sk, segk, ones in self.per_level:
+            nb = level.n_blocks  # histograms class-major (k, blocks): cumsum along rows
+            ht = np.bincount(self._key(tc, tk, s, nb), weights=ones, minlength=k * nb)
+            hs = np.bincount(self._key(sc, sk, s, nb), minlength=k * nb).reshape(k, nb)
+            before = np.cumsum(hs, axis=1)  # (an integer cumsum, then one cast: 8x faster)
+            before -= hs  # sources in earlier blocks, counted from the sequence's start
+            before = before.astype(np.float64)
+            out += ht.reshape(k, nb) @ before.T
+            if segk is not None:  # ... less those before the target's segment
+                ns = level.seg_first.size
+                hseg = np.bincount(self._key(tc, segk, s, ns), weights=ones, minlength=k * ns)
+                out -= hseg.reshape(k, ns) @ before[:, level.seg_first].T
+        return out
+
+
 class _PairCounts:
-    """The shared part of the exact count for one set of configurations (mu, g)."""
+    """The exact four outcome counts of every pair of classes, for any conditioning set, over
+    one set of configurations (mu, g, codes): the sorting and the listed pairs are shared by
+    every set."""
 
-    n: int
-    g: _Counting
-    m: _Counting
-    gm: _Counting
-
-    @classmethod
-    def build(cls, mu: np.ndarray, g: np.ndarray, block: int = _BLOCK) -> "_PairCounts":
+    def __init__(self, mu: np.ndarray, g: np.ndarray, codes: np.ndarray, levels: np.ndarray,
+                 block: int = _BLOCK, block_1d: int = _BLOCK_1D):
         rg, rm = _dense_rank(g), _dense_rank(mu)
-        return cls(mu.size, _one_dimensional(rg, block), _one_dimensional(rm, block),
-                   _dominance(rg, rm, block))
+        self.codes, self.levels = codes, levels
+        self.g = _FamilyCounter(_one_dimensional(rg, block_1d), codes, levels)
+        self.m = _FamilyCounter(_one_dimensional(rm, block_1d), codes, levels)
+        self.gm = _FamilyCounter(_dominance(rg, rm, block), codes, levels)
 
-    def outcome_counts(self, labels: np.ndarray, k: int) -> np.ndarray:
-        """(k * k, 4) int64: per cell (class of i, class of j) the ordered pairs with outcome
-        2 V_g + V_mu."""
-        size = np.bincount(labels, minlength=k).astype(np.int64)
+    def outcome_counts(self, s: tuple[int, ...]) -> np.ndarray:
+        """(K * K, 4) float64 (exact integers): per cell (class of i, class of j) under ``s``
+        the ordered pairs with outcome 2 V_g + V_mu; empty classes give empty cells."""
+        k = int(np.prod([int(self.levels[c]) for c in s]))
+        lab = np.zeros(self.codes.shape[0], dtype=np.int64)
+        for c in s:
+            lab = lab * int(self.levels[c]) + self.codes[:, c]
+        size = np.bincount(lab, minlength=k).astype(np.float64)
         n_ab = np.outer(size, size)
-        g_ab = _class_pair_counts(self.g, labels, k)
-        m_ab = _class_pair_counts(self.m, labels, k)
-        gm_ab = _class_pair_counts(self.gm, labels, k)
+        g_ab, m_ab, gm_ab = self.g.counts(s), self.m.counts(s), self.gm.counts(s)
         t = np.stack([n_ab - g_ab - m_ab + gm_ab, m_ab - gm_ab, g_ab - gm_ab, gm_ab], axis=-1)
-        return t.reshape(k * k, 4)
+        return np.rint(t).reshape(k * k, 4)
 
 
 @dataclass(frozen=True)
@@ -625,13 +678,9 @@ def _cmi(cf: _Configs, k: int) -> ConditionalMI:
     n_cfg, h = cf.codes.shape
     if n_cfg < 2 or h == 0:
         return ConditionalMI(math.nan, {}, None, n_cfg * n_cfg, n_cfg)
-    counts = _PairCounts.build(cf.mu, cf.g)
-    per_set = {}
-    for s in itertools.combinations(range(h), min(k, h)):
-        labels = _row_keys(cf.codes[:, list(s)], cf.levels[list(s)])
-        n_classes = int(labels.max()) + 1
-        per_set[tuple(cf.names[c] for c in s)] = _normalized_cmi(
-            counts.outcome_counts(labels, n_classes))
+    counts = _PairCounts(cf.mu, cf.g, cf.codes, cf.levels)
+    per_set = {tuple(cf.names[c] for c in s): _normalized_cmi(counts.outcome_counts(s))
+               for s in itertools.combinations(range(h), min(k, h))}
     defined = {s: v for s, v in per_set.items() if not math.isnan(v)}
     argmin = min(defined, key=defined.get) if defined else None
     value = defined[argmin] if defined else math.nan
@@ -642,7 +691,8 @@ def conditional_mutual_information(df: pd.DataFrame, measure: str, target: str =
                                    hyperparameters: Sequence[str] | None = None,
                                    k: int = 2) -> ConditionalMI:
     """Normalized conditional mutual information, minimized over conditioning sets
-    (Jiang et al. 2019, §6.3; the PGDL competition score, Jiang et al. 2020).
+    (Jiang et al. 2019, the conditional-independence criterion; the PGDL competition score,
+    Jiang et al. 2020).
 
     Over pairs (theta_1, theta_2) of seed-averaged configurations:
 

@@ -1,25 +1,33 @@
-"""Time `analysis.stats.statistics_table` on a synthetic results table of N trials.
+"""Time `analysis.stats.statistics_table` on a synthetic results table of N trials, side by side
+with the same function of an earlier revision (``--baseline REV``, read from git).
 
 The table has the paper's large space (A.5.5: widths 2^0..2^16, depths 2..65, five
 non-linearities and optimizers, three learning rates, two batch sizes, four init scales, seeds
 1..8, two data sets) with a gap that grows with the Jacobian norm plus noise. It times the table
 of `--measures` measures (copies of the Jacobian norm with independent noise) with `--boot`
-bootstrap replicates, and the same with replicates' conditional MI on the estimate's full pair
-budget, so the two are side by side. Last line: JSON.
+bootstrap replicates, and each statistic's share of one evaluation. Last line: JSON.
 
-    python bench/stats.py --trials 100000 --boot 10
+    python bench/stats.py --trials 100000 --boot 10 --baseline 94b6904
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis.stats import MAX_PAIRS, statistics_table
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from analysis import stats  # noqa: E402
 
 
 def synthetic(n: int, measures: int, seed: int = 0) -> pd.DataFrame:
@@ -41,30 +49,72 @@ def synthetic(n: int, measures: int, seed: int = 0) -> pd.DataFrame:
     return df
 
 
+def baseline_module(rev: str):
+    """analysis/stats.py as of ``rev``, imported under another name."""
+    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:analysis/stats.py"],
+                          check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "baseline_stats.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("baseline_stats", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # (dataclasses look their module up)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def breakdown(df: pd.DataFrame, measure: str) -> dict[str, float]:
+    """Seconds of each part of one evaluation of all statistics (the 'all' group)."""
+    p = stats._prepare(df, measure, "gen_gap", stats.HYPERPARAMETERS)
+    out = {}
+    t = time.perf_counter()
+    cf = stats._configs(p)
+    pairs = stats._one_factor_pairs(cf)
+    out["configurations and one-factor pairs"] = time.perf_counter() - t
+    for name, fn in (("pearson, spearman, kendall (scipy)",
+                      lambda: [f(p.mu, p.g) for f in (stats.pearson, stats.spearman,
+                                                       stats.kendall)]),
+                     ("granulated Kendall", lambda: stats._granulated(cf, pairs)),
+                     ("sign-error", lambda: stats._sign_error(cf, pairs)),
+                     ("conditional MI (exact)", lambda: stats._cmi(cf, 2))):
+        t = time.perf_counter()
+        fn()
+        out[name] = time.perf_counter() - t
+    out["configurations"] = int(cf.mu.size)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=100_000)
     p.add_argument("--boot", type=int, default=10)
     p.add_argument("--measures", type=int, default=5)
+    p.add_argument("--baseline", default=None, help="a git revision to time side by side")
     args = p.parse_args()
     df = synthetic(args.trials, args.measures)
     names = [f"m{i}" for i in range(args.measures)]
     times = {}
-    for label, boot_pairs in (("capped", MAX_PAIRS // 10), ("full", MAX_PAIRS)):
+    runs = [("current", stats)]
+    if args.baseline:
+        runs.append((f"baseline {args.baseline}", baseline_module(args.baseline)))
+    table = None
+    for label, mod in runs:
         t = time.perf_counter()
-        table = statistics_table(df, measures=names, n_boot=args.boot, boot_max_pairs=boot_pairs)
+        out = mod.statistics_table(df, measures=names, n_boot=args.boot,
+                                   hyperparameters=stats.HYPERPARAMETERS)
         times[label] = time.perf_counter() - t
+        table = out if label == "current" else table
     evaluations = table.groupby(["group", "measure"]).ngroups * (args.boot + 1)
-    per = {k: v / evaluations for k, v in times.items()}
-    print(f"{args.trials} trials, {args.measures} measures, {table.group.nunique()} groups, "
-          f"{args.boot} replicates: {times['capped']:.1f} s with replicate CMI capped at "
-          f"{MAX_PAIRS // 10} pairs, {times['full']:.1f} s uncapped ({per['capped']:.2f} vs "
-          f"{per['full']:.2f} s per evaluation of all statistics; at 200 replicates about "
-          f"{per['capped'] * evaluations / (args.boot + 1) * 201 / 60:.0f} min capped)")
+    parts = breakdown(df, names[0])
+    for label, s in times.items():
+        print(f"{label}: {args.trials} trials, {args.measures} measures, "
+              f"{table.group.nunique()} groups, {args.boot} replicates: {s:.1f} s "
+              f"({s / evaluations:.3f} s per evaluation of all statistics)")
+    if args.baseline:
+        print(f"current / baseline: {times['current'] / times[runs[1][0]]:.2f}")
+    print(f"one evaluation, group 'all' ({parts.pop('configurations')} configurations): "
+          + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items()))
     print(json.dumps({"trials": args.trials, "measures": args.measures, "boot": args.boot,
-                      "capped_s": times["capped"], "full_s": times["full"],
-                      "s_per_evaluation_capped": per["capped"],
-                      "s_per_evaluation_full": per["full"]}))
+                      "seconds": times, "evaluations": evaluations, "breakdown_all": parts}))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 import math
 
+import mpmath
 import pytest
 import torch
 import torch.nn.functional as F
@@ -174,3 +175,35 @@ def test_out_of_memory_is_recorded_as_oom(tmp_path):
     row = run_trial(s, RunContext(str(tmp_path)))
     assert row["status"] == "oom" and "allocate" in row["error"]
     assert read_trial(trial_path(tmp_path, s.trial_id)).to_pylist()[0]["status"] == "oom"
+
+
+def test_fitted_lbfgs_trial_keeps_every_per_point_loss(tmp_path):
+    """Issue example: on fitted L-BFGS digits trials most test points had a float32 loss of
+    exactly 0.0 (margin > 16.6) and Fig. 6 dropped them. Stored per-point values are float64
+    from the stable form: every point keeps a positive loss and Jacobian norm, and they equal
+    an independent float64 recomputation from the saved weights."""
+    from workers import load_model
+
+    s = spec(optimizer="lbfgs", lr=1.0, batch_size=None, width=64,
+             train=TrainSpec(steps=400, check_every=50, early_stop=False))
+    row = run_trial(s, RunContext(str(tmp_path), save_weights=True))
+    assert row["status"] == "ok" and row["train_acc"] == 1.0
+    pts = read_trial(trial_path(tmp_path, s.trial_id)).column("points").to_pylist()[0]
+    train = [p for p in pts if p["split"] == "train"]
+    loss = torch.tensor([p["loss"] for p in train], dtype=torch.float64)
+    assert (loss > 0).all() and (loss < 6e-8).sum() > 0  # float32 would have stored 0.0 there
+    model = load_model(str(tmp_path), s.trial_id)
+    data = load_data("digits", train_size=300, test_size=100, seed=s.data.seed)
+    idx = torch.tensor([p["index"] for p in train])
+    z = model(data.x_train.flatten(1)[idx]).detach().double()  # the trial's float32 logits
+    y = data.y_train[idx]
+    want = torch.logsumexp(z, 1) - z.gather(1, y[:, None]).squeeze(1)
+    big = want > 1e-6  # where float64 logsumexp - z_y is itself accurate
+    torch.testing.assert_close(loss[big], want[big], rtol=1e-8, atol=0)
+    mpmath.mp.dps = 50
+    for i in torch.argsort(loss)[:5].tolist():  # the most confident points, against mpmath
+        zi = [mpmath.mpf(float(v)) for v in z[i]]
+        ref = mpmath.log(mpmath.fsum(mpmath.e ** (v - zi[int(y[i])]) for v in zi))
+        assert abs(float(loss[i]) - float(ref)) <= 1e-12 * float(ref)
+    jac = torch.tensor([p["jacobian_norm"] for p in train])
+    assert (jac > 0).all()

@@ -1,5 +1,8 @@
 """Loading sweep results into pandas and drawing the paper's figures."""
 
-from analysis.load import load_curves, load_grids, load_pairs, load_points, load_results
+from analysis.load import (
+    load_curves, load_grids, load_pairs, load_points, load_results, result_files,
+)
 
-__all__ = ["load_results", "load_points", "load_pairs", "load_curves", "load_grids"]
+__all__ = ["load_results", "load_points", "load_pairs", "load_curves", "load_grids",
+           "result_files"]

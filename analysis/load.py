@@ -159,7 +159,25 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
     table = _read(sweep_dir, "results", cols, _expression(filters, "results"))
     if table is None:
         return _empty(RESULTS_SCHEMA, cols)
-    return table.to_pandas()
+    return _one_meaning(table.to_pandas())
+
+
+def _one_meaning(df: pd.DataFrame) -> pd.DataFrame:
+    """Files written before each column had one meaning, read with today's: ``batch_size`` of
+    full-batch L-BFGS is null (older files held the train-set size), ``train_size`` and
+    ``test_size`` are numbers of points (older failed records held null for a whole split).
+    The files themselves are never rewritten."""
+    from workers.data import DATASETS
+
+    if "optimizer" in df and "batch_size" in df and (df["optimizer"] == "lbfgs").any():
+        df["batch_size"] = df["batch_size"].astype("float64").where(df["optimizer"] != "lbfgs")
+    for col in ("train_size", "test_size"):
+        if col in df and "dataset" in df and df[col].isna().any():
+            whole = df["dataset"].map(lambda n: getattr(DATASETS.get(n), col, None))
+            df[col] = df[col].fillna(whole.astype("float64"))
+            if df[col].notna().all():
+                df[col] = df[col].astype("int64")
+    return df
 
 
 def load_points(sweep_dir, filters=None, trial_ids=None) -> pd.DataFrame:
@@ -178,6 +196,20 @@ def load_points(sweep_dir, filters=None, trial_ids=None) -> pd.DataFrame:
     if table is None:
         return _empty(POINTS_SCHEMA, POINT_COLUMNS)
     return table.to_pandas()
+
+
+def result_files(sweep_dir) -> list[str]:
+    """The per-trial result files that are whole (paths, or URIs for an object store), sorted by
+    trial id: what to hand to another reader (DuckDB, polars, Spark) on a live sweep. A stray,
+    truncated or half-written file in ``trials/`` is left out (a file whose size and mtime match
+    the drivers' journal is taken from it unread, every other one is checked), so one bad file
+    does not fail the whole query as ``read_parquet('trials/*.parquet')`` does."""
+    from workers.results import trial_statuses
+
+    st = store(sweep_dir)
+    statuses, _ = trial_statuses(st)
+    rel = [f"{TRIALS}/{tid}.parquet" for tid in sorted(statuses)]
+    return [st.path(r) if st.local else st.uri(r) for r in rel]
 
 
 def _load_extra(sweep_dir, kind: str) -> pd.DataFrame:

@@ -75,10 +75,12 @@ def _per_point_trials(fit: pd.DataFrame, limit: int = PER_POINT_TRIALS, seed: in
 
 
 def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 200,
-                out: str | None = None, seed: int = 0, noise_filter: bool = False) -> str:
+                out: str | None = None, seed: int = 0, noise_filter: bool = False,
+                processes: int | None = None) -> str:
     """Write the report of ``sweep_dir``; returns the location of ``report.html``.
     ``noise_filter``: the sign-errors with Dziugaite et al.'s Monte-Carlo noise filter, the
-    test points behind each gap taken from the trials' ``test_size``."""
+    test points behind each gap taken from the trials' ``test_size``. ``processes``: see
+    ``analysis.stats.statistics_table`` (default: one per core for a large table)."""
     if not 0.0 <= float(train_acc) <= 1.0:
         raise ValueError(f"--train-acc: {train_acc!r}; allowed: a number in [0, 1]")
     if n_boot < 0:
@@ -123,7 +125,8 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
 
         table = statistics_table(fit, measures=[m for m in REPORT_MEASURES if m in fit],
                                  n_boot=n_boot, seed=seed, hyperparameters=hps,
-                                 noise_filter=noise_filter) if len(fit) else pd.DataFrame()
+                                 noise_filter=noise_filter, processes=processes) \
+            if len(fit) else pd.DataFrame()
         if len(table):
             write_table(table, d / "statistics")
         page = _html(st, df, fit, train_acc, table, made, n_boot, time.perf_counter() - t0,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ NOT_HYPERPARAMETERS = tuple(c for c in SUMMARY_COLUMNS if c not in HYPERPARAMETE
 STATISTICS = ("pearson", "spearman", "kendall", "granulated_kendall", "conditional_mi",
               "sign_error", "robust_sign_error")
 MEASURES = ("jacobian_norm_test", "transitions_test")
+# statistics_table: trials x (replicates + 1) from which its jobs run in parallel processes
+PARALLEL_ABOVE = 500_000
 TABLE_COLUMNS = ["group", "measure", "target", "statistic", "value", "ci_low", "ci_high",
                  "ci_method", "n_trials", "n_configs", "n_used"]
 
@@ -848,6 +851,24 @@ def _all_statistics(p: _Prepared, idx: np.ndarray | None, k: int,
     return values, [n, n, n, sum(gk.n_groups.values()), cmi.n_pairs, n_env, n_env]
 
 
+def _one_blas_thread() -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def _table_rows(label: str, measure: str, target: str, p: _Prepared, n_boot: int, seed: int,
+                k: int, noise_filter, level: float) -> list[tuple]:
+    """The rows of one (group, measure): every statistic, its bootstrap interval (draws from
+    ``numpy.random.default_rng(seed)`` afresh, so a job gives the same rows in any process)."""
+    est, used = _all_statistics(p, None, k, noise_filter, support=True)
+    method, draws = _bootstrap_indices(p.seed_codes, p.n, n_boot, seed)
+    reps = np.array([_all_statistics(p, idx, k, noise_filter) for idx in draws])
+    low, high, _ = _percentiles(reps.reshape(n_boot, len(STATISTICS)), level)
+    return [(label, measure, target, name, est[s], low[s], high[s], method, p.n,
+             p.cfg_codes.shape[0], used[s]) for s, name in enumerate(STATISTICS)]
+
+
 def _group_label(v) -> str:
     return "null" if pd.isna(v) else str(v)
 
@@ -855,8 +876,8 @@ def _group_label(v) -> str:
 def statistics_table(df: pd.DataFrame, measures: Sequence[str] = MEASURES,
                      target: str = "gen_gap", by: str | None = "dataset", n_boot: int = 200,
                      seed: int = 0, *, hyperparameters: Sequence[str] | None = None,
-                     level: float = 0.95, k: int = 2,
-                     noise_filter: bool | float = False) -> pd.DataFrame:
+                     level: float = 0.95, k: int = 2, noise_filter: bool | float = False,
+                     processes: int | None = 1) -> pd.DataFrame:
     """Every statistic of every measure against ``target``, in long form.
 
     One row per (group, measure, statistic): ``group`` is "all" and, when ``by`` has several
@@ -873,7 +894,12 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] = MEASURES,
     measure's interval does not depend on the other measures) and ``ci_method`` "seeds" or
     "trials". Measures absent from ``df`` or all-NaN in a group are skipped.
     ``hyperparameters``: default ``hyperparameter_columns(df, exclude=measures + [target])``,
-    the same for every measure. ``noise_filter``: see ``sign_error``."""
+    the same for every measure. ``noise_filter``: see ``sign_error``. ``processes``: the
+    (group, measure) jobs run in that many spawned processes (default 1: in this process;
+    None: one per core, up to the number of jobs, once trials x (n_boot + 1) reaches
+    ``PARALLEL_ABOVE``, as ``sweep report`` does). Spawned processes import the caller's main
+    module, so a script that asks for more than one needs the ``if __name__ == "__main__":``
+    guard. Every job draws from its own seeded generator: the table is the same either way."""
     _check_columns(df, [target], "target")
     if hyperparameters is None:
         hyperparameters = hyperparameter_columns(df, exclude=[*measures, target])
@@ -889,22 +915,29 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] = MEASURES,
         if len(uniques) > 1:
             parts = [(_group_label(u), df[codes == c]) for c, u in enumerate(uniques)]
             groups += sorted(parts, key=lambda t: t[0])
-    rows = []
+    jobs = []
     for label, part in groups:
         for measure in measures:
             if measure not in part.columns:
                 continue
             p = _prepare(part, measure, target, hyperparameters)
-            if p.n == 0:
-                continue
-            est, used = _all_statistics(p, None, k, noise_filter, support=True)
-            method, draws = _bootstrap_indices(p.seed_codes, p.n, n_boot, seed)
-            reps = np.array([_all_statistics(p, idx, k, noise_filter) for idx in draws])
-            low, high, _ = _percentiles(reps.reshape(n_boot, len(STATISTICS)), level)
-            for s, name in enumerate(STATISTICS):
-                rows.append((label, measure, target, name, est[s], low[s], high[s], method,
-                             p.n, p.cfg_codes.shape[0], used[s]))
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+            if p.n:
+                jobs.append((label, measure, target, p, n_boot, seed, k, noise_filter, level))
+    if processes is None:  # only where the work outweighs starting interpreters (~1 s each)
+        big = sum(j[3].n for j in jobs) * (n_boot + 1) >= PARALLEL_ABOVE
+        processes = min(os.cpu_count() or 1, len(jobs)) if big else 1
+    if processes > 1 and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the caller may hold threads (a Ray driver, BLAS pools); one BLAS
+        # thread per process, or the processes' spinning BLAS threads fight over the cores
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_one_blas_thread) as ex:
+            parts = list(ex.map(_table_rows, *zip(*jobs)))
+    else:
+        parts = [_table_rows(*j) for j in jobs]
+    table = pd.DataFrame([r for part in parts for r in part], columns=TABLE_COLUMNS)
     return table.astype({"value": float, "ci_low": float, "ci_high": float,
                          "n_trials": np.int64, "n_configs": np.int64, "n_used": np.int64})
 

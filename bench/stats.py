@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -93,16 +94,22 @@ def main() -> None:
     df = synthetic(args.trials, args.measures)
     names = [f"m{i}" for i in range(args.measures)]
     times = {}
-    runs = [("current", stats)]
+    cores = os.cpu_count() or 1
+    runs = [("current, 1 process", stats, {"processes": 1}),
+            (f"current, processes=None as sweep report ({cores} cores)", stats,
+             {"processes": None})]
     if args.baseline:
-        runs.append((f"baseline {args.baseline}", baseline_module(args.baseline)))
+        runs.append((f"baseline {args.baseline}", baseline_module(args.baseline), {}))
     table = None
-    for label, mod in runs:
+    for label, mod, kw in runs:
         t = time.perf_counter()
         out = mod.statistics_table(df, measures=names, n_boot=args.boot,
-                                   hyperparameters=stats.HYPERPARAMETERS)
+                                   hyperparameters=stats.HYPERPARAMETERS, **kw)
         times[label] = time.perf_counter() - t
-        table = out if label == "current" else table
+        if table is None:
+            table = out
+        elif mod is stats:
+            pd.testing.assert_frame_equal(out, table)  # the same table either way
     evaluations = table.groupby(["group", "measure"]).ngroups * (args.boot + 1)
     parts = breakdown(df, names[0])
     for label, s in times.items():
@@ -110,7 +117,9 @@ def main() -> None:
               f"{table.group.nunique()} groups, {args.boot} replicates: {s:.1f} s "
               f"({s / evaluations:.3f} s per evaluation of all statistics)")
     if args.baseline:
-        print(f"current / baseline: {times['current'] / times[runs[1][0]]:.2f}")
+        base = times[runs[-1][0]]
+        for label, _, _ in runs[:-1]:
+            print(f"{label} / baseline: {times[label] / base:.2f}")
     print(f"one evaluation, group 'all' ({parts.pop('configurations')} configurations): "
           + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items()))
     print(json.dumps({"trials": args.trials, "measures": args.measures, "boot": args.boot,

@@ -37,6 +37,11 @@ def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
         (driver.plan_only if plan_only else driver.launch)(cfg)
     except (ConfigError, DataError) as e:
         return _fail(str(e))
+    except driver.DispatchStopped as e:  # what finished and the resume command: already said
+        return e.exit_code
+    except KeyboardInterrupt:  # before dispatching began: nothing runs
+        print("sweep: interrupted before any trial was dispatched", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -46,9 +51,15 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
     from workers.data import DataError
 
     try:
-        driver.launch(driver.stored_config(sweep_dir, overrides), verify=verify)
+        driver.launch(driver.stored_config(sweep_dir, overrides), verify=verify,
+                      command="resume")
     except (ConfigError, DataError) as e:
         return _fail(str(e))
+    except driver.DispatchStopped as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("sweep: interrupted before any trial was dispatched", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -56,6 +67,7 @@ def cmd_status(sweep_dir: str) -> int:
     """Counts by status, progress, and the failures with their reasons. Fast at 10^5 trials: a
     result file whose size matches the driver's journal is not opened (see
     workers.results.trial_statuses); `sweep resume` reads and checks every file."""
+    from sweep.lock import lock_status
     from workers.results import PLAN_FILE, ResultError, read_result, trial_statuses
     from workers.storage import store
 
@@ -78,6 +90,7 @@ def cmd_status(sweep_dir: str) -> int:
         if st is not None and st != "ok":
             failures.append((tid, st))
     print(f"sweep {d}: {len(planned)} trials planned")
+    print(f"  {lock_status(d)}")
     for k in ("ok", "diverged", "failed", "oom", "invalid", "pending"):
         if counts[k]:
             print(f"  {k:9s}{counts[k]:>8d}")

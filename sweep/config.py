@@ -349,7 +349,92 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Hydra
+# Hydra: the schema (structured config) derived from the dataclasses above, struct mode
+
+SCHEMA_NAME = "sweep_schema"
+# Choices of config groups, not keys of the configuration
+GROUPS = ("dataset", "experiment")
+
+
+def _schema_class(cls, name: str):
+    """A mutable twin of the frozen dataclass ``cls`` for OmegaConf: the same field names, every
+    leaf typed Any (the values are checked by :func:`from_dict`, which also accepts a scalar
+    where a list is meant), nested dataclasses as nested schemas."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            sub = _schema_class(t, f"{name}_{f.name}")
+            fields.append((f.name, sub, dataclasses.field(default_factory=sub)))
+        else:
+            fields.append((f.name, typing.Any, dataclasses.field(default=None)))
+    return dataclasses.make_dataclass(name, fields)
+
+
+def schema_keys() -> list[str]:
+    """Every key of the configuration, dotted (``train.lbfgs.lr``), from the dataclasses."""
+    import dataclasses
+    import typing
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            t = hints[f.name]
+            if dataclasses.is_dataclass(t):
+                yield f"{prefix}{f.name}"
+                yield from walk(t, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}"
+
+    return list(walk(SweepConfig, ""))
+
+
+def unknown_key_message(key: str) -> str:
+    """One line: ``key`` is not in the schema, and the closest valid keys."""
+    import difflib
+
+    keys = list(dict.fromkeys(schema_keys() + list(GROUPS)))
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+    if not close:  # e.g. a misspelled section: suggest keys of the best matching section
+        head = key.split(".")[0]
+        sec = difflib.get_close_matches(head, [k for k in keys if "." not in k], n=1, cutoff=0.5)
+        close = [k for k in keys if sec and k.startswith(sec[0] + ".")][:3] or sec
+    hint = f"; closest valid keys: {', '.join(close)}" if close else ""
+    return f"{key}: unknown key{hint} (all keys and their defaults: conf/config.yaml)"
+
+
+def override_key(override: str) -> tuple[str, str]:
+    """(prefix, key) of a command-line override: prefix one of "", "+", "++", "~"."""
+    key = override.partition("=")[0].strip()
+    for p in ("++", "+", "~"):
+        if key.startswith(p):
+            return p, key[len(p):]
+    return "", key
+
+
+def check_override_keys(overrides, allow_groups: bool = True) -> None:
+    """ConfigError naming the first override whose key is not in the schema, with the closest
+    valid keys; before Hydra composes anything (its own struct-mode error would name the key
+    but not the alternatives)."""
+    keys = set(schema_keys())
+    for o in overrides:
+        _, key = override_key(o)
+        if key.startswith("hydra.") or (allow_groups and key in GROUPS):
+            continue
+        if key not in keys:
+            raise ConfigError(unknown_key_message(key))
+
+
+def register_schema() -> None:
+    """Register the schema in Hydra's ConfigStore (``conf/config.yaml`` lists it first in its
+    defaults), so that composing in struct mode refuses any key outside it."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=_schema_class(SweepConfig, "SweepSchema"))
 
 
 def conf_dir() -> Path:
@@ -363,7 +448,9 @@ def available(group: str) -> list[str]:
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
-    """Compose ``conf/`` with command-line style overrides and validate the result."""
+    """Compose ``conf/`` over the schema with command-line style overrides (struct mode: an
+    unknown key, plain or with +, ++ or ~, is a ConfigError naming it and the closest valid
+    keys) and validate the result."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -371,10 +458,12 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
     from omegaconf.errors import OmegaConfBaseException
 
     for o in overrides:  # a group choice that does not exist gets the allowed values
-        key, _, value = o.partition("=")
-        key = key.lstrip("+~")
-        if key in ("dataset", "experiment") and value not in available(key):
+        prefix, key = override_key(o)
+        value = o.partition("=")[2]
+        if key in GROUPS and prefix != "~" and value not in available(key):
             raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(available(key))}")
+    check_override_keys(overrides)
+    register_schema()
     try:
         with initialize_config_dir(str(conf_dir()), version_base=None):
             cfg = hydra_compose("config", overrides=list(overrides))
@@ -382,4 +471,18 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
     except (HydraException, OmegaConfBaseException) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"configuration: {first}") from None
+    check_schema(d)
     return from_dict(d)
+
+
+def check_schema(d: dict) -> None:
+    """OmegaConf's check of a resolved configuration against the schema (struct mode): a key
+    that Hydra let in (``+``/``++`` add keys even over a structured config) or that a config
+    file or stored sweep carries is a ConfigError naming it and the closest valid keys."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError
+
+    try:
+        OmegaConf.merge(OmegaConf.structured(_schema_class(SweepConfig, "SweepSchema")), d)
+    except ConfigKeyError as e:
+        raise ConfigError(unknown_key_message(str(e.full_key))) from None

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sweep.config import ConfigError, SweepConfig
+from sweep.lock import LOCK_FILE, DriverLock
 from sweep.plan import manifest_table, plan_pairs, plan_trials
 from workers.data import DataError, check_available
 from workers.results import (
@@ -56,7 +57,7 @@ def check_out_dir(out: Store, cfg: SweepConfig) -> None:
                 f"out: {out} holds a different sweep (identity {stored}, this configuration "
                 f"{cfg.identity_hash()}); choose another out directory or the same configuration"
             )
-    elif not out.is_empty():
+    elif any(not n.startswith(LOCK_FILE) for n in out.names()):  # a lock alone: a new sweep
         raise ConfigError(f"out: {out} is not empty and holds no {SWEEP_FILE}; choose another out directory")
 
 
@@ -203,6 +204,21 @@ def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: 
     return status
 
 
+def _start_reaper(ray) -> None:
+    """A watcher in its own session that stops this driver's local Ray (its raylet, GCS and all
+    they started, by PID) if the driver dies without shutting it down (SIGKILL): see
+    sweep.reaper."""
+    import subprocess
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    roots = [i.process.pid for name, infos in getattr(node, "all_processes", {}).items()
+             if name in ("raylet", "gcs_server") for i in infos if i.process is not None]
+    if roots:
+        subprocess.Popen([sys.executable, "-m", "sweep.reaper", str(os.getpid()), *map(str, roots)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 def start_ray(cfg: SweepConfig):
     """A local Ray bound to 127.0.0.1 without a dashboard, or the cluster at cluster.address."""
     # Must be in the environment before Ray starts: keeps a local Ray on the loopback interface.
@@ -217,14 +233,68 @@ def start_ray(cfg: SweepConfig):
     if cfg.cluster.address is None:
         ray.init(address="local", num_cpus=cfg.cluster.num_cpus, _node_ip_address="127.0.0.1",
                  **common)
+        _start_reaper(ray)
     else:
         common.pop("include_dashboard")
         ray.init(address=cfg.cluster.address, **common)
     return ray
 
 
-def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec]) -> dict[str, int]:
-    """Run ``todo`` on Ray with bounded in-flight work; returns counts by status."""
+GRACE_S = 30.0  # after Ctrl-C / SIGTERM: how long running trials may take to finish
+RUNTIME_PROBE_S = 5.0  # how long the Ray runtime may take to answer before it counts as gone
+EXIT_RUNTIME_LOST = 3
+
+
+class DispatchStopped(Exception):
+    """The dispatcher stopped before every trial ran. ``exit_code``: 128 + the signal for
+    Ctrl-C / SIGTERM, EXIT_RUNTIME_LOST for a dead Ray runtime; ``counts`` by status of what
+    finished in this session."""
+
+    def __init__(self, reason: str, exit_code: int, counts: dict[str, int]):
+        super().__init__(reason)
+        self.reason, self.exit_code, self.counts = reason, exit_code, counts
+
+
+def runtime_lost(ray, exc: BaseException | None = None) -> str | None:
+    """Why the Ray runtime as a whole is gone (not a single worker or node), or None.
+
+    A local Ray that this driver started is gone once its raylet or GCS process has exited (we
+    hold their processes); any runtime is gone when it does not answer a cluster query within
+    RUNTIME_PROBE_S seconds (a dead head of a remote cluster, a killed local GCS)."""
+    import threading
+
+    import ray.exceptions as rex
+
+    node = getattr(getattr(ray, "_private", None), "worker", None)
+    node = getattr(node, "_global_node", None)
+    if node is not None and getattr(node, "head", False):  # a local Ray we started
+        for name, infos in getattr(node, "all_processes", {}).items():
+            if name in ("raylet", "gcs_server") and any(
+                    i.process is not None and i.process.poll() is not None for i in infos):
+                return f"the local Ray runtime's {name} exited"
+    if isinstance(exc, rex.LocalRayletDiedError):
+        return "the local raylet died"
+    answer: list = []
+    probe = threading.Thread(target=lambda: answer.append(ray.cluster_resources()), daemon=True)
+    probe.start()
+    probe.join(RUNTIME_PROBE_S)
+    if not answer:
+        return f"the Ray runtime did not answer for {RUNTIME_PROBE_S:.0f} s"
+    return None
+
+
+def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None) -> dict[str, int]:
+    """Run ``todo`` on Ray with bounded in-flight work; returns counts by status.
+
+    Stops early with DispatchStopped, recording nothing for the trials that did not run (resume
+    runs them): on Ctrl-C or SIGTERM (no new submissions; running trials get GRACE_S seconds to
+    finish, a second Ctrl-C cancels them; exit 130 / 143), and when the Ray runtime itself is
+    gone (``runtime_lost``; a single dead worker or node stays a retryable record after Ray's
+    retries). With a ``lock`` (sweep.lock.DriverLock), stops (LockHeld) once it was lost."""
+    import signal
+    import threading
+
+    import ray.exceptions as rex
     from tqdm import tqdm
 
     out = store(out)
@@ -244,20 +314,64 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec]) -> dict[str, int]:
     counts = {"ok": 0, "failed": 0, "diverged": 0, "oom": 0}
     queue = list(reversed(make_units(cfg, todo, slots)))
     in_flight: dict = {}
+    stop: dict = {"signal": None, "count": 0, "since": None}
+
+    def on_signal(signum, frame):
+        stop["count"] += 1
+        if stop["signal"] is None:
+            stop["signal"], stop["since"] = signum, time.monotonic()
+            log(f"\n{signal.Signals(signum).name}: no new trials; waiting up to {GRACE_S:.0f} s "
+                f"for the {len(in_flight)} running task(s) (Ctrl-C again cancels them)")
+        elif stop["count"] == 2:
+            log("cancelling the running trials")
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    old = ({s: signal.signal(s, on_signal) for s in handled}
+           if threading.current_thread() is threading.main_thread() else {})
     bar = tqdm(total=len(todo), disable=not cfg.progress, unit="trial", dynamic_ncols=True,
                file=sys.stderr, mininterval=0.5)
     journal = Journal(out)
+    quiet_since = time.monotonic()
     try:
         while queue or in_flight:
+            if lock is not None:
+                lock.check()
+            if stop["signal"] is not None:
+                queue = []  # submit nothing more
+                if stop["count"] >= 2 or time.monotonic() - stop["since"] > GRACE_S:
+                    for ref in in_flight:
+                        ray.cancel(ref, force=True)
+                    break  # cancelled trials get no record: resume runs them
             while queue and len(in_flight) < max_in_flight:
                 unit = queue.pop()
                 in_flight[remote.remote(unit, ctx)] = unit
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            if not in_flight:
+                break
+            try:
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            except Exception as e:  # Ray itself failed (its raylet or GCS went away)
+                why = runtime_lost(ray, e) or f"Ray failed ({type(e).__name__}: {e})"
+                raise DispatchStopped(f"{why}: stopped dispatching", EXIT_RUNTIME_LOST,
+                                      counts) from None
+            if ready:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > RUNTIME_PROBE_S:  # nothing arrives: is Ray up?
+                why = runtime_lost(ray)
+                if why is not None:
+                    raise DispatchStopped(f"{why}: stopped dispatching", EXIT_RUNTIME_LOST,
+                                          counts)
+                quiet_since = time.monotonic()
             for ref in ready:
                 unit = in_flight.pop(ref)
                 try:
                     results = ray.get(ref)
-                except Exception as e:  # the worker or its node died after all retries
+                except rex.TaskCancelledError:
+                    continue
+                except Exception as e:  # a worker or node died after all retries, or Ray did
+                    why = runtime_lost(ray, e)
+                    if why is not None:
+                        raise DispatchStopped(f"{why}: stopped dispatching", EXIT_RUNTIME_LOST,
+                                              counts) from None
                     results = [(_record_system_failure(out, spec, e, len(unit)),
                                 *_file_stamp(out, spec.trial_id)) for spec in unit]
                 for spec, (status, size, mtime_ns) in zip(unit, results):
@@ -270,8 +384,13 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec]) -> dict[str, int]:
                             refresh=False)
             bar.refresh()
     finally:
+        for s, h in old.items():
+            signal.signal(s, h)
         bar.close()
         journal.close()
+    if stop["signal"] is not None:
+        name = signal.Signals(stop["signal"]).name
+        raise DispatchStopped(f"stopped by {name}", 128 + int(stop["signal"]), counts)
     return counts
 
 
@@ -285,7 +404,7 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = ()) -> SweepConf
     to that directory and ``overrides`` (KEY=VALUE, keys in RESUMABLE_KEYS only) applied."""
     from omegaconf import OmegaConf
 
-    from sweep.config import from_dict
+    from sweep.config import check_override_keys, check_schema, from_dict, override_key
 
     d = open_out(sweep_dir)
     meta = d.uri(SWEEP_FILE)
@@ -296,14 +415,20 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = ()) -> SweepConf
         stored, conf = doc["identity_hash"], doc["config"]
     except Exception as e:
         raise ConfigError(f"SWEEP_DIR: {meta} is unreadable ({type(e).__name__})") from None
+    check_override_keys(overrides, allow_groups=False)  # an unknown key: its closest keys
+    plain = []
     for o in overrides:
-        key = o.partition("=")[0]
-        if "=" not in o or not any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS):
-            raise ConfigError(f"resume: cannot override {key!r}; allowed: KEY=VALUE with KEY in "
-                              f"{', '.join(RESUMABLE_KEYS)} (other keys change the sweep's trials)")
-    merged = OmegaConf.merge(OmegaConf.create(conf), OmegaConf.from_dotlist(list(overrides)))
+        prefix, key = override_key(o)
+        if prefix == "~" or "=" not in o or not any(key == k or key.startswith(k + ".")
+                                                     for k in RESUMABLE_KEYS):
+            raise ConfigError(f"resume: cannot override {prefix + key!r}; allowed: KEY=VALUE with "
+                              f"KEY in {', '.join(RESUMABLE_KEYS)} (other keys change the "
+                              "sweep's trials)")
+        plain.append(f"{key}={o.partition('=')[2]}")  # + and ++ of a schema key: a plain value
+    merged = OmegaConf.merge(OmegaConf.create(conf), OmegaConf.from_dotlist(plain))
     conf = OmegaConf.to_container(merged, resolve=True)
     conf["out"] = d.location
+    check_schema(conf)
     cfg = from_dict(conf)
     if cfg.identity_hash() != stored:
         raise ConfigError(f"SWEEP_DIR: {meta} does not match its own identity hash {stored}; "
@@ -311,31 +436,51 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = ()) -> SweepConf
     return cfg
 
 
+def _checked_out(cfg: SweepConfig) -> Store:
+    """The sweep directory after every check that needs no lock (prepare repeats them under
+    it): bad input is refused before the lock is taken or anything is written."""
+    out = open_out(cfg.out_dir())
+    check_out_dir(out, cfg)
+    check_available(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
+    return out
+
+
 def plan_only(cfg: SweepConfig) -> str:
     """Write the sweep directory with its configuration and plan; run nothing."""
-    out, specs = prepare(cfg)
-    todo = pending(out, specs, move_invalid=False)
+    with DriverLock(_checked_out(cfg), "plan", log=log):
+        out, specs = prepare(cfg)
+        todo = pending(out, specs, move_invalid=False)
     log(f"sweep directory: {out}")
     log(f"{len(specs)} trials planned ({out.uri(PLAN_FILE)}), {len(specs) - len(todo)} already "
         f"have results; run them with: sweep resume {out}")
     return out.location
 
 
-def launch(cfg: SweepConfig, verify: bool = False) -> str:
-    out, specs = prepare(cfg)
-    todo = pending(out, specs, verify=verify)
-    log(f"sweep directory: {out}")
-    log(f"{len(specs)} trials planned, {len(specs) - len(todo)} already have results, "
-        f"{len(todo)} to run")
-    t0 = time.perf_counter()
-    if todo:
-        counts = dispatch(cfg, out, todo)
-        log("finished in {:.1f} s: ".format(time.perf_counter() - t0)
-            + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> str:
+    with DriverLock(_checked_out(cfg), command, log=log) as lock:
+        out, specs = prepare(cfg)
+        todo = pending(out, specs, verify=verify)
+        log(f"sweep directory: {out}")
+        log(f"{len(specs)} trials planned, {len(specs) - len(todo)} already have results, "
+            f"{len(todo)} to run")
+        t0 = time.perf_counter()
+        if todo:
+            try:
+                counts = dispatch(cfg, out, todo, lock=lock)
+            except DispatchStopped as e:
+                done = sum(e.counts.values())
+                left = len(pending(out, specs, move_invalid=False))
+                log(f"{e.reason} after {time.perf_counter() - t0:.1f} s: {done} trials finished "
+                    "in this session ("
+                    + (", ".join(f"{v} {k}" for k, v in e.counts.items() if v) or "none")
+                    + f"); {left} of {len(specs)} left. Run them with: sweep resume {out}")
+                raise
+            log("finished in {:.1f} s: ".format(time.perf_counter() - t0)
+                + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     if cfg.figure:
         from analysis.report import make_report
 
-        # 200 bootstrap replicates take ~17 min at 10^5 trials (bench/README.md); fewer there
+        # 200 replicates at 10^5 trials take about 15 min on 2 cores (bench/README.md): fewer there
         n_boot = 200 if len(specs) <= 20_000 else 50
         try:
             log(f"report: {make_report(out, n_boot=n_boot)}")

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from sweep import cost
 from sweep.config import FACTORS, SPACE_KEYS, SweepConfig
+from workers.data import planned_sizes
 from workers.spec import DataSpec, MetricSpec, TrainSpec, TrialSpec
 
 
@@ -246,8 +247,10 @@ def _draw(cfg: SweepConfig, values: bool = False) -> list:
 
 
 def manifest_table(specs: list[TrialSpec], cfg: SweepConfig) -> pa.Table:
-    """One row per planned trial: id, the sampled hyperparameters, the cost estimates, the
-    resource class and the canonical spec."""
+    """One row per planned trial: id, the hyperparameters with the same meaning as in the
+    result files (``batch_size`` null for full-batch L-BFGS, ``train_size``/``test_size`` the
+    numbers of points, ``step_budget``), the cost estimates, the resource class and the
+    canonical spec: a join on the hyperparameters matches every trial's result."""
     rc = cost.resource_class(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)
     rows = [
         {
@@ -255,7 +258,8 @@ def manifest_table(specs: list[TrialSpec], cfg: SweepConfig) -> pa.Table:
             "activation": s.activation, "optimizer": s.optimizer, "lr": s.lr,
             "batch_size": s.batch_size, "init_scale": s.init_scale, "seed": s.seed,
             "random_labels": s.data.random_labels, "augment": s.data.augment,
-            "n_params": cost.n_params(s), "est_flops": cost.estimate_flops(s),
+            "train_size": planned_sizes(s)[0], "test_size": planned_sizes(s)[1],
+            "step_budget": s.train.steps, "n_params": cost.n_params(s), "est_flops": cost.estimate_flops(s),
             "est_memory_bytes": cost.estimate_memory(s), "resource_class": rc,
             "spec": s.canonical(),
         }
@@ -266,6 +270,7 @@ def manifest_table(specs: list[TrialSpec], cfg: SweepConfig) -> pa.Table:
         ("depth", pa.int64()), ("activation", pa.string()), ("optimizer", pa.string()),
         ("lr", pa.float64()), ("batch_size", pa.int64()), ("init_scale", pa.float64()),
         ("seed", pa.int64()), ("random_labels", pa.bool_()), ("augment", pa.bool_()),
+        ("train_size", pa.int64()), ("test_size", pa.int64()), ("step_budget", pa.int64()),
         ("n_params", pa.int64()), ("est_flops", pa.float64()), ("est_memory_bytes", pa.int64()),
         ("resource_class", pa.string()), ("spec", pa.string()),
     ])

@@ -109,3 +109,13 @@ def check_readme_analysis_examples(out):
     assert q[0] == len(ok) and q[1] == pytest.approx(ok.gen_gap.sum())
     n_files = ns["duckdb"].sql(f"SELECT count(*) FROM read_parquet('{out}/trials/*.parquet')").fetchall()[0][0]
     assert n_files == len(df)
+    # a live sweep: a stray file and a truncated one in trials/ fail the glob, not the README's form
+    some = sorted((out / "trials").glob("*.parquet"))[0]
+    (out / "trials" / "zz-stray.parquet").write_bytes(b"not parquet")
+    (out / "trials" / "zz-truncated.parquet").write_bytes(some.read_bytes()[:200])
+    with pytest.raises(Exception):
+        ns["duckdb"].sql(f"SELECT count(*) FROM read_parquet('{out}/trials/*.parquet')").fetchall()
+    ns = {}
+    exec(readme_block("duckdb").replace('"runs/factors-<hash>"', repr(str(out))), ns)
+    got = dict(ns["con"].sql("SELECT status, count(*) FROM trials GROUP BY ALL").fetchall())
+    assert got == df.status.value_counts().to_dict()

@@ -138,3 +138,107 @@ def test_a_trial_out_of_memory_is_oom_and_the_others_finish(ray_local, tmp_path)
     df = load_results(out).set_index("width")
     assert df.loc[4194304, "status"] == "oom" and "allocate" in df.loc[4194304, "error"]
     assert df.loc[16, "status"] == "ok"
+
+
+LONGER = [o for o in TINY if not o.startswith("train.steps")] + ["train.steps=3000"]
+
+
+def _launch(out: Path, trials: int):
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweep.cli", "launch", *LONGER, f"trials={trials}", f"out={out}",
+         "cluster.num_cpus=2"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+
+
+def _descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.parametrize("sig,times,code", [(signal.SIGINT, 1, 130), (signal.SIGTERM, 1, 143),
+                                            (signal.SIGINT, 2, 130)])
+def test_ctrl_c_and_sigterm_stop_cleanly(tmp_path, sig, times, code):
+    """No new trials; the running ones finish (a second Ctrl-C cancels them); the journal is
+    flushed; what finished and the resume command are printed; exit 130 / 143, no traceback;
+    no record for a trial that did not run."""
+    out = tmp_path / "s"
+    proc = _launch(out, 24)
+    try:
+        wait_for_results(out, 2, proc)
+        for _ in range(times):
+            proc.send_signal(sig)
+            time.sleep(0.3)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kill_tree(proc.pid)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and f"sweep resume {out}" in err and "left" in err
+    df = load_results(out)
+    assert 2 <= len(df) < 24 and set(df.status) == {"ok"}  # nothing recorded as failed
+    lines = [ln for f in (out / "journal").glob("*") for ln in f.read_text().splitlines() if ln]
+    assert len(lines) == len(df)  # every result that arrived is journaled
+    rc = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(out)], env=ENV,
+                        capture_output=True, text=True)
+    assert rc.returncode == 0, rc.stderr
+    assert len(load_results(out)) == 24
+
+
+def test_a_dead_ray_runtime_stops_the_sweep_not_the_trials(tmp_path):
+    """The issue's example: killing the raylet of a local sweep turned every remaining trial
+    into a retryable LocalRayletDiedError record, then 'finished' with exit 0. Now the driver
+    stops within seconds, writes no record for trials that never ran, prints what is left and
+    the resume command, and exits non-zero."""
+    out = tmp_path / "s"
+    proc = _launch(out, 40)
+    try:
+        wait_for_results(out, 2, proc)
+        raylets = [p for p in _descendants(proc.pid) if "raylet" in p.name()]
+        assert raylets, [p.name() for p in _descendants(proc.pid)]
+        t0 = time.time()
+        for p in raylets:
+            p.kill()
+        _, err = proc.communicate(timeout=120)
+        took = time.time() - t0
+    finally:
+        kill_tree(proc.pid)
+    assert proc.returncode == 3, err
+    assert took < 60 and "Traceback" not in err
+    assert "raylet" in err and f"sweep resume {out}" in err and "left" in err
+    df = load_results(out)
+    assert len(df) < 40 and (df.status == "ok").all()  # no failure records for unrun trials
+
+
+def test_a_sigkilled_driver_leaves_no_ray_processes(tmp_path):
+    """Today the ray::DashboardAgent and ray::RuntimeEnvAgent of a SIGKILLed driver's local Ray
+    were alive 50 s later; the driver's reaper stops every process that Ray started."""
+    import psutil
+
+    out = tmp_path / "s"
+    proc = _launch(out, 24)
+    ray_procs: list = []
+    try:
+        wait_for_results(out, 1, proc)
+        time.sleep(2)  # Ray's agents are up
+        ray_procs = []
+        for p in _descendants(proc.pid):
+            try:
+                if "reaper" not in " ".join(p.cmdline()):
+                    ray_procs.append(p)
+            except psutil.Error:  # exited meanwhile
+                pass
+        assert any("raylet" in p.name() for p in ray_procs)
+        proc.kill()  # the driver alone, as the OOM killer or kill -9 would
+        proc.wait()
+        gone, alive = psutil.wait_procs(ray_procs, timeout=40)
+        assert not alive, [(p.pid, p.name()) for p in alive]
+    finally:
+        kill_tree(proc.pid)
+        for p in ray_procs:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass

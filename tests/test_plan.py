@@ -6,6 +6,7 @@ import pytest
 
 from sweep.config import compose
 from sweep.plan import manifest_table, plan_trials
+from workers.storage import Store
 
 
 @pytest.mark.parametrize("sampler", ["random", "qmc"])
@@ -169,3 +170,44 @@ def test_paper_large_plans_a_hundred_thousand_trials(tmp_path):
     t = pq.read_table(Path(out) / "plan.parquet", columns=["trial_id", "width", "est_flops"])
     assert t.num_rows == 100000 and len(set(t.column("trial_id").to_pylist())) == 100000
     print(f"planned 100000 trials in {dt:.1f} s")
+
+
+def test_plan_and_results_join_on_the_hyperparameters(tmp_path, monkeypatch):
+    """One meaning per column: batch_size is null for full-batch L-BFGS in the plan and in every
+    result record, train_size/test_size are numbers of points (a failed record too),
+    step_budget is the budget (steps: the steps run). Joining the plan and the results on the
+    hyperparameters matches every trial, whichever way it ended."""
+    import workers.trial as trial_mod
+    from analysis import load_results
+    from sweep.driver import plan_only, read_plan
+    from workers.spec import RunContext
+    from workers.trial import run_trial
+
+    out = tmp_path / "s"
+    cfg = compose([f"out={out}", "trials=4", "space.optimizer=[sgd,lbfgs]", "space.width=[8,16]",
+                   "train.steps=20", "metrics.transitions_points=0", "dataset.test_size=50"])
+    plan_only(cfg)
+    specs = read_plan(Store(out))
+    real = trial_mod.execute
+    boom = specs[-1].trial_id
+
+    def execute(spec, ctx):
+        if spec.trial_id == boom:
+            raise ValueError("a trial's own error")
+        return real(spec, ctx)
+
+    monkeypatch.setattr(trial_mod, "execute", execute)
+    for s in specs:
+        run_trial(s, RunContext(str(out)))
+    plan = pq.read_table(out / "plan.parquet").to_pandas()
+    res = load_results(out)
+    assert set(res.status) == {"ok", "failed"} and set(res.optimizer) == {"sgd", "lbfgs"}
+    keys = ["dataset", "width", "depth", "activation", "optimizer", "lr", "batch_size",
+            "init_scale", "seed", "random_labels", "augment", "train_size", "test_size",
+            "step_budget"]
+    joined = plan.merge(res, on=keys, how="inner", suffixes=("_plan", "_result"))
+    assert len(joined) == len(specs)
+    assert (joined.trial_id_plan == joined.trial_id_result).all()
+    assert res.loc[res.optimizer == "lbfgs", "batch_size"].isna().all()
+    assert (res.train_size == 1347).all() and (res.test_size == 50).all()  # failed one too
+    assert (res.step_budget == 20).all() and (res.loc[res.status == "ok", "steps"] <= 20).all()

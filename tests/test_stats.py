@@ -648,3 +648,13 @@ def test_hyperparameters_constant_lists_the_paper_grid():
     assert HYPERPARAMETERS == ["dataset", "train_size", "random_labels", "augment", "width",
                                "depth", "activation", "optimizer", "lr", "batch_size",
                                "init_scale", "step_budget"]
+
+
+def test_statistics_table_in_processes_equals_one_process():
+    """The (group, measure) jobs draw from their own seeded generators: the same table in
+    spawned processes as in this one."""
+    df = sweep_frame()
+    kw = dict(measures=("jacobian_norm_test",), n_boot=15, seed=4)
+    one = statistics_table(df, processes=1, **kw)
+    two = statistics_table(df, processes=2, **kw)
+    pd.testing.assert_frame_equal(one, two)

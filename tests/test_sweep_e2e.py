@@ -19,7 +19,7 @@ TINY = ["trials=6", "dataset.train_size=200", "dataset.test_size=80", "train.ste
         "train.check_every=50", "space.width=[16,32]", "space.depth=[2,3]",
         "space.batch_size=[32]", "progress=false"]
 FILLED = ["trial_id", "status", "dataset", "width", "depth", "activation", "optimizer", "lr",
-          "batch_size", "init_scale", "seed", "random_labels", "augment", "steps", "n_params",
+          "init_scale", "seed", "random_labels", "augment", "steps", "n_params",
           "train_acc", "test_acc", "train_loss", "test_loss", "gen_gap", "jacobian_norm_train",
           "jacobian_norm_test", "transitions_test", "transitions_method", "transitions_points",
           "wall_time_s"]
@@ -32,6 +32,8 @@ def test_tiny_sweep_resume_and_weights(ray_local, tmp_path, capsys):
     df = load_results(out)
     assert len(df) == 6 and (df["status"] == "ok").all(), df[["status", "error"]]
     assert df[FILLED].notna().all().all()
+    # batch_size has one meaning in the plan and the results: null exactly for full batch
+    assert (df.batch_size.isna() == (df.optimizer == "lbfgs")).all()
     pl = df.activation != "tanh"
     assert (df.loc[pl, "transitions_method"] == "exact").all() and pl.any()
     assert (df.loc[~pl, "transitions_method"] == "sampled").all()

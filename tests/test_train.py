@@ -122,7 +122,7 @@ def test_diverging_trial_is_recorded_as_diverged(tmp_path):
 def test_failing_trial_is_recorded_with_its_reason(tmp_path):
     s = spec(data=DataSpec("mnist"))
     row = run_trial(s, RunContext(str(tmp_path), data_root=str(tmp_path / "none")))
-    assert row["status"] == "failed" and "DataError" in row["error"]
+    assert row["status"] == "failed" and "DataMissing" in row["error"]  # a DataError
     assert read_trial(trial_path(tmp_path, s.trial_id)).to_pylist()[0]["status"] == "failed"
 
 
@@ -131,7 +131,8 @@ def test_lbfgs_respects_the_iteration_cap(tmp_path):
              train=TrainSpec(steps=10_000, check_every=7, early_stop=False, lbfgs_max_iter=20,
                              lbfgs_tolerance_grad=0.0, lbfgs_tolerance_change=0.0))
     row = run_trial(s, RunContext(str(tmp_path)))
-    assert row["status"] == "ok" and row["steps"] == 20 and row["batch_size"] == 300
+    assert row["status"] == "ok" and row["steps"] == 20
+    assert row["batch_size"] is None  # full batch: the hyperparameter is null, as in the plan
 
 
 def test_transitions_per_point_are_the_exact_counts_of_the_translation_loops(tmp_path):
@@ -207,3 +208,45 @@ def test_fitted_lbfgs_trial_keeps_every_per_point_loss(tmp_path):
         assert abs(float(loss[i]) - float(ref)) <= 1e-12 * float(ref)
     jac = torch.tensor([p["jacobian_norm"] for p in train])
     assert (jac > 0).all()
+
+
+def test_missing_data_on_the_worker_is_a_retryable_failure(tmp_path):
+    """The issue's example: the trial ran where its data files are not. Recorded retryable, so
+    `sweep resume` runs it again once the files are there."""
+    from sweep.driver import pending
+
+    s = spec(data=DataSpec("mnist", train_size=100, test_size=50))
+    row = run_trial(s, RunContext(str(tmp_path), data_root=str(tmp_path / "nothing")))
+    assert row["status"] == "failed" and row["retryable"] is True
+    assert "files not found" in row["error"]
+    assert [t.trial_id for t in pending(str(tmp_path), [s])] == [s.trial_id]
+
+
+@pytest.mark.parametrize("exc,retryable", [
+    ("ModuleNotFoundError(\"No module named 'torchvision'\")", True),
+    ("RuntimeError('Found no NVIDIA driver on your system')", True),
+    ("AssertionError('Torch not compiled with CUDA enabled')", True),
+    ("OSError(errno.ENOSPC, 'No space left on device')", True),
+    ("ValueError('a bad configuration')", False),
+    ("RuntimeError('mat1 and mat2 shapes cannot be multiplied')", False),
+    ("FloatingPointError('nan in the weights')", False),
+    ("DataError('subset size 500 outside 1..300')", False),
+])
+def test_environment_failures_are_retryable_and_the_trials_own_are_final(tmp_path, monkeypatch,
+                                                                        exc, retryable):
+    import errno  # noqa: F401 (used by the expressions)
+
+    import workers.trial as trial_mod
+    from sweep.driver import pending
+    from workers.data import DataError  # noqa: F401
+
+    error = eval(exc)
+
+    def execute(spec, ctx):
+        raise error
+
+    monkeypatch.setattr(trial_mod, "execute", execute)
+    s = spec()
+    row = run_trial(s, RunContext(str(tmp_path)))
+    assert row["status"] == "failed" and row["retryable"] is retryable
+    assert len(pending(str(tmp_path), [s])) == (1 if retryable else 0)

@@ -50,8 +50,20 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+def planned_sizes(spec) -> tuple[int, int]:
+    """(train points, test points) a trial (``workers.spec.TrialSpec``) uses: its subset sizes,
+    or the whole splits. One meaning in the plan and in every result record, failed or not."""
+    info = DATASETS[spec.data.name]
+    return spec.data.train_size or info.train_size, spec.data.test_size or info.test_size
+
+
 class DataError(RuntimeError):
     """A data set that cannot be found or read; the message says where and how to get it."""
+
+
+class DataMissing(DataError):
+    """The data set's files are not where this process looks (or cannot be fetched here): a
+    property of the machine, not of the trial, so a trial that hits it may run elsewhere."""
 
 
 @dataclass
@@ -155,7 +167,7 @@ def check_available(name: str, root: str | None, download: bool) -> None:
     r = Path(root or default_root(name)).expanduser()
     missing = missing_files(name, r)
     if missing and not download:
-        raise DataError(
+        raise DataMissing(
             f"dataset {name}: files not found under {r} (missing {missing[0]}"
             f"{' and others' if len(missing) > 1 else ''}); {_how_to_get(name, r)}"
         )
@@ -163,7 +175,7 @@ def check_available(name: str, root: str | None, download: bool) -> None:
         try:
             import torchvision  # noqa: F401
         except Exception as e:  # ImportError, or a torchvision built for another torch
-            raise DataError(
+            raise DataMissing(
                 f"dataset {name}: dataset.download=true needs a working torchvision "
                 f"(pip install 'sensitivity-sweep[download]'): {e}"
             ) from None

@@ -226,6 +226,20 @@ class Store:
         pq.write_table(table, buf, **kwargs)
         self.write_bytes(rel, buf.getvalue())
 
+    def delete(self, rel: str) -> None:
+        """Remove one file (the driver lock only: results are never deleted)."""
+        if self.local:
+            os.unlink(self.path(rel))
+        else:
+            self.fs.delete_file(self.path(rel))
+
+    def names(self) -> list[str]:
+        """Every entry directly in the directory (files and directories, hidden ones too)."""
+        if self.local:
+            return sorted(os.listdir(self.root)) if os.path.isdir(self.root) else []
+        sel = pafs.FileSelector(self.root, allow_not_found=True, recursive=False)
+        return sorted(i.base_name for i in self.fs.get_file_info(sel))
+
     def move(self, src: str, dst: str) -> None:
         """Move a file within the store (a copy and delete on object stores)."""
         if self.local:

@@ -6,13 +6,14 @@ error text), ``oom`` or ``diverged`` and returns the summary, so a sweep goes on
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 import traceback
 
 import torch
 
-from workers.data import load_data
+from workers.data import load_data, planned_sizes
 from workers.metrics import jacobian_norm, per_point_loss
 from workers.models import build_mlp, count_params
 from workers.results import points_columns, weights_file, write_extra, write_trial
@@ -28,11 +29,15 @@ METRIC_COLUMNS = (
 
 
 def base_summary(spec: TrialSpec) -> dict:
-    """The summary row of a trial that has not produced any numbers (yet)."""
+    """The summary row of a trial that has not produced any numbers (yet). Every column has one
+    meaning in the plan and the results: ``batch_size`` is the planned hyperparameter (null for
+    full-batch L-BFGS), ``train_size``/``test_size`` the numbers of points, ``step_budget`` the
+    budget and ``steps`` the steps run."""
     d = spec.data
+    n_train, n_test = planned_sizes(spec)
     row = {
         "trial_id": spec.trial_id, "status": "failed", "error": None, "retryable": False,
-        "dataset": d.name, "train_size": d.train_size, "test_size": d.test_size,
+        "dataset": d.name, "train_size": n_train, "test_size": n_test,
         "random_labels": d.random_labels, "augment": d.augment,
         "width": spec.width, "depth": spec.depth, "activation": spec.activation,
         "optimizer": spec.optimizer, "lr": spec.lr, "batch_size": spec.batch_size,
@@ -130,8 +135,6 @@ def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.n
     n_train = len(data.y_train)
     row.update(train_size=n_train, test_size=len(data.y_test), input_dim=data.input_dim,
                num_classes=data.info.num_classes)
-    if spec.batch_size is None:
-        row["batch_size"] = n_train  # full batch
     model = build_mlp(data.input_dim, spec.width, spec.depth, data.info.num_classes,
                       spec.activation, spec.init_scale, spec.seed).to(ctx.device)
     row["n_params"] = count_params(model)
@@ -168,6 +171,29 @@ def is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and any(m in str(e) for m in _OOM_MESSAGES)
 
 
+_NO_DEVICE = ("no CUDA GPUs are available", "Torch not compiled with CUDA enabled",
+              "Found no NVIDIA driver", "CUDA driver version is insufficient",
+              "invalid device ordinal", "CUDA-capable device", "no kernel image is available")
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EIO, errno.EACCES, errno.EDQUOT,
+                   errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+
+
+def is_environment_failure(e: BaseException) -> bool:
+    """A failure of where the trial ran, not of the trial: its data files missing on that
+    worker (DataMissing), an import that fails there (ImportError), a device that is not there
+    (CUDA unavailable, a bad device ordinal), a disk or file-table problem of the machine
+    (ENOSPC, EROFS, EIO, EACCES, EDQUOT, EMFILE, ...). Recorded ``retryable`` so that ``sweep
+    resume`` runs the trial again once the environment is fixed; anything else (a bad
+    configuration, a NaN, a bug) is the trial's own and final."""
+    from workers.data import DataMissing
+
+    if isinstance(e, (DataMissing, ImportError)):
+        return True
+    if isinstance(e, OSError) and e.errno in _MACHINE_ERRNOS:
+        return True
+    return isinstance(e, (RuntimeError, AssertionError)) and any(m in str(e) for m in _NO_DEVICE)
+
+
 def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
     """Run one trial and write its result file; returns the summary row (without points)."""
     t0 = time.perf_counter()
@@ -190,6 +216,7 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
         else:
             tb = traceback.format_exc(limit=-3)
             row = failure_summary(spec, "failed", f"{type(e).__name__}: {e}\n{tb}"[:4000])
+            row["retryable"] = is_environment_failure(e)
     row["wall_time_s"] = time.perf_counter() - t0
     write_trial(ctx.out_dir, row, points)
     return row

@@ -1,0 +1,128 @@
+"""One driver per sweep directory (sweep.lock): a second driver is refused naming the holder, a
+gone holder's lock is taken over, on local paths and through a file:// URI (the object-store
+code path)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import sweep.lock as lock_mod
+from sweep.cli import main
+from sweep.lock import LOCK_FILE, DriverLock, LockHeld, lock_status, read_holder
+from workers.storage import Store
+
+
+def _stores(tmp_path):
+    return [Store(tmp_path / "local"), Store((tmp_path / "uri").as_uri())]
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch):
+    monkeypatch.setattr(lock_mod, "SETTLE_S", 0.05)
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _write_lock(st: Store, **kw):
+    doc = dict(host=socket.gethostname(), pid=os.getpid(), command="launch",
+               started=time.time() - 60, heartbeat=time.time(), token="other")
+    doc.update(kw)
+    st.makedirs()
+    st.write_text(LOCK_FILE, json.dumps(doc))
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_second_driver_is_refused_naming_the_holder(tmp_path, which):
+    st = _stores(tmp_path)[which]
+    with DriverLock(st, "launch") as held:
+        assert read_holder(st).token == held.token
+        with pytest.raises(LockHeld) as e:
+            DriverLock(st, "resume").acquire()
+        msg = str(e.value)
+        assert "\n" not in msg and f"pid {os.getpid()}" in msg and socket.gethostname() in msg
+        assert "sweep launch" in msg
+        assert lock_status(st).startswith("driver: live")
+    assert not st.exists(LOCK_FILE)  # released
+    assert lock_status(st) == "driver: none running"
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_gone_holder_is_taken_over_with_a_note(tmp_path, which):
+    st = _stores(tmp_path)[which]
+    notes = []
+    _write_lock(st, pid=_dead_pid())  # same host, process gone
+    assert lock_status(st).startswith("driver: gone")
+    with DriverLock(st, "resume", log=notes.append) as lk:
+        assert read_holder(st).token == lk.token
+    assert any("taking over" in n and "is gone" in n for n in notes)
+    _write_lock(st, host="elsewhere", heartbeat=time.time() - 10 * lock_mod.STALE_AFTER_S)
+    notes.clear()
+    with DriverLock(st, "launch", log=notes.append):
+        pass
+    assert any("no heartbeat" in n for n in notes)
+    _write_lock(st, host="elsewhere", heartbeat=time.time())  # another host, fresh: live
+    with pytest.raises(LockHeld, match="host elsewhere"):
+        DriverLock(st, "launch").acquire()
+    # the stale locks were set aside, never deleted
+    assert sum(n.startswith(LOCK_FILE + ".stale-") for n in st.names()) == 2
+
+
+def test_a_lost_lock_stops_the_driver(tmp_path, monkeypatch):
+    monkeypatch.setattr(lock_mod, "HEARTBEAT_S", 0.05)
+    st = Store(tmp_path / "s")
+    lk = DriverLock(st, "launch").__enter__()
+    try:
+        _write_lock(st, token="thief")
+        deadline = time.time() + 5
+        while lk.lost is None and time.time() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(LockHeld, match="taken over"):
+            lk.check()
+    finally:
+        lk.release()
+    assert read_holder(st).token == "thief"  # not removed by the loser
+
+
+@pytest.mark.parametrize("argv", [["plan", "trials=2"], ["launch", "trials=2"]])
+def test_cli_drivers_refused_while_a_lock_is_held(tmp_path, capsys, argv):
+    out = tmp_path / "s"
+    assert main(["plan", "trials=2", f"out={out}"]) == 0
+    capsys.readouterr()
+    with DriverLock(Store(out), "launch"):
+        assert main(argv + [f"out={out}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "being run by another driver" in err
+        assert main(["resume", str(out)]) == 2
+        assert "being run by another driver" in capsys.readouterr().err
+        assert main(["status", str(out)]) == 0  # read-only: no lock needed
+        assert "driver: live" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_two_launches_into_one_directory(tmp_path):
+    """The issue's example: two `sweep launch dry_run=true trials=6 out=T` started together
+    both ran every trial (two journals of 6 lines each); now one runs, the other exits 2."""
+    out = tmp_path / "T"
+    cmd = [sys.executable, "-m", "sweep.cli", "launch", "dry_run=true", "trials=6", f"out={out}",
+           "progress=false", "figure=false", "cluster.num_cpus=1"]
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for rc, err in results if rc == 2)
+    assert "being run by another driver" in loser
+    lines = [ln for f in (out / "journal").glob("*") for ln in f.read_text().splitlines()
+             if ln.strip()]
+    assert len(lines) == 6
+    assert not (out / LOCK_FILE).exists()

@@ -368,7 +368,11 @@ def _run_pairs(counts: np.ndarray, first: np.ndarray, a: np.ndarray, b: np.ndarr
     return env, first[a][env] + off // nb[env], first[b][env] + off % nb[env]
 
 
-def _sign_error(cf: _Configs, pairs, noise_filter: bool | float = False) -> SignError:
+MIN_ESS = 12.0  # the noise filter's minimum effective sample size per environment
+
+
+def _sign_error(cf: _Configs, pairs, noise_filter: bool | float = False,
+                min_ess: float = MIN_ESS) -> SignError:
     if noise_filter is True and cf.row_test is None:
         raise ValueError("noise_filter=True needs a test_size column (test points behind each "
                          "gap); pass noise_filter=<number of test points> instead")
@@ -392,6 +396,10 @@ def _sign_error(cf: _Configs, pairs, noise_filter: bool | float = False) -> Sign
             w = hoeffding_weight(g[rb] - g[ra], np.minimum(m[ra], m[rb]))
         wsum = np.bincount(env, weights=w, minlength=a.size)
         used = wsum > 0  # with the noise filter, environments whose pairs all got weight 0 go
+        if noise_filter is not False:  # ... and those resting on too few effective pairs
+            w2 = np.bincount(env, weights=w * w, minlength=a.size)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                used &= wsum ** 2 / w2 >= min_ess
         e = np.bincount(env, weights=w * err, minlength=a.size)[used] / wsum[used]
         n_run_pairs += int(np.count_nonzero(w))
         if e.size == 0:
@@ -409,7 +417,7 @@ def _sign_error(cf: _Configs, pairs, noise_filter: bool | float = False) -> Sign
 
 def sign_error(df: pd.DataFrame, measure: str, target: str = "gen_gap",
                hyperparameters: Sequence[str] | None = None,
-               noise_filter: bool | float = False) -> SignError:
+               noise_filter: bool | float = False, min_ess: float = MIN_ESS) -> SignError:
     """Sign-error over single-hyperparameter interventions (Dziugaite et al. 2020, "In search of
     robust measures of generalization", NeurIPS 2020: the sign-error loss and the robust
     sign-error of its coupled-network experiments).
@@ -424,13 +432,15 @@ def sign_error(df: pd.DataFrame, measure: str, target: str = "gen_gap",
     side). ``value`` = the mean of err(e) over all environments; ``robust`` = the robust
     sign-error, max over environments (the paper's sup over the family of environments).
     ``noise_filter`` (default off): the paper's Monte-Carlo noise filter, weighting each pair of
-    runs by ``hoeffding_weight`` of its gap difference (err(e) becomes the weighted mean;
-    environments whose pairs all get weight 0 are left out); ``True`` takes the test points
-    behind each gap from the ``test_size`` column (the smaller of the two runs), a number sets
-    them. NaN when there is no environment. Environments are found by grouping configurations
+    runs by ``hoeffding_weight`` of its gap difference (err(e) becomes the weighted mean), and,
+    as the authors' code does, leaving out environments whose effective sample size
+    (sum w)^2 / sum w^2 is below ``min_ess`` (12; with 3 seeds an environment has at most 9
+    pairs of runs, so the filter needs 4 or more seeds per configuration); ``True`` takes the
+    test points behind each gap from the ``test_size`` column (the smaller of the two runs), a
+    number sets them. NaN when there is no environment. Environments are found by grouping configurations
     on all-but-one hyperparameter, never by looping over all pairs."""
     cf = _configs(_prepare(df, measure, target, hyperparameters))
-    return _sign_error(cf, _one_factor_pairs(cf), noise_filter)
+    return _sign_error(cf, _one_factor_pairs(cf), noise_filter, min_ess)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,8 +39,8 @@ def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
         return _fail(str(e))
     except driver.DispatchStopped as e:  # what finished and the resume command: already said
         return e.exit_code
-    except KeyboardInterrupt:  # before dispatching began: nothing runs
-        print("sweep: interrupted before any trial was dispatched", file=sys.stderr)
+    except KeyboardInterrupt:  # outside the dispatcher (planning, the report): nothing runs
+        print("sweep: interrupted; every finished trial's result is kept", file=sys.stderr)
         return 130
     return 0
 
@@ -58,7 +58,7 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
     except driver.DispatchStopped as e:
         return e.exit_code
     except KeyboardInterrupt:
-        print("sweep: interrupted before any trial was dispatched", file=sys.stderr)
+        print("sweep: interrupted; every finished trial's result is kept", file=sys.stderr)
         return 130
     return 0
 

@@ -255,6 +255,19 @@ class DispatchStopped(Exception):
         self.reason, self.exit_code, self.counts = reason, exit_code, counts
 
 
+def local_runtime_exited(ray) -> str | None:
+    """For a local Ray this driver started: which of its raylet and GCS processes exited (a
+    cheap poll of processes we hold), else None."""
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    if node is None or not getattr(node, "head", False):
+        return None
+    for name, infos in getattr(node, "all_processes", {}).items():
+        if name in ("raylet", "gcs_server") and any(
+                i.process is not None and i.process.poll() is not None for i in infos):
+            return f"the local Ray runtime's {name} exited"
+    return None
+
+
 def runtime_lost(ray, exc: BaseException | None = None) -> str | None:
     """Why the Ray runtime as a whole is gone (not a single worker or node), or None.
 
@@ -265,13 +278,9 @@ def runtime_lost(ray, exc: BaseException | None = None) -> str | None:
 
     import ray.exceptions as rex
 
-    node = getattr(getattr(ray, "_private", None), "worker", None)
-    node = getattr(node, "_global_node", None)
-    if node is not None and getattr(node, "head", False):  # a local Ray we started
-        for name, infos in getattr(node, "all_processes", {}).items():
-            if name in ("raylet", "gcs_server") and any(
-                    i.process is not None and i.process.poll() is not None for i in infos):
-                return f"the local Ray runtime's {name} exited"
+    why = local_runtime_exited(ray)
+    if why is not None:
+        return why
     if isinstance(exc, rex.LocalRayletDiedError):
         return "the local raylet died"
     answer: list = []
@@ -353,6 +362,9 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None) -> dict[st
                 why = runtime_lost(ray, e) or f"Ray failed ({type(e).__name__}: {e})"
                 raise DispatchStopped(f"{why}: stopped dispatching", EXIT_RUNTIME_LOST,
                                       counts) from None
+            why = local_runtime_exited(ray)  # a local GCS gone: the raylet follows in 60 s
+            if why is not None:
+                raise DispatchStopped(f"{why}: stopped dispatching", EXIT_RUNTIME_LOST, counts)
             if ready:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since > RUNTIME_PROBE_S:  # nothing arrives: is Ray up?
@@ -388,7 +400,7 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None) -> dict[st
             signal.signal(s, h)
         bar.close()
         journal.close()
-    if stop["signal"] is not None:
+    if stop["signal"] is not None and sum(counts.values()) < len(todo):  # else: all ran
         name = signal.Signals(stop["signal"]).name
         raise DispatchStopped(f"stopped by {name}", 128 + int(stop["signal"]), counts)
     return counts

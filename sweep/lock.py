@@ -55,6 +55,8 @@ class Holder:
     started: float
     heartbeat: float
     token: str
+    boot_id: str = ""  # the host's boot (Linux): a lock from before a reboot is stale
+    pid_started: float = 0.0  # the process's start time: a reused pid is not the holder
 
     def describe(self, now: float | None = None) -> str:
         age = (time.time() if now is None else now) - self.heartbeat
@@ -62,35 +64,76 @@ class Holder:
                 f"{_iso(self.started)}, last heartbeat {max(age, 0.0):.0f} s ago")
 
 
-def _pid_alive(pid: int) -> bool:
+def _boot_id() -> str:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
-def holder_state(h: Holder, now: float | None = None) -> tuple[bool, str]:
-    """(live, why) for a lock's holder."""
-    now = time.time() if now is None else now
+def _pid_started(pid: int) -> float | None:
+    """The start time of process ``pid`` (psutil), None if there is no such process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error:  # exists, not ours to inspect
+        return 0.0
+
+
+def holder_state(h: Holder, st: Store | None = None, token: str | None = None) -> tuple[bool, str]:
+    """(live, why) for a lock's holder. Same host: its process must exist with the start time
+    the lock recorded (a reused pid, a restarted container that is pid 1 again, a reboot: gone).
+    Another host: its heartbeat must be younger than STALE_AFTER_S, measured on the store's
+    clock (the lock file's mtime against a probe file written now), so clock skew between
+    hosts does not matter."""
     if h.host == socket.gethostname():
-        if not _pid_alive(h.pid):
+        if h.boot_id and h.boot_id != _boot_id():
+            return False, "the host rebooted since"
+        started = _pid_started(h.pid)
+        if started is None:
             return False, f"its process {h.pid} on this host is gone"
+        if h.pid_started and started and abs(started - h.pid_started) > 1.0:
+            return False, f"pid {h.pid} is another process now"
         return True, "its process is running on this host"
-    age = now - h.heartbeat
+    age = _age_on_store(st, h) if st is not None else time.time() - h.heartbeat
     if age > STALE_AFTER_S:
         return False, f"no heartbeat for {age:.0f} s (> {STALE_AFTER_S:.0f} s)"
     return True, f"heartbeat {age:.0f} s ago"
 
 
-def read_holder(st: Store) -> Holder | None:
-    """The lock's holder, or None when there is no lock or it cannot be parsed."""
+def _age_on_store(st: Store, h: Holder) -> float:
+    """Seconds since the lock was last written, both times read from the store's clock."""
+    probe = f"{LOCK_FILE}.probe-{uuid.uuid4().hex[:8]}"
     try:
-        doc = json.loads(st.read_text(LOCK_FILE))
-        return Holder(**{k: doc[k] for k in Holder.__dataclass_fields__})
-    except (OSError, ValueError, KeyError, TypeError):
+        st.write_text(probe, "")
+        try:
+            return (st.entry(probe).mtime_ns - st.entry(LOCK_FILE).mtime_ns) / 1e9
+        finally:
+            st.delete(probe)
+    except OSError:
+        return time.time() - h.heartbeat
+
+
+def read_holder(st: Store, strict: bool = False) -> Holder | None:
+    """The lock's holder; None when there is no lock file or it cannot be parsed. With
+    ``strict``, other read errors (a store's transient 503) are raised, not taken for
+    'no lock'."""
+    try:
+        text = st.read_text(LOCK_FILE)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        if strict:
+            raise
+        return None
+    try:
+        doc = json.loads(text)
+        return Holder(**{k: doc[k] for k in Holder.__dataclass_fields__ if k in doc})
+    except (ValueError, KeyError, TypeError):
         return None
 
 
@@ -100,7 +143,7 @@ def lock_status(st: Store) -> str:
     if h is None:
         return "driver: none running" if not st.exists(LOCK_FILE) else \
             f"driver: unreadable lock file {st.uri(LOCK_FILE)}"
-    live, why = holder_state(h)
+    live, why = holder_state(h, st)
     return (f"driver: {'live' if live else 'gone (stale lock; the next driver takes it over)'}: "
             f"{h.describe()} ({why})")
 
@@ -120,7 +163,7 @@ class DriverLock:
 
     def _doc(self) -> str:
         h = Holder(socket.gethostname(), os.getpid(), self.command, self.started, time.time(),
-                   self.token)
+                   self.token, _boot_id(), _pid_started(os.getpid()) or 0.0)
         return json.dumps(asdict(h))
 
     # ---- acquire
@@ -136,7 +179,7 @@ class DriverLock:
         for _ in range(5):
             h = read_holder(self.st)
             if h is not None:
-                live, why = holder_state(h)
+                live, why = holder_state(h, self.st, self.token)
                 if live:
                     raise LockHeld(
                         f"SWEEP_DIR: {self.st} is being run by another driver ({h.describe()}); "
@@ -169,17 +212,38 @@ class DriverLock:
         return time.time() - mtime > FRESH_S
 
     def _set_aside(self, token: str | None) -> bool:
-        """Move the stale lock away; False if it is no longer the one we judged stale."""
-        if token is not None:
-            h = read_holder(self.st)
-            if h is None or h.token != token:
+        """Move the stale lock away; False if it is no longer the one we judged stale. Takers
+        are serialised by a second O_EXCL file (``driver.lock.takeover``), so that no taker
+        can move aside a lock another taker has just created (object stores: best effort)."""
+        mutex = f"{LOCK_FILE}.takeover"
+        if self.st.local:
+            try:
+                fd = os.open(self.st.path(mutex), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.close(fd)
+            except FileExistsError:
+                try:  # a taker that died holding it: free it after FRESH_S
+                    if time.time() - self.st.entry(mutex).mtime_ns / 1e9 > FRESH_S:
+                        self.st.delete(mutex)
+                except OSError:
+                    pass
+                time.sleep(0.1)
                 return False
-        aside = f"{LOCK_FILE}.stale-{uuid.uuid4().hex[:8]}"
         try:
-            self.st.move(LOCK_FILE, aside)  # one rename: exactly one taker succeeds (POSIX)
-        except (FileNotFoundError, OSError):
-            return False
-        return True
+            h = read_holder(self.st)
+            if token is not None and (h is None or h.token != token):
+                return False
+            aside = f"{LOCK_FILE}.stale-{uuid.uuid4().hex[:8]}"
+            try:
+                self.st.move(LOCK_FILE, aside)  # kept, never deleted
+            except OSError:
+                return False
+            return True
+        finally:
+            if self.st.local:
+                try:
+                    self.st.delete(mutex)
+                except OSError:
+                    pass
 
     def _create(self) -> bool:
         if self.st.local:
@@ -198,7 +262,11 @@ class DriverLock:
     # ---- hold
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            h = read_holder(self.st)
+            try:
+                h = read_holder(self.st, strict=True)
+            except OSError as e:  # a transient store error: look again at the next beat
+                self.log(f"note: could not read the driver lock ({e})")
+                continue
             if h is None or h.token != self.token:
                 self.lost = ("the driver lock was taken over by "
                              + (h.describe() if h else "nobody (it was removed)"))

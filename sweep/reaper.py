@@ -2,9 +2,10 @@
 
 ``python -m sweep.reaper DRIVER_PID ROOT_PID [ROOT_PID ...]`` runs in its own session beside a
 driver that started a local Ray (the roots: its raylet and GCS). While the driver lives, it notes
-every descendant of the roots (PID and start time; Ray's agents and workers come and go). Once the
-driver is gone it waits ``GRACE_S`` for them to exit on their own (a normal shutdown), then sends
-SIGTERM and, ``GRACE_S`` later, SIGKILL to those still alive. Only processes this driver's Ray
+every descendant of the roots (PID and start time; Ray's agents and workers come and go), and
+exits as soon as all of them are gone (a normal ``ray.shutdown``). Once the driver is gone it
+waits ``GRACE_S`` for them to exit on their own, then sends SIGTERM and, ``GRACE_S`` later,
+SIGKILL to those still alive. Only processes this driver's Ray
 started are touched, each by PID and checked against its start time (no reused PID is hit).
 """
 
@@ -17,12 +18,17 @@ POLL_S = 1.0
 GRACE_S = 5.0
 
 
-def _snapshot(roots, known: dict) -> None:
+def _snapshot(roots: dict, known: dict) -> None:
+    """Note the roots' living descendants; a root whose pid now names another process (its
+    start time changed) is dropped, so a reused pid is never walked."""
     import psutil
 
-    for pid in list(roots):
+    for pid, started in list(roots.items()):
         try:
             p = psutil.Process(pid)
+            if abs(p.create_time() - started) > 1e-3:
+                del roots[pid]
+                continue
             for q in [p] + p.children(recursive=True):
                 known.setdefault(q.pid, q.create_time())
         except psutil.Error:
@@ -43,10 +49,16 @@ def _alive(known: dict) -> list:
     return out
 
 
-def reap(driver: int, roots: list[int]) -> int:
+def reap(driver: int, root_pids: list[int]) -> int:
     import psutil
 
     known: dict[int, float] = {}
+    roots: dict[int, float] = {}
+    for pid in root_pids:
+        try:
+            roots[pid] = psutil.Process(pid).create_time()
+        except psutil.Error:
+            pass
     try:
         drv = psutil.Process(driver)
         drv_started = drv.create_time()
@@ -54,6 +66,8 @@ def reap(driver: int, roots: list[int]) -> int:
         return 0
     while True:
         _snapshot(roots, known)
+        if not _alive(known):  # Ray was shut down normally (the driver may live on): done
+            return 0
         try:
             if psutil.Process(driver).create_time() != drv_started:
                 break

@@ -187,7 +187,8 @@ def test_ctrl_c_and_sigterm_stop_cleanly(tmp_path, sig, times, code):
     assert len(load_results(out)) == 24
 
 
-def test_a_dead_ray_runtime_stops_the_sweep_not_the_trials(tmp_path):
+@pytest.mark.parametrize("victim", ["raylet", "gcs_server"])
+def test_a_dead_ray_runtime_stops_the_sweep_not_the_trials(tmp_path, victim):
     """The issue's example: killing the raylet of a local sweep turned every remaining trial
     into a retryable LocalRayletDiedError record, then 'finished' with exit 0. Now the driver
     stops within seconds, writes no record for trials that never ran, prints what is left and
@@ -196,10 +197,10 @@ def test_a_dead_ray_runtime_stops_the_sweep_not_the_trials(tmp_path):
     proc = _launch(out, 40)
     try:
         wait_for_results(out, 2, proc)
-        raylets = [p for p in _descendants(proc.pid) if "raylet" in p.name()]
-        assert raylets, [p.name() for p in _descendants(proc.pid)]
+        targets = [p for p in _descendants(proc.pid) if victim in p.name()]
+        assert targets, [p.name() for p in _descendants(proc.pid)]
         t0 = time.time()
-        for p in raylets:
+        for p in targets:
             p.kill()
         _, err = proc.communicate(timeout=120)
         took = time.time() - t0
@@ -207,7 +208,7 @@ def test_a_dead_ray_runtime_stops_the_sweep_not_the_trials(tmp_path):
         kill_tree(proc.pid)
     assert proc.returncode == 3, err
     assert took < 60 and "Traceback" not in err
-    assert "raylet" in err and f"sweep resume {out}" in err and "left" in err
+    assert victim in err and f"sweep resume {out}" in err and "left" in err
     df = load_results(out)
     assert len(df) < 40 and (df.status == "ok").all()  # no failure records for unrun trials
 

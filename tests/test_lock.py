@@ -33,11 +33,14 @@ def _dead_pid() -> int:
 
 
 def _write_lock(st: Store, **kw):
+    """A lock as another driver would write it; its file's mtime is its heartbeat (the age of
+    another host's lock is read on the store's clock)."""
     doc = dict(host=socket.gethostname(), pid=os.getpid(), command="launch",
                started=time.time() - 60, heartbeat=time.time(), token="other")
     doc.update(kw)
     st.makedirs()
     st.write_text(LOCK_FILE, json.dumps(doc))
+    os.utime(st.path(LOCK_FILE), (doc["heartbeat"], doc["heartbeat"]))  # file:// paths too
 
 
 @pytest.mark.parametrize("which", [0, 1])
@@ -72,8 +75,58 @@ def test_a_gone_holder_is_taken_over_with_a_note(tmp_path, which):
     _write_lock(st, host="elsewhere", heartbeat=time.time())  # another host, fresh: live
     with pytest.raises(LockHeld, match="host elsewhere"):
         DriverLock(st, "launch").acquire()
+    # another host whose clock runs 20 minutes behind: its fresh lock is still live (the age is
+    # the lock file's mtime against a probe file's, both on the store's clock)
+    _write_lock(st, host="elsewhere", heartbeat=time.time())
+    doc = json.loads(st.read_text(LOCK_FILE))
+    doc["heartbeat"] -= 1200
+    st.write_text(LOCK_FILE, json.dumps(doc))
+    with pytest.raises(LockHeld, match="host elsewhere"):
+        DriverLock(st, "launch").acquire()
     # the stale locks were set aside, never deleted
     assert sum(n.startswith(LOCK_FILE + ".stale-") for n in st.names()) == 2
+
+
+def test_a_reused_pid_or_a_reboot_does_not_keep_a_lock_live(tmp_path):
+    """Same host: the holder is its pid with the start time the lock recorded, on this boot."""
+    st = Store(tmp_path / "s")
+    _write_lock(st, pid=os.getpid(), pid_started=1.0)  # our pid, but another process's start
+    with DriverLock(st, "launch"):
+        pass
+    _write_lock(st, pid=os.getpid(), boot_id="another-boot")
+    with DriverLock(st, "launch"):
+        pass
+    _write_lock(st, pid=os.getpid())  # an old lock without start time: taken as live
+    with pytest.raises(LockHeld):
+        DriverLock(st, "launch").acquire()
+
+
+def test_takeovers_are_serialised(tmp_path):
+    """Two drivers judging the same lock stale: while one moves it aside (holding the second
+    O_EXCL file), the other cannot take over, so it can never move the first one's new lock
+    aside; exactly one ends up holding the lock."""
+    st = Store(tmp_path / "s")
+    _write_lock(st, pid=_dead_pid())
+    a, b = DriverLock(st, "launch"), DriverLock(st, "resume")
+    real_move = st.move
+    seen = []
+
+    def move_while_a_tries(src, dst):  # a tries to take over in the middle of b's takeover
+        st.move = real_move
+        try:
+            a.acquire()
+            seen.append("a holds")
+        except LockHeld:
+            seen.append("a refused")
+        return real_move(src, dst)
+
+    st.move = move_while_a_tries
+    b.acquire()
+    try:
+        assert seen == ["a refused"] and read_holder(st).token == b.token
+        assert sum(n.startswith(LOCK_FILE + ".stale-") for n in st.names()) == 1
+    finally:
+        b.release()
 
 
 def test_a_lost_lock_stops_the_driver(tmp_path, monkeypatch):
@@ -126,3 +179,23 @@ def test_two_launches_into_one_directory(tmp_path):
              if ln.strip()]
     assert len(lines) == 6
     assert not (out / LOCK_FILE).exists()
+
+
+def test_a_transient_read_error_does_not_lose_the_lock(tmp_path, monkeypatch):
+    """An object store's 503 on one heartbeat read is not 'the lock was removed'."""
+    monkeypatch.setattr(lock_mod, "HEARTBEAT_S", 0.05)
+    st = Store(tmp_path / "s")
+    real = st.read_text
+    fails = {"n": 3}
+
+    def flaky(rel):
+        if rel == LOCK_FILE and fails["n"] > 0:
+            fails["n"] -= 1
+            raise OSError("503 Slow Down")
+        return real(rel)
+
+    with DriverLock(st, "launch") as lk:
+        monkeypatch.setattr(st, "read_text", flaky)
+        time.sleep(0.6)
+        assert fails["n"] == 0 and lk.lost is None
+        lk.check()

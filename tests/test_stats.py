@@ -282,7 +282,7 @@ def test_sign_error_hand_case():
     assert r.n_run_pairs == 16 and r.n_configs == 4
 
 
-def slow_sign_error(df, measure, hps, m_test=None):
+def slow_sign_error(df, measure, hps, m_test=None, min_ess=12.0):
     """Dziugaite et al. 2020 literally: every pair of configurations that differ in exactly one
     hyperparameter is an environment; its error is the (noise-weighted) mean over every run of
     one with every run of the other of (1 - sign(dmu) sign(dg)) / 2."""
@@ -295,7 +295,7 @@ def slow_sign_error(df, measure, hps, m_test=None):
     for x, y in itertools.combinations(cfgs, 2):
         if sum(a != b for a, b in zip(x, y)) != 1:
             continue
-        num = den = 0.0
+        num = den = den2 = 0.0
         for mu1, g1 in runs[x]:
             for mu2, g2 in runs[y]:
                 w = 1.0
@@ -304,7 +304,8 @@ def slow_sign_error(df, measure, hps, m_test=None):
                     w = max(0.0, max(0.0, 1 - phi) ** 2 - 0.5)
                 num += w * (1 - np.sign(mu1 - mu2) * np.sign(g1 - g2)) / 2
                 den += w
-        if den > 0:
+                den2 += w * w
+        if den > 0 and (m_test is None or den * den / den2 >= min_ess):
             errs.append(num / den)
     return (float(np.mean(errs)), float(max(errs))) if errs else (math.nan, math.nan)
 
@@ -321,17 +322,20 @@ def test_sign_error_issue_example_three_seeds():
 
 
 @pytest.mark.parametrize("measure", ["m_good", "m_rand", "m_neg", "m_tie", "m_hp"])
-@pytest.mark.parametrize("m_test", [None, 500, 5000])
-def test_sign_error_matches_the_literal_definition(measure, m_test):
+@pytest.mark.parametrize("m_test,min_ess", [(None, 12.0), (500, 0.0), (5000, 0.0), (5000, 5.0),
+                                            (5000, 12.0)])
+def test_sign_error_matches_the_literal_definition(measure, m_test, min_ess):
     df = case("three_seeds").iloc[:-5]  # unbalanced: some configurations have fewer seeds
     r = sign_error(df, measure, hyperparameters=CASE_HPS,
-                   noise_filter=False if m_test is None else m_test)
-    assert (r.value, r.robust) == pytest.approx(slow_sign_error(df, measure, CASE_HPS, m_test),
-                                                nan_ok=True)
+                   noise_filter=False if m_test is None else m_test, min_ess=min_ess)
+    want = slow_sign_error(df, measure, CASE_HPS, m_test, min_ess)
+    assert (r.value, r.robust) == pytest.approx(want, nan_ok=True)
     if m_test is not None:  # the test_size column gives the same as the number
         df = df.assign(test_size=m_test)
-        t = sign_error(df, measure, hyperparameters=CASE_HPS, noise_filter=True)
+        t = sign_error(df, measure, hyperparameters=CASE_HPS, noise_filter=True, min_ess=min_ess)
         assert (t.value, t.robust) == pytest.approx((r.value, r.robust), nan_ok=True)
+    if m_test is not None and min_ess == 12.0:  # 3 seeds: at most 9 pairs, ESS <= 9 < 12
+        assert math.isnan(r.value)
 
 
 def test_sign_error_noise_filter_needs_test_points():

@@ -97,7 +97,7 @@ def ellipse_profile(model: nn.Module, ellipse: Ellipse, k: int, exact_transition
                     ) -> dict[str, torch.Tensor]:
     """Sensitivity along an ellipse at k equally spaced angles.
 
-    Returns ``angle`` [k]; ``jacobian_norm`` [k] at those points (in the model's dtype); and,
+    Returns ``angle`` [k]; ``jacobian_norm`` [k] at those points (float64); and,
     for piecewise-linear networks, ``transitions`` [k]: the exact crossings on the edge of the
     inscribed k-gon from angle i to angle i+1, and ``density`` [k] = transitions per radian.
     For Tanh (or ``exact_transitions=False``) the transitions are the code changes between

@@ -193,11 +193,16 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_launch(args.overrides, plan_only=args.command == "plan")
     if args.command == "resume":
         return cmd_resume(args.sweep_dir, args.overrides, verify or args.verify)
-    if args.command == "report":
-        return cmd_report(args.sweep_dir, args.train_acc, args.bootstrap, args.out,
-                          args.noise_filter)
-    if args.command == "compact":
-        return cmd_compact(args.sweep_dir)
+    try:
+        if args.command == "report":
+            return cmd_report(args.sweep_dir, args.train_acc, args.bootstrap, args.out,
+                              args.noise_filter)
+        if args.command == "compact":  # a partial copy is never published (manifest last)
+            return cmd_compact(args.sweep_dir)
+    except KeyboardInterrupt:
+        print(f"sweep: {args.command} interrupted; nothing half-written is published",
+              file=sys.stderr)
+        return 130
     return cmd_status(args.sweep_dir)
 
 

@@ -32,6 +32,7 @@ def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
     from sweep import driver
     from workers.data import DataError
 
+    cfg = None
     try:
         cfg = compose(overrides)
         (driver.plan_only if plan_only else driver.launch)(cfg)
@@ -39,10 +40,24 @@ def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
         return _fail(str(e))
     except driver.DispatchStopped as e:  # what finished and the resume command: already said
         return e.exit_code
-    except KeyboardInterrupt:  # outside the dispatcher (planning, the report): nothing runs
-        print("sweep: interrupted; every finished trial's result is kept", file=sys.stderr)
+    except KeyboardInterrupt:  # outside the dispatcher (starting up, planning, the report)
+        _interrupted(cfg.out_dir() if cfg is not None else None)
         return 130
     return 0
+
+
+def _interrupted(sweep_dir) -> None:
+    """One line after Ctrl-C outside the dispatcher: what is kept and how to go on."""
+    from workers.results import PLAN_FILE
+    from workers.storage import store
+
+    msg = "sweep: interrupted; every finished trial's result is kept"
+    try:
+        if sweep_dir is not None and store(sweep_dir).is_file(PLAN_FILE):
+            msg += f"; run the rest with: sweep resume {sweep_dir}"
+    except (OSError, ValueError):
+        pass
+    print(msg, file=sys.stderr)
 
 
 def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> int:
@@ -58,7 +73,7 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
     except driver.DispatchStopped as e:
         return e.exit_code
     except KeyboardInterrupt:
-        print("sweep: interrupted; every finished trial's result is kept", file=sys.stderr)
+        _interrupted(sweep_dir)
         return 130
     return 0
 
@@ -153,6 +168,14 @@ def cmd_compact(sweep_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # e.g. while torch and Ray import: nothing has started
+        print("sweep: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verify = False
     if argv[:1] == ["resume"] and "--verify" in argv[1:]:  # anywhere among the overrides

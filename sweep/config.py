@@ -404,7 +404,7 @@ def unknown_key_message(key: str) -> str:
         sec = difflib.get_close_matches(head, [k for k in keys if "." not in k], n=1, cutoff=0.5)
         close = [k for k in keys if sec and k.startswith(sec[0] + ".")][:3] or sec
     hint = f"; closest valid keys: {', '.join(close)}" if close else ""
-    return f"{key}: unknown key{hint} (all keys and their defaults: conf/config.yaml)"
+    return f"{key}: unknown key{hint} (all keys and their defaults: {conf_dir() / 'config.yaml'})"
 
 
 def override_key(override: str) -> tuple[str, str]:

@@ -176,7 +176,7 @@ class DriverLock:
 
     def acquire(self) -> None:
         self.st.makedirs()
-        for _ in range(5):
+        for _ in range(15):
             h = read_holder(self.st)
             if h is not None:
                 live, why = holder_state(h, self.st, self.token)
@@ -190,8 +190,8 @@ class DriverLock:
                 if not self._set_aside(h.token):
                     continue  # another driver took it over first: look again
             elif self.st.exists(LOCK_FILE) and not self._unreadable_and_old():
-                raise LockHeld(f"SWEEP_DIR: {self.st} has a lock file being written by another "
-                               "driver; try again in a few seconds")
+                time.sleep(0.2)  # another driver is writing its lock: read it again
+                continue
             elif self.st.exists(LOCK_FILE):
                 self.log(f"note: setting aside an unreadable lock file {self.st.uri(LOCK_FILE)}")
                 self._set_aside(None)

@@ -437,8 +437,8 @@ def sign_error(df: pd.DataFrame, measure: str, target: str = "gen_gap",
     (sum w)^2 / sum w^2 is below ``min_ess`` (12; with 3 seeds an environment has at most 9
     pairs of runs, so the filter needs 4 or more seeds per configuration); ``True`` takes the
     test points behind each gap from the ``test_size`` column (the smaller of the two runs), a
-    number sets them. NaN when there is no environment. Environments are found by grouping configurations
-    on all-but-one hyperparameter, never by looping over all pairs."""
+    number sets them. NaN when there is no environment. Environments are found by grouping
+    configurations on all-but-one hyperparameter, never by looping over all pairs."""
     cf = _configs(_prepare(df, measure, target, hyperparameters))
     return _sign_error(cf, _one_factor_pairs(cf), noise_filter, min_ess)
 

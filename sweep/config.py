@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -356,6 +357,17 @@ SCHEMA_NAME = "sweep_schema"
 GROUPS = ("dataset", "experiment")
 
 
+def _fields(cls):
+    """(field name, nested dataclass or None) of a config dataclass."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        yield f.name, (t if dataclasses.is_dataclass(t) else None)
+
+
 def _schema_class(cls, name: str):
     """A mutable twin of the frozen dataclass ``cls`` for OmegaConf: the same field names, every
     leaf typed Any (the values are checked by :func:`from_dict`, which also accepts a scalar
@@ -363,41 +375,38 @@ def _schema_class(cls, name: str):
     import dataclasses
     import typing
 
-    hints = typing.get_type_hints(cls)
     fields = []
-    for f in dataclasses.fields(cls):
-        t = hints[f.name]
-        if dataclasses.is_dataclass(t):
-            sub = _schema_class(t, f"{name}_{f.name}")
-            fields.append((f.name, sub, dataclasses.field(default_factory=sub)))
+    for fname, sub in _fields(cls):
+        if sub is not None:
+            twin = _schema_class(sub, f"{name}_{fname}")
+            fields.append((fname, twin, dataclasses.field(default_factory=twin)))
         else:
-            fields.append((f.name, typing.Any, dataclasses.field(default=None)))
+            fields.append((fname, typing.Any, dataclasses.field(default=None)))
     return dataclasses.make_dataclass(name, fields)
 
 
-def schema_keys() -> list[str]:
+@lru_cache(maxsize=1)
+def _schema():
+    return _schema_class(SweepConfig, "SweepSchema")
+
+
+@lru_cache(maxsize=1)
+def schema_keys() -> tuple[str, ...]:
     """Every key of the configuration, dotted (``train.lbfgs.lr``), from the dataclasses."""
-    import dataclasses
-    import typing
-
     def walk(cls, prefix):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            t = hints[f.name]
-            if dataclasses.is_dataclass(t):
-                yield f"{prefix}{f.name}"
-                yield from walk(t, f"{prefix}{f.name}.")
-            else:
-                yield f"{prefix}{f.name}"
+        for fname, sub in _fields(cls):
+            yield f"{prefix}{fname}"
+            if sub is not None:
+                yield from walk(sub, f"{prefix}{fname}.")
 
-    return list(walk(SweepConfig, ""))
+    return tuple(walk(SweepConfig, ""))
 
 
 def unknown_key_message(key: str) -> str:
     """One line: ``key`` is not in the schema, and the closest valid keys."""
     import difflib
 
-    keys = list(dict.fromkeys(schema_keys() + list(GROUPS)))
+    keys = list(dict.fromkeys(schema_keys() + GROUPS))
     close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
     if not close:  # e.g. a misspelled section: suggest keys of the best matching section
         head = key.split(".")[0]
@@ -434,7 +443,7 @@ def register_schema() -> None:
     defaults), so that composing in struct mode refuses any key outside it."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=_schema_class(SweepConfig, "SweepSchema"))
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=_schema())
 
 
 def conf_dir() -> Path:
@@ -483,6 +492,6 @@ def check_schema(d: dict) -> None:
     from omegaconf.errors import ConfigKeyError
 
     try:
-        OmegaConf.merge(OmegaConf.structured(_schema_class(SweepConfig, "SweepSchema")), d)
+        OmegaConf.merge(OmegaConf.structured(_schema()), d)
     except ConfigKeyError as e:
         raise ConfigError(unknown_key_message(str(e.full_key))) from None

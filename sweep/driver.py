@@ -204,15 +204,23 @@ def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: 
     return status
 
 
+def _local_ray_roots(ray) -> list[tuple[str, object]]:
+    """(name, Popen) of the raylet and GCS of a local Ray this driver started (Ray's node
+    object; private API, in one place); empty when connected to an existing cluster."""
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    if node is None or not getattr(node, "head", False):
+        return []
+    return [(name, i.process) for name, infos in getattr(node, "all_processes", {}).items()
+            if name in ("raylet", "gcs_server") for i in infos if i.process is not None]
+
+
 def _start_reaper(ray) -> None:
     """A watcher in its own session that stops this driver's local Ray (its raylet, GCS and all
     they started, by PID) if the driver dies without shutting it down (SIGKILL): see
     sweep.reaper."""
     import subprocess
 
-    node = getattr(ray._private.worker, "_global_node", None)
-    roots = [i.process.pid for name, infos in getattr(node, "all_processes", {}).items()
-             if name in ("raylet", "gcs_server") for i in infos if i.process is not None]
+    roots = [p.pid for _, p in _local_ray_roots(ray)]
     if roots:
         subprocess.Popen([sys.executable, "-m", "sweep.reaper", str(os.getpid()), *map(str, roots)],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -220,8 +228,9 @@ def _start_reaper(ray) -> None:
 
 
 def start_ray(cfg: SweepConfig):
-    """A local Ray bound to 127.0.0.1 without a dashboard, or the cluster at cluster.address."""
-    # Must be in the environment before Ray starts: keeps a local Ray on the loopback interface.
+    """A local Ray with 127.0.0.1 as its node address and no dashboard (its servers still listen
+    on all interfaces: README "Network exposure"), or the cluster at cluster.address."""
+    # Must be in the environment before Ray starts (a local Ray on a Linux/macOS/Windows host).
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import logging
 
@@ -255,15 +264,15 @@ class DispatchStopped(Exception):
         self.reason, self.exit_code, self.counts = reason, exit_code, counts
 
 
+def _runtime_stop(why: str, counts: dict[str, int]) -> "DispatchStopped":
+    return DispatchStopped(f"{why}: stopped dispatching", EXIT_RUNTIME_LOST, counts)
+
+
 def local_runtime_exited(ray) -> str | None:
     """For a local Ray this driver started: which of its raylet and GCS processes exited (a
     cheap poll of processes we hold), else None."""
-    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
-    if node is None or not getattr(node, "head", False):
-        return None
-    for name, infos in getattr(node, "all_processes", {}).items():
-        if name in ("raylet", "gcs_server") and any(
-                i.process is not None and i.process.poll() is not None for i in infos):
+    for name, proc in _local_ray_roots(ray):
+        if proc.poll() is not None:
             return f"the local Ray runtime's {name} exited"
     return None
 
@@ -360,18 +369,16 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None) -> dict[st
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             except Exception as e:  # Ray itself failed (its raylet or GCS went away)
                 why = runtime_lost(ray, e) or f"Ray failed ({type(e).__name__}: {e})"
-                raise DispatchStopped(f"{why}: stopped dispatching", EXIT_RUNTIME_LOST,
-                                      counts) from None
+                raise _runtime_stop(why, counts) from None
             why = local_runtime_exited(ray)  # a local GCS gone: the raylet follows in 60 s
             if why is not None:
-                raise DispatchStopped(f"{why}: stopped dispatching", EXIT_RUNTIME_LOST, counts)
+                raise _runtime_stop(why, counts)
             if ready:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since > RUNTIME_PROBE_S:  # nothing arrives: is Ray up?
                 why = runtime_lost(ray)
                 if why is not None:
-                    raise DispatchStopped(f"{why}: stopped dispatching", EXIT_RUNTIME_LOST,
-                                          counts)
+                    raise _runtime_stop(why, counts)
                 quiet_since = time.monotonic()
             for ref in ready:
                 unit = in_flight.pop(ref)
@@ -382,8 +389,7 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None) -> dict[st
                 except Exception as e:  # a worker or node died after all retries, or Ray did
                     why = runtime_lost(ray, e)
                     if why is not None:
-                        raise DispatchStopped(f"{why}: stopped dispatching", EXIT_RUNTIME_LOST,
-                                              counts) from None
+                        raise _runtime_stop(why, counts) from None
                     results = [(_record_system_failure(out, spec, e, len(unit)),
                                 *_file_stamp(out, spec.trial_id)) for spec in unit]
                 for spec, (status, size, mtime_ns) in zip(unit, results):

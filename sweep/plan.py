@@ -259,7 +259,8 @@ def manifest_table(specs: list[TrialSpec], cfg: SweepConfig) -> pa.Table:
             "batch_size": s.batch_size, "init_scale": s.init_scale, "seed": s.seed,
             "random_labels": s.data.random_labels, "augment": s.data.augment,
             "train_size": planned_sizes(s)[0], "test_size": planned_sizes(s)[1],
-            "step_budget": s.train.steps, "n_params": cost.n_params(s), "est_flops": cost.estimate_flops(s),
+            "step_budget": s.train.steps, "n_params": cost.n_params(s),
+            "est_flops": cost.estimate_flops(s),
             "est_memory_bytes": cost.estimate_memory(s), "resource_class": rc,
             "spec": s.canonical(),
         }

@@ -52,7 +52,7 @@ NOT_HYPERPARAMETERS = tuple(c for c in SUMMARY_COLUMNS if c not in HYPERPARAMETE
 STATISTICS = ("pearson", "spearman", "kendall", "granulated_kendall", "conditional_mi",
               "sign_error", "robust_sign_error")
 MEASURES = ("jacobian_norm_test", "transitions_test")
-# statistics_table: trials x (replicates + 1) from which its jobs run in parallel processes
+# statistics_table: trials x measures x (replicates + 1) from which it runs in processes
 PARALLEL_ABOVE = 500_000
 TABLE_COLUMNS = ["group", "measure", "target", "statistic", "value", "ci_low", "ci_high",
                  "ci_method", "n_trials", "n_configs", "n_used"]
@@ -371,25 +371,38 @@ def _run_pairs(counts: np.ndarray, first: np.ndarray, a: np.ndarray, b: np.ndarr
 MIN_ESS = 12.0  # the noise filter's minimum effective sample size per environment
 
 
+class _RunPairs:
+    """Every environment's pairs of runs (rows in configuration order), per hyperparameter,
+    with the target's sign on each: they depend on the configurations and the target only."""
+
+    def __init__(self, cf: _Configs, pairs):
+        self.order = np.argsort(cf.row_cfg, kind="stable")
+        counts = np.bincount(cf.row_cfg, minlength=cf.mu.size)
+        first = np.cumsum(counts) - counts
+        g = cf.row_g[self.order]
+        self.per = []
+        for a, b, _ in pairs:
+            env, ra, rb = _run_pairs(counts, first, a, b)
+            self.per.append((env, ra, rb, _sgn(g[ra], g[rb])))
+
+
 def _sign_error(cf: _Configs, pairs, noise_filter: bool | float = False,
-                min_ess: float = MIN_ESS) -> SignError:
+                min_ess: float = MIN_ESS, runs: _RunPairs | None = None) -> SignError:
     if noise_filter is True and cf.row_test is None:
         raise ValueError("noise_filter=True needs a test_size column (test points behind each "
                          "gap); pass noise_filter=<number of test points> instead")
-    order = np.argsort(cf.row_cfg, kind="stable")
-    counts = np.bincount(cf.row_cfg, minlength=cf.mu.size)
-    first = np.cumsum(counts) - counts
+    runs = runs if runs is not None else _RunPairs(cf, pairs)
+    order = runs.order
     mu, g = cf.row_mu[order], cf.row_g[order]
     if noise_filter is not False:
         m = (cf.row_test[order] if noise_filter is True
              else np.full(mu.size, float(noise_filter)))
     per, n_env, errs, names_of = {}, {}, [], []
     n_run_pairs = 0
-    for name, (a, b, _) in zip(cf.names, pairs):
+    for name, (a, b, _), (env, ra, rb, sg) in zip(cf.names, pairs, runs.per):
         if a.size == 0:
             continue
-        env, ra, rb = _run_pairs(counts, first, a, b)
-        err = (1.0 - _sgn(mu[ra], mu[rb]).astype(float) * _sgn(g[ra], g[rb])) / 2.0
+        err = (1.0 - _sgn(mu[ra], mu[rb]).astype(float) * sg) / 2.0
         if noise_filter is False:
             w = np.ones(env.size)
         else:
@@ -460,22 +473,24 @@ def sign_error(df: pd.DataFrame, measure: str, target: str = "gen_gap",
 # pairs inside a block, listed once and shared by every conditioning set. Nothing enumerates
 # the n^2 pairs: the work is O(n log n) per set plus the histograms' O((n / block) K log n).
 
-_BLOCK = 16  # GM: 13 levels of histograms at 72k configurations; listed pairs ~ n * block / 8
-_BLOCK_1D = 4  # G, M: a single level, so small blocks (fewer listed pairs) cost little
+_BLOCK = 32  # GM: positions per block (12 levels of histograms at 72k configurations)
+_BLOCK_1D = 16  # G, M: one level
+_NEAR_BINS = 1 << 18  # listed pairs: several conditioning sets share one histogram this big
 
 
 @dataclass(frozen=True)
 class _Level:
-    """One one-dimensional count in a sequence cut into blocks: per target the sources in
-    earlier blocks of its segment (pairs inside a block are listed in ``_Family.near_*``)."""
+    """One one-dimensional count in a sequence cut into segments of ``per_segment`` blocks:
+    per target the sources in earlier blocks of its segment (pairs inside a block are listed
+    in ``_Family.near_*``). Blocks are numbered in sequence order, segment-major, 0 ..
+    n_segments * per_segment - 1 (the last segment may be short)."""
 
     t_elem: np.ndarray  # targets: configuration
-    t_block: np.ndarray  # targets: block (0..n_blocks-1) whose earlier blocks hold its sources
-    t_seg: np.ndarray  # targets: segment
+    t_block: np.ndarray  # targets: block holding (the first of) the target
     s_elem: np.ndarray  # sources: configuration
     s_block: np.ndarray  # sources: block
-    n_blocks: int
-    seg_first: np.ndarray  # (segments,) first block of each segment
+    n_segments: int
+    per_segment: int
 
 
 @dataclass(frozen=True)
@@ -496,6 +511,26 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
+def _listed(order: np.ndarray, t_pos: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+            is_source: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (target, source) of a sequence ``order``: for the target at position t_pos[i],
+    every source at a position in [lo[i], hi[i]) (all positions are sources if
+    ``is_source`` is None). Vectorized: the r-th source in the range is the
+    (sources before lo[i] + r)-th source of the sequence."""
+    n = order.size
+    before = np.zeros(n + 1, dtype=np.int64)  # sources before each position
+    if is_source is None:
+        before[1:] = np.arange(1, n + 1)
+        src = order
+    else:
+        np.cumsum(is_source, out=before[1:])
+        src = order[is_source]
+    first, count = before[lo], before[hi] - before[lo]
+    which = np.repeat(np.arange(t_pos.size), count)
+    offset = np.arange(which.size) - np.repeat(np.cumsum(count) - count, count)
+    return order[t_pos][which], src[first[which] + offset]
+
+
 def _one_dimensional(rank: np.ndarray, block: int) -> _Family:
     """G (or M) as a count: target i, source j with rank_j < rank_i, one segment."""
     n = rank.size
@@ -504,16 +539,9 @@ def _one_dimensional(rank: np.ndarray, block: int) -> _Family:
     starts = np.ones(n, dtype=bool)
     starts[1:] = r[1:] != r[:-1]
     tie_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))  # first of its tie
-    lo = (tie_start // block) * block
-    near_t, near_s = [], []
-    for d in range(1, block):
-        q = tie_start - d
-        ok = q >= lo
-        near_t.append(order[ok])
-        near_s.append(order[q[ok]])
-    level = _Level(order, tie_start // block, np.zeros(n, dtype=np.int64), order,
-                   np.arange(n) // block, -(-n // block), np.zeros(1, dtype=np.int64))
-    return _Family([level], _cat(near_t), _cat(near_s))
+    near_t, near_s = _listed(order, np.arange(n), (tie_start // block) * block, tie_start, None)
+    level = _Level(order, tie_start // block, order, np.arange(n) // block, 1, -(-n // block))
+    return _Family([level], near_t, near_s)
 
 
 def _dominance(rg: np.ndarray, rm: np.ndarray, block: int) -> _Family:
@@ -534,31 +562,18 @@ def _dominance(rg: np.ndarray, rm: np.ndarray, block: int) -> _Family:
     level = 0
     while (1 << level) < n:
         seg_len = 1 << (level + 1)
-        seg = pos_of >> (level + 1)
         upper = (pos_of >> level) & 1
-        key = (seg * n + rm) * 2 + (1 - upper)  # segment, mu, targets first on ties
+        key = ((pos_of >> (level + 1)) * n + rm) * 2 + (1 - upper)  # segment, mu, targets 1st
         order = order[np.argsort(key[order], kind="stable")]
-        side = upper[order]
-        if seg_len <= block:  # short segments: every pair inside is listed
-            sseg = seg[order]
-            for d in range(1, seg_len):
-                ok = (side[d:] == 1) & (side[:-d] == 0) & (sseg[d:] == sseg[:-d])
-                near_t.append(order[d:][ok])
-                near_s.append(order[:-d][ok])
-        else:  # segments are whole blocks
-            tgt = side == 1
-            src = ~tgt
-            blk = p // block
-            n_segs = -(-n // seg_len)
-            levels.append(_Level(order[tgt], blk[tgt], (p // seg_len)[tgt], order[src],
-                                 blk[src], -(-n // block),
-                                 np.arange(n_segs, dtype=np.int64) * (seg_len // block)))
-            lo = blk * block
-            for d in range(1, block):
-                q = p[d:] - d
-                ok = tgt[d:] & src[:-d] & (q >= lo[d:])
-                near_t.append(order[d:][ok])
-                near_s.append(order[:-d][ok])
+        tgt = upper[order] == 1
+        span = min(seg_len, block)  # short segments: every pair inside is listed
+        t_pos = p[tgt]
+        t, s = _listed(order, t_pos, (t_pos // span) * span, t_pos, ~tgt)
+        near_t.append(t)
+        near_s.append(s)
+        if seg_len > block:
+            levels.append(_Level(order[tgt], t_pos // block, order[~tgt], p[~tgt] // block,
+                                 -(-n // seg_len), seg_len // block))
         level += 1
     return _Family(levels, _cat(near_t), _cat(near_s))
 
@@ -567,58 +582,132 @@ def _small_int(a: np.ndarray) -> np.ndarray:
     return a.astype(np.int32) if a.size == 0 or int(a.max()) < 2**31 else a.astype(np.int64)
 
 
+def _covers(sets: Sequence[tuple[int, ...]], levels: Sequence[int],
+            max_bins: int) -> list[tuple[tuple[int, ...], list[tuple[int, ...]]]]:
+    """Group conditioning sets under supersets of columns whose listed-pair histogram (the
+    square of the product of levels) has at most ``max_bins`` cells (a set alone if it is bigger): greedy,
+    each superset grown by the column that brings in most sets not yet grouped."""
+    left = list(dict.fromkeys(sets))
+    out = []
+    while left:
+        cols = set(left[0])
+        bins = math.prod(levels[c] ** 2 for c in cols)
+        while True:
+            best, gain = None, 0
+            for c in range(len(levels)):
+                if c in cols or bins * levels[c] ** 2 > max_bins:
+                    continue
+                more = sum(1 for s in left if set(s) <= cols | {c})
+                if more > gain:
+                    best, gain = c, more
+            if best is None or gain <= sum(1 for s in left if set(s) <= cols):
+                break
+            cols.add(best)
+            bins *= levels[best] ** 2
+        members = [s for s in left if set(s) <= cols]
+        left = [s for s in left if not set(s) <= cols]
+        out.append((tuple(sorted(cols)), members))
+    return out
+
+
 class _FamilyCounter:
-    """A family's counts for any conditioning set (tuple of hyperparameter columns): each
-    hyperparameter's codes are gathered once per level (the block, or segment, folded into the
-    set's last column), and a set's classes are mixed-radix codes. Levels are counted one at a
-    time, so that their (classes x blocks) histograms stay in cache."""
+    """A family's counts for conditioning sets (tuples of hyperparameter columns): each
+    hyperparameter's codes gathered once per level; a set's classes are mixed-radix codes
+    (first column most significant)."""
 
     def __init__(self, fam: _Family, codes: np.ndarray, levels: np.ndarray):
         self.levels = [int(v) for v in levels]
-        cols = [np.ascontiguousarray(codes[:, c]) for c in range(codes.shape[1])]
-        # listed pairs, per hyperparameter: (code of the target) * L + (code of the source)
-        self.near = [_small_int(c[fam.near_t] * lv + c[fam.near_s])
-                     for c, lv in zip(cols, self.levels)]
+        self.codes = codes
+        self.near_t, self.near_s = _small_int(fam.near_t), _small_int(fam.near_s)
+        cols = [codes[:, c].astype(np.int32) for c in range(codes.shape[1])]
         self.per_level = []
-        for lv in fam.levels:
-            nb, ns = lv.n_blocks, lv.seg_first.size
-            tc, sc = [c[lv.t_elem] for c in cols], [c[lv.s_elem] for c in cols]
-            self.per_level.append((
-                lv, tc, sc, [c * nb + lv.t_block for c in tc], [c * nb + lv.s_block for c in sc],
-                [c * ns + lv.t_seg for c in tc] if ns > 1 else None,
-                np.ones(lv.t_elem.size)))
+        for lv in fam.levels:  # per column: codes of targets and sources, and code * nb + block
+            nb = lv.n_segments * lv.per_segment
+            dt = np.int32 if max(self.levels, default=1) * nb < 2**31 else np.int64
+            tc = [c[lv.t_elem].astype(dt, copy=False) for c in cols]
+            sc = [c[lv.s_elem].astype(dt, copy=False) for c in cols]
+            tb, sb = lv.t_block.astype(dt), lv.s_block.astype(dt)
+            self.per_level.append((lv, tc, sc, [c * nb + tb for c in tc],
+                                   [c * nb + sb for c in sc], np.ones(lv.t_elem.size)))
+        self._memo = {}
 
-    def _key(self, code, key, s, radix):
-        out = None
-        for c in s[:-1]:
-            out = code[c] if out is None else out * self.levels[c] + code[c]
-        last = key[s[-1]]
-        return last if out is None else out * (self.levels[s[-1]] * radix) + last
-
-    def counts(self, s: tuple[int, ...]) -> np.ndarray:
-        """(K, K) float64 (exact integers): [a, b] = pairs with target in class a, source in
-        class b; classes are mixed-radix codes over ``s`` (K = product of their levels)."""
-        lv = [self.levels[c] for c in s]
-        k = int(np.prod(lv))
-        cell = self.near[s[0]].astype(np.int64)
-        for c, ln in zip(s[1:], lv[1:]):
-            cell = cell * (ln * ln) + self.near[c]
-        out = np.bincount(cell, minlength=k * k).reshape(*[x for ln in lv for x in (ln, ln)])
-        out = out.transpose(*[2 * i for i in range(len(s))], *[2 * i + 1 for i in range(len(s))])
-        out = out.reshape(k, k).astype(np.float64)
-        for level, tc, sc, tk, sk, segk, ones in self.per_level:
-            nb = level.n_blocks  # histograms class-major (k, blocks): cumsum along rows
-            ht = np.bincount(self._key(tc, tk, s, nb), weights=ones, minlength=k * nb)
-            hs = np.bincount(self._key(sc, sk, s, nb), minlength=k * nb).reshape(k, nb)
-            before = np.cumsum(hs, axis=1)  # (an integer cumsum, then one cast: 8x faster)
-            before -= hs  # sources in earlier blocks, counted from the sequence's start
-            before = before.astype(np.float64)
-            out += ht.reshape(k, nb) @ before.T
-            if segk is not None:  # ... less those before the target's segment
-                ns = level.seg_first.size
-                hseg = np.bincount(self._key(tc, segk, s, ns), weights=ones, minlength=k * ns)
-                out -= hseg.reshape(k, ns) @ before[:, level.seg_first].T
+    def _near_counts(self, cover: tuple[int, ...], sets: list[tuple[int, ...]]) -> dict:
+        """The listed pairs' (K, K) counts of every set in ``sets`` (each a subset of
+        ``cover``) from one histogram of (class of the target, class of the source) over
+        ``cover``'s columns."""
+        lv = [self.levels[c] for c in cover]
+        kc = math.prod(lv)
+        cls = np.zeros(self.codes.shape[0], dtype=np.int64)  # each configuration's class
+        for c in cover:
+            cls = cls * self.levels[c] + self.codes[:, c]
+        if kc * kc < 2**31:
+            cls = cls.astype(np.int32)
+        key = (cls * kc)[self.near_t]  # (target class) * kc + (source class), in place
+        key += cls[self.near_s]
+        hist = np.bincount(key, minlength=kc * kc)
+        hist = hist.reshape(lv + lv)  # axes: target's columns, then source's
+        out = {}
+        for s in sets:
+            drop = tuple(a for i, c in enumerate(cover) if c not in s
+                         for a in (i, i + len(cover)))
+            h = hist.sum(axis=drop) if drop else hist
+            kept = [c for c in cover if c in s]  # h's axes: kept columns (t), then (s)
+            order = [kept.index(c) for c in s]
+            h = h.transpose(order + [len(s) + i for i in order])
+            k = math.prod(self.levels[c] for c in s)
+            out[s] = h.reshape(k, k).astype(np.float64)
         return out
+
+    def _key(self, code: list[np.ndarray], blocked: list[np.ndarray], s: tuple[int, ...],
+             nb: int) -> np.ndarray:
+        """(class under s) * nb + block, from the codes and the last column's code * nb +
+        block."""
+        wide = math.prod(self.levels[c] for c in s) * nb >= 2**31  # else int32 throughout
+        if len(s) == 1:
+            return blocked[s[0]].astype(np.int64) if wide else blocked[s[0]]
+        out = code[s[0]].astype(np.int64) if wide else code[s[0]]
+        for c in s[1:-1]:
+            out = out * self.levels[c] + code[c]
+        return out * (self.levels[s[-1]] * nb) + blocked[s[-1]]
+
+    def counts(self, sets: Sequence[tuple[int, ...]]) -> dict:
+        """Per set s: (K, K) float64 (exact integers), [a, b] = pairs with target in class a,
+        source in class b (K = product of s's levels). Remembered: a second call with the
+        same sets (another measure sharing this target) costs nothing."""
+        sets = tuple(sets)
+        if sets not in self._memo:
+            self._memo[sets] = self._counts(sets)
+        return self._memo[sets]
+
+    def _counts(self, sets: tuple[tuple[int, ...], ...]) -> dict:
+        out = {}
+        for cover, members in _covers(sets, self.levels, _NEAR_BINS):
+            out.update(self._near_counts(cover, members))
+        for s in out:
+            k = math.prod(self.levels[c] for c in s)
+            for level, tc, sc, tk, sk, ones in self.per_level:
+                ns, ps = level.n_segments, level.per_segment
+                nb = ns * ps  # histograms class-major (k, blocks): cumsum within segments
+                ht = np.bincount(self._key(tc, tk, s, nb), weights=ones,
+                                 minlength=k * nb).reshape(k, nb)
+                hs = np.bincount(self._key(sc, sk, s, nb), minlength=k * nb).reshape(k, ns, ps)
+                if ps <= 16:  # sources in earlier blocks of the segment: exclusive cumsum
+                    before = np.empty((k, ns, ps))
+                    before[..., 0] = 0.0
+                    np.cumsum(hs[..., :-1], axis=2, out=before[..., 1:])
+                else:  # (long rows: an integer cumsum, then one cast, is faster)
+                    before = np.cumsum(hs, axis=2)
+                    before -= hs
+                    before = before.astype(np.float64)
+                out[s] += ht @ before.reshape(k, nb).T
+        return out
+
+
+def _target_counter(g: np.ndarray, codes: np.ndarray, levels: np.ndarray,
+                    block_1d: int = _BLOCK_1D) -> _FamilyCounter:
+    """G's counter: it depends on the target and the configurations only, so every measure
+    over the same configurations can share it."""
+    return _FamilyCounter(_one_dimensional(_dense_rank(g), block_1d), codes, levels)
 
 
 class _PairCounts:
@@ -627,25 +716,57 @@ class _PairCounts:
     every set."""
 
     def __init__(self, mu: np.ndarray, g: np.ndarray, codes: np.ndarray, levels: np.ndarray,
-                 block: int = _BLOCK, block_1d: int = _BLOCK_1D):
+                 block: int = _BLOCK, block_1d: int = _BLOCK_1D,
+                 target: _FamilyCounter | None = None):
         rg, rm = _dense_rank(g), _dense_rank(mu)
         self.codes, self.levels = codes, levels
-        self.g = _FamilyCounter(_one_dimensional(rg, block_1d), codes, levels)
+        self.g = target if target is not None else _target_counter(g, codes, levels, block_1d)
         self.m = _FamilyCounter(_one_dimensional(rm, block_1d), codes, levels)
         self.gm = _FamilyCounter(_dominance(rg, rm, block), codes, levels)
 
-    def outcome_counts(self, s: tuple[int, ...]) -> np.ndarray:
-        """(K * K, 4) float64 (exact integers): per cell (class of i, class of j) under ``s``
-        the ordered pairs with outcome 2 V_g + V_mu; empty classes give empty cells."""
-        k = int(np.prod([int(self.levels[c]) for c in s]))
-        lab = np.zeros(self.codes.shape[0], dtype=np.int64)
-        for c in s:
-            lab = lab * int(self.levels[c]) + self.codes[:, c]
-        size = np.bincount(lab, minlength=k).astype(np.float64)
-        n_ab = np.outer(size, size)
-        g_ab, m_ab, gm_ab = self.g.counts(s), self.m.counts(s), self.gm.counts(s)
-        t = np.stack([n_ab - g_ab - m_ab + gm_ab, m_ab - gm_ab, g_ab - gm_ab, gm_ab], axis=-1)
-        return np.rint(t).reshape(k * k, 4)
+    def outcome_counts(self, sets: Sequence[tuple[int, ...]]) -> dict:
+        """Per set s: (K * K, 4) float64 (exact integers), per cell (class of i, class of j)
+        under s the ordered pairs with outcome 2 V_g + V_mu; empty classes give empty cells."""
+        g_all, m_all, gm_all = self.g.counts(sets), self.m.counts(sets), self.gm.counts(sets)
+        out = {}
+        for s in sets:
+            k = math.prod(int(self.levels[c]) for c in s)
+            lab = np.zeros(self.codes.shape[0], dtype=np.int64)
+            for c in s:
+                lab = lab * int(self.levels[c]) + self.codes[:, c]
+            size = np.bincount(lab, minlength=k).astype(np.float64)
+            n_ab = np.outer(size, size)
+            g_ab, m_ab, gm_ab = g_all[s], m_all[s], gm_all[s]
+            t = np.stack([n_ab - g_ab - m_ab + gm_ab, m_ab - gm_ab, g_ab - gm_ab, gm_ab],
+                         axis=-1)
+            out[s] = np.rint(t).reshape(k * k, 4)
+        return out
+
+
+class _Shared:
+    """What every measure over the same configurations (same rows, so the same seed-averaged
+    target and hyperparameters) shares, built once: the one-factor pairs, the environments'
+    pairs of runs and G's counter."""
+
+    def __init__(self, cf: _Configs):
+        self.cf = cf
+        self.pairs = _one_factor_pairs(cf)
+        self._target = self._runs = None
+
+    def matches(self, cf: _Configs) -> bool:
+        return (cf.names == self.cf.names and np.array_equal(cf.codes, self.cf.codes)
+                and np.array_equal(cf.g, self.cf.g)
+                and np.array_equal(cf.row_cfg, self.cf.row_cfg))
+
+    def runs(self) -> _RunPairs:
+        if self._runs is None:
+            self._runs = _RunPairs(self.cf, self.pairs)
+        return self._runs
+
+    def target_counter(self) -> _FamilyCounter:
+        if self._target is None:
+            self._target = _target_counter(self.cf.g, self.cf.codes, self.cf.levels)
+        return self._target
 
 
 @dataclass(frozen=True)
@@ -687,13 +808,14 @@ def _normalized_cmi(t: np.ndarray) -> float:
     return float(np.clip(info / (f_u - f_g), 0.0, 1.0))
 
 
-def _cmi(cf: _Configs, k: int) -> ConditionalMI:
+def _cmi(cf: _Configs, k: int, shared: _Shared | None = None) -> ConditionalMI:
     n_cfg, h = cf.codes.shape
     if n_cfg < 2 or h == 0:
         return ConditionalMI(math.nan, {}, None, n_cfg * n_cfg, n_cfg)
-    counts = _PairCounts(cf.mu, cf.g, cf.codes, cf.levels)
-    per_set = {tuple(cf.names[c] for c in s): _normalized_cmi(counts.outcome_counts(s))
-               for s in itertools.combinations(range(h), min(k, h))}
+    sets = list(itertools.combinations(range(h), min(k, h)))
+    target = shared.target_counter() if shared is not None else None
+    counts = _PairCounts(cf.mu, cf.g, cf.codes, cf.levels, target=target).outcome_counts(sets)
+    per_set = {tuple(cf.names[c] for c in s): _normalized_cmi(counts[s]) for s in sets}
     defined = {s: v for s, v in per_set.items() if not math.isnan(v)}
     argmin = min(defined, key=defined.get) if defined else None
     value = defined[argmin] if defined else math.nan
@@ -841,24 +963,31 @@ def bootstrap_ci(df: pd.DataFrame, fn: Callable[[pd.DataFrame], object], n_boot:
 # The table
 
 
-def _all_statistics(p: _Prepared, idx: np.ndarray | None, k: int,
-                    noise_filter: bool | float = False, support: bool = False):
-    """The STATISTICS of the rows ``idx`` (all rows if None), in STATISTICS order; with
-    ``support`` also what each rests on: trials (correlations), groups where one hyperparameter
-    varies (granulated Kendall), ordered pairs (conditional MI), environments (sign-error)."""
-    mu = p.mu if idx is None else p.mu[idx]
-    g = p.g if idx is None else p.g[idx]
-    cf = _configs(p, idx)
-    pairs = _one_factor_pairs(cf)
-    gk, cmi = _granulated(cf, pairs), _cmi(cf, k)
-    se = _sign_error(cf, pairs, noise_filter)
-    values = np.array([pearson(mu, g), spearman(mu, g), kendall(mu, g), gk.value, cmi.value,
-                       se.value, se.robust])
-    if not support:
-        return values
-    n = int(mu.size)
-    n_env = sum(se.n_environments.values())
-    return values, [n, n, n, sum(gk.n_groups.values()), cmi.n_pairs, n_env, n_env]
+def _all_statistics(ps: Sequence[_Prepared], idx: np.ndarray | None, k: int,
+                    noise_filter: bool | float = False, support: bool = False) -> list:
+    """The STATISTICS of the rows ``idx`` (all rows if None), in STATISTICS order, for each of
+    the measures ``ps`` (prepared from the same rows: what depends on the configurations and
+    the target alone is computed once); with ``support`` also what each rests on: trials
+    (correlations), groups where one hyperparameter varies (granulated Kendall), ordered pairs
+    (conditional MI), environments (sign-error)."""
+    out, shared = [], None
+    for p in ps:
+        mu = p.mu if idx is None else p.mu[idx]
+        g = p.g if idx is None else p.g[idx]
+        cf = _configs(p, idx)
+        if shared is None or not shared.matches(cf):
+            shared = _Shared(cf)
+        gk, cmi = _granulated(cf, shared.pairs), _cmi(cf, k, shared)
+        se = _sign_error(cf, shared.pairs, noise_filter, runs=shared.runs())
+        values = np.array([pearson(mu, g), spearman(mu, g), kendall(mu, g), gk.value,
+                           cmi.value, se.value, se.robust])
+        if not support:
+            out.append(values)
+            continue
+        n = int(mu.size)
+        n_env = sum(se.n_environments.values())
+        out.append((values, [n, n, n, sum(gk.n_groups.values()), cmi.n_pairs, n_env, n_env]))
+    return out
 
 
 def _one_blas_thread() -> None:
@@ -867,16 +996,30 @@ def _one_blas_thread() -> None:
     threadpool_limits(1)
 
 
-def _table_rows(label: str, measure: str, target: str, p: _Prepared, n_boot: int, seed: int,
-                k: int, noise_filter, level: float) -> list[tuple]:
-    """The rows of one (group, measure): every statistic, its bootstrap interval (draws from
-    ``numpy.random.default_rng(seed)`` afresh, so a job gives the same rows in any process)."""
-    est, used = _all_statistics(p, None, k, noise_filter, support=True)
-    method, draws = _bootstrap_indices(p.seed_codes, p.n, n_boot, seed)
-    reps = np.array([_all_statistics(p, idx, k, noise_filter) for idx in draws])
-    low, high, _ = _percentiles(reps.reshape(n_boot, len(STATISTICS)), level)
-    return [(label, measure, target, name, est[s], low[s], high[s], method, p.n,
-             p.cfg_codes.shape[0], used[s]) for s, name in enumerate(STATISTICS)]
+def _evaluations(ps: Sequence[_Prepared], n_boot: int, seed: int, k: int, noise_filter,
+                 first: int, stop: int) -> tuple[str, dict[int, list]]:
+    """Evaluations ``first`` .. ``stop - 1`` of one job: 0 is the estimate (with support),
+    r >= 1 the r-th bootstrap replicate (draws from ``numpy.random.default_rng(seed)`` afresh,
+    so a job gives the same numbers in any process and in any number of parts)."""
+    method, draws = _bootstrap_indices(ps[0].seed_codes, ps[0].n, n_boot, seed)
+    out = {}
+    for r, idx in enumerate(itertools.chain([None], draws)):
+        if r >= stop:
+            break
+        if r >= first:
+            out[r] = _all_statistics(ps, idx, k, noise_filter, support=r == 0)
+    return method, out
+
+
+def _same_rows(p: _Prepared, q: _Prepared) -> bool:
+    def same(a, b):
+        return (a is None) == (b is None) and (a is None or np.array_equal(a, b, equal_nan=True))
+
+    return (p.n == q.n and p.names == q.names and np.array_equal(p.levels, q.levels)
+            and all(same(a, b) for a, b in ((p.g, q.g), (p.row_cfg, q.row_cfg),
+                                             (p.cfg_codes, q.cfg_codes),
+                                             (p.seed_codes, q.seed_codes),
+                                             (p.test_size, q.test_size))))
 
 
 def _group_label(v) -> str:
@@ -904,12 +1047,15 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] = MEASURES,
     measure's interval does not depend on the other measures) and ``ci_method`` "seeds" or
     "trials". Measures absent from ``df`` or all-NaN in a group are skipped.
     ``hyperparameters``: default ``hyperparameter_columns(df, exclude=measures + [target])``,
-    the same for every measure. ``noise_filter``: see ``sign_error``. ``processes``: the
-    (group, measure) jobs run in that many spawned processes (default 1: in this process;
-    None: one per core, up to the number of jobs, once trials x (n_boot + 1) reaches
-    ``PARALLEL_ABOVE``, as ``sweep report`` does). Spawned processes import the caller's main
-    module, so a script that asks for more than one needs the ``if __name__ == "__main__":``
-    guard. Every job draws from its own seeded generator: the table is the same either way."""
+    the same for every measure. ``noise_filter``: see ``sign_error``. Measures of a
+    group whose rows are the same (no NaN in one that the other lacks) share the work that
+    depends on the configurations and the target alone (one-factor pairs, the target's order
+    counts). ``processes``: each group's n_boot + 1 evaluations run in parts in that many
+    spawned processes (default 1: in this process; None: one per core once trials x measures x
+    (n_boot + 1) reaches ``PARALLEL_ABOVE``, as ``sweep report`` does). Spawned processes
+    import the caller's main module, so a script that asks for more than one needs the
+    ``if __name__ == "__main__":`` guard. Every part regenerates its group's draws from the
+    seeded generator: the table is the same either way."""
     _check_columns(df, [target], "target")
     if hyperparameters is None:
         hyperparameters = hyperparameter_columns(df, exclude=[*measures, target])
@@ -925,28 +1071,58 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] = MEASURES,
         if len(uniques) > 1:
             parts = [(_group_label(u), df[codes == c]) for c, u in enumerate(uniques)]
             groups += sorted(parts, key=lambda t: t[0])
-    jobs = []
+    jobs = []  # (label, measures, prepared): measures of a group with the same rows share work
     for label, part in groups:
         for measure in measures:
             if measure not in part.columns:
                 continue
             p = _prepare(part, measure, target, hyperparameters)
-            if p.n:
-                jobs.append((label, measure, target, p, n_boot, seed, k, noise_filter, level))
+            if not p.n:
+                continue
+            same = [j for j in jobs if j[0] == label and _same_rows(j[2][0], p)]
+            if same:
+                same[0][1].append(measure)
+                same[0][2].append(p)
+            else:
+                jobs.append((label, [measure], [p]))
     if processes is None:  # only where the work outweighs starting interpreters (~1 s each)
-        big = sum(j[3].n for j in jobs) * (n_boot + 1) >= PARALLEL_ABOVE
-        processes = min(os.cpu_count() or 1, len(jobs)) if big else 1
-    if processes > 1 and len(jobs) > 1:
+        big = sum(j[2][0].n * len(j[1]) for j in jobs) * (n_boot + 1) >= PARALLEL_ABOVE
+        processes = (os.cpu_count() or 1) if big else 1
+    # each job's n_boot + 1 evaluations in parts: about two per process and job, biggest first
+    n_parts = 1 if processes <= 1 else min(n_boot + 1, 2 * processes)
+    cut = np.linspace(0, n_boot + 1, n_parts + 1).round().astype(int)
+    tasks = sorted(((j, int(a), int(b)) for j in range(len(jobs))
+                    for a, b in zip(cut[:-1], cut[1:]) if b > a),
+                   key=lambda t: -jobs[t[0]][2][0].n * len(jobs[t[0]][1]))
+    args = [(jobs[j][2], n_boot, seed, k, noise_filter, a, b) for j, a, b in tasks]
+    if processes > 1 and len(tasks) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         # spawn, not fork: the caller may hold threads (a Ray driver, BLAS pools); one BLAS
         # thread per process, or the processes' spinning BLAS threads fight over the cores
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+        with ProcessPoolExecutor(min(processes, len(tasks)),
+                                 mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_one_blas_thread) as ex:
-            parts = list(ex.map(_table_rows, *zip(*jobs)))
+            done = list(ex.map(_evaluations, *zip(*args)))
     else:
-        parts = [_table_rows(*j) for j in jobs]
+        done = [_evaluations(*a) for a in args]
+    results: dict[int, dict[int, list]] = {}
+    methods: dict[int, str] = {}
+    for (j, _, _), (method, evals) in zip(tasks, done):
+        results.setdefault(j, {}).update(evals)
+        methods[j] = method
+    rows = {}
+    for j, (label, names, ps) in enumerate(jobs):
+        ev = results[j]
+        for m, (measure, p) in enumerate(zip(names, ps)):
+            est, used = ev[0][m]
+            reps = np.array([ev[r][m] for r in range(1, n_boot + 1)])
+            low, high, _ = _percentiles(reps.reshape(n_boot, len(STATISTICS)), level)
+            rows[label, measure] = [
+                (label, measure, target, name, est[i], low[i], high[i], methods[j], p.n,
+                 p.cfg_codes.shape[0], used[i]) for i, name in enumerate(STATISTICS)]
+    parts = [rows[label, m] for label, _ in groups for m in measures if (label, m) in rows]
     table = pd.DataFrame([r for part in parts for r in part], columns=TABLE_COLUMNS)
     return table.astype({"value": float, "ci_low": float, "ci_high": float,
                          "n_trials": np.int64, "n_configs": np.int64, "n_used": np.int64})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -64,22 +65,40 @@ def baseline_module(rev: str):
 
 
 def breakdown(df: pd.DataFrame, measure: str) -> dict[str, float]:
-    """Seconds of each part of one evaluation of all statistics (the 'all' group)."""
+    """Seconds of each part of one evaluation of all statistics (the 'all' group), and of the
+    conditional MI's dominance count (GM) split into the listed pairs inside blocks and the
+    per-level histograms and matrix products."""
     p = stats._prepare(df, measure, "gen_gap", stats.HYPERPARAMETERS)
     out = {}
     t = time.perf_counter()
     cf = stats._configs(p)
-    pairs = stats._one_factor_pairs(cf)
+    shared = stats._Shared(cf)
     out["configurations and one-factor pairs"] = time.perf_counter() - t
     for name, fn in (("pearson, spearman, kendall (scipy)",
                       lambda: [f(p.mu, p.g) for f in (stats.pearson, stats.spearman,
                                                        stats.kendall)]),
-                     ("granulated Kendall", lambda: stats._granulated(cf, pairs)),
-                     ("sign-error", lambda: stats._sign_error(cf, pairs)),
-                     ("conditional MI (exact)", lambda: stats._cmi(cf, 2))):
+                     ("granulated Kendall", lambda: stats._granulated(cf, shared.pairs)),
+                     ("sign-error (first measure: with the pairs of runs)",
+                      lambda: stats._sign_error(cf, shared.pairs, runs=shared.runs())),
+                     ("sign-error (each further measure)",
+                      lambda: stats._sign_error(cf, shared.pairs, runs=shared.runs())),
+                     ("conditional MI (first measure: with the target's counts)",
+                      lambda: stats._cmi(cf, 2, shared)),
+                     ("conditional MI (each further measure)",
+                      lambda: stats._cmi(cf, 2, shared))):
         t = time.perf_counter()
         fn()
         out[name] = time.perf_counter() - t
+    sets = tuple(itertools.combinations(range(cf.codes.shape[1]), 2))
+    gm = stats._PairCounts(cf.mu, cf.g, cf.codes, cf.levels, target=shared.target_counter()).gm
+    t = time.perf_counter()
+    for cover, members in stats._covers(sets, gm.levels, stats._NEAR_BINS):
+        gm._near_counts(cover, members)
+    out["GM: pairs inside blocks"] = time.perf_counter() - t
+    t = time.perf_counter()
+    gm._counts(sets)
+    out["GM: histograms and matrix products"] = time.perf_counter() - t - out[
+        "GM: pairs inside blocks"]
     out["configurations"] = int(cf.mu.size)
     return out
 

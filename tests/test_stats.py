@@ -513,6 +513,38 @@ def test_cmi_counts_every_pair_exactly_at_any_size(n_cfg):
         assert got.per_set[tuple(list(levels)[c] for c in s)] == pytest.approx(v, abs=1e-10)
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 33, 130, 517])
+@pytest.mark.parametrize("block,block_1d,near_bins", [(2, 1, 1), (4, 4, 30), (8, 3, 2**20),
+                                                      (32, 16, 100)])
+def test_pair_counts_equal_enumeration_at_any_block_size(n, block, block_1d, near_bins,
+                                                         monkeypatch):
+    """The four outcome counts of every pair of cells, by sorting and dominance counting,
+    equal the enumeration of all n^2 ordered pairs; ties in g and mu (rounded values), one
+    to three conditioning columns, sizes that are not multiples of the block, listed pairs
+    histogrammed per set or for several sets at once (near_bins)."""
+    from analysis import stats
+    from analysis.stats import _PairCounts
+
+    monkeypatch.setattr(stats, "_NEAR_BINS", near_bins)
+
+    rng = np.random.default_rng(n * 31 + block)
+    levels = np.array([3, 5, 2])
+    codes = np.stack([rng.integers(0, v, n) for v in levels], 1)
+    g = np.round(rng.normal(size=n), 1)
+    mu = np.round(g + rng.normal(size=n), 1)
+    sets = [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    got = _PairCounts(mu, g, codes, levels, block=block, block_1d=block_1d).outcome_counts(sets)
+    i, j = np.repeat(np.arange(n), n), np.tile(np.arange(n), n)
+    y = (g[i] > g[j]).astype(np.int64) * 2 + (mu[i] > mu[j])
+    for s in sets:
+        k = int(np.prod(levels[list(s)]))
+        ci, cj = np.zeros(n * n, dtype=np.int64), np.zeros(n * n, dtype=np.int64)
+        for c in s:
+            ci, cj = ci * levels[c] + codes[i, c], cj * levels[c] + codes[j, c]
+        want = np.bincount((ci * k + cj) * 4 + y, minlength=k * k * 4).reshape(k * k, 4)
+        np.testing.assert_array_equal(got[s], want)
+
+
 # --- bootstrap --------------------------------------------------------------------------------
 
 
@@ -655,10 +687,36 @@ def test_hyperparameters_constant_lists_the_paper_grid():
 
 
 def test_statistics_table_in_processes_equals_one_process():
-    """The (group, measure) jobs draw from their own seeded generators: the same table in
-    spawned processes as in this one."""
+    """Every part of a group's evaluations regenerates the group's draws from its seeded
+    generator: the same table in spawned processes as in this one."""
     df = sweep_frame()
-    kw = dict(measures=("jacobian_norm_test",), n_boot=15, seed=4)
+    df["m2"] = df.jacobian_norm_test ** 2
+    kw = dict(measures=("jacobian_norm_test", "m2"), n_boot=15, seed=4)
     one = statistics_table(df, processes=1, **kw)
     two = statistics_table(df, processes=2, **kw)
     pd.testing.assert_frame_equal(one, two)
+
+
+def test_statistics_table_measures_do_not_depend_on_each_other():
+    """Measures over the same rows share work (pairs, the target's counts): each measure's
+    rows equal the table of that measure alone, with and without NaN rows of its own, and a
+    monotone transform of a measure gives the same statistics of run orders (seed means are
+    not transformed alike, so the statistics of configurations may differ)."""
+    df = sweep_frame()
+    df["m2"] = np.exp(3.0 * df.jacobian_norm_test)  # monotone: same orders, other pearson
+    df["m3"] = df.gen_gap + np.random.default_rng(8).normal(scale=0.05, size=len(df))
+    df.loc[[5, 50], "m3"] = np.nan  # other rows: a job of its own
+    names = ["jacobian_norm_test", "m2", "m3"]
+    kw = dict(n_boot=12, seed=2, hyperparameters=HYPERPARAMETERS)
+    together = statistics_table(df, measures=names, **kw)
+    alone = pd.concat([statistics_table(df, measures=[m], **kw) for m in names])
+    key = ["group", "measure", "statistic"]
+    pd.testing.assert_frame_equal(together.sort_values(key).reset_index(drop=True),
+                                  alone.sort_values(key).reset_index(drop=True))
+    assert list(together.measure.unique()) == names  # the order asked for
+    rank = ["spearman", "kendall", "sign_error", "robust_sign_error"]
+    a = together[together.measure == "jacobian_norm_test"].set_index(["group", "statistic"])
+    b = together[together.measure == "m2"].set_index(["group", "statistic"])
+    cols = ["value", "ci_low", "ci_high", "n_used"]
+    pd.testing.assert_frame_equal(a.loc[(slice(None), rank), cols],
+                                  b.loc[(slice(None), rank), cols])

@@ -470,8 +470,12 @@ def sign_error(df: pd.DataFrame, measure: str, target: str = "gen_gap",
 # one-dimensional count "sources before targets in a sequence" is a block sum: per block of
 # `_BLOCK` positions, the class histogram of the targets times the class histogram of the
 # sources in earlier blocks of the segment (one matrix product per conditioning set), plus the
-# pairs inside a block, listed once and shared by every conditioning set. Nothing enumerates
-# the n^2 pairs: the work is O(n log n) per set plus the histograms' O((n / block) K log n).
+# pairs inside a block, listed once (about n * block / 8 per level) and histogrammed over
+# groups of columns that hold several conditioning sets (`_covers`), whose sums give each
+# set's counts. Nothing enumerates the n^2 pairs: per set the work is O(n log n) plus the
+# matrix products' O(K^2 (n / block) log n); the 32-position block balances the listed pairs
+# against the products on the paper's space (bench/README.md). G only depends on the target
+# and is shared by every measure over the same configurations (`_Shared`).
 
 _BLOCK = 32  # GM: positions per block (12 levels of histograms at 72k configurations)
 _BLOCK_1D = 16  # G, M: one level

@@ -14,7 +14,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+IDENTITY_VERSION = 2  # 1: sweeps created before measurement settings left the identity
+WEIGHTS_AUTO_BYTES = 2 * 1024**3  # save_weights: null saves them when the plan's total is below
+
 from workers.activations import ACTIVATIONS
+from workers.measures import DEFAULT_MEASURES
 from workers.data import DATASETS
 from workers.train import MINIBATCH_OPTIMIZERS, OPTIMIZERS
 
@@ -119,7 +123,7 @@ class SweepConfig:
     trials: int
     seed: int
     out: str | None
-    save_weights: bool
+    save_weights: bool | None  # None: save when the plan's weights total <= WEIGHTS_AUTO_BYTES
     dataset: DatasetConfig
     space: Space
     plan: PlanConfig
@@ -130,20 +134,36 @@ class SweepConfig:
     figure: bool
     progress: bool
     dry_run: bool = False  # trials write their record without training (plumbing checks, benchmarks)
+    # the registered measures (workers.measures) every trial evaluates; not part of the identity
+    measures: tuple[str, ...] = DEFAULT_MEASURES
+    measure_modules: tuple[str, ...] = ()  # modules registering user measures (imported first)
 
-    def identity(self) -> dict:
-        """What defines the sweep's set of trials: two configurations with the same identity
-        plan the same trials. Paths, cluster, resources and display settings are not part of it."""
+    def identity(self, version: int = IDENTITY_VERSION) -> dict:
+        """What defines the sweep's set of trials (trained networks): two configurations with
+        the same identity plan the same trials. Paths, cluster, resources, display settings
+        and, from version 2 on, the measurement settings (``metrics``, ``measures``) are not
+        part of it. Version 1 is the identity of sweeps created before version 2 (it kept
+        ``metrics``), so that they stay recognised."""
         d = asdict(self)
-        for k in ("out", "save_weights", "cluster", "resources", "figure", "progress"):
+        for k in ("out", "save_weights", "cluster", "resources", "figure", "progress", "measures",
+                  "measure_modules"):
             d.pop(k)
+        if version >= 2:
+            d.pop("metrics")
         d["dataset"].pop("root")
         d["dataset"].pop("download")
         return d
 
-    def identity_hash(self) -> str:
-        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+    def identity_hash(self, version: int = IDENTITY_VERSION) -> str:
+        text = json.dumps(self.identity(version), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def metric_spec(self):
+        """The measurement settings every trial carries to its worker."""
+        from workers.spec import MetricSpec
+
+        return MetricSpec(**asdict(self.metrics), measures=self.measures,
+                          measure_modules=self.measure_modules)
 
     def out_dir(self) -> str:
         """The sweep directory: a local path, or a pyarrow filesystem URI (s3://, gs://, ...)."""
@@ -253,6 +273,33 @@ def _ellipse_k(v) -> int:
     return k
 
 
+def _modules(v) -> tuple[str, ...]:
+    import os
+
+    from workers.measures import load_modules
+
+    mods = tuple(os.path.abspath(str(m)) if str(m).endswith(".py") or os.sep in str(m)
+                 else str(m) for m in _list("measure_modules", v or [None]) if m is not None)
+    try:
+        load_modules(mods)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return mods
+
+
+def _measures(v) -> tuple[str, ...]:
+    from workers.measures import REGISTRY
+
+    names = tuple(str(x) for x in _list("measures", v))
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown or len(set(names)) != len(names):
+        what = f"unknown {unknown}" if unknown else f"{list(names)} names one twice"
+        raise ConfigError(f"measures: {what}; allowed: registered measures "
+                          f"({', '.join(REGISTRY)}); register your own with "
+                          "workers.measures.register in a module named in measure_modules")
+    return names
+
+
 def from_dict(d: dict[str, Any]) -> SweepConfig:
     """Validate a plain (resolved) configuration mapping into a :class:`SweepConfig`."""
     ds = _section(d, "dataset")
@@ -315,7 +362,10 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
         trials=_int("trials", d.get("trials"), lo=1),
         seed=_int("seed", d.get("seed"), lo=0),
         out=None if d.get("out") is None else str(d["out"]),
-        save_weights=_bool("save_weights", d.get("save_weights")),
+        save_weights=(None if d.get("save_weights") is None
+                      else _bool("save_weights", d.get("save_weights"))),
+        measure_modules=_modules(d.get("measure_modules")),
+        measures=_measures(d.get("measures", list(DEFAULT_MEASURES))),
         dataset=dataset,
         space=space,
         plan=plan,

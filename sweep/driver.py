@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from sweep.config import ConfigError, SweepConfig
+from sweep.config import IDENTITY_VERSION, ConfigError, SweepConfig
 from sweep.lock import LOCK_FILE, DriverLock
 from sweep.plan import manifest_table, plan_pairs, plan_trials
 from workers.data import DataError, check_available
@@ -49,24 +49,28 @@ def check_out_dir(out: Store, cfg: SweepConfig) -> None:
     meta = out.uri(SWEEP_FILE)
     if out.is_file(SWEEP_FILE):
         try:
-            stored = json.loads(out.read_text(SWEEP_FILE))["identity_hash"]
+            doc = json.loads(out.read_text(SWEEP_FILE))
+            stored, version = doc["identity_hash"], int(doc.get("identity_version", 1))
         except Exception:
             raise ConfigError(f"out: {meta} is unreadable; choose another out directory") from None
-        if stored != cfg.identity_hash():
+        if stored != cfg.identity_hash(version):
             raise ConfigError(
                 f"out: {out} holds a different sweep (identity {stored}, this configuration "
-                f"{cfg.identity_hash()}); choose another out directory or the same configuration"
+                f"{cfg.identity_hash(version)}); choose another out directory or the same "
+                "configuration (measurement settings may differ)"
             )
     elif any(not n.startswith(LOCK_FILE) for n in out.names()):  # a lock alone: a new sweep
         raise ConfigError(f"out: {out} is not empty and holds no {SWEEP_FILE}; choose another out directory")
 
 
-def read_plan(out: Store) -> list[TrialSpec]:
-    """The trials of a written manifest, checked against their ids."""
+def read_plan(out: Store, metrics=None) -> list[TrialSpec]:
+    """The trials of a written manifest, checked against their ids, carrying the measurement
+    settings ``metrics`` (a MetricSpec; default: version-2 specs the defaults, version-1 specs
+    the settings they were planned with)."""
     path = out.uri(PLAN_FILE)
     try:
         t = out.read_parquet(PLAN_FILE, columns=["trial_id", "spec"])
-        specs = [TrialSpec.from_json(s) for s in t.column("spec").to_pylist()]
+        specs = [TrialSpec.from_json(s, metrics) for s in t.column("spec").to_pylist()]
     except Exception as e:
         raise ConfigError(f"out: {path} is unreadable ({type(e).__name__}: {e}); the sweep "
                           "directory is damaged") from None
@@ -84,7 +88,7 @@ def prepare(cfg: SweepConfig) -> tuple[Store, list[TrialSpec]]:
     check_out_dir(out, cfg)
     check_available(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
     if out.exists(PLAN_FILE):
-        return out, read_plan(out)
+        return out, read_plan(out, cfg.metric_spec())
     pairs = None
     if cfg.plan.factors:
         specs, pairs = plan_pairs(cfg)
@@ -95,7 +99,8 @@ def prepare(cfg: SweepConfig) -> tuple[Store, list[TrialSpec]]:
             f"trials instead of {cfg.trials}")
     out.makedirs()
     if not out.exists(SWEEP_FILE):
-        doc = {"identity_hash": cfg.identity_hash(), "config": asdict(cfg), "created": time.time()}
+        doc = {"identity_hash": cfg.identity_hash(), "identity_version": IDENTITY_VERSION,
+               "config": asdict(cfg), "created": time.time()}
         out.write_text(SWEEP_FILE, json.dumps(doc, indent=2, sort_keys=True))
     if pairs is not None:  # before the plan, whose presence marks the directory planned
         out.write_parquet(PAIRS_FILE, pairs)
@@ -301,7 +306,27 @@ def runtime_lost(ray, exc: BaseException | None = None) -> str | None:
     return None
 
 
-def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None) -> dict[str, int]:
+def planned_params(spec: TrialSpec) -> int:
+    """The number of weights of a trial's network (bias-free MLP, workers.models.build_mlp)."""
+    from workers.data import DATASETS
+
+    info = DATASETS[spec.data.name]
+    dims = [math.prod(info.image_shape)] + [spec.width] * (spec.depth - 1) + [info.num_classes]
+    return sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+def saves_weights(cfg: SweepConfig, specs: list[TrialSpec]) -> bool:
+    """``save_weights``, or for null: whether the plan's weights (float32) total at most
+    WEIGHTS_AUTO_BYTES (then `sweep measure` can add measures later without retraining)."""
+    from sweep.config import WEIGHTS_AUTO_BYTES
+
+    if cfg.save_weights is not None:
+        return cfg.save_weights
+    return 4 * sum(planned_params(s) for s in specs) <= WEIGHTS_AUTO_BYTES
+
+
+def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
+             save_weights: bool | None = None) -> dict[str, int]:
     """Run ``todo`` on Ray with bounded in-flight work; returns counts by status.
 
     Stops early with DispatchStopped, recording nothing for the trials that did not run (resume
@@ -320,7 +345,8 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None) -> dict[st
     res = cfg.resources
     ctx = RunContext(
         out_dir=os.path.abspath(out.location) if out.local else out.location, data_root=cfg.dataset.root, download=cfg.dataset.download,
-        save_weights=cfg.save_weights, device="cuda" if res.gpus_per_trial > 0 else "cpu",
+        save_weights=saves_weights(cfg, todo) if save_weights is None else save_weights,
+        device="cuda" if res.gpus_per_trial > 0 else "cpu",
         num_threads=max(1, math.floor(res.cpus_per_trial)), dry_run=cfg.dry_run,
     )
     remote = ray.remote(_run_remote).options(
@@ -414,7 +440,7 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None) -> dict[st
 
 # What `sweep resume` may change: where and how the trials run, never which trials there are.
 RESUMABLE_KEYS = ("cluster", "resources", "progress", "figure", "save_weights", "dataset.root",
-                  "dataset.download")
+                  "dataset.download", "measures", "measure_modules", "metrics")
 
 
 def stored_config(sweep_dir: str | Path, overrides: list[str] = ()) -> SweepConfig:
@@ -431,6 +457,7 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = ()) -> SweepConf
     try:
         doc = json.loads(d.read_text(SWEEP_FILE))
         stored, conf = doc["identity_hash"], doc["config"]
+        version = int(doc.get("identity_version", 1))
     except Exception as e:
         raise ConfigError(f"SWEEP_DIR: {meta} is unreadable ({type(e).__name__})") from None
     check_override_keys(overrides, allow_groups=False)  # an unknown key: its closest keys
@@ -448,7 +475,7 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = ()) -> SweepConf
     conf["out"] = d.location
     check_schema(conf)
     cfg = from_dict(conf)
-    if cfg.identity_hash() != stored:
+    if cfg.identity_hash(version) != stored:
         raise ConfigError(f"SWEEP_DIR: {meta} does not match its own identity hash {stored}; "
                           "it was edited or written by another version")
     return cfg
@@ -484,7 +511,8 @@ def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> s
         t0 = time.perf_counter()
         if todo:
             try:
-                counts = dispatch(cfg, out, todo, lock=lock)
+                counts = dispatch(cfg, out, todo, lock=lock,
+                                  save_weights=saves_weights(cfg, specs))
             except DispatchStopped as e:
                 done = sum(e.counts.values())
                 left = len(pending(out, specs, move_invalid=False))

@@ -62,7 +62,7 @@ def _trial_spec(cfg: SweepConfig, v: dict) -> TrialSpec:
             lbfgs_history=t.lbfgs.history_size, lbfgs_tolerance_grad=t.lbfgs.tolerance_grad,
             lbfgs_tolerance_change=t.lbfgs.tolerance_change, lbfgs_max_iter=t.lbfgs.max_iter,
         ),
-        metrics=MetricSpec(**asdict(cfg.metrics)),
+        metrics=cfg.metric_spec(),
     )
 
 

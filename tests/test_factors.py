@@ -23,8 +23,9 @@ def strip(spec: dict, factor: str) -> dict:
     d = json.loads(json.dumps(spec))
     sec, key = WHERE[factor]
     (d[sec] if sec else d).pop(key)
-    if factor == "optimizer":
+    if factor == "optimizer":  # and the training settings that apply to one optimizer only
         d.pop("lr"), d.pop("batch_size")
+        d["train"] = {k: d["train"][k] for k in ("steps", "early_stop", "check_every")}
     return d
 
 

@@ -1,19 +1,32 @@
-"""The frozen, hashable description of one trial.
+"""The frozen, hashable description of one trial: one trained network.
 
-Everything that changes a trial's numbers lives in :class:`TrialSpec`; run plumbing (where the
-data and results live, the device) lives in :class:`RunContext`. The trial id is a hash of the
-spec's canonical JSON, so the same configuration gets the same id on every machine and resuming
-a sweep is a set difference.
+Everything that determines the trained weights lives in :class:`TrialSpec` and in its identity:
+the data (set, subset sizes and seed, random labels, augmentation), the architecture, the
+initialization, the optimizer with the settings that apply to it, the step budget and stop
+rule, the seed. Measurement settings (:class:`MetricSpec`, which measures run and on which
+points) travel with a spec to the worker but are not part of its identity: changing them never
+gives a trained network a new id. Run plumbing (where the data and results live, the device)
+lives in :class:`RunContext`. The trial id is a hash of the identity's canonical JSON, so the
+same network gets the same id on every machine and resuming a sweep is a set difference.
+
+Version 1 specs (plans written before measurement settings left the identity) keep their ids:
+:meth:`TrialSpec.from_json` of a version-1 text records the id it was planned under.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 # Bump when the meaning of a spec field changes, so old and new trials never share an id.
-SPEC_VERSION = 1
+# 1: every field, measurement settings included; 2: only what determines the trained weights.
+SPEC_VERSION = 2
+
+# TrainSpec fields by the optimizers they apply to (the rest apply to all)
+_MINIBATCH_ONLY = ("lr_decay_epochs", "lr_decay")
+_LBFGS_ONLY = ("lbfgs_history", "lbfgs_tolerance_grad", "lbfgs_tolerance_change",
+               "lbfgs_max_iter")
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,22 @@ class MetricSpec:
     ellipse_k: int = 0  # points per ellipse (Fig. 2; the paper: 2^20)
     boundary_grid: int = 0  # n for an n x n grid in the plane of three training points (Fig. 3)
     boundary_extent: float = 1.25  # the grid spans [-extent, extent]^2; the points sit at radius 1
+    # the registered measures (workers.measures) each trial evaluates after training
+    measures: tuple[str, ...] = ("jacobian_norm_train", "jacobian_norm_test", "transitions_test")
+    # modules that register user measures (workers.measures.load_modules), imported by workers
+    measure_modules: tuple[str, ...] = ()
+
+    def measure_settings(self) -> dict[str, dict]:
+        """The built-in measures' settings taken from these fields (the others: defaults)."""
+        return {"jacobian_norm_train": {"points": self.jacobian_points},
+                "jacobian_norm_test": {"points": self.jacobian_points},
+                "transitions_test": {"points": self.transitions_points,
+                                     "k": self.transitions_k}}
+
+    def active_measures(self) -> tuple[str, ...]:
+        """``measures`` less the ones switched off (transitions_points = 0)."""
+        return tuple(n for n in self.measures
+                     if not (n == "transitions_test" and self.transitions_points == 0))
 
 
 @dataclass(frozen=True)
@@ -64,22 +93,48 @@ class TrialSpec:
     init_scale: float
     seed: int  # seeds initialization, shuffling and augmentation (A.5)
     train: TrainSpec = field(default_factory=TrainSpec)
-    metrics: MetricSpec = field(default_factory=MetricSpec)
+    # how the trained network is measured: not part of the identity (nor of equality)
+    metrics: MetricSpec = field(default_factory=MetricSpec, compare=False)
+    # the id a version-1 plan gave this trial (its hash covered the measurement settings)
+    legacy_id: str | None = field(default=None, compare=False)
+
+    def identity(self) -> dict:
+        """What determines the trained weights, as plain data: the data, architecture,
+        initialization, optimizer with the settings that apply to it (no L-BFGS settings in a
+        mini-batch trial, no learning-rate decay in an L-BFGS one, whose ``lr`` is its line
+        search's initial step and whose ``batch_size`` is None), step budget, stop rule, seed."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)
+             if f.name not in ("data", "train", "metrics", "legacy_id")}
+        d["data"] = {f.name: getattr(self.data, f.name) for f in fields(self.data)}
+        skip = _MINIBATCH_ONLY if self.optimizer == "lbfgs" else _LBFGS_ONLY
+        d["train"] = {f.name: getattr(self.train, f.name) for f in fields(self.train)
+                      if f.name not in skip}
+        return d
 
     def canonical(self) -> str:
-        """The spec as canonical JSON (sorted keys, no spaces); computed once per instance."""
+        """The identity as canonical JSON (sorted keys, no spaces, with the spec version);
+        computed once per instance."""
         cached = self.__dict__.get("_canonical")
         if cached is None:
-            d = {f.name: getattr(self, f.name) for f in fields(self)}
-            for k in ("data", "train", "metrics"):  # flat dataclasses: one level
-                d[k] = {f.name: getattr(d[k], f.name) for f in fields(d[k])}
-            d["_version"] = SPEC_VERSION
-            cached = json.dumps(d, sort_keys=True, separators=(",", ":"))
+            cached = json.dumps({**self.identity(), "_version": SPEC_VERSION}, sort_keys=True,
+                                separators=(",", ":"))
             object.__setattr__(self, "_canonical", cached)
         return cached
 
+    def canonical_v1(self) -> str:
+        """The version-1 canonical JSON (every field, measurement settings included), which
+        plans written before version 2 hashed into their trial ids."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "legacy_id"}
+        for k in ("data", "train", "metrics"):  # flat dataclasses: one level
+            d[k] = {f.name: getattr(d[k], f.name) for f in fields(d[k])
+                    if f.name not in ("measures", "measure_modules")}  # (not in version 1)
+        d["_version"] = 1
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
     @property
     def trial_id(self) -> str:
+        if self.legacy_id is not None:
+            return self.legacy_id
         cached = self.__dict__.get("_trial_id")
         if cached is None:
             cached = hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
@@ -87,15 +142,26 @@ class TrialSpec:
         return cached
 
     @classmethod
-    def from_json(cls, text: str) -> "TrialSpec":
+    def from_json(cls, text: str, metrics: MetricSpec | None = None) -> "TrialSpec":
+        """A spec from its canonical JSON (version 1 or 2). A version-2 text holds no
+        measurement settings: ``metrics`` (default MetricSpec()) supplies them. A version-1
+        text keeps the id it was planned under (``legacy_id``) and its measurement settings
+        unless ``metrics`` is given."""
         d = json.loads(text)
-        d.pop("_version", None)
-        return cls(
-            data=DataSpec(**d.pop("data")),
-            train=TrainSpec(**d.pop("train")),
-            metrics=MetricSpec(**d.pop("metrics")),
-            **d,
-        )
+        version = d.pop("_version", 1)
+        if version not in (1, 2):
+            raise ValueError(f"trial spec version {version}; this release reads 1 and 2")
+        stored = d.pop("metrics", None)
+        for k in ("measures", "measure_modules"):
+            if stored and k in stored:
+                stored[k] = tuple(stored[k])
+        train = {f.name: f.default for f in fields(TrainSpec)} | d.pop("train")
+        spec = cls(data=DataSpec(**d.pop("data")), train=TrainSpec(**train),
+                   metrics=metrics or (MetricSpec(**stored) if stored else MetricSpec()), **d)
+        if version == 1:
+            v1 = replace(spec, metrics=MetricSpec(**stored))
+            spec = replace(spec, legacy_id=hashlib.sha256(v1.canonical_v1().encode()).hexdigest()[:16])
+        return spec
 
 
 @dataclass(frozen=True)

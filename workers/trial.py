@@ -1,4 +1,10 @@
-"""One trial, end to end: data -> model -> training -> metrics -> one Parquet file.
+"""One trial, end to end: data -> model -> training -> measures -> its files.
+
+The trial's record (``trials/<id>.parquet``) is the trained network: its configuration, how
+training went, accuracy and loss, and a snapshot of the built-in measures with their per-point
+values. Every measure the configuration lists is evaluated through the registry
+(``workers.measures``) and stored in the measures table (``measures/``), written before the
+record, which alone marks the trial done.
 
 ``run_trial`` never raises for a problem of the trial itself: it records ``failed`` (with the
 error text), ``oom`` or ``diverged`` and returns the summary, so a sweep goes on.
@@ -14,12 +20,11 @@ import traceback
 import torch
 
 from workers.data import load_data, planned_sizes
-from workers.metrics import jacobian_norm, per_point_loss
+from workers.measures.table import write_outcome
+from workers.metrics import per_point_loss
 from workers.models import build_mlp, count_params
 from workers.results import points_columns, weights_file, write_extra, write_trial
 from workers.spec import RunContext, TrialSpec
-from workers.trajectories import translation_path
-from workers.transitions import count_transitions_batch, dense_transitions, supports_exact
 
 NAN = float("nan")
 METRIC_COLUMNS = (
@@ -57,48 +62,64 @@ def failure_summary(spec: TrialSpec, status: str, error: str) -> dict:
     return row
 
 
-def point_subset(n: int, k: int | None, seed: int) -> torch.Tensor:
-    """The same seeded subset of k of n points for every trial on the same data (sorted). Every
-    metric draws from the same permutation, so a smaller subset is inside a larger one."""
-    if k is None or k >= n:
-        return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))[:k].sort().values
+def measure_inputs(model, data, spec: TrialSpec, init_model=None):
+    """The registry's inputs for a trial's network: its train and test data as the model
+    takes them ([N, d]), the image shape, the trial's data seed."""
+    from workers.measures import MeasureInputs
+
+    return MeasureInputs(model, data.x_train.flatten(1), data.y_train, data.x_test.flatten(1),
+                         data.y_test, init_model, tuple(data.info.image_shape), spec.data.seed)
 
 
-def loop_transitions(model, images: torch.Tensor, spec: TrialSpec) -> tuple[torch.Tensor, str, int | None]:
-    """Transitions along the translation loop of each image ([n, C, H, W]) -> ([n] float64,
-    method, k): exact for piecewise-linear networks, Eq. 1 with k samples for Tanh."""
-    if supports_exact(model):
-        paths = torch.stack([translation_path(im) for im in images.cpu()])
-        return count_transitions_batch(model, paths).double(), "exact", None
-    k = spec.metrics.transitions_k
-    counts = [dense_transitions(model, translation_path(im), k) for im in images.cpu()]
-    return torch.tensor(counts, dtype=torch.float64), "sampled", k
+def initial_model(spec: TrialSpec, data, device):
+    """The network as initialized (rebuilt from the seed), if a measure of the trial needs it;
+    else None."""
+    from workers.measures import REGISTRY, load_modules
+
+    load_modules(spec.metrics.measure_modules)
+    if not any("init_model" in REGISTRY[n].needs for n in spec.metrics.active_measures()
+               if n in REGISTRY):
+        return None
+    return build_mlp(data.input_dim, spec.width, spec.depth, data.info.num_classes,
+                     spec.activation, spec.init_scale, spec.seed).to(device).eval()
 
 
-def _evaluate(model, images, y, spec: TrialSpec, split, row, points):
-    x = images.flatten(1)
-    seed = spec.data.seed
-    loss, correct = per_point_loss(model, x, y)
-    jac_idx = point_subset(len(y), spec.metrics.jacobian_points, seed)
-    jac = jacobian_norm(model, x[jac_idx.to(x.device)]).cpu()
-    row[f"{split}_acc"] = float(correct.double().mean())
-    row[f"{split}_loss"] = float(loss.double().mean())
-    row[f"jacobian_norm_{split}"] = float(jac.double().mean())
-    row[f"jacobian_points_{split}"] = len(jac_idx)
-    values = {"jac": dict(zip(jac_idx.tolist(), jac.tolist()))}
-    n_tr = spec.metrics.transitions_points
-    if split == "test" and n_tr != 0:
-        tr_idx = point_subset(len(y), n_tr, seed)
-        trans, method, k = loop_transitions(model, images[tr_idx.to(x.device)], spec)
-        row.update(transitions_test=float(trans.mean()), transitions_method=method,
-                   transitions_k=k, transitions_points=len(tr_idx))
-        values["trans"] = dict(zip(tr_idx.tolist(), trans.tolist()))
-    idx = sorted(set().union(*values.values()))
-    ii = torch.tensor(idx, dtype=torch.long)
-    points.extend(points_columns(
-        split, idx, y.cpu()[ii], [values["jac"].get(i) for i in idx], loss.cpu()[ii],
-        correct.cpu()[ii], [values.get("trans", {}).get(i) for i in idx]))
+def measure(model, data, spec: TrialSpec, init_model=None) -> dict:
+    """The trial's measures (``spec.metrics.active_measures()``), name -> Outcome; a measure
+    that raises is an Outcome with its error, the others still run."""
+    from workers.measures import evaluate_outcomes, load_modules
+
+    load_modules(spec.metrics.measure_modules)
+    return evaluate_outcomes(measure_inputs(model, data, spec, init_model),
+                             spec.metrics.active_measures(), spec.metrics.measure_settings())
+
+
+def _record(row: dict, points: list[dict], data, loss_correct: dict, outcomes: dict) -> None:
+    """The built-in measures' values in the trial's row (a snapshot; the measures table holds
+    every value) and the per-point records: loss and correctness at every point where a
+    built-in measure has a value."""
+    for split in ("train", "test"):
+        o = outcomes.get(f"jacobian_norm_{split}")
+        if o is not None and o.value is not None:
+            row[f"jacobian_norm_{split}"] = o.value
+            row[f"jacobian_points_{split}"] = int(o.info.get("points", 0))
+    o = outcomes.get("transitions_test")
+    if o is not None and o.value is not None:
+        row.update(transitions_test=o.value, transitions_method=o.info.get("method"),
+                   transitions_k=o.info.get("k"), transitions_points=int(o.info.get("points", 0)))
+    for split, y in (("train", data.y_train), ("test", data.y_test)):
+        jac = outcomes.get(f"jacobian_norm_{split}")
+        jac = jac.points.get(split, {}) if jac is not None else {}
+        trans = outcomes.get("transitions_test") if split == "test" else None
+        trans = trans.points.get(split, {}) if trans is not None else {}
+        idx = sorted(set(jac) | set(trans))
+        if not idx:
+            continue
+        loss, correct = loss_correct[split]
+        ii = torch.tensor(idx, dtype=torch.long)
+        points.extend(points_columns(split, idx, y.cpu()[ii], [jac.get(i) for i in idx],
+                                     loss.cpu()[ii], correct.cpu()[ii],
+                                     [trans.get(i) for i in idx]))
 
 
 def _studies(model, data, spec: TrialSpec, phase: str, setup: dict, extras: dict) -> None:
@@ -150,9 +171,16 @@ def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.n
         row.update(status="diverged", error=outcome.reason)
         return row, points, None, {}
     model.eval()
-    _evaluate(model, data.x_train, data.y_train, spec, "train", row, points)
-    _evaluate(model, data.x_test, data.y_test, spec, "test", row, points)
+    loss_correct = {}
+    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+        loss, correct = per_point_loss(model, x.flatten(1), y)
+        loss_correct[split] = (loss, correct)
+        row[f"{split}_acc"] = float(correct.double().mean())
+        row[f"{split}_loss"] = float(loss.double().mean())
     row["gen_gap"] = row["train_acc"] - row["test_acc"]
+    outcomes = measure(model, data, spec, init_model=initial_model(spec, data, ctx.device))
+    _record(row, points, data, loss_correct, outcomes)
+    extras["measures"] = list(outcomes.values())
     _studies(model, data, spec, "trained", setup, extras)
     row["status"] = "ok"
     return row, points, model, extras
@@ -207,7 +235,9 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
             row, points, model, extras = execute(spec, ctx)
         if model is not None and ctx.save_weights:
             _save_weights(ctx.out_dir, spec.trial_id, model)
-        for kind, rows in extras.items():  # before the result file, which marks the trial done
+        for o in extras.pop("measures", []):  # before the result file, which marks the trial done
+            write_outcome(ctx.out_dir, spec.trial_id, o)
+        for kind, rows in extras.items():
             write_extra(ctx.out_dir, kind, spec.trial_id, rows)
     except Exception as e:
         points = []

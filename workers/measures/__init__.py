@@ -1,0 +1,227 @@
+"""The measure registry: every measure of a trained network, declared once.
+
+A measure is a function of a trained model (and, if it says so, the initial weights, the
+training inputs and labels, the test inputs) returning one number; it is declared with its
+name, its source (paper and section or equation), what it needs, its settings with defaults and
+a version (bump it when the value it computes changes; values of an older version are then
+"outdated" and ``sweep measure`` computes them again). Sweeps run the measures named in the
+configuration's ``measures`` list in every trial, and ``sweep measure`` evaluates them later on
+the saved weights of a finished sweep, without training anything again.
+
+The science is importable without Ray or Hydra::
+
+    from workers.measures import REGISTRY, evaluate, register
+
+    @register("weight_l2", source="Neyshabur et al. 2017, Sec. 2.1 (l2 norm)", needs=("model",))
+    def weight_l2(inputs):
+        return float(sum((p.detach().double() ** 2).sum() for p in inputs.model.parameters()) ** 0.5)
+
+    evaluate(model, ["jacobian_norm_test", "weight_l2"], x_train=x, y_train=y, x_test=xt)
+
+Inputs are [N, d] as the model takes them (float32, on the model's device); ``image_shape`` =
+(C, H, W) for measures that need images (the translation loops of ``transitions_test``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+NEEDS = ("model", "init_model", "train_inputs", "train_labels", "test_inputs", "test_labels",
+         "image_shape")
+
+
+@dataclass(frozen=True)
+class MeasureInputs:
+    """What a measure function receives. Tensors are [N, d] float32 (labels [N] int64) on the
+    model's device; None where the caller did not give them (a measure that needs them is not
+    called then: its outcome is an error naming what is missing)."""
+
+    model: Any
+    x_train: Any = None
+    y_train: Any = None
+    x_test: Any = None
+    y_test: Any = None
+    init_model: Any = None
+    image_shape: tuple[int, int, int] | None = None
+    seed: int = 0  # seeds every random subset or draw of the measure (the trial's data seed)
+
+
+@dataclass(frozen=True)
+class MeasureValue:
+    """A measure's value with its per-point values (split -> {point index: value}, indices
+    into the given inputs) and facts about how it was computed (``info``, JSON-able)."""
+
+    value: float
+    points: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    fn: Callable[..., Any]
+    source: str
+    needs: tuple[str, ...]
+    settings: Mapping[str, Any]
+    version: int
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One evaluation: ``value`` (None if it raised or was skipped), per-point values, info,
+    the settings and version it ran with, ``seconds`` and ``error`` (the reason, if any)."""
+
+    name: str
+    value: float | None
+    version: int
+    settings: Mapping[str, Any]
+    seconds: float
+    error: str | None = None
+    points: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+REGISTRY: dict[str, Measure] = {}
+_NEED_OF = {"model": "model", "init_model": "init_model", "train_inputs": "x_train",
+            "train_labels": "y_train", "test_inputs": "x_test", "test_labels": "y_test",
+            "image_shape": "image_shape"}
+
+
+def register(name: str, *, source: str, needs: Iterable[str] = ("model",),
+             settings: Mapping[str, Any] | None = None, version: int = 1,
+             replace: bool = False) -> Callable:
+    """Decorator: declare ``fn(inputs: MeasureInputs, **settings) -> float | MeasureValue`` as
+    measure ``name``. ``needs`` from NEEDS; ``settings`` the keyword arguments with their
+    defaults (JSON values); ``version`` an integer >= 1. Raises ValueError for a bad
+    declaration or a name already registered (unless ``replace``)."""
+    needs = tuple(needs)
+    bad = [n for n in needs if n not in NEEDS]
+    if bad:
+        raise ValueError(f"measure {name!r}: needs {bad}; allowed: {', '.join(NEEDS)}")
+    if not name.isidentifier():
+        raise ValueError(f"measure name {name!r}: allowed: a Python identifier (it becomes a "
+                         "column name)")
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"measure {name!r}: version {version!r}; allowed: an integer >= 1")
+    settings = dict(settings or {})
+    json.dumps(settings)  # JSON-able, or TypeError now rather than when stored
+
+    def deco(fn):
+        if name in REGISTRY and not replace:
+            raise ValueError(f"measure {name!r} is already registered; pass replace=True to "
+                             "redefine it (and bump its version if its values change)")
+        REGISTRY[name] = Measure(name, fn, source, needs, settings, version,
+                                 (fn.__doc__ or "").strip())
+        return fn
+
+    return deco
+
+
+def check_names(names: Sequence[str]) -> None:
+    """ValueError naming the unknown measures and the registered ones."""
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"measures: unknown {unknown}; registered: {', '.join(REGISTRY)}")
+
+
+def resolved_settings(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The measure's settings: its defaults updated by ``overrides`` (unknown keys refused)."""
+    m = REGISTRY[name]
+    overrides = dict(overrides or {})
+    bad = [k for k in overrides if k not in m.settings]
+    if bad:
+        raise ValueError(f"measure {name!r}: settings {bad}; allowed: "
+                         f"{', '.join(m.settings) or 'none'}")
+    return {**m.settings, **overrides}
+
+
+def settings_key(settings: Mapping[str, Any]) -> str:
+    """A short stable hash of settings (canonical JSON), naming their stored value."""
+    text = json.dumps(dict(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def evaluate_outcomes(inputs: MeasureInputs, names: Sequence[str],
+                      settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Outcome]:
+    """Every measure in ``names`` on ``inputs``; a measure that raises (or lacks an input it
+    needs) gives an Outcome with ``value`` None and its ``error``, and the others still run."""
+    check_names(names)
+    out = {}
+    for name in names:
+        m = REGISTRY[name]
+        st = resolved_settings(name, (settings or {}).get(name))
+        t0 = time.perf_counter()
+        missing = [n for n in m.needs if getattr(inputs, _NEED_OF[n]) is None]
+        if missing:
+            out[name] = Outcome(name, None, m.version, st, 0.0,
+                                f"needs {', '.join(missing)}, which were not given")
+            continue
+        try:
+            r = m.fn(inputs, **st)
+            if not isinstance(r, MeasureValue):
+                r = MeasureValue(float(r))
+            out[name] = Outcome(name, float(r.value), m.version, st, time.perf_counter() - t0,
+                                None, r.points, r.info)
+        except Exception as e:  # the measure's own error: recorded, the trial goes on
+            tb = traceback.format_exc(limit=-2)
+            out[name] = Outcome(name, None, m.version, st, time.perf_counter() - t0,
+                                f"{type(e).__name__}: {e}\n{tb}"[:4000])
+    return out
+
+
+def evaluate(model, names: Sequence[str], *, x_train=None, y_train=None, x_test=None,
+             y_test=None, init_model=None, image_shape=None, seed: int = 0,
+             settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, float]:
+    """The measures ``names`` of ``model``: name -> value (NaN where the measure raised; use
+    ``evaluate_outcomes`` for the reasons). Inputs [N, d] as the model takes them; ``seed``
+    seeds the measures' point subsets and draws; ``settings`` per measure override its
+    defaults. Raises ValueError for an unknown measure or setting."""
+    inputs = MeasureInputs(model, x_train, y_train, x_test, y_test, init_model, image_shape,
+                           seed)
+    return {n: (float("nan") if o.value is None else o.value)
+            for n, o in evaluate_outcomes(inputs, names, settings).items()}
+
+
+_LOADED: dict[str, object] = {}
+
+
+def load_modules(modules: Sequence[str]) -> None:
+    """Import the modules that register a user's measures: importable module names
+    (``my_lab.measures``) or paths to ``.py`` files (``/shared/lab/measures.py``, which every
+    worker must see at that path). Each is imported once per process. Raises ValueError naming
+    a module that cannot be imported."""
+    import importlib
+    import importlib.util
+    import os
+
+    for m in modules:
+        if m in _LOADED:
+            continue
+        try:
+            if m.endswith(".py") or os.sep in m:
+                spec = importlib.util.spec_from_file_location(
+                    "sensitivity_sweep_user_" + hashlib.sha256(m.encode()).hexdigest()[:8], m)
+                if spec is None or not os.path.isfile(m):
+                    raise FileNotFoundError(m)
+                mod = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(mod)
+            else:
+                mod = importlib.import_module(m)
+        except ValueError:
+            raise
+        except Exception as e:
+            raise ValueError(f"measure_modules: cannot import {m!r} ({type(e).__name__}: {e}); "
+                             "allowed: an importable module name or the path of a .py file "
+                             "that registers measures") from None
+        _LOADED[m] = mod
+
+
+from workers.measures import builtin  # noqa: E402,F401  (registers the built-in measures)
+
+DEFAULT_MEASURES = ("jacobian_norm_train", "jacobian_norm_test", "transitions_test")

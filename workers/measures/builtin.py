@@ -1,0 +1,72 @@
+"""The built-in measures: Novak et al. 2018's sensitivity measures (§3).
+
+``jacobian_norm_train`` / ``jacobian_norm_test``: the mean over points of ||J(x)||_F, J the
+Jacobian of the softmax output with respect to the input (workers.metrics.jacobian_norm); test
+inputs only, no labels. ``transitions_test``: the mean over test points of the number of
+linear-region transitions along the point's translation loop (§3, A.1, Eq. 1): exact for
+piecewise-linear networks, Eq. 1 with ``k`` samples for Tanh.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workers.measures import MeasureInputs, MeasureValue, register
+
+
+def point_subset(n: int, k: int | None, seed: int) -> torch.Tensor:
+    """The same seeded subset of k of n points for every trial on the same data (sorted). Every
+    measure draws from the same permutation, so a smaller subset is inside a larger one."""
+    if k is None or k >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))[:k].sort().values
+
+
+def _jacobian(x: torch.Tensor, model, points: int | None, seed: int, split: str) -> MeasureValue:
+    from workers.metrics import jacobian_norm
+
+    idx = point_subset(len(x), points, seed)
+    jac = jacobian_norm(model, x[idx.to(x.device)]).cpu().double()
+    return MeasureValue(float(jac.mean()) if len(jac) else float("nan"),
+                        {split: dict(zip(idx.tolist(), jac.tolist()))}, {"points": len(idx)})
+
+
+@register("jacobian_norm_train", source="Novak et al. 2018, §3 (Jacobian norm), on train points",
+          needs=("model", "train_inputs"), settings={"points": None})
+def jacobian_norm_train(inputs: MeasureInputs, points: int | None = None) -> MeasureValue:
+    """Mean ||J(x)||_F over a seeded subset of ``points`` training inputs (None: all)."""
+    return _jacobian(inputs.x_train, inputs.model, points, inputs.seed, "train")
+
+
+@register("jacobian_norm_test", source="Novak et al. 2018, §3 (Jacobian norm)",
+          needs=("model", "test_inputs"), settings={"points": None})
+def jacobian_norm_test(inputs: MeasureInputs, points: int | None = None) -> MeasureValue:
+    """Mean ||J(x)||_F over a seeded subset of ``points`` test inputs (None: all)."""
+    return _jacobian(inputs.x_test, inputs.model, points, inputs.seed, "test")
+
+
+def loop_transitions(model, images: torch.Tensor, k: int) -> tuple[torch.Tensor, str, int | None]:
+    """Transitions along the translation loop of each image ([n, C, H, W]) -> ([n] float64,
+    method, k): exact for piecewise-linear networks, Eq. 1 with k samples for Tanh."""
+    from workers.trajectories import translation_path
+    from workers.transitions import count_transitions_batch, dense_transitions, supports_exact
+
+    if supports_exact(model):
+        paths = torch.stack([translation_path(im) for im in images.cpu()])
+        return count_transitions_batch(model, paths).double(), "exact", None
+    counts = [dense_transitions(model, translation_path(im), k) for im in images.cpu()]
+    return torch.tensor(counts, dtype=torch.float64), "sampled", k
+
+
+@register("transitions_test", source="Novak et al. 2018, §3 and A.1, Eq. 1 (transitions)",
+          needs=("model", "test_inputs", "image_shape"), settings={"points": 100, "k": 4096})
+def transitions_test(inputs: MeasureInputs, points: int | None = 100, k: int = 4096) -> MeasureValue:
+    """Mean number of transitions along the translation loops of a seeded subset of
+    ``points`` test images (None: all); Tanh networks by Eq. 1 with ``k`` samples per loop."""
+    x = inputs.x_test
+    idx = point_subset(len(x), points, inputs.seed)
+    images = x[idx.to(x.device)].reshape(len(idx), *inputs.image_shape)
+    trans, method, used_k = loop_transitions(inputs.model, images, k)
+    return MeasureValue(float(trans.mean()) if len(trans) else float("nan"),
+                        {"test": dict(zip(idx.tolist(), trans.tolist()))},
+                        {"points": len(idx), "method": method, "k": used_k})

@@ -1,0 +1,115 @@
+"""The measures table: one file per (trial, measure, version, settings), apart from the trial's
+own record.
+
+``measures/<trial_id>.<measure>.v<version>.<settings key>.parquet`` holds one row: trial_id,
+measure, version, settings (canonical JSON), value (null if the measure raised), seconds,
+error, info (JSON), hostname, created (unix time) and the per-point values (split, index,
+value). Files are written atomically (temporary name, rename) and never overwritten: a value
+exists once per key, so evaluating again is a no-op. Readers accept files that lack columns
+added later (null there); a file of a newer format than this release reads is refused with a
+message naming its version.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pyarrow as pa
+
+from workers.measures import Outcome, settings_key
+from workers.storage import store
+
+MEASURES = "measures"
+MEASURE_FORMAT = 1  # bump only for an incompatible change; new optional columns need none
+POINT_VALUE = pa.struct([("split", pa.string()), ("index", pa.int64()), ("value", pa.float64())])
+MEASURE_SCHEMA = pa.schema(
+    [("trial_id", pa.string()), ("measure", pa.string()), ("version", pa.int64()),
+     ("settings", pa.string()), ("value", pa.float64()), ("seconds", pa.float64()),
+     ("error", pa.string()), ("info", pa.string()), ("hostname", pa.string()),
+     ("created", pa.float64()), ("points", pa.list_(POINT_VALUE))],
+    metadata={b"sensitivity_sweep_measure_format": str(MEASURE_FORMAT).encode()})
+COLUMNS = [f.name for f in MEASURE_SCHEMA if f.name != "points"]
+
+
+def measure_file(trial_id: str, measure: str, version: int, settings) -> str:
+    """The file of one value, relative to the sweep directory."""
+    return f"{MEASURES}/{trial_id}.{measure}.v{version}.{settings_key(settings)}.parquet"
+
+
+def parse_name(name: str) -> tuple[str, str, int, str] | None:
+    """(trial_id, measure, version, settings key) from a file name, or None."""
+    parts = name[: -len(".parquet")].split(".") if name.endswith(".parquet") else []
+    if len(parts) != 4 or not parts[2].startswith("v") or not parts[2][1:].isdigit():
+        return None
+    return parts[0], parts[1], int(parts[2][1:]), parts[3]
+
+
+def stored_keys(sweep_dir) -> set[tuple[str, str, int, str]]:
+    """(trial_id, measure, version, settings key) of every value file present."""
+    out = set()
+    for e in store(sweep_dir).list(MEASURES, ".parquet"):
+        key = parse_name(e.name)
+        if key is not None:
+            out.add(key)
+    return out
+
+
+def write_outcome(sweep_dir, trial_id: str, o: Outcome) -> str | None:
+    """Write one value atomically; None (nothing written) if that value is already stored."""
+    st = store(sweep_dir)
+    rel = measure_file(trial_id, o.name, o.version, o.settings)
+    if st.exists(rel):
+        return None
+    points = [{"split": split, "index": int(i), "value": None if v is None else float(v)}
+              for split, vals in o.points.items() for i, v in sorted(vals.items())]
+    row = {"trial_id": trial_id, "measure": o.name, "version": o.version,
+           "settings": json.dumps(dict(o.settings), sort_keys=True, separators=(",", ":")),
+           "value": o.value, "seconds": o.seconds, "error": o.error,
+           "info": json.dumps(dict(o.info), sort_keys=True, default=str),
+           "hostname": socket.gethostname(), "created": time.time(), "points": points}
+    st.makedirs(MEASURES)
+    st.write_parquet(rel, pa.Table.from_pylist([row], schema=MEASURE_SCHEMA))
+    return rel
+
+
+class MeasureFormatError(RuntimeError):
+    """A measure file of a format this release cannot read."""
+
+
+def read_values(sweep_dir, names: list[str] | None = None, points: bool = False) -> pa.Table:
+    """Every readable value file (rows in MEASURE_SCHEMA order of columns; ``points`` kept only
+    if asked). Truncated or foreign files are skipped; missing newer columns are null; a newer
+    format raises MeasureFormatError naming it."""
+    import warnings
+
+    st = store(sweep_dir)
+    cols = COLUMNS + (["points"] if points else [])
+    schema = pa.schema([MEASURE_SCHEMA.field(c) for c in cols])
+    parts = []
+    for e in st.list(MEASURES, ".parquet"):
+        if parse_name(e.name) is None:
+            continue
+        rel = f"{MEASURES}/{e.name}"
+        try:
+            pf = st.parquet_file(rel)
+            fmt = (pf.schema_arrow.metadata or {}).get(b"sensitivity_sweep_measure_format", b"1")
+            if int(fmt) > MEASURE_FORMAT:
+                raise MeasureFormatError(
+                    f"{st.uri(rel)}: measure file format {int(fmt)}; this release reads up to "
+                    f"{MEASURE_FORMAT}: upgrade sensitivity-sweep to read this sweep")
+            have = [c for c in cols if c in pf.schema_arrow.names]
+            t = pf.read(columns=have, use_threads=False)
+        except MeasureFormatError:
+            raise
+        except Exception as err:  # truncated, not Parquet: skipped (evaluated again if asked)
+            warnings.warn(f"skipping {st.uri(rel)} ({type(err).__name__}: {err})", stacklevel=2)
+            continue
+        for c in cols:
+            if c not in t.column_names:
+                t = t.append_column(c, pa.nulls(t.num_rows, schema.field(c).type))
+        t = t.select(cols).replace_schema_metadata(None).cast(schema)
+        if names is None or t.column("measure")[0].as_py() in names:
+            parts.append(t)
+    return pa.concat_tables(parts) if parts else schema.empty_table()

@@ -1,8 +1,9 @@
 """Loading sweep results into pandas and drawing the paper's figures."""
 
 from analysis.load import (
-    load_curves, load_grids, load_pairs, load_points, load_results, result_files,
+    load_curves, load_grids, load_measures, load_pairs, load_points, load_results,
+    result_files,
 )
 
-__all__ = ["load_results", "load_points", "load_pairs", "load_curves", "load_grids",
+__all__ = ["load_results", "load_measures", "load_points", "load_pairs", "load_curves", "load_grids",
            "result_files"]

@@ -150,16 +150,78 @@ def _empty(schema: pa.Schema, columns: list[str]) -> pd.DataFrame:
 
 
 def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> pd.DataFrame:
-    """One row per trial, sorted by trial_id; ``columns`` selects summary columns (default:
-    all); ``filters`` selects rows (any summary column: a pyarrow DNF list or Expression)."""
-    cols = list(columns) if columns else list(SUMMARY_COLUMNS)
-    unknown = [c for c in cols if c not in SUMMARY_COLUMNS]
+    """One row per trial, sorted by trial_id, with one column per measure.
+
+    The trial's own columns (summary columns) come from its result file; each measure's column
+    from the measures table (``load_measures``): for every (trial, measure) the value of the
+    measure's current version, the latest evaluated if there are several (other settings), or
+    else the latest of any version; null where it raised (its reason is in ``load_measures``)
+    and NaN where it was never evaluated. Result files written before the measures table
+    (schema 2) keep their built-in measure columns where the table has no value. ``columns``
+    selects summary columns and measures (default: all summary columns and every measure
+    present); ``filters`` selects rows by summary columns (a pyarrow DNF list or Expression)."""
+    from workers.measures import REGISTRY
+
+    wide = _measure_wide(sweep_dir)
+    measured = [m for m in wide.columns if not m.endswith("\0has")]
+    cols = list(columns) if columns else list(SUMMARY_COLUMNS) + [
+        m for m in measured if m not in SUMMARY_COLUMNS]
+    known = set(SUMMARY_COLUMNS) | set(REGISTRY) | set(measured)
+    unknown = [c for c in cols if c not in known]
     if unknown:
-        raise ValueError(f"columns: unknown {unknown}; allowed: {', '.join(SUMMARY_COLUMNS)}")
-    table = _read(sweep_dir, "results", cols, _expression(filters, "results"))
+        raise ValueError(f"columns: unknown {unknown}; allowed: summary columns "
+                         f"({', '.join(SUMMARY_COLUMNS)}) and measures ({', '.join(sorted(set(REGISTRY) | set(measured)))})")
+    summary = [c for c in cols if c in SUMMARY_COLUMNS]
+    table = _read(sweep_dir, "results", summary or ["trial_id"], _expression(filters, "results"))
     if table is None:
-        return _empty(RESULTS_SCHEMA, cols)
-    return _one_meaning(table.to_pandas())
+        df = _empty(RESULTS_SCHEMA, summary)
+    else:
+        df = _one_meaning(table.to_pandas())
+    ids = table.column("trial_id").to_pandas() if table is not None else pd.Series([], dtype=object)
+    for m in [c for c in cols if c in wide.columns or c not in SUMMARY_COLUMNS]:
+        if m.endswith("\0has"):
+            continue
+        if m not in measured:
+            if m not in df.columns:
+                df[m] = float("nan")
+            continue
+        got = wide[m].reindex(ids.to_numpy())
+        have = wide[m + "\0has"].reindex(ids.to_numpy()).fillna(False).to_numpy(dtype=bool)
+        if m in df.columns:  # a schema-2 built-in column: the table's value wins where present
+            df[m] = df[m].astype("float64").where(~have, got.to_numpy())
+        else:
+            df[m] = got.to_numpy(dtype="float64")
+    return df[cols]
+
+
+def _measure_wide(sweep_dir) -> pd.DataFrame:
+    """trial_id -> one value per measure (see load_results), plus "<measure>\\0has" flags."""
+    from workers.measures import REGISTRY
+    from workers.measures.table import read_values
+
+    t = read_values(sweep_dir).to_pandas()
+    if t.empty:
+        return pd.DataFrame(index=pd.Index([], name="trial_id"))
+    current = t["measure"].map(lambda n: REGISTRY[n].version if n in REGISTRY else -1)
+    t["current"] = t["version"] == current
+    t = t.sort_values(["current", "created"]).groupby(["trial_id", "measure"]).tail(1)
+    wide = t.pivot(index="trial_id", columns="measure", values="value").astype("float64")
+    has = t.assign(has=True).pivot(index="trial_id", columns="measure", values="has")
+    for m in list(wide.columns):
+        wide[m + "\0has"] = has[m].notna()
+    return wide
+
+
+def load_measures(sweep_dir, measures: list[str] | None = None,
+                  points: bool = False) -> pd.DataFrame:
+    """The measures table in long form: one row per stored value, with trial_id, measure,
+    version, settings (JSON), value (null if it raised), seconds, error, info (JSON),
+    hostname, created (unix time); with ``points`` the per-point values as a list of (split,
+    index, value). ``measures`` selects by name. Every version and setting is kept: choose
+    with pandas (``load_results`` picks one value per trial and measure)."""
+    from workers.measures.table import read_values
+
+    return read_values(sweep_dir, names=measures, points=points).to_pandas()
 
 
 def _one_meaning(df: pd.DataFrame) -> pd.DataFrame:

@@ -78,6 +78,22 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
     return 0
 
 
+def cmd_measure(sweep_dir: str, overrides: list[str]) -> int:
+    from sweep.config import ConfigError
+    from sweep.measure import measure_sweep
+    from workers.data import DataError
+
+    try:
+        counts = measure_sweep(sweep_dir, overrides)
+    except (ConfigError, DataError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print(f"sweep: measure interrupted; the values written are kept. Evaluate the rest "
+              f"with: sweep measure {sweep_dir}", file=sys.stderr)
+        return 130
+    return 1 if counts["failed"] else 0
+
+
 def cmd_status(sweep_dir: str) -> int:
     """Counts by status, progress, and the failures with their reasons. Fast at 10^5 trials: a
     result file whose size matches the driver's journal is not opened (see
@@ -193,7 +209,14 @@ def _main(argv: list[str] | None = None) -> int:
                           help="read and check every result file, not only those whose size or "
                                "modification time differs from the drivers' journal")
     p_resume.add_argument("overrides", nargs="*",
-                          help="cluster.*, resources.*, progress, figure, save_weights, dataset.root")
+                          help="cluster.*, resources.*, progress, figure, save_weights, "
+                               "dataset.root, measures, measure_modules, metrics.*")
+    p_measure = sub.add_parser("measure", help="evaluate measures on a sweep's saved networks "
+                                                "(no training): only missing or outdated values")
+    p_measure.add_argument("sweep_dir")
+    p_measure.add_argument("overrides", nargs="*",
+                           help="measures=[...], measure_modules=[...], metrics.*, cluster.*, "
+                                "resources.*")
     p_status = sub.add_parser("status", help="counts by status and failures of a sweep directory")
     p_status.add_argument("sweep_dir")
     p_report = sub.add_parser("report", help="figures, statistics and an HTML report of a sweep")
@@ -216,6 +239,8 @@ def _main(argv: list[str] | None = None) -> int:
         return cmd_launch(args.overrides, plan_only=args.command == "plan")
     if args.command == "resume":
         return cmd_resume(args.sweep_dir, args.overrides, verify or args.verify)
+    if args.command == "measure":
+        return cmd_measure(args.sweep_dir, args.overrides)
     try:
         if args.command == "report":
             return cmd_report(args.sweep_dir, args.train_acc, args.bootstrap, args.out,

@@ -523,6 +523,13 @@ def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> s
                 raise
             log("finished in {:.1f} s: ".format(time.perf_counter() - t0)
                 + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+        if not cfg.dry_run:  # finished trials that lack a measure asked for now: from weights
+            from sweep import measure
+
+            try:
+                measure.run(cfg, out, specs, log, lock)
+            except ConfigError as e:  # no saved weights: the trials' own results stand
+                log(f"note: {e}")
     if cfg.figure:
         from analysis.report import make_report
 

@@ -87,11 +87,22 @@ def read_values(sweep_dir, names: list[str] | None = None, points: bool = False)
     st = store(sweep_dir)
     cols = COLUMNS + (["points"] if points else [])
     schema = pa.schema([MEASURE_SCHEMA.field(c) for c in cols])
+    rels = [f"{MEASURES}/{e.name}" for e in st.list(MEASURES, ".parquet")
+            if parse_name(e.name) is not None and (names is None or parse_name(e.name)[1] in names)]
+    if not rels:
+        return schema.empty_table()
+    try:  # all at once (threads in C++); any bad file: file by file, below
+        import pyarrow.dataset as pads
+        import pyarrow.fs as pafs
+
+        data = pads.FileSystemDataset.from_paths(
+            [st.path(r) for r in rels], schema=MEASURE_SCHEMA, format=pads.ParquetFileFormat(),
+            filesystem=st.fs if st.fs is not None else pafs.LocalFileSystem())
+        return data.to_table(columns=cols).cast(schema)
+    except Exception:
+        pass
     parts = []
-    for e in st.list(MEASURES, ".parquet"):
-        if parse_name(e.name) is None:
-            continue
-        rel = f"{MEASURES}/{e.name}"
+    for rel in rels:
         try:
             pf = st.parquet_file(rel)
             fmt = (pf.schema_arrow.metadata or {}).get(b"sensitivity_sweep_measure_format", b"1")
@@ -109,7 +120,5 @@ def read_values(sweep_dir, names: list[str] | None = None, points: bool = False)
         for c in cols:
             if c not in t.column_names:
                 t = t.append_column(c, pa.nulls(t.num_rows, schema.field(c).type))
-        t = t.select(cols).replace_schema_metadata(None).cast(schema)
-        if names is None or t.column("measure")[0].as_py() in names:
-            parts.append(t)
+        parts.append(t.select(cols).replace_schema_metadata(None).cast(schema))
     return pa.concat_tables(parts) if parts else schema.empty_table()

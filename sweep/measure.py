@@ -1,0 +1,177 @@
+"""`sweep measure`: evaluate registered measures on a sweep's saved networks, no training.
+
+Only missing or outdated values run: for every finished (``ok``) trial with saved weights and
+every measure asked for, the value of (trial, measure, the measure's current version, its
+settings) is computed unless its file is already in ``measures/``. Work is dispatched on Ray
+like trials (several trials per task); a second call finds nothing to do. Trial result files
+are never touched.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from sweep.config import ConfigError, SweepConfig
+from workers.results import WEIGHTS, result_index
+from workers.spec import TrialSpec
+from workers.storage import store
+
+
+def missing(out, specs: list[TrialSpec]) -> dict[str, list[str]]:
+    """trial_id -> the measures of its spec (``spec.metrics.active_measures()``) whose value at
+    the current version and the spec's settings is not stored, for every ``ok`` trial."""
+    from workers.measures import REGISTRY, load_modules, resolved_settings, settings_key
+    from workers.measures.table import stored_keys
+
+    have = stored_keys(out)
+    ok = {t for t, r in result_index(out, trust_journal=True).items() if r["status"] == "ok"}
+    todo: dict[str, list[str]] = {}
+    for s in specs:
+        if s.trial_id not in ok:
+            continue
+        load_modules(s.metrics.measure_modules)
+        settings = s.metrics.measure_settings()
+        for name in s.metrics.active_measures():
+            st = resolved_settings(name, settings.get(name))
+            key = (s.trial_id, name, REGISTRY[name].version, settings_key(st))
+            if key not in have:
+                todo.setdefault(s.trial_id, []).append(name)
+    return todo
+
+
+def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, download: bool,
+                    device: str, num_threads: int, metrics: dict) -> list[tuple[str, str | None]]:
+    """On a worker: for each (trial spec JSON, measure names joined by ','), rebuild the trained
+    network from its weights (and the initial one from its seed, if a measure needs it), load
+    its data, evaluate, write each value. Returns (trial_id, error or None) per trial: an error
+    of the trial's environment (data, weights) writes nothing, so a later call retries it."""
+    import torch
+
+    from workers.data import load_data
+    from workers.models import load_model
+    from workers.spec import MetricSpec
+    from workers.measures.table import write_outcome
+    from workers.trial import initial_model, measure_inputs
+
+    torch.set_num_threads(max(1, num_threads))
+    ms = MetricSpec(**{**metrics, "measures": tuple(metrics["measures"]),
+                       "measure_modules": tuple(metrics["measure_modules"])})
+    done = []
+    for text, names in items:
+        spec = TrialSpec.from_json(text, ms)
+        try:
+            d = spec.data
+            data = load_data(d.name, data_root, download, d.train_size, d.test_size,
+                             d.random_labels, d.seed, device)
+            model = load_model(out_dir, spec.trial_id).to(device).eval()
+            from dataclasses import replace
+
+            only = replace(spec, metrics=replace(ms, measures=tuple(names.split(","))))
+            from workers.measures import evaluate_outcomes, load_modules
+
+            load_modules(ms.measure_modules)
+            outcomes = evaluate_outcomes(
+                measure_inputs(model, data, only, initial_model(only, data, device)),
+                only.metrics.active_measures(), ms.measure_settings())
+            for o in outcomes.values():
+                write_outcome(out_dir, spec.trial_id, o)
+            done.append((spec.trial_id, None))
+        except Exception as e:
+            done.append((spec.trial_id, f"{type(e).__name__}: {e}"[:500]))
+    return done
+
+
+def run(cfg: SweepConfig, out, specs: list[TrialSpec], log, lock=None) -> dict[str, int]:
+    """Evaluate what is missing (see ``missing``) on Ray; returns counts: trials measured,
+    values written, trials skipped for lack of weights, trials whose evaluation failed."""
+    from dataclasses import asdict
+
+    from sweep.driver import start_ray
+
+    out = store(out)
+    todo = missing(out, specs)
+    counts = {"trials": 0, "values": 0, "no_weights": 0, "failed": 0}
+    if not todo:
+        return counts
+    weights = {e.name.split(".")[0] for e in out.list(WEIGHTS, ".safetensors")}
+    runnable = {t: n for t, n in todo.items() if t in weights}
+    counts["no_weights"] = len(todo) - len(runnable)
+    if not runnable:
+        raise ConfigError(
+            f"SWEEP_DIR: {out}: {len(todo)} finished trials lack values of "
+            f"{sorted({n for v in todo.values() for n in v})}, but none has saved weights (the "
+            "sweep ran with save_weights=false); measures are evaluated on the saved networks: "
+            "run a new sweep with save_weights=true")
+    by_id = {s.trial_id: s for s in specs}
+    items = [(by_id[t].canonical() if by_id[t].legacy_id is None else by_id[t].canonical_v1(),
+              ",".join(n)) for t, n in runnable.items()]
+    ray = start_ray(cfg)
+    res = cfg.resources
+    remote = ray.remote(_measure_remote).options(num_cpus=res.cpus_per_trial,
+                                                 num_gpus=res.gpus_per_trial,
+                                                 max_retries=res.max_retries)
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
+    per_task = max(1, min(res.trials_per_task, math.ceil(len(items) / (2 * slots))))
+    units = [items[i:i + per_task] for i in range(0, len(items), per_task)]
+    out_dir = os.path.abspath(out.location) if out.local else out.location
+    metrics = asdict(cfg.metric_spec())
+    args = (out_dir, cfg.dataset.root, cfg.dataset.download,
+            "cuda" if res.gpus_per_trial > 0 else "cpu",
+            max(1, math.floor(res.cpus_per_trial)), metrics)
+    max_in_flight = res.max_in_flight or 2 * slots
+    pending, queue = {}, list(reversed(units))
+    log(f"measures: {sum(len(n) for n in runnable.values())} values of {len(runnable)} trials "
+        f"to evaluate" + (f" ({counts['no_weights']} trials without saved weights skipped)"
+                          if counts["no_weights"] else ""))
+    while queue or pending:
+        while queue and len(pending) < max_in_flight:
+            unit = queue.pop()
+            pending[remote.remote(unit, *args)] = unit
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            unit = pending.pop(ref)
+            try:
+                results = ray.get(ref)
+            except Exception as e:  # the task died after its retries: nothing recorded
+                results = [(TrialSpec.from_json(t).trial_id, f"{type(e).__name__}") for t, _ in unit]
+            for (tid, err), (_, names) in zip(results, unit):
+                if err is None:
+                    counts["trials"] += 1
+                    counts["values"] += len(names.split(","))
+                else:
+                    counts["failed"] += 1
+                    log(f"measures of trial {tid} not evaluated: {err}")
+        if lock is not None:
+            lock.check()
+    return counts
+
+
+def measure_sweep(sweep_dir, overrides: list[str] = ()) -> dict[str, int]:
+    """`sweep measure SWEEP_DIR [measures=[...]] [metrics.*=...] [cluster.*=...]`: evaluate the
+    missing values under the sweep's lock; returns the counts of ``run``."""
+    import time
+
+    from sweep.driver import log, open_out, read_plan, stored_config
+    from sweep.lock import DriverLock
+
+    cfg = stored_config(sweep_dir, list(overrides))
+    if cfg.dry_run:
+        raise ConfigError(f"SWEEP_DIR: {sweep_dir} is a dry run (dry_run=true): its trials "
+                          "trained no networks to measure")
+    out = open_out(cfg.out_dir())
+    t0 = time.perf_counter()
+    with DriverLock(out, "measure", log=log) as lock:
+        specs = read_plan(out, cfg.metric_spec())
+        counts = run(cfg, out, specs, log, lock)
+    if not any(counts.values()):
+        log(f"measures: nothing to evaluate ({', '.join(cfg.measures)} are stored for every "
+            "finished trial)")
+    else:
+        log(f"measures: {counts['values']} values of {counts['trials']} trials in "
+            f"{time.perf_counter() - t0:.1f} s"
+            + (f"; {counts['failed']} trials failed (run sweep measure again)"
+               if counts["failed"] else "")
+            + (f"; {counts['no_weights']} trials have no saved weights" if counts["no_weights"]
+               else ""))
+    return counts

@@ -47,3 +47,26 @@ def test_an_old_sweep_resumes_without_rerunning_finished_trials(old_sweep):
     after = _stamps(old_sweep)
     assert len(after) == 4 and {k: after[k] for k in before} == before
     assert len(load_results(old_sweep)) == 4
+
+
+@pytest.mark.slow
+def test_an_old_sweep_gets_a_new_measure_from_its_weights(old_sweep):
+    """Measures are added to a schema-2 sweep (version-1 trial ids, measure columns in its
+    result files) without touching its result files; its built-in columns stay."""
+    import math
+
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    lab = str(Path(__file__).parent / "fixtures" / "lab_measures.py")
+    before = load_results(old_sweep)
+    stamps = _stamps(old_sweep)
+    assert main(["measure", str(old_sweep), "measures=[weight_l2]",
+                 f"measure_modules=[{lab}]", "progress=false"]) == 0
+    assert _stamps(old_sweep) == stamps
+    df = load_results(old_sweep)
+    for tid, v in zip(df.trial_id, df.weight_l2):
+        w = load_file(str(old_sweep / "weights" / f"{tid}.safetensors"))
+        assert v == pytest.approx(math.sqrt(sum(float((a.astype(np.float64) ** 2).sum())
+                                                for a in w.values())), rel=1e-12)
+    assert df.jacobian_norm_test.equals(before.jacobian_norm_test)

@@ -1,0 +1,288 @@
+"""The measure registry, the trial identity without measurement settings, the measures table
+and `sweep measure` (end-to-end tests marked slow: they start Ray)."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sweep.config import compose
+from sweep.plan import plan_trials
+from workers.measures import REGISTRY, evaluate, evaluate_outcomes, MeasureInputs, register
+from workers.models import build_mlp
+from workers.spec import DataSpec, MetricSpec, TrainSpec, TrialSpec
+
+LAB = str(Path(__file__).parent / "fixtures" / "lab_measures.py")
+DEMO = ["experiment=demo", "trials=30"]
+
+
+# --- identity ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", [
+    "metrics.transitions_points=50", "metrics.jacobian_points=10", "metrics.transitions_k=128",
+    "metrics.ellipse_k=16", "metrics.boundary_grid=8", "measures=[jacobian_norm_test]",
+    f"measure_modules=[{LAB}]"])
+def test_measurement_settings_leave_every_trial_id_unchanged(change):
+    base = compose(DEMO)
+    other = compose(DEMO + [change])
+    assert [s.trial_id for s in plan_trials(base)] == [s.trial_id for s in plan_trials(other)]
+    assert base.identity_hash() == other.identity_hash()
+
+
+@pytest.mark.parametrize("change,which", [
+    ("train.steps=1000", "all"), ("train.early_stop=false", "all"),
+    ("train.check_every=50", "all"), ("dataset.train_size=500", "all"),
+    ("dataset.seed=3", "all"), ("dataset.test_size=100", "all"),
+    ("train.lr_decay=0.5", "minibatch"), ("train.lr_decay_epochs=100", "minibatch"),
+    ("train.lbfgs.history_size=10", "lbfgs"), ("train.lbfgs.lr=0.5", "lbfgs"),
+    ("train.lbfgs.max_iter=100", "lbfgs"), ("train.lbfgs.tolerance_grad=1e-5", "lbfgs")])
+def test_training_settings_change_exactly_the_affected_ids(change, which):
+    """The plan draws the same configurations; a setting changes the ids of the trials it
+    applies to and no other (no L-BFGS setting in a mini-batch trial's identity, no lr decay
+    in an L-BFGS trial's)."""
+    a, b = plan_trials(compose(DEMO)), plan_trials(compose(DEMO + [change]))
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        applies = which == "all" or (which == "lbfgs") == (x.optimizer == "lbfgs")
+        assert (x.trial_id != y.trial_id) == applies, (change, x.optimizer)
+
+
+def test_identity_is_what_determines_the_weights():
+    s = TrialSpec(DataSpec("digits"), 8, 2, "relu", "lbfgs", 1.0, None, 1.0, 1)
+    ident = json.loads(s.canonical())
+    assert "metrics" not in ident and "lr_decay" not in ident["train"]
+    assert ident["train"]["lbfgs_history"] == 100 and ident["_version"] == 2
+    m = TrialSpec(DataSpec("digits"), 8, 2, "relu", "sgd", 0.01, 32, 1.0, 1)
+    assert not any(k.startswith("lbfgs") for k in json.loads(m.canonical())["train"])
+    # measurement settings: same id, equal specs; back from JSON: the same id
+    t = TrialSpec(DataSpec("digits"), 8, 2, "relu", "sgd", 0.01, 32, 1.0, 1,
+                  metrics=MetricSpec(transitions_points=0, measures=("jacobian_norm_test",)))
+    assert t.trial_id == m.trial_id and t == m
+    assert TrialSpec.from_json(m.canonical()).trial_id == m.trial_id
+
+
+def test_a_version_1_plan_keeps_its_ids():
+    """Version 1 hashed every field, measurement settings included (the old code, spelled
+    out here): its text read back gives the id it was planned under."""
+    import hashlib
+
+    old = {"data": {"name": "digits", "train_size": 200, "test_size": None,
+                    "random_labels": False, "augment": False, "seed": 0},
+           "width": 8, "depth": 2, "activation": "relu", "optimizer": "sgd", "lr": 0.01,
+           "batch_size": 32, "init_scale": 1.0, "seed": 1,
+           "train": {"steps": 2000, "early_stop": True, "check_every": 100,
+                     "lr_decay_epochs": 500, "lr_decay": 0.1, "lbfgs_history": 100,
+                     "lbfgs_tolerance_grad": 1e-7, "lbfgs_tolerance_change": 1e-9,
+                     "lbfgs_max_iter": 2684},
+           "metrics": {"jacobian_points": None, "transitions_points": 50, "transitions_k": 4096,
+                       "ellipse_k": 0, "boundary_grid": 0, "boundary_extent": 1.25},
+           "_version": 1}
+    text = json.dumps(old, sort_keys=True, separators=(",", ":"))
+    want = hashlib.sha256(text.encode()).hexdigest()[:16]
+    spec = TrialSpec.from_json(text)
+    assert spec.trial_id == want and spec.metrics.transitions_points == 50
+    assert spec.canonical_v1() == text
+    # carrying today's measurement settings keeps the old id
+    assert TrialSpec.from_json(text, MetricSpec(transitions_points=7)).trial_id == want
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scratch_registry():
+    saved = dict(REGISTRY)
+    yield REGISTRY
+    REGISTRY.clear()
+    REGISTRY.update(saved)
+
+
+def _model_and_data(seed=0):
+    torch.manual_seed(seed)
+    model = build_mlp(12, 16, 3, 4, "relu", 1.0, seed).eval()
+    x = torch.randn(30, 12)
+    return model, x, torch.randint(0, 4, (30,))
+
+
+def test_a_registered_measure_runs_and_equals_the_slow_computation(scratch_registry):
+    @register("sum_abs", source="test", needs=("model",), settings={"power": 1})
+    def sum_abs(inputs, power=1):
+        return float(sum((p.detach().double().abs() ** power).sum()
+                         for p in inputs.model.parameters()))
+
+    model, x, y = _model_and_data()
+    got = evaluate(model, ["sum_abs", "jacobian_norm_test"], x_test=x,
+                   settings={"sum_abs": {"power": 2}})
+    weights = np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
+    assert got["sum_abs"] == pytest.approx(float((weights.astype(np.float64) ** 2).sum()))
+    # the Jacobian norm of the softmax output, by autograd one point at a time (float64)
+    m64 = build_mlp(12, 16, 3, 4, "relu", 1.0, 0).double().eval()
+    m64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    norms = [torch.linalg.norm(torch.autograd.functional.jacobian(
+        lambda z: torch.softmax(m64(z[None]), -1)[0], xi.double())).item() for xi in x]
+    assert got["jacobian_norm_test"] == pytest.approx(float(np.mean(norms)), rel=1e-5)
+
+
+def test_bad_declarations_and_names_are_refused(scratch_registry):
+    with pytest.raises(ValueError, match="needs"):
+        register("m1", source="s", needs=("labels",))(lambda i: 0.0)
+    with pytest.raises(ValueError, match="identifier"):
+        register("my-measure", source="s")(lambda i: 0.0)
+    with pytest.raises(ValueError, match="already registered"):
+        register("jacobian_norm_test", source="s")(lambda i: 0.0)
+    with pytest.raises(ValueError, match="version"):
+        register("m2", source="s", version=0)(lambda i: 0.0)
+    model, x, y = _model_and_data()
+    with pytest.raises(ValueError, match="unknown"):
+        evaluate(model, ["no_such_measure"], x_test=x)
+    with pytest.raises(ValueError, match="settings"):
+        evaluate(model, ["jacobian_norm_test"], x_test=x, settings={"jacobian_norm_test": {"k": 1}})
+
+
+def test_a_failing_measure_is_recorded_and_the_others_run(scratch_registry):
+    @register("boom", source="test")
+    def boom(inputs):
+        raise RuntimeError("no convergence")
+
+    model, x, y = _model_and_data()
+    out = evaluate_outcomes(MeasureInputs(model, x_test=x), ["boom", "jacobian_norm_test",
+                                                             "jacobian_norm_train"])
+    assert out["boom"].value is None and "RuntimeError: no convergence" in out["boom"].error
+    assert out["jacobian_norm_train"].value is None and "train_inputs" in out["jacobian_norm_train"].error
+    assert out["jacobian_norm_test"].error is None and out["jacobian_norm_test"].value > 0
+    assert math.isnan(evaluate(model, ["boom"], x_test=x)["boom"])
+
+
+def test_a_trial_stays_ok_when_a_measure_raises(tmp_path, scratch_registry):
+    from analysis import load_measures, load_results
+    from workers.spec import RunContext
+    from workers.trial import run_trial
+
+    @register("boom", source="test")
+    def boom(inputs):
+        raise RuntimeError("no convergence")
+
+    spec = TrialSpec(DataSpec("digits", train_size=100, test_size=40), 8, 2, "relu", "sgd",
+                     0.01, 32, 1.0, 1, train=TrainSpec(steps=20),
+                     metrics=MetricSpec(measures=("boom", "jacobian_norm_test")))
+    row = run_trial(spec, RunContext(str(tmp_path)))
+    assert row["status"] == "ok"
+    long = load_measures(tmp_path)
+    assert set(long.measure) == {"boom", "jacobian_norm_test"}
+    b = long[long.measure == "boom"].iloc[0]
+    assert b.value is None or math.isnan(b.value)
+    assert "no convergence" in b.error and b.version == 1 and b.seconds >= 0
+    df = load_results(tmp_path)
+    assert math.isnan(df.boom.iloc[0]) and df.jacobian_norm_test.iloc[0] > 0
+    assert math.isnan(df.transitions_test.iloc[0])  # not asked for: never evaluated
+    # stored with the Jacobian per point, as the record's points are
+    pts = load_measures(tmp_path, ["jacobian_norm_test"], points=True).points.iloc[0]
+    assert len(pts) == 40 and {p["split"] for p in pts} == {"test"}
+
+
+def test_readers_accept_measure_files_without_newer_columns(tmp_path):
+    """A value file written before a column existed (here: no `info`, no `points`) reads with
+    null there; a file of a newer format is refused naming its version."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from analysis import load_measures
+    from workers.measures.table import MEASURES
+
+    (tmp_path / MEASURES).mkdir()
+    old = pa.table({"trial_id": ["t1"], "measure": ["m"], "version": [1], "settings": ["{}"],
+                    "value": [2.5], "seconds": [0.1], "error": [None], "hostname": ["h"],
+                    "created": [1.0]})
+    pq.write_table(old, tmp_path / MEASURES / "t1.m.v1.abc.parquet")
+    (tmp_path / MEASURES / "t2.m.v1.abc.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.warns(UserWarning, match="skipping"):
+        got = load_measures(tmp_path)
+    assert len(got) == 1 and got.value.iloc[0] == 2.5 and got["info"].isna().all()
+    newer = old.replace_schema_metadata({b"sensitivity_sweep_measure_format": b"9"})
+    pq.write_table(newer, tmp_path / MEASURES / "t3.m.v1.abc.parquet")
+    from workers.measures.table import MeasureFormatError
+
+    with pytest.raises(MeasureFormatError, match="format 9"):
+        load_measures(tmp_path)
+
+
+# --- sweep measure, end to end (Ray) ------------------------------------------------------------
+
+TINY = ["experiment=demo", "trials=5", "dataset.train_size=200", "dataset.test_size=60",
+        "train.steps=100", "train.check_every=50", "space.width=[16]", "space.depth=[2]",
+        "metrics.transitions_points=5", "progress=false", "figure=false"]
+
+
+def _stamps(d, sub="trials"):
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in (d / sub).glob("*.parquet")}
+
+
+def _l2_from_weights(d, tid):
+    from safetensors.numpy import load_file
+
+    w = load_file(str(d / "weights" / f"{tid}.safetensors"))
+    return math.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in w.values()))
+
+
+@pytest.mark.slow
+def test_sweep_measure_adds_a_column_and_touches_no_trial(ray_local, tmp_path, capsys):
+    from analysis import load_results
+    from sweep.cli import main
+    from sweep.driver import launch
+
+    out = tmp_path / "sweep"
+    launch(compose(TINY + [f"out={out}", "measures=[jacobian_norm_test]"]))
+    assert len(list((out / "weights").glob("*.safetensors"))) == 5  # save_weights: automatic
+    trials = _stamps(out)
+    assert main(["measure", str(out), "measures=[weight_l2,jacobian_norm_test]",
+                 f"measure_modules=[{LAB}]"]) == 0
+    assert _stamps(out) == trials
+    df = load_results(out)
+    assert df.weight_l2.notna().all()
+    for tid, v in zip(df.trial_id, df.weight_l2):
+        assert v == pytest.approx(_l2_from_weights(out, tid), rel=1e-12)
+    values = _stamps(out, "measures")
+    capsys.readouterr()
+    assert main(["measure", str(out), "measures=[weight_l2,jacobian_norm_test]",
+                 f"measure_modules=[{LAB}]"]) == 0
+    assert "nothing to evaluate" in capsys.readouterr().err
+    assert _stamps(out, "measures") == values and _stamps(out) == trials
+    # settings changed: a new value beside the old one, which stays
+    assert main(["measure", str(out), "metrics.jacobian_points=10"]) == 0
+    assert len(_stamps(out, "measures")) == len(values) + 5 and _stamps(out) == trials
+    # launching again with more measures: nothing retrained, the new ones from the weights
+    launch(compose(TINY + [f"out={out}", f"measure_modules=[{LAB}]",
+                           "measures=[jacobian_norm_train,transitions_test,weight_l2]"]))
+    assert _stamps(out) == trials
+    df = load_results(out)
+    assert df[["jacobian_norm_train", "transitions_test", "weight_l2"]].notna().all().all()
+
+
+@pytest.mark.slow
+def test_sweep_measure_without_weights_is_refused(ray_local, tmp_path, capsys):
+    from sweep.cli import main
+    from sweep.driver import launch
+
+    out = tmp_path / "sweep"
+    launch(compose(TINY + [f"out={out}", "save_weights=false"]))
+    capsys.readouterr()
+    assert main(["measure", str(out), "measures=[weight_l2]", f"measure_modules=[{LAB}]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "save_weights" in err[0] and "weight_l2" in err[0]
+    assert not (out / "measures").exists() or not any(
+        "weight_l2" in p.name for p in (out / "measures").iterdir())
+
+
+def test_unknown_measures_and_modules_are_refused_before_anything_runs(tmp_path, capsys):
+    from sweep.cli import main
+
+    out = tmp_path / "s"
+    assert main(["launch", f"out={out}", "measures=[jacobian_norm_tset]"]) == 2
+    err = capsys.readouterr().err
+    assert "jacobian_norm_tset" in err and "jacobian_norm_test" in err and not out.exists()
+    assert main(["launch", f"out={out}", "measure_modules=[/no/such/file.py]"]) == 2
+    assert "cannot import" in capsys.readouterr().err and not out.exists()

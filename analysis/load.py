@@ -191,7 +191,9 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
             df[m] = df[m].astype("float64").where(~have, got.to_numpy())
         else:
             df[m] = got.to_numpy(dtype="float64")
-    return df[cols]
+    df = df[cols]
+    df.attrs["measures"] = [c for c in cols if c in measured or c in REGISTRY]
+    return df
 
 
 def _measure_wide(sweep_dir) -> pd.DataFrame:

@@ -51,22 +51,32 @@ HYPERPARAMETERS = ["dataset", "train_size", "random_labels", "augment", "width",
 NOT_HYPERPARAMETERS = tuple(c for c in SUMMARY_COLUMNS if c not in HYPERPARAMETERS)
 STATISTICS = ("pearson", "spearman", "kendall", "granulated_kendall", "conditional_mi",
               "sign_error", "robust_sign_error")
-MEASURES = ("jacobian_norm_test", "transitions_test")
+MEASURES = ("jacobian_norm_test", "transitions_test")  # the paper's two (Figs. 5, 8)
 # statistics_table: trials x measures x (replicates + 1) from which it runs in processes
 PARALLEL_ABOVE = 500_000
 TABLE_COLUMNS = ["group", "measure", "target", "statistic", "value", "ci_low", "ci_high",
                  "ci_method", "n_trials", "n_configs", "n_used"]
 
 
+def measure_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of ``df`` that are measures: registered ones (workers.measures.REGISTRY)
+    and those ``load_results`` joined from the measures table (``df.attrs["measures"]``), in
+    the table's order."""
+    from workers.measures import REGISTRY
+
+    named = set(REGISTRY) | set(df.attrs.get("measures", ()))
+    return [str(c) for c in df.columns if c in named]
+
+
 def hyperparameter_columns(df: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
     """The columns of ``df`` that make a configuration, in the table's order: every column but
     the seed, the result schema's outcome and bookkeeping columns (``NOT_HYPERPARAMETERS``:
-    trial_id, status, accuracies, losses, Jacobian norms, n_params, ...) and ``exclude`` (the
-    measures and the target in use). On a ``load_results`` table these are ``HYPERPARAMETERS``;
+    trial_id, status, accuracies, losses, Jacobian norms, n_params, ...), the measures
+    (``measure_columns``) and ``exclude`` (the target in use and any other column). On a ``load_results`` table these are ``HYPERPARAMETERS``;
     a column a user adds (say ``weight_decay``) is a hyperparameter too, with a warning when it
     is not one of the schema's. Pass ``hyperparameters=`` to the statistics and
     ``analysis.figures.seed_means`` to choose the list yourself."""
-    skip = set(NOT_HYPERPARAMETERS) | set(exclude)
+    skip = set(NOT_HYPERPARAMETERS) | set(exclude) | set(measure_columns(df))
     cols = [str(c) for c in df.columns if c not in skip]
     extra = [c for c in cols if c not in HYPERPARAMETERS]
     if extra:
@@ -1030,7 +1040,7 @@ def _group_label(v) -> str:
     return "null" if pd.isna(v) else str(v)
 
 
-def statistics_table(df: pd.DataFrame, measures: Sequence[str] = MEASURES,
+def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
                      target: str = "gen_gap", by: str | None = "dataset", n_boot: int = 200,
                      seed: int = 0, *, hyperparameters: Sequence[str] | None = None,
                      level: float = 0.95, k: int = 2, noise_filter: bool | float = False,
@@ -1061,6 +1071,8 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] = MEASURES,
     ``if __name__ == "__main__":`` guard. Every part regenerates its group's draws from the
     seeded generator: the table is the same either way."""
     _check_columns(df, [target], "target")
+    if measures is None:
+        measures = measure_columns(df)
     if hyperparameters is None:
         hyperparameters = hyperparameter_columns(df, exclude=[*measures, target])
     _check_columns(df, hyperparameters, "hyperparameters")

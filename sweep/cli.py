@@ -35,7 +35,9 @@ def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
     cfg = None
     try:
         cfg = compose(overrides)
-        (driver.plan_only if plan_only else driver.launch)(cfg)
+        location = (driver.plan_only if plan_only else driver.launch)(cfg)
+        if not plan_only and cfg.figure:
+            _report_after(location)
     except (ConfigError, DataError) as e:
         return _fail(str(e))
     except driver.DispatchStopped as e:  # what finished and the resume command: already said
@@ -44,6 +46,24 @@ def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
         _interrupted(cfg.out_dir() if cfg is not None else None)
         return 130
     return 0
+
+
+def _report_after(sweep_dir: str) -> None:
+    """The report at the end of `sweep launch` / `sweep resume` (figure=true): the sweep's
+    results are safe whatever happens here; a failure only leaves the report missing."""
+    from sweep.driver import log
+    from workers.results import PLAN_FILE
+    from workers.storage import store
+
+    from analysis.report import make_report
+
+    planned = store(sweep_dir).parquet_file(PLAN_FILE).metadata.num_rows
+    # 200 replicates at 10^5 trials take minutes on 2 cores (bench/README.md): fewer there
+    n_boot = 200 if planned <= 20_000 else 50
+    try:
+        log(f"report: {make_report(sweep_dir, n_boot=n_boot)}")
+    except Exception as e:
+        log(f"no report ({type(e).__name__}: {e}); write it with: sweep report {sweep_dir}")
 
 
 def _interrupted(sweep_dir) -> None:
@@ -66,8 +86,10 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
     from workers.data import DataError
 
     try:
-        driver.launch(driver.stored_config(sweep_dir, overrides), verify=verify,
-                      command="resume")
+        cfg = driver.stored_config(sweep_dir, overrides)
+        location = driver.launch(cfg, verify=verify, command="resume")
+        if cfg.figure:
+            _report_after(location)
     except (ConfigError, DataError) as e:
         return _fail(str(e))
     except driver.DispatchStopped as e:

@@ -530,14 +530,5 @@ def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> s
                 measure.run(cfg, out, specs, log, lock)
             except ConfigError as e:  # no saved weights: the trials' own results stand
                 log(f"note: {e}")
-    if cfg.figure:
-        from analysis.report import make_report
-
-        # 200 replicates at 10^5 trials take about 15 min on 2 cores (bench/README.md): fewer there
-        n_boot = 200 if len(specs) <= 20_000 else 50
-        try:
-            log(f"report: {make_report(out, n_boot=n_boot)}")
-        except Exception as e:  # the sweep's results are safe; only the report is missing
-            log(f"no report ({type(e).__name__}: {e}); write it with: sweep report {out}")
     log(f"results: {out}  (analysis.load_results({out.location!r}))")
     return out.location

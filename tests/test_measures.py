@@ -260,6 +260,17 @@ def test_sweep_measure_adds_a_column_and_touches_no_trial(ray_local, tmp_path, c
     assert _stamps(out) == trials
     df = load_results(out)
     assert df[["jacobian_norm_train", "transitions_test", "weight_l2"]].notna().all().all()
+    # the report ranks every measure of the sweep; none is taken for a hyperparameter
+    import warnings
+
+    import pandas as pd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert main(["report", str(out), "--train-acc", "0", "--bootstrap", "5"]) == 0
+    table = pd.read_csv(out / "report" / "statistics.csv")
+    assert {"weight_l2", "jacobian_norm_test", "jacobian_norm_train",
+            "transitions_test"} <= set(table.measure)
 
 
 @pytest.mark.slow

@@ -65,6 +65,12 @@ def test_truncated_or_foreign_files_are_detected(tmp_path):
     pq.write_table(pa.table({"trial_id": ["x"]}), trial_path(tmp_path, "x"))
     with pytest.raises(ResultError, match="schema version"):
         read_trial(trial_path(tmp_path, "x"))
+    # a file of a newer release: refused, naming its version and what to do
+    t = pq.read_table(tmp_path / write_trial(tmp_path, summary(trial_id="n")))
+    meta = {b"sensitivity_sweep_schema_version": b"7"}
+    pq.write_table(t.replace_schema_metadata(meta), trial_path(tmp_path, "n"))
+    with pytest.raises(ResultError, match="schema version 7, newer.*upgrade"):
+        read_trial(trial_path(tmp_path, "n"))
 
 
 def test_bad_rows_are_refused(tmp_path):

@@ -105,7 +105,9 @@ def test_sweep_to_a_uri_launches_loads_and_resumes(ray_local, tmp_path, capsys):
     over = ["trials=4", "dataset.train_size=120", "dataset.test_size=40", "train.steps=60",
             "train.check_every=30", "space.width=[16]", "space.depth=[2]",
             "space.batch_size=[32]", "metrics.transitions_points=4", "progress=false"]
-    assert launch(compose(over + [f"out={uri}", "save_weights=true"])) == uri
+    from sweep.cli import main
+
+    assert main(["launch", *over, f"out={uri}", "save_weights=true"]) == 0  # with the report
     launch(compose(over + [f"out={local}"]))
     df = load_results(uri).sort_values("trial_id").reset_index(drop=True)
     ref = load_results(local).sort_values("trial_id").reset_index(drop=True)

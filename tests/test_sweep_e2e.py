@@ -28,7 +28,7 @@ FILLED = ["trial_id", "status", "dataset", "width", "depth", "activation", "opti
 def test_tiny_sweep_resume_and_weights(ray_local, tmp_path, capsys):
     out = tmp_path / "sweep"
     cfg = compose(TINY + [f"out={out}", "save_weights=true"])
-    launch(cfg)
+    assert main(["launch", *TINY, f"out={out}", "save_weights=true"]) == 0  # and the report
     df = load_results(out)
     assert len(df) == 6 and (df["status"] == "ok").all(), df[["status", "error"]]
     assert df[FILLED].notna().all().all()
@@ -74,7 +74,7 @@ def test_tiny_sweep_resume_and_weights(ray_local, tmp_path, capsys):
     status = capsys.readouterr().out
     assert "ok" in status and "6/6" in status
 
-    # the launch wrote the report; with every trial let in, its Kendall tau is scipy's
+    # `sweep launch` wrote the report (the CLI, after the launch); with every trial let in, its Kendall tau is scipy's
     assert (out / "report" / "report.html").stat().st_size > 10_000
     assert main(["report", str(out), "--train-acc", "0", "--bootstrap", "10"]) == 0
     table = pd.read_csv(out / "report" / "statistics.csv")

@@ -179,8 +179,12 @@ def _validated(open_file, name: str, columns: list[str] | None) -> pa.Table:
         pf = open_file()
         meta = pf.schema_arrow.metadata or {}
         version = meta.get(b"sensitivity_sweep_schema_version")
-        if version != str(SCHEMA_VERSION).encode():
-            raise ResultError(f"{name}: schema version {version!r}, expected {SCHEMA_VERSION}")
+        if version is None or not version.isdigit() or int(version) < 2:
+            raise ResultError(f"{name}: not a result file of this tool (schema version "
+                              f"{version!r}; this release reads 2 to {SCHEMA_VERSION})")
+        if int(version) > SCHEMA_VERSION:
+            raise ResultError(f"{name}: schema version {int(version)}, newer than this release "
+                              f"reads ({SCHEMA_VERSION}): upgrade sensitivity-sweep to read it")
         table = pf.read(columns=columns, use_threads=False)  # one row: threads only cost
     except ResultError:
         raise

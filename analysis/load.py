@@ -276,6 +276,27 @@ def result_files(sweep_dir) -> list[str]:
     return [st.path(r) if st.local else st.uri(r) for r in rel]
 
 
+def measure_files(sweep_dir) -> list[str]:
+    """The measures table's value files that are whole (paths, or URIs for an object store),
+    sorted: what to hand to another reader (DuckDB, polars) for the long form that
+    ``load_measures`` gives. A stray file, or one that is truncated (its Parquet footer does not
+    read), is left out."""
+    from workers.measures.table import MEASURES, parse_name
+
+    st = store(sweep_dir)
+    out = []
+    for e in st.list(MEASURES, ".parquet"):
+        rel = f"{MEASURES}/{e.name}"
+        if parse_name(e.name) is None:
+            continue
+        try:
+            st.parquet_file(rel).metadata
+        except Exception:
+            continue
+        out.append(st.path(rel) if st.local else st.uri(rel))
+    return out
+
+
 def _load_extra(sweep_dir, kind: str) -> pd.DataFrame:
     """Extra tables of the trials that have a valid result (others are incomplete re-runs)."""
     from workers.results import EXTRA_SCHEMAS, extra_file, valid_trial_ids

@@ -4,6 +4,8 @@
     sweep plan [KEY=VALUE ...]       write the sweep directory and its plan; run nothing
     sweep resume SWEEP_DIR [--verify] [KEY=VALUE ...]   run the planned trials that lack a valid result
                                      (overrides: cluster.*, resources.*, progress, ...)
+    sweep measure SWEEP_DIR [measures=[...]] [KEY=VALUE ...]   evaluate measures on the saved
+                                     networks (no training): only missing or outdated values
     sweep status SWEEP_DIR
     sweep report SWEEP_DIR [--train-acc 1.0] [--bootstrap 200] [--noise-filter] [--out DIR]
                                      figures, statistics and an HTML report (SWEEP_DIR/report/)

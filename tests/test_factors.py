@@ -120,3 +120,9 @@ def check_readme_analysis_examples(out):
     exec(readme_block("duckdb").replace('"runs/factors-<hash>"', repr(str(out))), ns)
     got = dict(ns["con"].sql("SELECT status, count(*) FROM trials GROUP BY ALL").fetchall())
     assert got == df.status.value_counts().to_dict()
+    # the measures table: every value the trials wrote, the same as load_measures
+    from analysis import load_measures
+
+    long = load_measures(out)
+    got = dict(ns["con"].sql("SELECT measure, count(*) FROM measures GROUP BY ALL").fetchall())
+    assert got == long.measure.value_counts().to_dict() and sum(got.values()) > 0

@@ -297,3 +297,21 @@ def test_unknown_measures_and_modules_are_refused_before_anything_runs(tmp_path,
     assert "jacobian_norm_tset" in err and "jacobian_norm_test" in err and not out.exists()
     assert main(["launch", f"out={out}", "measure_modules=[/no/such/file.py]"]) == 2
     assert "cannot import" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_readme_example_runs_and_registers_a_measure(scratch_registry, capsys):
+    """The README's registry example, executed as written: its measure equals the slow
+    computation and then runs through the registry like a built-in one."""
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if "@register(" in b)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    values = scope["values"]
+    w = np.concatenate([p.detach().numpy().ravel().astype(np.float64)
+                        for p in scope["model"].parameters()])
+    assert values["weight_l2"] == pytest.approx(math.sqrt(float((w ** 2).sum())), rel=1e-12)
+    assert values["jacobian_norm_test"] > 0
+    assert "weight_l2" in REGISTRY and REGISTRY["weight_l2"].source.startswith("Neyshabur")

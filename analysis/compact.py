@@ -46,9 +46,10 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from workers.results import (
-    POINT_FIELDS, POINT_TYPE, SCHEMA_VERSION, SUMMARY_COLUMNS, SUMMARY_FIELDS, TRIALS,
-    ResultError, _validated, read_result, trial_file,
+from workers.layout import TRIALS, trial_file
+from workers.record import (
+    POINT_FIELDS, POINT_TYPE, SCHEMA_VERSION, SUMMARY_COLUMNS, SUMMARY_FIELDS, ResultError,
+    _validated, read_result,
 )
 from workers.storage import Store, store
 
@@ -195,7 +196,7 @@ def read_trials(st: Store, tids: list[str], columns: list[str] | None, threads: 
     that is not a valid result, or holds another trial, gets its error. ``threads`` > 1 reads
     files concurrently (pyarrow releases the GIL while it reads). ``fast`` reads each file in
     one request and decodes it on the calling thread, with the same checks as
-    :func:`workers.results.read_result`."""
+    :func:`workers.record.read_result`."""
     cols = None if columns is None else list(dict.fromkeys(["trial_id"] + list(columns)))
 
     def one(tid):

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from analysis.compact import (
     POINTS_SCHEMA, RESULTS_SCHEMA, Match, flatten_points, read_manifest, read_trials,
 )
-from workers.results import PAIRS_FILE, POINT_FIELDS, SUMMARY_COLUMNS, TRIALS
+from workers.layout import PAIRS_FILE, TRIALS
+from workers.record import POINT_FIELDS, SUMMARY_COLUMNS
 from workers.storage import Store, store
 
 POINT_COLUMNS = ["trial_id"] + POINT_FIELDS
@@ -268,7 +269,7 @@ def result_files(sweep_dir) -> list[str]:
     truncated or half-written file in ``trials/`` is left out (a file whose size and mtime match
     the drivers' journal is taken from it unread, every other one is checked), so one bad file
     does not fail the whole query as ``read_parquet('trials/*.parquet')`` does."""
-    from workers.results import trial_statuses
+    from sweep.journal import trial_statuses
 
     st = store(sweep_dir)
     statuses, _ = trial_statuses(st)
@@ -299,7 +300,9 @@ def measure_files(sweep_dir) -> list[str]:
 
 def _load_extra(sweep_dir, kind: str) -> pd.DataFrame:
     """Extra tables of the trials that have a valid result (others are incomplete re-runs)."""
-    from workers.results import EXTRA_SCHEMAS, extra_file, valid_trial_ids
+    from workers.record import EXTRA_SCHEMAS
+    from workers.layout import extra_file
+    from sweep.resume import valid_trial_ids
 
     schema = EXTRA_SCHEMAS[kind]
     st = store(sweep_dir)

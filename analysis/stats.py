@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from workers.results import SUMMARY_COLUMNS
+from workers.record import SUMMARY_COLUMNS
 
 # The result schema's hyperparameter columns (everything that defines a trained network but the
 # seed). Every other summary column is an outcome or bookkeeping: NOT_HYPERPARAMETERS.

@@ -62,7 +62,7 @@ print("RESULT " + json.dumps(out))
 
 
 def _summary(i: int, rng: random.Random, version: int = 0) -> dict:
-    from workers.results import SUMMARY_COLUMNS
+    from workers.record import SUMMARY_COLUMNS
 
     dataset = rng.choice(DATASETS)
     width, depth = 2 ** rng.randint(5, 12), rng.randint(2, 40)
@@ -116,7 +116,7 @@ def _points(rng: random.Random, n: int) -> list[dict]:
 
 def _write(job) -> int:
     out, lo, hi, points_max, version = job
-    from workers.results import write_trial
+    from workers.record import write_trial
 
     n = 0
     for i in range(lo, hi):

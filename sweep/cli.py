@@ -54,7 +54,7 @@ def _report_after(sweep_dir: str) -> None:
     """The report at the end of `sweep launch` / `sweep resume` (figure=true): the sweep's
     results are safe whatever happens here; a failure only leaves the report missing."""
     from sweep.driver import log
-    from workers.results import PLAN_FILE
+    from workers.layout import PLAN_FILE
     from workers.storage import store
 
     from analysis.report import make_report
@@ -70,7 +70,7 @@ def _report_after(sweep_dir: str) -> None:
 
 def _interrupted(sweep_dir) -> None:
     """One line after Ctrl-C outside the dispatcher: what is kept and how to go on."""
-    from workers.results import PLAN_FILE
+    from workers.layout import PLAN_FILE
     from workers.storage import store
 
     msg = "sweep: interrupted; every finished trial's result is kept"
@@ -121,9 +121,11 @@ def cmd_measure(sweep_dir: str, overrides: list[str]) -> int:
 def cmd_status(sweep_dir: str) -> int:
     """Counts by status, progress, and the failures with their reasons. Fast at 10^5 trials: a
     result file whose size matches the driver's journal is not opened (see
-    workers.results.trial_statuses); `sweep resume` reads and checks every file."""
+    sweep.journal.trial_statuses); `sweep resume` reads and checks every file."""
     from sweep.lock import lock_status
-    from workers.results import PLAN_FILE, ResultError, read_result, trial_statuses
+    from workers.layout import PLAN_FILE
+    from workers.record import ResultError, read_result
+    from sweep.journal import trial_statuses
     from workers.storage import store
 
     try:
@@ -168,7 +170,7 @@ def cmd_status(sweep_dir: str) -> int:
 
 def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
                noise_filter: bool = False) -> int:
-    from workers.results import SWEEP_FILE
+    from workers.layout import SWEEP_FILE
     from workers.storage import store
 
     try:
@@ -189,7 +191,7 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
 
 
 def cmd_compact(sweep_dir: str) -> int:
-    from workers.results import SWEEP_FILE
+    from workers.layout import SWEEP_FILE
     from workers.storage import store
 
     try:

@@ -21,10 +21,10 @@ from sweep.config import IDENTITY_VERSION, ConfigError, SweepConfig
 from sweep.lock import LOCK_FILE, DriverLock
 from sweep.plan import manifest_table, plan_pairs, plan_trials
 from workers.data import DataError, check_available
-from workers.results import (
-    PAIRS_FILE, PLAN_FILE, SWEEP_FILE, TRIALS, Journal, ResultError, read_result, result_ids,
-    result_index, trial_file, write_trial,
-)
+from sweep.journal import Journal
+from sweep.resume import result_ids, result_index
+from workers.layout import PAIRS_FILE, PLAN_FILE, SWEEP_FILE, TRIALS, trial_file
+from workers.record import ResultError, read_result, write_trial
 from workers.spec import RunContext, TrialSpec
 from workers.storage import Store, store
 

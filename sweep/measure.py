@@ -13,7 +13,8 @@ import math
 import os
 
 from sweep.config import ConfigError, SweepConfig
-from workers.results import WEIGHTS, result_index
+from workers.layout import WEIGHTS
+from sweep.resume import result_index
 from workers.spec import TrialSpec
 from workers.storage import store
 

@@ -16,9 +16,8 @@ import analysis.compact as compact_mod
 import analysis.load as load_mod
 from analysis import load_pairs, load_points, load_results
 from analysis.compact import MANIFEST, compact, read_manifest
-from workers.results import (
-    PAIRS_FILE, POINT_FIELDS, SUMMARY_COLUMNS, points_columns, trial_path, write_trial,
-)
+from workers.layout import PAIRS_FILE, trial_path
+from workers.record import POINT_FIELDS, SUMMARY_COLUMNS, points_columns, write_trial
 from workers.storage import store
 
 DATASETS = ("digits", "mnist")

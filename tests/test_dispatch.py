@@ -5,7 +5,8 @@ import os
 from sweep.config import compose
 from sweep.driver import _run_remote, make_units
 from sweep.plan import plan_trials
-from workers.results import Journal, read_journal, trial_path, trial_statuses
+from sweep.journal import Journal, read_journal, trial_statuses
+from workers.layout import trial_path
 from workers.spec import RunContext
 from workers.trial import run_trial
 
@@ -69,7 +70,7 @@ def test_dry_run_is_part_of_the_sweep_identity():
 
 def test_resume_reruns_retryable_failures_and_keeps_their_records(tmp_path):
     from sweep.driver import pending
-    from workers.results import write_trial
+    from workers.record import write_trial
     from workers.trial import failure_summary
 
     specs = plan_trials(compose(["trials=3", "dry_run=true"]))
@@ -93,7 +94,7 @@ def test_small_sweeps_keep_enough_units_to_balance():
 
 def test_resume_trusts_the_journal_only_for_unchanged_files(tmp_path):
     from sweep.driver import pending
-    from workers.results import write_trial
+    from workers.record import write_trial
     from workers.trial import failure_summary
 
     specs = plan_trials(compose(["trials=7", "dry_run=true"]))

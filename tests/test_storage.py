@@ -11,9 +11,10 @@ from sweep.cli import main
 from sweep.config import compose
 from sweep.driver import launch, pending
 from sweep.plan import plan_trials
-from workers.results import (
-    Journal, read_journal, read_result, trial_file, trial_statuses, valid_trial_ids, write_trial,
-)
+from sweep.journal import Journal, read_journal, trial_statuses
+from workers.record import read_result, write_trial
+from workers.layout import trial_file
+from sweep.resume import valid_trial_ids
 from workers.storage import Store, store
 from workers.trial import failure_summary
 

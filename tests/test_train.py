@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from workers.data import load_data
 from workers.models import build_mlp
-from workers.results import read_trial, trial_path
+from workers.record import read_trial
+from workers.layout import trial_path
 from workers.spec import DataSpec, RunContext, TrainSpec, TrialSpec
 from workers.train import decayed_lr, train_model
 from workers.trial import run_trial

@@ -60,7 +60,8 @@ def load_model(sweep_dir: str | Path, trial_id: str) -> nn.Sequential:
     """Rebuild the trained network of ``trial_id`` from a sweep run with ``save_weights=true``."""
     from safetensors.torch import load
 
-    from workers.results import read_trial_summary, weights_file
+    from workers.record import read_trial_summary
+    from workers.layout import weights_file
     from workers.storage import store
 
     row = read_trial_summary(sweep_dir, trial_id)

@@ -23,7 +23,8 @@ from workers.data import load_data, planned_sizes
 from workers.measures.table import write_outcome
 from workers.metrics import per_point_loss
 from workers.models import build_mlp, count_params
-from workers.results import points_columns, weights_file, write_extra, write_trial
+from workers.record import points_columns, write_extra, write_trial
+from workers.layout import weights_file
 from workers.spec import RunContext, TrialSpec
 
 NAN = float("nan")

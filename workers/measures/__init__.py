@@ -99,7 +99,8 @@ def register(name: str, *, source: str, needs: Iterable[str] = ("model",),
     """Decorator: declare ``fn(inputs: MeasureInputs, **settings) -> float | MeasureValue`` as
     measure ``name``. ``needs`` from NEEDS; ``settings`` the keyword arguments with their
     defaults (JSON values); ``version`` an integer >= 1. Raises ValueError for a bad
-    declaration or a name already registered (unless ``replace``)."""
+    declaration or a name already registered by another function (unless ``replace``; the
+    same definition run again, as a notebook cell, replaces its earlier self)."""
     needs = tuple(needs)
     bad = [n for n in needs if n not in NEEDS]
     if bad:
@@ -113,7 +114,11 @@ def register(name: str, *, source: str, needs: Iterable[str] = ("model",),
     json.dumps(settings)  # JSON-able, or TypeError now rather than when stored
 
     def deco(fn):
-        if name in REGISTRY and not replace:
+        old = REGISTRY.get(name)
+        same = old is not None and (getattr(old.fn, "__module__", None),
+                                    getattr(old.fn, "__qualname__", None)) == (
+            getattr(fn, "__module__", None), getattr(fn, "__qualname__", None))
+        if old is not None and not (replace or same):  # (same: a notebook cell run again)
             raise ValueError(f"measure {name!r} is already registered; pass replace=True to "
                              "redefine it (and bump its version if its values change)")
         REGISTRY[name] = Measure(name, fn, source, needs, settings, version,

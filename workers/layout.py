@@ -1,0 +1,44 @@
+"""The layout of a sweep directory: which file is where (the results contract on disk).
+
+    sweep.json, plan.parquet, pairs.parquet   the sweep (sweep.driver)
+    trials/<id>.parquet                       a trial's record (workers.record), its truth
+    weights/<id>.safetensors                  its trained network (workers.models)
+    curves/, grids/ <id>.parquet              its off-data studies (workers.record)
+    measures/<id>.<measure>.v<v>.<settings>.parquet   the measures table (workers.measures.table)
+    journal/*.tsv                             what drivers saw arrive (sweep.journal)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The files of a sweep directory besides trials/ (see sweep.driver)
+SWEEP_FILE = "sweep.json"
+PLAN_FILE = "plan.parquet"
+PAIRS_FILE = "pairs.parquet"  # with plan.factors: one row per pair (sweep.plan.plan_pairs)
+TRIALS = "trials"  # the result files, one per trial
+WEIGHTS = "weights"
+JOURNAL = "journal"
+
+
+def trial_file(trial_id: str) -> str:
+    """A trial's result file, relative to the sweep directory."""
+    return f"{TRIALS}/{trial_id}.parquet"
+
+
+def trials_dir(sweep_dir: str | Path) -> Path:
+    """The local directory of the result files (local sweep directories only)."""
+    return Path(sweep_dir) / TRIALS
+
+
+def trial_path(sweep_dir: str | Path, trial_id: str) -> Path:
+    """A trial's local result file (local sweep directories only; see :func:`trial_file`)."""
+    return Path(sweep_dir) / trial_file(trial_id)
+
+
+def weights_file(trial_id: str) -> str:
+    return f"{WEIGHTS}/{trial_id}.safetensors"
+
+
+def extra_file(kind: str, trial_id: str) -> str:
+    return f"{kind}/{trial_id}.parquet"

@@ -1,0 +1,179 @@
+"""A trial's record: one Parquet file per trial, explicit schema, atomic writes.
+
+A trial's file ``<sweep>/trials/<trial_id>.parquet`` holds one row: the summary columns and a
+``points`` column, a list of per-point records (split, index, label, jacobian_norm, loss,
+correct). ``analysis.load_results`` reads the summary columns only; ``analysis.load_points``
+flattens ``points``. A file is written to a temporary name and renamed, so a reader sees either
+nothing or the whole file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workers.layout import extra_file, trial_file
+from workers.storage import store
+
+SCHEMA_VERSION = 2
+STATUSES = ("ok", "failed", "diverged", "oom")
+
+POINT_TYPE = pa.struct(
+    [
+        ("split", pa.string()),
+        ("index", pa.int64()),  # row in the (subset) split the trial trained / tested on
+        ("label", pa.int64()),
+        ("jacobian_norm", pa.float64()),
+        ("loss", pa.float64()),
+        ("correct", pa.bool_()),
+        ("transitions", pa.float64()),  # along the point's translation loop; null if not counted
+    ]
+)
+
+SUMMARY_FIELDS = [
+    ("trial_id", pa.string()),
+    ("schema_version", pa.int32()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("retryable", pa.bool_()),  # a failure of the system, not of the trial: resume re-runs it
+    ("dataset", pa.string()),
+    ("train_size", pa.int64()),
+    ("test_size", pa.int64()),
+    ("random_labels", pa.bool_()),
+    ("augment", pa.bool_()),
+    ("width", pa.int64()),
+    ("depth", pa.int64()),
+    ("activation", pa.string()),
+    ("optimizer", pa.string()),
+    ("lr", pa.float64()),
+    ("batch_size", pa.int64()),
+    ("init_scale", pa.float64()),
+    ("seed", pa.int64()),
+    ("step_budget", pa.int64()),
+    ("steps", pa.int64()),
+    ("input_dim", pa.int64()),
+    ("num_classes", pa.int64()),
+    ("n_params", pa.int64()),
+    ("train_acc", pa.float64()),
+    ("test_acc", pa.float64()),
+    ("train_loss", pa.float64()),
+    ("test_loss", pa.float64()),
+    ("gen_gap", pa.float64()),
+    ("jacobian_norm_train", pa.float64()),
+    ("jacobian_norm_test", pa.float64()),
+    ("jacobian_points_train", pa.int64()),
+    ("jacobian_points_test", pa.int64()),
+    ("transitions_test", pa.float64()),  # mean over transitions_points test points
+    ("transitions_method", pa.string()),  # "exact", "sampled" (Tanh: Eq. 1 at k points) or null
+    ("transitions_k", pa.int64()),  # samples per loop when sampled, else null
+    ("transitions_points", pa.int64()),
+    ("wall_time_s", pa.float64()),
+    ("hostname", pa.string()),
+    ("spec", pa.string()),  # the canonical JSON the trial id hashes
+]
+SUMMARY_COLUMNS = [name for name, _ in SUMMARY_FIELDS]
+SCHEMA = pa.schema(
+    SUMMARY_FIELDS + [("points", pa.list_(POINT_TYPE))],
+    metadata={b"sensitivity_sweep_schema_version": str(SCHEMA_VERSION).encode()},
+)
+
+
+# Tables a trial may store beside its result file, ``<sweep>/<kind>/<trial_id>.parquet``, written
+# before the result file (which alone marks the trial done).
+EXTRA_SCHEMAS = {
+    "curves": pa.schema([  # workers.studies.ellipse_rows
+        ("trial_id", pa.string()), ("ellipse", pa.string()), ("phase", pa.string()),
+        ("angle", pa.float64()), ("jacobian_norm", pa.float64()), ("transitions", pa.int64()),
+        ("density", pa.float64()),
+    ]),
+    "grids": pa.schema([  # workers.studies.boundary_map, one row per phase
+        ("trial_id", pa.string()), ("phase", pa.string()), ("n", pa.int64()),
+        ("extent", pa.float64()), ("boundary", pa.list_(pa.bool_())),
+        ("predicted", pa.list_(pa.int64())), ("anchor_labels", pa.list_(pa.int64())),
+    ]),
+}
+
+
+class ResultError(RuntimeError):
+    """A result file that is missing, truncated, corrupt or of another schema."""
+
+
+def write_extra(sweep_dir, kind: str, trial_id: str, rows: list[dict]) -> str:
+    """Write a trial's extra table (``kind`` in EXTRA_SCHEMAS) atomically."""
+    schema = EXTRA_SCHEMAS[kind]
+    table = pa.Table.from_pylist([{"trial_id": trial_id, **r} for r in rows], schema=schema)
+    rel = extra_file(kind, trial_id)
+    store(sweep_dir).write_parquet(rel, table)
+    return rel
+
+
+def write_trial(sweep_dir, summary: dict, points: list[dict] | None = None) -> str:
+    """Write one trial's row atomically; every summary column must be present (None allowed)."""
+    missing = [c for c in SUMMARY_COLUMNS if c not in summary and c != "schema_version"]
+    if missing:
+        raise ValueError(f"summary lacks columns: {missing}")
+    if summary["status"] not in STATUSES:
+        raise ValueError(f"status: {summary['status']!r} not one of {STATUSES}")
+    row = {c: summary.get(c) for c in SUMMARY_COLUMNS}
+    row["schema_version"] = SCHEMA_VERSION
+    row["points"] = points or []
+    table = pa.Table.from_pylist([row], schema=SCHEMA)
+    rel = trial_file(summary["trial_id"])
+    store(sweep_dir).write_parquet(rel, table)
+    return rel
+
+
+POINT_FIELDS = [f.name for f in POINT_TYPE]
+
+
+def points_columns(split: str, index, label, jac, loss, correct, transitions=None) -> list[dict]:
+    """Per-point records from equal-length sequences (tensors or lists); ``jac`` and
+    ``transitions`` entries may be None (not measured at that point)."""
+    def opt(v):
+        return None if v is None else float(v)
+
+    n = len(index)
+    trans = [None] * n if transitions is None else transitions
+    cols = [list(map(int, index)), list(map(int, label)), [opt(v) for v in jac],
+            list(map(float, loss)), list(map(bool, correct)), [opt(v) for v in trans]]
+    return [dict(zip(["split"] + POINT_FIELDS[1:], (split, *vals))) for vals in zip(*cols)]
+
+
+def _validated(open_file, name: str, columns: list[str] | None) -> pa.Table:
+    try:
+        pf = open_file()
+        meta = pf.schema_arrow.metadata or {}
+        version = meta.get(b"sensitivity_sweep_schema_version")
+        if version is None or not version.isdigit() or int(version) < 2:
+            raise ResultError(f"{name}: not a result file of this tool (schema version "
+                              f"{version!r}; this release reads 2 to {SCHEMA_VERSION})")
+        if int(version) > SCHEMA_VERSION:
+            raise ResultError(f"{name}: schema version {int(version)}, newer than this release "
+                              f"reads ({SCHEMA_VERSION}): upgrade sensitivity-sweep to read it")
+        table = pf.read(columns=columns, use_threads=False)  # one row: threads only cost
+    except ResultError:
+        raise
+    except Exception as e:  # missing, truncated, not Parquet, unreadable
+        raise ResultError(f"{name}: unreadable result file ({type(e).__name__}: {e})") from None
+    if table.num_rows != 1:
+        raise ResultError(f"{name}: {table.num_rows} rows, expected 1")
+    return table
+
+
+def read_trial(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read and validate one local trial file; raise :class:`ResultError` if it is not a valid
+    result."""
+    return _validated(lambda: pq.ParquetFile(path), str(path), columns)
+
+
+def read_result(sweep_dir, trial_id: str, columns: list[str] | None = None) -> pa.Table:
+    """Read and validate a trial's result file in a sweep directory (path or URI)."""
+    st = store(sweep_dir)
+    rel = trial_file(trial_id)
+    return _validated(lambda: st.parquet_file(rel), st.uri(rel), columns)
+
+
+def read_trial_summary(sweep_dir, trial_id: str) -> dict:
+    return read_result(sweep_dir, trial_id, columns=SUMMARY_COLUMNS).to_pylist()[0]

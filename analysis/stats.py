@@ -42,12 +42,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from workers.hyperparameters import STATISTICS_HYPERPARAMETERS
 from workers.record import SUMMARY_COLUMNS
 
-# The result schema's hyperparameter columns (everything that defines a trained network but the
-# seed). Every other summary column is an outcome or bookkeeping: NOT_HYPERPARAMETERS.
-HYPERPARAMETERS = ["dataset", "train_size", "random_labels", "augment", "width", "depth",
-                   "activation", "optimizer", "lr", "batch_size", "init_scale", "step_budget"]
+# The result schema's hyperparameter columns (workers.hyperparameters, declared once: everything
+# that defines a trained network but the seed and the test-set size). Every other summary column
+# is an outcome or bookkeeping: NOT_HYPERPARAMETERS.
+HYPERPARAMETERS = list(STATISTICS_HYPERPARAMETERS)
 NOT_HYPERPARAMETERS = tuple(c for c in SUMMARY_COLUMNS if c not in HYPERPARAMETERS)
 STATISTICS = ("pearson", "spearman", "kendall", "granulated_kendall", "conditional_mi",
               "sign_error", "robust_sign_error")

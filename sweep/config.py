@@ -15,14 +15,19 @@ from pathlib import Path
 from typing import Any
 
 IDENTITY_VERSION = 2  # 1: sweeps created before measurement settings left the identity
+# The keys that never change a sweep's trials (trained networks), declared once: left out of
+# its identity, and the keys `sweep resume` / `sweep measure` may override (all but `out`).
+NOT_IDENTITY = ("out", "save_weights", "cluster", "resources", "figure", "progress",
+                "dataset.root", "dataset.download", "measures", "measure_modules", "metrics")
+NOT_IDENTITY_V1 = tuple(k for k in NOT_IDENTITY if k != "metrics")  # version 1 hashed metrics
 WEIGHTS_AUTO_BYTES = 2 * 1024**3  # save_weights: null saves them when the plan's total is below
 
 from workers.activations import ACTIVATIONS
-from workers.measures import DEFAULT_MEASURES
 from workers.data import DATASETS
+from workers.hyperparameters import SPACE_KEYS  # noqa: F401  (declared once; the planner's keys)
+from workers.measures import DEFAULT_MEASURES
 from workers.train import MINIBATCH_OPTIMIZERS, OPTIMIZERS
 
-SPACE_KEYS = ("width", "depth", "activation", "optimizer", "lr", "batch_size", "init_scale", "seed")
 SAMPLERS = ("random", "qmc")
 # Fig. 4: the binary factors of paired trials, and the two values each pair compares
 FACTORS = {
@@ -145,13 +150,9 @@ class SweepConfig:
         part of it. Version 1 is the identity of sweeps created before version 2 (it kept
         ``metrics``), so that they stay recognised."""
         d = asdict(self)
-        for k in ("out", "save_weights", "cluster", "resources", "figure", "progress", "measures",
-                  "measure_modules"):
-            d.pop(k)
-        if version >= 2:
-            d.pop("metrics")
-        d["dataset"].pop("root")
-        d["dataset"].pop("download")
+        for key in NOT_IDENTITY if version >= 2 else NOT_IDENTITY_V1:
+            section, _, name = key.rpartition(".")
+            (d[section] if section else d).pop(name)
         return d
 
     def identity_hash(self, version: int = IDENTITY_VERSION) -> str:

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from sweep.config import IDENTITY_VERSION, ConfigError, SweepConfig
+from sweep.config import IDENTITY_VERSION, NOT_IDENTITY, ConfigError, SweepConfig
 from sweep.lock import LOCK_FILE, DriverLock
 from sweep.plan import manifest_table, plan_pairs, plan_trials
 from workers.data import DataError, check_available
@@ -306,15 +306,6 @@ def runtime_lost(ray, exc: BaseException | None = None) -> str | None:
     return None
 
 
-def planned_params(spec: TrialSpec) -> int:
-    """The number of weights of a trial's network (bias-free MLP, workers.models.build_mlp)."""
-    from workers.data import DATASETS
-
-    info = DATASETS[spec.data.name]
-    dims = [math.prod(info.image_shape)] + [spec.width] * (spec.depth - 1) + [info.num_classes]
-    return sum(a * b for a, b in zip(dims[:-1], dims[1:]))
-
-
 def saves_weights(cfg: SweepConfig, specs: list[TrialSpec]) -> bool:
     """``save_weights``, or for null: whether the plan's weights (float32) total at most
     WEIGHTS_AUTO_BYTES (then `sweep measure` can add measures later without retraining)."""
@@ -322,7 +313,9 @@ def saves_weights(cfg: SweepConfig, specs: list[TrialSpec]) -> bool:
 
     if cfg.save_weights is not None:
         return cfg.save_weights
-    return 4 * sum(planned_params(s) for s in specs) <= WEIGHTS_AUTO_BYTES
+    from sweep.cost import n_params
+
+    return 4 * sum(n_params(s) for s in specs) <= WEIGHTS_AUTO_BYTES
 
 
 def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
@@ -439,8 +432,7 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
 
 
 # What `sweep resume` may change: where and how the trials run, never which trials there are.
-RESUMABLE_KEYS = ("cluster", "resources", "progress", "figure", "save_weights", "dataset.root",
-                  "dataset.download", "measures", "measure_modules", "metrics")
+RESUMABLE_KEYS = tuple(k for k in NOT_IDENTITY if k != "out")  # sweep.config, declared once
 
 
 def stored_config(sweep_dir: str | Path, overrides: list[str] = ()) -> SweepConfig:

@@ -26,7 +26,8 @@ import pyarrow as pa
 
 from sweep import cost
 from sweep.config import FACTORS, SPACE_KEYS, SweepConfig
-from workers.data import planned_sizes
+from workers.hyperparameters import FIELDS as HYPERPARAMETER_FIELDS
+from workers.hyperparameters import values as hyperparameter_values
 from workers.spec import DataSpec, MetricSpec, TrainSpec, TrialSpec
 
 
@@ -254,12 +255,7 @@ def manifest_table(specs: list[TrialSpec], cfg: SweepConfig) -> pa.Table:
     rc = cost.resource_class(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)
     rows = [
         {
-            "trial_id": s.trial_id, "dataset": s.data.name, "width": s.width, "depth": s.depth,
-            "activation": s.activation, "optimizer": s.optimizer, "lr": s.lr,
-            "batch_size": s.batch_size, "init_scale": s.init_scale, "seed": s.seed,
-            "random_labels": s.data.random_labels, "augment": s.data.augment,
-            "train_size": planned_sizes(s)[0], "test_size": planned_sizes(s)[1],
-            "step_budget": s.train.steps, "n_params": cost.n_params(s),
+            "trial_id": s.trial_id, **hyperparameter_values(s), "n_params": cost.n_params(s),
             "est_flops": cost.estimate_flops(s),
             "est_memory_bytes": cost.estimate_memory(s), "resource_class": rc,
             "spec": s.canonical(),
@@ -267,11 +263,7 @@ def manifest_table(specs: list[TrialSpec], cfg: SweepConfig) -> pa.Table:
         for s in specs
     ]
     schema = pa.schema([
-        ("trial_id", pa.string()), ("dataset", pa.string()), ("width", pa.int64()),
-        ("depth", pa.int64()), ("activation", pa.string()), ("optimizer", pa.string()),
-        ("lr", pa.float64()), ("batch_size", pa.int64()), ("init_scale", pa.float64()),
-        ("seed", pa.int64()), ("random_labels", pa.bool_()), ("augment", pa.bool_()),
-        ("train_size", pa.int64()), ("test_size", pa.int64()), ("step_budget", pa.int64()),
+        ("trial_id", pa.string()), *HYPERPARAMETER_FIELDS,
         ("n_params", pa.int64()), ("est_flops", pa.float64()), ("est_memory_bytes", pa.int64()),
         ("resource_class", pa.string()), ("spec", pa.string()),
     ])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workers.hyperparameters import FIELDS as HYPERPARAMETER_FIELDS
 from workers.layout import extra_file, trial_file
 from workers.storage import store
 
@@ -38,20 +39,7 @@ SUMMARY_FIELDS = [
     ("status", pa.string()),
     ("error", pa.string()),
     ("retryable", pa.bool_()),  # a failure of the system, not of the trial: resume re-runs it
-    ("dataset", pa.string()),
-    ("train_size", pa.int64()),
-    ("test_size", pa.int64()),
-    ("random_labels", pa.bool_()),
-    ("augment", pa.bool_()),
-    ("width", pa.int64()),
-    ("depth", pa.int64()),
-    ("activation", pa.string()),
-    ("optimizer", pa.string()),
-    ("lr", pa.float64()),
-    ("batch_size", pa.int64()),
-    ("init_scale", pa.float64()),
-    ("seed", pa.int64()),
-    ("step_budget", pa.int64()),
+    *HYPERPARAMETER_FIELDS,  # workers.hyperparameters: declared once
     ("steps", pa.int64()),
     ("input_dim", pa.int64()),
     ("num_classes", pa.int64()),

@@ -19,7 +19,8 @@ import traceback
 
 import torch
 
-from workers.data import load_data, planned_sizes
+from workers.data import load_data
+from workers.hyperparameters import values as hyperparameter_values
 from workers.measures.table import write_outcome
 from workers.metrics import per_point_loss
 from workers.models import build_mlp, count_params
@@ -39,15 +40,9 @@ def base_summary(spec: TrialSpec) -> dict:
     meaning in the plan and the results: ``batch_size`` is the planned hyperparameter (null for
     full-batch L-BFGS), ``train_size``/``test_size`` the numbers of points, ``step_budget`` the
     budget and ``steps`` the steps run."""
-    d = spec.data
-    n_train, n_test = planned_sizes(spec)
     row = {
         "trial_id": spec.trial_id, "status": "failed", "error": None, "retryable": False,
-        "dataset": d.name, "train_size": n_train, "test_size": n_test,
-        "random_labels": d.random_labels, "augment": d.augment,
-        "width": spec.width, "depth": spec.depth, "activation": spec.activation,
-        "optimizer": spec.optimizer, "lr": spec.lr, "batch_size": spec.batch_size,
-        "init_scale": spec.init_scale, "seed": spec.seed, "step_budget": spec.train.steps,
+        **hyperparameter_values(spec),
         "steps": 0, "input_dim": None, "num_classes": None, "n_params": None,
         "jacobian_points_train": 0, "jacobian_points_test": 0,
         "transitions_method": None, "transitions_k": None, "transitions_points": 0,

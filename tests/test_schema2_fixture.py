@@ -41,7 +41,7 @@ def test_an_old_sweep_loads_and_reports(old_sweep, capsys):
 
 
 @pytest.mark.slow
-def test_an_old_sweep_resumes_without_rerunning_finished_trials(old_sweep):
+def test_an_old_sweep_resumes_without_rerunning_finished_trials(ray_local, old_sweep):
     before = _stamps(old_sweep)
     assert main(["resume", str(old_sweep), "progress=false", "figure=false"]) == 0
     after = _stamps(old_sweep)
@@ -50,7 +50,7 @@ def test_an_old_sweep_resumes_without_rerunning_finished_trials(old_sweep):
 
 
 @pytest.mark.slow
-def test_an_old_sweep_gets_a_new_measure_from_its_weights(old_sweep):
+def test_an_old_sweep_gets_a_new_measure_from_its_weights(ray_local, old_sweep):
     """Measures are added to a schema-2 sweep (version-1 trial ids, measure columns in its
     result files) without touching its result files; its built-in columns stay."""
     import math

@@ -243,7 +243,7 @@ def test_sweep_measure_adds_a_column_and_touches_no_trial(ray_local, tmp_path, c
     assert len(list((out / "weights").glob("*.safetensors"))) == 5  # save_weights: automatic
     trials = _stamps(out)
     assert main(["measure", str(out), "measures=[weight_l2,jacobian_norm_test]",
-                 f"measure_modules=[{LAB}]"]) == 0
+                 f"measure_modules=[{LAB}]"]) == 0  # the README's module (test below)
     assert _stamps(out) == trials
     df = load_results(out)
     assert df.weight_l2.notna().all()
@@ -303,20 +303,38 @@ def test_unknown_measures_and_modules_are_refused_before_anything_runs(tmp_path,
     assert "cannot import" in capsys.readouterr().err and not out.exists()
 
 
-def test_the_readme_example_runs_and_registers_a_measure(scratch_registry, capsys):
-    """The README's registry example, executed as written: its measure equals the slow
-    computation and then runs through the registry like a built-in one."""
+def _readme_blocks():
     import re
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
-                 if "@register(" in b)
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    module = next(b for b in blocks if b.startswith("# lab_measures.py"))
+    usage = next(b for b in blocks if "import lab_measures" in b)
+    return module, usage
+
+
+def test_the_lab_module_of_these_tests_is_the_readmes():
+    body = _readme_blocks()[0].split("\n", 1)[1]  # less its "# lab_measures.py" line
+    assert body.strip() in Path(LAB).read_text()
+
+
+def test_the_readme_example_runs_and_registers_a_measure(scratch_registry, tmp_path,
+                                                         monkeypatch):
+    """The README's registry example, executed as written (its module saved as
+    lab_measures.py): its measure equals the slow computation and runs through the registry
+    like a built-in one; running the definition again (a notebook cell) is no error."""
+    import sys
+
+    module, usage = _readme_blocks()
+    (tmp_path / "lab_measures.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lab_measures", raising=False)
     scope: dict = {}
-    exec(compile(block, "README.md", "exec"), scope)
+    exec(compile(usage, "README.md", "exec"), scope)
     values = scope["values"]
     w = np.concatenate([p.detach().numpy().ravel().astype(np.float64)
                         for p in scope["model"].parameters()])
     assert values["weight_l2"] == pytest.approx(math.sqrt(float((w ** 2).sum())), rel=1e-12)
     assert values["jacobian_norm_test"] > 0
     assert "weight_l2" in REGISTRY and REGISTRY["weight_l2"].source.startswith("Neyshabur")
-    exec(compile(block, "README.md", "exec"), {})  # run again (a notebook cell): no error
+    exec(compile(module, "lab_measures.py", "exec"), {"__name__": "lab_measures"})

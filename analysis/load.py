@@ -1,8 +1,11 @@
 """Sweep results as pandas DataFrames.
 
-``load_results(sweep_dir)``: one row per trial with a valid result file (summary columns).
+``load_results(sweep_dir)``: one row per trial with a valid result file (summary columns), and
+one column per measure from the measures table (``workers.measures.table``).
+``load_measures(sweep_dir)``: the measures table in long form (every version and setting,
+seconds, errors; per-point values on request).
 ``load_points(sweep_dir)``: one row per (trial, split, point): the per-point Jacobian norm,
-cross-entropy and correctness. Unreadable files are skipped with a warning (``sweep status``
+cross-entropy, correctness and transitions of the trial's record. Unreadable files are skipped with a warning (``sweep status``
 lists them; launching the sweep again re-runs them).
 
 Both read the per-trial files, or, after ``sweep compact`` (``analysis.compact``), the compacted

@@ -292,10 +292,13 @@ def _measures(v) -> tuple[str, ...]:
     from workers.measures import REGISTRY
 
     names = tuple(str(x) for x in _list("measures", v))
+    if "all" in names:  # every registered measure (built-in and from measure_modules)
+        names = tuple(dict.fromkeys([n for x in names
+                                     for n in (REGISTRY if x == "all" else [x])]))
     unknown = [n for n in names if n not in REGISTRY]
     if unknown or len(set(names)) != len(names):
         what = f"unknown {unknown}" if unknown else f"{list(names)} names one twice"
-        raise ConfigError(f"measures: {what}; allowed: registered measures "
+        raise ConfigError(f"measures: {what}; allowed: all, or registered measures "
                           f"({', '.join(REGISTRY)}); register your own with "
                           "workers.measures.register in a module named in measure_modules")
     return names

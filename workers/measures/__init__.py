@@ -49,6 +49,13 @@ class MeasureInputs:
     init_model: Any = None
     image_shape: tuple[int, int, int] | None = None
     seed: int = 0  # seeds every random subset or draw of the measure (the trial's data seed)
+    # what several measures share within one evaluation (weights, margins, norms), by key
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+class Undefined(ValueError):
+    """Raised by a measure that has no value for this network (e.g. it divides by a margin
+    <= 0): recorded as a null value with the message as its reason."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,9 @@ def evaluate_outcomes(inputs: MeasureInputs, names: Sequence[str],
                 r = MeasureValue(float(r))
             out[name] = Outcome(name, float(r.value), m.version, st, time.perf_counter() - t0,
                                 None, r.points, r.info)
+        except Undefined as e:  # no value for this network: null, with the reason
+            out[name] = Outcome(name, None, m.version, st, time.perf_counter() - t0,
+                                f"undefined: {e}")
         except Exception as e:  # the measure's own error: recorded, the trial goes on
             tb = traceback.format_exc(limit=-2)
             out[name] = Outcome(name, None, m.version, st, time.perf_counter() - t0,
@@ -227,6 +237,6 @@ def load_modules(modules: Sequence[str]) -> None:
         _LOADED[m] = mod
 
 
-from workers.measures import builtin  # noqa: E402,F401  (registers the built-in measures)
+from workers.measures import builtin, norms  # noqa: E402,F401  (register the built-in measures)
 
 DEFAULT_MEASURES = ("jacobian_norm_train", "jacobian_norm_test", "transitions_test")

@@ -1,0 +1,91 @@
+"""Seconds per registered measure against a trial's training time, measured in the same run.
+
+For each network: train it as a trial does (``workers.train.train_model``), timed; then evaluate
+every registered measure once through the registry (``evaluate_outcomes``, in registry order,
+so quantities shared between measures, such as the margins, are paid by the first that needs
+them), each timed. Networks: ``--demo K`` trials of the demo plan (digits), and with
+``--large`` a width-1024, depth-5 ReLU network on 10,000 Fashion-MNIST training points
+(``--large-steps`` SGD steps). Prints per network the training time, the measures' total and
+their ratio, and the slowest measures; last line JSON.
+
+    python bench/measures.py --demo 10
+    python bench/measures.py --demo 0 --large --large-steps 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from sweep.config import compose  # noqa: E402
+from sweep.plan import plan_trials  # noqa: E402
+from workers.data import load_data  # noqa: E402
+from workers.measures import REGISTRY, evaluate_outcomes  # noqa: E402
+from workers.models import build_mlp  # noqa: E402
+from workers.spec import DataSpec, TrainSpec, TrialSpec  # noqa: E402
+from workers.train import train_model  # noqa: E402
+from workers.trial import initial_model, measure_inputs  # noqa: E402
+
+
+def one(spec: TrialSpec, data_root=None) -> dict:
+    torch.set_num_threads(1)
+    d = spec.data
+    data = load_data(d.name, data_root, False, d.train_size, d.test_size, d.random_labels,
+                     d.seed, "cpu")
+    model = build_mlp(data.input_dim, spec.width, spec.depth, data.info.num_classes,
+                      spec.activation, spec.init_scale, spec.seed)
+    t = time.perf_counter()
+    train_model(model, data, spec.optimizer, spec.lr, spec.batch_size, spec.train, spec.seed,
+                d.augment)
+    train_s = time.perf_counter() - t
+    model.eval()
+    spec = replace(spec, metrics=replace(spec.metrics, measures=tuple(REGISTRY)))
+    t = time.perf_counter()
+    out = evaluate_outcomes(measure_inputs(model, data, spec, initial_model(spec, data, "cpu")),
+                            spec.metrics.active_measures(), spec.metrics.measure_settings())
+    total = time.perf_counter() - t
+    return {"trial": f"{spec.activation}/{spec.optimizer} w{spec.width} d{spec.depth}",
+            "train_s": train_s, "measures_s": total,
+            "per_measure": {k: o.seconds for k, o in out.items()},
+            "errors": sorted(k for k, o in out.items() if o.error and not o.error.startswith("undefined"))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--demo", type=int, default=10, help="demo trials to time (0: none)")
+    p.add_argument("--large", action="store_true")
+    p.add_argument("--large-steps", type=int, default=2000)
+    args = p.parse_args()
+    rows = []
+    specs = plan_trials(compose(["experiment=demo"]))[: args.demo]
+    for s in specs:
+        rows.append(one(s))
+    if args.large:
+        s = TrialSpec(DataSpec("fashion_mnist", train_size=10_000, test_size=2000), 1024, 5,
+                      "relu", "sgd", 0.01, 128, 1.0, 1,
+                      train=TrainSpec(steps=args.large_steps, early_stop=False))
+        rows.append(one(s))
+    for r in rows:
+        slow = sorted(r["per_measure"].items(), key=lambda kv: -kv[1])[:4]
+        print(f"{r['trial']}: train {r['train_s']:.2f} s, all {len(r['per_measure'])} measures "
+              f"{r['measures_s']:.2f} s ({100 * r['measures_s'] / r['train_s']:.1f}% of training); "
+              "slowest: " + ", ".join(f"{k} {v:.3f} s" for k, v in slow)
+              + (f"; errors: {r['errors']}" if r["errors"] else ""))
+    demo = [r for r in rows if not r["trial"].startswith("relu/sgd w1024")]
+    if demo:
+        share = sum(r["measures_s"] for r in demo) / sum(r["train_s"] for r in demo)
+        print(f"demo: measures / training = {100 * share:.1f}% over {len(demo)} trials")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

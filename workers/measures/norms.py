@@ -1,0 +1,245 @@
+"""Norm- and margin-based measures of generalization (../shared/MEASURES.md).
+
+Neyshabur et al. 2017, "Exploring Generalization in Deep Learning" (NeurIPS 2017), §2 and
+Fig. 1: norms over the margin gamma_5; Jiang et al. 2019, "Fantastic Generalization Measures and
+Where to Find Them" (ICLR 2020), Appendix C, Eq. 20-45: the margin gamma_10 and the spectral,
+Frobenius, distance-to-initialization, path-norm and Fisher-Rao families. For the project's
+bias-free MLPs f_w(x) = W_d phi(W_{d-1} ... phi(W_1 x)) with any non-linearity; d = number of
+weight matrices, W_i^0 the weights at initialization (``init_model``, rebuilt from the trial's
+seed), S the training set as the trial saw it (random labels included), m = |S|.
+
+Everything is computed in float64 from the weights. The margin of a point is
+f(x)[y] - max_{j != y} f(x)[j]; gamma_q is the k-th smallest margin over S with
+k = max(1, floor(q m / 100)). A measure divided by a margin is undefined when that margin is
+<= 0: it raises ``Undefined``, recorded as a null value with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from workers.measures import MeasureInputs, Undefined, register
+
+
+def weights(model) -> list[torch.Tensor]:
+    """The weight matrices W_1..W_d (float64, detached) of a bias-free MLP, in order."""
+    lins = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not lins:
+        raise Undefined("the model has no Linear layers (these measures need a bias-free MLP)")
+    if any(m.bias is not None for m in lins):
+        raise Undefined("the model's Linear layers have biases (these measures are defined for "
+                        "bias-free MLPs)")
+    return [m.weight.detach().to(torch.float64) for m in lins]
+
+
+def _cached(inputs: MeasureInputs, key: str, fn):
+    if key not in inputs.cache:
+        inputs.cache[key] = fn()
+    return inputs.cache[key]
+
+
+def _w(inputs):
+    return _cached(inputs, "w", lambda: weights(inputs.model))
+
+
+def _w0(inputs):
+    return _cached(inputs, "w0", lambda: weights(inputs.init_model))
+
+
+def _spec(inputs) -> list[float]:
+    """||W_i||_2 (exact: the largest singular value)."""
+    return _cached(inputs, "spec", lambda: [float(torch.linalg.matrix_norm(w, ord=2))
+                                            for w in _w(inputs)])
+
+
+def _fro2(inputs) -> list[float]:
+    return _cached(inputs, "fro2", lambda: [float((w * w).sum()) for w in _w(inputs)])
+
+
+def margins(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Per-point margins f(x)[y] - max_{j != y} f(x)[j] ([m] float64), the network evaluated
+    in float64."""
+    m64 = _double(model)
+    out = []
+    with torch.no_grad():
+        for a in range(0, len(x), chunk):
+            z = m64(x[a:a + chunk].to(torch.float64))
+            yy = y[a:a + chunk].to(z.device)
+            true = z.gather(1, yy[:, None])[:, 0]
+            other = z.scatter(1, yy[:, None], float("-inf")).amax(dim=1)
+            out.append((true - other).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def _double(model):
+    import copy
+
+    return copy.deepcopy(model).to(torch.float64).eval()
+
+
+def gamma(inputs: MeasureInputs, q: float) -> float:
+    """gamma_q: the k-th smallest training margin, k = max(1, floor(q m / 100))."""
+    mg = _cached(inputs, "margins", lambda: margins(inputs.model, inputs.x_train, inputs.y_train))
+    if len(mg) == 0:
+        raise Undefined("no training points")
+    k = max(1, math.floor(q * len(mg) / 100))
+    return float(torch.sort(mg).values[k - 1])
+
+
+def _positive_gamma(inputs, q) -> float:
+    g = gamma(inputs, q)
+    if not g > 0:
+        raise Undefined(f"margin gamma_{q:g} = {g:.4g} <= 0: the measure divides by it")
+    return g
+
+
+def _path(inputs, power: int) -> float:
+    """1^T |W_d|^p ... |W_1|^p 1: the sum over all input-output paths of the product of the
+    p-th powers of the absolute weights (no non-linearity in between)."""
+    v = torch.ones(_w(inputs)[0].shape[1], dtype=torch.float64)
+    for w in _w(inputs):
+        v = w.abs().pow(power) @ v
+    return float(v.sum())
+
+
+TRAIN = ("model", "train_inputs", "train_labels")
+NEY = "Neyshabur et al. 2017, §2 and Fig. 1"
+JIANG = "Jiang et al. 2019, Appendix C, Eq."
+
+
+def _reg(name, source, needs, fn, doc):
+    fn.__doc__ = doc
+    fn.__name__ = fn.__qualname__ = name
+    register(name, source=source, needs=needs)(fn)
+
+
+# --- margins --------------------------------------------------------------------------------
+_reg("margin_gamma5", NEY, TRAIN, lambda i: gamma(i, 5),
+     "gamma_5: the 5th-percentile training margin (Neyshabur et al.'s normalizer).")
+_reg("margin_gamma10", f"{JIANG} 22 (gamma)", TRAIN, lambda i: gamma(i, 10),
+     "gamma_10: the 10th-percentile training margin (Jiang et al.'s gamma).")
+
+# --- Neyshabur et al. 2017, §2 (terms depending only on depth and width dropped) ------------------
+_reg("neyshabur_l2", NEY, TRAIN,
+     lambda i: math.prod(_fro2(i)) / _positive_gamma(i, 5) ** 2,
+     "prod_i ||W_i||_F^2 / gamma_5^2 (l2 norm over the margin).")
+_reg("neyshabur_l1_path", NEY, TRAIN,
+     lambda i: _path(i, 1) ** 2 / _positive_gamma(i, 5) ** 2,
+     "(1^T |W_d| ... |W_1| 1)^2 / gamma_5^2 (l1-path norm over the margin).")
+_reg("neyshabur_l2_path", NEY, TRAIN,
+     lambda i: _path(i, 2) / _positive_gamma(i, 5) ** 2,
+     "1^T |W_d|^2 ... |W_1|^2 1 / gamma_5^2 (l2-path norm over the margin).")
+_reg("neyshabur_spectral", NEY, TRAIN,
+     lambda i: math.prod(s * s for s in _spec(i)) / _positive_gamma(i, 5) ** 2,
+     "prod_i ||W_i||_2^2 / gamma_5^2 (spectral norm over the margin).")
+_reg("neyshabur_l1_inf", NEY, TRAIN,
+     lambda i: math.prod(float(w.abs().sum(dim=1).max()) for w in _w(i)) ** 2
+     / _positive_gamma(i, 5) ** 2,
+     "(prod_i max_j ||W_i[j, :]||_1)^2 / gamma_5^2 (l_{1,inf} norm over the margin: the largest "
+     "l1 norm of a unit's incoming weights).")
+
+
+# --- Jiang et al. 2019, Appendix C ------------------------------------------------------------
+def _log_prod_spec(i):
+    return sum(math.log(s * s) for s in _spec(i))
+
+
+def _log_prod_fro(i):
+    return sum(math.log(f) for f in _fro2(i))
+
+
+def _log_gamma(i):
+    return math.log(_positive_gamma(i, 10))
+
+
+def _d(i):
+    return len(_w(i))
+
+
+def _dist_fro2(i):
+    return [float(((w - w0) ** 2).sum()) for w, w0 in zip(_w(i), _w0(i))]
+
+
+INIT = ("model", "init_model")
+INIT_TRAIN = ("model", "init_model", "train_inputs", "train_labels")
+_reg("params", f"{JIANG} 20", ("model",), lambda i: float(sum(w.numel() for w in _w(i))),
+     "n_w: the number of weights.")
+_reg("inverse_margin", f"{JIANG} 22", TRAIN, lambda i: 1.0 / _positive_gamma(i, 10) ** 2,
+     "1 / gamma_10^2.")
+_reg("log_prod_of_spec", f"{JIANG} 32", ("model",), _log_prod_spec,
+     "sum_i log ||W_i||_2^2.")
+_reg("log_prod_of_spec_over_margin", f"{JIANG} 31", TRAIN,
+     lambda i: _log_prod_spec(i) - 2 * _log_gamma(i),
+     "sum_i log ||W_i||_2^2 - 2 log gamma_10.")
+_reg("fro_over_spec", f"{JIANG} 33", ("model",),
+     lambda i: sum(f / (s * s) for f, s in zip(_fro2(i), _spec(i))),
+     "sum_i ||W_i||_F^2 / ||W_i||_2^2.")
+_reg("log_spec_orig_main", f"{JIANG} 30", TRAIN,
+     lambda i: _log_prod_spec(i) - 2 * _log_gamma(i)
+     + math.log(sum(f / (s * s) for f, s in zip(_fro2(i), _spec(i)))),
+     "log_prod_of_spec_over_margin + log fro_over_spec.")
+_reg("log_spec_init_main", f"{JIANG} 29", INIT_TRAIN,
+     lambda i: _log_prod_spec(i) - 2 * _log_gamma(i)
+     + math.log(sum(df / (s * s) for df, s in zip(_dist_fro2(i), _spec(i)))),
+     "log_prod_of_spec_over_margin + log sum_i ||W_i - W_i^0||_F^2 / ||W_i||_2^2.")
+_reg("log_sum_of_spec", f"{JIANG} 35", ("model",),
+     lambda i: math.log(_d(i)) + _log_prod_spec(i) / _d(i),
+     "log d + (1/d) log_prod_of_spec.")
+_reg("log_sum_of_spec_over_margin", f"{JIANG} 34", TRAIN,
+     lambda i: math.log(_d(i)) + (_log_prod_spec(i) - 2 * _log_gamma(i)) / _d(i),
+     "log d + (1/d) (log_prod_of_spec - 2 log gamma_10).")
+_reg("log_prod_of_fro", f"{JIANG} 37", ("model",), _log_prod_fro,
+     "sum_i log ||W_i||_F^2.")
+_reg("log_prod_of_fro_over_margin", f"{JIANG} 36", TRAIN,
+     lambda i: _log_prod_fro(i) - 2 * _log_gamma(i),
+     "sum_i log ||W_i||_F^2 - 2 log gamma_10.")
+_reg("log_sum_of_fro", f"{JIANG} 39", ("model",),
+     lambda i: math.log(_d(i)) + _log_prod_fro(i) / _d(i),
+     "log d + (1/d) log_prod_of_fro.")
+_reg("log_sum_of_fro_over_margin", f"{JIANG} 38", TRAIN,
+     lambda i: math.log(_d(i)) + (_log_prod_fro(i) - 2 * _log_gamma(i)) / _d(i),
+     "log d + (1/d) (log_prod_of_fro - 2 log gamma_10).")
+_reg("fro_dist", f"{JIANG} 40", INIT, lambda i: sum(_dist_fro2(i)),
+     "sum_i ||W_i - W_i^0||_F^2.")
+_reg("dist_spec_init", f"{JIANG} 41", INIT,
+     lambda i: sum(float(torch.linalg.matrix_norm(w - w0, ord=2)) ** 2
+                   for w, w0 in zip(_w(i), _w0(i))),
+     "sum_i ||W_i - W_i^0||_2^2.")
+_reg("param_norm", f"{JIANG} 42", ("model",), lambda i: sum(_fro2(i)),
+     "sum_i ||W_i||_F^2.")
+_reg("path_norm", f"{JIANG} 44", ("model",), lambda i: _path(i, 2),
+     "1^T |W_d|^2 ... |W_1|^2 1 (the sum over all paths of the product of squared weights).")
+_reg("path_norm_over_margin", f"{JIANG} 43", TRAIN,
+     lambda i: _path(i, 2) / _positive_gamma(i, 10) ** 2,
+     "path_norm / gamma_10^2.")
+_reg("l2", f"{JIANG} C (the l2 norm of the weights)", ("model",),
+     lambda i: math.sqrt(sum(_fro2(i))), "||w||_2, all weights as one vector.")
+_reg("l2_dist", f"{JIANG} C (the distance to initialization)", INIT,
+     lambda i: math.sqrt(sum(_dist_fro2(i))), "||w - w^0||_2.")
+
+
+def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> float:
+    """((d + 1)^2 / m) sum_{(x, y) in S} <w, grad_w l(f_w(x), y)>^2 (Jiang et al. 2019, Eq. 45;
+    Liang et al. 2019), l the cross-entropy. <w, grad_w l> = sum_c (softmax(f)_c - [c = y])
+    <w, grad_w f_c(x)>, and <w, grad_w f_c(x)> is the derivative of f_c(x) along w: one
+    forward-mode pass (a JVP in the direction of the weights) for a whole batch, float64."""
+    from torch.func import functional_call, jvp
+
+    m64 = _double(model)
+    params = {k: v.detach() for k, v in m64.named_parameters()}
+    d = len([m for m in m64.modules() if isinstance(m, torch.nn.Linear)])
+    total, m = 0.0, len(x)
+    for a in range(0, m, chunk):
+        xb = x[a:a + chunk].to(torch.float64)
+        f, df = jvp(lambda p: functional_call(m64, p, (xb,)), (params,), (params,))
+        g = torch.softmax(f, dim=1)
+        g[torch.arange(len(xb)), y[a:a + chunk].to(g.device)] -= 1.0
+        total += float(((g * df).sum(dim=1) ** 2).sum())
+    return (d + 1) ** 2 / m * total if m else float("nan")
+
+
+_reg("fisher_rao", f"{JIANG} 45 (Liang et al. 2019)", TRAIN,
+     lambda i: fisher_rao_value(i.model, i.x_train, i.y_train),
+     "((d + 1)^2 / m) sum_S <w, grad_w l(f_w(x), y)>^2, by forward-mode differentiation.")

@@ -283,7 +283,7 @@ def _modules(v) -> tuple[str, ...]:
                  else str(m) for m in _list("measure_modules", v or [None]) if m is not None)
     try:
         load_modules(mods)
-    except ValueError as e:
+    except (ImportError, ValueError) as e:
         raise ConfigError(str(e)) from None
     return mods
 

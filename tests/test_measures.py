@@ -338,3 +338,15 @@ def test_the_readme_example_runs_and_registers_a_measure(scratch_registry, tmp_p
     assert values["jacobian_norm_test"] > 0
     assert "weight_l2" in REGISTRY and REGISTRY["weight_l2"].source.startswith("Neyshabur")
     exec(compile(module, "lab_measures.py", "exec"), {"__name__": "lab_measures"})
+
+
+def test_a_measure_module_missing_on_a_worker_is_a_retryable_failure(tmp_path):
+    from workers.spec import RunContext
+    from workers.trial import run_trial
+
+    spec = TrialSpec(DataSpec("digits", train_size=60, test_size=20), 8, 2, "relu", "sgd",
+                     0.01, 32, 1.0, 1, train=TrainSpec(steps=5),
+                     metrics=MetricSpec(measures=("jacobian_norm_test",),
+                                        measure_modules=(str(tmp_path / "gone.py"),)))
+    row = run_trial(spec, RunContext(str(tmp_path)))
+    assert row["status"] == "failed" and row["retryable"] and "gone.py" in row["error"]

@@ -228,12 +228,12 @@ def load_modules(modules: Sequence[str]) -> None:
                 spec.loader.exec_module(mod)
             else:
                 mod = importlib.import_module(m)
-        except ValueError:
+        except ValueError:  # (a measure declared wrongly in it)
             raise
-        except Exception as e:
-            raise ValueError(f"measure_modules: cannot import {m!r} ({type(e).__name__}: {e}); "
-                             "allowed: an importable module name or the path of a .py file "
-                             "that registers measures") from None
+        except Exception as e:  # an ImportError: on a worker, an environment failure (retryable)
+            raise ImportError(f"measure_modules: cannot import {m!r} ({type(e).__name__}: {e});"
+                              " allowed: an importable module name or the path of a .py file "
+                              "that registers measures (on every worker)") from None
         _LOADED[m] = mod
 
 

@@ -168,11 +168,26 @@ _reg("params", f"{JIANG} 20", ("model",), lambda i: float(sum(w.numel() for w in
      "n_w: the number of weights.")
 _reg("inverse_margin", f"{JIANG} 22", TRAIN, lambda i: 1.0 / _positive_gamma(i, 10) ** 2,
      "1 / gamma_10^2.")
-_reg("log_prod_of_spec", f"{JIANG} 32", ("model",), _log_prod_spec,
-     "sum_i log ||W_i||_2^2.")
-_reg("log_prod_of_spec_over_margin", f"{JIANG} 31", TRAIN,
-     lambda i: _log_prod_spec(i) - 2 * _log_gamma(i),
-     "sum_i log ||W_i||_2^2 - 2 log gamma_10.")
+def _families():
+    """The spectral and Frobenius families (Eq. 31-32, 34-35 and 36-39): for each of
+    sum_i log ||W_i||_2^2 and sum_i log ||W_i||_F^2, the product form, over the margin, and the
+    sum form log d + (1/d) (...), with and without the margin."""
+    for kind, norm, logprod, eqs in (("spec", "||W_i||_2^2", _log_prod_spec, (32, 31, 35, 34)),
+                                     ("fro", "||W_i||_F^2", _log_prod_fro, (37, 36, 39, 38))):
+        _reg(f"log_prod_of_{kind}", f"{JIANG} {eqs[0]}", ("model",), logprod,
+             f"sum_i log {norm}.")
+        _reg(f"log_prod_of_{kind}_over_margin", f"{JIANG} {eqs[1]}", TRAIN,
+             lambda i, lp=logprod: lp(i) - 2 * _log_gamma(i),
+             f"sum_i log {norm} - 2 log gamma_10.")
+        _reg(f"log_sum_of_{kind}", f"{JIANG} {eqs[2]}", ("model",),
+             lambda i, lp=logprod: math.log(_d(i)) + lp(i) / _d(i),
+             f"log d + (1/d) log_prod_of_{kind}.")
+        _reg(f"log_sum_of_{kind}_over_margin", f"{JIANG} {eqs[3]}", TRAIN,
+             lambda i, lp=logprod: math.log(_d(i)) + (lp(i) - 2 * _log_gamma(i)) / _d(i),
+             f"log d + (1/d) (log_prod_of_{kind} - 2 log gamma_10).")
+
+
+_families()
 _reg("fro_over_spec", f"{JIANG} 33", ("model",),
      lambda i: sum(f / (s * s) for f, s in zip(_fro2(i), _spec(i))),
      "sum_i ||W_i||_F^2 / ||W_i||_2^2.")
@@ -184,23 +199,6 @@ _reg("log_spec_init_main", f"{JIANG} 29", INIT_TRAIN,
      lambda i: _log_prod_spec(i) - 2 * _log_gamma(i)
      + math.log(sum(df / (s * s) for df, s in zip(_dist_fro2(i), _spec(i)))),
      "log_prod_of_spec_over_margin + log sum_i ||W_i - W_i^0||_F^2 / ||W_i||_2^2.")
-_reg("log_sum_of_spec", f"{JIANG} 35", ("model",),
-     lambda i: math.log(_d(i)) + _log_prod_spec(i) / _d(i),
-     "log d + (1/d) log_prod_of_spec.")
-_reg("log_sum_of_spec_over_margin", f"{JIANG} 34", TRAIN,
-     lambda i: math.log(_d(i)) + (_log_prod_spec(i) - 2 * _log_gamma(i)) / _d(i),
-     "log d + (1/d) (log_prod_of_spec - 2 log gamma_10).")
-_reg("log_prod_of_fro", f"{JIANG} 37", ("model",), _log_prod_fro,
-     "sum_i log ||W_i||_F^2.")
-_reg("log_prod_of_fro_over_margin", f"{JIANG} 36", TRAIN,
-     lambda i: _log_prod_fro(i) - 2 * _log_gamma(i),
-     "sum_i log ||W_i||_F^2 - 2 log gamma_10.")
-_reg("log_sum_of_fro", f"{JIANG} 39", ("model",),
-     lambda i: math.log(_d(i)) + _log_prod_fro(i) / _d(i),
-     "log d + (1/d) log_prod_of_fro.")
-_reg("log_sum_of_fro_over_margin", f"{JIANG} 38", TRAIN,
-     lambda i: math.log(_d(i)) + (_log_prod_fro(i) - 2 * _log_gamma(i)) / _d(i),
-     "log d + (1/d) (log_prod_of_fro - 2 log gamma_10).")
 _reg("fro_dist", f"{JIANG} 40", INIT, lambda i: sum(_dist_fro2(i)),
      "sum_i ||W_i - W_i^0||_F^2.")
 _reg("dist_spec_init", f"{JIANG} 41", INIT,

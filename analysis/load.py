@@ -18,6 +18,7 @@ compacted copy (whole ``dataset`` partitions are skipped).
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pandas as pd
@@ -167,7 +168,7 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
     from workers.measures import REGISTRY
 
     wide = _measure_wide(sweep_dir)
-    measured = [m for m in wide.columns if not m.endswith("\0has")]
+    measured = [m for m in wide.columns if "\0" not in m]
     cols = list(columns) if columns else list(SUMMARY_COLUMNS) + [
         m for m in measured if m not in SUMMARY_COLUMNS]
     known = set(SUMMARY_COLUMNS) | set(REGISTRY) | set(measured)
@@ -183,7 +184,7 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
         df = _one_meaning(table.to_pandas())
     ids = table.column("trial_id").to_pandas() if table is not None else pd.Series([], dtype=object)
     for m in [c for c in cols if c in wide.columns or c not in SUMMARY_COLUMNS]:
-        if m.endswith("\0has"):
+        if "\0" in m:
             continue
         if m not in measured:
             if m not in df.columns:
@@ -195,9 +196,30 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
             df[m] = df[m].astype("float64").where(~have, got.to_numpy())
         else:
             df[m] = got.to_numpy(dtype="float64")
+    for m, cols_of in _INFO_COLUMNS.items():  # how a built-in value was computed, with it
+        if m not in measured:
+            continue
+        have = wide[m + "\0has"].reindex(ids.to_numpy()).fillna(False).to_numpy(dtype=bool)
+        info = wide[m + "\0info"].reindex(ids.to_numpy()).to_numpy()
+        for col, key in cols_of:
+            if col in df.columns and have.any():
+                vals = [json.loads(i).get(key) if h and isinstance(i, str) else None
+                        for i, h in zip(info, have)]
+                df[col] = pd.Series(vals, index=df.index, dtype=object).where(have, df[col])
+                if col != "transitions_method":
+                    df[col] = pd.to_numeric(df[col])
     df = df[cols]
     df.attrs["measures"] = [c for c in cols if c in measured or c in REGISTRY]
     return df
+
+
+# the record's columns that say how a built-in measure's value was computed: (column, info key)
+_INFO_COLUMNS = {
+    "jacobian_norm_train": [("jacobian_points_train", "points")],
+    "jacobian_norm_test": [("jacobian_points_test", "points")],
+    "transitions_test": [("transitions_points", "points"), ("transitions_method", "method"),
+                         ("transitions_k", "k")],
+}
 
 
 def _measure_wide(sweep_dir) -> pd.DataFrame:
@@ -205,16 +227,24 @@ def _measure_wide(sweep_dir) -> pd.DataFrame:
     from workers.measures import REGISTRY
     from workers.measures.table import read_values
 
+    from workers.measures.table import canonical_settings, read_selection
+
     t = read_values(sweep_dir).to_pandas()
     if t.empty:
         return pd.DataFrame(index=pd.Index([], name="trial_id"))
+    sel = read_selection(sweep_dir)
+    asked = {n: (e["version"], canonical_settings(e["settings"])) for n, e in sel.items()}
+    t["selected"] = [asked.get(m) == (v, st) for m, v, st in
+                     zip(t["measure"], t["version"], t["settings"])]
     current = t["measure"].map(lambda n: REGISTRY[n].version if n in REGISTRY else -1)
     t["current"] = t["version"] == current
-    t = t.sort_values(["current", "created"]).groupby(["trial_id", "measure"]).tail(1)
+    t = t.sort_values(["selected", "current", "created"]).groupby(["trial_id", "measure"]).tail(1)
     wide = t.pivot(index="trial_id", columns="measure", values="value").astype("float64")
     has = t.assign(has=True).pivot(index="trial_id", columns="measure", values="has")
+    info = t.pivot(index="trial_id", columns="measure", values="info")
     for m in list(wide.columns):
         wide[m + "\0has"] = has[m].notna()
+        wide[m + "\0info"] = info[m]
     return wide
 
 

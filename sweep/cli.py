@@ -102,19 +102,22 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
     return 0
 
 
-def cmd_measure(sweep_dir: str, overrides: list[str]) -> int:
+def cmd_measure(sweep_dir: str, overrides: list[str], retry_errors: bool = False) -> int:
+    import shlex
+
     from sweep.config import ConfigError
-    from sweep.measure import measure_sweep
+    from sweep.measure import MeasureStopped, measure_sweep
     from workers.data import DataError
 
+    again = " ".join(shlex.quote(a) for a in ["sweep", "measure", sweep_dir, *overrides])
     try:
-        counts = measure_sweep(sweep_dir, overrides)
+        counts = measure_sweep(sweep_dir, overrides, retry_errors)
     except (ConfigError, DataError) as e:
         return _fail(str(e))
-    except KeyboardInterrupt:
-        print(f"sweep: measure interrupted; the values written are kept. Evaluate the rest "
-              f"with: sweep measure {sweep_dir}", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, MeasureStopped) as e:
+        print(f"sweep: measure {'stopped' if isinstance(e, MeasureStopped) else 'interrupted'};"
+              f" the values written are kept. Evaluate the rest with: {again}", file=sys.stderr)
+        return 143 if isinstance(e, MeasureStopped) else 130
     return 1 if counts["failed"] else 0
 
 
@@ -223,6 +226,9 @@ def _main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["resume"] and "--verify" in argv[1:]:  # anywhere among the overrides
         argv = [a for a in argv if a != "--verify"]
         verify = True
+    if argv[:1] == ["measure"] and "--retry-errors" in argv[2:]:  # likewise
+        argv = [a for a in argv if a != "--retry-errors"]
+        argv.insert(1, "--retry-errors")
     parser = argparse.ArgumentParser(prog="sweep", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_launch = sub.add_parser("launch", help="plan and run a sweep (Hydra overrides: KEY=VALUE ...)")
@@ -240,6 +246,8 @@ def _main(argv: list[str] | None = None) -> int:
     p_measure = sub.add_parser("measure", help="evaluate measures on a sweep's saved networks "
                                                 "(no training): only missing or outdated values")
     p_measure.add_argument("sweep_dir")
+    p_measure.add_argument("--retry-errors", action="store_true",
+                           help="evaluate again the values whose measure raised")
     p_measure.add_argument("overrides", nargs="*",
                            help="measures=[...], measure_modules=[...], metrics.*, cluster.*, "
                                 "resources.*")
@@ -266,7 +274,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.command == "resume":
         return cmd_resume(args.sweep_dir, args.overrides, verify or args.verify)
     if args.command == "measure":
-        return cmd_measure(args.sweep_dir, args.overrides)
+        return cmd_measure(args.sweep_dir, args.overrides, args.retry_errors)
     try:
         if args.command == "report":
             return cmd_report(args.sweep_dir, args.train_acc, args.bootstrap, args.out,

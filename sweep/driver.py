@@ -254,6 +254,15 @@ def start_ray(cfg: SweepConfig):
     return ray
 
 
+def check_gpus(ray, per_trial: float) -> None:
+    """A one-line refusal when trials ask for GPUs the Ray cluster does not have (they would
+    wait forever)."""
+    have = ray.cluster_resources().get("GPU", 0)
+    if per_trial > 0 and have < per_trial:
+        raise ConfigError(f"resources.gpus_per_trial: {per_trial:g}, but the Ray cluster has "
+                          f"{have:g} GPUs; allowed: 0 here (CPU), or a cluster with GPUs")
+
+
 GRACE_S = 30.0  # after Ctrl-C / SIGTERM: how long running trials may take to finish
 RUNTIME_PROBE_S = 5.0  # how long the Ray runtime may take to answer before it counts as gone
 EXIT_RUNTIME_LOST = 3
@@ -336,6 +345,7 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
     out = store(out)
     ray = start_ray(cfg)
     res = cfg.resources
+    check_gpus(ray, res.gpus_per_trial)
     ctx = RunContext(
         out_dir=os.path.abspath(out.location) if out.local else out.location, data_root=cfg.dataset.root, download=cfg.dataset.download,
         save_weights=saves_weights(cfg, todo) if save_weights is None else save_weights,
@@ -435,7 +445,8 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
 RESUMABLE_KEYS = tuple(k for k in NOT_IDENTITY if k != "out")  # sweep.config, declared once
 
 
-def stored_config(sweep_dir: str | Path, overrides: list[str] = ()) -> SweepConfig:
+def stored_config(sweep_dir: str | Path, overrides: list[str] = (),
+                  command: str = "resume") -> SweepConfig:
     """The configuration a sweep directory was launched with (``sweep.json``), with ``out`` set
     to that directory and ``overrides`` (KEY=VALUE, keys in RESUMABLE_KEYS only) applied."""
     from omegaconf import OmegaConf
@@ -458,7 +469,7 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = ()) -> SweepConf
         prefix, key = override_key(o)
         if prefix == "~" or "=" not in o or not any(key == k or key.startswith(k + ".")
                                                      for k in RESUMABLE_KEYS):
-            raise ConfigError(f"resume: cannot override {prefix + key!r}; allowed: KEY=VALUE with "
+            raise ConfigError(f"{command}: cannot override {prefix + key!r}; allowed: KEY=VALUE with "
                               f"KEY in {', '.join(RESUMABLE_KEYS)} (other keys change the "
                               "sweep's trials)")
         plain.append(f"{key}={o.partition('=')[2]}")  # + and ++ of a schema key: a plain value

@@ -9,25 +9,30 @@ are never touched.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
 from sweep.config import ConfigError, SweepConfig
+from sweep.driver import check_gpus
 from workers.layout import WEIGHTS
 from sweep.resume import result_index
 from workers.spec import TrialSpec
 from workers.storage import store
 
 
-def missing(out, specs: list[TrialSpec]) -> dict[str, list[str]]:
+def missing(out, specs: list[TrialSpec], retry: set | None = None) -> dict[str, list[str]]:
     """trial_id -> the measures of its spec (``spec.metrics.active_measures()``) whose value at
-    the current version and the spec's settings is not stored, for every ``ok`` trial."""
+    the current version and the spec's settings is not stored, for every ``ok`` trial;
+    ``retry``: stored keys to treat as missing (values that raised)."""
     from workers.measures import REGISTRY, load_modules, resolved_settings, settings_key
     from workers.measures.table import stored_keys
 
     have = stored_keys(out)
     ok = {t for t, r in result_index(out, trust_journal=True).items() if r["status"] == "ok"}
     todo: dict[str, list[str]] = {}
+    if retry is not None:  # values that raised count as missing
+        have -= retry
     for s in specs:
         if s.trial_id not in ok:
             continue
@@ -45,8 +50,9 @@ def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, downl
                     device: str, num_threads: int, metrics: dict) -> list[tuple[str, str | None]]:
     """On a worker: for each (trial spec JSON, measure names joined by ','), rebuild the trained
     network from its weights (and the initial one from its seed, if a measure needs it), load
-    its data, evaluate, write each value. Returns (trial_id, error or None) per trial: an error
-    of the trial's environment (data, weights) writes nothing, so a later call retries it."""
+    its data, evaluate, write each value. Returns (trial_id, error or None, values that raised)
+    per trial: an error of the trial's environment (data, weights) writes nothing, so a later
+    call retries it."""
     import torch
 
     from workers.data import load_data
@@ -76,23 +82,54 @@ def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, downl
                 measure_inputs(model, data, only, initial_model(only, data, device)),
                 only.metrics.active_measures(), ms.measure_settings())
             for o in outcomes.values():
-                write_outcome(out_dir, spec.trial_id, o)
-            done.append((spec.trial_id, None))
+                write_outcome(out_dir, spec.trial_id, o, replace=True)
+            raised = sum(1 for o in outcomes.values()
+                         if o.error and not o.error.startswith("undefined"))
+            done.append((spec.trial_id, None, raised))
         except Exception as e:
-            done.append((spec.trial_id, f"{type(e).__name__}: {e}"[:500]))
+            done.append((spec.trial_id, f"{type(e).__name__}: {e}"[:500], 0))
     return done
 
 
-def run(cfg: SweepConfig, out, specs: list[TrialSpec], log, lock=None) -> dict[str, int]:
-    """Evaluate what is missing (see ``missing``) on Ray; returns counts: trials measured,
-    values written, trials skipped for lack of weights, trials whose evaluation failed."""
+def _select(out, specs: list[TrialSpec]) -> None:
+    """Record the version and settings asked for now (load_results shows those values)."""
+    from workers.measures import REGISTRY, load_modules, resolved_settings
+    from workers.measures.table import write_selection
+
+    if not specs:
+        return
+    ms = specs[0].metrics
+    load_modules(ms.measure_modules)
+    settings = ms.measure_settings()
+    write_selection(out, {n: (REGISTRY[n].version, resolved_settings(n, settings.get(n)))
+                          for n in ms.active_measures()})
+
+
+def raised_keys(out) -> set:
+    """Stored keys of values whose measure raised (not the 'undefined' ones)."""
+    from workers.measures import settings_key
+    from workers.measures.table import read_values
+
+    t = read_values(out).to_pandas()
+    bad = t[t.error.notna() & ~t.error.fillna("").str.startswith("undefined")]
+    return {(r.trial_id, r.measure, int(r.version), settings_key(json.loads(r.settings)))
+            for r in bad.itertuples()}
+
+
+def run(cfg: SweepConfig, out, specs: list[TrialSpec], log, lock=None,
+        retry_errors: bool = False) -> dict[str, int]:
+    """Evaluate what is missing (see ``missing``; with ``retry_errors`` also the values whose
+    measure raised) on Ray; returns counts: trials measured, values written, values that
+    raised, trials skipped for lack of weights, trials whose evaluation failed."""
     from dataclasses import asdict
 
     from sweep.driver import start_ray
 
     out = store(out)
-    todo = missing(out, specs)
-    counts = {"trials": 0, "values": 0, "no_weights": 0, "failed": 0}
+    _select(out, specs)
+    retry = raised_keys(out) if retry_errors else None
+    todo = missing(out, specs, retry)
+    counts = {"trials": 0, "values": 0, "no_weights": 0, "failed": 0, "raised": 0}
     if not todo:
         return counts
     weights = {e.name.split(".")[0] for e in out.list(WEIGHTS, ".safetensors")}
@@ -109,6 +146,7 @@ def run(cfg: SweepConfig, out, specs: list[TrialSpec], log, lock=None) -> dict[s
               ",".join(n)) for t, n in runnable.items()]
     ray = start_ray(cfg)
     res = cfg.resources
+    check_gpus(ray, res.gpus_per_trial)
     remote = ray.remote(_measure_remote).options(num_cpus=res.cpus_per_trial,
                                                  num_gpus=res.gpus_per_trial,
                                                  max_retries=res.max_retries)
@@ -135,11 +173,13 @@ def run(cfg: SweepConfig, out, specs: list[TrialSpec], log, lock=None) -> dict[s
             try:
                 results = ray.get(ref)
             except Exception as e:  # the task died after its retries: nothing recorded
-                results = [(TrialSpec.from_json(t).trial_id, f"{type(e).__name__}") for t, _ in unit]
-            for (tid, err), (_, names) in zip(results, unit):
+                results = [(TrialSpec.from_json(t).trial_id, f"{type(e).__name__}", 0)
+                           for t, _ in unit]
+            for (tid, err, raised), (_, names) in zip(results, unit):
                 if err is None:
                     counts["trials"] += 1
                     counts["values"] += len(names.split(","))
+                    counts["raised"] += raised
                 else:
                     counts["failed"] += 1
                     log(f"measures of trial {tid} not evaluated: {err}")
@@ -148,23 +188,47 @@ def run(cfg: SweepConfig, out, specs: list[TrialSpec], log, lock=None) -> dict[s
     return counts
 
 
-def measure_sweep(sweep_dir, overrides: list[str] = ()) -> dict[str, int]:
+STUDIES = ("ellipse_k", "boundary_grid", "boundary_extent")  # run only while a trial trains
+
+
+class MeasureStopped(Exception):
+    """SIGTERM during `sweep measure`: the values written are kept."""
+
+
+def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = False) -> dict[str, int]:
     """`sweep measure SWEEP_DIR [measures=[...]] [metrics.*=...] [cluster.*=...]`: evaluate the
-    missing values under the sweep's lock; returns the counts of ``run``."""
+    missing values under the sweep's lock; returns the counts of ``run``. ``retry_errors``:
+    evaluate again the values whose measure raised (fixed since)."""
+    import signal
     import time
 
     from sweep.driver import log, open_out, read_plan, stored_config
     from sweep.lock import DriverLock
 
-    cfg = stored_config(sweep_dir, list(overrides))
+    studies = [o.split("=")[0] for o in overrides
+               if o.split("=")[0].lstrip("+~").removeprefix("metrics.") in STUDIES]
+    if studies:
+        raise ConfigError(f"measure: {', '.join(studies)}: the off-data studies (Fig. 2, 3) run "
+                          "while a trial trains, before and after; sweep measure cannot add them "
+                          "to finished trials; allowed: measures, measure_modules, "
+                          "metrics.jacobian_points, metrics.transitions_points, "
+                          "metrics.transitions_k, cluster.*, resources.*")
+    cfg = stored_config(sweep_dir, list(overrides), command="measure")
     if cfg.dry_run:
         raise ConfigError(f"SWEEP_DIR: {sweep_dir} is a dry run (dry_run=true): its trials "
                           "trained no networks to measure")
     out = open_out(cfg.out_dir())
     t0 = time.perf_counter()
-    with DriverLock(out, "measure", log=log) as lock:
-        specs = read_plan(out, cfg.metric_spec())
-        counts = run(cfg, out, specs, log, lock)
+    def on_term(signum, frame):
+        raise MeasureStopped()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with DriverLock(out, "measure", log=log) as lock:
+            specs = read_plan(out, cfg.metric_spec())
+            counts = run(cfg, out, specs, log, lock, retry_errors=retry_errors)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not any(counts.values()):
         log(f"measures: nothing to evaluate ({', '.join(cfg.measures)} are stored for every "
             "finished trial)")
@@ -173,6 +237,8 @@ def measure_sweep(sweep_dir, overrides: list[str] = ()) -> dict[str, int]:
             f"{time.perf_counter() - t0:.1f} s"
             + (f"; {counts['failed']} trials failed (run sweep measure again)"
                if counts["failed"] else "")
+            + (f"; {counts['raised']} values raised (reasons: analysis.load_measures; once the "
+               "measure is fixed: sweep measure ... --retry-errors)" if counts["raised"] else "")
             + (f"; {counts['no_weights']} trials have no saved weights" if counts["no_weights"]
                else ""))
     return counts

@@ -255,9 +255,16 @@ def test_sweep_measure_adds_a_column_and_touches_no_trial(ray_local, tmp_path, c
                  f"measure_modules=[{LAB}]"]) == 0
     assert "nothing to evaluate" in capsys.readouterr().err
     assert _stamps(out, "measures") == values and _stamps(out) == trials
-    # settings changed: a new value beside the old one, which stays
+    # settings changed: a new value beside the old one, which stays; load_results shows the
+    # values of the settings last asked for, with the record's columns saying how
+    all_points = load_results(out).set_index("trial_id").jacobian_norm_test
     assert main(["measure", str(out), "metrics.jacobian_points=10"]) == 0
     assert len(_stamps(out, "measures")) == len(values) + 5 and _stamps(out) == trials
+    ten = load_results(out).set_index("trial_id")
+    assert (ten.jacobian_points_test == 10).all() and not ten.jacobian_norm_test.equals(all_points)
+    assert main(["measure", str(out)]) == 0  # back to the sweep's own settings: nothing to run
+    back = load_results(out).set_index("trial_id")
+    assert back.jacobian_norm_test.equals(all_points) and (back.jacobian_points_test == 60).all()
     # launching again with more measures: nothing retrained, the new ones from the weights
     launch(compose(TINY + [f"out={out}", f"measure_modules=[{LAB}]",
                            "measures=[jacobian_norm_train,transitions_test,weight_l2]"]))
@@ -350,3 +357,72 @@ def test_a_measure_module_missing_on_a_worker_is_a_retryable_failure(tmp_path):
                                         measure_modules=(str(tmp_path / "gone.py"),)))
     row = run_trial(spec, RunContext(str(tmp_path)))
     assert row["status"] == "failed" and row["retryable"] and "gone.py" in row["error"]
+
+
+@pytest.mark.slow
+def test_values_that_raised_are_counted_and_retried_on_request(ray_local, tmp_path, capsys):
+    from analysis import load_measures, load_results
+    from sweep.cli import main
+    from sweep.driver import launch
+
+    out = tmp_path / "sweep"
+    launch(compose(TINY + [f"out={out}", "measures=[jacobian_norm_test]"]))
+    flag = tmp_path / "broken"
+    flag.write_text("")
+    mod = tmp_path / "flaky.py"
+    mod.write_text(
+        "from pathlib import Path\n"
+        "from workers.measures import register\n\n\n"
+        "@register('flaky', source='test')\n"
+        "def flaky(inputs):\n"
+        f"    if Path({str(flag)!r}).exists():\n"
+        "        raise RuntimeError('a bug')\n"
+        "    return 1.5\n")
+    args = ["measure", str(out), "measures=[flaky]", f"measure_modules=[{mod}]"]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "5 values raised" in capsys.readouterr().err
+    assert load_results(out).flaky.isna().all()
+    flag.unlink()  # the bug fixed: a plain call does nothing, --retry-errors evaluates them
+    assert main(args) == 0 and "nothing to evaluate" in capsys.readouterr().err
+    assert main(args + ["--retry-errors"]) == 0
+    assert (load_results(out).flaky == 1.5).all()
+    assert len(list((out / "measures" / "raised").iterdir())) == 5  # moved aside, not deleted
+    assert load_measures(out, ["flaky"]).error.isna().all()
+
+
+def test_a_measure_returning_nan_is_null_with_its_reason(scratch_registry):
+    @register("nan_measure", source="test")
+    def nan_measure(inputs):
+        return float("nan")
+
+    model, x, y = _model_and_data()
+    out = evaluate_outcomes(MeasureInputs(model, x_test=x), ["nan_measure"])
+    assert out["nan_measure"].value is None and "NaN" in out["nan_measure"].error
+
+
+def test_measure_refuses_study_settings_and_training_keys(tmp_path, capsys):
+    import shutil
+
+    from sweep.cli import main
+
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "schema2_sweep", old)
+    assert main(["measure", str(old), "metrics.ellipse_k=16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "off-data studies" in err
+    assert main(["measure", str(old), "train.steps=5"]) == 2
+    assert "measure: cannot override 'train.steps'" in capsys.readouterr().err
+
+
+def test_gpus_the_cluster_lacks_are_refused():
+    from sweep.config import ConfigError
+    from sweep.driver import check_gpus
+
+    class FakeRay:
+        def cluster_resources(self):
+            return {"CPU": 2.0}
+
+    check_gpus(FakeRay(), 0)
+    with pytest.raises(ConfigError, match="gpus_per_trial: 1, but the Ray cluster has 0 GPUs"):
+        check_gpus(FakeRay(), 1)

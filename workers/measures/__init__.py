@@ -178,7 +178,12 @@ def evaluate_outcomes(inputs: MeasureInputs, names: Sequence[str],
             r = m.fn(inputs, **st)
             if not isinstance(r, MeasureValue):
                 r = MeasureValue(float(r))
-            out[name] = Outcome(name, float(r.value), m.version, st, time.perf_counter() - t0,
+            value = float(r.value)
+            if value != value:  # NaN: no value, and say so (inf is a value)
+                out[name] = Outcome(name, None, m.version, st, time.perf_counter() - t0,
+                                    "undefined: the measure returned NaN", r.points, r.info)
+                continue
+            out[name] = Outcome(name, value, m.version, st, time.perf_counter() - t0,
                                 None, r.points, r.info)
         except Undefined as e:  # no value for this network: null, with the reason
             out[name] = Outcome(name, None, m.version, st, time.perf_counter() - t0,

@@ -56,22 +56,57 @@ def stored_keys(sweep_dir) -> set[tuple[str, str, int, str]]:
     return out
 
 
-def write_outcome(sweep_dir, trial_id: str, o: Outcome) -> str | None:
-    """Write one value atomically; None (nothing written) if that value is already stored."""
+def write_outcome(sweep_dir, trial_id: str, o: Outcome, replace: bool = False) -> str | None:
+    """Write one value atomically; None (nothing written) if that value is already stored.
+    With ``replace``, a stored value whose measure raised (not an 'undefined' one) is moved
+    aside to ``measures/raised/`` (never deleted) and the new one written."""
     st = store(sweep_dir)
     rel = measure_file(trial_id, o.name, o.version, o.settings)
     if st.exists(rel):
-        return None
+        if not replace:
+            return None
+        try:
+            err = st.parquet_file(rel).read(columns=["error"]).column("error")[0].as_py()
+        except Exception:
+            err = "unreadable"
+        if not err or err.startswith("undefined"):
+            return None
+        st.move(rel, f"{MEASURES}/raised/{rel.split('/', 1)[1]}.{time.time_ns()}")
     points = [{"split": split, "index": int(i), "value": None if v is None else float(v)}
               for split, vals in o.points.items() for i, v in sorted(vals.items())]
     row = {"trial_id": trial_id, "measure": o.name, "version": o.version,
-           "settings": json.dumps(dict(o.settings), sort_keys=True, separators=(",", ":")),
+           "settings": canonical_settings(o.settings),
            "value": o.value, "seconds": o.seconds, "error": o.error,
            "info": json.dumps(dict(o.info), sort_keys=True, default=str),
            "hostname": socket.gethostname(), "created": time.time(), "points": points}
     st.makedirs(MEASURES)
     st.write_parquet(rel, pa.Table.from_pylist([row], schema=MEASURE_SCHEMA))
     return rel
+
+
+SELECTION = "measures.json"  # the settings last asked for per measure: what load_results shows
+
+
+def canonical_settings(settings) -> str:
+    return json.dumps(dict(settings), sort_keys=True, separators=(",", ":"))
+
+
+def read_selection(sweep_dir) -> dict[str, dict]:
+    """measure -> {"version", "settings"} last asked for (by a launch or `sweep measure`);
+    empty if none was recorded (sweeps of earlier releases) or the file is unreadable."""
+    st = store(sweep_dir)
+    try:
+        return json.loads(st.read_text(SELECTION)) if st.is_file(SELECTION) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_selection(sweep_dir, asked: dict[str, tuple[int, dict]]) -> None:
+    """Record, per measure asked for now, its version and settings (merged into the file;
+    measures not asked for keep their entry). Not a result: rewritten atomically."""
+    sel = read_selection(sweep_dir)
+    sel.update({n: {"version": v, "settings": dict(st)} for n, (v, st) in asked.items()})
+    store(sweep_dir).write_text(SELECTION, json.dumps(sel, indent=1, sort_keys=True))
 
 
 class MeasureFormatError(RuntimeError):

@@ -125,6 +125,9 @@ def run(cfg: SweepConfig, out, specs: list[TrialSpec], log, lock=None,
 
     from sweep.driver import start_ray
 
+    import time
+
+    t0 = time.perf_counter()
     out = store(out)
     _select(out, specs)
     retry = raised_keys(out) if retry_errors else None
@@ -185,6 +188,14 @@ def run(cfg: SweepConfig, out, specs: list[TrialSpec], log, lock=None,
                     log(f"measures of trial {tid} not evaluated: {err}")
         if lock is not None:
             lock.check()
+    log(f"measures: {counts['values']} values of {counts['trials']} trials in "
+        f"{time.perf_counter() - t0:.1f} s"
+        + (f"; {counts['failed']} trials failed (run sweep measure again)"
+           if counts["failed"] else "")
+        + (f"; {counts['raised']} values raised (reasons: analysis.load_measures; once the "
+           "measure is fixed: sweep measure ... --retry-errors)" if counts["raised"] else "")
+        + (f"; {counts['no_weights']} trials have no saved weights" if counts["no_weights"]
+           else ""))
     return counts
 
 
@@ -200,7 +211,6 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
     missing values under the sweep's lock; returns the counts of ``run``. ``retry_errors``:
     evaluate again the values whose measure raised (fixed since)."""
     import signal
-    import time
 
     from sweep.driver import log, open_out, read_plan, stored_config
     from sweep.lock import DriverLock
@@ -218,7 +228,7 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
         raise ConfigError(f"SWEEP_DIR: {sweep_dir} is a dry run (dry_run=true): its trials "
                           "trained no networks to measure")
     out = open_out(cfg.out_dir())
-    t0 = time.perf_counter()
+
     def on_term(signum, frame):
         raise MeasureStopped()
 
@@ -232,13 +242,4 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
     if not any(counts.values()):
         log(f"measures: nothing to evaluate ({', '.join(cfg.measures)} are stored for every "
             "finished trial)")
-    else:
-        log(f"measures: {counts['values']} values of {counts['trials']} trials in "
-            f"{time.perf_counter() - t0:.1f} s"
-            + (f"; {counts['failed']} trials failed (run sweep measure again)"
-               if counts["failed"] else "")
-            + (f"; {counts['raised']} values raised (reasons: analysis.load_measures; once the "
-               "measure is fixed: sweep measure ... --retry-errors)" if counts["raised"] else "")
-            + (f"; {counts['no_weights']} trials have no saved weights" if counts["no_weights"]
-               else ""))
     return counts

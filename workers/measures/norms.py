@@ -225,6 +225,7 @@ def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048)
     forward-mode pass (a JVP in the direction of the weights) for a whole batch, float64."""
     from torch.func import functional_call, jvp
 
+    weights(model)  # a bias-free MLP, or Undefined (as every measure here)
     m64 = _double(model)
     params = {k: v.detach() for k, v in m64.named_parameters()}
     d = len([m for m in m64.modules() if isinstance(m, torch.nn.Linear)])

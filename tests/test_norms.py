@@ -173,7 +173,40 @@ def test_undefined_with_a_nonpositive_margin_and_deterministic():
 
 
 def test_at_least_thirty_measures_are_registered():
-    assert len(REGISTRY) >= 30 and len(NORMS) == 28
+    assert len(REGISTRY) >= 32 and len(NORMS) == 28 and "sharpness" in REGISTRY
     for name in NORMS:
         m = REGISTRY[name]
         assert m.source and m.doc, name
+
+
+def test_sharpness_is_nonnegative_zero_at_alpha_zero_monotone_and_deterministic():
+    from workers.measures.sharpness import sharpness_value
+
+    model = mlp((6, 10, 10, 3), seed=6)
+    x = torch.randn(80, 6, dtype=torch.float64)
+    y = own_labels(model, x)
+    assert sharpness_value(model, x, y, 0.0, 20, 1) == (0.0, 0)
+    vals = [sharpness_value(model, x, y, a, 20, 1)[0] for a in (1e-4, 5e-4, 2e-3, 1e-2)]
+    assert all(v >= 0 for v in vals) and vals == sorted(vals) and vals[-1] > vals[0] > 0
+    assert sharpness_value(model, x, y, 5e-4, 20, 1) == sharpness_value(model, x, y, 5e-4, 20, 1)
+    # the ascent finds at least what a random point of the box gives, and stays in the box:
+    # the loss at the best corner by brute force over sign patterns of a 1-weight network
+    tiny = mlp((1, 1, 2), seed=7)
+    xs = torch.randn(20, 1, dtype=torch.float64)
+    ys = torch.randint(0, 2, (20,))
+    w = [m.weight.detach().clone() for m in tiny if isinstance(m, torch.nn.Linear)]
+    alpha = 0.05
+    base = torch.nn.functional.cross_entropy(tiny(xs), ys).item()
+    brute = 0.0
+    for grid in itertools.product(*[np.linspace(-1, 1, 21)] * 3):
+        nus = [torch.tensor(grid[:1]).reshape(1, 1), torch.tensor(grid[1:]).reshape(2, 1)]
+        with torch.no_grad():
+            for m, w0, nu in zip([m for m in tiny if isinstance(m, torch.nn.Linear)], w, nus):
+                m.weight.copy_(w0 + nu * alpha * (w0.abs() + 1))
+            brute = max(brute, (torch.nn.functional.cross_entropy(tiny(xs), ys).item() - base)
+                        / (1 + base))
+    with torch.no_grad():
+        for m, w0 in zip([m for m in tiny if isinstance(m, torch.nn.Linear)], w):
+            m.weight.copy_(w0)
+    got = sharpness_value(tiny, xs, ys, alpha, 40, 0)[0]
+    assert got <= brute + 1e-9 and got >= 0.9 * brute

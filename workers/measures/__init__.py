@@ -242,6 +242,6 @@ def load_modules(modules: Sequence[str]) -> None:
         _LOADED[m] = mod
 
 
-from workers.measures import builtin, norms  # noqa: E402,F401  (register the built-in measures)
+from workers.measures import builtin, norms, sharpness  # noqa: E402,F401  (the built-in measures)
 
 DEFAULT_MEASURES = ("jacobian_norm_train", "jacobian_norm_test", "transitions_test")

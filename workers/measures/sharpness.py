@@ -1,0 +1,68 @@
+"""Sharpness (Keskar et al. 2017, as Neyshabur et al. 2017 §3 use it; ../shared/MEASURES.md).
+
+sharpness_alpha(w) = max over nu with |nu_k| <= alpha (|w_k| + 1) of
+                     (L(w + nu) - L(w)) / (1 + L(w)),
+
+L the mean cross-entropy over a seeded subset of at most ``points`` training points (with the
+labels the trial trained on). The maximum is sought by projected sign-gradient ascent on L:
+from a seeded random start in the box, ``steps`` steps of a quarter of the box each, projected
+back into the box; the value is the largest over the start, every iterate and nu = 0 (so it is
+>= 0, and 0 at alpha = 0). Everything in float64; every draw seeded from the trial.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workers.measures import MeasureInputs, MeasureValue, register
+from workers.measures.builtin import point_subset
+from workers.measures.norms import _double, weights
+
+
+def sharpness_value(model, x: torch.Tensor, y: torch.Tensor, alpha: float, steps: int,
+                    seed: int) -> tuple[float, int]:
+    """(sharpness, ascent steps run) of a bias-free MLP on (x, y), see the module docstring."""
+    from torch.func import functional_call
+
+    weights(model)  # a bias-free MLP, or Undefined
+    m64 = _double(model)
+    w = {k: v.detach() for k, v in m64.named_parameters()}
+    x64, yy = x.to(torch.float64), y.to(next(iter(w.values())).device)
+
+    def loss(p):
+        return torch.nn.functional.cross_entropy(functional_call(m64, p, (x64,)), yy)
+
+    with torch.no_grad():
+        base = float(loss(w))
+    if alpha <= 0 or not w:
+        return 0.0, 0
+    bound = {k: alpha * (v.abs() + 1.0) for k, v in w.items()}
+    gen = torch.Generator().manual_seed(seed + 104729)
+    nu = {k: (torch.rand(v.shape, generator=gen, dtype=torch.float64) * 2 - 1).to(v.device)
+          * bound[k] for k, v in w.items()}
+    best = 0.0
+    for step in range(steps + 1):
+        p = {k: (w[k] + nu[k]).requires_grad_(step < steps) for k in w}
+        value = loss(p)
+        best = max(best, (float(value) - base) / (1.0 + base))
+        if step == steps:
+            break
+        grads = torch.autograd.grad(value, list(p.values()))
+        with torch.no_grad():
+            for (k, g) in zip(p, grads):
+                nu[k] = torch.clamp(nu[k] + 0.25 * bound[k] * torch.sign(g), -bound[k], bound[k])
+    return best, steps
+
+
+@register("sharpness", source="Neyshabur et al. 2017, §3 (Keskar et al. 2017's sharpness)",
+          needs=("model", "train_inputs", "train_labels"),
+          settings={"alpha": 5e-4, "points": 1000, "steps": 20})
+def sharpness(inputs: MeasureInputs, alpha: float = 5e-4, points: int | None = 1000,
+              steps: int = 20) -> MeasureValue:
+    """max_{|nu_k| <= alpha (|w_k| + 1)} (L(w + nu) - L(w)) / (1 + L(w)) over a seeded subset
+    of ``points`` training points, by ``steps`` projected sign-gradient ascent steps."""
+    idx = point_subset(len(inputs.x_train), points, inputs.seed)
+    dev = inputs.x_train.device
+    value, ran = sharpness_value(inputs.model, inputs.x_train[idx.to(dev)],
+                                 inputs.y_train[idx.to(dev)], alpha, steps, inputs.seed)
+    return MeasureValue(value, info={"points": len(idx), "steps": ran, "alpha": alpha})

@@ -167,7 +167,11 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
     present); ``filters`` selects rows by summary columns (a pyarrow DNF list or Expression)."""
     from workers.measures import REGISTRY
 
-    wide = _measure_wide(sweep_dir)
+    overlaid = set(REGISTRY) | {c for cols_of in _INFO_COLUMNS.values() for c, _ in cols_of}
+    if columns and all(c in SUMMARY_COLUMNS and c not in overlaid for c in columns):
+        wide = _measure_wide(None)  # only trial columns asked for: the table is not read
+    else:
+        wide = _measure_wide(sweep_dir)
     measured = [m for m in wide.columns if "\0" not in m]
     cols = list(columns) if columns else list(SUMMARY_COLUMNS) + [
         m for m in measured if m not in SUMMARY_COLUMNS]
@@ -223,12 +227,15 @@ _INFO_COLUMNS = {
 
 
 def _measure_wide(sweep_dir) -> pd.DataFrame:
-    """trial_id -> one value per measure (see load_results), plus "<measure>\\0has" flags."""
+    """trial_id -> one value per measure (see load_results), plus "<measure>\\0has" flags and
+    "<measure>\\0info"; empty for ``sweep_dir`` None."""
     from workers.measures import REGISTRY
     from workers.measures.table import read_values
 
     from workers.measures.table import canonical_settings, read_selection
 
+    if sweep_dir is None:
+        return pd.DataFrame(index=pd.Index([], name="trial_id"))
     t = read_values(sweep_dir).to_pandas()
     if t.empty:
         return pd.DataFrame(index=pd.Index([], name="trial_id"))

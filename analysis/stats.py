@@ -52,7 +52,6 @@ HYPERPARAMETERS = list(STATISTICS_HYPERPARAMETERS)
 NOT_HYPERPARAMETERS = tuple(c for c in SUMMARY_COLUMNS if c not in HYPERPARAMETERS)
 STATISTICS = ("pearson", "spearman", "kendall", "granulated_kendall", "conditional_mi",
               "sign_error", "robust_sign_error")
-MEASURES = ("jacobian_norm_test", "transitions_test")  # the paper's two (Figs. 5, 8)
 # statistics_table: trials x measures x (replicates + 1) from which it runs in processes
 PARALLEL_ABOVE = 500_000
 TABLE_COLUMNS = ["group", "measure", "target", "statistic", "value", "ci_low", "ci_high",

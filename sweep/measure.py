@@ -57,9 +57,12 @@ def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, downl
 
     from workers.data import load_data
     from workers.models import load_model
-    from workers.spec import MetricSpec
+    from dataclasses import replace
+
+    from workers.measures import raised
     from workers.measures.table import write_outcome
-    from workers.trial import initial_model, measure_inputs
+    from workers.spec import MetricSpec
+    from workers.trial import initial_model, measure
 
     torch.set_num_threads(max(1, num_threads))
     ms = MetricSpec(**{**metrics, "measures": tuple(metrics["measures"]),
@@ -67,25 +70,16 @@ def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, downl
     done = []
     for text, names in items:
         spec = TrialSpec.from_json(text, ms)
+        only = replace(spec, metrics=replace(ms, measures=tuple(names.split(","))))
         try:
             d = spec.data
             data = load_data(d.name, data_root, download, d.train_size, d.test_size,
                              d.random_labels, d.seed, device)
             model = load_model(out_dir, spec.trial_id).to(device).eval()
-            from dataclasses import replace
-
-            only = replace(spec, metrics=replace(ms, measures=tuple(names.split(","))))
-            from workers.measures import evaluate_outcomes, load_modules
-
-            load_modules(ms.measure_modules)
-            outcomes = evaluate_outcomes(
-                measure_inputs(model, data, only, initial_model(only, data, device)),
-                only.metrics.active_measures(), ms.measure_settings())
+            outcomes = measure(model, data, only, initial_model(only, data, device))
             for o in outcomes.values():
                 write_outcome(out_dir, spec.trial_id, o, replace=True)
-            raised = sum(1 for o in outcomes.values()
-                         if o.error and not o.error.startswith("undefined"))
-            done.append((spec.trial_id, None, raised))
+            done.append((spec.trial_id, None, sum(raised(o.error) for o in outcomes.values())))
         except Exception as e:
             done.append((spec.trial_id, f"{type(e).__name__}: {e}"[:500], 0))
     return done
@@ -107,11 +101,11 @@ def _select(out, specs: list[TrialSpec]) -> None:
 
 def raised_keys(out) -> set:
     """Stored keys of values whose measure raised (not the 'undefined' ones)."""
-    from workers.measures import settings_key
+    from workers.measures import raised, settings_key
     from workers.measures.table import read_values
 
     t = read_values(out).to_pandas()
-    bad = t[t.error.notna() & ~t.error.fillna("").str.startswith("undefined")]
+    bad = t[[raised(e) if isinstance(e, str) else False for e in t.error]]
     return {(r.trial_id, r.measure, int(r.version), settings_key(json.loads(r.settings)))
             for r in bad.itertuples()}
 

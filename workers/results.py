@@ -5,7 +5,6 @@ drivers' journal ``sweep.journal`` and the resume bookkeeping ``sweep.resume``. 
 here keeps scripts written against earlier releases working.
 """
 
-from workers.layout import *  # noqa: F401,F403
 from workers.layout import (  # noqa: F401
     JOURNAL, PAIRS_FILE, PLAN_FILE, SWEEP_FILE, TRIALS, WEIGHTS, extra_file, trial_file,
     trial_path, trials_dir, weights_file,

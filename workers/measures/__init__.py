@@ -53,6 +53,12 @@ class MeasureInputs:
     cache: dict = field(default_factory=dict, compare=False, repr=False)
 
 
+def raised(error: str | None) -> bool:
+    """Whether a stored error says the measure raised (a bug or an environment problem: worth
+    evaluating again once fixed), as opposed to 'undefined' (no value for this network)."""
+    return bool(error) and not error.startswith("undefined")
+
+
 class Undefined(ValueError):
     """Raised by a measure that has no value for this network (e.g. it divides by a margin
     <= 0): recorded as a null value with the message as its reason."""

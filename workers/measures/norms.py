@@ -58,10 +58,11 @@ def _fro2(inputs) -> list[float]:
     return _cached(inputs, "fro2", lambda: [float((w * w).sum()) for w in _w(inputs)])
 
 
-def margins(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def margins(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096,
+            m64=None) -> torch.Tensor:
     """Per-point margins f(x)[y] - max_{j != y} f(x)[j] ([m] float64), the network evaluated
-    in float64."""
-    m64 = _double(model)
+    in float64 (``m64``: its float64 copy, if the caller has one)."""
+    m64 = _double(model) if m64 is None else m64
     out = []
     with torch.no_grad():
         for a in range(0, len(x), chunk):
@@ -79,9 +80,15 @@ def _double(model):
     return copy.deepcopy(model).to(torch.float64).eval()
 
 
+def model64(inputs: MeasureInputs):
+    """The trained network in float64, copied once per evaluation."""
+    return _cached(inputs, "model64", lambda: _double(inputs.model))
+
+
 def gamma(inputs: MeasureInputs, q: float) -> float:
     """gamma_q: the k-th smallest training margin, k = max(1, floor(q m / 100))."""
-    mg = _cached(inputs, "margins", lambda: margins(inputs.model, inputs.x_train, inputs.y_train))
+    mg = _cached(inputs, "margins", lambda: margins(inputs.model, inputs.x_train, inputs.y_train,
+                                                    m64=model64(inputs)))
     if len(mg) == 0:
         raise Undefined("no training points")
     k = max(1, math.floor(q * len(mg) / 100))
@@ -218,7 +225,8 @@ _reg("l2_dist", f"{JIANG} C (the distance to initialization)", INIT,
      lambda i: math.sqrt(sum(_dist_fro2(i))), "||w - w^0||_2.")
 
 
-def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> float:
+def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048,
+                     m64=None) -> float:
     """((d + 1)^2 / m) sum_{(x, y) in S} <w, grad_w l(f_w(x), y)>^2 (Jiang et al. 2019, Eq. 45;
     Liang et al. 2019), l the cross-entropy. <w, grad_w l> = sum_c (softmax(f)_c - [c = y])
     <w, grad_w f_c(x)>, and <w, grad_w f_c(x)> is the derivative of f_c(x) along w: one
@@ -226,7 +234,7 @@ def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048)
     from torch.func import functional_call, jvp
 
     weights(model)  # a bias-free MLP, or Undefined (as every measure here)
-    m64 = _double(model)
+    m64 = _double(model) if m64 is None else m64
     params = {k: v.detach() for k, v in m64.named_parameters()}
     d = len([m for m in m64.modules() if isinstance(m, torch.nn.Linear)])
     total, m = 0.0, len(x)
@@ -240,5 +248,5 @@ def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048)
 
 
 _reg("fisher_rao", f"{JIANG} 45 (Liang et al. 2019)", TRAIN,
-     lambda i: fisher_rao_value(i.model, i.x_train, i.y_train),
+     lambda i: fisher_rao_value(i.model, i.x_train, i.y_train, m64=model64(i)),
      "((d + 1)^2 / m) sum_S <w, grad_w l(f_w(x), y)>^2, by forward-mode differentiation.")

@@ -16,16 +16,17 @@ import torch
 
 from workers.measures import MeasureInputs, MeasureValue, register
 from workers.measures.builtin import point_subset
-from workers.measures.norms import _double, weights
+from workers.measures.norms import _double, model64, weights
 
 
 def sharpness_value(model, x: torch.Tensor, y: torch.Tensor, alpha: float, steps: int,
-                    seed: int) -> tuple[float, int]:
-    """(sharpness, ascent steps run) of a bias-free MLP on (x, y), see the module docstring."""
+                    seed: int, m64=None) -> tuple[float, int]:
+    """(sharpness, ascent steps run) of a bias-free MLP on (x, y), see the module docstring;
+    ``m64``: the network's float64 copy, if the caller has one (it is not modified)."""
     from torch.func import functional_call
 
     weights(model)  # a bias-free MLP, or Undefined
-    m64 = _double(model)
+    m64 = _double(model) if m64 is None else m64
     w = {k: v.detach() for k, v in m64.named_parameters()}
     x64, yy = x.to(torch.float64), y.to(next(iter(w.values())).device)
 
@@ -64,5 +65,6 @@ def sharpness(inputs: MeasureInputs, alpha: float = 5e-4, points: int | None = 1
     idx = point_subset(len(inputs.x_train), points, inputs.seed)
     dev = inputs.x_train.device
     value, ran = sharpness_value(inputs.model, inputs.x_train[idx.to(dev)],
-                                 inputs.y_train[idx.to(dev)], alpha, steps, inputs.seed)
+                                 inputs.y_train[idx.to(dev)], alpha, steps, inputs.seed,
+                                 m64=model64(inputs))
     return MeasureValue(value, info={"points": len(idx), "steps": ran, "alpha": alpha})

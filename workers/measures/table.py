@@ -18,7 +18,7 @@ import time
 
 import pyarrow as pa
 
-from workers.measures import Outcome, settings_key
+from workers.measures import Outcome, raised, settings_key
 from workers.storage import store
 
 MEASURES = "measures"
@@ -69,7 +69,7 @@ def write_outcome(sweep_dir, trial_id: str, o: Outcome, replace: bool = False) -
             err = st.parquet_file(rel).read(columns=["error"]).column("error")[0].as_py()
         except Exception:
             err = "unreadable"
-        if not err or err.startswith("undefined"):
+        if not raised(err):
             return None
         st.move(rel, f"{MEASURES}/raised/{rel.split('/', 1)[1]}.{time.time_ns()}")
     points = [{"split": split, "index": int(i), "value": None if v is None else float(v)}

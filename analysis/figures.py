@@ -368,3 +368,33 @@ def per_point_figure(points: pd.DataFrame, path: str | Path, num_classes: int,
     fig.suptitle("Fig. 6: per-point sensitivity and loss" + note, fontsize=10)
     fig.tight_layout()
     return _save(fig, path, vector=True)
+
+
+def sign_error_figure(ranking: pd.DataFrame, path: str | Path) -> Path | None:
+    """The measures' sign-errors side by side (Dziugaite et al. 2020, Fig. 1, in spirit): per
+    measure (rows, from ``analysis.stats.ranking_table``, best mean sign-error at the top) the
+    mean over environments with its bootstrap interval and the worst environment
+    (``robust_sign_error``, a cross). 0 = every pair of runs ordered as their gaps, 0.5 = chance.
+    A measure with sign -1 is drawn as "-name" (its statistics are of -measure). Returns the
+    path, or None without a sign-error."""
+    if ranking.empty or ranking["sign_error"].isna().all():
+        return None
+    r = ranking.dropna(subset=["sign_error"]).sort_values("sign_error", kind="stable")
+    plt = _pyplot()
+    n = len(r)
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.24 * n))
+    y = np.arange(n)[::-1]
+    lo = (r["sign_error"] - r["sign_error_low"]).clip(lower=0).fillna(0)
+    hi = (r["sign_error_high"] - r["sign_error"]).clip(lower=0).fillna(0)
+    ax.errorbar(r["sign_error"], y, xerr=[lo, hi], fmt="o", color="C0", ms=4, capsize=2,
+                label="mean over environments [95% interval]")
+    ax.plot(r["robust_sign_error"], y, "x", color="C3", label="worst environment")
+    ax.axvline(0.5, color="grey", lw=0.8, ls="--")
+    names = [("-" if s < 0 else "") + m for m, s in zip(r["measure"], r["sign"])]
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.8, n - 0.2)
+    ax.set_xlabel("sign-error against the generalization gap (lower is better; 0.5 = chance)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, vector=True)

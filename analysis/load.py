@@ -362,6 +362,28 @@ def load_curves(sweep_dir) -> pd.DataFrame:
     return _load_extra(sweep_dir, "curves")
 
 
+def load_sharpness_curves(sweep_dir) -> pd.DataFrame:
+    """Expected sharpness against KL (Neyshabur et al. 2017, Fig. 2): one row per (trial,
+    alpha) with columns trial_id, alpha, kl, expected_sharpness, from the ``expected_sharpness``
+    value ``load_results`` shows for each trial (the selected settings). Empty (with these
+    columns) when no trial has that measure."""
+    import json
+
+    cols = ["trial_id", "alpha", "kl", "expected_sharpness"]
+    wide = _measure_wide(sweep_dir)
+    key = "expected_sharpness\0info"
+    if key not in wide.columns:
+        return pd.DataFrame({c: pd.Series(dtype="object" if c == "trial_id" else "float64")
+                             for c in cols})
+    rows = []
+    for tid, info in wide[key].dropna().items():
+        curve = json.loads(info).get("curve") if isinstance(info, str) else None
+        if curve:
+            rows += [(tid, a, k, e) for a, k, e in zip(curve["alpha"], curve["kl"],
+                                                        curve["expected_sharpness"])]
+    return pd.DataFrame(rows, columns=cols).astype({c: "float64" for c in cols[1:]})
+
+
 def load_grids(sweep_dir) -> pd.DataFrame:
     """Boundary maps (Fig. 3): one row per (trial, phase) with the flattened n x n last-hidden-
     layer boundary mask and predicted classes. Empty unless ``metrics.boundary_grid`` > 0."""

@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures
+from analysis import figures, neyshabur
 from analysis.filters import DEFAULT_TRAIN_ACC, fits_training_set
-from analysis.load import load_curves, load_grids, load_pairs, load_points, load_results
+from analysis.load import (
+    load_curves, load_grids, load_pairs, load_points, load_results, load_sharpness_curves,
+)
 from analysis.stats import (
-    STATISTICS, hyperparameter_columns, measure_columns, statistics_table, write_table,
+    LARGER_IS_BETTER, STATISTICS, hyperparameter_columns, measure_columns, ranking_table,
+    statistics_table, write_table,
 )
 from workers.storage import store
 
@@ -32,6 +35,9 @@ REPORT_DIR = "report"
 BASELINES = ("n_params", "train_loss")
 
 CAPTIONS = {
+    "sign_errors": "The measures' sign-errors against the generalization gap (Dziugaite et al. "
+                   "2020, Fig. 1, in spirit): mean over environments with its interval, and the "
+                   "worst environment; 0.5 is chance.",
     "fig1_params_loss": "Fig. 1: generalization gap against the number of parameters and the "
                         "train loss; neither predicts it.",
     "fig4_factor_pairs": "Fig. 4: pairs of networks identical but for one factor. Points off the "
@@ -46,6 +52,21 @@ CAPTIONS = {
                        "the data, before and after training.",
     "fig3_boundaries": "Fig. 3: transition boundaries of the last hidden layer in the plane of "
                        "three training points.",
+}
+
+
+# Neyshabur et al. 2017's figures: drawn for a sweep that holds their study (analysis.neyshabur),
+# not listed as missing otherwise
+STUDY_CAPTIONS = {
+    "neyshabur_fig1": "Neyshabur et al. 2017, Fig. 1 (MLPs for VGG): the norms over the margin "
+                      "against the training-set size, true and random labels.",
+    "neyshabur_fig1_all": "Every measure against the training-set size, true (blue) and random "
+                          "(red) labels.",
+    "neyshabur_fig2": "Neyshabur et al. 2017, Fig. 2: expected sharpness against KL for each "
+                      "training-set size, true and random labels.",
+    "neyshabur_fig4": "Neyshabur et al. 2017, Fig. 4: train and test error and every measure "
+                      "against the number of hidden units (every ok trial, including those "
+                      "short of zero training error).",
 }
 
 
@@ -77,15 +98,19 @@ def _per_point_trials(fit: pd.DataFrame, limit: int = PER_POINT_TRIALS, seed: in
 
 def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 200,
                 out: str | None = None, seed: int = 0, noise_filter: bool = False,
-                processes: int | None = None) -> str:
+                processes: int | None = None, rank_by: str = "granulated_kendall") -> str:
     """Write the report of ``sweep_dir``; returns the location of ``report.html``.
     ``noise_filter``: the sign-errors with Dziugaite et al.'s Monte-Carlo noise filter, the
     test points behind each gap taken from the trials' ``test_size``. ``processes``: see
-    ``analysis.stats.statistics_table`` (default: one per core for a large table)."""
+    ``analysis.stats.statistics_table`` (default: one per core for a large table). ``rank_by``:
+    the statistic that orders the ranking of the measures (``analysis.stats.ranking_table``,
+    over all passing trials; also ``ranking.csv``)."""
     if not 0.0 <= float(train_acc) <= 1.0:
         raise ValueError(f"--train-acc: {train_acc!r}; allowed: a number in [0, 1]")
     if n_boot < 0:
         raise ValueError(f"--bootstrap: {n_boot}; allowed: an integer >= 0")
+    if rank_by not in STATISTICS:
+        raise ValueError(f"--rank-by: {rank_by!r}; allowed: {', '.join(STATISTICS)}")
     t0 = time.perf_counter()
     st = store(sweep_dir)
     target = store(out) if out is not None else st
@@ -124,15 +149,25 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
                  int(classes.max()))
         draw("fig2_trajectory", figures.trajectory_figure, load_curves(st))
         draw("fig3_boundaries", figures.boundaries_figure, load_grids(st))
+        if neyshabur.labels_study(fit, hps):
+            draw("neyshabur_fig1", neyshabur.labels_figure, fit)
+            draw("neyshabur_fig1_all", neyshabur.labels_all_figure, fit, measure_columns(df))
+            draw("neyshabur_fig2", neyshabur.sharpness_kl_figure, load_sharpness_curves(st), fit)
+        ok = df[df["status"] == "ok"]  # Fig. 4 shows the training error: every trained width
+        if neyshabur.width_study(ok, hps):
+            draw("neyshabur_fig4", neyshabur.width_figure, ok, measure_columns(df))
 
         table = statistics_table(fit, measures=[m for m in ranked if m in fit],
                                  n_boot=n_boot, seed=seed, hyperparameters=hps,
                                  noise_filter=noise_filter, processes=processes) \
             if len(fit) else pd.DataFrame()
+        ranking = ranking_table(table, by=rank_by) if len(table) else ranking_table(table)
         if len(table):
             write_table(table, d / "statistics")
+            ranking.to_csv(d / "ranking.csv", index=False)
+            draw("sign_errors", figures.sign_error_figure, ranking)
         page = _html(st, df, fit, train_acc, table, made, n_boot, time.perf_counter() - t0,
-                     noise_filter)
+                     noise_filter, ranking, rank_by)
         (d / "report.html").write_text(page)
     return target.uri(f"{rel}/report.html" if rel else "report.html")
 
@@ -161,6 +196,54 @@ def _stats_html(table: pd.DataFrame) -> str:
                                              classes="stats")
 
 
+RANKING_FIGURES = ("sign_errors",)  # drawn under the ranking table, not with the paper's figures
+
+
+def _figure_html(name: str, path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape({**CAPTIONS, **STUDY_CAPTIONS}.get(name, name))} "
+            f"(<code>{name}.png</code>, <code>{name}.svg</code>)</figcaption></figure>")
+
+
+RANKED_STATISTICS = ("kendall", "granulated_kendall", "conditional_mi", "sign_error",
+                     "robust_sign_error")
+
+
+def _ranking_html(ranking: pd.DataFrame, rank_by: str) -> str:
+    if ranking.empty:
+        return ""
+    order = [rank_by] + [s for s in RANKED_STATISTICS if s != rank_by]
+
+    def cell(r, s):
+        v = r[s]
+        if pd.isna(v):
+            return "n/a"
+        lo, hi = r[s + "_low"], r[s + "_high"]
+        return f"{v:.3f}" + ("" if pd.isna(lo) else f" <small>[{lo:.3f}, {hi:.3f}]</small>")
+
+    rows = ["<tr><th>rank</th><th>measure</th><th>sign</th>"
+            + "".join(f"<th>{html.escape(s)} {'&uarr;' if LARGER_IS_BETTER[s] else '&darr;'}</th>"
+                      for s in order) + "</tr>"]
+    for _, r in ranking.iterrows():
+        rank = "" if pd.isna(r["rank"]) else int(r["rank"])
+        base = " <small>(baseline)</small>" if r["measure"] in BASELINES else ""
+        rows.append(f"<tr><td>{rank}</td><td style='text-align:left'>"
+                    f"{html.escape(str(r['measure']))}{base}</td>"
+                    f"<td>{'&minus;1' if r['sign'] < 0 else '+1'}</td>"
+                    + "".join(f"<td>{cell(r, s)}</td>" for s in order) + "</tr>")
+    return ("<h2>Ranking of the measures</h2>"
+            f"<p>Every measure of the sweep (and the baselines) over all passing trials, ranked by "
+            f"<b>{html.escape(rank_by)}</b> (<code>sweep report --rank-by</code>; the same ranks "
+            "for every statistic and group are the <code>rank</code> column of "
+            "<code>statistics.csv</code>; this table is <code>ranking.csv</code>). The statistics "
+            "are of <i>sign &times; measure</i>: sign &minus;1 marks a measure expected to fall as "
+            "the gap grows (a margin), so for every row a larger correlation and a smaller "
+            "sign-error mean it predicts the gap in its expected direction. &uarr;: larger is "
+            "better; &darr;: smaller is better. Value [95% bootstrap interval].</p>"
+            "<table class='stats'>" + "".join(rows) + "</table>")
+
+
 def _seeds_note(fit: pd.DataFrame) -> str:
     n = fit["seed"].nunique() if "seed" in fit else 0
     if 2 <= n < 5:
@@ -169,7 +252,8 @@ def _seeds_note(fit: pd.DataFrame) -> str:
     return ""
 
 
-def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=False) -> str:
+def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=False,
+          ranking=None, rank_by="granulated_kendall") -> str:
     counts = df["status"].value_counts().to_dict()
     status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     parts = [
@@ -182,6 +266,8 @@ def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=Fal
         f"<h1>Sweep report</h1><p><code>{html.escape(str(st))}</code>: {len(df)} trials "
         f"({html.escape(status)}). Figures and statistics use the {len(fit)} ok trials at train "
         f"accuracy &ge; {train_acc:g} (<code>analysis.filters.fits_training_set</code>).</p>",
+        _ranking_html(ranking if ranking is not None else pd.DataFrame(), rank_by),
+        *[_figure_html(n, made[n]) for n in RANKING_FIGURES if n in made],
         "<h2>Statistics against the generalization gap</h2>",
         f"<p>Value [95% bootstrap interval over {n_boot} resamples of seeds, or of trials when "
         "the sweep has a single seed]. Over trials: Pearson, Spearman and Kendall's &tau;-b "
@@ -206,12 +292,8 @@ def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=Fal
         _stats_html(table),
         "<h2>Figures</h2>",
     ]
-    for name, path in made.items():
-        data = base64.b64encode(path.read_bytes()).decode()
-        parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(CAPTIONS.get(name, name))} "
-                     f"(<code>{name}.png</code>, <code>{name}.svg</code>)</figcaption></figure>")
-    missing = [n for n in CAPTIONS if n not in made]
+    parts += [_figure_html(name, path) for name, path in made.items() if name not in RANKING_FIGURES]
+    missing = [n for n in CAPTIONS if n not in made and n not in RANKING_FIGURES]
     if missing:
         parts.append("<p>Not drawn (no data for them in this sweep): "
                      + ", ".join(html.escape(CAPTIONS[n].split(":")[0]) for n in missing) + ".</p>")

@@ -34,7 +34,7 @@ import itertools
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +52,27 @@ HYPERPARAMETERS = list(STATISTICS_HYPERPARAMETERS)
 NOT_HYPERPARAMETERS = tuple(c for c in SUMMARY_COLUMNS if c not in HYPERPARAMETERS)
 STATISTICS = ("pearson", "spearman", "kendall", "granulated_kendall", "conditional_mi",
               "sign_error", "robust_sign_error")
-# statistics_table: trials x measures x (replicates + 1) from which it runs in processes
+# statistics_table: (trials + FIXED_COST_TRIALS) x measures x (replicates + 1) from which it runs
+# in processes; an evaluation costs about as much as this many trials even on a tiny table
+# (the conditioning sets' small histograms, scipy's calls)
 PARALLEL_ABOVE = 500_000
-TABLE_COLUMNS = ["group", "measure", "target", "statistic", "value", "ci_low", "ci_high",
-                 "ci_method", "n_trials", "n_configs", "n_used"]
+FIXED_COST_TRIALS = 200
+TABLE_COLUMNS = ["group", "measure", "sign", "target", "statistic", "value", "ci_low", "ci_high",
+                 "ci_method", "n_trials", "n_configs", "n_used", "rank"]
+# Rank order of each statistic of sign * measure: True where larger is better (it agrees more with
+# the gap), False where smaller is (the sign-errors, 0 = every pair ordered as the gap).
+LARGER_IS_BETTER = {"pearson": True, "spearman": True, "kendall": True,
+                    "granulated_kendall": True, "conditional_mi": True, "sign_error": False,
+                    "robust_sign_error": False}
+
+
+def measure_sign(name: str) -> int:
+    """The direction ``name`` is expected to predict the gap in (workers.measures: ``sign`` of
+    its registration): +1 for a complexity measure, -1 for a margin; +1 for a column outside the
+    registry (a baseline such as n_params, or a user's own column)."""
+    from workers.measures import REGISTRY
+
+    return REGISTRY[name].sign if name in REGISTRY else 1
 
 
 def measure_columns(df: pd.DataFrame) -> list[str]:
@@ -695,7 +712,10 @@ class _FamilyCounter:
 
     def _counts(self, sets: tuple[tuple[int, ...], ...]) -> dict:
         out = {}
-        for cover, members in _covers(sets, self.levels, _NEAR_BINS):
+        # a histogram costs its cells once per set it serves, the listing its pairs once: no
+        # more cells than a few per listed pair (small tables have few pairs and many cells)
+        max_bins = min(_NEAR_BINS, max(1024, 4 * len(self.near_t)))
+        for cover, members in _covers(sets, self.levels, max_bins):
             out.update(self._near_counts(cover, members))
         for s in out:
             k = math.prod(self.levels[c] for c in s)
@@ -797,11 +817,11 @@ class ConditionalMI:
 
 
 def _xlogx(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    out = np.zeros_like(x)
-    pos = x > 0
-    out[pos] = x[pos] * np.log(x[pos])
-    return out
+    """x log x element-wise, 0 at x = 0 (scipy.special.xlogy), float64."""
+    from scipy.special import xlogy
+
+    x = np.asarray(x, dtype=np.float64)
+    return xlogy(x, x)
 
 
 def _normalized_cmi(t: np.ndarray) -> float:
@@ -816,9 +836,9 @@ def _normalized_cmi(t: np.ndarray) -> float:
     m0, m1 = t[:, 0] + t[:, 2], t[:, 1] + t[:, 3]
     if not (np.minimum(g0, g1) > 0).any():
         return math.nan
-    f_u = _xlogx(g0 + g1).sum()
-    f_g = _xlogx(g0).sum() + _xlogx(g1).sum()
-    info = f_u - f_g - _xlogx(m0).sum() - _xlogx(m1).sum() + _xlogx(t).sum()
+    f = _xlogx(np.stack([g0 + g1, g0, g1, m0, m1])).sum(axis=1)
+    f_u, f_g = f[0], f[1] + f[2]
+    info = f_u - f_g - f[3] - f[4] + _xlogx(t).sum()
     return float(np.clip(info / (f_u - f_g), 0.0, 1.0))
 
 
@@ -1044,8 +1064,14 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
                      target: str = "gen_gap", by: str | None = "dataset", n_boot: int = 200,
                      seed: int = 0, *, hyperparameters: Sequence[str] | None = None,
                      level: float = 0.95, k: int = 2, noise_filter: bool | float = False,
-                     processes: int | None = 1) -> pd.DataFrame:
+                     processes: int | None = 1,
+                     signs: Mapping[str, int] | None = None) -> pd.DataFrame:
     """Every statistic of every measure against ``target``, in long form.
+
+    Each measure enters as ``sign * measure``, its ``sign`` stated in a column: ``signs`` per
+    measure, default ``measure_sign`` (+1, or -1 for a measure expected to fall as the gap grows,
+    such as a margin, so that for every row a positive correlation and a small sign-error mean
+    "predicts the gap in the expected direction").
 
     One row per (group, measure, statistic): ``group`` is "all" and, when ``by`` has several
     values, each value of ``by`` (as a string; "null" for a missing value); ``statistic`` one of
@@ -1066,7 +1092,8 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     depends on the configurations and the target alone (one-factor pairs, the target's order
     counts). ``processes``: each group's n_boot + 1 evaluations run in parts in that many
     spawned processes (default 1: in this process; None: one per core once trials x measures x
-    (n_boot + 1) reaches ``PARALLEL_ABOVE``, as ``sweep report`` does). Spawned processes
+    (n_boot + 1) reaches ``PARALLEL_ABOVE``, counting ``FIXED_COST_TRIALS`` more trials per
+    evaluation, as ``sweep report`` does). Spawned processes
     import the caller's main module, so a script that asks for more than one needs the
     ``if __name__ == "__main__":`` guard. Every part regenerates its group's draws from the
     seeded generator: the table is the same either way."""
@@ -1076,6 +1103,13 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     if hyperparameters is None:
         hyperparameters = hyperparameter_columns(df, exclude=[*measures, target])
     _check_columns(df, hyperparameters, "hyperparameters")
+    sign = {m: int((signs or {}).get(m, measure_sign(m))) for m in measures}
+    bad = {m: v for m, v in sign.items() if v not in (1, -1)}
+    if bad:
+        raise ValueError(f"signs: {bad}; allowed: 1 or -1 per measure")
+    flip = [m for m in measures if sign[m] < 0 and m in df.columns]
+    if flip:
+        df = df.assign(**{m: -df[m] for m in flip})
     if k < 1:
         raise ValueError(f"k: {k}; allowed: an integer >= 1")
     if not 0.0 < level < 1.0:
@@ -1102,7 +1136,8 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
             else:
                 jobs.append((label, [measure], [p]))
     if processes is None:  # only where the work outweighs starting interpreters (~1 s each)
-        big = sum(j[2][0].n * len(j[1]) for j in jobs) * (n_boot + 1) >= PARALLEL_ABOVE
+        big = sum((j[2][0].n + FIXED_COST_TRIALS) * len(j[1]) for j in jobs) * (n_boot + 1) \
+            >= PARALLEL_ABOVE
         processes = (os.cpu_count() or 1) if big else 1
     # each job's n_boot + 1 evaluations in parts: about two per process and job, biggest first
     n_parts = 1 if processes <= 1 else min(n_boot + 1, 2 * processes)
@@ -1136,12 +1171,54 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
             reps = np.array([ev[r][m] for r in range(1, n_boot + 1)])
             low, high, _ = _percentiles(reps.reshape(n_boot, len(STATISTICS)), level)
             rows[label, measure] = [
-                (label, measure, target, name, est[i], low[i], high[i], methods[j], p.n,
+                (label, measure, sign[measure], target, name, est[i], low[i], high[i],
+                 methods[j], p.n,
                  p.cfg_codes.shape[0], used[i]) for i, name in enumerate(STATISTICS)]
     parts = [rows[label, m] for label, _ in groups for m in measures if (label, m) in rows]
-    table = pd.DataFrame([r for part in parts for r in part], columns=TABLE_COLUMNS)
-    return table.astype({"value": float, "ci_low": float, "ci_high": float,
+    table = pd.DataFrame([r for part in parts for r in part], columns=TABLE_COLUMNS[:-1])
+    table["rank"] = _ranks(table)
+    return table.astype({"sign": np.int64, "value": float, "ci_low": float, "ci_high": float,
                          "n_trials": np.int64, "n_configs": np.int64, "n_used": np.int64})
+
+
+def _ranks(table: pd.DataFrame) -> pd.Series:
+    """Each measure's rank within its (group, statistic): 1 = agrees best with the gap (largest
+    value, or smallest for the sign-errors, see LARGER_IS_BETTER); ties share the best rank;
+    null where the value is."""
+    if table.empty:
+        return pd.Series([], dtype="Int64")
+    key = table["value"].where(table["statistic"].map(LARGER_IS_BETTER).fillna(True).astype(bool),
+                               -table["value"])
+    return key.groupby([table["group"], table["statistic"]]).rank(
+        method="min", ascending=False).astype("Int64")
+
+
+def ranking_table(table: pd.DataFrame, by: str = "granulated_kendall",
+                  group: str = "all") -> pd.DataFrame:
+    """The measures of ``statistics_table``'s ``group`` ranked by the statistic ``by`` (Jiang et
+    al. 2019, Table 2, in spirit): one row per measure, best first (measures without a value
+    last), with ``rank``, ``measure``, ``sign`` (the statistics are of sign * measure), ``n_trials``
+    and per statistic its value and interval (``<statistic>``, ``<statistic>_low``,
+    ``<statistic>_high``). Raises ValueError for an unknown ``by`` or ``group``."""
+    if by not in STATISTICS:
+        raise ValueError(f"rank by {by!r}; allowed: {', '.join(STATISTICS)}")
+    cols = ["rank", "measure", "sign", "n_trials"] + [
+        f"{s}{x}" for s in STATISTICS for x in ("", "_low", "_high")]
+    if table.empty:
+        return pd.DataFrame(columns=cols)
+    if group not in set(table["group"]):
+        raise ValueError(f"group {group!r}; allowed: {', '.join(dict.fromkeys(table['group']))}")
+    t = table[table["group"] == group]
+    out = t.groupby("measure", sort=False)[["sign", "n_trials"]].first()
+    for s in STATISTICS:
+        one = t[t["statistic"] == s].set_index("measure")
+        for x, v in (("", "value"), ("_low", "ci_low"), ("_high", "ci_high")):
+            out[s + x] = one[v].reindex(out.index).astype(float)
+    out = out.reset_index()
+    ranks = t[t["statistic"] == by].set_index("measure")["rank"]
+    out.insert(0, "rank", out["measure"].map(ranks).astype("Int64"))
+    out = out.sort_values(["rank", "measure"], na_position="last", kind="stable")
+    return out[cols].reset_index(drop=True)
 
 
 def write_table(table: pd.DataFrame, path_stem: str | Path) -> tuple[Path, Path]:

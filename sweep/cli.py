@@ -7,7 +7,8 @@
     sweep measure SWEEP_DIR [measures=[...]] [KEY=VALUE ...]   evaluate measures on the saved
                                      networks (no training): only missing or outdated values
     sweep status SWEEP_DIR
-    sweep report SWEEP_DIR [--train-acc 1.0] [--bootstrap 200] [--noise-filter] [--out DIR]
+    sweep report SWEEP_DIR [--train-acc 1.0] [--bootstrap 200] [--rank-by granulated_kendall]
+                     [--noise-filter] [--out DIR]
                                      figures, statistics and an HTML report (SWEEP_DIR/report/)
     sweep compact SWEEP_DIR          merge the per-trial files into a partitioned dataset
 
@@ -172,7 +173,7 @@ def cmd_status(sweep_dir: str) -> int:
 
 
 def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
-               noise_filter: bool = False) -> int:
+               noise_filter: bool = False, rank_by: str = "granulated_kendall") -> int:
     from workers.layout import SWEEP_FILE
     from workers.storage import store
 
@@ -183,10 +184,14 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
             return _fail(f"--train-acc: {train_acc}; allowed: a number in [0, 1]")
         if n_boot < 0:
             return _fail(f"--bootstrap: {n_boot}; allowed: an integer >= 0")
+        from analysis.stats import STATISTICS
+
+        if rank_by not in STATISTICS:
+            return _fail(f"--rank-by: {rank_by!r}; allowed: {', '.join(STATISTICS)}")
         from analysis.report import make_report
 
         page = make_report(sweep_dir, train_acc=train_acc, n_boot=n_boot, out=out,
-                           noise_filter=noise_filter)
+                           noise_filter=noise_filter, rank_by=rank_by)
     except (ValueError, OSError) as e:  # incl. FileNotFoundError: no trials/ yet
         return _fail(str(e))
     print(f"report: {page}")
@@ -259,6 +264,10 @@ def _main(argv: list[str] | None = None) -> int:
                           help="only trials at train accuracy >= this (default 1.0, the paper's)")
     p_report.add_argument("--bootstrap", type=int, default=200,
                           help="bootstrap resamples for the confidence intervals (default 200)")
+    p_report.add_argument("--rank-by", default="granulated_kendall",
+                          help="the statistic that orders the ranking of the measures (default "
+                               "granulated_kendall; pearson, spearman, kendall, conditional_mi, "
+                               "sign_error, robust_sign_error)")
     p_report.add_argument("--noise-filter", action="store_true",
                           help="sign-errors with Dziugaite et al.'s Monte-Carlo noise filter "
                                "(pairs of runs weighted by the Hoeffding bound on their gap "
@@ -278,7 +287,7 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "report":
             return cmd_report(args.sweep_dir, args.train_acc, args.bootstrap, args.out,
-                              args.noise_filter)
+                              args.noise_filter, args.rank_by)
         if args.command == "compact":  # a partial copy is never published (manifest last)
             return cmd_compact(args.sweep_dir)
     except KeyboardInterrupt:

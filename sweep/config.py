@@ -30,6 +30,7 @@ from workers.train import MINIBATCH_OPTIMIZERS, OPTIMIZERS
 
 SAMPLERS = ("random", "qmc")
 # Fig. 4: the binary factors of paired trials, and the two values each pair compares
+OPTIONAL_SPACE_KEYS = ("train_size", "random_labels")  # Space's keys that may be unset (None)
 FACTORS = {
     "random_labels": (False, True),
     "augment": (False, True),
@@ -64,9 +65,14 @@ class Space:
     batch_size: tuple[int, ...]
     init_scale: tuple[float, ...]
     seed: tuple[int, ...]
+    # Optional: training-set sizes and true/random labels varied within one sweep (Neyshabur et
+    # al.'s Fig. 1); None = the data set's single value (dataset.train_size, .random_labels).
+    train_size: tuple[int | None, ...] | None = None
+    random_labels: tuple[bool, ...] | None = None
 
     def values(self, key: str) -> tuple:
-        return getattr(self, key)
+        v = getattr(self, key)
+        return (None,) if v is None else v  # (None: the data set's value, see _trial_spec)
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,9 @@ class SweepConfig:
         for key in NOT_IDENTITY if version >= 2 else NOT_IDENTITY_V1:
             section, _, name = key.rpartition(".")
             (d[section] if section else d).pop(name)
+        for key in OPTIONAL_SPACE_KEYS:  # unset: as before these keys existed (same identity)
+            if d["space"][key] is None:
+                d["space"].pop(key)
         return d
 
     def identity_hash(self, version: int = IDENTITY_VERSION) -> str:
@@ -238,21 +247,29 @@ def _section(d: dict, key: str) -> dict:
     return v
 
 
-def _space(d: dict, train_split: int) -> Space:
+def _space(d: dict, train_split: int, split: int) -> Space:
+    """``train_split``: the training points of dataset.train_size; ``split``: the whole split
+    (the largest space.train_size)."""
     def each(key, fn):
         vals = tuple(fn(f"space.{key}", x) for x in _list(f"space.{key}", d.get(key)))
         if len(set(vals)) != len(vals):
             raise ConfigError(f"space.{key}: repeated values in {list(vals)}")
         return vals
 
+    sizes = None if d.get("train_size") is None else each(
+        "train_size", lambda k, x: _int(k, x, 1, split, allow_none=True))
+    labels = None if d.get("random_labels") is None else each(
+        "random_labels", lambda k, x: _bool(k, x))
+    smallest = min((split if n is None else n for n in sizes), default=train_split) \
+        if sizes else train_split
     batch = each("batch_size", lambda k, x: _int(k, x, lo=1))
     optimizers = each("optimizer", lambda k, x: _choice(k, x, OPTIMIZERS))
     if any(o in MINIBATCH_OPTIMIZERS for o in optimizers):
         for b in batch:
-            if b > train_split:
+            if b > smallest:
                 raise ConfigError(
-                    f"space.batch_size: {b} is larger than the train set ({train_split} points); "
-                    f"allowed: 1..{train_split}"
+                    f"space.batch_size: {b} is larger than the train set ({smallest} points); "
+                    f"allowed: 1..{smallest}"
                 )
     return Space(
         width=each("width", lambda k, x: _int(k, x, lo=1)),
@@ -263,6 +280,8 @@ def _space(d: dict, train_split: int) -> Space:
         batch_size=batch,
         init_scale=each("init_scale", lambda k, x: _float(k, x, positive=True)),
         seed=each("seed", lambda k, x: _int(k, x, lo=0)),
+        train_size=sizes,
+        random_labels=labels,
     )
 
 
@@ -320,7 +339,7 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
         seed=_int("dataset.seed", ds.get("seed", 0), lo=0),
     )
     train_split = dataset.train_size or info.train_size
-    space = _space(_section(d, "space"), train_split)
+    space = _space(_section(d, "space"), train_split, info.train_size)
     if dataset.augment and "lbfgs" in space.optimizer:
         raise ConfigError(
             "dataset.augment: true cannot be combined with optimizer lbfgs in space.optimizer "
@@ -335,6 +354,9 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
     if factors and not any(o in MINIBATCH_OPTIMIZERS for o in space.optimizer):
         raise ConfigError("plan.factors: paired trials need a mini-batch optimizer in "
                           f"space.optimizer; allowed: {', '.join(MINIBATCH_OPTIMIZERS)}")
+    if factors and space.random_labels is not None:
+        raise ConfigError("plan.factors: space.random_labels must be unset (the pairs set the "
+                          "labels per trial)")
     if factors and (dataset.random_labels or dataset.augment):
         raise ConfigError("plan.factors: dataset.random_labels and dataset.augment must be false "
                           "(the pairs set them per trial)")

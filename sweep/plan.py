@@ -45,14 +45,19 @@ def _sampler(cfg: SweepConfig):
     return optuna.samplers.RandomSampler(seed=cfg.seed)
 
 
+def _given(v: dict, key: str, default):
+    """A drawn value, or the data set's where the space leaves the key unset (None)."""
+    return default if v.get(key) is None else v[key]
+
+
 def _trial_spec(cfg: SweepConfig, v: dict) -> TrialSpec:
     t = cfg.train
     lbfgs = v["optimizer"] == "lbfgs"
     ds = cfg.dataset
     return TrialSpec(
-        data=DataSpec(ds.name, ds.train_size, ds.test_size,
-                      v.get("random_labels", ds.random_labels), v.get("augment", ds.augment),
-                      ds.seed),
+        data=DataSpec(ds.name, _given(v, "train_size", ds.train_size), ds.test_size,
+                      _given(v, "random_labels", ds.random_labels),
+                      v.get("augment", ds.augment), ds.seed),
         width=v["width"], depth=v["depth"], activation=v["activation"], optimizer=v["optimizer"],
         lr=t.lbfgs.lr if lbfgs else v["lr"],
         batch_size=None if lbfgs else v["batch_size"],  # L-BFGS: full batch
@@ -138,7 +143,7 @@ PAIRS_SCHEMA = pa.schema([("pair_id", pa.string()), ("factor", pa.string()),
 ENUMERATE_MAX = 300_000
 
 
-COST_KEYS = ("width", "depth", "optimizer", "batch_size", "lr")  # cost and conditionals
+COST_KEYS = ("width", "depth", "optimizer", "batch_size", "lr", "train_size")  # cost, conditionals
 
 
 class _Enumerated:

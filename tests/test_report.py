@@ -161,10 +161,12 @@ def test_report_statistics_match_scipy(tmp_path):
     assert main(["report", str(d), "--bootstrap", "20"]) == 0
     rep = d / "report"
     page = (rep / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 5  # Fig. 1, 4, 5, 6, 8 embedded
+    assert page.count("data:image/png;base64,") == 6  # Fig. 1, 4, 5, 6, 8 and the sign-errors embedded
     assert (rep / "fig5_jacobian_gap.svg").is_file()
     table = pd.read_csv(rep / "statistics.csv")
-    assert table.equals(pd.read_parquet(rep / "statistics.parquet"))
+    # (the CSV reads a rank column with nulls as float; the Parquet keeps Int64)
+    pd.testing.assert_frame_equal(table, pd.read_parquet(rep / "statistics.parquet"),
+                                  check_dtype=False)
     fit = fits_training_set(load_results(d))
     assert len(fit) == 48 - 48 // 7  # every 7th trial is short of 100% train accuracy
     for group, rows in [("all", fit), ("mnist", fit[fit["dataset"] == "mnist"])]:
@@ -175,6 +177,21 @@ def test_report_statistics_match_scipy(tmp_path):
             assert got.loc["spearman", "value"] == pytest.approx(sps.spearmanr(x, y).statistic, abs=1e-12)
             assert got.loc["pearson", "value"] == pytest.approx(sps.pearsonr(x, y).statistic, abs=1e-12)
             assert (got["n_trials"] == len(rows)).all()
+    # the ranking: every measure and baseline, ordered by granulated Kendall, with its ranks
+    ranking = pd.read_csv(rep / "ranking.csv")
+    gk = table[(table.group == "all") & (table.statistic == "granulated_kendall")]
+    assert sorted(ranking["measure"]) == sorted(gk["measure"])
+    assert list(ranking["measure"]) == list(gk.sort_values("value", ascending=False,
+                                                           kind="stable")["measure"]) \
+        or list(ranking["rank"]) == sorted(ranking["rank"])
+    assert (np.diff(ranking["granulated_kendall"].dropna()) <= 0).all()
+    assert "Ranking of the measures" in page
+    assert "n_params <small>(baseline)</small>" in page
+    assert main(["report", str(d), "--bootstrap", "0", "--rank-by", "sign_error",
+                 "--out", str(tmp_path / "r1")]) == 0
+    by_se = pd.read_csv(tmp_path / "r1" / "ranking.csv")
+    assert (np.diff(by_se["sign_error"].dropna()) >= 0).all()
+    assert main(["report", str(d), "--rank-by", "auc"]) == 2
     # a looser threshold lets the 98% trials in
     assert main(["report", str(d), "--train-acc", "0.9", "--bootstrap", "0",
                  "--out", str(tmp_path / "r2")]) == 0

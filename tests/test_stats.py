@@ -711,8 +711,10 @@ def test_statistics_table_measures_do_not_depend_on_each_other():
     together = statistics_table(df, measures=names, **kw)
     alone = pd.concat([statistics_table(df, measures=[m], **kw) for m in names])
     key = ["group", "measure", "statistic"]
-    pd.testing.assert_frame_equal(together.sort_values(key).reset_index(drop=True),
-                                  alone.sort_values(key).reset_index(drop=True))
+    # (the rank column compares measures with each other: it alone may differ)
+    pd.testing.assert_frame_equal(
+        together.sort_values(key).reset_index(drop=True).drop(columns="rank"),
+        alone.sort_values(key).reset_index(drop=True).drop(columns="rank"))
     assert list(together.measure.unique()) == names  # the order asked for
     rank = ["spearman", "kendall", "sign_error", "robust_sign_error"]
     a = together[together.measure == "jacobian_norm_test"].set_index(["group", "statistic"])
@@ -720,3 +722,60 @@ def test_statistics_table_measures_do_not_depend_on_each_other():
     cols = ["value", "ci_low", "ci_high", "n_used"]
     pd.testing.assert_frame_equal(a.loc[(slice(None), rank), cols],
                                   b.loc[(slice(None), rank), cols])
+
+
+def test_a_margin_enters_with_sign_minus_one_and_says_so():
+    """A measure registered with sign -1 (a margin) is judged as -measure: its statistics equal
+    those of the negated column judged as is, and its rows say sign -1."""
+    from analysis.stats import measure_sign
+
+    assert measure_sign("margin_gamma5") == -1 and measure_sign("neyshabur_l2") == 1
+    assert measure_sign("n_params") == 1  # outside the registry
+    df = sweep_frame()
+    df["margin_gamma5"] = -df["jacobian_norm_test"]
+    kw = dict(n_boot=10, seed=1, hyperparameters=HYPERPARAMETERS)
+    t = statistics_table(df, measures=["margin_gamma5", "jacobian_norm_test"], **kw)
+    a = t[t.measure == "margin_gamma5"].drop(columns=["measure", "sign"]).reset_index(drop=True)
+    b = t[t.measure == "jacobian_norm_test"].drop(columns=["measure", "sign"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    assert set(t.loc[t.measure == "margin_gamma5", "sign"]) == {-1}
+    assert set(t.loc[t.measure == "jacobian_norm_test", "sign"]) == {1}
+    # the user can state it: sign +1 gives the statistics of the column as it is (negated here)
+    raw = statistics_table(df, measures=["margin_gamma5"], signs={"margin_gamma5": 1}, **kw)
+    k = raw.set_index(["group", "statistic"])["value"]
+    assert k["all", "kendall"] == pytest.approx(
+        scipy.stats.kendalltau(df["margin_gamma5"], df["gen_gap"]).statistic, abs=1e-12)
+    with pytest.raises(ValueError, match="signs"):
+        statistics_table(df, measures=["margin_gamma5"], signs={"margin_gamma5": 0}, **kw)
+
+
+def test_ranks_and_the_ranking_table_order_measures_by_the_statistic():
+    from analysis.stats import LARGER_IS_BETTER, ranking_table
+
+    df = sweep_frame()
+    rng = np.random.default_rng(3)
+    for i, noise in enumerate([0.01, 0.1, 1.0, 10.0]):
+        df[f"m{i}"] = df.gen_gap + rng.normal(scale=noise, size=len(df))
+    names = [f"m{i}" for i in range(4)]
+    t = statistics_table(df, measures=names, n_boot=5, seed=0, hyperparameters=HYPERPARAMETERS)
+    for (group, stat), part in t.groupby(["group", "statistic"]):
+        v = part["value"].to_numpy()
+        key = v if LARGER_IS_BETTER[stat] else -v
+        want = scipy.stats.rankdata(-key, method="min", nan_policy="omit")
+        got = part["rank"].to_numpy(dtype=float, na_value=np.nan)
+        np.testing.assert_array_equal(got[~np.isnan(v)], want[~np.isnan(v)])
+    for by in ("granulated_kendall", "sign_error", "kendall"):
+        r = ranking_table(t, by=by)
+        assert sorted(r["measure"]) == names
+        vals = r[by].to_numpy()
+        assert (np.diff(vals) <= 1e-15).all() if LARGER_IS_BETTER[by] else (np.diff(vals) >= -1e-15).all()
+        one = t[(t.group == "all") & (t.statistic == by)].set_index("measure")
+        for _, row in r.iterrows():
+            assert row[by] == one.loc[row["measure"], "value"]
+            assert row[by + "_low"] == one.loc[row["measure"], "ci_low"]
+            assert row["rank"] == one.loc[row["measure"], "rank"]
+    assert ranking_table(t)["measure"].iloc[0] == "m0"  # the least noisy copy of the gap
+    with pytest.raises(ValueError, match="allowed"):
+        ranking_table(t, by="auc")
+    with pytest.raises(ValueError, match="group"):
+        ranking_table(t, group="no such group")

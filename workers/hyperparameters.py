@@ -37,11 +37,11 @@ def _sizes(spec):
 
 HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("dataset", pa.string(), lambda s: s.data.name, False, True, "data set"),
-    Hyperparameter("train_size", pa.int64(), lambda s: _sizes(s)[0], False, True,
+    Hyperparameter("train_size", pa.int64(), lambda s: _sizes(s)[0], True, True,
                    "training points (a seeded subset, or the whole split)"),
     Hyperparameter("test_size", pa.int64(), lambda s: _sizes(s)[1], False, False,
                    "test points behind the gap"),
-    Hyperparameter("random_labels", pa.bool_(), lambda s: s.data.random_labels, False, True,
+    Hyperparameter("random_labels", pa.bool_(), lambda s: s.data.random_labels, True, True,
                    "train labels replaced by seeded random ones"),
     Hyperparameter("augment", pa.bool_(), lambda s: s.data.augment, False, True,
                    "A.5.4 augmentation"),

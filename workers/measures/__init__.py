@@ -83,6 +83,7 @@ class Measure:
     settings: Mapping[str, Any]
     version: int
     doc: str = ""
+    sign: int = 1  # +1: larger is expected to mean a larger generalization gap; -1: a smaller
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,13 @@ _NEED_OF = {"model": "model", "init_model": "init_model", "train_inputs": "x_tra
 
 def register(name: str, *, source: str, needs: Iterable[str] = ("model",),
              settings: Mapping[str, Any] | None = None, version: int = 1,
-             replace: bool = False) -> Callable:
+             replace: bool = False, sign: int = 1) -> Callable:
     """Decorator: declare ``fn(inputs: MeasureInputs, **settings) -> float | MeasureValue`` as
     measure ``name``. ``needs`` from NEEDS; ``settings`` the keyword arguments with their
-    defaults (JSON values); ``version`` an integer >= 1. Raises ValueError for a bad
+    defaults (JSON values); ``version`` an integer >= 1; ``sign`` the direction the measure is
+    expected to predict the generalization gap in: +1 (the default, a complexity measure: larger
+    means a larger gap) or -1 (e.g. a margin: larger means a smaller gap); the statistics are
+    computed on sign * value and say so (``analysis.stats.statistics_table``). Raises ValueError for a bad
     declaration or a name already registered by another function (unless ``replace``; the
     same definition run again, as a notebook cell, replaces its earlier self)."""
     needs = tuple(needs)
@@ -123,6 +127,8 @@ def register(name: str, *, source: str, needs: Iterable[str] = ("model",),
                          "column name)")
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"measure {name!r}: version {version!r}; allowed: an integer >= 1")
+    if sign not in (1, -1):
+        raise ValueError(f"measure {name!r}: sign {sign!r}; allowed: 1 or -1")
     settings = dict(settings or {})
     json.dumps(settings)  # JSON-able, or TypeError now rather than when stored
 
@@ -135,7 +141,7 @@ def register(name: str, *, source: str, needs: Iterable[str] = ("model",),
             raise ValueError(f"measure {name!r} is already registered; pass replace=True to "
                              "redefine it (and bump its version if its values change)")
         REGISTRY[name] = Measure(name, fn, source, needs, settings, version,
-                                 (fn.__doc__ or "").strip())
+                                 (fn.__doc__ or "").strip(), sign)
         return fn
 
     return deco
@@ -248,6 +254,6 @@ def load_modules(modules: Sequence[str]) -> None:
         _LOADED[m] = mod
 
 
-from workers.measures import builtin, norms, sharpness  # noqa: E402,F401  (the built-in measures)
+from workers.measures import builtin, norms, pacbayes, sharpness  # noqa: E402,F401  (the built-in measures)
 
 DEFAULT_MEASURES = ("jacobian_norm_train", "jacobian_norm_test", "transitions_test")

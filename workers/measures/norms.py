@@ -116,17 +116,17 @@ NEY = "Neyshabur et al. 2017, §2 and Fig. 1"
 JIANG = "Jiang et al. 2019, Appendix C, Eq."
 
 
-def _reg(name, source, needs, fn, doc):
+def _reg(name, source, needs, fn, doc, sign=1):
     fn.__doc__ = doc
     fn.__name__ = fn.__qualname__ = name
-    register(name, source=source, needs=needs)(fn)
+    register(name, source=source, needs=needs, sign=sign)(fn)
 
 
 # --- margins --------------------------------------------------------------------------------
 _reg("margin_gamma5", NEY, TRAIN, lambda i: gamma(i, 5),
-     "gamma_5: the 5th-percentile training margin (Neyshabur et al.'s normalizer).")
+     "gamma_5: the 5th-percentile training margin (Neyshabur et al.'s normalizer).", sign=-1)
 _reg("margin_gamma10", f"{JIANG} 22 (gamma)", TRAIN, lambda i: gamma(i, 10),
-     "gamma_10: the 10th-percentile training margin (Jiang et al.'s gamma).")
+     "gamma_10: the 10th-percentile training margin (Jiang et al.'s gamma).", sign=-1)
 
 # --- Neyshabur et al. 2017, §2 (terms depending only on depth and width dropped) ------------------
 _reg("neyshabur_l2", NEY, TRAIN,

@@ -45,7 +45,7 @@ def sharpness_value(model, x: torch.Tensor, y: torch.Tensor, alpha: float, steps
     for step in range(steps + 1):
         p = {k: (w[k] + nu[k]).requires_grad_(step < steps) for k in w}
         value = loss(p)
-        best = max(best, (float(value) - base) / (1.0 + base))
+        best = max(best, (float(value.detach()) - base) / (1.0 + base))
         if step == steps:
             break
         grads = torch.autograd.grad(value, list(p.values()))

@@ -1,0 +1,189 @@
+"""Neyshabur et al. 2017's experiments ("Exploring Generalization in Deep Learning", NeurIPS
+2017) drawn from a sweep: Fig. 1 (measures against the training-set size, true and random
+labels), Fig. 2 (expected sharpness against KL, true and random labels) and Fig. 4 (errors and
+measures against the number of hidden units of two-layer networks). MLPs stand in for their VGG
+networks. The experiments ``neyshabur_labels`` and ``neyshabur_width`` (conf/experiment/) make
+the sweeps; ``sweep report`` draws these figures whenever a sweep holds such a study.
+
+A study is recognised from the data, not the experiment's name: among the trials that fit their
+training set, every hyperparameter but the study's factors and the seed takes one value, and
+the factors take enough values (``labels_study`` / ``width_study``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.figures import _pyplot, _save
+
+# Fig. 1's measures (Neyshabur et al. 2017, §2: norms over the margin gamma_5), in their order.
+FIG1_MEASURES = ("neyshabur_l2", "neyshabur_l1_path", "neyshabur_l2_path", "neyshabur_spectral",
+                 "neyshabur_l1_inf")
+FIG1_LABELS = {"neyshabur_l2": "l2 norm", "neyshabur_l1_path": "l1-path norm",
+               "neyshabur_l2_path": "l2-path norm", "neyshabur_spectral": "spectral norm",
+               "neyshabur_l1_inf": "l1,inf norm"}
+
+
+def _varying(fit: pd.DataFrame, hyperparameters: list[str]) -> set[str]:
+    return {h for h in hyperparameters if h in fit and fit[h].nunique(dropna=False) > 1}
+
+
+def labels_study(fit: pd.DataFrame, hyperparameters: list[str]) -> bool:
+    """Whether ``fit`` is a Fig. 1 study: at least two training-set sizes, true and random labels,
+    and no other hyperparameter varying."""
+    if fit.empty or "train_size" not in fit or "random_labels" not in fit:
+        return False
+    return (_varying(fit, hyperparameters) == {"train_size", "random_labels"}
+            and fit["train_size"].nunique() >= 2)
+
+
+def width_study(fit: pd.DataFrame, hyperparameters: list[str]) -> bool:
+    """Whether ``fit`` is a Fig. 4 study: at least three widths and no other hyperparameter
+    varying."""
+    if fit.empty or "width" not in fit:
+        return False
+    return _varying(fit, hyperparameters) == {"width"} and fit["width"].nunique() >= 3
+
+
+def _means(df: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
+    """Mean and standard error over seeds of ``columns`` per value of ``by`` (NaN ignored)."""
+    g = df.groupby(by, sort=True)[columns]
+    mean, se = g.mean(), g.sem(ddof=1).fillna(0.0)
+    return mean.join(se.add_suffix("_se")).reset_index()
+
+
+def _positive_log(ax, values) -> None:
+    v = np.asarray(values, dtype=float)
+    if np.isfinite(v).any() and (v[np.isfinite(v)] > 0).all():
+        ax.set_yscale("log")
+
+
+def _grid(n: int, cols: int = 6):
+    plt = _pyplot()
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.1 * rows + 0.8), dpi=110,
+                             squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()
+
+
+def labels_figure(fit: pd.DataFrame, path: str | Path) -> Path | None:
+    """Fig. 1 analogue: Neyshabur et al.'s five norms over the margin against the training-set
+    size, true labels (left) and random labels (right). Each measure is divided by its value for
+    true labels at the smallest size (so the curves share an axis; log y); mean over seeds.
+    Returns the path, or None without those measures."""
+    have = [m for m in FIG1_MEASURES if m in fit and fit[m].notna().any()]
+    if not have:
+        return None
+    m = _means(fit, ["random_labels", "train_size"], have)
+    ref = m[~m["random_labels"].astype(bool)].sort_values("train_size")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120, sharey=True)
+    for ax, rnd, title in zip(axes, (False, True), ("true labels", "random labels")):
+        part = m[m["random_labels"].astype(bool) == rnd].sort_values("train_size")
+        for i, name in enumerate(have):
+            base = ref[name].dropna()
+            scale = float(base.iloc[0]) if len(base) and base.iloc[0] > 0 else 1.0
+            ax.plot(part["train_size"], part[name] / scale, "o-", color=f"C{i}", ms=4,
+                    label=FIG1_LABELS[name])
+        ax.set_xscale("log", base=2)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training-set size")
+        ax.grid(alpha=0.3)
+    vals = np.concatenate([m[n].to_numpy(dtype=float) for n in have])
+    _positive_log(axes[0], vals)
+    axes[0].set_ylabel("measure / its value at the smallest size, true labels")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Neyshabur et al. Fig. 1: norms over the margin gamma_5 against the "
+                 f"training-set size ({len(fit)} trials)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, vector=True)
+
+
+def labels_all_figure(fit: pd.DataFrame, path: str | Path, measures: list[str]) -> Path | None:
+    """Every measure (one panel each, plus train and test error) against the training-set
+    size, true labels (blue) and random labels (red); mean +- s.e. over seeds."""
+    cols = ["test_error"] + [m for m in measures if m in fit and fit[m].notna().any()]
+    if len(cols) < 2:
+        return None
+    d = fit.assign(test_error=1.0 - fit["test_acc"])
+    m = _means(d, ["random_labels", "train_size"], cols)
+    fig, axes = _grid(len(cols))
+    for ax, name in zip(axes, cols):
+        for rnd, colour, label in ((False, "C0", "true labels"), (True, "C3", "random labels")):
+            part = m[m["random_labels"].astype(bool) == rnd].sort_values("train_size")
+            ax.errorbar(part["train_size"], part[name], yerr=part[f"{name}_se"], fmt="o-",
+                        ms=3, color=colour, label=label, lw=1)
+        ax.set_xscale("log", base=2)
+        _positive_log(ax, m[name])
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Every measure against the training-set size (x, log 2), true vs random labels",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def sharpness_kl_figure(curves: pd.DataFrame, path: str | Path, fit: pd.DataFrame) -> Path | None:
+    """Fig. 2 analogue: expected sharpness against KL (``analysis.load_sharpness_curves``),
+    true labels (left) and random labels (right), one curve per training-set size (mean over
+    seeds at each alpha). Returns the path, or None without curves for the trials of ``fit``."""
+    if curves.empty or fit.empty:
+        return None
+    c = curves.merge(fit[["trial_id", "train_size", "random_labels"]], on="trial_id")
+    if c.empty:
+        return None
+    m = c.groupby(["random_labels", "train_size", "alpha"], sort=True)[
+        ["kl", "expected_sharpness"]].mean().reset_index()
+    plt = _pyplot()
+    sizes = sorted(m["train_size"].unique())
+    cmap = plt.get_cmap("viridis")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120, sharey=True, sharex=True)
+    for ax, rnd, title in zip(axes, (False, True), ("true labels", "random labels")):
+        for i, n in enumerate(sizes):
+            part = m[(m["random_labels"].astype(bool) == rnd) & (m["train_size"] == n)]
+            if part.empty:
+                continue
+            ax.plot(part["kl"], part["expected_sharpness"], "o-", ms=3,
+                    color=cmap(i / max(1, len(sizes) - 1)), label=f"{n}")
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("KL(posterior || prior)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("expected sharpness E[L(w + nu)] - L(w)")
+    axes[0].legend(title="training points", fontsize=7, title_fontsize=8)
+    fig.suptitle("Neyshabur et al. Fig. 2: expected sharpness against KL", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, vector=True)
+
+
+def width_figure(fit: pd.DataFrame, path: str | Path, measures: list[str]) -> Path | None:
+    """Fig. 4 analogue: train and test error (first panel) and every measure (one panel each)
+    against the number of hidden units, mean +- s.e. over seeds."""
+    cols = [m for m in measures if m in fit and fit[m].notna().any()]
+    d = fit.assign(train_error=1.0 - fit["train_acc"], test_error=1.0 - fit["test_acc"])
+    m = _means(d, ["width"], ["train_error", "test_error", *cols])
+    fig, axes = _grid(len(cols) + 1)
+    for name, colour in (("train_error", "C0"), ("test_error", "C3")):
+        axes[0].errorbar(m["width"], m[name], yerr=m[f"{name}_se"], fmt="o-", ms=3,
+                         color=colour, label=name.replace("_", " "), lw=1)
+    axes[0].set_title("error", fontsize=8)
+    axes[0].legend(fontsize=7)
+    for ax, name in zip(axes[1:], cols):
+        ax.errorbar(m["width"], m[name], yerr=m[f"{name}_se"], fmt="o-", ms=3, color="C2", lw=1)
+        _positive_log(ax, m[name])
+        ax.set_title(name, fontsize=8)
+    for ax in axes[:len(cols) + 1]:
+        ax.set_xscale("log", base=2)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("Neyshabur et al. Fig. 4: errors and measures against the hidden units (x, "
+                 f"log 2) of {int(fit['depth'].iloc[0])}-layer networks ({len(fit)} trials)",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,154 @@
+"""PAC-Bayes measures, flatness and the expected-sharpness curve (workers/measures/pacbayes.py)
+against independent computations: each perturbed network evaluated one at a time by copying the
+model and adding the noise (the slow obvious way), the bounds' formulas in numpy from the sigma'
+the search reports, and the search's stopping rule."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from workers.measures import MeasureInputs, evaluate_outcomes
+from workers.measures.pacbayes import (EPS, _normal, batched_logits, expected_sharpness_curve,
+                                       sigma_search)
+from workers.models import build_mlp
+
+PB = ["pacbayes_flatness", "pacbayes_orig", "pacbayes_init", "pacbayes_mag_flatness",
+      "pacbayes_mag_orig", "pacbayes_mag_init"]
+
+
+def trained(act="relu", seed=0, steps=150):
+    torch.manual_seed(seed)
+    x = torch.randn(300, 6)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    init = build_mlp(6, 16, 3, 3, act, seed=seed)
+    model = copy.deepcopy(init)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, init, x, y
+
+
+def perturbed(model, noise):
+    """A float64 copy of ``model`` with ``noise`` (one tensor per Linear) added to its weights."""
+    m = copy.deepcopy(model).double()
+    lins = [l for l in m if isinstance(l, torch.nn.Linear)]
+    with torch.no_grad():
+        for l, e in zip(lins, noise):
+            l.weight += e
+    return m
+
+
+def slow_gap(model, x, y, z, sigma, magnitude):
+    """Mean training error of the perturbed copies minus err(w), one network at a time."""
+    ws = [l.weight.detach().double() for l in model if isinstance(l, torch.nn.Linear)]
+    base = float((perturbed(model, [0 * w for w in ws])(x.double()).argmax(1) != y).double().mean())
+    errs = []
+    for s in range(z[0].shape[0]):
+        if magnitude:
+            noise = [torch.sqrt(sigma ** 2 * w ** 2 + EPS ** 2) * e[s] for w, e in zip(ws, z)]
+        else:
+            noise = [sigma * e[s] for e in z]
+        out = perturbed(model, noise)(x.double())
+        errs.append(float((out.argmax(1) != y).double().mean()))
+    return float(np.mean(errs)) - base
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "relu6", "hardtanh", "hardsigmoid"])
+def test_batched_networks_equal_each_network_alone(act):
+    model, _, x, _ = trained(act, steps=20)
+    ws = [l.weight.detach().double() for l in model if isinstance(l, torch.nn.Linear)]
+    z = _normal([w.shape for w in ws], 4, 1, "cpu")
+    pert = [w[None] + 0.3 * e for w, e in zip(ws, z)]
+    got = batched_logits(copy.deepcopy(model).double(), pert, x, chunk=70)
+    for s in range(4):
+        want = perturbed(model, [0.3 * e[s] for e in z])(x.double()).detach()
+        torch.testing.assert_close(got[s], want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("magnitude", [False, True])
+def test_sigma_search_stops_by_its_rule_and_reports_the_gap_it_found(magnitude):
+    model, _, x, y = trained()
+    found = sigma_search(model, x, y, magnitude=magnitude, seed=4)
+    assert found["base_error"] < 0.1
+    # The same draws, one network at a time.
+    ws = [l.weight for l in model if isinstance(l, torch.nn.Linear)]
+    z = _normal([w.shape for w in ws], 10, 4 + (7 if magnitude else 3), "cpu")
+    gap = slow_gap(model, x, y, z, found["sigma"], magnitude)
+    assert gap == pytest.approx(found["gap"], abs=1e-12)
+    assert abs(gap - 0.1) <= 0.01 or found["steps"] == 15
+    # sigma is a bisection midpoint of [0, 2]: k / 2^steps
+    assert (found["sigma"] * 2 ** found["steps"] / 2) == pytest.approx(
+        round(found["sigma"] * 2 ** found["steps"] / 2))
+
+
+def test_bounds_follow_jiang_et_al_from_the_sigma_found():
+    model, init, x, y = trained()
+    out = evaluate_outcomes(MeasureInputs(model, x, y, x, y, init, None, seed=9), PB)
+    m = len(x)
+    w = np.concatenate([l.weight.detach().double().numpy().ravel() for l in model
+                        if isinstance(l, torch.nn.Linear)])
+    w0 = np.concatenate([l.weight.detach().double().numpy().ravel() for l in init
+                         if isinstance(l, torch.nn.Linear)])
+    s = out["pacbayes_orig"].info["sigma"]
+    assert out["pacbayes_init"].info["sigma"] == s == out["pacbayes_flatness"].info["sigma"]
+    assert out["pacbayes_flatness"].value == pytest.approx(1 / s ** 2, rel=1e-12)
+    assert out["pacbayes_orig"].value == pytest.approx(
+        (w @ w) / (4 * s ** 2) + math.log(m / s) + 10, rel=1e-12)
+    assert out["pacbayes_init"].value == pytest.approx(
+        ((w - w0) @ (w - w0)) / (4 * s ** 2) + math.log(m / s) + 10, rel=1e-12)
+    sm = out["pacbayes_mag_orig"].info["sigma"]
+    assert out["pacbayes_mag_flatness"].value == pytest.approx(1 / sm ** 2, rel=1e-12)
+    for name, r in (("pacbayes_mag_orig", w), ("pacbayes_mag_init", w - w0)):
+        terms = [math.log((EPS ** 2 + (sm ** 2 + 1) * (r @ r) / len(w))
+                          / (EPS ** 2 + sm ** 2 * (wk - w0k) ** 2)) for wk, w0k in zip(w, w0)]
+        assert out[name].value == pytest.approx(0.25 * sum(terms) + math.log(m / sm) + 10,
+                                                rel=1e-10)
+
+
+def test_the_same_trial_gives_the_same_values_and_another_seed_other_draws():
+    model, init, x, y = trained()
+    names = PB + ["expected_sharpness"]
+    a = evaluate_outcomes(MeasureInputs(model, x, y, x, y, init, None, seed=3), names)
+    b = evaluate_outcomes(MeasureInputs(model, x, y, x, y, init, None, seed=3), names)
+    c = evaluate_outcomes(MeasureInputs(model, x, y, x, y, init, None, seed=4), names)
+    assert {k: o.value for k, o in a.items()} == {k: o.value for k, o in b.items()}
+    assert a["expected_sharpness"].value != c["expected_sharpness"].value
+
+
+def test_expected_sharpness_curve_against_copies_and_the_kl_by_hand():
+    model, _, x, y = trained()
+    alphas = [1e-3, 1e-2]
+    rows = expected_sharpness_curve(model, x, y, alphas, samples=5, seed=2)
+    ws = [l.weight.detach().double() for l in model if isinstance(l, torch.nn.Linear)]
+    z = _normal([w.shape for w in ws], 5, 2 + 11, "cpu")
+
+    def loss(m):
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(m(x.double()), y))
+
+    base = loss(perturbed(model, [0 * w for w in ws]))
+    for row, alpha in zip(rows, alphas):
+        sig = [alpha * (10 * w.abs() + 1) for w in ws]
+        want = np.mean([loss(perturbed(model, [s * e[k] for s, e in zip(sig, z)]))
+                        for k in range(5)]) - base
+        assert row["expected_sharpness"] == pytest.approx(want, rel=1e-9, abs=1e-15)
+        kl = sum(float(((w / s) ** 2).sum()) / 2 for w, s in zip(ws, sig))
+        assert row["kl"] == pytest.approx(kl, rel=1e-12)
+    assert rows[0]["kl"] > rows[1]["kl"]
+
+
+def test_expected_sharpness_value_is_the_curve_at_alpha_and_undefined_without_points():
+    model, init, x, y = trained()
+    out = evaluate_outcomes(MeasureInputs(model, x, y, x, y, init, None, seed=1),
+                            ["expected_sharpness"])["expected_sharpness"]
+    curve = out.info["curve"]
+    assert len(curve["alpha"]) == 10 and 1e-3 in curve["alpha"]
+    assert out.value == curve["expected_sharpness"][curve["alpha"].index(1e-3)]
+    empty = evaluate_outcomes(MeasureInputs(model, x[:0], y[:0], x, y, init, None, seed=1),
+                              ["expected_sharpness"] + PB)
+    assert all(o.value is None and o.error.startswith("undefined") for o in empty.values())

@@ -100,21 +100,28 @@ def _edge_crossings(hidden: list[Layer], a: torch.Tensor, b: torch.Tensor) -> to
     t = torch.tensor([0.0, 1.0], dtype=torch.float64).repeat(e)
     h = torch.stack([a, b], dim=1).reshape(2 * e, -1)
     counts = torch.zeros(e, dtype=torch.int64)
-    for layer in hidden:
+    for depth, layer in enumerate(hidden):
+        last = depth == len(hidden) - 1  # its crossings are counted, not carried further
         z = layer.affine(h)  # affine in t between consecutive knots of the same edge
-        same = edge[1:] == edge[:-1]
+        between = (edge[1:] != edge[:-1]).nonzero()[:, 0]  # knot pairs across two edges
         new_k, new_t, new_z = [], [], []
         for bp in layer.act.breakpoints:
             above = z > bp
-            k, j = torch.nonzero((above[1:] != above[:-1]) & same[:, None], as_tuple=True)
+            changed = above[1:] != above[:-1]
+            changed[between] = False
+            k, j = torch.nonzero(changed, as_tuple=True)
             if len(k) == 0:
                 continue
             counts.index_add_(0, edge[k], torch.ones_like(k))
+            if last:
+                continue
             z0, z1 = z[k, j], z[k + 1, j]
             frac = ((bp - z0) / (z1 - z0)).clamp(0.0, 1.0)
             new_k.append(k)
             new_t.append(t[k] + frac * (t[k + 1] - t[k]))
-            new_z.append(z[k] + frac[:, None] * (z[k + 1] - z[k]))
+            new_z.append(torch.lerp(z[k], z[k + 1], frac[:, None]))
+        if last:
+            break
         if new_k:
             t, z, edge = _insert_knots(t, z, edge, torch.cat(new_k), torch.cat(new_t),
                                        torch.cat(new_z))

@@ -39,7 +39,7 @@ def test_overrides_and_scalars_become_lists():
 
 @pytest.mark.parametrize("override,pattern", [
     ("dataset=svhn", "dataset: unknown value 'svhn'; allowed: cifar10, cifar100, digits, fashion_mnist, mnist"),
-    ("experiment=nope", "experiment: unknown value 'nope'; allowed: boundaries, cross_entropy, demo, factors, paper_large, paper_small, per_point, trajectory"),
+    ("experiment=nope", "experiment: unknown value 'nope'; allowed: boundaries, cross_entropy, demo, factors, neyshabur_labels, neyshabur_width, paper_large, paper_small, per_point, trajectory"),
     ("metrics.transitions_points=-1", "metrics.transitions_points: must be >= 0, got -1"),
     ("metrics.transitions_k=1", "metrics.transitions_k: must be >= 2, got 1"),
     ("metrics.ellipse_k=-5", "metrics.ellipse_k: must be >= 0, got -5"),

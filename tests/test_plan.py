@@ -1,10 +1,11 @@
+import re
 from pathlib import Path
 import itertools
 
 import pyarrow.parquet as pq
 import pytest
 
-from sweep.config import compose
+from sweep.config import ConfigError, compose
 from sweep.plan import manifest_table, plan_trials
 from workers.storage import Store
 
@@ -211,3 +212,43 @@ def test_plan_and_results_join_on_the_hyperparameters(tmp_path, monkeypatch):
     assert res.loc[res.optimizer == "lbfgs", "batch_size"].isna().all()
     assert (res.train_size == 1347).all() and (res.test_size == 50).all()  # failed one too
     assert (res.step_budget == 20).all() and (res.loc[res.status == "ok", "steps"] <= 20).all()
+
+
+def test_training_set_sizes_and_random_labels_vary_within_one_sweep(tmp_path):
+    """space.train_size / space.random_labels (Neyshabur et al.'s Fig. 1): crossed by the grid,
+    each trial trains on its own subset size and labels; unset, the sweep's identity is what it
+    was before the keys existed."""
+    from sweep.plan import manifest_table
+
+    cfg = compose(["space.train_size=[100,200,null]", "space.random_labels=[false,true]",
+                   "plan.grid=[train_size,random_labels]", "space.width=[32]", "space.depth=[2]",
+                   "space.activation=[relu]", "space.optimizer=[sgd]", "space.lr=[0.01]",
+                   "space.batch_size=[64]", "space.init_scale=[1.0]", "space.seed=[1]",
+                   "trials=6"])
+    specs = plan_trials(cfg)
+    got = sorted((s.data.train_size or 0, s.data.random_labels) for s in specs)
+    assert got == [(0, False), (0, True), (100, False), (100, True), (200, False), (200, True)]
+    assert len({s.trial_id for s in specs}) == 6
+    m = manifest_table(specs, cfg).to_pandas()
+    assert sorted(m["train_size"]) == [100, 100, 200, 200, 1347, 1347]  # null: the whole split
+    assert m["random_labels"].sum() == 3
+    base = compose([])
+    assert "train_size" not in base.identity()["space"]
+    assert base.identity_hash() == compose(["space.train_size=null",
+                                            "space.random_labels=null"]).identity_hash()
+    assert base.identity_hash() != compose(["space.train_size=[500]"]).identity_hash()
+    assert [s.trial_id for s in plan_trials(base)] == [
+        s.trial_id for s in plan_trials(compose(["space.train_size=null"]))]
+
+
+@pytest.mark.parametrize("override,message", [
+    (["space.train_size=[0]"], "space.train_size"),
+    (["space.train_size=[5000]"], "space.train_size"),
+    (["space.random_labels=[maybe]"], "space.random_labels"),
+    (["space.train_size=[32]"], "space.batch_size: 64 is larger than the train set (32 points)"),
+    (["experiment=factors", "dataset=digits", "space.random_labels=[true]"],
+     "space.random_labels must be unset"),
+])
+def test_bad_training_set_sizes_and_labels_are_refused(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compose(override)

@@ -256,4 +256,7 @@ def load_modules(modules: Sequence[str]) -> None:
 
 from workers.measures import builtin, norms, pacbayes, sharpness  # noqa: E402,F401  (the built-in measures)
 
+# What a configuration without a ``measures`` key evaluates: the paper's measures, as every sweep
+# did before the registry existed (sweep.json files of those sweeps lack the key). A new sweep's
+# default is ``measures: [all]`` (conf/config.yaml).
 DEFAULT_MEASURES = ("jacobian_norm_train", "jacobian_norm_test", "transitions_test")

@@ -1,0 +1,90 @@
+"""Neyshabur et al.'s studies recognised from a results table, and their figures drawn from
+synthetic tables (analysis/neyshabur.py)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import neyshabur
+from analysis.stats import HYPERPARAMETERS
+
+
+def table(factors: dict, seeds=(1, 2), rng=None) -> pd.DataFrame:
+    """A results-like table: every hyperparameter constant but ``factors`` (crossed) and the
+    seed; measures that grow with the training set and with random labels."""
+    rng = rng or np.random.default_rng(0)
+    base = {"dataset": "digits", "train_size": 1000, "random_labels": False, "augment": False,
+            "width": 64, "depth": 2, "activation": "relu", "optimizer": "sgd", "lr": 0.01,
+            "batch_size": 64, "init_scale": 1.0, "step_budget": 1000}
+    rows = []
+    keys = list(factors)
+    for combo in pd.MultiIndex.from_product([factors[k] for k in keys]):
+        combo = combo if isinstance(combo, tuple) else (combo,)
+        for seed in seeds:
+            r = {**base, **dict(zip(keys, combo)), "seed": seed, "status": "ok",
+                 "trial_id": f"t{len(rows)}"}
+            scale = r["train_size"] * (4.0 if r["random_labels"] else 1.0) * r["width"]
+            for i, m in enumerate(neyshabur.FIG1_MEASURES):
+                r[m] = scale * (i + 1) * (1 + 0.01 * rng.random())
+            r["jacobian_norm_test"] = scale ** 0.5
+            r["train_acc"], r["test_acc"] = 1.0, 0.9 - 0.4 * r["random_labels"]
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def test_studies_are_recognised_from_what_varies():
+    labels = table({"train_size": [128, 256, 512], "random_labels": [False, True]})
+    assert neyshabur.labels_study(labels, HYPERPARAMETERS)
+    assert not neyshabur.width_study(labels, HYPERPARAMETERS)
+    width = table({"width": [8, 64, 512]})
+    assert neyshabur.width_study(width, HYPERPARAMETERS)
+    assert not neyshabur.labels_study(width, HYPERPARAMETERS)
+    mixed = table({"width": [8, 64, 512], "depth": [2, 3]})
+    assert not neyshabur.width_study(mixed, HYPERPARAMETERS)  # a second factor varies
+    assert not neyshabur.labels_study(table({"random_labels": [False, True]}), HYPERPARAMETERS)
+    assert not neyshabur.labels_study(labels.iloc[:0], HYPERPARAMETERS)
+
+
+def test_figures_are_drawn_for_their_studies(tmp_path):
+    labels = table({"train_size": [128, 256, 512], "random_labels": [False, True]})
+    measures = list(neyshabur.FIG1_MEASURES) + ["jacobian_norm_test"]
+    for name, fn, extra in (("f1", neyshabur.labels_figure, ()),
+                            ("f1all", neyshabur.labels_all_figure, (measures,))):
+        p = fn(labels, tmp_path / f"{name}.png", *extra)
+        assert p is not None and p.stat().st_size > 10_000
+    curves = pd.DataFrame([(t, a, 1.0 / a ** 2, a * n) for t, n in
+                           zip(labels["trial_id"], labels["train_size"])
+                           for a in (1e-3, 1e-2, 1e-1)],
+                          columns=["trial_id", "alpha", "kl", "expected_sharpness"])
+    p = neyshabur.sharpness_kl_figure(curves, tmp_path / "f2.png", labels)
+    assert p is not None and p.with_suffix(".svg").is_file()
+    width = table({"width": [8, 64, 512]})
+    p = neyshabur.width_figure(width, tmp_path / "f4.png", measures)
+    assert p is not None and p.stat().st_size > 10_000
+    # nothing to draw: None, no file
+    assert neyshabur.labels_figure(labels.drop(columns=list(neyshabur.FIG1_MEASURES)),
+                                   tmp_path / "none.png") is None
+    assert neyshabur.sharpness_kl_figure(curves.iloc[:0], tmp_path / "none.png", labels) is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_fig1_divides_each_measure_by_its_true_label_value_at_the_smallest_size(tmp_path,
+                                                                                  monkeypatch):
+    labels = table({"train_size": [128, 256], "random_labels": [False, True]}, seeds=(1,))
+    drawn = {}
+    import matplotlib.axes
+
+    real = matplotlib.axes.Axes.plot
+
+    def spy(self, x, y, *a, label=None, **kw):
+        drawn.setdefault(self, {})[label] = (list(x), list(y))
+        return real(self, x, y, *a, label=label, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    neyshabur.labels_figure(labels, tmp_path / "f1.png")
+    drawn = {ax.get_title(): lines for ax, lines in drawn.items()}  # (titles set after plotting)
+    for name, label in neyshabur.FIG1_LABELS.items():
+        true = labels[~labels.random_labels].sort_values("train_size")[name].to_numpy()
+        rnd = labels[labels.random_labels].sort_values("train_size")[name].to_numpy()
+        assert drawn["true labels"][label][1] == pytest.approx(list(true / true[0]))
+        assert drawn["random labels"][label][1] == pytest.approx(list(rnd / true[0]))

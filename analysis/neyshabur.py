@@ -126,14 +126,14 @@ def labels_all_figure(fit: pd.DataFrame, path: str | Path, measures: list[str]) 
     axes[0].legend(fontsize=7)
     fig.suptitle("Every measure against the training-set size (x, log 2), true vs random labels",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # (room for the title above the grid)
     return _save(fig, path)
 
 
 def sharpness_kl_figure(curves: pd.DataFrame, path: str | Path, fit: pd.DataFrame) -> Path | None:
     """Fig. 2 analogue: expected sharpness against KL (``analysis.load_sharpness_curves``),
     true labels (left) and random labels (right), one curve per training-set size (mean over
-    seeds at each alpha). Returns the path, or None without curves for the trials of ``fit``."""
+    seeds at each alpha); log x, symmetric-log y (linear within 1e-4 of 0). Returns the path, or None without curves for the trials of ``fit``."""
     if curves.empty or fit.empty:
         return None
     c = curves.merge(fit[["trial_id", "train_size", "random_labels"]], on="trial_id")
@@ -153,6 +153,9 @@ def sharpness_kl_figure(curves: pd.DataFrame, path: str | Path, fit: pd.DataFram
             ax.plot(part["kl"], part["expected_sharpness"], "o-", ms=3,
                     color=cmap(i / max(1, len(sizes) - 1)), label=f"{n}")
         ax.set_xscale("log")
+        # symmetric log: the curve spans orders of magnitude, and a Monte-Carlo mean at a tiny
+        # alpha can fall below 0
+        ax.set_yscale("symlog", linthresh=1e-4)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("KL(posterior || prior)")
         ax.grid(alpha=0.3)
@@ -185,5 +188,5 @@ def width_figure(fit: pd.DataFrame, path: str | Path, measures: list[str]) -> Pa
     fig.suptitle("Neyshabur et al. Fig. 4: errors and measures against the hidden units (x, "
                  f"log 2) of {int(fit['depth'].iloc[0])}-layer networks ({len(fit)} trials)",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # (room for the title above the grid)
     return _save(fig, path)

@@ -88,3 +88,31 @@ def test_fig1_divides_each_measure_by_its_true_label_value_at_the_smallest_size(
         rnd = labels[labels.random_labels].sort_values("train_size")[name].to_numpy()
         assert drawn["true labels"][label][1] == pytest.approx(list(true / true[0]))
         assert drawn["random labels"][label][1] == pytest.approx(list(rnd / true[0]))
+
+
+@pytest.mark.slow
+def test_scaled_down_labels_experiment_draws_fig1_and_fig2_and_ranks_every_measure(ray_local,
+                                                                                   tmp_path):
+    from analysis import load_results, load_sharpness_curves
+    from sweep.cli import main
+    from workers.measures import REGISTRY
+
+    out = tmp_path / "labels"
+    assert main(["launch", "experiment=neyshabur_labels", "dataset=digits",
+                 "space.train_size=[64,128]", "space.width=[128]", "space.seed=[1]", "trials=4",
+                 "train.check_every=50", "metrics.transitions_points=2", "progress=false",
+                 f"out={out}"]) == 0
+    df = load_results(out)
+    assert len(df) == 4 and (df["status"] == "ok").all()
+    assert sorted(zip(df["train_size"], df["random_labels"])) == [
+        (64, False), (64, True), (128, False), (128, True)]
+    assert (df["train_acc"] == 1.0).all()  # trained to zero training error, random labels too
+    assert set(REGISTRY) <= set(df.attrs["measures"])  # every measure by default
+    curves = load_sharpness_curves(out)
+    assert set(curves["trial_id"]) == set(df["trial_id"]) and len(curves) == 4 * 10
+    rep = out / "report"
+    for name in ("neyshabur_fig1", "neyshabur_fig1_all", "neyshabur_fig2", "sign_errors"):
+        assert (rep / f"{name}.png").is_file(), name
+    ranking = pd.read_csv(rep / "ranking.csv")
+    assert set(REGISTRY) | {"n_params", "train_loss"} == set(ranking["measure"])
+    assert len(ranking) >= 30 + 2

@@ -5,9 +5,11 @@ measures against the number of hidden units of two-layer networks). MLPs stand i
 networks. The experiments ``neyshabur_labels`` and ``neyshabur_width`` (conf/experiment/) make
 the sweeps; ``sweep report`` draws these figures whenever a sweep holds such a study.
 
-A study is recognised from the data, not the experiment's name: among the trials that fit their
-training set, every hyperparameter but the study's factors and the seed takes one value, and
-the factors take enough values (``labels_study`` / ``width_study``).
+A study is recognised from the data, not the experiment's name: among the trained (``ok``)
+trials, every hyperparameter but the study's factors and the seed takes one value, and the
+factors take enough values (``labels_study`` / ``width_study``). Fig. 1-2 draw the trials that
+fit their training set (Neyshabur et al. train to zero training error; the report says which
+cells have none); Fig. 4 draws every trained width, its training error included.
 """
 
 from __future__ import annotations
@@ -49,6 +51,22 @@ def width_study(fit: pd.DataFrame, hyperparameters: list[str]) -> bool:
     return _varying(fit, hyperparameters) == {"width"} and fit["width"].nunique() >= 3
 
 
+def fitted_note(fit: pd.DataFrame, ok: pd.DataFrame, threshold: float) -> str:
+    """One line for the report: how many of the study's trained trials reach the train-accuracy
+    threshold (Neyshabur et al.'s networks are trained to zero training error), and the cells
+    (labels, training-set size) where none does, which the Fig. 1-2 analogues lack."""
+    def cells(d):
+        return set(zip(d["random_labels"].astype(bool), d["train_size"]))
+
+    lacking = sorted(cells(ok) - cells(fit), key=lambda c: (c[0], c[1]))
+    text = (f"Neyshabur et al.'s Fig. 1-2 analogues: {len(fit)} of {len(ok)} trained trials "
+            f"reach train accuracy >= {threshold:g}; only those are drawn.")
+    if lacking:
+        text += " No trial does at: " + ", ".join(
+            f"{'random' if r else 'true'} labels, {n} points" for r, n in lacking) + "."
+    return text
+
+
 def _means(df: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
     """Mean and standard error over seeds of ``columns`` per value of ``by`` (NaN ignored)."""
     g = df.groupby(by, sort=True)[columns]
@@ -75,7 +93,8 @@ def _grid(n: int, cols: int = 6):
 def labels_figure(fit: pd.DataFrame, path: str | Path) -> Path | None:
     """Fig. 1 analogue: Neyshabur et al.'s five norms over the margin against the training-set
     size, true labels (left) and random labels (right). Each measure is divided by its value for
-    true labels at the smallest size (so the curves share an axis; log y); mean over seeds.
+    true labels at the smallest size that has one (so the curves share an axis; log y); mean
+    over seeds.
     Returns the path, or None without those measures."""
     have = [m for m in FIG1_MEASURES if m in fit and fit[m].notna().any()]
     if not have:
@@ -97,7 +116,7 @@ def labels_figure(fit: pd.DataFrame, path: str | Path) -> Path | None:
         ax.grid(alpha=0.3)
     vals = np.concatenate([m[n].to_numpy(dtype=float) for n in have])
     _positive_log(axes[0], vals)
-    axes[0].set_ylabel("measure / its value at the smallest size, true labels")
+    axes[0].set_ylabel("measure / its value at the smallest size drawn, true labels")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Neyshabur et al. Fig. 1: norms over the margin gamma_5 against the "
                  f"training-set size ({len(fit)} trials)", fontsize=10)
@@ -106,8 +125,9 @@ def labels_figure(fit: pd.DataFrame, path: str | Path) -> Path | None:
 
 
 def labels_all_figure(fit: pd.DataFrame, path: str | Path, measures: list[str]) -> Path | None:
-    """Every measure (one panel each, plus train and test error) against the training-set
-    size, true labels (blue) and random labels (red); mean +- s.e. over seeds."""
+    """Every measure (one panel each, after the test error) against the training-set size,
+    true labels (blue) and random labels (red); mean +- s.e. over seeds (no bar with one
+    seed)."""
     cols = ["test_error"] + [m for m in measures if m in fit and fit[m].notna().any()]
     if len(cols) < 2:
         return None

@@ -70,6 +70,27 @@ STUDY_CAPTIONS = {
 }
 
 
+def _load_sweep_modules(st) -> None:
+    """Import the sweep's ``measure_modules`` so its own measures' declarations (their sign)
+    are known; a module that cannot be imported here is warned about, and its measures are
+    ranked with sign +1."""
+    import json
+    import warnings
+
+    from workers.layout import SWEEP_FILE
+    from workers.measures import load_modules
+
+    try:
+        modules = json.loads(st.read_text(SWEEP_FILE)).get("config", {}).get("measure_modules", [])
+    except (OSError, ValueError, AttributeError):
+        return
+    for m in modules or []:
+        try:
+            load_modules([m])
+        except (ImportError, ValueError) as e:
+            warnings.warn(f"report: {e}; its measures are ranked with sign +1", stacklevel=2)
+
+
 def _pairs_fitting(pairs: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Pairs whose two trials are both ``ok`` at train accuracy >= threshold (the filter of
     :func:`fits_training_set`, applied to both sides)."""
@@ -119,6 +140,7 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
             and not target.is_file("report.html"):
         raise ValueError(f"--out: {out} is not empty and holds no report.html; choose a new or "
                          "empty directory (a previous report there is moved to previous/)")
+    _load_sweep_modules(st)
     df = load_results(st)
     if df.empty:
         raise ValueError(f"SWEEP_DIR: {sweep_dir} holds no results yet; run the sweep first")
@@ -149,12 +171,14 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
                  int(classes.max()))
         draw("fig2_trajectory", figures.trajectory_figure, load_curves(st))
         draw("fig3_boundaries", figures.boundaries_figure, load_grids(st))
-        if neyshabur.labels_study(fit, hps):
+        ok = df[df["status"] == "ok"]  # a study is what was trained, whatever fits
+        notes = []
+        if neyshabur.labels_study(ok, hps):  # drawn from the trials that fit (zero error)
+            notes.append(neyshabur.fitted_note(fit, ok, train_acc))
             draw("neyshabur_fig1", neyshabur.labels_figure, fit)
             draw("neyshabur_fig1_all", neyshabur.labels_all_figure, fit, measure_columns(df))
             draw("neyshabur_fig2", neyshabur.sharpness_kl_figure, load_sharpness_curves(st), fit)
-        ok = df[df["status"] == "ok"]  # Fig. 4 shows the training error: every trained width
-        if neyshabur.width_study(ok, hps):
+        if neyshabur.width_study(ok, hps):  # Fig. 4 shows the training error: every width
             draw("neyshabur_fig4", neyshabur.width_figure, ok, measure_columns(df))
 
         table = statistics_table(fit, measures=[m for m in ranked if m in fit],
@@ -167,7 +191,7 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
             ranking.to_csv(d / "ranking.csv", index=False)
             draw("sign_errors", figures.sign_error_figure, ranking)
         page = _html(st, df, fit, train_acc, table, made, n_boot, time.perf_counter() - t0,
-                     noise_filter, ranking, rank_by)
+                     noise_filter, ranking, rank_by, notes)
         (d / "report.html").write_text(page)
     return target.uri(f"{rel}/report.html" if rel else "report.html")
 
@@ -239,8 +263,11 @@ def _ranking_html(ranking: pd.DataFrame, rank_by: str) -> str:
             "<code>statistics.csv</code>; this table is <code>ranking.csv</code>). The statistics "
             "are of <i>sign &times; measure</i>: sign &minus;1 marks a measure expected to fall as "
             "the gap grows (a margin), so for every row a larger correlation and a smaller "
-            "sign-error mean it predicts the gap in its expected direction. &uarr;: larger is "
-            "better; &darr;: smaller is better. Value [95% bootstrap interval].</p>"
+            "sign-error mean it predicts the gap in its expected direction. The conditional MI "
+            "is the exception: it measures dependence in either direction (a measure ordered "
+            "exactly against the gap scores as high as one ordered with it), so read it with "
+            "the sign of Kendall's &tau;. &uarr;: larger is better; &darr;: smaller is better. "
+            "Value [95% bootstrap interval].</p>"
             "<table class='stats'>" + "".join(rows) + "</table>")
 
 
@@ -253,7 +280,7 @@ def _seeds_note(fit: pd.DataFrame) -> str:
 
 
 def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=False,
-          ranking=None, rank_by="granulated_kendall") -> str:
+          ranking=None, rank_by="granulated_kendall", notes=()) -> str:
     counts = df["status"].value_counts().to_dict()
     status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     parts = [
@@ -293,6 +320,7 @@ def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=Fal
         "<h2>Figures</h2>",
     ]
     parts += [_figure_html(name, path) for name, path in made.items() if name not in RANKING_FIGURES]
+    parts += [f"<p>{html.escape(n)}</p>" for n in notes if n]
     missing = [n for n in CAPTIONS if n not in made and n not in RANKING_FIGURES]
     if missing:
         parts.append("<p>Not drawn (no data for them in this sweep): "

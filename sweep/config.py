@@ -248,8 +248,8 @@ def _section(d: dict, key: str) -> dict:
 
 
 def _space(d: dict, train_split: int, split: int) -> Space:
-    """``train_split``: the training points of dataset.train_size; ``split``: the whole split
-    (the largest space.train_size)."""
+    """``train_split``: the training points of dataset.train_size (what a null in
+    space.train_size means); ``split``: the whole split (the largest space.train_size)."""
     def each(key, fn):
         vals = tuple(fn(f"space.{key}", x) for x in _list(f"space.{key}", d.get(key)))
         if len(set(vals)) != len(vals):
@@ -260,8 +260,7 @@ def _space(d: dict, train_split: int, split: int) -> Space:
         "train_size", lambda k, x: _int(k, x, 1, split, allow_none=True))
     labels = None if d.get("random_labels") is None else each(
         "random_labels", lambda k, x: _bool(k, x))
-    smallest = min((split if n is None else n for n in sizes), default=train_split) \
-        if sizes else train_split
+    smallest = min(train_split if n is None else n for n in sizes) if sizes else train_split
     batch = each("batch_size", lambda k, x: _int(k, x, lo=1))
     optimizers = each("optimizer", lambda k, x: _choice(k, x, OPTIMIZERS))
     if any(o in MINIBATCH_OPTIMIZERS for o in optimizers):
@@ -307,13 +306,13 @@ def _modules(v) -> tuple[str, ...]:
     return mods
 
 
-def _measures(v) -> tuple[str, ...]:
-    from workers.measures import REGISTRY
+def _measures(v, modules: tuple[str, ...] = ()) -> tuple[str, ...]:
+    from workers.measures import REGISTRY, available
 
     names = tuple(str(x) for x in _list("measures", v))
-    if "all" in names:  # every registered measure (built-in and from measure_modules)
+    if "all" in names:  # the built-in measures and those of the sweep's measure_modules
         names = tuple(dict.fromkeys([n for x in names
-                                     for n in (REGISTRY if x == "all" else [x])]))
+                                     for n in (available(modules) if x == "all" else [x])]))
     unknown = [n for n in names if n not in REGISTRY]
     if unknown or len(set(names)) != len(names):
         what = f"unknown {unknown}" if unknown else f"{list(names)} names one twice"
@@ -390,8 +389,8 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
         out=None if d.get("out") is None else str(d["out"]),
         save_weights=(None if d.get("save_weights") is None
                       else _bool("save_weights", d.get("save_weights"))),
-        measure_modules=_modules(d.get("measure_modules")),
-        measures=_measures(d.get("measures", list(DEFAULT_MEASURES))),
+        measure_modules=(modules := _modules(d.get("measure_modules"))),
+        measures=_measures(d.get("measures", list(DEFAULT_MEASURES)), modules),
         dataset=dataset,
         space=space,
         plan=plan,

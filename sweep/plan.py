@@ -76,11 +76,14 @@ CONDITIONAL = ("lr", "batch_size")  # mini-batch optimizers only
 
 
 def cheapest_flops(cfg: SweepConfig) -> float:
-    """Estimated FLOPs of the cheapest corner of the space (smallest width, depth, batch)."""
+    """Estimated FLOPs of the cheapest corner of the space (smallest width, depth, batch and
+    training set)."""
     s = cfg.space
     base = {"width": min(s.width), "depth": min(s.depth), "activation": s.activation[0],
             "lr": min(s.lr), "batch_size": min(s.batch_size), "init_scale": s.init_scale[0],
-            "seed": s.seed[0]}
+            "seed": s.seed[0],
+            "train_size": min(s.values("train_size"),
+                              key=lambda n: cfg.train_split_size if n is None else n)}
     return min(cost.estimate_flops(_trial_spec(cfg, {**base, "optimizer": o})) for o in s.optimizer)
 
 

@@ -426,3 +426,25 @@ def test_gpus_the_cluster_lacks_are_refused():
     check_gpus(FakeRay(), 0)
     with pytest.raises(ConfigError, match="gpus_per_trial: 1, but the Ray cluster has 0 GPUs"):
         check_gpus(FakeRay(), 1)
+
+
+def test_all_means_the_built_in_measures_and_the_sweeps_own_modules():
+    """`measures: [all]` (the default) is what the sweep's workers can evaluate: the built-in
+    measures and those of its measure_modules, not a measure registered in this process by
+    other means (a notebook cell, another sweep's module)."""
+    @register("notebook_only_measure", source="test", needs=("model",))
+    def notebook_only_measure(inputs):
+        return 0.0
+
+    try:
+        plain = compose([]).measures
+        assert "notebook_only_measure" not in plain and "weight_l2" not in plain
+        assert {"jacobian_norm_test", "transitions_test", "neyshabur_l2", "pacbayes_flatness",
+                "expected_sharpness", "sharpness"} <= set(plain)
+        assert len(plain) >= 30
+        with_lab = compose([f"measure_modules=[{LAB}]"]).measures
+        assert set(with_lab) == set(plain) | {"weight_l2"}
+        # named explicitly, a registered measure is taken as asked
+        assert compose(["measures=[notebook_only_measure]"]).measures == ("notebook_only_measure",)
+    finally:
+        REGISTRY.pop("notebook_only_measure", None)

@@ -116,3 +116,35 @@ def test_scaled_down_labels_experiment_draws_fig1_and_fig2_and_ranks_every_measu
     ranking = pd.read_csv(rep / "ranking.csv")
     assert set(REGISTRY) | {"n_params", "train_loss"} == set(ranking["measure"])
     assert len(ranking) >= 30 + 2
+
+
+def test_fitted_note_names_the_cells_without_a_fitted_trial():
+    ok = table({"train_size": [128, 256], "random_labels": [False, True]})
+    fit = ok[~(ok.random_labels & (ok.train_size == 256))]
+    note = neyshabur.fitted_note(fit, ok, 1.0)
+    assert f"{len(fit)} of {len(ok)} trained trials" in note
+    assert note.endswith("No trial does at: random labels, 256 points.")
+    assert "No trial" not in neyshabur.fitted_note(ok, ok, 1.0)
+
+
+def test_the_report_knows_the_sign_of_a_sweeps_own_measure(tmp_path):
+    import json
+
+    from analysis.report import _load_sweep_modules
+    from analysis.stats import measure_sign
+    from workers.measures import REGISTRY
+    from workers.storage import store
+
+    mod = tmp_path / "lab_margin.py"
+    mod.write_text("from workers.measures import register\n"
+                   "@register('lab_margin_test', source='test', sign=-1)\n"
+                   "def lab_margin_test(inputs):\n    return 1.0\n")
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps(
+        {"config": {"measure_modules": [str(mod)]}}))
+    try:
+        assert measure_sign("lab_margin_test") == 1  # unknown before the sweep's modules load
+        _load_sweep_modules(store(tmp_path / "s"))
+        assert measure_sign("lab_margin_test") == -1
+    finally:
+        REGISTRY.pop("lab_margin_test", None)

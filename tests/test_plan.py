@@ -232,6 +232,10 @@ def test_training_set_sizes_and_random_labels_vary_within_one_sweep(tmp_path):
     m = manifest_table(specs, cfg).to_pandas()
     assert sorted(m["train_size"]) == [100, 100, 200, 200, 1347, 1347]  # null: the whole split
     assert m["random_labels"].sum() == 3
+    from sweep import cost
+    from sweep.plan import cheapest_flops
+
+    assert cheapest_flops(cfg) <= min(cost.estimate_flops(s) for s in specs)
     base = compose([])
     assert "train_size" not in base.identity()["space"]
     assert base.identity_hash() == compose(["space.train_size=null",
@@ -246,6 +250,8 @@ def test_training_set_sizes_and_random_labels_vary_within_one_sweep(tmp_path):
     (["space.train_size=[5000]"], "space.train_size"),
     (["space.random_labels=[maybe]"], "space.random_labels"),
     (["space.train_size=[32]"], "space.batch_size: 64 is larger than the train set (32 points)"),
+    (["dataset.train_size=32", "space.train_size=[null,1000]", "space.batch_size=[64]"],
+     "space.batch_size: 64 is larger than the train set (32 points)"),  # null: dataset's 32
     (["experiment=factors", "dataset=digits", "space.random_labels=[true]"],
      "space.random_labels must be unset"),
 ])

@@ -60,11 +60,13 @@ def failure_summary(spec: TrialSpec, status: str, error: str) -> dict:
 
 def measure_inputs(model, data, spec: TrialSpec, init_model=None):
     """The registry's inputs for a trial's network: its train and test data as the model
-    takes them ([N, d]), the image shape, the trial's data seed."""
+    takes them ([N, d]), the image shape, the trial's data seed (point subsets) and its own
+    seed (with the data seed, the Monte-Carlo draws)."""
     from workers.measures import MeasureInputs
 
     return MeasureInputs(model, data.x_train.flatten(1), data.y_train, data.x_test.flatten(1),
-                         data.y_test, init_model, tuple(data.info.image_shape), spec.data.seed)
+                         data.y_test, init_model, tuple(data.info.image_shape), spec.data.seed,
+                         spec.seed)
 
 
 def initial_model(spec: TrialSpec, data, device):

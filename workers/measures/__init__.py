@@ -48,9 +48,19 @@ class MeasureInputs:
     y_test: Any = None
     init_model: Any = None
     image_shape: tuple[int, int, int] | None = None
-    seed: int = 0  # seeds every random subset or draw of the measure (the trial's data seed)
+    seed: int = 0  # seeds the point subsets (the trial's data seed: the same points across trials)
+    # the trial's own seed (its spec's seed): with ``seed``, seeds the Monte-Carlo draws
+    # (``draw_seed``), so two trials differing in their seed draw independently
+    trial_seed: int | None = None
     # what several measures share within one evaluation (weights, margins, norms), by key
     cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+def draw_seed(inputs: "MeasureInputs", tag: int) -> int:
+    """The seed of a measure's Monte-Carlo draws: from the trial (its data seed and its own
+    seed) and a tag that tells the measure's draws apart; a non-negative int below 2^62."""
+    text = f"{inputs.seed}:{inputs.trial_seed}:{tag}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 2
 
 
 def raised(error: str | None) -> bool:
@@ -209,18 +219,31 @@ def evaluate_outcomes(inputs: MeasureInputs, names: Sequence[str],
 
 def evaluate(model, names: Sequence[str], *, x_train=None, y_train=None, x_test=None,
              y_test=None, init_model=None, image_shape=None, seed: int = 0,
+             trial_seed: int | None = None,
              settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, float]:
     """The measures ``names`` of ``model``: name -> value (NaN where the measure raised; use
     ``evaluate_outcomes`` for the reasons). Inputs [N, d] as the model takes them; ``seed``
-    seeds the measures' point subsets and draws; ``settings`` per measure override its
-    defaults. Raises ValueError for an unknown measure or setting."""
+    seeds the measures' point subsets and, with ``trial_seed``, their Monte-Carlo draws;
+    ``settings`` per measure override its defaults. Raises ValueError for an unknown measure
+    or setting."""
     inputs = MeasureInputs(model, x_train, y_train, x_test, y_test, init_model, image_shape,
-                           seed)
+                           seed, trial_seed)
     return {n: (float("nan") if o.value is None else o.value)
             for n, o in evaluate_outcomes(inputs, names, settings).items()}
 
 
 _LOADED: dict[str, object] = {}
+_PROVIDED: dict[str, tuple[str, ...]] = {}  # measure module -> the measures it registers
+
+
+def available(modules: Sequence[str] = ()) -> list[str]:
+    """What ``measures: [all]`` means for a sweep with these ``measure_modules`` (loaded with
+    ``load_modules``): the built-in measures and those the modules register, in registration
+    order. A measure registered otherwise in this process (a notebook cell, another sweep's
+    module) is not included: the sweep's workers could not evaluate it."""
+    own = {n for m in modules for n in _PROVIDED.get(m, ())}
+    return [n for n, m in REGISTRY.items()
+            if n in own or str(getattr(m.fn, "__module__", "")).startswith("workers.measures")]
 
 
 def load_modules(modules: Sequence[str]) -> None:
@@ -235,6 +258,7 @@ def load_modules(modules: Sequence[str]) -> None:
     for m in modules:
         if m in _LOADED:
             continue
+        before = set(REGISTRY)
         try:
             if m.endswith(".py") or os.sep in m:
                 spec = importlib.util.spec_from_file_location(
@@ -252,6 +276,8 @@ def load_modules(modules: Sequence[str]) -> None:
                               " allowed: an importable module name or the path of a .py file "
                               "that registers measures (on every worker)") from None
         _LOADED[m] = mod
+        _PROVIDED[m] = tuple(n for n, meas in REGISTRY.items() if n not in before
+                             or getattr(meas.fn, "__module__", None) == mod.__name__)
 
 
 from workers.measures import builtin, norms, pacbayes, sharpness  # noqa: E402,F401  (the built-in measures)

@@ -13,10 +13,16 @@ sqrt(sigma^2 w_k^2 + eps^2) (the paper's definition; a public implementation pas
 where torch.normal takes a standard deviation).
 
 Cost and determinism: the ``samples`` perturbed networks of one sigma are evaluated as one
-batch (stacked weight matrices, one batched matrix product per layer), in float64. The draws are
-common random numbers: one seeded standard-normal draw z per search (seeded from the trial), so
-the perturbation at sigma is sigma * z (or sqrt(sigma^2 w^2 + eps^2) * z), the same trial gives
-the same sigma', and the error curve the bisection walks is a fixed function of sigma. Errors and
+batch (stacked weight matrices, one batched matrix product per layer), in float64, in groups of
+samples and chunks of points that keep them within ``BUDGET`` elements (wide networks). The
+draws are common random numbers: draw k is a standard-normal z_k from a generator of its own,
+seeded from the trial (its data seed and its own seed, ``workers.measures.draw_seed``) and k, so
+the perturbation at sigma is sigma * z_k (or sqrt(sigma^2 w^2 + eps^2) * z_k), the same trial
+gives the same sigma', another seed of the same configuration draws independently, and the
+error curve the bisection walks is a fixed function of sigma. If no midpoint comes within the
+tolerance in 15 steps, sigma' is the largest midpoint whose gap was at most the target; the
+measures are undefined (null, with the reason) when there is none, or when the error never rises
+by the target below sigma = 2 (a network at chance on its training set). Errors and
 losses are over a seeded subset of at most ``points`` (500) training points: 5,000 evaluations
 per step with 10 draws, a binomial standard error of 0.004 near the target error gap 0.1 (more
 where the draws differ from each other), against the search's tolerance 0.01; ``points`` null
@@ -30,7 +36,7 @@ import math
 
 import torch
 
-from workers.measures import MeasureInputs, MeasureValue, Undefined, register
+from workers.measures import MeasureInputs, MeasureValue, Undefined, draw_seed, register
 from workers.measures.builtin import point_subset
 from workers.measures.norms import _cached, _double, _w, _w0, model64, weights
 
@@ -53,10 +59,20 @@ def _layers(m64):
     return out
 
 
-def batched_logits(m64, ws: list[torch.Tensor], x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+# float64 elements the perturbed networks (weights and activations) may hold at once: the
+# samples of one sigma run in groups, and the points in chunks, within it (2^25: 256 MB)
+BUDGET = 1 << 25
+
+
+def batched_logits(m64, ws: list[torch.Tensor], x: torch.Tensor,
+                   chunk: int | None = None) -> torch.Tensor:
     """Logits [S, N, C] of the S networks whose weight matrices are ``ws`` ([S, h_i, h_{i-1}]
-    each, float64), with the architecture (non-linearities) of ``m64``, on x [N, d]."""
+    each, float64), with the architecture (non-linearities) of ``m64``, on x [N, d]; points in
+    chunks of ``chunk`` (default: S * chunk * widest layer <= BUDGET)."""
     layers = _layers(m64)
+    if chunk is None:
+        widest = max([x.shape[1]] + [w.shape[1] for w in ws])
+        chunk = max(1, BUDGET // (ws[0].shape[0] * widest))
     outs = []
     with torch.no_grad():
         for a in range(0, len(x), chunk):
@@ -68,23 +84,66 @@ def batched_logits(m64, ws: list[torch.Tensor], x: torch.Tensor, chunk: int = 40
 
 
 def _errors(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Training error (1 - accuracy) of each of the S networks: logits [S, N, C] -> [S]."""
-    return (logits.argmax(dim=2) != y.to(logits.device)[None, :]).double().mean(dim=1)
+    """Misclassified points of each of the S networks: logits [S, N, C] -> [S] (int64)."""
+    return (logits.argmax(dim=2) != y.to(logits.device)[None, :]).sum(dim=1)
 
 
 def _losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of each of the S networks: logits [S, N, C] -> [S] (float64)."""
+    """Summed cross-entropy of each of the S networks: logits [S, N, C] -> [S] (float64)."""
     yy = y.to(logits.device)
     lse = torch.logsumexp(logits, dim=2)
     true = logits.gather(2, yy[None, :, None].expand(logits.shape[0], -1, 1))[..., 0]
-    return (lse - true).mean(dim=1)
+    return (lse - true).sum(dim=1)
 
 
-def _normal(shapes, samples: int, seed: int, device) -> list[torch.Tensor]:
-    """One seeded standard-normal draw [samples, *shape] per weight matrix (float64)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    return [torch.randn(samples, *s, generator=gen, dtype=torch.float64).to(device)
-            for s in shapes]
+def sample_seed(seed: int, sample: int) -> int:
+    """The seed of draw ``sample`` of a measure whose draws are seeded by ``seed``."""
+    return (int(seed) + 7919 * (sample + 1)) % (1 << 62)
+
+
+def normal_draw(shapes, seed: int, sample: int, device="cpu") -> list[torch.Tensor]:
+    """Draw ``sample``: one standard-normal tensor per weight shape (float64), from a generator
+    of its own (``sample_seed``), so a draw does not depend on how draws are grouped."""
+    gen = torch.Generator().manual_seed(sample_seed(seed, sample))
+    return [torch.randn(*s, generator=gen, dtype=torch.float64).to(device) for s in shapes]
+
+
+class _Draws:
+    """``samples`` seeded standard-normal draws of the weights, in groups whose perturbed
+    networks fit the memory budget; kept once made when all of them fit, else made again for
+    every pass (the same numbers either way)."""
+
+    def __init__(self, ws: list[torch.Tensor], samples: int, seed: int):
+        self.shapes = [w.shape for w in ws]
+        self.device = ws[0].device
+        self.samples, self.seed = samples, seed
+        n_w = sum(w.numel() for w in ws)
+        self.per_group = max(1, min(samples, BUDGET // (3 * n_w)))  # draw, perturbed, temporary
+        self.kept = None
+        if self.per_group == samples:
+            self.kept = [self._group(0, samples)]
+
+    def _group(self, a: int, b: int) -> list[torch.Tensor]:
+        draws = [normal_draw(self.shapes, self.seed, k, self.device) for k in range(a, b)]
+        return [torch.stack([d[i] for d in draws]) for i in range(len(self.shapes))]
+
+    def groups(self):
+        if self.kept is not None:
+            yield from self.kept
+            return
+        for a in range(0, self.samples, self.per_group):
+            yield self._group(a, min(self.samples, a + self.per_group))
+
+
+def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic) -> float:
+    """The mean over the draws z of statistic(w + scale(w) * z) per point, where ``statistic``
+    sums over points (``_errors``, ``_losses``) and ``scale`` maps each weight matrix to the
+    standard deviation of its perturbation (a number or a tensor of its shape)."""
+    total = 0.0
+    for z in draws.groups():
+        pert = [w[None] + scale(w) * e for w, e in zip(ws, z)]
+        total += float(statistic(batched_logits(m64, pert, x), y).sum())
+    return total / (draws.samples * len(x))
 
 
 def _subset(inputs: MeasureInputs, points):
@@ -97,35 +156,54 @@ def sigma_search(model, x: torch.Tensor, y: torch.Tensor, *, magnitude: bool, se
                  samples: int = 10, steps: int = 15, upper: float = 2.0, target: float = 0.1,
                  tolerance: float = 0.01, m64=None) -> dict:
     """sigma' (or sigma'_mag if ``magnitude``) of a bias-free MLP on (x [N, d], y [N]), see the
-    module docstring. Returns {"sigma", "gap" (mean error of w + nu minus err(w) at sigma),
-    "steps" (bisection steps run), "base_error"}."""
+    module docstring; ``seed`` seeds the draws (``normal_draw``). Bisection on [0, ``upper``]:
+    at each midpoint sigma the gap = mean training error of w + nu minus err(w); the search
+    stops once |gap - target| <= ``tolerance``, else moves down (gap > target) or up. Returns
+    {"sigma", "gap", "steps" (run), "converged", "base_error"}: sigma is the midpoint where it
+    stopped, or, if no midpoint came within the tolerance, the largest midpoint whose gap was
+    <= target. Raises ``Undefined`` when there is none (every midpoint raised the error by more
+    than the target) or when no midpoint raised it by more than target - tolerance (the error
+    never rises by the target below ``upper``: the search is open, e.g. a network at chance)."""
     ws = weights(model)
     m64 = _double(model) if m64 is None else m64
     dev = next(m64.parameters()).device
     ws = [w.to(dev) for w in ws]
-    base = float(_errors(batched_logits(m64, [w[None] for w in ws], x), y)[0])
-    z = _normal([w.shape for w in ws], samples, seed + (7 if magnitude else 3), dev)
+    base = float(_errors(batched_logits(m64, [w[None] for w in ws], x), y)[0]) / len(x)
+    draws = _Draws(ws, samples, seed)
 
     def gap(sigma: float) -> float:
         if magnitude:
-            pert = [w[None] + torch.sqrt(sigma ** 2 * w[None] ** 2 + EPS ** 2) * e
-                    for w, e in zip(ws, z)]
+            def scale(w):
+                return torch.sqrt(sigma ** 2 * w[None] ** 2 + EPS ** 2)
         else:
-            pert = [w[None] + sigma * e for w, e in zip(ws, z)]
-        return float(_errors(batched_logits(m64, pert, x), y).mean()) - base
+            def scale(w):
+                return sigma
+        return _perturbed_mean(m64, ws, draws, scale, x, y, _errors) - base
 
     lo, hi = 0.0, float(upper)
-    sigma, g, ran = hi / 2, float("nan"), 0
+    best = None  # (sigma, gap) of the largest midpoint with gap <= target
+    sigma, g, ran, converged, rose = hi / 2, float("nan"), 0, False, False
     for ran in range(1, steps + 1):
         sigma = (lo + hi) / 2
         g = gap(sigma)
+        rose = rose or g >= target - tolerance
         if abs(g - target) <= tolerance:
+            converged = True
             break
         if g > target:
             hi = sigma
         else:
             lo = sigma
-    return {"sigma": sigma, "gap": g, "steps": ran, "base_error": base}
+            best = (sigma, g)
+    if not rose:
+        raise Undefined(f"the training error rises by at most {g:.3g} < {target:g} - "
+                        f"{tolerance:g} for every sigma up to {upper:g} (base error {base:.3g})")
+    if not converged:
+        if best is None:
+            raise Undefined(f"no sigma > 0 keeps the training error within {target:g} of "
+                            f"err(w) in {steps} bisection steps")
+        sigma, g = best
+    return {"sigma": sigma, "gap": g, "steps": ran, "converged": converged, "base_error": base}
 
 
 def _sigma(inputs: MeasureInputs, magnitude: bool, settings: dict) -> dict:
@@ -136,10 +214,9 @@ def _sigma(inputs: MeasureInputs, magnitude: bool, settings: dict) -> dict:
         if len(x) == 0:
             raise Undefined("no training points")
         s = {k: v for k, v in settings.items() if k != "points"}
-        found = sigma_search(inputs.model, x, y, magnitude=magnitude, seed=inputs.seed,
+        found = sigma_search(inputs.model, x, y, magnitude=magnitude,
+                             seed=draw_seed(inputs, 7 if magnitude else 3),
                              m64=model64(inputs), **s)
-        if not found["sigma"] > 0:
-            raise Undefined("sigma' search ended at 0")
         return {**found, "points": len(x)}
 
     return _cached(inputs, key, run)
@@ -152,7 +229,7 @@ def _flat(w) -> torch.Tensor:
 def _pacbayes(inputs, magnitude: bool, kind: str, settings: dict) -> MeasureValue:
     found = _sigma(inputs, magnitude, settings)
     s, m = found["sigma"], len(inputs.x_train)
-    info = {k: found[k] for k in ("sigma", "gap", "steps", "points", "base_error")}
+    info = {k: found[k] for k in ("sigma", "gap", "steps", "converged", "points", "base_error")}
     if kind == "flatness":
         return MeasureValue(1.0 / s ** 2, info=info)
     w = _flat(_w(inputs))
@@ -204,21 +281,23 @@ def expected_sharpness_curve(model, x: torch.Tensor, y: torch.Tensor, alphas, *,
                              seed: int, m64=None) -> list[dict]:
     """For each alpha: nu_k ~ N(0, sigma_k^2), sigma_k = alpha (10 |w_k| + 1) (a standard
     deviation), expected sharpness E_nu[L(w + nu)] - L(w) by ``samples`` seeded draws (the same
-    standard-normal draw scaled for every alpha), and KL = sum_k w_k^2 / (2 sigma_k^2)
-    (Neyshabur et al. 2017, §3). Returns [{"alpha", "kl", "expected_sharpness"}] in float64,
-    L the mean cross-entropy on (x [N, d], y [N])."""
+    standard-normal draws, ``normal_draw`` from ``seed``, scaled for every alpha), and
+    KL = sum_k w_k^2 / (2 sigma_k^2) (Neyshabur et al. 2017, §3). Returns
+    [{"alpha", "kl", "expected_sharpness"}] in float64, L the mean cross-entropy on
+    (x [N, d], y [N])."""
     ws = weights(model)
     m64 = _double(model) if m64 is None else m64
     dev = next(m64.parameters()).device
     ws = [w.to(dev) for w in ws]
-    base = float(_losses(batched_logits(m64, [w[None] for w in ws], x), y)[0])
-    z = _normal([w.shape for w in ws], samples, seed + 11, dev)
+    base = float(_losses(batched_logits(m64, [w[None] for w in ws], x), y)[0]) / len(x)
+    draws = _Draws(ws, samples, seed)
     rows = []
     for alpha in alphas:
-        sig = [alpha * (10 * w.abs() + 1) for w in ws]
-        pert = [w[None] + s[None] * e for w, s, e in zip(ws, sig, z)]
-        loss = float(_losses(batched_logits(m64, pert, x), y).mean())
-        kl = sum(float((w * w / (2 * s * s)).sum()) for w, s in zip(ws, sig))
+        def scale(w, a=alpha):
+            return a * (10 * w[None].abs() + 1)
+
+        loss = _perturbed_mean(m64, ws, draws, scale, x, y, _losses)
+        kl = sum(float((w * w / (2 * (alpha * (10 * w.abs() + 1)) ** 2)).sum()) for w in ws)
         rows.append({"alpha": float(alpha), "kl": kl, "expected_sharpness": loss - base})
     return rows
 
@@ -241,8 +320,8 @@ def expected_sharpness(inputs: MeasureInputs, alpha_min: float = 1e-4, alpha_max
     x, y = _subset(inputs, points)
     if len(x) == 0:
         raise Undefined("no training points")
-    rows = expected_sharpness_curve(inputs.model, x, y, grid, samples=samples, seed=inputs.seed,
-                                    m64=model64(inputs))
+    rows = expected_sharpness_curve(inputs.model, x, y, grid, samples=samples,
+                                    seed=draw_seed(inputs, 11), m64=model64(inputs))
     at = next(r for r in rows if r["alpha"] == float(alpha))
     return MeasureValue(at["expected_sharpness"],
                         info={"curve": {k: [r[k] for r in rows]

@@ -7,14 +7,15 @@ L the mean cross-entropy over a seeded subset of at most ``points`` training poi
 labels the trial trained on). The maximum is sought by projected sign-gradient ascent on L:
 from a seeded random start in the box, ``steps`` steps of a quarter of the box each, projected
 back into the box; the value is the largest over the start, every iterate and nu = 0 (so it is
->= 0, and 0 at alpha = 0). Everything in float64; every draw seeded from the trial.
+>= 0, and 0 at alpha = 0). Everything in float64; the subset is seeded from the trial's data
+seed (the same points across trials), the random start from the trial (``draw_seed``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from workers.measures import MeasureInputs, MeasureValue, register
+from workers.measures import MeasureInputs, MeasureValue, draw_seed, register
 from workers.measures.builtin import point_subset
 from workers.measures.norms import _double, model64, weights
 
@@ -57,7 +58,8 @@ def sharpness_value(model, x: torch.Tensor, y: torch.Tensor, alpha: float, steps
 
 @register("sharpness", source="Neyshabur et al. 2017, §3 (Keskar et al. 2017's sharpness)",
           needs=("model", "train_inputs", "train_labels"),
-          settings={"alpha": 5e-4, "points": 1000, "steps": 20})
+          settings={"alpha": 5e-4, "points": 1000, "steps": 20},
+          version=2)  # 2: the random start seeded from the trial's own seed too (draw_seed)
 def sharpness(inputs: MeasureInputs, alpha: float = 5e-4, points: int | None = 1000,
               steps: int = 20) -> MeasureValue:
     """max_{|nu_k| <= alpha (|w_k| + 1)} (L(w + nu) - L(w)) / (1 + L(w)) over a seeded subset
@@ -65,6 +67,7 @@ def sharpness(inputs: MeasureInputs, alpha: float = 5e-4, points: int | None = 1
     idx = point_subset(len(inputs.x_train), points, inputs.seed)
     dev = inputs.x_train.device
     value, ran = sharpness_value(inputs.model, inputs.x_train[idx.to(dev)],
-                                 inputs.y_train[idx.to(dev)], alpha, steps, inputs.seed,
+                                 inputs.y_train[idx.to(dev)], alpha, steps,
+                                 draw_seed(inputs, 5),
                                  m64=model64(inputs))
     return MeasureValue(value, info={"points": len(idx), "steps": ran, "alpha": alpha})

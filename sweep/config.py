@@ -30,6 +30,7 @@ from workers.train import MINIBATCH_OPTIMIZERS, OPTIMIZERS
 
 SAMPLERS = ("random", "qmc")
 # Fig. 4: the binary factors of paired trials, and the two values each pair compares
+INFEASIBLE = ("refuse", "replace", "keep")  # plan.infeasible
 OPTIONAL_SPACE_KEYS = ("train_size", "random_labels")  # Space's keys that may be unset (None)
 FACTORS = {
     "random_labels": (False, True),
@@ -81,6 +82,9 @@ class PlanConfig:
     grid: tuple[str, ...]
     cheap_bias: float
     factors: tuple[str, ...] = ()
+    # trials whose estimated memory exceeds a worker's: refuse the plan, replace them by
+    # feasible draws, or keep them (they fail as oom)
+    infeasible: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,11 @@ class ResourcesConfig:
     max_in_flight: int | None
     trials_per_task: int = 16
     batch_below_flops: float = 1e9
+    # what a worker (node) holds, for the plan's feasibility; None: this machine's memory
+    worker_memory_gb: float | None = None
+    # sustained training throughput, for the plan's cost summary (FLOP/s per CPU core; per GPU)
+    cpu_flops: float = 2e10
+    gpu_flops: float = 1e13
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,8 @@ class SweepConfig:
         for key in OPTIONAL_SPACE_KEYS:  # unset: as before these keys existed (same identity)
             if d["space"][key] is None:
                 d["space"].pop(key)
+        if d["plan"]["infeasible"] == "refuse":  # (refused or as before: the same trials)
+            d["plan"].pop("infeasible")
         return d
 
     def identity_hash(self, version: int = IDENTITY_VERSION) -> str:
@@ -361,7 +372,9 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
                           "(the pairs set them per trial)")
     plan = PlanConfig(sampler=_choice("plan.sampler", p.get("sampler"), SAMPLERS), grid=grid,
                       cheap_bias=_float("plan.cheap_bias", p.get("cheap_bias", 0.0), lo=0.0),
-                      factors=factors)
+                      factors=factors,
+                      infeasible=_choice("plan.infeasible", p.get("infeasible", "refuse"),
+                                         INFEASIBLE))
     t = _section(d, "train")
     lb = _section(t, "lbfgs")
     train = TrainConfig(
@@ -417,6 +430,10 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
             trials_per_task=_int("resources.trials_per_task", r.get("trials_per_task", 16), lo=1),
             batch_below_flops=_float("resources.batch_below_flops",
                                      r.get("batch_below_flops", 1e9), lo=0.0),
+            worker_memory_gb=None if r.get("worker_memory_gb") is None else _float(
+                "resources.worker_memory_gb", r.get("worker_memory_gb"), positive=True),
+            cpu_flops=_float("resources.cpu_flops", r.get("cpu_flops", 2e10), positive=True),
+            gpu_flops=_float("resources.gpu_flops", r.get("gpu_flops", 1e13), positive=True),
         ),
         figure=_bool("figure", d.get("figure")),
         progress=_bool("progress", d.get("progress")),

@@ -68,3 +68,89 @@ def estimate_memory(spec: TrialSpec) -> int:
 
 def resource_class(cpus: float, gpus: float) -> str:
     return "cpu" if gpus <= 0 else f"gpu:{gpus:g}"
+
+
+def worker_memory(cfg) -> tuple[int, str]:
+    """(bytes a worker holds, where the figure comes from): ``resources.worker_memory_gb``, or
+    this machine's total memory."""
+    gb = cfg.resources.worker_memory_gb
+    if gb is not None:
+        return int(gb * (1 << 30)), "resources.worker_memory_gb"
+    import psutil
+
+    return int(psutil.virtual_memory().total), "this machine; set resources.worker_memory_gb"
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 1024:.1f} KB"
+
+
+def _describe(spec: TrialSpec) -> str:
+    batch = "full batch" if spec.batch_size is None else f"batch {spec.batch_size}"
+    return f"width {spec.width}, depth {spec.depth}, {spec.optimizer}, {batch}"
+
+
+def plan_summary(specs: list[TrialSpec], cfg) -> dict:
+    """What a plan will cost and what cannot run, before anything runs: per resource class the
+    trials, estimated FLOPs and device-hours (core-hours at ``resources.cpu_flops`` per core,
+    GPU-hours at ``resources.gpu_flops`` per GPU), the share of all FLOPs held by the costliest
+    1% of trials, the largest per-trial memory against a worker's (``worker_memory``), and the
+    trials that fit nowhere (estimated memory above a worker's) with the largest of them.
+    JSON-able."""
+    import math
+
+    res = cfg.resources
+    flops = [estimate_flops(s) for s in specs]
+    memory = [estimate_memory(s) for s in specs]
+    total = float(sum(flops))
+    rc = resource_class(res.cpus_per_trial, res.gpus_per_trial)
+    per_device = res.gpu_flops if res.gpus_per_trial > 0 else res.cpu_flops
+    unit = "GPU-hours" if res.gpus_per_trial > 0 else "core-hours"
+    top = sorted(flops, reverse=True)[:max(1, math.ceil(0.01 * len(flops)))] if flops else []
+    limit, source = worker_memory(cfg)
+    over = sorted((i for i, m in enumerate(memory) if m > limit), key=lambda i: -memory[i])
+    return {
+        "trials": len(specs),
+        "flops": total,
+        "classes": {rc: {"trials": len(specs), "flops": total, unit: total / per_device / 3600,
+                         "flops_per_second_per_device": per_device}},
+        "top_1_percent_share": (float(sum(top)) / total) if total > 0 else 0.0,
+        "largest_memory_bytes": max(memory, default=0),
+        "largest_memory_trial": _describe(specs[max(range(len(specs)), key=memory.__getitem__)])
+        if specs else None,
+        "worker_memory_bytes": limit,
+        "worker_memory_source": source,
+        "infeasible": len(over),
+        "infeasible_largest": [{"trial_id": specs[i].trial_id, "memory_bytes": memory[i],
+                                "trial": _describe(specs[i])} for i in over[:5]],
+    }
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The summary as the lines ``sweep plan`` and ``sweep launch`` print."""
+    lines = [f"plan: {summary['trials']:,} trials, {summary['flops']:.3g} FLOPs estimated"]
+    for rc, c in summary["classes"].items():
+        unit = next(k for k in c if k.endswith("-hours"))
+        lines.append(f"plan: {rc}: {c['trials']:,} trials, {c[unit]:.3g} {unit} at "
+                     f"{c['flops_per_second_per_device']:.3g} FLOP/s per device")
+    lines.append(f"plan: the costliest 1% of trials hold {100 * summary['top_1_percent_share']:.0f}%"
+                 " of the FLOPs")
+    lines.append(f"plan: largest trial memory {_bytes(summary['largest_memory_bytes'])} "
+                 f"({summary['largest_memory_trial']}) against {_bytes(summary['worker_memory_bytes'])}"
+                 f" per worker ({summary['worker_memory_source']}); "
+                 f"{summary['infeasible']:,} trials fit nowhere")
+    return lines
+
+
+def infeasible_message(summary: dict) -> str:
+    """One line refusing a plan with trials that fit nowhere."""
+    big = summary["infeasible_largest"][0]
+    return (f"plan: {summary['infeasible']:,} of {summary['trials']:,} trials need more memory "
+            f"than a worker's {_bytes(summary['worker_memory_bytes'])} "
+            f"({summary['worker_memory_source']}), the largest {_bytes(big['memory_bytes'])} "
+            f"({big['trial']}); allowed: plan.infeasible=replace (draw feasible trials instead), "
+            "plan.infeasible=keep (run them; they fail as oom), or resources.worker_memory_gb="
+            "<the memory of your workers>")

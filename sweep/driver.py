@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sweep.config import IDENTITY_VERSION, NOT_IDENTITY, ConfigError, SweepConfig
 from sweep.lock import LOCK_FILE, DriverLock
+from sweep import cost
 from sweep.plan import manifest_table, plan_pairs, plan_trials
 from workers.data import DataError, check_available
 from sweep.journal import Journal
@@ -81,6 +82,9 @@ def read_plan(out: Store, metrics=None) -> list[TrialSpec]:
     return specs
 
 
+PLAN_SUMMARY_FILE = "plan_summary.json"  # sweep/cost.plan_summary of the plan, written with it
+
+
 def prepare(cfg: SweepConfig) -> tuple[Store, list[TrialSpec]]:
     """All checks, then the sweep directory with its configuration and plan. An existing plan
     (same sweep) is read, not redrawn. Raises ConfigError/DataError before anything is written."""
@@ -88,15 +92,23 @@ def prepare(cfg: SweepConfig) -> tuple[Store, list[TrialSpec]]:
     check_out_dir(out, cfg)
     check_available(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
     if out.exists(PLAN_FILE):
-        return out, read_plan(out, cfg.metric_spec())
+        specs = read_plan(out, cfg.metric_spec())
+        for line in cost.summary_lines(cost.plan_summary(specs, cfg)):
+            log(line)
+        return out, specs
     pairs = None
     if cfg.plan.factors:
         specs, pairs = plan_pairs(cfg)
     else:
         specs = plan_trials(cfg)
     if len(specs) < cfg.trials and pairs is None:
-        log(f"note: the space holds only {len(specs)} distinct configurations; planning {len(specs)} "
-            f"trials instead of {cfg.trials}")
+        log(f"note: {len(specs)} distinct configurations were drawn (the cost bias or the memory "
+            f"bound rejected the others); planning {len(specs)} trials instead of {cfg.trials}")
+    summary = cost.plan_summary(specs, cfg)
+    for line in cost.summary_lines(summary):
+        log(line)
+    if summary["infeasible"] and cfg.plan.infeasible == "refuse":
+        raise ConfigError(cost.infeasible_message(summary))
     out.makedirs()
     if not out.exists(SWEEP_FILE):
         doc = {"identity_hash": cfg.identity_hash(), "identity_version": IDENTITY_VERSION,
@@ -104,6 +116,7 @@ def prepare(cfg: SweepConfig) -> tuple[Store, list[TrialSpec]]:
         out.write_text(SWEEP_FILE, json.dumps(doc, indent=2, sort_keys=True))
     if pairs is not None:  # before the plan, whose presence marks the directory planned
         out.write_parquet(PAIRS_FILE, pairs)
+    out.write_text(PLAN_SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True))
     out.write_parquet(PLAN_FILE, manifest_table(specs, cfg))
     out.makedirs(TRIALS)
     return out, specs

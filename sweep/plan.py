@@ -19,13 +19,14 @@ The same configuration and seed give the same trials, in the same order, with th
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import asdict, replace
 import warnings
 
 import pyarrow as pa
 
 from sweep import cost
-from sweep.config import FACTORS, SPACE_KEYS, SweepConfig
+from sweep.config import FACTORS, SPACE_KEYS, ConfigError, SweepConfig
 from workers.hyperparameters import FIELDS as HYPERPARAMETER_FIELDS
 from workers.hyperparameters import values as hyperparameter_values
 from workers.spec import DataSpec, MetricSpec, TrainSpec, TrialSpec
@@ -87,10 +88,34 @@ def cheapest_flops(cfg: SweepConfig) -> float:
     return min(cost.estimate_flops(_trial_spec(cfg, {**base, "optimizer": o})) for o in s.optimizer)
 
 
+def space_size(cfg: SweepConfig) -> int:
+    """The number of distinct configurations of the space (L-BFGS has no lr or batch_size of
+    its own: one configuration per value of the other keys); for ``plan.factors``, of the
+    mini-batch space the base configurations come from."""
+    s = cfg.space
+    others = math.prod(len(s.values(k)) for k in SPACE_KEYS
+                       if k not in ("optimizer",) + CONDITIONAL)
+    mini = sum(1 for o in s.optimizer if o != "lbfgs")
+    lbfgs = 0 if cfg.plan.factors else int("lbfgs" in s.optimizer)
+    return others * (mini * math.prod(len(s.values(k)) for k in CONDITIONAL) + lbfgs)
+
+
+def check_trials(cfg: SweepConfig) -> None:
+    """ConfigError (at once, before planning) when ``trials`` exceeds the space's distinct
+    configurations."""
+    n = space_size(cfg)
+    if cfg.trials > n:
+        what = "base configurations" if cfg.plan.factors else "configurations"
+        raise ConfigError(f"trials: {cfg.trials:,} is more than the {n:,} distinct {what} of the "
+                          f"space; allowed: 1..{n}")
+
+
 def plan_trials(cfg: SweepConfig) -> list[TrialSpec]:
-    """The sweep's distinct trials, in plan order. Fewer than ``cfg.trials`` only when the space
-    holds fewer distinct configurations (or the cost bias rejects too many draws). With
-    ``plan.factors``, the trials of :func:`plan_pairs`."""
+    """The sweep's distinct trials, in plan order. Fewer than ``cfg.trials`` only when the
+    cost bias (or, with ``plan.infeasible=replace``, the memory bound) rejects too many draws.
+    With ``plan.factors``, the trials of :func:`plan_pairs`. Raises ConfigError when ``trials``
+    exceeds the space's distinct configurations (``check_trials``)."""
+    check_trials(cfg)
     if cfg.plan.factors:
         return plan_pairs(cfg)[0]
     return _draw(cfg)
@@ -117,6 +142,7 @@ def plan_pairs(cfg: SweepConfig) -> tuple[list[TrialSpec], pa.Table]:
     trial_a, trial_b)."""
     import hashlib
 
+    check_trials(cfg)
     minibatch = tuple(o for o in cfg.space.optimizer if o != "lbfgs")
     base_cfg = replace(cfg, space=replace(cfg.space, optimizer=minibatch),
                        plan=replace(cfg.plan, factors=()))
@@ -159,7 +185,8 @@ class _Enumerated:
     cost) as the digits of a mixed-radix index. So every draw is kept and its distribution is
     exactly the rejection-sampling one."""
 
-    def __init__(self, cfg: SweepConfig, cell: dict, free: list[str], c_min: float):
+    def __init__(self, cfg: SweepConfig, cell: dict, free: list[str], c_min: float,
+                 limit: int | None = None):
         import numpy as np
 
         space, bias = cfg.space, cfg.plan.cheap_bias
@@ -178,9 +205,16 @@ class _Enumerated:
                 flops = np.array([cost.estimate_flops(_trial_spec(cfg, {**probe, **r}))
                                   for r in rows])
                 logw += bias * (np.log(c_min) - np.log(flops))
+            if limit is not None:  # plan.infeasible=replace: weight 0 where no worker fits
+                memory = np.array([cost.estimate_memory(_trial_spec(cfg, {**probe, **r}))
+                                   for r in rows])
+                logw[memory > limit] = -np.inf
             self.rows += rows
             weights.append(logw)
         logw = np.concatenate(weights)
+        if not np.isfinite(logw.max()):
+            raise ConfigError(f"plan.infeasible=replace: no configuration of the grid cell {cell} "
+                              "fits a worker's memory (resources.worker_memory_gb)")
         cdf = np.cumsum(np.exp(logw - logw.max()))
         self.cdf = cdf / cdf[-1]
         self.radix = [len(space.values(k)) for k in self.tail]
@@ -226,7 +260,9 @@ def _draw(cfg: SweepConfig, values: bool = False) -> list:
     tables: dict[tuple, _Enumerated] = {}
     accept = random.Random(cfg.seed)  # the cost bias's own seeded draws (per-key path)
     specs: dict[str, TrialSpec] = {}
-    max_draws = (20 if enumerate_ or bias == 0 else 200) * cfg.trials + len(cells)
+    limit = cost.worker_memory(cfg)[0] if cfg.plan.infeasible == "replace" else None
+    max_draws = (20 if enumerate_ or (bias == 0 and limit is None) else 200) * cfg.trials \
+        + len(cells)
     cell = 0
     for _ in range(max_draws):
         if len(specs) == cfg.trials:
@@ -236,7 +272,7 @@ def _draw(cfg: SweepConfig, values: bool = False) -> list:
         v = dict(zip(grid_keys, key))
         if enumerate_:
             if key not in tables:
-                tables[key] = _Enumerated(cfg, v, free, c_min)
+                tables[key] = _Enumerated(cfg, v, free, c_min, limit)
             v = tables[key].pick(trial.suggest_float("u", 0.0, 1.0))
             spec = _trial_spec(cfg, v)
         else:
@@ -250,6 +286,8 @@ def _draw(cfg: SweepConfig, values: bool = False) -> list:
             spec = _trial_spec(cfg, v)
             if bias > 0 and accept.random() >= (c_min / cost.estimate_flops(spec)) ** bias:
                 continue  # rejected by the cost bias; the grid cell is retried with the next draw
+            if limit is not None and cost.estimate_memory(spec) > limit:
+                continue  # plan.infeasible=replace: fits no worker; drawn again
         cell += 1
         specs.setdefault(spec.trial_id, v if values else spec)
     return list(specs.values())

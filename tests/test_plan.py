@@ -38,12 +38,45 @@ def test_values_come_from_the_space_and_lbfgs_is_full_batch():
             assert s.batch_size in cfg.space.batch_size and s.lr in cfg.space.lr
 
 
-def test_small_space_gives_only_its_distinct_configurations():
-    cfg = compose(["space.width=8", "space.depth=2", "space.activation=relu", "space.optimizer=sgd",
-                   "space.lr=[0.1,0.01]", "space.batch_size=32", "space.init_scale=1",
-                   "space.seed=1", "plan.grid=[]", "trials=10"])
-    specs = plan_trials(cfg)
-    assert sorted(s.lr for s in specs) == [0.01, 0.1]
+SMALL = ["space.width=8", "space.depth=2", "space.activation=relu", "space.lr=[0.1,0.01]",
+         "space.batch_size=32", "space.init_scale=1", "space.seed=1", "plan.grid=[]"]
+
+
+def test_a_whole_small_space_is_planned_and_more_trials_are_refused_at_once(tmp_path, capsys):
+    """trials up to the space's distinct configurations plans them all; more is refused at
+    once (no planning: the draws near the space's size would repeat), with the number."""
+    from sweep.cli import main
+    from sweep.plan import space_size
+
+    cfg = compose(SMALL + ["space.optimizer=sgd", "trials=2"])
+    assert sorted(s.lr for s in plan_trials(cfg)) == [0.01, 0.1]
+    # L-BFGS has one configuration per value of the other keys (its own lr, full batch)
+    both = compose(SMALL + ["space.optimizer=[sgd,lbfgs]", "space.seed=[1,2]", "trials=6"])
+    assert space_size(both) == 6 and len({s.trial_id for s in plan_trials(both)}) == 6
+    with pytest.raises(ConfigError, match=r"trials: 7 is more than the 6 distinct"):
+        plan_trials(compose(SMALL + ["space.optimizer=[sgd,lbfgs]", "space.seed=[1,2]",
+                                     "trials=7"]))
+    out = tmp_path / "p"
+    assert main(["plan", *SMALL, "space.optimizer=sgd", "trials=10", f"out={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("trials: 10 is more than the 2 distinct configurations of the space; "
+                        "allowed: 1..2") and "\n" not in err
+    assert not (out / "plan.parquet").exists()
+
+
+def test_space_size_counts_what_the_planner_can_draw():
+    """The count against an enumeration of every distinct trial the planner can make."""
+    from sweep.plan import _trial_spec, space_size
+    from workers.hyperparameters import SPACE_KEYS
+
+    cfg = compose(["space.width=[8,16]", "space.depth=[2,3]", "space.activation=[relu,tanh]",
+                   "space.optimizer=[sgd,adam,lbfgs]", "space.lr=[0.1,0.01,0.001]",
+                   "space.batch_size=[32,64]", "space.init_scale=[1.0]", "space.seed=[1,2]",
+                   "space.train_size=[100,null]", "trials=1"])
+    keys = list(SPACE_KEYS)
+    ids = {_trial_spec(cfg, dict(zip(keys, vals))).trial_id
+           for vals in itertools.product(*(cfg.space.values(k) for k in keys))}
+    assert space_size(cfg) == len(ids) == 2 * 2 * 2 * 2 * 2 * (2 * 3 * 2 + 1)
 
 
 def test_trial_id_is_a_hash_of_the_full_spec():
@@ -100,10 +133,12 @@ def test_cheap_bias_favours_small_networks_and_is_deterministic():
                                         ("per_point", []),
                                         ("cross_entropy", ["dataset=fashion_mnist"])])
 def test_paper_experiments_plan_with_their_spaces(name, extra):
-    cfg = compose([f"experiment={name}", "trials=200"] + extra)
+    from sweep.plan import space_size
+
+    n = min(200, space_size(compose([f"experiment={name}"] + extra)))  # cross_entropy: 60
+    cfg = compose([f"experiment={name}", f"trials={n}"] + extra)
     specs = plan_trials(cfg)
-    assert len(specs) == min(200, len(set(itertools.product(*(cfg.space.values(k) for k in
-                                                              cfg.plan.grid)))) if name == "cross_entropy" else 200)
+    assert len(specs) == n
     for s in specs:
         assert s.width in cfg.space.width and s.depth in cfg.space.depth
     if name == "paper_large":
@@ -166,7 +201,8 @@ def test_paper_large_plans_a_hundred_thousand_trials(tmp_path):
     from sweep.driver import plan_only
 
     t0 = time.perf_counter()
-    out = plan_only(compose(["experiment=paper_large", "trials=100000", f"out={tmp_path / 'p'}"]))
+    out = plan_only(compose(["experiment=paper_large", "trials=100000", f"out={tmp_path / 'p'}",
+                             "plan.infeasible=keep"]))
     dt = time.perf_counter() - t0
     t = pq.read_table(Path(out) / "plan.parquet", columns=["trial_id", "width", "est_flops"])
     assert t.num_rows == 100000 and len(set(t.column("trial_id").to_pylist())) == 100000
@@ -258,3 +294,52 @@ def test_training_set_sizes_and_random_labels_vary_within_one_sweep(tmp_path):
 def test_bad_training_set_sizes_and_labels_are_refused(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         compose(override)
+
+
+def test_the_plan_summary_against_the_manifest_and_infeasible_trials(tmp_path, capsys):
+    """sweep plan prints and writes the cost and feasibility summary; a plan with trials that
+    fit no worker is refused with it (one line, nothing written), or drawn without them
+    (replace), or kept (keep)."""
+    import json
+    import math
+
+    from sweep import cost
+    from sweep.cli import main
+
+    base = ["space.width=[16,4096]", "space.depth=[2,5]", "space.optimizer=[sgd,lbfgs]",
+            "space.activation=[relu]", "space.lr=[0.01]", "space.batch_size=[64]",
+            "space.init_scale=[1.0]", "space.seed=[1,2,3]", "trials=24", "plan.grid=[]"]
+    cfg = compose(base + ["plan.infeasible=keep"])
+    specs = plan_trials(cfg)
+    memory = sorted(cost.estimate_memory(s) for s in specs)
+    limit_gb = (memory[len(memory) // 2] + 1) / 2**30  # about half the trials fit
+    small = [f"resources.worker_memory_gb={limit_gb!r}"]
+    n_over = sum(m > limit_gb * 2**30 for m in memory)
+    assert 0 < n_over < len(specs)
+    # refused: the summary on stderr, then one line; nothing written
+    out = tmp_path / "refused"
+    assert main(["plan", *base, *small, f"out={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"sweep: error: plan: {n_over} of 24 trials need more memory")
+    assert any(f"{n_over} trials fit nowhere" in line for line in err)
+    assert not (out / "plan.parquet").exists()
+    # kept: the summary is written beside the plan and agrees with the manifest
+    out = tmp_path / "kept"
+    assert main(["plan", *base, *small, "plan.infeasible=keep", f"out={out}"]) == 0
+    summary = json.loads((out / "plan_summary.json").read_text())
+    m = pq.read_table(out / "plan.parquet").to_pandas()
+    assert summary["trials"] == len(m) == 24
+    assert summary["flops"] == pytest.approx(m["est_flops"].sum(), rel=1e-12)
+    top = m["est_flops"].sort_values(ascending=False).head(math.ceil(0.24))
+    assert summary["top_1_percent_share"] == pytest.approx(top.sum() / m["est_flops"].sum())
+    assert summary["classes"]["cpu"]["core-hours"] == pytest.approx(
+        m["est_flops"].sum() / 2e10 / 3600)
+    assert summary["infeasible"] == int((m["est_memory_bytes"] > limit_gb * 2**30).sum()) == n_over
+    assert summary["largest_memory_bytes"] == m["est_memory_bytes"].max()
+    # replaced: every planned trial fits
+    out = tmp_path / "replaced"
+    few = [b if not b.startswith("trials=") else "trials=8" for b in base]
+    assert main(["plan", *few, *small, "plan.infeasible=replace", f"out={out}"]) == 0
+    m = pq.read_table(out / "plan.parquet").to_pandas()
+    assert len(m) == 8 and (m["est_memory_bytes"] <= limit_gb * 2**30).all()
+    assert json.loads((out / "plan_summary.json").read_text())["infeasible"] == 0

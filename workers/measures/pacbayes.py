@@ -146,6 +146,17 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic) -> float:
     return total / (draws.samples * len(x))
 
 
+def _setup(model, m64, x, y, samples: int, seed: int, statistic):
+    """(float64 network, its weight matrices on its device, statistic of the unperturbed
+    network per point, the draws): what the sigma' search and the curve start from."""
+    ws = weights(model)  # a bias-free MLP, or Undefined
+    m64 = _double(model) if m64 is None else m64
+    dev = next(m64.parameters()).device
+    ws = [w.to(dev) for w in ws]
+    base = float(statistic(batched_logits(m64, [w[None] for w in ws], x), y)[0]) / len(x)
+    return m64, ws, base, _Draws(ws, samples, seed)
+
+
 def _subset(inputs: MeasureInputs, points):
     idx = point_subset(len(inputs.x_train), points, inputs.seed)
     dev = inputs.x_train.device
@@ -164,12 +175,7 @@ def sigma_search(model, x: torch.Tensor, y: torch.Tensor, *, magnitude: bool, se
     <= target. Raises ``Undefined`` when there is none (every midpoint raised the error by more
     than the target) or when no midpoint raised it by more than target - tolerance (the error
     never rises by the target below ``upper``: the search is open, e.g. a network at chance)."""
-    ws = weights(model)
-    m64 = _double(model) if m64 is None else m64
-    dev = next(m64.parameters()).device
-    ws = [w.to(dev) for w in ws]
-    base = float(_errors(batched_logits(m64, [w[None] for w in ws], x), y)[0]) / len(x)
-    draws = _Draws(ws, samples, seed)
+    m64, ws, base, draws = _setup(model, m64, x, y, samples, seed, _errors)
 
     def gap(sigma: float) -> float:
         if magnitude:
@@ -285,12 +291,7 @@ def expected_sharpness_curve(model, x: torch.Tensor, y: torch.Tensor, alphas, *,
     KL = sum_k w_k^2 / (2 sigma_k^2) (Neyshabur et al. 2017, §3). Returns
     [{"alpha", "kl", "expected_sharpness"}] in float64, L the mean cross-entropy on
     (x [N, d], y [N])."""
-    ws = weights(model)
-    m64 = _double(model) if m64 is None else m64
-    dev = next(m64.parameters()).device
-    ws = [w.to(dev) for w in ws]
-    base = float(_losses(batched_logits(m64, [w[None] for w in ws], x), y)[0]) / len(x)
-    draws = _Draws(ws, samples, seed)
+    m64, ws, base, draws = _setup(model, m64, x, y, samples, seed, _losses)
     rows = []
     for alpha in alphas:
         def scale(w, a=alpha):

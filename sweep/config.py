@@ -18,7 +18,8 @@ IDENTITY_VERSION = 2  # 1: sweeps created before measurement settings left the i
 # The keys that never change a sweep's trials (trained networks), declared once: left out of
 # its identity, and the keys `sweep resume` / `sweep measure` may override (all but `out`).
 NOT_IDENTITY = ("out", "save_weights", "cluster", "resources", "figure", "progress",
-                "dataset.root", "dataset.download", "measures", "measure_modules", "metrics")
+                "dataset.root", "dataset.download", "measures", "measure_modules", "metrics",
+                "train.checkpoint_every", "train.keep_checkpoints")
 NOT_IDENTITY_V1 = tuple(k for k in NOT_IDENTITY if k != "metrics")  # version 1 hashed metrics
 WEIGHTS_AUTO_BYTES = 2 * 1024**3  # save_weights: null saves them when the plan's total is below
 
@@ -104,6 +105,9 @@ class TrainConfig:
     lr_decay_epochs: int
     lr_decay: float
     lbfgs: LbfgsConfig
+    # workers.checkpoint (how a trial survives its worker's death; never its numbers)
+    checkpoint_every: int | str | None = "10min"
+    keep_checkpoints: bool = False
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,16 @@ def _space(d: dict, train_split: int, split: int) -> Space:
     )
 
 
+def _checkpoint_every(v):
+    from workers.checkpoint import parse_interval
+
+    try:
+        parse_interval(v)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return v if isinstance(v, (int, str)) or v is None else str(v)
+
+
 def _ellipse_k(v) -> int:
     k = _int("metrics.ellipse_k", v, lo=0)
     if k == 1:
@@ -390,6 +404,8 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
             tolerance_grad=_float("train.lbfgs.tolerance_grad", lb.get("tolerance_grad"), lo=0.0),
             tolerance_change=_float("train.lbfgs.tolerance_change", lb.get("tolerance_change"), lo=0.0),
         ),
+        checkpoint_every=_checkpoint_every(t.get("checkpoint_every", "10min")),
+        keep_checkpoints=_bool("train.keep_checkpoints", t.get("keep_checkpoints", False)),
     )
     m = _section(d, "metrics")
     c = _section(d, "cluster")

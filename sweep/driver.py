@@ -175,6 +175,25 @@ def _file_stamp(out, trial_id: str) -> tuple[int | None, int | None]:
         return None, None
 
 
+def largest_node_memory(ray) -> int:
+    """The largest ``memory`` resource (bytes) of the cluster's live nodes (0 if none says)."""
+    return int(max((n.get("Resources", {}).get("memory", 0) for n in ray.nodes()
+                    if n.get("Alive")), default=0))
+
+
+def task_memory(unit: list[TrialSpec], node_memory: int) -> int:
+    """The memory (bytes, Ray's ``memory`` resource) a task of ``unit``'s trials asks for: its
+    largest trial's estimate (sweep/cost.py; they run one after another), so that Ray places
+    it only on a node with that much unclaimed, capped at the largest node's memory (a trial
+    estimated above every node still runs somewhere, and ends ``oom`` if it really does not
+    fit; ``plan.infeasible`` keeps such trials out of plans by default). 0: no request."""
+    from sweep.cost import estimate_memory
+
+    if node_memory <= 0:
+        return 0
+    return int(min(max(estimate_memory(s) for s in unit), node_memory))
+
+
 def make_units(cfg: SweepConfig, todo: list[TrialSpec], slots: int = 1) -> list[list[TrialSpec]]:
     """Trials grouped into Ray tasks: cheap ones (estimated FLOPs below
     ``resources.batch_below_flops``; every dry-run trial) in units of up to
@@ -364,12 +383,13 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
         save_weights=saves_weights(cfg, todo) if save_weights is None else save_weights,
         device="cuda" if res.gpus_per_trial > 0 else "cpu",
         num_threads=max(1, math.floor(res.cpus_per_trial)), dry_run=cfg.dry_run,
+        checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=cfg.train.keep_checkpoints,
     )
-    remote = ray.remote(_run_remote).options(
-        num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial, max_retries=res.max_retries,
-        retry_exceptions=False,
-    )
+    remote = ray.remote(_run_remote)
+    options = dict(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
+                   max_retries=res.max_retries, retry_exceptions=False)
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
+    node_memory = 0 if cfg.dry_run else largest_node_memory(ray)  # (dry runs use none)
     max_in_flight = res.max_in_flight or 2 * slots
     counts = {"ok": 0, "failed": 0, "diverged": 0, "oom": 0}
     queue = list(reversed(make_units(cfg, todo, slots)))
@@ -404,7 +424,8 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
                     break  # cancelled trials get no record: resume runs them
             while queue and len(in_flight) < max_in_flight:
                 unit = queue.pop()
-                in_flight[remote.remote(unit, ctx)] = unit
+                in_flight[remote.options(**options, memory=task_memory(unit, node_memory))
+                          .remote(unit, ctx)] = unit
             if not in_flight:
                 break
             try:

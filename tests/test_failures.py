@@ -133,8 +133,11 @@ def test_worker_node_dies_mid_sweep_every_trial_lands_once(tmp_path):
 
 def test_a_trial_out_of_memory_is_oom_and_the_others_finish(ray_local, tmp_path):
     out = tmp_path / "oom"
+    # (plan.infeasible=keep: a plan with a trial no worker can hold is refused by default;
+    # kept, its task asks Ray for the largest node's memory and the trial ends oom)
     launch(compose(TINY + [f"out={out}", "space.width=[16,4194304]", "space.depth=3",
-                           "space.optimizer=adam", "plan.grid=[width]", "trials=2"]))
+                           "space.optimizer=adam", "plan.grid=[width]", "trials=2",
+                           "plan.infeasible=keep"]))
     df = load_results(out).set_index("width")
     assert df.loc[4194304, "status"] == "oom" and "allocate" in df.loc[4194304, "error"]
     assert df.loc[16, "status"] == "ok"

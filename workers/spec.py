@@ -175,3 +175,7 @@ class RunContext:
     device: str = "cpu"
     num_threads: int = 1
     dry_run: bool = False  # write the trial's record without loading data or training
+    # workers.checkpoint: train.checkpoint_every (steps, "10min", or None) and whether the
+    # checkpoints stay once the trial's result is written
+    checkpoint_every: int | str | None = None
+    keep_checkpoints: bool = False

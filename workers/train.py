@@ -71,14 +71,19 @@ def _all_correct(model: nn.Module, data: Data) -> bool:
 
 def train_model(
     model: nn.Module, data: Data, optimizer: str, lr: float, batch_size: int | None,
-    train: TrainSpec, seed: int, augment: bool = False,
+    train: TrainSpec, seed: int, augment: bool = False, checkpoint=None,
 ) -> TrainOutcome:
+    """Train ``model`` in place. ``checkpoint`` (a ``workers.checkpoint.Checkpointer``): resume
+    from the state it holds, if any, and save the state whenever it is due; the numbers are
+    those of an uninterrupted run (bitwise on CPU)."""
     if optimizer == "lbfgs":
-        return _train_lbfgs(model, data, lr, train)
-    return _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augment)
+        return _train_lbfgs(model, data, lr, train, checkpoint)
+    return _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augment,
+                            checkpoint)
 
 
-def _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augment) -> TrainOutcome:
+def _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augment,
+                     checkpoint=None) -> TrainOutcome:
     dev = data.x_train.device
     n = len(data.y_train)
     gen = torch.Generator(device=dev).manual_seed(int(seed))
@@ -88,8 +93,18 @@ def _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augmen
     nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
     current_lr = lr
     per_epoch = steps_per_epoch(n, batch_size)
+    start = 0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:  # the loop's whole state as it was after step saved["step"]
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"])
+        perm, pos = saved["perm"].to(dev), int(saved["pos"])
+        nonfinite = saved["nonfinite"].to(dev)
+        current_lr = float(saved["lr"])
+        start = int(saved["step"])
     model.train()
-    for step in range(train.steps):
+    for step in range(start, train.steps):
         if pos + batch_size > n:  # a new epoch: reshuffle, drop the remainder
             perm, pos = torch.randperm(n, generator=gen, device=dev), 0
         idx = perm[pos : pos + batch_size]
@@ -112,13 +127,23 @@ def _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augmen
                 return TrainOutcome(done, True, f"non-finite training loss by step {done}")
             if train.early_stop and done < train.steps and _all_correct(model, data):
                 return TrainOutcome(done)
+        if checkpoint is not None and done < train.steps and checkpoint.due(done):
+            checkpoint.save(done, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                   "generator": gen.get_state(), "perm": perm, "pos": pos,
+                                   "nonfinite": nonfinite, "lr": current_lr})
     return TrainOutcome(train.steps)
 
 
-def _train_lbfgs(model, data, lr, train) -> TrainOutcome:
+def _train_lbfgs(model, data, lr, train, checkpoint=None) -> TrainOutcome:
     x, y = data.x_train.flatten(1), data.y_train
     opt = make_optimizer("lbfgs", model.parameters(), lr, train)
     budget = min(train.steps, train.lbfgs_max_iter)
+    done = 0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:  # weights and the curvature history after saved["step"] iterations
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        done = int(saved["step"])
     model.train()
 
     def closure():
@@ -127,7 +152,6 @@ def _train_lbfgs(model, data, lr, train) -> TrainOutcome:
         loss.backward()
         return loss
 
-    done = 0
     while done < budget:
         # One full batch per iteration, so an iteration is an epoch; chunks never straddle a
         # learning-rate decay boundary.
@@ -151,4 +175,6 @@ def _train_lbfgs(model, data, lr, train) -> TrainOutcome:
             break
         if train.early_stop and done < budget and _all_correct(model, data):
             break
+        if checkpoint is not None and done < budget and checkpoint.due(done):
+            checkpoint.save(done, {"model": model.state_dict(), "optimizer": opt.state_dict()})
     return TrainOutcome(done)

@@ -142,6 +142,16 @@ def _studies(model, data, spec: TrialSpec, phase: str, setup: dict, extras: dict
             "anchor_labels": data.y_train.cpu()[idx].tolist()})
 
 
+def _checkpointer(spec: TrialSpec, ctx: RunContext):
+    """The trial's Checkpointer (workers.checkpoint), or None when checkpoints are off."""
+    from workers.checkpoint import Checkpointer, parse_interval
+
+    interval = parse_interval(ctx.checkpoint_every)
+    if not interval.on:
+        return None
+    return Checkpointer(ctx.out_dir, spec.trial_id, spec.canonical(), interval)
+
+
 def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.nn.Module | None, dict]:
     """Train and evaluate; returns (summary, points, model, extra tables by kind). Raises on
     trial errors."""
@@ -162,7 +172,7 @@ def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.n
     model.eval()
     _studies(model, data, spec, "init", setup, extras)
     outcome = train_model(model, data, spec.optimizer, spec.lr, spec.batch_size, spec.train,
-                          spec.seed, d.augment)
+                          spec.seed, d.augment, checkpoint=_checkpointer(spec, ctx))
     row["steps"] = outcome.steps
     points: list[dict] = []
     if outcome.diverged:
@@ -247,6 +257,13 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
             row["retryable"] = is_environment_failure(e)
     row["wall_time_s"] = time.perf_counter() - t0
     write_trial(ctx.out_dir, row, points)
+    if not ctx.keep_checkpoints and not row.get("retryable"):  # the result stands: not needed
+        from workers.checkpoint import checkpoint_file
+        from workers.storage import store
+
+        st = store(ctx.out_dir)
+        if st.is_file(checkpoint_file(spec.trial_id)):
+            st.delete(checkpoint_file(spec.trial_id))
     return row
 
 

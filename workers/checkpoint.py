@@ -1,0 +1,110 @@
+"""Checkpoints of a trial's training state, so that a trial retried after its worker or node died
+resumes instead of starting again from step 0 (and, on CPU, ends bitwise equal to an
+uninterrupted run).
+
+A checkpoint is ``checkpoints/<trial_id>.pt`` in the sweep directory (local or an object store),
+written atomically (a reader sees the previous checkpoint or the new one, whole): the weights,
+the optimizer's state, the training loop's random generator, its position in the current
+permutation of the data, the step, the learning rate in use and the loop's other state, with
+the trial's id and spec so that a checkpoint is only ever loaded into the trial that wrote it.
+The interval is a number of steps, or minutes of training time (``train.checkpoint_every``:
+``500`` or ``"10min"``); checkpoints are removed once the trial's result is written unless
+``train.keep_checkpoints``. None of this changes a trial's numbers: it is not part of the
+trial's identity.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+
+CHECKPOINTS = "checkpoints"
+DEFAULT_EVERY = "10min"
+
+
+def checkpoint_file(trial_id: str) -> str:
+    return f"{CHECKPOINTS}/{trial_id}.pt"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Every ``steps`` optimizer steps, or every ``seconds`` of training time; neither: off."""
+
+    steps: int | None = None
+    seconds: float | None = None
+
+    @property
+    def on(self) -> bool:
+        return bool(self.steps) or bool(self.seconds)
+
+
+def parse_interval(value) -> Interval:
+    """``train.checkpoint_every``: a positive number of steps (``500``), minutes (``"10min"``,
+    ``"0.5min"``), or null / 0 / ``"off"`` for none. Raises ValueError naming what is allowed."""
+    if value is None or value == 0 or value is False or str(value).strip().lower() in ("off", "0"):
+        return Interval()
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return Interval(steps=value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*min\s*", str(value))
+    if m and float(m.group(1)) > 0:
+        return Interval(seconds=60.0 * float(m.group(1)))
+    if re.fullmatch(r"\s*\d+\s*", str(value)) and int(value) > 0:
+        return Interval(steps=int(value))
+    raise ValueError(f"train.checkpoint_every: {value!r}; allowed: a number of steps (500), "
+                     "minutes ('10min'), or null / 0 for none")
+
+
+class Checkpointer:
+    """Saves and loads one trial's training state in its sweep directory (see the module
+    docstring). ``clock`` is the time source (seconds, monotonic)."""
+
+    def __init__(self, out_dir: str, trial_id: str, spec_text: str, interval: Interval,
+                 clock=time.monotonic):
+        from workers.storage import store
+
+        self.store = store(out_dir)
+        self.rel = checkpoint_file(trial_id)
+        self.trial_id, self.spec_text = trial_id, spec_text
+        self.interval, self.clock = interval, clock
+        self.last_step, self.last_time = 0, clock()
+        self.saves = 0
+        self.resumed_from: int | None = None
+
+    def load(self) -> dict | None:
+        """The state saved by this trial, or None (none saved, or one of another trial or spec,
+        or unreadable: then it is left where it is and training starts from step 0)."""
+        if not self.store.is_file(self.rel):
+            return None
+        try:
+            state = torch.load(io.BytesIO(self.store.read_bytes(self.rel)), map_location="cpu",
+                               weights_only=True)
+        except Exception:
+            return None
+        if state.get("trial_id") != self.trial_id or state.get("spec") != self.spec_text:
+            return None
+        self.last_step = int(state["step"])
+        self.resumed_from = self.last_step
+        return state
+
+    def due(self, step: int) -> bool:
+        """Whether to save at ``step`` (after it ran)."""
+        iv = self.interval
+        if iv.steps and step - self.last_step >= iv.steps:
+            return True
+        return bool(iv.seconds) and self.clock() - self.last_time >= iv.seconds
+
+    def save(self, step: int, state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save({**state, "trial_id": self.trial_id, "spec": self.spec_text, "step": step},
+                   buf)
+        self.store.write_bytes(self.rel, buf.getvalue())
+        self.last_step, self.last_time = step, self.clock()
+        self.saves += 1
+
+    def remove(self) -> None:
+        if self.store.is_file(self.rel):
+            self.store.delete(self.rel)

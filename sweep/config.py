@@ -19,7 +19,8 @@ IDENTITY_VERSION = 2  # 1: sweeps created before measurement settings left the i
 # its identity, and the keys `sweep resume` / `sweep measure` may override (all but `out`).
 NOT_IDENTITY = ("out", "save_weights", "cluster", "resources", "figure", "progress",
                 "dataset.root", "dataset.download", "measures", "measure_modules", "metrics",
-                "train.checkpoint_every", "train.keep_checkpoints")
+                "train.checkpoint_every", "train.keep_checkpoints", "train.time_budget",
+                "train.fallback_steps")
 NOT_IDENTITY_V1 = tuple(k for k in NOT_IDENTITY if k != "metrics")  # version 1 hashed metrics
 WEIGHTS_AUTO_BYTES = 2 * 1024**3  # save_weights: null saves them when the plan's total is below
 
@@ -108,6 +109,10 @@ class TrainConfig:
     # workers.checkpoint (how a trial survives its worker's death; never its numbers)
     checkpoint_every: int | str | None = "10min"
     keep_checkpoints: bool = False
+    # the paper's rule for expensive trials (A.5.5; workers.train.TimeRule): not identity, the
+    # record says when it applied (stopped_by_time)
+    time_budget: float | str | None = None
+    fallback_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -309,6 +314,16 @@ def _checkpoint_every(v):
     return v if isinstance(v, (int, str)) or v is None else str(v)
 
 
+def _time_budget(v):
+    from workers.checkpoint import parse_budget
+
+    try:
+        parse_budget(v)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return v
+
+
 def _ellipse_k(v) -> int:
     k = _int("metrics.ellipse_k", v, lo=0)
     if k == 1:
@@ -406,6 +421,9 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
         ),
         checkpoint_every=_checkpoint_every(t.get("checkpoint_every", "10min")),
         keep_checkpoints=_bool("train.keep_checkpoints", t.get("keep_checkpoints", False)),
+        time_budget=_time_budget(t.get("time_budget")),
+        fallback_steps=_int("train.fallback_steps", t.get("fallback_steps"), lo=1,
+                            allow_none=True),
     )
     m = _section(d, "metrics")
     c = _section(d, "cluster")

@@ -384,6 +384,7 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
         device="cuda" if res.gpus_per_trial > 0 else "cpu",
         num_threads=max(1, math.floor(res.cpus_per_trial)), dry_run=cfg.dry_run,
         checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=cfg.train.keep_checkpoints,
+        time_budget=cfg.train.time_budget, fallback_steps=cfg.train.fallback_steps,
     )
     remote = ray.remote(_run_remote)
     options = dict(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,

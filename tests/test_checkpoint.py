@@ -167,3 +167,121 @@ def test_a_task_asks_ray_for_its_largest_trials_memory_capped_at_the_largest_nod
     assert task_memory([small, big], 10 * m_big) == m_big  # trials of a task run in turn
     assert task_memory([big], m_big // 2) == m_big // 2  # capped: still placed somewhere
     assert task_memory([big], 0) == 0  # the cluster reports no memory: no request
+
+
+class Clock:
+    """A clock that advances ``tick`` seconds per reading: the time budget runs out at a
+    known step, whatever the machine's speed."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_out_of_time_a_trial_is_evaluated_at_its_fallback_step(tmp_path):
+    """The paper's rule (A.5.5): out of time after the fallback step, the network of that step
+    is evaluated (bitwise the network of a trial trained for exactly that many steps), and the
+    record says so; before the fallback step there is no network: failed, with the reason."""
+    from workers.data import load_data
+    from workers.models import build_mlp
+    from workers.train import TimeRule, train_model
+
+    s = spec("momentum", steps=400)
+    data = load_data("digits", train_size=300, test_size=60)
+
+    def net():
+        return build_mlp(data.input_dim, 32, 3, 10, "relu", seed=1)
+
+    short = net()
+    assert train_model(short, data, "momentum", 0.01, 64, TrainSpec(
+        steps=100, check_every=25, early_stop=False), seed=1).steps == 100
+    cut = net()
+    # one clock reading per step (plus one at the start): after step k, k s have passed, so a
+    # 50 s budget runs out after step 51 (elapsed > budget) and a 150 s one after step 151
+    out = train_model(cut, data, "momentum", 0.01, 64, s.train, seed=1,
+                      time_rule=TimeRule(150.0, 100, Clock(1.0)))
+    assert out.stopped_by_time and out.steps == 100 and out.out_of_time is None
+    for a, b in zip(short.state_dict().values(), cut.state_dict().values()):
+        assert torch.equal(a, b)
+    early = train_model(net(), data, "momentum", 0.01, 64, s.train, seed=1,
+                        time_rule=TimeRule(50.0, 100, Clock(1.0)))
+    assert not early.stopped_by_time and early.out_of_time.startswith(
+        "out of time: the time budget of 50 s ran out at step 51, before the fallback step 100")
+    # within the budget: the rule changes nothing
+    whole, timed = net(), net()
+    train_model(whole, data, "momentum", 0.01, 64, s.train, seed=1)
+    assert not train_model(timed, data, "momentum", 0.01, 64, s.train, seed=1,
+                           time_rule=TimeRule(1e9, 100, Clock(1.0))).stopped_by_time
+    for a, b in zip(whole.state_dict().values(), timed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_the_record_marks_a_trial_cut_by_its_time_budget(tmp_path):
+    s = spec("adam", steps=200000)  # far more than a 2-second budget allows
+    row = run_trial(s, RunContext(str(tmp_path), time_budget=2.0, fallback_steps=50))
+    assert row["status"] == "ok" and row["steps"] == 50 and row["stopped_by_time"] is True
+    stored = read_trial(trial_path(tmp_path, s.trial_id)).to_pylist()[0]
+    assert stored["stopped_by_time"] is True and stored["steps"] == 50
+    row = run_trial(s, RunContext(str(tmp_path / "none"), time_budget=2.0))  # no fallback step
+    assert row["status"] == "failed" and row["error"].startswith("out of time") \
+        and "no fallback step" in row["error"] and not row["retryable"]
+    quick = run_trial(spec("adam", steps=50), RunContext(str(tmp_path / "q"), time_budget=3600))
+    assert quick["stopped_by_time"] is False
+
+
+def test_time_settings_are_configuration_outside_the_identity():
+    from workers.checkpoint import parse_budget
+
+    assert parse_budget("12h") == 43200 and parse_budget("30min") == 1800
+    assert parse_budget(90) == 90.0 and parse_budget(None) is None
+    for bad in ("soon", 0, "-1h", "5d"):
+        with pytest.raises(ValueError, match="train.time_budget"):
+            parse_budget(bad)
+    base = compose([])
+    assert base.train.time_budget is None and base.train.fallback_steps is None
+    assert compose(["experiment=paper_large"]).train.fallback_steps == 2 ** 18
+    assert compose(["train.time_budget=12h", "train.fallback_steps=100"]).identity_hash() \
+        == base.identity_hash()
+    with pytest.raises(ConfigError, match="train.time_budget"):
+        compose(["train.time_budget=soon"])
+
+
+def test_the_fallback_network_and_the_time_spent_survive_a_retry(tmp_path, monkeypatch):
+    from workers.data import load_data
+    from workers.models import build_mlp
+    from workers.train import TimeRule, train_model
+
+    s = spec("momentum", steps=400)
+    data = load_data("digits", train_size=300, test_size=60)
+
+    def net():
+        return build_mlp(data.input_dim, 32, 3, 10, "relu", seed=1)
+
+    short = net()
+    train_model(short, data, "momentum", 0.01, 64, TrainSpec(steps=100, check_every=25,
+                                                             early_stop=False), seed=1)
+    real_save = Checkpointer.save
+
+    def save_then_die(self, step, state):
+        real_save(self, step, state)
+        if step >= 150:
+            raise Interrupt(step)
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    with pytest.raises(Interrupt):  # the first attempt passes the fallback step, then dies
+        train_model(net(), data, "momentum", 0.01, 64, s.train, seed=1,
+                    checkpoint=Checkpointer(str(tmp_path), s.trial_id, s.canonical(),
+                                            Interval(steps=30)),
+                    time_rule=TimeRule(1e9, 100, Clock(1.0)))
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+    retry = net()  # resumes at step 150 with 150 s spent; 160 s run out at step 160
+    out = train_model(retry, data, "momentum", 0.01, 64, s.train, seed=1,
+                      checkpoint=Checkpointer(str(tmp_path), s.trial_id, s.canonical(),
+                                              Interval(steps=30)),
+                      time_rule=TimeRule(160.0, 100, Clock(1.0)))
+    assert out.stopped_by_time and out.steps == 100
+    for a, b in zip(short.state_dict().values(), retry.state_dict().values()):
+        assert torch.equal(a, b)

@@ -30,6 +30,25 @@ def checkpoint_file(trial_id: str) -> str:
     return f"{CHECKPOINTS}/{trial_id}.pt"
 
 
+def fallback_file(trial_id: str) -> str:
+    """The weights at the fallback step (train.fallback_steps), kept while the trial runs."""
+    return f"{CHECKPOINTS}/{trial_id}.fallback.pt"
+
+
+def parse_budget(value) -> float | None:
+    """``train.time_budget``: seconds (a number), ``"30min"`` or ``"12h"``; null for none.
+    Raises ValueError naming what is allowed."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|min|h)\s*", str(value))
+    if m and float(m.group(1)) > 0:
+        return float(m.group(1)) * {"s": 1.0, "min": 60.0, "h": 3600.0}[m.group(2)]
+    raise ValueError(f"train.time_budget: {value!r}; allowed: seconds (3600), '30min', '12h', "
+                     "or null for none")
+
+
 @dataclass(frozen=True)
 class Interval:
     """Every ``steps`` optimizer steps, or every ``seconds`` of training time; neither: off."""
@@ -105,6 +124,26 @@ class Checkpointer:
         self.last_step, self.last_time = step, self.clock()
         self.saves += 1
 
+    def save_fallback(self, weights: dict) -> None:
+        """The weights at the fallback step, for a retry that resumes after it."""
+        buf = io.BytesIO()
+        torch.save({"trial_id": self.trial_id, "spec": self.spec_text, "model": weights}, buf)
+        self.store.write_bytes(fallback_file(self.trial_id), buf.getvalue())
+
+    def load_fallback(self) -> dict | None:
+        rel = fallback_file(self.trial_id)
+        if not self.store.is_file(rel):
+            return None
+        try:
+            state = torch.load(io.BytesIO(self.store.read_bytes(rel)), map_location="cpu",
+                               weights_only=True)
+        except Exception:
+            return None
+        if state.get("trial_id") != self.trial_id or state.get("spec") != self.spec_text:
+            return None
+        return state["model"]
+
     def remove(self) -> None:
-        if self.store.is_file(self.rel):
-            self.store.delete(self.rel)
+        for rel in (self.rel, fallback_file(self.trial_id)):
+            if self.store.is_file(rel):
+                self.store.delete(rel)

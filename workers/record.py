@@ -18,7 +18,7 @@ from workers.hyperparameters import FIELDS as HYPERPARAMETER_FIELDS
 from workers.layout import extra_file, trial_file
 from workers.storage import store
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: stopped_by_time (files of version 2 read with it null)
 STATUSES = ("ok", "failed", "diverged", "oom")
 
 POINT_TYPE = pa.struct(
@@ -41,6 +41,9 @@ SUMMARY_FIELDS = [
     ("retryable", pa.bool_()),  # a failure of the system, not of the trial: resume re-runs it
     *HYPERPARAMETER_FIELDS,  # workers.hyperparameters: declared once
     ("steps", pa.int64()),
+    # the time budget ran out (train.time_budget): the network is the one at the fallback step
+    # (train.fallback_steps), which ``steps`` then holds; null before schema version 3
+    ("stopped_by_time", pa.bool_()),
     ("input_dim", pa.int64()),
     ("num_classes", pa.int64()),
     ("n_params", pa.int64()),
@@ -129,6 +132,23 @@ def points_columns(split: str, index, label, jac, loss, correct, transitions=Non
     return [dict(zip(["split"] + POINT_FIELDS[1:], (split, *vals))) for vals in zip(*cols)]
 
 
+def _with_missing(table: pa.Table, columns: list[str] | None) -> pa.Table:
+    """``table`` (read from a file of an older schema version) with the columns of SCHEMA it
+    lacks as nulls, in SCHEMA's order (or ``columns``'); its metadata says the current
+    version, since it now has the current columns."""
+    names = columns if columns is not None else SCHEMA.names
+    out = []
+    for c in names:
+        if c in table.column_names:
+            out.append(table.column(c))
+        elif c in SCHEMA.names:
+            out.append(pa.nulls(table.num_rows, SCHEMA.field(c).type))
+        else:
+            raise KeyError(c)
+    fields = [table.schema.field(c) if c in table.column_names else SCHEMA.field(c) for c in names]
+    return pa.Table.from_arrays(out, schema=pa.schema(fields, metadata=SCHEMA.metadata))
+
+
 def _validated(open_file, name: str, columns: list[str] | None) -> pa.Table:
     try:
         pf = open_file()
@@ -140,7 +160,11 @@ def _validated(open_file, name: str, columns: list[str] | None) -> pa.Table:
         if int(version) > SCHEMA_VERSION:
             raise ResultError(f"{name}: schema version {int(version)}, newer than this release "
                               f"reads ({SCHEMA_VERSION}): upgrade sensitivity-sweep to read it")
-        table = pf.read(columns=columns, use_threads=False)  # one row: threads only cost
+        present = set(pf.schema_arrow.names)
+        want = None if columns is None else [c for c in columns if c in present]
+        table = pf.read(columns=want, use_threads=False)  # one row: threads only cost
+        if int(version) < SCHEMA_VERSION:  # an older file: the columns it lacks are null
+            table = _with_missing(table, columns)
     except ResultError:
         raise
     except Exception as e:  # missing, truncated, not Parquet, unreadable

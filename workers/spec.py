@@ -179,3 +179,7 @@ class RunContext:
     # checkpoints stay once the trial's result is written
     checkpoint_every: int | str | None = None
     keep_checkpoints: bool = False
+    # workers.train.TimeRule: train.time_budget (seconds, "30min", "12h") and
+    # train.fallback_steps (the paper's rule for expensive trials, A.5.5)
+    time_budget: float | str | None = None
+    fallback_steps: int | None = None

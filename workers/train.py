@@ -9,6 +9,7 @@ checked every ``check_every`` steps. A non-finite loss ends training as diverged
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +26,22 @@ MINIBATCH_OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 
 @dataclass
 class TrainOutcome:
-    steps: int  # optimizer steps (L-BFGS: iterations) actually run
+    steps: int  # optimizer steps (L-BFGS: iterations) actually run; the fallback step if cut
     diverged: bool = False
     reason: str | None = None
+    stopped_by_time: bool = False  # out of time: the weights are those at the fallback step
+    out_of_time: str | None = None  # out of time before the fallback step: why (no network)
+
+
+@dataclass(frozen=True)
+class TimeRule:
+    """The paper's rule for expensive trials (A.5.5): stop once ``budget`` seconds of training
+    have passed (over every attempt of the trial) and use the network of step ``fallback``
+    (2^18 of 2^19 in paper_large), or, before that step, no network. ``clock``: seconds."""
+
+    budget: float | None = None
+    fallback: int | None = None
+    clock: object = time.monotonic
 
 
 def make_optimizer(name: str, params, lr: float, train: TrainSpec) -> torch.optim.Optimizer:
@@ -72,18 +86,34 @@ def _all_correct(model: nn.Module, data: Data) -> bool:
 def train_model(
     model: nn.Module, data: Data, optimizer: str, lr: float, batch_size: int | None,
     train: TrainSpec, seed: int, augment: bool = False, checkpoint=None,
+    time_rule: TimeRule | None = None,
 ) -> TrainOutcome:
     """Train ``model`` in place. ``checkpoint`` (a ``workers.checkpoint.Checkpointer``): resume
     from the state it holds, if any, and save the state whenever it is due; the numbers are
-    those of an uninterrupted run (bitwise on CPU)."""
+    those of an uninterrupted run (bitwise on CPU). ``time_rule``: stop when the time budget
+    runs out (``TimeRule``; mini-batch training falls back to its fallback step, L-BFGS, whose
+    iterations stay below any fallback step of the paper, has none)."""
     if optimizer == "lbfgs":
-        return _train_lbfgs(model, data, lr, train, checkpoint)
+        return _train_lbfgs(model, data, lr, train, checkpoint, time_rule)
     return _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augment,
-                            checkpoint)
+                            checkpoint, time_rule)
+
+
+def _out_of_time(rule: TimeRule, done: int, lbfgs: bool = False) -> str:
+    if lbfgs:
+        at = " (L-BFGS has no fallback step)"
+    elif not rule.fallback:
+        at = " (no fallback step: train.fallback_steps)"
+    elif done < rule.fallback:
+        at = f", before the fallback step {rule.fallback}"
+    else:
+        at = (f", after the fallback step {rule.fallback}, whose network this attempt does not "
+              "have (train.checkpoint_every keeps it across attempts)")
+    return f"out of time: the time budget of {rule.budget:g} s ran out at step {done}{at}"
 
 
 def _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augment,
-                     checkpoint=None) -> TrainOutcome:
+                     checkpoint=None, time_rule=None) -> TrainOutcome:
     dev = data.x_train.device
     n = len(data.y_train)
     gen = torch.Generator(device=dev).manual_seed(int(seed))
@@ -103,6 +133,16 @@ def _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augmen
         nonfinite = saved["nonfinite"].to(dev)
         current_lr = float(saved["lr"])
         start = int(saved["step"])
+    rule = time_rule if time_rule is not None and time_rule.budget else None
+    spent = float(saved.get("elapsed", 0.0)) if saved is not None else 0.0
+    began = rule.clock() if rule else 0.0
+    fallback = None
+    if rule and rule.fallback and checkpoint is not None and start >= rule.fallback:
+        fallback = checkpoint.load_fallback()  # taken by an earlier attempt
+
+    def elapsed() -> float:
+        return spent + (rule.clock() - began if rule else 0.0)
+
     model.train()
     for step in range(start, train.steps):
         if pos + batch_size > n:  # a new epoch: reshuffle, drop the remainder
@@ -127,14 +167,27 @@ def _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augmen
                 return TrainOutcome(done, True, f"non-finite training loss by step {done}")
             if train.early_stop and done < train.steps and _all_correct(model, data):
                 return TrainOutcome(done)
+        if rule and done < train.steps:
+            if rule.fallback and done == rule.fallback:
+                if bool(nonfinite):  # (a diverged network is no fallback)
+                    return TrainOutcome(done, True, f"non-finite training loss by step {done}")
+                fallback = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if checkpoint is not None:
+                    checkpoint.save_fallback(fallback)
+            if elapsed() > rule.budget:
+                if fallback is None:
+                    return TrainOutcome(done, out_of_time=_out_of_time(rule, done))
+                model.load_state_dict(fallback)
+                return TrainOutcome(rule.fallback, stopped_by_time=True)
         if checkpoint is not None and done < train.steps and checkpoint.due(done):
             checkpoint.save(done, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                    "generator": gen.get_state(), "perm": perm, "pos": pos,
-                                   "nonfinite": nonfinite, "lr": current_lr})
+                                   "nonfinite": nonfinite, "lr": current_lr,
+                                   "elapsed": elapsed()})
     return TrainOutcome(train.steps)
 
 
-def _train_lbfgs(model, data, lr, train, checkpoint=None) -> TrainOutcome:
+def _train_lbfgs(model, data, lr, train, checkpoint=None, time_rule=None) -> TrainOutcome:
     x, y = data.x_train.flatten(1), data.y_train
     opt = make_optimizer("lbfgs", model.parameters(), lr, train)
     budget = min(train.steps, train.lbfgs_max_iter)
@@ -144,6 +197,13 @@ def _train_lbfgs(model, data, lr, train, checkpoint=None) -> TrainOutcome:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         done = int(saved["step"])
+    rule = time_rule if time_rule is not None and time_rule.budget else None
+    spent = float(saved.get("elapsed", 0.0)) if saved is not None else 0.0
+    began = rule.clock() if rule else 0.0
+
+    def elapsed() -> float:
+        return spent + (rule.clock() - began if rule else 0.0)
+
     model.train()
 
     def closure():
@@ -175,6 +235,9 @@ def _train_lbfgs(model, data, lr, train, checkpoint=None) -> TrainOutcome:
             break
         if train.early_stop and done < budget and _all_correct(model, data):
             break
+        if rule and done < budget and elapsed() > rule.budget:  # (checked per chunk)
+            return TrainOutcome(done, out_of_time=_out_of_time(rule, done, lbfgs=True))
         if checkpoint is not None and done < budget and checkpoint.due(done):
-            checkpoint.save(done, {"model": model.state_dict(), "optimizer": opt.state_dict()})
+            checkpoint.save(done, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                   "elapsed": elapsed()})
     return TrainOutcome(done)

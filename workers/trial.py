@@ -43,7 +43,8 @@ def base_summary(spec: TrialSpec) -> dict:
     row = {
         "trial_id": spec.trial_id, "status": "failed", "error": None, "retryable": False,
         **hyperparameter_values(spec),
-        "steps": 0, "input_dim": None, "num_classes": None, "n_params": None,
+        "steps": 0, "stopped_by_time": None, "input_dim": None, "num_classes": None,
+        "n_params": None,
         "jacobian_points_train": 0, "jacobian_points_test": 0,
         "transitions_method": None, "transitions_k": None, "transitions_points": 0,
         "wall_time_s": NAN, "hostname": socket.gethostname(), "spec": spec.canonical(),
@@ -155,7 +156,8 @@ def _checkpointer(spec: TrialSpec, ctx: RunContext):
 def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.nn.Module | None, dict]:
     """Train and evaluate; returns (summary, points, model, extra tables by kind). Raises on
     trial errors."""
-    from workers.train import train_model
+    from workers.checkpoint import parse_budget
+    from workers.train import TimeRule, train_model
 
     row = base_summary(spec)
     d = spec.data
@@ -171,12 +173,19 @@ def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.n
     extras: dict[str, list[dict]] = {}
     model.eval()
     _studies(model, data, spec, "init", setup, extras)
+    rule = TimeRule(parse_budget(ctx.time_budget), ctx.fallback_steps) \
+        if ctx.time_budget is not None else None
     outcome = train_model(model, data, spec.optimizer, spec.lr, spec.batch_size, spec.train,
-                          spec.seed, d.augment, checkpoint=_checkpointer(spec, ctx))
+                          spec.seed, d.augment, checkpoint=_checkpointer(spec, ctx),
+                          time_rule=rule)
     row["steps"] = outcome.steps
+    row["stopped_by_time"] = outcome.stopped_by_time
     points: list[dict] = []
     if outcome.diverged:
         row.update(status="diverged", error=outcome.reason)
+        return row, points, None, {}
+    if outcome.out_of_time:  # no network to evaluate: the trial's own, final outcome
+        row.update(status="failed", error=outcome.out_of_time)
         return row, points, None, {}
     model.eval()
     loss_correct = {}
@@ -258,12 +267,13 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
     row["wall_time_s"] = time.perf_counter() - t0
     write_trial(ctx.out_dir, row, points)
     if not ctx.keep_checkpoints and not row.get("retryable"):  # the result stands: not needed
-        from workers.checkpoint import checkpoint_file
+        from workers.checkpoint import checkpoint_file, fallback_file
         from workers.storage import store
 
         st = store(ctx.out_dir)
-        if st.is_file(checkpoint_file(spec.trial_id)):
-            st.delete(checkpoint_file(spec.trial_id))
+        for rel in (checkpoint_file(spec.trial_id), fallback_file(spec.trial_id)):
+            if st.is_file(rel):
+                st.delete(rel)
     return row
 
 

@@ -180,8 +180,10 @@ class SweepConfig:
         for key in OPTIONAL_SPACE_KEYS:  # unset: as before these keys existed (same identity)
             if d["space"][key] is None:
                 d["space"].pop(key)
-        if d["plan"]["infeasible"] == "refuse":  # (refused or as before: the same trials)
+        if d["plan"]["infeasible"] in ("refuse", "keep"):  # (the same trials, or refused)
             d["plan"].pop("infeasible")
+        else:  # replace: which trials are drawn depends on the workers' memory
+            d["plan"]["worker_memory_gb"] = self.resources.worker_memory_gb
         return d
 
     def identity_hash(self, version: int = IDENTITY_VERSION) -> str:
@@ -311,7 +313,10 @@ def _checkpoint_every(v):
         parse_interval(v)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return v if isinstance(v, (int, str)) or v is None else str(v)
+    iv = parse_interval(v)
+    if not iv.on:
+        return None
+    return iv.steps if iv.steps else v  # (steps as an int; minutes as written: "10min")
 
 
 def _time_budget(v):
@@ -399,6 +404,10 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
     if factors and (dataset.random_labels or dataset.augment):
         raise ConfigError("plan.factors: dataset.random_labels and dataset.augment must be false "
                           "(the pairs set them per trial)")
+    if p.get("infeasible") == "replace" and _section(d, "resources").get("worker_memory_gb") is None:
+        raise ConfigError("plan.infeasible: replace needs resources.worker_memory_gb (which "
+                          "trials are drawn depends on it, so it must be stated, not read from "
+                          "this machine); allowed: resources.worker_memory_gb=<GB per worker>")
     plan = PlanConfig(sampler=_choice("plan.sampler", p.get("sampler"), SAMPLERS), grid=grid,
                       cheap_bias=_float("plan.cheap_bias", p.get("cheap_bias", 0.0), lo=0.0),
                       factors=factors,

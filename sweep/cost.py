@@ -151,6 +151,7 @@ def infeasible_message(summary: dict) -> str:
     return (f"plan: {summary['infeasible']:,} of {summary['trials']:,} trials need more memory "
             f"than a worker's {_bytes(summary['worker_memory_bytes'])} "
             f"({summary['worker_memory_source']}), the largest {_bytes(big['memory_bytes'])} "
-            f"({big['trial']}); allowed: plan.infeasible=replace (draw feasible trials instead), "
+            f"({big['trial']}); allowed: plan.infeasible=replace with resources.worker_memory_gb "
+            "(draw feasible trials instead), "
             "plan.infeasible=keep (run them; they fail as oom), or resources.worker_memory_gb="
             "<the memory of your workers>")

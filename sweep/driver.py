@@ -85,30 +85,19 @@ def read_plan(out: Store, metrics=None) -> list[TrialSpec]:
 PLAN_SUMMARY_FILE = "plan_summary.json"  # sweep/cost.plan_summary of the plan, written with it
 
 
-def prepare(cfg: SweepConfig) -> tuple[Store, list[TrialSpec]]:
+def prepare(cfg: SweepConfig, planned: tuple | None = None) -> tuple[Store, list[TrialSpec]]:
     """All checks, then the sweep directory with its configuration and plan. An existing plan
-    (same sweep) is read, not redrawn. Raises ConfigError/DataError before anything is written."""
+    (same sweep) is read, not redrawn; else ``planned`` (``_new_plan``, made before the lock)
+    is written, or a plan is made. Raises ConfigError/DataError before anything is written."""
     out = open_out(cfg.out_dir())
     check_out_dir(out, cfg)
     check_available(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
-    if out.exists(PLAN_FILE):
+    if out.exists(PLAN_FILE):  # (another driver may have planned it since: read, as planned)
         specs = read_plan(out, cfg.metric_spec())
         for line in cost.summary_lines(cost.plan_summary(specs, cfg)):
             log(line)
         return out, specs
-    pairs = None
-    if cfg.plan.factors:
-        specs, pairs = plan_pairs(cfg)
-    else:
-        specs = plan_trials(cfg)
-    if len(specs) < cfg.trials and pairs is None:
-        log(f"note: {len(specs)} distinct configurations were drawn (the cost bias or the memory "
-            f"bound rejected the others); planning {len(specs)} trials instead of {cfg.trials}")
-    summary = cost.plan_summary(specs, cfg)
-    for line in cost.summary_lines(summary):
-        log(line)
-    if summary["infeasible"] and cfg.plan.infeasible == "refuse":
-        raise ConfigError(cost.infeasible_message(summary))
+    specs, pairs, summary = planned if planned is not None else _new_plan(cfg)
     out.makedirs()
     if not out.exists(SWEEP_FILE):
         doc = {"identity_hash": cfg.identity_hash(), "identity_version": IDENTITY_VERSION,
@@ -175,10 +164,13 @@ def _file_stamp(out, trial_id: str) -> tuple[int | None, int | None]:
         return None, None
 
 
-def largest_node_memory(ray) -> int:
-    """The largest ``memory`` resource (bytes) of the cluster's live nodes (0 if none says)."""
+def largest_node_memory(ray, cpus: float = 1.0, gpus: float = 0.0) -> int:
+    """The largest ``memory`` resource (bytes) of the live nodes that can run a trial (at
+    least ``cpus`` CPUs and ``gpus`` GPUs: not a head node without workers, nor a CPU node for
+    GPU trials); 0 if none says."""
     return int(max((n.get("Resources", {}).get("memory", 0) for n in ray.nodes()
-                    if n.get("Alive")), default=0))
+                    if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= cpus
+                    and n.get("Resources", {}).get("GPU", 0) >= gpus), default=0))
 
 
 def task_memory(unit: list[TrialSpec], node_memory: int) -> int:
@@ -219,7 +211,8 @@ def make_units(cfg: SweepConfig, todo: list[TrialSpec], slots: int = 1) -> list[
     return units
 
 
-def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: int = 1) -> str:
+def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: int = 1,
+                           keep_checkpoints: bool = False) -> str:
     """A trial whose worker died (after Ray's retries) gets a result recording why. Ray's memory
     monitor killing a task of one trial makes it ``oom``; any other death, and an oom kill of a
     task that ran several trials (which of them used the memory is unknown), is a retryable
@@ -238,6 +231,13 @@ def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: 
     row = failure_summary(spec, status, f"{type(exc).__name__}: {first}"[:4000])
     row["retryable"] = status == "failed"  # the system failed, not the trial: resume retries it
     write_trial(out, row)
+    if not row["retryable"] and not keep_checkpoints:  # final: its checkpoints are not needed
+        from workers.checkpoint import checkpoint_file, fallback_file
+
+        st = store(out)
+        for rel in (checkpoint_file(spec.trial_id), fallback_file(spec.trial_id)):
+            if st.is_file(rel):
+                st.delete(rel)
     return status
 
 
@@ -390,7 +390,8 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
     options = dict(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
                    max_retries=res.max_retries, retry_exceptions=False)
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
-    node_memory = 0 if cfg.dry_run else largest_node_memory(ray)  # (dry runs use none)
+    node_memory = 0 if cfg.dry_run else largest_node_memory(  # (dry runs use none)
+        ray, res.cpus_per_trial, res.gpus_per_trial)
     max_in_flight = res.max_in_flight or 2 * slots
     counts = {"ok": 0, "failed": 0, "diverged": 0, "oom": 0}
     queue = list(reversed(make_units(cfg, todo, slots)))
@@ -454,7 +455,8 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
                     why = runtime_lost(ray, e)
                     if why is not None:
                         raise _runtime_stop(why, counts) from None
-                    results = [(_record_system_failure(out, spec, e, len(unit)),
+                    results = [(_record_system_failure(out, spec, e, len(unit),
+                                                       cfg.train.keep_checkpoints),
                                 *_file_stamp(out, spec.trial_id)) for spec in unit]
                 for spec, (status, size, mtime_ns) in zip(unit, results):
                     if size is not None:  # else no journal line: status reads the file instead
@@ -519,19 +521,41 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = (),
     return cfg
 
 
-def _checked_out(cfg: SweepConfig) -> Store:
+def _checked_out(cfg: SweepConfig) -> tuple[Store, tuple | None]:
     """The sweep directory after every check that needs no lock (prepare repeats them under
-    it): bad input is refused before the lock is taken or anything is written."""
+    it), and a new plan when it has none (``_new_plan``): bad input, ``trials`` above the space
+    and plans with trials that fit nowhere are refused before the lock is taken or anything is
+    written."""
     out = open_out(cfg.out_dir())
     check_out_dir(out, cfg)
     check_available(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
-    return out
+    return out, (None if out.exists(PLAN_FILE) else _new_plan(cfg))
+
+
+def _new_plan(cfg: SweepConfig) -> tuple:
+    """(specs, pairs or None, summary) of a new plan, its summary printed; ConfigError for a
+    plan that cannot run (``trials`` above the space, trials that fit nowhere)."""
+    pairs = None
+    if cfg.plan.factors:
+        specs, pairs = plan_pairs(cfg)
+    else:
+        specs = plan_trials(cfg)
+    if len(specs) < cfg.trials and pairs is None:
+        log(f"note: {len(specs)} distinct configurations were drawn (the cost bias or the memory "
+            f"bound rejected the others); planning {len(specs)} trials instead of {cfg.trials}")
+    summary = cost.plan_summary(specs, cfg)
+    for line in cost.summary_lines(summary):
+        log(line)
+    if summary["infeasible"] and cfg.plan.infeasible == "refuse":
+        raise ConfigError(cost.infeasible_message(summary))
+    return specs, pairs, summary
 
 
 def plan_only(cfg: SweepConfig) -> str:
     """Write the sweep directory with its configuration and plan; run nothing."""
-    with DriverLock(_checked_out(cfg), "plan", log=log):
-        out, specs = prepare(cfg)
+    out, planned = _checked_out(cfg)
+    with DriverLock(out, "plan", log=log):
+        out, specs = prepare(cfg, planned)
         todo = pending(out, specs, move_invalid=False)
     log(f"sweep directory: {out}")
     log(f"{len(specs)} trials planned ({out.uri(PLAN_FILE)}), {len(specs) - len(todo)} already "
@@ -540,8 +564,9 @@ def plan_only(cfg: SweepConfig) -> str:
 
 
 def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> str:
-    with DriverLock(_checked_out(cfg), command, log=log) as lock:
-        out, specs = prepare(cfg)
+    out, planned = _checked_out(cfg)
+    with DriverLock(out, command, log=log) as lock:
+        out, specs = prepare(cfg, planned)
         todo = pending(out, specs, verify=verify)
         log(f"sweep directory: {out}")
         log(f"{len(specs)} trials planned, {len(specs) - len(todo)} already have results, "

@@ -92,9 +92,13 @@ def space_size(cfg: SweepConfig) -> int:
     """The number of distinct configurations of the space (L-BFGS has no lr or batch_size of
     its own: one configuration per value of the other keys); for ``plan.factors``, of the
     mini-batch space the base configurations come from."""
-    s = cfg.space
-    others = math.prod(len(s.values(k)) for k in SPACE_KEYS
-                       if k not in ("optimizer",) + CONDITIONAL)
+    s, ds = cfg.space, cfg.dataset
+
+    def distinct(k):  # a null of train_size / random_labels is the data set's own value
+        default = getattr(ds, k) if k in ("train_size", "random_labels") else None
+        return len({default if v is None else v for v in s.values(k)})
+
+    others = math.prod(distinct(k) for k in SPACE_KEYS if k not in ("optimizer",) + CONDITIONAL)
     mini = sum(1 for o in s.optimizer if o != "lbfgs")
     lbfgs = 0 if cfg.plan.factors else int("lbfgs" in s.optimizer)
     return others * (mini * math.prod(len(s.values(k)) for k in CONDITIONAL) + lbfgs)

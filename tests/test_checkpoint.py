@@ -285,3 +285,33 @@ def test_the_fallback_network_and_the_time_spent_survive_a_retry(tmp_path, monke
     assert out.stopped_by_time and out.steps == 100
     for a, b in zip(short.state_dict().values(), retry.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_fallback_of_another_fallback_step_is_not_used(tmp_path):
+    s = spec(steps=100)
+    c = Checkpointer(str(tmp_path), s.trial_id, s.canonical(), Interval(steps=10))
+    c.save_fallback(50, {"w": torch.ones(2)}, torch.tensor(False))
+    weights, nonfinite = c.load_fallback(50)
+    assert torch.equal(weights["w"], torch.ones(2)) and not bool(nonfinite)
+    assert c.load_fallback(60) is None  # the fallback step changed between attempts
+
+
+def test_checkpoint_every_off_is_none_whatever_its_spelling():
+    for off in ("0", 0, "off", None):
+        assert compose([f"train.checkpoint_every={'null' if off is None else off}"]) \
+            .train.checkpoint_every is None
+    assert compose(["train.checkpoint_every=0.0"]).train.checkpoint_every is None
+    assert compose(["train.checkpoint_every=500"]).train.checkpoint_every == 500
+
+
+def test_a_current_file_missing_a_column_is_not_a_valid_result(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from workers.record import SCHEMA, ResultError, read_trial
+
+    t = pa.table({"trial_id": ["t"]}, schema=pa.schema([SCHEMA.field("trial_id")],
+                                                       metadata=SCHEMA.metadata))
+    pq.write_table(t, tmp_path / "t.parquet")
+    with pytest.raises(ResultError):
+        read_trial(tmp_path / "t.parquet", columns=["trial_id", "n_params"])

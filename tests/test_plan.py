@@ -61,7 +61,7 @@ def test_a_whole_small_space_is_planned_and_more_trials_are_refused_at_once(tmp_
     err = capsys.readouterr().err.strip()
     assert err.endswith("trials: 10 is more than the 2 distinct configurations of the space; "
                         "allowed: 1..2") and "\n" not in err
-    assert not (out / "plan.parquet").exists()
+    assert not out.exists()
 
 
 def test_space_size_counts_what_the_planner_can_draw():
@@ -77,6 +77,11 @@ def test_space_size_counts_what_the_planner_can_draw():
     ids = {_trial_spec(cfg, dict(zip(keys, vals))).trial_id
            for vals in itertools.product(*(cfg.space.values(k) for k in keys))}
     assert space_size(cfg) == len(ids) == 2 * 2 * 2 * 2 * 2 * (2 * 3 * 2 + 1)
+    # a null in space.train_size is dataset.train_size: [null, 500] with 500 is one value
+    same = compose(["dataset.train_size=500", "space.train_size=[null,500]", "trials=1"])
+    ids = {_trial_spec(same, dict(zip(keys, vals))).trial_id
+           for vals in itertools.product(*(same.space.values(k) for k in keys))}
+    assert space_size(same) == space_size(compose(["dataset.train_size=500", "trials=1"]))
 
 
 def test_trial_id_is_a_hash_of_the_full_spec():
@@ -322,7 +327,9 @@ def test_the_plan_summary_against_the_manifest_and_infeasible_trials(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"sweep: error: plan: {n_over} of 24 trials need more memory")
     assert any(f"{n_over} trials fit nowhere" in line for line in err)
-    assert not (out / "plan.parquet").exists()
+    assert not out.exists()  # refused before the lock: nothing written
+    with pytest.raises(ConfigError, match="replace needs resources.worker_memory_gb"):
+        compose(base + ["plan.infeasible=replace"])
     # kept: the summary is written beside the plan and agrees with the manifest
     out = tmp_path / "kept"
     assert main(["plan", *base, *small, "plan.infeasible=keep", f"out={out}"]) == 0

@@ -124,13 +124,17 @@ class Checkpointer:
         self.last_step, self.last_time = step, self.clock()
         self.saves += 1
 
-    def save_fallback(self, weights: dict) -> None:
-        """The weights at the fallback step, for a retry that resumes after it."""
+    def save_fallback(self, step: int, weights: dict, nonfinite) -> None:
+        """The weights at fallback step ``step`` (and the loop's non-finite flag then), for a
+        retry that resumes after it."""
         buf = io.BytesIO()
-        torch.save({"trial_id": self.trial_id, "spec": self.spec_text, "model": weights}, buf)
+        torch.save({"trial_id": self.trial_id, "spec": self.spec_text, "step": step,
+                    "model": weights, "nonfinite": nonfinite}, buf)
         self.store.write_bytes(fallback_file(self.trial_id), buf.getvalue())
 
-    def load_fallback(self) -> dict | None:
+    def load_fallback(self, step: int) -> tuple[dict, object] | None:
+        """(weights, non-finite flag) saved at fallback step ``step``; None if there are none
+        for this trial, spec and step (a fallback step changed between attempts)."""
         rel = fallback_file(self.trial_id)
         if not self.store.is_file(rel):
             return None
@@ -139,9 +143,10 @@ class Checkpointer:
                                weights_only=True)
         except Exception:
             return None
-        if state.get("trial_id") != self.trial_id or state.get("spec") != self.spec_text:
+        if (state.get("trial_id") != self.trial_id or state.get("spec") != self.spec_text
+                or state.get("step") != step):
             return None
-        return state["model"]
+        return state["model"], state["nonfinite"]
 
     def remove(self) -> None:
         for rel in (self.rel, fallback_file(self.trial_id)):

@@ -160,11 +160,15 @@ def _validated(open_file, name: str, columns: list[str] | None) -> pa.Table:
         if int(version) > SCHEMA_VERSION:
             raise ResultError(f"{name}: schema version {int(version)}, newer than this release "
                               f"reads ({SCHEMA_VERSION}): upgrade sensitivity-sweep to read it")
-        present = set(pf.schema_arrow.names)
-        want = None if columns is None else [c for c in columns if c in present]
-        table = pf.read(columns=want, use_threads=False)  # one row: threads only cost
         if int(version) < SCHEMA_VERSION:  # an older file: the columns it lacks are null
-            table = _with_missing(table, columns)
+            present = set(pf.schema_arrow.names)
+            want = None if columns is None else [c for c in columns if c in present]
+            table = _with_missing(pf.read(columns=want, use_threads=False), columns)
+        else:
+            table = pf.read(columns=columns, use_threads=False)  # one row: threads only cost
+            lacking = [c for c in (columns or SCHEMA.names) if c not in table.column_names]
+            if lacking:  # (pyarrow skips a requested column a file lacks without a word)
+                raise ResultError(f"{name}: lacks the columns {lacking} of its schema version")
     except ResultError:
         raise
     except Exception as e:  # missing, truncated, not Parquet, unreadable

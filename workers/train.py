@@ -136,9 +136,9 @@ def _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augmen
     rule = time_rule if time_rule is not None and time_rule.budget else None
     spent = float(saved.get("elapsed", 0.0)) if saved is not None else 0.0
     began = rule.clock() if rule else 0.0
-    fallback = None
+    fallback = None  # (weights, non-finite flag) at the fallback step
     if rule and rule.fallback and checkpoint is not None and start >= rule.fallback:
-        fallback = checkpoint.load_fallback()  # taken by an earlier attempt
+        fallback = checkpoint.load_fallback(rule.fallback)  # taken by an earlier attempt
 
     def elapsed() -> float:
         return spent + (rule.clock() - began if rule else 0.0)
@@ -169,15 +169,17 @@ def _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augmen
                 return TrainOutcome(done)
         if rule and done < train.steps:
             if rule.fallback and done == rule.fallback:
-                if bool(nonfinite):  # (a diverged network is no fallback)
-                    return TrainOutcome(done, True, f"non-finite training loss by step {done}")
-                fallback = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                fallback = ({k: v.detach().clone() for k, v in model.state_dict().items()},
+                            nonfinite.clone())
                 if checkpoint is not None:
-                    checkpoint.save_fallback(fallback)
+                    checkpoint.save_fallback(done, *fallback)
             if elapsed() > rule.budget:
                 if fallback is None:
                     return TrainOutcome(done, out_of_time=_out_of_time(rule, done))
-                model.load_state_dict(fallback)
+                if bool(fallback[1]):  # (a network that diverged by then is no fallback)
+                    return TrainOutcome(rule.fallback, True, "non-finite training loss by step "
+                                        f"{rule.fallback} (the fallback step; out of time)")
+                model.load_state_dict(fallback[0])
                 return TrainOutcome(rule.fallback, stopped_by_time=True)
         if checkpoint is not None and done < train.steps and checkpoint.due(done):
             checkpoint.save(done, {"model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -266,7 +266,8 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
             row["retryable"] = is_environment_failure(e)
     row["wall_time_s"] = time.perf_counter() - t0
     write_trial(ctx.out_dir, row, points)
-    if not ctx.keep_checkpoints and not row.get("retryable"):  # the result stands: not needed
+    if (ctx.checkpoint_every is not None and not ctx.keep_checkpoints
+            and not row.get("retryable")):  # the result stands: its checkpoints are not needed
         from workers.checkpoint import checkpoint_file, fallback_file
         from workers.storage import store
 

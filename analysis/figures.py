@@ -395,6 +395,7 @@ def sign_error_figure(ranking: pd.DataFrame, path: str | Path) -> Path | None:
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.8, n - 0.2)
     ax.set_xlabel("sign-error against the generalization gap (lower is better; 0.5 = chance)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8,
+              frameon=False)  # (above the axes: no point hidden under it)
     fig.tight_layout()
     return _save(fig, path, vector=True)

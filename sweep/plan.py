@@ -232,6 +232,24 @@ class _Enumerated:
                 n *= len(cfg.space.values(k))
         return n
 
+    def decode(self, index: int) -> dict:
+        """Configuration ``index`` of the cell: row index // R, tail digits index % R (R = the
+        tail keys' combinations)."""
+        row, r = divmod(int(index), int(math.prod(self.radix)))
+        v = dict(self.rows[row])
+        for k, n in zip(reversed(self.tail), reversed(self.radix)):
+            r, digit = divmod(r, n)
+            v[k] = self.space.values(k)[digit]
+        return v
+
+    def weights(self):
+        """Every configuration's probability (numpy, by ``decode`` index): its row's share,
+        split evenly over the tail keys' combinations."""
+        import numpy as np
+
+        rows = np.diff(np.concatenate([[0.0], self.cdf]))
+        return np.repeat(rows / math.prod(self.radix), math.prod(self.radix))
+
     def pick(self, u: float) -> dict:
         import numpy as np
 
@@ -246,9 +264,50 @@ class _Enumerated:
         return v
 
 
+# Above this share of the space's configurations, the random sampler draws without replacement
+# (_draw_dense) instead of drawing with replacement and dropping repeats, which slows down as
+# the plan nears the whole space (coupon collecting).
+DENSE_ABOVE = 0.25
+
+
+def _draw_dense(cfg: SweepConfig, cells: list, grid_keys: list[str], free: list[str],
+                c_min: float, limit: int | None, values: bool) -> list:
+    """``cfg.trials`` distinct configurations drawn without replacement: in each grid cell,
+    every configuration gets the key -log(U) / p (U uniform, p its probability under the
+    random sampler's distribution: ``_Enumerated``, the cost bias and the memory bound
+    included), and the cell's configurations are taken in increasing key order (Efraimidis and
+    Spirakis' weighted sampling without replacement); trial i comes from cell i mod (cells), as
+    in ``_draw``, while the cell has configurations left. Seeded by ``cfg.seed``."""
+    import numpy as np
+
+    rng = np.random.default_rng([cfg.seed, 0x5EED])
+    tables, orders = [], []
+    for key in cells:
+        e = _Enumerated(cfg, dict(zip(grid_keys, key)), free, c_min, limit)
+        p = e.weights()
+        u = rng.random(len(p))
+        keys = np.full(len(p), np.inf)
+        ok = p > 0
+        keys[ok] = -np.log(u[ok]) / p[ok]
+        tables.append(e)
+        orders.append(np.argsort(keys, kind="stable")[:int(ok.sum())])
+    specs: dict[str, object] = {}
+    pos = [0] * len(cells)
+    cell = 0
+    while len(specs) < cfg.trials and any(pos[c] < len(orders[c]) for c in range(len(cells))):
+        if pos[cell] < len(orders[cell]):
+            v = tables[cell].decode(orders[cell][pos[cell]])
+            pos[cell] += 1
+            spec = _trial_spec(cfg, v)
+            specs.setdefault(spec.trial_id, v if values else spec)
+        cell = (cell + 1) % len(cells)
+    return list(specs.values())
+
+
 def _draw(cfg: SweepConfig, values: bool = False) -> list:
     """Draw up to ``cfg.trials`` distinct configurations: TrialSpecs, or with ``values`` the
-    drawn value dicts (distinct by the spec they give)."""
+    drawn value dicts (distinct by the spec they give). With the random sampler, a plan of more
+    than ``DENSE_ABOVE`` of the space is drawn without replacement (``_draw_dense``)."""
     import random
 
     import optuna
@@ -257,14 +316,17 @@ def _draw(cfg: SweepConfig, values: bool = False) -> list:
     grid_keys = list(cfg.plan.grid)
     cells = list(itertools.product(*(space.values(k) for k in grid_keys)))
     free = [k for k in SPACE_KEYS if k not in grid_keys]
-    study = optuna.create_study(sampler=_sampler(cfg))
     bias = cfg.plan.cheap_bias
     c_min = cheapest_flops(cfg) if bias > 0 else 0.0
     enumerate_ = cfg.plan.sampler == "random" and _Enumerated.size(cfg, free) <= ENUMERATE_MAX
+    limit = cost.worker_memory(cfg)[0] if cfg.plan.infeasible == "replace" else None
+    base = replace(cfg, plan=replace(cfg.plan, factors=()))  # (plan_pairs: the base space)
+    if enumerate_ and cfg.trials > DENSE_ABOVE * space_size(base):
+        return _draw_dense(cfg, cells, grid_keys, free, c_min, limit, values)
+    study = optuna.create_study(sampler=_sampler(cfg))
     tables: dict[tuple, _Enumerated] = {}
     accept = random.Random(cfg.seed)  # the cost bias's own seeded draws (per-key path)
     specs: dict[str, TrialSpec] = {}
-    limit = cost.worker_memory(cfg)[0] if cfg.plan.infeasible == "replace" else None
     max_draws = (20 if enumerate_ or (bias == 0 and limit is None) else 200) * cfg.trials \
         + len(cells)
     cell = 0

@@ -350,3 +350,31 @@ def test_the_plan_summary_against_the_manifest_and_infeasible_trials(tmp_path, c
     m = pq.read_table(out / "plan.parquet").to_pandas()
     assert len(m) == 8 and (m["est_memory_bytes"] <= limit_gb * 2**30).all()
     assert json.loads((out / "plan_summary.json").read_text())["infeasible"] == 0
+
+
+def test_a_plan_near_the_whole_space_is_drawn_without_replacement():
+    """Above DENSE_ABOVE of the space the random sampler draws without replacement: the whole
+    space plans every configuration once; a grid cell gets its share; the cost bias still
+    favours cheap configurations; the same configuration gives the same plan."""
+    from sweep.plan import DENSE_ABOVE, _trial_spec, space_size
+    from workers.hyperparameters import SPACE_KEYS
+
+    over = ["space.width=[8,64,512]", "space.depth=[2,3]", "space.activation=[relu,tanh]",
+            "space.optimizer=[sgd,adam,lbfgs]", "space.lr=[0.1,0.01]", "space.batch_size=[32]",
+            "space.init_scale=[1.0]", "space.seed=[1,2,3]", "plan.grid=[activation]"]
+    cfg = compose(over + ["trials=1"])
+    n = space_size(cfg)
+    keys = list(SPACE_KEYS)
+    every = {_trial_spec(cfg, dict(zip(keys, vals))).trial_id
+             for vals in itertools.product(*(cfg.space.values(k) for k in keys))}
+    whole = plan_trials(compose(over + [f"trials={n}"]))
+    assert len(every) == n and {s.trial_id for s in whole} == every
+    assert [s.activation for s in whole[:4]] == ["relu", "tanh", "relu", "tanh"]  # cycling
+    half = compose(over + [f"trials={n // 2}"])
+    assert n // 2 > DENSE_ABOVE * n
+    a, b = plan_trials(half), plan_trials(half)
+    assert [s.trial_id for s in a] == [s.trial_id for s in b] and len(a) == n // 2
+    assert sum(s.activation == "relu" for s in a) == n // 4
+    biased = plan_trials(compose(over + [f"trials={n // 2}", "plan.cheap_bias=1.0"]))
+    mean = lambda specs: sum(s.width for s in specs) / len(specs)  # noqa: E731
+    assert mean(biased) < 0.8 * mean(a)

@@ -64,24 +64,29 @@ def test_a_whole_small_space_is_planned_and_more_trials_are_refused_at_once(tmp_
     assert not out.exists()
 
 
+def enumerated_ids(cfg) -> set[str]:
+    """Every distinct trial id the space's values can make (the slow obvious way)."""
+    from sweep.plan import _trial_spec
+    from workers.hyperparameters import SPACE_KEYS
+
+    keys = list(SPACE_KEYS)
+    return {_trial_spec(cfg, dict(zip(keys, vals))).trial_id
+            for vals in itertools.product(*(cfg.space.values(k) for k in keys))}
+
+
 def test_space_size_counts_what_the_planner_can_draw():
     """The count against an enumeration of every distinct trial the planner can make."""
-    from sweep.plan import _trial_spec, space_size
-    from workers.hyperparameters import SPACE_KEYS
+    from sweep.plan import space_size
 
     cfg = compose(["space.width=[8,16]", "space.depth=[2,3]", "space.activation=[relu,tanh]",
                    "space.optimizer=[sgd,adam,lbfgs]", "space.lr=[0.1,0.01,0.001]",
                    "space.batch_size=[32,64]", "space.init_scale=[1.0]", "space.seed=[1,2]",
                    "space.train_size=[100,null]", "trials=1"])
-    keys = list(SPACE_KEYS)
-    ids = {_trial_spec(cfg, dict(zip(keys, vals))).trial_id
-           for vals in itertools.product(*(cfg.space.values(k) for k in keys))}
-    assert space_size(cfg) == len(ids) == 2 * 2 * 2 * 2 * 2 * (2 * 3 * 2 + 1)
+    assert space_size(cfg) == len(enumerated_ids(cfg)) == 2 * 2 * 2 * 2 * 2 * (2 * 3 * 2 + 1)
     # a null in space.train_size is dataset.train_size: [null, 500] with 500 is one value
     same = compose(["dataset.train_size=500", "space.train_size=[null,500]", "trials=1"])
-    ids = {_trial_spec(same, dict(zip(keys, vals))).trial_id
-           for vals in itertools.product(*(same.space.values(k) for k in keys))}
-    assert space_size(same) == space_size(compose(["dataset.train_size=500", "trials=1"]))
+    assert space_size(same) == len(enumerated_ids(same)) == space_size(
+        compose(["dataset.train_size=500", "trials=1"]))
 
 
 def test_trial_id_is_a_hash_of_the_full_spec():
@@ -356,17 +361,14 @@ def test_a_plan_near_the_whole_space_is_drawn_without_replacement():
     """Above DENSE_ABOVE of the space the random sampler draws without replacement: the whole
     space plans every configuration once; a grid cell gets its share; the cost bias still
     favours cheap configurations; the same configuration gives the same plan."""
-    from sweep.plan import DENSE_ABOVE, _trial_spec, space_size
-    from workers.hyperparameters import SPACE_KEYS
+    from sweep.plan import DENSE_ABOVE, space_size
 
     over = ["space.width=[8,64,512]", "space.depth=[2,3]", "space.activation=[relu,tanh]",
             "space.optimizer=[sgd,adam,lbfgs]", "space.lr=[0.1,0.01]", "space.batch_size=[32]",
             "space.init_scale=[1.0]", "space.seed=[1,2,3]", "plan.grid=[activation]"]
     cfg = compose(over + ["trials=1"])
     n = space_size(cfg)
-    keys = list(SPACE_KEYS)
-    every = {_trial_spec(cfg, dict(zip(keys, vals))).trial_id
-             for vals in itertools.product(*(cfg.space.values(k) for k in keys))}
+    every = enumerated_ids(cfg)
     whole = plan_trials(compose(over + [f"trials={n}"]))
     assert len(every) == n and {s.trial_id for s in whole} == every
     assert [s.activation for s in whole[:4]] == ["relu", "tanh", "relu", "tanh"]  # cycling

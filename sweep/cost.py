@@ -81,7 +81,8 @@ def worker_memory(cfg) -> tuple[int, str]:
     return int(psutil.virtual_memory().total), "this machine; set resources.worker_memory_gb"
 
 
-def _bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """A byte count for people: "23.5 GB"."""
     for unit, size in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
@@ -138,8 +139,8 @@ def summary_lines(summary: dict) -> list[str]:
                      f"{c['flops_per_second_per_device']:.3g} FLOP/s per device")
     lines.append(f"plan: the costliest 1% of trials hold {100 * summary['top_1_percent_share']:.0f}%"
                  " of the FLOPs")
-    lines.append(f"plan: largest trial memory {_bytes(summary['largest_memory_bytes'])} "
-                 f"({summary['largest_memory_trial']}) against {_bytes(summary['worker_memory_bytes'])}"
+    lines.append(f"plan: largest trial memory {human_bytes(summary['largest_memory_bytes'])} "
+                 f"({summary['largest_memory_trial']}) against {human_bytes(summary['worker_memory_bytes'])}"
                  f" per worker ({summary['worker_memory_source']}); "
                  f"{summary['infeasible']:,} trials fit nowhere")
     return lines
@@ -149,8 +150,8 @@ def infeasible_message(summary: dict) -> str:
     """One line refusing a plan with trials that fit nowhere."""
     big = summary["infeasible_largest"][0]
     return (f"plan: {summary['infeasible']:,} of {summary['trials']:,} trials need more memory "
-            f"than a worker's {_bytes(summary['worker_memory_bytes'])} "
-            f"({summary['worker_memory_source']}), the largest {_bytes(big['memory_bytes'])} "
+            f"than a worker's {human_bytes(summary['worker_memory_bytes'])} "
+            f"({summary['worker_memory_source']}), the largest {human_bytes(big['memory_bytes'])} "
             f"({big['trial']}); allowed: plan.infeasible=replace with resources.worker_memory_gb "
             "(draw feasible trials instead), "
             "plan.infeasible=keep (run them; they fail as oom), or resources.worker_memory_gb="

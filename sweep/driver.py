@@ -186,6 +186,22 @@ def task_memory(unit: list[TrialSpec], node_memory: int) -> int:
     return int(min(max(estimate_memory(s) for s in unit), node_memory))
 
 
+def memory_note(todo: list[TrialSpec], node_memory: int) -> str | None:
+    """A line for the log when trials to run are estimated above the memory of every node of
+    the connected cluster that can run them (the plan was checked against
+    ``resources.worker_memory_gb`` or the planning machine); None otherwise."""
+    from sweep.cost import estimate_memory, human_bytes
+
+    if node_memory <= 0:
+        return None
+    over = [m for m in (estimate_memory(s) for s in todo) if m > node_memory]
+    if not over:
+        return None
+    return (f"note: {len(over):,} of {len(todo):,} trials to run are estimated above the "
+            f"largest node's memory here ({human_bytes(node_memory)}; the largest needs "
+            f"{human_bytes(max(over))}): they run on that node and may end oom")
+
+
 def make_units(cfg: SweepConfig, todo: list[TrialSpec], slots: int = 1) -> list[list[TrialSpec]]:
     """Trials grouped into Ray tasks: cheap ones (estimated FLOPs below
     ``resources.batch_below_flops``; every dry-run trial) in units of up to
@@ -392,6 +408,9 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
     node_memory = 0 if cfg.dry_run else largest_node_memory(  # (dry runs use none)
         ray, res.cpus_per_trial, res.gpus_per_trial)
+    note = memory_note(todo, node_memory)
+    if note:
+        log(note)
     max_in_flight = res.max_in_flight or 2 * slots
     counts = {"ok": 0, "failed": 0, "diverged": 0, "oom": 0}
     queue = list(reversed(make_units(cfg, todo, slots)))

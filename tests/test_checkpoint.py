@@ -315,3 +315,18 @@ def test_a_current_file_missing_a_column_is_not_a_valid_result(tmp_path):
     pq.write_table(t, tmp_path / "t.parquet")
     with pytest.raises(ResultError):
         read_trial(tmp_path / "t.parquet", columns=["trial_id", "n_params"])
+
+
+def test_the_driver_notes_trials_above_the_connected_clusters_memory():
+    from dataclasses import replace
+
+    from sweep import cost
+    from sweep.driver import memory_note
+
+    small = spec(steps=10)
+    big = replace(small, width=4096)
+    m_big = cost.estimate_memory(big)
+    assert memory_note([small, big], 10 * m_big) is None
+    assert memory_note([small, big], 0) is None  # the cluster says nothing
+    note = memory_note([small, big, big], m_big - 1)
+    assert note.startswith("note: 2 of 3 trials to run are estimated above the largest node's")

@@ -21,7 +21,7 @@ from sweep.config import IDENTITY_VERSION, NOT_IDENTITY, ConfigError, SweepConfi
 from sweep.lock import LOCK_FILE, DriverLock
 from sweep import cost
 from sweep.plan import manifest_table, plan_pairs, plan_trials
-from workers.data import DataError, check_available
+from workers.data import check_available
 from sweep.journal import Journal
 from sweep.resume import result_ids, result_index
 from workers.layout import PAIRS_FILE, PLAN_FILE, SWEEP_FILE, TRIALS, trial_file
@@ -248,12 +248,9 @@ def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: 
     row["retryable"] = status == "failed"  # the system failed, not the trial: resume retries it
     write_trial(out, row)
     if not row["retryable"] and not keep_checkpoints:  # final: its checkpoints are not needed
-        from workers.checkpoint import checkpoint_file, fallback_file
+        from workers.checkpoint import remove_checkpoints
 
-        st = store(out)
-        for rel in (checkpoint_file(spec.trial_id), fallback_file(spec.trial_id)):
-            if st.is_file(rel):
-                st.delete(rel)
+        remove_checkpoints(out, spec.trial_id)
     return status
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 import warnings
 
 import pyarrow as pa
@@ -29,7 +29,7 @@ from sweep import cost
 from sweep.config import FACTORS, SPACE_KEYS, ConfigError, SweepConfig
 from workers.hyperparameters import FIELDS as HYPERPARAMETER_FIELDS
 from workers.hyperparameters import values as hyperparameter_values
-from workers.spec import DataSpec, MetricSpec, TrainSpec, TrialSpec
+from workers.spec import DataSpec, TrainSpec, TrialSpec
 
 
 def _sampler(cfg: SweepConfig):

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 
 CHECKPOINTS = "checkpoints"
-DEFAULT_EVERY = "10min"
 
 
 def checkpoint_file(trial_id: str) -> str:
@@ -33,6 +32,16 @@ def checkpoint_file(trial_id: str) -> str:
 def fallback_file(trial_id: str) -> str:
     """The weights at the fallback step (train.fallback_steps), kept while the trial runs."""
     return f"{CHECKPOINTS}/{trial_id}.fallback.pt"
+
+
+def remove_checkpoints(out_dir, trial_id: str) -> None:
+    """Delete a trial's checkpoint and fallback files (once its result stands)."""
+    from workers.storage import store
+
+    st = store(out_dir)
+    for rel in (checkpoint_file(trial_id), fallback_file(trial_id)):
+        if st.is_file(rel):
+            st.delete(rel)
 
 
 def parse_budget(value) -> float | None:
@@ -91,22 +100,26 @@ class Checkpointer:
         self.interval, self.clock = interval, clock
         self.last_step, self.last_time = 0, clock()
         self.saves = 0
-        self.resumed_from: int | None = None
 
-    def load(self) -> dict | None:
-        """The state saved by this trial, or None (none saved, or one of another trial or spec,
-        or unreadable: then it is left where it is and training starts from step 0)."""
-        if not self.store.is_file(self.rel):
+    def _read(self, rel: str) -> dict | None:
+        """The state in ``rel`` if this trial and spec wrote it; None if there is none, it is
+        unreadable or another's (left where it is)."""
+        if not self.store.is_file(rel):
             return None
         try:
-            state = torch.load(io.BytesIO(self.store.read_bytes(self.rel)), map_location="cpu",
+            state = torch.load(io.BytesIO(self.store.read_bytes(rel)), map_location="cpu",
                                weights_only=True)
         except Exception:
             return None
         if state.get("trial_id") != self.trial_id or state.get("spec") != self.spec_text:
             return None
-        self.last_step = int(state["step"])
-        self.resumed_from = self.last_step
+        return state
+
+    def load(self) -> dict | None:
+        """The state saved by this trial, or None (then training starts from step 0)."""
+        state = self._read(self.rel)
+        if state is not None:
+            self.last_step = int(state["step"])
         return state
 
     def due(self, step: int) -> bool:
@@ -135,20 +148,7 @@ class Checkpointer:
     def load_fallback(self, step: int) -> tuple[dict, object] | None:
         """(weights, non-finite flag) saved at fallback step ``step``; None if there are none
         for this trial, spec and step (a fallback step changed between attempts)."""
-        rel = fallback_file(self.trial_id)
-        if not self.store.is_file(rel):
-            return None
-        try:
-            state = torch.load(io.BytesIO(self.store.read_bytes(rel)), map_location="cpu",
-                               weights_only=True)
-        except Exception:
-            return None
-        if (state.get("trial_id") != self.trial_id or state.get("spec") != self.spec_text
-                or state.get("step") != step):
+        state = self._read(fallback_file(self.trial_id))
+        if state is None or state.get("step") != step:
             return None
         return state["model"], state["nonfinite"]
-
-    def remove(self) -> None:
-        for rel in (self.rel, fallback_file(self.trial_id)):
-            if self.store.is_file(rel):
-                self.store.delete(rel)

@@ -99,6 +99,15 @@ def train_model(
                             checkpoint, time_rule)
 
 
+def _timer(time_rule: TimeRule | None, saved: dict | None):
+    """(the rule if it has a budget else None, elapsed(): training seconds over every attempt,
+    those of earlier attempts from the checkpoint ``saved``)."""
+    rule = time_rule if time_rule is not None and time_rule.budget else None
+    spent = float(saved.get("elapsed", 0.0)) if saved is not None else 0.0
+    began = rule.clock() if rule else 0.0
+    return rule, (lambda: spent + (rule.clock() - began if rule else 0.0))
+
+
 def _out_of_time(rule: TimeRule, done: int, lbfgs: bool = False) -> str:
     if lbfgs:
         at = " (L-BFGS has no fallback step)"
@@ -133,15 +142,10 @@ def _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augmen
         nonfinite = saved["nonfinite"].to(dev)
         current_lr = float(saved["lr"])
         start = int(saved["step"])
-    rule = time_rule if time_rule is not None and time_rule.budget else None
-    spent = float(saved.get("elapsed", 0.0)) if saved is not None else 0.0
-    began = rule.clock() if rule else 0.0
+    rule, elapsed = _timer(time_rule, saved)
     fallback = None  # (weights, non-finite flag) at the fallback step
     if rule and rule.fallback and checkpoint is not None and start >= rule.fallback:
         fallback = checkpoint.load_fallback(rule.fallback)  # taken by an earlier attempt
-
-    def elapsed() -> float:
-        return spent + (rule.clock() - began if rule else 0.0)
 
     model.train()
     for step in range(start, train.steps):
@@ -199,13 +203,7 @@ def _train_lbfgs(model, data, lr, train, checkpoint=None, time_rule=None) -> Tra
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         done = int(saved["step"])
-    rule = time_rule if time_rule is not None and time_rule.budget else None
-    spent = float(saved.get("elapsed", 0.0)) if saved is not None else 0.0
-    began = rule.clock() if rule else 0.0
-
-    def elapsed() -> float:
-        return spent + (rule.clock() - began if rule else 0.0)
-
+    rule, elapsed = _timer(time_rule, saved)
     model.train()
 
     def closure():

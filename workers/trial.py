@@ -268,13 +268,9 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
     write_trial(ctx.out_dir, row, points)
     if (ctx.checkpoint_every is not None and not ctx.keep_checkpoints
             and not row.get("retryable")):  # the result stands: its checkpoints are not needed
-        from workers.checkpoint import checkpoint_file, fallback_file
-        from workers.storage import store
+        from workers.checkpoint import remove_checkpoints
 
-        st = store(ctx.out_dir)
-        for rel in (checkpoint_file(spec.trial_id), fallback_file(spec.trial_id)):
-            if st.is_file(rel):
-                st.delete(rel)
+        remove_checkpoints(ctx.out_dir, spec.trial_id)
     return row
 
 

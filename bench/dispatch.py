@@ -8,7 +8,10 @@ A local Ray on 127.0.0.1 with ``--cpus`` CPUs is started in this process.
 Reported: wall time of ``sweep.driver.launch`` (planning, writing the plan, dispatching,
 collecting) per trial; the dispatch part alone per trial; the driver's peak RSS (this process,
 ``resource.getrusage``; the Ray workers are separate processes); and the wall time of
-``sweep status`` on the finished directory (a fresh process). With ``--tune-trials M`` (needs
+``sweep status`` on the finished directory (a fresh process). With ``--plan-first`` the plan
+is written by ``sweep plan`` in a child process first (its wall time and peak RSS reported
+apart), so that the driver's peak RSS is that of dispatching alone: the driver streams the
+pending trials from the manifest (sweep.driver.Plan) instead of holding every spec. With ``--tune-trials M`` (needs
 ``pip install 'ray[tune]'``) the same no-op trial (writing the same record) runs M times as a Ray
 Tune function trainable in a fresh process, for comparison. The last line is JSON:
 ``{"trials": N, "ms_per_trial": ..., "driver_peak_rss_mb": ..., ...}``. Usage::
@@ -68,6 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=100_000)
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--tune-trials", type=int, default=0, help="also run M trials with Ray Tune")
+    p.add_argument("--plan-first", action="store_true",
+                   help="plan in a child process (sweep plan) and measure the driver apart")
     p.add_argument("--keep", default=None, help="sweep directory to keep (default: a temp dir)")
     args = p.parse_args(argv)
     if args.trials < 1 or args.cpus < 1 or args.tune_trials < 0:
@@ -78,10 +83,22 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
     out = Path(args.keep) if args.keep else tmp / "sweep"
-    cfg = compose(["experiment=paper_large", "dataset=digits", f"trials={args.trials}",
-                   "dry_run=true", "progress=false", "figure=false", f"out={out}",
-                   f"cluster.num_cpus={args.cpus}",
-                   "plan.infeasible=keep"])  # (no-op trials: none needs its memory)
+    over = ["experiment=paper_large", "dataset=digits", f"trials={args.trials}",
+            "dry_run=true", "progress=false", "figure=false", f"out={out}",
+            f"cluster.num_cpus={args.cpus}",
+            "plan.infeasible=keep"]  # (no-op trials: none needs its memory)
+    cfg = compose(over)
+    planning = {}
+    if args.plan_first:
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "sweep.cli", "plan", *over],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"bench/dispatch.py: sweep plan failed: {r.stderr.strip()[-2000:]}",
+                  file=sys.stderr)
+            return 2
+        planning = {"plan_s": time.perf_counter() - t,
+                    "plan_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0}
     driver.start_ray(cfg)
     t0 = time.perf_counter()
     dispatch_s = {}
@@ -111,7 +128,7 @@ def main(argv=None) -> int:
         "trials": args.trials, "cpus": args.cpus,
         "ms_per_trial": 1e3 * total_s / args.trials,
         "dispatch_ms_per_trial": 1e3 * dispatch_s["s"] / args.trials,
-        "driver_peak_rss_mb": rss_mb, "status_s": status_s,
+        "driver_peak_rss_mb": rss_mb, "status_s": status_s, **planning,
     }
     import ray
 
@@ -135,6 +152,10 @@ def main(argv=None) -> int:
           f"trial in all (target <= {TARGET_MS}), dispatch {result['dispatch_ms_per_trial']:.2f} ms; "
           f"driver peak RSS {rss_mb:.0f} MB (target <= {TARGET_RSS_MB:.0f}); sweep status "
           f"{status_s:.2f} s (target <= {TARGET_STATUS_S}); targets {'met' if met else 'NOT met'}")
+    if planning:
+        print(f"planned first by sweep plan in a child process: {planning['plan_s']:.1f} s, peak "
+              f"RSS {planning['plan_peak_rss_mb']:.0f} MB (ms per trial above: the driver's "
+              "launch on the written plan)")
     if "tune" in result:
         print(f"Ray Tune, same no-op trial: {result['tune']}")
     result["targets_met"] = met

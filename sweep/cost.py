@@ -89,9 +89,9 @@ def human_bytes(n: float) -> str:
     return f"{n / 1024:.1f} KB"
 
 
-def _describe(spec: TrialSpec) -> str:
-    batch = "full batch" if spec.batch_size is None else f"batch {spec.batch_size}"
-    return f"width {spec.width}, depth {spec.depth}, {spec.optimizer}, {batch}"
+def _describe(width: int, depth: int, optimizer: str, batch_size: int | None) -> str:
+    batch = "full batch" if batch_size is None else f"batch {batch_size}"
+    return f"width {width}, depth {depth}, {optimizer}, {batch}"
 
 
 def plan_summary(specs: list[TrialSpec], cfg) -> dict:
@@ -100,33 +100,61 @@ def plan_summary(specs: list[TrialSpec], cfg) -> dict:
     GPU-hours at ``resources.gpu_flops`` per GPU), the share of all FLOPs held by the costliest
     1% of trials, the largest per-trial memory against a worker's (``worker_memory``), and the
     trials that fit nowhere (estimated memory above a worker's) with the largest of them.
-    JSON-able."""
+    JSON-able. ``manifest_summary``: the same from a written plan's estimates."""
+    return _summary([estimate_flops(s) for s in specs], [estimate_memory(s) for s in specs],
+                    [s.trial_id for s in specs],
+                    lambda i: _describe(specs[i].width, specs[i].depth, specs[i].optimizer,
+                                        specs[i].batch_size), cfg)
+
+
+MANIFEST_COLUMNS = ("trial_id", "est_flops", "est_memory_bytes", "width", "depth", "optimizer",
+                    "batch_size")  # what ``manifest_summary`` reads of ``plan.parquet``
+
+
+def manifest_summary(table, cfg) -> dict:
+    """``plan_summary`` from a manifest's columns (a pyarrow table holding MANIFEST_COLUMNS):
+    the estimates written with the plan, without parsing one spec (10^6 trials in a second)."""
+    col = {k: table.column(k) for k in MANIFEST_COLUMNS}
+
+    def describe(i: int) -> str:
+        return _describe(*(col[k][i].as_py() for k in MANIFEST_COLUMNS[3:]))
+
+    return _summary(col["est_flops"].to_numpy(), col["est_memory_bytes"].to_numpy(),
+                    col["trial_id"], describe, cfg)
+
+
+def _summary(flops, memory, ids, describe, cfg) -> dict:
     import math
 
+    import numpy as np
+
     res = cfg.resources
-    flops = [estimate_flops(s) for s in specs]
-    memory = [estimate_memory(s) for s in specs]
-    total = float(sum(flops))
+    flops = np.asarray(flops, dtype=np.float64)
+    memory = np.asarray(memory, dtype=np.int64)
+    n = len(flops)
+    total = float(flops.sum())
     rc = resource_class(res.cpus_per_trial, res.gpus_per_trial)
     per_device = res.gpu_flops if res.gpus_per_trial > 0 else res.cpu_flops
     unit = "GPU-hours" if res.gpus_per_trial > 0 else "core-hours"
-    top = sorted(flops, reverse=True)[:max(1, math.ceil(0.01 * len(flops)))] if flops else []
+    k = max(1, math.ceil(0.01 * n))
+    top = float(np.sort(flops)[::-1][:k].sum()) if n else 0.0
     limit, source = worker_memory(cfg)
-    over = sorted((i for i, m in enumerate(memory) if m > limit), key=lambda i: -memory[i])
+    over = np.flatnonzero(memory > limit)
+    over = over[np.argsort(-memory[over], kind="stable")]
+    ident = (lambda i: ids[i].as_py()) if hasattr(ids, "to_pylist") else ids.__getitem__
     return {
-        "trials": len(specs),
+        "trials": n,
         "flops": total,
-        "classes": {rc: {"trials": len(specs), "flops": total, unit: total / per_device / 3600,
+        "classes": {rc: {"trials": n, "flops": total, unit: total / per_device / 3600,
                          "flops_per_second_per_device": per_device}},
-        "top_1_percent_share": (float(sum(top)) / total) if total > 0 else 0.0,
-        "largest_memory_bytes": max(memory, default=0),
-        "largest_memory_trial": _describe(specs[max(range(len(specs)), key=memory.__getitem__)])
-        if specs else None,
+        "top_1_percent_share": top / total if total > 0 else 0.0,
+        "largest_memory_bytes": int(memory.max()) if n else 0,
+        "largest_memory_trial": describe(int(np.argmax(memory))) if n else None,
         "worker_memory_bytes": limit,
         "worker_memory_source": source,
-        "infeasible": len(over),
-        "infeasible_largest": [{"trial_id": specs[i].trial_id, "memory_bytes": memory[i],
-                                "trial": _describe(specs[i])} for i in over[:5]],
+        "infeasible": int(len(over)),
+        "infeasible_largest": [{"trial_id": ident(int(i)), "memory_bytes": int(memory[i]),
+                                "trial": describe(int(i))} for i in over[:5]],
     }
 
 

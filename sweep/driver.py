@@ -64,39 +64,136 @@ def check_out_dir(out: Store, cfg: SweepConfig) -> None:
         raise ConfigError(f"out: {out} is not empty and holds no {SWEEP_FILE}; choose another out directory")
 
 
-def read_plan(out: Store, metrics=None) -> list[TrialSpec]:
-    """The trials of a written manifest, checked against their ids, carrying the measurement
-    settings ``metrics`` (a MetricSpec; default: version-2 specs the defaults, version-1 specs
-    the settings they were planned with)."""
-    path = out.uri(PLAN_FILE)
-    try:
-        t = out.read_parquet(PLAN_FILE, columns=["trial_id", "spec"])
-        specs = [TrialSpec.from_json(s, metrics) for s in t.column("spec").to_pylist()]
-    except Exception as e:
-        raise ConfigError(f"out: {path} is unreadable ({type(e).__name__}: {e}); the sweep "
-                          "directory is damaged") from None
-    for tid, s in zip(t.column("trial_id").to_pylist(), specs):
+class Plan:
+    """A written plan (``plan.parquet``) without holding its specs: the trial ids and the cost
+    estimates are read at once (a few columns; 10^6 trials in about 100 MB), the specs are
+    parsed from the manifest in batches when iterated (``iter(plan)``, ``plan.specs(rows)``), so
+    that a driver of 10^6 trials never holds them all. Each spec is checked against its id.
+    ``metrics`` (a MetricSpec): the measurement settings the specs carry (default: version-2
+    specs the defaults, version-1 specs the settings they were planned with). Raises
+    ConfigError when the manifest is unreadable or a spec does not match its id."""
+
+    BATCH_ROWS = 8192
+
+    def __init__(self, out: Store, metrics=None):
+        self.out, self.metrics = out, metrics
+        self._path = out.uri(PLAN_FILE)
+        try:
+            f = out.parquet_file(PLAN_FILE)
+            names = set(f.schema_arrow.names)
+            self.light = f.read(columns=[c for c in cost.MANIFEST_COLUMNS + ("n_params",)
+                                         if c in names])
+        except Exception as e:
+            raise self._damaged(e) from None
+        self.ids: list[str] = self.light.column("trial_id").to_pylist()
+        next(self.specs([0]) if self.ids else iter(()), None)  # a plan of another version: now
+
+    def _damaged(self, e: BaseException) -> ConfigError:
+        return ConfigError(f"out: {self._path} is unreadable ({type(e).__name__}: {e}); the "
+                           "sweep directory is damaged")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self):
+        return self.specs()
+
+    def specs(self, rows=None):
+        """The TrialSpecs of the manifest's ``rows`` (increasing row numbers; default all), in
+        order, parsed one batch of rows at a time."""
+        wanted = None if rows is None else iter(rows)
+        nxt = None if wanted is None else next(wanted, None)
+        if wanted is not None and nxt is None:
+            return
+        start = 0
+        try:
+            batches = self.out.parquet_file(PLAN_FILE).iter_batches(
+                batch_size=self.BATCH_ROWS, columns=["trial_id", "spec"])
+        except Exception as e:
+            raise self._damaged(e) from None
+        for batch in batches:
+            stop = start + batch.num_rows
+            ids, texts = batch.column(0), batch.column(1)
+            if wanted is None:
+                for tid, text in zip(ids.to_pylist(), texts.to_pylist()):
+                    yield self._spec(tid, text)
+            else:
+                while nxt is not None and nxt < stop:
+                    yield self._spec(ids[nxt - start].as_py(), texts[nxt - start].as_py())
+                    nxt = next(wanted, None)
+                if nxt is None:
+                    return
+            start = stop
+
+    def _spec(self, tid: str, text: str) -> TrialSpec:
+        try:
+            s = TrialSpec.from_json(text, self.metrics)
+        except Exception as e:
+            raise self._damaged(e) from None
         if s.trial_id != tid:
-            raise ConfigError(f"out: {path}: trial {tid} does not match its spec (written by "
-                              "another version?); launch into a new out directory")
-    return specs
+            raise ConfigError(f"out: {self._path}: trial {tid} does not match its spec (written "
+                              "by another version?); launch into a new out directory")
+        return s
+
+    def summary(self, cfg: SweepConfig) -> dict:
+        """cost.plan_summary of the plan, from the estimates written with it (recomputed from
+        the specs for a manifest written without them)."""
+        if all(c in self.light.column_names for c in cost.MANIFEST_COLUMNS):
+            return cost.manifest_summary(self.light, cfg)
+        return cost.plan_summary(list(self), cfg)
+
+    def n_params(self) -> int:
+        """Parameters of all planned trials."""
+        if "n_params" in self.light.column_names:
+            return int(self.light.column("n_params").to_numpy().sum())
+        return sum(cost.n_params(s) for s in self)
+
+    def memory(self, rows) -> list[int]:
+        """Estimated memory (bytes) of the trials of ``rows``."""
+        if "est_memory_bytes" in self.light.column_names:
+            m = self.light.column("est_memory_bytes").to_numpy()
+            return [int(m[i]) for i in rows]
+        return [cost.estimate_memory(s) for s in self.specs(rows)]
+
+
+class Todo:
+    """The planned trials a driver runs: ``rows`` of a Plan, streamed (``len``, ``iter``)."""
+
+    def __init__(self, plan: Plan, rows: list[int]):
+        self.plan, self.rows = plan, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        return self.plan.specs(self.rows)
+
+    def memory(self) -> list[int]:
+        return self.plan.memory(self.rows)
+
+
+def read_plan(out: Store, metrics=None) -> list[TrialSpec]:
+    """The trials of a written manifest as a list (small plans, tests; a driver streams them
+    with ``Plan``), checked against their ids."""
+    return list(Plan(out, metrics))
 
 
 PLAN_SUMMARY_FILE = "plan_summary.json"  # sweep/cost.plan_summary of the plan, written with it
 
 
-def prepare(cfg: SweepConfig, planned: tuple | None = None) -> tuple[Store, list[TrialSpec]]:
+def prepare(cfg: SweepConfig, planned: tuple | None = None) -> tuple[Store, Plan]:
     """All checks, then the sweep directory with its configuration and plan. An existing plan
     (same sweep) is read, not redrawn; else ``planned`` (``_new_plan``, made before the lock)
-    is written, or a plan is made. Raises ConfigError/DataError before anything is written."""
+    is written, or a plan is made. Returns the written plan (streamed: the caller drops
+    ``planned``). Raises ConfigError/DataError before anything is written."""
     out = open_out(cfg.out_dir())
     check_out_dir(out, cfg)
     check_available(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
     if out.exists(PLAN_FILE):  # (another driver may have planned it since: read, as planned)
-        specs = read_plan(out, cfg.metric_spec())
-        for line in cost.summary_lines(cost.plan_summary(specs, cfg)):
+        plan = Plan(out, cfg.metric_spec())
+        for line in cost.summary_lines(plan.summary(cfg)):
             log(line)
-        return out, specs
+        return out, plan
     specs, pairs, summary = planned if planned is not None else _new_plan(cfg)
     out.makedirs()
     if not out.exists(SWEEP_FILE):
@@ -106,33 +203,40 @@ def prepare(cfg: SweepConfig, planned: tuple | None = None) -> tuple[Store, list
     if pairs is not None:  # before the plan, whose presence marks the directory planned
         out.write_parquet(PAIRS_FILE, pairs)
     out.write_text(PLAN_SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True))
-    out.write_parquet(PLAN_FILE, manifest_table(specs, cfg))
+    out.write_parquet(PLAN_FILE, manifest_table(specs, cfg), row_group_size=Plan.BATCH_ROWS)
     out.makedirs(TRIALS)
-    return out, specs
+    del specs, planned
+    return out, Plan(out, cfg.metric_spec())
 
 
-def pending(out, specs: list[TrialSpec], move_invalid: bool = True,
-            verify: bool = False) -> list[TrialSpec]:
-    """Planned trials without a finished result: no file, an unreadable file, or a retryable
-    failure (its worker or node died). Such files are moved aside (never deleted), unreadable
-    ones to ``trials/invalid/``, retryable failures to ``trials/retried/``, so that the re-run
-    can write its result. A file is read and checked unless its size and modification time
-    match the drivers' journal (a truncated or rewritten file never does); ``verify`` reads
-    every file."""
+def pending_rows(out, ids: list[str], move_invalid: bool = True,
+                 verify: bool = False) -> list[int]:
+    """The rows of the planned trials ``ids`` without a finished result: no file, an
+    unreadable file, or a retryable failure (its worker or node died). Such files are moved
+    aside (never deleted), unreadable ones to ``trials/invalid/``, retryable failures to
+    ``trials/retried/``, so that the re-run can write its result. A file is read and checked
+    unless its size and modification time match the drivers' journal (a truncated or rewritten
+    file never does); ``verify`` reads every file."""
     out = store(out)
     readable = result_index(out, trust_journal=not verify)
     present = set(result_ids(out)) if move_invalid else set()
     todo = []
-    for s in specs:
-        r = readable.get(s.trial_id)
+    for i, tid in enumerate(ids):
+        r = readable.get(tid)
         if r is not None and not r["retryable"]:
             continue
-        if s.trial_id in present:
-            aside = "retried" if s.trial_id in readable else "invalid"
-            out.move(trial_file(s.trial_id),
-                     f"{TRIALS}/{aside}/{s.trial_id}.parquet.{time.time_ns()}")
-        todo.append(s)
+        if tid in present:
+            aside = "retried" if tid in readable else "invalid"
+            out.move(trial_file(tid), f"{TRIALS}/{aside}/{tid}.parquet.{time.time_ns()}")
+        todo.append(i)
     return todo
+
+
+def pending(out, specs: list[TrialSpec], move_invalid: bool = True,
+            verify: bool = False) -> list[TrialSpec]:
+    """``pending_rows`` for a list of specs: the specs without a finished result."""
+    rows = pending_rows(out, [s.trial_id for s in specs], move_invalid, verify)
+    return [specs[i] for i in rows]
 
 
 def _run_remote(specs: list[TrialSpec], ctx: RunContext) -> list[tuple[str, int | None, int | None]]:
@@ -186,24 +290,30 @@ def task_memory(unit: list[TrialSpec], node_memory: int) -> int:
     return int(min(max(estimate_memory(s) for s in unit), node_memory))
 
 
-def memory_note(todo: list[TrialSpec], node_memory: int) -> str | None:
-    """A line for the log when trials to run are estimated above the memory of every node of
-    the connected cluster that can run them (the plan was checked against
-    ``resources.worker_memory_gb`` or the planning machine); None otherwise."""
-    from sweep.cost import estimate_memory, human_bytes
+def memory_note(memory: list[int], node_memory: int) -> str | None:
+    """A line for the log when trials to run (their estimated ``memory``, bytes) are estimated
+    above the memory of every node of the connected cluster that can run them (the plan was
+    checked against ``resources.worker_memory_gb`` or the planning machine); None otherwise."""
+    from sweep.cost import human_bytes
 
     if node_memory <= 0:
         return None
-    over = [m for m in (estimate_memory(s) for s in todo) if m > node_memory]
+    over = [m for m in memory if m > node_memory]
     if not over:
         return None
-    return (f"note: {len(over):,} of {len(todo):,} trials to run are estimated above the "
+    return (f"note: {len(over):,} of {len(memory):,} trials to run are estimated above the "
             f"largest node's memory here ({human_bytes(node_memory)}; the largest needs "
             f"{human_bytes(max(over))}): they run on that node and may end oom")
 
 
-def make_units(cfg: SweepConfig, todo: list[TrialSpec], slots: int = 1) -> list[list[TrialSpec]]:
-    """Trials grouped into Ray tasks: cheap ones (estimated FLOPs below
+def make_units(cfg: SweepConfig, todo, slots: int = 1) -> list[list[TrialSpec]]:
+    """``iter_units`` as a list."""
+    return list(iter_units(cfg, todo, slots))
+
+
+def iter_units(cfg: SweepConfig, todo, slots: int = 1):
+    """Trials grouped into Ray tasks, one unit at a time as ``todo`` (a sized iterable of
+    TrialSpecs: a list or a streamed ``Todo``) yields them: cheap ones (estimated FLOPs below
     ``resources.batch_below_flops``; every dry-run trial) in units of up to
     ``resources.trials_per_task``, so that per-task overhead does not dominate them, but never
     so large that there are fewer than 4 units per slot (load balance of small sweeps); every
@@ -212,19 +322,18 @@ def make_units(cfg: SweepConfig, todo: list[TrialSpec], slots: int = 1) -> list[
 
     res = cfg.resources
     size = max(1, min(res.trials_per_task, len(todo) // (4 * max(1, slots))))
-    units, cur = [], []
+    cur = []
     for s in todo:
         cheap = cfg.dry_run or estimate_flops(s) < res.batch_below_flops
         if not cheap or size == 1:
-            units.append([s])
+            yield [s]
             continue
         cur.append(s)
         if len(cur) == size:
-            units.append(cur)
+            yield cur
             cur = []
     if cur:
-        units.append(cur)
-    return units
+        yield cur
 
 
 def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: int = 1,
@@ -360,21 +469,22 @@ def runtime_lost(ray, exc: BaseException | None = None) -> str | None:
     return None
 
 
-def saves_weights(cfg: SweepConfig, specs: list[TrialSpec]) -> bool:
+def saves_weights(cfg: SweepConfig, specs) -> bool:
     """``save_weights``, or for null: whether the plan's weights (float32) total at most
-    WEIGHTS_AUTO_BYTES (then `sweep measure` can add measures later without retraining)."""
+    WEIGHTS_AUTO_BYTES (then `sweep measure` can add measures later without retraining).
+    ``specs``: a Plan or an iterable of TrialSpecs."""
     from sweep.config import WEIGHTS_AUTO_BYTES
 
     if cfg.save_weights is not None:
         return cfg.save_weights
-    from sweep.cost import n_params
+    total = specs.n_params() if isinstance(specs, Plan) else sum(cost.n_params(s) for s in specs)
+    return 4 * total <= WEIGHTS_AUTO_BYTES
 
-    return 4 * sum(n_params(s) for s in specs) <= WEIGHTS_AUTO_BYTES
 
-
-def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
+def dispatch(cfg: SweepConfig, out, todo, lock=None,
              save_weights: bool | None = None) -> dict[str, int]:
-    """Run ``todo`` on Ray with bounded in-flight work; returns counts by status.
+    """Run ``todo`` (a list of TrialSpecs, or a ``Todo`` streamed from the manifest) on Ray with
+    bounded in-flight work, submitting units as they are formed; returns counts by status.
 
     Stops early with DispatchStopped, recording nothing for the trials that did not run (resume
     runs them): on Ctrl-C or SIGTERM (no new submissions; running trials get GRACE_S seconds to
@@ -405,12 +515,15 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
     node_memory = 0 if cfg.dry_run else largest_node_memory(  # (dry runs use none)
         ray, res.cpus_per_trial, res.gpus_per_trial)
-    note = memory_note(todo, node_memory)
+    note = None if node_memory <= 0 else memory_note(
+        todo.memory() if isinstance(todo, Todo) else [cost.estimate_memory(s) for s in todo],
+        node_memory)
     if note:
         log(note)
     max_in_flight = res.max_in_flight or 2 * slots
     counts = {"ok": 0, "failed": 0, "diverged": 0, "oom": 0}
-    queue = list(reversed(make_units(cfg, todo, slots)))
+    units = iter_units(cfg, todo, slots)
+    unit = next(units, None)  # the next unit to submit; None: all submitted
     in_flight: dict = {}
     stop: dict = {"signal": None, "count": 0, "since": None}
 
@@ -431,19 +544,19 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
     journal = Journal(out)
     quiet_since = time.monotonic()
     try:
-        while queue or in_flight:
+        while unit is not None or in_flight:
             if lock is not None:
                 lock.check()
             if stop["signal"] is not None:
-                queue = []  # submit nothing more
+                unit = None  # submit nothing more
                 if stop["count"] >= 2 or time.monotonic() - stop["since"] > GRACE_S:
                     for ref in in_flight:
                         ray.cancel(ref, force=True)
                     break  # cancelled trials get no record: resume runs them
-            while queue and len(in_flight) < max_in_flight:
-                unit = queue.pop()
+            while unit is not None and len(in_flight) < max_in_flight:
                 in_flight[remote.options(**options, memory=task_memory(unit, node_memory))
                           .remote(unit, ctx)] = unit
+                unit = next(units, None)
             if not in_flight:
                 break
             try:
@@ -462,7 +575,7 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
                     raise _runtime_stop(why, counts)
                 quiet_since = time.monotonic()
             for ref in ready:
-                unit = in_flight.pop(ref)
+                done = in_flight.pop(ref)
                 try:
                     results = ray.get(ref)
                 except rex.TaskCancelledError:
@@ -471,14 +584,14 @@ def dispatch(cfg: SweepConfig, out, todo: list[TrialSpec], lock=None,
                     why = runtime_lost(ray, e)
                     if why is not None:
                         raise _runtime_stop(why, counts) from None
-                    results = [(_record_system_failure(out, spec, e, len(unit),
+                    results = [(_record_system_failure(out, spec, e, len(done),
                                                        cfg.train.keep_checkpoints),
-                                *_file_stamp(out, spec.trial_id)) for spec in unit]
-                for spec, (status, size, mtime_ns) in zip(unit, results):
+                                *_file_stamp(out, spec.trial_id)) for spec in done]
+                for spec, (status, size, mtime_ns) in zip(done, results):
                     if size is not None:  # else no journal line: status reads the file instead
                         journal.record(spec.trial_id, status, size, mtime_ns)
                     counts[status] += 1
-                bar.update(len(unit))
+                bar.update(len(done))
             bar.set_postfix(ok=counts["ok"], failed=counts["failed"] + counts["oom"],
                             diverged=counts["diverged"], running=min(len(in_flight), slots),
                             refresh=False)
@@ -571,10 +684,11 @@ def plan_only(cfg: SweepConfig) -> str:
     """Write the sweep directory with its configuration and plan; run nothing."""
     out, planned = _checked_out(cfg)
     with DriverLock(out, "plan", log=log):
-        out, specs = prepare(cfg, planned)
-        todo = pending(out, specs, move_invalid=False)
+        out, plan = prepare(cfg, planned)
+        del planned
+        todo = pending_rows(out, plan.ids, move_invalid=False)
     log(f"sweep directory: {out}")
-    log(f"{len(specs)} trials planned ({out.uri(PLAN_FILE)}), {len(specs) - len(todo)} already "
+    log(f"{len(plan)} trials planned ({out.uri(PLAN_FILE)}), {len(plan) - len(todo)} already "
         f"have results; run them with: sweep resume {out}")
     return out.location
 
@@ -582,23 +696,24 @@ def plan_only(cfg: SweepConfig) -> str:
 def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> str:
     out, planned = _checked_out(cfg)
     with DriverLock(out, command, log=log) as lock:
-        out, specs = prepare(cfg, planned)
-        todo = pending(out, specs, verify=verify)
+        out, plan = prepare(cfg, planned)
+        del planned  # a new plan's specs: from here on streamed from the manifest
+        todo = Todo(plan, pending_rows(out, plan.ids, verify=verify))
         log(f"sweep directory: {out}")
-        log(f"{len(specs)} trials planned, {len(specs) - len(todo)} already have results, "
+        log(f"{len(plan)} trials planned, {len(plan) - len(todo)} already have results, "
             f"{len(todo)} to run")
         t0 = time.perf_counter()
         if todo:
             try:
                 counts = dispatch(cfg, out, todo, lock=lock,
-                                  save_weights=saves_weights(cfg, specs))
+                                  save_weights=saves_weights(cfg, plan))
             except DispatchStopped as e:
                 done = sum(e.counts.values())
-                left = len(pending(out, specs, move_invalid=False))
+                left = len(pending_rows(out, plan.ids, move_invalid=False))
                 log(f"{e.reason} after {time.perf_counter() - t0:.1f} s: {done} trials finished "
                     "in this session ("
                     + (", ".join(f"{v} {k}" for k, v in e.counts.items() if v) or "none")
-                    + f"); {left} of {len(specs)} left. Run them with: sweep resume {out}")
+                    + f"); {left} of {len(plan)} left. Run them with: sweep resume {out}")
                 raise
             log("finished in {:.1f} s: ".format(time.perf_counter() - t0)
                 + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
@@ -606,7 +721,7 @@ def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> s
             from sweep import measure
 
             try:
-                measure.run(cfg, out, specs, log, lock)
+                measure.run(cfg, out, plan, log, lock)
             except ConfigError as e:  # no saved weights: the trials' own results stand
                 log(f"note: {e}")
     log(f"results: {out}  (analysis.load_results({out.location!r}))")

@@ -21,7 +21,7 @@ from workers.spec import TrialSpec
 from workers.storage import store
 
 
-def missing(out, specs: list[TrialSpec], retry: set | None = None) -> dict[str, list[str]]:
+def missing(out, specs, retry: set | None = None) -> dict[str, list[str]]:
     """trial_id -> the measures of its spec (``spec.metrics.active_measures()``) whose value at
     the current version and the spec's settings is not stored, for every ``ok`` trial;
     ``retry``: stored keys to treat as missing (values that raised)."""
@@ -85,14 +85,15 @@ def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, downl
     return done
 
 
-def _select(out, specs: list[TrialSpec]) -> None:
+def _select(out, specs) -> None:
     """Record the version and settings asked for now (load_results shows those values)."""
     from workers.measures import REGISTRY, load_modules, resolved_settings
     from workers.measures.table import write_selection
 
-    if not specs:
+    first = next(iter(specs), None)
+    if first is None:
         return
-    ms = specs[0].metrics
+    ms = first.metrics
     load_modules(ms.measure_modules)
     settings = ms.measure_settings()
     write_selection(out, {n: (REGISTRY[n].version, resolved_settings(n, settings.get(n)))
@@ -110,10 +111,11 @@ def raised_keys(out) -> set:
             for r in bad.itertuples()}
 
 
-def run(cfg: SweepConfig, out, specs: list[TrialSpec], log, lock=None,
+def run(cfg: SweepConfig, out, specs, log, lock=None,
         retry_errors: bool = False) -> dict[str, int]:
     """Evaluate what is missing (see ``missing``; with ``retry_errors`` also the values whose
-    measure raised) on Ray; returns counts: trials measured, values written, values that
+    measure raised) on Ray for ``specs`` (a list, or a sweep.driver.Plan streamed twice);
+    returns counts: trials measured, values written, values that
     raised, trials skipped for lack of weights, trials whose evaluation failed."""
     from dataclasses import asdict
 
@@ -138,9 +140,8 @@ def run(cfg: SweepConfig, out, specs: list[TrialSpec], log, lock=None,
             f"{sorted({n for v in todo.values() for n in v})}, but none has saved weights (the "
             "sweep ran with save_weights=false); measures are evaluated on the saved networks: "
             "run a new sweep with save_weights=true")
-    by_id = {s.trial_id: s for s in specs}
-    items = [(by_id[t].canonical() if by_id[t].legacy_id is None else by_id[t].canonical_v1(),
-              ",".join(n)) for t, n in runnable.items()]
+    items = [(s.canonical() if s.legacy_id is None else s.canonical_v1(),
+              ",".join(runnable[s.trial_id])) for s in specs if s.trial_id in runnable]
     ray = start_ray(cfg)
     res = cfg.resources
     check_gpus(ray, res.gpus_per_trial)
@@ -206,7 +207,7 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
     evaluate again the values whose measure raised (fixed since)."""
     import signal
 
-    from sweep.driver import log, open_out, read_plan, stored_config
+    from sweep.driver import Plan, log, open_out, stored_config
     from sweep.lock import DriverLock
 
     studies = [o.split("=")[0] for o in overrides
@@ -229,8 +230,8 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         with DriverLock(out, "measure", log=log) as lock:
-            specs = read_plan(out, cfg.metric_spec())
-            counts = run(cfg, out, specs, log, lock, retry_errors=retry_errors)
+            counts = run(cfg, out, Plan(out, cfg.metric_spec()), log, lock,
+                         retry_errors=retry_errors)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not any(counts.values()):

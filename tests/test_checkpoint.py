@@ -325,8 +325,8 @@ def test_the_driver_notes_trials_above_the_connected_clusters_memory():
 
     small = spec(steps=10)
     big = replace(small, width=4096)
-    m_big = cost.estimate_memory(big)
-    assert memory_note([small, big], 10 * m_big) is None
-    assert memory_note([small, big], 0) is None  # the cluster says nothing
-    note = memory_note([small, big, big], m_big - 1)
+    m_small, m_big = cost.estimate_memory(small), cost.estimate_memory(big)
+    assert memory_note([m_small, m_big], 10 * m_big) is None
+    assert memory_note([m_small, m_big], 0) is None  # the cluster says nothing
+    note = memory_note([m_small, m_big, m_big], m_big - 1)
     assert note.startswith("note: 2 of 3 trials to run are estimated above the largest node's")

@@ -126,3 +126,60 @@ def test_resume_trusts_the_journal_only_for_unchanged_files(tmp_path):
     ids = [s.trial_id for s in specs]
     assert fast == [ids[1], ids[3], ids[6]]
     assert full == [ids[1], ids[2], ids[3], ids[6]]
+
+
+def test_the_driver_streams_the_plan_in_batches_and_holds_no_specs(tmp_path, monkeypatch):
+    """A written plan is read back in batches: every subset of rows, across batch boundaries,
+    gives the planned specs in order; the summary from the manifest's estimates equals the one
+    recomputed from the specs; units are formed as the stream yields trials."""
+    import itertools
+
+    import pytest
+
+    from sweep import cost
+    from sweep.config import ConfigError
+    from sweep.driver import Plan, Todo, iter_units, plan_only, saves_weights
+    from workers.storage import Store
+
+    cfg = compose([f"out={tmp_path / 's'}", "trials=23", "dry_run=true"])
+    planned = plan_trials(cfg)
+    plan_only(cfg)
+    monkeypatch.setattr(Plan, "BATCH_ROWS", 4)  # 6 batches of the 23 rows
+    plan = Plan(Store(tmp_path / "s"), cfg.metric_spec())
+    assert plan.ids == [s.trial_id for s in planned]
+    assert [s.canonical() for s in plan] == [s.canonical() for s in planned]
+    for rows in ([], [0], [3, 4], [22], [1, 5, 9, 13, 17, 21], list(range(0, 23, 3))):
+        assert [s.trial_id for s in plan.specs(rows)] == [planned[i].trial_id for i in rows]
+    assert plan.summary(cfg) == cost.plan_summary(planned, cfg)
+    assert plan.n_params() == sum(cost.n_params(s) for s in planned)
+    assert plan.memory([2, 7]) == [cost.estimate_memory(planned[i]) for i in (2, 7)]
+    assert saves_weights(compose(["save_weights=null"]), plan) == saves_weights(
+        compose(["save_weights=null"]), planned)
+
+    todo = Todo(plan, [1, 2, 3, 20])
+    seen = []
+
+    class Counting:  # a sized stream that records how far it was read
+        def __len__(self):
+            return 200
+
+        def __iter__(self):
+            for s in itertools.cycle(planned):
+                seen.append(s)
+                yield s
+
+    assert len(todo) == 4 and [s.trial_id for s in todo] == [planned[i].trial_id for i in (1, 2, 3, 20)]
+    first = next(iter_units(compose(["dry_run=true", "resources.trials_per_task=5"]), Counting()))
+    assert len(first) == 5 and len(seen) == 5  # a unit is formed from the first trials only
+
+    # a manifest whose spec does not match its id is refused when the plan is opened
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "s" / "plan.parquet"
+    t = pq.read_table(p)
+    specs = t.column("spec").to_pylist()
+    specs[0] = specs[1]
+    pq.write_table(t.set_column(t.schema.get_field_index("spec"), "spec",
+                                __import__("pyarrow").array(specs)), p)
+    with pytest.raises(ConfigError, match="does not match its spec"):
+        Plan(Store(tmp_path / "s"), cfg.metric_spec())

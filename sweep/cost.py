@@ -71,14 +71,34 @@ def resource_class(cpus: float, gpus: float) -> str:
 
 
 def worker_memory(cfg) -> tuple[int, str]:
-    """(bytes a worker holds, where the figure comes from): ``resources.worker_memory_gb``, or
-    this machine's total memory."""
+    """(bytes a worker holds, where the figure comes from): ``resources.worker_memory_gb``;
+    else, for a sweep on an existing cluster (``cluster.address``), the largest ``memory``
+    resource of its live nodes that can run a trial (``cpus_per_trial`` CPUs and
+    ``gpus_per_trial`` GPUs; the driver connects to it); else, or when the cluster cannot be
+    reached or reports no such node, this machine's total memory."""
     gb = cfg.resources.worker_memory_gb
     if gb is not None:
         return int(gb * (1 << 30)), "resources.worker_memory_gb"
     import psutil
 
-    return int(psutil.virtual_memory().total), "this machine; set resources.worker_memory_gb"
+    here = int(psutil.virtual_memory().total)
+    address = cfg.cluster.address
+    if address is None:
+        return here, "this machine; set resources.worker_memory_gb"
+    from sweep.driver import largest_node_memory, start_ray
+
+    try:
+        ray = start_ray(cfg)
+        largest = largest_node_memory(ray, cfg.resources.cpus_per_trial,
+                                      cfg.resources.gpus_per_trial)
+    except Exception as e:  # unreachable: the launch itself will say so
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        return here, (f"this machine: the cluster at {address} did not answer "
+                      f"({type(e).__name__}: {first}); set resources.worker_memory_gb")
+    if largest <= 0:
+        return here, (f"this machine: no node of the cluster at {address} can run a trial "
+                      "now; set resources.worker_memory_gb")
+    return largest, f"the largest node of the cluster at {address} that can run a trial"
 
 
 def human_bytes(n: float) -> str:

@@ -246,3 +246,38 @@ def test_a_sigkilled_driver_leaves_no_ray_processes(tmp_path):
                 p.kill()
             except psutil.Error:
                 pass
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from ray.cluster_utils import Cluster
+    from sweep import cost
+    from sweep.config import compose
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "memory": 50 * 2**30, "node_ip_address": "127.0.0.1",
+        "include_dashboard": False})
+    cluster.add_node(num_cpus=1, memory=3 * 2**30, node_ip_address="127.0.0.1")
+    cluster.add_node(num_cpus=1, memory=2 * 2**30, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    cfg = compose(sys.argv[1:] + [f"cluster.address={cluster.address}"])
+    print("MEMORY " + json.dumps(cost.worker_memory(cfg)), flush=True)
+    import ray
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+
+def test_the_plan_takes_worker_memory_from_the_connected_cluster():
+    """On an existing cluster the plan's feasibility uses the largest node that can run a trial
+    (the head without CPUs cannot, whatever its memory), unless resources.worker_memory_gb says."""
+    r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], env=ENV, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = [l for l in r.stdout.splitlines() if l.startswith("MEMORY ")]
+    limit, source = json.loads(line[-1][len("MEMORY "):])
+    assert limit == 3 * 2**30 and source.startswith("the largest node of the cluster at 127.0.0.1")
+    r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, "resources.worker_memory_gb=7"],
+                       env=ENV, capture_output=True, text=True, timeout=600)
+    limit, source = json.loads([l for l in r.stdout.splitlines() if l.startswith("MEMORY ")][-1][7:])
+    assert (limit, source) == (7 * 2**30, "resources.worker_memory_gb")

@@ -1,19 +1,23 @@
-"""``sweep``: launch a sweep, or show the status of one.
+"""``sweep``: train and measure many networks, then rank what predicts generalization.
 
-    sweep launch [KEY=VALUE ...]     Hydra overrides, e.g. dataset=fashion_mnist trials=64
-    sweep plan [KEY=VALUE ...]       write the sweep directory and its plan; run nothing
+    sweep launch [KEY=VALUE ...]     plan a sweep and run it (then the report); e.g.
+                                     dataset=fashion_mnist trials=64 'space.width=[64,256]'
+    sweep plan [KEY=VALUE ...]       write the sweep directory, its plan and cost; run nothing
+    sweep show [--keys] [KEY=VALUE ...]   the composed configuration; --keys: every key with
+                                     its value, meaning and allowed values
     sweep resume SWEEP_DIR [--verify] [KEY=VALUE ...]   run the planned trials that lack a valid result
                                      (overrides: cluster.*, resources.*, progress, ...)
     sweep measure SWEEP_DIR [measures=[...]] [KEY=VALUE ...]   evaluate measures on the saved
                                      networks (no training): only missing or outdated values
-    sweep status SWEEP_DIR
+    sweep status SWEEP_DIR           counts by status, progress, failures with their reasons
     sweep report SWEEP_DIR [--train-acc 1.0] [--bootstrap 200] [--rank-by granulated_kendall]
                      [--noise-filter] [--out DIR]
                                      figures, statistics and an HTML report (SWEEP_DIR/report/)
     sweep compact SWEEP_DIR          merge the per-trial files into a partitioned dataset
 
-Bad input ends with one line on stderr naming the key and what is allowed, exit code 2, before
-anything is written or Ray starts.
+Results (the sweep directory, the report's path, status tables, `sweep show`) go to stdout;
+progress and diagnostics to stderr. Bad input ends with one line on stderr naming the key and
+what is allowed, exit code 2, before anything is written or Ray starts.
 """
 
 from __future__ import annotations
@@ -30,6 +34,18 @@ def _fail(msg: str) -> int:
     return EXIT_USAGE
 
 
+def cmd_show(overrides: list[str], keys: bool = False) -> int:
+    from sweep.config import ConfigError
+    from sweep.show import show
+
+    try:
+        text = show(overrides, keys=keys)
+    except ConfigError as e:
+        return _fail(str(e))
+    sys.stdout.write(text)
+    return 0
+
+
 def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
     from sweep.config import ConfigError, compose
     from sweep import driver
@@ -39,6 +55,7 @@ def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
     try:
         cfg = compose(overrides)
         location = (driver.plan_only if plan_only else driver.launch)(cfg)
+        _result(location)
         if not plan_only and cfg.figure:
             _report_after(location)
     except (ConfigError, DataError) as e:
@@ -51,20 +68,32 @@ def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
     return 0
 
 
-def _report_after(sweep_dir: str) -> None:
-    """The report at the end of `sweep launch` / `sweep resume` (figure=true): the sweep's
+def _result(location: str) -> None:
+    """The sweep directory, on stdout (``sweep launch > log`` keeps it)."""
+    print(f"sweep directory: {location}  (analysis.load_results({str(location)!r}))", flush=True)
+
+
+def _report_after(sweep_dir) -> None:
+    """The report at the end of `sweep launch` / `sweep resume` (figure=true), its path on
+    stdout; not rebuilt when this call wrote no result and the report exists. The sweep's
     results are safe whatever happens here; a failure only leaves the report missing."""
     from sweep.driver import log
     from workers.layout import PLAN_FILE
     from workers.storage import store
 
-    from analysis.report import make_report
+    from analysis.report import REPORT_DIR, make_report
 
-    planned = store(sweep_dir).parquet_file(PLAN_FILE).metadata.num_rows
+    d = store(sweep_dir)
+    page = f"{REPORT_DIR}/report.html"
+    if not getattr(sweep_dir, "changed", True) and d.is_file(page):
+        log(f"report: unchanged (nothing new to report); rebuild it with: sweep report {sweep_dir}")
+        print(f"report: {d.uri(page)}", flush=True)
+        return
+    planned = d.parquet_file(PLAN_FILE).metadata.num_rows
     # 200 replicates at 10^5 trials take minutes on 2 cores (bench/README.md): fewer there
     n_boot = 200 if planned <= 20_000 else 50
     try:
-        log(f"report: {make_report(sweep_dir, n_boot=n_boot)}")
+        print(f"report: {make_report(sweep_dir, n_boot=n_boot)}", flush=True)
     except Exception as e:
         log(f"no report ({type(e).__name__}: {e}); write it with: sweep report {sweep_dir}")
 
@@ -91,6 +120,7 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
     try:
         cfg = driver.stored_config(sweep_dir, overrides)
         location = driver.launch(cfg, verify=verify, command="resume")
+        _result(location)
         if cfg.figure:
             _report_after(location)
     except (ConfigError, DataError) as e:
@@ -234,32 +264,86 @@ def _main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["measure"] and "--retry-errors" in argv[2:]:  # likewise
         argv = [a for a in argv if a != "--retry-errors"]
         argv.insert(1, "--retry-errors")
-    parser = argparse.ArgumentParser(prog="sweep", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_launch = sub.add_parser("launch", help="plan and run a sweep (Hydra overrides: KEY=VALUE ...)")
-    p_launch.add_argument("overrides", nargs="*", help="e.g. dataset=fashion_mnist trials=64")
-    p_plan = sub.add_parser("plan", help="write the sweep directory and its plan, run nothing")
-    p_plan.add_argument("overrides", nargs="*", help="as for launch")
-    p_resume = sub.add_parser("resume", help="run a sweep's planned trials that lack a valid result")
-    p_resume.add_argument("sweep_dir")
+    if argv[:1] in (["launch"], ["plan"]) and "--cfg" in argv:  # Hydra's spelling of show
+        i = argv.index("--cfg")
+        if argv[i + 1:i + 2] not in (["job"], ["all"]):
+            return _fail("--cfg: allowed: job (print the composed configuration; same as "
+                         "sweep show)")
+        return cmd_show(argv[1:i] + argv[i + 2:])
+    keys_help = ("KEY=VALUE overrides of conf/config.yaml; every key with its default, meaning "
+                 "and allowed values: sweep show --keys. Lists in brackets, quoted for the "
+                 "shell: 'space.width=[64,256]'.")
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="sweep", description=__doc__.split("\n\n")[0].strip("`").replace("``", ""),
+        epilog="Run 'sweep COMMAND --help' for a command's arguments; README.md for the "
+               "first hour (launch, status, report, pandas, adding a measure).",
+        formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p_launch = sub.add_parser(
+        "launch", help="plan a sweep and run it, then write its report",
+        description="Plan a sweep (or read its plan), run the trials that lack a result on a "
+                    "local Ray or the cluster at cluster.address, evaluate the measures, write "
+                    "the report. Relaunching the same configuration resumes it.",
+        epilog=keys_help + " Examples: sweep launch; sweep launch dataset=fashion_mnist "
+               "trials=64; sweep launch experiment=paper_small dataset=digits train.steps=2000",
+        formatter_class=fmt)
+    p_launch.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                          help="e.g. dataset=fashion_mnist trials=64 (--cfg job: print the "
+                               "composed configuration instead, as sweep show)")
+    p_plan = sub.add_parser(
+        "plan", help="write the sweep directory, its plan and cost summary; run nothing",
+        description="Check the configuration, draw the plan, print its cost and feasibility "
+                    "summary and write the sweep directory; run nothing (sweep resume runs it).",
+        epilog=keys_help, formatter_class=fmt)
+    p_plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="as for launch")
+    p_show = sub.add_parser(
+        "show", help="print the composed configuration (--keys: every key explained)",
+        description="Print the configuration that 'sweep launch' with the same overrides "
+                    "would run, as YAML; with --keys, one line per key: its value here, what it "
+                    "means and, where fixed, the allowed values. Runs nothing.",
+        epilog=keys_help, formatter_class=fmt)
+    p_show.add_argument("--keys", action="store_true",
+                        help="one line per key: value, meaning, allowed values")
+    p_show.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="as for launch")
+    p_resume = sub.add_parser(
+        "resume", help="run a sweep's planned trials that lack a valid result",
+        description="Run the planned trials of SWEEP_DIR that have no valid result (never "
+                    "redraws the plan; finished trials are not touched).",
+        epilog="Overrides allowed: where and how trials run (cluster.*, resources.*, "
+               "progress, figure, save_weights, dataset.root, measures, measure_modules, "
+               "metrics.*); the trials themselves cannot change.", formatter_class=fmt)
+    p_resume.add_argument("sweep_dir", metavar="SWEEP_DIR")
     p_resume.add_argument("--verify", action="store_true",
                           help="read and check every result file, not only those whose size or "
                                "modification time differs from the drivers' journal")
-    p_resume.add_argument("overrides", nargs="*",
+    p_resume.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                           help="cluster.*, resources.*, progress, figure, save_weights, "
                                "dataset.root, measures, measure_modules, metrics.*")
-    p_measure = sub.add_parser("measure", help="evaluate measures on a sweep's saved networks "
-                                                "(no training): only missing or outdated values")
-    p_measure.add_argument("sweep_dir")
+    p_measure = sub.add_parser(
+        "measure", help="evaluate measures on a sweep's saved networks (no training)",
+        description="Evaluate the measures asked for on SWEEP_DIR's saved networks: only the "
+                    "values missing or outdated; nothing already written changes.",
+        epilog="Examples: sweep measure SWEEP_DIR measures=[all]; sweep measure SWEEP_DIR "
+               "measure_modules=[./lab_measures.py] measures=[weight_l2]. Registered measures: "
+               "sweep show --keys (key 'measures').", formatter_class=fmt)
+    p_measure.add_argument("sweep_dir", metavar="SWEEP_DIR")
     p_measure.add_argument("--retry-errors", action="store_true",
                            help="evaluate again the values whose measure raised")
-    p_measure.add_argument("overrides", nargs="*",
+    p_measure.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                            help="measures=[...], measure_modules=[...], metrics.*, cluster.*, "
                                 "resources.*")
-    p_status = sub.add_parser("status", help="counts by status and failures of a sweep directory")
-    p_status.add_argument("sweep_dir")
-    p_report = sub.add_parser("report", help="figures, statistics and an HTML report of a sweep")
-    p_report.add_argument("sweep_dir")
+    p_status = sub.add_parser(
+        "status", help="counts by status, progress and failures of a sweep",
+        description="Counts by status, progress, the lock's holder and the failures with "
+                    "their reasons (stdout). Reads no result file whose size matches the "
+                    "drivers' journal: fast at 10^5 trials.")
+    p_status.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    p_report = sub.add_parser(
+        "report", help="figures, statistics and an HTML report of a sweep",
+        description="Write SWEEP_DIR/report/: report.html, the figures, statistics.csv and "
+                    "ranking.csv. Prints the page's path.")
+    p_report.add_argument("sweep_dir", metavar="SWEEP_DIR")
     p_report.add_argument("--train-acc", type=float, default=1.0,
                           help="only trials at train accuracy >= this (default 1.0, the paper's)")
     p_report.add_argument("--bootstrap", type=int, default=200,
@@ -274,10 +358,14 @@ def _main(argv: list[str] | None = None) -> int:
                                "difference over the trials' test points)")
     p_report.add_argument("--out", default=None,
                           help="write the report here instead of SWEEP_DIR/report (path or URI)")
-    p_compact = sub.add_parser("compact", help="merge per-trial result files into a partitioned "
-                                               "Parquet dataset (per-trial files are kept)")
-    p_compact.add_argument("sweep_dir")
+    p_compact = sub.add_parser(
+        "compact", help="merge per-trial result files into a partitioned Parquet dataset",
+        description="Merge SWEEP_DIR's per-trial result files into a partitioned Parquet "
+                    "dataset (faster loads at 10^5 trials); the per-trial files are kept.")
+    p_compact.add_argument("sweep_dir", metavar="SWEEP_DIR")
     args = parser.parse_args(argv)
+    if args.command == "show":
+        return cmd_show(args.overrides, keys=args.keys)
     if args.command in ("launch", "plan"):
         return cmd_launch(args.overrides, plan_only=args.command == "plan")
     if args.command == "resume":

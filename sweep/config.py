@@ -198,8 +198,16 @@ class SweepConfig:
                           measure_modules=self.measure_modules)
 
     def out_dir(self) -> str:
-        """The sweep directory: a local path, or a pyarrow filesystem URI (s3://, gs://, ...)."""
-        return self.out if self.out else str(Path("runs") / f"{self.name}-{self.identity_hash()}")
+        """The sweep directory: ``out`` (a local path, or a pyarrow filesystem URI: s3://, gs://,
+        ...), else ``runs/<experiment>-<data set>-<hash>``; a directory of the same sweep under
+        the name earlier versions gave it (``runs/<experiment>-<hash>``) is kept."""
+        if self.out:
+            return self.out
+        h = self.identity_hash()
+        legacy = Path("runs") / f"{self.name}-{h}"
+        if (legacy / "sweep.json").is_file():
+            return str(legacy)
+        return str(Path("runs") / f"{self.name}-{self.dataset.name}-{h}")
 
     @property
     def train_split_size(self) -> int:
@@ -548,7 +556,7 @@ def unknown_key_message(key: str) -> str:
         sec = difflib.get_close_matches(head, [k for k in keys if "." not in k], n=1, cutoff=0.5)
         close = [k for k in keys if sec and k.startswith(sec[0] + ".")][:3] or sec
     hint = f"; closest valid keys: {', '.join(close)}" if close else ""
-    return f"{key}: unknown key{hint} (all keys and their defaults: {conf_dir() / 'config.yaml'})"
+    return f"{key}: unknown key{hint} (every key, its default and allowed values: sweep show --keys)"
 
 
 def override_key(override: str) -> tuple[str, str]:
@@ -595,6 +603,12 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
     """Compose ``conf/`` over the schema with command-line style overrides (struct mode: an
     unknown key, plain or with +, ++ or ~, is a ConfigError naming it and the closest valid
     keys) and validate the result."""
+    return from_dict(composed(overrides))
+
+
+def composed(overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The composed configuration as a plain dict (what ``sweep show`` prints), checked against
+    the schema but not yet validated (``from_dict`` does that). Raises ConfigError."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -614,9 +628,41 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
         d = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"configuration: {first}") from None
+        raise ConfigError(_override_hint(first, overrides)) from None
     check_schema(d)
-    return from_dict(d)
+    return d
+
+
+def _unparsable(overrides) -> str | None:
+    """The first override Hydra's grammar rejects, if any."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_overrides([o])
+        except Exception:
+            return o
+    return None
+
+
+def _override_hint(first: str, overrides=()) -> str:
+    """Hydra's first line about an override, with how to write what was probably meant."""
+    import re
+
+    m = re.search(r"Ambiguous value for argument '([^'=]+)=([^']*)'", first)
+    if m:
+        key, value = m.groups()
+        return (f"{key}: ambiguous value {value!r}; a list is written in brackets, and quoted "
+                f"for the shell: '{key}=[{value}]' (a value with a comma or a space: "
+                f"'{key}=\"{value}\"')")
+    bad = _unparsable(overrides)
+    if bad is not None:
+        key, _, value = bad.partition("=")
+        return (f"{key}: cannot parse {value!r} ({first}); write a list as '{key}=[a,b]', a "
+                f"string with special characters in quotes: '{key}=\"...\"', and quote the "
+                "whole override for the shell")
+    return f"configuration: {first}"
 
 
 def check_schema(d: dict) -> None:

@@ -386,6 +386,24 @@ def _start_reaper(ray) -> None:
                          stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+class _TokenNotice:
+    """Drops Ray's notice that it enabled token authentication for a new local cluster (its
+    default, printed on every start; README "Network exposure" says what it means); every
+    other record passes."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled")
+
+
+def _quiet_token_notice() -> None:
+    import logging
+
+    log_ = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenNotice) for f in log_.filters):
+        log_.addFilter(_TokenNotice())
+
+
 def start_ray(cfg: SweepConfig):
     """A local Ray with 127.0.0.1 as its node address and no dashboard (its servers still listen
     on all interfaces: README "Network exposure"), or the cluster at cluster.address."""
@@ -399,6 +417,7 @@ def start_ray(cfg: SweepConfig):
         return ray
     common = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     if cfg.cluster.address is None:
+        _quiet_token_notice()
         ray.init(address="local", num_cpus=cfg.cluster.num_cpus, _node_ip_address="127.0.0.1",
                  **common)
         _start_reaper(ray)
@@ -687,13 +706,24 @@ def plan_only(cfg: SweepConfig) -> str:
         out, plan = prepare(cfg, planned)
         del planned
         todo = pending_rows(out, plan.ids, move_invalid=False)
-    log(f"sweep directory: {out}")
     log(f"{len(plan)} trials planned ({out.uri(PLAN_FILE)}), {len(plan) - len(todo)} already "
         f"have results; run them with: sweep resume {out}")
     return out.location
 
 
-def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> str:
+class Launched(str):
+    """What ``launch`` returns: the sweep directory (a str), with ``changed``: whether this
+    call wrote any result (a trial or a measure's value), so that an unchanged sweep's report
+    is not rebuilt."""
+
+    changed: bool = False
+
+
+def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> Launched:
+    """Plan (or read the plan), run the planned trials that lack a valid result, then evaluate
+    the measures asked for that finished trials lack (from their saved weights). Progress and
+    diagnostics go to stderr; the caller prints the result."""
+    changed = False
     out, planned = _checked_out(cfg)
     with DriverLock(out, command, log=log) as lock:
         out, plan = prepare(cfg, planned)
@@ -717,12 +747,15 @@ def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> s
                 raise
             log("finished in {:.1f} s: ".format(time.perf_counter() - t0)
                 + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+            changed = True
         if not cfg.dry_run:  # finished trials that lack a measure asked for now: from weights
             from sweep import measure
 
             try:
-                measure.run(cfg, out, plan, log, lock)
+                m = measure.run(cfg, out, plan, log, lock)
+                changed = changed or m["values"] > 0 or m["raised"] > 0
             except ConfigError as e:  # no saved weights: the trials' own results stand
                 log(f"note: {e}")
-    log(f"results: {out}  (analysis.load_results({out.location!r}))")
-    return out.location
+    result = Launched(out.location)
+    result.changed = changed
+    return result

@@ -1,0 +1,147 @@
+"""``sweep show``: the composed configuration, and every key with its default and allowed values.
+
+The descriptions are the comments of ``conf/config.yaml`` and ``conf/dataset/<name>.yaml`` (one
+place documents a key); the allowed values of the keys that take a fixed set come from the code
+that checks them (sweep/config.py, the activation and optimizer tables, the measure registry).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sweep.config import (FACTORS, INFEASIBLE, SAMPLERS, available, composed, conf_dir,
+                          schema_keys)
+
+_KEY = re.compile(r"^(\s*)([A-Za-z_][A-Za-z0-9_]*):(.*)$")
+
+GROUP_DOCS = {
+    "experiment": "the experiment (conf/experiment/<name>.yaml): its space, plan and budget",
+    "dataset": "the data set (conf/dataset/<name>.yaml); its keys are dataset.*",
+}
+
+
+def key_docs(path: Path, prefix: str = "") -> dict[str, str]:
+    """dotted key -> its comment in a YAML config file: the text after ``#`` on the key's line
+    and on the comment lines indented below it (continuations). Keys of the ``defaults`` list
+    and comment blocks at a key's own indent (section introductions) are not descriptions."""
+    docs: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []  # (indent, key) of the enclosing keys
+    last: tuple[int, str] | None = None
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        indent = len(line) - len(line.lstrip())
+        if stripped.startswith("#"):
+            if last is not None and indent > last[0] and stripped.startswith("#"):
+                text = stripped.lstrip("#").strip()
+                if text:
+                    docs[last[1]] = f"{docs.get(last[1], '')} {text}".strip()
+            continue
+        m = _KEY.match(line)
+        if m is None:  # a list item (defaults) or a continued value
+            continue
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        name = ".".join([k for _, k in stack] + [m.group(2)])
+        stack.append((indent, m.group(2)))
+        value, _, comment = m.group(3).partition("#")
+        if name.split(".")[0] == "defaults":
+            last = None
+            continue
+        key = prefix + name
+        last = (indent, key)
+        if comment.strip():
+            docs[key] = comment.strip()
+    return docs
+
+
+def allowed_values() -> dict[str, list[str]]:
+    """The keys that take one of a fixed set of values (or a list of them), with that set."""
+    from workers.activations import ACTIVATIONS
+    from workers.measures import available as measures_available
+    from workers.train import OPTIMIZERS
+
+    space = [k.split(".", 1)[1] for k in schema_keys() if k.startswith("space.")]
+    return {
+        "experiment": available("experiment"),
+        "dataset": available("dataset"),
+        "space.activation": list(ACTIVATIONS),
+        "space.optimizer": list(OPTIMIZERS),
+        "plan.sampler": list(SAMPLERS),
+        "plan.infeasible": list(INFEASIBLE),
+        "plan.factors": list(FACTORS),
+        "plan.grid": space,
+        "measures": ["all", *measures_available(())],
+    }
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _value(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ",".join(_value(x) for x in v) + "]"
+    return str(v)
+
+
+def show(overrides: list[str] | tuple[str, ...] = (), keys: bool = False) -> str:
+    """The text ``sweep show [--keys] [overrides]`` prints: the composed configuration as YAML,
+    headed by the experiment, data set and the command that launches it; with ``keys``, one
+    line per key: its value in this composition, what it means and, where fixed, the allowed
+    values. Raises ConfigError for bad overrides (as ``sweep launch`` would)."""
+    import shlex
+
+    import yaml
+
+    from sweep.config import from_dict
+
+    d = composed(overrides)
+    cfg = from_dict(d)  # every value checked, as a launch would
+    experiment = next((o.partition("=")[2] for o in overrides
+                       if o.partition("=")[0].lstrip("+") == "experiment"), "demo")
+    launch = " ".join(["sweep", "launch", *(shlex.quote(o) for o in overrides)])
+    head = [f"# experiment {experiment}, data set {cfg.dataset.name}, {cfg.trials} trials; "
+            f"sweep directory: {cfg.out_dir()}",
+            f"# launch it with: {launch}"]
+    if not keys:
+        class Dumper(yaml.SafeDumper):  # sections as blocks, lists of values on one line
+            pass
+
+        Dumper.add_representer(list, lambda dumper, v: dumper.represent_sequence(
+            "tag:yaml.org,2002:seq", v, flow_style=True))
+        return "\n".join(head) + "\n" + yaml.dump(d, Dumper=Dumper, sort_keys=False,
+                                                  default_flow_style=False, width=100)
+    docs = {**key_docs(conf_dir() / "config.yaml"),
+            **key_docs(conf_dir() / "dataset" / f"{cfg.dataset.name}.yaml", "dataset."),
+            **GROUP_DOCS}
+    allowed = allowed_values()
+    flat = _flat(d)
+    flat = {"experiment": experiment, "dataset": cfg.dataset.name, **flat}
+    rows = []
+    for key, value in flat.items():
+        text = docs.get(key, "")
+        if key in allowed:
+            text = f"{text}; allowed: {', '.join(allowed[key])}" if text else \
+                f"allowed: {', '.join(allowed[key])}"
+        rows.append((key, _value(value), text))
+    width_k = max(len(r[0]) for r in rows)
+    width_v = min(24, max(len(r[1]) for r in rows))
+    lines = head + [f"# {'key':<{width_k}}  {'value':<{width_v}}  meaning",
+                    "# (override any key on the command line: KEY=VALUE; lists in brackets, "
+                    "quoted: 'space.width=[64,256]')"]
+    for key, value, text in rows:
+        lines.append(f"{key:<{width_k}}  {value:<{width_v}}  {text}".rstrip())
+    return "\n".join(lines) + "\n"

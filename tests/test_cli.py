@@ -1,0 +1,115 @@
+"""The command line explains itself: help, `sweep show`, hints for misspelled keys and values,
+results on stdout and diagnostics on stderr, sweep directories named after what they hold."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sweep.cli import main
+from sweep.config import compose, schema_keys
+
+COMMANDS = ("launch", "plan", "show", "resume", "measure", "status", "report", "compact")
+
+
+def test_top_level_help_lists_every_subcommand_with_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.splitlines()
+              if line.startswith("    ") and line.split() and line.split()[0] in COMMANDS]
+    assert listed == list(COMMANDS)
+    assert "``" not in out and "sweep COMMAND --help" in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_subcommand_help_names_its_arguments(capsys, command):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: sweep {command}")
+    if command in ("launch", "plan", "show"):
+        assert "KEY=VALUE" in out and "sweep show --keys" in out
+    if command not in ("launch", "plan", "show"):
+        assert "SWEEP_DIR" in out
+
+
+def test_show_prints_the_composed_configuration_as_yaml(capsys):
+    assert main(["show", "dataset=fashion_mnist", "trials=8", "space.width=[16,32]"]) == 0
+    out = capsys.readouterr().out
+    doc = yaml.safe_load(out)
+    cfg = compose(["dataset=fashion_mnist", "trials=8", "space.width=[16,32]"])
+    assert doc["trials"] == 8 and doc["dataset"]["name"] == "fashion_mnist"
+    assert doc["space"]["width"] == [16, 32]
+    assert doc["train"]["steps"] == cfg.train.steps and doc["measures"] == ["all"]
+    assert f"sweep directory: {cfg.out_dir()}" in out
+    assert "launch it with: sweep launch dataset=fashion_mnist trials=8 'space.width=[16,32]'" in out
+
+
+def test_hydras_cfg_job_is_show(capsys):
+    assert main(["launch", "--cfg", "job", "trials=3"]) == 0
+    shown = capsys.readouterr().out
+    assert main(["show", "trials=3"]) == 0
+    assert capsys.readouterr().out == shown
+    assert main(["plan", "--cfg", "hydra"]) == 2
+    assert "--cfg: allowed: job" in capsys.readouterr().err
+
+
+def test_show_keys_lists_every_key_with_value_meaning_and_allowed_values(capsys):
+    assert main(["show", "--keys", "experiment=paper_small", "dataset=digits"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()
+            if line.strip() and not line.startswith("#")}
+    leaves = [k for k in schema_keys()
+              if not any(other.startswith(k + ".") for other in schema_keys())]
+    assert set(leaves) <= set(rows), set(leaves) - set(rows)
+    assert "experiment" in rows and "paper_small" in rows["experiment"]
+    for key, values in {"space.activation": ["relu", "tanh", "hardsigmoid"],
+                        "space.optimizer": ["lbfgs", "rmsprop"],
+                        "plan.infeasible": ["refuse", "replace", "keep"],
+                        "experiment": ["neyshabur_labels", "paper_large"],
+                        "dataset": ["fashion_mnist", "cifar10"],
+                        "measures": ["all", "pacbayes_flatness", "jacobian_norm_test"]}.items():
+        allowed = rows[key].split("allowed:")[1]
+        assert all(v in allowed for v in values), (key, rows[key])
+    # every key documented (its meaning from conf/config.yaml or the data set's file)
+    undocumented = [k for k in leaves if len(rows[k].split(None, 2)) < 3]
+    assert not undocumented, undocumented
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("datset=digits", "datset: unknown key; closest valid keys: dataset"),
+    ("trian.steps=5", "closest valid keys: train.steps"),
+    ("space.widht=[8]", "closest valid keys: space.width"),
+    ("space.width=64,128", "space.width: ambiguous value '64,128'; a list is written in "
+                           "brackets, and quoted for the shell: 'space.width=[64,128]'"),
+    ("space.width=[64,128", "space.width: cannot parse '[64,128'"),
+])
+def test_misspelled_keys_and_values_say_what_was_meant(capsys, override, expect):
+    assert main(["launch", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expect in err
+    assert main(["show", override]) == 2  # the same check before showing anything
+    assert expect in capsys.readouterr().err
+
+
+def test_a_sweep_directory_is_named_after_its_experiment_and_data_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(["dataset=fashion_mnist", "experiment=paper_small"])
+    h = cfg.identity_hash()
+    assert cfg.out_dir() == f"runs/paper_small-fashion_mnist-{h}"
+    legacy = tmp_path / "runs" / f"paper_small-{h}"  # a sweep launched by an earlier version
+    legacy.mkdir(parents=True)
+    (legacy / "sweep.json").write_text("{}")
+    assert cfg.out_dir() == f"runs/paper_small-{h}"  # kept, never run again elsewhere
+
+
+def test_plan_prints_the_directory_on_stdout_and_the_rest_on_stderr(tmp_path):
+    out = tmp_path / "p"
+    r = subprocess.run([sys.executable, "-m", "sweep.cli", "plan", "trials=4", f"out={out}"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"sweep directory: {out}  (analysis.load_results({str(out)!r}))"]
+    assert "plan: 4 trials" in r.stderr and "sweep directory" not in r.stderr

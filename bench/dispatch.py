@@ -71,6 +71,9 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=100_000)
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--tune-trials", type=int, default=0, help="also run M trials with Ray Tune")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra overrides, e.g. 'space.seed=[1,...,20]' for 10^6 trials "
+                        "(paper_large holds 476,000 configurations per seed list of 1)")
     p.add_argument("--plan-first", action="store_true",
                    help="plan in a child process (sweep plan) and measure the driver apart")
     p.add_argument("--keep", default=None, help="sweep directory to keep (default: a temp dir)")
@@ -86,7 +89,7 @@ def main(argv=None) -> int:
     over = ["experiment=paper_large", "dataset=digits", f"trials={args.trials}",
             "dry_run=true", "progress=false", "figure=false", f"out={out}",
             f"cluster.num_cpus={args.cpus}",
-            "plan.infeasible=keep"]  # (no-op trials: none needs its memory)
+            "plan.infeasible=keep", *args.override]  # (no-op trials: none needs its memory)
     cfg = compose(over)
     planning = {}
     if args.plan_first:

@@ -274,15 +274,34 @@ PAIR_PANELS = [("gen_gap", "generalization gap", False), ("jacobian_norm_test", 
                ("transitions_test", "transitions", True)]
 
 
-def factor_pairs_figure(pairs: pd.DataFrame, path: str | Path) -> Path | None:
+def _readable_ticks(ax, log: bool) -> None:
+    """At most about four labelled ticks per axis, small and the x labels slanted, so that the
+    labels of a small panel never run into each other (minor ticks unlabelled)."""
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(numticks=4) if log else MaxNLocator(nbins=4))
+        axis.set_minor_formatter(NullFormatter())
+    ax.tick_params(labelsize=7)
+    for label in ax.get_xticklabels():
+        label.set_rotation(30)
+        label.set_horizontalalignment("right")
+
+
+def factor_pairs_figure(pairs: pd.DataFrame, path: str | Path,
+                        factors: list[str] | None = None) -> Path | None:
     """Fig. 4: for each factor (rows), the pair's two trials against each other (x: value a, y:
     value b) for the generalization gap, the Jacobian norm and the transitions (columns), with
-    the y = x diagonal; a point above the diagonal is larger with value b."""
+    the y = x diagonal; a point above the diagonal is larger with value b. ``factors``: those
+    of the plan (default: those in ``pairs``); a factor without a pair here is named in the
+    title, never left out silently. None without any pair."""
+    drawn = list(dict.fromkeys(pairs["factor"])) if not pairs.empty else []
+    missing = [f for f in (factors or []) if f not in drawn]
     if pairs.empty:
         return None
 
     panels = [p for p in PAIR_PANELS if f"{p[0]}_a" in pairs and pairs[f"{p[0]}_a"].notna().any()]
-    factors = list(dict.fromkeys(pairs["factor"]))
+    factors = drawn
     plt = _pyplot()
     fig, axes = plt.subplots(len(factors), len(panels), figsize=(3.6 * len(panels), 3.4 * len(factors)),
                              dpi=120, squeeze=False)
@@ -304,7 +323,9 @@ def factor_pairs_figure(pairs: pd.DataFrame, path: str | Path) -> Path | None:
             ax.set_ylabel(f"{label}, {factor}={vb}", fontsize=8)
             ax.set_title(f"{factor}: {int(ok.sum())} pairs", fontsize=9)
             ax.grid(alpha=0.3)
-    fig.suptitle("Fig. 4: pairs identical but for one factor (dashed: y = x)", fontsize=10)
+            _readable_ticks(ax, log)
+    fig.suptitle("Fig. 4: pairs identical but for one factor (dashed: y = x)"
+                 + (f"\nno pair for {', '.join(missing)}" if missing else ""), fontsize=10)
     fig.tight_layout()
     return _save(fig, path, vector=True)
 
@@ -357,6 +378,10 @@ def per_point_figure(points: pd.DataFrame, path: str | Path, num_classes: int,
         lo, up = per_point_bounds(grid, n_cls)
         ax.plot(grid, c * lo, "C3-", lw=1.2, label="c s_y (1 - s_y)  (lower)")
         ax.plot(grid, c * up, "C1--", lw=1.2, label="max-entropy other classes  (upper)")
+        # the axes fit the points; the bound curves are clipped to them (they can fall many
+        # decades below the data at tiny losses)
+        ax.set_xlim(loss.min() / 1.5, loss.max() * 1.5)
+        ax.set_ylim(jac.min() / 1.5, jac.max() * 1.5)
         ax.set_xlabel("per-point cross-entropy loss")
         ax.set_ylabel("per-point Jacobian norm ||J||_F")
         ax.set_title(f"{len(part)} {split} points of {part['trial_id'].nunique()} trials, "

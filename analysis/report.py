@@ -39,7 +39,7 @@ CAPTIONS = {
                    "2020, Fig. 1, in spirit): mean over environments with its interval, and the "
                    "worst environment; 0.5 is chance.",
     "fig1_params_loss": "Fig. 1: generalization gap against the number of parameters and the "
-                        "train loss; neither predicts it.",
+                        "train loss (the paper's two baselines).",
     "fig4_factor_pairs": "Fig. 4: pairs of networks identical but for one factor. Points off the "
                          "diagonal show the factor's effect on the gap and on the sensitivities.",
     "fig5_jacobian_gap": "Fig. 5: Jacobian norm (test points) against the generalization gap, "
@@ -68,6 +68,42 @@ STUDY_CAPTIONS = {
                       "against the number of hidden units (every ok trial, including those "
                       "short of zero training error).",
 }
+
+
+# What each figure's caption reports of this sweep's data: (measure, what it is) whose Kendall
+# tau with the gap (the statistics table's group "all") the caption states
+CAPTION_MEASURES = {
+    "fig1_params_loss": (("n_params", "number of parameters"), ("train_loss", "train loss")),
+    "fig5_jacobian_gap": (("jacobian_norm_test", "Jacobian norm"),),
+    "fig8_transitions_gap": (("transitions_test", "transitions"),),
+}
+
+
+def strength(tau: float) -> str:
+    """A word for the size of a rank correlation: |tau| < 0.1 none to speak of, < 0.3 weak,
+    < 0.5 moderate, else strong (with its direction)."""
+    a = abs(tau)
+    if a < 0.1:
+        return "no association to speak of"
+    word = "weak" if a < 0.3 else "moderate" if a < 0.5 else "strong"
+    return f"a {word} {'positive' if tau > 0 else 'negative'} association"
+
+
+def data_caption(name: str, table: pd.DataFrame) -> str:
+    """What figure ``name`` shows in this sweep, from the statistics table (Kendall's tau with
+    the gap over all passing trials, its interval and trial count); empty without them."""
+    if table is None or table.empty or name not in CAPTION_MEASURES:
+        return ""
+    t = table[(table["group"] == "all") & (table["statistic"] == "kendall")].set_index("measure")
+    said = []
+    for measure, what in CAPTION_MEASURES[name]:
+        if measure not in t.index or pd.isna(t.loc[measure, "value"]):
+            continue
+        r = t.loc[measure]
+        ci = "" if pd.isna(r["ci_low"]) else f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        said.append(f"{what}: Kendall's \u03c4 = {r['value']:.2f}{ci} over {int(r['n_trials'])} "
+                    f"trials, {strength(r['value'])}")
+    return ("In this sweep, against the gap: " + "; ".join(said) + ".") if said else ""
 
 
 def _load_sweep_modules(st) -> None:
@@ -150,6 +186,7 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
     hps = hyperparameter_columns(df, exclude=[*ranked, "gen_gap"])
 
     made: dict[str, Path] = {}
+    notes: list[str] = []
     with target.staging(rel) as d:
         def draw(name, fn, data, *extra):
             p = fn(data, d / f"{name}.png", *extra)
@@ -158,8 +195,17 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
 
         draw("fig1_params_loss", figures.params_loss_figure, fit, hps)
         if st.is_file("pairs.parquet"):
-            draw("fig4_factor_pairs", figures.factor_pairs_figure,
-                 _pairs_fitting(load_pairs(st), train_acc))
+            all_pairs = load_pairs(st)
+            factors = list(dict.fromkeys(all_pairs["factor"]))
+            fitting = _pairs_fitting(all_pairs, train_acc)
+            without = [f for f in factors if f not in set(fitting["factor"])]
+            if without:
+                notes.append(f"Fig. 4: no pair in which both trials fit their training set "
+                             f"(train accuracy >= {train_acc:g}) for the factor(s) "
+                             f"{', '.join(without)}; "
+                             + ("their rows are left out." if len(without) < len(factors)
+                                else "the figure is not drawn."))
+            draw("fig4_factor_pairs", figures.factor_pairs_figure, fitting, factors)
         draw("fig5_jacobian_gap", figures.jacobian_gap_figure, fit, hps)
         draw("fig8_transitions_gap", figures.transitions_gap_figure, fit, hps)
         chosen = _per_point_trials(fit)
@@ -172,7 +218,6 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
         draw("fig2_trajectory", figures.trajectory_figure, load_curves(st))
         draw("fig3_boundaries", figures.boundaries_figure, load_grids(st))
         ok = df[df["status"] == "ok"]  # a study is what was trained, whatever fits
-        notes = []
         if neyshabur.labels_study(ok, hps):  # drawn from the trials that fit (zero error)
             notes.append(neyshabur.fitted_note(fit, ok, train_acc))
             draw("neyshabur_fig1", neyshabur.labels_figure, fit)
@@ -187,11 +232,13 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
             if len(fit) else pd.DataFrame()
         ranking = ranking_table(table, by=rank_by) if len(table) else ranking_table(table)
         if len(table):
+            table.insert(table.columns.get_loc("sign") + 1, "baseline",
+                         table["measure"].isin(BASELINES))
             write_table(table, d / "statistics")
             ranking.to_csv(d / "ranking.csv", index=False)
             draw("sign_errors", figures.sign_error_figure, ranking)
         page = _html(st, df, fit, train_acc, table, made, n_boot, time.perf_counter() - t0,
-                     noise_filter, ranking, rank_by, notes)
+                     noise_filter, ranking, rank_by, notes, sweep_dir)
         (d / "report.html").write_text(page)
     return target.uri(f"{rel}/report.html" if rel else "report.html")
 
@@ -207,15 +254,18 @@ def _stats_html(table: pd.DataFrame) -> str:
         if pd.isna(r["value"]):
             return "n/a" + n
         ci = "" if pd.isna(r["ci_low"]) else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        return f"{r['value']:.3f}{ci}{n}"
+        rough = "&dagger;" if r.get("few_seeds", False) and ci else ""
+        return f"{r['value']:.3f}{ci}{rough}{n}"
 
     t["cell"] = t.apply(cell, axis=1)
-    t["group"], t["measure"] = t["group"].map(html.escape), t["measure"].map(html.escape)
+    t["group"] = t["group"].map(html.escape)
+    t["measure"] = [html.escape(m) + (" <small>(baseline)</small>" if m in BASELINES else "")
+                    for m in t["measure"]]
     wide = t.pivot_table(index=["group", "measure", "n_trials", "n_configs"], columns="statistic",
                          values="cell", aggfunc="first", sort=False)
     order = [c for c in STATISTICS if c in wide.columns]
     wide = wide[order]
-    wide.columns.name = None
+    wide.columns = [f"{c} {'&uarr;' if LARGER_IS_BETTER[c] else '&darr;'}" for c in order]
     return wide.reset_index().to_html(index=False, escape=False, border=0,
                                              classes="stats")
 
@@ -223,11 +273,13 @@ def _stats_html(table: pd.DataFrame) -> str:
 RANKING_FIGURES = ("sign_errors",)  # drawn under the ranking table, not with the paper's figures
 
 
-def _figure_html(name: str, path: Path) -> str:
+def _figure_html(name: str, path: Path, table: pd.DataFrame | None = None) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
+    said = data_caption(name, table)
     return (f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{html.escape({**CAPTIONS, **STUDY_CAPTIONS}.get(name, name))} "
-            f"(<code>{name}.png</code>, <code>{name}.svg</code>)</figcaption></figure>")
+            + (f"{html.escape(said)} " if said else "")
+            + f"(<code>{name}.png</code>, <code>{name}.svg</code>)</figcaption></figure>")
 
 
 RANKED_STATISTICS = ("kendall", "granulated_kendall", "conditional_mi", "sign_error",
@@ -279,8 +331,65 @@ def _seeds_note(fit: pd.DataFrame) -> str:
     return ""
 
 
+LOWER_THRESHOLDS = (0.99, 0.95, 0.9, 0.8)
+
+
+def filter_note(df: pd.DataFrame, train_acc: float, sweep_dir) -> str:
+    """A warning for the top of the report when few trials pass the train-accuracy filter
+    (fewer than 10, or fewer than half of the ok trials): how many pass at lower thresholds,
+    and the command that rebuilds the report at the lowest of them that keeps half of the ok
+    trials (or the lowest listed). Empty otherwise."""
+    import shlex
+
+    ok = int((df["status"] == "ok").sum())
+    n = len(fits_training_set(df, train_acc))
+    if ok == 0 or (n >= 10 and n >= ok / 2):
+        return ""
+    lower = [t for t in LOWER_THRESHOLDS if t < train_acc]
+    counts = [(t, len(fits_training_set(df, t))) for t in lower]
+    best = next((t for t, c in counts if c >= ok / 2), lower[-1] if lower else None)
+    at = "; ".join(f"&ge; {t:g}: {c}" for t, c in counts)
+    cmd = "" if best is None else (
+        f" To read them at a lower threshold (a departure from the paper's 100%): "
+        f"<code>sweep report {html.escape(shlex.quote(str(sweep_dir)))} --train-acc {best:g}</code>.")
+    return (f"<p class='warn'><b>Few trials fit their training set:</b> {n} of {ok} ok trials "
+            f"reach train accuracy &ge; {train_acc:g}, and only those enter the figures and "
+            f"statistics (a statistic shows n/a where they are too few)."
+            + (f" At lower thresholds: {at}." if at else "") + cmd
+            + " More training steps (<code>train.steps</code>) let more trials fit.</p>")
+
+
+def config_html(st) -> str:
+    """The sweep's configuration at the top of the report: experiment, data set, trials, the
+    space and plan, and the command that launches the same sweep (``sweep.show.launch_command``,
+    marked when it is not exact: ``sweep.json`` holds the whole configuration)."""
+    import json
+
+    from sweep.show import launch_command
+    from workers.layout import SWEEP_FILE
+
+    try:
+        config = json.loads(st.read_text(SWEEP_FILE))["config"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    space = config.get("space", {})
+    varied = ", ".join(f"{k} {v}" for k, v in space.items() if isinstance(v, list) and len(v) > 1)
+    fixed = ", ".join(f"{k} {v[0]}" for k, v in space.items() if isinstance(v, list) and len(v) == 1)
+    plan = config.get("plan", {})
+    command, exact = launch_command(config)
+    return (f"<p><b>Configuration:</b> experiment <code>{html.escape(str(config.get('name')))}"
+            f"</code>, data set <code>{html.escape(str(config.get('dataset', {}).get('name')))}"
+            f"</code>, {config.get('trials')} trials planned ({html.escape(str(plan.get('sampler')))}"
+            f" sampler" + (f", grid over {html.escape(', '.join(plan['grid']))}"
+                           if plan.get("grid") else "")
+            + f", {config.get('train', {}).get('steps')} steps). Space: varied "
+            f"{html.escape(varied or 'nothing')}; fixed {html.escape(fixed or 'nothing')}.<br>"
+            f"Launched by{'' if exact else ' (approximately; sweep.json holds the exact configuration)'}: "
+            f"<code>{html.escape(command)}</code></p>")
+
+
 def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=False,
-          ranking=None, rank_by="granulated_kendall", notes=()) -> str:
+          ranking=None, rank_by="granulated_kendall", notes=(), sweep_dir=None) -> str:
     counts = df["status"].value_counts().to_dict()
     status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     parts = [
@@ -289,10 +398,13 @@ def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=Fal
         "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
         "table.stats{border-collapse:collapse;font-size:13px}table.stats td,table.stats th"
         "{border:1px solid #ccc;padding:3px 6px;text-align:right}figure{margin:1.5em 0}"
-        "img{max-width:100%}figcaption{font-size:14px;color:#333}</style></head><body>",
+        "img{max-width:100%}figcaption{font-size:14px;color:#333}"
+        ".warn{background:#fff3cd;border:1px solid #e0c36a;padding:6px 10px}</style></head><body>",
         f"<h1>Sweep report</h1><p><code>{html.escape(str(st))}</code>: {len(df)} trials "
         f"({html.escape(status)}). Figures and statistics use the {len(fit)} ok trials at train "
         f"accuracy &ge; {train_acc:g} (<code>analysis.filters.fits_training_set</code>).</p>",
+        filter_note(df, train_acc, sweep_dir if sweep_dir is not None else st),
+        config_html(st),
         _ranking_html(ranking if ranking is not None else pd.DataFrame(), rank_by),
         *[_figure_html(n, made[n]) for n in RANKING_FIGURES if n in made],
         "<h2>Statistics against the generalization gap</h2>",
@@ -312,14 +424,18 @@ def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=Fal
         + ("; with the Monte-Carlo noise filter: pairs weighted by the Hoeffding bound on their "
            "gap difference" if noise_filter else "")
         + "). n: what each rests on (trials; groups where one hyperparameter varies; ordered "
-        "pairs; environments)."
+        "pairs; environments). &uarr;: larger is better, &darr;: smaller is better (column "
+        "<code>better</code>); &dagger;: an interval resampled over fewer than 5 seeds, a "
+        "handful of distinct resamples (column <code>few_seeds</code>); baselines: "
+        + ", ".join(f"<code>{b}</code>" for b in BASELINES) + " (column <code>baseline</code>)."
         + (" The same table: <code>statistics.csv</code>, <code>statistics.parquet</code>."
            if len(table) else "") + "</p>",
         _seeds_note(fit),
         _stats_html(table),
         "<h2>Figures</h2>",
     ]
-    parts += [_figure_html(name, path) for name, path in made.items() if name not in RANKING_FIGURES]
+    parts += [_figure_html(name, path, table) for name, path in made.items()
+              if name not in RANKING_FIGURES]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes if n]
     missing = [n for n in CAPTIONS if n not in made and n not in RANKING_FIGURES]
     if missing:

@@ -58,7 +58,11 @@ STATISTICS = ("pearson", "spearman", "kendall", "granulated_kendall", "condition
 PARALLEL_ABOVE = 500_000
 FIXED_COST_TRIALS = 200
 TABLE_COLUMNS = ["group", "measure", "sign", "target", "statistic", "value", "ci_low", "ci_high",
-                 "ci_method", "n_trials", "n_configs", "n_used", "rank"]
+                 "ci_method", "n_trials", "n_configs", "n_used", "rank", "better", "n_seeds",
+                 "few_seeds"]
+# An interval resampled over fewer seeds than this has only a handful of distinct resamples
+# (2 seeds: 3 of them): ``few_seeds`` marks it (the paper used 8 seeds)
+FEW_SEEDS = 5
 # Rank order of each statistic of sign * measure: True where larger is better (it agrees more with
 # the gap), False where smaller is (the sign-errors, 0 = every pair ordered as the gap).
 LARGER_IS_BETTER = {"pearson": True, "spearman": True, "kendall": True,
@@ -1175,10 +1179,29 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
                  methods[j], p.n,
                  p.cfg_codes.shape[0], used[i]) for i, name in enumerate(STATISTICS)]
     parts = [rows[label, m] for label, _ in groups for m in measures if (label, m) in rows]
-    table = pd.DataFrame([r for part in parts for r in part], columns=TABLE_COLUMNS[:-1])
+    table = pd.DataFrame([r for part in parts for r in part], columns=TABLE_COLUMNS[:12])
     table["rank"] = _ranks(table)
+    table["better"] = table["statistic"].map(
+        lambda s: "larger" if LARGER_IS_BETTER[s] else "smaller")
+    seeds = {}
+    for label, part in groups:
+        for measure in measures:
+            if (label, measure) in rows:
+                seeds[label, measure] = _n_seeds(part, measure, target)
+    table["n_seeds"] = [seeds[g, m] for g, m in zip(table["group"], table["measure"])]
+    table["few_seeds"] = (table["ci_method"] == "seeds") & (table["n_seeds"] < FEW_SEEDS)
     return table.astype({"sign": np.int64, "value": float, "ci_low": float, "ci_high": float,
-                         "n_trials": np.int64, "n_configs": np.int64, "n_used": np.int64})
+                         "n_trials": np.int64, "n_configs": np.int64, "n_used": np.int64,
+                         "n_seeds": np.int64, "few_seeds": bool})
+
+
+def _n_seeds(part: pd.DataFrame, measure: str, target: str) -> int:
+    """Distinct seeds among the rows where ``measure`` and ``target`` are both present (0
+    without a ``seed`` column)."""
+    if "seed" not in part.columns:
+        return 0
+    keep = ~(np.isnan(_numeric(part, measure)) | np.isnan(_numeric(part, target)))
+    return int(part.loc[keep, "seed"].nunique())
 
 
 def _ranks(table: pd.DataFrame) -> pd.Series:

@@ -145,3 +145,63 @@ def show(overrides: list[str] | tuple[str, ...] = (), keys: bool = False) -> str
     for key, value, text in rows:
         lines.append(f"{key:<{width_k}}  {value:<{width_v}}  {text}".rstrip())
     return "\n".join(lines) + "\n"
+
+
+SKIP = ("name", "out", "progress", "figure", "cluster.", "resources.")  # not what a sweep is
+
+
+def _literal(v) -> str:
+    """A value as a command-line override writes it."""
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_literal(x) for x in v) + "]"
+    if isinstance(v, str) and (not v or any(c in v for c in " ,[]{}()='\"")):
+        return '"' + v.replace('"', '\\"') + '"'
+    return _value(v)
+
+
+def launch_command(config: dict) -> tuple[str, bool]:
+    """(the ``sweep launch`` command that composes a stored sweep's ``config`` (``sweep.json``:
+    asdict of its SweepConfig), whether it is exact). The command names the experiment and data
+    set and overrides every key whose value differs from theirs (the sweep directory, the
+    cluster and resources left out); it is exact when composing it gives the stored sweep's
+    identity. Needs this version's keys: a key it does not know makes it inexact."""
+    import shlex
+    from dataclasses import asdict
+
+    from sweep.config import ConfigError, compose, from_dict
+
+    name, data = config.get("name"), (config.get("dataset") or {}).get("name")
+    head = [f"experiment={name}"] if name in available("experiment") else []
+    head += [f"dataset={data}"] if data else []
+    try:
+        try:
+            base = _flat(asdict(compose(head)))
+        except ConfigError:  # the experiment's own values do not fit this data set
+            base = _flat(composed(head))
+        stored = _flat(config)
+        if "measures" in base and _same_measures(base["measures"], stored.get("measures"),
+                                                 stored.get("measure_modules") or ()):
+            base["measures"] = stored["measures"]
+        over = [f"{k}={_literal(v)}" for k, v in stored.items()
+                if not k.startswith(SKIP) and k in base
+                and _literal(v) != _literal(base[k])]
+        wanted = from_dict(config).identity_hash()
+        exact = compose(head + over).identity_hash() == wanted and set(stored) <= set(base)
+    except (ConfigError, TypeError, ValueError, KeyError):
+        over, exact = [], False
+    return " ".join(["sweep", "launch", *(shlex.quote(o) for o in head + over)]), exact
+
+
+def _same_measures(base, stored, modules) -> bool:
+    """Whether the stored (expanded) measure list is what ``base`` (maybe ``[all]``) means."""
+    from workers.measures import available as measures_available
+
+    if stored is None:
+        return False
+    base = list(base)
+    if base == ["all"]:
+        try:
+            base = list(measures_available(tuple(modules)))
+        except (ImportError, ValueError):
+            return False
+    return sorted(base) == sorted(stored)

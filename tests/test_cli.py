@@ -113,3 +113,38 @@ def test_plan_prints_the_directory_on_stdout_and_the_rest_on_stderr(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"sweep directory: {out}  (analysis.load_results({str(out)!r}))"]
     assert "plan: 4 trials" in r.stderr and "sweep directory" not in r.stderr
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["dataset=fashion_mnist", "trials=8", "plan.grid=[]", "metrics.transitions_points=null",
+     "space.train_size=[300,null]", "space.random_labels=[false,true]"],
+    ["experiment=neyshabur_labels", "dataset=digits", "space.train_size=[128,256]", "trials=16"],
+    ["experiment=paper_large", "train.checkpoint_every=5min", "train.time_budget=1h",
+     "measures=[jacobian_norm_test]", "space.width=[8,16]", "out=/tmp/x", "progress=false"],
+    ["train.lbfgs.lr=0.5", "metrics.boundary_extent=2", "dataset.seed=3", "save_weights=true"],
+])
+def test_the_report_header_command_launches_the_same_sweep(overrides, tmp_path):
+    """The command shown in a report composes a sweep of the same identity as the one stored,
+    and the header names the experiment, data set and trials."""
+    import json
+    import shlex
+    from dataclasses import asdict
+
+    from analysis.report import config_html
+    from sweep.show import launch_command
+    from workers.storage import Store
+
+    cfg = compose(overrides)
+    stored = json.loads(json.dumps(asdict(cfg)))  # as sweep.json holds it
+    command, exact = launch_command(stored)
+    assert exact and command.startswith(f"sweep launch experiment={cfg.name} ")
+    again = compose(shlex.split(command)[2:])
+    assert again.identity_hash() == cfg.identity_hash()
+    (tmp_path / "sweep.json").write_text(json.dumps({"config": stored}))
+    head = config_html(Store(tmp_path))
+    assert f"experiment <code>{cfg.name}</code>" in head
+    assert f"data set <code>{cfg.dataset.name}</code>, {cfg.trials} trials planned" in head
+    import html
+
+    assert f"Launched by: <code>{command}</code>" in html.unescape(head)

@@ -248,3 +248,123 @@ def test_resume_accepts_verify_among_the_overrides(tmp_path, capsys):
     assert main(["resume", str(tmp_path), "progress=false", "--verify"]) == 2
     err = capsys.readouterr().err
     assert "not a sweep directory" in err and "unrecognized" not in err
+
+
+def test_the_report_says_when_few_trials_fit_and_how_to_read_more(tmp_path):
+    d = tmp_path / "s"
+    rows = synthetic_sweep(d, np.random.default_rng(3))
+    ok = len(rows)
+    # rewrite: only 3 trials at 100%, 20 at >= 0.95, the rest at 0.9
+    import shutil
+
+    shutil.rmtree(d / "trials")
+    for i, r in enumerate(rows):
+        write_trial(d, {**r, "train_acc": 1.0 if i < 3 else 0.96 if i < 23 else 0.9})
+    assert main(["report", str(d), "--bootstrap", "0"]) == 0
+    page = (d / "report" / "report.html").read_text()
+    top = page[:page.index("Ranking of the measures")] if "Ranking of the measures" in page else page
+    assert f"Few trials fit their training set:</b> 3 of {ok} ok trials" in top
+    assert "&ge; 0.99: 3; &ge; 0.95: 23; &ge; 0.9: 48; &ge; 0.8: 48" in top
+    assert f"sweep report {d} --train-acc 0.9</code>" in top
+    assert main(["report", str(d), "--bootstrap", "0", "--train-acc", "0.9",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert "Few trials fit" not in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_statistics_state_direction_baselines_and_few_seeds_and_captions_state_the_data(tmp_path):
+    d = tmp_path / "s"
+    synthetic_sweep(d, np.random.default_rng(4))
+    assert main(["report", str(d), "--bootstrap", "10"]) == 0
+    rep = d / "report"
+    table = pd.read_csv(rep / "statistics.csv")
+    assert {"better", "baseline", "few_seeds", "n_seeds"} <= set(table.columns)
+    assert set(table.loc[table.measure.isin(["n_params", "train_loss"]), "baseline"]) == {True}
+    assert not table.loc[~table.measure.isin(["n_params", "train_loss"]), "baseline"].any()
+    assert set(table.loc[table.statistic == "robust_sign_error", "better"]) == {"smaller"}
+    assert set(table.loc[table.statistic == "kendall", "better"]) == {"larger"}
+    assert table["few_seeds"].all()  # the synthetic sweep has 2 seeds
+    page = (rep / "report.html").read_text()
+    assert "granulated_kendall &uarr;" in page and "sign_error &darr;" in page
+    assert "&dagger;" in page
+    # Fig. 1's caption states this sweep's Kendall tau, computed here by scipy
+    fit = fits_training_set(load_results(d))
+    tau = sps.kendalltau(fit["n_params"], fit["gen_gap"]).statistic
+    assert "neither predicts it" not in page
+    import html
+
+    page = html.unescape(page)
+    assert f"number of parameters: Kendall's \u03c4 = {tau:.2f}" in page
+    tau_j = sps.kendalltau(fit["jacobian_norm_test"], fit["gen_gap"]).statistic
+    assert f"Jacobian norm: Kendall's \u03c4 = {tau_j:.2f}" in page
+    from analysis.report import strength
+
+    assert strength(0.05) == "no association to speak of"
+    assert strength(-0.35) == "a moderate negative association"
+    assert f"trials, {strength(tau_j)}" in page
+
+
+def test_a_factor_without_a_fitting_pair_is_named(tmp_path):
+    d = tmp_path / "s"
+    rows = synthetic_sweep(d, np.random.default_rng(5))
+    # the activation pairs use rows 8..15: make one side of each short of 100%
+    import shutil
+
+    shutil.rmtree(d / "trials")
+    for i, r in enumerate(rows):
+        write_trial(d, {**r, "train_acc": 0.5 if 8 <= i < 16 and i % 2 else 1.0})
+    assert main(["report", str(d), "--bootstrap", "0"]) == 0
+    page = (d / "report" / "report.html").read_text()
+    assert "Fig. 4: no pair in which both trials fit their training set (train accuracy &gt;= 1) " \
+           "for the factor(s) activation; their rows are left out." in page
+
+
+def _captured(monkeypatch):
+    """The figures passed to figures._save, drawn, each with its tick labels' boxes per axis
+    (taken before saving closes it)."""
+    figs = []
+    real = figures._save
+
+    def save(fig, path, vector=False):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        fig.tick_boxes = [
+            [[(t.get_text(), t.get_window_extent(renderer)) for t in ticks
+              if t.get_visible() and t.get_text()]
+             for ticks in (ax.get_xticklabels(), ax.get_yticklabels())]
+            for ax in fig.axes]
+        figs.append(fig)
+        return real(fig, path, vector)
+
+    monkeypatch.setattr(figures, "_save", save)
+    return figs
+
+
+def test_figure_axes_fit_the_data_and_tick_labels_do_not_overlap(tmp_path, monkeypatch):
+    d = tmp_path / "s"
+    synthetic_sweep(d, np.random.default_rng(6))
+    from analysis.load import load_pairs, load_points
+
+    figs = _captured(monkeypatch)
+    pts = load_points(d)
+    pts = pts.assign(loss=pts["loss"] * 1e-18)  # confident points: bounds run to ~1e-20
+    figures.per_point_figure(pts, tmp_path / "f6.png", 10)
+    ax = figs[-1].axes[0]
+    jac = pts["jacobian_norm"].to_numpy()
+    lo, hi = ax.get_ylim()
+    assert jac.min() / 2 <= lo <= jac.min() and jac.max() <= hi <= jac.max() * 2
+    pairs = load_pairs(d)
+    rng = np.random.default_rng(0)
+    n = len(pairs)
+    for side in ("a", "b"):  # what crowds a small panel's labels: a log axis inside one
+        # decade (labelled minor ticks), long numbers on a linear one
+        pairs[f"jacobian_norm_test_{side}"] = rng.uniform(2.1, 9.3, n)
+        pairs[f"transitions_test_{side}"] = rng.uniform(1200.0, 9800.0, n)
+        pairs[f"gen_gap_{side}"] = 0.0123456 + rng.uniform(0, 1e-4, n)
+    figures.factor_pairs_figure(pairs, tmp_path / "f4.png", ["random_labels", "activation",
+                                                              "optimizer"])
+    fig = figs[-1]
+    assert "no pair for optimizer" in fig._suptitle.get_text()
+    for axis_boxes in fig.tick_boxes:
+        for labelled in axis_boxes:
+            for (ta, a), (tb, b) in zip(labelled, labelled[1:]):
+                assert not a.overlaps(b), (ta, tb)

@@ -779,3 +779,25 @@ def test_ranks_and_the_ranking_table_order_measures_by_the_statistic():
         ranking_table(t, by="auc")
     with pytest.raises(ValueError, match="group"):
         ranking_table(t, group="no such group")
+
+
+def test_the_table_states_the_better_direction_and_flags_intervals_on_few_seeds():
+    from analysis.stats import FEW_SEEDS, LARGER_IS_BETTER
+
+    df = sweep_frame()  # 3 seeds: intervals over seeds, few of them
+    t = statistics_table(df, measures=["jacobian_norm_test"], n_boot=20, seed=0)
+    assert (t["better"] == t["statistic"].map(
+        {s: "larger" if b else "smaller" for s, b in LARGER_IS_BETTER.items()})).all()
+    assert set(t.loc[t.statistic.str.contains("sign_error"), "better"]) == {"smaller"}
+    assert (t["n_seeds"] == 3).all() and t["few_seeds"].all() and 3 < FEW_SEEDS
+    many = pd.concat([df.assign(seed=df.seed + 3 * k) for k in range(3)], ignore_index=True)
+    t = statistics_table(many, measures=["jacobian_norm_test"], n_boot=20, seed=0)
+    assert (t["n_seeds"] == 9).all() and not t["few_seeds"].any()
+    one = df[df.seed == 1]  # a single seed: intervals over trials, not flagged as few seeds
+    t = statistics_table(one, measures=["jacobian_norm_test"], n_boot=20, seed=0)
+    assert (t["ci_method"] == "trials").all() and (t["n_seeds"] == 1).all()
+    assert not t["few_seeds"].any()
+    part = df.copy()  # the seeds are those where the measure is present, per group
+    part.loc[(part.seed == 3) & (part.dataset == "mnist"), "jacobian_norm_test"] = np.nan
+    t = statistics_table(part, measures=["jacobian_norm_test"], n_boot=20, seed=0)
+    assert dict(t.groupby("group")["n_seeds"].first()) == {"all": 3, "cifar10": 3, "mnist": 2}

@@ -148,3 +148,38 @@ def test_the_report_header_command_launches_the_same_sweep(overrides, tmp_path):
     import html
 
     assert f"Launched by: <code>{command}</code>" in html.unescape(head)
+
+
+def _commands():
+    """Every command line of the documentation: lines of fenced code blocks in the READMEs
+    that run sweep or a bench script, and the commands quoted in the experiments' comments."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for doc in ("README.md", "docker/README.md", "bench/README.md"):
+        inside = False
+        for line in (root / doc).read_text().splitlines():
+            if line.startswith("```"):
+                inside = not inside
+                continue
+            cmd = line.split("  #")[0].strip()
+            if inside and cmd.startswith(("sweep ", "python bench/", ".venv/bin/sweep ")):
+                yield doc, cmd
+    for f in sorted((root / "conf" / "experiment").glob("*.yaml")):
+        for line in f.read_text().splitlines():
+            if line.startswith("#") and "=[" in line:
+                yield f.name, line.lstrip("# ").strip()
+
+
+def test_every_documented_command_quotes_what_zsh_would_glob():
+    """zsh expands unquoted [ ] * ? as file patterns ("no matches found"); bash passes them
+    through only by luck. Every documented command quotes such arguments."""
+    import shlex
+
+    seen = 0
+    for where, cmd in _commands():
+        seen += 1
+        for token in shlex.split(cmd, posix=False):
+            if any(c in token for c in "[]*?") and token[0] not in "'\"":
+                raise AssertionError(f"{where}: unquoted {token!r} in: {cmd}")
+    assert seen > 20

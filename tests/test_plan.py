@@ -12,19 +12,51 @@ from workers.storage import Store
 
 @pytest.mark.parametrize("sampler", ["random", "qmc"])
 def test_same_config_and_seed_same_trials(sampler):
-    a = plan_trials(compose([f"plan.sampler={sampler}"]))
-    b = plan_trials(compose([f"plan.sampler={sampler}"]))
+    drawn = [f"plan.sampler={sampler}", "space.lr=[0.01,0.005,0.001]", "space.seed=[1,2,3]",
+             "space.depth=[2,3,4]"]  # (the demo's grid alone leaves nothing to draw)
+    a = plan_trials(compose(drawn))
+    b = plan_trials(compose(drawn))
     assert [s.trial_id for s in a] == [s.trial_id for s in b]
-    c = plan_trials(compose([f"plan.sampler={sampler}", "seed=1"]))
+    c = plan_trials(compose([*drawn, "seed=1"]))
     assert [s.trial_id for s in a] != [s.trial_id for s in c]
 
 
-def test_demo_covers_every_activation_optimizer_pair_and_ids_are_distinct():
+def test_demo_is_a_complete_grid_and_ids_are_distinct():
     specs = plan_trials(compose([]))
-    assert len(specs) == 30 and len({s.trial_id for s in specs}) == 30
-    pairs = {(s.activation, s.optimizer) for s in specs}
+    assert len(specs) == 50 and len({s.trial_id for s in specs}) == 50
+    cells = [(s.activation, s.optimizer, s.width) for s in specs]
     cfg = compose([])
-    assert pairs == set(itertools.product(cfg.space.activation, cfg.space.optimizer))
+    assert sorted(cells) == sorted(itertools.product(cfg.space.activation, cfg.space.optimizer,
+                                                     cfg.space.width))
+
+
+def test_the_demos_ranking_statistics_rest_on_at_least_ten_groups_or_pairs():
+    """The demo's design, with any measure and gap: granulated Kendall, the conditional MI and
+    the sign-errors each rest on >= 10 groups, pairs or environments, also when every SGD trial
+    falls short of 100% train accuracy (at the demo's budget SGD is the slowest to fit)."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.stats import statistics_table
+    from sweep.plan import hyperparameter_values
+
+    specs = plan_trials(compose([]))
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame([hyperparameter_values(s) for s in specs])
+    df["gen_gap"] = rng.uniform(0, 0.1, len(df))
+    df["jacobian_norm_test"] = rng.lognormal(0, 1, len(df))
+    for frame in (df, df[df["optimizer"] != "sgd"]):
+        t = statistics_table(frame, measures=["jacobian_norm_test"], n_boot=0)
+        used = t[t.group == "all"].set_index("statistic")["n_used"]
+        for stat in ("granulated_kendall", "conditional_mi", "sign_error", "robust_sign_error"):
+            assert used[stat] >= 10, (stat, used[stat])
+    t = statistics_table(df, measures=["jacobian_norm_test"], n_boot=0)
+    used = t[t.group == "all"].set_index("statistic")["n_used"]
+    # by hand: per hyperparameter, the groups of configurations equal in all the others:
+    # activation 5 x 2 widths... with batch_size null for L-BFGS, the optimizer groups hold the
+    # 4 mini-batch optimizers: activation 5 opt x 2 w = 10, optimizer 5 act x 2 w = 10,
+    # width 25 (act x opt) -> 45 groups
+    assert used["granulated_kendall"] == 45
 
 
 def test_values_come_from_the_space_and_lbfgs_is_full_batch():
@@ -295,7 +327,7 @@ def test_training_set_sizes_and_random_labels_vary_within_one_sweep(tmp_path):
     (["space.train_size=[0]"], "space.train_size"),
     (["space.train_size=[5000]"], "space.train_size"),
     (["space.random_labels=[maybe]"], "space.random_labels"),
-    (["space.train_size=[32]"], "space.batch_size: 64 is larger than the train set (32 points)"),
+    (["space.train_size=[32]"], "space.batch_size: 128 is larger than the train set (32 points)"),
     (["dataset.train_size=32", "space.train_size=[null,1000]", "space.batch_size=[64]"],
      "space.batch_size: 64 is larger than the train set (32 points)"),  # null: dataset's 32
     (["experiment=factors", "dataset=digits", "space.random_labels=[true]"],

@@ -324,8 +324,8 @@ def _main(argv: list[str] | None = None) -> int:
         "measure", help="evaluate measures on a sweep's saved networks (no training)",
         description="Evaluate the measures asked for on SWEEP_DIR's saved networks: only the "
                     "values missing or outdated; nothing already written changes.",
-        epilog="Examples: sweep measure SWEEP_DIR measures=[all]; sweep measure SWEEP_DIR "
-               "measure_modules=[./lab_measures.py] measures=[weight_l2]. Registered measures: "
+        epilog="Examples: sweep measure SWEEP_DIR 'measures=[all]'; sweep measure SWEEP_DIR "
+               "'measure_modules=[./lab_measures.py]' 'measures=[weight_l2]'. Registered measures: "
                "sweep show --keys (key 'measures').", formatter_class=fmt)
     p_measure.add_argument("sweep_dir", metavar="SWEEP_DIR")
     p_measure.add_argument("--retry-errors", action="store_true",

@@ -275,16 +275,25 @@ PAIR_PANELS = [("gen_gap", "generalization gap", False), ("jacobian_norm_test", 
 
 
 def _readable_ticks(ax, log: bool) -> None:
-    """At most about four labelled ticks per axis, small and the x labels slanted, so that the
-    labels of a small panel never run into each other (minor ticks unlabelled)."""
-    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
+    """Three or four labelled ticks per axis, small and the x labels slanted, so that the
+    labels of a small panel never run into each other and every axis keeps at least two: a log
+    axis spanning a decade or more labels powers of ten; one inside a decade (whose powers of
+    ten fall outside the view) gets evenly spaced ticks with plain numbers. Call after the data
+    and scales are set."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_locator(LogLocator(numticks=4) if log else MaxNLocator(nbins=4))
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        lo, hi = min(lo, hi), max(lo, hi)
+        if log and lo > 0 and hi / lo >= 10.0:
+            axis.set_major_locator(LogLocator(numticks=4))
+        else:
+            axis.set_major_locator(MaxNLocator(nbins=3))
+            if log:
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
         axis.set_minor_formatter(NullFormatter())
     ax.tick_params(labelsize=7)
+    ax.tick_params(axis="x", labelrotation=30)
     for label in ax.get_xticklabels():
-        label.set_rotation(30)
         label.set_horizontalalignment("right")
 
 
@@ -325,7 +334,7 @@ def factor_pairs_figure(pairs: pd.DataFrame, path: str | Path,
             ax.grid(alpha=0.3)
             _readable_ticks(ax, log)
     fig.suptitle("Fig. 4: pairs identical but for one factor (dashed: y = x)"
-                 + (f"\nno pair for {', '.join(missing)}" if missing else ""), fontsize=10)
+                 + (f"\nno pair to draw for {', '.join(missing)}" if missing else ""), fontsize=10)
     fig.tight_layout()
     return _save(fig, path, vector=True)
 

@@ -336,18 +336,22 @@ LOWER_THRESHOLDS = (0.99, 0.95, 0.9, 0.8)
 
 def filter_note(df: pd.DataFrame, train_acc: float, sweep_dir) -> str:
     """A warning for the top of the report when few trials pass the train-accuracy filter
-    (fewer than 10, or fewer than half of the ok trials): how many pass at lower thresholds,
-    and the command that rebuilds the report at the lowest of them that keeps half of the ok
-    trials (or the lowest listed). Empty otherwise."""
+    (some ok trials fall short, and fewer than 10 or fewer than half of them pass): how many
+    pass at lower thresholds, and the command that rebuilds the report at the highest of them
+    that keeps half of the ok trials, else the highest that lets the most in (none when no
+    lower threshold lets more in). Empty otherwise."""
     import shlex
 
     ok = int((df["status"] == "ok").sum())
     n = len(fits_training_set(df, train_acc))
-    if ok == 0 or (n >= 10 and n >= ok / 2):
+    if ok == 0 or n == ok or (n >= 10 and n >= ok / 2):
         return ""
     lower = [t for t in LOWER_THRESHOLDS if t < train_acc]
     counts = [(t, len(fits_training_set(df, t))) for t in lower]
-    best = next((t for t, c in counts if c >= ok / 2), lower[-1] if lower else None)
+    most = max((c for _, c in counts), default=n)
+    best = next((t for t, c in counts if c >= ok / 2), None)
+    if best is None:
+        best = next((t for t, c in counts if c == most), None) if most > n else None
     at = "; ".join(f"&ge; {t:g}: {c}" for t, c in counts)
     cmd = "" if best is None else (
         f" To read them at a lower threshold (a departure from the paper's 100%): "

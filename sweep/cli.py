@@ -73,10 +73,27 @@ def _result(location: str) -> None:
     print(f"sweep directory: {location}  (analysis.load_results({str(location)!r}))", flush=True)
 
 
+def report_current(d, page: str) -> bool:
+    """Whether the report ``page`` of sweep store ``d`` exists and is newer than every result
+    and measure file (a report that failed, was interrupted or was turned off while trials ran
+    is not)."""
+    from workers.layout import TRIALS
+    from workers.measures.table import MEASURES
+
+    try:
+        made = d.entry(page).mtime_ns
+    except OSError:
+        return False
+    newest = max((e.mtime_ns for rel in (TRIALS, MEASURES) for e in d.list(rel, ".parquet")),
+                 default=0)
+    return newest <= made
+
+
 def _report_after(sweep_dir) -> None:
     """The report at the end of `sweep launch` / `sweep resume` (figure=true), its path on
-    stdout; not rebuilt when this call wrote no result and the report exists. The sweep's
-    results are safe whatever happens here; a failure only leaves the report missing."""
+    stdout; not rebuilt when this call wrote no result and the report is newer than every
+    result (``report_current``). The sweep's results are safe whatever happens here; a
+    failure only leaves the report missing."""
     from sweep.driver import log
     from workers.layout import PLAN_FILE
     from workers.storage import store
@@ -85,7 +102,7 @@ def _report_after(sweep_dir) -> None:
 
     d = store(sweep_dir)
     page = f"{REPORT_DIR}/report.html"
-    if not getattr(sweep_dir, "changed", True) and d.is_file(page):
+    if not getattr(sweep_dir, "changed", True) and report_current(d, page):
         log(f"report: unchanged (nothing new to report); rebuild it with: sweep report {sweep_dir}")
         print(f"report: {d.uri(page)}", flush=True)
         return
@@ -267,8 +284,8 @@ def _main(argv: list[str] | None = None) -> int:
     if argv[:1] in (["launch"], ["plan"]) and "--cfg" in argv:  # Hydra's spelling of show
         i = argv.index("--cfg")
         if argv[i + 1:i + 2] not in (["job"], ["all"]):
-            return _fail("--cfg: allowed: job (print the composed configuration; same as "
-                         "sweep show)")
+            return _fail("--cfg: allowed: job or all (print the composed configuration; "
+                         "same as sweep show)")
         return cmd_show(argv[1:i] + argv[i + 2:])
     keys_help = ("KEY=VALUE overrides of conf/config.yaml; every key with its default, meaning "
                  "and allowed values: sweep show --keys. Lists in brackets, quoted for the "

@@ -74,8 +74,9 @@ def worker_memory(cfg) -> tuple[int, str]:
     """(bytes a worker holds, where the figure comes from): ``resources.worker_memory_gb``;
     else, for a sweep on an existing cluster (``cluster.address``), the largest ``memory``
     resource of its live nodes that can run a trial (``cpus_per_trial`` CPUs and
-    ``gpus_per_trial`` GPUs; the driver connects to it); else, or when the cluster cannot be
-    reached or reports no such node, this machine's total memory."""
+    ``gpus_per_trial`` GPUs; this connects the process to the cluster, as the launch that
+    follows does); else, or when the cluster cannot be reached or reports no such node, this
+    machine's total memory."""
     gb = cfg.resources.worker_memory_gb
     if gb is not None:
         return int(gb * (1 << 30)), "resources.worker_memory_gb"

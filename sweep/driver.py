@@ -68,7 +68,10 @@ class Plan:
     """A written plan (``plan.parquet``) without holding its specs: the trial ids and the cost
     estimates are read at once (a few columns; 10^6 trials in about 100 MB), the specs are
     parsed from the manifest in batches when iterated (``iter(plan)``, ``plan.specs(rows)``), so
-    that a driver of 10^6 trials never holds them all. Each spec is checked against its id.
+    that a driver of 10^6 trials never holds them all. Each spec is checked against its id as
+    it is parsed: the first one when the plan is opened (a plan of another version is refused
+    before anything runs), every other one when a driver reaches it (a damaged row stops the
+    dispatch there, with a ConfigError; what ran before stays).
     ``metrics`` (a MetricSpec): the measurement settings the specs carry (default: version-2
     specs the defaults, version-1 specs the settings they were planned with). Raises
     ConfigError when the manifest is unreadable or a spec does not match its id."""
@@ -99,8 +102,9 @@ class Plan:
         return self.specs()
 
     def specs(self, rows=None):
-        """The TrialSpecs of the manifest's ``rows`` (increasing row numbers; default all), in
-        order, parsed one batch of rows at a time."""
+        """The TrialSpecs of the manifest's ``rows`` (strictly increasing row numbers; default
+        all), in order, parsed one batch of rows at a time. Raises ValueError for rows out of
+        order or beyond the plan."""
         wanted = None if rows is None else iter(rows)
         nxt = None if wanted is None else next(wanted, None)
         if wanted is not None and nxt is None:
@@ -119,11 +123,19 @@ class Plan:
                     yield self._spec(tid, text)
             else:
                 while nxt is not None and nxt < stop:
+                    if nxt < start:
+                        raise ValueError(f"rows: {nxt} after a later row; allowed: strictly "
+                                         "increasing row numbers")
                     yield self._spec(ids[nxt - start].as_py(), texts[nxt - start].as_py())
-                    nxt = next(wanted, None)
+                    nxt, last = next(wanted, None), nxt
+                    if nxt is not None and nxt <= last:
+                        raise ValueError(f"rows: {nxt} after {last}; allowed: strictly "
+                                         "increasing row numbers")
                 if nxt is None:
                     return
             start = stop
+        if wanted is not None and nxt is not None:
+            raise ValueError(f"rows: {nxt} is beyond the plan's {start} rows")
 
     def _spec(self, tid: str, text: str) -> TrialSpec:
         try:
@@ -496,6 +508,8 @@ def saves_weights(cfg: SweepConfig, specs) -> bool:
 
     if cfg.save_weights is not None:
         return cfg.save_weights
+    if isinstance(specs, Todo):  # the plan's weights, not only those left to run
+        specs = specs.plan
     total = specs.n_params() if isinstance(specs, Plan) else sum(cost.n_params(s) for s in specs)
     return 4 * total <= WEIGHTS_AUTO_BYTES
 

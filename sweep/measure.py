@@ -33,9 +33,7 @@ def missing(out, specs, retry: set | None = None) -> dict[str, list[str]]:
     todo: dict[str, list[str]] = {}
     if retry is not None:  # values that raised count as missing
         have -= retry
-    for s in specs:
-        if s.trial_id not in ok:
-            continue
+    for s in _among(specs, ok):
         load_modules(s.metrics.measure_modules)
         settings = s.metrics.measure_settings()
         for name in s.metrics.active_measures():
@@ -44,6 +42,16 @@ def missing(out, specs, retry: set | None = None) -> dict[str, list[str]]:
             if key not in have:
                 todo.setdefault(s.trial_id, []).append(name)
     return todo
+
+
+def _among(specs, ids):
+    """The specs whose trial id is in ``ids``, in plan order; from a streamed Plan only those
+    rows are parsed."""
+    from sweep.driver import Plan
+
+    if isinstance(specs, Plan):
+        return specs.specs([i for i, t in enumerate(specs.ids) if t in ids])
+    return (s for s in specs if s.trial_id in ids)
 
 
 def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, download: bool,
@@ -141,7 +149,7 @@ def run(cfg: SweepConfig, out, specs, log, lock=None,
             "sweep ran with save_weights=false); measures are evaluated on the saved networks: "
             "run a new sweep with save_weights=true")
     items = [(s.canonical() if s.legacy_id is None else s.canonical_v1(),
-              ",".join(runnable[s.trial_id])) for s in specs if s.trial_id in runnable]
+              ",".join(runnable[s.trial_id])) for s in _among(specs, runnable)]
     ray = start_ray(cfg)
     res = cfg.resources
     check_gpus(ray, res.gpus_per_trial)

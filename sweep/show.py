@@ -148,6 +148,8 @@ def show(overrides: list[str] | tuple[str, ...] = (), keys: bool = False) -> str
 
 
 SKIP = ("name", "out", "progress", "figure", "cluster.", "resources.")  # not what a sweep is
+# ...except where the identity holds it: the memory a plan.infeasible=replace draw depends on
+KEEP = {"resources.worker_memory_gb": lambda c: (c.get("plan") or {}).get("infeasible") == "replace"}
 
 
 def _literal(v) -> str:
@@ -173,6 +175,7 @@ def launch_command(config: dict) -> tuple[str, bool]:
     name, data = config.get("name"), (config.get("dataset") or {}).get("name")
     head = [f"experiment={name}"] if name in available("experiment") else []
     head += [f"dataset={data}"] if data else []
+    over, exact = [], False
     try:
         try:
             base = _flat(asdict(compose(head)))
@@ -183,12 +186,12 @@ def launch_command(config: dict) -> tuple[str, bool]:
                                                  stored.get("measure_modules") or ()):
             base["measures"] = stored["measures"]
         over = [f"{k}={_literal(v)}" for k, v in stored.items()
-                if not k.startswith(SKIP) and k in base
+                if (not k.startswith(SKIP) or (k in KEEP and KEEP[k](config))) and k in base
                 and _literal(v) != _literal(base[k])]
         wanted = from_dict(config).identity_hash()
         exact = compose(head + over).identity_hash() == wanted and set(stored) <= set(base)
-    except (ConfigError, TypeError, ValueError, KeyError):
-        over, exact = [], False
+    except (ConfigError, TypeError, ValueError, KeyError):  # the overrides found so far stand
+        exact = False
     return " ".join(["sweep", "launch", *(shlex.quote(o) for o in head + over)]), exact
 
 

@@ -54,7 +54,7 @@ def test_hydras_cfg_job_is_show(capsys):
     assert main(["show", "trials=3"]) == 0
     assert capsys.readouterr().out == shown
     assert main(["plan", "--cfg", "hydra"]) == 2
-    assert "--cfg: allowed: job" in capsys.readouterr().err
+    assert "--cfg: allowed: job or all" in capsys.readouterr().err
 
 
 def test_show_keys_lists_every_key_with_value_meaning_and_allowed_values(capsys):
@@ -123,6 +123,7 @@ def test_plan_prints_the_directory_on_stdout_and_the_rest_on_stderr(tmp_path):
     ["experiment=paper_large", "train.checkpoint_every=5min", "train.time_budget=1h",
      "measures=[jacobian_norm_test]", "space.width=[8,16]", "out=/tmp/x", "progress=false"],
     ["train.lbfgs.lr=0.5", "metrics.boundary_extent=2", "dataset.seed=3", "save_weights=true"],
+    ["plan.infeasible=replace", "resources.worker_memory_gb=4", "trials=20", "seed=3"],
 ])
 def test_the_report_header_command_launches_the_same_sweep(overrides, tmp_path):
     """The command shown in a report composes a sweep of the same identity as the one stored,
@@ -165,7 +166,7 @@ def _commands():
             cmd = line.split("  #")[0].strip()
             if inside and cmd.startswith(("sweep ", "python bench/", ".venv/bin/sweep ")):
                 yield doc, cmd
-    for f in sorted((root / "conf" / "experiment").glob("*.yaml")):
+    for f in sorted((root / "conf").rglob("*.yaml")):
         for line in f.read_text().splitlines():
             if line.startswith("#") and "=[" in line:
                 yield f.name, line.lstrip("# ").strip()
@@ -183,3 +184,27 @@ def test_every_documented_command_quotes_what_zsh_would_glob():
             if any(c in token for c in "[]*?") and token[0] not in "'\"":
                 raise AssertionError(f"{where}: unquoted {token!r} in: {cmd}")
     assert seen > 20
+
+
+def test_a_report_older_than_a_result_is_not_current(tmp_path):
+    """A relaunch with nothing to run keeps the report only while it is newer than every
+    result and measure file (one that failed or was turned off while trials ran is rebuilt)."""
+    import os
+
+    from sweep.cli import report_current
+    from workers.storage import Store
+
+    d = Store(tmp_path)
+    for rel in ("trials/a.parquet", "measures/a.m.v1.x.parquet", "report/report.html"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    os.utime(tmp_path / "trials/a.parquet", ns=(10**18, 10**18))
+    os.utime(tmp_path / "measures/a.m.v1.x.parquet", ns=(10**18, 10**18))
+    os.utime(tmp_path / "report/report.html", ns=(2 * 10**18, 2 * 10**18))
+    assert report_current(d, "report/report.html")
+    os.utime(tmp_path / "measures/a.m.v1.x.parquet", ns=(3 * 10**18, 3 * 10**18))
+    assert not report_current(d, "report/report.html")
+    os.utime(tmp_path / "measures/a.m.v1.x.parquet", ns=(10**18, 10**18))
+    os.utime(tmp_path / "trials/a.parquet", ns=(3 * 10**18, 3 * 10**18))
+    assert not report_current(d, "report/report.html")
+    assert not report_current(d, "report/missing.html")

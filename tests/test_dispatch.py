@@ -168,6 +168,12 @@ def test_the_driver_streams_the_plan_in_batches_and_holds_no_specs(tmp_path, mon
                 seen.append(s)
                 yield s
 
+    with pytest.raises(ValueError, match="strictly increasing"):
+        list(plan.specs([5, 3]))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        list(plan.specs([9, 9]))
+    with pytest.raises(ValueError, match="beyond the plan's 23 rows"):
+        list(plan.specs([22, 23]))
     assert len(todo) == 4 and [s.trial_id for s in todo] == [planned[i].trial_id for i in (1, 2, 3, 20)]
     first = next(iter_units(compose(["dry_run=true", "resources.trials_per_task=5"]), Counting()))
     assert len(first) == 5 and len(seen) == 5  # a unit is formed from the first trials only

@@ -57,6 +57,9 @@ def test_the_demos_ranking_statistics_rest_on_at_least_ten_groups_or_pairs():
     # 4 mini-batch optimizers: activation 5 opt x 2 w = 10, optimizer 5 act x 2 w = 10,
     # width 25 (act x opt) -> 45 groups
     assert used["granulated_kendall"] == 45
+    # environments, pairs of configurations differing in one hyperparameter: activation
+    # C(5,2) x 5 optimizers x 2 widths = 100, optimizer C(4,2) x 5 x 2 = 60, width 25 -> 185
+    assert used["sign_error"] == 185
 
 
 def test_values_come_from_the_space_and_lbfgs_is_full_batch():

@@ -269,6 +269,13 @@ def test_the_report_says_when_few_trials_fit_and_how_to_read_more(tmp_path):
     assert main(["report", str(d), "--bootstrap", "0", "--train-acc", "0.9",
                  "--out", str(tmp_path / "r")]) == 0
     assert "Few trials fit" not in (tmp_path / "r" / "report.html").read_text()
+    from analysis.report import filter_note
+
+    df = load_results(d)
+    assert filter_note(df.iloc[:6].assign(train_acc=1.0), 1.0, d) == ""  # all of few fit
+    none_better = df.assign(train_acc=[1.0] * 3 + [0.5] * (len(df) - 3))
+    note = filter_note(none_better, 1.0, d)  # no lower threshold lets more in: no command
+    assert "3 of 48 ok trials" in note and "--train-acc" not in note
 
 
 def test_statistics_state_direction_baselines_and_few_seeds_and_captions_state_the_data(tmp_path):
@@ -327,11 +334,17 @@ def _captured(monkeypatch):
     def save(fig, path, vector=False):
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
-        fig.tick_boxes = [
-            [[(t.get_text(), t.get_window_extent(renderer)) for t in ticks
-              if t.get_visible() and t.get_text()]
-             for ticks in (ax.get_xticklabels(), ax.get_yticklabels())]
-            for ax in fig.axes]
+        def shown(ticks, lim, i):  # the labels drawn inside the axis' view (i: 0 x, 1 y)
+            lo, hi = min(lim), max(lim)
+            return [(t.get_text(), t.get_window_extent(renderer)) for t in ticks
+                    if t.get_visible() and t.get_text() and lo <= t.get_position()[i] <= hi]
+
+        fig.tick_boxes = []
+        for ax in fig.axes:
+            if ax.get_label() == "<colorbar>":
+                continue
+            xt, yt = ax.get_xticklabels(), ax.get_yticklabels()
+            fig.tick_boxes.append([shown(xt, ax.get_xlim(), 0), shown(yt, ax.get_ylim(), 1)])
         figs.append(fig)
         return real(fig, path, vector)
 
@@ -363,8 +376,10 @@ def test_figure_axes_fit_the_data_and_tick_labels_do_not_overlap(tmp_path, monke
     figures.factor_pairs_figure(pairs, tmp_path / "f4.png", ["random_labels", "activation",
                                                               "optimizer"])
     fig = figs[-1]
-    assert "no pair for optimizer" in fig._suptitle.get_text()
+    assert "no pair to draw for optimizer" in fig._suptitle.get_text()
+    assert len(fig.tick_boxes) == 6  # 2 factors x 3 panels
     for axis_boxes in fig.tick_boxes:
         for labelled in axis_boxes:
+            assert len(labelled) >= 2, [t for t, _ in labelled]  # every axis keeps numbers
             for (ta, a), (tb, b) in zip(labelled, labelled[1:]):
                 assert not a.overlaps(b), (ta, tb)

@@ -379,7 +379,9 @@ def per_point_figure(points: pd.DataFrame, path: str | Path, num_classes: int,
     for ax, n_cls in zip(axes[0], counts):
         part = d[d["num_classes"] == n_cls]
         loss, jac = part["loss"].to_numpy(), part["jacobian_norm"].to_numpy()
-        c = float(np.median(jac / per_point_bounds(loss, n_cls)[1]))
+        up = per_point_bounds(loss, n_cls)[1]
+        pos = up > 0  # (a loss so small that 1 - s_y underflows to 0 in float64 bounds nothing)
+        c = float(np.median(jac[pos] / up[pos])) if pos.any() else 1.0
         hb = ax.hexbin(loss, jac, xscale="log", yscale="log", gridsize=60, bins="log",
                        cmap="Blues", mincnt=1)
         fig.colorbar(hb, ax=ax, label="points (log)")

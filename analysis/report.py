@@ -37,7 +37,8 @@ BASELINES = ("n_params", "train_loss")
 CAPTIONS = {
     "sign_errors": "The measures' sign-errors against the generalization gap (Dziugaite et al. "
                    "2020, Fig. 1, in spirit): mean over environments with its interval, and the "
-                   "worst environment; 0.5 is chance.",
+                   "worst environment; 0.5 is chance; sorted by the mean sign-error (the "
+                   "table above by the statistic of --rank-by).",
     "fig1_params_loss": "Fig. 1: generalization gap against the number of parameters and the "
                         "train loss (the paper's two baselines).",
     "fig4_factor_pairs": "Fig. 4: pairs of networks identical but for one factor. Points off the "
@@ -286,7 +287,18 @@ RANKED_STATISTICS = ("kendall", "granulated_kendall", "conditional_mi", "sign_er
                      "robust_sign_error")
 
 
-def _ranking_html(ranking: pd.DataFrame, rank_by: str) -> str:
+def _seeds_per_config(fit: pd.DataFrame) -> int:
+    """The largest number of seeds any configuration of ``fit`` has (1 without a seed column)."""
+    if fit.empty or "seed" not in fit:
+        return 1
+    hps = [h for h in hyperparameter_columns(fit, exclude=[*measure_columns(fit), *BASELINES,
+                                                            "gen_gap"]) if h != "seed"]
+    if not hps:
+        return int(fit["seed"].nunique())
+    return int(fit.groupby(hps, dropna=False)["seed"].nunique().max())
+
+
+def _ranking_html(ranking: pd.DataFrame, rank_by: str, seeds: int = 2) -> str:
     if ranking.empty:
         return ""
     order = [rank_by] + [s for s in RANKED_STATISTICS if s != rank_by]
@@ -320,7 +332,11 @@ def _ranking_html(ranking: pd.DataFrame, rank_by: str) -> str:
             "exactly against the gap scores as high as one ordered with it), so read it with "
             "the sign of Kendall's &tau;. &uarr;: larger is better; &darr;: smaller is better. "
             "Value [95% bootstrap interval].</p>"
-            "<table class='stats'>" + "".join(rows) + "</table>")
+            + ("<p><b>One seed per configuration:</b> each environment's sign-error is then 0 or "
+               "1 (one pair of runs), so <code>robust_sign_error</code>, the worst environment, "
+               "is 1 for nearly every measure and ranks nothing; it needs several seeds per "
+               "configuration (<code>space.seed</code>).</p>" if seeds <= 1 else "")
+            + "<table class='stats'>" + "".join(rows) + "</table>")
 
 
 def _seeds_note(fit: pd.DataFrame) -> str:
@@ -361,6 +377,26 @@ def filter_note(df: pd.DataFrame, train_acc: float, sweep_dir) -> str:
             f"statistics (a statistic shows n/a where they are too few)."
             + (f" At lower thresholds: {at}." if at else "") + cmd
             + " More training steps (<code>train.steps</code>) let more trials fit.</p>")
+
+
+def unfit_note(df: pd.DataFrame, train_acc: float, hyperparameters) -> str:
+    """The hyperparameter values none of whose ok trials fit their training set (so the
+    statistics know nothing of them), e.g. plain SGD at a small learning rate; empty if
+    every value has a fitting trial."""
+    ok = df[df["status"] == "ok"]
+    fit = fits_training_set(df, train_acc)
+    said = []
+    for h in hyperparameters:
+        if h not in ok or ok[h].nunique(dropna=False) > 50:
+            continue
+        for v, n in ok[h].value_counts(dropna=False).items():
+            if not (fit[h] == v).any() and not (pd.isna(v) and fit[h].isna().any()):
+                said.append(f"{h}={v} ({n} ok trial{'s' if n > 1 else ''})")
+    if not said:
+        return ""
+    return (f"<p><b>Left out entirely:</b> no ok trial of {html.escape('; '.join(said))} "
+            f"reaches train accuracy &ge; {train_acc:g}, so the statistics say nothing about "
+            "them (<code>analysis.load_results</code> has their numbers).</p>")
 
 
 def config_html(st) -> str:
@@ -408,8 +444,11 @@ def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=Fal
         f"({html.escape(status)}). Figures and statistics use the {len(fit)} ok trials at train "
         f"accuracy &ge; {train_acc:g} (<code>analysis.filters.fits_training_set</code>).</p>",
         filter_note(df, train_acc, sweep_dir if sweep_dir is not None else st),
+        unfit_note(df, train_acc, hyperparameter_columns(df, exclude=[
+            *measure_columns(df), *BASELINES, "gen_gap"])),
         config_html(st),
-        _ranking_html(ranking if ranking is not None else pd.DataFrame(), rank_by),
+        _ranking_html(ranking if ranking is not None else pd.DataFrame(), rank_by,
+                      _seeds_per_config(fit)),
         *[_figure_html(n, made[n]) for n in RANKING_FIGURES if n in made],
         "<h2>Statistics against the generalization gap</h2>",
         f"<p>Value [95% bootstrap interval over {n_boot} resamples of seeds, or of trials when "

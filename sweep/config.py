@@ -654,8 +654,7 @@ def _override_hint(first: str, overrides=()) -> str:
     if m:
         key, value = m.groups()
         return (f"{key}: ambiguous value {value!r}; a list is written in brackets, and quoted "
-                f"for the shell: '{key}=[{value}]' (a value with a comma or a space: "
-                f"'{key}=\"{value}\"')")
+                f"for the shell: '{key}=[{value}]'")
     bad = _unparsable(overrides)
     if bad is not None:
         key, _, value = bad.partition("=")

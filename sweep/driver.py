@@ -20,7 +20,7 @@ from pathlib import Path
 from sweep.config import IDENTITY_VERSION, NOT_IDENTITY, ConfigError, SweepConfig
 from sweep.lock import LOCK_FILE, DriverLock
 from sweep import cost
-from sweep.plan import manifest_table, plan_pairs, plan_trials
+from sweep.plan import grid_note, manifest_table, plan_pairs, plan_trials
 from workers.data import check_available
 from sweep.journal import Journal
 from sweep.resume import result_ids, result_index
@@ -449,6 +449,7 @@ def check_gpus(ray, per_trial: float) -> None:
 
 
 GRACE_S = 30.0  # after Ctrl-C / SIGTERM: how long running trials may take to finish
+PROGRESS_LINE_S = 60.0  # progress=true without a terminal: one progress line per minute
 RUNTIME_PROBE_S = 5.0  # how long the Ray runtime may take to answer before it counts as gone
 EXIT_RUNTIME_LOST = 3
 
@@ -572,8 +573,12 @@ def dispatch(cfg: SweepConfig, out, todo, lock=None,
     handled = (signal.SIGINT, signal.SIGTERM)
     old = ({s: signal.signal(s, on_signal) for s in handled}
            if threading.current_thread() is threading.main_thread() else {})
-    bar = tqdm(total=len(todo), disable=not cfg.progress, unit="trial", dynamic_ncols=True,
+    # a live bar on a terminal; into a file or pipe, one plain line per PROGRESS_LINE_S instead
+    # of the bar's carriage-return frames
+    live = cfg.progress and sys.stderr.isatty()
+    bar = tqdm(total=len(todo), disable=not live, unit="trial", dynamic_ncols=True,
                file=sys.stderr, mininterval=0.5)
+    lines = {"last": time.monotonic(), "t0": time.monotonic()}
     journal = Journal(out)
     quiet_since = time.monotonic()
     try:
@@ -629,6 +634,12 @@ def dispatch(cfg: SweepConfig, out, todo, lock=None,
                             diverged=counts["diverged"], running=min(len(in_flight), slots),
                             refresh=False)
             bar.refresh()
+            now = time.monotonic()
+            if cfg.progress and not live and now - lines["last"] >= PROGRESS_LINE_S:
+                lines["last"] = now
+                log(f"progress: {sum(counts.values())}/{len(todo)} trials in "
+                    f"{now - lines['t0']:.0f} s (" + ", ".join(
+                        f"{v} {k}" for k, v in counts.items() if v) + ")")
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -705,6 +716,9 @@ def _new_plan(cfg: SweepConfig) -> tuple:
     if len(specs) < cfg.trials and pairs is None:
         log(f"note: {len(specs)} distinct configurations were drawn (the cost bias or the memory "
             f"bound rejected the others); planning {len(specs)} trials instead of {cfg.trials}")
+    note = grid_note(cfg, specs)
+    if note:
+        log(note)
     summary = cost.plan_summary(specs, cfg)
     for line in cost.summary_lines(summary):
         log(line)

@@ -380,3 +380,30 @@ def manifest_table(specs: list[TrialSpec], cfg: SweepConfig) -> pa.Table:
         ("resource_class", pa.string()), ("spec", pa.string()),
     ])
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def grid_note(cfg: SweepConfig, specs: list[TrialSpec]) -> str | None:
+    """A line for the log when ``trials`` is too small for ``plan.grid``: the grid's values
+    that no planned trial has (the grid's combinations are taken in order, so a short plan
+    covers the first values of its first keys only); None when every value has a trial."""
+    if not cfg.plan.grid:
+        return None
+
+    def value(s: TrialSpec, key: str):
+        return getattr(s, key) if hasattr(s, key) else getattr(s.data, key, None)
+
+    cells = 1
+    missing = []
+    for key in cfg.plan.grid:
+        wanted = [v for v in cfg.space.values(key) if v is not None]
+        cells *= len(cfg.space.values(key))
+        have = {value(s, key) for s in specs}
+        lack = [v for v in wanted if v not in have]
+        if lack:
+            missing.append(f"{key}={', '.join(str(v) for v in lack)}")
+    if not missing:
+        return None
+    full = min(cells, space_size(cfg))  # (combinations that give the same trial count once)
+    return (f"note: plan.grid crosses {', '.join(cfg.plan.grid)} in {full} distinct "
+            f"combinations, taken in order, and the {len(specs)} planned trials leave out "
+            f"{'; '.join(missing)}; ask for trials={full} (or more) to cross them in full")

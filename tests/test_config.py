@@ -13,10 +13,10 @@ OPTS = "sgd, momentum, adam, rmsprop, lbfgs"
 def test_default_is_the_demo_on_digits():
     cfg = compose([])
     assert cfg.name == "demo" and cfg.dataset.name == "digits"
-    assert cfg.trials == 50
+    assert cfg.trials == 90
     assert set(cfg.space.activation) == set(ACTS.split(", "))
     assert set(cfg.space.optimizer) == set(OPTS.split(", "))
-    assert set(cfg.plan.grid) == {"activation", "optimizer", "width"}
+    assert set(cfg.plan.grid) == {"activation", "optimizer", "width", "lr"}
 
 
 def test_study_experiments():

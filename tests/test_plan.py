@@ -23,11 +23,13 @@ def test_same_config_and_seed_same_trials(sampler):
 
 def test_demo_is_a_complete_grid_and_ids_are_distinct():
     specs = plan_trials(compose([]))
-    assert len(specs) == 50 and len({s.trial_id for s in specs}) == 50
-    cells = [(s.activation, s.optimizer, s.width) for s in specs]
+    assert len(specs) == 90 and len({s.trial_id for s in specs}) == 90
     cfg = compose([])
-    assert sorted(cells) == sorted(itertools.product(cfg.space.activation, cfg.space.optimizer,
-                                                     cfg.space.width))
+    cells = [(s.activation, s.optimizer, s.width, s.lr if s.optimizer != "lbfgs" else None)
+             for s in specs]  # (L-BFGS takes train.lbfgs.lr: one cell per activation, width)
+    assert sorted(cells, key=str) == sorted(
+        {(a, o, w, lr if o != "lbfgs" else None) for a, o, w, lr in itertools.product(
+            cfg.space.activation, cfg.space.optimizer, cfg.space.width, cfg.space.lr)}, key=str)
 
 
 def test_the_demos_ranking_statistics_rest_on_at_least_ten_groups_or_pairs():
@@ -52,14 +54,15 @@ def test_the_demos_ranking_statistics_rest_on_at_least_ten_groups_or_pairs():
             assert used[stat] >= 10, (stat, used[stat])
     t = statistics_table(df, measures=["jacobian_norm_test"], n_boot=0)
     used = t[t.group == "all"].set_index("statistic")["n_used"]
-    # by hand: per hyperparameter, the groups of configurations equal in all the others:
-    # activation 5 x 2 widths... with batch_size null for L-BFGS, the optimizer groups hold the
-    # 4 mini-batch optimizers: activation 5 opt x 2 w = 10, optimizer 5 act x 2 w = 10,
-    # width 25 (act x opt) -> 45 groups
-    assert used["granulated_kendall"] == 45
-    # environments, pairs of configurations differing in one hyperparameter: activation
-    # C(5,2) x 5 optimizers x 2 widths = 100, optimizer C(4,2) x 5 x 2 = 60, width 25 -> 185
-    assert used["sign_error"] == 185
+    # by hand: per hyperparameter, the groups of configurations equal in all the others (L-BFGS
+    # has its own lr and a null batch size, so it pairs only across activation and width):
+    # activation: (4 mini-batch optimizers x 2 lr + L-BFGS) x 2 widths = 18 groups of 5;
+    # optimizer: 5 act x 2 lr x 2 w = 20 groups of the 4 mini-batch optimizers;
+    # width: 5 act x 9 (optimizer, lr) = 45 pairs; lr: 5 act x 4 opt x 2 w = 40 pairs -> 123
+    assert used["granulated_kendall"] == 123
+    # environments (pairs of configurations differing in one hyperparameter):
+    # 18 x C(5,2) + 20 x C(4,2) + 45 + 40 = 180 + 120 + 85 = 385
+    assert used["sign_error"] == 385
 
 
 def test_values_come_from_the_space_and_lbfgs_is_full_batch():
@@ -415,3 +418,17 @@ def test_a_plan_near_the_whole_space_is_drawn_without_replacement():
     biased = plan_trials(compose(over + [f"trials={n // 2}", "plan.cheap_bias=1.0"]))
     mean = lambda specs: sum(s.width for s in specs) / len(specs)  # noqa: E731
     assert mean(biased) < 0.8 * mean(a)
+
+
+def test_a_plan_too_short_for_its_grid_says_which_values_get_no_trial():
+    from sweep.plan import grid_note
+
+    cfg = compose(["trials=8"])  # the demo's grid in order: relu, then sgd/momentum first
+    specs = plan_trials(cfg)
+    acts = {s.activation for s in specs}
+    note = grid_note(cfg, specs)
+    lacking = [a for a in cfg.space.activation if a not in acts]
+    assert lacking and f"activation={', '.join(lacking)}" in note
+    assert "ask for trials=90 (or more)" in note
+    assert grid_note(compose([]), plan_trials(compose([]))) is None  # the whole grid: silent
+    assert grid_note(compose(["plan.grid=[]", "trials=5"]), []) is None

@@ -383,3 +383,25 @@ def test_figure_axes_fit_the_data_and_tick_labels_do_not_overlap(tmp_path, monke
             assert len(labelled) >= 2, [t for t, _ in labelled]  # every axis keeps numbers
             for (ta, a), (tb, b) in zip(labelled, labelled[1:]):
                 assert not a.overlaps(b), (ta, tb)
+
+
+def test_the_report_names_values_that_never_fit_and_explains_robust_sign_error_on_one_seed(tmp_path):
+    import shutil
+
+    d = tmp_path / "s"
+    rows = synthetic_sweep(d, np.random.default_rng(7))
+    shutil.rmtree(d / "trials")
+    for r in rows:  # every tanh trial short of 100%; one seed only
+        if r["seed"] == 1:
+            write_trial(d, {**r, "train_acc": 0.97 if r["activation"] == "tanh" else 1.0})
+    assert main(["report", str(d), "--bootstrap", "0"]) == 0
+    page = (d / "report" / "report.html").read_text()
+    n_tanh = sum(1 for r in rows if r["seed"] == 1 and r["activation"] == "tanh")
+    assert f"no ok trial of activation=tanh ({n_tanh} ok trials) reaches train accuracy" in page
+    assert "One seed per configuration:" in page
+    # two seeds: no such note, and no value left out
+    d2 = tmp_path / "s2"
+    synthetic_sweep(d2, np.random.default_rng(7))
+    assert main(["report", str(d2), "--bootstrap", "0"]) == 0
+    page2 = (d2 / "report" / "report.html").read_text()
+    assert "One seed per configuration:" not in page2 and "Left out entirely" not in page2

@@ -270,7 +270,8 @@ def test_plan_and_results_join_on_the_hyperparameters(tmp_path, monkeypatch):
 
     out = tmp_path / "s"
     cfg = compose([f"out={out}", "trials=4", "space.optimizer=[sgd,lbfgs]", "space.width=[8,16]",
-                   "train.steps=20", "metrics.transitions_points=0", "dataset.test_size=50"])
+                   "plan.grid=[optimizer,width]", "train.steps=20",
+                   "metrics.transitions_points=0", "dataset.test_size=50"])
     plan_only(cfg)
     specs = read_plan(Store(out))
     real = trial_mod.execute

@@ -310,7 +310,7 @@ def _ranking_html(ranking: pd.DataFrame, rank_by: str, seeds: int = 2) -> str:
         lo, hi = r[s + "_low"], r[s + "_high"]
         return f"{v:.3f}" + ("" if pd.isna(lo) else f" <small>[{lo:.3f}, {hi:.3f}]</small>")
 
-    rows = ["<tr><th>rank</th><th>measure</th><th>sign</th>"
+    rows = ["<tr><th>rank</th><th>measure</th><th>sign</th><th>trials</th>"
             + "".join(f"<th>{html.escape(s)} {'&uarr;' if LARGER_IS_BETTER[s] else '&darr;'}</th>"
                       for s in order) + "</tr>"]
     for _, r in ranking.iterrows():
@@ -318,7 +318,7 @@ def _ranking_html(ranking: pd.DataFrame, rank_by: str, seeds: int = 2) -> str:
         base = " <small>(baseline)</small>" if r["measure"] in BASELINES else ""
         rows.append(f"<tr><td>{rank}</td><td style='text-align:left'>"
                     f"{html.escape(str(r['measure']))}{base}</td>"
-                    f"<td>{'&minus;1' if r['sign'] < 0 else '+1'}</td>"
+                    f"<td>{'&minus;1' if r['sign'] < 0 else '+1'}</td><td>{int(r['n_trials'])}</td>"
                     + "".join(f"<td>{cell(r, s)}</td>" for s in order) + "</tr>")
     return ("<h2>Ranking of the measures</h2>"
             f"<p>Every measure of the sweep (and the baselines) over all passing trials, ranked by "
@@ -334,8 +334,9 @@ def _ranking_html(ranking: pd.DataFrame, rank_by: str, seeds: int = 2) -> str:
             "Value [95% bootstrap interval].</p>"
             + ("<p><b>One seed per configuration:</b> each environment's sign-error is then 0 or "
                "1 (one pair of runs), so <code>robust_sign_error</code>, the worst environment, "
-               "is 1 for nearly every measure and ranks nothing; it needs several seeds per "
-               "configuration (<code>space.seed</code>).</p>" if seeds <= 1 else "")
+               "is 1 as soon as one environment orders its pair against the gap (with many "
+               "environments, for nearly every measure) and ranks little; it needs several "
+               "seeds per configuration (<code>space.seed</code>).</p>" if seeds <= 1 else "")
             + "<table class='stats'>" + "".join(rows) + "</table>")
 
 
@@ -392,11 +393,23 @@ def unfit_note(df: pd.DataFrame, train_acc: float, hyperparameters) -> str:
         for v, n in ok[h].value_counts(dropna=False).items():
             if not (fit[h] == v).any() and not (pd.isna(v) and fit[h].isna().any()):
                 said.append(f"{h}={v} ({n} ok trial{'s' if n > 1 else ''})")
-    if not said:
-        return ""
-    return (f"<p><b>Left out entirely:</b> no ok trial of {html.escape('; '.join(said))} "
-            f"reaches train accuracy &ge; {train_acc:g}, so the statistics say nothing about "
-            "them (<code>analysis.load_results</code> has their numbers).</p>")
+    parts = []
+    if said:
+        parts.append(f"<p><b>Left out entirely:</b> no ok trial of {html.escape('; '.join(said))} "
+                     f"reaches train accuracy &ge; {train_acc:g}, so the statistics say nothing "
+                     "about them (<code>analysis.load_results</code> has their numbers).</p>")
+    per = []  # where the filter bites: fitting / ok trials per value of a few-valued factor
+    for h in hyperparameters:
+        if h not in ok or not 2 <= ok[h].nunique(dropna=False) <= 10:
+            continue
+        counts = [(v, int((fit[h] == v).sum()), int(n))
+                  for v, n in ok[h].value_counts(dropna=False, sort=False).items()]
+        if any(f < n for _, f, n in counts):
+            per.append(f"{h}: " + ", ".join(f"{v} {f}/{n}" for v, f, n in counts))
+    if per and len(fit) < len(ok):
+        parts.append("<p><small>Trials that fit, of the ok trials, per value: "
+                     + html.escape("; ".join(per)) + ".</small></p>")
+    return "".join(parts)
 
 
 def config_html(st) -> str:

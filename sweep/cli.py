@@ -239,7 +239,7 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
         from sweep.driver import log
 
         log(f"report: figures and statistics of {sweep_dir} with {n_boot} bootstrap resamples "
-            "(the demo: about 20 s at 200, a minute at 1000)")
+            "(the demo: about 20 s at 200, 1.5 minutes at 1000)")
         page = make_report(sweep_dir, train_acc=train_acc, n_boot=n_boot, out=out,
                            noise_filter=noise_filter, rank_by=rank_by)
     except (ValueError, OSError) as e:  # incl. FileNotFoundError: no trials/ yet

@@ -403,7 +403,9 @@ def grid_note(cfg: SweepConfig, specs: list[TrialSpec]) -> str | None:
             missing.append(f"{key}={', '.join(str(v) for v in lack)}")
     if not missing:
         return None
-    full = min(cells, space_size(cfg))  # (combinations that give the same trial count once)
+    size = space_size(cfg)
+    full = min(cells, size)  # (combinations that give the same trial count once)
+    more = "" if full >= size else " (or more)"
     return (f"note: plan.grid crosses {', '.join(cfg.plan.grid)} in {full} distinct "
             f"combinations, taken in order, and the {len(specs)} planned trials leave out "
-            f"{'; '.join(missing)}; ask for trials={full} (or more) to cross them in full")
+            f"{'; '.join(missing)}; ask for trials={full}{more} to cross them in full")

@@ -430,6 +430,8 @@ def test_a_plan_too_short_for_its_grid_says_which_values_get_no_trial():
     note = grid_note(cfg, specs)
     lacking = [a for a in cfg.space.activation if a not in acts]
     assert lacking and f"activation={', '.join(lacking)}" in note
-    assert "ask for trials=90 (or more)" in note
+    assert note.endswith("ask for trials=90 to cross them in full")  # the whole space
+    wider = compose(["trials=8", "space.depth=[2,3]"])
+    assert "ask for trials=100 (or more)" in grid_note(wider, plan_trials(wider))
     assert grid_note(compose([]), plan_trials(compose([]))) is None  # the whole grid: silent
     assert grid_note(compose(["plan.grid=[]", "trials=5"]), []) is None

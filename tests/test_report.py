@@ -399,6 +399,9 @@ def test_the_report_names_values_that_never_fit_and_explains_robust_sign_error_o
     n_tanh = sum(1 for r in rows if r["seed"] == 1 and r["activation"] == "tanh")
     assert f"no ok trial of activation=tanh ({n_tanh} ok trials) reaches train accuracy" in page
     assert "One seed per configuration:" in page
+    fitting = sum(1 for r in rows if r["seed"] == 1 and r["activation"] == "relu")
+    assert f"activation: relu {fitting}/{fitting}, tanh 0/{n_tanh}" in page  # per value
+    assert "<th>trials</th>" in page  # the ranking says what each row rests on
     # two seeds: no such note, and no value left out
     d2 = tmp_path / "s2"
     synthetic_sweep(d2, np.random.default_rng(7))

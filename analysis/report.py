@@ -239,7 +239,7 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
             ranking.to_csv(d / "ranking.csv", index=False)
             draw("sign_errors", figures.sign_error_figure, ranking)
         page = _html(st, df, fit, train_acc, table, made, n_boot, time.perf_counter() - t0,
-                     noise_filter, ranking, rank_by, notes, sweep_dir)
+                     noise_filter, ranking, rank_by, notes, sweep_dir, hps)
         (d / "report.html").write_text(page)
     return target.uri(f"{rel}/report.html" if rel else "report.html")
 
@@ -287,12 +287,11 @@ RANKED_STATISTICS = ("kendall", "granulated_kendall", "conditional_mi", "sign_er
                      "robust_sign_error")
 
 
-def _seeds_per_config(fit: pd.DataFrame) -> int:
+def _seeds_per_config(fit: pd.DataFrame, hyperparameters) -> int:
     """The largest number of seeds any configuration of ``fit`` has (1 without a seed column)."""
     if fit.empty or "seed" not in fit:
         return 1
-    hps = [h for h in hyperparameter_columns(fit, exclude=[*measure_columns(fit), *BASELINES,
-                                                            "gen_gap"]) if h != "seed"]
+    hps = [h for h in hyperparameters if h != "seed" and h in fit]
     if not hps:
         return int(fit["seed"].nunique())
     return int(fit.groupby(hps, dropna=False)["seed"].nunique().max())
@@ -442,7 +441,8 @@ def config_html(st) -> str:
 
 
 def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=False,
-          ranking=None, rank_by="granulated_kendall", notes=(), sweep_dir=None) -> str:
+          ranking=None, rank_by="granulated_kendall", notes=(), sweep_dir=None,
+          hps=()) -> str:
     counts = df["status"].value_counts().to_dict()
     status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     parts = [
@@ -457,11 +457,10 @@ def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=Fal
         f"({html.escape(status)}). Figures and statistics use the {len(fit)} ok trials at train "
         f"accuracy &ge; {train_acc:g} (<code>analysis.filters.fits_training_set</code>).</p>",
         filter_note(df, train_acc, sweep_dir if sweep_dir is not None else st),
-        unfit_note(df, train_acc, hyperparameter_columns(df, exclude=[
-            *measure_columns(df), *BASELINES, "gen_gap"])),
+        unfit_note(df, train_acc, hps),
         config_html(st),
         _ranking_html(ranking if ranking is not None else pd.DataFrame(), rank_by,
-                      _seeds_per_config(fit)),
+                      _seeds_per_config(fit, hps)),
         *[_figure_html(n, made[n]) for n in RANKING_FIGURES if n in made],
         "<h2>Statistics against the generalization gap</h2>",
         f"<p>Value [95% bootstrap interval over {n_boot} resamples of seeds, or of trials when "

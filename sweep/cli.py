@@ -91,8 +91,8 @@ def report_current(d, page: str) -> bool:
 
 def _report_after(sweep_dir) -> None:
     """The report at the end of `sweep launch` / `sweep resume` (figure=true), its path on
-    stdout; not rebuilt when this call wrote no result and the report is newer than every
-    result (``report_current``). The sweep's results are safe whatever happens here; a
+    stdout; not rebuilt while it is newer than every result and measure file
+    (``report_current``: nothing was written since). The sweep's results are safe whatever happens here; a
     failure only leaves the report missing."""
     from sweep.driver import log
     from workers.layout import PLAN_FILE
@@ -102,7 +102,7 @@ def _report_after(sweep_dir) -> None:
 
     d = store(sweep_dir)
     page = f"{REPORT_DIR}/report.html"
-    if not getattr(sweep_dir, "changed", True) and report_current(d, page):
+    if report_current(d, page):
         log(f"report: unchanged (nothing new to report); rebuild it with: sweep report {sweep_dir}")
         print(f"report: {d.uri(page)}", flush=True)
         return

@@ -739,19 +739,10 @@ def plan_only(cfg: SweepConfig) -> str:
     return out.location
 
 
-class Launched(str):
-    """What ``launch`` returns: the sweep directory (a str), with ``changed``: whether this
-    call wrote any result (a trial or a measure's value), so that an unchanged sweep's report
-    is not rebuilt."""
-
-    changed: bool = False
-
-
-def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> Launched:
+def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> str:
     """Plan (or read the plan), run the planned trials that lack a valid result, then evaluate
-    the measures asked for that finished trials lack (from their saved weights). Progress and
-    diagnostics go to stderr; the caller prints the result."""
-    changed = False
+    the measures asked for that finished trials lack (from their saved weights); returns the
+    sweep directory. Progress and diagnostics go to stderr; the caller prints the result."""
     out, planned = _checked_out(cfg)
     with DriverLock(out, command, log=log) as lock:
         out, plan = prepare(cfg, planned)
@@ -775,15 +766,11 @@ def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> L
                 raise
             log("finished in {:.1f} s: ".format(time.perf_counter() - t0)
                 + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
-            changed = True
         if not cfg.dry_run:  # finished trials that lack a measure asked for now: from weights
             from sweep import measure
 
             try:
-                m = measure.run(cfg, out, plan, log, lock)
-                changed = changed or m["values"] > 0 or m["raised"] > 0
+                measure.run(cfg, out, plan, log, lock)
             except ConfigError as e:  # no saved weights: the trials' own results stand
                 log(f"note: {e}")
-    result = Launched(out.location)
-    result.changed = changed
-    return result
+    return out.location

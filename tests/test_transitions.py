@@ -11,7 +11,8 @@ from workers.trajectories import (
     translation_path,
 )
 from workers.transitions import (
-    codes, count_transitions, count_transitions_batch, dense_transitions, transitions_per_edge,
+    codes, count_transitions, count_transitions_batch, dense_transitions, sampled_transitions,
+    transitions_per_edge,
 )
 
 
@@ -121,6 +122,32 @@ def test_tanh_dense_only():
     from workers.transitions import polygon_points
     c = codes(model, polygon_points(v, k)).int()
     assert dense_transitions(model, v, k) == int((torch.roll(c, -1, 0) - c).abs().sum())
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu", "relu6", "hardtanh", "hardsigmoid"])
+def test_sampled_count_equals_the_dense_count(act):
+    # The interpolated first layer and the chunked samples give Eq. 1's number: against the
+    # dense count (every sample through the network, one polygon at a time), closed and open,
+    # with k across several chunks (a chunk holds 2^18 / width samples) and not a multiple of
+    # the number of edges.
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(3)
+    for depth in (2, 4):
+        model = build_mlp(6, 256, depth, 3, act, 1.0, seed=depth)
+        vs = torch.randn(3, 7, 6, generator=gen, dtype=torch.float64) * 2
+        for closed in (True, False):
+            for k in (2, 1000, 2 * 1024 + 3):
+                got = sampled_transitions(model, vs, k, closed=closed).tolist()
+                assert got == [dense_transitions(model, v, k, closed=closed) for v in vs], (
+                    depth, closed, k)
+    # with biases, torch's own modules
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, 40), nn.ReLU6(),
+                          nn.Linear(40, 3)).double()
+    assert sampled_transitions(model, vs, 777).tolist() == [dense_transitions(model, v, 777)
+                                                             for v in vs]
+    with pytest.raises(ValueError, match="k: must be >= 2"):
+        sampled_transitions(model, vs, 1)
 
 
 def test_unsupported_module_is_named():

@@ -49,13 +49,12 @@ def loop_transitions(model, images: torch.Tensor, k: int) -> tuple[torch.Tensor,
     """Transitions along the translation loop of each image ([n, C, H, W]) -> ([n] float64,
     method, k): exact for piecewise-linear networks, Eq. 1 with k samples for Tanh."""
     from workers.trajectories import translation_path
-    from workers.transitions import count_transitions_batch, dense_transitions, supports_exact
+    from workers.transitions import count_transitions_batch, sampled_transitions, supports_exact
 
+    paths = torch.stack([translation_path(im) for im in images.cpu()])
     if supports_exact(model):
-        paths = torch.stack([translation_path(im) for im in images.cpu()])
         return count_transitions_batch(model, paths).double(), "exact", None
-    counts = [dense_transitions(model, translation_path(im), k) for im in images.cpu()]
-    return torch.tensor(counts, dtype=torch.float64), "sampled", k
+    return sampled_transitions(model, paths, k).double(), "sampled", k
 
 
 @register("transitions_test", source="Novak et al. 2018, §3 and A.1, Eq. 1 (transitions)",

@@ -168,12 +168,23 @@ def test_draws_do_not_depend_on_the_memory_budget(monkeypatch):
     from workers.measures import pacbayes
 
     model, _, x, y = trained()
-    whole = sigma_search(model, x, y, magnitude=True, seed=8)
+    whole = {m: sigma_search(model, x, y, magnitude=m, seed=8) for m in (True, False)}
     curve = expected_sharpness_curve(model, x, y, [1e-3, 1e-2], samples=4, seed=8)
-    monkeypatch.setattr(pacbayes, "BUDGET", 3 * 400)  # one sample per group, few points a chunk
-    assert sigma_search(model, x, y, magnitude=True, seed=8) == whole
+    # one sample per group, few points a chunk, no first-layer products (the direct path)
+    monkeypatch.setattr(pacbayes, "BUDGET", 3 * 400)
+    for m in (True, False):
+        assert sigma_search(model, x, y, magnitude=m, seed=8) == whole[m]
     small = expected_sharpness_curve(model, x, y, [1e-3, 1e-2], samples=4, seed=8)
     for a, b in zip(curve, small):
+        assert b["expected_sharpness"] == pytest.approx(a["expected_sharpness"], rel=1e-9)
+    # three samples per group (draws made again for every pass), with the first-layer products
+    # of _FirstLayer kept: (4 + 1) draws x 10 points x 16 units <= budget / 2
+    monkeypatch.setattr(pacbayes, "BUDGET", 1 << 25)
+    few = expected_sharpness_curve(model, x[:10], y[:10], [1e-3, 1e-2], samples=4, seed=8)
+    monkeypatch.setattr(pacbayes, "BUDGET", 3600)
+    assert pacbayes.BUDGET // (3 * 400) == 3
+    grouped = expected_sharpness_curve(model, x[:10], y[:10], [1e-3, 1e-2], samples=4, seed=8)
+    for a, b in zip(few, grouped):
         assert b["expected_sharpness"] == pytest.approx(a["expected_sharpness"], rel=1e-9)
 
 

@@ -78,6 +78,37 @@ def test_batched_networks_equal_each_network_alone(act):
         torch.testing.assert_close(got[s], want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("act", ["relu", "tanh", "relu6", "hardtanh", "hardsigmoid"])
+def test_error_counts_in_float32_are_float64s(act):
+    # _error_counts runs in float32 with a rounding bound and re-evaluates near-ties in
+    # float64: its counts against float64 argmaxes, for perturbations small and large, logits
+    # scaled to margins in the thousands, and exact ties (every logit equal: all re-evaluated,
+    # argmax takes the first class, as in float64)
+    from workers.measures.pacbayes import _error_counts, _errors, _layers
+
+    model, _, x, y = trained(act, steps=60)
+    m64 = copy.deepcopy(model).double()
+    ws = [l.weight.detach().double() for l in model if isinstance(l, torch.nn.Linear)]
+    z = draws(model, 6, 3)
+    h = x.double()[None].expand(6, -1, -1)
+    for scale, last in ((0.05, 1.0), (0.5, 1.0), (0.01, 1e3)):
+        pert = [w[None] + scale * e for w, e in zip(ws, z)]
+        pert[-1] = pert[-1] * last
+        want = _errors(batched_logits(m64, pert, x), y)
+        assert torch.equal(_error_counts(_layers(m64), pert, h, y), want), (scale, last)
+    tie = [w[None] + 0.1 * e for w, e in zip(ws, z)]
+    tie[-1] = tie[-1][:, :1].expand(-1, ws[-1].shape[0], -1).clone()
+    got = _error_counts(_layers(m64), tie, h, y)
+    assert got.tolist() == [int((y != 0).sum())] * 6
+    # near-ties float32 cannot see: class 1's row is class 0's times (1 + 1e-12), so in float64
+    # class 1 wins wherever class 0's logit is positive, and float32 sees a tie
+    near = [t.clone() for t in tie]
+    near[-1][:, 1] = near[-1][:, 0] * (1 + 1e-12)
+    want = _errors(batched_logits(m64, near, x), y)
+    assert torch.equal(_error_counts(_layers(m64), near, h, y), want)
+    assert not torch.equal(want, got)
+
+
 @pytest.mark.parametrize("magnitude", [False, True])
 def test_sigma_search_stops_by_its_rule_and_reports_the_gap_it_found(magnitude):
     model, _, x, y = trained()

@@ -13,8 +13,12 @@ sqrt(sigma^2 w_k^2 + eps^2) (the paper's definition; a public implementation pas
 where torch.normal takes a standard deviation).
 
 Cost and determinism: the ``samples`` perturbed networks of one sigma are evaluated as one
-batch (stacked weight matrices, one batched matrix product per layer), in float64, in groups of
-samples and chunks of points that keep them within ``BUDGET`` elements (wide networks). The
+batch (stacked weight matrices, one batched matrix product per layer), in groups of samples and
+chunks of points that keep them within ``BUDGET`` elements (wide networks). Losses are computed
+in float64. Error counts (the sigma' searches) are float64's, computed in float32 with a bound
+on the rounding and the near-ties evaluated again in float64 (``_error_counts``). Where the
+perturbation is linear in the searched parameter (sigma' without magnitude, expected
+sharpness), the first layer's products are made once per measure (``_FirstLayer``). The
 draws are common random numbers: draw k is a standard-normal z_k from a generator of its own,
 seeded from the trial (its data seed and its own seed, ``workers.measures.draw_seed``) and k, so
 the perturbation at sigma is sigma * z_k (or sqrt(sigma^2 w^2 + eps^2) * z_k), the same trial
@@ -91,6 +95,84 @@ def batched_logits(m64, ws: list[torch.Tensor], x: torch.Tensor,
             h = x[a:a + chunk].to(torch.float64).unsqueeze(0).expand(ws[0].shape[0], -1, -1)
             outs.append(_through(layers, ws, h))
     return torch.cat(outs, dim=1)
+
+
+# --- error counts in float32, exact as float64's --------------------------------------------
+U32 = 2.0 ** -24  # float32's unit roundoff
+
+
+def _one_lipschitz(layers) -> bool:
+    """Whether every non-linearity between the Linear layers is one of the element-wise,
+    1-Lipschitz activations (the paper's five, torch's ReLU, ReLU6, Hardtanh, Tanh), for which
+    ``_error_counts``'s error bound holds."""
+    from workers.activations import PaperActivation
+
+    ok = (PaperActivation, torch.nn.ReLU, torch.nn.Hardtanh, torch.nn.Tanh)  # (ReLU6: Hardtanh)
+    return all(isinstance(mod, ok) for i, mod in layers if i is None)
+
+
+def _act_bound(mod) -> float | None:
+    """A bound on |mod(z)| for every z (tanh, HardTanh, HardSigmoid: 1; ReLU6: 6), or None
+    (ReLU: unbounded, but non-negative)."""
+    from workers.activations import PaperActivation
+
+    name = mod.spec.name if isinstance(mod, PaperActivation) else None
+    if name in ("tanh", "hardtanh", "hardsigmoid") or isinstance(mod, torch.nn.Tanh):
+        return 1.0
+    if name == "relu6":
+        return 6.0
+    if isinstance(mod, torch.nn.Hardtanh):  # (nn.ReLU6 too)
+        return max(abs(float(mod.min_val)), abs(float(mod.max_val)))
+    return None
+
+
+def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Misclassified points of each of the S networks ``ws`` ([S, out, in] float64) on inputs
+    h64 [S, n, d] (float64) of ``layers`` -> [S] int64: the counts of the float64 forward pass,
+    at float32's speed. The pass runs in float32 and carries, per network and point, a bound E
+    on how far every float32 value can be from the float64 one (rounding the weights and the
+    input, and the standard bound gamma_m |W| |h| on an m-term product, m u / (1 - m u),
+    u = 2^-24, with |W| |h| <= ||W||_inf ||h||_inf; the activations are 1-Lipschitz, their
+    float32 evaluation within 4 u (|h| + 1)). A point whose top two float32 logits differ by
+    more than 2 E has the same argmax in float64; the others (near-ties, non-finite values) are
+    evaluated again in float64."""
+    def inf_norm(t):  # max |t| over the last dim, in float64: [S, n] (one pass, no temporary)
+        lo, hi = torch.aminmax(t, dim=2)
+        return torch.maximum(hi, -lo).to(torch.float64)
+
+    h = h64.to(torch.float32)
+    size = inf_norm(h)  # ||h||_inf of the current values: [S, n]
+    err = U32 * size
+    with torch.no_grad():
+        for i, mod in layers:
+            if i is None:
+                h = mod(h)
+                bound = _act_bound(mod)
+                # (ReLU's output is non-negative: its largest value is its largest |value|)
+                size = (h.amax(dim=2).to(torch.float64) if bound is None
+                        else torch.full_like(err, bound))
+                err = err + 4 * U32 * (size + 1)
+                continue
+            w = ws[i]
+            m = w.shape[2]
+            gamma = m * U32 / (1 - m * U32)
+            # ||W||_inf (the largest row sum of |W|) per network: [S, 1]
+            norm = w.abs().sum(dim=2).amax(dim=1)[:, None]
+            if size is None:  # (two Linear layers in a row)
+                size = inf_norm(h)
+            h = torch.bmm(h, w.to(torch.float32).transpose(1, 2))
+            err = norm * (err + (U32 + gamma * (1 + U32)) * size)
+            size = None
+        top = h.topk(2, dim=2).values.to(torch.float64)
+        sure = (top[..., 0] - top[..., 1]) > 2 * err * (1 + 1e-6)  # False for NaN
+        yy = y.to(h.device)
+        wrong = h.argmax(dim=2) != yy[None, :]
+        for s in (~sure).any(dim=1).nonzero()[:, 0].tolist():
+            idx = (~sure[s]).nonzero()[:, 0]
+            logits = _through(layers, [None if w is None else w[s:s + 1] for w in ws],
+                              h64[s:s + 1, idx])
+            wrong[s, idx] = logits[0].argmax(dim=1) != yy[idx]
+    return wrong.sum(dim=1)
 
 
 def _errors(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -173,21 +255,32 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
     standard deviation of its perturbation (a number or a tensor of its shape). ``first``:
     (``_FirstLayer``, t) when scale(w) = t * c(w), to start from its first-layer products."""
     total = 0.0
-    if first is not None and first[0].usable:
-        fl, t = first
-        layers = _layers(m64)[1:]
-        with torch.no_grad():
+    layers = _layers(m64)
+    # error counts: in float32, exactly as float64's (``_error_counts``)
+    fast = statistic is _errors and _one_lipschitz(layers)
+
+    def stat(layers, pert, h, yy):
+        if fast:
+            return _error_counts(layers, pert, h, yy)
+        return statistic(_through(layers, pert, h), yy)
+
+    with torch.no_grad():
+        if first is not None and first[0].usable:
+            fl, t = first
             for z, b in zip(draws.groups(), fl.per_draw):
                 pert = [None] + [w[None] + scale(w) * e for w, e in zip(ws[1:], z[1:])]
                 h1 = torch.add(fl.base[None], b, alpha=t, out=fl.buffer[:len(b)])  # [S, N, h1]
                 chunk = _chunk_size(len(b), [w.shape[1] for w in ws[1:]])
                 for a in range(0, len(x), chunk):
-                    logits = _through(layers, pert, h1[:, a:a + chunk])
-                    total += float(statistic(logits, y[a:a + chunk]).sum())
-        return total / (draws.samples * len(x))
-    for z in draws.groups():
-        pert = [w[None] + scale(w) * e for w, e in zip(ws, z)]
-        total += float(statistic(batched_logits(m64, pert, x), y).sum())
+                    total += float(stat(layers[1:], pert, h1[:, a:a + chunk],
+                                        y[a:a + chunk]).sum())
+            return total / (draws.samples * len(x))
+        for z in draws.groups():
+            pert = [w[None] + scale(w) * e for w, e in zip(ws, z)]
+            chunk = _chunk_size(len(pert[0]), [x.shape[1]] + [w.shape[1] for w in ws])
+            for a in range(0, len(x), chunk):
+                h = x[a:a + chunk].to(torch.float64).unsqueeze(0).expand(len(pert[0]), -1, -1)
+                total += float(stat(layers, pert, h, y[a:a + chunk]).sum())
     return total / (draws.samples * len(x))
 
 

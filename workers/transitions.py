@@ -31,6 +31,9 @@ from workers.layers import Layer, mlp_layers
 
 # Knot rows (knots x widest layer) processed at once in the exact count, in float64 elements.
 _EXACT_ELEMENTS = 1 << 25
+# float64 elements of a working set that stays in cache (2 MB): the sampled count's chunks, the
+# exact count's edge batches
+_SAMPLED_ELEMENTS = 1 << 18
 
 
 def _hidden_layers(model: nn.Module, exact: bool) -> list[Layer]:
@@ -142,8 +145,12 @@ def transitions_per_edge(model: nn.Module, vertices: torch.Tensor, closed: bool 
     a, b = starts.reshape(-1, d), ends.reshape(-1, d)
     widest = max([d] + [l.weight.shape[0] for l in hidden])
     if max_edges is None:
-        # a crossing-free batch needs 2 knots per edge; leave room for many crossings per edge
-        max_edges = max(1, _EXACT_ELEMENTS // (64 * widest))
+        # Few edges at a time, so that the knots' rows (about 2 + widest / 2 per edge on
+        # trained networks) stay in cache: the passes over them are memory-bound (3x on a
+        # width-128 network against one batch of 800 edges; bench/README.md). A crossing-free
+        # batch needs 2 knots per edge; the memory bound leaves room for many crossings.
+        max_edges = max(4, min(_EXACT_ELEMENTS // (64 * widest),
+                               _SAMPLED_ELEMENTS // (widest * (2 + widest // 2))))
     out = [_edge_crossings(hidden, a[i:i + max_edges], b[i:i + max_edges])
            for i in range(0, len(a), max_edges)]
     return torch.cat(out).reshape(p, e)
@@ -203,10 +210,6 @@ def _codes_changed(z: torch.Tensor, breakpoints) -> torch.Tensor:
         above = z > bp
         out += (above[:, 1:] != above[:, :-1]).sum(dim=(1, 2))
     return out
-
-
-# float64 elements of the working set of ``sampled_transitions`` (2 MB: it stays in cache)
-_SAMPLED_ELEMENTS = 1 << 18
 
 
 def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,

@@ -68,10 +68,15 @@ def _layers(m64):
 BUDGET = 1 << 25
 
 
+# float64 elements of a layer's values that stay in cache (2 MB): the passes over them
+# (activations, additions) are memory-bound, so points go through in chunks of this size
+CACHE = 1 << 18
+
+
 def _chunk_size(s: int, widths) -> int:
     """Points per chunk for S networks whose widest layer is max(widths): S * chunk * widest
-    <= BUDGET."""
-    return max(1, BUDGET // (s * max(widths)))
+    <= min(BUDGET, CACHE)."""
+    return max(1, min(BUDGET, CACHE) // (s * max(widths)))
 
 
 def _through(layers, ws: list[torch.Tensor], h: torch.Tensor) -> torch.Tensor:

@@ -233,3 +233,28 @@ def test_sigma_search_is_undefined_when_it_cannot_find_sigma():
                 l.weight.zero_()
     with pytest.raises(Undefined, match="rises by at most"):
         sigma_search(flat, x, chance, magnitude=False, seed=1, upper=1e-9)
+
+
+def test_an_undefined_search_is_run_once_for_its_three_measures(monkeypatch):
+    # A network at chance: both searches are undefined. Each runs once per evaluation (the three
+    # measures of one sigma' share it, undefined too), and each measure carries the reason.
+    from workers.measures import pacbayes
+
+    model, init, x, _ = trained()
+    chance = torch.randint(0, 3, (len(x),), generator=torch.Generator().manual_seed(0))
+    flat = copy.deepcopy(model)
+    with torch.no_grad():
+        for l in flat:
+            if isinstance(l, torch.nn.Linear):
+                l.weight.zero_()
+    calls = []
+    real = pacbayes.sigma_search
+
+    def counted(*a, **k):
+        calls.append(k["magnitude"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(pacbayes, "sigma_search", counted)
+    out = evaluate_outcomes(MeasureInputs(flat, x, chance, x, chance, init, None, seed=2), PB)
+    assert sorted(calls) == [False, True]
+    assert all(o.value is None and "rises by at most" in o.error for o in out.values())

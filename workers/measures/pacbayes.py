@@ -364,14 +364,20 @@ def _sigma(inputs: MeasureInputs, magnitude: bool, settings: dict) -> dict:
     def run():
         x, y = _subset(inputs, settings["points"])
         if len(x) == 0:
-            raise Undefined("no training points")
+            return Undefined("no training points")
         s = {k: v for k, v in settings.items() if k != "points"}
-        found = sigma_search(inputs.model, x, y, magnitude=magnitude,
-                             seed=draw_seed(inputs, 7 if magnitude else 3),
-                             m64=model64(inputs), **s)
+        try:
+            found = sigma_search(inputs.model, x, y, magnitude=magnitude,
+                                 seed=draw_seed(inputs, 7 if magnitude else 3),
+                                 m64=model64(inputs), **s)
+        except Undefined as e:  # kept too: the three measures of this sigma' share the search
+            return e
         return {**found, "points": len(x)}
 
-    return _cached(inputs, key, run)
+    found = _cached(inputs, key, run)
+    if isinstance(found, Undefined):
+        raise Undefined(str(found))
+    return found
 
 
 def _flat(w) -> torch.Tensor:

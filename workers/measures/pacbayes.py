@@ -145,8 +145,10 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
         lo, hi = torch.aminmax(t, dim=2)
         return torch.maximum(hi, -lo).to(torch.float64)
 
-    h = h64.to(torch.float32)
-    size = inf_norm(h)  # ||h||_inf of the current values: [S, n]
+    n_nets = h64.shape[0]
+    shared = h64.stride(0) == 0  # the same points for every network (an expanded [n, d])
+    h = (h64[:1] if shared else h64).to(torch.float32)
+    size = inf_norm(h).expand(n_nets, -1)  # ||h||_inf of the current values: [S, n]
     err = U32 * size
     with torch.no_grad():
         for i, mod in layers:
@@ -165,18 +167,27 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
             norm = w.abs().sum(dim=2).amax(dim=1)[:, None]
             if size is None:  # (two Linear layers in a row)
                 size = inf_norm(h)
-            h = torch.bmm(h, w.to(torch.float32).transpose(1, 2))
+            w32 = w.to(torch.float32)
+            if h.shape[0] == n_nets:
+                h = torch.bmm(h, w32.transpose(1, 2))
+            else:  # shared points: one product [S * out, d] x [d, n] for all networks
+                h = (w32.reshape(-1, m) @ h[0].T).reshape(n_nets, -1, h.shape[1]).transpose(1, 2)
             err = norm * (err + (U32 + gamma * (1 + U32)) * size)
             size = None
         top = h.topk(2, dim=2).values.to(torch.float64)
         sure = (top[..., 0] - top[..., 1]) > 2 * err * (1 + 1e-6)  # False for NaN
         yy = y.to(h.device)
         wrong = h.argmax(dim=2) != yy[None, :]
-        for s in (~sure).any(dim=1).nonzero()[:, 0].tolist():
-            idx = (~sure[s]).nonzero()[:, 0]
-            logits = _through(layers, [None if w is None else w[s:s + 1] for w in ws],
-                              h64[s:s + 1, idx])
-            wrong[s, idx] = logits[0].argmax(dim=1) != yy[idx]
+        unsure = ~sure
+        if unsure.any():  # again in float64, all networks in one pass over their unsure points
+            per = unsure.sum(dim=1)
+            rank = unsure.cumsum(dim=1) - 1  # a point's place among its network's unsure ones
+            pick = torch.zeros(n_nets, int(per.max()), dtype=torch.long)
+            nets, pts = unsure.nonzero(as_tuple=True)
+            pick[nets, rank[nets, pts]] = pts
+            again = torch.gather(h64, 1, pick[..., None].expand(-1, -1, h64.shape[2]))
+            logits = _through(layers, ws, again)
+            wrong[nets, pts] = logits[nets, rank[nets, pts]].argmax(dim=1) != yy[pts]
     return wrong.sum(dim=1)
 
 
@@ -275,14 +286,16 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
             for z, b in zip(draws.groups(), fl.per_draw):
                 pert = [None] + [w[None] + scale(w) * e for w, e in zip(ws[1:], z[1:])]
                 h1 = torch.add(fl.base[None], b, alpha=t, out=fl.buffer[:len(b)])  # [S, N, h1]
-                chunk = _chunk_size(len(b), [w.shape[1] for w in ws[1:]])
+                chunk = _chunk_size(len(b), [w.shape[0] for w in ws])
                 for a in range(0, len(x), chunk):
                     total += float(stat(layers[1:], pert, h1[:, a:a + chunk],
                                         y[a:a + chunk]).sum())
             return total / (draws.samples * len(x))
         for z in draws.groups():
             pert = [w[None] + scale(w) * e for w, e in zip(ws, z)]
-            chunk = _chunk_size(len(pert[0]), [x.shape[1]] + [w.shape[1] for w in ws])
+            # (the points are shared, so the input's width does not count on the fast path)
+            chunk = _chunk_size(len(pert[0]), ([] if fast else [x.shape[1]])
+                                + [w.shape[0] for w in ws])
             for a in range(0, len(x), chunk):
                 h = x[a:a + chunk].to(torch.float64).unsqueeze(0).expand(len(pert[0]), -1, -1)
                 total += float(stat(layers, pert, h, y[a:a + chunk]).sum())

@@ -258,3 +258,23 @@ def test_an_undefined_search_is_run_once_for_its_three_measures(monkeypatch):
     out = evaluate_outcomes(MeasureInputs(flat, x, chance, x, chance, init, None, seed=2), PB)
     assert sorted(calls) == [False, True]
     assert all(o.value is None and "rises by at most" in o.error for o in out.values())
+
+
+def test_error_counts_stay_in_float64_when_float32_products_are_not_float32(monkeypatch):
+    # TF32 / bfloat16 products break the float32 rounding bound: the float64 path is used then
+    from workers.measures import pacbayes
+
+    assert pacbayes._float32_exact()
+    model, _, x, y = trained()
+    want = sigma_search(model, x, y, magnitude=False, seed=8)
+    used = []
+    real = pacbayes._error_counts
+    monkeypatch.setattr(pacbayes, "_error_counts", lambda *a: used.append(1) or real(*a))
+    assert sigma_search(model, x, y, magnitude=False, seed=8) == want and used
+    used.clear()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        assert not pacbayes._float32_exact()
+        assert sigma_search(model, x, y, magnitude=False, seed=8) == want and not used
+    finally:
+        torch.set_float32_matmul_precision("highest")

@@ -116,6 +116,14 @@ def _one_lipschitz(layers) -> bool:
     return all(isinstance(mod, ok) for i, mod in layers if i is None)
 
 
+def _float32_exact() -> bool:
+    """Whether float32 products are computed in float32 (``_error_counts``'s bound assumes its
+    unit roundoff): not with TF32 or bfloat16 allowed by torch.set_float32_matmul_precision or
+    torch.backends.cuda.matmul.allow_tf32 (then error counts stay in float64)."""
+    return (torch.get_float32_matmul_precision() == "highest"
+            and not torch.backends.cuda.matmul.allow_tf32)
+
+
 def _act_bound(mod) -> float | None:
     """A bound on |mod(z)| for every z (tanh, HardTanh, HardSigmoid: 1; ReLU6: 6), or None
     (ReLU: unbounded, but non-negative)."""
@@ -273,7 +281,7 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
     total = 0.0
     layers = _layers(m64)
     # error counts: in float32, exactly as float64's (``_error_counts``)
-    fast = statistic is _errors and _one_lipschitz(layers)
+    fast = statistic is _errors and _one_lipschitz(layers) and _float32_exact()
 
     def stat(layers, pert, h, yy):
         if fast:

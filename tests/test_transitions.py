@@ -140,6 +140,18 @@ def test_sampled_count_equals_the_dense_count(act):
                 got = sampled_transitions(model, vs, k, closed=closed).tolist()
                 assert got == [dense_transitions(model, v, k, closed=closed) for v in vs], (
                     depth, closed, k)
+    # a pre-activation float32 cannot see: two equal first-layer units, and a second-layer unit
+    # computing 1 * h_a - (1 - 1e-9) * h_b = 1e-9 h_a (float32 rounds its weight to -1 and
+    # gets 0): its sign follows h_a's, which only float64 sees, so the sampled count must
+    # evaluate those samples again in float64 to equal the dense one
+    for act in ("tanh", "relu"):
+        model = build_mlp(6, 8, 3, 3, act, 1.0, seed=1).double()
+        with torch.no_grad():
+            model[0].weight[1] = model[0].weight[0]
+            model[2].weight[0] = 0.0
+            model[2].weight[0, 0], model[2].weight[0, 1] = 1.0, -(1 - 1e-9)
+        want = [dense_transitions(model, v, 999) for v in vs]
+        assert sampled_transitions(model, vs, 999).tolist() == want
     # with biases, torch's own modules
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, 40), nn.ReLU6(),

@@ -219,7 +219,10 @@ def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,
     with less work. The first layer's pre-activations are affine along an edge, so at a sample
     they are interpolated between their values at the edge's ends instead of multiplied out
     (d x w multiply-adds per sample become 2 w: most of the work for wide inputs); the layers
-    above are evaluated at every sample as in the dense count, in chunks that stay in cache.
+    above are evaluated at every sample as in the dense count, in chunks that stay in cache, in
+    float32 with a rounding bound, and again in float64 for the samples with a pre-activation
+    within the bound of a breakpoint (``_upper_changes``; float64 throughout for networks with
+    biases, or when float32 products are not float32: TF32, bfloat16).
 
     Raises ValueError for k < 2 or a model that is not a supported MLP. float64; a
     pre-activation within ~1e-15 of a breakpoint may round differently from the dense count.
@@ -236,6 +239,12 @@ def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,
     n_int = k if closed else k - 1  # intervals between neighbouring samples
     widest = max(l.weight.shape[0] for l in hidden)
     step = max(1, _SAMPLED_ELEMENTS // widest)
+    # the layers above the first in float32, with a rounding bound (``_upper_changes``), when
+    # there are no biases and float32 products are float32 (not TF32/bfloat16)
+    fast = (all(l.bias is None for l in hidden) and torch.get_float32_matmul_precision()
+            == "highest" and not torch.backends.cuda.matmul.allow_tf32)
+    # |z| along an edge is at most its larger end: per edge, the largest over the neurons
+    z_max = torch.maximum(za_edge.abs().amax(dim=2), zb_edge.abs().amax(dim=2))  # [P, E]
     counts = torch.zeros(p, dtype=torch.int64)
     for s0 in range(0, n_int, step):
         idx = torch.arange(s0, min(n_int, s0 + step) + 1)  # neighbouring chunks share a sample
@@ -245,12 +254,60 @@ def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,
         e = u.floor().long().clamp(max=n_edges - 1)
         f = (u - e)[:, None]
         for q in range(p):
-            z = torch.addcmul(za_edge[q, e], f, dz_edge[q, e])[None]  # [1, S, w1]
-            for i, layer in enumerate(hidden):
-                counts[q] += _codes_changed(z, layer.act.breakpoints)[0]
-                if i + 1 < len(hidden):
-                    z = hidden[i + 1].affine(layer.act.fn(z))
+            z = torch.addcmul(za_edge[q, e], f, dz_edge[q, e])  # [S, w1]
+            counts[q] += _codes_changed(z[None], hidden[0].act.breakpoints)[0]
+            if len(hidden) > 1:
+                counts[q] += _upper_changes(hidden, z, fast, z_max[q, e])
     return counts
+
+
+_U32 = 2.0 ** -24  # float32's unit roundoff
+_BOUNDED = {"tanh": 1.0, "hardtanh": 1.0, "hardsigmoid": 1.0, "relu6": 6.0}
+
+
+def _upper_changes(hidden: list[Layer], z1: torch.Tensor, fast: bool,
+                   z1_max: torch.Tensor) -> int:
+    """Code changes between neighbouring samples in the hidden layers above the first, from
+    the first layer's pre-activations z1 [S, w1] (float64; ``z1_max`` [S] bounds their
+    absolute values, row by row). ``fast``: the layers run in
+    float32 with a bound E per sample on how far each pre-activation can be from its float64
+    value (rounding, the standard bound gamma_m |W| |h| with |W| |h| <= ||W||_inf ||h||_inf,
+    1-Lipschitz activations evaluated within 4 u (|h| + 1)); a sample with a pre-activation
+    within E of a breakpoint is evaluated again in float64, so the codes are float64's."""
+    if not fast:
+        total, z = 0, z1
+        for i in range(1, len(hidden)):
+            z = hidden[i].affine(hidden[i - 1].act.fn(z))
+            total += int(_codes_changed(z[None], hidden[i].act.breakpoints)[0])
+        return total
+    above, unsure = [], torch.zeros(len(z1), dtype=torch.bool)
+    z = z1.to(torch.float32)
+    err = _U32 * z1_max  # [S], float64: rounding z1 to float32
+    for i in range(1, len(hidden)):
+        act, layer = hidden[i - 1].act, hidden[i]
+        h = act.fn(z)
+        size = _BOUNDED.get(act.name)
+        size = (torch.linalg.vector_norm(h, float("inf"), dim=1).to(torch.float64)
+                if size is None else torch.full_like(err, size))
+        err = err + 4 * _U32 * (size + 1)  # 1-Lipschitz, evaluated in float32
+        m = layer.weight.shape[1]
+        gamma = m * _U32 / (1 - m * _U32)
+        norm = float(layer.weight.abs().sum(dim=1).max())
+        z = h @ layer.weight.to(torch.float32).T
+        err = norm * (err + (_U32 + gamma * (1 + _U32)) * size)
+        slack = (err * (1 + 1e-6)).to(torch.float32)[:, None]
+        for bp in layer.act.breakpoints:
+            above.append(z > bp)
+            unsure |= ((z - bp).abs() <= slack).any(dim=1)
+    if unsure.any():  # those samples again in float64
+        rows = unsure.nonzero()[:, 0]
+        z, j = z1[rows], 0
+        for i in range(1, len(hidden)):
+            z = hidden[i].affine(hidden[i - 1].act.fn(z))
+            for bp in hidden[i].act.breakpoints:
+                above[j][rows] = z.to(above[j].device) > bp
+                j += 1
+    return int(sum((a[1:] != a[:-1]).sum() for a in above))
 
 
 def dense_transitions(model: nn.Module, vertices: torch.Tensor, k: int, closed: bool = True,

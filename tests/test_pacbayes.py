@@ -219,18 +219,24 @@ def test_draws_do_not_depend_on_the_memory_budget(monkeypatch):
         assert b["expected_sharpness"] == pytest.approx(a["expected_sharpness"], rel=1e-9)
 
 
-def test_sigma_search_is_undefined_when_it_cannot_find_sigma():
-    model, _, x, y = trained()
-    # every midpoint raises the error by more than the target: no sigma keeps it within
-    with pytest.raises(Undefined, match="no sigma"):
-        sigma_search(model, x, y, magnitude=False, seed=1, upper=1e6, steps=3)
-    # at chance (random labels it never fitted), noise cannot raise the error by 0.1
+def at_chance(model, x):
+    """The model with zero weights (every logit 0) and random labels: a network at chance."""
     chance = torch.randint(0, 3, (len(x),), generator=torch.Generator().manual_seed(0))
     flat = copy.deepcopy(model)
     with torch.no_grad():
         for l in flat:
             if isinstance(l, torch.nn.Linear):
                 l.weight.zero_()
+    return flat, chance
+
+
+def test_sigma_search_is_undefined_when_it_cannot_find_sigma():
+    model, _, x, y = trained()
+    # every midpoint raises the error by more than the target: no sigma keeps it within
+    with pytest.raises(Undefined, match="no sigma"):
+        sigma_search(model, x, y, magnitude=False, seed=1, upper=1e6, steps=3)
+    # at chance (random labels it never fitted), noise cannot raise the error by 0.1
+    flat, chance = at_chance(model, x)
     with pytest.raises(Undefined, match="rises by at most"):
         sigma_search(flat, x, chance, magnitude=False, seed=1, upper=1e-9)
 
@@ -241,12 +247,7 @@ def test_an_undefined_search_is_run_once_for_its_three_measures(monkeypatch):
     from workers.measures import pacbayes
 
     model, init, x, _ = trained()
-    chance = torch.randint(0, 3, (len(x),), generator=torch.Generator().manual_seed(0))
-    flat = copy.deepcopy(model)
-    with torch.no_grad():
-        for l in flat:
-            if isinstance(l, torch.nn.Linear):
-                l.weight.zero_()
+    flat, chance = at_chance(model, x)
     calls = []
     real = pacbayes.sigma_search
 

@@ -182,15 +182,18 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
                 h = (w32.reshape(-1, m) @ h[0].T).reshape(n_nets, -1, h.shape[1]).transpose(1, 2)
             err = norm * (err + (U32 + gamma * (1 + U32)) * size)
             size = None
-        top = h.topk(2, dim=2).values.to(torch.float64)
-        sure = (top[..., 0] - top[..., 1]) > 2 * err * (1 + 1e-6)  # False for NaN
+        if h.shape[2] > 1:
+            top = h.topk(2, dim=2).values.to(torch.float64)
+            sure = (top[..., 0] - top[..., 1]) > 2 * err * (1 + 1e-6)  # False for NaN
+        else:  # one class: argmax 0 whatever the value
+            sure = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
         yy = y.to(h.device)
         wrong = h.argmax(dim=2) != yy[None, :]
         unsure = ~sure
         if unsure.any():  # again in float64, all networks in one pass over their unsure points
             per = unsure.sum(dim=1)
             rank = unsure.cumsum(dim=1) - 1  # a point's place among its network's unsure ones
-            pick = torch.zeros(n_nets, int(per.max()), dtype=torch.long)
+            pick = torch.zeros(n_nets, int(per.max()), dtype=torch.long, device=h64.device)
             nets, pts = unsure.nonzero(as_tuple=True)
             pick[nets, rank[nets, pts]] = pts
             again = torch.gather(h64, 1, pick[..., None].expand(-1, -1, h64.shape[2]))

@@ -448,3 +448,12 @@ def test_all_means_the_built_in_measures_and_the_sweeps_own_modules():
         assert compose(["measures=[notebook_only_measure]"]).measures == ("notebook_only_measure",)
     finally:
         REGISTRY.pop("notebook_only_measure", None)
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_transitions_without_test_images_is_undefined(act):
+    # no loops to count along: a null value with its reason, for the exact and the sampled count
+    model = build_mlp(16, 8, 3, 2, act)
+    out = evaluate_outcomes(MeasureInputs(model, x_test=torch.zeros(0, 16), image_shape=(1, 4, 4)),
+                            ["transitions_test"])["transitions_test"]
+    assert out.value is None and out.error.startswith("undefined")

@@ -279,3 +279,48 @@ def test_error_counts_stay_in_float64_when_float32_products_are_not_float32(monk
         assert sigma_search(model, x, y, magnitude=False, seed=8) == want and not used
     finally:
         torch.set_float32_matmul_precision("highest")
+    # the per-backend setting (with which torch refuses to report the global one)
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    try:
+        assert not pacbayes._float32_exact()
+        assert sigma_search(model, x, y, magnitude=False, seed=8) == want and not used
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = before
+    assert pacbayes._float32_exact()
+
+
+def test_error_counts_at_float32s_limits():
+    # Overflow: float32 turns a logit of 1e38 into inf next to a finite 2e38 (the float64
+    # argmax is the finite one); underflow: logits of 2.2e-45 and 2.55e-45 round to subnormals
+    # in the wrong order. Both rows are evaluated again in float64.
+    from torch import nn
+
+    from workers.activations import PaperActivation
+    from workers.measures.pacbayes import _error_counts, _errors, _layers, _through
+
+    def case(first, last, label):
+        m = nn.Sequential(nn.Linear(1, len(first), bias=False), PaperActivation("relu"),
+                          nn.Linear(len(first), 2, bias=False)).double()
+        ws = [torch.tensor([[v] for v in first], dtype=torch.float64)[None],
+              torch.tensor(last, dtype=torch.float64)[None]]
+        x, y = torch.ones(1, 1, 1, dtype=torch.float64), torch.tensor([label])
+        want = _errors(_through(_layers(m), ws, x), y)
+        assert torch.equal(_error_counts(_layers(m), ws, x, y), want)
+        return int(want)
+
+    assert case([2e38] * 3, [[1, 1, -1.5], [1, 0, 0]], 0) == 1
+    assert case([2e38] * 4, [[-1, -1, 1, 1.1], [0.05, 0, 0, 0]], 0) == 0
+    assert case([1.0, 1.0], [[2.2e-45, 0.0], [1.9e-45, 0.65e-45]], 1) == 0
+
+
+def test_a_kept_undefined_search_holds_no_traceback():
+    # the kept reason must not keep the search's frames (and their tensors) alive
+    from workers.measures import pacbayes
+
+    model, init, x, _ = trained()
+    flat, chance = at_chance(model, x)
+    inputs = MeasureInputs(flat, x, chance, x, chance, init, None, seed=2)
+    evaluate_outcomes(inputs, PB[:1])
+    kept = [v for k, v in inputs.cache.items() if isinstance(v, pacbayes.Undefined)]
+    assert kept and all(v.__traceback__ is None for v in kept)

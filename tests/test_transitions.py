@@ -152,6 +152,19 @@ def test_sampled_count_equals_the_dense_count(act):
             model[2].weight[0, 0], model[2].weight[0, 1] = 1.0, -(1 - 1e-9)
         want = [dense_transitions(model, v, 999) for v in vs]
         assert sampled_transitions(model, vs, 999).tolist() == want
+    # float32 overflow: partial sums of 2e38 become inf - inf in the second layer, where
+    # float64 gets -1e38; those samples are evaluated again in float64
+    big = nn.Sequential(nn.Linear(1, 4, bias=False), PaperActivation("relu"),
+                        nn.Linear(4, 1, bias=False), PaperActivation("relu"),
+                        nn.Linear(1, 2, bias=False)).double()
+    with torch.no_grad():
+        big[0].weight.fill_(2e38)
+        big[2].weight.copy_(torch.tensor([[1.0, 1.0, -1.5, -1.5]]))
+        big[4].weight.fill_(1.0)
+    line = torch.tensor([[[0.5], [1.0]]], dtype=torch.float64)
+    for closed in (True, False):
+        assert sampled_transitions(big, line, 20, closed).tolist() == [
+            dense_transitions(big, line[0], 20, closed)]
     # with biases, torch's own modules
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, 40), nn.ReLU6(),

@@ -94,3 +94,25 @@ def mlp_layers(model: nn.Module, dtype: torch.dtype | None = None,
     if not layers:
         raise ValueError("the model has no nn.Linear layer")
     return layers
+
+
+def float32_products_exact() -> bool:
+    """Whether float32 matrix products are computed in float32 (IEEE), so that a rounding bound
+    with float32's unit roundoff 2^-24 holds for them: not when TF32 or bfloat16 is allowed
+    (``torch.set_float32_matmul_precision``, ``torch.backends.cuda.matmul.allow_tf32`` or the
+    per-backend ``fp32_precision`` settings), nor when the setting cannot be read. The float32
+    fast paths of the measures (error counts, the Tanh transition count) fall back to float64
+    then."""
+    try:
+        if torch.get_float32_matmul_precision() != "highest":
+            return False
+        if torch.backends.cuda.matmul.allow_tf32:
+            return False
+        for where in (torch.backends, torch.backends.mkldnn.matmul, torch.backends.cuda.matmul,
+                      getattr(torch.backends.mkldnn, "conv", None)):
+            if where is not None and getattr(where, "fp32_precision", "none") not in ("none",
+                                                                                       "ieee"):
+                return False
+    except Exception:  # a setting torch itself refuses to report
+        return False
+    return True

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workers.layers import Layer, mlp_layers
+from workers.layers import Layer, float32_products_exact, mlp_layers
 
 # Knot rows (knots x widest layer) processed at once in the exact count, in float64 elements.
 _EXACT_ELEMENTS = 1 << 25
@@ -144,13 +144,15 @@ def transitions_per_edge(model: nn.Module, vertices: torch.Tensor, closed: bool 
     p, e, d = starts.shape
     a, b = starts.reshape(-1, d), ends.reshape(-1, d)
     widest = max([d] + [l.weight.shape[0] for l in hidden])
+    hidden_w = max(l.weight.shape[0] for l in hidden)
     if max_edges is None:
-        # Few edges at a time, so that the knots' rows (about 2 + widest / 2 per edge on
-        # trained networks) stay in cache: the passes over them are memory-bound (3x on a
-        # width-128 network against one batch of 800 edges; bench/README.md). A crossing-free
-        # batch needs 2 knots per edge; the memory bound leaves room for many crossings.
+        # Few edges at a time, so that the knots' rows (about 2 + width / 2 per edge on
+        # trained networks, each as wide as the widest hidden layer) stay in cache: the passes
+        # over them are memory-bound (3x on a width-128 network against one batch of 800
+        # edges; bench/README.md). A crossing-free batch needs 2 knots per edge; the memory
+        # bound leaves room for many crossings.
         max_edges = max(4, min(_EXACT_ELEMENTS // (64 * widest),
-                               _SAMPLED_ELEMENTS // (widest * (2 + widest // 2))))
+                               _SAMPLED_ELEMENTS // (hidden_w * (2 + hidden_w // 2))))
     out = [_edge_crossings(hidden, a[i:i + max_edges], b[i:i + max_edges])
            for i in range(0, len(a), max_edges)]
     return torch.cat(out).reshape(p, e)
@@ -224,8 +226,9 @@ def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,
     within the bound of a breakpoint (``_upper_changes``; float64 throughout for networks with
     biases, or when float32 products are not float32: TF32, bfloat16).
 
-    Raises ValueError for k < 2 or a model that is not a supported MLP. float64; a
-    pre-activation within ~1e-15 of a breakpoint may round differently from the dense count.
+    Raises ValueError for k < 2 or a model that is not a supported MLP. A pre-activation within
+    float64 rounding of a breakpoint (a tie in exact arithmetic) may round differently from the
+    dense count.
     """
     _check_vertices(vertices, 3, closed)
     if k < 2:
@@ -241,8 +244,7 @@ def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,
     step = max(1, _SAMPLED_ELEMENTS // widest)
     # the layers above the first in float32, with a rounding bound (``_upper_changes``), when
     # there are no biases and float32 products are float32 (not TF32/bfloat16)
-    fast = (all(l.bias is None for l in hidden) and torch.get_float32_matmul_precision()
-            == "highest" and not torch.backends.cuda.matmul.allow_tf32)
+    fast = all(l.bias is None for l in hidden) and float32_products_exact()
     # |z| along an edge is at most its larger end: per edge, the largest over the neurons
     z_max = torch.maximum(za_edge.abs().amax(dim=2), zb_edge.abs().amax(dim=2))  # [P, E]
     counts = torch.zeros(p, dtype=torch.int64)
@@ -262,6 +264,7 @@ def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,
 
 
 _U32 = 2.0 ** -24  # float32's unit roundoff
+_TINY32 = 2.0 ** -126  # float32's smallest normal number: below it rounding errors are absolute
 _BOUNDED = {"tanh": 1.0, "hardtanh": 1.0, "hardsigmoid": 1.0, "relu6": 6.0}
 
 
@@ -273,7 +276,9 @@ def _upper_changes(hidden: list[Layer], z1: torch.Tensor, fast: bool,
     float32 with a bound E per sample on how far each pre-activation can be from its float64
     value (rounding, the standard bound gamma_m |W| |h| with |W| |h| <= ||W||_inf ||h||_inf,
     1-Lipschitz activations evaluated within 4 u (|h| + 1)); a sample with a pre-activation
-    within E of a breakpoint is evaluated again in float64, so the codes are float64's."""
+    within E of a breakpoint (or with a non-finite value) is evaluated again in float64, so the
+    codes are float64's (up to float64 rounding where a pre-activation equals a breakpoint in
+    exact arithmetic)."""
     if not fast:
         total, z = 0, z1
         for i in range(1, len(hidden)):
@@ -282,20 +287,22 @@ def _upper_changes(hidden: list[Layer], z1: torch.Tensor, fast: bool,
         return total
     above, unsure = [], torch.zeros(len(z1), dtype=torch.bool)
     z = z1.to(torch.float32)
-    err = _U32 * z1_max  # [S], float64: rounding z1 to float32
+    err = _U32 * z1_max + _TINY32  # [S], float64: rounding z1 to float32
     for i in range(1, len(hidden)):
         act, layer = hidden[i - 1].act, hidden[i]
         h = act.fn(z)
         size = _BOUNDED.get(act.name)
         size = (torch.linalg.vector_norm(h, float("inf"), dim=1).to(torch.float64)
                 if size is None else torch.full_like(err, size))
-        err = err + 4 * _U32 * (size + 1)  # 1-Lipschitz, evaluated in float32
+        err = err + 4 * _U32 * (size + 1) + _TINY32  # 1-Lipschitz, evaluated in float32
         m = layer.weight.shape[1]
         gamma = m * _U32 / (1 - m * _U32)
         norm = float(layer.weight.abs().sum(dim=1).max())
         z = h @ layer.weight.to(torch.float32).T
-        err = norm * (err + (_U32 + gamma * (1 + _U32)) * size)
+        err = norm * (err + (_U32 + gamma * (1 + _U32)) * size) + (m + 2) * _TINY32 * (size + 1)
         slack = (err * (1 + 1e-6)).to(torch.float32)[:, None]
+        # a row with a non-finite value or bound (a float32 overflow) is unsure
+        unsure |= ~(torch.isfinite(z).all(dim=1) & torch.isfinite(err))
         for bp in layer.act.breakpoints:
             above.append(z > bp)
             unsure |= ((z - bp).abs() <= slack).any(dim=1)

@@ -51,6 +51,9 @@ def loop_transitions(model, images: torch.Tensor, k: int) -> tuple[torch.Tensor,
     from workers.trajectories import translation_path
     from workers.transitions import count_transitions_batch, sampled_transitions, supports_exact
 
+    if len(images) == 0:  # no loops: no counts (the measure's mean is then NaN: undefined)
+        return (torch.zeros(0, dtype=torch.float64), "exact" if supports_exact(model)
+                else "sampled", None if supports_exact(model) else k)
     paths = torch.stack([translation_path(im) for im in images.cpu()])
     if supports_exact(model):
         return count_transitions_batch(model, paths).double(), "exact", None

@@ -15,8 +15,9 @@ where torch.normal takes a standard deviation).
 Cost and determinism: the ``samples`` perturbed networks of one sigma are evaluated as one
 batch (stacked weight matrices, one batched matrix product per layer), in groups of samples and
 chunks of points that keep them within ``BUDGET`` elements (wide networks). Losses are computed
-in float64. Error counts (the sigma' searches) are float64's, computed in float32 with a bound
-on the rounding and the near-ties evaluated again in float64 (``_error_counts``). Where the
+in float64. Error counts (the sigma' searches) are float64's (up to float64 rounding at exact
+ties), computed in float32 with a bound on the rounding and the near-ties evaluated again in
+float64 (``_error_counts``). Where the
 perturbation is linear in the searched parameter (sigma' without magnitude, expected
 sharpness), the first layer's products are made once per measure (``_FirstLayer``). The
 draws are common random numbers: draw k is a standard-normal z_k from a generator of its own,
@@ -104,6 +105,7 @@ def batched_logits(m64, ws: list[torch.Tensor], x: torch.Tensor,
 
 # --- error counts in float32, exact as float64's --------------------------------------------
 U32 = 2.0 ** -24  # float32's unit roundoff
+TINY32 = 2.0 ** -126  # float32's smallest normal number: below it rounding errors are absolute
 
 
 def _one_lipschitz(layers) -> bool:
@@ -112,21 +114,25 @@ def _one_lipschitz(layers) -> bool:
     ``_error_counts``'s error bound holds."""
     from workers.activations import PaperActivation
 
-    ok = (PaperActivation, torch.nn.ReLU, torch.nn.Hardtanh, torch.nn.Tanh)  # (ReLU6: Hardtanh)
-    return all(isinstance(mod, ok) for i, mod in layers if i is None)
+    def known(mod):
+        if isinstance(mod, PaperActivation):
+            return mod.spec.name in ("relu", "relu6", "tanh", "hardtanh", "hardsigmoid")
+        return isinstance(mod, (torch.nn.ReLU, torch.nn.Hardtanh, torch.nn.Tanh))  # (ReLU6)
+
+    return all(known(mod) for i, mod in layers if i is None)
 
 
 def _float32_exact() -> bool:
-    """Whether float32 products are computed in float32 (``_error_counts``'s bound assumes its
-    unit roundoff): not with TF32 or bfloat16 allowed by torch.set_float32_matmul_precision or
-    torch.backends.cuda.matmul.allow_tf32 (then error counts stay in float64)."""
-    return (torch.get_float32_matmul_precision() == "highest"
-            and not torch.backends.cuda.matmul.allow_tf32)
+    """``workers.layers.float32_products_exact``: float32 products are IEEE float32 (not TF32
+    or bfloat16), so ``_error_counts``'s bound holds; else error counts stay in float64."""
+    from workers.layers import float32_products_exact
+
+    return float32_products_exact()
 
 
 def _act_bound(mod) -> float | None:
     """A bound on |mod(z)| for every z (tanh, HardTanh, HardSigmoid: 1; ReLU6: 6), or None
-    (ReLU: unbounded, but non-negative)."""
+    (ReLU: unbounded)."""
     from workers.activations import PaperActivation
 
     name = mod.spec.name if isinstance(mod, PaperActivation) else None
@@ -139,54 +145,64 @@ def _act_bound(mod) -> float | None:
     return None
 
 
-def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _float32_weights(ws: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+    """Per weight matrix [S, out, in] (float64; None kept): its float32 copy and ||W||_inf (the
+    largest row sum of |W|, in float64) per network, [S, 1]: what ``_error_counts`` needs,
+    made once for all chunks of points."""
+    return [None if w is None else (w.to(torch.float32), w.abs().sum(dim=2).amax(dim=1)[:, None])
+            for w in ws]
+
+
+def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Tensor,
+                  ws32=None) -> torch.Tensor:
     """Misclassified points of each of the S networks ``ws`` ([S, out, in] float64) on inputs
-    h64 [S, n, d] (float64) of ``layers`` -> [S] int64: the counts of the float64 forward pass,
-    at float32's speed. The pass runs in float32 and carries, per network and point, a bound E
+    h64 [S, n, d] (float64) of ``layers`` -> [S] int64: the counts of the float64 forward pass
+    (up to float64 rounding where two logits tie in exact arithmetic), at float32's speed. The pass runs in float32 and carries, per network and point, a bound E
     on how far every float32 value can be from the float64 one (rounding the weights and the
     input, and the standard bound gamma_m |W| |h| on an m-term product, m u / (1 - m u),
     u = 2^-24, with |W| |h| <= ||W||_inf ||h||_inf; the activations are 1-Lipschitz, their
     float32 evaluation within 4 u (|h| + 1)). A point whose top two float32 logits differ by
-    more than 2 E has the same argmax in float64; the others (near-ties, non-finite values) are
-    evaluated again in float64."""
+    more than 2 E (plus an absolute term for values below float32's normal range) has the same
+    argmax in float64; the others (near-ties, rows with a non-finite float32 logit or bound)
+    are evaluated again in float64. ``ws32``: ``_float32_weights(ws)``, if the caller has it."""
     def inf_norm(t):  # max |t| over the last dim, in float64: [S, n] (one pass, no temporary)
         lo, hi = torch.aminmax(t, dim=2)
         return torch.maximum(hi, -lo).to(torch.float64)
 
+    ws32 = _float32_weights(ws) if ws32 is None else ws32
     n_nets = h64.shape[0]
     shared = h64.stride(0) == 0  # the same points for every network (an expanded [n, d])
     h = (h64[:1] if shared else h64).to(torch.float32)
     size = inf_norm(h).expand(n_nets, -1)  # ||h||_inf of the current values: [S, n]
-    err = U32 * size
+    err = U32 * size + TINY32
     with torch.no_grad():
         for i, mod in layers:
             if i is None:
                 h = mod(h)
                 bound = _act_bound(mod)
-                # (ReLU's output is non-negative: its largest value is its largest |value|)
-                size = (h.amax(dim=2).to(torch.float64) if bound is None
-                        else torch.full_like(err, bound))
-                err = err + 4 * U32 * (size + 1)
+                size = inf_norm(h) if bound is None else torch.full_like(err, bound)
+                err = err + 4 * U32 * (size + 1) + TINY32
                 continue
-            w = ws[i]
-            m = w.shape[2]
+            w32, norm = ws32[i]
+            m = w32.shape[2]
             gamma = m * U32 / (1 - m * U32)
-            # ||W||_inf (the largest row sum of |W|) per network: [S, 1]
-            norm = w.abs().sum(dim=2).amax(dim=1)[:, None]
             if size is None:  # (two Linear layers in a row)
                 size = inf_norm(h)
-            w32 = w.to(torch.float32)
             if h.shape[0] == n_nets:
                 h = torch.bmm(h, w32.transpose(1, 2))
             else:  # shared points: one product [S * out, d] x [d, n] for all networks
                 h = (w32.reshape(-1, m) @ h[0].T).reshape(n_nets, -1, h.shape[1]).transpose(1, 2)
-            err = norm * (err + (U32 + gamma * (1 + U32)) * size)
+            # (+ an absolute term for results below float32's normal range, 2^-126)
+            err = norm * (err + (U32 + gamma * (1 + U32)) * size) + (m + 2) * TINY32 * (size + 1)
             size = None
         if h.shape[2] > 1:
             top = h.topk(2, dim=2).values.to(torch.float64)
             sure = (top[..., 0] - top[..., 1]) > 2 * err * (1 + 1e-6)  # False for NaN
+            # an infinite logit (a float32 overflow) is unsure whatever the gap
+            sure &= torch.isfinite(h).all(dim=2)
         else:  # one class: argmax 0 whatever the value
             sure = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+        sure &= torch.isfinite(err).to(sure.device)
         yy = y.to(h.device)
         wrong = h.argmax(dim=2) != yy[None, :]
         unsure = ~sure
@@ -260,12 +276,12 @@ class _FirstLayer:
     c(w) = 10 |w| + 1): x (w_1 + t c(w_1) z)^T = x w_1^T + t x (c(w_1) z)^T, so both products
     are made once per measure and every t costs an addition instead of a d x h_1 product per
     point (most of the work when the input is wide). Made only when the products of all draws
-    fit half the memory budget (``usable``); equal to the direct product up to float64
-    rounding."""
+    fit half the memory budget with their buffer (``usable``); equal to the direct product up
+    to float64 rounding."""
 
     def __init__(self, ws: list[torch.Tensor], draws: "_Draws", x: torch.Tensor, c):
         self.usable = False
-        if (draws.samples + 1) * len(x) * ws[0].shape[0] > BUDGET // 2:
+        if (draws.samples + draws.per_group + 1) * len(x) * ws[0].shape[0] > BUDGET // 2:
             return
         x64 = x.to(torch.float64)
         with torch.no_grad():
@@ -286,9 +302,9 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
     # error counts: in float32, exactly as float64's (``_error_counts``)
     fast = statistic is _errors and _one_lipschitz(layers) and _float32_exact()
 
-    def stat(layers, pert, h, yy):
+    def stat(layers, pert, h, yy, ws32):
         if fast:
-            return _error_counts(layers, pert, h, yy)
+            return _error_counts(layers, pert, h, yy, ws32)
         return statistic(_through(layers, pert, h), yy)
 
     with torch.no_grad():
@@ -298,18 +314,20 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
                 pert = [None] + [w[None] + scale(w) * e for w, e in zip(ws[1:], z[1:])]
                 h1 = torch.add(fl.base[None], b, alpha=t, out=fl.buffer[:len(b)])  # [S, N, h1]
                 chunk = _chunk_size(len(b), [w.shape[0] for w in ws])
+                ws32 = _float32_weights(pert) if fast else None
                 for a in range(0, len(x), chunk):
                     total += float(stat(layers[1:], pert, h1[:, a:a + chunk],
-                                        y[a:a + chunk]).sum())
+                                        y[a:a + chunk], ws32).sum())
             return total / (draws.samples * len(x))
         for z in draws.groups():
             pert = [w[None] + scale(w) * e for w, e in zip(ws, z)]
             # (the points are shared, so the input's width does not count on the fast path)
             chunk = _chunk_size(len(pert[0]), ([] if fast else [x.shape[1]])
                                 + [w.shape[0] for w in ws])
+            ws32 = _float32_weights(pert) if fast else None
             for a in range(0, len(x), chunk):
                 h = x[a:a + chunk].to(torch.float64).unsqueeze(0).expand(len(pert[0]), -1, -1)
-                total += float(stat(layers, pert, h, y[a:a + chunk]).sum())
+                total += float(stat(layers, pert, h, y[a:a + chunk], ws32).sum())
     return total / (draws.samples * len(x))
 
 
@@ -395,7 +413,7 @@ def _sigma(inputs: MeasureInputs, magnitude: bool, settings: dict) -> dict:
                                  seed=draw_seed(inputs, 7 if magnitude else 3),
                                  m64=model64(inputs), **s)
         except Undefined as e:  # kept too: the three measures of this sigma' share the search
-            return e
+            return Undefined(str(e))  # (without its traceback, which holds the search's tensors)
         return {**found, "points": len(x)}
 
     found = _cached(inputs, key, run)

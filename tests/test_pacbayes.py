@@ -324,3 +324,18 @@ def test_a_kept_undefined_search_holds_no_traceback():
     evaluate_outcomes(inputs, PB[:1])
     kept = [v for k, v in inputs.cache.items() if isinstance(v, pacbayes.Undefined)]
     assert kept and all(v.__traceback__ is None for v in kept)
+
+
+def test_error_counts_go_to_float64_when_most_points_are_unsure(monkeypatch):
+    # Deep or wide networks compound the bound until most points are evaluated again: then the
+    # search stops using the float32 pass (one call), with the same result.
+    from workers.measures import pacbayes
+
+    model, _, x, y = trained()
+    want = sigma_search(model, x, y, magnitude=True, seed=8)
+    calls = []
+    real = pacbayes._error_counts
+    monkeypatch.setattr(pacbayes, "_error_counts", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(pacbayes, "UNSURE_LIMIT", -1.0)  # every call counts as mostly unsure
+    assert sigma_search(model, x, y, magnitude=True, seed=8) == want
+    assert len(calls) == 1

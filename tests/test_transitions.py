@@ -175,6 +175,22 @@ def test_sampled_count_equals_the_dense_count(act):
         sampled_transitions(model, vs, 1)
 
 
+def test_sampled_count_goes_to_float64_when_most_samples_are_unsure(monkeypatch):
+    # past _UNSURE_LIMIT the remaining chunks skip the float32 pass, with the same counts
+    import workers.transitions as tr
+
+    model = build_mlp(6, 64, 4, 3, "tanh", 1.0, seed=2)
+    vs = torch.randn(2, 7, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    want = [dense_transitions(model, v, 10000) for v in vs]  # 3 chunks of 4096 a loop
+    fast_calls = []
+    real = tr._upper_changes
+    monkeypatch.setattr(tr, "_upper_changes",
+                        lambda h, z, fast, m, st: fast_calls.append(fast) or real(h, z, fast, m, st))
+    monkeypatch.setattr(tr, "_UNSURE_LIMIT", -1.0)
+    assert sampled_transitions(model, vs, 10000).tolist() == want
+    assert fast_calls[0] and not any(fast_calls[1:]) and len(fast_calls) > 2
+
+
 def test_unsupported_module_is_named():
     with pytest.raises(ValueError, match="GELU"):
         count_transitions(nn.Sequential(nn.Linear(2, 3), nn.GELU(), nn.Linear(3, 2)), seg(-1, 1))

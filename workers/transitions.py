@@ -248,6 +248,7 @@ def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,
     # |z| along an edge is at most its larger end: per edge, the largest over the neurons
     z_max = torch.maximum(za_edge.abs().amax(dim=2), zb_edge.abs().amax(dim=2))  # [P, E]
     counts = torch.zeros(p, dtype=torch.int64)
+    state: dict = {}  # set once the float32 pass stops paying (``_upper_changes``)
     for s0 in range(0, n_int, step):
         idx = torch.arange(s0, min(n_int, s0 + step) + 1)  # neighbouring chunks share a sample
         if closed:
@@ -259,7 +260,7 @@ def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,
             z = torch.addcmul(za_edge[q, e], f, dz_edge[q, e])  # [S, w1]
             counts[q] += _codes_changed(z[None], hidden[0].act.breakpoints)[0]
             if len(hidden) > 1:
-                counts[q] += _upper_changes(hidden, z, fast, z_max[q, e])
+                counts[q] += _upper_changes(hidden, z, fast and not state, z_max[q, e], state)
     return counts
 
 
@@ -268,8 +269,13 @@ _TINY32 = 2.0 ** -126  # float32's smallest normal number: below it rounding err
 _BOUNDED = {"tanh": 1.0, "hardtanh": 1.0, "hardsigmoid": 1.0, "relu6": 6.0}
 
 
+# Above this share of samples evaluated again in float64, the float32 pass costs more than it
+# saves (its bound compounds over depth and width): the remaining chunks go to float64.
+_UNSURE_LIMIT = 0.2
+
+
 def _upper_changes(hidden: list[Layer], z1: torch.Tensor, fast: bool,
-                   z1_max: torch.Tensor) -> int:
+                   z1_max: torch.Tensor, state: dict | None = None) -> int:
     """Code changes between neighbouring samples in the hidden layers above the first, from
     the first layer's pre-activations z1 [S, w1] (float64; ``z1_max`` [S] bounds their
     absolute values, row by row). ``fast``: the layers run in
@@ -278,7 +284,8 @@ def _upper_changes(hidden: list[Layer], z1: torch.Tensor, fast: bool,
     1-Lipschitz activations evaluated within 4 u (|h| + 1)); a sample with a pre-activation
     within E of a breakpoint (or with a non-finite value) is evaluated again in float64, so the
     codes are float64's (up to float64 rounding where a pre-activation equals a breakpoint in
-    exact arithmetic)."""
+    exact arithmetic). ``state``: a dict whose "float64" this sets when more than
+    _UNSURE_LIMIT of the samples were evaluated again."""
     if not fast:
         total, z = 0, z1
         for i in range(1, len(hidden)):
@@ -306,6 +313,8 @@ def _upper_changes(hidden: list[Layer], z1: torch.Tensor, fast: bool,
         for bp in layer.act.breakpoints:
             above.append(z > bp)
             unsure |= ((z - bp).abs() <= slack).any(dim=1)
+    if state is not None and float(unsure.double().mean()) > _UNSURE_LIMIT:
+        state["float64"] = True
     if unsure.any():  # those samples again in float64
         rows = unsure.nonzero()[:, 0]
         z, j = z1[rows], 0

@@ -153,8 +153,13 @@ def _float32_weights(ws: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.T
             for w in ws]
 
 
+# Above this share of points evaluated again in float64, the float32 pass costs more than it
+# saves (the bound compounds over depth and width): the measure's later passes go to float64.
+UNSURE_LIMIT = 0.2
+
+
 def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Tensor,
-                  ws32=None) -> torch.Tensor:
+                  ws32=None, state: dict | None = None) -> torch.Tensor:
     """Misclassified points of each of the S networks ``ws`` ([S, out, in] float64) on inputs
     h64 [S, n, d] (float64) of ``layers`` -> [S] int64: the counts of the float64 forward pass
     (up to float64 rounding where two logits tie in exact arithmetic), at float32's speed. The pass runs in float32 and carries, per network and point, a bound E
@@ -164,7 +169,9 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
     float32 evaluation within 4 u (|h| + 1)). A point whose top two float32 logits differ by
     more than 2 E (plus an absolute term for values below float32's normal range) has the same
     argmax in float64; the others (near-ties, rows with a non-finite float32 logit or bound)
-    are evaluated again in float64. ``ws32``: ``_float32_weights(ws)``, if the caller has it."""
+    are evaluated again in float64. ``ws32``: ``_float32_weights(ws)``, if the caller has it.
+    ``state``: a dict whose "float64" this sets when more than UNSURE_LIMIT of the points were
+    evaluated again (the caller then stops calling it)."""
     def inf_norm(t):  # max |t| over the last dim, in float64: [S, n] (one pass, no temporary)
         lo, hi = torch.aminmax(t, dim=2)
         return torch.maximum(hi, -lo).to(torch.float64)
@@ -206,6 +213,8 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
         yy = y.to(h.device)
         wrong = h.argmax(dim=2) != yy[None, :]
         unsure = ~sure
+        if state is not None and float(unsure.double().mean()) > UNSURE_LIMIT:
+            state["float64"] = True
         if unsure.any():  # again in float64, all networks in one pass over their unsure points
             per = unsure.sum(dim=1)
             rank = unsure.cumsum(dim=1) - 1  # a point's place among its network's unsure ones
@@ -292,19 +301,23 @@ class _FirstLayer:
 
 
 def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
-                    first: tuple[_FirstLayer, float] | None = None) -> float:
+                    first: tuple[_FirstLayer, float] | None = None,
+                    state: dict | None = None) -> float:
     """The mean over the draws z of statistic(w + scale(w) * z) per point, where ``statistic``
     sums over points (``_errors``, ``_losses``) and ``scale`` maps each weight matrix to the
     standard deviation of its perturbation (a number or a tensor of its shape). ``first``:
-    (``_FirstLayer``, t) when scale(w) = t * c(w), to start from its first-layer products."""
+    (``_FirstLayer``, t) when scale(w) = t * c(w), to start from its first-layer products.
+    ``state``: a dict kept across the calls of one measure (``_error_counts``'s switch)."""
     total = 0.0
     layers = _layers(m64)
-    # error counts: in float32, exactly as float64's (``_error_counts``)
-    fast = statistic is _errors and _one_lipschitz(layers) and _float32_exact()
+    state = {} if state is None else state
+    # error counts: in float32, exactly as float64's (``_error_counts``), while it pays
+    fast = (statistic is _errors and _one_lipschitz(layers) and _float32_exact()
+            and not state.get("float64"))
 
     def stat(layers, pert, h, yy, ws32):
-        if fast:
-            return _error_counts(layers, pert, h, yy, ws32)
+        if fast and not state.get("float64"):
+            return _error_counts(layers, pert, h, yy, ws32, state)
         return statistic(_through(layers, pert, h), yy)
 
     with torch.no_grad():
@@ -363,6 +376,7 @@ def sigma_search(model, x: torch.Tensor, y: torch.Tensor, *, magnitude: bool, se
     m64, ws, base, draws = _setup(model, m64, x, y, samples, seed, _errors)
     # without magnitude the perturbation is sigma * z: the first layer's products are reused
     first = None if magnitude else _FirstLayer(ws, draws, x, lambda w: 1.0)
+    state: dict = {}  # (whether the float32 error counts still pay, across the steps)
 
     def gap(sigma: float) -> float:
         if magnitude:
@@ -372,7 +386,7 @@ def sigma_search(model, x: torch.Tensor, y: torch.Tensor, *, magnitude: bool, se
             def scale(w):
                 return sigma
         return _perturbed_mean(m64, ws, draws, scale, x, y, _errors,
-                               None if first is None else (first, sigma)) - base
+                               None if first is None else (first, sigma), state) - base
 
     lo, hi = 0.0, float(upper)
     best = None  # (sigma, gap) of the largest midpoint with gap <= target

@@ -154,7 +154,8 @@ def _float32_weights(ws: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.T
 
 
 # Above this share of points evaluated again in float64, the float32 pass costs more than it
-# saves (the bound compounds over depth and width): the measure's later passes go to float64.
+# saves (the bound compounds over depth, width and the size of the perturbation): the pass's
+# later chunks, and the search's later passes at this sigma or larger, go to float64.
 UNSURE_LIMIT = 0.2
 
 
@@ -171,7 +172,7 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
     argmax in float64; the others (near-ties, rows with a non-finite float32 logit or bound)
     are evaluated again in float64. ``ws32``: ``_float32_weights(ws)``, if the caller has it.
     ``state``: a dict whose "float64" this sets when more than UNSURE_LIMIT of the points were
-    evaluated again (the caller then stops calling it)."""
+    evaluated again (the caller then stops calling it for this pass)."""
     def inf_norm(t):  # max |t| over the last dim, in float64: [S, n] (one pass, no temporary)
         lo, hi = torch.aminmax(t, dim=2)
         return torch.maximum(hi, -lo).to(torch.float64)
@@ -307,7 +308,8 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
     sums over points (``_errors``, ``_losses``) and ``scale`` maps each weight matrix to the
     standard deviation of its perturbation (a number or a tensor of its shape). ``first``:
     (``_FirstLayer``, t) when scale(w) = t * c(w), to start from its first-layer products.
-    ``state``: a dict kept across the calls of one measure (``_error_counts``'s switch)."""
+    ``state``: a dict for this pass; its "float64" is set if the float32 error counts stopped
+    paying during it (``_error_counts``), and if it holds "float64" already they are not tried."""
     total = 0.0
     layers = _layers(m64)
     state = {} if state is None else state
@@ -376,7 +378,9 @@ def sigma_search(model, x: torch.Tensor, y: torch.Tensor, *, magnitude: bool, se
     m64, ws, base, draws = _setup(model, m64, x, y, samples, seed, _errors)
     # without magnitude the perturbation is sigma * z: the first layer's products are reused
     first = None if magnitude else _FirstLayer(ws, draws, x, lambda w: 1.0)
-    state: dict = {}  # (whether the float32 error counts still pay, across the steps)
+    # the float32 error counts stop paying above some sigma (the bound grows with the noise):
+    # the smallest sigma where they did not, for the later steps
+    no32 = [math.inf]
 
     def gap(sigma: float) -> float:
         if magnitude:
@@ -385,8 +389,12 @@ def sigma_search(model, x: torch.Tensor, y: torch.Tensor, *, magnitude: bool, se
         else:
             def scale(w):
                 return sigma
-        return _perturbed_mean(m64, ws, draws, scale, x, y, _errors,
-                               None if first is None else (first, sigma), state) - base
+        state = {"float64": True} if sigma >= no32[0] else {}
+        mean = _perturbed_mean(m64, ws, draws, scale, x, y, _errors,
+                               None if first is None else (first, sigma), state)
+        if state.get("float64"):
+            no32[0] = min(no32[0], sigma)
+        return mean - base
 
     lo, hi = 0.0, float(upper)
     best = None  # (sigma, gap) of the largest midpoint with gap <= target

@@ -15,9 +15,13 @@ pair is timed interleaved, best of ``--repeats``, one thread, and the two result
   chunks of ``CACHE`` against one chunk;
 * expected sharpness: the direct first layer and one chunk against ``_FirstLayer`` and chunks.
 
+``--wide`` times the last two on a width-1024, depth-5 ReLU network instead (minutes; use
+``--repeats 1``), where the float32 error counts' bound is loose and they switch to float64.
+
 Prints one line per network and pair with the ratio (plain / fast); last line JSON.
 
-    python bench/measure_paths.py
+    python bench/measure_paths.py --fmnist
+    python bench/measure_paths.py --wide --repeats 1
 """
 
 from __future__ import annotations
@@ -95,25 +99,33 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--fmnist", action="store_true",
                    help="add a ReLU network on 2,000 Fashion-MNIST points (784 inputs)")
+    p.add_argument("--wide", action="store_true",
+                   help="only a width-1024, depth-5 ReLU network on 2,000 Fashion-MNIST points "
+                        "(300 SGD steps; the Monte-Carlo measures, not the transitions)")
     args = p.parse_args()
     torch.set_num_threads(1)
     digits = load_data("digits", None, False, None, None, False, 0, "cpu")
     nets = [(a, "digits") for a in ("relu", "relu6", "tanh", "hardtanh", "hardsigmoid")]
     if args.fmnist:
         nets.append(("relu", "fashion_mnist"))
+    if args.wide:
+        nets = [("relu", "wide")]
     rows = []
     grid = [float(a) for a in torch.logspace(-4, -1, 10, dtype=torch.float64)] + [1e-3]
     for act, name in nets:
-        data = digits if name == "digits" else load_data(name, None, False, 2000, 200, False, 0,
-                                                         "cpu")
-        model = build_mlp(data.input_dim, 128, 3, 10, act, 1.0, 1)
-        train_model(model, data, "sgd", 0.05, 128, TrainSpec(steps=2000), 1, False)
+        data = digits if name == "digits" else load_data("fashion_mnist", None, False, 2000, 200,
+                                                         False, 0, "cpu")
+        width, depth, lr, steps = (1024, 5, 0.01, 300) if name == "wide" else (128, 3, 0.05, 2000)
+        model = build_mlp(data.input_dim, width, depth, 10, act, 1.0, 1)
+        train_model(model, data, "sgd", lr, 128, TrainSpec(steps=steps), 1, False)
         x, y = data.x_train[:500].reshape(500, -1), data.y_train[:500]
         paths = torch.stack([translation_path(im) for im in data.x_test[:100]])
         d = data.input_dim
-        label = f"{act} w128 d3 ({d} inputs)"
+        label = f"{act} w{width} d{depth} ({d} inputs)"
         out = []
-        if act == "tanh":
+        if name == "wide":
+            pass
+        elif act == "tanh":
             out.append(pair("transitions (Tanh, k=4096)",
                             lambda: [dense_transitions(model, v, 4096) for v in paths],
                             lambda: sampled_transitions(model, paths, 4096).tolist(),

@@ -265,7 +265,9 @@ def test_error_counts_stay_in_float64_when_float32_products_are_not_float32(monk
     # TF32 / bfloat16 products break the float32 rounding bound: the float64 path is used then
     from workers.measures import pacbayes
 
-    assert pacbayes._float32_exact()
+    from workers.layers import float32_products_exact
+
+    assert float32_products_exact()
     model, _, x, y = trained()
     want = sigma_search(model, x, y, magnitude=False, seed=8)
     used = []
@@ -275,7 +277,7 @@ def test_error_counts_stay_in_float64_when_float32_products_are_not_float32(monk
     used.clear()
     torch.set_float32_matmul_precision("medium")
     try:
-        assert not pacbayes._float32_exact()
+        assert not float32_products_exact()
         assert sigma_search(model, x, y, magnitude=False, seed=8) == want and not used
     finally:
         torch.set_float32_matmul_precision("highest")
@@ -283,11 +285,11 @@ def test_error_counts_stay_in_float64_when_float32_products_are_not_float32(monk
     before = torch.backends.mkldnn.matmul.fp32_precision
     torch.backends.mkldnn.matmul.fp32_precision = "bf16"
     try:
-        assert not pacbayes._float32_exact()
+        assert not float32_products_exact()
         assert sigma_search(model, x, y, magnitude=False, seed=8) == want and not used
     finally:
         torch.backends.mkldnn.matmul.fp32_precision = before
-    assert pacbayes._float32_exact()
+    assert float32_products_exact()
 
 
 def test_error_counts_at_float32s_limits():
@@ -337,7 +339,7 @@ def test_error_counts_go_to_float64_when_most_points_are_unsure(monkeypatch):
     calls = []
     real = pacbayes._error_counts
     monkeypatch.setattr(pacbayes, "_error_counts", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(pacbayes, "UNSURE_LIMIT", -1.0)  # every call counts as mostly unsure
+    monkeypatch.setattr("workers.layers.UNSURE_LIMIT", -1.0)  # every call: mostly unsure
     monkeypatch.setattr(pacbayes, "CACHE", 3 * 400)  # several chunks of points a pass
     assert sigma_search(model, x, y, magnitude=True, seed=8) == want
     # at most one chunk per pass, and only in passes at a new smallest sigma

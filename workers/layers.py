@@ -116,3 +116,32 @@ def float32_products_exact() -> bool:
     except Exception:  # a setting torch itself refuses to report
         return False
     return True
+
+
+# --- float32 passes with a bound on their distance to float64 ------------------------------
+# Used where a float64 outcome (an argmax, a code z > b) is computed in float32 and re-checked
+# in float64 where the bound cannot decide it: the sigma' searches' error counts
+# (workers.measures.pacbayes._error_counts) and the Tanh transition count
+# (workers.transitions._upper_changes).
+U32 = 2.0 ** -24  # float32's unit roundoff
+TINY32 = 2.0 ** -126  # float32's smallest normal number: below it rounding errors are absolute
+# Above this share of rows evaluated again in float64, a float32 pass costs more than it saves
+# (its bound compounds over depth and width): the callers go on in float64.
+UNSURE_LIMIT = 0.2
+# |f(z)| <= bound for every z, for the bounded activations (by ``Activation.name``)
+ACTIVATION_BOUND = {"tanh": 1.0, "hardtanh": 1.0, "hardsigmoid": 1.0, "relu6": 6.0}
+
+
+def product_error(err, norm, m: int, size):
+    """Bound on |fl32(W32 h32) - W h| for a float32 product of m terms: W's rounding, the
+    standard gamma_m |W| |h| bound with |W| |h| <= ||W||_inf ||h||_inf (``norm``: ||W||_inf,
+    ``size``: ||h32||_inf), the input's error ``err`` carried through W, and an absolute term
+    for results below float32's normal range."""
+    gamma = m * U32 / (1 - m * U32)
+    return norm * (err + (U32 + gamma * (1 + U32)) * size) + (m + 2) * TINY32 * (size + 1)
+
+
+def activation_error(err, size):
+    """Bound after a 1-Lipschitz activation evaluated in float32 (within 4 u (|h| + 1)), whose
+    input was within ``err``; ``size`` bounds |h|."""
+    return err + 4 * U32 * (size + 1) + TINY32

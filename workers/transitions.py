@@ -27,7 +27,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workers.layers import Layer, float32_products_exact, mlp_layers
+import workers.layers as layers_mod
+from workers.layers import (ACTIVATION_BOUND, TINY32, U32, Layer, activation_error,
+                            float32_products_exact, mlp_layers, product_error)
 
 # Knot rows (knots x widest layer) processed at once in the exact count, in float64 elements.
 _EXACT_ELEMENTS = 1 << 25
@@ -245,10 +247,13 @@ def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,
     # the layers above the first in float32, with a rounding bound (``_upper_changes``), when
     # there are no biases and float32 products are float32 (not TF32/bfloat16)
     fast = all(l.bias is None for l in hidden) and float32_products_exact()
+    # the float32 weights and ||W||_inf of the layers above the first, made once
+    ws32 = [(l.weight.to(torch.float32), float(l.weight.abs().sum(dim=1).max()))
+            for l in hidden[1:]] if fast else None
     # |z| along an edge is at most its larger end: per edge, the largest over the neurons
     z_max = torch.maximum(za_edge.abs().amax(dim=2), zb_edge.abs().amax(dim=2))  # [P, E]
     counts = torch.zeros(p, dtype=torch.int64)
-    state: dict = {}  # set once the float32 pass stops paying (``_upper_changes``)
+    state: dict = {}  # "float64" set once the float32 pass stops paying (``_upper_changes``)
     for s0 in range(0, n_int, step):
         idx = torch.arange(s0, min(n_int, s0 + step) + 1)  # neighbouring chunks share a sample
         if closed:
@@ -260,33 +265,27 @@ def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,
             z = torch.addcmul(za_edge[q, e], f, dz_edge[q, e])  # [S, w1]
             counts[q] += _codes_changed(z[None], hidden[0].act.breakpoints)[0]
             if len(hidden) > 1:
-                counts[q] += _upper_changes(hidden, z, fast and not state, z_max[q, e], state)
+                use32 = fast and not state.get("float64")
+                counts[q] += _upper_changes(hidden, z, ws32 if use32 else None, z_max[q, e],
+                                            state)
     return counts
 
 
-_U32 = 2.0 ** -24  # float32's unit roundoff
-_TINY32 = 2.0 ** -126  # float32's smallest normal number: below it rounding errors are absolute
-_BOUNDED = {"tanh": 1.0, "hardtanh": 1.0, "hardsigmoid": 1.0, "relu6": 6.0}
-
-
-# Above this share of samples evaluated again in float64, the float32 pass costs more than it
-# saves (its bound compounds over depth and width): the remaining chunks go to float64.
-_UNSURE_LIMIT = 0.2
-
-
-def _upper_changes(hidden: list[Layer], z1: torch.Tensor, fast: bool,
-                   z1_max: torch.Tensor, state: dict | None = None) -> int:
+def _upper_changes(hidden: list[Layer], z1: torch.Tensor, ws32, z1_max: torch.Tensor,
+                   state: dict | None = None) -> int:
     """Code changes between neighbouring samples in the hidden layers above the first, from
     the first layer's pre-activations z1 [S, w1] (float64; ``z1_max`` [S] bounds their
-    absolute values, row by row). ``fast``: the layers run in
+    absolute values, row by row). With ``ws32`` (per layer above the first: its float32
+    weights and ||W||_inf) the layers run in
     float32 with a bound E per sample on how far each pre-activation can be from its float64
     value (rounding, the standard bound gamma_m |W| |h| with |W| |h| <= ||W||_inf ||h||_inf,
     1-Lipschitz activations evaluated within 4 u (|h| + 1)); a sample with a pre-activation
     within E of a breakpoint (or with a non-finite value) is evaluated again in float64, so the
     codes are float64's (up to float64 rounding where a pre-activation equals a breakpoint in
     exact arithmetic). ``state``: a dict whose "float64" this sets when more than
-    _UNSURE_LIMIT of the samples were evaluated again."""
-    if not fast:
+    ``workers.layers.UNSURE_LIMIT`` of the samples were evaluated again (the caller then stops
+    passing ``ws32``)."""
+    if ws32 is None:
         total, z = 0, z1
         for i in range(1, len(hidden)):
             z = hidden[i].affine(hidden[i - 1].act.fn(z))
@@ -294,26 +293,24 @@ def _upper_changes(hidden: list[Layer], z1: torch.Tensor, fast: bool,
         return total
     above, unsure = [], torch.zeros(len(z1), dtype=torch.bool)
     z = z1.to(torch.float32)
-    err = _U32 * z1_max + _TINY32  # [S], float64: rounding z1 to float32
+    err = U32 * z1_max + TINY32  # [S], float64: rounding z1 to float32
     for i in range(1, len(hidden)):
         act, layer = hidden[i - 1].act, hidden[i]
+        w32, norm = ws32[i - 1]
         h = act.fn(z)
-        size = _BOUNDED.get(act.name)
+        size = ACTIVATION_BOUND.get(act.name)
         size = (torch.linalg.vector_norm(h, float("inf"), dim=1).to(torch.float64)
                 if size is None else torch.full_like(err, size))
-        err = err + 4 * _U32 * (size + 1) + _TINY32  # 1-Lipschitz, evaluated in float32
-        m = layer.weight.shape[1]
-        gamma = m * _U32 / (1 - m * _U32)
-        norm = float(layer.weight.abs().sum(dim=1).max())
-        z = h @ layer.weight.to(torch.float32).T
-        err = norm * (err + (_U32 + gamma * (1 + _U32)) * size) + (m + 2) * _TINY32 * (size + 1)
+        err = activation_error(err, size)  # 1-Lipschitz, evaluated in float32
+        z = h @ w32.T
+        err = product_error(err, norm, w32.shape[1], size)
         slack = (err * (1 + 1e-6)).to(torch.float32)[:, None]
         # a row with a non-finite value or bound (a float32 overflow) is unsure
         unsure |= ~(torch.isfinite(z).all(dim=1) & torch.isfinite(err))
         for bp in layer.act.breakpoints:
             above.append(z > bp)
             unsure |= ((z - bp).abs() <= slack).any(dim=1)
-    if state is not None and float(unsure.double().mean()) > _UNSURE_LIMIT:
+    if state is not None and float(unsure.double().mean()) > layers_mod.UNSURE_LIMIT:
         state["float64"] = True
     if unsure.any():  # those samples again in float64
         rows = unsure.nonzero()[:, 0]

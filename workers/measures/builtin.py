@@ -51,13 +51,13 @@ def loop_transitions(model, images: torch.Tensor, k: int) -> tuple[torch.Tensor,
     from workers.trajectories import translation_path
     from workers.transitions import count_transitions_batch, sampled_transitions, supports_exact
 
+    exact = supports_exact(model)
+    method, used_k = ("exact", None) if exact else ("sampled", k)
     if len(images) == 0:  # no loops: no counts (the measure's mean is then NaN: undefined)
-        return (torch.zeros(0, dtype=torch.float64), "exact" if supports_exact(model)
-                else "sampled", None if supports_exact(model) else k)
+        return torch.zeros(0, dtype=torch.float64), method, used_k
     paths = torch.stack([translation_path(im) for im in images.cpu()])
-    if supports_exact(model):
-        return count_transitions_batch(model, paths).double(), "exact", None
-    return sampled_transitions(model, paths, k).double(), "sampled", k
+    count = count_transitions_batch if exact else (lambda m, p: sampled_transitions(m, p, k))
+    return count(model, paths).double(), method, used_k
 
 
 @register("transitions_test", source="Novak et al. 2018, §3 and A.1, Eq. 1 (transitions)",

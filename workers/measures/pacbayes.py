@@ -43,6 +43,9 @@ import torch
 
 from workers.measures import MeasureInputs, MeasureValue, Undefined, draw_seed, register
 from workers.measures.builtin import point_subset
+import workers.layers as layers_mod
+from workers.layers import (ACTIVATION_BOUND, TINY32, U32, activation_error,
+                            float32_products_exact, product_error)
 from workers.measures.norms import _cached, _double, _w, _w0, model64, weights
 
 EPS = 1e-3  # Jiang et al. C.7's epsilon of the magnitude-aware perturbation
@@ -103,9 +106,7 @@ def batched_logits(m64, ws: list[torch.Tensor], x: torch.Tensor,
     return torch.cat(outs, dim=1)
 
 
-# --- error counts in float32, exact as float64's --------------------------------------------
-U32 = 2.0 ** -24  # float32's unit roundoff
-TINY32 = 2.0 ** -126  # float32's smallest normal number: below it rounding errors are absolute
+# --- error counts in float32, exact as float64's (bound: workers.layers) ---------------------
 
 
 def _one_lipschitz(layers) -> bool:
@@ -122,24 +123,15 @@ def _one_lipschitz(layers) -> bool:
     return all(known(mod) for i, mod in layers if i is None)
 
 
-def _float32_exact() -> bool:
-    """``workers.layers.float32_products_exact``: float32 products are IEEE float32 (not TF32
-    or bfloat16), so ``_error_counts``'s bound holds; else error counts stay in float64."""
-    from workers.layers import float32_products_exact
-
-    return float32_products_exact()
-
-
 def _act_bound(mod) -> float | None:
     """A bound on |mod(z)| for every z (tanh, HardTanh, HardSigmoid: 1; ReLU6: 6), or None
     (ReLU: unbounded)."""
     from workers.activations import PaperActivation
 
-    name = mod.spec.name if isinstance(mod, PaperActivation) else None
-    if name in ("tanh", "hardtanh", "hardsigmoid") or isinstance(mod, torch.nn.Tanh):
+    if isinstance(mod, PaperActivation):
+        return ACTIVATION_BOUND.get(mod.spec.name)
+    if isinstance(mod, torch.nn.Tanh):
         return 1.0
-    if name == "relu6":
-        return 6.0
     if isinstance(mod, torch.nn.Hardtanh):  # (nn.ReLU6 too)
         return max(abs(float(mod.min_val)), abs(float(mod.max_val)))
     return None
@@ -151,12 +143,6 @@ def _float32_weights(ws: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.T
     made once for all chunks of points."""
     return [None if w is None else (w.to(torch.float32), w.abs().sum(dim=2).amax(dim=1)[:, None])
             for w in ws]
-
-
-# Above this share of points evaluated again in float64, the float32 pass costs more than it
-# saves (the bound compounds over depth, width and the size of the perturbation): the pass's
-# later chunks, and the search's later passes at this sigma or larger, go to float64.
-UNSURE_LIMIT = 0.2
 
 
 def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Tensor,
@@ -172,7 +158,8 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
     argmax in float64; the others (near-ties, rows with a non-finite float32 logit or bound)
     are evaluated again in float64. ``ws32``: ``_float32_weights(ws)``, if the caller has it.
     ``state``: a dict whose "float64" this sets when more than UNSURE_LIMIT of the points were
-    evaluated again (the caller then stops calling it for this pass)."""
+    evaluated again (the caller then stops calling it for this pass, and the search at this
+    sigma or larger: the bound grows with the perturbation)."""
     def inf_norm(t):  # max |t| over the last dim, in float64: [S, n] (one pass, no temporary)
         lo, hi = torch.aminmax(t, dim=2)
         return torch.maximum(hi, -lo).to(torch.float64)
@@ -182,26 +169,24 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
     shared = h64.stride(0) == 0  # the same points for every network (an expanded [n, d])
     h = (h64[:1] if shared else h64).to(torch.float32)
     size = inf_norm(h).expand(n_nets, -1)  # ||h||_inf of the current values: [S, n]
-    err = U32 * size + TINY32
+    err = U32 * size + TINY32  # (rounding the input to float32)
     with torch.no_grad():
         for i, mod in layers:
             if i is None:
                 h = mod(h)
                 bound = _act_bound(mod)
                 size = inf_norm(h) if bound is None else torch.full_like(err, bound)
-                err = err + 4 * U32 * (size + 1) + TINY32
+                err = activation_error(err, size)
                 continue
             w32, norm = ws32[i]
             m = w32.shape[2]
-            gamma = m * U32 / (1 - m * U32)
             if size is None:  # (two Linear layers in a row)
                 size = inf_norm(h)
             if h.shape[0] == n_nets:
                 h = torch.bmm(h, w32.transpose(1, 2))
             else:  # shared points: one product [S * out, d] x [d, n] for all networks
                 h = (w32.reshape(-1, m) @ h[0].T).reshape(n_nets, -1, h.shape[1]).transpose(1, 2)
-            # (+ an absolute term for results below float32's normal range, 2^-126)
-            err = norm * (err + (U32 + gamma * (1 + U32)) * size) + (m + 2) * TINY32 * (size + 1)
+            err = product_error(err, norm, m, size)
             size = None
         if h.shape[2] > 1:
             top = h.topk(2, dim=2).values.to(torch.float64)
@@ -214,7 +199,7 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
         yy = y.to(h.device)
         wrong = h.argmax(dim=2) != yy[None, :]
         unsure = ~sure
-        if state is not None and float(unsure.double().mean()) > UNSURE_LIMIT:
+        if state is not None and float(unsure.double().mean()) > layers_mod.UNSURE_LIMIT:
             state["float64"] = True
         if unsure.any():  # again in float64, all networks in one pass over their unsure points
             per = unsure.sum(dim=1)
@@ -314,7 +299,7 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
     layers = _layers(m64)
     state = {} if state is None else state
     # error counts: in float32, exactly as float64's (``_error_counts``), while it pays
-    fast = (statistic is _errors and _one_lipschitz(layers) and _float32_exact()
+    fast = (statistic is _errors and _one_lipschitz(layers) and float32_products_exact()
             and not state.get("float64"))
 
     def stat(layers, pert, h, yy, ws32):

@@ -344,3 +344,39 @@ def test_error_counts_go_to_float64_when_most_points_are_unsure(monkeypatch):
     assert sigma_search(model, x, y, magnitude=True, seed=8) == want
     # at most one chunk per pass, and only in passes at a new smallest sigma
     assert 1 <= len(calls) <= want["steps"]
+
+
+@pytest.mark.parametrize("magnitude", [False, True])
+def test_sigma_search_stopping_a_pass_early_changes_nothing(monkeypatch, magnitude):
+    """A pass whose errors so far already put the gap above target + tolerance stops there
+    (the search only needs to know it is above): the search returns exactly what the full
+    passes give, and fewer points are evaluated. Small chunks so a pass has many."""
+    from workers.measures import pacbayes
+
+    monkeypatch.setattr(pacbayes, "CACHE", 10 * 16 * 20)  # 20 points a chunk
+    real = pacbayes._perturbed_mean
+    for act in ("relu", "tanh", "hardsigmoid"):
+        model, _, x, y = trained(act)
+        seen = {"early": 0, "full": 0}
+
+        def counting(kind, stop):
+            def run(*a, **k):
+                if not stop:
+                    k["stop_above"] = math.inf
+                calls = []
+                orig = pacbayes._error_counts
+                monkeypatch.setattr(pacbayes, "_error_counts",
+                                    lambda *b: calls.append(1) or orig(*b))
+                try:
+                    return real(*a, **k)
+                finally:
+                    monkeypatch.setattr(pacbayes, "_error_counts", orig)
+                    seen[kind] += len(calls)
+            return run
+
+        monkeypatch.setattr(pacbayes, "_perturbed_mean", counting("full", False))
+        full = sigma_search(model, x, y, magnitude=magnitude, seed=3)
+        monkeypatch.setattr(pacbayes, "_perturbed_mean", counting("early", True))
+        early = sigma_search(model, x, y, magnitude=magnitude, seed=3)
+        assert early == full
+        assert 0 < seen["early"] < seen["full"]

@@ -288,14 +288,18 @@ class _FirstLayer:
 
 def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
                     first: tuple[_FirstLayer, float] | None = None,
-                    state: dict | None = None) -> float:
+                    state: dict | None = None, stop_above: float = math.inf) -> float:
     """The mean over the draws z of statistic(w + scale(w) * z) per point, where ``statistic``
     sums over points (``_errors``, ``_losses``) and ``scale`` maps each weight matrix to the
     standard deviation of its perturbation (a number or a tensor of its shape). ``first``:
     (``_FirstLayer``, t) when scale(w) = t * c(w), to start from its first-layer products.
     ``state``: a dict for this pass; its "float64" is set if the float32 error counts stopped
-    paying during it (``_error_counts``), and if it holds "float64" already they are not tried."""
+    paying during it (``_error_counts``), and if it holds "float64" already they are not tried.
+    ``stop_above``: for a non-negative statistic, the pass stops as soon as the mean of the
+    points seen so far over all draws and points (a lower bound of the mean) exceeds it, and
+    returns that bound (the caller only needs to know it is above)."""
     total = 0.0
+    evaluations = draws.samples * len(x)
     layers = _layers(m64)
     state = {} if state is None else state
     # error counts: in float32, exactly as float64's (``_error_counts``), while it pays
@@ -318,7 +322,9 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
                 for a in range(0, len(x), chunk):
                     total += float(stat(layers[1:], pert, h1[:, a:a + chunk],
                                         y[a:a + chunk], ws32).sum())
-            return total / (draws.samples * len(x))
+                    if total / evaluations > stop_above:
+                        return total / evaluations
+            return total / evaluations
         for z in draws.groups():
             pert = [w[None] + scale(w) * e for w, e in zip(ws, z)]
             # (the points are shared, so the input's width does not count on the fast path)
@@ -328,7 +334,9 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
             for a in range(0, len(x), chunk):
                 h = x[a:a + chunk].to(torch.float64).unsqueeze(0).expand(len(pert[0]), -1, -1)
                 total += float(stat(layers, pert, h, y[a:a + chunk], ws32).sum())
-    return total / (draws.samples * len(x))
+                if total / evaluations > stop_above:
+                    return total / evaluations
+    return total / evaluations
 
 
 def _setup(model, m64, x, y, samples: int, seed: int, statistic):
@@ -375,8 +383,12 @@ def sigma_search(model, x: torch.Tensor, y: torch.Tensor, *, magnitude: bool, se
             def scale(w):
                 return sigma
         state = {"float64": True} if sigma >= no32[0] else {}
+        # a gap certainly above target + tolerance only moves the search down: the pass stops
+        # once the errors seen so far prove it (the gap returned is then a lower bound, never
+        # stored; the 1e-9 keeps the comparisons below exact under rounding)
         mean = _perturbed_mean(m64, ws, draws, scale, x, y, _errors,
-                               None if first is None else (first, sigma), state)
+                               None if first is None else (first, sigma), state,
+                               stop_above=base + target + tolerance + 1e-9)
         if state.get("float64"):
             no32[0] = min(no32[0], sigma)
         return mean - base

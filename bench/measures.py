@@ -10,7 +10,7 @@ their ratio, and the slowest measures; last line JSON.
 
     python bench/measures.py --demo 10
     python bench/measures.py --demo 0 --large --large-steps 2000
-    python bench/measures.py --demo 90 --set sharpness.points=500 --set pacbayes.samples=5
+    python bench/measures.py --demo 90 measure_settings.sharpness.points=500 metrics.transitions_points=50
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from sweep.config import compose  # noqa: E402
+from sweep.config import ConfigError, compose  # noqa: E402
 from sweep.plan import plan_trials  # noqa: E402
 from workers.data import load_data  # noqa: E402
 from workers.measures import REGISTRY, evaluate_outcomes  # noqa: E402
@@ -37,28 +37,7 @@ from workers.train import train_model  # noqa: E402
 from workers.trial import initial_model, measure_inputs  # noqa: E402
 
 
-def parse_sets(items: list[str]) -> dict[str, dict]:
-    """``measure.setting=value`` (value JSON, else a string) -> {measure: {setting: value}};
-    a measure name ``pacbayes`` sets all six PAC-Bayes measures."""
-    out: dict[str, dict] = {}
-    for item in items:
-        key, _, raw = item.partition("=")
-        name, _, setting = key.partition(".")
-        if not (raw and setting):
-            raise SystemExit(f"--set {item!r}: expected measure.setting=value")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        names = [n for n in REGISTRY if n.startswith("pacbayes")] if name == "pacbayes" else [name]
-        for n in names:
-            if n not in REGISTRY or setting not in REGISTRY[n].settings:
-                raise SystemExit(f"--set {item!r}: {n}.{setting} is not a registered setting")
-            out.setdefault(n, {})[setting] = value
-    return out
-
-
-def one(spec: TrialSpec, data_root=None, sets: dict | None = None) -> dict:
+def one(spec: TrialSpec, data_root=None) -> dict:
     torch.set_num_threads(1)
     d = spec.data
     data = load_data(d.name, data_root, False, d.train_size, d.test_size, d.random_labels,
@@ -72,11 +51,8 @@ def one(spec: TrialSpec, data_root=None, sets: dict | None = None) -> dict:
     model.eval()
     spec = replace(spec, metrics=replace(spec.metrics, measures=tuple(REGISTRY)))
     t = time.perf_counter()
-    settings = spec.metrics.measure_settings()
-    for name, st in (sets or {}).items():
-        settings[name] = {**settings.get(name, {}), **st}
     out = evaluate_outcomes(measure_inputs(model, data, spec, initial_model(spec, data, "cpu")),
-                            spec.metrics.active_measures(), settings)
+                            spec.metrics.active_measures(), spec.metrics.measure_settings())
     total = time.perf_counter() - t
     return {"trial": f"{spec.activation}/{spec.optimizer} w{spec.width} d{spec.depth}",
             "train_s": train_s, "measures_s": total,
@@ -89,20 +65,28 @@ def main() -> None:
     p.add_argument("--demo", type=int, default=10, help="demo trials to time (0: none)")
     p.add_argument("--large", action="store_true")
     p.add_argument("--large-steps", type=int, default=2000)
-    p.add_argument("--set", action="append", default=[], metavar="MEASURE.SETTING=VALUE",
-                   help="a measure setting other than its default, e.g. sharpness.points=500 "
-                        "(pacbayes.samples=5 sets the six PAC-Bayes measures); repeatable")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="configuration overrides of the measurement settings, as for sweep "
+                        "launch: measure_settings.<measure>.<setting>=VALUE (measure_settings."
+                        "pacbayes.* sets the six PAC-Bayes measures), metrics.*=VALUE")
     args = p.parse_args()
-    sets = parse_sets(args.set)
+    bad = [o for o in args.overrides
+           if not o.split("=")[0].startswith(("measure_settings.", "metrics."))]
+    if bad:
+        raise SystemExit(f"{bad[0]}: only measure_settings.* and metrics.* may be overridden here")
+    try:
+        cfg = compose(["experiment=demo", *args.overrides])
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}")
     rows = []
-    specs = plan_trials(compose(["experiment=demo"]))[: args.demo]
-    for s in specs:
-        rows.append(one(s, sets=sets))
+    for s in plan_trials(cfg)[: args.demo]:
+        rows.append(one(s))
     if args.large:
         s = TrialSpec(DataSpec("fashion_mnist", train_size=10_000, test_size=2000), 1024, 5,
                       "relu", "sgd", 0.01, 128, 1.0, 1,
-                      train=TrainSpec(steps=args.large_steps, early_stop=False))
-        rows.append(one(s, sets=sets))
+                      train=TrainSpec(steps=args.large_steps, early_stop=False),
+                      metrics=cfg.metric_spec())
+        rows.append(one(s))
     for r in rows:
         slow = sorted(r["per_measure"].items(), key=lambda kv: -kv[1])[:4]
         print(f"{r['trial']}: train {r['train_s']:.2f} s, all {len(r['per_measure'])} measures "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, make_dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ IDENTITY_VERSION = 2  # 1: sweeps created before measurement settings left the i
 # its identity, and the keys `sweep resume` / `sweep measure` may override (all but `out`).
 NOT_IDENTITY = ("out", "save_weights", "cluster", "resources", "figure", "progress",
                 "dataset.root", "dataset.download", "measures", "measure_modules", "metrics",
+                "measure_settings",
                 "train.checkpoint_every", "train.keep_checkpoints", "train.time_budget",
                 "train.fallback_steps")
 NOT_IDENTITY_V1 = tuple(k for k in NOT_IDENTITY if k != "metrics")  # version 1 hashed metrics
@@ -146,6 +147,23 @@ class ResourcesConfig:
     gpu_flops: float = 1e13
 
 
+def _measure_settings_class():
+    """``measure_settings``: per built-in measure with settings (and per group of
+    ``workers.measures.SETTING_GROUPS``), one key per setting, None = its registered default.
+    Built from the registry, so the schema and ``sweep show --keys`` list every setting."""
+    from workers.measures import configurable_settings
+
+    subs = []
+    for name, defaults in configurable_settings().items():
+        sub = make_dataclass(f"MeasureSettings_{name}",
+                             [(k, Any, field(default=None)) for k in defaults], frozen=True)
+        subs.append((name, sub, field(default_factory=sub)))
+    return make_dataclass("MeasureSettings", subs, frozen=True)
+
+
+MeasureSettings = _measure_settings_class()
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     name: str
@@ -166,6 +184,8 @@ class SweepConfig:
     # the registered measures (workers.measures) every trial evaluates; not part of the identity
     measures: tuple[str, ...] = DEFAULT_MEASURES
     measure_modules: tuple[str, ...] = ()  # modules registering user measures (imported first)
+    # the built-in measures' settings other than their defaults; not part of the identity
+    measure_settings: MeasureSettings = field(default_factory=MeasureSettings)
 
     def identity(self, version: int = IDENTITY_VERSION) -> dict:
         """What defines the sweep's set of trials (trained networks): two configurations with
@@ -195,7 +215,16 @@ class SweepConfig:
         from workers.spec import MetricSpec
 
         return MetricSpec(**asdict(self.metrics), measures=self.measures,
-                          measure_modules=self.measure_modules)
+                          measure_modules=self.measure_modules,
+                          measure_overrides=self.measure_overrides())
+
+    def measure_overrides(self) -> str:
+        """``measure_settings`` as canonical JSON {measure or group: {setting: value}}, the
+        settings left at their defaults (None) out, ``points: all`` as null (every point)."""
+        d = {name: {k: (None if v == "all" else v) for k, v in sub.items() if v is not None}
+             for name, sub in asdict(self.measure_settings).items()}
+        return json.dumps({k: v for k, v in d.items() if v}, sort_keys=True,
+                          separators=(",", ":"))
 
     def out_dir(self) -> str:
         """The sweep directory: ``out`` (a local path, or a pyarrow filesystem URI: s3://, gs://,
@@ -359,6 +388,54 @@ def _modules(v) -> tuple[str, ...]:
     return mods
 
 
+def _measure_settings(v) -> MeasureSettings:
+    """``measure_settings`` checked against the registry: known measures (or groups) and
+    settings only; ``points`` an integer >= 1 or ``all``; ``steps`` an integer >= 0; other
+    integer settings >= 1; number settings finite and > 0 (sharpness's alpha >= 0)."""
+    import dataclasses
+
+    from workers.measures import configurable_settings
+
+    known = configurable_settings()
+    v = {} if v is None else v
+    if not isinstance(v, dict):
+        raise ConfigError(f"measure_settings: expected a mapping of measure -> settings, got {v!r}")
+    classes = {f.name: f.type for f in dataclasses.fields(MeasureSettings)}
+    out = {}
+    for name, sub in v.items():
+        if name not in known:
+            raise ConfigError(f"measure_settings.{name}: not a measure with settings; allowed: "
+                              f"{', '.join(known)}")
+        sub = {} if sub is None else sub
+        if not isinstance(sub, dict):
+            raise ConfigError(f"measure_settings.{name}: expected a mapping of setting -> value, "
+                              f"got {sub!r}")
+        vals = {}
+        for k, val in sub.items():
+            key = f"measure_settings.{name}.{k}"
+            if k not in known[name]:
+                raise ConfigError(f"{key}: unknown setting; allowed: {', '.join(known[name])}")
+            default = known[name][k]
+            if val is None:
+                vals[k] = None
+            elif k == "points":
+                vals[k] = "all" if val == "all" else _int(key, val, lo=1)
+            elif isinstance(default, int) and not isinstance(default, bool):
+                vals[k] = _int(key, val, lo=0 if k == "steps" else 1)
+            else:
+                vals[k] = _float(key, val, lo=0.0,
+                                 positive=not (name == "sharpness" and k == "alpha"))
+        merged = {**known[name], **{k: x for k, x in vals.items() if x is not None}}
+        if "alpha_min" in merged and merged["alpha_min"] > merged["alpha_max"]:
+            raise ConfigError(f"measure_settings.{name}: alpha_min {merged['alpha_min']:g} > "
+                              f"alpha_max {merged['alpha_max']:g}; allowed: alpha_min <= alpha_max")
+        if "tolerance" in merged and merged["tolerance"] >= merged["target"]:
+            raise ConfigError(f"measure_settings.{name}: tolerance {merged['tolerance']:g} >= "
+                              f"target {merged['target']:g}; allowed: tolerance < target")
+        out[name] = classes[name](**vals)
+    return MeasureSettings(**out)
+
+
 def _measures(v, modules: tuple[str, ...] = ()) -> tuple[str, ...]:
     from workers.measures import REGISTRY, available
 
@@ -455,6 +532,7 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
                       else _bool("save_weights", d.get("save_weights"))),
         measure_modules=(modules := _modules(d.get("measure_modules"))),
         measures=_measures(d.get("measures", list(DEFAULT_MEASURES)), modules),
+        measure_settings=_measure_settings(d.get("measure_settings")),
         dataset=dataset,
         space=space,
         plan=plan,

@@ -224,8 +224,9 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
         raise ConfigError(f"measure: {', '.join(studies)}: the off-data studies (Fig. 2, 3) run "
                           "while a trial trains, before and after; sweep measure cannot add them "
                           "to finished trials; allowed: measures, measure_modules, "
-                          "metrics.jacobian_points, metrics.transitions_points, "
-                          "metrics.transitions_k, cluster.*, resources.*")
+                          "measure_settings.*, metrics.jacobian_points, "
+                          "metrics.transitions_points, metrics.transitions_k, cluster.*, "
+                          "resources.*")
     cfg = stored_config(sweep_dir, list(overrides), command="measure")
     if cfg.dry_run:
         raise ConfigError(f"SWEEP_DIR: {sweep_dir} is a dry run (dry_run=true): its trials "

@@ -127,6 +127,14 @@ def show(overrides: list[str] | tuple[str, ...] = (), keys: bool = False) -> str
     docs = {**key_docs(conf_dir() / "config.yaml"),
             **key_docs(conf_dir() / "dataset" / f"{cfg.dataset.name}.yaml", "dataset."),
             **GROUP_DOCS}
+    from workers.measures import configurable_settings
+
+    for name, defaults in configurable_settings().items():
+        for k, v in defaults.items():
+            docs[f"measure_settings.{name}.{k}"] = (
+                f"null = the measure's default, {'all' if v is None else v}"
+                + ("; an integer >= 1 or all (every training point)" if k == "points" else "")
+                + ("; sets the six PAC-Bayes measures" if name == "pacbayes" else ""))
     allowed = allowed_values()
     flat = _flat(d)
     flat = {"experiment": experiment, "dataset": cfg.dataset.name, **flat}

@@ -58,6 +58,14 @@ def test_overrides_and_scalars_become_lists():
     ("plan.grid=[colour]", "plan.grid: unknown value 'colour'"),
     ("space.width=[wide]", "space.width: expected an integer, got 'wide'"),
     ("no_such_key=1", "no_such_key: unknown key"),
+    ("measure_settings.sharpness.pointz=3", "measure_settings.sharpness.pointz: unknown key; "
+     "closest valid keys: measure_settings.sharpness.points"),
+    ("measure_settings.sharpness.points=0", "measure_settings.sharpness.points: must be >= 1"),
+    ("measure_settings.pacbayes.samples=2.5", "measure_settings.pacbayes.samples: expected an integer"),
+    ("measure_settings.pacbayes.upper=0", "measure_settings.pacbayes.upper: must be > 0"),
+    ("measure_settings.pacbayes.tolerance=0.2", "measure_settings.pacbayes: tolerance 0.2 >= target 0.1"),
+    ("measure_settings.expected_sharpness.alpha_min=1", "alpha_min 1 > alpha_max 0.1"),
+    ("measure_settings.transitions_test.points=3", "measure_settings.transitions_test.points: unknown key"),
 ])
 def test_bad_input_is_one_line_naming_the_key(override, pattern):
     with pytest.raises(ConfigError, match=pattern) as e:

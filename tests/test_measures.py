@@ -25,7 +25,8 @@ DEMO = ["experiment=demo", "trials=30"]
 @pytest.mark.parametrize("change", [
     "metrics.transitions_points=50", "metrics.jacobian_points=10", "metrics.transitions_k=128",
     "metrics.ellipse_k=16", "metrics.boundary_grid=8", "measures=[jacobian_norm_test]",
-    f"measure_modules=[{LAB}]"])
+    f"measure_modules=[{LAB}]", "measure_settings.sharpness.points=50",
+    "measure_settings.pacbayes.samples=5"])
 def test_measurement_settings_leave_every_trial_id_unchanged(change):
     base = compose(DEMO)
     other = compose(DEMO + [change])
@@ -265,6 +266,14 @@ def test_sweep_measure_adds_a_column_and_touches_no_trial(ray_local, tmp_path, c
     assert main(["measure", str(out)]) == 0  # back to the sweep's own settings: nothing to run
     back = load_results(out).set_index("trial_id")
     assert back.jacobian_norm_test.equals(all_points) and (back.jacobian_points_test == 60).all()
+    # the other measures' settings: measure_settings.*, recorded with each value
+    assert main(["measure", str(out), "measures=[sharpness]", "measure_settings.sharpness.steps=1",
+                 "measure_settings.sharpness.points=20"]) == 0
+    from analysis import load_measures
+
+    sh = load_measures(out).query("measure == 'sharpness'")
+    assert len(sh) == 5 and sh.value.notna().all()
+    assert all(json.loads(t) == {"alpha": 5e-4, "points": 20, "steps": 1} for t in sh.settings)
     # launching again with more measures: nothing retrained, the new ones from the weights
     launch(compose(TINY + [f"out={out}", f"measure_modules=[{LAB}]",
                            "measures=[jacobian_norm_train,transitions_test,weight_l2]"]))
@@ -457,3 +466,41 @@ def test_transitions_without_test_images_is_undefined(act):
     out = evaluate_outcomes(MeasureInputs(model, x_test=torch.zeros(0, 16), image_shape=(1, 4, 4)),
                             ["transitions_test"])["transitions_test"]
     assert out.value is None and out.error.startswith("undefined")
+
+
+def test_measure_settings_reach_the_measures_and_old_sweeps_keep_the_defaults(tmp_path):
+    """``measure_settings``: a group (pacbayes) sets its six measures, a member's own entry
+    wins; ``points: all`` is every point; a sweep.json written before the key existed loads
+    with every measure at its registered defaults."""
+    from sweep.driver import stored_config
+
+    cfg = compose(DEMO + ["measure_settings.pacbayes.samples=5",
+                          "measure_settings.pacbayes_orig.samples=7",
+                          "measure_settings.sharpness.points=all"])
+    got = cfg.metric_spec().measure_settings()
+    assert got["pacbayes_flatness"] == {"samples": 5} and got["pacbayes_mag_init"] == {"samples": 5}
+    assert got["pacbayes_orig"] == {"samples": 7} and got["sharpness"] == {"points": None}
+    assert "expected_sharpness" not in got
+    assert compose(DEMO).metric_spec().measure_settings().keys() == {
+        "jacobian_norm_train", "jacobian_norm_test", "transitions_test"}
+    # the spec's settings survive the trip to a worker (JSON of the MetricSpec's fields)
+    from dataclasses import asdict
+
+    ms = cfg.metric_spec()
+    back = MetricSpec(**json.loads(json.dumps(asdict(ms))) | {
+        "measures": ms.measures, "measure_modules": ms.measure_modules})
+    assert back.measure_settings() == got
+    # an old sweep.json: no measure_settings key
+    out = tmp_path / "old"
+    out.mkdir()
+    old = compose(DEMO + [f"out={out}"])
+    conf = asdict(old)
+    conf.pop("measure_settings")
+    (out / "sweep.json").write_text(json.dumps({"identity_hash": old.identity_hash(),
+                                                "identity_version": 2, "config": conf}))
+    loaded = stored_config(out)
+    assert loaded.measure_overrides() == "{}" and loaded.identity_hash() == old.identity_hash()
+    # and `sweep measure` / `sweep resume` may set them on a stored sweep
+    assert stored_config(out, ["measure_settings.sharpness.steps=3"],
+                         command="measure").metric_spec().measure_settings()["sharpness"] == {
+        "steps": 3}

@@ -16,6 +16,16 @@ from workers.measures.pacbayes import (EPS, batched_logits, expected_sharpness_c
                                        sigma_search)
 from workers.models import build_mlp
 
+@pytest.fixture(autouse=True)
+def float32_counts_at_every_width(monkeypatch):
+    """The float32 error counts run from width FLOAT32_MIN_WIDTH (128) on; these networks are
+    narrower, so it is lowered here for every test to exercise that path (the tests that want
+    the float64 path switch it off their own way)."""
+    from workers.measures import pacbayes
+
+    monkeypatch.setattr(pacbayes, "FLOAT32_MIN_WIDTH", 0)
+
+
 PB = ["pacbayes_flatness", "pacbayes_orig", "pacbayes_init", "pacbayes_mag_flatness",
       "pacbayes_mag_orig", "pacbayes_mag_init"]
 
@@ -380,3 +390,18 @@ def test_sigma_search_stopping_a_pass_early_changes_nothing(monkeypatch, magnitu
         early = sigma_search(model, x, y, magnitude=magnitude, seed=3)
         assert early == full
         assert 0 < seen["early"] < seen["full"]
+
+
+def test_narrow_networks_count_errors_in_float64(monkeypatch):
+    # below FLOAT32_MIN_WIDTH the float32 pass is not tried: the same search, no _error_counts
+    from workers.measures import pacbayes
+
+    model, _, x, y = trained()
+    want = sigma_search(model, x, y, magnitude=False, seed=8)
+    used = []
+    real = pacbayes._error_counts
+    monkeypatch.setattr(pacbayes, "_error_counts", lambda *a: used.append(1) or real(*a))
+    monkeypatch.setattr(pacbayes, "FLOAT32_MIN_WIDTH", 17)  # the widest layer has 16 units
+    assert sigma_search(model, x, y, magnitude=False, seed=8) == want and not used
+    monkeypatch.setattr(pacbayes, "FLOAT32_MIN_WIDTH", 16)
+    assert sigma_search(model, x, y, magnitude=False, seed=8) == want and used

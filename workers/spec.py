@@ -67,10 +67,18 @@ class MetricSpec:
     measures: tuple[str, ...] = ("jacobian_norm_train", "jacobian_norm_test", "transitions_test")
     # modules that register user measures (workers.measures.load_modules), imported by workers
     measure_modules: tuple[str, ...] = ()
+    # the other measures' settings that differ from their defaults, as canonical JSON
+    # {measure or group: {setting: value}} (the configuration's ``measure_settings``)
+    measure_overrides: str = "{}"
 
     def measure_settings(self) -> dict[str, dict]:
-        """The built-in measures' settings taken from these fields (the others: defaults)."""
-        return {"jacobian_norm_train": {"points": self.jacobian_points},
+        """Per measure, the settings that differ from its registered defaults: the Jacobian
+        norms' and transitions' from these fields, the others from ``measure_overrides``
+        (groups expanded: ``workers.measures.expand_settings``)."""
+        from workers.measures import expand_settings
+
+        return {**expand_settings(json.loads(self.measure_overrides)),
+                "jacobian_norm_train": {"points": self.jacobian_points},
                 "jacobian_norm_test": {"points": self.jacobian_points},
                 "transitions_test": {"points": self.transitions_points,
                                      "k": self.transitions_k}}
@@ -127,7 +135,8 @@ class TrialSpec:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "legacy_id"}
         for k in ("data", "train", "metrics"):  # flat dataclasses: one level
             d[k] = {f.name: getattr(d[k], f.name) for f in fields(d[k])
-                    if f.name not in ("measures", "measure_modules")}  # (not in version 1)
+                    if f.name not in ("measures", "measure_modules",
+                                      "measure_overrides")}  # (not in version 1)
         d["_version"] = 1
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 

@@ -286,3 +286,35 @@ from workers.measures import builtin, norms, pacbayes, sharpness  # noqa: E402,F
 # did before the registry existed (sweep.json files of those sweeps lack the key). A new sweep's
 # default is ``measures: [all]`` (conf/config.yaml).
 DEFAULT_MEASURES = ("jacobian_norm_train", "jacobian_norm_test", "transitions_test")
+
+# Settings that the configuration sets through ``metrics.*`` (MetricSpec.measure_settings), not
+# through ``measure_settings``: one way to set each.
+METRIC_SETTINGS = ("jacobian_norm_train", "jacobian_norm_test", "transitions_test")
+# ``measure_settings.pacbayes.*`` sets the six PAC-Bayes measures at once (they share their two
+# sigma' searches only when their settings agree)
+SETTING_GROUPS = {"pacbayes": tuple(n for n in REGISTRY if n.startswith("pacbayes"))}
+
+
+def configurable_settings() -> dict[str, dict[str, Any]]:
+    """{name: its default settings} of the built-in measures whose settings the configuration's
+    ``measure_settings`` may set, with the groups of ``SETTING_GROUPS`` (the settings of their
+    first member); what ``sweep show --keys`` lists as ``measure_settings.<name>.<setting>``."""
+    out = {g: dict(REGISTRY[members[0]].settings) for g, members in SETTING_GROUPS.items()}
+    for name in available():
+        if REGISTRY[name].settings and name not in METRIC_SETTINGS:
+            out[name] = dict(REGISTRY[name].settings)
+    return out
+
+
+def expand_settings(overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-measure settings from ``measure_settings``-style overrides: a group's settings apply
+    to each of its members, a member's own entry over them."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, st in overrides.items():
+        for member in SETTING_GROUPS.get(name, ()):
+            out.setdefault(member, {}).update(st)
+    for name, st in overrides.items():
+        if name not in SETTING_GROUPS:
+            out.setdefault(name, {}).update(st)
+    return out
+

@@ -72,6 +72,12 @@ def _layers(m64):
 BUDGET = 1 << 25
 
 
+# The float32 error counts pay from this widest layer on: on the demo's trained networks (one
+# thread) both sigma' searches took 19.0 ms in float32 and 12.2 ms in float64 at width 32,
+# 86 ms and 134 ms at width 128 (2026-11-30)
+FLOAT32_MIN_WIDTH = 128
+
+
 # float64 elements of a layer's values that stay in cache (2 MB): the passes over them
 # (activations, additions) are memory-bound, so points go through in chunks of this size
 CACHE = 1 << 18
@@ -146,7 +152,7 @@ def _float32_weights(ws: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.T
 
 
 def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Tensor,
-                  ws32=None, state: dict | None = None) -> torch.Tensor:
+                  ws32=None, state: dict | None = None, size0=None) -> torch.Tensor:
     """Misclassified points of each of the S networks ``ws`` ([S, out, in] float64) on inputs
     h64 [S, n, d] (float64) of ``layers`` -> [S] int64: the counts of the float64 forward pass
     (up to float64 rounding where two logits tie in exact arithmetic), at float32's speed. The pass runs in float32 and carries, per network and point, a bound E
@@ -159,7 +165,11 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
     are evaluated again in float64. ``ws32``: ``_float32_weights(ws)``, if the caller has it.
     ``state``: a dict whose "float64" this sets when more than UNSURE_LIMIT of the points were
     evaluated again (the caller then stops calling it for this pass, and the search at this
-    sigma or larger: the bound grows with the perturbation)."""
+    sigma or larger: the bound grows with the perturbation). ``size0``: a bound on |h64| per
+    network and point, [S, n] float64, if the caller has one (else it is taken from h64).
+    Beyond the input, |h| is bounded without a pass over the values: after a product by
+    ||W||_inf (||h|| + its error) plus the product's error, after a bounded activation by its
+    bound, after a ReLU as before it (|relu(z)| <= |z|)."""
     def inf_norm(t):  # max |t| over the last dim, in float64: [S, n] (one pass, no temporary)
         lo, hi = torch.aminmax(t, dim=2)
         return torch.maximum(hi, -lo).to(torch.float64)
@@ -168,26 +178,29 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
     n_nets = h64.shape[0]
     shared = h64.stride(0) == 0  # the same points for every network (an expanded [n, d])
     h = (h64[:1] if shared else h64).to(torch.float32)
-    size = inf_norm(h).expand(n_nets, -1)  # ||h||_inf of the current values: [S, n]
+    # a bound on |h| of the current (float32) values: [S, n]
+    size = (inf_norm(h).expand(n_nets, -1) if size0 is None
+            else size0.to(torch.float64) * (1 + 4 * U32))  # (h64 rounded to float32)
     err = U32 * size + TINY32  # (rounding the input to float32)
     with torch.no_grad():
         for i, mod in layers:
             if i is None:
                 h = mod(h)
                 bound = _act_bound(mod)
-                size = inf_norm(h) if bound is None else torch.full_like(err, bound)
+                if bound is not None:
+                    size = torch.full_like(err, bound)
+                # else a ReLU (``_one_lipschitz`` lets no other unbounded one in): |h| <= |z|
                 err = activation_error(err, size)
                 continue
             w32, norm = ws32[i]
             m = w32.shape[2]
-            if size is None:  # (two Linear layers in a row)
-                size = inf_norm(h)
             if h.shape[0] == n_nets:
                 h = torch.bmm(h, w32.transpose(1, 2))
             else:  # shared points: one product [S * out, d] x [d, n] for all networks
                 h = (w32.reshape(-1, m) @ h[0].T).reshape(n_nets, -1, h.shape[1]).transpose(1, 2)
+            exact_size = norm * (size + err)  # |W h| for the exact h, |h - h32| <= err
             err = product_error(err, norm, m, size)
-            size = None
+            size = exact_size + err  # |fl32(W32 h32)| <= |W h| + err
         if h.shape[2] > 1:
             top = h.topk(2, dim=2).values.to(torch.float64)
             sure = (top[..., 0] - top[..., 1]) > 2 * err * (1 + 1e-6)  # False for NaN
@@ -282,6 +295,9 @@ class _FirstLayer:
         with torch.no_grad():
             self.base = x64 @ ws[0].T  # [N, h1]
             self.per_draw = [x64 @ (c(ws[0]) * z[0]).transpose(1, 2) for z in draws.groups()]
+            # max |.| per point: |base + t b| <= these, for the float32 error counts' bound
+            self.base_max = self.base.abs().amax(dim=1)  # [N]
+            self.per_draw_max = [b.abs().amax(dim=2) for b in self.per_draw]  # [S, N] each
         self.buffer = torch.empty_like(self.per_draw[0])  # (reused: no fresh pages per t)
         self.usable = True
 
@@ -302,26 +318,29 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
     evaluations = draws.samples * len(x)
     layers = _layers(m64)
     state = {} if state is None else state
-    # error counts: in float32, exactly as float64's (``_error_counts``), while it pays
+    # error counts: in float32, exactly as float64's (``_error_counts``), while it pays: not
+    # for narrow networks, whose products cost less than the bound's bookkeeping
     fast = (statistic is _errors and _one_lipschitz(layers) and float32_products_exact()
-            and not state.get("float64"))
+            and max(w.shape[1] for w in ws) >= FLOAT32_MIN_WIDTH and not state.get("float64"))
 
-    def stat(layers, pert, h, yy, ws32):
+    def stat(layers, pert, h, yy, ws32, size0=None):
         if fast and not state.get("float64"):
-            return _error_counts(layers, pert, h, yy, ws32, state)
+            return _error_counts(layers, pert, h, yy, ws32, state, size0)
         return statistic(_through(layers, pert, h), yy)
 
     with torch.no_grad():
         if first is not None and first[0].usable:
             fl, t = first
-            for z, b in zip(draws.groups(), fl.per_draw):
+            for z, b, b_max in zip(draws.groups(), fl.per_draw, fl.per_draw_max):
                 pert = [None] + [w[None] + scale(w) * e for w, e in zip(ws[1:], z[1:])]
                 h1 = torch.add(fl.base[None], b, alpha=t, out=fl.buffer[:len(b)])  # [S, N, h1]
                 chunk = _chunk_size(len(b), [w.shape[0] for w in ws])
                 ws32 = _float32_weights(pert) if fast else None
                 for a in range(0, len(x), chunk):
+                    size0 = (fl.base_max[None, a:a + chunk] + t * b_max[:, a:a + chunk]
+                             if fast else None)  # (t >= 0)
                     total += float(stat(layers[1:], pert, h1[:, a:a + chunk],
-                                        y[a:a + chunk], ws32).sum())
+                                        y[a:a + chunk], ws32, size0).sum())
                     if total / evaluations > stop_above:
                         return total / evaluations
             return total / evaluations

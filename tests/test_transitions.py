@@ -184,8 +184,8 @@ def test_sampled_count_goes_to_float64_when_most_samples_are_unsure(monkeypatch)
     want = [dense_transitions(model, v, 10000) for v in vs]  # 3 chunks of 4096 a loop
     fast_calls = []
     real = tr._upper_changes
-    monkeypatch.setattr(tr, "_upper_changes", lambda h, z, ws32, m, st: fast_calls.append(
-        ws32 is not None) or real(h, z, ws32, m, st))
+    monkeypatch.setattr(tr, "_upper_changes", lambda h, z, ex, m, ws32=None, st=None:
+                        fast_calls.append(ws32 is not None) or real(h, z, ex, m, ws32, st))
     monkeypatch.setattr("workers.layers.UNSURE_LIMIT", -1.0)
     assert sampled_transitions(model, vs, 10000).tolist() == want
     assert fast_calls[0] and not any(fast_calls[1:]) and len(fast_calls) > 2

@@ -220,13 +220,15 @@ def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,
                         closed: bool = True) -> torch.Tensor:
     """Eq. 1 with k equidistant samples along each of P polygons, ``vertices`` [P, V, d] ->
     int64 [P]: the number :func:`dense_transitions` gives for each polygon (Tanh included),
-    with less work. The first layer's pre-activations are affine along an edge, so at a sample
-    they are interpolated between their values at the edge's ends instead of multiplied out
-    (d x w multiply-adds per sample become 2 w: most of the work for wide inputs); the layers
-    above are evaluated at every sample as in the dense count, in chunks that stay in cache, in
-    float32 with a rounding bound, and again in float64 for the samples with a pre-activation
-    within the bound of a breakpoint (``_upper_changes``; float64 throughout for networks with
-    biases, or when float32 products are not float32: TF32, bfloat16).
+    with less work. The first layer's pre-activations are affine along an edge: its code
+    changes between the first and the last sample on an edge are read off those two samples
+    (an affine function crosses a breakpoint at most once), and at the other samples the
+    values the layers above need are interpolated between the edge's ends instead of
+    multiplied out. The layers above are evaluated at every sample as in the dense count, in
+    chunks that stay in cache, in float32 with a rounding bound, and again in float64 for the
+    samples with a pre-activation within the bound of a breakpoint (``_upper_changes``;
+    float64 throughout for networks with biases, or when float32 products are not float32:
+    TF32, bfloat16).
 
     Raises ValueError for k < 2 or a model that is not a supported MLP. A pre-activation within
     float64 rounding of a breakpoint (a tie in exact arithmetic) may round differently from the
@@ -242,6 +244,26 @@ def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,
     za_edge, zb_edge = hidden[0].affine(starts), hidden[0].affine(ends)  # [P, E, w1]
     dz_edge = zb_edge - za_edge
     n_int = k if closed else k - 1  # intervals between neighbouring samples
+
+    def where(idx):  # samples -> (edge, offset along it), polygon_points' parametrization
+        if closed:
+            idx = torch.where(idx == n_int, 0, idx)  # the loop closes on its first sample
+        u = idx.to(torch.float64) * (n_edges / n_int)
+        e = u.floor().long().clamp(max=n_edges - 1)
+        return e, (u - e)[:, None]
+
+    # first layer: along the samples that are first or last on their edge (in order, the loop
+    # closed), neighbours are either the two ends of one edge's samples (affine between them:
+    # a breakpoint is crossed at most once) or neighbouring samples on two edges
+    every = torch.arange(n_int + 1)
+    e_all, _ = where(every)
+    ends_of_edges = torch.ones(n_int + 1, dtype=torch.bool)
+    ends_of_edges[1:-1] = (e_all[1:-1] != e_all[:-2]) | (e_all[1:-1] != e_all[2:])
+    e, f = where(every[ends_of_edges])
+    z_ends = torch.addcmul(za_edge[:, e], f[None], dz_edge[:, e])  # [P, B, w1]
+    counts = _codes_changed(z_ends, hidden[0].act.breakpoints)
+    if len(hidden) == 1:
+        return counts
     widest = max(l.weight.shape[0] for l in hidden)
     step = max(1, _SAMPLED_ELEMENTS // widest)
     # the layers above the first in float32, with a rounding bound (``_upper_changes``), when
@@ -250,33 +272,41 @@ def sampled_transitions(model: nn.Module, vertices: torch.Tensor, k: int,
     # the float32 weights and ||W||_inf of the layers above the first, made once
     ws32 = [(l.weight.to(torch.float32), float(l.weight.abs().sum(dim=1).max()))
             for l in hidden[1:]] if fast else None
+    za32, dz32 = za_edge.to(torch.float32), dz_edge.to(torch.float32)
     # |z| along an edge is at most its larger end: per edge, the largest over the neurons
     z_max = torch.maximum(za_edge.abs().amax(dim=2), zb_edge.abs().amax(dim=2))  # [P, E]
-    counts = torch.zeros(p, dtype=torch.int64)
     state: dict = {}  # "float64" set once the float32 pass stops paying (``_upper_changes``)
     for s0 in range(0, n_int, step):
-        idx = torch.arange(s0, min(n_int, s0 + step) + 1)  # neighbouring chunks share a sample
-        if closed:
-            idx[idx == n_int] = 0  # the loop closes on its first sample
-        u = idx.to(torch.float64) * (n_edges / n_int)  # polygon_points' parametrization
-        e = u.floor().long().clamp(max=n_edges - 1)
-        f = (u - e)[:, None]
+        e, f = where(torch.arange(s0, min(n_int, s0 + step) + 1))  # chunks share a sample
+        f32 = f.to(torch.float32)
+        # the runs of samples on one edge: (edge, first row, end row)
+        edge_ids, sizes = torch.unique_consecutive(e, return_counts=True)
+        bounds = torch.cumsum(sizes, 0).tolist()
+        runs = list(zip(edge_ids.tolist(), [0] + bounds[:-1], bounds))
+        z32 = torch.empty(len(e), za_edge.shape[2], dtype=torch.float32)
         for q in range(p):
-            z = torch.addcmul(za_edge[q, e], f, dz_edge[q, e])  # [S, w1]
-            counts[q] += _codes_changed(z[None], hidden[0].act.breakpoints)[0]
-            if len(hidden) > 1:
-                use32 = fast and not state.get("float64")
-                counts[q] += _upper_changes(hidden, z, ws32 if use32 else None, z_max[q, e],
-                                            state)
+            def exact(rows, q=q, e=e, f=f):  # float64 first-layer values of these samples
+                return torch.addcmul(za_edge[q, e[rows]], f[rows], dz_edge[q, e[rows]])
+
+            if fast and not state.get("float64"):
+                # interpolated in float32, run by run (no gathered rows): within 10 u
+                # max(|za|, |zb|) of the float64 value
+                for edge, a, b in runs:
+                    torch.addcmul(za32[q, edge], f32[a:b], dz32[q, edge], out=z32[a:b])
+                counts[q] += _upper_changes(hidden, z32, exact, z_max[q, e], ws32, state)
+            else:
+                z = exact(slice(None))
+                counts[q] += _upper_changes(hidden, z, exact, z_max[q, e])
     return counts
 
 
-def _upper_changes(hidden: list[Layer], z1: torch.Tensor, ws32, z1_max: torch.Tensor,
-                   state: dict | None = None) -> int:
+def _upper_changes(hidden: list[Layer], z1: torch.Tensor, exact, z1_max: torch.Tensor,
+                   ws32=None, state: dict | None = None) -> int:
     """Code changes between neighbouring samples in the hidden layers above the first, from
-    the first layer's pre-activations z1 [S, w1] (float64; ``z1_max`` [S] bounds their
-    absolute values, row by row). With ``ws32`` (per layer above the first: its float32
-    weights and ||W||_inf) the layers run in
+    the first layer's pre-activations z1 [S, w1] (float64, or float32 within 10 u ``z1_max``
+    of the float64 values; ``z1_max`` [S] bounds their absolute values, row by row);
+    ``exact(rows)``: the float64 values of those rows. With ``ws32`` (per layer above the
+    first: its float32 weights and ||W||_inf) the layers run in
     float32 with a bound E per sample on how far each pre-activation can be from its float64
     value (rounding, the standard bound gamma_m |W| |h| with |W| |h| <= ||W||_inf ||h||_inf,
     1-Lipschitz activations evaluated within 4 u (|h| + 1)); a sample with a pre-activation
@@ -292,8 +322,9 @@ def _upper_changes(hidden: list[Layer], z1: torch.Tensor, ws32, z1_max: torch.Te
             total += int(_codes_changed(z[None], hidden[i].act.breakpoints)[0])
         return total
     above, unsure = [], torch.zeros(len(z1), dtype=torch.bool)
-    z = z1.to(torch.float32)
-    err = U32 * z1_max + TINY32  # [S], float64: rounding z1 to float32
+    z = z1
+    # [S], float64: the float32 interpolation (u (2 |za| + 4 |dz|) <= 10 u z1_max, and margin)
+    err = 12 * U32 * z1_max + TINY32
     for i in range(1, len(hidden)):
         act, layer = hidden[i - 1].act, hidden[i]
         w32, norm = ws32[i - 1]
@@ -304,17 +335,18 @@ def _upper_changes(hidden: list[Layer], z1: torch.Tensor, ws32, z1_max: torch.Te
         err = activation_error(err, size)  # 1-Lipschitz, evaluated in float32
         z = h @ w32.T
         err = product_error(err, norm, w32.shape[1], size)
-        slack = (err * (1 + 1e-6)).to(torch.float32)[:, None]
-        # a row with a non-finite value or bound (a float32 overflow) is unsure
-        unsure |= ~(torch.isfinite(z).all(dim=1) & torch.isfinite(err))
+        slack = (err * (1 + 1e-6)).to(torch.float32)
+        # a row with a non-finite value or bound (a float32 overflow) is unsure: its sum is
+        # non-finite then (inf, or nan from inf - inf or a nan)
+        unsure |= ~(torch.isfinite(z.sum(dim=1)) & torch.isfinite(err))
         for bp in layer.act.breakpoints:
             above.append(z > bp)
-            unsure |= ((z - bp).abs() <= slack).any(dim=1)
+            unsure |= (z.abs() if bp == 0 else (z - bp).abs()).amin(dim=1) <= slack
     if state is not None and float(unsure.double().mean()) > layers_mod.UNSURE_LIMIT:
         state["float64"] = True
     if unsure.any():  # those samples again in float64
         rows = unsure.nonzero()[:, 0]
-        z, j = z1[rows], 0
+        z, j = exact(rows), 0
         for i in range(1, len(hidden)):
             z = hidden[i].affine(hidden[i - 1].act.fn(z))
             for bp in hidden[i].act.breakpoints:

@@ -89,6 +89,13 @@ def _chunk_size(s: int, widths) -> int:
     return max(1, min(BUDGET, CACHE) // (s * max(widths)))
 
 
+def _stoppable(chunk: int, n: int, stop_above: float) -> int:
+    """Points per chunk for a pass that may stop early (``stop_above`` finite): at most a
+    quarter of the n points, so that a pass whose gap is far above the target stops after a
+    quarter of its work."""
+    return chunk if stop_above == math.inf else max(1, min(chunk, -(-n // 4)))
+
+
 def _through(layers, ws: list[torch.Tensor], h: torch.Tensor) -> torch.Tensor:
     """h [S, n, .] through ``layers`` (``_layers``) with the stacked weights ``ws``."""
     for i, mod in layers:
@@ -334,7 +341,8 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
             for z, b, b_max in zip(draws.groups(), fl.per_draw, fl.per_draw_max):
                 pert = [None] + [w[None] + scale(w) * e for w, e in zip(ws[1:], z[1:])]
                 h1 = torch.add(fl.base[None], b, alpha=t, out=fl.buffer[:len(b)])  # [S, N, h1]
-                chunk = _chunk_size(len(b), [w.shape[0] for w in ws])
+                chunk = _stoppable(_chunk_size(len(b), [w.shape[0] for w in ws]), len(x),
+                                   stop_above)
                 ws32 = _float32_weights(pert) if fast else None
                 for a in range(0, len(x), chunk):
                     size0 = (fl.base_max[None, a:a + chunk] + t * b_max[:, a:a + chunk]
@@ -347,8 +355,8 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
         for z in draws.groups():
             pert = [w[None] + scale(w) * e for w, e in zip(ws, z)]
             # (the points are shared, so the input's width does not count on the fast path)
-            chunk = _chunk_size(len(pert[0]), ([] if fast else [x.shape[1]])
-                                + [w.shape[0] for w in ws])
+            chunk = _stoppable(_chunk_size(len(pert[0]), ([] if fast else [x.shape[1]])
+                                           + [w.shape[0] for w in ws]), len(x), stop_above)
             ws32 = _float32_weights(pert) if fast else None
             for a in range(0, len(x), chunk):
                 h = x[a:a + chunk].to(torch.float64).unsqueeze(0).expand(len(pert[0]), -1, -1)

@@ -8,8 +8,9 @@ them), each timed. Networks: ``--demo K`` trials of the demo plan (digits), and 
 (``--large-steps`` SGD steps). Prints per network the training time, the measures' total and
 their ratio, and the slowest measures; last line JSON.
 
-    python bench/measures.py --demo 10
-    python bench/measures.py --demo 0 --large --large-steps 2000
+    python bench/measures.py --demo 90
+    python bench/measures.py --demo 90 --registered-defaults
+    python bench/measures.py --demo 0 --large --large-steps 2000 --registered-defaults
     python bench/measures.py --demo 90 measure_settings.sharpness.points=500 metrics.transitions_points=50
 """
 
@@ -19,7 +20,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,16 @@ def main() -> None:
                    help="configuration overrides of the measurement settings, as for sweep "
                         "launch: measure_settings.<measure>.<setting>=VALUE (measure_settings."
                         "pacbayes.* sets the six PAC-Bayes measures), metrics.*=VALUE")
+    p.add_argument("--registered-defaults", action="store_true",
+                   help="the measures' registered defaults (../shared/MEASURES.md) instead of "
+                        "the demo experiment's cheaper settings (conf/experiment/demo.yaml)")
     args = p.parse_args()
+    if args.registered_defaults:  # conf/config.yaml's metrics, the demo's measure_settings null
+        demo = asdict(compose(["experiment=demo"]).measure_settings)
+        args.overrides = ([f"measure_settings.{m}.{k}=null" for m, st in demo.items()
+                           for k, v in st.items() if v is not None]
+                          + ["metrics.transitions_points=100", "metrics.jacobian_points=null",
+                             *args.overrides])
     bad = [o for o in args.overrides
            if not o.split("=")[0].startswith(("measure_settings.", "metrics."))]
     if bad:

@@ -64,7 +64,7 @@ def test_overrides_and_scalars_become_lists():
     ("measure_settings.pacbayes.samples=2.5", "measure_settings.pacbayes.samples: expected an integer"),
     ("measure_settings.pacbayes.upper=0", "measure_settings.pacbayes.upper: must be > 0"),
     ("measure_settings.pacbayes.tolerance=0.2", "measure_settings.pacbayes: tolerance 0.2 >= target 0.1"),
-    ("measure_settings.expected_sharpness.alpha_min=1", "alpha_min 1 > alpha_max 0.1"),
+    ("measure_settings.expected_sharpness.alpha_max=1e-5", "alpha_min 0.001 > alpha_max 1e-05"),
     ("measure_settings.transitions_test.points=3", "measure_settings.transitions_test.points: unknown key"),
 ])
 def test_bad_input_is_one_line_naming_the_key(override, pattern):

@@ -474,14 +474,15 @@ def test_measure_settings_reach_the_measures_and_old_sweeps_keep_the_defaults(tm
     with every measure at its registered defaults."""
     from sweep.driver import stored_config
 
-    cfg = compose(DEMO + ["measure_settings.pacbayes.samples=5",
+    plain = ["experiment=paper_small"]  # (the demo sets some: conf/experiment/demo.yaml)
+    cfg = compose(plain + ["measure_settings.pacbayes.samples=5",
                           "measure_settings.pacbayes_orig.samples=7",
                           "measure_settings.sharpness.points=all"])
     got = cfg.metric_spec().measure_settings()
     assert got["pacbayes_flatness"] == {"samples": 5} and got["pacbayes_mag_init"] == {"samples": 5}
     assert got["pacbayes_orig"] == {"samples": 7} and got["sharpness"] == {"points": None}
     assert "expected_sharpness" not in got
-    assert compose(DEMO).metric_spec().measure_settings().keys() == {
+    assert compose(plain).metric_spec().measure_settings().keys() == {
         "jacobian_norm_train", "jacobian_norm_test", "transitions_test"}
     # the spec's settings survive the trip to a worker (JSON of the MetricSpec's fields)
     from dataclasses import asdict
@@ -493,7 +494,7 @@ def test_measure_settings_reach_the_measures_and_old_sweeps_keep_the_defaults(tm
     # an old sweep.json: no measure_settings key
     out = tmp_path / "old"
     out.mkdir()
-    old = compose(DEMO + [f"out={out}"])
+    old = compose(plain + [f"out={out}"])
     conf = asdict(old)
     conf.pop("measure_settings")
     (out / "sweep.json").write_text(json.dumps({"identity_hash": old.identity_hash(),

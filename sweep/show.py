@@ -189,6 +189,10 @@ def launch_command(config: dict) -> tuple[str, bool]:
             base = _flat(asdict(compose(head)))
         except ConfigError:  # the experiment's own values do not fit this data set
             base = _flat(composed(head))
+        if "measure_settings" not in config:  # (written before the key: the defaults)
+            from sweep.config import MeasureSettings
+
+            config = {**config, "measure_settings": asdict(MeasureSettings())}
         stored = _flat(config)
         if "measures" in base and _same_measures(base["measures"], stored.get("measures"),
                                                  stored.get("measure_modules") or ()):

@@ -505,3 +505,20 @@ def test_measure_settings_reach_the_measures_and_old_sweeps_keep_the_defaults(tm
     assert stored_config(out, ["measure_settings.sharpness.steps=3"],
                          command="measure").metric_spec().measure_settings()["sharpness"] == {
         "steps": 3}
+
+
+def test_the_launch_command_of_an_old_demo_sweep_keeps_the_registered_defaults():
+    """A sweep.json written before ``measure_settings`` existed ran the registered defaults:
+    the command the report prints to launch it again sets the demo's own settings back."""
+    import shlex
+    from dataclasses import asdict
+
+    from sweep.show import launch_command
+
+    conf = asdict(compose(DEMO))
+    assert json.loads(compose(DEMO).measure_overrides())  # (the demo sets some)
+    conf.pop("measure_settings")
+    command, exact = launch_command(conf)
+    assert exact and "measure_settings.sharpness.steps=null" in command
+    again = compose(shlex.split(command)[2:])
+    assert again.measure_overrides() == "{}"

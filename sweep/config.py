@@ -390,11 +390,13 @@ def _modules(v) -> tuple[str, ...]:
 
 def _measure_settings(v) -> MeasureSettings:
     """``measure_settings`` checked against the registry: known measures (or groups) and
-    settings only; ``points`` an integer >= 1 or ``all``; ``steps`` an integer >= 0; other
-    integer settings >= 1; number settings finite and > 0 (sharpness's alpha >= 0)."""
+    settings only; ``points`` an integer >= 1 or ``all``; sharpness's ``steps`` an integer
+    >= 0; other integer settings >= 1; number settings finite and > 0 (sharpness's alpha
+    >= 0); and, for every measure as it will run (its defaults, its group's settings, its own),
+    alpha_min <= alpha_max and tolerance < target."""
     import dataclasses
 
-    from workers.measures import configurable_settings
+    from workers.measures import SETTING_GROUPS, configurable_settings
 
     known = configurable_settings()
     v = {} if v is None else v
@@ -421,19 +423,26 @@ def _measure_settings(v) -> MeasureSettings:
             elif k == "points":
                 vals[k] = "all" if val == "all" else _int(key, val, lo=1)
             elif isinstance(default, int) and not isinstance(default, bool):
-                vals[k] = _int(key, val, lo=0 if k == "steps" else 1)
+                vals[k] = _int(key, val, lo=0 if (name, k) == ("sharpness", "steps") else 1)
             else:
                 vals[k] = _float(key, val, lo=0.0,
                                  positive=not (name == "sharpness" and k == "alpha"))
-        merged = {**known[name], **{k: x for k, x in vals.items() if x is not None}}
+        out[name] = vals
+    group_of = {m: g for g, members in SETTING_GROUPS.items() for m in members}
+    for name in known:  # each measure as it will run: defaults, its group's, its own
+        if name in SETTING_GROUPS:
+            continue
+        group, own = ({k: x for k, x in out.get(n, {}).items() if x is not None}
+                      for n in (group_of.get(name), name))
+        merged = {**known[name], **group, **own}
+        where = "measure_settings." + (group_of[name] if group and not own else name)
         if "alpha_min" in merged and merged["alpha_min"] > merged["alpha_max"]:
-            raise ConfigError(f"measure_settings.{name}: alpha_min {merged['alpha_min']:g} > "
-                              f"alpha_max {merged['alpha_max']:g}; allowed: alpha_min <= alpha_max")
+            raise ConfigError(f"{where}: alpha_min {merged['alpha_min']:g} > alpha_max "
+                              f"{merged['alpha_max']:g}; allowed: alpha_min <= alpha_max")
         if "tolerance" in merged and merged["tolerance"] >= merged["target"]:
-            raise ConfigError(f"measure_settings.{name}: tolerance {merged['tolerance']:g} >= "
-                              f"target {merged['target']:g}; allowed: tolerance < target")
-        out[name] = classes[name](**vals)
-    return MeasureSettings(**out)
+            raise ConfigError(f"{where}: tolerance {merged['tolerance']:g} >= target "
+                              f"{merged['target']:g} (for {name}); allowed: tolerance < target")
+    return MeasureSettings(**{name: classes[name](**vals) for name, vals in out.items()})
 
 
 def _measures(v, modules: tuple[str, ...] = ()) -> tuple[str, ...]:

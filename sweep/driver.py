@@ -58,7 +58,10 @@ def check_out_dir(out: Store, cfg: SweepConfig) -> None:
             raise ConfigError(
                 f"out: {out} holds a different sweep (identity {stored}, this configuration "
                 f"{cfg.identity_hash(version)}); choose another out directory or the same "
-                "configuration (measurement settings may differ)"
+                + ("configuration (measurement settings may differ)" if version >= 2 else
+                   "configuration with the measurement settings it was created with (a sweep "
+                   "created before identity version 2 keeps metrics.* in its identity; `sweep "
+                   f"resume {out}` runs what is left with its own settings)")
             )
     elif any(not n.startswith(LOCK_FILE) for n in out.names()):  # a lock alone: a new sweep
         raise ConfigError(f"out: {out} is not empty and holds no {SWEEP_FILE}; choose another out directory")

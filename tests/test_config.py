@@ -66,11 +66,26 @@ def test_overrides_and_scalars_become_lists():
     ("measure_settings.pacbayes.tolerance=0.2", "measure_settings.pacbayes: tolerance 0.2 >= target 0.1"),
     ("measure_settings.expected_sharpness.alpha_max=1e-5", "alpha_min 0.001 > alpha_max 1e-05"),
     ("measure_settings.transitions_test.points=3", "measure_settings.transitions_test.points: unknown key"),
+    ("measure_settings.pacbayes.steps=0", "measure_settings.pacbayes.steps: must be >= 1, got 0"),
 ])
+
+
 def test_bad_input_is_one_line_naming_the_key(override, pattern):
     with pytest.raises(ConfigError, match=pattern) as e:
         compose([override])
     assert "\n" not in str(e.value)
+
+
+def test_a_group_setting_and_a_members_own_are_checked_together():
+    # pacbayes_orig runs with the group's target and its own tolerance
+    with pytest.raises(ConfigError, match=r"measure_settings.pacbayes_orig: tolerance 0.05 >= "
+                                          r"target 0.04 \(for pacbayes_orig\)"):
+        compose(["measure_settings.pacbayes.target=0.04",
+                 "measure_settings.pacbayes_orig.tolerance=0.05"])
+    ok = compose(["measure_settings.pacbayes.target=0.04", "measure_settings.pacbayes.tolerance=0.005",
+                  "measure_settings.sharpness.steps=0"])
+    got = ok.metric_spec().measure_settings()["pacbayes_orig"]
+    assert got["target"] == 0.04 and got["tolerance"] == 0.005
 
 
 def test_batch_size_against_subset_and_lbfgs_only():

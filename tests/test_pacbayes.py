@@ -405,3 +405,47 @@ def test_narrow_networks_count_errors_in_float64(monkeypatch):
     assert sigma_search(model, x, y, magnitude=False, seed=8) == want and not used
     monkeypatch.setattr(pacbayes, "FLOAT32_MIN_WIDTH", 16)
     assert sigma_search(model, x, y, magnitude=False, seed=8) == want and used
+
+
+def test_error_counts_see_a_partial_sum_overflow_that_a_relu_hides():
+    # a reviewer's case: the float32 product's running sum -1 - 1 + 1 + 1 + 1 of 3e38 terms
+    # overflows to -inf, ReLU makes it 0 and the logits stay finite; the row must be evaluated
+    # again in float64 (exact logits 3e9 and 1e9: class 0, no error)
+    from torch import nn
+
+    from workers.activations import PaperActivation
+    from workers.measures.pacbayes import _error_counts, _errors, _layers, _through
+
+    for act in (nn.ReLU(), PaperActivation("relu")):
+        m = nn.Sequential(nn.Linear(5, 2, bias=False), act, nn.Linear(2, 2, bias=False)).double()
+        with torch.no_grad():
+            m[0].weight.copy_(torch.tensor([[-1.0, -1, 1, 1, 1], [0, 0, 0, 0, 1 / 3]]))
+            m[2].weight.copy_(torch.diag(torch.tensor([1e-29, 1e-29])))
+        ws = [m[0].weight[None].clone(), m[2].weight[None].clone()]
+        h = torch.full((1, 1, 5), 3e38, dtype=torch.float64)
+        y = torch.tensor([0])
+        want = _errors(_through(_layers(m), ws, h), y)
+        assert want.tolist() == [0]
+        assert _error_counts(_layers(m), ws, h, y).tolist() == want.tolist()
+
+
+def test_the_float32_counts_are_gated_by_the_hidden_width_not_the_input():
+    # 784 inputs into 16 hidden units: narrow, so float64 (no _error_counts) at the default gate
+    from workers.measures import pacbayes
+
+    torch.manual_seed(0)
+    model = build_mlp(784, 16, 3, 3, "relu", seed=0)
+    x = torch.randn(200, 784)
+    y = model(x).argmax(1)
+    used = []
+    real = pacbayes._error_counts
+    pacbayes_min = pacbayes.FLOAT32_MIN_WIDTH
+    try:
+        pacbayes.FLOAT32_MIN_WIDTH = 128
+        pacbayes._error_counts = lambda *a: used.append(1) or real(*a)
+        want = sigma_search(model, x, y, magnitude=False, seed=2)
+        assert not used
+        pacbayes.FLOAT32_MIN_WIDTH = 16
+        assert sigma_search(model, x, y, magnitude=False, seed=2) == want and used
+    finally:
+        pacbayes._error_counts, pacbayes.FLOAT32_MIN_WIDTH = real, pacbayes_min

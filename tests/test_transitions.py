@@ -165,6 +165,30 @@ def test_sampled_count_equals_the_dense_count(act):
     for closed in (True, False):
         assert sampled_transitions(big, line, 20, closed).tolist() == [
             dense_transitions(big, line[0], 20, closed)]
+    # float32 overflow in the first layer's interpolation (|zb - za| > 3.4e38) and a partial
+    # sum of the next product overflowing to -inf, hidden by the ReLU after it (a reviewer's
+    # cases): those samples are evaluated again in float64
+    wide = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False),
+                         nn.ReLU(), nn.Linear(1, 2, bias=False))
+    with torch.no_grad():
+        wide[0].weight.copy_(torch.tensor([[1e38, 0.0], [0.0, 0.5e38]]))
+        wide[2].weight.copy_(torch.tensor([[-1e-30, 1e-30]]))
+        wide[4].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    tri = torch.tensor([[[-3.0, 1.0], [2.0, 1.0], [-1.5, 1.0]]], dtype=torch.float64)
+    for closed in (True, False):
+        assert sampled_transitions(wide, tri, 4, closed).tolist() == [
+            dense_transitions(wide, tri[0], 4, closed)]
+    big2 = nn.Sequential(nn.Linear(5, 2, bias=False), nn.ReLU(), nn.Linear(2, 2, bias=False),
+                         nn.ReLU(), nn.Linear(2, 2, bias=False)).double()
+    with torch.no_grad():
+        big2[0].weight.copy_(torch.tensor([[1.0] * 5, [0.0, 0, 0, 0, 1e-30]]))
+        big2[2].weight.copy_(torch.tensor([[-1.0, 3e38], [1e-29, 1.0]]))
+        big2[4].weight.fill_(1.0)
+    ramp = torch.stack([torch.linspace(-1, 1, 4)[:, None].expand(-1, 5) * 3e37
+                        + torch.tensor([0, 0, 0, 0, 1e30])], 0).double()
+    for closed in (True, False):
+        assert sampled_transitions(big2, ramp, 50, closed).tolist() == [
+            dense_transitions(big2, ramp[0], 50, closed)]
     # with biases, torch's own modules
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, 40), nn.ReLU6(),

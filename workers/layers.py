@@ -141,6 +141,20 @@ def product_error(err, norm, m: int, size):
     return norm * (err + (U32 + gamma * (1 + U32)) * size) + (m + 2) * TINY32 * (size + 1)
 
 
+F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def overflow_risk(norm, size, err, m: int):
+    """Where a float32 product of m terms by W (||W||_inf = ``norm``) of values within ``err``
+    of h (|h| <= ``size``) may overflow in a partial sum (|sum| <= ||W||_inf (|h| + err),
+    rounded): such a sum can become +-inf and be hidden by the activation after it (ReLU of
+    -inf is 0), so those rows must be evaluated in float64 whatever their bound says. Boolean,
+    the shape of ``size + err``; True where the bound itself is not finite."""
+    gamma = m * U32 / (1 - m * U32)
+    reach = norm * (size + err) * (1 + gamma) * (1 + U32)
+    return ~(reach < F32_MAX / 2)  # (True for nan and inf too)
+
+
 def activation_error(err, size):
     """Bound after a 1-Lipschitz activation evaluated in float32 (within 4 u (|h| + 1)), whose
     input was within ``err``; ``size`` bounds |h|."""

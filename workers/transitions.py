@@ -29,7 +29,7 @@ from torch import nn
 
 import workers.layers as layers_mod
 from workers.layers import (ACTIVATION_BOUND, TINY32, U32, Layer, activation_error,
-                            float32_products_exact, mlp_layers, product_error)
+                            float32_products_exact, mlp_layers, overflow_risk, product_error)
 
 # Knot rows (knots x widest layer) processed at once in the exact count, in float64 elements.
 _EXACT_ELEMENTS = 1 << 25
@@ -321,7 +321,8 @@ def _upper_changes(hidden: list[Layer], z1: torch.Tensor, exact, z1_max: torch.T
             z = hidden[i].affine(hidden[i - 1].act.fn(z))
             total += int(_codes_changed(z[None], hidden[i].act.breakpoints)[0])
         return total
-    above, unsure = [], torch.zeros(len(z1), dtype=torch.bool)
+    # a first-layer value that overflowed float32 (its interpolation) is unsure
+    above, unsure = [], ~torch.isfinite(z1.sum(dim=1))
     z = z1
     # [S], float64: the float32 interpolation (u (2 |za| + 4 |dz|) <= 10 u z1_max, and margin)
     err = 12 * U32 * z1_max + TINY32
@@ -333,6 +334,8 @@ def _upper_changes(hidden: list[Layer], z1: torch.Tensor, exact, z1_max: torch.T
         size = (torch.linalg.vector_norm(h, float("inf"), dim=1).to(torch.float64)
                 if size is None else torch.full_like(err, size))
         err = activation_error(err, size)  # 1-Lipschitz, evaluated in float32
+        # a partial sum that may overflow float32 (to +-inf, which a ReLU after it hides)
+        unsure |= overflow_risk(norm, size, err, w32.shape[1])
         z = h @ w32.T
         err = product_error(err, norm, w32.shape[1], size)
         slack = (err * (1 + 1e-6)).to(torch.float32)

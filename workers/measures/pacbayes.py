@@ -45,7 +45,7 @@ from workers.measures import MeasureInputs, MeasureValue, Undefined, draw_seed, 
 from workers.measures.builtin import point_subset
 import workers.layers as layers_mod
 from workers.layers import (ACTIVATION_BOUND, TINY32, U32, activation_error,
-                            float32_products_exact, product_error)
+                            float32_products_exact, overflow_risk, product_error)
 from workers.measures.norms import _cached, _double, _w, _w0, model64, weights
 
 EPS = 1e-3  # Jiang et al. C.7's epsilon of the magnitude-aware perturbation
@@ -189,6 +189,7 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
     size = (inf_norm(h).expand(n_nets, -1) if size0 is None
             else size0.to(torch.float64) * (1 + 4 * U32))  # (h64 rounded to float32)
     err = U32 * size + TINY32  # (rounding the input to float32)
+    risky = torch.zeros(err.shape, dtype=torch.bool, device=err.device)
     with torch.no_grad():
         for i, mod in layers:
             if i is None:
@@ -205,6 +206,8 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
                 h = torch.bmm(h, w32.transpose(1, 2))
             else:  # shared points: one product [S * out, d] x [d, n] for all networks
                 h = (w32.reshape(-1, m) @ h[0].T).reshape(n_nets, -1, h.shape[1]).transpose(1, 2)
+            # a partial sum that may overflow float32 (to +-inf, which a ReLU after it hides)
+            risky = risky | overflow_risk(norm, size, err, m)
             exact_size = norm * (size + err)  # |W h| for the exact h, |h - h32| <= err
             err = product_error(err, norm, m, size)
             size = exact_size + err  # |fl32(W32 h32)| <= |W h| + err
@@ -215,7 +218,7 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
             sure &= torch.isfinite(h).all(dim=2)
         else:  # one class: argmax 0 whatever the value
             sure = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
-        sure &= torch.isfinite(err).to(sure.device)
+        sure &= (torch.isfinite(err) & ~risky).to(sure.device)
         yy = y.to(h.device)
         wrong = h.argmax(dim=2) != yy[None, :]
         unsure = ~sure
@@ -328,7 +331,8 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
     # error counts: in float32, exactly as float64's (``_error_counts``), while it pays: not
     # for narrow networks, whose products cost less than the bound's bookkeeping
     fast = (statistic is _errors and _one_lipschitz(layers) and float32_products_exact()
-            and max(w.shape[1] for w in ws) >= FLOAT32_MIN_WIDTH and not state.get("float64"))
+            and max((w.shape[0] for w in ws[:-1]), default=0) >= FLOAT32_MIN_WIDTH
+            and not state.get("float64"))  # (the widest hidden layer)
 
     def stat(layers, pert, h, yy, ws32, size0=None):
         if fast and not state.get("float64"):

@@ -33,10 +33,8 @@ import workers.measures as registry  # noqa: E402
 import workers.measures.pacbayes as pacbayes  # noqa: E402
 from sweep.config import compose  # noqa: E402
 from sweep.plan import plan_trials  # noqa: E402
-from workers.data import load_data  # noqa: E402
+from bench.trained import trained  # noqa: E402
 from workers.measures.builtin import point_subset  # noqa: E402
-from workers.models import build_mlp  # noqa: E402
-from workers.train import train_model  # noqa: E402
 from workers.trajectories import translation_path  # noqa: E402
 from workers.transitions import sampled_transitions  # noqa: E402
 
@@ -71,16 +69,11 @@ def side_by_side(before, after, repeats: int):
     return tb, ta, b, a
 
 
-def trained(activation: str, width: int):
+def demo_network(activation: str, width: int):
+    """The second demo trial of this activation and width, trained: (model, data)."""
     s = [t for t in plan_trials(compose(["experiment=demo"]))
          if t.activation == activation and t.width == width][1]
-    d = s.data
-    data = load_data(d.name, None, False, d.train_size, d.test_size, d.random_labels, d.seed,
-                     "cpu")
-    model = build_mlp(data.input_dim, s.width, s.depth, data.info.num_classes, s.activation,
-                      s.init_scale, s.seed)
-    train_model(model, data, s.optimizer, s.lr, s.batch_size, s.train, s.seed, d.augment)
-    return model.eval(), data
+    return trained(s)[:2]
 
 
 def main() -> None:
@@ -95,7 +88,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---|")
     for act in ("relu", "tanh"):
         for width in (32, 128):
-            model, data = trained(act, width)
+            model, data = demo_network(act, width)
             name = f"{act} w{width} d3"
             if act == "tanh":
                 images = data.x_test[:100].reshape(100, *data.info.image_shape)

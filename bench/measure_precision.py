@@ -28,15 +28,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.trained import trained  # noqa: E402
 from sweep.config import compose  # noqa: E402
 from sweep.plan import plan_trials  # noqa: E402
-from workers.data import load_data  # noqa: E402
 from workers.measures import Undefined  # noqa: E402
 from workers.measures.builtin import point_subset  # noqa: E402
 from workers.measures.pacbayes import sigma_search  # noqa: E402
 from workers.measures.sharpness import sharpness_value  # noqa: E402
-from workers.models import build_mlp  # noqa: E402
-from workers.train import train_model  # noqa: E402
 
 SIGMA = (("10 draws, 500 points", 10, 500), ("10 draws, 250 points", 10, 250),
          ("5 draws, 250 points", 5, 250))
@@ -68,13 +66,7 @@ def main() -> None:
     print("| network | measure | setting | mean | sd over seeds | s per run |")
     print("|---|---|---|---:|---:|---:|")
     for s in specs[::7][: args.networks]:
-        d = s.data
-        data = load_data(d.name, None, False, d.train_size, d.test_size, d.random_labels, d.seed,
-                         "cpu")
-        model = build_mlp(data.input_dim, s.width, s.depth, data.info.num_classes, s.activation,
-                          s.init_scale, s.seed)
-        train_model(model, data, s.optimizer, s.lr, s.batch_size, s.train, s.seed, d.augment)
-        model.eval()
+        model, data, _ = trained(s)
         x = data.x_train.reshape(len(data.x_train), -1)
         y = data.y_train
         name = f"{s.activation}/{s.optimizer} lr {s.lr:g}"

@@ -28,28 +28,17 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.trained import trained  # noqa: E402
 from sweep.config import ConfigError, compose  # noqa: E402
 from sweep.plan import plan_trials  # noqa: E402
-from workers.data import load_data  # noqa: E402
 from workers.measures import REGISTRY, evaluate_outcomes  # noqa: E402
-from workers.models import build_mlp  # noqa: E402
 from workers.spec import DataSpec, TrainSpec, TrialSpec  # noqa: E402
-from workers.train import train_model  # noqa: E402
 from workers.trial import initial_model, measure_inputs  # noqa: E402
 
 
 def one(spec: TrialSpec, data_root=None) -> dict:
     torch.set_num_threads(1)
-    d = spec.data
-    data = load_data(d.name, data_root, False, d.train_size, d.test_size, d.random_labels,
-                     d.seed, "cpu")
-    model = build_mlp(data.input_dim, spec.width, spec.depth, data.info.num_classes,
-                      spec.activation, spec.init_scale, spec.seed)
-    t = time.perf_counter()
-    train_model(model, data, spec.optimizer, spec.lr, spec.batch_size, spec.train, spec.seed,
-                d.augment)
-    train_s = time.perf_counter() - t
-    model.eval()
+    model, data, train_s = trained(spec, data_root)
     spec = replace(spec, metrics=replace(spec.metrics, measures=tuple(REGISTRY)))
     t = time.perf_counter()
     out = evaluate_outcomes(measure_inputs(model, data, spec, initial_model(spec, data, "cpu")),

@@ -26,6 +26,17 @@ def float32_counts_at_every_width(monkeypatch):
     monkeypatch.setattr(pacbayes, "FLOAT32_MIN_WIDTH", 0)
 
 
+@pytest.fixture
+def error_count_calls(monkeypatch):
+    """The calls of the float32 error counts (``_error_counts``), one entry each."""
+    from workers.measures import pacbayes
+
+    calls = []
+    real = pacbayes._error_counts
+    monkeypatch.setattr(pacbayes, "_error_counts", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
 PB = ["pacbayes_flatness", "pacbayes_orig", "pacbayes_init", "pacbayes_mag_flatness",
       "pacbayes_mag_orig", "pacbayes_mag_init"]
 
@@ -392,15 +403,14 @@ def test_sigma_search_stopping_a_pass_early_changes_nothing(monkeypatch, magnitu
         assert 0 < seen["early"] < seen["full"]
 
 
-def test_narrow_networks_count_errors_in_float64(monkeypatch):
+def test_narrow_networks_count_errors_in_float64(monkeypatch, error_count_calls):
     # below FLOAT32_MIN_WIDTH the float32 pass is not tried: the same search, no _error_counts
     from workers.measures import pacbayes
 
     model, _, x, y = trained()
     want = sigma_search(model, x, y, magnitude=False, seed=8)
-    used = []
-    real = pacbayes._error_counts
-    monkeypatch.setattr(pacbayes, "_error_counts", lambda *a: used.append(1) or real(*a))
+    used = error_count_calls
+    used.clear()
     monkeypatch.setattr(pacbayes, "FLOAT32_MIN_WIDTH", 17)  # the widest layer has 16 units
     assert sigma_search(model, x, y, magnitude=False, seed=8) == want and not used
     monkeypatch.setattr(pacbayes, "FLOAT32_MIN_WIDTH", 16)
@@ -429,23 +439,17 @@ def test_error_counts_see_a_partial_sum_overflow_that_a_relu_hides():
         assert _error_counts(_layers(m), ws, h, y).tolist() == want.tolist()
 
 
-def test_the_float32_counts_are_gated_by_the_hidden_width_not_the_input():
-    # 784 inputs into 16 hidden units: narrow, so float64 (no _error_counts) at the default gate
+def test_the_float32_counts_are_gated_by_the_hidden_width_not_the_input(monkeypatch,
+                                                                         error_count_calls):
+    # 784 inputs into 16 hidden units: narrow, so float64 (no _error_counts) at a gate of 17
     from workers.measures import pacbayes
 
     torch.manual_seed(0)
     model = build_mlp(784, 16, 3, 3, "relu", seed=0)
     x = torch.randn(200, 784)
     y = model(x).argmax(1)
-    used = []
-    real = pacbayes._error_counts
-    pacbayes_min = pacbayes.FLOAT32_MIN_WIDTH
-    try:
-        pacbayes.FLOAT32_MIN_WIDTH = 128
-        pacbayes._error_counts = lambda *a: used.append(1) or real(*a)
-        want = sigma_search(model, x, y, magnitude=False, seed=2)
-        assert not used
-        pacbayes.FLOAT32_MIN_WIDTH = 16
-        assert sigma_search(model, x, y, magnitude=False, seed=2) == want and used
-    finally:
-        pacbayes._error_counts, pacbayes.FLOAT32_MIN_WIDTH = real, pacbayes_min
+    monkeypatch.setattr(pacbayes, "FLOAT32_MIN_WIDTH", 17)
+    want = sigma_search(model, x, y, magnitude=False, seed=2)
+    assert not error_count_calls
+    monkeypatch.setattr(pacbayes, "FLOAT32_MIN_WIDTH", 16)
+    assert sigma_search(model, x, y, magnitude=False, seed=2) == want and error_count_calls

@@ -17,7 +17,9 @@ batch (stacked weight matrices, one batched matrix product per layer), in groups
 chunks of points that keep them within ``BUDGET`` elements (wide networks). Losses are computed
 in float64. Error counts (the sigma' searches) are float64's (up to float64 rounding at exact
 ties), computed in float32 with a bound on the rounding and the near-ties evaluated again in
-float64 (``_error_counts``). Where the
+float64 (``_error_counts``; from a hidden width of ``FLOAT32_MIN_WIDTH`` on). A pass of the
+search stops once the errors counted so far put the gap above target + tolerance (the search
+then only moves down, whatever the exact gap). Where the
 perturbation is linear in the searched parameter (sigma' without magnitude, expected
 sharpness), the first layer's products are made once per measure (``_FirstLayer``). The
 draws are common random numbers: draw k is a standard-normal z_k from a generator of its own,
@@ -72,9 +74,10 @@ def _layers(m64):
 BUDGET = 1 << 25
 
 
-# The float32 error counts pay from this widest layer on: on the demo's trained networks (one
-# thread) both sigma' searches took 19.0 ms in float32 and 12.2 ms in float64 at width 32,
-# 86 ms and 134 ms at width 128 (2026-11-30)
+# The float32 error counts pay from this widest hidden layer on: on the demo's trained
+# networks (one thread) both sigma' searches took 19.0 ms in float32 and 12.2 ms in float64 at
+# width 32, 86 ms and 134 ms at width 128 (2026-11-30, before passes stopped early; since,
+# the two paths cost about the same at width 128, `bench/measure_paths.py`)
 FLOAT32_MIN_WIDTH = 128
 
 

@@ -122,6 +122,12 @@ def show(overrides: list[str] | tuple[str, ...] = (), keys: bool = False) -> str
 
         Dumper.add_representer(list, lambda dumper, v: dumper.represent_sequence(
             "tag:yaml.org,2002:seq", v, flow_style=True))
+        # the measure settings other than the defaults (null) only: all of them are listed,
+        # with their defaults, by --keys
+        d = {**d, "measure_settings": {
+            m: {k: v for k, v in st.items() if v is not None}
+            for m, st in (d.get("measure_settings") or {}).items()
+            if any(v is not None for v in st.values())}}
         return "\n".join(head) + "\n" + yaml.dump(d, Dumper=Dumper, sort_keys=False,
                                                   default_flow_style=False, width=100)
     docs = {**key_docs(conf_dir() / "config.yaml"),

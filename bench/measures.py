@@ -60,7 +60,7 @@ def main() -> None:
                         "launch: measure_settings.<measure>.<setting>=VALUE (measure_settings."
                         "pacbayes.* sets the six PAC-Bayes measures), metrics.*=VALUE")
     p.add_argument("--registered-defaults", action="store_true",
-                   help="the measures' registered defaults (../shared/MEASURES.md) instead of "
+                   help="the measures' registered defaults (the papers' settings) instead of "
                         "the demo experiment's cheaper settings (conf/experiment/demo.yaml)")
     args = p.parse_args()
     if args.registered_defaults:  # conf/config.yaml's metrics, the demo's measure_settings null

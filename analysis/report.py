@@ -437,7 +437,30 @@ def config_html(st) -> str:
             + f", {config.get('train', {}).get('steps')} steps). Space: varied "
             f"{html.escape(varied or 'nothing')}; fixed {html.escape(fixed or 'nothing')}.<br>"
             f"Launched by{'' if exact else ' (approximately; sweep.json holds the exact configuration)'}: "
-            f"<code>{html.escape(command)}</code></p>")
+            f"<code>{html.escape(command)}</code>" + settings_html(st) + "</p>")
+
+
+def settings_html(st) -> str:
+    """The measures' settings the report's values have (``measures.json``: the settings last
+    asked for) where they differ from the measure's registered defaults, as a line for the
+    report's header; empty when all are the defaults or nothing is recorded."""
+    from workers.measures import REGISTRY
+    from workers.measures.table import read_selection
+
+    diffs = []
+    for name, sel in sorted(read_selection(st).items()):
+        if name not in REGISTRY:
+            continue
+        defaults = REGISTRY[name].settings
+        changed = [f"{k}={v}" for k, v in sorted(sel.get("settings", {}).items())
+                   if k in defaults and v != defaults[k]]
+        if changed:
+            diffs.append(f"{name} {', '.join(changed)}")
+    if not diffs:
+        return ""
+    return ("<br>Measure settings other than their defaults (the values below are these; "
+            "<code>sweep show --keys</code> lists the defaults): "
+            + html.escape("; ".join(diffs)))
 
 
 def _html(st, df, fit, train_acc, table, made, n_boot, seconds, noise_filter=False,

@@ -44,7 +44,7 @@ def one(spec: TrialSpec, data_root=None) -> dict:
     out = evaluate_outcomes(measure_inputs(model, data, spec, initial_model(spec, data, "cpu")),
                             spec.metrics.active_measures(), spec.metrics.measure_settings())
     total = time.perf_counter() - t
-    return {"trial": f"{spec.activation}/{spec.optimizer} w{spec.width} d{spec.depth}",
+    return {"trial": f"{spec.activation}/{spec.optimizer} lr {spec.lr:g} w{spec.width} d{spec.depth}",
             "train_s": train_s, "measures_s": total,
             "per_measure": {k: o.seconds for k, o in out.items()},
             "errors": sorted(k for k, o in out.items() if o.error and not o.error.startswith("undefined"))}
@@ -52,9 +52,13 @@ def one(spec: TrialSpec, data_root=None) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--demo", type=int, default=10, help="demo trials to time (0: none)")
-    p.add_argument("--large", action="store_true")
-    p.add_argument("--large-steps", type=int, default=2000)
+    p.add_argument("--demo", type=int, default=10,
+                   help="the first K demo trials to time (0: none; the demo has 90)")
+    p.add_argument("--large", action="store_true",
+                   help="also a width-1024, depth-5 ReLU network on 10,000 Fashion-MNIST "
+                        "training points (the Debian package dataset-fashion-mnist)")
+    p.add_argument("--large-steps", type=int, default=2000,
+                   help="SGD steps (batch 128) of the --large network")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="configuration overrides of the measurement settings, as for sweep "
                         "launch: measure_settings.<measure>.<setting>=VALUE (measure_settings."
@@ -72,11 +76,17 @@ def main() -> None:
     bad = [o for o in args.overrides
            if not o.split("=")[0].startswith(("measure_settings.", "metrics."))]
     if bad:
-        raise SystemExit(f"{bad[0]}: only measure_settings.* and metrics.* may be overridden here")
+        p.error(f"{bad[0]}: only measure_settings.* and metrics.* may be overridden here")
+    if args.demo < 0 or args.large_steps < 1:
+        p.error("--demo: allowed 0 or more; --large-steps: allowed 1 or more")
     try:
         cfg = compose(["experiment=demo", *args.overrides])
     except ConfigError as e:
-        raise SystemExit(f"error: {e}")
+        p.error(str(e))
+    ms = cfg.metric_spec()
+    print(f"measure settings other than the defaults: {ms.measure_overrides}; transitions on "
+          f"{ms.transitions_points} loops (k {ms.transitions_k}), Jacobian norms on "
+          f"{ms.jacobian_points or 'all'} points per split", flush=True)
     rows = []
     for s in plan_trials(cfg)[: args.demo]:
         rows.append(one(s))
@@ -85,14 +95,14 @@ def main() -> None:
                       "relu", "sgd", 0.01, 128, 1.0, 1,
                       train=TrainSpec(steps=args.large_steps, early_stop=False),
                       metrics=cfg.metric_spec())
-        rows.append(one(s))
+        rows.append({**one(s), "large": True})
     for r in rows:
         slow = sorted(r["per_measure"].items(), key=lambda kv: -kv[1])[:4]
         print(f"{r['trial']}: train {r['train_s']:.2f} s, all {len(r['per_measure'])} measures "
               f"{r['measures_s']:.2f} s ({100 * r['measures_s'] / r['train_s']:.1f}% of training); "
               "slowest: " + ", ".join(f"{k} {v:.3f} s" for k, v in slow)
               + (f"; errors: {r['errors']}" if r["errors"] else ""))
-    demo = [r for r in rows if not r["trial"].startswith("relu/sgd w1024")]
+    demo = [r for r in rows if not r.get("large")]
     if demo:
         share = sum(r["measures_s"] for r in demo) / sum(r["train_s"] for r in demo)
         print(f"demo: measures / training = {100 * share:.1f}% over {len(demo)} trials")

@@ -393,7 +393,7 @@ def _measure_settings(v) -> MeasureSettings:
     settings only; ``points`` an integer >= 1 or ``all``; sharpness's ``steps`` an integer
     >= 0; other integer settings >= 1; number settings finite and > 0 (sharpness's alpha
     >= 0); and, for every measure as it will run (its defaults, its group's settings, its own),
-    alpha_min <= alpha_max and tolerance < target."""
+    alpha_min <= alpha_max (equal with alphas 1), target < 1 and tolerance < target."""
     import dataclasses
 
     from workers.measures import SETTING_GROUPS, configurable_settings
@@ -439,6 +439,13 @@ def _measure_settings(v) -> MeasureSettings:
         if "alpha_min" in merged and merged["alpha_min"] > merged["alpha_max"]:
             raise ConfigError(f"{where}: alpha_min {merged['alpha_min']:g} > alpha_max "
                               f"{merged['alpha_max']:g}; allowed: alpha_min <= alpha_max")
+        if "alphas" in merged and merged["alphas"] == 1 and merged["alpha_max"] != merged["alpha_min"]:
+            raise ConfigError(f"{where}: alphas 1 takes alpha_min ({merged['alpha_min']:g}) "
+                              f"alone, alpha_max {merged['alpha_max']:g} would not be used; "
+                              "allowed: alpha_max = alpha_min, or alphas >= 2")
+        if "target" in merged and merged["target"] >= 1:
+            raise ConfigError(f"{where}: target {merged['target']:g}: a training error rises "
+                              "by less than 1; allowed: 0 < target < 1")
         if "tolerance" in merged and merged["tolerance"] >= merged["target"]:
             raise ConfigError(f"{where}: tolerance {merged['tolerance']:g} >= target "
                               f"{merged['target']:g} (for {name}); allowed: tolerance < target")

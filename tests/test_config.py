@@ -67,6 +67,10 @@ def test_overrides_and_scalars_become_lists():
     ("measure_settings.expected_sharpness.alpha_max=1e-5", "alpha_min 0.001 > alpha_max 1e-05"),
     ("measure_settings.transitions_test.points=3", "measure_settings.transitions_test.points: unknown key"),
     ("measure_settings.pacbayes.steps=0", "measure_settings.pacbayes.steps: must be >= 1, got 0"),
+    ("measure_settings.pacbayes.target=1.5", "measure_settings.pacbayes: target 1.5: a training "
+     "error rises by less than 1; allowed: 0 < target < 1"),
+    ("measure_settings.expected_sharpness.alpha_max=0.1", "alphas 1 takes alpha_min \\(0.001\\) "
+     "alone, alpha_max 0.1 would not be used"),
 ])
 
 

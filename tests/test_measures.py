@@ -522,3 +522,19 @@ def test_the_launch_command_of_an_old_demo_sweep_keeps_the_registered_defaults()
     assert exact and "measure_settings.sharpness.steps=null" in command
     again = compose(shlex.split(command)[2:])
     assert again.measure_overrides() == "{}"
+
+
+def test_the_reports_header_names_the_settings_other_than_the_defaults(tmp_path):
+    from analysis.report import settings_html
+    from workers.measures import REGISTRY
+    from workers.measures.table import write_selection
+
+    assert settings_html(str(tmp_path)) == ""  # nothing recorded
+    defaults = {n: (REGISTRY[n].version, dict(REGISTRY[n].settings))
+                for n in ("sharpness", "pacbayes_orig", "params")}
+    write_selection(str(tmp_path), defaults)
+    assert settings_html(str(tmp_path)) == ""  # all at their defaults
+    write_selection(str(tmp_path), {"sharpness": (2, {**REGISTRY["sharpness"].settings,
+                                                      "steps": 10})})
+    line = settings_html(str(tmp_path))
+    assert "sharpness steps=10" in line and "pacbayes" not in line and "alpha" not in line

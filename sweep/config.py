@@ -396,7 +396,7 @@ def _measure_settings(v) -> MeasureSettings:
     alpha_min <= alpha_max (equal with alphas 1), target < 1 and tolerance < target."""
     import dataclasses
 
-    from workers.measures import SETTING_GROUPS, configurable_settings
+    from workers.measures import SETTING_GROUPS, configurable_settings, expand_settings
 
     known = configurable_settings()
     v = {} if v is None else v
@@ -428,18 +428,16 @@ def _measure_settings(v) -> MeasureSettings:
                 vals[k] = _float(key, val, lo=0.0,
                                  positive=not (name == "sharpness" and k == "alpha"))
         out[name] = vals
+    # each measure as it will run: its defaults, its group's settings, its own entry
+    given = {n: {k: x for k, x in vals.items() if x is not None} for n, vals in out.items()}
     group_of = {m: g for g, members in SETTING_GROUPS.items() for m in members}
-    for name in known:  # each measure as it will run: defaults, its group's, its own
-        if name in SETTING_GROUPS:
-            continue
-        group, own = ({k: x for k, x in out.get(n, {}).items() if x is not None}
-                      for n in (group_of.get(name), name))
-        merged = {**known[name], **group, **own}
-        where = "measure_settings." + (group_of[name] if group and not own else name)
+    for name, st in expand_settings(given).items():
+        merged = {**known[name], **st}
+        where = "measure_settings." + (name if given.get(name) else group_of.get(name, name))
         if "alpha_min" in merged and merged["alpha_min"] > merged["alpha_max"]:
             raise ConfigError(f"{where}: alpha_min {merged['alpha_min']:g} > alpha_max "
                               f"{merged['alpha_max']:g}; allowed: alpha_min <= alpha_max")
-        if "alphas" in merged and merged["alphas"] == 1 and merged["alpha_max"] != merged["alpha_min"]:
+        if merged.get("alphas") == 1 and merged["alpha_max"] != merged["alpha_min"]:
             raise ConfigError(f"{where}: alphas 1 takes alpha_min ({merged['alpha_min']:g}) "
                               f"alone, alpha_max {merged['alpha_max']:g} would not be used; "
                               "allowed: alpha_max = alpha_min, or alphas >= 2")

@@ -33,13 +33,16 @@ def missing(out, specs, retry: set | None = None) -> dict[str, list[str]]:
     todo: dict[str, list[str]] = {}
     if retry is not None:  # values that raised count as missing
         have -= retry
+    asked: dict = {}  # MetricSpec -> [(measure, version, settings key)]: the same for a plan
     for s in _among(specs, ok):
-        load_modules(s.metrics.measure_modules)
-        settings = s.metrics.measure_settings()
-        for name in s.metrics.active_measures():
-            st = resolved_settings(name, settings.get(name))
-            key = (s.trial_id, name, REGISTRY[name].version, settings_key(st))
-            if key not in have:
+        if s.metrics not in asked:
+            load_modules(s.metrics.measure_modules)
+            settings = s.metrics.measure_settings()
+            asked[s.metrics] = [(name, REGISTRY[name].version,
+                                 settings_key(resolved_settings(name, settings.get(name))))
+                                for name in s.metrics.active_measures()]
+        for name, version, key in asked[s.metrics]:
+            if (s.trial_id, name, version, key) not in have:
                 todo.setdefault(s.trial_id, []).append(name)
     return todo
 

@@ -132,13 +132,17 @@ UNSURE_LIMIT = 0.2
 ACTIVATION_BOUND = {"tanh": 1.0, "hardtanh": 1.0, "hardsigmoid": 1.0, "relu6": 6.0}
 
 
+def _gamma(m: int) -> float:
+    """gamma_m = m u / (1 - m u): the relative error bound of an m-term float32 sum."""
+    return m * U32 / (1 - m * U32)
+
+
 def product_error(err, norm, m: int, size):
     """Bound on |fl32(W32 h32) - W h| for a float32 product of m terms: W's rounding, the
     standard gamma_m |W| |h| bound with |W| |h| <= ||W||_inf ||h||_inf (``norm``: ||W||_inf,
     ``size``: ||h32||_inf), the input's error ``err`` carried through W, and an absolute term
     for results below float32's normal range."""
-    gamma = m * U32 / (1 - m * U32)
-    return norm * (err + (U32 + gamma * (1 + U32)) * size) + (m + 2) * TINY32 * (size + 1)
+    return norm * (err + (U32 + _gamma(m) * (1 + U32)) * size) + (m + 2) * TINY32 * (size + 1)
 
 
 F32_MAX = float(torch.finfo(torch.float32).max)
@@ -150,8 +154,7 @@ def overflow_risk(norm, size, err, m: int):
     rounded): such a sum can become +-inf and be hidden by the activation after it (ReLU of
     -inf is 0), so those rows must be evaluated in float64 whatever their bound says. Boolean,
     the shape of ``size + err``; True where the bound itself is not finite."""
-    gamma = m * U32 / (1 - m * U32)
-    reach = norm * (size + err) * (1 + gamma) * (1 + U32)
+    reach = norm * (size + err) * (1 + _gamma(m)) * (1 + U32)
     return ~(reach < F32_MAX / 2)  # (True for nan and inf too)
 
 

@@ -317,4 +317,3 @@ def expand_settings(overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, dic
         if name not in SETTING_GROUPS:
             out.setdefault(name, {}).update(st)
     return out
-

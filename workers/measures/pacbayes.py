@@ -74,10 +74,9 @@ def _layers(m64):
 BUDGET = 1 << 25
 
 
-# The float32 error counts pay from this widest hidden layer on: on the demo's trained
-# networks (one thread) both sigma' searches took 19.0 ms in float32 and 12.2 ms in float64 at
-# width 32, 86 ms and 134 ms at width 128 (2026-11-30, before passes stopped early; since,
-# the two paths cost about the same at width 128, `bench/measure_paths.py`)
+# The float32 error counts are tried from this widest hidden layer on: below it their bound's
+# bookkeeping costs more than the float32 products save (on the demo's width-32 networks);
+# at width 128 the two paths cost about the same (`bench/measure_paths.py --fmnist`)
 FLOAT32_MIN_WIDTH = 128
 
 
@@ -165,7 +164,8 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
                   ws32=None, state: dict | None = None, size0=None) -> torch.Tensor:
     """Misclassified points of each of the S networks ``ws`` ([S, out, in] float64) on inputs
     h64 [S, n, d] (float64) of ``layers`` -> [S] int64: the counts of the float64 forward pass
-    (up to float64 rounding where two logits tie in exact arithmetic), at float32's speed. The pass runs in float32 and carries, per network and point, a bound E
+    (up to float64 rounding where two logits tie in exact arithmetic), at float32's speed. The
+    pass runs in float32 and carries, per network and point, a bound E
     on how far every float32 value can be from the float64 one (rounding the weights and the
     input, and the standard bound gamma_m |W| |h| on an m-term product, m u / (1 - m u),
     u = 2^-24, with |W| |h| <= ||W||_inf ||h||_inf; the activations are 1-Lipschitz, their

@@ -538,3 +538,41 @@ def test_the_reports_header_names_the_settings_other_than_the_defaults(tmp_path)
                                                       "steps": 10})})
     line = settings_html(str(tmp_path))
     assert "sharpness steps=10" in line and "pacbayes" not in line and "alpha" not in line
+
+
+def test_measure_names_that_are_result_columns_are_refused(scratch_registry, tmp_path):
+    """#22.4: a measure named like a column of the record or the measures table would replace
+    it in load_results (``gen_gap``: the target of every statistic)."""
+    import pyarrow.parquet as pq
+
+    from sweep.config import ConfigError, compose
+    from workers.measures import reserved_names
+    from workers.measures.table import MEASURE_SCHEMA
+    from workers.record import POINT_TYPE, SUMMARY_COLUMNS
+
+    for name in ("gen_gap", "status", "width", "test_acc", "loss", "value", "all"):
+        with pytest.raises(ValueError, match="reserved"):
+            register(name, source="s")(lambda i: 0.0)
+        assert name not in REGISTRY
+    with pytest.raises(ConfigError, match="reserved"):
+        compose(["measures=[gen_gap]"])
+    # every record and table column, independently listed from the schemas
+    cols = set(SUMMARY_COLUMNS) | {f.name for f in POINT_TYPE} | set(MEASURE_SCHEMA.names)
+    assert reserved_names() == cols - {"jacobian_norm_train", "jacobian_norm_test",
+                                       "transitions_test"} | {"all", "sign"}
+
+    # a value stored under such a name (an older release allowed it) never replaces the column
+    from analysis import load_results
+    from workers.measures import Outcome
+    from workers.measures.table import write_outcome
+    from workers.spec import RunContext
+    from workers.trial import run_trial
+
+    spec = TrialSpec(DataSpec("digits", train_size=100, test_size=40), 8, 2, "relu", "sgd",
+                     0.01, 32, 1.0, 1, train=TrainSpec(steps=20),
+                     metrics=MetricSpec(measures=("jacobian_norm_test",)))
+    row = run_trial(spec, RunContext(str(tmp_path)))
+    write_outcome(str(tmp_path), spec.trial_id, Outcome("gen_gap", 123.0, 1, {}, 0.0))
+    with pytest.warns(UserWarning, match="gen_gap"):
+        df = load_results(tmp_path)
+    assert df.gen_gap.iloc[0] == pytest.approx(row["train_acc"] - row["test_acc"])

@@ -251,3 +251,45 @@ def test_environment_failures_are_retryable_and_the_trials_own_are_final(tmp_pat
     row = run_trial(s, RunContext(str(tmp_path)))
     assert row["status"] == "failed" and row["retryable"] is retryable
     assert len(pending(str(tmp_path), [s])) == (1 if retryable else 0)
+
+
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 1e38), ("momentum", 1e38), ("adam", 1e37),
+                                           ("rmsprop", 1e37)])
+def test_a_last_update_that_makes_the_network_nonfinite_is_diverged(tmp_path, optimizer, lr):
+    """#22.3: one step at lr 1e38: the loss before the update is finite (the loop's check sees
+    it), the update makes weights or outputs non-finite: ``diverged``, never ``ok``."""
+    s = spec(optimizer=optimizer, lr=lr, train=TrainSpec(steps=1, check_every=1))
+    row = run_trial(s, RunContext(str(tmp_path)))
+    # independently: the trained network's outputs, rebuilt the slow way, are not all finite
+    data = load_data("digits", train_size=300, test_size=100)
+    m = build_mlp(64, 32, 3, 10, "relu", s.init_scale, s.seed)
+    train_model(m, data, optimizer, lr, 64, TrainSpec(steps=1, check_every=1), seed=s.seed)
+    finite = all(bool(torch.isfinite(p).all()) for p in m.parameters()) and bool(
+        torch.isfinite(m(data.x_train.flatten(1))).all() and torch.isfinite(
+            m(data.x_test.flatten(1))).all())
+    assert not finite
+    assert row["status"] == "diverged", row["error"]
+    assert "non-finite" in row["error"]
+    assert math.isnan(row["train_loss"]) and math.isnan(row["test_acc"])
+
+
+def test_nonfinite_weights_after_the_last_step_end_training_as_diverged():
+    """The weights themselves: a step that overflows them to inf (not only the outputs)."""
+    data = load_data("digits", train_size=64, test_size=10)
+    m = build_mlp(64, 16, 2, 10, "relu", 8.0, seed=0)
+    out = train_model(m, data, "sgd", 3e38, 64, TrainSpec(steps=1, check_every=1), seed=0)
+    assert not all(bool(torch.isfinite(p).all()) for p in m.parameters())
+    assert out.diverged and "non-finite weights after step 1" in out.reason
+
+
+def test_lbfgs_with_finite_weights_and_outputs_is_not_diverged(tmp_path):
+    row = run_trial(spec(optimizer="lbfgs", lr=1.0, batch_size=None,
+                         train=TrainSpec(steps=5, check_every=5)), RunContext(str(tmp_path)))
+    assert row["status"] == "ok" and math.isfinite(row["train_loss"])
+
+
+def test_an_update_whose_step_overflows_float32_is_diverged(tmp_path):
+    """Adam at lr 1e38: its step size lr / (1 - beta1) is beyond float32, torch raises."""
+    row = run_trial(spec(optimizer="adam", lr=1e38, train=TrainSpec(steps=1, check_every=1)),
+                    RunContext(str(tmp_path)))
+    assert row["status"] == "diverged" and "overflow" in row["error"]

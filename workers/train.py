@@ -4,7 +4,8 @@ Secondary optimizer coefficients are PyTorch's defaults (Momentum: 0.9). The lea
 multiplied by ``lr_decay`` every ``lr_decay_epochs`` epochs, an epoch being one pass as the loop
 draws it (floor(n / B) steps, the remainder dropped). Training stops at the step budget,
 or - with ``early_stop`` - once the whole (un-augmented) train set is classified 100% correctly,
-checked every ``check_every`` steps. A non-finite loss ends training as diverged.
+checked every ``check_every`` steps. A non-finite loss, or non-finite weights after the last
+update, end training as diverged.
 """
 
 from __future__ import annotations
@@ -93,10 +94,23 @@ def train_model(
     those of an uninterrupted run (bitwise on CPU). ``time_rule``: stop when the time budget
     runs out (``TimeRule``; mini-batch training falls back to its fallback step, L-BFGS, whose
     iterations stay below any fallback step of the paper, has none)."""
-    if optimizer == "lbfgs":
-        return _train_lbfgs(model, data, lr, train, checkpoint, time_rule)
-    return _train_minibatch(model, data, optimizer, lr, batch_size, train, seed, augment,
-                            checkpoint, time_rule)
+    try:
+        if optimizer == "lbfgs":
+            out = _train_lbfgs(model, data, lr, train, checkpoint, time_rule)
+        else:
+            out = _train_minibatch(model, data, optimizer, lr, batch_size, train, seed,
+                                   augment, checkpoint, time_rule)
+    except RuntimeError as e:  # an update whose step size overflows float32 (Adam at lr 1e38)
+        if "without overflow" not in str(e):
+            raise
+        return TrainOutcome(0, True, f"non-finite update: {e}")
+    if not out.diverged and out.out_of_time is None and not all(
+            bool(torch.isfinite(p).all()) for p in model.parameters()):
+        # the loss checks see the loss before each update; the last update (or the fallback
+        # step's) can still make the weights non-finite
+        return TrainOutcome(out.steps, True, f"non-finite weights after step {out.steps} (the "
+                            "last update)", out.stopped_by_time)
+    return out
 
 
 def _timer(time_rule: TimeRule | None, saved: dict | None):

@@ -112,6 +112,23 @@ class Outcome:
 
 
 REGISTRY: dict[str, Measure] = {}
+# the built-in measures whose values the trial's record keeps in columns of their own name
+RECORD_MEASURES = ("jacobian_norm_train", "jacobian_norm_test", "transitions_test")
+
+
+def reserved_names() -> frozenset[str]:
+    """Names no measure may take: every column of a trial's record (``workers.record``: the
+    trial's outcome, hyperparameters and bookkeeping, its per-point records) and of the
+    measures table (``workers.measures.table``), other than the built-in measures the record
+    keeps (``RECORD_MEASURES``), and ``all`` (the configuration's word for every measure). A
+    measure of such a name would replace that column in ``analysis.load_results``."""
+    from workers.record import POINT_TYPE, SUMMARY_COLUMNS
+
+    table = ("trial_id", "measure", "version", "settings", "value", "seconds", "error", "info",
+             "hostname", "created", "points")  # (workers.measures.table.MEASURE_SCHEMA: a test
+    # checks they agree; that module imports this one)
+    names = set(SUMMARY_COLUMNS) | {f.name for f in POINT_TYPE} | set(table) | {"all", "sign"}
+    return frozenset(names - set(RECORD_MEASURES))
 _NEED_OF = {"model": "model", "init_model": "init_model", "train_inputs": "x_train",
             "train_labels": "y_train", "test_inputs": "x_test", "test_labels": "y_test",
             "image_shape": "image_shape"}
@@ -135,6 +152,10 @@ def register(name: str, *, source: str, needs: Iterable[str] = ("model",),
     if not name.isidentifier():
         raise ValueError(f"measure name {name!r}: allowed: a Python identifier (it becomes a "
                          "column name)")
+    if name in reserved_names():
+        raise ValueError(f"measure name {name!r} is reserved: a column of the results or the "
+                         "measures table already has that name (it would replace it); allowed: "
+                         f"any other identifier, e.g. {name}_measure")
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"measure {name!r}: version {version!r}; allowed: an integer >= 1")
     if sign not in (1, -1):
@@ -185,9 +206,12 @@ def evaluate_outcomes(inputs: MeasureInputs, names: Sequence[str],
                       settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Outcome]:
     """Every measure in ``names`` on ``inputs``; a measure that raises (or lacks an input it
     needs) gives an Outcome with ``value`` None and its ``error``, and the others still run."""
+    from workers.phase import set_phase
+
     check_names(names)
     out = {}
     for name in names:
+        set_phase(f"measuring {name}")  # (for a trial's wall-clock limit: workers.phase)
         m = REGISTRY[name]
         st = resolved_settings(name, (settings or {}).get(name))
         t0 = time.perf_counter()
@@ -285,7 +309,7 @@ from workers.measures import builtin, norms, pacbayes, sharpness  # noqa: E402,F
 # What a configuration without a ``measures`` key evaluates: the paper's measures, as every sweep
 # did before the registry existed (sweep.json files of those sweeps lack the key). A new sweep's
 # default is ``measures: [all]`` (conf/config.yaml).
-DEFAULT_MEASURES = ("jacobian_norm_train", "jacobian_norm_test", "transitions_test")
+DEFAULT_MEASURES = RECORD_MEASURES
 
 # Settings that the configuration sets through ``metrics.*`` (MetricSpec.measure_settings), not
 # through ``measure_settings``: one way to set each.

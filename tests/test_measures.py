@@ -405,9 +405,15 @@ def test_a_measure_returning_nan_is_null_with_its_reason(scratch_registry):
     def nan_measure(inputs):
         return float("nan")
 
+    @register("inf_measure", source="test")
+    def inf_measure(inputs):
+        return -math.inf
+
     model, x, y = _model_and_data()
-    out = evaluate_outcomes(MeasureInputs(model, x_test=x), ["nan_measure"])
-    assert out["nan_measure"].value is None and "NaN" in out["nan_measure"].error
+    out = evaluate_outcomes(MeasureInputs(model, x_test=x), ["nan_measure", "inf_measure"])
+    assert out["nan_measure"].value is None and "nan" in out["nan_measure"].error
+    assert out["nan_measure"].error.startswith("undefined")
+    assert out["inf_measure"].value is None and "-inf (not finite)" in out["inf_measure"].error
 
 
 def test_measure_refuses_study_settings_and_training_keys(tmp_path, capsys):

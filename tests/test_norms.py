@@ -173,7 +173,7 @@ def test_undefined_with_a_nonpositive_margin_and_deterministic():
 
 
 def test_at_least_thirty_measures_are_registered():
-    assert len(REGISTRY) >= 32 and len(NORMS) == 28 and "sharpness" in REGISTRY
+    assert len(REGISTRY) >= 39 and len(NORMS) == 35 and "sharpness" in REGISTRY
     for name in NORMS:
         m = REGISTRY[name]
         assert m.source and m.doc, name
@@ -210,3 +210,86 @@ def test_sharpness_is_nonnegative_zero_at_alpha_zero_monotone_and_deterministic(
             m.weight.copy_(w0)
     got = sharpness_value(tiny, xs, ys, alpha, 40, 0)[0]
     assert got <= brute + 1e-9 and got >= 0.9 * brute
+
+
+def _deep(scale, seed, depth=65, width=3, act="tanh"):
+    model = mlp((4,) + (width,) * (depth - 1) + (3,), act, seed)
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(scale)
+    return model
+
+
+def _mp_logs(model, x, y):
+    """The Neyshabur products and path norms of ``model`` as natural logs, by mpmath at 60
+    digits from the weights (the literal formulas; no rescaling), gamma_5 by sorting."""
+    import mpmath
+
+    mpmath.mp.dps = 60
+    ws = [mpmath.matrix(w.tolist()) for w in np_weights(model)]
+    def path(p):
+        v = mpmath.matrix([1] * ws[0].cols)
+        for w in ws:
+            v = mpmath.matrix([[abs(w[r, c]) ** p for c in range(w.cols)]
+                               for r in range(w.rows)]) * v
+        return sum(v)
+    with torch.no_grad():
+        z = model(x)
+    mg = sorted(float(z[i, y[i]] - torch.cat([z[i, :y[i]], z[i, y[i] + 1:]]).max())
+                for i in range(len(x)))
+    g5 = mg[max(1, math.floor(5 * len(mg) / 100)) - 1]
+    g10 = mg[max(1, math.floor(10 * len(mg) / 100)) - 1]
+    fro = mpmath.fsum(mpmath.log(sum(a ** 2 for a in w)) for w in ws)
+    spec = sum(2 * math.log(np.linalg.norm(w, 2)) for w in np_weights(model))
+    l1inf = mpmath.fsum(mpmath.log(max(sum(abs(w[r, c]) for c in range(w.cols))
+                                       for r in range(w.rows))) for w in ws)
+    lg5, lg10 = mpmath.log(g5), mpmath.log(g10)
+    return {"log_neyshabur_l2": fro - 2 * lg5,
+            "log_neyshabur_l1_path": 2 * mpmath.log(path(1)) - 2 * lg5,
+            "log_neyshabur_l2_path": mpmath.log(path(2)) - 2 * lg5,
+            "log_neyshabur_spectral": spec - 2 * lg5,
+            "log_neyshabur_l1_inf": 2 * l1inf - 2 * lg5,
+            "log_path_norm": mpmath.log(path(2)),
+            "log_path_norm_over_margin": mpmath.log(path(2)) - 2 * lg10}
+
+
+LOG_MEASURES = ["log_neyshabur_l2", "log_neyshabur_l1_path", "log_neyshabur_l2_path",
+                "log_neyshabur_spectral", "log_neyshabur_l1_inf", "log_path_norm",
+                "log_path_norm_over_margin"]
+
+
+def test_products_beyond_float64_are_logs_in_order_and_never_inf():
+    """#22.2: depth-65 networks whose norm products are far beyond float64 (log ~ 1600): the
+    log measures equal the mpmath logs of the literal formulas, keep the networks' order
+    (no tie at inf), and the plain measures are undefined naming the log, never inf, never an
+    OverflowError."""
+    x = torch.randn(60, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    logs = []
+    for scale in (1000.0, 1500.0):
+        model = _deep(scale, seed=3)
+        xs, ys = separated(model, x)
+        v, out = values(model, xs, ys, init=_deep(1.0, seed=4))
+        want = _mp_logs(model, xs, ys)
+        for name in LOG_MEASURES:
+            assert v[name] == pytest.approx(float(want[name]), rel=1e-10), name
+            plain = name[len("log_"):]
+            if float(want[name]) > 709.8:
+                assert v[plain] is None and "beyond float64" in out[plain].error, plain
+                assert name in out[plain].error
+        for name, o in out.items():
+            assert o.error is None or o.error.startswith("undefined"), (name, o.error)
+            assert o.value is None or math.isfinite(o.value), name
+        assert float(want["log_path_norm"]) > 800  # e^800: beyond float64 (e^709.8)
+        logs.append(v)
+    for name in LOG_MEASURES:  # a larger scale, a larger product: ordered, not tied
+        assert logs[1][name] > logs[0][name] + 1, name
+
+
+def test_plain_products_in_float64_range_equal_exp_of_their_logs():
+    model = mlp((3, 5, 4, 3), "relu", seed=2)
+    x, y = separated(model, torch.randn(300, 3, dtype=torch.float64))
+    v, _ = values(model, x, y)
+    want = _mp_logs(model, x, y)
+    for name in LOG_MEASURES:
+        assert v[name[len("log_"):]] == pytest.approx(math.exp(float(want[name])), rel=1e-10)

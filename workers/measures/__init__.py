@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -225,9 +226,10 @@ def evaluate_outcomes(inputs: MeasureInputs, names: Sequence[str],
             if not isinstance(r, MeasureValue):
                 r = MeasureValue(float(r))
             value = float(r.value)
-            if value != value:  # NaN: no value, and say so (inf is a value)
+            if not math.isfinite(value):  # NaN or +-inf: no value, and say so
                 out[name] = Outcome(name, None, m.version, st, time.perf_counter() - t0,
-                                    "undefined: the measure returned NaN", r.points, r.info)
+                                    f"undefined: the measure returned {value} (not finite)",
+                                    r.points, r.info)
                 continue
             out[name] = Outcome(name, value, m.version, st, time.perf_counter() - t0,
                                 None, r.points, r.info)

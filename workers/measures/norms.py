@@ -102,13 +102,57 @@ def _positive_gamma(inputs, q) -> float:
     return g
 
 
-def _path(inputs, power: int) -> float:
-    """1^T |W_d|^p ... |W_1|^p 1: the sum over all input-output paths of the product of the
-    p-th powers of the absolute weights (no non-linearity in between)."""
-    v = torch.ones(_w(inputs)[0].shape[1], dtype=torch.float64)
-    for w in _w(inputs):
-        v = w.abs().pow(power) @ v
-    return float(v.sum())
+def _log(x: float, what: str) -> float:
+    """log x of a positive norm, or Undefined naming the zero (its log is -inf)."""
+    if not x > 0:
+        raise Undefined(f"{what} = {x:g}: its log is not finite")
+    return math.log(x)
+
+
+def _log_path(inputs, power: int) -> float:
+    """log(1^T |W_d|^p ... |W_1|^p 1): the log of the sum over all input-output paths of the
+    product of the p-th powers of the absolute weights (no non-linearity in between). The
+    vector is rescaled to a largest entry of 1 after each layer and the scales' logs summed,
+    so no partial product overflows or underflows float64 (depth 65: the sum itself is often
+    beyond float64's range)."""
+    def compute():
+        v = torch.ones(_w(inputs)[0].shape[1], dtype=torch.float64)
+        log_scale = 0.0
+        for w in _w(inputs):
+            v = w.abs().pow(power) @ v
+            top = float(v.max()) if v.numel() else 0.0
+            if not top > 0:
+                raise Undefined(f"the l{power}-path norm is 0 (no path with nonzero weights)")
+            if not math.isfinite(top):  # (float32 weights cannot: |w|^2 * width < 1e83)
+                raise Undefined(f"a layer's l{power}-path sum overflows float64")
+            v = v / top
+            log_scale += math.log(top)
+        return log_scale + math.log(float(v.sum()))
+
+    return _cached(inputs, f"log_path{power}", compute)
+
+
+def _log_gamma_q(inputs, q) -> float:
+    return math.log(_positive_gamma(inputs, q))
+
+
+def _log_l1_inf(i) -> float:
+    """sum_i log max_j ||W_i[j, :]||_1."""
+    return sum(_log(float(w.abs().sum(dim=1).max()), "a layer's largest row l1 norm")
+               for w in _w(i))
+
+
+# log(float64's largest finite value): a measure whose log is above it has no float64 value
+_LOG_MAX = math.log(torch.finfo(torch.float64).max)
+
+
+def from_log(name: str, log_value: float) -> float:
+    """exp(log_value), the measure ``name`` itself, when float64 holds it; else Undefined naming
+    the log, which ``log_<name>`` stores (the values keep their order there, no tie at inf)."""
+    if log_value > _LOG_MAX:
+        raise Undefined(f"{name} = exp({log_value:.6g}) is beyond float64's range; log_{name} "
+                        "holds its log")
+    return math.exp(log_value)
 
 
 TRAIN = ("model", "train_inputs", "train_labels")
@@ -129,36 +173,53 @@ _reg("margin_gamma10", f"{JIANG} 22 (gamma)", TRAIN, lambda i: gamma(i, 10),
      "gamma_10: the 10th-percentile training margin (Jiang et al.'s gamma).", sign=-1)
 
 # --- Neyshabur et al. 2017, §2 (terms depending only on depth and width dropped) ------------------
-_reg("neyshabur_l2", NEY, TRAIN,
-     lambda i: math.prod(_fro2(i)) / _positive_gamma(i, 5) ** 2,
-     "prod_i ||W_i||_F^2 / gamma_5^2 (l2 norm over the margin).")
-_reg("neyshabur_l1_path", NEY, TRAIN,
-     lambda i: _path(i, 1) ** 2 / _positive_gamma(i, 5) ** 2,
-     "(1^T |W_d| ... |W_1| 1)^2 / gamma_5^2 (l1-path norm over the margin).")
-_reg("neyshabur_l2_path", NEY, TRAIN,
-     lambda i: _path(i, 2) / _positive_gamma(i, 5) ** 2,
-     "1^T |W_d|^2 ... |W_1|^2 1 / gamma_5^2 (l2-path norm over the margin).")
-_reg("neyshabur_spectral", NEY, TRAIN,
-     lambda i: math.prod(s * s for s in _spec(i)) / _positive_gamma(i, 5) ** 2,
-     "prod_i ||W_i||_2^2 / gamma_5^2 (spectral norm over the margin).")
-_reg("neyshabur_l1_inf", NEY, TRAIN,
-     lambda i: math.prod(float(w.abs().sum(dim=1).max()) for w in _w(i)) ** 2
-     / _positive_gamma(i, 5) ** 2,
-     "(prod_i max_j ||W_i[j, :]||_1)^2 / gamma_5^2 (l_{1,inf} norm over the margin: the largest "
-     "l1 norm of a unit's incoming weights).")
+# Each is a product over layers over gamma_5^2: computed as its natural log (sums of logs, the
+# path sums rescaled per layer), stored as ``log_<name>`` (every network, in order, however
+# deep), and as ``<name>`` itself where float64 holds it (undefined beyond, naming the log).
+def _log_neyshabur(kind):
+    def logs(i):
+        if kind == "l2":
+            num = sum(_log(f, "a layer's ||W_i||_F^2") for f in _fro2(i))
+        elif kind == "l1_path":
+            num = 2 * _log_path(i, 1)
+        elif kind == "l2_path":
+            num = _log_path(i, 2)
+        elif kind == "spectral":
+            num = sum(2 * _log(s, "a layer's ||W_i||_2") for s in _spec(i))
+        else:
+            num = 2 * _log_l1_inf(i)
+        return num - 2 * _log_gamma_q(i, 5)
+    return logs
+
+
+_NEYSHABUR = {
+    "l2": "prod_i ||W_i||_F^2 / gamma_5^2 (l2 norm over the margin)",
+    "l1_path": "(1^T |W_d| ... |W_1| 1)^2 / gamma_5^2 (l1-path norm over the margin)",
+    "l2_path": "1^T |W_d|^2 ... |W_1|^2 1 / gamma_5^2 (l2-path norm over the margin)",
+    "spectral": "prod_i ||W_i||_2^2 / gamma_5^2 (spectral norm over the margin)",
+    "l1_inf": "(prod_i max_j ||W_i[j, :]||_1)^2 / gamma_5^2 (l_{1,inf} norm over the margin: the "
+              "largest l1 norm of a unit's incoming weights)",
+}
+for _kind, _doc in _NEYSHABUR.items():
+    _logf = _log_neyshabur(_kind)
+    _reg(f"neyshabur_{_kind}", NEY, TRAIN,
+         lambda i, f=_logf, n=f"neyshabur_{_kind}": from_log(n, f(i)),
+         f"{_doc}; undefined beyond float64's range (log_neyshabur_{_kind} holds its log).")
+    _reg(f"log_neyshabur_{_kind}", NEY, TRAIN, _logf,
+         f"log of {_doc}, computed in log space (defined at any depth).")
 
 
 # --- Jiang et al. 2019, Appendix C ------------------------------------------------------------
 def _log_prod_spec(i):
-    return sum(math.log(s * s) for s in _spec(i))
+    return sum(2 * _log(s, "a layer's ||W_i||_2") for s in _spec(i))
 
 
 def _log_prod_fro(i):
-    return sum(math.log(f) for f in _fro2(i))
+    return sum(_log(f, "a layer's ||W_i||_F^2") for f in _fro2(i))
 
 
 def _log_gamma(i):
-    return math.log(_positive_gamma(i, 10))
+    return _log_gamma_q(i, 10)
 
 
 def _d(i):
@@ -173,8 +234,8 @@ INIT = ("model", "init_model")
 INIT_TRAIN = ("model", "init_model", "train_inputs", "train_labels")
 _reg("params", f"{JIANG} 20", ("model",), lambda i: float(sum(w.numel() for w in _w(i))),
      "n_w: the number of weights.")
-_reg("inverse_margin", f"{JIANG} 22", TRAIN, lambda i: 1.0 / _positive_gamma(i, 10) ** 2,
-     "1 / gamma_10^2.")
+_reg("inverse_margin", f"{JIANG} 22", TRAIN,
+     lambda i: from_log("inverse_margin", -2 * _log_gamma(i)), "1 / gamma_10^2.")
 def _families():
     """The spectral and Frobenius families (Eq. 31-32, 34-35 and 36-39): for each of
     sum_i log ||W_i||_2^2 and sum_i log ||W_i||_F^2, the product form, over the margin, and the
@@ -195,16 +256,22 @@ def _families():
 
 
 _families()
-_reg("fro_over_spec", f"{JIANG} 33", ("model",),
-     lambda i: sum(f / (s * s) for f, s in zip(_fro2(i), _spec(i))),
+def _fro_over_spec(i, num=None):
+    """sum_i num_i / ||W_i||_2^2 (num: ||W_i||_F^2 by default), each ratio by logs."""
+    num = _fro2(i) if num is None else num
+    return sum(math.exp(math.log(f) - 2 * _log(s, "a layer's ||W_i||_2")) if f > 0 else 0.0
+               for f, s in zip(num, _spec(i)))
+
+
+_reg("fro_over_spec", f"{JIANG} 33", ("model",), _fro_over_spec,
      "sum_i ||W_i||_F^2 / ||W_i||_2^2.")
 _reg("log_spec_orig_main", f"{JIANG} 30", TRAIN,
      lambda i: _log_prod_spec(i) - 2 * _log_gamma(i)
-     + math.log(sum(f / (s * s) for f, s in zip(_fro2(i), _spec(i)))),
+     + _log(_fro_over_spec(i), "fro_over_spec"),
      "log_prod_of_spec_over_margin + log fro_over_spec.")
 _reg("log_spec_init_main", f"{JIANG} 29", INIT_TRAIN,
      lambda i: _log_prod_spec(i) - 2 * _log_gamma(i)
-     + math.log(sum(df / (s * s) for df, s in zip(_dist_fro2(i), _spec(i)))),
+     + _log(_fro_over_spec(i, _dist_fro2(i)), "sum_i ||W_i - W_i^0||_F^2 / ||W_i||_2^2"),
      "log_prod_of_spec_over_margin + log sum_i ||W_i - W_i^0||_F^2 / ||W_i||_2^2.")
 _reg("fro_dist", f"{JIANG} 40", INIT, lambda i: sum(_dist_fro2(i)),
      "sum_i ||W_i - W_i^0||_F^2.")
@@ -214,11 +281,19 @@ _reg("dist_spec_init", f"{JIANG} 41", INIT,
      "sum_i ||W_i - W_i^0||_2^2.")
 _reg("param_norm", f"{JIANG} 42", ("model",), lambda i: sum(_fro2(i)),
      "sum_i ||W_i||_F^2.")
-_reg("path_norm", f"{JIANG} 44", ("model",), lambda i: _path(i, 2),
-     "1^T |W_d|^2 ... |W_1|^2 1 (the sum over all paths of the product of squared weights).")
+_reg("path_norm", f"{JIANG} 44", ("model",),
+     lambda i: from_log("path_norm", _log_path(i, 2)),
+     "1^T |W_d|^2 ... |W_1|^2 1 (the sum over all paths of the product of squared weights); "
+     "undefined beyond float64's range (log_path_norm holds its log).")
+_reg("log_path_norm", f"{JIANG} 44", ("model",), lambda i: _log_path(i, 2),
+     "log path_norm, computed in log space (defined at any depth).")
 _reg("path_norm_over_margin", f"{JIANG} 43", TRAIN,
-     lambda i: _path(i, 2) / _positive_gamma(i, 10) ** 2,
-     "path_norm / gamma_10^2.")
+     lambda i: from_log("path_norm_over_margin", _log_path(i, 2) - 2 * _log_gamma(i)),
+     "path_norm / gamma_10^2; undefined beyond float64's range (log_path_norm_over_margin "
+     "holds its log).")
+_reg("log_path_norm_over_margin", f"{JIANG} 43", TRAIN,
+     lambda i: _log_path(i, 2) - 2 * _log_gamma(i),
+     "log path_norm - 2 log gamma_10, computed in log space.")
 _reg("l2", f"{JIANG} C (the l2 norm of the weights)", ("model",),
      lambda i: math.sqrt(sum(_fro2(i))), "||w||_2, all weights as one vector.")
 _reg("l2_dist", f"{JIANG} C (the distance to initialization)", INIT,
@@ -244,7 +319,12 @@ def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048,
         g = torch.softmax(f, dim=1)
         g[torch.arange(len(xb)), y[a:a + chunk].to(g.device)] -= 1.0
         total += float(((g * df).sum(dim=1) ** 2).sum())
-    return (d + 1) ** 2 / m * total if m else float("nan")
+    if not m:
+        return float("nan")
+    value = (d + 1) ** 2 / m * total
+    if not math.isfinite(value):  # the derivative along w overflows float64 (deep, large w)
+        raise Undefined(f"the Fisher-Rao sum is not finite in float64 ({value})")
+    return value
 
 
 _reg("fisher_rao", f"{JIANG} 45 (Liang et al. 2019)", TRAIN,

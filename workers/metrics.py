@@ -176,8 +176,15 @@ def cross_entropy_float64(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return (m - z.gather(1, y[:, None].long())).squeeze(1) + torch.log1p(e.sum(dim=-1))
 
 
+# Points per forward pass when a trial scores its network (accuracy, loss) and when a measure
+# reads the same outputs (the margins): the same batches give bitwise the same float32 logits.
+# (In the chaotic regime a float32 network's outputs depend on how the points are batched.)
+SCORE_CHUNK = 8192
+
+
 @torch.no_grad()
-def per_point_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 8192):
+def per_point_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   chunk_size: int = SCORE_CHUNK):
     """Per-point cross-entropy [N] (float64, ``cross_entropy_float64``) and correctness [N]
     (bool) of ``model`` on (x, y)."""
     losses, correct = [], []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from workers.measures import MeasureInputs, MeasureValue, register
+from workers.measures import MeasureInputs, MeasureValue, Undefined, register
 
 
 def point_subset(n: int, k: int | None, seed: int) -> torch.Tensor:
@@ -60,6 +60,24 @@ def loop_transitions(model, images: torch.Tensor, k: int) -> tuple[torch.Tensor,
     return count(model, paths).double(), method, used_k
 
 
+def _require_loops_agree(inputs: MeasureInputs, images: torch.Tensor) -> None:
+    """The counts read the network's activation codes in float64 (exactly, or where float32's
+    rounding could flip one): Undefined unless its float64 copy is the function that was
+    scored on the loops' points (every translate of every image; workers.measures.precision)."""
+    from workers.measures.norms import _cached, _double
+    from workers.measures.precision import compare_precisions, disagreement
+    from workers.trajectories import translation_path
+
+    model = inputs.model
+    if len(images) == 0 or next(model.parameters()).dtype == torch.float64:
+        return
+    m64 = _cached(inputs, "model64", lambda: _double(model))
+    pts = torch.cat([translation_path(im) for im in images.cpu()]).to(inputs.x_test.device)
+    check = compare_precisions(model, m64, pts)
+    if not check["agrees"]:
+        raise Undefined(disagreement(check, "points of the translation loops"))
+
+
 @register("transitions_test", source="Novak et al. 2018, §3 and A.1, Eq. 1 (transitions)",
           needs=("model", "test_inputs", "image_shape"), settings={"points": 100, "k": 4096})
 def transitions_test(inputs: MeasureInputs, points: int | None = 100, k: int = 4096) -> MeasureValue:
@@ -68,6 +86,7 @@ def transitions_test(inputs: MeasureInputs, points: int | None = 100, k: int = 4
     x = inputs.x_test
     idx = point_subset(len(x), points, inputs.seed)
     images = x[idx.to(x.device)].reshape(len(idx), *inputs.image_shape)
+    _require_loops_agree(inputs, images)
     trans, method, used_k = loop_transitions(inputs.model, images, k)
     return MeasureValue(float(trans.mean()) if len(trans) else float("nan"),
                         {"test": dict(zip(idx.tolist(), trans.tolist()))},

@@ -9,7 +9,8 @@ weight matrices, W_i^0 the weights at initialization (``init_model``, rebuilt fr
 seed), S the training set as the trial saw it (random labels included), m = |S|.
 
 Everything is computed in float64 from the weights. The margin of a point is
-f(x)[y] - max_{j != y} f(x)[j]; gamma_q is the k-th smallest margin over S with
+f(x)[y] - max_{j != y} f(x)[j] of the network as scored (a trial's float32 network; the logits
+subtracted in float64); gamma_q is the k-th smallest margin over S with
 k = max(1, floor(q m / 100)). A measure divided by a margin is undefined when that margin is
 <= 0: it raises ``Undefined``, recorded as a null value with the reason.
 """
@@ -58,15 +59,19 @@ def _fro2(inputs) -> list[float]:
     return _cached(inputs, "fro2", lambda: [float((w * w).sum()) for w in _w(inputs)])
 
 
-def margins(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096,
-            m64=None) -> torch.Tensor:
-    """Per-point margins f(x)[y] - max_{j != y} f(x)[j] ([m] float64), the network evaluated
-    in float64 (``m64``: its float64 copy, if the caller has one)."""
-    m64 = _double(model) if m64 is None else m64
+def margins(model, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """Per-point margins f(x)[y] - max_{j != y} f(x)[j] ([m] float64) of the network as it is
+    (its own dtype: for a trial, the float32 network that was trained and scored, in the
+    batches it was scored in, ``workers.metrics.SCORE_CHUNK``), the logits subtracted in
+    float64."""
+    from workers.metrics import SCORE_CHUNK
+
+    chunk = chunk or SCORE_CHUNK
+    dtype = next(model.parameters()).dtype
     out = []
     with torch.no_grad():
         for a in range(0, len(x), chunk):
-            z = m64(x[a:a + chunk].to(torch.float64))
+            z = model(x[a:a + chunk].to(dtype)).to(torch.float64)
             yy = y[a:a + chunk].to(z.device)
             true = z.gather(1, yy[:, None])[:, 0]
             other = z.scatter(1, yy[:, None], float("-inf")).amax(dim=1)
@@ -81,14 +86,19 @@ def _double(model):
 
 
 def model64(inputs: MeasureInputs):
-    """The trained network in float64, copied once per evaluation."""
-    return _cached(inputs, "model64", lambda: _double(inputs.model))
+    """The trained network in float64, copied once per evaluation, for the measures that
+    evaluate it in float64; Undefined (with the numbers) where that copy is another function
+    than the network as scored on the training points (workers.measures.precision)."""
+    from workers.measures.precision import require_agreement
+
+    m64 = _cached(inputs, "model64", lambda: _double(inputs.model))
+    require_agreement(inputs, m64)
+    return m64
 
 
 def gamma(inputs: MeasureInputs, q: float) -> float:
     """gamma_q: the k-th smallest training margin, k = max(1, floor(q m / 100))."""
-    mg = _cached(inputs, "margins", lambda: margins(inputs.model, inputs.x_train, inputs.y_train,
-                                                    m64=model64(inputs)))
+    mg = _cached(inputs, "margins", lambda: margins(inputs.model, inputs.x_train, inputs.y_train))
     if len(mg) == 0:
         raise Undefined("no training points")
     k = max(1, math.floor(q * len(mg) / 100))
@@ -160,10 +170,19 @@ NEY = "Neyshabur et al. 2017, §2 and Fig. 1"
 JIANG = "Jiang et al. 2019, Appendix C, Eq."
 
 
+# Version 2 of the measures built on a margin: the margins are the float32 network's, as scored
+# (version 1 evaluated it again in float64, another function in the chaotic regime).
+_MARGIN_V2 = {"margin_gamma5", "margin_gamma10", "inverse_margin", "path_norm_over_margin",
+              "log_spec_orig_main", "log_spec_init_main",
+              *(f"neyshabur_{k}" for k in ("l2", "l1_path", "l2_path", "spectral", "l1_inf")),
+              *(f"log_{f}_of_{k}_over_margin" for f in ("prod", "sum") for k in ("spec", "fro"))}
+
+
 def _reg(name, source, needs, fn, doc, sign=1):
     fn.__doc__ = doc
     fn.__name__ = fn.__qualname__ = name
-    register(name, source=source, needs=needs, sign=sign)(fn)
+    register(name, source=source, needs=needs, sign=sign,
+             version=2 if name in _MARGIN_V2 else 1)(fn)
 
 
 # --- margins --------------------------------------------------------------------------------

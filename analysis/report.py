@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import base64
 import html
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from analysis import figures, neyshabur
+from analysis.figures import value_label
 from analysis.filters import DEFAULT_TRAIN_ACC, fits_training_set
+from analysis.progress import StatsProgress
 from analysis.load import (
     load_curves, load_grids, load_pairs, load_points, load_results, load_sharpness_curves,
 )
@@ -156,8 +159,11 @@ def _per_point_trials(fit: pd.DataFrame, limit: int = PER_POINT_TRIALS, seed: in
 
 def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 200,
                 out: str | None = None, seed: int = 0, noise_filter: bool = False,
-                processes: int | None = None, rank_by: str = "granulated_kendall") -> str:
+                processes: int | None = None, rank_by: str = "granulated_kendall",
+                progress: bool = False) -> str:
     """Write the report of ``sweep_dir``; returns the location of ``report.html``.
+    ``progress``: say on stderr what the report is doing and, for the statistics, how far it
+    is and about how long is left (analysis.progress: a bar on a terminal, lines in a log).
     ``noise_filter``: the sign-errors with Dziugaite et al.'s Monte-Carlo noise filter, the
     test points behind each gap taken from the trials' ``test_size``. ``processes``: see
     ``analysis.stats.statistics_table`` (default: one per core for a large table). ``rank_by``:
@@ -188,6 +194,12 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
 
     made: dict[str, Path] = {}
     notes: list[str] = []
+
+    def say(text: str) -> None:
+        if progress:
+            print(text, file=sys.stderr, flush=True)
+
+    say(f"report: figures of {len(df)} trials ({len(fit)} fit their training set)")
     with target.staging(rel) as d:
         def draw(name, fn, data, *extra):
             p = fn(data, d / f"{name}.png", *extra)
@@ -227,9 +239,14 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
         if neyshabur.width_study(ok, hps):  # Fig. 4 shows the training error: every width
             draw("neyshabur_fig4", neyshabur.width_figure, ok, measure_columns(df))
 
-        table = statistics_table(fit, measures=[m for m in ranked if m in fit],
+        stats_measures = [m for m in ranked if m in fit]
+        if progress and len(fit):
+            say(f"report: statistics of {len(stats_measures)} measures over {len(fit)} trials, "
+                f"{n_boot} bootstrap resamples")
+        table = statistics_table(fit, measures=stats_measures,
                                  n_boot=n_boot, seed=seed, hyperparameters=hps,
-                                 noise_filter=noise_filter, processes=processes) \
+                                 noise_filter=noise_filter, processes=processes,
+                                 progress=StatsProgress() if progress else None) \
             if len(fit) else pd.DataFrame()
         ranking = ranking_table(table, by=rank_by) if len(table) else ranking_table(table)
         if len(table):
@@ -356,7 +373,7 @@ def filter_note(df: pd.DataFrame, train_acc: float, sweep_dir) -> str:
     pass at lower thresholds, and the command that rebuilds the report at the highest of them
     that keeps half of the ok trials, else the highest that lets the most in (none when no
     lower threshold lets more in). Empty otherwise."""
-    import shlex
+    from sweep.commands import sweep_command
 
     ok = int((df["status"] == "ok").sum())
     n = len(fits_training_set(df, train_acc))
@@ -371,7 +388,8 @@ def filter_note(df: pd.DataFrame, train_acc: float, sweep_dir) -> str:
     at = "; ".join(f"&ge; {t:g}: {c}" for t, c in counts)
     cmd = "" if best is None else (
         f" To read them at a lower threshold (a departure from the paper's 100%): "
-        f"<code>sweep report {html.escape(shlex.quote(str(sweep_dir)))} --train-acc {best:g}</code>.")
+        f"<code>{html.escape(sweep_command('report', sweep_dir, '--train-acc', f'{best:g}'))}"
+        "</code>.")
     return (f"<p class='warn'><b>Few trials fit their training set:</b> {n} of {ok} ok trials "
             f"reach train accuracy &ge; {train_acc:g}, and only those enter the figures and "
             f"statistics (a statistic shows n/a where they are too few)."
@@ -379,18 +397,31 @@ def filter_note(df: pd.DataFrame, train_acc: float, sweep_dir) -> str:
             + " More training steps (<code>train.steps</code>) let more trials fit.</p>")
 
 
+def value_counts(column: pd.Series) -> dict[str, int]:
+    """Trials per value of ``column``, null counted as a value of its own ("null"), keyed by
+    :func:`value_label`, in the order of first appearance."""
+    counts: dict[str, int] = {}
+    for v in column:
+        key = value_label(v)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def unfit_note(df: pd.DataFrame, train_acc: float, hyperparameters) -> str:
     """The hyperparameter values none of whose ok trials fit their training set (so the
     statistics know nothing of them), e.g. plain SGD at a small learning rate; empty if
-    every value has a fitting trial."""
+    every value has a fitting trial. Then, for each hyperparameter of 2 to 10 values where
+    the filter leaves some out, the fitting and ok trials per value. A null value (L-BFGS's
+    batch size) is a value of its own, counted as such."""
     ok = df[df["status"] == "ok"]
     fit = fits_training_set(df, train_acc)
     said = []
     for h in hyperparameters:
         if h not in ok or ok[h].nunique(dropna=False) > 50:
             continue
-        for v, n in ok[h].value_counts(dropna=False).items():
-            if not (fit[h] == v).any() and not (pd.isna(v) and fit[h].isna().any()):
+        fitting = value_counts(fit[h])
+        for v, n in sorted(value_counts(ok[h]).items(), key=lambda kv: -kv[1]):
+            if v not in fitting:
                 said.append(f"{h}={v} ({n} ok trial{'s' if n > 1 else ''})")
     parts = []
     if said:
@@ -401,8 +432,8 @@ def unfit_note(df: pd.DataFrame, train_acc: float, hyperparameters) -> str:
     for h in hyperparameters:
         if h not in ok or not 2 <= ok[h].nunique(dropna=False) <= 10:
             continue
-        counts = [(v, int((fit[h] == v).sum()), int(n))
-                  for v, n in ok[h].value_counts(dropna=False, sort=False).items()]
+        fitting = value_counts(fit[h])
+        counts = [(v, fitting.get(v, 0), n) for v, n in value_counts(ok[h]).items()]
         if any(f < n for _, f, n in counts):
             per.append(f"{h}: " + ", ".join(f"{v} {f}/{n}" for v, f, n in counts))
     if per and len(fit) < len(ok):

@@ -35,7 +35,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -495,301 +495,94 @@ def sign_error(df: pd.DataFrame, measure: str, target: str = "gen_gap",
 # class_S(j)). Per pair of classes (A, B) the four outcome counts follow from
 #     N_AB = |A| |B|,  G_AB = #{g_i > g_j},  M_AB = #{mu_i > mu_j},  GM_AB = #{both}
 # (i in A, j in B): t(1,1) = GM, t(1,0) = G - GM, t(0,1) = M - GM, t(0,0) = N - G - M + GM.
-# G and M are one-dimensional (sort once); GM is a two-dimensional dominance count, split by a
-# divide and conquer over the g-order into one-dimensional counts in the mu-order (level l:
-# segments of 2^(l+1) positions, the upper half's elements against the lower half's). Every
-# one-dimensional count "sources before targets in a sequence" is a block sum: per block of
-# `_BLOCK` positions, the class histogram of the targets times the class histogram of the
-# sources in earlier blocks of the segment (one matrix product per conditioning set), plus the
-# pairs inside a block, listed once (about n * block / 8 per level) and histogrammed over
-# groups of columns that hold several conditioning sets (`_covers`), whose sums give each
-# set's counts. Nothing enumerates the n^2 pairs: per set the work is O(n log n) plus the
-# matrix products' O(K^2 (n / block) log n); the 32-position block balances the listed pairs
-# against the products on the paper's space (bench/README.md). G only depends on the target
-# and is shared by every measure over the same configurations (`_Shared`).
-
-_BLOCK = 32  # GM: positions per block (12 levels of histograms at 72k configurations)
-_BLOCK_1D = 16  # G, M: one level
-_NEAR_BINS = 1 << 18  # listed pairs: several conditioning sets share one histogram this big
+# G and M are one-dimensional counts (one pass in sorted order with a running histogram of the
+# classes below, analysis.kernels.count_below); GM is a two-dimensional dominance count (a
+# merge sort over the g-order by mu that counts the pairs split at each level,
+# analysis.kernels.count_dominated). Every conditioning set is counted in the same pass, and
+# nothing enumerates the n^2 pairs: O(n log n * sum of the sets' class counts). G depends on the
+# target and the configurations only and is shared by every measure over them (`_Shared`).
 
 
-@dataclass(frozen=True)
-class _Level:
-    """One one-dimensional count in a sequence cut into segments of ``per_segment`` blocks:
-    per target the sources in earlier blocks of its segment (pairs inside a block are listed
-    in ``_Family.near_*``). Blocks are numbered in sequence order, segment-major, 0 ..
-    n_segments * per_segment - 1 (the last segment may be short)."""
+class _SetClasses:
+    """Each configuration's class under each conditioning set, laid out for the kernels: the
+    sets' (K, K) blocks one after another in a flat count array (``off``), their running
+    histograms likewise (``hoff``)."""
 
-    t_elem: np.ndarray  # targets: configuration
-    t_block: np.ndarray  # targets: block holding (the first of) the target
-    s_elem: np.ndarray  # sources: configuration
-    s_block: np.ndarray  # sources: block
-    n_segments: int
-    per_segment: int
+    def __init__(self, codes: np.ndarray, levels: np.ndarray, sets: Sequence[tuple[int, ...]]):
+        self.sets = tuple(sets)
+        n = codes.shape[0]
+        self.k = np.array([math.prod(int(levels[c]) for c in s) for s in sets], dtype=np.int64)
+        if (self.k * self.k).sum() >= 2**31:
+            raise ValueError(f"conditional MI: {int((self.k * self.k).sum())} cells; at most "
+                             f"{2**31 - 1} (fewer hyperparameter values or a smaller k)")
+        self.off = np.concatenate([[0], np.cumsum(self.k * self.k)]).astype(np.int64)
+        self.hoff = np.concatenate([[0], np.cumsum(self.k)]).astype(np.int64)
+        self.cls = np.zeros((n, len(sets)), dtype=np.int32)
+        for q, s in enumerate(sets):
+            c = np.zeros(n, dtype=np.int64)
+            for col in s:
+                c = c * int(levels[col]) + codes[:, col]
+            self.cls[:, q] = c
+        self.base = (self.off[:-1][None, :] + self.cls * self.k[None, :]).astype(np.int32)
+        self.size = {s: np.bincount(self.cls[:, q], minlength=int(self.k[q])).astype(np.float64)
+                     for q, s in enumerate(sets)}
+
+    def below(self, rank: np.ndarray) -> np.ndarray:
+        """Flat counts, per set and classes (a, b): pairs i in a, j in b with rank_j < rank_i."""
+        out = np.zeros(int(self.off[-1]), dtype=np.int64)
+        _kernels().count_below(rank, self.base, self.cls, self.k, self.hoff, out)
+        return out
+
+    def dominated(self, rg: np.ndarray, rm: np.ndarray) -> np.ndarray:
+        """Flat counts, per set and classes (a, b): pairs i in a, j in b with rg_j < rg_i and
+        rm_j < rm_i."""
+        out = np.zeros(int(self.off[-1]), dtype=np.int64)
+        _kernels().count_dominated(rg, rm, self.base, self.cls, self.k, self.hoff, out)
+        return out
+
+    def outcomes(self, g_below: np.ndarray, m_below: np.ndarray, both: np.ndarray) -> dict:
+        """Per set s: (K * K, 4) float64 (exact integers), per cell (class of i, class of j)
+        the ordered pairs with outcome 2 V_g + V_mu; empty classes give empty cells."""
+        out = {}
+        for q, s in enumerate(self.sets):
+            a, b = self.off[q], self.off[q + 1]
+            n_ab = np.outer(self.size[s], self.size[s]).ravel()
+            g_ab, m_ab, gm_ab = (x[a:b].astype(np.float64) for x in (g_below, m_below, both))
+            out[s] = np.stack([n_ab - g_ab - m_ab + gm_ab, m_ab - gm_ab, g_ab - gm_ab, gm_ab],
+                              axis=-1)
+        return out
 
 
-@dataclass(frozen=True)
-class _Family:
-    """All of G, all of M, or every level of GM: blocked levels, and the pairs inside blocks
-    (or inside short segments), listed once for every conditioning set."""
+def _kernels():
+    from analysis import kernels
 
-    levels: list[_Level]
-    near_t: np.ndarray  # target configuration of each listed pair
-    near_s: np.ndarray  # its source configuration
+    return kernels
 
 
 def _dense_rank(x: np.ndarray) -> np.ndarray:
-    return np.unique(x, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    return _kernels().dense_rank(np.ascontiguousarray(x, dtype=np.float64))
 
 
-def _cat(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-def _listed(order: np.ndarray, t_pos: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-            is_source: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (target, source) of a sequence ``order``: for the target at position t_pos[i],
-    every source at a position in [lo[i], hi[i]) (all positions are sources if
-    ``is_source`` is None). Vectorized: the r-th source in the range is the
-    (sources before lo[i] + r)-th source of the sequence."""
-    n = order.size
-    before = np.zeros(n + 1, dtype=np.int64)  # sources before each position
-    if is_source is None:
-        before[1:] = np.arange(1, n + 1)
-        src = order
-    else:
-        np.cumsum(is_source, out=before[1:])
-        src = order[is_source]
-    first, count = before[lo], before[hi] - before[lo]
-    which = np.repeat(np.arange(t_pos.size), count)
-    offset = np.arange(which.size) - np.repeat(np.cumsum(count) - count, count)
-    return order[t_pos][which], src[first[which] + offset]
-
-
-def _one_dimensional(rank: np.ndarray, block: int) -> _Family:
-    """G (or M) as a count: target i, source j with rank_j < rank_i, one segment."""
-    n = rank.size
-    order = np.argsort(rank, kind="stable")
-    r = rank[order]
-    starts = np.ones(n, dtype=bool)
-    starts[1:] = r[1:] != r[:-1]
-    tie_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))  # first of its tie
-    near_t, near_s = _listed(order, np.arange(n), (tie_start // block) * block, tie_start, None)
-    level = _Level(order, tie_start // block, order, np.arange(n) // block, 1, -(-n // block))
-    return _Family([level], near_t, near_s)
-
-
-def _dominance(rg: np.ndarray, rm: np.ndarray, block: int) -> _Family:
-    """GM as counts: target i, source j with rg_j < rg_i and rm_j < rm_i.
-
-    Positions follow g (ties broken by mu descending, so that a pair tied in g never counts);
-    at level l the upper half of each segment of 2^(l+1) positions holds the targets, the lower
-    half the sources, and the segment is ordered by mu with targets first among equal mu (so
-    a pair tied in mu never counts): the sources before a target are exactly the pairs it
-    dominates that are split at this level. Each level's order is the previous one re-sorted
-    (two sorted runs per segment: a linear merge for a stable sort)."""
-    n = rg.size
-    pos_of = np.empty(n, dtype=np.int64)
-    pos_of[np.lexsort((-rm, rg))] = np.arange(n)
-    levels, near_t, near_s = [], [], []
-    order = np.arange(n)
-    p = np.arange(n)
-    level = 0
-    while (1 << level) < n:
-        seg_len = 1 << (level + 1)
-        upper = (pos_of >> level) & 1
-        key = ((pos_of >> (level + 1)) * n + rm) * 2 + (1 - upper)  # segment, mu, targets 1st
-        order = order[np.argsort(key[order], kind="stable")]
-        tgt = upper[order] == 1
-        span = min(seg_len, block)  # short segments: every pair inside is listed
-        t_pos = p[tgt]
-        t, s = _listed(order, t_pos, (t_pos // span) * span, t_pos, ~tgt)
-        near_t.append(t)
-        near_s.append(s)
-        if seg_len > block:
-            levels.append(_Level(order[tgt], t_pos // block, order[~tgt], p[~tgt] // block,
-                                 -(-n // seg_len), seg_len // block))
-        level += 1
-    return _Family(levels, _cat(near_t), _cat(near_s))
-
-
-def _small_int(a: np.ndarray) -> np.ndarray:
-    return a.astype(np.int32) if a.size == 0 or int(a.max()) < 2**31 else a.astype(np.int64)
-
-
-def _covers(sets: Sequence[tuple[int, ...]], levels: Sequence[int],
-            max_bins: int) -> list[tuple[tuple[int, ...], list[tuple[int, ...]]]]:
-    """Group conditioning sets under supersets of columns whose listed-pair histogram (the
-    square of the product of levels) has at most ``max_bins`` cells (a set alone if it is bigger): greedy,
-    each superset grown by the column that brings in most sets not yet grouped."""
-    left = list(dict.fromkeys(sets))
-    out = []
-    while left:
-        cols = set(left[0])
-        bins = math.prod(levels[c] ** 2 for c in cols)
-        while True:
-            best, gain = None, 0
-            for c in range(len(levels)):
-                if c in cols or bins * levels[c] ** 2 > max_bins:
-                    continue
-                more = sum(1 for s in left if set(s) <= cols | {c})
-                if more > gain:
-                    best, gain = c, more
-            if best is None or gain <= sum(1 for s in left if set(s) <= cols):
-                break
-            cols.add(best)
-            bins *= levels[best] ** 2
-        members = [s for s in left if set(s) <= cols]
-        left = [s for s in left if not set(s) <= cols]
-        out.append((tuple(sorted(cols)), members))
-    return out
-
-
-class _FamilyCounter:
-    """A family's counts for conditioning sets (tuples of hyperparameter columns): each
-    hyperparameter's codes gathered once per level; a set's classes are mixed-radix codes
-    (first column most significant)."""
-
-    def __init__(self, fam: _Family, codes: np.ndarray, levels: np.ndarray):
-        self.levels = [int(v) for v in levels]
-        self.codes = codes
-        self.near_t, self.near_s = _small_int(fam.near_t), _small_int(fam.near_s)
-        cols = [codes[:, c].astype(np.int32) for c in range(codes.shape[1])]
-        self.per_level = []
-        for lv in fam.levels:  # per column: codes of targets and sources, and code * nb + block
-            nb = lv.n_segments * lv.per_segment
-            dt = np.int32 if max(self.levels, default=1) * nb < 2**31 else np.int64
-            tc = [c[lv.t_elem].astype(dt, copy=False) for c in cols]
-            sc = [c[lv.s_elem].astype(dt, copy=False) for c in cols]
-            tb, sb = lv.t_block.astype(dt), lv.s_block.astype(dt)
-            self.per_level.append((lv, tc, sc, [c * nb + tb for c in tc],
-                                   [c * nb + sb for c in sc], np.ones(lv.t_elem.size)))
-        self._memo = {}
-
-    def _near_counts(self, cover: tuple[int, ...], sets: list[tuple[int, ...]]) -> dict:
-        """The listed pairs' (K, K) counts of every set in ``sets`` (each a subset of
-        ``cover``) from one histogram of (class of the target, class of the source) over
-        ``cover``'s columns."""
-        lv = [self.levels[c] for c in cover]
-        kc = math.prod(lv)
-        cls = np.zeros(self.codes.shape[0], dtype=np.int64)  # each configuration's class
-        for c in cover:
-            cls = cls * self.levels[c] + self.codes[:, c]
-        if kc * kc < 2**31:
-            cls = cls.astype(np.int32)
-        key = (cls * kc)[self.near_t]  # (target class) * kc + (source class), in place
-        key += cls[self.near_s]
-        hist = np.bincount(key, minlength=kc * kc)
-        hist = hist.reshape(lv + lv)  # axes: target's columns, then source's
-        out = {}
-        for s in sets:
-            drop = tuple(a for i, c in enumerate(cover) if c not in s
-                         for a in (i, i + len(cover)))
-            h = hist.sum(axis=drop) if drop else hist
-            kept = [c for c in cover if c in s]  # h's axes: kept columns (t), then (s)
-            order = [kept.index(c) for c in s]
-            h = h.transpose(order + [len(s) + i for i in order])
-            k = math.prod(self.levels[c] for c in s)
-            out[s] = h.reshape(k, k).astype(np.float64)
-        return out
-
-    def _key(self, code: list[np.ndarray], blocked: list[np.ndarray], s: tuple[int, ...],
-             nb: int) -> np.ndarray:
-        """(class under s) * nb + block, from the codes and the last column's code * nb +
-        block."""
-        wide = math.prod(self.levels[c] for c in s) * nb >= 2**31  # else int32 throughout
-        if len(s) == 1:
-            return blocked[s[0]].astype(np.int64) if wide else blocked[s[0]]
-        out = code[s[0]].astype(np.int64) if wide else code[s[0]]
-        for c in s[1:-1]:
-            out = out * self.levels[c] + code[c]
-        return out * (self.levels[s[-1]] * nb) + blocked[s[-1]]
-
-    def counts(self, sets: Sequence[tuple[int, ...]]) -> dict:
-        """Per set s: (K, K) float64 (exact integers), [a, b] = pairs with target in class a,
-        source in class b (K = product of s's levels). Remembered: a second call with the
-        same sets (another measure sharing this target) costs nothing."""
-        sets = tuple(sets)
-        if sets not in self._memo:
-            self._memo[sets] = self._counts(sets)
-        return self._memo[sets]
-
-    def _counts(self, sets: tuple[tuple[int, ...], ...]) -> dict:
-        out = {}
-        # a histogram costs its cells once per set it serves, the listing its pairs once: no
-        # more cells than a few per listed pair (small tables have few pairs and many cells)
-        max_bins = min(_NEAR_BINS, max(1024, 4 * len(self.near_t)))
-        for cover, members in _covers(sets, self.levels, max_bins):
-            out.update(self._near_counts(cover, members))
-        for s in out:
-            k = math.prod(self.levels[c] for c in s)
-            for level, tc, sc, tk, sk, ones in self.per_level:
-                ns, ps = level.n_segments, level.per_segment
-                nb = ns * ps  # histograms class-major (k, blocks): cumsum within segments
-                ht = np.bincount(self._key(tc, tk, s, nb), weights=ones,
-                                 minlength=k * nb).reshape(k, nb)
-                hs = np.bincount(self._key(sc, sk, s, nb), minlength=k * nb).reshape(k, ns, ps)
-                if ps <= 16:  # sources in earlier blocks of the segment: exclusive cumsum
-                    before = np.empty((k, ns, ps))
-                    before[..., 0] = 0.0
-                    np.cumsum(hs[..., :-1], axis=2, out=before[..., 1:])
-                else:  # (long rows: an integer cumsum, then one cast, is faster)
-                    before = np.cumsum(hs, axis=2)
-                    before -= hs
-                    before = before.astype(np.float64)
-                out[s] += ht @ before.reshape(k, nb).T
-        return out
-
-
-def _target_counter(g: np.ndarray, codes: np.ndarray, levels: np.ndarray,
-                    block_1d: int = _BLOCK_1D) -> _FamilyCounter:
-    """G's counter: it depends on the target and the configurations only, so every measure
-    over the same configurations can share it."""
-    return _FamilyCounter(_one_dimensional(_dense_rank(g), block_1d), codes, levels)
-
-
-class _PairCounts:
-    """The exact four outcome counts of every pair of classes, for any conditioning set, over
-    one set of configurations (mu, g, codes): the sorting and the listed pairs are shared by
-    every set."""
-
-    def __init__(self, mu: np.ndarray, g: np.ndarray, codes: np.ndarray, levels: np.ndarray,
-                 block: int = _BLOCK, block_1d: int = _BLOCK_1D,
-                 target: _FamilyCounter | None = None):
-        rg, rm = _dense_rank(g), _dense_rank(mu)
-        self.codes, self.levels = codes, levels
-        self.g = target if target is not None else _target_counter(g, codes, levels, block_1d)
-        self.m = _FamilyCounter(_one_dimensional(rm, block_1d), codes, levels)
-        self.gm = _FamilyCounter(_dominance(rg, rm, block), codes, levels)
-
-    def outcome_counts(self, sets: Sequence[tuple[int, ...]]) -> dict:
-        """Per set s: (K * K, 4) float64 (exact integers), per cell (class of i, class of j)
-        under s the ordered pairs with outcome 2 V_g + V_mu; empty classes give empty cells."""
-        g_all, m_all, gm_all = self.g.counts(sets), self.m.counts(sets), self.gm.counts(sets)
-        out = {}
-        for s in sets:
-            k = math.prod(int(self.levels[c]) for c in s)
-            lab = np.zeros(self.codes.shape[0], dtype=np.int64)
-            for c in s:
-                lab = lab * int(self.levels[c]) + self.codes[:, c]
-            size = np.bincount(lab, minlength=k).astype(np.float64)
-            n_ab = np.outer(size, size)
-            g_ab, m_ab, gm_ab = g_all[s], m_all[s], gm_all[s]
-            t = np.stack([n_ab - g_ab - m_ab + gm_ab, m_ab - gm_ab, g_ab - gm_ab, gm_ab],
-                         axis=-1)
-            out[s] = np.rint(t).reshape(k * k, 4)
-        return out
+def _pair_counts(mu: np.ndarray, g: np.ndarray, codes: np.ndarray, levels: np.ndarray,
+                 sets: Sequence[tuple[int, ...]]) -> dict:
+    """The exact four outcome counts of every pair of classes under each conditioning set
+    (tuples of columns of ``codes``), over the configurations (mu, g): per set (K * K, 4), see
+    ``_SetClasses.outcomes``."""
+    sc = _SetClasses(codes, levels, sets)
+    rg, rm = _dense_rank(g), _dense_rank(mu)
+    return sc.outcomes(sc.below(rg), sc.below(rm), sc.dominated(rg, rm))
 
 
 class _Shared:
     """What every measure over the same configurations (same rows, so the same seed-averaged
     target and hyperparameters) shares, built once: the one-factor pairs, the environments'
-    pairs of runs and G's counter."""
+    pairs of runs, the conditioning sets' classes and G's counts."""
 
     def __init__(self, cf: _Configs):
         self.cf = cf
         self.pairs = _one_factor_pairs(cf)
-        self._target = self._runs = None
+        self._runs = None
+        self._target = {}
 
     def matches(self, cf: _Configs) -> bool:
         return (cf.names == self.cf.names and np.array_equal(cf.codes, self.cf.codes)
@@ -801,10 +594,35 @@ class _Shared:
             self._runs = _RunPairs(self.cf, self.pairs)
         return self._runs
 
-    def target_counter(self) -> _FamilyCounter:
-        if self._target is None:
-            self._target = _target_counter(self.cf.g, self.cf.codes, self.cf.levels)
-        return self._target
+    def granulated_parts(self) -> list:
+        """Per hyperparameter with one-factor pairs: (name, a, b, group label, the target's
+        sign on each pair, pairs per group, groups with a pair)."""
+        out = []
+        for name, (a, b, lab) in zip(self.cf.names, self.pairs):
+            if a.size:
+                n_pairs = np.bincount(lab, minlength=int(lab.max()) + 1)
+                sg = _sgn(self.cf.g[a], self.cf.g[b]).astype(np.float64)
+                out.append((name, a, b, lab, sg, n_pairs, n_pairs > 0))
+        return out
+
+    def sign_error_parts(self) -> list:
+        """Per hyperparameter with environments: (environment of each pair of runs, its rows a
+        and b, the target's sign, pairs per environment, environments with a pair)."""
+        out = []
+        for (a, _, _), (env, ra, rb, sg) in zip(self.pairs, self.runs().per):
+            if a.size:
+                wsum = np.bincount(env, minlength=a.size).astype(np.float64)
+                out.append((env, ra, rb, sg.astype(np.float64), wsum, wsum > 0))
+        return out
+
+    def target_counts(self, sets: Sequence[tuple[int, ...]]):
+        """The sets' classes, g's dense ranks and G's counts (flat), made once per sets."""
+        sets = tuple(sets)
+        if sets not in self._target:
+            sc = _SetClasses(self.cf.codes, self.cf.levels, sets)
+            rg = _dense_rank(self.cf.g)
+            self._target[sets] = (sc, rg, sc.below(rg))
+        return self._target[sets]
 
 
 @dataclass(frozen=True)
@@ -851,8 +669,12 @@ def _cmi(cf: _Configs, k: int, shared: _Shared | None = None) -> ConditionalMI:
     if n_cfg < 2 or h == 0:
         return ConditionalMI(math.nan, {}, None, n_cfg * n_cfg, n_cfg)
     sets = list(itertools.combinations(range(h), min(k, h)))
-    target = shared.target_counter() if shared is not None else None
-    counts = _PairCounts(cf.mu, cf.g, cf.codes, cf.levels, target=target).outcome_counts(sets)
+    if shared is None:
+        counts = _pair_counts(cf.mu, cf.g, cf.codes, cf.levels, sets)
+    else:
+        sc, rg, g_below = shared.target_counts(sets)
+        rm = _dense_rank(cf.mu)
+        counts = sc.outcomes(g_below, sc.below(rm), sc.dominated(rg, rm))
     per_set = {tuple(cf.names[c] for c in s): _normalized_cmi(counts[s]) for s in sets}
     defined = {s: v for s, v in per_set.items() if not math.isnan(v)}
     argmin = min(defined, key=defined.get) if defined else None
@@ -1001,13 +823,114 @@ def bootstrap_ci(df: pd.DataFrame, fn: Callable[[pd.DataFrame], object], n_boot:
 # The table
 
 
+class _JobRows:
+    """What every evaluation of one job (the measures of a group with the same rows) shares,
+    made once: the measures side by side (n, M), the target's dense ranks and sort order, and
+    each measure's sort order (by value, then the target's rank). A bootstrap replicate is then
+    a weight per row (how often it was drawn) for the correlations, which need no sorting."""
+
+    def __init__(self, ps: Sequence[_Prepared]):
+        p0 = ps[0]
+        self.ps = ps
+        self.mu = np.ascontiguousarray(np.stack([p.mu for p in ps], axis=1), dtype=np.float64)
+        self.g = np.ascontiguousarray(p0.g, dtype=np.float64)
+        self.row_cfg = np.ascontiguousarray(p0.row_cfg, dtype=np.int64)
+        self.yrank = _dense_rank(self.g)
+        self.n_yrank = int(self.yrank.max()) + 1 if self.g.size else 0
+        self.yorder, self.yties = self._order(self.g, None)
+        self.xorder, self.xties = zip(*(self._order(p.mu, self.yrank) for p in ps)) \
+            if p0.n else ((), ())
+
+    @staticmethod
+    def _order(x: np.ndarray, then: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        o = np.argsort(x, kind="stable") if then is None else np.lexsort((then, x))
+        ties = np.zeros(x.size, dtype=np.bool_)
+        ties[:-1] = x[o][1:] == x[o][:-1]
+        return o.astype(np.int64), ties
+
+
+def _replicate_statistics(job: _JobRows, idx: np.ndarray | None, k: int,
+                          support: bool) -> list | None:
+    """``_all_statistics`` of every measure of ``job`` at once (no noise filter): the seed
+    means of all measures in one pass, the correlations from row weights, the granulated
+    Kendall's, sign-error's and conditional MI's counts in compiled loops. None where a
+    configuration's mean is NaN for some measures only (+inf and -inf among its seeds): the
+    caller then takes each measure on its own."""
+    kern = _kernels()
+    ps = job.ps
+    n = ps[0].n
+    rows = np.arange(n, dtype=np.int64) if idx is None else np.asarray(idx, dtype=np.int64)
+    cnt, g_sum, mu_sum = kern.config_sums(rows, job.row_cfg, job.g, job.mu,
+                                          ps[0].cfg_codes.shape[0])
+    present = (cnt > 0) & ~np.isnan(g_sum)
+    if np.isnan(mu_sum[present]).any():
+        return None
+    cf = _configs(ps[0], idx)
+    shared = _Shared(cf)
+    w = np.bincount(rows, minlength=n).astype(np.int64)
+    yavg = kern.average_ranks(job.yorder, job.yties, w)
+    c = cnt[present].astype(np.float64)
+    keep = present[ps[0].row_cfg[rows]]
+    runs = shared.runs()
+    run_rows = rows[keep][runs.order]
+    gk_parts, se_parts = shared.granulated_parts(), shared.sign_error_parts()
+    n_cfg, h = cf.codes.shape
+    sets = list(itertools.combinations(range(h), min(k, h))) if n_cfg >= 2 and h else []
+    out = []
+    for m, p in enumerate(ps):
+        pear, spear, kend = kern.correlations(p.mu, job.xorder[m], job.xties[m], job.g,
+                                              job.yrank, job.n_yrank, yavg, w)
+        mu_c = mu_sum[present, m] / c
+        psi, n_groups = {}, {}
+        for name, a, b, lab, sg, n_pairs, has in gk_parts:
+            num = kern.pair_signs(mu_c, a, b, sg, lab, n_pairs.size)
+            psi[name] = float((num[has] / n_pairs[has]).mean())
+            n_groups[name] = int(has.sum())
+        gk = float(np.mean(list(psi.values()))) if psi else math.nan
+        mu_run = np.ascontiguousarray(job.mu[run_rows, m])
+        errs, worst = [], []
+        for env, ra, rb, sg, wsum, used in se_parts:
+            e = kern.run_errors(mu_run, ra, rb, sg, env, wsum.size)[used] / wsum[used]
+            if e.size:
+                errs.append(e)
+                worst.append(float(e.max()))
+        se = float(np.concatenate(errs).mean()) if errs else math.nan
+        robust = max(worst) if worst else math.nan
+        cmi = _cmi(_with_mu(cf, mu_c), k, shared).value if sets else math.nan
+        values = np.array([pear, spear, kend, gk, cmi, se, robust])
+        if not support:
+            out.append(values)
+            continue
+        n_env = sum(int(used.sum()) for *_, used in se_parts)
+        out.append((values, [int(rows.size)] * 3 + [sum(n_groups.values()), n_cfg * n_cfg,
+                                                      n_env, n_env]))
+    return out
+
+
+def _with_mu(cf: _Configs, mu: np.ndarray) -> _Configs:
+    return replace(cf, mu=mu)
+
+
 def _all_statistics(ps: Sequence[_Prepared], idx: np.ndarray | None, k: int,
-                    noise_filter: bool | float = False, support: bool = False) -> list:
+                    noise_filter: bool | float = False, support: bool = False,
+                    job: _JobRows | None = None) -> list:
     """The STATISTICS of the rows ``idx`` (all rows if None), in STATISTICS order, for each of
     the measures ``ps`` (prepared from the same rows: what depends on the configurations and
     the target alone is computed once); with ``support`` also what each rests on: trials
     (correlations), groups where one hyperparameter varies (granulated Kendall), ordered pairs
-    (conditional MI), environments (sign-error)."""
+    (conditional MI), environments (sign-error). ``job``: ``ps``'s ``_JobRows``, to share
+    its sorting between calls."""
+    if noise_filter is False and ps and ps[0].n:
+        fast = _replicate_statistics(job or _JobRows(ps), idx, k, support)
+        if fast is not None:
+            return fast
+    return _each_statistics(ps, idx, k, noise_filter, support)
+
+
+def _each_statistics(ps: Sequence[_Prepared], idx: np.ndarray | None, k: int,
+                     noise_filter: bool | float = False, support: bool = False) -> list:
+    """``_all_statistics`` measure by measure, through the statistics' own functions (scipy's
+    correlations; the noise filter; a configuration whose mean is NaN for some measures)."""
     out, shared = [], None
     for p in ps:
         mu = p.mu if idx is None else p.mu[idx]
@@ -1028,24 +951,38 @@ def _all_statistics(ps: Sequence[_Prepared], idx: np.ndarray | None, k: int,
     return out
 
 
-def _one_blas_thread() -> None:
+_QUEUE = None  # in a worker process: where each evaluation's measure count goes (progress)
+
+
+def _worker_start(queue) -> None:
+    """A worker process: one BLAS thread; the progress queue (or None)."""
+    global _QUEUE
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+    _QUEUE = queue
 
 
 def _evaluations(ps: Sequence[_Prepared], n_boot: int, seed: int, k: int, noise_filter,
-                 first: int, stop: int) -> tuple[str, dict[int, list]]:
+                 first: int, stop: int,
+                 report: Callable[[int], None] | None = None) -> tuple[str, dict[int, list]]:
     """Evaluations ``first`` .. ``stop - 1`` of one job: 0 is the estimate (with support),
     r >= 1 the r-th bootstrap replicate (draws from ``numpy.random.default_rng(seed)`` afresh,
-    so a job gives the same numbers in any process and in any number of parts)."""
+    so a job gives the same numbers in any process and in any number of parts). ``report``:
+    called with the number of measures after each evaluation (in a worker process they go to
+    the progress queue, if any)."""
     method, draws = _bootstrap_indices(ps[0].seed_codes, ps[0].n, n_boot, seed)
+    job = _JobRows(ps) if noise_filter is False and ps[0].n else None
     out = {}
     for r, idx in enumerate(itertools.chain([None], draws)):
         if r >= stop:
             break
         if r >= first:
-            out[r] = _all_statistics(ps, idx, k, noise_filter, support=r == 0)
+            out[r] = _all_statistics(ps, idx, k, noise_filter, support=r == 0, job=job)
+            if report is not None:
+                report(len(ps))
+            elif _QUEUE is not None:
+                _QUEUE.put(len(ps))
     return method, out
 
 
@@ -1069,7 +1006,8 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
                      seed: int = 0, *, hyperparameters: Sequence[str] | None = None,
                      level: float = 0.95, k: int = 2, noise_filter: bool | float = False,
                      processes: int | None = 1,
-                     signs: Mapping[str, int] | None = None) -> pd.DataFrame:
+                     signs: Mapping[str, int] | None = None,
+                     progress: Callable[[int, int, int], None] | None = None) -> pd.DataFrame:
     """Every statistic of every measure against ``target``, in long form.
 
     Each measure enters as ``sign * measure``, its ``sign`` stated in a column: ``signs`` per
@@ -1100,7 +1038,10 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     evaluation, as ``sweep report`` does). Spawned processes
     import the caller's main module, so a script that asks for more than one needs the
     ``if __name__ == "__main__":`` guard. Every part regenerates its group's draws from the
-    seeded generator: the table is the same either way."""
+    seeded generator: the table is the same either way. ``progress(done, total, processes)``:
+    called with the evaluations of one measure done so far out of ``total`` (measures x groups
+    x (n_boot + 1)) once the estimates are made (in this process, first) and after each
+    replicate, for a progress bar and an estimate of the time left."""
     _check_columns(df, [target], "target")
     if measures is None:
         measures = measure_columns(df)
@@ -1134,37 +1075,67 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
             if not p.n:
                 continue
             same = [j for j in jobs if j[0] == label and _same_rows(j[2][0], p)]
-            if same:
+            if same:  # the equal arrays as one object: pickled once for a worker process
+                q = same[0][2][0]
                 same[0][1].append(measure)
-                same[0][2].append(p)
+                same[0][2].append(replace(p, g=q.g, row_cfg=q.row_cfg, cfg_codes=q.cfg_codes,
+                                          levels=q.levels, seed_codes=q.seed_codes,
+                                          test_size=q.test_size))
             else:
                 jobs.append((label, [measure], [p]))
     if processes is None:  # only where the work outweighs starting interpreters (~1 s each)
         big = sum((j[2][0].n + FIXED_COST_TRIALS) * len(j[1]) for j in jobs) * (n_boot + 1) \
             >= PARALLEL_ABOVE
         processes = (os.cpu_count() or 1) if big else 1
-    # each job's n_boot + 1 evaluations in parts: about two per process and job, biggest first
-    n_parts = 1 if processes <= 1 else min(n_boot + 1, 2 * processes)
-    cut = np.linspace(0, n_boot + 1, n_parts + 1).round().astype(int)
+    total = sum(len(j[1]) for j in jobs) * (n_boot + 1)  # evaluations of one measure
+    # the estimates (evaluation 0) here, timed; then each job's n_boot replicates in parts:
+    # about two per process and job, biggest first
+    done = []
+    for j, (_, names, ps) in enumerate(jobs):
+        done.append(((j, 0, 1), _evaluations(ps, n_boot, seed, k, noise_filter, 0, 1)))
+    first = sum(len(j[1]) for j in jobs)
+    if progress is not None and jobs:
+        progress(first, total, processes)
+    n_parts = 1 if processes <= 1 else min(n_boot, 2 * processes)
+    cut = np.linspace(1, n_boot + 1, n_parts + 1).round().astype(int)
     tasks = sorted(((j, int(a), int(b)) for j in range(len(jobs))
                     for a, b in zip(cut[:-1], cut[1:]) if b > a),
                    key=lambda t: -jobs[t[0]][2][0].n * len(jobs[t[0]][1]))
     args = [(jobs[j][2], n_boot, seed, k, noise_filter, a, b) for j, a, b in tasks]
     if processes > 1 and len(tasks) > 1:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, wait
 
         # spawn, not fork: the caller may hold threads (a Ray driver, BLAS pools); one BLAS
-        # thread per process, or the processes' spinning BLAS threads fight over the cores
-        with ProcessPoolExecutor(min(processes, len(tasks)),
-                                 mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_one_blas_thread) as ex:
-            done = list(ex.map(_evaluations, *zip(*args)))
+        # thread per process, or the processes' spinning BLAS threads fight over the cores.
+        # Each evaluation's measures go back through a queue, for the progress
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue() if progress is not None else None
+        with ProcessPoolExecutor(min(processes, len(tasks)), mp_context=ctx,
+                                 initializer=_worker_start, initargs=(queue,)) as ex:
+            futures = [ex.submit(_evaluations, *a) for a in args]
+            count = first
+            while queue is not None and not all(f.done() for f in futures):
+                wait(futures, timeout=0.5, return_when="FIRST_EXCEPTION")
+                while not queue.empty():
+                    count += queue.get()
+                    progress(count, total, processes)
+            done += [(t, f.result()) for t, f in zip(tasks, futures)]
+            if queue is not None:
+                progress(total, total, processes)
     else:
-        done = [_evaluations(*a) for a in args]
+        count = first
+
+        def one(n_measures: int) -> None:
+            nonlocal count
+            count += n_measures
+            progress(count, total, processes)
+
+        for t, a in zip(tasks, args):
+            done.append((t, _evaluations(*a, report=one if progress is not None else None)))
     results: dict[int, dict[int, list]] = {}
     methods: dict[int, str] = {}
-    for (j, _, _), (method, evals) in zip(tasks, done):
+    for (j, _, _), (method, evals) in done:
         results.setdefault(j, {}).update(evals)
         methods[j] = method
     rows = {}

@@ -1,19 +1,22 @@
 """Time `analysis.stats.statistics_table` on a synthetic results table of N trials, side by side
-with the same function of an earlier revision (``--baseline REV``, read from git).
+with the same function of an earlier revision (``--baseline REV``, read from git), compare
+their tables, and read the peak memory of all processes.
 
 The table has the paper's large space (A.5.5: widths 2^0..2^16, depths 2..65, five
 non-linearities and optimizers, three learning rates, two batch sizes, four init scales, seeds
 1..8, two data sets) with a gap that grows with the Jacobian norm plus noise. It times the table
 of `--measures` measures (copies of the Jacobian norm with independent noise) with `--boot`
-bootstrap replicates, and each statistic's share of one evaluation. Last line: JSON.
+bootstrap replicates as `sweep report` runs it (processes=None), the time at 200 replicates
+from the estimates' and the replicates' times, the largest difference from the baseline's
+table per statistic, and each part's time in one evaluation. Last line: JSON.
 
-    python bench/stats.py --trials 100000 --boot 10 --baseline 94b6904
+    python bench/stats.py --trials 100000 --measures 41 --boot 2 --baseline 0d88d7f
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import itertools
 import json
 import os
@@ -57,49 +60,96 @@ def baseline_module(rev: str):
                           check=True, capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "baseline_stats.py"
     path.write_text(text)
-    spec = importlib.util.spec_from_file_location("baseline_stats", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # (dataclasses look their module up)
-    spec.loader.exec_module(mod)
-    return mod
+    sys.path.insert(0, str(path.parent))  # spawned worker processes import it by name too
+    return importlib.import_module("baseline_stats")
 
 
 def breakdown(df: pd.DataFrame, measure: str) -> dict[str, float]:
-    """Seconds of each part of one evaluation of all statistics (the 'all' group), and of the
-    conditional MI's dominance count (GM) split into the listed pairs inside blocks and the
-    per-level histograms and matrix products."""
+    """Seconds of each part of one evaluation of all statistics on the 'all' group (one
+    measure): what the measures of a job share (seed means, one-factor pairs, pairs of runs,
+    the conditioning sets' classes and G's counts), then per measure."""
+    from analysis import kernels
+
     p = stats._prepare(df, measure, "gen_gap", stats.HYPERPARAMETERS)
+    job = stats._JobRows([p])
+    stats._replicate_statistics(job, None, 2, False)  # compiled kernels loaded
     out = {}
     t = time.perf_counter()
     cf = stats._configs(p)
     shared = stats._Shared(cf)
-    out["configurations and one-factor pairs"] = time.perf_counter() - t
-    for name, fn in (("pearson, spearman, kendall (scipy)",
-                      lambda: [f(p.mu, p.g) for f in (stats.pearson, stats.spearman,
-                                                       stats.kendall)]),
-                     ("granulated Kendall", lambda: stats._granulated(cf, shared.pairs)),
-                     ("sign-error (first measure: with the pairs of runs)",
-                      lambda: stats._sign_error(cf, shared.pairs, runs=shared.runs())),
-                     ("sign-error (each further measure)",
-                      lambda: stats._sign_error(cf, shared.pairs, runs=shared.runs())),
-                     ("conditional MI (first measure: with the target's counts)",
-                      lambda: stats._cmi(cf, 2, shared)),
-                     ("conditional MI (each further measure)",
-                      lambda: stats._cmi(cf, 2, shared))):
+    shared.runs()
+    sets = list(itertools.combinations(range(cf.codes.shape[1]), 2))
+    sc, rg, _ = shared.target_counts(sets)
+    out["shared: configurations, pairs, runs, G"] = time.perf_counter() - t
+    w = np.ones(p.n, dtype=np.int64)
+    yavg = kernels.average_ranks(job.yorder, job.yties, w)
+    rm = stats._dense_rank(cf.mu)
+    for name, fn in (
+            ("pearson, spearman, kendall", lambda: kernels.correlations(
+                p.mu, job.xorder[0], job.xties[0], job.g, job.yrank, job.n_yrank, yavg, w)),
+            ("granulated Kendall and sign-errors", lambda: [
+                kernels.pair_signs(cf.mu, a, b, sg, lab, n.size)
+                for _, a, b, lab, sg, n, _ in shared.granulated_parts()]),
+            ("conditional MI: M", lambda: sc.below(rm)),
+            ("conditional MI: GM", lambda: sc.dominated(rg, rm)),
+            ("conditional MI: all of it", lambda: stats._cmi(cf, 2, shared))):
         t = time.perf_counter()
         fn()
         out[name] = time.perf_counter() - t
-    sets = tuple(itertools.combinations(range(cf.codes.shape[1]), 2))
-    gm = stats._PairCounts(cf.mu, cf.g, cf.codes, cf.levels, target=shared.target_counter()).gm
-    t = time.perf_counter()
-    for cover, members in stats._covers(sets, gm.levels, stats._NEAR_BINS):
-        gm._near_counts(cover, members)
-    out["GM: pairs inside blocks"] = time.perf_counter() - t
-    t = time.perf_counter()
-    gm._counts(sets)
-    out["GM: histograms and matrix products"] = time.perf_counter() - t - out[
-        "GM: pairs inside blocks"]
     out["configurations"] = int(cf.mu.size)
+    return out
+
+
+class PeakMemory:
+    """The largest sum of the resident memory of this process and all its descendants, sampled
+    every 0.1 s on a thread (psutil)."""
+
+    def __init__(self):
+        import threading
+
+        import psutil
+
+        self.peak = 0
+        self._stop = threading.Event()
+        me = psutil.Process()
+
+        def sample():
+            while not self._stop.is_set():
+                total = 0
+                for q in [me, *me.children(recursive=True)]:
+                    try:
+                        total += q.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+                self._stop.wait(0.1)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**30
+
+
+def compare(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
+    """Largest absolute difference of value, ci_low and ci_high per statistic (0 = equal),
+    after checking that the rows and every other column are the same."""
+    key = ["group", "measure", "statistic"]
+    a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+    same = [c for c in a.columns if c in b.columns and c not in ("value", "ci_low", "ci_high")]
+    pd.testing.assert_frame_equal(a[same], b[same], check_dtype=False)
+    out = {}
+    for st, part in a.groupby("statistic"):
+        other = b.loc[part.index]
+        d = 0.0
+        for c in ("value", "ci_low", "ci_high"):
+            x, y = part[c].to_numpy(float), other[c].to_numpy(float)
+            assert np.array_equal(np.isnan(x), np.isnan(y)), (st, c)
+            ok = ~np.isnan(x)
+            d = max(d, float(np.abs(x[ok] - y[ok]).max(initial=0.0)))
+        out[st] = d
     return out
 
 
@@ -109,40 +159,65 @@ def main() -> None:
     p.add_argument("--boot", type=int, default=10)
     p.add_argument("--measures", type=int, default=5)
     p.add_argument("--baseline", default=None, help="a git revision to time side by side")
+    p.add_argument("--single", action="store_true",
+                   help="also time the current code in one process")
+    p.add_argument("--no-breakdown", action="store_true")
     args = p.parse_args()
     df = synthetic(args.trials, args.measures)
     names = [f"m{i}" for i in range(args.measures)]
-    times = {}
+    times, phases, memory = {}, {}, {}
     cores = os.cpu_count() or 1
-    runs = [("current, 1 process", stats, {"processes": 1}),
-            (f"current, processes=None as sweep report ({cores} cores)", stats,
+    runs = [(f"current, processes=None as sweep report ({cores} cores)", stats,
              {"processes": None})]
+    if args.single:
+        runs.append(("current, 1 process", stats, {"processes": 1}))
     if args.baseline:
-        runs.append((f"baseline {args.baseline}", baseline_module(args.baseline), {}))
-    table = None
+        runs.append((f"baseline {args.baseline}, processes=None", baseline_module(args.baseline),
+                     {"processes": None}))
+    tables = {}
     for label, mod, kw in runs:
+        marks = []
+        if mod is stats:
+            kw = {**kw, "progress": lambda done, total, procs: marks.append(
+                (time.perf_counter(), done))}
+        mem = PeakMemory()
         t = time.perf_counter()
-        out = mod.statistics_table(df, measures=names, n_boot=args.boot,
-                                   hyperparameters=stats.HYPERPARAMETERS, **kw)
+        tables[label] = mod.statistics_table(df, measures=names, n_boot=args.boot,
+                                             hyperparameters=stats.HYPERPARAMETERS, **kw)
         times[label] = time.perf_counter() - t
-        if table is None:
-            table = out
-        elif mod is stats:
-            pd.testing.assert_frame_equal(out, table)  # the same table either way
-    evaluations = table.groupby(["group", "measure"]).ngroups * (args.boot + 1)
-    parts = breakdown(df, names[0])
+        memory[label] = mem.stop()
+        if marks:  # the estimates, then the replicates: the time at 200 replicates from both
+            est = marks[0][0] - t
+            phases[label] = {"estimates_s": est, "replicates_s": times[label] - est,
+                             "at_200_replicates_s": est + (times[label] - est) * 200
+                             / max(args.boot, 1)}
+    first = tables[runs[0][0]]
+    evaluations = first.groupby(["group", "measure"]).ngroups * (args.boot + 1)
     for label, s in times.items():
+        extra = ""
+        if label in phases:
+            ph = phases[label]
+            extra = (f"; estimates {ph['estimates_s']:.1f} s, replicates "
+                     f"{ph['replicates_s']:.1f} s, so at 200 replicates about "
+                     f"{ph['at_200_replicates_s']:.0f} s")
         print(f"{label}: {args.trials} trials, {args.measures} measures, "
-              f"{table.group.nunique()} groups, {args.boot} replicates: {s:.1f} s "
-              f"({s / evaluations:.3f} s per evaluation of all statistics)")
-    if args.baseline:
-        base = times[runs[-1][0]]
-        for label, _, _ in runs[:-1]:
-            print(f"{label} / baseline: {times[label] / base:.2f}")
-    print(f"one evaluation, group 'all' ({parts.pop('configurations')} configurations): "
-          + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items()))
+              f"{first.group.nunique()} groups, {args.boot} replicates: {s:.1f} s "
+              f"({s / evaluations:.3f} s per evaluation of all statistics of one measure); "
+              f"peak memory of all processes {memory[label]:.2f} GiB{extra}")
+    diffs = {}
+    for label, _, _ in runs[1:]:
+        diffs[label] = compare(first, tables[label])
+        print(f"{runs[0][0]} / {label}: time {times[runs[0][0]] / times[label]:.3f}; largest "
+              "difference of value, ci_low, ci_high: " + ", ".join(
+                  f"{k} {v:.1e}" for k, v in diffs[label].items()))
+    parts = {} if args.no_breakdown else breakdown(df, names[0])
+    if parts:
+        print(f"one evaluation, group 'all' ({parts.pop('configurations')} configurations): "
+              + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items()))
     print(json.dumps({"trials": args.trials, "measures": args.measures, "boot": args.boot,
-                      "seconds": times, "evaluations": evaluations, "breakdown_all": parts}))
+                      "seconds": times, "phases": phases, "peak_gib": memory,
+                      "evaluations": evaluations, "largest_difference": diffs,
+                      "breakdown_all": parts}))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
     sweep resume SWEEP_DIR [--verify] [KEY=VALUE ...]   run the planned trials that lack a valid result
                                      (overrides: cluster.*, resources.*, progress, ...)
     sweep measure SWEEP_DIR [measures=[...]] [KEY=VALUE ...]   evaluate measures on the saved
-                                     networks (no training): only missing or outdated values
+                                     networks (no training): only missing or outdated values;
+                                     --retrain IDS: first write those trials' weights anew
     sweep status SWEEP_DIR           counts by status, progress, failures with their reasons
     sweep report SWEEP_DIR [--train-acc 1.0] [--bootstrap 200] [--rank-by granulated_kendall]
                      [--noise-filter] [--out DIR]
@@ -25,6 +26,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+
+from sweep.commands import sweep_command
 
 EXIT_USAGE = 2
 
@@ -103,16 +106,18 @@ def _report_after(sweep_dir) -> None:
     d = store(sweep_dir)
     page = f"{REPORT_DIR}/report.html"
     if report_current(d, page):
-        log(f"report: unchanged (nothing new to report); rebuild it with: sweep report {sweep_dir}")
+        log("report: unchanged (nothing new to report); rebuild it with: "
+            + sweep_command("report", d))
         print(f"report: {d.uri(page)}", flush=True)
         return
     planned = d.parquet_file(PLAN_FILE).metadata.num_rows
     # 200 replicates at 10^5 trials take minutes on 2 cores (bench/README.md): fewer there
     n_boot = 200 if planned <= 20_000 else 50
     try:
-        print(f"report: {make_report(sweep_dir, n_boot=n_boot)}", flush=True)
+        print(f"report: {make_report(sweep_dir, n_boot=n_boot, progress=True)}", flush=True)
     except Exception as e:
-        log(f"no report ({type(e).__name__}: {e}); write it with: sweep report {sweep_dir}")
+        log(f"no report ({type(e).__name__}: {e}); write it with: "
+            + sweep_command("report", d))
 
 
 def _interrupted(sweep_dir) -> None:
@@ -123,7 +128,7 @@ def _interrupted(sweep_dir) -> None:
     msg = "sweep: interrupted; every finished trial's result is kept"
     try:
         if sweep_dir is not None and store(sweep_dir).is_file(PLAN_FILE):
-            msg += f"; run the rest with: sweep resume {sweep_dir}"
+            msg += "; run the rest with: " + sweep_command("resume", store(sweep_dir))
     except (OSError, ValueError):
         pass
     print(msg, file=sys.stderr)
@@ -150,16 +155,18 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
     return 0
 
 
-def cmd_measure(sweep_dir: str, overrides: list[str], retry_errors: bool = False) -> int:
-    import shlex
-
+def cmd_measure(sweep_dir: str, overrides: list[str], retry_errors: bool = False,
+                retrain: str | None = None) -> int:
     from sweep.config import ConfigError
     from sweep.measure import MeasureStopped, measure_sweep
     from workers.data import DataError
 
-    again = " ".join(shlex.quote(a) for a in ["sweep", "measure", sweep_dir, *overrides])
+    again = sweep_command("measure", sweep_dir, *overrides)
+    ids = tuple(t for t in (retrain or "").split(",") if t.strip())
+    if retrain is not None and not ids:
+        return _fail("--retrain: no trial id; allowed: trial ids, comma-separated")
     try:
-        counts = measure_sweep(sweep_dir, overrides, retry_errors)
+        counts = measure_sweep(sweep_dir, overrides, retry_errors, retrain=ids)
     except (ConfigError, DataError) as e:
         return _fail(str(e))
     except (KeyboardInterrupt, MeasureStopped) as e:
@@ -177,10 +184,10 @@ def cmd_status(sweep_dir: str) -> int:
     from workers.layout import PLAN_FILE
     from workers.record import ResultError, read_result
     from sweep.journal import trial_statuses
-    from workers.storage import store
+    from workers.storage import check_location
 
     try:
-        d = store(sweep_dir)
+        d = check_location(sweep_dir, "SWEEP_DIR")  # (reachable: one line if not)
     except ValueError as e:
         return _fail(str(e))
     if not d.is_file(PLAN_FILE):
@@ -222,11 +229,13 @@ def cmd_status(sweep_dir: str) -> int:
 def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
                noise_filter: bool = False, rank_by: str = "granulated_kendall") -> int:
     from workers.layout import SWEEP_FILE
-    from workers.storage import store
+    from workers.storage import check_location
 
-    try:
-        if not store(sweep_dir).is_file(SWEEP_FILE):
+    try:  # reachable, and writable where the report goes
+        if not check_location(sweep_dir, "SWEEP_DIR", write=out is None).is_file(SWEEP_FILE):
             return _fail(f"SWEEP_DIR: {sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
+        if out is not None:
+            check_location(out, "--out", write=True)
         if not 0.0 <= train_acc <= 1.0:
             return _fail(f"--train-acc: {train_acc}; allowed: a number in [0, 1]")
         if n_boot < 0:
@@ -241,7 +250,7 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
         log(f"report: figures and statistics of {sweep_dir} with {n_boot} bootstrap resamples "
             "(the demo: about 20 s at 200, 1.5 minutes at 1000)")
         page = make_report(sweep_dir, train_acc=train_acc, n_boot=n_boot, out=out,
-                           noise_filter=noise_filter, rank_by=rank_by)
+                           noise_filter=noise_filter, rank_by=rank_by, progress=True)
     except (ValueError, OSError) as e:  # incl. FileNotFoundError: no trials/ yet
         return _fail(str(e))
     print(f"report: {page}")
@@ -250,10 +259,10 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
 
 def cmd_compact(sweep_dir: str) -> int:
     from workers.layout import SWEEP_FILE
-    from workers.storage import store
+    from workers.storage import check_location
 
-    try:
-        if not store(sweep_dir).is_file(SWEEP_FILE):
+    try:  # reachable and writable (the compacted dataset goes into it)
+        if not check_location(sweep_dir, "SWEEP_DIR", write=True).is_file(SWEEP_FILE):
             return _fail(f"SWEEP_DIR: {sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
     except ValueError as e:
         return _fail(str(e))
@@ -284,6 +293,13 @@ def _main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["measure"] and "--retry-errors" in argv[2:]:  # likewise
         argv = [a for a in argv if a != "--retry-errors"]
         argv.insert(1, "--retry-errors")
+    if argv[:1] == ["measure"]:  # --retrain IDS / --retrain=IDS anywhere: before SWEEP_DIR
+        for i, a in enumerate(argv[2:], start=2):
+            if a == "--retrain" or a.startswith("--retrain="):
+                take = argv[i:i + 2] if a == "--retrain" else [a]
+                del argv[i:i + len(take)]
+                argv[1:1] = take
+                break
     if argv[:1] in (["launch"], ["plan"]) and "--cfg" in argv:  # Hydra's spelling of show
         i = argv.index("--cfg")
         if argv[i + 1:i + 2] not in (["job"], ["all"]):
@@ -348,6 +364,11 @@ def _main(argv: list[str] | None = None) -> int:
                "'measure_modules=[./lab_measures.py]' 'measures=[weight_l2]'. Registered measures: "
                "sweep show --keys (key 'measures').", formatter_class=fmt)
     p_measure.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    p_measure.add_argument("--retrain", metavar="ID[,ID...]",
+                           help="first train these finished trials' networks again to write "
+                                "their weights files anew (damaged or missing); the weights "
+                                "only: their results stay, and a network that does not "
+                                "reproduce its record is not written")
     p_measure.add_argument("--retry-errors", action="store_true",
                            help="evaluate again the values whose measure raised")
     p_measure.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -391,7 +412,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.command == "resume":
         return cmd_resume(args.sweep_dir, args.overrides, verify or args.verify)
     if args.command == "measure":
-        return cmd_measure(args.sweep_dir, args.overrides, args.retry_errors)
+        return cmd_measure(args.sweep_dir, args.overrides, args.retry_errors, args.retrain)
     try:
         if args.command == "report":
             return cmd_report(args.sweep_dir, args.train_acc, args.bootstrap, args.out,

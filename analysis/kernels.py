@@ -1,0 +1,340 @@
+"""Compiled loops (numba) behind ``analysis.stats``: the conditional MI's exact pair counts, the
+correlations of a bootstrap replicate from row weights, the seed means of every measure at
+once, and the granulated Kendall's and sign-error's sums. Each function states what it counts;
+``tests/test_stats.py`` checks each against the enumeration of all pairs or against scipy.
+
+Integer counts are exact (int32 accumulators flushed into int64 before they can overflow);
+float sums are taken in the order the numpy code they replace takes them (``np.bincount``'s
+sequential loop), so the seed means are the same numbers bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# int32 accumulators are flushed into int64 once a cell could hold more than this
+_FLUSH = 1 << 30
+
+
+@njit(cache=True, nogil=True)
+def _flush(acc, out):
+    for c in range(acc.size):
+        out[c] += acc[c]
+        acc[c] = 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _add_row(acc, rb, h, hb, kk):
+    a = acc[rb:rb + kk]
+    v = h[hb:hb + kk]
+    for b in range(kk):
+        a[b] += v[b]
+
+
+@njit(cache=True, nogil=True)
+def count_below(rank, base, cls, k, hoff, out, flush=_FLUSH):
+    """One-dimensional counts of every conditioning set at once: for each set s and classes
+    (a, b), ``out[base_of(a) + b] += #{(i, j): class_s(i) = a, class_s(j) = b,
+    rank[j] < rank[i]}`` over all ordered pairs of the n elements.
+
+    rank (n,) int64 (ties equal); cls (n, S) int32 class of each element under each set;
+    base (n, S) int32 = off[s] + cls * k[s], the row of the (k[s], k[s]) block of set s that
+    the element's class owns in ``out``; k (S,) classes per set; hoff (S + 1,) offsets of each
+    set's running histogram. ``out`` (sum k^2,) int64, added to; ``flush``: the int32
+    accumulators go into ``out`` once a cell may exceed it (tests pass 1). Cost: n * sum(k)
+    additions (a running histogram of the elements below, added to each element's row)."""
+    n, S = cls.shape
+    order = np.argsort(rank, kind="mergesort")
+    h = np.zeros(hoff[S], np.int32)
+    acc = np.zeros(out.size, np.int32)
+    bound = 0
+    i = 0
+    while i < n:
+        r = rank[order[i]]
+        j = i
+        while j < n and rank[order[j]] == r:
+            j += 1
+        for t in range(i, j):
+            e = order[t]
+            for s in range(S):
+                _add_row(acc, base[e, s], h, hoff[s], k[s])
+            bound += i
+            if bound > flush:
+                _flush(acc, out)
+                bound = 0
+        for t in range(i, j):
+            e = order[t]
+            for s in range(S):
+                h[hoff[s] + cls[e, s]] += 1
+        i = j
+    _flush(acc, out)
+
+
+@njit(cache=True, nogil=True)
+def count_dominated(rg, rm, base, cls, k, hoff, out, flush=_FLUSH):
+    """Two-dimensional counts of every conditioning set at once: ``out[base_of(a) + b] +=
+    #{(i, j): class_s(i) = a, class_s(j) = b, rg[j] < rg[i] and rm[j] < rm[i]}`` (arguments as
+    ``count_below``; rg, rm (n,) int64 dense ranks, ties equal).
+
+    Divide and conquer over the g-order (ties broken by mu descending, so a pair tied in g never
+    counts): a bottom-up merge sort by mu in which, at every level, the upper half of each
+    segment holds the targets and the lower half the sources, merged with targets first among
+    equal mu (so a pair tied in mu never counts); each pair split at a level is counted there
+    and only there. A target adds the running histogram of the sources merged before it to its
+    row (sum(k) additions); while a segment is short, a set with many classes lists the few
+    sources instead. Cost: about n log2(n) / 2 * sum(k) additions."""
+    n, S = cls.shape
+    if n < 2:
+        return
+    span = np.int64(rm.max()) + 1 if n else 1
+    key = rg.astype(np.int64) * span + (span - 1 - rm.astype(np.int64))
+    perm = np.argsort(key, kind="mergesort")
+    buf = np.empty_like(perm)
+    h = np.zeros(hoff[S], np.int32)
+    acc = np.zeros(out.size, np.int32)
+    rows = np.zeros(S, np.bool_)
+    bound = 0
+    width = 1
+    while width < n:
+        for s in range(S):  # a row costs k[s]; listing costs the sources, about width / 2
+            rows[s] = k[s] <= 4 * width
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            if mid >= hi:
+                for q in range(lo, hi):
+                    buf[q] = perm[q]
+                continue
+            i, j, o = lo, mid, lo
+            while i < mid or j < hi:
+                if j >= hi or (i < mid and rm[perm[i]] < rm[perm[j]]):
+                    e = perm[i]
+                    buf[o] = e
+                    for s in range(S):
+                        if rows[s]:
+                            h[hoff[s] + cls[e, s]] += 1
+                    i += 1
+                else:
+                    e = perm[j]
+                    buf[o] = e
+                    for s in range(S):
+                        rb = base[e, s]
+                        if rows[s]:
+                            _add_row(acc, rb, h, hoff[s], k[s])
+                        else:
+                            for q in range(lo, i):
+                                acc[rb + cls[perm[q], s]] += 1
+                    bound += i - lo
+                    if bound > flush:
+                        _flush(acc, out)
+                        bound = 0
+                    j += 1
+                o += 1
+            for q in range(lo, mid):  # the histogram back to zero for the next segment
+                e = perm[q]
+                for s in range(S):
+                    if rows[s]:
+                        h[hoff[s] + cls[e, s]] -= 1
+        perm, buf = buf, perm
+        width *= 2
+    _flush(acc, out)
+
+
+@njit(cache=True, nogil=True)
+def dense_rank(x):
+    """Dense ranks 0.. of x (n,) float64 without NaN (equal values equal ranks; -inf < inf)."""
+    order = np.argsort(x, kind="mergesort")
+    out = np.empty(x.size, np.int64)
+    r = -1
+    for t in range(x.size):
+        e = order[t]
+        if t == 0 or x[e] != x[order[t - 1]]:
+            r += 1
+        out[e] = r
+    return out
+
+
+@njit(cache=True, nogil=True)
+def config_sums(rows, row_cfg, g, mu, n_cfg):
+    """Per configuration: the number of ``rows`` (a row listed twice counts twice), the sum of
+    g and of every measure's column of mu (n, M), summed in the order of ``rows`` as
+    ``np.bincount(row_cfg[rows], weights=...)`` does (the same float64 numbers)."""
+    m = mu.shape[1]
+    cnt = np.zeros(n_cfg, np.int64)
+    gs = np.zeros(n_cfg)
+    ms = np.zeros((n_cfg, m))
+    for t in range(rows.size):
+        r = rows[t]
+        c = row_cfg[r]
+        cnt[c] += 1
+        gs[c] += g[r]
+        for q in range(m):
+            ms[c, q] += mu[r, q]
+    return cnt, gs, ms
+
+
+@njit(cache=True, nogil=True)
+def _weighted_pearson(x, y, w):
+    """Pearson's r of the multiset holding row r w[r] times, computed as scipy.stats.pearsonr
+    does (centred, scaled by the largest deviation, normalised); NaN below 2 values, with a
+    constant side or a non-finite value."""
+    n = 0
+    sx = 0.0
+    sy = 0.0
+    x0 = np.nan
+    y0 = np.nan
+    cx = True
+    cy = True
+    for r in range(x.size):
+        if w[r] == 0:
+            continue
+        if not (np.isfinite(x[r]) and np.isfinite(y[r])):
+            return np.nan
+        if n == 0:
+            x0, y0 = x[r], y[r]
+        cx = cx and x[r] == x0
+        cy = cy and y[r] == y0
+        n += w[r]
+        sx += w[r] * x[r]
+        sy += w[r] * y[r]
+    if n < 2 or cx or cy:
+        return np.nan
+    xm = sx / n
+    ym = sy / n
+    ax = 0.0
+    ay = 0.0
+    for r in range(x.size):
+        if w[r]:
+            ax = max(ax, abs(x[r] - xm))
+            ay = max(ay, abs(y[r] - ym))
+    nx = 0.0
+    ny = 0.0
+    for r in range(x.size):
+        if w[r]:
+            dx = (x[r] - xm) / ax
+            dy = (y[r] - ym) / ay
+            nx += w[r] * dx * dx
+            ny += w[r] * dy * dy
+    nx = np.sqrt(nx)
+    ny = np.sqrt(ny)
+    s = 0.0
+    for r in range(x.size):
+        if w[r]:
+            s += w[r] * ((x[r] - xm) / ax / nx) * ((y[r] - ym) / ay / ny)
+    return min(1.0, max(-1.0, s))
+
+
+@njit(cache=True, nogil=True)
+def average_ranks(order, ties_next, w):
+    """1-based average ranks of the multiset holding row r w[r] times: rows in ``order`` (sorted
+    by value), ``ties_next[t]`` True where the row at t + 1 has the same value."""
+    out = np.zeros(order.size)
+    before = 0
+    t = 0
+    while t < order.size:
+        u = t
+        tot = 0
+        while True:
+            tot += w[order[u]]
+            if not ties_next[u]:
+                break
+            u += 1
+        rank = before + (tot + 1) / 2.0
+        for q in range(t, u + 1):
+            out[order[q]] = rank
+        before += tot
+        t = u + 1
+    return out
+
+
+@njit(cache=True, nogil=True)
+def correlations(x, xorder, xties, y, yrank, n_yrank, yavg, w):
+    """Pearson's r, Spearman's rho and Kendall's tau-b of the multiset holding trial row r w[r]
+    times (a bootstrap replicate's rows without the copies).
+
+    x, y (n,) float64 measure and target per row; xorder the rows sorted by (x, yrank); xties[t]
+    True where the row at t + 1 has the same x; yrank (n,) dense ranks of y (0 .. n_yrank - 1);
+    yavg the rows' average ranks of y under w (``average_ranks``). Kendall's tau-b from exact
+    integer counts with scipy.stats.kendalltau's formula: n_0 = N (N - 1) / 2, ties in x, in y
+    and in both as sums of W (W - 1) / 2 over tied groups of total weight W, discordant pairs
+    by a Fenwick tree over y's ranks (the same number as scipy's); NaN below 2 values or with
+    a constant side, as scipy's."""
+    pear = _weighted_pearson(x, y, w)
+    spear = _weighted_pearson(average_ranks(xorder, xties, w), yavg, w)
+    tree = np.zeros(n_yrank + 1, np.int64)
+    ycount = np.zeros(n_yrank, np.int64)
+    inserted = 0
+    dis = 0
+    xtie = 0
+    ntie = 0
+    t = 0
+    m = xorder.size
+    while t < m:
+        u = t
+        while u + 1 < m and xties[u]:
+            u += 1
+        wx = 0
+        q = t
+        while q <= u:  # joint ties: runs of equal y inside the x group (sorted by y)
+            v = q
+            wj = w[xorder[q]]
+            while v + 1 <= u and yrank[xorder[v + 1]] == yrank[xorder[q]]:
+                v += 1
+                wj += w[xorder[v]]
+            ntie += wj * (wj - 1) // 2
+            q = v + 1
+        for q in range(t, u + 1):
+            r = xorder[q]
+            if w[r] == 0:
+                continue
+            wx += w[r]
+            below = 0  # inserted rows with y rank <= this one's
+            p = yrank[r] + 1
+            while p > 0:
+                below += tree[p]
+                p -= p & -p
+            dis += w[r] * (inserted - below)
+        for q in range(t, u + 1):
+            r = xorder[q]
+            if w[r] == 0:
+                continue
+            p = yrank[r] + 1
+            while p <= n_yrank:
+                tree[p] += w[r]
+                p += p & -p
+            inserted += w[r]
+            ycount[yrank[r]] += w[r]
+        xtie += wx * (wx - 1) // 2
+        t = u + 1
+    ytie = 0
+    for v in range(n_yrank):
+        ytie += ycount[v] * (ycount[v] - 1) // 2
+    tot = inserted * (inserted - 1) // 2
+    if inserted < 2 or xtie == tot or ytie == tot:
+        return pear, spear, np.nan
+    cmd = tot - xtie - ytie + ntie - 2 * dis
+    tau = cmd / np.sqrt(np.float64(tot - xtie)) / np.sqrt(np.float64(tot - ytie))
+    return pear, spear, min(1.0, max(-1.0, tau))
+
+
+@njit(cache=True, nogil=True)
+def pair_signs(mu, a, b, sg, lab, n_lab):
+    """Granulated Kendall's sums: per group label, the sum over listed pairs (a, b) of
+    sign(mu[b] - mu[a]) * sg (sg the target's sign on the pair), as float64."""
+    out = np.zeros(n_lab)
+    for p in range(a.size):
+        d = (mu[b[p]] > mu[a[p]]) - (mu[b[p]] < mu[a[p]])
+        out[lab[p]] += np.float64(d) * sg[p]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def run_errors(mu, ra, rb, sg, env, n_env):
+    """Sign-error's sums: per environment, the sum over its pairs of runs of
+    (1 - sign(mu[rb] - mu[ra]) * sg) / 2."""
+    out = np.zeros(n_env)
+    for p in range(ra.size):
+        d = (mu[rb[p]] > mu[ra[p]]) - (mu[rb[p]] < mu[ra[p]])
+        out[env[p]] += (1.0 - np.float64(d) * sg[p]) / 2.0
+    return out

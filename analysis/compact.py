@@ -299,7 +299,9 @@ def _broken_file(st: Store, man: Manifest) -> str | None:
 def compact(sweep_dir) -> dict:
     """Write (or bring up to date) the compacted copy of a sweep's results; return a summary:
     trials (valid trials in the copy), reused (taken from the previous copy without reading
-    their files), read (per-trial files read), invalid (files skipped: not a valid result),
+    their files), read (per-trial files read), invalid (files skipped: not a valid result,
+    each one read now with a warning naming it; a column of another type that casts to the
+    schema's, such as int32 or dictionary-encoded strings, is cast: ``workers.conform``),
     dropped (trials of the previous copy whose file is gone), datasets, files (data
     files in the copy), written / deleted (data files), version, seconds."""
     t0 = time.perf_counter()
@@ -346,6 +348,7 @@ def compact(sweep_dir) -> dict:
                                              fast=True):
             n_read += 1
             if error is not None:
+                warnings.warn(f"skipping {error}", stacklevel=2)
                 rows[tid] = [*stat[tid], error, None, None]
                 n_invalid_new += 1
             else:

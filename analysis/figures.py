@@ -17,11 +17,83 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path, vector: bool = False) -> Path:
-    """Write ``fig`` to ``path`` (PNG) and, with ``vector``, an SVG beside it."""
+TEXT_PAD_PX = 3.0  # the margin a figure's texts keep from its edge, in pixels
+
+
+def _titles_and_labels(fig) -> list:
+    """The texts of ``fig`` a figure function writes, with the width (pixels) each may take:
+    the suptitle (the figure's), each axes' titles and x label (the axes'), its y label (the
+    axes' height: it is rotated); a colorbar's label too. Empty texts are left out."""
+    out = []
+    if fig._suptitle is not None:
+        out.append((fig._suptitle, fig.bbox.width - 2 * TEXT_PAD_PX))
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        box = ax.get_position().transformed(fig.transFigure)
+        for t in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label):
+            out.append((t, max(box.width, 0.3 * fig.bbox.width)))
+        out.append((ax.yaxis.label, max(box.height, 0.3 * fig.bbox.height)))
+    return [(t, w) for t, w in out if t.get_visible() and t.get_text().strip()]
+
+
+def _along(t, box) -> float:
+    """The length of text ``t``'s extent ``box`` along its baseline (its width, or its height
+    when rotated by 90 degrees)."""
+    return box.height if abs(t.get_rotation() % 180 - 90) < 1 else box.width
+
+
+def _wrap(text: str, chars: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width=max(8, chars), break_long_words=False)
+                     if len(line) > chars else line for line in text.split("\n"))
+
+
+def fit_text(fig, rect=None, rounds: int = 4) -> None:
+    """Make every text of ``fig`` visible whole: a title or label longer than the width it may
+    take (``_titles_and_labels``) is wrapped at spaces (its numbers never cut), the layout made
+    again (``tight_layout(rect=rect)``), and, when some text still extends past the figure (a
+    word longer than the room), the figure is widened or heightened to hold it. Drawn with the
+    figure's renderer; call after the figure is complete."""
+    for _ in range(rounds):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        changed = False
+        for t, room in _titles_and_labels(fig):
+            length = _along(t, t.get_window_extent(renderer))
+            if length <= room:
+                continue
+            text = t.get_text()
+            longest = max(len(line) for line in text.split("\n"))
+            wrapped = _wrap(text, int(longest * room / length * 0.95))
+            if wrapped != text:
+                t.set_text(wrapped)
+                changed = True
+        if not changed:
+            break
+        fig.tight_layout(rect=rect)
+    for _ in range(rounds):  # still past the edge: a larger figure, laid out again
+        fig.canvas.draw()
+        inside = fig.bbox.padded(-1.0)  # (a pixel of rounding)
+        tight = fig.get_tightbbox(fig.canvas.get_renderer()).transformed(fig.dpi_scale_trans)
+        grow_w = max(inside.x0 - tight.x0, 0) + max(tight.x1 - inside.x1, 0)
+        grow_h = max(inside.y0 - tight.y0, 0) + max(tight.y1 - inside.y1, 0)
+        if grow_w <= 0 and grow_h <= 0:
+            break
+        w, h = fig.get_size_inches()  # (twice the excess: the layout may not centre it)
+        fig.set_size_inches(w + 2 * (grow_w + TEXT_PAD_PX) / fig.dpi,
+                            h + 2 * (grow_h + TEXT_PAD_PX) / fig.dpi)
+        fig.tight_layout(rect=rect)
+
+
+def _save(fig, path: str | Path, vector: bool = False, rect=None) -> Path:
+    """Write ``fig`` to ``path`` (PNG) and, with ``vector``, an SVG beside it, after
+    :func:`fit_text` (``rect``: the figure's ``tight_layout`` rectangle, if not the whole)."""
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fit_text(fig, rect)
     fig.savefig(path)
     if vector:
         fig.savefig(path.with_suffix(".svg"))
@@ -39,7 +111,9 @@ def density_bins(curves: pd.DataFrame, bins: int) -> pd.DataFrame:
     trial_id, ellipse, phase, angle (bin centre), density."""
     width = 2 * np.pi / bins
     b = np.minimum((curves["angle"].to_numpy() / width).astype(int), bins - 1)
-    g = curves.assign(bin=b).groupby(["trial_id", "ellipse", "phase", "bin"])["transitions"].sum()
+    # (a bin whose counts are all null - float64 another function there - stays NaN, not 0)
+    g = curves.assign(bin=b).groupby(["trial_id", "ellipse", "phase", "bin"])[
+        "transitions"].sum(min_count=1)
     out = g.reset_index()
     out["angle"] = (out["bin"] + 0.5) * width
     out["density"] = out["transitions"] / width
@@ -168,6 +242,17 @@ def seed_means(df: pd.DataFrame, columns: list[str],
     return out
 
 
+def value_label(v) -> str:
+    """A hyperparameter value as the report writes it: "null" for a missing value (L-BFGS's
+    batch size), a whole number without the ".0" a column with nulls gives it (128, not
+    128.0), anything else as ``str``."""
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return "null"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
 def _labelled(m: pd.DataFrame) -> pd.DataFrame:
     """The data set as a label ("null" when missing), for panels and legends."""
     return m.assign(dataset=[("null" if pd.isna(v) else str(v)) for v in m["dataset"]])
@@ -202,6 +287,7 @@ def params_loss_figure(df: pd.DataFrame, path: str | Path,
     for ax in axes:
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
+        _log_x_ticks(ax)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Fig. 1: parameters and train loss vs generalization ({_caption_n(d, m)})",
                  fontsize=10)
@@ -225,7 +311,8 @@ def _per_dataset(df: pd.DataFrame, measure: str, colour_by: str, path, title: st
     names = sorted(m["dataset"].unique())
     fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names) + 0.8, 4.2), dpi=120,
                              squeeze=False)
-    cats = sorted(m[colour_by].astype(str).unique()) if not log_colour else None
+    # (a null value is a category of its own, "null")
+    cats = sorted(m[colour_by].map(value_label).unique()) if not log_colour else None
     for ax, name in zip(axes[0], names):
         g = m[m["dataset"] == name]
         if log_colour:
@@ -236,11 +323,12 @@ def _per_dataset(df: pd.DataFrame, measure: str, colour_by: str, path, title: st
             fig.colorbar(sc, ax=ax, label=f"log2 {colour_by}")
         else:
             for c, cat in enumerate(cats):
-                sub = g[g[colour_by].astype(str) == cat]
+                sub = g[g[colour_by].map(value_label) == cat]
                 if len(sub):
                     _errorbar(ax, sub, measure, "gen_gap", color=f"C{c}", label=cat)
             ax.legend(fontsize=7)
         ax.set_xscale("log")
+        _log_x_ticks(ax)
         ax.set_title(f"{name}: {len(g)} configurations", fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
@@ -272,6 +360,31 @@ def transitions_gap_figure(df: pd.DataFrame, path: str | Path,
 
 PAIR_PANELS = [("gen_gap", "generalization gap", False), ("jacobian_norm_test", "Jacobian norm", True),
                ("transitions_test", "transitions", True)]
+
+
+def _log_x_ticks(ax) -> None:
+    """Tick labels of a log x axis that never run into each other (matplotlib labels the minor
+    ticks of an axis spanning about a decade, 3 x 10^-1 beside 4 x 10^-1): powers of ten when
+    the view holds two or more of them; else 1, 2 and 5 times powers of ten as plain numbers,
+    or, with fewer than two of those in view, three evenly spaced plain numbers. Call after the
+    data and scale are set."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    lo, hi = sorted(ax.get_xlim())
+    if not 0 < lo < hi < math.inf:
+        return
+    k0, k1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    powers = [10.0 ** k for k in range(k0, k1 + 1) if lo <= 10.0 ** k <= hi]
+    if len(powers) < 2:
+        marks = [m * 10.0 ** k for k in range(k0, k1 + 1) for m in (1, 2, 5)
+                 if lo <= m * 10.0 ** k <= hi]
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)) if len(marks) >= 2
+                                   else MaxNLocator(nbins=3))
+        ax.xaxis.set_major_formatter(FuncFormatter(
+            lambda v, _: f"{v:.0f}" if 1 <= v < 1e6 and v == round(v) else f"{v:.3g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _readable_ticks(ax, log: bool) -> None:
@@ -370,9 +483,10 @@ def per_point_figure(points: pd.DataFrame, path: str | Path, num_classes: int,
     d = d[keep]
     if d.empty:
         return None
-    if "num_classes" not in d:
-        d = d.assign(num_classes=num_classes)
-    counts = sorted(int(c) for c in d["num_classes"].dropna().unique())
+    # (a trial without a class count takes ``num_classes``: its points are never left out)
+    d = d.assign(num_classes=d["num_classes"].fillna(num_classes) if "num_classes" in d
+                 else num_classes)
+    counts = sorted(int(c) for c in d["num_classes"].unique())
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(counts), figsize=(6.0 * len(counts), 4.6), dpi=120,
                              squeeze=False)

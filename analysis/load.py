@@ -229,14 +229,18 @@ _INFO_COLUMNS = {
 def _measure_wide(sweep_dir) -> pd.DataFrame:
     """trial_id -> one value per measure (see load_results), plus "<measure>\\0has" flags and
     "<measure>\\0info"; empty for ``sweep_dir`` None."""
-    from workers.measures import REGISTRY
-    from workers.measures.table import read_values
-
-    from workers.measures.table import canonical_settings, read_selection
+    from workers.measures import REGISTRY, reserved_names
+    from workers.measures.table import canonical_settings, read_selection, read_values
 
     if sweep_dir is None:
         return pd.DataFrame(index=pd.Index([], name="trial_id"))
     t = read_values(sweep_dir).to_pandas()
+    clash = sorted(set(t["measure"]) & reserved_names()) if not t.empty else []
+    if clash:  # stored before such names were refused: never over a result column
+        warnings.warn(f"{sweep_dir}: stored values of measures named {clash} are left out of "
+                      "load_results (a column of the results has that name); load_measures "
+                      "has them", stacklevel=3)
+        t = t[~t["measure"].isin(clash)]
     if t.empty:
         return pd.DataFrame(index=pd.Index([], name="trial_id"))
     sel = read_selection(sweep_dir)
@@ -307,8 +311,11 @@ def result_files(sweep_dir) -> list[str]:
     """The per-trial result files that are whole (paths, or URIs for an object store), sorted by
     trial id: what to hand to another reader (DuckDB, polars, Spark) on a live sweep. A stray,
     truncated or half-written file in ``trials/`` is left out (a file whose size and mtime match
-    the drivers' journal is taken from it unread, every other one is checked), so one bad file
-    does not fail the whole query as ``read_parquet('trials/*.parquet')`` does."""
+    the drivers' journal is taken from it unread, every other one is checked), and so is one
+    with a column that does not cast to the schema's type (``workers.conform``), so one bad file
+    does not fail the whole query as ``read_parquet('trials/*.parquet')`` does. A file with a
+    column of another type that casts (int32, dictionary...) is a valid result and is listed:
+    the other reader casts it (DuckDB 2.0 does)."""
     from sweep.journal import trial_statuses
 
     st = store(sweep_dir)
@@ -320,9 +327,11 @@ def result_files(sweep_dir) -> list[str]:
 def measure_files(sweep_dir) -> list[str]:
     """The measures table's value files that are whole (paths, or URIs for an object store),
     sorted: what to hand to another reader (DuckDB, polars) for the long form that
-    ``load_measures`` gives. A stray file, or one that is truncated (its Parquet footer does not
-    read), is left out."""
-    from workers.measures.table import MEASURES, parse_name
+    ``load_measures`` gives. A stray file, one that is truncated (its Parquet footer does not
+    read), or one with a column that does not cast to the table's type (as ``load_measures``
+    judges it) is left out; a column of another type that casts (int32, dictionary...) is kept,
+    for the other reader to cast (DuckDB 2.0 does)."""
+    from workers.measures.table import MEASURES, MeasureFormatError, parse_name, read_value_file
 
     st = store(sweep_dir)
     out = []
@@ -331,7 +340,9 @@ def measure_files(sweep_dir) -> list[str]:
         if parse_name(e.name) is None:
             continue
         try:
-            st.parquet_file(rel).metadata
+            read_value_file(st, rel, [])  # the footer, and any column of another type
+        except MeasureFormatError:
+            raise
         except Exception:
             continue
         out.append(st.path(rel) if st.local else st.uri(rel))
@@ -339,7 +350,10 @@ def measure_files(sweep_dir) -> list[str]:
 
 
 def _load_extra(sweep_dir, kind: str) -> pd.DataFrame:
-    """Extra tables of the trials that have a valid result (others are incomplete re-runs)."""
+    """Extra tables of the trials that have a valid result (others are incomplete re-runs),
+    in the kind's schema (columns of another type cast, ``workers.conform``; missing ones
+    null); a file that does not read or cast is skipped with a warning naming it."""
+    from workers.conform import conform
     from workers.record import EXTRA_SCHEMAS
     from workers.layout import extra_file
     from sweep.resume import valid_trial_ids
@@ -349,7 +363,16 @@ def _load_extra(sweep_dir, kind: str) -> pd.DataFrame:
     present = {e.name[: -len(".parquet")] for e in st.list(kind, ".parquet")}
     parts = []
     for tid in sorted(set(valid_trial_ids(st)) & present):
-        parts.append(st.read_parquet(extra_file(kind, tid), schema=schema))
+        rel = extra_file(kind, tid)
+        try:
+            t = conform(st.parquet_file(rel).read(use_threads=False), schema, st.uri(rel))
+        except Exception as err:  # truncated, not Parquet, a column that does not cast
+            warnings.warn(f"skipping {st.uri(rel)} ({type(err).__name__}: {err})", stacklevel=3)
+            continue
+        for f in schema:
+            if f.name not in t.column_names:
+                t = t.append_column(f, pa.nulls(t.num_rows, f.type))
+        parts.append(t.select(schema.names))
     if not parts:
         return schema.empty_table().to_pandas()
     return pa.concat_tables(parts).to_pandas()

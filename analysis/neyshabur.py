@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.figures import _pyplot, _save
+from analysis.figures import _pyplot, _save, value_label
 
 # Fig. 1's measures (Neyshabur et al. 2017, §2: norms over the margin gamma_5), in their order.
 FIG1_MEASURES = ("neyshabur_l2", "neyshabur_l1_path", "neyshabur_l2_path", "neyshabur_spectral",
@@ -55,16 +55,38 @@ def fitted_note(fit: pd.DataFrame, ok: pd.DataFrame, threshold: float) -> str:
     """One line for the report: how many of the study's trained trials reach the train-accuracy
     threshold (Neyshabur et al.'s networks are trained to zero training error), and the cells
     (labels, training-set size) where none does, which the Fig. 1-2 analogues lack."""
-    def cells(d):
-        return set(zip(d["random_labels"].astype(bool), d["train_size"]))
+    def cells(d):  # (null is a value of its own: a missing train_size is the whole split)
+        return set(zip(d["random_labels"].map(value_label), d["train_size"].map(value_label)))
 
-    lacking = sorted(cells(ok) - cells(fit), key=lambda c: (c[0], c[1]))
+    def order(c):
+        return (c[0], c[1] == "null", float(c[1]) if c[1] != "null" else 0.0)
+
+    lacking = sorted(cells(ok) - cells(fit), key=order)
     text = (f"Neyshabur et al.'s Fig. 1-2 analogues: {len(fit)} of {len(ok)} trained trials "
             f"reach train accuracy >= {threshold:g}; only those are drawn.")
     if lacking:
         text += " No trial does at: " + ", ".join(
-            f"{'random' if r else 'true'} labels, {n} points" for r, n in lacking) + "."
+            f"{LABEL_KINDS.get(r, r + ' (random_labels)')} labels, "
+            + ("the whole training set" if n == "null" else f"{n} points")
+            for r, n in lacking) + "."
     return text
+
+
+LABEL_KINDS = {"False": "true", "True": "random"}  # value_label(random_labels) -> the labels
+
+
+def _sized(fit: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The rows of ``fit`` a figure against the training-set size can place (a train_size and
+    true or random labels), and how many it cannot (train_size null: the whole split, whose
+    size the results do not record; or random_labels null), which the figure's title states."""
+    keep = fit["train_size"].notna() & fit["random_labels"].notna()
+    return fit[keep].assign(random_labels=fit.loc[keep, "random_labels"].astype(bool)), \
+        int((~keep).sum())
+
+
+def _unplaced(n: int) -> str:
+    return (f"; {n} trial{'s' if n != 1 else ''} without a training-set size (the whole split) "
+            "or label kind not drawn") if n else ""
 
 
 def _means(df: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
@@ -99,6 +121,9 @@ def labels_figure(fit: pd.DataFrame, path: str | Path) -> Path | None:
     have = [m for m in FIG1_MEASURES if m in fit and fit[m].notna().any()]
     if not have:
         return None
+    fit, unplaced = _sized(fit)
+    if fit.empty:
+        return None
     m = _means(fit, ["random_labels", "train_size"], have)
     ref = m[~m["random_labels"].astype(bool)].sort_values("train_size")
     plt = _pyplot()
@@ -119,7 +144,7 @@ def labels_figure(fit: pd.DataFrame, path: str | Path) -> Path | None:
     axes[0].set_ylabel("measure / its value at the smallest size drawn, true labels")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Neyshabur et al. Fig. 1: norms over the margin gamma_5 against the "
-                 f"training-set size ({len(fit)} trials)", fontsize=10)
+                 f"training-set size ({len(fit)} trials{_unplaced(unplaced)})", fontsize=10)
     fig.tight_layout()
     return _save(fig, path, vector=True)
 
@@ -131,7 +156,9 @@ def labels_all_figure(fit: pd.DataFrame, path: str | Path, measures: list[str]) 
     cols = ["test_error"] + [m for m in measures if m in fit and fit[m].notna().any()]
     if len(cols) < 2:
         return None
-    d = fit.assign(test_error=1.0 - fit["test_acc"])
+    d, unplaced = _sized(fit.assign(test_error=1.0 - fit["test_acc"]))
+    if d.empty:
+        return None
     m = _means(d, ["random_labels", "train_size"], cols)
     fig, axes = _grid(len(cols))
     for ax, name in zip(axes, cols):
@@ -144,10 +171,10 @@ def labels_all_figure(fit: pd.DataFrame, path: str | Path, measures: list[str]) 
         ax.set_title(name, fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)
-    fig.suptitle("Every measure against the training-set size (x, log 2), true vs random labels",
-                 fontsize=10)
+    fig.suptitle("Every measure against the training-set size (x, log 2), true vs random labels"
+                 f" ({len(d)} trials{_unplaced(unplaced)})", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97))  # (room for the title above the grid)
-    return _save(fig, path)
+    return _save(fig, path, rect=(0, 0, 1, 0.97))
 
 
 def sharpness_kl_figure(curves: pd.DataFrame, path: str | Path, fit: pd.DataFrame) -> Path | None:
@@ -156,7 +183,8 @@ def sharpness_kl_figure(curves: pd.DataFrame, path: str | Path, fit: pd.DataFram
     seeds at each alpha); log x, symmetric-log y (linear within 1e-4 of 0). Returns the path, or None without curves for the trials of ``fit``."""
     if curves.empty or fit.empty:
         return None
-    c = curves.merge(fit[["trial_id", "train_size", "random_labels"]], on="trial_id")
+    placed, unplaced = _sized(fit)
+    c = curves.merge(placed[["trial_id", "train_size", "random_labels"]], on="trial_id")
     if c.empty:
         return None
     m = c.groupby(["random_labels", "train_size", "alpha"], sort=True)[
@@ -181,7 +209,8 @@ def sharpness_kl_figure(curves: pd.DataFrame, path: str | Path, fit: pd.DataFram
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("expected sharpness E[L(w + nu)] - L(w)")
     axes[0].legend(title="training points", fontsize=7, title_fontsize=8)
-    fig.suptitle("Neyshabur et al. Fig. 2: expected sharpness against KL", fontsize=10)
+    fig.suptitle("Neyshabur et al. Fig. 2: expected sharpness against KL ("
+                 f"{c['trial_id'].nunique()} trials{_unplaced(unplaced)})", fontsize=10)
     fig.tight_layout()
     return _save(fig, path, vector=True)
 
@@ -209,4 +238,4 @@ def width_figure(fit: pd.DataFrame, path: str | Path, measures: list[str]) -> Pa
                  f"log 2) of {int(fit['depth'].iloc[0])}-layer networks ({len(fit)} trials)",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97))  # (room for the title above the grid)
-    return _save(fig, path)
+    return _save(fig, path, rect=(0, 0, 1, 0.97))

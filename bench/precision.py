@@ -10,7 +10,7 @@ counts apart (a trial of it is ``diverged``). The share of paper_large is the sh
 trials its plan (``trials`` draws, cheap configurations drawn more often, as ``sweep plan``
 draws them) whose cell is affected at the nearest measured width.
 
-    python bench/precision.py                         # widths 64 and 256, 1 seed, 100 steps
+    python bench/precision.py             # widths 1, 2, 4, ..., 64 and 256; 1 seed; 100 steps
     python bench/precision.py --widths 16 256 --seeds 2 --steps 200
 """
 
@@ -48,7 +48,7 @@ def state(model, x) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--widths", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 256])
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--points", type=int, default=500)

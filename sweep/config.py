@@ -30,6 +30,7 @@ from workers.data import DATASETS
 from workers.hyperparameters import SPACE_KEYS  # noqa: F401  (declared once; the planner's keys)
 from workers.measures import DEFAULT_MEASURES
 from workers.train import MINIBATCH_OPTIMIZERS, OPTIMIZERS
+from workers.storage import expand
 
 SAMPLERS = ("random", "qmc")
 # Fig. 4: the binary factors of paired trials, and the two values each pair compares
@@ -145,6 +146,9 @@ class ResourcesConfig:
     # sustained training throughput, for the plan's cost summary (FLOP/s per CPU core; per GPU)
     cpu_flops: float = 2e10
     gpu_flops: float = 1e13
+    # wall-clock limit of one trial (and of one trial's `sweep measure` work): seconds, "90s",
+    # "30min", "2h", or None for none (sweep.watch)
+    trial_timeout: float | str | None = None
 
 
 def _measure_settings_class():
@@ -356,11 +360,11 @@ def _checkpoint_every(v):
     return iv.steps if iv.steps else v  # (steps as an int; minutes as written: "10min")
 
 
-def _time_budget(v):
+def _time_budget(v, key: str = "train.time_budget"):
     from workers.checkpoint import parse_budget
 
     try:
-        parse_budget(v)
+        parse_budget(v, key)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return v
@@ -379,8 +383,8 @@ def _modules(v) -> tuple[str, ...]:
 
     from workers.measures import load_modules
 
-    mods = tuple(os.path.abspath(str(m)) if str(m).endswith(".py") or os.sep in str(m)
-                 else str(m) for m in _list("measure_modules", v or [None]) if m is not None)
+    paths = (expand(m) for m in _list("measure_modules", v or [None]) if m is not None)
+    mods = tuple(os.path.abspath(m) if m.endswith(".py") or os.sep in m else m for m in paths)
     try:
         load_modules(mods)
     except (ImportError, ValueError) as e:
@@ -451,12 +455,17 @@ def _measure_settings(v) -> MeasureSettings:
 
 
 def _measures(v, modules: tuple[str, ...] = ()) -> tuple[str, ...]:
-    from workers.measures import REGISTRY, available
+    from workers.measures import REGISTRY, available, reserved_names
 
     names = tuple(str(x) for x in _list("measures", v))
     if "all" in names:  # the built-in measures and those of the sweep's measure_modules
         names = tuple(dict.fromkeys([n for x in names
                                      for n in (available(modules) if x == "all" else [x])]))
+    reserved = sorted(set(names) & reserved_names())
+    if reserved:
+        raise ConfigError(f"measures: {reserved} reserved: a column of the results has that "
+                          "name, so it cannot name a measure; allowed: all, or registered "
+                          f"measures ({', '.join(REGISTRY)})")
     unknown = [n for n in names if n not in REGISTRY]
     if unknown or len(set(names)) != len(names):
         what = f"unknown {unknown}" if unknown else f"{list(names)} names one twice"
@@ -473,7 +482,7 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
     info = DATASETS[name]
     dataset = DatasetConfig(
         name=name,
-        root=None if ds.get("root") is None else str(ds["root"]),
+        root=None if ds.get("root") is None else expand(ds["root"]),  # ~ as a shell reads it
         download=_bool("dataset.download", ds.get("download", False)),
         train_size=_int("dataset.train_size", ds.get("train_size"), 1, info.train_size, True),
         test_size=_int("dataset.test_size", ds.get("test_size"), 1, info.test_size, True),
@@ -541,7 +550,7 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
         name=str(d.get("name")),
         trials=_int("trials", d.get("trials"), lo=1),
         seed=_int("seed", d.get("seed"), lo=0),
-        out=None if d.get("out") is None else str(d["out"]),
+        out=None if d.get("out") is None else expand(d["out"]),  # ~ as a shell reads it
         save_weights=(None if d.get("save_weights") is None
                       else _bool("save_weights", d.get("save_weights"))),
         measure_modules=(modules := _modules(d.get("measure_modules"))),
@@ -577,6 +586,7 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
                 "resources.worker_memory_gb", r.get("worker_memory_gb"), positive=True),
             cpu_flops=_float("resources.cpu_flops", r.get("cpu_flops", 2e10), positive=True),
             gpu_flops=_float("resources.gpu_flops", r.get("gpu_flops", 1e13), positive=True),
+            trial_timeout=_time_budget(r.get("trial_timeout"), "resources.trial_timeout"),
         ),
         figure=_bool("figure", d.get("figure")),
         progress=_bool("progress", d.get("progress")),
@@ -761,9 +771,60 @@ def check_schema(d: dict) -> None:
     that Hydra let in (``+``/``++`` add keys even over a structured config) or that a config
     file or stored sweep carries is a ConfigError naming it and the closest valid keys."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigKeyError
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    def keys_only(v):  # the schema's leaves take any value: check keys, interpret no string
+        return {k: keys_only(x) for k, x in v.items()} if isinstance(v, dict) else None
 
     try:
-        OmegaConf.merge(OmegaConf.structured(_schema()), d)
+        OmegaConf.merge(OmegaConf.structured(_schema()), keys_only(d))
     except ConfigKeyError as e:
         raise ConfigError(unknown_key_message(str(e.full_key))) from None
+    except ValidationError as e:  # a single value where the schema has a section of keys
+        raise ConfigError(f"{e.full_key}: is a section of keys, not one value; allowed: "
+                          f"{e.full_key}.KEY=VALUE (every key: sweep show --keys)") from None
+
+
+def override_tree(overrides) -> dict:
+    """KEY=VALUE ``overrides`` as a nested plain dict, parsed with Hydra's override grammar (as
+    on ``sweep launch``; ``+``/``++`` prefixes ignored) and their ``${...}`` resolved on their
+    own: resolvers such as ``${oc.env:VAR}`` work, other keys are not in scope, a literal
+    ``${`` is written ``\\${``. What ``sweep resume`` / ``sweep measure`` apply to a stored
+    configuration, which itself is plain data and never interpolated again (issue #22 item 8).
+    Raises ConfigError naming the override."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    parser = OverridesParser.create()
+    tree = OmegaConf.create({})
+    for o in overrides:
+        try:
+            ov = parser.parse_overrides([o])[0]
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(_override_hint(first, [o])) from None
+        key, value = ov.key_or_group, o.partition("=")[2]
+        if ov.is_sweep_override():
+            raise ConfigError(f"{key}: ambiguous value {value!r}; a list is written in brackets, "
+                              f"and quoted for the shell: '{key}=[{value}]'")
+        try:
+            OmegaConf.update(tree, key, ov.value(), merge=True)
+            OmegaConf.to_container(tree, resolve=True)
+        except OmegaConfBaseException as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"{key}: cannot resolve {value!r} ({first}); an override of a "
+                              "stored sweep may use resolvers such as ${oc.env:VAR} but not "
+                              "other keys; a literal ${ is written \\${") from None
+    return OmegaConf.to_container(tree, resolve=True)
+
+
+def merged(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` applied (both plain dicts): mappings merged key by key, any other
+    value (lists too) replaced, as OmegaConf.merge does, but without interpreting any string
+    of ``base`` (a stored ``${`` stays a literal). Neither argument is changed."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = (merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict)
+                  else v)
+    return out

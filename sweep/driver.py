@@ -9,6 +9,7 @@ refused before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from sweep.config import IDENTITY_VERSION, NOT_IDENTITY, ConfigError, SweepConfig
 from sweep.lock import LOCK_FILE, DriverLock
 from sweep import cost
+from sweep.commands import sweep_command
 from sweep.plan import grid_note, manifest_table, plan_pairs, plan_trials
 from workers.data import check_available
 from sweep.journal import Journal
@@ -34,9 +36,13 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def open_out(location) -> Store:
+def open_out(location, key: str = "out") -> Store:
+    """The Store of the sweep directory ``location`` once it is reachable and writable
+    (workers.storage.check_location); ConfigError (one line, naming ``key``) if not."""
+    from workers.storage import check_location
+
     try:
-        return store(location)
+        return check_location(location, key, write=True)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -60,8 +66,8 @@ def check_out_dir(out: Store, cfg: SweepConfig) -> None:
                 f"{cfg.identity_hash(version)}); choose another out directory or the same "
                 + ("configuration (measurement settings may differ)" if version >= 2 else
                    "configuration with the measurement settings it was created with (a sweep "
-                   "created before identity version 2 keeps metrics.* in its identity; `sweep "
-                   f"resume {out}` runs what is left with its own settings)")
+                   "created before identity version 2 keeps metrics.* in its identity; `"
+                   + sweep_command("resume", out) + "` runs what is left with its own settings)")
             )
     elif any(not n.startswith(LOCK_FILE) for n in out.names()):  # a lock alone: a new sweep
         raise ConfigError(f"out: {out} is not empty and holds no {SWEEP_FILE}; choose another out directory")
@@ -254,24 +260,37 @@ def pending(out, specs: list[TrialSpec], move_invalid: bool = True,
     return [specs[i] for i in rows]
 
 
-def _run_remote(specs: list[TrialSpec], ctx: RunContext) -> list[tuple[str, int | None, int | None]]:
+def _run_remote(specs: list[TrialSpec], ctx: RunContext,
+                token: str | None = None) -> list[tuple[str, int | None, int | None]]:
     """One Ray task: run a unit of trials in order; per trial its status and its result file's
     size and modification time (for the driver's journal; None if the file cannot be seen). A
-    retried unit (its worker died) skips the trials that had already written a valid result."""
+    retried unit (its worker died) skips the trials that had already written a valid result.
+    With ``ctx.trial_timeout`` and the submission's ``token``, each trial's phase is marked for
+    the driver (workers.phase, sweep.watch)."""
+    import contextlib
+
+    from workers.phase import PhaseMarker, tick
     from workers.trial import run_trial
 
+    marker = (PhaseMarker(ctx.out_dir, token, tick(ctx.trial_timeout))
+              if ctx.trial_timeout and token else None)
     out = []
-    for spec in specs:
-        status = None
-        if len(specs) > 1:
-            try:
-                t = read_result(ctx.out_dir, spec.trial_id, columns=["status"])
-                status = t.column("status")[0].as_py()
-            except ResultError:  # none yet (or a torn one): run the trial
-                pass
-        if status is None:
-            status = run_trial(spec, ctx)["status"]
-        out.append((status, *_file_stamp(ctx.out_dir, spec.trial_id)))
+    with marker or contextlib.nullcontext():
+        for spec in specs:
+            status = None
+            if len(specs) > 1:
+                try:
+                    t = read_result(ctx.out_dir, spec.trial_id, columns=["status"])
+                    status = t.column("status")[0].as_py()
+                except ResultError:  # none yet (or a torn one): run the trial
+                    pass
+            if status is None:
+                if marker is not None:
+                    marker.begin(spec.trial_id)
+                status = run_trial(spec, ctx)["status"]
+                if marker is not None:
+                    marker.end()
+            out.append((status, *_file_stamp(ctx.out_dir, spec.trial_id)))
     return out
 
 
@@ -352,11 +371,11 @@ def iter_units(cfg: SweepConfig, todo, slots: int = 1):
 
 
 def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: int = 1,
-                           keep_checkpoints: bool = False) -> str:
-    """A trial whose worker died (after Ray's retries) gets a result recording why. Ray's memory
-    monitor killing a task of one trial makes it ``oom``; any other death, and an oom kill of a
-    task that ran several trials (which of them used the memory is unknown), is a retryable
-    ``failed`` that resume runs again."""
+                           keep_checkpoints: bool = False, attempts: int = 1) -> str:
+    """A trial whose worker died (after ``attempts`` attempts: the driver's retries,
+    sweep.watch) gets a result recording why. Ray's memory monitor killing a task of one trial
+    makes it ``oom``; any other death, and an oom kill of a task that ran several trials (which
+    of them used the memory is unknown), is a retryable ``failed`` that resume runs again."""
     from workers.trial import failure_summary
 
     try:  # the worker may have written its result just before it died
@@ -367,8 +386,10 @@ def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: 
     import ray.exceptions as rex
 
     status = "oom" if isinstance(exc, rex.OutOfMemoryError) and unit_size == 1 else "failed"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    row = failure_summary(spec, status, f"{type(exc).__name__}: {first}"[:4000])
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    said = " ".join(lines[:2])  # Ray's memory monitor: the kill, then the node's memory in use
+    row = failure_summary(spec, status, f"{type(exc).__name__} ({attempts} attempt"
+                          f"{'s' if attempts != 1 else ''}): {said}"[:4000])
     row["retryable"] = status == "failed"  # the system failed, not the trial: resume retries it
     write_trial(out, row)
     if not row["retryable"] and not keep_checkpoints:  # final: its checkpoints are not needed
@@ -376,6 +397,29 @@ def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: 
 
         remove_checkpoints(out, spec.trial_id)
     return status
+
+
+def _result_status(out, trial_id: str) -> str | None:
+    """The status of a trial's valid result file, or None if it has none."""
+    try:
+        return read_result(out, trial_id, columns=["status"]).column("status")[0].as_py()
+    except ResultError:
+        return None
+
+
+def _record_timeout(out, spec: TrialSpec, error: str) -> str:
+    """A trial killed over resources.trial_timeout (``error``: sweep.watch.Watch.message) gets
+    a retryable ``failed`` result, unless it wrote its own result just before (that stands).
+    Its checkpoints stay: resume continues from them."""
+    from workers.trial import failure_summary
+
+    status = _result_status(out, spec.trial_id)
+    if status is not None:
+        return status
+    row = failure_summary(spec, "failed", error[:4000])
+    row["retryable"] = True  # a stuck file system, a slow node, a limit too tight: run again
+    write_trial(out, row)
+    return "failed"
 
 
 def _local_ray_roots(ray) -> list[tuple[str, object]]:
@@ -419,11 +463,57 @@ def _quiet_token_notice() -> None:
         log_.addFilter(_TokenNotice())
 
 
+LOOPBACK = "127.0.0.1"
+_RAY_CLUSTER_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_node():
+    """While a local Ray starts inside this block (``ray.init(address="local",
+    _node_ip_address="127.0.0.1")``): make 127.0.0.1 its node address, which is where Ray 2.60
+    binds every server of the node (GCS, raylet, the workers' and the driver's gRPC servers,
+    runtime-env and dashboard agents, metrics): on a loopback node address it binds to loopback,
+    on any other to all interfaces (``::``/``0.0.0.0``) or that address.
+
+    Ray turns a requested loopback node address into the machine's network address unless
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is 0, and reads that variable once, when ``ray`` is
+    first imported: setting it later has no effect. So this sets both the variable (for the
+    processes Ray starts) and Ray's constant read from it (``ray._private.ray_constants``,
+    private: kept in this one place; ``check_loopback`` catches a Ray where it no longer
+    works), and restores both on exit (a later join of a cluster keeps Ray's own default)."""
+    from ray._private import ray_constants
+
+    env, const = os.environ.get(_RAY_CLUSTER_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_RAY_CLUSTER_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = const
+        if env is None:
+            os.environ.pop(_RAY_CLUSTER_VAR, None)
+        else:
+            os.environ[_RAY_CLUSTER_VAR] = env
+
+
+def check_loopback(ray) -> None:
+    """Raises RuntimeError (after shutting the local Ray down) unless the local Ray this driver
+    just started has a loopback node address (then all its servers listen on loopback only,
+    see ``loopback_node``); the message names the address it got."""
+    import ipaddress
+
+    got = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(got).is_loopback:
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray started on {got}, not {LOOPBACK}, so its servers would "
+                           f"listen on the network (Ray {ray.__version__}; README \"Network "
+                           "exposure\"): stopped it")
+
+
 def start_ray(cfg: SweepConfig):
-    """A local Ray with 127.0.0.1 as its node address and no dashboard (its servers still listen
-    on all interfaces: README "Network exposure"), or the cluster at cluster.address."""
-    # Must be in the environment before Ray starts (a local Ray on a Linux/macOS/Windows host).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    """A local Ray on 127.0.0.1 without dashboard, all of whose servers listen on loopback only
+    (``loopback_node``; RuntimeError if Ray does not comply), or the cluster at
+    cluster.address."""
     import logging
 
     import ray
@@ -433,12 +523,16 @@ def start_ray(cfg: SweepConfig):
     common = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     if cfg.cluster.address is None:
         _quiet_token_notice()
-        ray.init(address="local", num_cpus=cfg.cluster.num_cpus, _node_ip_address="127.0.0.1",
-                 **common)
+        with loopback_node():
+            ray.init(address="local", num_cpus=cfg.cluster.num_cpus, _node_ip_address=LOOPBACK,
+                     **common)
+        check_loopback(ray)
         _start_reaper(ray)
-    else:
+    else:  # checked first: one line (ClusterUnreachable, a ConfigError) if it cannot be used
+        from sweep.connect import connect
+
         common.pop("include_dashboard")
-        ray.init(address=cfg.cluster.address, **common)
+        connect(ray, cfg.cluster.address, **common)
     return ray
 
 
@@ -452,6 +546,7 @@ def check_gpus(ray, per_trial: float) -> None:
 
 
 GRACE_S = 30.0  # after Ctrl-C / SIGTERM: how long running trials may take to finish
+KILL_GRACE_S = 30.0  # a task killed over resources.trial_timeout: how long its end may take
 PROGRESS_LINE_S = 60.0  # progress=true without a terminal: one progress line per minute
 RUNTIME_PROBE_S = 5.0  # how long the Ray runtime may take to answer before it counts as gone
 EXIT_RUNTIME_LOST = 3
@@ -526,13 +621,20 @@ def dispatch(cfg: SweepConfig, out, todo, lock=None,
     Stops early with DispatchStopped, recording nothing for the trials that did not run (resume
     runs them): on Ctrl-C or SIGTERM (no new submissions; running trials get GRACE_S seconds to
     finish, a second Ctrl-C cancels them; exit 130 / 143), and when the Ray runtime itself is
-    gone (``runtime_lost``; a single dead worker or node stays a retryable record after Ray's
-    retries). With a ``lock`` (sweep.lock.DriverLock), stops (LockHeld) once it was lost."""
+    gone (``runtime_lost``). A task whose worker or node died, or that Ray's memory monitor
+    killed, is submitted again by this loop, at most ``resources.max_retries`` times (then its
+    trials are recorded: ``oom`` for a memory-monitor kill of one trial, else a retryable
+    ``failed``); a trial running longer than ``resources.trial_timeout`` is killed and recorded
+    ``failed`` (retryable) with the phase it was in, and the other trials of its task run on
+    (sweep.watch). With a ``lock`` (sweep.lock.DriverLock), stops (LockHeld) once it was lost."""
     import signal
     import threading
 
     import ray.exceptions as rex
     from tqdm import tqdm
+
+    from sweep.watch import Watch, retried_errors
+    from workers.checkpoint import parse_budget
 
     out = store(out)
     ray = start_ray(cfg)
@@ -545,10 +647,12 @@ def dispatch(cfg: SweepConfig, out, todo, lock=None,
         num_threads=max(1, math.floor(res.cpus_per_trial)), dry_run=cfg.dry_run,
         checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=cfg.train.keep_checkpoints,
         time_budget=cfg.train.time_budget, fallback_steps=cfg.train.fallback_steps,
+        trial_timeout=parse_budget(res.trial_timeout, "resources.trial_timeout"),
     )
     remote = ray.remote(_run_remote)
+    # no retries by Ray: its retries of memory-monitor kills are unbounded (sweep.watch)
     options = dict(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
-                   max_retries=res.max_retries, retry_exceptions=False)
+                   max_retries=0, retry_exceptions=False)
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
     node_memory = 0 if cfg.dry_run else largest_node_memory(  # (dry runs use none)
         ray, res.cpus_per_trial, res.gpus_per_trial)
@@ -561,7 +665,11 @@ def dispatch(cfg: SweepConfig, out, todo, lock=None,
     counts = {"ok": 0, "failed": 0, "diverged": 0, "oom": 0}
     units = iter_units(cfg, todo, slots)
     unit = next(units, None)  # the next unit to submit; None: all submitted
-    in_flight: dict = {}
+    in_flight: dict = {}  # ref -> (unit, attempt: 0 for the first submission, token)
+    retry: list = []  # (unit, attempt) to submit again, before new units
+    timed_out: dict = {}  # ref -> (trial_id, error) of a task killed over the trial limit
+    watch = Watch(out, ctx.trial_timeout, res.trial_timeout, slots=slots, log=log)
+    watch.clear_stale()
     stop: dict = {"signal": None, "count": 0, "since": None}
 
     def on_signal(signum, frame):
@@ -584,20 +692,46 @@ def dispatch(cfg: SweepConfig, out, todo, lock=None,
     lines = {"last": time.monotonic(), "t0": time.monotonic()}
     journal = Journal(out)
     quiet_since = time.monotonic()
+
+    def submit(unit: list[TrialSpec], attempt: int) -> None:
+        token = watch.token(len(unit))
+        in_flight[remote.options(**options, memory=task_memory(unit, node_memory))
+                  .remote(unit, ctx, token)] = (unit, attempt, token)
+
+    def land(spec: TrialSpec, status: str, size=None, mtime_ns=None) -> None:
+        if size is not None:  # else no journal line: status reads the file instead
+            journal.record(spec.trial_id, status, size, mtime_ns)
+        counts[status] += 1
+        bar.update(1)
+
+    def land_finished(unit: list[TrialSpec]) -> list[TrialSpec]:
+        """Count the trials of a killed task that wrote their result; the others, in order."""
+        left = []
+        for spec in unit:
+            status = _result_status(out, spec.trial_id)
+            if status is None:
+                left.append(spec)
+            else:
+                land(spec, status, *_file_stamp(out, spec.trial_id))
+        return left
+
     try:
-        while unit is not None or in_flight:
+        while unit is not None or in_flight or retry:
             if lock is not None:
                 lock.check()
             if stop["signal"] is not None:
                 unit = None  # submit nothing more
+                retry.clear()  # (no record: resume runs them)
                 if stop["count"] >= 2 or time.monotonic() - stop["since"] > GRACE_S:
                     for ref in in_flight:
                         ray.cancel(ref, force=True)
                     break  # cancelled trials get no record: resume runs them
-            while unit is not None and len(in_flight) < max_in_flight:
-                in_flight[remote.options(**options, memory=task_memory(unit, node_memory))
-                          .remote(unit, ctx)] = unit
-                unit = next(units, None)
+            while (retry or unit is not None) and len(in_flight) < max_in_flight:
+                if retry:
+                    submit(*retry.pop(0))
+                else:
+                    submit(unit, 0)
+                    unit = next(units, None)
             if not in_flight:
                 break
             try:
@@ -615,24 +749,60 @@ def dispatch(cfg: SweepConfig, out, todo, lock=None,
                 if why is not None:
                     raise _runtime_stop(why, counts)
                 quiet_since = time.monotonic()
-            for ref in ready:
-                done = in_flight.pop(ref)
+            by_token = {v[2]: r for r, v in in_flight.items() if v[2] is not None}
+            for token, tid, seconds in watch.overdue():  # over resources.trial_timeout: kill
+                ref = by_token.get(token)
+                if ref is None or ref in timed_out or (tid is not None and watch.bounded(
+                        lambda: _result_status(out, tid)) is not None):
+                    continue  # (a trial that just wrote its result stands)
+                timed_out[ref] = (tid, watch.message(watch.marker(tid, token), seconds)
+                                  + "; `sweep resume` runs it again (a longer limit: "
+                                  "resources.trial_timeout=...)", time.monotonic())
+                ray.cancel(ref, force=True)
+            waited = [r for r, (_, _, t) in timed_out.items()  # killed, yet its worker lives on
+                      if r in in_flight and r not in ready  # (stuck in the kernel): given up
+                      and time.monotonic() - t > KILL_GRACE_S]
+            for ref in [*ready, *waited]:
+                done, attempt, token = in_flight.pop(ref)
                 try:
-                    results = ray.get(ref)
-                except rex.TaskCancelledError:
-                    continue
-                except Exception as e:  # a worker or node died after all retries, or Ray did
-                    why = runtime_lost(ray, e)
+                    results = ray.get(ref, timeout=0 if ref in waited else None)
+                    watch.finished(token)
+                    timed_out.pop(ref, None)  # (it finished before it was killed)
+                except Exception as e:
+                    watch.finished(token, [s.trial_id for s in done], killed=True)
+                    if ref in timed_out:  # killed over the limit (or it died meanwhile)
+                        tid, error, _ = timed_out.pop(ref)
+                        left = land_finished(done)
+                        if tid is None and left:  # the driver's clock (no marker): the task
+                            tid = left[0].trial_id  # runs in order, so it ran the first left
+                        for spec in [s for s in left if s.trial_id == tid]:
+                            land(spec, _record_timeout(out, spec, error),
+                                 *_file_stamp(out, spec.trial_id))
+                        rest = [s for s in left if s.trial_id != tid]
+                        if rest:  # the task's other trials run on
+                            retry.append((rest, attempt))
+                        continue
+                    if isinstance(e, rex.TaskCancelledError):
+                        continue  # Ctrl-C: no record, resume runs them
+                    why = runtime_lost(ray, e)  # Ray itself, or a worker or node, died
                     if why is not None:
                         raise _runtime_stop(why, counts) from None
+                    if isinstance(e, retried_errors()) and attempt < res.max_retries:
+                        left = land_finished(done)
+                        # a memory-monitor kill of several trials: again one by one, so that
+                        # the trial that does not fit is the one recorded oom
+                        parts = ([[s] for s in left] if isinstance(e, rex.OutOfMemoryError)
+                                 else [left] if left else [])
+                        retry.extend((p, attempt + 1) for p in parts)
+                        log(f"note: a task of {len(done)} trial(s) ended with "
+                            f"{type(e).__name__}; running its {len(left)} unfinished trial(s) "
+                            f"again (retry {attempt + 1} of {res.max_retries})")
+                        continue
                     results = [(_record_system_failure(out, spec, e, len(done),
-                                                       cfg.train.keep_checkpoints),
+                                                       cfg.train.keep_checkpoints, attempt + 1),
                                 *_file_stamp(out, spec.trial_id)) for spec in done]
                 for spec, (status, size, mtime_ns) in zip(done, results):
-                    if size is not None:  # else no journal line: status reads the file instead
-                        journal.record(spec.trial_id, status, size, mtime_ns)
-                    counts[status] += 1
-                bar.update(len(done))
+                    land(spec, status, size, mtime_ns)
             bar.set_postfix(ok=counts["ok"], failed=counts["failed"] + counts["oom"],
                             diverged=counts["diverged"], running=min(len(in_flight), slots),
                             refresh=False)
@@ -662,11 +832,10 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = (),
                   command: str = "resume") -> SweepConfig:
     """The configuration a sweep directory was launched with (``sweep.json``), with ``out`` set
     to that directory and ``overrides`` (KEY=VALUE, keys in RESUMABLE_KEYS only) applied."""
-    from omegaconf import OmegaConf
+    from sweep.config import (check_override_keys, check_schema, from_dict, merged,
+                              override_key, override_tree)
 
-    from sweep.config import check_override_keys, check_schema, from_dict, override_key
-
-    d = open_out(sweep_dir)
+    d = open_out(sweep_dir, "SWEEP_DIR")
     meta = d.uri(SWEEP_FILE)
     if not d.is_file(SWEEP_FILE):
         raise ConfigError(f"SWEEP_DIR: {d} is not a sweep directory (no {SWEEP_FILE})")
@@ -685,9 +854,10 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = (),
             raise ConfigError(f"{command}: cannot override {prefix + key!r}; allowed: KEY=VALUE with "
                               f"KEY in {', '.join(RESUMABLE_KEYS)} (other keys change the "
                               "sweep's trials)")
-        plain.append(f"{key}={o.partition('=')[2]}")  # + and ++ of a schema key: a plain value
-    merged = OmegaConf.merge(OmegaConf.create(conf), OmegaConf.from_dotlist(plain))
-    conf = OmegaConf.to_container(merged, resolve=True)
+        plain.append(o)  # + and ++ of a schema key: a plain value
+    # sweep.json holds the resolved configuration: plain data, never interpolated again (a
+    # literal ${ in it stays one); only the overrides' own ${...} are resolved
+    conf = merged(conf, override_tree(plain))
     conf["out"] = d.location
     check_schema(conf)
     cfg = from_dict(conf)
@@ -738,7 +908,7 @@ def plan_only(cfg: SweepConfig) -> str:
         del planned
         todo = pending_rows(out, plan.ids, move_invalid=False)
     log(f"{len(plan)} trials planned ({out.uri(PLAN_FILE)}), {len(plan) - len(todo)} already "
-        f"have results; run them with: sweep resume {out}")
+        f"have results; run them with: {sweep_command('resume', out)}")
     return out.location
 
 
@@ -746,6 +916,8 @@ def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> s
     """Plan (or read the plan), run the planned trials that lack a valid result, then evaluate
     the measures asked for that finished trials lack (from their saved weights); returns the
     sweep directory. Progress and diagnostics go to stderr; the caller prints the result."""
+    if cfg.cluster.address is not None:  # before any work: one line if it cannot be used
+        start_ray(cfg)
     out, planned = _checked_out(cfg)
     with DriverLock(out, command, log=log) as lock:
         out, plan = prepare(cfg, planned)
@@ -765,7 +937,8 @@ def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> s
                 log(f"{e.reason} after {time.perf_counter() - t0:.1f} s: {done} trials finished "
                     "in this session ("
                     + (", ".join(f"{v} {k}" for k, v in e.counts.items() if v) or "none")
-                    + f"); {left} of {len(plan)} left. Run them with: sweep resume {out}")
+                    + f"); {left} of {len(plan)} left. Run them with: "
+                    + sweep_command("resume", out))
                 raise
             log("finished in {:.1f} s: ".format(time.perf_counter() - t0)
                 + ", ".join(f"{v} {k}" for k, v in counts.items() if v))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from sweep.commands import sweep_command
 from sweep.config import (FACTORS, INFEASIBLE, SAMPLERS, available, composed, conf_dir,
                           schema_keys)
 
@@ -102,8 +103,6 @@ def show(overrides: list[str] | tuple[str, ...] = (), keys: bool = False) -> str
     headed by the experiment, data set and the command that launches it; with ``keys``, one
     line per key: its value in this composition, what it means and, where fixed, the allowed
     values. Raises ConfigError for bad overrides (as ``sweep launch`` would)."""
-    import shlex
-
     import yaml
 
     from sweep.config import from_dict
@@ -112,7 +111,7 @@ def show(overrides: list[str] | tuple[str, ...] = (), keys: bool = False) -> str
     cfg = from_dict(d)  # every value checked, as a launch would
     experiment = next((o.partition("=")[2] for o in overrides
                        if o.partition("=")[0].lstrip("+") == "experiment"), "demo")
-    launch = " ".join(["sweep", "launch", *(shlex.quote(o) for o in overrides)])
+    launch = sweep_command("launch", *overrides)
     head = [f"# experiment {experiment}, data set {cfg.dataset.name}, {cfg.trials} trials; "
             f"sweep directory: {cfg.out_dir()}",
             f"# launch it with: {launch}"]
@@ -167,10 +166,15 @@ KEEP = {"resources.worker_memory_gb": lambda c: (c.get("plan") or {}).get("infea
 
 
 def _literal(v) -> str:
-    """A value as a command-line override writes it."""
+    """A value as a command-line override writes it: a string with special characters in
+    double quotes, a literal ``${`` (a stored value is never an interpolation) as Hydra's
+    escape ``\\${`` (k backslashes before it doubled, as Hydra's grammar reads them back)."""
+    import re
+
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(_literal(x) for x in v) + "]"
-    if isinstance(v, str) and (not v or any(c in v for c in " ,[]{}()='\"")):
+    if isinstance(v, str) and (not v or any(c in v for c in " ,[]{}()='\"$")):
+        v = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", v)
         return '"' + v.replace('"', '\\"') + '"'
     return _value(v)
 
@@ -181,7 +185,6 @@ def launch_command(config: dict) -> tuple[str, bool]:
     set and overrides every key whose value differs from theirs (the sweep directory, the
     cluster and resources left out); it is exact when composing it gives the stored sweep's
     identity. Needs this version's keys: a key it does not know makes it inexact."""
-    import shlex
     from dataclasses import asdict
 
     from sweep.config import ConfigError, compose, from_dict
@@ -210,7 +213,7 @@ def launch_command(config: dict) -> tuple[str, bool]:
         exact = compose(head + over).identity_hash() == wanted and set(stored) <= set(base)
     except (ConfigError, TypeError, ValueError, KeyError):  # the overrides found so far stand
         exact = False
-    return " ".join(["sweep", "launch", *(shlex.quote(o) for o in head + over)]), exact
+    return sweep_command("launch", *head, *over), exact
 
 
 def _same_measures(base, stored, modules) -> bool:

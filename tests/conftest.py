@@ -13,7 +13,11 @@ def ray_local():
 
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+    from sweep.driver import check_loopback, loopback_node
+
+    with loopback_node():  # on 127.0.0.1 even if something imported ray before this conftest
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+    check_loopback(ray)
     yield ray
     ray.shutdown()

@@ -1,12 +1,12 @@
 """The command line explains itself: help, `sweep show`, hints for misspelled keys and values,
 results on stdout and diagnostics on stderr, sweep directories named after what they hold."""
 
-import subprocess
 import sys
 
 import pytest
 import yaml
 
+from procs import run
 from sweep.cli import main
 from sweep.config import compose, schema_keys
 
@@ -108,8 +108,8 @@ def test_a_sweep_directory_is_named_after_its_experiment_and_data_set(tmp_path, 
 
 def test_plan_prints_the_directory_on_stdout_and_the_rest_on_stderr(tmp_path):
     out = tmp_path / "p"
-    r = subprocess.run([sys.executable, "-m", "sweep.cli", "plan", "trials=4", f"out={out}"],
-                       capture_output=True, text=True, timeout=300)
+    r = run([sys.executable, "-m", "sweep.cli", "plan", "trials=4", f"out={out}"],
+            capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"sweep directory: {out}  (analysis.load_results({str(out)!r}))"]
     assert "plan: 4 trials" in r.stderr and "sweep directory" not in r.stderr

@@ -1,8 +1,8 @@
-import subprocess
 import sys
 
 import pytest
 
+from procs import run
 from sweep.cli import main
 from sweep.config import ConfigError, compose
 
@@ -140,8 +140,8 @@ def test_out_directory_of_a_different_sweep_is_refused(tmp_path, monkeypatch, ca
 
 
 def test_console_script_usage_error():
-    r = subprocess.run([sys.executable, "-m", "sweep.cli", "launch", "train.steps=-5"],
-                       capture_output=True, text=True)
+    r = run([sys.executable, "-m", "sweep.cli", "launch", "train.steps=-5"],
+            capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip() == "sweep: error: train.steps: must be >= 1, got -5"
 

@@ -24,12 +24,11 @@ CHEAP = {"sharpness": {"points": 60, "steps": 2},
 
 def corners():
     """Every non-linearity x depth 2 and 65 x widths 1 and 2 x every init scale; width 256 at
-    depth 2 at every scale; the deep wide corner (depth 65, width 256) where the regimes'
-    ends are: tanh at 4 (chaotic: float64 is another function), relu at 8 (float32
-    overflows), hardsigmoid at 0.5 (vanishing), relu6 and hardtanh at 1 (it costs most: the
-    exact transition count and 64 SVDs of 256 x 256)."""
-    deep_wide = {("tanh", 4.0), ("relu", 8.0), ("hardsigmoid", 0.5), ("relu6", 1.0),
-                 ("hardtanh", 1.0)}
+    depth 2 at every scale; the deep wide corner (depth 65, width 256, the costliest: the exact
+    transition count walks thousands of regions) where the regimes' ends are: tanh at 4
+    (chaotic: float64 is another function), relu at 8 (float32 overflows), hardsigmoid at 0.5
+    (vanishing)."""
+    deep_wide = {("tanh", 4.0), ("relu", 8.0), ("hardsigmoid", 0.5)}
     for act, depth, width, scale in itertools.product(ACTIVATIONS, (2, 65), (1, 2, 256),
                                                       (0.5, 1.0, 4.0, 8.0)):
         if depth == 65 and width == 256 and (act, scale) not in deep_wide:
@@ -39,8 +38,14 @@ def corners():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("act", ACTIVATIONS)
-def test_every_measure_is_finite_or_undefined_with_its_reason_at_the_corners(tmp_path, act):
+def test_every_measure_is_finite_or_undefined_with_its_reason_at_the_corners(tmp_path, act,
+                                                                            monkeypatch):
+    from workers import transitions
     from workers.measures import load_modules
+
+    # the exact count's memory bound at 2^22 values (32 MiB), not the machine's: a deep narrow
+    # HardTanh network's pieces multiply past it within seconds (undefined, with the reason)
+    monkeypatch.setattr(transitions, "MAX_KNOT_ELEMENTS", 1 << 22)
 
     load_modules(())
     names = tuple(available())

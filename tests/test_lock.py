@@ -28,7 +28,7 @@ def quick(monkeypatch):
 
 def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
+    p.wait(timeout=60)
     return p.pid
 
 
@@ -168,9 +168,17 @@ def test_two_launches_into_one_directory(tmp_path):
     cmd = [sys.executable, "-m", "sweep.cli", "launch", "dry_run=true", "trials=6", f"out={out}",
            "progress=false", "figure=false", "cluster.num_cpus=1"]
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    from procs import kill_tree
+
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for _ in range(2)]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+                              env=env, start_new_session=True) for _ in range(2)]
+    try:  # (communicate: a full stdout pipe cannot block a launch)
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+    except BaseException:  # a timeout: each launch and the local Ray it started
+        for p in procs:
+            kill_tree(p.pid)
+        raise
+    results = [(p.returncode, err) for p, err in zip(procs, errs)]
     codes = sorted(rc for rc, _ in results)
     assert codes == [0, 2], results
     loser = next(err for rc, err in results if rc == 2)

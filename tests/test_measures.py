@@ -582,3 +582,19 @@ def test_measure_names_that_are_result_columns_are_refused(scratch_registry, tmp
     with pytest.warns(UserWarning, match="gen_gap"):
         df = load_results(tmp_path)
     assert df.gen_gap.iloc[0] == pytest.approx(row["train_acc"] - row["test_acc"])
+
+
+def test_a_module_registering_a_reserved_name_is_refused_naming_the_module(tmp_path, capsys):
+    from sweep.cli import main
+
+    mod = tmp_path / "bad_lab.py"
+    mod.write_text("from workers.measures import register\n\n"
+                   "register('test_acc', source='s')(lambda i: 0.0)\n")
+    try:
+        code = main(["plan", f"out={tmp_path / 's'}", f"measure_modules=[{mod}]"])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert str(mod) in err and "'test_acc' is reserved" in err
+    assert not (tmp_path / "s").exists()

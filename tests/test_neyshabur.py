@@ -148,3 +148,35 @@ def test_the_report_knows_the_sign_of_a_sweeps_own_measure(tmp_path):
         assert measure_sign("lab_margin_test") == -1
     finally:
         REGISTRY.pop("lab_margin_test", None)
+
+
+def test_a_null_training_set_size_is_counted_not_dropped_and_titles_fit(tmp_path, monkeypatch):
+    """Issue 22 item 11's kind (a null hyperparameter compared with ==, grouped without
+    dropna=False): trials of the whole split (train_size null) cannot sit on the size axis;
+    each figure says how many it leaves out, the report's note names their cell, and every
+    text drawn lies inside its figure."""
+    import re
+
+    from test_report import _cut, _drawn_texts
+
+    drawn = _drawn_texts(monkeypatch)
+    labels = table({"train_size": [128, 256, None], "random_labels": [False, True]})
+    whole = int(labels["train_size"].isna().sum())
+    assert whole == 4  # 2 label kinds x 2 seeds
+    measures = list(neyshabur.FIG1_MEASURES) + ["jacobian_norm_test"]
+    curves = pd.DataFrame([(t, a, 1.0 / a ** 2, a) for t in labels["trial_id"]
+                           for a in (1e-3, 1e-2, 1e-1)],
+                          columns=["trial_id", "alpha", "kl", "expected_sharpness"])
+    assert neyshabur.labels_figure(labels, tmp_path / "f1.png") is not None
+    assert neyshabur.labels_all_figure(labels, tmp_path / "f1all.png", measures) is not None
+    assert neyshabur.sharpness_kl_figure(curves, tmp_path / "f2.png", labels) is not None
+    for name in ("f1.png", "f1all.png", "f2.png"):
+        titles = {" ".join(t.split()) for n, t, _, _ in drawn if n == name and "trials" in t}
+        assert any(re.search(rf"\({len(labels) - whole} trials; {whole} trials without a "
+                             "training-set size", t) for t in titles), (name, titles)
+    assert _cut(drawn) == []
+    # the note: a cell of the whole split where no trial fits is named as such
+    fit = labels[~(labels["train_size"].isna() & labels["random_labels"])]
+    note = neyshabur.fitted_note(fit, labels, 1.0)
+    assert note.endswith("No trial does at: random labels, the whole training set.")
+    assert neyshabur.fitted_note(labels, labels, 1.0).endswith("only those are drawn.")

@@ -212,6 +212,37 @@ def test_sharpness_is_nonnegative_zero_at_alpha_zero_monotone_and_deterministic(
     assert got <= brute + 1e-9 and got >= 0.9 * brute
 
 
+
+def test_the_registered_sharpness_is_at_the_papers_alpha_by_brute_force():
+    """A rule checked only against the code before (issue 22 item 14's kind): the tests of
+    sharpness pass alpha themselves, so the registered default (Neyshabur et al. 2017, §3:
+    alpha = 5e-4; ../shared/MEASURES.md) could change unseen. The registered measure at its
+    defaults, on a 3-weight network and 20 points (all of them: fewer than its 1000), is
+    within 10% below the brute-force maximum over a grid of the box |nu_k| <= 5e-4 (|w_k| + 1),
+    and never above it."""
+    tiny = mlp((1, 1, 2), seed=7)
+    xs = torch.randn(20, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ys = torch.randint(0, 2, (20,), generator=torch.Generator().manual_seed(4))
+    lins = [m for m in tiny if isinstance(m, torch.nn.Linear)]
+    w = [m.weight.detach().clone() for m in lins]
+    alpha = 5e-4
+    loss = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        base = loss(tiny(xs), ys).item()
+        brute = 0.0
+        for grid in itertools.product(*[np.linspace(-1, 1, 11)] * 3):
+            nus = [torch.tensor(grid[:1]).reshape(1, 1), torch.tensor(grid[1:]).reshape(2, 1)]
+            for m, w0, nu in zip(lins, w, nus):
+                m.weight.copy_(w0 + nu * alpha * (w0.abs() + 1))
+            brute = max(brute, (loss(tiny(xs), ys).item() - base) / (1 + base))
+        for m, w0 in zip(lins, w):
+            m.weight.copy_(w0)
+    out = evaluate_outcomes(MeasureInputs(tiny, xs.float(), ys, xs.float(), ys, None, None, 0),
+                            ["sharpness"])["sharpness"]
+    assert out.info["alpha"] == alpha and out.info["points"] == 20
+    assert 0.9 * brute <= out.value <= brute + 1e-12, (out.value, brute)
+
+
 def _deep(scale, seed, depth=65, width=3, act="tanh"):
     model = mlp((4,) + (width,) * (depth - 1) + (3,), act, seed)
     with torch.no_grad():

@@ -108,3 +108,40 @@ def test_the_trial_records_whether_float64_agreed(tmp_path):
     assert rows[1.0]["status"] == rows[4.0]["status"] == "ok"
     assert rows[1.0]["float64_agrees"] is True and rows[1.0]["float64_rel_diff"] < RTOL
     assert rows[4.0]["float64_agrees"] is False and rows[4.0]["float64_rel_diff"] > RTOL
+
+
+def test_the_studies_describe_the_scored_network(chaotic):
+    """Fig. 2's ellipse transitions (counted in float64) are null where float64 is another
+    function on the ellipse; Fig. 3's boundaries come from the network's own region codes, as
+    its predicted classes do."""
+    import pandas as pd
+
+    from analysis.figures import density_bins
+    from workers.studies import boundary_map, boundary_plane, ellipse_rows, study_ellipses
+
+    m, x, y, _, _ = chaotic
+    ell = study_ellipses(x, y, 0)
+    rows = ellipse_rows(m, ell, 64, "init")
+    assert rows and all(r["transitions"] is None and r["density"] is None for r in rows)
+    assert all(math.isfinite(r["jacobian_norm"]) for r in rows)
+    dens = density_bins(pd.DataFrame(rows).assign(trial_id="t"), 8)
+    assert dens["density"].isna().all()  # not 0
+    ok = build_mlp(64, 16, 3, 10, "relu", 1.0, 0).eval()
+    assert all(r["transitions"] is not None for r in ellipse_rows(ok, ell, 64, "init"))
+
+    plane, _ = boundary_plane(x, y, 0)
+    out = boundary_map(m, plane, 16, 1.25)
+    # independently: the last hidden layer's float32 signs (tanh's breakpoint is 0) on the grid
+    c = torch.linspace(-1.25, 1.25, 16, dtype=torch.float64)
+    b, a = torch.meshgrid(c, c, indexing="ij")
+    pts = (plane.centre + a.reshape(-1, 1) * plane.u + b.reshape(-1, 1) * plane.v).float()
+    with torch.no_grad():
+        h = pts
+        for lin in [mod for mod in m if isinstance(mod, torch.nn.Linear)][:-1]:
+            z = lin(h)
+            h = torch.tanh(z)
+        code = (z > 0).reshape(16, 16, -1)
+    edge = torch.zeros(16, 16, dtype=torch.bool)
+    edge[:, :-1] |= (code[:, 1:] != code[:, :-1]).any(-1)
+    edge[:-1, :] |= (code[1:, :] != code[:-1, :]).any(-1)
+    assert torch.equal(out["boundary"], edge)

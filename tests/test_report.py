@@ -1,6 +1,7 @@
 """The train-accuracy filter, seed means, the A.3 curves, every report figure from a synthetic
 results set, and `sweep report` on it (the statistics file against scipy)."""
 
+import itertools
 import json
 import math
 
@@ -408,3 +409,281 @@ def test_the_report_names_values_that_never_fit_and_explains_robust_sign_error_o
     assert main(["report", str(d2), "--bootstrap", "0"]) == 0
     page2 = (d2 / "report" / "report.html").read_text()
     assert "One seed per configuration:" not in page2 and "Left out entirely" not in page2
+
+
+# --- the page shows what was measured (issue 22, item 11) -----------------------------------
+
+from html.parser import HTMLParser
+from pathlib import Path
+
+
+class _Page(HTMLParser):
+    """The text of each paragraph, caption and table row of a report page (tags dropped,
+    entities resolved), in order; images are left out."""
+
+    def __init__(self, page: str):
+        super().__init__(convert_charrefs=True)
+        self.paragraphs, self.captions, self.tables = [], [], []
+        self._text, self._row, self._cell, self._in = None, None, None, []
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("p", "figcaption"):
+            self._in.append(tag)
+            self._text = []
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("p", "figcaption") and self._in and self._in[-1] == tag:
+            self._in.pop()
+            text = " ".join("".join(self._text).split())
+            (self.paragraphs if tag == "p" else self.captions).append(text)
+            self._text = None
+        elif tag in ("td", "th") and self._cell is not None:
+            self._row.append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[-1].append(self._row)
+            self._row = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._text is not None:
+            self._text.append(data)
+
+    def paragraph(self, start: str) -> str:
+        found = [p for p in self.paragraphs if start in p]
+        assert len(found) == 1, (start, self.paragraphs)
+        return found[0]
+
+
+def _drawn_texts(monkeypatch):
+    """Every text drawn into each figure file as it is written (PNG and SVG): (file name,
+    text, its extent, the figure's box), recorded by matplotlib's own ``Text.draw`` during
+    ``Figure.savefig``."""
+    import matplotlib.figure
+    import matplotlib.text
+
+    drawn, saving = [], {}
+    real_draw = matplotlib.text.Text.draw
+
+    def draw(self, renderer):
+        real_draw(self, renderer)
+        if saving and self.get_visible() and self.get_text().strip():
+            drawn.append((saving["name"], self.get_text(), self.get_window_extent(renderer),
+                          self.figure.get_figure(root=True).bbox.frozen()))
+
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(self, fname, *a, **kw):
+        saving["name"] = Path(fname).name
+        try:
+            return real_savefig(self, fname, *a, **kw)
+        finally:
+            saving.clear()
+
+    monkeypatch.setattr(matplotlib.text.Text, "draw", draw)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    return drawn
+
+
+def _cut(drawn) -> list:
+    """The drawn texts that extend past their figure's edge (one pixel of rounding allowed),
+    and the pairs of texts drawn into one image that run into each other (more than a pixel
+    of overlap: tick labels of a crowded axis, a title over a label)."""
+    cut = [(name, text, tuple(round(v) for v in box.extents), tuple(fig.extents))
+           for name, text, box, fig in drawn
+           if box.x0 < fig.x0 - 1 or box.y0 < fig.y0 - 1 or box.x1 > fig.x1 + 1
+           or box.y1 > fig.y1 + 1]
+    by_image = {}  # (a text drawn twice in one save, e.g. a layout pass, is one text)
+    for name, text, box, _ in drawn:
+        by_image.setdefault(name, {})[text, tuple(np.round(box.extents, 1))] = box.padded(-1.0)
+    by_image = {name: [(t, box) for (t, _), box in texts.items()]
+                for name, texts in by_image.items()}
+    for name, texts in by_image.items():
+        for (ta, a), (tb, b) in itertools.combinations(texts, 2):
+            if a.overlaps(b):
+                cut.append((name, ta, tb))
+    return cut
+
+
+def lbfgs_sweep(d, rng):
+    """A sweep with a null hyperparameter: full-batch L-BFGS (batch_size null, every trial
+    fits), SGD at batch 128 (every other trial short of 100%), momentum at batch 128 (every
+    trial fits), over two widths, two depths and two seeds; one failed and one diverged trial;
+    per-point rows of which some have a loss of exactly 0 (beyond float64: not on Fig. 6's log
+    axes); a real configuration in sweep.json."""
+    from dataclasses import asdict
+
+    from sweep.config import compose
+
+    rows, n = [], 0
+    for opt, bs in (("sgd", 128), ("momentum", 128), ("lbfgs", None)):
+        for width in (16, 64):
+            for depth in (2, 3):
+                for seed in (1, 2):
+                    n += 1
+                    jac = float(rng.lognormal(0.0, 0.7))
+                    gap = 0.05 + 0.1 * math.log1p(jac) + float(rng.normal(0, 0.01))
+                    rows.append(_row(
+                        f"t{n:03d}", dataset="digits", width=width, depth=depth,
+                        activation="relu", seed=seed, optimizer=opt, batch_size=bs,
+                        lr=0.1 if opt == "lbfgs" else 0.01,
+                        train_acc=0.97 if opt == "sgd" and n % 2 else 1.0, test_acc=1.0 - gap,
+                        gen_gap=gap, jacobian_norm_test=jac, jacobian_norm_train=jac * 0.8,
+                        transitions_test=10 * jac + width / 8,
+                        n_params=64 * width + (depth - 2) * width ** 2 + width * 10))
+    rows.append(_row("f001", dataset="digits", width=16, depth=2, activation="relu", seed=3,
+                     status="failed", error="boom", train_loss=None, test_loss=None))
+    rows.append(_row("v001", dataset="digits", width=64, depth=3, activation="relu", seed=3,
+                     status="diverged", error="non-finite training loss", train_loss=None,
+                     test_loss=None))
+    for i, r in enumerate(rows):
+        k = 30
+        loss = rng.lognormal(-2.0, 1.5, k)
+        loss[: i % 4] = 0.0  # 0, 1, 2 or 3 points beyond float64 per trial
+        jac = 3.0 * np.exp(-loss) * (1 - np.exp(-loss)) * rng.lognormal(0, 0.2, k)
+        write_trial(d, r, points_columns("test", range(k), rng.integers(0, 10, k), jac, loss,
+                                         loss < 0.7) if r["status"] == "ok" else None)
+    cfg = compose(["trials=26", "dataset=digits"])
+    (d / SWEEP_FILE).write_text(json.dumps({"identity_hash": "x", "config": asdict(cfg)}))
+    return rows, cfg
+
+
+def _counted(column: pd.Series, value: str) -> pd.Series:
+    """Rows of ``column`` equal to the page's ``value`` ("null": missing), compared as text
+    (the page writes 128 for a float column's 128.0)."""
+    if value == "null":
+        return column.isna()
+    return column.map(lambda v: not pd.isna(v) and f"{v:g}" if isinstance(v, float)
+                      else str(v)) == value
+
+
+def test_every_count_on_the_page_is_the_datas_and_no_figure_text_is_cut(tmp_path, monkeypatch):
+    """Issue 22 item 11: the per-value fit counts said "batch_size: 128.0 43/80, nan 0/10"
+    when all 10 L-BFGS trials (batch_size null) fit, and Fig. 6's subtitle, wider than the
+    figure, read "59 test points" for 559. Every number of the page is read back and
+    counted again from the tables with pandas; every text drawn into every figure lies
+    inside its figure."""
+    import re
+
+    d = tmp_path / "s"
+    rows, cfg = lbfgs_sweep(d, np.random.default_rng(11))
+    drawn = _drawn_texts(monkeypatch)
+    assert main(["report", str(d), "--bootstrap", "0"]) == 0
+    page = _Page((d / "report" / "report.html").read_text())
+    df = load_results(d)
+    ok = df[df["status"] == "ok"]
+    fit = ok[ok["train_acc"] >= 1.0]
+    assert len(df) == 26 and len(fit) == 8 + 4 + 8  # sgd: half fit; momentum, lbfgs: all
+    # the header: trials, per status, and those that pass
+    head = page.paragraph("Figures and statistics use the")
+    m = re.search(r": (\d+) trials \(([^)]*)\)\. Figures and statistics use the (\d+) ok", head)
+    assert int(m.group(1)) == len(df) and int(m.group(3)) == len(fit)
+    assert dict((s, int(c)) for c, s in (x.split() for x in m.group(2).split(", "))) == \
+        df["status"].value_counts().to_dict()
+    # trials that fit, per value: every value of every hyperparameter listed, null included
+    per = page.paragraph("Trials that fit, of the ok trials, per value:")
+    per = per.split("per value: ", 1)[1].rstrip(".")
+    seen = {}
+    for part in per.split("; "):
+        h, values = part.split(": ", 1)
+        for item in values.split(", "):
+            value, frac = item.rsplit(" ", 1)
+            f, n = map(int, frac.split("/"))
+            assert (f, n) == (int(_counted(fit[h], value).sum()), int(_counted(ok[h], value).sum())), \
+                (h, value)
+            seen[h, value] = (f, n)
+    assert seen["batch_size", "null"] == (8, 8)  # every L-BFGS trial fits (it read 0/10)
+    assert seen["batch_size", "128"] == (12, 16)
+    assert seen["optimizer", "lbfgs"] == (8, 8) and seen["optimizer", "sgd"] == (4, 8)
+    assert sum(n for (h, _), (_, n) in seen.items() if h == "batch_size") == len(ok)
+    assert "Left out entirely" not in " ".join(page.paragraphs)  # every value has a fitting trial
+    # the configuration: the sweep's
+    conf = page.paragraph("Configuration:")
+    assert f"{cfg.trials} trials planned" in conf and f"{cfg.train.steps} steps" in conf
+    # the ranking: per measure, the trials it rests on
+    ranking = next(t for t in page.tables if t[0][:4] == ["rank", "measure", "sign", "trials"])
+    for r in ranking[1:]:
+        measure = r[1].replace("(baseline)", "").strip()
+        assert int(r[3]) == int((fit[measure].notna() & fit["gen_gap"].notna()).sum()), measure
+    # the statistics table: trials and configurations (seed means) per row
+    stats = next(t for t in page.tables if t[0][:4] == ["group", "measure", "n_trials", "n_configs"])
+    hps = ["optimizer", "batch_size", "lr", "width", "depth"]
+    for r in stats[1:]:
+        measure = r[1].replace("(baseline)", "").strip()
+        rows_ = fit[fit[measure].notna() & fit["gen_gap"].notna()]
+        assert int(r[2]) == len(rows_), measure
+        assert int(r[3]) == len(rows_[hps].astype(str).drop_duplicates()), measure
+    # the captions: Kendall's tau over the passing trials
+    said = [c for c in page.captions if "Kendall's" in c]
+    assert said
+    for c in said:
+        for n in re.findall(r"over (\d+) trials", c):
+            assert int(n) == len(fit)
+    # Fig. 6: the points log axes cannot show, counted from the per-point rows
+    from analysis.load import load_points
+
+    pts = load_points(d, [("split", "=", "test")], trial_ids=list(fit["trial_id"]))
+    pts = pts.dropna(subset=["loss", "jacobian_norm"])
+    zero = int(((pts["loss"] <= 0) | (pts["jacobian_norm"] <= 0)).sum())
+    assert zero == sum(i % 4 for i, r in enumerate(rows) if r["trial_id"] in set(fit["trial_id"]))
+    sup = [t for name, t, _, _ in drawn if name == "fig6_per_point.png"
+           and t.startswith("Fig. 6")]
+    assert sup and all(re.search(rf"(?<!\d){zero} test points", t) for t in sup), sup
+    # no figure text cut: each drawn text inside its figure, in every figure the report made
+    made = {name for name, *_ in drawn}
+    assert {"fig1_params_loss.png", "fig5_jacobian_gap.png", "fig6_per_point.png",
+            "sign_errors.png"} <= made
+    assert _cut(drawn) == []
+
+
+def test_long_figure_titles_are_wrapped_inside_the_figure(tmp_path, monkeypatch):
+    """The kind of item 11's clipped subtitle: a title or label longer than its figure is
+    wrapped (its numbers whole), or the figure made larger, in every figure function."""
+    import re
+
+    drawn = _drawn_texts(monkeypatch)
+    # Fig. 6 with 559 points at loss 0: the subtitle is wider than the 6-inch figure
+    pts = pd.DataFrame({"trial_id": ["a"] * 600, "split": "test",
+                        "loss": np.r_[np.zeros(559), np.linspace(0.1, 1.0, 41)],
+                        "jacobian_norm": np.linspace(0.1, 1.0, 600)})
+    figures.per_point_figure(pts, tmp_path / "f6.png", 10)
+    sup = [t for name, t, _, _ in drawn if name == "f6.png" and t.startswith("Fig. 6")]
+    assert sup and all(re.search(r"(?<!\d)559 test points", t) for t in sup)
+    # Fig. 4 naming many factors without a pair, and Fig. 5 with one data set of a long name
+    d = tmp_path / "s"
+    synthetic_sweep(d, np.random.default_rng(12))
+    from analysis.load import load_pairs
+
+    many = [f"factor_with_a_long_name_{i}" for i in range(12)]
+    figures.factor_pairs_figure(load_pairs(d), tmp_path / "f4.png", ["random_labels", *many])
+    df = fits_training_set(load_results(d))
+    one = df[df["dataset"] == "digits"].assign(dataset="a_data_set_with_a_very_long_name_" * 3)
+    figures.jacobian_gap_figure(one, tmp_path / "f5.png")
+    figures.transitions_gap_figure(one, tmp_path / "f8.png")
+    assert {"f6.png", "f4.png", "f5.png", "f8.png"} <= {name for name, *_ in drawn}
+    assert any(many[-1] in t for name, t, _, _ in drawn if name == "f4.png")
+    assert _cut(drawn) == []
+
+
+def test_fit_text_wraps_only_what_overflows():
+    plt = figures._pyplot()
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
+    ax.set_title("short")
+    fig.suptitle("a suptitle " * 20)
+    fig.tight_layout()
+    figures.fit_text(fig)
+    assert ax.get_title() == "short"
+    lines = fig._suptitle.get_text().split("\n")
+    assert len(lines) > 1 and " ".join(" ".join(lines).split()) == ("a suptitle " * 20).strip()
+    fig.canvas.draw()
+    box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+    assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1
+    plt.close(fig)

@@ -102,21 +102,22 @@ def test_launch_output_conventions_and_no_report_rebuild_when_nothing_ran(tmp_pa
     stderr: progress and diagnostics, without Ray's token-authentication warning. A relaunch
     with nothing to run keeps the report as it is."""
     import os
-    import subprocess
     import sys
+
+    from procs import run
 
     out = tmp_path / "s"
     cmd = [sys.executable, "-m", "sweep.cli", "launch", *TINY[1:], "trials=2", f"out={out}"]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_AUTH_MODE", None)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    r = run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     page = out / "report" / "report.html"
     assert r.stdout.splitlines() == [
         f"sweep directory: {out}  (analysis.load_results({str(out)!r}))", f"report: {page}"]
     assert "2 to run" in r.stderr and "Token authentication" not in r.stderr
     before = page.stat().st_mtime_ns
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    r = run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "0 to run" in r.stderr and "report: unchanged" in r.stderr
     assert r.stdout.splitlines()[-1] == f"report: {page}"

@@ -293,3 +293,102 @@ def test_an_update_whose_step_overflows_float32_is_diverged(tmp_path):
     row = run_trial(spec(optimizer="adam", lr=1e38, train=TrainSpec(steps=1, check_every=1)),
                     RunContext(str(tmp_path)))
     assert row["status"] == "diverged" and "overflow" in row["error"]
+
+
+# --- the optimizers' settings against their formulas (issue 22, item 14) ----------------------
+# A.5.4: momentum 0.9; the other coefficients at the framework's defaults, PyTorch's here
+# (README "What a trial does"): Adam betas (0.9, 0.999), eps 1e-8; RMSProp alpha 0.99,
+# eps 1e-8; no weight decay, dampening or Nesterov. The updates are written out by hand.
+
+GRADS = [(1.0, -0.2), (-3.0, 0.1), (0.5, 4.0), (2.0, -1.0)]  # g_t of a 2-element parameter
+
+
+def _by_hand(name: str, p0, lr: float) -> list[list[float]]:
+    """The parameter after each step of ``name`` fed the gradients GRADS, from the update
+    formulas in plain Python floats."""
+    out, p = [], list(p0)
+    buf, m, v = [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]
+    for t, g in enumerate(GRADS, start=1):
+        for i in range(2):
+            if name == "sgd":
+                p[i] -= lr * g[i]
+            elif name == "momentum":
+                buf[i] = g[i] if t == 1 else 0.9 * buf[i] + g[i]
+                p[i] -= lr * buf[i]
+            elif name == "adam":
+                m[i] = 0.9 * m[i] + 0.1 * g[i]
+                v[i] = 0.999 * v[i] + 0.001 * g[i] ** 2
+                p[i] -= lr * (m[i] / (1 - 0.9 ** t)) / (math.sqrt(v[i] / (1 - 0.999 ** t)) + 1e-8)
+            elif name == "rmsprop":
+                v[i] = 0.99 * v[i] + 0.01 * g[i] ** 2
+                p[i] -= lr * g[i] / (math.sqrt(v[i]) + 1e-8)
+        out.append(list(p))
+    return out
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "rmsprop"])
+def test_each_optimizer_steps_as_its_formula_with_the_papers_coefficients(name):
+    """Issue 22 item 14: momentum 0.5 for 0.9, or other Adam betas, passed every test. The
+    optimizer the training loop makes, fed a known gradient sequence, moves the parameter as
+    the update formula with the stated coefficients says, step by step."""
+    from workers.train import make_optimizer
+
+    p = torch.tensor([0.3, -0.7], dtype=torch.float64, requires_grad=True)
+    opt = make_optimizer(name, [p], 0.1, TrainSpec())
+    want = _by_hand(name, [0.3, -0.7], 0.1)
+    for t, g in enumerate(GRADS):
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+        assert p.detach().tolist() == pytest.approx(want[t], rel=1e-12, abs=1e-15), (name, t)
+
+
+@pytest.mark.parametrize("name,lr", [("momentum", 0.5), ("adam", 0.05)])
+def test_training_steps_equal_hand_written_updates(name, lr):
+    """The same through ``train_model``: three full-batch steps on 64 digits equal a loop
+    written here (autograd for the gradient, the update by hand as in ``_by_hand``)."""
+    data = load_data("digits", train_size=64, test_size=10)
+    m1 = build_mlp(64, 16, 2, 10, "tanh", seed=3)
+    m2 = build_mlp(64, 16, 2, 10, "tanh", seed=3)
+    out = train_model(m1, data, name, lr, 64, TrainSpec(steps=3, early_stop=False), seed=0)
+    assert out.steps == 3 and not out.diverged
+    x, y = data.x_train.flatten(1), data.y_train
+    params = [p.detach().clone().double() for p in m2.parameters()]
+    state = [dict(buf=torch.zeros_like(p), m=torch.zeros_like(p), v=torch.zeros_like(p))
+             for p in params]
+    for t in range(1, 4):
+        with torch.no_grad():
+            for q, p in zip(m2.parameters(), params):
+                q.copy_(p)
+        grads = torch.autograd.grad(F.cross_entropy(m2(x), y), list(m2.parameters()))
+        for p, g, s in zip(params, grads, state):
+            g = g.double()
+            if name == "momentum":
+                s["buf"] = g if t == 1 else 0.9 * s["buf"] + g
+                p -= lr * s["buf"]
+            else:
+                s["m"] = 0.9 * s["m"] + 0.1 * g
+                s["v"] = 0.999 * s["v"] + 0.001 * g * g
+                p -= lr * (s["m"] / (1 - 0.9 ** t)) / ((s["v"] / (1 - 0.999 ** t)).sqrt() + 1e-8)
+    for got, want in zip(m1.parameters(), params):
+        torch.testing.assert_close(got.detach().double(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_recorded_accuracies_and_gap_are_those_of_the_saved_network(tmp_path):
+    """A rule checked only against the trial's own per-point rows before: train_acc,
+    test_acc, train_loss and gen_gap = train_acc - test_acc over the trial's whole train and
+    test sets. Here they are recomputed from the saved weights, with plain torch."""
+    from workers.models import load_model
+
+    s = spec(train=TrainSpec(steps=100, check_every=50))
+    row = run_trial(s, RunContext(str(tmp_path), save_weights=True))
+    model = load_model(tmp_path, s.trial_id)
+    data = load_data("digits", train_size=300, test_size=100, seed=s.data.seed)
+    with torch.no_grad():
+        z_tr, z_te = model(data.x_train.flatten(1)), model(data.x_test.flatten(1))
+    train_acc = (z_tr.argmax(1) == data.y_train).double().mean().item()
+    test_acc = (z_te.argmax(1) == data.y_test).double().mean().item()
+    assert row["train_acc"] == pytest.approx(train_acc, abs=1e-12)
+    assert row["test_acc"] == pytest.approx(test_acc, abs=1e-12)
+    assert row["gen_gap"] == pytest.approx(train_acc - test_acc, abs=1e-12)
+    assert row["train_loss"] == pytest.approx(F.cross_entropy(z_tr.double(), data.y_train).item(),
+                                              rel=1e-5)

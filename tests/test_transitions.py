@@ -292,3 +292,76 @@ def test_supports_exact_names_the_networks_the_exact_count_handles():
     assert not supports_exact(build_mlp(4, 8, 3, 3, "tanh"))
     assert not supports_exact(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)))
     assert not supports_exact(nn.Sequential(nn.Linear(4, 3)))  # no hidden layer
+
+
+# --- Tanh's code is the sign (issue 22, item 14) ----------------------------------------------
+
+# The paper's breakpoints (A.4; PAPER_NOTES "Networks"), written here, not read from the code
+PAPER_BREAKPOINTS = {"relu": (0.0,), "relu6": (0.0, 6.0), "tanh": (0.0,),
+                     "hardtanh": (-1.0, 1.0), "hardsigmoid": (-0.5, 0.5)}
+
+
+def test_every_activation_has_the_papers_breakpoints():
+    from workers.activations import ACTIVATIONS
+
+    assert {k: tuple(a.breakpoints) for k, a in ACTIVATIONS.items()} == PAPER_BREAKPOINTS
+
+
+def _tanh_circle_net(depth: int):
+    """A bias-free tanh network on R^2 whose transitions around the circle of radius r are
+    known analytically: layer 1 is the identity (z = (r cos t, r sin t): each unit changes
+    sign twice), layer 2 computes tanh(z1) - tanh(z2), zero where cos t = sin t (tanh is
+    injective): two sign changes; each further layer multiplies by 1, keeping those two."""
+    model = build_mlp(2, 2, depth, 2, "tanh", seed=0).double()
+    lin = [m for m in model if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        lin[0].weight.copy_(torch.eye(2, dtype=torch.float64))
+        lin[1].weight.copy_(torch.tensor([[1.0, -1.0], [0.0, 0.0]], dtype=torch.float64))
+        for m in lin[2:-1]:
+            m.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64))
+    return model
+
+
+@pytest.mark.parametrize("depth,want", [(2, 4), (3, 4 + 2 + 0), (5, 4 + 2 + 2 + 2 + 0)])
+def test_tanh_transitions_of_a_hand_built_network_are_its_sign_changes(depth, want):
+    """Issue 22 item 14: moving Tanh's breakpoint from 0 to 0.5 changed the transitions of
+    every tanh network and passed every test (they compared the counts with each other).
+    Around the circle of radius 0.3 (the 32-gon through it), the hidden units of
+    ``_tanh_circle_net`` change sign 4 times in layer 1, twice per unit computing
+    tanh(z1) - tanh(z2) or a copy of it, never for a unit fixed at 0: ``want``. With a
+    breakpoint at 0.5 no unit would cross it (|z| <= 0.3 in layer 1, <= 2 tanh(0.3 / sqrt 2) =
+    0.42 above). The second hidden layer's units are one live unit and one dead (weight 0)."""
+    model = _tanh_circle_net(depth)
+    t = torch.arange(32, dtype=torch.float64) * (2 * math.pi / 32) + 0.01
+    circle = 0.3 * torch.stack([t.cos(), t.sin()], dim=1)
+    k = 4096
+    assert dense_transitions(model, circle, k) == want
+    assert sampled_transitions(model, circle[None], k).tolist() == [want]
+    # the code of each unit is its sign, at points where the signs are known
+    c = codes(model, torch.tensor([[0.25, -0.1], [-0.2, 0.05]], dtype=torch.float64))
+    assert c[0, :2].tolist() == [1, 0] and c[1, :2].tolist() == [0, 1]
+    if depth > 2:  # tanh(0.25) - tanh(-0.1) > 0; tanh(-0.2) - tanh(0.05) < 0
+        assert c[0, 2] == 1 and c[1, 2] == 0
+
+
+def test_a_count_beyond_memory_is_undefined_not_a_killed_process(monkeypatch):
+    """The exact count's pieces past its memory bound (here 2^12 values; a trained width-1
+    HardTanh network of depth 65 at init_scale 8 reaches any bound): CountTooLarge, and
+    transitions_test is undefined with that reason, never a process killed for memory."""
+    from workers import transitions
+    from workers.data import load_data
+    from workers.measures import MeasureInputs, evaluate_outcomes
+    from workers.models import build_mlp
+    from workers.spec import TrainSpec
+    from workers.train import train_model
+
+    monkeypatch.setattr(transitions, "MAX_KNOT_ELEMENTS", 1 << 12)
+    d = load_data("digits", train_size=60, test_size=30)
+    m = build_mlp(64, 1, 65, 10, "hardtanh", 8.0, 1)
+    train_model(m, d, "sgd", 0.01, 32, TrainSpec(steps=10, check_every=5), 1)
+    m.eval()
+    x = d.x_test.flatten(1)[:1]
+    out = evaluate_outcomes(MeasureInputs(m, x_test=x, image_shape=(1, 8, 8)),
+                            ["transitions_test"], {"transitions_test": {"points": 1}})
+    o = out["transitions_test"]
+    assert o.value is None and o.error.startswith("undefined") and "linear pieces" in o.error

@@ -16,6 +16,7 @@ trial's identity.
 from __future__ import annotations
 
 import io
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -44,17 +45,19 @@ def remove_checkpoints(out_dir, trial_id: str) -> None:
             st.delete(rel)
 
 
-def parse_budget(value) -> float | None:
-    """``train.time_budget``: seconds (a number), ``"30min"`` or ``"12h"``; null for none.
-    Raises ValueError naming what is allowed."""
+def parse_budget(value, key: str = "train.time_budget") -> float | None:
+    """A duration such as ``train.time_budget`` or ``resources.trial_timeout`` (``key``, for
+    the message): seconds (a positive, finite number), ``"90s"``, ``"30min"`` or ``"12h"``;
+    null for none. Returns seconds or None; raises ValueError naming what is allowed."""
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+    if (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            and math.isfinite(value)):
         return float(value)
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|min|h)\s*", str(value))
-    if m and float(m.group(1)) > 0:
+    if m and float(m.group(1)) > 0 and math.isfinite(float(m.group(1))):
         return float(m.group(1)) * {"s": 1.0, "min": 60.0, "h": 3600.0}[m.group(2)]
-    raise ValueError(f"train.time_budget: {value!r}; allowed: seconds (3600), '30min', '12h', "
+    raise ValueError(f"{key}: {value!r}; allowed: seconds (3600), '90s', '30min', '12h', "
                      "or null for none")
 
 

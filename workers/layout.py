@@ -6,11 +6,14 @@
     curves/, grids/ <id>.parquet              its off-data studies (workers.record)
     measures/<id>.<measure>.v<v>.<settings>.parquet   the measures table (workers.measures.table)
     journal/*.tsv                             what drivers saw arrive (sweep.journal)
+    running/<id>.<token>.json                 a running trial's phase (workers.phase), transient
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from workers.storage import expand
 
 # The files of a sweep directory besides trials/ (see sweep.driver)
 SWEEP_FILE = "sweep.json"
@@ -19,6 +22,7 @@ PAIRS_FILE = "pairs.parquet"  # with plan.factors: one row per pair (sweep.plan.
 TRIALS = "trials"  # the result files, one per trial
 WEIGHTS = "weights"
 JOURNAL = "journal"
+RUNNING = "running"  # markers of running trials (resources.trial_timeout), removed as they end
 
 
 def trial_file(trial_id: str) -> str:
@@ -27,13 +31,14 @@ def trial_file(trial_id: str) -> str:
 
 
 def trials_dir(sweep_dir: str | Path) -> Path:
-    """The local directory of the result files (local sweep directories only)."""
-    return Path(sweep_dir) / TRIALS
+    """The local directory of the result files (local sweep directories only; ``~`` expanded
+    as everywhere, ``workers.storage.expand``)."""
+    return Path(expand(sweep_dir)) / TRIALS
 
 
 def trial_path(sweep_dir: str | Path, trial_id: str) -> Path:
     """A trial's local result file (local sweep directories only; see :func:`trial_file`)."""
-    return Path(sweep_dir) / trial_file(trial_id)
+    return Path(expand(sweep_dir)) / trial_file(trial_id)
 
 
 def weights_file(trial_id: str) -> str:
@@ -42,3 +47,8 @@ def weights_file(trial_id: str) -> str:
 
 def extra_file(kind: str, trial_id: str) -> str:
     return f"{kind}/{trial_id}.parquet"
+
+
+def running_file(trial_id: str, token: str) -> str:
+    """The phase marker of a trial run by the task submitted as ``token`` (workers.phase)."""
+    return f"{RUNNING}/{trial_id}.{token}.json"

@@ -56,8 +56,24 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+class DamagedWeights(ValueError):
+    """A trial's weights file that cannot be loaded into its network (truncated, not a
+    safetensors file, or the weights of another network). The message names the file and the
+    command that writes it again; ``trial_id`` and ``uri`` say which."""
+
+    def __init__(self, sweep_dir, trial_id: str, uri: str, why: str):
+        import shlex
+
+        self.trial_id, self.uri = trial_id, uri
+        again = shlex.join(["sweep", "measure", str(sweep_dir), "--retrain", trial_id])
+        super().__init__(f"the weights file {uri} is damaged ({why}); train its network again "
+                         f"(the weights only: the trial's result stays) with: {again}")
+
+
 def load_model(sweep_dir: str | Path, trial_id: str) -> nn.Sequential:
-    """Rebuild the trained network of ``trial_id`` from a sweep run with ``save_weights=true``."""
+    """Rebuild the trained network of ``trial_id`` from a sweep run with ``save_weights=true``.
+    Raises FileNotFoundError without a weights file, DamagedWeights for one that cannot be
+    loaded into the trial's network."""
     from safetensors.torch import load
 
     from workers.record import read_trial_summary
@@ -66,12 +82,23 @@ def load_model(sweep_dir: str | Path, trial_id: str) -> nn.Sequential:
 
     row = read_trial_summary(sweep_dir, trial_id)
     st = store(sweep_dir)
-    if not st.is_file(weights_file(trial_id)):
+    rel = weights_file(trial_id)
+    if not st.is_file(rel):
         raise FileNotFoundError(f"no saved weights for trial {trial_id} at "
-                                f"{st.uri(weights_file(trial_id))}; run the sweep with save_weights=true")
+                                f"{st.uri(rel)}; run the sweep with save_weights=true")
     model = build_mlp(
         int(row["input_dim"]), int(row["width"]), int(row["depth"]), int(row["num_classes"]),
         str(row["activation"]), float(row["init_scale"]), int(row["seed"]),
     )
-    model.load_state_dict(load(st.read_bytes(weights_file(trial_id))))
+    try:
+        state = load(st.read_bytes(rel))
+    except Exception as e:  # safetensors' own error: truncated, or not such a file
+        raise DamagedWeights(sweep_dir, trial_id, st.uri(rel),
+                             f"unreadable: {type(e).__name__}: {e}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # missing or unexpected tensors, another shape
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise DamagedWeights(sweep_dir, trial_id, st.uri(rel), "the weights of another "
+                             f"network: {' '.join(lines[1:3]) or lines[0]}") from None
     return model

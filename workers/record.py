@@ -14,11 +14,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workers.conform import CastError, conform, drifted
 from workers.hyperparameters import FIELDS as HYPERPARAMETER_FIELDS
 from workers.layout import extra_file, trial_file
 from workers.storage import store
 
-SCHEMA_VERSION = 3  # 3: stopped_by_time (files of version 2 read with it null)
+# 3: stopped_by_time; 4: float64_agrees, float64_rel_diff (older files read with them null)
+SCHEMA_VERSION = 4
 STATUSES = ("ok", "failed", "diverged", "oom")
 
 POINT_TYPE = pa.struct(
@@ -60,6 +62,12 @@ SUMMARY_FIELDS = [
     ("transitions_method", pa.string()),  # "exact", "sampled" (Tanh: Eq. 1 at k points) or null
     ("transitions_k", pa.int64()),  # samples per loop when sampled, else null
     ("transitions_points", pa.int64()),
+    # whether the trained network evaluated again in float64 (as several measures do) is the
+    # float32 network that was scored, on every train and test point (workers.measures.precision:
+    # logits within 1e-3 relative), and the largest relative logit difference; null before
+    # schema version 4 and for a trial without a trained network
+    ("float64_agrees", pa.bool_()),
+    ("float64_rel_diff", pa.float64()),
     ("wall_time_s", pa.float64()),
     ("hostname", pa.string()),
     ("spec", pa.string()),  # the canonical JSON the trial id hashes
@@ -150,6 +158,9 @@ def _with_missing(table: pa.Table, columns: list[str] | None) -> pa.Table:
 
 
 def _validated(open_file, name: str, columns: list[str] | None) -> pa.Table:
+    """The file's ``columns`` (all of SCHEMA's by default) in SCHEMA's types: a column of
+    another type is cast (``workers.conform``: int32, dictionary, null, large_string...), and
+    the file is judged by every column, asked for or not; ResultError if it is not valid."""
     try:
         pf = open_file()
         meta = pf.schema_arrow.metadata or {}
@@ -160,17 +171,29 @@ def _validated(open_file, name: str, columns: list[str] | None) -> pa.Table:
         if int(version) > SCHEMA_VERSION:
             raise ResultError(f"{name}: schema version {int(version)}, newer than this release "
                               f"reads ({SCHEMA_VERSION}): upgrade sensitivity-sweep to read it")
+        present = set(pf.schema_arrow.names)
+        want = None if columns is None else [c for c in columns if c in present]
+        # columns of another type are read (and cast) whether asked for or not: a file that
+        # does not cast is invalid for every reader, whichever columns it reads
+        extra = [] if want is None else [c for c in drifted(pf.schema_arrow, SCHEMA)
+                                         if c not in want]
+        table = pf.read(columns=None if want is None else want + extra,
+                        use_threads=False)  # one row: threads only cost
+        table = conform(table, SCHEMA, name)
+        if extra:
+            table = table.drop_columns(extra)
         if int(version) < SCHEMA_VERSION:  # an older file: the columns it lacks are null
-            present = set(pf.schema_arrow.names)
-            want = None if columns is None else [c for c in columns if c in present]
-            table = _with_missing(pf.read(columns=want, use_threads=False), columns)
+            table = _with_missing(table, columns)
         else:
-            table = pf.read(columns=columns, use_threads=False)  # one row: threads only cost
             lacking = [c for c in (columns or SCHEMA.names) if c not in table.column_names]
             if lacking:  # (pyarrow skips a requested column a file lacks without a word)
                 raise ResultError(f"{name}: lacks the columns {lacking} of its schema version")
+            if columns is not None:
+                table = table.select(columns)
     except ResultError:
         raise
+    except CastError as e:
+        raise ResultError(str(e)) from None
     except Exception as e:  # missing, truncated, not Parquet, unreadable
         raise ResultError(f"{name}: unreadable result file ({type(e).__name__}: {e})") from None
     if table.num_rows != 1:

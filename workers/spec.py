@@ -192,3 +192,6 @@ class RunContext:
     # train.fallback_steps (the paper's rule for expensive trials, A.5.5)
     time_budget: float | str | None = None
     fallback_steps: int | None = None
+    # resources.trial_timeout in seconds (None: no limit); with one, the task writes its trials'
+    # phases for the driver (workers.phase)
+    trial_timeout: float | None = None

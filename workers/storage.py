@@ -56,6 +56,16 @@ def is_uri(location: str | Path) -> bool:
     return "://" in str(location)
 
 
+def expand(location: str | Path) -> str:
+    """``location`` with ``~`` expanded as a shell expands it (``os.path.expanduser``: a leading
+    ``~`` or ``~user``; ``./~`` and ``a/~`` stay literal), unless it is a URI (``s3://...``,
+    returned as it is). The one meaning of ``~`` in every path the tool takes: ``out=``, a
+    SWEEP_DIR argument, ``dataset.root``, ``measure_modules``, ``analysis.load_*``; a quoted
+    ``out="~/x"`` (which no shell expands) is ``$HOME/x``, never ``./~/x``."""
+    location = str(location)
+    return location if is_uri(location) else os.path.expanduser(location)
+
+
 class Store:
     """A sweep directory at ``location`` (a path or a filesystem URI). Paths given to the
     methods are relative to it, with ``/`` separators."""
@@ -73,7 +83,8 @@ class Store:
                                  "such as s3://bucket/prefix, gs://..., file:///abs/path") from None
             self.root = self.root.rstrip("/")
         else:
-            self.fs, self.root = None, str(Path(location))
+            self.location = expand(self.location)
+            self.fs, self.root = None, str(Path(self.location))
         self.local = self.fs is None
         self._put_atomic = self.fs is not None and self.fs.type_name in _PUT_ATOMIC
 
@@ -170,7 +181,9 @@ class Store:
         return pq.ParquetFile(self.fs.open_input_file(self.path(rel)))
 
     def read_parquet(self, rel: str, **kwargs):
-        return pq.read_table(self.path(rel), filesystem=self.fs, **kwargs)
+        # a local path is an OS path as it stands (pyarrow would otherwise interpret it itself)
+        fs = self.fs if self.fs is not None else pafs.LocalFileSystem()
+        return pq.read_table(self.path(rel), filesystem=fs, **kwargs)
 
     # ---- writes
     def makedirs(self, rel: str = "") -> None:
@@ -227,7 +240,8 @@ class Store:
         self.write_bytes(rel, buf.getvalue())
 
     def delete(self, rel: str) -> None:
-        """Remove one file (the driver lock only: results are never deleted)."""
+        """Remove one file (the driver lock, checkpoints, running trials' markers: results are
+        never deleted)."""
         if self.local:
             os.unlink(self.path(rel))
         else:
@@ -278,4 +292,87 @@ def store(location: "str | Path | Store") -> Store:
     trip)."""
     if isinstance(location, Store):
         return location
-    return _cached(str(location))
+    return _cached(expand(location))  # (expanded first: the cache outlives a change of HOME)
+
+
+class Unreachable(ValueError):
+    """A location that cannot be reached, or not written where a command writes (issue #22
+    item 9); the message is one line: what is wrong and what to try."""
+
+
+_ACCESS_HINTS = {
+    "s3": "the endpoint (AWS_ENDPOINT_URL{endpoint}), the network and the credentials "
+          "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, the instance role)",
+    "gcs": "the network and the credentials (GOOGLE_APPLICATION_CREDENTIALS)",
+}
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def check_location(location: "str | Path | Store", key: str = "out",
+                   write: bool = False) -> Store:
+    """The Store of ``location`` once it answers, before a command does any work: a filesystem
+    URI's filesystem reachable (and, on S3 and GCS, its bucket existing); with ``write``, a file
+    can be written there (on a URI a hidden probe object written and removed; on a local path,
+    or ``file://``, a temporary file in the nearest existing directory). ``key`` names the
+    location in the message (``out``, ``SWEEP_DIR``, ``--out``). Raises Unreachable (a
+    ValueError), or ValueError for a URI pyarrow cannot open; each message is one line."""
+    st = store(location)
+    if st.local or st.fs.type_name == "local":
+        if write:
+            _check_local_write(st.root, st.location, key)
+        return st
+    kind = st.fs.type_name
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    hint = _ACCESS_HINTS.get(kind, "the network and the credentials of this filesystem").format(
+        endpoint=f"={endpoint}" if endpoint else "")
+    try:
+        if kind in ("s3", "gcs"):
+            bucket = st.root.split("/")[0]
+            if st.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                at = f" at {endpoint}" if kind == "s3" and endpoint else ""
+                raise Unreachable(f"{key}: {st.location}: the bucket {bucket!r} does not exist"
+                                  f"{at}; create it first, or choose an existing bucket")
+        st.fs.get_file_info(st.root)
+    except OSError as e:
+        raise Unreachable(f"{key}: cannot reach {st.location} ({_first_line(e)}); check "
+                          f"{hint}, or use a local path") from None
+    if write:
+        probe = f".sweep-write-probe-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            missing, path = [], st.root  # the directories (markers) the probe will create
+            while "/" in path and st.fs.get_file_info(path).type == pafs.FileType.NotFound:
+                missing.append(path)
+                path = posixpath.dirname(path)
+            st.write_bytes(probe, b"")
+            st.delete(probe)
+            for path in missing:  # deepest first: each removal may re-mark its parent
+                if st.fs.get_file_info(path).type == pafs.FileType.Directory:
+                    st.fs.delete_dir(path)
+        except OSError as e:
+            raise Unreachable(f"{key}: cannot write to {st.location} ({_first_line(e)}); "
+                              "check that the credentials may write there, or choose another "
+                              "location") from None
+    return st
+
+
+def _check_local_write(root: str, location: str, key: str) -> None:
+    """Unreachable unless a file can be created in the nearest existing directory of local
+    path ``root`` (a temporary file, removed at once)."""
+    path = os.path.abspath(root)
+    parent = path
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise Unreachable(f"{key}: {location}: {parent} is a file, not a directory; choose "
+                          "another location")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".sweep-write-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise Unreachable(f"{key}: cannot write to {location} ({e.strerror} in {parent}); "
+                          "choose a directory you can write to") from None

@@ -16,6 +16,7 @@ from torch import nn
 from workers.trajectories import (
     THROUGH_ANGLES, Ellipse, ellipse_profile, ellipse_through, pick_three, random_ellipse,
 )
+from workers.layers import mlp_layers
 from workers.transitions import region_codes, _hidden_layers
 
 ELLIPSES = ("random", "same_class", "three_classes")
@@ -35,14 +36,31 @@ def study_ellipses(x_train: torch.Tensor, y_train: torch.Tensor, seed: int) -> d
 
 
 def ellipse_rows(model: nn.Module, ellipses: dict, k: int, phase: str) -> list[dict]:
-    """One record per (ellipse, angle) for this model: the Jacobian norm and transitions."""
+    """One record per (ellipse, angle) for this model: the Jacobian norm and transitions. The
+    transitions are counted in float64: where that copy is another function than the network
+    itself on the ellipse's points (workers.measures.precision), and where the exact count
+    would exceed its memory bound (``workers.transitions.CountTooLarge``), they are null (and
+    so is the density): a float64 count in the chaotic regime describes no network that was
+    trained."""
+    from workers.measures.norms import _double
+    from workers.measures.precision import compare_precisions
+    from workers.trajectories import angles
+    from workers.transitions import CountTooLarge
+
+    p = next(model.parameters())
+    m64 = _double(model) if p.dtype != torch.float64 else None
     rows = []
     for name, (e, _) in ellipses.items():
-        prof = ellipse_profile(model, e, k)
-        for a, j, t, dens in zip(prof["angle"].tolist(), prof["jacobian_norm"].tolist(),
-                                 prof["transitions"].tolist(), prof["density"].tolist()):
+        try:
+            prof = ellipse_profile(model, e, k)
+            same = m64 is None or compare_precisions(
+                model, m64, e.points(angles(k)).to(p.device))["agrees"]
+        except CountTooLarge:
+            prof, same = ellipse_profile(model, e, k, count=False), False
+        for i, (a, j) in enumerate(zip(prof["angle"].tolist(), prof["jacobian_norm"].tolist())):
             rows.append({"ellipse": name, "phase": phase, "angle": a, "jacobian_norm": j,
-                         "transitions": int(t), "density": dens})
+                         "transitions": int(prof["transitions"][i]) if same else None,
+                         "density": float(prof["density"][i]) if same else None})
     return rows
 
 
@@ -67,14 +85,17 @@ def boundary_map(model: nn.Module, plane: Ellipse, n: int, extent: float) -> dic
     c = grid_coords(n, extent)
     b, a = torch.meshgrid(c, c, indexing="ij")
     pts = plane.centre + a.reshape(-1, 1) * plane.u + b.reshape(-1, 1) * plane.v  # [n*n, d]
-    hidden = _hidden_layers(model, exact=False)
+    p = next(model.parameters())
+    # the codes of the network itself (its own dtype), as ``predicted`` is: in the chaotic
+    # regime a float64 copy would draw the boundaries of another function
+    hidden = [l for l in mlp_layers(model, p.dtype, "cpu")[:-1]]
+    _hidden_layers(model, exact=False)  # (the same checks of the form)
     last = hidden[-1].weight.shape[0]
-    codes = torch.cat([region_codes(hidden, pts[i:i + 8192])[:, -last:]
+    codes = torch.cat([region_codes(hidden, pts[i:i + 8192], p.dtype)[:, -last:]
                        for i in range(0, len(pts), 8192)]).reshape(n, n, last)
     edge = torch.zeros(n, n, dtype=torch.bool)
     edge[:, :-1] |= (codes[:, 1:] != codes[:, :-1]).any(dim=-1)
     edge[:-1, :] |= (codes[1:, :] != codes[:-1, :]).any(dim=-1)
-    p = next(model.parameters())
     with torch.no_grad():
         pred = torch.cat([model(pts[i:i + 8192].to(device=p.device, dtype=p.dtype)).argmax(-1).cpu()
                           for i in range(0, len(pts), 8192)]).reshape(n, n)

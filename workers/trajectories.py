@@ -93,15 +93,16 @@ def pick_three(labels: torch.Tensor, same_class: bool, generator: torch.Generato
     return out
 
 
-def ellipse_profile(model: nn.Module, ellipse: Ellipse, k: int, exact_transitions: bool = True
-                    ) -> dict[str, torch.Tensor]:
+def ellipse_profile(model: nn.Module, ellipse: Ellipse, k: int, exact_transitions: bool = True,
+                    count: bool = True) -> dict[str, torch.Tensor]:
     """Sensitivity along an ellipse at k equally spaced angles.
 
     Returns ``angle`` [k]; ``jacobian_norm`` [k] at those points (float64); and,
     for piecewise-linear networks, ``transitions`` [k]: the exact crossings on the edge of the
     inscribed k-gon from angle i to angle i+1, and ``density`` [k] = transitions per radian.
     For Tanh (or ``exact_transitions=False``) the transitions are the code changes between
-    neighbouring samples (Eq. 1's terms).
+    neighbouring samples (Eq. 1's terms). ``count=False``: the Jacobian norms alone
+    (``transitions`` and ``density`` None).
     """
     from workers.metrics import jacobian_norm
     from workers.transitions import codes, supports_exact, transitions_per_edge
@@ -110,6 +111,8 @@ def ellipse_profile(model: nn.Module, ellipse: Ellipse, k: int, exact_transition
     pts = ellipse.points(a)
     p = next(model.parameters())
     jac = jacobian_norm(model, pts.to(device=p.device, dtype=p.dtype)).cpu()
+    if not count:  # (the Jacobian norms alone)
+        return {"angle": a, "jacobian_norm": jac, "transitions": None, "density": None}
     if exact_transitions and supports_exact(model):
         per_edge = transitions_per_edge(model, pts[None], closed=True)[0]
     else:

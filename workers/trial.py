@@ -24,6 +24,7 @@ from workers.hyperparameters import values as hyperparameter_values
 from workers.measures.table import write_outcome
 from workers.metrics import per_point_loss
 from workers.models import build_mlp, count_params
+from workers.phase import set_phase
 from workers.record import points_columns, write_extra, write_trial
 from workers.layout import weights_file
 from workers.spec import RunContext, TrialSpec
@@ -47,6 +48,7 @@ def base_summary(spec: TrialSpec) -> dict:
         "n_params": None,
         "jacobian_points_train": 0, "jacobian_points_test": 0,
         "transitions_method": None, "transitions_k": None, "transitions_points": 0,
+        "float64_agrees": None, "float64_rel_diff": NAN,
         "wall_time_s": NAN, "hostname": socket.gethostname(), "spec": spec.canonical(),
     }
     row.update({c: NAN for c in METRIC_COLUMNS})
@@ -57,6 +59,31 @@ def failure_summary(spec: TrialSpec, status: str, error: str) -> dict:
     row = base_summary(spec)
     row.update(status=status, error=error)
     return row
+
+
+def nonfinite_outputs(loss_correct: dict) -> str | None:
+    """Why the trained network is not a finite function (its float32 outputs overflow to inf
+    or NaN on some train or test point, so its loss there is not finite), or None.
+    ``loss_correct``: split -> (per-point loss [N], correct [N]) as ``per_point_loss`` gives."""
+    bad = {split: int((~torch.isfinite(loss)).sum()) for split, (loss, _) in loss_correct.items()}
+    if not any(bad.values()):
+        return None
+    where = ", ".join(f"{n} of {len(loss_correct[s][0])} {s} points" for s, n in bad.items() if n)
+    return (f"non-finite outputs after training: the float32 network's loss is not finite on "
+            f"{where} (its logits overflow)")
+
+
+def float64_agreement(model, data) -> dict:
+    """The record's ``float64_agrees`` and ``float64_rel_diff``: whether the trained network
+    evaluated in float64 is the float32 network that was scored, on every train and test point
+    (workers.measures.precision.compare_precisions)."""
+    from workers.measures.norms import _double
+    from workers.measures.precision import compare_precisions
+
+    m64 = _double(model)
+    checks = [compare_precisions(model, m64, x.flatten(1)) for x in (data.x_train, data.x_test)]
+    return {"float64_agrees": all(c["agrees"] for c in checks),
+            "float64_rel_diff": max(c["rel_diff"] for c in checks)}
 
 
 def measure_inputs(model, data, spec: TrialSpec, init_model=None):
@@ -161,6 +188,7 @@ def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.n
 
     row = base_summary(spec)
     d = spec.data
+    set_phase("loading data")
     data = load_data(d.name, ctx.data_root, ctx.download, d.train_size, d.test_size,
                      d.random_labels, d.seed, ctx.device)
     n_train = len(data.y_train)
@@ -172,9 +200,11 @@ def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.n
     setup: dict = {}
     extras: dict[str, list[dict]] = {}
     model.eval()
+    set_phase("off-data studies at initialization")
     _studies(model, data, spec, "init", setup, extras)
     rule = TimeRule(parse_budget(ctx.time_budget), ctx.fallback_steps) \
         if ctx.time_budget is not None else None
+    set_phase("training")
     outcome = train_model(model, data, spec.optimizer, spec.lr, spec.batch_size, spec.train,
                           spec.seed, d.augment, checkpoint=_checkpointer(spec, ctx),
                           time_rule=rule)
@@ -188,16 +218,23 @@ def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.n
         row.update(status="failed", error=outcome.out_of_time)
         return row, points, None, {}
     model.eval()
+    set_phase("evaluating the trained network")
     loss_correct = {}
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
-        loss, correct = per_point_loss(model, x.flatten(1), y)
-        loss_correct[split] = (loss, correct)
+        loss_correct[split] = per_point_loss(model, x.flatten(1), y)
+    reason = nonfinite_outputs(loss_correct)
+    if reason:  # finite weights whose outputs overflow: no network to score
+        row.update(status="diverged", error=reason)
+        return row, points, None, {}
+    for split, (loss, correct) in loss_correct.items():
         row[f"{split}_acc"] = float(correct.double().mean())
         row[f"{split}_loss"] = float(loss.double().mean())
     row["gen_gap"] = row["train_acc"] - row["test_acc"]
+    row.update(float64_agreement(model, data))
     outcomes = measure(model, data, spec, init_model=initial_model(spec, data, ctx.device))
     _record(row, points, data, loss_correct, outcomes)
     extras["measures"] = list(outcomes.values())
+    set_phase("off-data studies after training")
     _studies(model, data, spec, "trained", setup, extras)
     row["status"] = "ok"
     return row, points, model, extras
@@ -250,6 +287,7 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
                                           "error": "dry run: not trained"}, [], None, {}
         else:
             row, points, model, extras = execute(spec, ctx)
+        set_phase("writing")
         if model is not None and ctx.save_weights:
             _save_weights(ctx.out_dir, spec.trial_id, model)
         for o in extras.pop("measures", []):  # before the result file, which marks the trial done
@@ -265,6 +303,7 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
             row = failure_summary(spec, "failed", f"{type(e).__name__}: {e}\n{tb}"[:4000])
             row["retryable"] = is_environment_failure(e)
     row["wall_time_s"] = time.perf_counter() - t0
+    set_phase("writing")
     write_trial(ctx.out_dir, row, points)
     if (ctx.checkpoint_every is not None and not ctx.keep_checkpoints
             and not row.get("retryable")):  # the result stands: its checkpoints are not needed

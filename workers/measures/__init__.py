@@ -295,8 +295,8 @@ def load_modules(modules: Sequence[str]) -> None:
                 spec.loader.exec_module(mod)
             else:
                 mod = importlib.import_module(m)
-        except ValueError:  # (a measure declared wrongly in it)
-            raise
+        except ValueError as e:  # (a measure declared wrongly in it): say which module
+            raise ValueError(f"measure_modules: {m}: {e}") from None
         except Exception as e:  # an ImportError: on a worker, an environment failure (retryable)
             raise ImportError(f"measure_modules: cannot import {m!r} ({type(e).__name__}: {e});"
                               " allowed: an importable module name or the path of a .py file "

@@ -86,8 +86,13 @@ def transitions_test(inputs: MeasureInputs, points: int | None = 100, k: int = 4
     x = inputs.x_test
     idx = point_subset(len(x), points, inputs.seed)
     images = x[idx.to(x.device)].reshape(len(idx), *inputs.image_shape)
+    from workers.transitions import CountTooLarge
+
     _require_loops_agree(inputs, images)
-    trans, method, used_k = loop_transitions(inputs.model, images, k)
+    try:
+        trans, method, used_k = loop_transitions(inputs.model, images, k)
+    except CountTooLarge as e:  # a count beyond any machine's memory: no value, and why
+        raise Undefined(str(e)) from None
     return MeasureValue(float(trans.mean()) if len(trans) else float("nan"),
                         {"test": dict(zip(idx.tolist(), trans.tolist()))},
                         {"points": len(idx), "method": method, "k": used_k})

@@ -154,14 +154,15 @@ def _log_l1_inf(i) -> float:
 
 # log(float64's largest finite value): a measure whose log is above it has no float64 value
 _LOG_MAX = math.log(torch.finfo(torch.float64).max)
+_LOG_MIN = math.log(torch.finfo(torch.float64).tiny)  # the smallest normal float64
 
 
-def from_log(name: str, log_value: float) -> float:
+def from_log(name: str, log_value: float, has_log: bool = True) -> float:
     """exp(log_value), the measure ``name`` itself, when float64 holds it; else Undefined naming
     the log, which ``log_<name>`` stores (the values keep their order there, no tie at inf)."""
-    if log_value > _LOG_MAX:
-        raise Undefined(f"{name} = exp({log_value:.6g}) is beyond float64's range; log_{name} "
-                        "holds its log")
+    if not _LOG_MIN <= log_value <= _LOG_MAX:  # (below: a tie at 0 of every such network)
+        raise Undefined(f"{name} = exp({log_value:.6g}) is beyond float64's range"
+                        + (f"; log_{name} holds its log" if has_log else ""))
     return math.exp(log_value)
 
 
@@ -254,7 +255,8 @@ INIT_TRAIN = ("model", "init_model", "train_inputs", "train_labels")
 _reg("params", f"{JIANG} 20", ("model",), lambda i: float(sum(w.numel() for w in _w(i))),
      "n_w: the number of weights.")
 _reg("inverse_margin", f"{JIANG} 22", TRAIN,
-     lambda i: from_log("inverse_margin", -2 * _log_gamma(i)), "1 / gamma_10^2.")
+     lambda i: from_log("inverse_margin", -2 * _log_gamma(i), has_log=False),
+     "1 / gamma_10^2.")
 def _families():
     """The spectral and Frobenius families (Eq. 31-32, 34-35 and 36-39): for each of
     sum_i log ||W_i||_2^2 and sum_i log ||W_i||_F^2, the product form, over the margin, and the

@@ -18,6 +18,7 @@ import time
 
 import pyarrow as pa
 
+from workers.conform import conform, drifted
 from workers.measures import Outcome, raised, settings_key
 from workers.storage import store
 
@@ -115,8 +116,9 @@ class MeasureFormatError(RuntimeError):
 
 def read_values(sweep_dir, names: list[str] | None = None, points: bool = False) -> pa.Table:
     """Every readable value file (rows in MEASURE_SCHEMA order of columns; ``points`` kept only
-    if asked). Truncated or foreign files are skipped; missing newer columns are null; a newer
-    format raises MeasureFormatError naming it."""
+    if asked). Truncated or foreign files, and files with a column that does not cast to
+    MEASURE_SCHEMA's type (``read_value_file``), are skipped with a warning naming them;
+    missing newer columns are null; a newer format raises MeasureFormatError naming it."""
     import warnings
 
     st = store(sweep_dir)
@@ -133,27 +135,46 @@ def read_values(sweep_dir, names: list[str] | None = None, points: bool = False)
         data = pads.FileSystemDataset.from_paths(
             [st.path(r) for r in rels], schema=MEASURE_SCHEMA, format=pads.ParquetFileFormat(),
             filesystem=st.fs if st.fs is not None else pafs.LocalFileSystem())
-        return data.to_table(columns=cols).cast(schema)
+        table = data.to_table(columns=cols).cast(schema)
+        # (the scan opened every file: their schemas are at hand) a file with a column of
+        # another type, even one not read here, or of another format: judged file by file
+        if not any(drifted(f.physical_schema, MEASURE_SCHEMA)
+                   or _format(f.physical_schema) > MEASURE_FORMAT for f in data.get_fragments()):
+            return table
     except Exception:
         pass
     parts = []
     for rel in rels:
         try:
-            pf = st.parquet_file(rel)
-            fmt = (pf.schema_arrow.metadata or {}).get(b"sensitivity_sweep_measure_format", b"1")
-            if int(fmt) > MEASURE_FORMAT:
-                raise MeasureFormatError(
-                    f"{st.uri(rel)}: measure file format {int(fmt)}; this release reads up to "
-                    f"{MEASURE_FORMAT}: upgrade sensitivity-sweep to read this sweep")
-            have = [c for c in cols if c in pf.schema_arrow.names]
-            t = pf.read(columns=have, use_threads=False)
+            t = read_value_file(st, rel, cols)
         except MeasureFormatError:
             raise
-        except Exception as err:  # truncated, not Parquet: skipped (evaluated again if asked)
+        except Exception as err:  # truncated, not Parquet, a column that does not cast:
+            # skipped (evaluated again if asked)
             warnings.warn(f"skipping {st.uri(rel)} ({type(err).__name__}: {err})", stacklevel=2)
             continue
         for c in cols:
             if c not in t.column_names:
                 t = t.append_column(c, pa.nulls(t.num_rows, schema.field(c).type))
-        parts.append(t.select(cols).replace_schema_metadata(None).cast(schema))
+        parts.append(t.select(cols).replace_schema_metadata(None))
     return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def _format(file_schema: pa.Schema) -> int:
+    return int((file_schema.metadata or {}).get(b"sensitivity_sweep_measure_format", b"1"))
+
+
+def read_value_file(st, rel: str, columns: list[str]) -> pa.Table:
+    """The ``columns`` a value file holds (of those asked for), in MEASURE_SCHEMA's types. The
+    file is judged by every column (``workers.conform``): one of another type is read and cast
+    even if not asked for. Raises MeasureFormatError for a newer format, CastError for a column
+    that does not cast, and the reader's error for a truncated or foreign file."""
+    pf = st.parquet_file(rel)
+    if _format(pf.schema_arrow) > MEASURE_FORMAT:
+        raise MeasureFormatError(
+            f"{st.uri(rel)}: measure file format {_format(pf.schema_arrow)}; this release reads "
+            f"up to {MEASURE_FORMAT}: upgrade sensitivity-sweep to read this sweep")
+    have = [c for c in columns if c in pf.schema_arrow.names]
+    extra = [c for c in drifted(pf.schema_arrow, MEASURE_SCHEMA) if c not in have]
+    t = conform(pf.read(columns=have + extra, use_threads=False), MEASURE_SCHEMA, st.uri(rel))
+    return t.drop_columns(extra) if extra else t

@@ -8,7 +8,8 @@ after ``--steps`` steps of SGD (lr 0.01, batch 128, the trial's training loop). 
 affected when any seed's network disagrees; a network whose float32 outputs are not finite
 counts apart (a trial of it is ``diverged``). The share of paper_large is the share of the
 trials its plan (``trials`` draws, cheap configurations drawn more often, as ``sweep plan``
-draws them) whose cell is affected at the nearest measured width.
+draws them) whose cell is affected at the nearest measured width (widths above the largest
+measured take its state).
 
     python bench/precision.py             # widths 1, 2, 4, ..., 64 and 256; 1 seed; 100 steps
     python bench/precision.py --widths 16 256 --seeds 2 --steps 200

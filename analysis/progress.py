@@ -15,12 +15,15 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
+FIRST_ESTIMATE_S = 5.0  # seconds of bootstrap evaluations before the first estimate of the rest
+
+
 class StatsProgress:
     """``analysis.stats.statistics_table``'s ``progress`` callback. The first call comes once
     the estimates (evaluation 0 of every measure and group) are made, in one process: it
-    prints how many evaluations follow and about how long they take (the estimates' time per
-    evaluation, shared among ``processes``); later calls move the bar, or print a line a
-    minute; the last says how long it took. ``stream`` (default stderr) and ``live`` (default:
+    prints how many evaluations follow; later calls move the bar (with its estimate), or print
+    a line with the time left after ``FIRST_ESTIMATE_S`` and then a line a minute; the last
+    says how long it took. ``stream`` (default stderr) and ``live`` (default:
     whether the stream is a terminal) choose bar or lines."""
 
     def __init__(self, stream: TextIO | None = None, live: bool | None = None,
@@ -42,11 +45,15 @@ class StatsProgress:
             return
         if self.first is None:
             self.first = (now, done)
-            per = (now - self.t0) / max(done, 1)  # seconds per evaluation, one process
-            left = per * (total - done) / max(processes, 1)
+            # (no time yet: the estimates' own time includes one-off work - compiling the
+            # kernels, preparing each measure - that the bootstrap evaluations do not repeat,
+            # and overstated it up to 40x; the first line of the bootstrap gives one)
             self._line(f"estimates of {done} measure(s) x group(s) in {_minutes(now - self.t0)}; "
-                       f"{total - done} bootstrap evaluations follow, about {_minutes(left)} on "
-                       f"{processes} process{'es' if processes > 1 else ''}")
+                       f"{total - done} bootstrap evaluations follow on {processes} "
+                       f"process{'es' if processes > 1 else ''}; their time is estimated "
+                       f"after {FIRST_ESTIMATE_S:.0f} s")
+            # the first line after 5 s (or line_s, if shorter)
+            self.last = now - self.line_s + min(FIRST_ESTIMATE_S, self.line_s)
             if self.live and done < total:
                 from tqdm import tqdm
 

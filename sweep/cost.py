@@ -93,7 +93,7 @@ def worker_memory(cfg) -> tuple[int, str]:
         largest = largest_node_memory(ray, cfg.resources.cpus_per_trial,
                                       cfg.resources.gpus_per_trial)
     except Exception as e:  # unreachable: the launch itself will say so
-        first = (str(e).strip().splitlines() or [""])[0][:200]
+        first = (str(e).strip().splitlines() or [""])[0]  # (whole: it may hold a command)
         return here, (f"this machine: the cluster at {address} did not answer "
                       f"({type(e).__name__}: {first}); set resources.worker_memory_gb")
     if largest <= 0:

@@ -46,9 +46,9 @@ def test_statistics_table_reports_every_evaluation_and_the_same_table(processes)
     assert done == sorted(done) and done[-1] == total
 
 
-def test_lines_in_a_log_with_an_estimate_first_and_the_time_last():
-    """Into a file: the estimate line once the estimates are made (their time and what
-    follows), a line per interval (here every call: line_s=0) with the time left, the last line
+def test_lines_in_a_log_with_what_follows_first_and_the_time_last():
+    """Into a file: a line once the estimates are made (their time and what follows), a line
+    per interval (here every call: line_s=0) with the time left, the last line
     with the total, nothing after it; no carriage returns (no bar)."""
     out = io.StringIO()
     p = StatsProgress(out, line_s=0.0)
@@ -58,8 +58,8 @@ def test_lines_in_a_log_with_an_estimate_first_and_the_time_last():
     lines = text.splitlines()
     assert "\r" not in text and len(lines) == 4
     assert re.fullmatch(r"report: statistics: estimates of 6 measure\(s\) x group\(s\) in "
-                        r"\d+ s; 54 bootstrap evaluations follow, about \d+ s on 2 processes",
-                        lines[0])
+                        r"\d+ s; 54 bootstrap evaluations follow on 2 processes; their time "
+                        r"is estimated after 5 s", lines[0])
     assert lines[1].startswith("report: statistics: 30/60 evaluations in ")
     assert "left" in lines[1] and lines[3].startswith("report: statistics: 60/60 evaluations")
 
@@ -98,7 +98,7 @@ def test_a_launch_log_shows_the_reports_progress(tmp_path):
     assert re.search(r"^report: figures of 4 trials", text, re.M), text[-3000:]
     assert re.search(r"^report: statistics of \d+ measures over \d+ trials, \d+ bootstrap",
                      text, re.M)
-    assert re.search(r"^report: statistics: estimates of \d+ .* bootstrap evaluations follow, "
-                     r"about", text, re.M)
+    assert re.search(r"^report: statistics: estimates of \d+ .* bootstrap evaluations follow "
+                     r"on \d+ process", text, re.M)
     assert re.search(r"^report: statistics: (\d+)/\1 evaluations in ", text, re.M)
     assert "\r" not in text

@@ -365,3 +365,31 @@ def test_a_count_beyond_memory_is_undefined_not_a_killed_process(monkeypatch):
                             ["transitions_test"], {"transitions_test": {"points": 1}})
     o = out["transitions_test"]
     assert o.value is None and o.error.startswith("undefined") and "linear pieces" in o.error
+
+
+def test_pieces_finer_than_float64_resolves_make_the_count_undefined_not_inflated():
+    """A trained width-1 HardTanh network of depth 65 at init_scale 8: its slopes multiply by
+    about 8 a layer; from about layer 30 on crossings fall in pieces float64 cannot place, and
+    counted, rounding flips doubled the knots a layer (6 million pieces by layer 50, and 111
+    'crossings' on an edge where dense sampling sees 64). Undefined, with the reason; a regular
+    network's count is unchanged (the exact-vs-dense tests above)."""
+    from workers import transitions
+    from workers.data import load_data
+    from workers.models import build_mlp
+    from workers.spec import TrainSpec
+    from workers.train import train_model
+    from workers.trajectories import translation_path
+
+    d = load_data("digits", train_size=60, test_size=30)
+    m = build_mlp(64, 1, 65, 10, "hardtanh", 8.0, 1)
+    train_model(m, d, "sgd", 0.01, 32, TrainSpec(steps=10, check_every=5), 1)
+    m.eval()
+    path = translation_path(d.x_test[0].reshape(1, 8, 8))
+    edge = torch.stack([path[5], path[6]])[None]
+    with pytest.raises(transitions.CountUnresolved, match="finer than float64 resolves"):
+        transitions.transitions_per_edge(m, edge, closed=False)
+    # independently: the dense count's code changes along the edge, one unit per layer at most
+    # once per breakpoint (a width-1 chain of monotone maps): at most 2 x 64
+    ts = torch.linspace(0, 1, 20001, dtype=torch.float64)[:, None]
+    c = transitions.codes(m, edge[0, 0].double() * (1 - ts) + edge[0, 1].double() * ts)
+    assert 0 < int((c[1:] != c[:-1]).sum()) <= 128

@@ -101,15 +101,25 @@ def _insert_knots(t, z, edge, k, new_t, new_z):
 # The most float64 elements the exact count's knots (one row per linear piece, as wide as the
 # layer) may take; None: a third of the memory available when an edge batch starts (a merge
 # holds the old and the new knots at once). Past the bound the count raises CountTooLarge
-# instead of the process being killed for memory. (Seen: a trained width-1 HardTanh network
-# of depth 65 at init_scale 8, whose knots pile up within 1e-12 of each other from about layer
-# 20 on and double each layer: float64 rounding at knots inserted at a breakpoint, which
-# flips signs across them; an open defect, #22 note.)
+# instead of the process being killed for memory.
 MAX_KNOT_ELEMENTS: int | None = None
 
 
 class CountTooLarge(RuntimeError):
     """The exact transition count would need more memory than the machine has available."""
+
+
+class CountUnresolved(CountTooLarge):
+    """The exact count's linear pieces are finer than float64 places a crossing in."""
+
+
+# A piece of at most 2^-44 of an edge (about 256 float64 ulps of its parameter near 1) cannot
+# place a crossing; more than MAX_UNRESOLVED crossings in such pieces on one edge make the
+# count undefined. Trained networks cross far apart; a deep narrow HardTanh network at
+# init_scale 8 multiplies its slopes by about 8 a layer, and from about layer 20 on float64's
+# rounding at its knots flips signs across them, so that (counted) its knots double a layer.
+RESOLUTION = 2.0 ** -44
+MAX_UNRESOLVED = 16
 
 
 def _knot_budget() -> int:
@@ -122,13 +132,16 @@ def _knot_budget() -> int:
 
 def _edge_crossings(hidden: list[Layer], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact crossing counts of every edge a[e] -> b[e] ([E, d] float64) -> int64 [E].
-    Raises CountTooLarge when the linear pieces to carry exceed ``MAX_KNOT_ELEMENTS``."""
+    Raises CountTooLarge when the linear pieces to carry exceed ``MAX_KNOT_ELEMENTS``, and
+    CountUnresolved when more than ``MAX_UNRESOLVED`` crossings on an edge fall in pieces
+    float64 cannot resolve (``RESOLUTION``)."""
     e = a.shape[0]
     budget = _knot_budget()
     edge = torch.arange(e).repeat_interleave(2)  # knots, sorted by edge then t
     t = torch.tensor([0.0, 1.0], dtype=torch.float64).repeat(e)
     h = torch.stack([a, b], dim=1).reshape(2 * e, -1)
     counts = torch.zeros(e, dtype=torch.int64)
+    unresolved = torch.zeros(e, dtype=torch.int64)  # crossings in pieces float64 cannot place
     for depth, layer in enumerate(hidden):
         last = depth == len(hidden) - 1  # its crossings are counted, not carried further
         z = layer.affine(h)  # affine in t between consecutive knots of the same edge
@@ -142,6 +155,7 @@ def _edge_crossings(hidden: list[Layer], a: torch.Tensor, b: torch.Tensor) -> to
             if len(k) == 0:
                 continue
             counts.index_add_(0, edge[k], torch.ones_like(k))
+            unresolved.index_add_(0, edge[k], (t[k + 1] - t[k] <= RESOLUTION).long())
             if last:
                 continue
             z0, z1 = z[k, j], z[k + 1, j]
@@ -149,6 +163,12 @@ def _edge_crossings(hidden: list[Layer], a: torch.Tensor, b: torch.Tensor) -> to
             new_k.append(k)
             new_t.append(t[k] + frac * (t[k + 1] - t[k]))
             new_z.append(torch.lerp(z[k], z[k + 1], frac[:, None]))
+        if int(unresolved.max()) > MAX_UNRESOLVED:
+            raise CountUnresolved(
+                f"the linear pieces along an edge are finer than float64 resolves by hidden "
+                f"layer {depth + 1} of {len(hidden)}: {int(unresolved.max())} crossings in "
+                f"pieces of at most {RESOLUTION:.2g} of the edge (the slopes multiply layer by "
+                "layer; counted, float64's rounding flips would multiply the knots)")
         if last:
             break
         if new_k:

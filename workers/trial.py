@@ -73,28 +73,30 @@ def nonfinite_outputs(loss_correct: dict) -> str | None:
             f"{where} (its logits overflow)")
 
 
-def float64_agreement(model, data) -> dict:
-    """The record's ``float64_agrees`` and ``float64_rel_diff``: whether the trained network
+def float64_agreement(model, data) -> tuple[dict, dict]:
+    """(the record's ``float64_agrees`` and ``float64_rel_diff``: whether the trained network
     evaluated in float64 is the float32 network that was scored, on every train and test point
-    (workers.measures.precision.compare_precisions)."""
+    (workers.measures.precision.compare_precisions); the measures' cache entries it made: the
+    float64 copy and the training points' check, which the measures then do not make again)."""
     from workers.measures.norms import _double
     from workers.measures.precision import compare_precisions
 
     m64 = _double(model)
     checks = [compare_precisions(model, m64, x.flatten(1)) for x in (data.x_train, data.x_test)]
-    return {"float64_agrees": all(c["agrees"] for c in checks),
-            "float64_rel_diff": max(c["rel_diff"] for c in checks)}
+    return ({"float64_agrees": all(c["agrees"] for c in checks),
+             "float64_rel_diff": max(c["rel_diff"] for c in checks)},
+            {"model64": m64, "float64_agreement": checks[0]})
 
 
-def measure_inputs(model, data, spec: TrialSpec, init_model=None):
+def measure_inputs(model, data, spec: TrialSpec, init_model=None, cache: dict | None = None):
     """The registry's inputs for a trial's network: its train and test data as the model
     takes them ([N, d]), the image shape, the trial's data seed (point subsets) and its own
-    seed (with the data seed, the Monte-Carlo draws)."""
+    seed (with the data seed, the Monte-Carlo draws); ``cache``: what is already computed."""
     from workers.measures import MeasureInputs
 
     return MeasureInputs(model, data.x_train.flatten(1), data.y_train, data.x_test.flatten(1),
                          data.y_test, init_model, tuple(data.info.image_shape), spec.data.seed,
-                         spec.seed)
+                         spec.seed, dict(cache or {}))
 
 
 def initial_model(spec: TrialSpec, data, device):
@@ -110,13 +112,13 @@ def initial_model(spec: TrialSpec, data, device):
                      spec.activation, spec.init_scale, spec.seed).to(device).eval()
 
 
-def measure(model, data, spec: TrialSpec, init_model=None) -> dict:
+def measure(model, data, spec: TrialSpec, init_model=None, cache: dict | None = None) -> dict:
     """The trial's measures (``spec.metrics.active_measures()``), name -> Outcome; a measure
     that raises is an Outcome with its error, the others still run."""
     from workers.measures import evaluate_outcomes, load_modules
 
     load_modules(spec.metrics.measure_modules)
-    return evaluate_outcomes(measure_inputs(model, data, spec, init_model),
+    return evaluate_outcomes(measure_inputs(model, data, spec, init_model, cache),
                              spec.metrics.active_measures(), spec.metrics.measure_settings())
 
 
@@ -230,8 +232,10 @@ def execute(spec: TrialSpec, ctx: RunContext) -> tuple[dict, list[dict], torch.n
         row[f"{split}_acc"] = float(correct.double().mean())
         row[f"{split}_loss"] = float(loss.double().mean())
     row["gen_gap"] = row["train_acc"] - row["test_acc"]
-    row.update(float64_agreement(model, data))
-    outcomes = measure(model, data, spec, init_model=initial_model(spec, data, ctx.device))
+    agreement, cache = float64_agreement(model, data)
+    row.update(agreement)
+    outcomes = measure(model, data, spec, init_model=initial_model(spec, data, ctx.device),
+                       cache=cache)
     _record(row, points, data, loss_correct, outcomes)
     extras["measures"] = list(outcomes.values())
     set_phase("off-data studies after training")

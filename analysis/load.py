@@ -1,14 +1,14 @@
 """Sweep results as pandas DataFrames.
 
 ``load_results(sweep_dir)``: one row per trial with a valid result file (summary columns), and
-one column per measure from the measures table (``workers.measures.table``).
+one column per measure from the measures table (``workers.results.measure_table``).
 ``load_measures(sweep_dir)``: the measures table in long form (every version and setting,
 seconds, errors; per-point values on request).
 ``load_points(sweep_dir)``: one row per (trial, split, point): the per-point Jacobian norm,
 cross-entropy, correctness and transitions of the trial's record. Unreadable files are skipped with a warning (``sweep status``
 lists them; launching the sweep again re-runs them).
 
-Both read the per-trial files, or, after ``sweep compact`` (``analysis.compact``), the compacted
+Both read the per-trial files, or, after ``sweep compact`` (``workers.results.compact``), the compacted
 copy for every trial whose file is unchanged since, plus the files that are new or changed. The
 frame is the same either way: rows sorted by trial_id, the same columns and dtypes.
 ``filters`` (a pyarrow DNF list such as ``[("dataset", "=", "digits"), ("width", ">=", 64)]``,
@@ -28,12 +28,12 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from analysis.compact import (
+from workers.results.compact import (
     POINTS_SCHEMA, RESULTS_SCHEMA, Match, flatten_points, read_manifest, read_trials,
 )
-from workers.layout import PAIRS_FILE, TRIALS
-from workers.record import POINT_FIELDS, SUMMARY_COLUMNS
-from workers.storage import Store, store
+from workers.results.layout import PAIRS_FILE, TRIALS
+from workers.results.record import POINT_FIELDS, SUMMARY_COLUMNS
+from workers.results.storage import Store, store
 
 POINT_COLUMNS = ["trial_id"] + POINT_FIELDS
 # what load_points filters may name: its columns and the trial's dataset
@@ -230,7 +230,7 @@ def _measure_wide(sweep_dir) -> pd.DataFrame:
     """trial_id -> one value per measure (see load_results), plus "<measure>\\0has" flags and
     "<measure>\\0info"; empty for ``sweep_dir`` None."""
     from workers.measures import REGISTRY, reserved_names
-    from workers.measures.table import canonical_settings, read_selection, read_values
+    from workers.results.measure_table import canonical_settings, read_selection, read_values
 
     if sweep_dir is None:
         return pd.DataFrame(index=pd.Index([], name="trial_id"))
@@ -266,7 +266,7 @@ def load_measures(sweep_dir, measures: list[str] | None = None,
     hostname, created (unix time); with ``points`` the per-point values as a list of (split,
     index, value). ``measures`` selects by name. Every version and setting is kept: choose
     with pandas (``load_results`` picks one value per trial and measure)."""
-    from workers.measures.table import read_values
+    from workers.results.measure_table import read_values
 
     return read_values(sweep_dir, names=measures, points=points).to_pandas()
 
@@ -312,11 +312,11 @@ def result_files(sweep_dir) -> list[str]:
     trial id: what to hand to another reader (DuckDB, polars, Spark) on a live sweep. A stray,
     truncated or half-written file in ``trials/`` is left out (a file whose size and mtime match
     the drivers' journal is taken from it unread, every other one is checked), and so is one
-    with a column that does not cast to the schema's type (``workers.conform``), so one bad file
+    with a column that does not cast to the schema's type (``workers.results.conform``), so one bad file
     does not fail the whole query as ``read_parquet('trials/*.parquet')`` does. A file with a
     column of another type that casts (int32, dictionary...) is a valid result and is listed:
     the other reader casts it (DuckDB 2.0 does)."""
-    from sweep.journal import trial_statuses
+    from workers.results.journal import trial_statuses
 
     st = store(sweep_dir)
     statuses, _ = trial_statuses(st)
@@ -331,7 +331,7 @@ def measure_files(sweep_dir) -> list[str]:
     read), or one with a column that does not cast to the table's type (as ``load_measures``
     judges it) is left out; a column of another type that casts (int32, dictionary...) is kept,
     for the other reader to cast (DuckDB 2.0 does)."""
-    from workers.measures.table import MEASURES, MeasureFormatError, parse_name, read_value_file
+    from workers.results.measure_table import MEASURES, MeasureFormatError, parse_name, read_value_file
 
     st = store(sweep_dir)
     out = []
@@ -351,12 +351,12 @@ def measure_files(sweep_dir) -> list[str]:
 
 def _load_extra(sweep_dir, kind: str) -> pd.DataFrame:
     """Extra tables of the trials that have a valid result (others are incomplete re-runs),
-    in the kind's schema (columns of another type cast, ``workers.conform``; missing ones
+    in the kind's schema (columns of another type cast, ``workers.results.conform``; missing ones
     null); a file that does not read or cast is skipped with a warning naming it."""
-    from workers.conform import conform
-    from workers.record import EXTRA_SCHEMAS
-    from workers.layout import extra_file
-    from sweep.resume import valid_trial_ids
+    from workers.results.conform import conform
+    from workers.results.record import EXTRA_SCHEMAS
+    from workers.results.layout import extra_file
+    from workers.results.resume import valid_trial_ids
 
     schema = EXTRA_SCHEMAS[kind]
     st = store(sweep_dir)

@@ -30,7 +30,7 @@ from analysis.stats import (
     LARGER_IS_BETTER, STATISTICS, hyperparameter_columns, measure_columns, ranking_table,
     statistics_table, write_table,
 )
-from workers.storage import store
+from workers.results.storage import store
 
 REPORT_DIR = "report"
 # Judged against the generalization gap besides every measure of the sweep (the registry's,
@@ -117,7 +117,7 @@ def _load_sweep_modules(st) -> None:
     import json
     import warnings
 
-    from workers.layout import SWEEP_FILE
+    from workers.results.layout import SWEEP_FILE
     from workers.measures import load_modules
 
     try:
@@ -449,7 +449,7 @@ def config_html(st) -> str:
     import json
 
     from sweep.show import launch_command
-    from workers.layout import SWEEP_FILE
+    from workers.results.layout import SWEEP_FILE
 
     try:
         config = json.loads(st.read_text(SWEEP_FILE))["config"]
@@ -476,7 +476,7 @@ def settings_html(st) -> str:
     asked for) where they differ from the measure's registered defaults, as a line for the
     report's header; empty when all are the defaults or nothing is recorded."""
     from workers.measures import REGISTRY
-    from workers.measures.table import read_selection
+    from workers.results.measure_table import read_selection
 
     diffs = []
     for name, sel in sorted(read_selection(st).items()):

@@ -42,10 +42,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from workers.hyperparameters import STATISTICS_HYPERPARAMETERS
-from workers.record import SUMMARY_COLUMNS
+from workers.results.hyperparameters import STATISTICS_HYPERPARAMETERS
+from workers.results.record import SUMMARY_COLUMNS
 
-# The result schema's hyperparameter columns (workers.hyperparameters, declared once: everything
+# The result schema's hyperparameter columns (workers.results.hyperparameters, declared once: everything
 # that defines a trained network but the seed and the test-set size). Every other summary column
 # is an outcome or bookkeeping: NOT_HYPERPARAMETERS.
 HYPERPARAMETERS = list(STATISTICS_HYPERPARAMETERS)

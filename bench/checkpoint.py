@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from workers.checkpoint import Checkpointer, parse_interval  # noqa: E402
 from workers.data import load_data  # noqa: E402
 from workers.models import build_mlp  # noqa: E402
-from workers.spec import TrainSpec  # noqa: E402
+from workers.results.spec import TrainSpec  # noqa: E402
 from workers.train import train_model  # noqa: E402
 
 

@@ -43,7 +43,7 @@ import ray
 from ray import tune
 from sweep.config import compose
 from sweep.plan import plan_trials
-from workers.spec import RunContext
+from workers.results.spec import RunContext
 from workers.trial import run_trial
 
 n, out, cpus = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])

@@ -1,4 +1,4 @@
-"""Loading a large sweep's results: the per-trial files vs the compacted copy (analysis.compact).
+"""Loading a large sweep's results: the per-trial files vs the compacted copy (workers.results.compact).
 
 Writes N synthetic trial files with ``workers.results.write_trial`` (realistic summary rows:
 four datasets, a canonical spec JSON of ~590 characters as the planner writes it, statuses
@@ -43,7 +43,7 @@ CHILD = r"""
 import json, sys, time
 what, d = sys.argv[1], sys.argv[2]
 import pandas as pd
-from analysis.compact import compact
+from workers.results.compact import compact
 from analysis.load import load_points, load_results
 t = time.perf_counter()
 if what == "compact":
@@ -62,7 +62,7 @@ print("RESULT " + json.dumps(out))
 
 
 def _summary(i: int, rng: random.Random, version: int = 0) -> dict:
-    from workers.record import SUMMARY_COLUMNS
+    from workers.results.record import SUMMARY_COLUMNS
 
     dataset = rng.choice(DATASETS)
     width, depth = 2 ** rng.randint(5, 12), rng.randint(2, 40)
@@ -116,7 +116,7 @@ def _points(rng: random.Random, n: int) -> list[dict]:
 
 def _write(job) -> int:
     out, lo, hi, points_max, version = job
-    from workers.record import write_trial
+    from workers.results.record import write_trial
 
     n = 0
     for i in range(lo, hi):

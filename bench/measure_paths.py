@@ -40,7 +40,7 @@ import torch  # noqa: E402
 import workers.measures.pacbayes as pb  # noqa: E402
 from workers.data import load_data  # noqa: E402
 from workers.models import build_mlp  # noqa: E402
-from workers.spec import TrainSpec  # noqa: E402
+from workers.results.spec import TrainSpec  # noqa: E402
 from workers.train import train_model  # noqa: E402
 from workers.trajectories import translation_path  # noqa: E402
 from workers.transitions import (dense_transitions, sampled_transitions,  # noqa: E402

@@ -32,7 +32,7 @@ from bench.trained import trained  # noqa: E402
 from sweep.config import ConfigError, compose  # noqa: E402
 from sweep.plan import plan_trials  # noqa: E402
 from workers.measures import REGISTRY, evaluate_outcomes  # noqa: E402
-from workers.spec import DataSpec, TrainSpec, TrialSpec  # noqa: E402
+from workers.results.spec import DataSpec, TrainSpec, TrialSpec  # noqa: E402
 from workers.trial import initial_model, measure_inputs  # noqa: E402
 
 

@@ -35,7 +35,7 @@ from workers.data import DataMissing, load_data  # noqa: E402
 from workers.measures.norms import _double  # noqa: E402
 from workers.measures.precision import compare_precisions  # noqa: E402
 from workers.models import build_mlp  # noqa: E402
-from workers.spec import TrainSpec  # noqa: E402
+from workers.results.spec import TrainSpec  # noqa: E402
 from workers.train import train_model  # noqa: E402
 
 

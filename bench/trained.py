@@ -6,7 +6,7 @@ import time
 
 from workers.data import load_data
 from workers.models import build_mlp
-from workers.spec import TrialSpec
+from workers.results.spec import TrialSpec
 from workers.train import train_model
 
 

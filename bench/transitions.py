@@ -28,7 +28,7 @@ import torch
 
 from workers.data import DataError, load_data
 from workers.models import build_mlp
-from workers.spec import TrainSpec
+from workers.results.spec import TrainSpec
 from workers.train import train_model
 from workers.trajectories import translation_path
 from workers.transitions import count_transitions, dense_transitions

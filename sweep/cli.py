@@ -80,8 +80,8 @@ def report_current(d, page: str) -> bool:
     """Whether the report ``page`` of sweep store ``d`` exists and is newer than every result
     and measure file (a report that failed, was interrupted or was turned off while trials ran
     is not)."""
-    from workers.layout import TRIALS
-    from workers.measures.table import MEASURES
+    from workers.results.layout import TRIALS
+    from workers.results.measure_table import MEASURES
 
     try:
         made = d.entry(page).mtime_ns
@@ -98,8 +98,8 @@ def _report_after(sweep_dir) -> None:
     (``report_current``: nothing was written since). The sweep's results are safe whatever happens here; a
     failure only leaves the report missing."""
     from sweep.driver import log
-    from workers.layout import PLAN_FILE
-    from workers.storage import store
+    from workers.results.layout import PLAN_FILE
+    from workers.results.storage import store
 
     from analysis.report import REPORT_DIR, make_report
 
@@ -122,8 +122,8 @@ def _report_after(sweep_dir) -> None:
 
 def _interrupted(sweep_dir) -> None:
     """One line after Ctrl-C outside the dispatcher: what is kept and how to go on."""
-    from workers.layout import PLAN_FILE
-    from workers.storage import store
+    from workers.results.layout import PLAN_FILE
+    from workers.results.storage import store
 
     msg = "sweep: interrupted; every finished trial's result is kept"
     try:
@@ -179,12 +179,12 @@ def cmd_measure(sweep_dir: str, overrides: list[str], retry_errors: bool = False
 def cmd_status(sweep_dir: str) -> int:
     """Counts by status, progress, and the failures with their reasons. Fast at 10^5 trials: a
     result file whose size matches the driver's journal is not opened (see
-    sweep.journal.trial_statuses); `sweep resume` reads and checks every file."""
+    workers.results.journal.trial_statuses); `sweep resume` reads and checks every file."""
     from sweep.lock import lock_status
-    from workers.layout import PLAN_FILE
-    from workers.record import ResultError, read_result
-    from sweep.journal import trial_statuses
-    from workers.storage import check_location
+    from workers.results.layout import PLAN_FILE
+    from workers.results.record import ResultError, read_result
+    from workers.results.journal import trial_statuses
+    from workers.results.storage import check_location
 
     try:
         d = check_location(sweep_dir, "SWEEP_DIR")  # (reachable: one line if not)
@@ -228,8 +228,8 @@ def cmd_status(sweep_dir: str) -> int:
 
 def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
                noise_filter: bool = False, rank_by: str = "granulated_kendall") -> int:
-    from workers.layout import SWEEP_FILE
-    from workers.storage import check_location
+    from workers.results.layout import SWEEP_FILE
+    from workers.results.storage import check_location
 
     try:  # reachable, and writable where the report goes
         if not check_location(sweep_dir, "SWEEP_DIR", write=out is None).is_file(SWEEP_FILE):
@@ -258,15 +258,15 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
 
 
 def cmd_compact(sweep_dir: str) -> int:
-    from workers.layout import SWEEP_FILE
-    from workers.storage import check_location
+    from workers.results.layout import SWEEP_FILE
+    from workers.results.storage import check_location
 
     try:  # reachable and writable (the compacted dataset goes into it)
         if not check_location(sweep_dir, "SWEEP_DIR", write=True).is_file(SWEEP_FILE):
             return _fail(f"SWEEP_DIR: {sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
     except ValueError as e:
         return _fail(str(e))
-    from analysis.compact import compact, describe
+    from workers.results.compact import compact, describe
 
     try:
         summary = compact(sweep_dir)

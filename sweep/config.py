@@ -27,10 +27,10 @@ WEIGHTS_AUTO_BYTES = 2 * 1024**3  # save_weights: null saves them when the plan'
 
 from workers.activations import ACTIVATIONS
 from workers.data import DATASETS
-from workers.hyperparameters import SPACE_KEYS  # noqa: F401  (declared once; the planner's keys)
+from workers.results.hyperparameters import SPACE_KEYS  # noqa: F401  (declared once; the planner's keys)
 from workers.measures import DEFAULT_MEASURES
 from workers.train import MINIBATCH_OPTIMIZERS, OPTIMIZERS
-from workers.storage import expand
+from workers.results.storage import expand
 
 SAMPLERS = ("random", "qmc")
 # Fig. 4: the binary factors of paired trials, and the two values each pair compares
@@ -216,7 +216,7 @@ class SweepConfig:
 
     def metric_spec(self):
         """The measurement settings every trial carries to its worker."""
-        from workers.spec import MetricSpec
+        from workers.results.spec import MetricSpec
 
         return MetricSpec(**asdict(self.metrics), measures=self.measures,
                           measure_modules=self.measure_modules,

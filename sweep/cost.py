@@ -9,7 +9,7 @@ scheduler to size resources. Estimates, not measurements: matmul work only (a mu
 from __future__ import annotations
 
 from workers.data import DATASETS
-from workers.spec import TrialSpec
+from workers.results.spec import TrialSpec
 
 # optimizer state, in copies of the parameters (besides the parameters and their gradient)
 _STATE_COPIES = {"sgd": 0, "momentum": 1, "adam": 2, "rmsprop": 1, "lbfgs": 0}

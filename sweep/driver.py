@@ -24,12 +24,12 @@ from sweep import cost
 from sweep.commands import sweep_command
 from sweep.plan import grid_note, manifest_table, plan_pairs, plan_trials
 from workers.data import check_available
-from sweep.journal import Journal
-from sweep.resume import result_ids, result_index
-from workers.layout import PAIRS_FILE, PLAN_FILE, SWEEP_FILE, TRIALS, trial_file
-from workers.record import ResultError, read_result, write_trial
-from workers.spec import RunContext, TrialSpec
-from workers.storage import Store, store
+from workers.results.journal import Journal
+from workers.results.resume import result_ids, result_index
+from workers.results.layout import PAIRS_FILE, PLAN_FILE, SWEEP_FILE, TRIALS, trial_file
+from workers.results.record import ResultError, read_result, write_trial
+from workers.results.spec import RunContext, TrialSpec
+from workers.results.storage import Store, store
 
 
 def log(msg: str) -> None:
@@ -38,8 +38,8 @@ def log(msg: str) -> None:
 
 def open_out(location, key: str = "out") -> Store:
     """The Store of the sweep directory ``location`` once it is reachable and writable
-    (workers.storage.check_location); ConfigError (one line, naming ``key``) if not."""
-    from workers.storage import check_location
+    (workers.results.storage.check_location); ConfigError (one line, naming ``key``) if not."""
+    from workers.results.storage import check_location
 
     try:
         return check_location(location, key, write=True)

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from sweep.config import ConfigError
-from workers.storage import Store
+from workers.results.storage import Store
 
 LOCK_FILE = "driver.lock"
 HEARTBEAT_S = 10.0

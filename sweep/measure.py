@@ -16,10 +16,10 @@ import os
 from sweep.commands import sweep_command
 from sweep.config import ConfigError, SweepConfig
 from sweep.driver import check_gpus
-from workers.layout import WEIGHTS
-from sweep.resume import result_index
-from workers.spec import TrialSpec
-from workers.storage import store
+from workers.results.layout import WEIGHTS
+from workers.results.resume import result_index
+from workers.results.spec import TrialSpec
+from workers.results.storage import store
 
 
 def missing(out, specs, retry: set | None = None) -> dict[str, list[str]]:
@@ -27,7 +27,7 @@ def missing(out, specs, retry: set | None = None) -> dict[str, list[str]]:
     the current version and the spec's settings is not stored, for every ``ok`` trial;
     ``retry``: stored keys to treat as missing (values that raised)."""
     from workers.measures import REGISTRY, load_modules, resolved_settings, settings_key
-    from workers.measures.table import stored_keys
+    from workers.results.measure_table import stored_keys
 
     have = stored_keys(out)
     ok = {t for t, r in result_index(out, trust_journal=True).items() if r["status"] == "ok"}
@@ -77,9 +77,9 @@ def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, downl
     from workers.models import load_model
 
     from workers.measures import raised
-    from workers.measures.table import write_outcome
+    from workers.results.measure_table import write_outcome
     from workers.phase import PhaseMarker, set_phase, tick
-    from workers.spec import MetricSpec
+    from workers.results.spec import MetricSpec
     from workers.trial import initial_model, measure
 
     torch.set_num_threads(max(1, num_threads))
@@ -115,7 +115,7 @@ def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, downl
 def _select(out, specs) -> None:
     """Record the version and settings asked for now (load_results shows those values)."""
     from workers.measures import REGISTRY, load_modules, resolved_settings
-    from workers.measures.table import write_selection
+    from workers.results.measure_table import write_selection
 
     first = next(iter(specs), None)
     if first is None:
@@ -130,7 +130,7 @@ def _select(out, specs) -> None:
 def raised_keys(out) -> set:
     """Stored keys of values whose measure raised (not the 'undefined' ones)."""
     from workers.measures import raised, settings_key
-    from workers.measures.table import read_values
+    from workers.results.measure_table import read_values
 
     t = read_values(out).to_pandas()
     bad = t[[raised(e) if isinstance(e, str) else False for e in t.error]]
@@ -280,7 +280,7 @@ def _after_timeout(out, unit, trial_id: str | None, phase: str, seconds: float, 
     marker said which trial ran): every trial of the task is failed with ``error``, nothing
     recorded (a later call evaluates what is missing; values the task wrote stay)."""
     from workers.measures import REGISTRY, Outcome, resolved_settings
-    from workers.measures.table import write_outcome
+    from workers.results.measure_table import write_outcome
 
     ids = [TrialSpec.from_json(t).trial_id for t, _ in unit]
     if trial_id not in ids:  # (a marker names a trial of its task: only None)

@@ -27,9 +27,9 @@ import pyarrow as pa
 
 from sweep import cost
 from sweep.config import FACTORS, SPACE_KEYS, ConfigError, SweepConfig
-from workers.hyperparameters import FIELDS as HYPERPARAMETER_FIELDS
-from workers.hyperparameters import values as hyperparameter_values
-from workers.spec import DataSpec, TrainSpec, TrialSpec
+from workers.results.hyperparameters import FIELDS as HYPERPARAMETER_FIELDS
+from workers.results.hyperparameters import values as hyperparameter_values
+from workers.results.spec import DataSpec, TrainSpec, TrialSpec
 
 
 def _sampler(cfg: SweepConfig):

@@ -36,9 +36,9 @@ import threading
 import time
 import uuid
 
-from workers.layout import RUNNING
+from workers.results.layout import RUNNING
 from workers.phase import parse_marker_name, read_marker, remove_marker, tick
-from workers.storage import store
+from workers.results.storage import store
 
 
 def retried_errors() -> tuple[type, ...]:

@@ -15,9 +15,9 @@ import torch
 from sweep.config import ConfigError, compose
 from workers import checkpoint as ck
 from workers.checkpoint import Checkpointer, Interval, checkpoint_file, parse_interval
-from workers.layout import trial_path, weights_file
-from workers.record import read_trial
-from workers.spec import DataSpec, RunContext, TrainSpec, TrialSpec
+from workers.results.layout import trial_path, weights_file
+from workers.results.record import read_trial
+from workers.results.spec import DataSpec, RunContext, TrainSpec, TrialSpec
 from workers.trial import run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_a_trial_interrupted_after_a_checkpoint_resumes_bitwise(tmp_path, monkey
 
 WORKER = """
 import sys
-from workers.spec import RunContext, TrialSpec
+from workers.results.spec import RunContext, TrialSpec
 from workers.trial import run_trial
 spec = TrialSpec.from_json(open(sys.argv[1]).read())
 run_trial(spec, RunContext(sys.argv[2], save_weights=True, checkpoint_every=20))
@@ -308,7 +308,7 @@ def test_a_current_file_missing_a_column_is_not_a_valid_result(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from workers.record import SCHEMA, ResultError, read_trial
+    from workers.results.record import SCHEMA, ResultError, read_trial
 
     t = pa.table({"trial_id": ["t"]}, schema=pa.schema([SCHEMA.field("trial_id")],
                                                        metadata=SCHEMA.metadata))

@@ -134,7 +134,7 @@ def test_the_report_header_command_launches_the_same_sweep(overrides, tmp_path):
 
     from analysis.report import config_html
     from sweep.show import launch_command
-    from workers.storage import Store
+    from workers.results.storage import Store
 
     cfg = compose(overrides)
     stored = json.loads(json.dumps(asdict(cfg)))  # as sweep.json holds it
@@ -192,7 +192,7 @@ def test_a_report_older_than_a_result_is_not_current(tmp_path):
     import os
 
     from sweep.cli import report_current
-    from workers.storage import Store
+    from workers.results.storage import Store
 
     d = Store(tmp_path)
     for rel in ("trials/a.parquet", "measures/a.m.v1.x.parquet", "report/report.html"):

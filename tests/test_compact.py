@@ -1,4 +1,4 @@
-"""The compacted copy of a sweep (analysis.compact) against the per-trial files it is built from:
+"""The compacted copy of a sweep (workers.results.compact) against the per-trial files it is built from:
 every load through the compacted copy must equal the load of the per-trial files alone."""
 
 import math
@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from pandas.testing import assert_frame_equal
 
-import analysis.compact as compact_mod
+import workers.results.compact as compact_mod
 import analysis.load as load_mod
 from analysis import load_pairs, load_points, load_results
-from analysis.compact import MANIFEST, compact, read_manifest
-from workers.layout import PAIRS_FILE, trial_path
-from workers.record import POINT_FIELDS, SUMMARY_COLUMNS, points_columns, write_trial
-from workers.storage import store
+from workers.results.compact import MANIFEST, compact, read_manifest
+from workers.results.layout import PAIRS_FILE, trial_path
+from workers.results.record import POINT_FIELDS, SUMMARY_COLUMNS, points_columns, write_trial
+from workers.results.storage import store
 
 DATASETS = ("digits", "mnist")
 

@@ -9,9 +9,9 @@ import math
 import pytest
 
 from workers.measures import available, raised
-from workers.record import read_trial
-from workers.layout import trial_path
-from workers.spec import DataSpec, MetricSpec, RunContext, TrainSpec, TrialSpec
+from workers.results.record import read_trial
+from workers.results.layout import trial_path
+from workers.results.spec import DataSpec, MetricSpec, RunContext, TrainSpec, TrialSpec
 from workers.trial import run_trial
 
 ACTIVATIONS = ("relu", "relu6", "tanh", "hardtanh", "hardsigmoid")

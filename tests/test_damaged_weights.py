@@ -84,7 +84,7 @@ def test_a_network_that_does_not_reproduce_its_record_is_not_written(ray_local, 
     nothing is written and the reason is given; against the true record, the weights are."""
     import math
 
-    import workers.record
+    import workers.results.record
     from sweep.driver import Plan, launch, open_out
     from workers.retrain import retrain_weights
 
@@ -94,17 +94,17 @@ def test_a_network_that_does_not_reproduce_its_record_is_not_written(ray_local, 
     before = w.read_bytes()
     w.unlink()
     (spec,) = list(Plan(open_out(out)))
-    true_summary = workers.record.read_trial_summary
+    true_summary = workers.results.record.read_trial_summary
 
     def off_by_one_bit(sweep_dir, trial_id):
         row = true_summary(sweep_dir, trial_id)
         return {**row, "train_loss": math.nextafter(row["train_loss"], math.inf)}
 
-    monkeypatch.setattr(workers.record, "read_trial_summary", off_by_one_bit)
+    monkeypatch.setattr(workers.results.record, "read_trial_summary", off_by_one_bit)
     why = retrain_weights(spec, str(out), None, False)
     assert why is not None and "train_loss" in why and "nothing written" in why
     assert not w.exists()
-    monkeypatch.setattr(workers.record, "read_trial_summary", true_summary)
+    monkeypatch.setattr(workers.results.record, "read_trial_summary", true_summary)
     assert retrain_weights(spec, str(out), None, False) is None
     assert w.read_bytes() == before
 

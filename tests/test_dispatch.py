@@ -5,9 +5,9 @@ import os
 from sweep.config import compose
 from sweep.driver import _run_remote, make_units
 from sweep.plan import plan_trials
-from sweep.journal import Journal, read_journal, trial_statuses
-from workers.layout import trial_path
-from workers.spec import RunContext
+from workers.results.journal import Journal, read_journal, trial_statuses
+from workers.results.layout import trial_path
+from workers.results.spec import RunContext
 from workers.trial import run_trial
 
 
@@ -70,7 +70,7 @@ def test_dry_run_is_part_of_the_sweep_identity():
 
 def test_resume_reruns_retryable_failures_and_keeps_their_records(tmp_path):
     from sweep.driver import pending
-    from workers.record import write_trial
+    from workers.results.record import write_trial
     from workers.trial import failure_summary
 
     specs = plan_trials(compose(["trials=3", "dry_run=true"]))
@@ -94,7 +94,7 @@ def test_small_sweeps_keep_enough_units_to_balance():
 
 def test_resume_trusts_the_journal_only_for_unchanged_files(tmp_path):
     from sweep.driver import pending
-    from workers.record import write_trial
+    from workers.results.record import write_trial
     from workers.trial import failure_summary
 
     specs = plan_trials(compose(["trials=7", "dry_run=true"]))
@@ -139,7 +139,7 @@ def test_the_driver_streams_the_plan_in_batches_and_holds_no_specs(tmp_path, mon
     from sweep import cost
     from sweep.config import ConfigError
     from sweep.driver import Plan, Todo, iter_units, plan_only, saves_weights
-    from workers.storage import Store
+    from workers.results.storage import Store
 
     cfg = compose([f"out={tmp_path / 's'}", "trials=23", "dry_run=true"])
     planned = plan_trials(cfg)

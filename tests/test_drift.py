@@ -16,18 +16,18 @@ import pytest
 from pandas.testing import assert_frame_equal
 
 from analysis import load_curves, load_measures, load_points, load_results
-from analysis.compact import compact
+from workers.results.compact import compact
 from analysis.load import measure_files, result_files
 from sweep.driver import pending_rows
-from sweep.journal import trial_statuses
-from sweep.resume import result_index, valid_trial_ids
-from workers.layout import extra_file, trial_path
+from workers.results.journal import trial_statuses
+from workers.results.resume import result_index, valid_trial_ids
+from workers.results.layout import extra_file, trial_path
 from workers.measures import Outcome
-from workers.measures.table import measure_file, write_outcome
-from workers.record import (
+from workers.results.measure_table import measure_file, write_outcome
+from workers.results.record import (
     SUMMARY_COLUMNS, ResultError, points_columns, read_result, write_extra, write_trial,
 )
-from workers.storage import store
+from workers.results.storage import store
 
 N = 6
 DRIFTED = "t0002"  # the trial whose files are rewritten

@@ -15,8 +15,8 @@ import pytest
 from pandas.testing import assert_frame_equal
 from procs import run
 
-from workers.record import SUMMARY_COLUMNS, points_columns, write_trial
-from workers.storage import Store, expand, store
+from workers.results.record import SUMMARY_COLUMNS, points_columns, write_trial
+from workers.results.storage import Store, expand, store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent

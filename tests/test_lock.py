@@ -14,7 +14,7 @@ import pytest
 import sweep.lock as lock_mod
 from sweep.cli import main
 from sweep.lock import LOCK_FILE, DriverLock, LockHeld, lock_status, read_holder
-from workers.storage import Store
+from workers.results.storage import Store
 
 
 def _stores(tmp_path):

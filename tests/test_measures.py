@@ -13,7 +13,7 @@ from sweep.config import compose
 from sweep.plan import plan_trials
 from workers.measures import REGISTRY, evaluate, evaluate_outcomes, MeasureInputs, register
 from workers.models import build_mlp
-from workers.spec import DataSpec, MetricSpec, TrainSpec, TrialSpec
+from workers.results.spec import DataSpec, MetricSpec, TrainSpec, TrialSpec
 
 LAB = str(Path(__file__).parent / "fixtures" / "lab_measures.py")
 DEMO = ["experiment=demo", "trials=30"]
@@ -164,7 +164,7 @@ def test_a_failing_measure_is_recorded_and_the_others_run(scratch_registry):
 
 def test_a_trial_stays_ok_when_a_measure_raises(tmp_path, scratch_registry):
     from analysis import load_measures, load_results
-    from workers.spec import RunContext
+    from workers.results.spec import RunContext
     from workers.trial import run_trial
 
     @register("boom", source="test")
@@ -196,7 +196,7 @@ def test_readers_accept_measure_files_without_newer_columns(tmp_path):
     import pyarrow.parquet as pq
 
     from analysis import load_measures
-    from workers.measures.table import MEASURES
+    from workers.results.measure_table import MEASURES
 
     (tmp_path / MEASURES).mkdir()
     old = pa.table({"trial_id": ["t1"], "measure": ["m"], "version": [1], "settings": ["{}"],
@@ -209,7 +209,7 @@ def test_readers_accept_measure_files_without_newer_columns(tmp_path):
     assert len(got) == 1 and got.value.iloc[0] == 2.5 and got["info"].isna().all()
     newer = old.replace_schema_metadata({b"sensitivity_sweep_measure_format": b"9"})
     pq.write_table(newer, tmp_path / MEASURES / "t3.m.v1.abc.parquet")
-    from workers.measures.table import MeasureFormatError
+    from workers.results.measure_table import MeasureFormatError
 
     with pytest.raises(MeasureFormatError, match="format 9"):
         load_measures(tmp_path)
@@ -357,7 +357,7 @@ def test_the_readme_example_runs_and_registers_a_measure(scratch_registry, tmp_p
 
 
 def test_a_measure_module_missing_on_a_worker_is_a_retryable_failure(tmp_path):
-    from workers.spec import RunContext
+    from workers.results.spec import RunContext
     from workers.trial import run_trial
 
     spec = TrialSpec(DataSpec("digits", train_size=60, test_size=20), 8, 2, "relu", "sgd",
@@ -533,7 +533,7 @@ def test_the_launch_command_of_an_old_demo_sweep_keeps_the_registered_defaults()
 def test_the_reports_header_names_the_settings_other_than_the_defaults(tmp_path):
     from analysis.report import settings_html
     from workers.measures import REGISTRY
-    from workers.measures.table import write_selection
+    from workers.results.measure_table import write_selection
 
     assert settings_html(str(tmp_path)) == ""  # nothing recorded
     defaults = {n: (REGISTRY[n].version, dict(REGISTRY[n].settings))
@@ -553,8 +553,8 @@ def test_measure_names_that_are_result_columns_are_refused(scratch_registry, tmp
 
     from sweep.config import ConfigError, compose
     from workers.measures import reserved_names
-    from workers.measures.table import MEASURE_SCHEMA
-    from workers.record import POINT_TYPE, SUMMARY_COLUMNS
+    from workers.results.measure_table import MEASURE_SCHEMA
+    from workers.results.record import POINT_TYPE, SUMMARY_COLUMNS
 
     for name in ("gen_gap", "status", "width", "test_acc", "loss", "value", "all"):
         with pytest.raises(ValueError, match="reserved"):
@@ -570,8 +570,8 @@ def test_measure_names_that_are_result_columns_are_refused(scratch_registry, tmp
     # a value stored under such a name (an older release allowed it) never replaces the column
     from analysis import load_results
     from workers.measures import Outcome
-    from workers.measures.table import write_outcome
-    from workers.spec import RunContext
+    from workers.results.measure_table import write_outcome
+    from workers.results.spec import RunContext
     from workers.trial import run_trial
 
     spec = TrialSpec(DataSpec("digits", train_size=100, test_size=40), 8, 2, "relu", "sgd",

@@ -133,7 +133,7 @@ def test_the_report_knows_the_sign_of_a_sweeps_own_measure(tmp_path):
     from analysis.report import _load_sweep_modules
     from analysis.stats import measure_sign
     from workers.measures import REGISTRY
-    from workers.storage import store
+    from workers.results.storage import store
 
     mod = tmp_path / "lab_margin.py"
     mod.write_text("from workers.measures import register\n"

@@ -7,7 +7,7 @@ import pytest
 
 from sweep.config import ConfigError, compose
 from sweep.plan import manifest_table, plan_trials
-from workers.storage import Store
+from workers.results.storage import Store
 
 
 @pytest.mark.parametrize("sampler", ["random", "qmc"])
@@ -105,7 +105,7 @@ def test_a_whole_small_space_is_planned_and_more_trials_are_refused_at_once(tmp_
 def enumerated_ids(cfg) -> set[str]:
     """Every distinct trial id the space's values can make (the slow obvious way)."""
     from sweep.plan import _trial_spec
-    from workers.hyperparameters import SPACE_KEYS
+    from workers.results.hyperparameters import SPACE_KEYS
 
     keys = list(SPACE_KEYS)
     return {_trial_spec(cfg, dict(zip(keys, vals))).trial_id
@@ -136,7 +136,7 @@ def test_trial_id_is_a_hash_of_the_full_spec():
     # root and download are plumbing: they do not change the id
     c = plan_trials(compose(["dataset.root=/elsewhere"]))[0]
     assert c.trial_id == a.trial_id
-    from workers.spec import TrialSpec
+    from workers.results.spec import TrialSpec
     assert TrialSpec.from_json(a.canonical()) == a
 
 
@@ -154,7 +154,7 @@ def test_manifest(tmp_path):
 
 def test_cost_model_by_hand():
     from sweep.cost import estimate_flops, estimate_memory
-    from workers.spec import DataSpec, TrainSpec, TrialSpec, MetricSpec
+    from workers.results.spec import DataSpec, TrainSpec, TrialSpec, MetricSpec
 
     s = TrialSpec(DataSpec("digits", train_size=100, test_size=50), width=10, depth=3,
                   activation="relu", optimizer="adam", lr=0.1, batch_size=20, init_scale=1.0,
@@ -265,7 +265,7 @@ def test_plan_and_results_join_on_the_hyperparameters(tmp_path, monkeypatch):
     import workers.trial as trial_mod
     from analysis import load_results
     from sweep.driver import plan_only, read_plan
-    from workers.spec import RunContext
+    from workers.results.spec import RunContext
     from workers.trial import run_trial
 
     out = tmp_path / "s"

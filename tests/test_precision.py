@@ -93,9 +93,9 @@ def test_a_regular_network_agrees_and_keeps_its_values():
 
 
 def test_the_trial_records_whether_float64_agreed(tmp_path):
-    from workers.record import read_trial
-    from workers.layout import trial_path
-    from workers.spec import DataSpec, MetricSpec, RunContext, TrainSpec, TrialSpec
+    from workers.results.record import read_trial
+    from workers.results.layout import trial_path
+    from workers.results.spec import DataSpec, MetricSpec, RunContext, TrainSpec, TrialSpec
     from workers.trial import run_trial
 
     rows = {}

@@ -66,8 +66,8 @@ def test_plan_and_an_interrupted_launch_print_a_resume_command_for_that_director
 
 def test_an_old_sweeps_refusal_names_its_resume_command(odd, capsys):
     """A sweep of identity version 1 launched again with other measurement settings."""
-    from workers.layout import SWEEP_FILE
-    from workers.storage import store
+    from workers.results.layout import SWEEP_FILE
+    from workers.results.storage import store
 
     _planned(odd, capsys)
     doc = json.loads(store(odd).read_text(SWEEP_FILE))
@@ -80,7 +80,7 @@ def test_an_old_sweeps_refusal_names_its_resume_command(odd, capsys):
 
 
 def test_report_commands_name_the_directory(odd, capsys, monkeypatch):
-    from workers.record import SUMMARY_COLUMNS, write_trial
+    from workers.results.record import SUMMARY_COLUMNS, write_trial
 
     _planned(odd, capsys)
     row = {c: None for c in SUMMARY_COLUMNS}

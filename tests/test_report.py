@@ -17,8 +17,8 @@ from analysis.filters import fits_training_set
 from analysis.load import load_results
 from analysis.report import make_report
 from sweep.cli import main
-from workers.record import SUMMARY_COLUMNS, points_columns, write_trial
-from workers.layout import SWEEP_FILE
+from workers.results.record import SUMMARY_COLUMNS, points_columns, write_trial
+from workers.results.layout import SWEEP_FILE
 
 
 def test_fits_training_set_keeps_ok_trials_at_the_threshold():

@@ -4,11 +4,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis import load_points, load_results
-from workers.record import (
+from workers.results.record import (
     SCHEMA, SCHEMA_VERSION, SUMMARY_COLUMNS, ResultError, points_columns, read_trial, write_trial,
 )
-from workers.layout import trial_path
-from sweep.resume import valid_trial_ids
+from workers.results.layout import trial_path
+from workers.results.resume import valid_trial_ids
 
 REQUIRED = ["trial_id", "status", "error", "dataset", "width", "depth", "activation", "optimizer",
             "lr", "batch_size", "init_scale", "seed", "random_labels", "augment", "steps",

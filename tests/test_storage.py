@@ -11,11 +11,11 @@ from sweep.cli import main
 from sweep.config import compose
 from sweep.driver import launch, pending
 from sweep.plan import plan_trials
-from sweep.journal import Journal, read_journal, trial_statuses
-from workers.record import read_result, write_trial
-from workers.layout import trial_file
-from sweep.resume import valid_trial_ids
-from workers.storage import Store, store
+from workers.results.journal import Journal, read_journal, trial_statuses
+from workers.results.record import read_result, write_trial
+from workers.results.layout import trial_file
+from workers.results.resume import valid_trial_ids
+from workers.results.storage import Store, store
 from workers.trial import failure_summary
 
 

@@ -12,7 +12,7 @@ from analysis import load_curves, load_grids
 from analysis.figures import boundaries_figure, density_bins, trajectory_figure
 from workers.data import load_data
 from workers.models import load_model
-from workers.spec import DataSpec, MetricSpec, RunContext, TrainSpec, TrialSpec
+from workers.results.spec import DataSpec, MetricSpec, RunContext, TrainSpec, TrialSpec
 from workers.studies import boundary_map, boundary_plane, study_ellipses
 from workers.trajectories import THROUGH_ANGLES, Ellipse, angles
 from workers.transitions import count_transitions

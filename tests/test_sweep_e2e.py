@@ -11,7 +11,7 @@ from sweep.config import compose
 from sweep.driver import launch
 from workers import load_model
 from workers.data import load_data
-from workers.layout import trial_path
+from workers.results.layout import trial_path
 
 pytestmark = pytest.mark.slow
 

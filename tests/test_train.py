@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from workers.data import load_data
 from workers.models import build_mlp
-from workers.record import read_trial
-from workers.layout import trial_path
-from workers.spec import DataSpec, RunContext, TrainSpec, TrialSpec
+from workers.results.record import read_trial
+from workers.results.layout import trial_path
+from workers.results.spec import DataSpec, RunContext, TrainSpec, TrialSpec
 from workers.train import decayed_lr, train_model
 from workers.trial import run_trial
 
@@ -105,7 +105,7 @@ def test_summary_is_consistent_with_the_points(tmp_path):
 
 
 def test_jacobian_points_subset(tmp_path):
-    s = spec(metrics=__import__("workers.spec", fromlist=["MetricSpec"]).MetricSpec(jacobian_points=17))
+    s = spec(metrics=__import__("workers.results.spec", fromlist=["MetricSpec"]).MetricSpec(jacobian_points=17))
     row = run_trial(s, RunContext(str(tmp_path)))
     assert row["jacobian_points_train"] == 17 and row["jacobian_points_test"] == 17
 
@@ -138,7 +138,7 @@ def test_lbfgs_respects_the_iteration_cap(tmp_path):
 
 def test_transitions_per_point_are_the_exact_counts_of_the_translation_loops(tmp_path):
     from workers.models import load_model
-    from workers.spec import MetricSpec
+    from workers.results.spec import MetricSpec
     from workers.trajectories import translation_path
     from workers.transitions import count_transitions
 
@@ -160,7 +160,7 @@ def test_transitions_per_point_are_the_exact_counts_of_the_translation_loops(tmp
 
 
 def test_tanh_transitions_are_sampled_and_zero_points_turn_them_off(tmp_path):
-    from workers.spec import MetricSpec
+    from workers.results.spec import MetricSpec
 
     row = run_trial(spec(activation="tanh", metrics=MetricSpec(transitions_points=5,
                                                                transitions_k=256)),

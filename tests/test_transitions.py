@@ -352,7 +352,7 @@ def test_a_count_beyond_memory_is_undefined_not_a_killed_process(monkeypatch):
     from workers.data import load_data
     from workers.measures import MeasureInputs, evaluate_outcomes
     from workers.models import build_mlp
-    from workers.spec import TrainSpec
+    from workers.results.spec import TrainSpec
     from workers.train import train_model
 
     monkeypatch.setattr(transitions, "MAX_KNOT_ELEMENTS", 1 << 12)
@@ -376,7 +376,7 @@ def test_pieces_finer_than_float64_resolves_make_the_count_undefined_not_inflate
     from workers import transitions
     from workers.data import load_data
     from workers.models import build_mlp
-    from workers.spec import TrainSpec
+    from workers.results.spec import TrainSpec
     from workers.train import train_model
     from workers.trajectories import translation_path
 

@@ -15,7 +15,7 @@ from procs import run
 
 from analysis import load_results
 from sweep.config import ConfigError, compose
-from workers.layout import RUNNING
+from workers.results.layout import RUNNING
 
 STALL = str(Path(__file__).parent / "fixtures" / "stall_measures.py")
 ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -125,7 +125,7 @@ def test_no_marker_without_a_limit(tmp_path):
     """Without resources.trial_timeout nothing is written or polled."""
     from sweep.driver import _run_remote
     from sweep.plan import plan_trials
-    from workers.spec import RunContext
+    from workers.results.spec import RunContext
 
     from sweep.watch import Watch
 

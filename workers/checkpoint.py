@@ -37,7 +37,7 @@ def fallback_file(trial_id: str) -> str:
 
 def remove_checkpoints(out_dir, trial_id: str) -> None:
     """Delete a trial's checkpoint and fallback files (once its result stands)."""
-    from workers.storage import store
+    from workers.results.storage import store
 
     st = store(out_dir)
     for rel in (checkpoint_file(trial_id), fallback_file(trial_id)):
@@ -95,7 +95,7 @@ class Checkpointer:
 
     def __init__(self, out_dir: str, trial_id: str, spec_text: str, interval: Interval,
                  clock=time.monotonic):
-        from workers.storage import store
+        from workers.results.storage import store
 
         self.store = store(out_dir)
         self.rel = checkpoint_file(trial_id)

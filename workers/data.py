@@ -51,7 +51,7 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def planned_sizes(spec) -> tuple[int, int]:
-    """(train points, test points) a trial (``workers.spec.TrialSpec``) uses: its subset sizes,
+    """(train points, test points) a trial (``workers.results.spec.TrialSpec``) uses: its subset sizes,
     or the whole splits. One meaning in the plan and in every result record, failed or not."""
     info = DATASETS[spec.data.name]
     return spec.data.train_size or info.train_size, spec.data.test_size or info.test_size

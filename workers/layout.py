@@ -1,54 +1,9 @@
-"""The layout of a sweep directory: which file is where (the results contract on disk).
+"""Moved to ``workers.results.layout``; this import path is kept for one release (it is the same module)."""
 
-    sweep.json, plan.parquet, pairs.parquet   the sweep (sweep.driver)
-    trials/<id>.parquet                       a trial's record (workers.record), its truth
-    weights/<id>.safetensors                  its trained network (workers.models)
-    curves/, grids/ <id>.parquet              its off-data studies (workers.record)
-    measures/<id>.<measure>.v<v>.<settings>.parquet   the measures table (workers.measures.table)
-    journal/*.tsv                             what drivers saw arrive (sweep.journal)
-    running/<id>.<token>.json                 a running trial's phase (workers.phase), transient
-"""
+import importlib as _importlib
+import sys as _sys
+import warnings as _warnings
 
-from __future__ import annotations
-
-from pathlib import Path
-
-from workers.storage import expand
-
-# The files of a sweep directory besides trials/ (see sweep.driver)
-SWEEP_FILE = "sweep.json"
-PLAN_FILE = "plan.parquet"
-PAIRS_FILE = "pairs.parquet"  # with plan.factors: one row per pair (sweep.plan.plan_pairs)
-TRIALS = "trials"  # the result files, one per trial
-WEIGHTS = "weights"
-JOURNAL = "journal"
-RUNNING = "running"  # markers of running trials (resources.trial_timeout), removed as they end
-
-
-def trial_file(trial_id: str) -> str:
-    """A trial's result file, relative to the sweep directory."""
-    return f"{TRIALS}/{trial_id}.parquet"
-
-
-def trials_dir(sweep_dir: str | Path) -> Path:
-    """The local directory of the result files (local sweep directories only; ``~`` expanded
-    as everywhere, ``workers.storage.expand``)."""
-    return Path(expand(sweep_dir)) / TRIALS
-
-
-def trial_path(sweep_dir: str | Path, trial_id: str) -> Path:
-    """A trial's local result file (local sweep directories only; see :func:`trial_file`)."""
-    return Path(expand(sweep_dir)) / trial_file(trial_id)
-
-
-def weights_file(trial_id: str) -> str:
-    return f"{WEIGHTS}/{trial_id}.safetensors"
-
-
-def extra_file(kind: str, trial_id: str) -> str:
-    return f"{kind}/{trial_id}.parquet"
-
-
-def running_file(trial_id: str, token: str) -> str:
-    """The phase marker of a trial run by the task submitted as ``token`` (workers.phase)."""
-    return f"{RUNNING}/{trial_id}.{token}.json"
+_warnings.warn("workers.layout moved to workers.results.layout; the old name goes in the next release",
+               DeprecationWarning, stacklevel=2)
+_sys.modules[__name__] = _importlib.import_module("workers.results.layout")

@@ -76,9 +76,9 @@ def load_model(sweep_dir: str | Path, trial_id: str) -> nn.Sequential:
     loaded into the trial's network."""
     from safetensors.torch import load
 
-    from workers.record import read_trial_summary
-    from workers.layout import weights_file
-    from workers.storage import store
+    from workers.results.record import read_trial_summary
+    from workers.results.layout import weights_file
+    from workers.results.storage import store
 
     row = read_trial_summary(sweep_dir, trial_id)
     st = store(sweep_dir)

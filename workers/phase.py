@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from workers.layout import running_file
+from workers.results.layout import running_file
 
 _ACTIVE: "PhaseMarker | None" = None  # the marker of the task running in this process
 
@@ -50,7 +50,7 @@ def parse_marker_name(name: str) -> tuple[str, str] | None:
 def read_marker(out, trial_id: str, token: str) -> dict | None:
     """A marker's content (``trial_id, phase, hostname, pid, time``), None if there is none
     or it cannot be read."""
-    from workers.storage import store
+    from workers.results.storage import store
 
     try:
         return json.loads(store(out).read_text(running_file(trial_id, token)))
@@ -60,7 +60,7 @@ def read_marker(out, trial_id: str, token: str) -> dict | None:
 
 def remove_marker(out, trial_id: str, token: str) -> None:
     """Remove a trial's marker if it is there (a marker left by a killed task)."""
-    from workers.storage import store
+    from workers.results.storage import store
 
     st = store(out)
     try:
@@ -76,7 +76,7 @@ class PhaseMarker:
     that cannot be written never fails a trial."""
 
     def __init__(self, out, token: str, tick_s: float):
-        from workers.storage import store
+        from workers.results.storage import store
 
         self.store, self.token, self.tick = store(out), token, tick_s
         self.state: tuple[str | None, str | None] = (None, None)  # (trial, phase): one assignment

@@ -43,12 +43,12 @@ def _retrain(spec, out_dir: str, data_root, download: bool, device: str,
     import torch
 
     from workers.data import load_data
-    from workers.layout import WEIGHTS, weights_file
+    from workers.results.layout import WEIGHTS, weights_file
     from workers.metrics import per_point_loss
     from workers.models import build_mlp
     from workers.phase import set_phase
-    from workers.record import ResultError, read_trial_summary
-    from workers.storage import store
+    from workers.results.record import ResultError, read_trial_summary
+    from workers.results.storage import store
     from workers.train import train_model
     from workers.trial import _save_weights
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from workers.data import Data, augment_batch
 from workers.metrics import accuracy
-from workers.spec import TrainSpec
+from workers.results.spec import TrainSpec
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "lbfgs")
 MINIBATCH_OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")

@@ -20,14 +20,14 @@ import traceback
 import torch
 
 from workers.data import load_data
-from workers.hyperparameters import values as hyperparameter_values
-from workers.measures.table import write_outcome
+from workers.results.hyperparameters import values as hyperparameter_values
+from workers.results.measure_table import write_outcome
 from workers.metrics import per_point_loss
 from workers.models import build_mlp, count_params
 from workers.phase import set_phase
-from workers.record import points_columns, write_extra, write_trial
-from workers.layout import weights_file
-from workers.spec import RunContext, TrialSpec
+from workers.results.record import points_columns, write_extra, write_trial
+from workers.results.layout import weights_file
+from workers.results.spec import RunContext, TrialSpec
 
 NAN = float("nan")
 METRIC_COLUMNS = (
@@ -320,7 +320,7 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
 def _save_weights(out_dir: str, trial_id: str, model: torch.nn.Module) -> None:
     from safetensors.torch import save
 
-    from workers.storage import store
+    from workers.results.storage import store
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     store(out_dir).write_bytes(weights_file(trial_id), save(state))

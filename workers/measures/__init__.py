@@ -118,15 +118,15 @@ RECORD_MEASURES = ("jacobian_norm_train", "jacobian_norm_test", "transitions_tes
 
 
 def reserved_names() -> frozenset[str]:
-    """Names no measure may take: every column of a trial's record (``workers.record``: the
+    """Names no measure may take: every column of a trial's record (``workers.results.record``: the
     trial's outcome, hyperparameters and bookkeeping, its per-point records) and of the
-    measures table (``workers.measures.table``), other than the built-in measures the record
+    measures table (``workers.results.measure_table``), other than the built-in measures the record
     keeps (``RECORD_MEASURES``), and ``all`` (the configuration's word for every measure). A
     measure of such a name would replace that column in ``analysis.load_results``."""
-    from workers.record import POINT_TYPE, SUMMARY_COLUMNS
+    from workers.results.record import POINT_TYPE, SUMMARY_COLUMNS
 
     table = ("trial_id", "measure", "version", "settings", "value", "seconds", "error", "info",
-             "hostname", "created", "points")  # (workers.measures.table.MEASURE_SCHEMA: a test
+             "hostname", "created", "points")  # (workers.results.measure_table.MEASURE_SCHEMA: a test
     # checks they agree; that module imports this one)
     names = set(SUMMARY_COLUMNS) | {f.name for f in POINT_TYPE} | set(table) | {"all", "sign"}
     return frozenset(names - set(RECORD_MEASURES))

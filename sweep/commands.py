@@ -1,18 +1,8 @@
-"""The commands the tool prints for a user to copy (resume, measure, report, launch...).
-
-Every such command is built here, so that it means in a shell what it says: each argument is
-quoted with ``shlex`` where a POSIX shell would split it (``runs/my sweep``), expand it
-(``~``, ``$``, ``[...]`` for zsh) or end it (a quote), and ``shlex.split`` of the line gives back
-exactly the arguments.
-"""
+"""The commands the tool prints for a user to copy: ``sweep_command`` lives in
+``workers.results.commands`` (every layer prints one); the sweep package imports it from here."""
 
 from __future__ import annotations
 
-import shlex
+from workers.results.commands import sweep_command
 
-
-def sweep_command(*args) -> str:
-    """``sweep`` with ``args`` (sub-command, paths, options, KEY=VALUE overrides; each turned
-    into ``str``, so a Path or a Store gives its location) as one line for a POSIX shell.
-    E.g. ``sweep_command("resume", "runs/my sweep")`` is ``sweep resume 'runs/my sweep'``."""
-    return shlex.join(["sweep", *map(str, args)])
+__all__ = ["sweep_command"]

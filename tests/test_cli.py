@@ -143,7 +143,7 @@ def test_the_report_header_command_launches_the_same_sweep(overrides, tmp_path):
     again = compose(shlex.split(command)[2:])
     assert again.identity_hash() == cfg.identity_hash()
     (tmp_path / "sweep.json").write_text(json.dumps({"config": stored}))
-    head = config_html(Store(tmp_path))
+    head = config_html(Store(tmp_path), launch_command)
     assert f"experiment <code>{cfg.name}</code>" in head
     assert f"data set <code>{cfg.dataset.name}</code>, {cfg.trials} trials planned" in head
     import html

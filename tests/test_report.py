@@ -50,12 +50,12 @@ def test_seed_means_are_means_and_standard_errors_over_seeds():
 
 
 def test_seed_means_never_merge_configurations_of_an_unknown_column():
-    """Issue example: widths [8,8,8,8], weight_decay [0,0,.1,.1], seeds [1,2,1,2], gap
+    """Issue example: widths [8,8,8,8], dropout [0,0,.1,.1], seeds [1,2,1,2], gap
     [.1,.2,.5,.6] are two configurations (0.15 +- 0.05, 0.55 +- 0.05), not one (0.35)."""
-    df = pd.DataFrame({"width": [8, 8, 8, 8], "weight_decay": [0, 0, 0.1, 0.1],
+    df = pd.DataFrame({"width": [8, 8, 8, 8], "dropout": [0, 0, 0.1, 0.1],
                        "seed": [1, 2, 1, 2], "gen_gap": [0.1, 0.2, 0.5, 0.6]})
-    with pytest.warns(UserWarning, match="weight_decay"):
-        m = figures.seed_means(df, ["gen_gap"]).set_index("weight_decay")
+    with pytest.warns(UserWarning, match="dropout"):
+        m = figures.seed_means(df, ["gen_gap"]).set_index("dropout")
     assert len(m) == 2
     # by hand: mean of two seeds, s.e. = |a - b| / 2
     assert m.loc[0.0, "gen_gap"] == pytest.approx(0.15) and m.loc[0.1, "gen_gap"] == pytest.approx(0.55)
@@ -65,7 +65,7 @@ def test_seed_means_never_merge_configurations_of_an_unknown_column():
     from analysis.stats import hyperparameter_columns
 
     with pytest.warns(UserWarning):
-        assert hyperparameter_columns(df, exclude=["gen_gap"]) == ["width", "weight_decay"]
+        assert hyperparameter_columns(df, exclude=["gen_gap"]) == ["width", "dropout"]
     # an explicit list still wins
     one = figures.seed_means(df, ["gen_gap"], hyperparameters=["width"])
     assert len(one) == 1 and one.loc[0, "gen_gap"] == pytest.approx(0.35)

@@ -119,19 +119,19 @@ def test_infinities_as_scipy_and_no_nan_becomes_a_number():
 def test_hyperparameter_columns_are_the_tables_own():
     """One declaration for figures and statistics: every column but the seed, outcomes and
     bookkeeping of the result schema, and the measures in use."""
-    df = sweep_frame().assign(weight_decay=0.0, trial_id="t", status="ok", n_params=5)
-    with pytest.warns(UserWarning, match="weight_decay"):
+    df = sweep_frame().assign(dropout=0.0, trial_id="t", status="ok", n_params=5)
+    with pytest.warns(UserWarning, match="dropout"):
         hp = hyperparameter_columns(df, exclude=["gen_gap", "jacobian_norm_test"])
-    assert hp == HYPERPARAMETERS + ["weight_decay"]
+    assert hp == HYPERPARAMETERS + ["dropout"]
     assert hyperparameter_columns(sweep_frame(), exclude=["jacobian_norm_test",
                                                           "gen_gap"]) == HYPERPARAMETERS
-    # a configuration that differs only in weight_decay is its own configuration
-    df = pd.DataFrame({"width": [8, 8, 8, 8], "weight_decay": [0, 0, 0.1, 0.1],
+    # a configuration that differs only in dropout is its own configuration
+    df = pd.DataFrame({"width": [8, 8, 8, 8], "dropout": [0, 0, 0.1, 0.1],
                        "seed": [1, 2, 1, 2], "gen_gap": [0.1, 0.2, 0.5, 0.6],
                        "m": [1.0, 2.0, 3.0, 4.0]})
     with pytest.warns(UserWarning):
         r = granulated_kendall(df, "m")
-    assert r.n_configs == 2 and r.psi == {"weight_decay": 1.0}
+    assert r.n_configs == 2 and r.psi == {"dropout": 1.0}
 
 
 # --- granulated Kendall -----------------------------------------------------------------------
@@ -697,7 +697,8 @@ def sweep_frame(seed=0):
         rows.append({
             "dataset": ds, "train_size": 1000, "random_labels": False, "augment": False,
             "width": w, "depth": d, "activation": act, "optimizer": "lbfgs", "lr": 0.01,
-            "batch_size": None, "init_scale": 1.0, "step_budget": 100, "seed": s,
+            "batch_size": None, "init_scale": 1.0, "weight_decay": 0.0, "step_budget": 100,
+            "seed": s,
             "gen_gap": gap, "jacobian_norm_test": gap + rng.normal(scale=0.02),
             "transitions_test": np.nan,
         })
@@ -771,7 +772,7 @@ def test_write_table_round_trip(tmp_path):
 def test_hyperparameters_constant_lists_the_paper_grid():
     assert HYPERPARAMETERS == ["dataset", "train_size", "random_labels", "augment", "width",
                                "depth", "activation", "optimizer", "lr", "batch_size",
-                               "init_scale", "step_budget"]
+                               "init_scale", "weight_decay", "step_budget"]
 
 
 def test_statistics_table_in_processes_equals_one_process():
@@ -958,3 +959,46 @@ def test_a_mean_that_is_nan_for_one_measure_takes_each_measure_on_its_own():
     assert _replicate_statistics(_JobRows(ps), None, 2, False) is None
     got, want = _all_statistics(ps, None, 2), _each_statistics(ps, None, 2)
     np.testing.assert_array_equal(np.array(got), np.array(want))
+
+
+# --- the registry and the package ---------------------------------------------------------------
+
+
+def test_every_statistic_of_the_table_is_its_registered_functions_value():
+    """The registry, not positions, lines up the table: each row's value is what the
+    statistic's own registered function gives (sign +1, no resampling), its ``better`` the
+    registered direction and its ``n_used`` the count of its registered support."""
+    from analysis.stats.registry import LARGER_IS_BETTER, REGISTRY
+
+    assert STATISTICS == tuple(REGISTRY) and set(LARGER_IS_BETTER) == set(STATISTICS)
+    df = sweep_frame()
+    hps = ["dataset", "width", "depth", "activation"]
+    t = statistics_table(df, measures=["jacobian_norm_test"], n_boot=0, hyperparameters=hps,
+                         signs={"jacobian_norm_test": 1})
+    t = t[t.group == "all"].set_index("statistic")
+    assert list(t.index) == list(STATISTICS)
+    n_cfg = len(df[hps].drop_duplicates())
+    for name, s in REGISTRY.items():
+        got = s.compute(df, "jacobian_norm_test", "gen_gap", hyperparameters=hps)
+        assert got == pytest.approx(t.loc[name, "value"], rel=1e-12, abs=1e-12), name
+        assert t.loc[name, "better"] == s.better
+        if s.support == "trials":
+            assert t.loc[name, "n_used"] == len(df)
+        if s.support == "pairs":
+            assert t.loc[name, "n_used"] == n_cfg * n_cfg
+    env = sign_error(df, "jacobian_norm_test", hyperparameters=hps).n_environments
+    assert t.loc["sign_error", "n_used"] == sum(env.values())
+
+
+def test_every_name_of_the_stats_package_imports_from_it():
+    """``from analysis.stats import X`` gives the object its module defines, for every name
+    the package lists (also after every module is loaded: no module shadows a name)."""
+    import importlib
+
+    import analysis.stats as pkg
+
+    for module in set(pkg._WHERE.values()):
+        importlib.import_module(f"analysis.stats.{module}")
+    for name, module in pkg._WHERE.items():
+        assert getattr(pkg, name) is getattr(importlib.import_module(f"analysis.stats.{module}"),
+                                             name), name

@@ -1,0 +1,327 @@
+"""What the report says, as data: the counts, the caveats, the configuration, the measures and
+their ranking (``Report``), decided from the results table, the statistics table and the sweep
+directory; ``analysis.report.render`` turns it into HTML and knows nothing of the data.
+
+Only the trials that fit their training set enter the figures and statistics
+(:func:`analysis.filters.fits_training_set`, threshold ``train_acc``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.figures import value_label
+from analysis.filters import fits_training_set
+from analysis.stats.registry import RANK_BY, REGISTRY
+from workers.results.commands import sweep_command
+from workers.results.layout import SWEEP_FILE
+
+# Judged against the generalization gap besides every measure of the sweep (the registry's,
+# workers.measures): Fig. 1's two baselines, which the paper shows do not track the gap.
+BASELINES = ("n_params", "train_loss")
+# What each figure's caption reports of this sweep's data: (measure, what it is) whose Kendall
+# tau with the gap (the statistics table's group "all") the caption states
+CAPTION_MEASURES = {
+    "fig1_params_loss": (("n_params", "number of parameters"), ("train_loss", "train loss")),
+    "fig5_jacobian_gap": (("jacobian_norm_test", "Jacobian norm"),),
+    "fig8_transitions_gap": (("transitions_test", "transitions"),),
+}
+LOWER_THRESHOLDS = (0.99, 0.95, 0.9, 0.8)
+PER_POINT_TRIALS = 500  # Fig. 6 draws the test points of at most this many trials
+FEW_SEEDS_NOTE = 5  # fewer distinct seeds than this (and at least 2): the intervals are rough
+
+
+# ---------------------------------------------------------------------------------------------
+# Which trials and measures
+
+
+def pairs_fitting(pairs: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Pairs whose two trials are both ``ok`` at train accuracy >= threshold (the filter of
+    :func:`fits_training_set`, applied to both sides)."""
+    keep = pd.Series(True, index=pairs.index)
+    for side in ("a", "b"):
+        side_df = pd.DataFrame({"status": pairs[f"status_{side}"], "train_acc": pairs[f"train_acc_{side}"]})
+        keep &= pairs.index.isin(fits_training_set(side_df, threshold).index)
+    return pairs[keep]
+
+
+def per_point_trials(fit: pd.DataFrame, limit: int = PER_POINT_TRIALS, seed: int = 0) -> list[str]:
+    """The trials whose test points Fig. 6 draws: all passing trials with per-point Jacobian
+    norms, or a seeded sample of ``limit`` of them (the per-point rows of 10^5 trials would not
+    fit in memory)."""
+    has = fit[fit["jacobian_points_test"].fillna(0) > 0] if "jacobian_points_test" in fit else fit
+    ids = sorted(has["trial_id"])
+    if len(ids) > limit:
+        import numpy as np
+
+        ids = sorted(np.random.default_rng(seed).choice(ids, size=limit, replace=False))
+    return list(ids)
+
+
+def seeds_per_config(fit: pd.DataFrame, hyperparameters) -> int:
+    """The largest number of seeds any configuration of ``fit`` has (1 without a seed column)."""
+    if fit.empty or "seed" not in fit:
+        return 1
+    hps = [h for h in hyperparameters if h != "seed" and h in fit]
+    if not hps:
+        return int(fit["seed"].nunique())
+    return int(fit.groupby(hps, dropna=False)["seed"].nunique().max())
+
+
+def ranking_statistics(rank_by: str) -> list[str]:
+    """The statistics the ranking shows, ``rank_by`` first, then the registry's summary
+    statistics (``Statistic.summary``) in registry order."""
+    return [rank_by] + [s.name for s in REGISTRY.values() if s.summary and s.name != rank_by]
+
+
+# ---------------------------------------------------------------------------------------------
+# Caveats
+
+
+@dataclass(frozen=True)
+class FilterAdvice:
+    """Few trials fit their training set: ``n_fit`` of ``n_ok`` ok trials at ``train_acc``;
+    ``at_lower`` (threshold, trials that pass) for each lower threshold; ``command`` the
+    ``sweep report`` at the suggested one (None when no lower threshold lets more in)."""
+
+    n_fit: int
+    n_ok: int
+    train_acc: float
+    at_lower: tuple[tuple[float, int], ...]
+    command: str | None
+
+
+def filter_advice(df: pd.DataFrame, train_acc: float, sweep_dir) -> FilterAdvice | None:
+    """Advice when few trials pass the train-accuracy filter (some ok trials fall short, and
+    fewer than 10 or fewer than half of them pass): how many pass at lower thresholds, and the
+    command that rebuilds the report at the highest of them that keeps half of the ok trials,
+    else the highest that lets the most in (none when no lower threshold lets more in). None
+    otherwise."""
+    ok = int((df["status"] == "ok").sum())
+    n = len(fits_training_set(df, train_acc))
+    if ok == 0 or n == ok or (n >= 10 and n >= ok / 2):
+        return None
+    lower = [t for t in LOWER_THRESHOLDS if t < train_acc]
+    counts = [(t, len(fits_training_set(df, t))) for t in lower]
+    most = max((c for _, c in counts), default=n)
+    best = next((t for t, c in counts if c >= ok / 2), None)
+    if best is None:
+        best = next((t for t, c in counts if c == most), None) if most > n else None
+    command = None if best is None else sweep_command("report", sweep_dir, "--train-acc",
+                                                      f"{best:g}")
+    return FilterAdvice(n, ok, train_acc, tuple(counts), command)
+
+
+def value_counts(column: pd.Series) -> dict[str, int]:
+    """Trials per value of ``column``, null counted as a value of its own ("null"), keyed by
+    :func:`value_label`, in the order of first appearance."""
+    counts: dict[str, int] = {}
+    for v in column:
+        key = value_label(v)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+@dataclass(frozen=True)
+class UnfitValues:
+    """``left_out``: (hyperparameter, value, ok trials) of the values none of whose ok trials
+    fit; ``per_value``: for each hyperparameter of 2 to 10 values where the filter leaves some
+    out, (hyperparameter, ((value, fitting trials, ok trials), ...)), given only when some ok
+    trials do not fit."""
+
+    left_out: tuple[tuple[str, str, int], ...] = ()
+    per_value: tuple[tuple[str, tuple[tuple[str, int, int], ...]], ...] = ()
+
+
+def unfit_values(df: pd.DataFrame, train_acc: float, hyperparameters) -> UnfitValues:
+    """The hyperparameter values none of whose ok trials fit their training set (so the
+    statistics know nothing of them), e.g. plain SGD at a small learning rate, and the fitting
+    and ok trials per value of the few-valued hyperparameters. A null value (L-BFGS's batch
+    size) is a value of its own, counted as such."""
+    ok = df[df["status"] == "ok"]
+    fit = fits_training_set(df, train_acc)
+    left_out = []
+    for h in hyperparameters:
+        if h not in ok or ok[h].nunique(dropna=False) > 50:
+            continue
+        fitting = value_counts(fit[h])
+        for v, n in sorted(value_counts(ok[h]).items(), key=lambda kv: -kv[1]):
+            if v not in fitting:
+                left_out.append((h, v, n))
+    per = []  # where the filter bites: fitting / ok trials per value of a few-valued factor
+    for h in hyperparameters:
+        if h not in ok or not 2 <= ok[h].nunique(dropna=False) <= 10:
+            continue
+        fitting = value_counts(fit[h])
+        counts = tuple((v, fitting.get(v, 0), n) for v, n in value_counts(ok[h]).items())
+        if any(f < n for _, f, n in counts):
+            per.append((h, counts))
+    return UnfitValues(tuple(left_out), tuple(per) if len(fit) < len(ok) else ())
+
+
+def seeds_caveat(fit: pd.DataFrame) -> int | None:
+    """The number of distinct seeds when it gives the seed bootstrap only a handful of
+    distinct resamples (2 to 4), else None."""
+    n = fit["seed"].nunique() if "seed" in fit else 0
+    return int(n) if 2 <= n < FEW_SEEDS_NOTE else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep's configuration
+
+
+@dataclass(frozen=True)
+class ConfigSummary:
+    """The sweep's configuration for the report's header (``sweep.json``): ``space`` varied and
+    fixed keys, the plan, and ``launch`` (the command that launches the same sweep, whether it
+    is exact) when the caller can say it; ``settings``: the measures' settings that differ
+    from their defaults ("name k=v, ...")."""
+
+    name: object
+    dataset: object
+    trials: object
+    sampler: object
+    grid: tuple[str, ...]
+    steps: object
+    varied: str
+    fixed: str
+    launch: tuple[str, bool] | None
+    settings: tuple[str, ...]
+
+
+def config_summary(st, launch_command: Callable[[dict], tuple[str, bool]] | None = None
+                   ) -> ConfigSummary | None:
+    """The header's configuration from ``st``'s ``sweep.json`` (None without one).
+    ``launch_command(config)``: (the command that composes the stored sweep, whether it is
+    exact); the command line passes ``sweep.show.launch_command`` (composing a configuration
+    is the sweep layer's), without it the header names no command."""
+    try:
+        config = json.loads(st.read_text(SWEEP_FILE))["config"]
+    except (OSError, ValueError, KeyError):
+        return None
+    space = config.get("space", {})
+    varied = ", ".join(f"{k} {v}" for k, v in space.items() if isinstance(v, list) and len(v) > 1)
+    fixed = ", ".join(f"{k} {v[0]}" for k, v in space.items() if isinstance(v, list) and len(v) == 1)
+    plan = config.get("plan", {})
+    return ConfigSummary(
+        config.get("name"), config.get("dataset", {}).get("name"), config.get("trials"),
+        plan.get("sampler"), tuple(plan.get("grid") or ()), config.get("train", {}).get("steps"),
+        varied, fixed, launch_command(config) if launch_command is not None else None,
+        tuple(changed_settings(st)))
+
+
+def changed_settings(st) -> list[str]:
+    """The measures' settings the report's values have (``measures.json``: the settings last
+    asked for) where they differ from the measure's registered defaults: "name k=v, ..." per
+    measure, by name; empty when all are the defaults or nothing is recorded."""
+    from workers.measures import REGISTRY as MEASURES
+    from workers.results.measure_table import read_selection
+
+    diffs = []
+    for name, sel in sorted(read_selection(st).items()):
+        if name not in MEASURES:
+            continue
+        defaults = MEASURES[name].settings
+        changed = [f"{k}={v}" for k, v in sorted(sel.get("settings", {}).items())
+                   if k in defaults and v != defaults[k]]
+        if changed:
+            diffs.append(f"{name} {', '.join(changed)}")
+    return diffs
+
+
+# ---------------------------------------------------------------------------------------------
+# What the captions say of the data
+
+
+@dataclass(frozen=True)
+class CaptionFact:
+    """Kendall's tau of one measure with the gap over ``n_trials`` passing trials (the
+    statistics table's group "all"), with its interval (NaN without one)."""
+
+    what: str
+    tau: float
+    ci_low: float
+    ci_high: float
+    n_trials: int
+
+
+def caption_facts(name: str, table: pd.DataFrame | None) -> list[CaptionFact]:
+    """What figure ``name`` shows of this sweep (``CAPTION_MEASURES``), from the statistics
+    table; empty without them."""
+    if table is None or table.empty or name not in CAPTION_MEASURES:
+        return []
+    t = table[(table["group"] == "all") & (table["statistic"] == "kendall")].set_index("measure")
+    out = []
+    for measure, what in CAPTION_MEASURES[name]:
+        if measure not in t.index or pd.isna(t.loc[measure, "value"]):
+            continue
+        r = t.loc[measure]
+        out.append(CaptionFact(what, float(r["value"]), float(r["ci_low"]), float(r["ci_high"]),
+                               int(r["n_trials"])))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class Report:
+    """Everything the report page says. ``location``: the sweep directory as named; counts of
+    all trials (``n_trials``, ``statuses``) and of those that fit (``n_fit`` at ``train_acc``);
+    the caveats (``filter``, ``unfit``, ``few_seeds``: the distinct seeds when only 2 to 4,
+    ``one_seed``: every configuration has a single seed); ``config``; the measures ranked
+    (``ranking``, by ``rank_by``, showing ``ranked``) and the statistics table (``table``,
+    ``n_boot`` resamples, ``noise_filter``); ``figures`` drawn (name -> PNG path, in drawing
+    order) with what their captions say of the data (``captions``); ``notes`` about figures;
+    ``seconds`` it took."""
+
+    location: str
+    n_trials: int
+    statuses: dict[str, int]
+    n_fit: int
+    train_acc: float
+    filter: FilterAdvice | None
+    unfit: UnfitValues
+    config: ConfigSummary | None
+    ranking: pd.DataFrame
+    rank_by: str
+    ranked: list[str]
+    one_seed: bool
+    table: pd.DataFrame
+    n_boot: int
+    noise_filter: bool
+    few_seeds: int | None
+    baselines: tuple[str, ...] = BASELINES
+    figures: dict[str, Path] = field(default_factory=dict)
+    captions: dict[str, list[CaptionFact]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def decide(st, df: pd.DataFrame, fit: pd.DataFrame, train_acc: float, table: pd.DataFrame,
+           figures: dict[str, Path], n_boot: int, seconds: float, noise_filter: bool = False,
+           ranking: pd.DataFrame | None = None, rank_by: str = RANK_BY,
+           notes: Sequence[str] = (), sweep_dir=None, hyperparameters=(),
+           launch_command: Callable[[dict], tuple[str, bool]] | None = None) -> Report:
+    """The ``Report`` of the sweep in ``st`` (named ``sweep_dir`` in commands) from its results
+    ``df``, the trials that fit (``fit``), the statistics and ranking tables and the figures
+    drawn."""
+    counts = df["status"].value_counts().to_dict()
+    return Report(
+        location=str(st), n_trials=len(df), statuses=dict(sorted(counts.items())),
+        n_fit=len(fit), train_acc=train_acc,
+        filter=filter_advice(df, train_acc, sweep_dir if sweep_dir is not None else st),
+        unfit=unfit_values(df, train_acc, hyperparameters),
+        config=config_summary(st, launch_command),
+        ranking=ranking if ranking is not None else pd.DataFrame(), rank_by=rank_by,
+        ranked=ranking_statistics(rank_by),
+        one_seed=seeds_per_config(fit, hyperparameters) <= 1, table=table, n_boot=n_boot,
+        noise_filter=noise_filter, few_seeds=seeds_caveat(fit), figures=dict(figures),
+        captions={name: caption_facts(name, table) for name in figures},
+        notes=[n for n in notes if n], seconds=seconds)

@@ -1,0 +1,320 @@
+"""The report page as HTML, from what ``analysis.report.decide`` decided (a ``Report``): this
+module computes nothing about the sweep; it words, escapes and lays out. The list of statistics
+and what they mean come from the statistics registry (``analysis.stats.registry``)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.report.decide import (
+    BASELINES, CaptionFact, ConfigSummary, FilterAdvice, Report, UnfitValues, caption_facts,
+    changed_settings, config_summary, filter_advice, unfit_values,
+)
+from analysis.stats.registry import LARGER_IS_BETTER, REGISTRY, STATISTICS, SUPPORTS
+
+CAPTIONS = {
+    "sign_errors": "The measures' sign-errors against the generalization gap (Dziugaite et al. "
+                   "2020, Fig. 1, in spirit): mean over environments with its interval, and the "
+                   "worst environment; 0.5 is chance; sorted by the mean sign-error (the "
+                   "table above by the statistic of --rank-by).",
+    "fig1_params_loss": "Fig. 1: generalization gap against the number of parameters and the "
+                        "train loss (the paper's two baselines).",
+    "fig4_factor_pairs": "Fig. 4: pairs of networks identical but for one factor. Points off the "
+                         "diagonal show the factor's effect on the gap and on the sensitivities.",
+    "fig5_jacobian_gap": "Fig. 5: Jacobian norm (test points) against the generalization gap, "
+                         "one panel per data set.",
+    "fig8_transitions_gap": "App. Fig. 8: transitions along trajectories through test points "
+                            "against the generalization gap, coloured by hidden neurons.",
+    "fig6_per_point": "Fig. 6 / App. 11: per-point Jacobian norm against per-point "
+                      "cross-entropy, with A.3's approximate bounds.",
+    "fig2_trajectory": "Fig. 2: Jacobian norm and transition density along ellipses through "
+                       "the data, before and after training.",
+    "fig3_boundaries": "Fig. 3: transition boundaries of the last hidden layer in the plane of "
+                       "three training points.",
+}
+
+# Neyshabur et al. 2017's figures: drawn for a sweep that holds their study (analysis.neyshabur),
+# not listed as missing otherwise
+STUDY_CAPTIONS = {
+    "neyshabur_fig1": "Neyshabur et al. 2017, Fig. 1 (MLPs for VGG): the norms over the margin "
+                      "against the training-set size, true and random labels.",
+    "neyshabur_fig1_all": "Every measure against the training-set size, true (blue) and random "
+                          "(red) labels.",
+    "neyshabur_fig2": "Neyshabur et al. 2017, Fig. 2: expected sharpness against KL for each "
+                      "training-set size, true and random labels.",
+    "neyshabur_fig4": "Neyshabur et al. 2017, Fig. 4: train and test error and every measure "
+                      "against the number of hidden units (every ok trial, including those "
+                      "short of zero training error).",
+}
+
+RANKING_FIGURES = ("sign_errors",)  # drawn under the ranking table, not with the paper's figures
+
+
+def _arrow(statistic: str) -> str:
+    return "&uarr;" if LARGER_IS_BETTER[statistic] else "&darr;"
+
+
+def strength(tau: float) -> str:
+    """A word for the size of a rank correlation: |tau| < 0.1 none to speak of, < 0.3 weak,
+    < 0.5 moderate, else strong (with its direction)."""
+    a = abs(tau)
+    if a < 0.1:
+        return "no association to speak of"
+    word = "weak" if a < 0.3 else "moderate" if a < 0.5 else "strong"
+    return f"a {word} {'positive' if tau > 0 else 'negative'} association"
+
+
+def caption_text(facts: list[CaptionFact]) -> str:
+    """The sentence a figure's caption says of the data (plain text); empty without facts."""
+    said = []
+    for f in facts:
+        ci = "" if pd.isna(f.ci_low) else f" [{f.ci_low:.2f}, {f.ci_high:.2f}]"
+        said.append(f"{f.what}: Kendall's \u03c4 = {f.tau:.2f}{ci} over {f.n_trials} "
+                    f"trials, {strength(f.tau)}")
+    return ("In this sweep, against the gap: " + "; ".join(said) + ".") if said else ""
+
+
+def data_caption(name: str, table: pd.DataFrame) -> str:
+    """What figure ``name`` shows in this sweep, from the statistics table (Kendall's tau with
+    the gap over all passing trials, its interval and trial count); empty without them."""
+    return caption_text(caption_facts(name, table))
+
+
+def filter_html(advice: FilterAdvice | None) -> str:
+    """The warning at the top of the report when few trials fit; empty without one."""
+    if advice is None:
+        return ""
+    at = "; ".join(f"&ge; {t:g}: {c}" for t, c in advice.at_lower)
+    cmd = "" if advice.command is None else (
+        f" To read them at a lower threshold (a departure from the paper's 100%): "
+        f"<code>{html.escape(advice.command)}</code>.")
+    return (f"<p class='warn'><b>Few trials fit their training set:</b> {advice.n_fit} of "
+            f"{advice.n_ok} ok trials reach train accuracy &ge; {advice.train_acc:g}, and only "
+            f"those enter the figures and statistics (a statistic shows n/a where they are too "
+            f"few)." + (f" At lower thresholds: {at}." if at else "") + cmd
+            + " More training steps (<code>train.steps</code>) let more trials fit.</p>")
+
+
+def filter_note(df: pd.DataFrame, train_acc: float, sweep_dir) -> str:
+    """A warning for the top of the report when few trials pass the train-accuracy filter
+    (``analysis.report.decide.filter_advice``), with the ``sweep report`` command of
+    ``sweep_dir`` at a lower threshold; empty otherwise."""
+    return filter_html(filter_advice(df, train_acc, sweep_dir))
+
+
+def unfit_html(unfit: UnfitValues, train_acc: float) -> str:
+    """The values the filter leaves out entirely, and the fitting / ok trials per value."""
+    parts = []
+    if unfit.left_out:
+        said = [f"{h}={v} ({n} ok trial{'s' if n > 1 else ''})" for h, v, n in unfit.left_out]
+        parts.append(f"<p><b>Left out entirely:</b> no ok trial of {html.escape('; '.join(said))} "
+                     f"reaches train accuracy &ge; {train_acc:g}, so the statistics say nothing "
+                     "about them (<code>analysis.load_results</code> has their numbers).</p>")
+    if unfit.per_value:
+        per = [f"{h}: " + ", ".join(f"{v} {f}/{n}" for v, f, n in counts)
+               for h, counts in unfit.per_value]
+        parts.append("<p><small>Trials that fit, of the ok trials, per value: "
+                     + html.escape("; ".join(per)) + ".</small></p>")
+    return "".join(parts)
+
+
+def unfit_note(df: pd.DataFrame, train_acc: float, hyperparameters) -> str:
+    """The hyperparameter values none of whose ok trials fit their training set, and for each
+    hyperparameter of 2 to 10 values where the filter leaves some out, the fitting and ok
+    trials per value (``analysis.report.decide.unfit_values``); empty if there is nothing to
+    say."""
+    return unfit_html(unfit_values(df, train_acc, hyperparameters), train_acc)
+
+
+def settings_line(settings) -> str:
+    """The measures' settings other than their defaults, as a line of the header."""
+    if not settings:
+        return ""
+    return ("<br>Measure settings other than their defaults (the values below are these; "
+            "<code>sweep show --keys</code> lists the defaults): "
+            + html.escape("; ".join(settings)))
+
+
+def settings_html(st) -> str:
+    """The measures' settings the report's values have where they differ from the measure's
+    registered defaults (``analysis.report.decide.changed_settings``), as a line for the
+    report's header; empty when all are the defaults or nothing is recorded."""
+    return settings_line(changed_settings(st))
+
+
+def config_summary_html(c: ConfigSummary | None) -> str:
+    """The header's configuration paragraph; empty without a configuration."""
+    if c is None:
+        return ""
+    launched = ""
+    if c.launch is not None:
+        command, exact = c.launch
+        launched = (f"<br>Launched by"
+                    f"{'' if exact else ' (approximately; sweep.json holds the exact configuration)'}: "
+                    f"<code>{html.escape(command)}</code>")
+    return (f"<p><b>Configuration:</b> experiment <code>{html.escape(str(c.name))}"
+            f"</code>, data set <code>{html.escape(str(c.dataset))}"
+            f"</code>, {c.trials} trials planned ({html.escape(str(c.sampler))}"
+            f" sampler" + (f", grid over {html.escape(', '.join(c.grid))}" if c.grid else "")
+            + f", {c.steps} steps). Space: varied "
+            f"{html.escape(c.varied or 'nothing')}; fixed {html.escape(c.fixed or 'nothing')}."
+            + launched + settings_line(c.settings) + "</p>")
+
+
+def config_html(st, launch_command=None) -> str:
+    """The sweep's configuration at the top of the report: experiment, data set, trials, the
+    space and plan, and, given ``launch_command`` (``sweep.show.launch_command``), the command
+    that launches the same sweep (marked when it is not exact: ``sweep.json`` holds the whole
+    configuration)."""
+    return config_summary_html(config_summary(st, launch_command))
+
+
+def statistics_list(noise_filter: bool = False) -> str:
+    """What each statistic of the registry is, one item each: name, direction, what it is
+    computed over and rests on (n), description and source."""
+    items = []
+    for s in REGISTRY.values():
+        items.append(f"<li><code>{s.name}</code> {_arrow(s.name)} over {html.escape(s.over)} "
+                     f"(n: {html.escape(SUPPORTS[s.support])}): {html.escape(s.description)}. "
+                     f"<small>{html.escape(s.source)}.</small></li>")
+    filtered = ("<p>With the Monte-Carlo noise filter: the sign-errors' pairs of runs weighted by "
+                "the Hoeffding bound on their gap difference.</p>" if noise_filter else "")
+    return "<ul>" + "".join(items) + "</ul>" + filtered
+
+
+def stats_html(table: pd.DataFrame, baselines=BASELINES) -> str:
+    """The statistics table, one row per group and measure, a column per statistic."""
+    if table.empty:
+        return ("<p>No statistics: no trial passes the filter, or every measure is missing "
+                "where one does.</p>")
+    t = table.copy()
+
+    def cell(r):
+        n = f"<br><small>n={int(r['n_used'])}</small>" if "n_used" in r else ""
+        if pd.isna(r["value"]):
+            return "n/a" + n
+        ci = "" if pd.isna(r["ci_low"]) else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        rough = "&dagger;" if r.get("few_seeds", False) and ci else ""
+        return f"{r['value']:.3f}{ci}{rough}{n}"
+
+    t["cell"] = t.apply(cell, axis=1)
+    t["group"] = t["group"].map(html.escape)
+    t["measure"] = [html.escape(m) + (" <small>(baseline)</small>" if m in baselines else "")
+                    for m in t["measure"]]
+    wide = t.pivot_table(index=["group", "measure", "n_trials", "n_configs"], columns="statistic",
+                         values="cell", aggfunc="first", sort=False)
+    order = [c for c in STATISTICS if c in wide.columns]
+    wide = wide[order]
+    wide.columns = [f"{c} {_arrow(c)}" for c in order]
+    return wide.reset_index().to_html(index=False, escape=False, border=0,
+                                             classes="stats")
+
+
+def figure_html(name: str, path: Path, facts: list[CaptionFact] = ()) -> str:
+    """A figure embedded as PNG, with its caption and what it shows of the data."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    said = caption_text(list(facts))
+    return (f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape({**CAPTIONS, **STUDY_CAPTIONS}.get(name, name))} "
+            + (f"{html.escape(said)} " if said else "")
+            + f"(<code>{name}.png</code>, <code>{name}.svg</code>)</figcaption></figure>")
+
+
+def ranking_html(ranking: pd.DataFrame, rank_by: str, order, one_seed: bool = False,
+                 baselines=BASELINES) -> str:
+    """The ranking of the measures by ``rank_by``, with the statistics ``order``."""
+    if ranking.empty:
+        return ""
+
+    def cell(r, s):
+        v = r[s]
+        if pd.isna(v):
+            return "n/a"
+        lo, hi = r[s + "_low"], r[s + "_high"]
+        return f"{v:.3f}" + ("" if pd.isna(lo) else f" <small>[{lo:.3f}, {hi:.3f}]</small>")
+
+    rows = ["<tr><th>rank</th><th>measure</th><th>sign</th><th>trials</th>"
+            + "".join(f"<th>{html.escape(s)} {_arrow(s)}</th>" for s in order) + "</tr>"]
+    for _, r in ranking.iterrows():
+        rank = "" if pd.isna(r["rank"]) else int(r["rank"])
+        base = " <small>(baseline)</small>" if r["measure"] in baselines else ""
+        rows.append(f"<tr><td>{rank}</td><td style='text-align:left'>"
+                    f"{html.escape(str(r['measure']))}{base}</td>"
+                    f"<td>{'&minus;1' if r['sign'] < 0 else '+1'}</td><td>{int(r['n_trials'])}</td>"
+                    + "".join(f"<td>{cell(r, s)}</td>" for s in order) + "</tr>")
+    return ("<h2>Ranking of the measures</h2>"
+            f"<p>Every measure of the sweep (and the baselines) over all passing trials, ranked by "
+            f"<b>{html.escape(rank_by)}</b> (<code>sweep report --rank-by</code>; the same ranks "
+            "for every statistic and group are the <code>rank</code> column of "
+            "<code>statistics.csv</code>; this table is <code>ranking.csv</code>). The statistics "
+            "are of <i>sign &times; measure</i>: sign &minus;1 marks a measure expected to fall as "
+            "the gap grows (a margin), so for every row a larger correlation and a smaller "
+            "sign-error mean it predicts the gap in its expected direction. The conditional MI "
+            "is the exception: it measures dependence in either direction (a measure ordered "
+            "exactly against the gap scores as high as one ordered with it), so read it with "
+            "the sign of Kendall's &tau;. &uarr;: larger is better; &darr;: smaller is better. "
+            "Value [95% bootstrap interval].</p>"
+            + ("<p><b>One seed per configuration:</b> each environment's sign-error is then 0 or "
+               "1 (one pair of runs), so <code>robust_sign_error</code>, the worst environment, "
+               "is 1 as soon as one environment orders its pair against the gap (with many "
+               "environments, for nearly every measure) and ranks little; it needs several "
+               "seeds per configuration (<code>space.seed</code>).</p>" if one_seed else "")
+            + "<table class='stats'>" + "".join(rows) + "</table>")
+
+
+def seeds_html(few_seeds: int | None) -> str:
+    """The note that a handful of seeds makes the intervals rough; empty otherwise."""
+    if few_seeds is None:
+        return ""
+    return (f"<p><b>Note:</b> {few_seeds} seeds give the seed bootstrap only a handful of "
+            "distinct resamples; read the intervals as rough. The paper uses 8 seeds.</p>")
+
+
+def render(r: Report) -> str:
+    """The report page: header and caveats, configuration, ranking, statistics, figures."""
+    status = ", ".join(f"{v} {k}" for k, v in r.statuses.items())
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>Sweep report: {html.escape(r.location)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+        "table.stats{border-collapse:collapse;font-size:13px}table.stats td,table.stats th"
+        "{border:1px solid #ccc;padding:3px 6px;text-align:right}figure{margin:1.5em 0}"
+        "img{max-width:100%}figcaption{font-size:14px;color:#333}"
+        ".warn{background:#fff3cd;border:1px solid #e0c36a;padding:6px 10px}</style></head><body>",
+        f"<h1>Sweep report</h1><p><code>{html.escape(r.location)}</code>: {r.n_trials} trials "
+        f"({html.escape(status)}). Figures and statistics use the {r.n_fit} ok trials at train "
+        f"accuracy &ge; {r.train_acc:g} (<code>analysis.filters.fits_training_set</code>).</p>",
+        filter_html(r.filter),
+        unfit_html(r.unfit, r.train_acc),
+        config_summary_html(r.config),
+        ranking_html(r.ranking, r.rank_by, r.ranked, r.one_seed, r.baselines),
+        *[figure_html(n, r.figures[n]) for n in RANKING_FIGURES if n in r.figures],
+        "<h2>Statistics against the generalization gap</h2>",
+        f"<p>Value [95% bootstrap interval over {r.n_boot} resamples of seeds, or of trials when "
+        "the sweep has a single seed] of each statistic of <i>sign &times; measure</i> against "
+        "the gap; configurations are averaged over seeds; an environment is a pair of "
+        "configurations that differ in one hyperparameter. n: what each rests on. &uarr;: "
+        "larger is better, &darr;: smaller is better (column <code>better</code>); &dagger;: an "
+        "interval resampled over fewer than 5 seeds, a handful of distinct resamples (column "
+        "<code>few_seeds</code>); baselines: "
+        + ", ".join(f"<code>{b}</code>" for b in r.baselines) + " (column <code>baseline</code>)."
+        + (" The same table: <code>statistics.csv</code>, <code>statistics.parquet</code>."
+           if len(r.table) else "") + "</p>",
+        statistics_list(r.noise_filter),
+        seeds_html(r.few_seeds),
+        stats_html(r.table, r.baselines),
+        "<h2>Figures</h2>",
+    ]
+    parts += [figure_html(name, path, r.captions.get(name, ())) for name, path in r.figures.items()
+              if name not in RANKING_FIGURES]
+    parts += [f"<p>{html.escape(n)}</p>" for n in r.notes]
+    missing = [n for n in CAPTIONS if n not in r.figures and n not in RANKING_FIGURES]
+    if missing:
+        parts.append("<p>Not drawn (no data for them in this sweep): "
+                     + ", ".join(html.escape(CAPTIONS[n].split(":")[0]) for n in missing) + ".</p>")
+    parts.append(f"<p><small>Made in {r.seconds:.1f} s.</small></p></body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,307 @@
+"""``statistics_table``: every statistic of every measure against the target, in long form,
+with bootstrap intervals, run in parts in spawned processes for a large table; ``ranking_table``
+and ``write_table`` (CSV + Parquet)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.stats.bootstrap import _bootstrap_indices, _percentiles
+from analysis.stats.configs import (
+    _check_columns, _numeric, _Prepared, _prepare, hyperparameter_columns, measure_columns,
+    measure_sign,
+)
+from analysis.stats.evaluate import _all_statistics, _JobRows
+from analysis.stats.registry import (
+    LARGER_IS_BETTER, RANK_BY, REGISTRY, STATISTICS, check_statistic,
+)
+
+# statistics_table: (trials + FIXED_COST_TRIALS) x measures x (replicates + 1) from which it runs
+# in processes; an evaluation costs about as much as this many trials even on a tiny table
+# (the conditioning sets' small histograms, scipy's calls)
+PARALLEL_ABOVE = 500_000
+FIXED_COST_TRIALS = 200
+TABLE_COLUMNS = ["group", "measure", "sign", "target", "statistic", "value", "ci_low", "ci_high",
+                 "ci_method", "n_trials", "n_configs", "n_used", "rank", "better", "n_seeds",
+                 "few_seeds"]
+# An interval resampled over fewer seeds than this has only a handful of distinct resamples
+# (2 seeds: 3 of them): ``few_seeds`` marks it (the paper used 8 seeds)
+FEW_SEEDS = 5
+
+
+_QUEUE = None  # in a worker process: where each evaluation's measure count goes (progress)
+
+
+def _worker_start(queue) -> None:
+    """A worker process: one BLAS thread; the progress queue (or None)."""
+    global _QUEUE
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    _QUEUE = queue
+
+
+def _evaluations(ps: Sequence[_Prepared], n_boot: int, seed: int, k: int, noise_filter,
+                 first: int, stop: int,
+                 report: Callable[[int], None] | None = None) -> tuple[str, dict[int, list]]:
+    """Evaluations ``first`` .. ``stop - 1`` of one job: 0 is the estimate (with support),
+    r >= 1 the r-th bootstrap replicate (draws from ``numpy.random.default_rng(seed)`` afresh,
+    so a job gives the same numbers in any process and in any number of parts). ``report``:
+    called with the number of measures after each evaluation (in a worker process they go to
+    the progress queue, if any)."""
+    method, draws = _bootstrap_indices(ps[0].seed_codes, ps[0].n, n_boot, seed)
+    job = _JobRows(ps) if noise_filter is False and ps[0].n else None
+    out = {}
+    for r, idx in enumerate(itertools.chain([None], draws)):
+        if r >= stop:
+            break
+        if r >= first:
+            out[r] = _all_statistics(ps, idx, k, noise_filter, support=r == 0, job=job)
+            if report is not None:
+                report(len(ps))
+            elif _QUEUE is not None:
+                _QUEUE.put(len(ps))
+    return method, out
+
+
+def _same_rows(p: _Prepared, q: _Prepared) -> bool:
+    def same(a, b):
+        return (a is None) == (b is None) and (a is None or np.array_equal(a, b, equal_nan=True))
+
+    return (p.n == q.n and p.names == q.names and np.array_equal(p.levels, q.levels)
+            and all(same(a, b) for a, b in ((p.g, q.g), (p.row_cfg, q.row_cfg),
+                                             (p.cfg_codes, q.cfg_codes),
+                                             (p.seed_codes, q.seed_codes),
+                                             (p.test_size, q.test_size))))
+
+
+def _group_label(v) -> str:
+    return "null" if pd.isna(v) else str(v)
+
+
+def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
+                     target: str = "gen_gap", by: str | None = "dataset", n_boot: int = 200,
+                     seed: int = 0, *, hyperparameters: Sequence[str] | None = None,
+                     level: float = 0.95, k: int = 2, noise_filter: bool | float = False,
+                     processes: int | None = 1,
+                     signs: Mapping[str, int] | None = None,
+                     progress: Callable[[int, int, int], None] | None = None) -> pd.DataFrame:
+    """Every statistic of every measure against ``target``, in long form.
+
+    Each measure enters as ``sign * measure``, its ``sign`` stated in a column: ``signs`` per
+    measure, default ``measure_sign`` (+1, or -1 for a measure expected to fall as the gap grows,
+    such as a margin, so that for every row a positive correlation and a small sign-error mean
+    "predicts the gap in the expected direction").
+
+    One row per (group, measure, statistic): ``group`` is "all" and, when ``by`` has several
+    values, each value of ``by`` (as a string; "null" for a missing value); ``statistic`` one of
+    STATISTICS, in registry order (``analysis.stats.registry.REGISTRY``: each statistic's
+    function, direction and support); ``value`` on the group's rows whose measure and target
+    are not NaN (``n_trials`` rows, ``n_configs`` configurations; ``n_used`` what the statistic
+    rests on, its registered ``support``: trials, groups where one hyperparameter varies,
+    ordered pairs or environments); ``better`` "larger" or "smaller";
+    ``ci_low``/``ci_high`` the ``bootstrap_ci`` interval at ``level`` (all statistics from the
+    same resamples; ``numpy.random.default_rng(seed)`` afresh for each group and measure, so a
+    measure's interval does not depend on the other measures) and ``ci_method`` "seeds" or
+    "trials". Measures absent from ``df`` or all-NaN in a group are skipped.
+    ``hyperparameters``: default ``hyperparameter_columns(df, exclude=measures + [target])``,
+    the same for every measure. ``noise_filter``: see ``sign_error``. Measures of a
+    group whose rows are the same (no NaN in one that the other lacks) share the work that
+    depends on the configurations and the target alone (one-factor pairs, the target's order
+    counts). ``processes``: each group's n_boot + 1 evaluations run in parts in that many
+    spawned processes (default 1: in this process; None: one per core once trials x measures x
+    (n_boot + 1) reaches ``PARALLEL_ABOVE``, counting ``FIXED_COST_TRIALS`` more trials per
+    evaluation, as ``sweep report`` does). Spawned processes
+    import the caller's main module, so a script that asks for more than one needs the
+    ``if __name__ == "__main__":`` guard. Every part regenerates its group's draws from the
+    seeded generator: the table is the same either way. ``progress(done, total, processes)``:
+    called with the evaluations of one measure done so far out of ``total`` (measures x groups
+    x (n_boot + 1)) once the estimates are made (in this process, first) and after each
+    replicate, for a progress bar and an estimate of the time left."""
+    _check_columns(df, [target], "target")
+    if measures is None:
+        measures = measure_columns(df)
+    if hyperparameters is None:
+        hyperparameters = hyperparameter_columns(df, exclude=[*measures, target])
+    _check_columns(df, hyperparameters, "hyperparameters")
+    sign = {m: int((signs or {}).get(m, measure_sign(m))) for m in measures}
+    bad = {m: v for m, v in sign.items() if v not in (1, -1)}
+    if bad:
+        raise ValueError(f"signs: {bad}; allowed: 1 or -1 per measure")
+    flip = [m for m in measures if sign[m] < 0 and m in df.columns]
+    if flip:
+        df = df.assign(**{m: -df[m] for m in flip})
+    if k < 1:
+        raise ValueError(f"k: {k}; allowed: an integer >= 1")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level: {level}; allowed: 0 < level < 1")
+    groups = [("all", df)]
+    if by is not None:
+        _check_columns(df, [by], "by")
+        codes, uniques = pd.factorize(df[by], use_na_sentinel=False)
+        if len(uniques) > 1:
+            parts = [(_group_label(u), df[codes == c]) for c, u in enumerate(uniques)]
+            groups += sorted(parts, key=lambda t: t[0])
+    jobs = []  # (label, measures, prepared): measures of a group with the same rows share work
+    for label, part in groups:
+        for measure in measures:
+            if measure not in part.columns:
+                continue
+            p = _prepare(part, measure, target, hyperparameters)
+            if not p.n:
+                continue
+            same = [j for j in jobs if j[0] == label and _same_rows(j[2][0], p)]
+            if same:  # the equal arrays as one object: pickled once for a worker process
+                q = same[0][2][0]
+                same[0][1].append(measure)
+                same[0][2].append(replace(p, g=q.g, row_cfg=q.row_cfg, cfg_codes=q.cfg_codes,
+                                          levels=q.levels, seed_codes=q.seed_codes,
+                                          test_size=q.test_size))
+            else:
+                jobs.append((label, [measure], [p]))
+    if processes is None:  # only where the work outweighs starting interpreters (~1 s each)
+        big = sum((j[2][0].n + FIXED_COST_TRIALS) * len(j[1]) for j in jobs) * (n_boot + 1) \
+            >= PARALLEL_ABOVE
+        processes = (os.cpu_count() or 1) if big else 1
+    total = sum(len(j[1]) for j in jobs) * (n_boot + 1)  # evaluations of one measure
+    # the estimates (evaluation 0) here, timed; then each job's n_boot replicates in parts:
+    # about two per process and job, biggest first
+    done = []
+    for j, (_, names, ps) in enumerate(jobs):
+        done.append(((j, 0, 1), _evaluations(ps, n_boot, seed, k, noise_filter, 0, 1)))
+    first = sum(len(j[1]) for j in jobs)
+    if progress is not None and jobs:
+        progress(first, total, processes)
+    n_parts = 1 if processes <= 1 else min(n_boot, 2 * processes)
+    cut = np.linspace(1, n_boot + 1, n_parts + 1).round().astype(int)
+    tasks = sorted(((j, int(a), int(b)) for j in range(len(jobs))
+                    for a, b in zip(cut[:-1], cut[1:]) if b > a),
+                   key=lambda t: -jobs[t[0]][2][0].n * len(jobs[t[0]][1]))
+    args = [(jobs[j][2], n_boot, seed, k, noise_filter, a, b) for j, a, b in tasks]
+    if processes > 1 and len(tasks) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, wait
+
+        # spawn, not fork: the caller may hold threads (a Ray driver, BLAS pools); one BLAS
+        # thread per process, or the processes' spinning BLAS threads fight over the cores.
+        # Each evaluation's measures go back through a queue, for the progress
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue() if progress is not None else None
+        with ProcessPoolExecutor(min(processes, len(tasks)), mp_context=ctx,
+                                 initializer=_worker_start, initargs=(queue,)) as ex:
+            futures = [ex.submit(_evaluations, *a) for a in args]
+            count = first
+            while queue is not None and not all(f.done() for f in futures):
+                wait(futures, timeout=0.5, return_when="FIRST_EXCEPTION")
+                while not queue.empty():
+                    count += queue.get()
+                    progress(count, total, processes)
+            done += [(t, f.result()) for t, f in zip(tasks, futures)]
+            if queue is not None:
+                progress(total, total, processes)
+    else:
+        count = first
+
+        def one(n_measures: int) -> None:
+            nonlocal count
+            count += n_measures
+            progress(count, total, processes)
+
+        for t, a in zip(tasks, args):
+            done.append((t, _evaluations(*a, report=one if progress is not None else None)))
+    results: dict[int, dict[int, list]] = {}
+    methods: dict[int, str] = {}
+    for (j, _, _), (method, evals) in done:
+        results.setdefault(j, {}).update(evals)
+        methods[j] = method
+    rows = {}
+    for j, (label, names, ps) in enumerate(jobs):
+        ev = results[j]
+        for m, (measure, p) in enumerate(zip(names, ps)):
+            est, used = ev[0][m]
+            reps = np.array([ev[r][m] for r in range(1, n_boot + 1)])
+            low, high, _ = _percentiles(reps.reshape(n_boot, len(STATISTICS)), level)
+            rows[label, measure] = [
+                (label, measure, sign[measure], target, name, est[i], low[i], high[i],
+                 methods[j], p.n,
+                 p.cfg_codes.shape[0], used[i]) for i, name in enumerate(STATISTICS)]
+    parts = [rows[label, m] for label, _ in groups for m in measures if (label, m) in rows]
+    table = pd.DataFrame([r for part in parts for r in part], columns=TABLE_COLUMNS[:12])
+    table["rank"] = _ranks(table)
+    table["better"] = table["statistic"].map(lambda s: REGISTRY[s].better)
+    seeds = {}
+    for label, part in groups:
+        for measure in measures:
+            if (label, measure) in rows:
+                seeds[label, measure] = _n_seeds(part, measure, target)
+    table["n_seeds"] = [seeds[g, m] for g, m in zip(table["group"], table["measure"])]
+    table["few_seeds"] = (table["ci_method"] == "seeds") & (table["n_seeds"] < FEW_SEEDS)
+    return table.astype({"sign": np.int64, "value": float, "ci_low": float, "ci_high": float,
+                         "n_trials": np.int64, "n_configs": np.int64, "n_used": np.int64,
+                         "n_seeds": np.int64, "few_seeds": bool})
+
+
+def _n_seeds(part: pd.DataFrame, measure: str, target: str) -> int:
+    """Distinct seeds among the rows where ``measure`` and ``target`` are both present (0
+    without a ``seed`` column)."""
+    if "seed" not in part.columns:
+        return 0
+    keep = ~(np.isnan(_numeric(part, measure)) | np.isnan(_numeric(part, target)))
+    return int(part.loc[keep, "seed"].nunique())
+
+
+def _ranks(table: pd.DataFrame) -> pd.Series:
+    """Each measure's rank within its (group, statistic): 1 = agrees best with the gap (largest
+    value, or smallest for the sign-errors, see LARGER_IS_BETTER); ties share the best rank;
+    null where the value is."""
+    if table.empty:
+        return pd.Series([], dtype="Int64")
+    key = table["value"].where(table["statistic"].map(LARGER_IS_BETTER).fillna(True).astype(bool),
+                               -table["value"])
+    return key.groupby([table["group"], table["statistic"]]).rank(
+        method="min", ascending=False).astype("Int64")
+
+
+def ranking_table(table: pd.DataFrame, by: str = RANK_BY,
+                  group: str = "all") -> pd.DataFrame:
+    """The measures of ``statistics_table``'s ``group`` ranked by the statistic ``by`` (Jiang et
+    al. 2019, Table 2, in spirit): one row per measure, best first (measures without a value
+    last), with ``rank``, ``measure``, ``sign`` (the statistics are of sign * measure), ``n_trials``
+    and per statistic its value and interval (``<statistic>``, ``<statistic>_low``,
+    ``<statistic>_high``). Raises ValueError for an unknown ``by`` or ``group``."""
+    check_statistic(by, "rank by")
+    cols = ["rank", "measure", "sign", "n_trials"] + [
+        f"{s}{x}" for s in STATISTICS for x in ("", "_low", "_high")]
+    if table.empty:
+        return pd.DataFrame(columns=cols)
+    if group not in set(table["group"]):
+        raise ValueError(f"group {group!r}; allowed: {', '.join(dict.fromkeys(table['group']))}")
+    t = table[table["group"] == group]
+    out = t.groupby("measure", sort=False)[["sign", "n_trials"]].first()
+    for s in STATISTICS:
+        one = t[t["statistic"] == s].set_index("measure")
+        for x, v in (("", "value"), ("_low", "ci_low"), ("_high", "ci_high")):
+            out[s + x] = one[v].reindex(out.index).astype(float)
+    out = out.reset_index()
+    ranks = t[t["statistic"] == by].set_index("measure")["rank"]
+    out.insert(0, "rank", out["measure"].map(ranks).astype("Int64"))
+    out = out.sort_values(["rank", "measure"], na_position="last", kind="stable")
+    return out[cols].reset_index(drop=True)
+
+
+def write_table(table: pd.DataFrame, path_stem: str | Path) -> tuple[Path, Path]:
+    """Write ``<stem>.csv`` and ``<stem>.parquet`` (parent directories created); returns both."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv = stem.with_name(stem.name + ".csv")
+    parquet = stem.with_name(stem.name + ".parquet")
+    table.to_csv(csv, index=False)
+    table.to_parquet(parquet, index=False)
+    return csv, parquet

@@ -44,8 +44,9 @@ def estimate_flops(spec: TrialSpec) -> float:
     else:
         train = 6.0 * p * (spec.batch_size or n_train) * spec.train.steps
     classes = layer_dims(spec)[-1]
-    k = spec.metrics.jacobian_points
-    jac_points = min(n_train, k or n_train) + min(n_test, k or n_test)
+    st = spec.metrics.measure_settings()  # (None: every point)
+    k_train, k_test = (st.get(f"jacobian_norm_{s}", {}).get("points") for s in ("train", "test"))
+    jac_points = min(n_train, k_train or n_train) + min(n_test, k_test or n_test)
     evaluate = 2.0 * p * (n_train + n_test) + 2.0 * p * max(classes - 1, 1) * jac_points
     return train + evaluate
 
@@ -86,7 +87,7 @@ def worker_memory(cfg) -> tuple[int, str]:
     address = cfg.cluster.address
     if address is None:
         return here, "this machine; set resources.worker_memory_gb"
-    from sweep.driver import largest_node_memory, start_ray
+    from sweep.runtime import largest_node_memory, start_ray
 
     try:
         ray = start_ray(cfg)

@@ -30,9 +30,9 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from sweep.config import ConfigError
+from workers.results.layout import LOCK_FILE, LOCK_TAKEOVER
 from workers.results.storage import Store
 
-LOCK_FILE = "driver.lock"
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 120.0  # another host's lock without a heartbeat for this long is taken over
 SETTLE_S = 1.0  # object stores: wait before reading the lock back
@@ -215,7 +215,7 @@ class DriverLock:
         """Move the stale lock away; False if it is no longer the one we judged stale. Takers
         are serialised by a second O_EXCL file (``driver.lock.takeover``), so that no taker
         can move aside a lock another taker has just created (object stores: best effort)."""
-        mutex = f"{LOCK_FILE}.takeover"
+        mutex = LOCK_TAKEOVER
         if self.st.local:
             try:
                 fd = os.open(self.st.path(mutex), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

@@ -1,6 +1,6 @@
 """What keeps one task from stalling a sweep: bounded retries and a wall-clock limit per trial.
-The rules shared by the trial driver (``sweep.driver.dispatch``) and ``sweep measure``
-(``sweep.measure.run``).
+The rules the one dispatch loop (``sweep.dispatch.run``) applies to every unit of work: trials,
+`sweep measure`'s evaluations and its retrainings.
 
 **Retries.** Tasks are submitted with Ray's ``max_retries=0``, and the driver itself submits
 again a task whose worker or node died, or that Ray's memory monitor killed, at most

@@ -1,6 +1,12 @@
-"""Units of work, the journal and the fast status, without Ray."""
+"""Units of work, the journal and the fast status, without Ray; the dispatch loop as `sweep
+measure` runs it (slow: a local Ray)."""
 
 import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
 
 from sweep.config import compose
 from sweep.driver import _run_remote, make_units
@@ -189,3 +195,89 @@ def test_the_driver_streams_the_plan_in_batches_and_holds_no_specs(tmp_path, mon
                                 __import__("pyarrow").array(specs)), p)
     with pytest.raises(ConfigError, match="does not match its spec"):
         Plan(Store(tmp_path / "s"), cfg.metric_spec())
+
+
+def _files(root) -> dict:
+    """Every file under ``root``: relative path -> (size, modification time in ns)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_measure_call_with_nothing_to_evaluate_writes_nothing(tmp_path):
+    """`sweep measure` on a sweep whose finished trials have every value asked for: the first
+    call may record the selection (measures.json); a second call finds nothing to evaluate and
+    leaves every file of the sweep directory as it was (same files, sizes and mtimes). Before,
+    it rewrote measures.json."""
+    from sweep.driver import plan_only, read_plan
+    from sweep.measure import measure_sweep
+    from workers.results.storage import Store
+
+    out = tmp_path / "s"
+    cfg = compose([f"out={out}", "trials=2", "space.width=[8]", "space.depth=[2]",
+                   "train.steps=20", "metrics.transitions_points=0", "dataset.train_size=100",
+                   "space.batch_size=[32]",
+                   "dataset.test_size=40", "measures=[jacobian_norm_test,l2]"])
+    plan_only(cfg)
+    for s in read_plan(Store(out)):
+        assert run_trial(s, RunContext(str(out), save_weights=True))["status"] == "ok"
+    measure_sweep(out)
+    before = _files(out)
+    assert "measures.json" in before and any(k.startswith("measures/") for k in before)
+    counts = measure_sweep(out)
+    assert not any(counts.values()), counts
+    assert _files(out) == before
+
+
+@pytest.mark.slow
+def test_sweep_measure_stops_on_a_signal_in_the_dispatch_loop(ray_local, tmp_path, monkeypatch):
+    """The one dispatch loop's signal handling reaches `sweep measure`: Ctrl-C while a measure
+    task loops forever (width 48) stops submitting, waits GRACE_S (lowered to 3 s) for the
+    running task, then cancels it (its worker killed: the CPU is free again) and stops with
+    exit 130 (MeasureStopped); the values of the task that finished (width 32) are kept.
+    Before, `sweep measure` had no grace and no cancel: Ctrl-C left the looping task running."""
+    import threading
+
+    import sweep.dispatch as dispatch
+    from sweep.driver import launch
+    from sweep.measure import MeasureStopped, measure_sweep
+    from workers.results.measure_table import stored_keys
+
+    stall = str(Path(__file__).parent / "fixtures" / "stall_measures.py")
+    out = tmp_path / "m"
+    launch(compose(["dataset.train_size=100", "dataset.test_size=40", "train.steps=50",
+                    "train.early_stop=false", "space.depth=[2]", "space.batch_size=[32]",
+                    "metrics.transitions_points=0", "progress=false", "figure=false",
+                    f"measure_modules=[{stall}]", f"out={out}", "space.width=[32,48]",
+                    "plan.grid=[width]", "trials=2", "measures=[jacobian_norm_test]",
+                    "save_weights=true"]))
+    monkeypatch.setattr(dispatch, "GRACE_S", 3.0)
+
+    def interrupt_once_32_is_measured():
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 300:
+            if any(k[1] == "loops_on_48" for k in stored_keys(out)):
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_32_is_measured, daemon=True).start()
+    with pytest.raises(MeasureStopped) as stopped:
+        measure_sweep(out, ["measures=[jacobian_norm_test,loops_on_48]",
+                            "resources.trials_per_task=1"])
+    assert stopped.value.exit_code == 130 and "SIGINT" in stopped.value.reason
+    assert stopped.value.counts["trials"] == 1, stopped.value.counts  # the width-32 trial
+    assert len([k for k in stored_keys(out) if k[1] == "loops_on_48"]) == 1
+    t0 = time.monotonic()  # the looping task was cancelled: both CPUs free again
+    while ray_local.available_resources().get("CPU", 0) < 2:
+        assert time.monotonic() - t0 < 60, ray_local.available_resources()
+        time.sleep(0.5)
+
+
+def test_the_plan_file_holds_what_the_cost_summary_reads():
+    """workers.results.plan_file (below sweep) reads the manifest columns sweep.cost's summary
+    needs, besides the ids and estimates."""
+    from sweep import cost
+    from workers.results.plan_file import LIGHT_COLUMNS
+
+    assert set(cost.MANIFEST_COLUMNS) | {"n_params"} <= set(LIGHT_COLUMNS)

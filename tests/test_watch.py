@@ -281,7 +281,7 @@ def test_a_trial_that_never_returns_is_killed_with_its_phase_and_the_sweep_goes_
     limit and the phase "measuring loops_on_48"; 32 (before it in the task) and 64 (after it:
     submitted again) are ok. `sweep resume` runs the timed-out trial again: without the bad
     measure it is ok."""
-    import sweep.driver as driver
+    import sweep.trials as driver  # (iter_units: the trials dispatch forms its units with)
     from sweep.driver import launch
 
     monkeypatch.setattr(driver, "iter_units", lambda cfg, todo, slots: iter([list(todo)]))
@@ -450,7 +450,7 @@ def test_a_trial_whose_markers_never_reach_the_sweep_directory_is_killed_by_the_
     forever, is killed by the driver's clock (limit 10 s, its grace lowered to 10 s: over
     max(10, 10) + 10 s) and recorded failed, retryable, with the phase unknown; the width-32
     trial, one task each, is ok. Before, it was never timed and the sweep never ended."""
-    import sweep.driver as driver
+    import sweep.trials as driver  # (iter_units: the trials dispatch forms its units with)
     import sweep.watch as watch
     from sweep.driver import launch, plan_only, stored_config
 

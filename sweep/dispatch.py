@@ -1,0 +1,255 @@
+"""The one dispatch loop: units of work run as Ray tasks with bounded in-flight work, by
+``sweep launch`` / ``sweep resume`` (train trials: ``sweep.trials``) and ``sweep measure``
+(measure trials: ``sweep.evaluate``; retrain networks: ``sweep.measure.retrain_trials``).
+
+What a unit is and how its outcome lands is a ``Work``; everything else is here, once:
+
+- **signals**: on Ctrl-C or SIGTERM no new units are submitted; running tasks get GRACE_S
+  seconds to finish, a second Ctrl-C cancels them; then DispatchStopped (exit 130 / 143);
+- **runtime loss**: when the Ray runtime itself is gone (``sweep.runtime.runtime_lost``),
+  DispatchStopped (exit EXIT_RUNTIME_LOST), nothing recorded for what did not run;
+- **retries**: a task whose worker or node died, or that Ray's memory monitor killed
+  (``sweep.watch.retried_errors``), is submitted again at most ``resources.max_retries`` times
+  with its unfinished trials (one by one after a memory-monitor kill); then its failure lands;
+- **time limits**: a trial over ``resources.trial_timeout`` (``sweep.watch.Watch``) has its task
+  killed; the Work records it and says which of the task's trials run again;
+- **progress**: a bar on a terminal, else one line per PROGRESS_LINE_S with ``progress=true``;
+- **the lock**: with a ``sweep.lock.DriverLock``, stops (LockHeld) once it was lost.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from sweep.runtime import RUNTIME_PROBE_S, local_runtime_exited, runtime_lost
+
+GRACE_S = 30.0  # after Ctrl-C / SIGTERM: how long running trials may take to finish
+KILL_GRACE_S = 30.0  # a task killed over resources.trial_timeout: how long its end may take
+PROGRESS_LINE_S = 60.0  # progress=true without a terminal: one progress line per minute
+EXIT_RUNTIME_LOST = 3
+
+
+def log(msg: str) -> None:
+    """Progress and diagnostics of a driver: one line on stderr."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+class DispatchStopped(Exception):
+    """The dispatcher stopped before every unit ran. ``exit_code``: 128 + the signal for
+    Ctrl-C / SIGTERM, EXIT_RUNTIME_LOST for a dead Ray runtime; ``counts`` (the Work's) of what
+    finished in this session."""
+
+    def __init__(self, reason: str, exit_code: int, counts: dict[str, int]):
+        super().__init__(reason)
+        self.reason, self.exit_code, self.counts = reason, exit_code, counts
+
+
+def _runtime_stop(why: str, counts: dict[str, int]) -> DispatchStopped:
+    return DispatchStopped(f"{why}: stopped dispatching", EXIT_RUNTIME_LOST, counts)
+
+
+class Work:
+    """What one dispatch runs. A unit is a list of items (one per trial, in the order its task
+    runs them); each method that lands outcomes returns how many trials it settled (the
+    progress). Subclasses define every method below but ``close``."""
+
+    counts: dict[str, int]  # by outcome, what DispatchStopped and the progress line report
+    total: int  # trials to settle
+
+    def units(self, slots: int):
+        """The units to submit, formed as they are taken (a generator is fine)."""
+        raise NotImplementedError
+
+    def submit(self, unit: list, token: str | None):
+        """Submit the unit's Ray task (``token``: its phase markers', sweep.watch); its ref."""
+        raise NotImplementedError
+
+    def trial_ids(self, unit: list) -> list[str]:
+        raise NotImplementedError
+
+    def done(self, unit: list, results) -> int:
+        """The task returned ``results``: land them."""
+        raise NotImplementedError
+
+    def settled(self, trial_id: str) -> bool:
+        """Whether the trial already wrote its outcome (a trial over the limit that did is not
+        killed)."""
+        return False
+
+    def unfinished(self, unit: list) -> tuple[list, int]:
+        """After the task died (to be run again): land what it finished; the items left."""
+        return list(unit), 0
+
+    def timed_out(self, unit: list, trial_id: str | None, phase: str, seconds: float,
+                  error: str) -> tuple[int, list[list]]:
+        """The task was killed while ``trial_id`` (None: the driver's clock, no marker) was in
+        ``phase`` over the limit after ``seconds`` (``error``: sweep.watch.Watch.message):
+        land what is settled; the units still to run."""
+        raise NotImplementedError
+
+    def failed(self, unit: list, exc: BaseException, attempts: int) -> int:
+        """The task failed for good after ``attempts`` attempts: land that."""
+        raise NotImplementedError
+
+    def postfix(self) -> dict:
+        """What the progress bar shows beside the count."""
+        return {k: v for k, v in self.counts.items() if v}
+
+    def close(self) -> None:
+        """The loop ended (normally or not)."""
+
+
+def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
+        progress: bool = False) -> dict[str, int]:
+    """Run ``work`` on ``ray`` (a started runtime) with at most ``resources.max_in_flight``
+    (default 2 per slot) tasks in flight; returns ``work.counts``. ``watch``: the
+    sweep.watch.Watch of ``resources.trial_timeout`` for this sweep directory ``out``;
+    ``slots``: tasks that can run at once; ``progress``: a bar on a terminal, else a line per
+    PROGRESS_LINE_S. Raises DispatchStopped (nothing recorded for what did not run) after a
+    signal or when the runtime is gone; LockHeld when ``lock`` was lost."""
+    import signal
+    import threading
+
+    import ray.exceptions as rex
+    from tqdm import tqdm
+
+    from sweep.watch import retried_errors
+
+    max_in_flight = resources.max_in_flight or 2 * slots
+    units = iter(work.units(slots))
+    unit = next(units, None)  # the next unit to submit; None: all submitted
+    in_flight: dict = {}  # ref -> (unit, attempt: 0 for the first submission, token)
+    retry: list = []  # (unit, attempt) to submit again, before new units
+    timed_out: dict = {}  # ref -> (trial_id, phase, seconds, error, when killed)
+    stop: dict = {"signal": None, "count": 0, "since": None}
+    settled = 0
+
+    def on_signal(signum, frame):
+        stop["count"] += 1
+        if stop["signal"] is None:
+            stop["signal"], stop["since"] = signum, time.monotonic()
+            log(f"\n{signal.Signals(signum).name}: no new trials; waiting up to {GRACE_S:.0f} s "
+                f"for the {len(in_flight)} running task(s) (Ctrl-C again cancels them)")
+        elif stop["count"] == 2:
+            log("cancelling the running trials")
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    old = ({s: signal.signal(s, on_signal) for s in handled}
+           if threading.current_thread() is threading.main_thread() else {})
+    # a live bar on a terminal; into a file or pipe, one plain line per PROGRESS_LINE_S instead
+    # of the bar's carriage-return frames
+    live = progress and sys.stderr.isatty()
+    bar = tqdm(total=work.total, disable=not live, unit="trial", dynamic_ncols=True,
+               file=sys.stderr, mininterval=0.5)
+    lines = {"last": time.monotonic(), "t0": time.monotonic()}
+    quiet_since = time.monotonic()
+
+    def submit(u: list, attempt: int) -> None:
+        token = watch.token(len(u))
+        in_flight[work.submit(u, token)] = (u, attempt, token)
+
+    def landed(n: int) -> None:
+        nonlocal settled
+        settled += n
+        bar.update(n)
+
+    try:
+        while unit is not None or in_flight or retry:
+            if lock is not None:
+                lock.check()
+            if stop["signal"] is not None:
+                unit = None  # submit nothing more
+                retry.clear()  # (no record: a later call runs them)
+                if stop["count"] >= 2 or time.monotonic() - stop["since"] > GRACE_S:
+                    for ref in in_flight:
+                        ray.cancel(ref, force=True)
+                    break  # cancelled units get no record: a later call runs them
+            while (retry or unit is not None) and len(in_flight) < max_in_flight:
+                if retry:
+                    submit(*retry.pop(0))
+                else:
+                    submit(unit, 0)
+                    unit = next(units, None)
+            if not in_flight:
+                break
+            try:
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            except Exception as e:  # Ray itself failed (its raylet or GCS went away)
+                why = runtime_lost(ray, e) or f"Ray failed ({type(e).__name__}: {e})"
+                raise _runtime_stop(why, work.counts) from None
+            why = local_runtime_exited(ray)  # a local GCS gone: the raylet follows in 60 s
+            if why is not None:
+                raise _runtime_stop(why, work.counts)
+            if ready:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > RUNTIME_PROBE_S:  # nothing arrives: is Ray up?
+                why = runtime_lost(ray)
+                if why is not None:
+                    raise _runtime_stop(why, work.counts)
+                quiet_since = time.monotonic()
+            by_token = {v[2]: r for r, v in in_flight.items() if v[2] is not None}
+            for token, tid, seconds in watch.overdue():  # over resources.trial_timeout: kill
+                ref = by_token.get(token)
+                if ref is None or ref in timed_out or (tid is not None and watch.bounded(
+                        lambda: work.settled(tid), False)):
+                    continue  # (a trial that just wrote its outcome stands)
+                marker = watch.marker(tid, token)
+                timed_out[ref] = (tid, marker.get("phase") or "", seconds,
+                                  watch.message(marker, seconds), time.monotonic())
+                ray.cancel(ref, force=True)
+            waited = [r for r, v in timed_out.items()  # killed, yet its worker lives on
+                      if r in in_flight and r not in ready  # (stuck in the kernel): given up
+                      and time.monotonic() - v[-1] > KILL_GRACE_S]
+            for ref in [*ready, *waited]:
+                done, attempt, token = in_flight.pop(ref)
+                try:
+                    results = ray.get(ref, timeout=0 if ref in waited else None)
+                    watch.finished(token)
+                    timed_out.pop(ref, None)  # (it finished before it was killed)
+                except Exception as e:
+                    watch.finished(token, work.trial_ids(done), killed=True)
+                    if ref in timed_out:  # killed over the limit (or it died meanwhile)
+                        n, rest = work.timed_out(done, *timed_out.pop(ref)[:-1])
+                        landed(n)
+                        retry.extend((u, attempt) for u in rest)  # the task's others run on
+                        continue
+                    if isinstance(e, rex.TaskCancelledError):
+                        continue  # Ctrl-C: no record, a later call runs them
+                    why = runtime_lost(ray, e)  # Ray itself, or a worker or node, died
+                    if why is not None:
+                        raise _runtime_stop(why, work.counts) from None
+                    if isinstance(e, retried_errors()) and attempt < resources.max_retries:
+                        left, n = work.unfinished(done)
+                        landed(n)
+                        # a memory-monitor kill of several trials: again one by one, so that
+                        # the trial that does not fit is the one recorded oom
+                        parts = ([[x] for x in left] if isinstance(e, rex.OutOfMemoryError)
+                                 else [left] if left else [])
+                        retry.extend((p, attempt + 1) for p in parts)
+                        log(f"note: a task of {len(done)} trial(s) ended with "
+                            f"{type(e).__name__}; running its {len(left)} unfinished trial(s) "
+                            f"again (retry {attempt + 1} of {resources.max_retries})")
+                        continue
+                    landed(work.failed(done, e, attempt + 1))
+                    continue
+                landed(work.done(done, results))
+            bar.set_postfix(**work.postfix(), running=min(len(in_flight), slots),
+                            refresh=False)
+            bar.refresh()
+            now = time.monotonic()
+            if progress and not live and now - lines["last"] >= PROGRESS_LINE_S:
+                lines["last"] = now
+                log(f"progress: {settled}/{work.total} trials in "
+                    f"{now - lines['t0']:.0f} s (" + ", ".join(
+                        f"{v} {k}" for k, v in work.counts.items() if v) + ")")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        bar.close()
+        work.close()
+    if stop["signal"] is not None and settled < work.total:  # else: all ran
+        name = signal.Signals(stop["signal"]).name
+        raise DispatchStopped(f"stopped by {name}", 128 + int(stop["signal"]), work.counts)
+    return work.counts
+

@@ -1,0 +1,180 @@
+"""The Ray runtime a driver runs on: a local Ray on loopback only (with a reaper that stops it
+if the driver dies) or the cluster at ``cluster.address``, what it offers (GPUs, the largest
+node's memory), and whether it is still there (``runtime_lost``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from sweep.config import ConfigError, SweepConfig
+
+RUNTIME_PROBE_S = 5.0  # how long the Ray runtime may take to answer before it counts as gone
+
+
+def largest_node_memory(ray, cpus: float = 1.0, gpus: float = 0.0) -> int:
+    """The largest ``memory`` resource (bytes) of the live nodes that can run a trial (at
+    least ``cpus`` CPUs and ``gpus`` GPUs: not a head node without workers, nor a CPU node for
+    GPU trials); 0 if none says."""
+    return int(max((n.get("Resources", {}).get("memory", 0) for n in ray.nodes()
+                    if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= cpus
+                    and n.get("Resources", {}).get("GPU", 0) >= gpus), default=0))
+
+
+def _local_ray_roots(ray) -> list[tuple[str, object]]:
+    """(name, Popen) of the raylet and GCS of a local Ray this driver started (Ray's node
+    object; private API, in one place); empty when connected to an existing cluster."""
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    if node is None or not getattr(node, "head", False):
+        return []
+    return [(name, i.process) for name, infos in getattr(node, "all_processes", {}).items()
+            if name in ("raylet", "gcs_server") for i in infos if i.process is not None]
+
+
+def _start_reaper(ray) -> None:
+    """A watcher in its own session that stops this driver's local Ray (its raylet, GCS and all
+    they started, by PID) if the driver dies without shutting it down (SIGKILL): see
+    sweep.reaper."""
+    import subprocess
+
+    roots = [p.pid for _, p in _local_ray_roots(ray)]
+    if roots:
+        subprocess.Popen([sys.executable, "-m", "sweep.reaper", str(os.getpid()), *map(str, roots)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+class _TokenNotice:
+    """Drops Ray's notice that it enabled token authentication for a new local cluster (its
+    default, printed on every start; README "Network exposure" says what it means); every
+    other record passes."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled")
+
+
+def _quiet_token_notice() -> None:
+    import logging
+
+    log_ = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenNotice) for f in log_.filters):
+        log_.addFilter(_TokenNotice())
+
+
+LOOPBACK = "127.0.0.1"
+_RAY_CLUSTER_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_node():
+    """While a local Ray starts inside this block (``ray.init(address="local",
+    _node_ip_address="127.0.0.1")``): make 127.0.0.1 its node address, which is where Ray 2.60
+    binds every server of the node (GCS, raylet, the workers' and the driver's gRPC servers,
+    runtime-env and dashboard agents, metrics): on a loopback node address it binds to loopback,
+    on any other to all interfaces (``::``/``0.0.0.0``) or that address.
+
+    Ray turns a requested loopback node address into the machine's network address unless
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is 0, and reads that variable once, when ``ray`` is
+    first imported: setting it later has no effect. So this sets both the variable (for the
+    processes Ray starts) and Ray's constant read from it (``ray._private.ray_constants``,
+    private: kept in this one place; ``check_loopback`` catches a Ray where it no longer
+    works), and restores both on exit (a later join of a cluster keeps Ray's own default)."""
+    from ray._private import ray_constants
+
+    env, const = os.environ.get(_RAY_CLUSTER_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_RAY_CLUSTER_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = const
+        if env is None:
+            os.environ.pop(_RAY_CLUSTER_VAR, None)
+        else:
+            os.environ[_RAY_CLUSTER_VAR] = env
+
+
+def check_loopback(ray) -> None:
+    """Raises RuntimeError (after shutting the local Ray down) unless the local Ray this driver
+    just started has a loopback node address (then all its servers listen on loopback only,
+    see ``loopback_node``); the message names the address it got."""
+    import ipaddress
+
+    got = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(got).is_loopback:
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray started on {got}, not {LOOPBACK}, so its servers would "
+                           f"listen on the network (Ray {ray.__version__}; README \"Network "
+                           "exposure\"): stopped it")
+
+
+def start_ray(cfg: SweepConfig):
+    """A local Ray on 127.0.0.1 without dashboard, all of whose servers listen on loopback only
+    (``loopback_node``; RuntimeError if Ray does not comply), or the cluster at
+    cluster.address."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    common = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    if cfg.cluster.address is None:
+        _quiet_token_notice()
+        with loopback_node():
+            ray.init(address="local", num_cpus=cfg.cluster.num_cpus, _node_ip_address=LOOPBACK,
+                     **common)
+        check_loopback(ray)
+        _start_reaper(ray)
+    else:  # checked first: one line (ClusterUnreachable, a ConfigError) if it cannot be used
+        from sweep.connect import connect
+
+        common.pop("include_dashboard")
+        connect(ray, cfg.cluster.address, **common)
+    return ray
+
+
+def check_gpus(ray, per_trial: float) -> None:
+    """A one-line refusal when trials ask for GPUs the Ray cluster does not have (they would
+    wait forever)."""
+    have = ray.cluster_resources().get("GPU", 0)
+    if per_trial > 0 and have < per_trial:
+        raise ConfigError(f"resources.gpus_per_trial: {per_trial:g}, but the Ray cluster has "
+                          f"{have:g} GPUs; allowed: 0 here (CPU), or a cluster with GPUs")
+
+
+def local_runtime_exited(ray) -> str | None:
+    """For a local Ray this driver started: which of its raylet and GCS processes exited (a
+    cheap poll of processes we hold), else None."""
+    for name, proc in _local_ray_roots(ray):
+        if proc.poll() is not None:
+            return f"the local Ray runtime's {name} exited"
+    return None
+
+
+def runtime_lost(ray, exc: BaseException | None = None) -> str | None:
+    """Why the Ray runtime as a whole is gone (not a single worker or node), or None.
+
+    A local Ray that this driver started is gone once its raylet or GCS process has exited (we
+    hold their processes); any runtime is gone when it does not answer a cluster query within
+    RUNTIME_PROBE_S seconds (a dead head of a remote cluster, a killed local GCS)."""
+    import threading
+
+    import ray.exceptions as rex
+
+    why = local_runtime_exited(ray)
+    if why is not None:
+        return why
+    if isinstance(exc, rex.LocalRayletDiedError):
+        return "the local raylet died"
+    answer: list = []
+    probe = threading.Thread(target=lambda: answer.append(ray.cluster_resources()), daemon=True)
+    probe.start()
+    probe.join(RUNTIME_PROBE_S)
+    if not answer:
+        return f"the Ray runtime did not answer for {RUNTIME_PROBE_S:.0f} s"
+    return None
+
+

@@ -27,7 +27,8 @@ WEIGHTS_AUTO_BYTES = 2 * 1024**3  # save_weights: null saves them when the plan'
 
 from workers.activations import ACTIVATIONS
 from workers.data import DATASETS
-from workers.results.hyperparameters import SPACE_KEYS  # noqa: F401  (declared once; the planner's keys)
+from workers.results import checks
+from workers.results.hyperparameters import SPACE, SPACE_KEYS  # declared once; the planner's keys
 from workers.measures import DEFAULT_MEASURES
 from workers.train import MINIBATCH_OPTIMIZERS, OPTIMIZERS
 from workers.results.storage import expand
@@ -35,7 +36,7 @@ from workers.results.storage import expand
 SAMPLERS = ("random", "qmc")
 # Fig. 4: the binary factors of paired trials, and the two values each pair compares
 INFEASIBLE = ("refuse", "replace", "keep")  # plan.infeasible
-OPTIONAL_SPACE_KEYS = ("train_size", "random_labels")  # Space's keys that may be unset (None)
+OPTIONAL_SPACE_KEYS = tuple(h.name for h in SPACE if h.optional)  # Space's keys that may be null
 FACTORS = {
     "random_labels": (False, True),
     "augment": (False, True),
@@ -60,24 +61,20 @@ class DatasetConfig:
     seed: int
 
 
-@dataclass(frozen=True)
-class Space:
-    width: tuple[int, ...]
-    depth: tuple[int, ...]
-    activation: tuple[str, ...]
-    optimizer: tuple[str, ...]
-    lr: tuple[float, ...]
-    batch_size: tuple[int, ...]
-    init_scale: tuple[float, ...]
-    seed: tuple[int, ...]
-    # Optional: training-set sizes and true/random labels varied within one sweep (Neyshabur et
-    # al.'s Fig. 1); None = the data set's single value (dataset.train_size, .random_labels).
-    train_size: tuple[int | None, ...] | None = None
-    random_labels: tuple[bool, ...] | None = None
+def _space_values(self, key: str) -> tuple:
+    """The values of ``space.<key>``; (None,) for an optional key left null (every trial takes
+    its fallback, e.g. dataset.train_size: ``sweep.plan._trial_spec``)."""
+    v = getattr(self, key)
+    return (None,) if v is None else v
 
-    def values(self, key: str) -> tuple:
-        v = getattr(self, key)
-        return (None,) if v is None else v  # (None: the data set's value, see _trial_spec)
+
+# ``space``: one field per sampled hyperparameter (workers.results.hyperparameters), a tuple of
+# its values; an optional one (train_size, random_labels: varied within one sweep as in
+# Neyshabur et al.'s Fig. 1) is None when the data set's single value applies.
+Space = make_dataclass(
+    "Space", [(h.name, tuple | None if h.optional else tuple)
+              for h in sorted(SPACE, key=lambda h: h.optional)],
+    frozen=True, namespace={"values": _space_values, "__module__": __name__})
 
 
 @dataclass(frozen=True)
@@ -85,10 +82,10 @@ class PlanConfig:
     sampler: str
     grid: tuple[str, ...]
     cheap_bias: float
-    factors: tuple[str, ...] = ()
+    factors: tuple[str, ...]
     # trials whose estimated memory exceeds a worker's: refuse the plan, replace them by
     # feasible draws, or keep them (they fail as oom)
-    infeasible: str = "refuse"
+    infeasible: str
 
 
 @dataclass(frozen=True)
@@ -109,19 +106,23 @@ class TrainConfig:
     lr_decay: float
     lbfgs: LbfgsConfig
     # workers.checkpoint (how a trial survives its worker's death; never its numbers)
-    checkpoint_every: int | str | None = "10min"
-    keep_checkpoints: bool = False
+    checkpoint_every: int | str | None
+    keep_checkpoints: bool
     # the paper's rule for expensive trials (A.5.5; workers.train.TimeRule): not identity, the
     # record says when it applied (stopped_by_time)
-    time_budget: float | str | None = None
-    fallback_steps: int | None = None
+    time_budget: float | str | None
+    fallback_steps: int | None
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
+    # aliases of measure settings, kept so that older sweeps and commands read the same
+    # (workers.results.measure_values.METRIC_ALIASES: jacobian_norm_{train,test}.points,
+    # transitions_test.points and .k); at the measure's registered default an alias sets nothing
     jacobian_points: int | None
     transitions_points: int | None
     transitions_k: int
+    # the off-data studies (workers.studies)
     ellipse_k: int
     boundary_grid: int
     boundary_extent: float
@@ -139,16 +140,16 @@ class ResourcesConfig:
     gpus_per_trial: float
     max_retries: int
     max_in_flight: int | None
-    trials_per_task: int = 16
-    batch_below_flops: float = 1e9
+    trials_per_task: int
+    batch_below_flops: float
     # what a worker (node) holds, for the plan's feasibility; None: this machine's memory
-    worker_memory_gb: float | None = None
+    worker_memory_gb: float | None
     # sustained training throughput, for the plan's cost summary (FLOP/s per CPU core; per GPU)
-    cpu_flops: float = 2e10
-    gpu_flops: float = 1e13
+    cpu_flops: float
+    gpu_flops: float
     # wall-clock limit of one trial (and of one trial's `sweep measure` work): seconds, "90s",
     # "30min", "2h", or None for none (sweep.watch)
-    trial_timeout: float | str | None = None
+    trial_timeout: float | str | None
 
 
 def _measure_settings_class():
@@ -184,10 +185,10 @@ class SweepConfig:
     resources: ResourcesConfig
     figure: bool
     progress: bool
-    dry_run: bool = False  # trials write their record without training (plumbing checks, benchmarks)
+    dry_run: bool  # trials write their record without training (plumbing checks, benchmarks)
     # the registered measures (workers.measures) every trial evaluates; not part of the identity
-    measures: tuple[str, ...] = DEFAULT_MEASURES
-    measure_modules: tuple[str, ...] = ()  # modules registering user measures (imported first)
+    measures: tuple[str, ...]
+    measure_modules: tuple[str, ...]  # modules registering user measures (imported first)
     # the built-in measures' settings other than their defaults; not part of the identity
     measure_settings: MeasureSettings = field(default_factory=MeasureSettings)
 
@@ -201,9 +202,10 @@ class SweepConfig:
         for key in NOT_IDENTITY if version >= 2 else NOT_IDENTITY_V1:
             section, _, name = key.rpartition(".")
             (d[section] if section else d).pop(name)
-        for key in OPTIONAL_SPACE_KEYS:  # unset: as before these keys existed (same identity)
-            if d["space"][key] is None:
-                d["space"].pop(key)
+        for h in SPACE:  # as before these keys existed (the same identity): an optional key
+            v = d["space"][h.name]  # left null, a hyperparameter at its identity default alone
+            if (h.optional and v is None) or (h.has_default and v == (h.default,)):
+                d["space"].pop(h.name)
         if d["plan"]["infeasible"] in ("refuse", "keep"):  # (the same trials, or refused)
             d["plan"].pop("infeasible")
         else:  # replace: which trials are drawn depends on the workers' memory
@@ -215,12 +217,21 @@ class SweepConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def metric_spec(self):
-        """The measurement settings every trial carries to its worker."""
+        """The measurement settings every trial carries to its worker: per measure, the
+        settings other than its defaults (``measure_settings`` with its groups expanded, and
+        the ``metrics.*`` aliases not at their defaults), and the off-data studies."""
+        from workers.measures import expand_settings
         from workers.results.spec import MetricSpec
 
-        return MetricSpec(**asdict(self.metrics), measures=self.measures,
-                          measure_modules=self.measure_modules,
-                          measure_overrides=self.measure_overrides())
+        settings = expand_settings(json.loads(self.measure_overrides()))
+        for (measure, key), value in _alias_settings(self.metrics).items():
+            settings.setdefault(measure, {})[key] = value
+        return MetricSpec(ellipse_k=self.metrics.ellipse_k,
+                          boundary_grid=self.metrics.boundary_grid,
+                          boundary_extent=self.metrics.boundary_extent,
+                          measures=self.measures, measure_modules=self.measure_modules,
+                          measure_overrides=json.dumps(settings, sort_keys=True,
+                                                       separators=(",", ":")))
 
     def measure_overrides(self) -> str:
         """``measure_settings`` as canonical JSON {measure or group: {setting: value}}, the
@@ -251,49 +262,22 @@ class SweepConfig:
 # Checking helpers: each raises ConfigError naming the key
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _config_error(check):
+    """``check`` (workers.results.checks) raising ConfigError, with the same one-line message."""
+    def checked(*args, **kwargs):
+        try:
+            return check(*args, **kwargs)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    checked.__doc__ = check.__doc__
+    return checked
 
 
-def _int(key: str, v, lo: int | None = None, hi: int | None = None, allow_none=False) -> int | None:
-    if v is None and allow_none:
-        return None
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    if not _is_int(v):
-        raise ConfigError(f"{key}: expected an integer, got {v!r}")
-    if lo is not None and v < lo:
-        raise ConfigError(f"{key}: must be >= {lo}, got {v}")
-    if hi is not None and v > hi:
-        raise ConfigError(f"{key}: must be <= {hi}, got {v}")
-    return v
-
-
-def _float(key: str, v, positive=False, lo=None, hi=None) -> float:
-    if not (isinstance(v, (int, float)) and not isinstance(v, bool)):
-        raise ConfigError(f"{key}: expected a number, got {v!r}")
-    v = float(v)
-    if v != v or v in (float("inf"), float("-inf")):
-        raise ConfigError(f"{key}: must be finite, got {v}")
-    if positive and v <= 0:
-        raise ConfigError(f"{key}: must be > 0, got {v:g}")
-    if lo is not None and v < lo:
-        raise ConfigError(f"{key}: must be >= {lo}, got {v:g}")
-    if hi is not None and v > hi:
-        raise ConfigError(f"{key}: must be <= {hi}, got {v:g}")
-    return v
-
-
-def _bool(key: str, v) -> bool:
-    if not isinstance(v, bool):
-        raise ConfigError(f"{key}: expected true or false, got {v!r}")
-    return v
-
-
-def _choice(key: str, v, allowed) -> str:
-    if v not in allowed:
-        raise ConfigError(f"{key}: unknown value {v!r}; allowed: {', '.join(allowed)}")
-    return v
+_int = _config_error(checks.check_int)
+_float = _config_error(checks.check_float)
+_bool = _config_error(checks.check_bool)
+_choice = _config_error(checks.check_choice)
 
 
 def _list(key: str, v) -> list:
@@ -310,41 +294,44 @@ def _section(d: dict, key: str) -> dict:
     return v
 
 
-def _space(d: dict, train_split: int, split: int) -> Space:
-    """``train_split``: the training points of dataset.train_size (what a null in
-    space.train_size means); ``split``: the whole split (the largest space.train_size)."""
-    def each(key, fn):
-        vals = tuple(fn(f"space.{key}", x) for x in _list(f"space.{key}", d.get(key)))
-        if len(set(vals)) != len(vals):
-            raise ConfigError(f"space.{key}: repeated values in {list(vals)}")
-        return vals
+def space_limits(split: int) -> dict:
+    """What the hyperparameters' validators (``Hyperparameter.check``) need from above the
+    contract: ``split``, the data set's whole train split (the largest space.train_size), and
+    the registered activation and optimizer names."""
+    return {"split": split, "activation": tuple(ACTIVATIONS), "optimizer": OPTIMIZERS}
 
-    sizes = None if d.get("train_size") is None else each(
-        "train_size", lambda k, x: _int(k, x, 1, split, allow_none=True))
-    labels = None if d.get("random_labels") is None else each(
-        "random_labels", lambda k, x: _bool(k, x))
+
+def _space(d: dict, train_split: int, split: int) -> Space:
+    """Every sampled hyperparameter's values, checked by its declaration
+    (``workers.results.hyperparameters``: a list of distinct values, each valid; an optional
+    key may be null), then the cross-key rule: a mini-batch optimizer's batch size at most the
+    smallest train set. ``train_split``: the training points of dataset.train_size (what a
+    null in space.train_size means); ``split``: the whole split (the largest
+    space.train_size)."""
+    limits = space_limits(split)
+    out = {}
+    for h in SPACE:
+        key = f"space.{h.name}"
+        if h.optional and d.get(h.name) is None:
+            out[h.name] = None
+            continue
+        try:
+            vals = tuple(h.check(key, x, limits) for x in _list(key, d.get(h.name)))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if len(set(vals)) != len(vals):
+            raise ConfigError(f"{key}: repeated values in {list(vals)}")
+        out[h.name] = vals
+    sizes = out["train_size"]
     smallest = min(train_split if n is None else n for n in sizes) if sizes else train_split
-    batch = each("batch_size", lambda k, x: _int(k, x, lo=1))
-    optimizers = each("optimizer", lambda k, x: _choice(k, x, OPTIMIZERS))
-    if any(o in MINIBATCH_OPTIMIZERS for o in optimizers):
-        for b in batch:
+    if any(o in MINIBATCH_OPTIMIZERS for o in out["optimizer"]):
+        for b in out["batch_size"]:
             if b > smallest:
                 raise ConfigError(
                     f"space.batch_size: {b} is larger than the train set ({smallest} points); "
                     f"allowed: 1..{smallest}"
                 )
-    return Space(
-        width=each("width", lambda k, x: _int(k, x, lo=1)),
-        depth=each("depth", lambda k, x: _int(k, x, lo=2)),
-        activation=each("activation", lambda k, x: _choice(k, x, tuple(ACTIVATIONS))),
-        optimizer=optimizers,
-        lr=each("lr", lambda k, x: _float(k, x, positive=True)),
-        batch_size=batch,
-        init_scale=each("init_scale", lambda k, x: _float(k, x, positive=True)),
-        seed=each("seed", lambda k, x: _int(k, x, lo=0)),
-        train_size=sizes,
-        random_labels=labels,
-    )
+    return Space(**out)
 
 
 def _checkpoint_every(v):
@@ -392,15 +379,61 @@ def _modules(v) -> tuple[str, ...]:
     return mods
 
 
-def _measure_settings(v) -> MeasureSettings:
+def _setting(key: str, v, measure: str, setting: str):
+    """One value of a measure's setting, checked by the rule the measure registers
+    (``workers.measures.setting_rule``); ``points`` may be ``all`` (kept as written)."""
+    from workers.measures import setting_rule
+
+    kind, lowest = setting_rule(measure, setting)
+    if kind == "points" and v == "all":
+        return v
+    if kind in ("points", "int"):
+        return _int(key, v, lo=lowest)
+    return _float(key, v, lo=0.0 if lowest is None else lowest, positive=lowest is None)
+
+
+def _metric_aliases(m: dict) -> dict:
+    """``metrics.jacobian_points``, ``.transitions_points``, ``.transitions_k``
+    (``METRIC_ALIASES``), each checked by the rule of the setting it names; null (or ``all``)
+    as a number of points: every point."""
+    from workers.results.measure_values import METRIC_ALIASES
+
+    out = {}
+    for alias, targets in METRIC_ALIASES.items():
+        v = m.get(alias)
+        if targets[0][1] == "points" and v in (None, "all"):
+            out[alias] = None
+        else:
+            out[alias] = _setting(f"metrics.{alias}", v, *targets[0])
+    return out
+
+
+def _alias_settings(metrics) -> dict[tuple[str, str], Any]:
+    """{(measure, setting): value} the ``metrics.*`` aliases set: those not at the default
+    their measures register (at it, an alias sets nothing)."""
+    from workers.measures import REGISTRY
+    from workers.results.measure_values import METRIC_ALIASES
+
+    out = {}
+    for alias, targets in METRIC_ALIASES.items():
+        v = metrics[alias] if isinstance(metrics, dict) else getattr(metrics, alias)
+        if any(v != REGISTRY[m].settings[k] for m, k in targets):
+            out.update({(m, k): v for m, k in targets})
+    return out
+
+
+def _measure_settings(v, metrics: dict | None = None) -> MeasureSettings:
     """``measure_settings`` checked against the registry: known measures (or groups) and
-    settings only; ``points`` an integer >= 1 or ``all``; sharpness's ``steps`` an integer
-    >= 0; other integer settings >= 1; number settings finite and > 0 (sharpness's alpha
-    >= 0); and, for every measure as it will run (its defaults, its group's settings, its own),
-    alpha_min <= alpha_max (equal with alphas 1), target < 1 and tolerance < target."""
+    settings only, each value by the rule its measure registers (``workers.measures.register``:
+    ``points`` an integer >= 1 or ``all``, other integers >= 1, numbers finite and > 0, unless
+    the measure declares another lower bound); a setting also set by its ``metrics.*`` alias
+    (``metrics``: the checked aliases, ``_metric_aliases``) is refused; and every measure as it
+    will run (its defaults, the aliases, its group's settings, its own) by the measure's rule
+    across its settings (``register(check=...)``)."""
     import dataclasses
 
-    from workers.measures import SETTING_GROUPS, configurable_settings, expand_settings
+    from workers.measures import REGISTRY, SETTING_GROUPS, configurable_settings, expand_settings
+    from workers.results.measure_values import METRIC_ALIASES
 
     known = configurable_settings()
     v = {} if v is None else v
@@ -421,36 +454,35 @@ def _measure_settings(v) -> MeasureSettings:
             key = f"measure_settings.{name}.{k}"
             if k not in known[name]:
                 raise ConfigError(f"{key}: unknown setting; allowed: {', '.join(known[name])}")
-            default = known[name][k]
-            if val is None:
-                vals[k] = None
-            elif k == "points":
-                vals[k] = "all" if val == "all" else _int(key, val, lo=1)
-            elif isinstance(default, int) and not isinstance(default, bool):
-                vals[k] = _int(key, val, lo=0 if (name, k) == ("sharpness", "steps") else 1)
-            else:
-                vals[k] = _float(key, val, lo=0.0,
-                                 positive=not (name == "sharpness" and k == "alpha"))
+            vals[k] = None if val is None else _setting(key, val, name, k)
         out[name] = vals
-    # each measure as it will run: its defaults, its group's settings, its own entry
     given = {n: {k: x for k, x in vals.items() if x is not None} for n, vals in out.items()}
+    aliases = _alias_settings(metrics) if metrics is not None else {}
     group_of = {m: g for g, members in SETTING_GROUPS.items() for m in members}
-    for name, st in expand_settings(given).items():
-        merged = {**known[name], **st}
+    for (measure, k), value in aliases.items():
+        for where in (measure, group_of.get(measure)):
+            if k in given.get(where, {}):
+                alias = next(a for a, t in METRIC_ALIASES.items() if (measure, k) in t)
+                raise ConfigError(
+                    f"measure_settings.{where}.{k}: {given[where][k]}, and its alias "
+                    f"metrics.{alias} is {json.dumps(value)}: one setting, set twice; allowed: "
+                    f"one of them (metrics.{alias}={json.dumps(REGISTRY[measure].settings[k])},"
+                    " its default, leaves it to measure_settings)")
+    # each measure as it will run: its defaults, the aliases, its group's settings, its own entry
+    runs = expand_settings(given)
+    for measure, k in aliases:
+        runs.setdefault(measure, {})
+    for name, st in runs.items():
+        check = REGISTRY[name].check
+        if check is None:
+            continue
+        merged = {**REGISTRY[name].settings,
+                  **{k: x for (m, k), x in aliases.items() if m == name}, **st}
         where = "measure_settings." + (name if given.get(name) else group_of.get(name, name))
-        if "alpha_min" in merged and merged["alpha_min"] > merged["alpha_max"]:
-            raise ConfigError(f"{where}: alpha_min {merged['alpha_min']:g} > alpha_max "
-                              f"{merged['alpha_max']:g}; allowed: alpha_min <= alpha_max")
-        if merged.get("alphas") == 1 and merged["alpha_max"] != merged["alpha_min"]:
-            raise ConfigError(f"{where}: alphas 1 takes alpha_min ({merged['alpha_min']:g}) "
-                              f"alone, alpha_max {merged['alpha_max']:g} would not be used; "
-                              "allowed: alpha_max = alpha_min, or alphas >= 2")
-        if "target" in merged and merged["target"] >= 1:
-            raise ConfigError(f"{where}: target {merged['target']:g}: a training error rises "
-                              "by less than 1; allowed: 0 < target < 1")
-        if "tolerance" in merged and merged["tolerance"] >= merged["target"]:
-            raise ConfigError(f"{where}: tolerance {merged['tolerance']:g} >= target "
-                              f"{merged['target']:g} (for {name}); allowed: tolerance < target")
+        try:
+            check(merged)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
     return MeasureSettings(**{name: classes[name](**vals) for name, vals in out.items()})
 
 
@@ -475,20 +507,74 @@ def _measures(v, modules: tuple[str, ...] = ()) -> tuple[str, ...]:
     return names
 
 
+# What a key absent from a stored configuration meant when that sweep was launched, where it
+# is not today's default (conf/config.yaml): before ``measures`` existed, trials measured the
+# record's three (today's default: all).
+ABSENT_MEANT = {"measures": list(DEFAULT_MEASURES)}
+
+
+def _lacks_keys(d: dict) -> bool:
+    """Whether ``d`` lacks a key of the schema (sections' own keys only: a section left out
+    counts as lacking)."""
+    for key in schema_keys():
+        node = d
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return True
+            node = node[part]
+    return False
+
+
+@lru_cache(maxsize=8)
+def _defaults_json(dataset: str | None) -> str:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    overrides = ["~experiment"] + ([f"dataset={dataset}"] if dataset in available("dataset")
+                                   else [])
+    register_schema()
+    with initialize_config_dir(str(conf_dir()), version_base=None):
+        cfg = hydra_compose("config", overrides=overrides)
+    d = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    return json.dumps({k: v for k, v in d.items() if v != "???"})  # (name, trials: experiment's)
+
+
+def defaults(dataset: str | None = None) -> dict:
+    """The composed defaults, the one place they are declared: ``conf/config.yaml`` with the
+    data set's group file (``conf/dataset/<dataset>.yaml``, else the root's default) and no
+    experiment; ``name`` and ``trials``, which an experiment sets, left out."""
+    return json.loads(_defaults_json(dataset))
+
+
+def completed(stored: dict) -> dict:
+    """A stored configuration (``sweep.json``) merged over the composed defaults
+    (:func:`defaults` of its data set): a key it lacks, because it was written before the key
+    existed, takes today's default, or what its absence meant then (``ABSENT_MEANT``). Plain
+    data: no string of ``stored`` is interpreted (``merged``). ``stored`` is not changed."""
+    base = defaults((stored.get("dataset") or {}).get("name"))
+    base.update({k: v for k, v in ABSENT_MEANT.items() if k not in stored})
+    return merged(base, stored)
+
+
 def from_dict(d: dict[str, Any]) -> SweepConfig:
-    """Validate a plain (resolved) configuration mapping into a :class:`SweepConfig`."""
+    """Validate a plain (resolved) configuration mapping into a :class:`SweepConfig`. A mapping
+    that lacks keys (a stored ``sweep.json`` written before they existed) is first completed
+    over the composed defaults (:func:`completed`)."""
+    if _lacks_keys(d):
+        d = completed(d)
     ds = _section(d, "dataset")
     name = _choice("dataset.name", ds.get("name"), tuple(DATASETS))
     info = DATASETS[name]
     dataset = DatasetConfig(
         name=name,
         root=None if ds.get("root") is None else expand(ds["root"]),  # ~ as a shell reads it
-        download=_bool("dataset.download", ds.get("download", False)),
+        download=_bool("dataset.download", ds.get("download")),
         train_size=_int("dataset.train_size", ds.get("train_size"), 1, info.train_size, True),
         test_size=_int("dataset.test_size", ds.get("test_size"), 1, info.test_size, True),
-        random_labels=_bool("dataset.random_labels", ds.get("random_labels", False)),
-        augment=_bool("dataset.augment", ds.get("augment", False)),
-        seed=_int("dataset.seed", ds.get("seed", 0), lo=0),
+        random_labels=_bool("dataset.random_labels", ds.get("random_labels")),
+        augment=_bool("dataset.augment", ds.get("augment")),
+        seed=_int("dataset.seed", ds.get("seed"), lo=0),
     )
     train_split = dataset.train_size or info.train_size
     space = _space(_section(d, "space"), train_split, info.train_size)
@@ -517,9 +603,9 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
                           "trials are drawn depends on it, so it must be stated, not read from "
                           "this machine); allowed: resources.worker_memory_gb=<GB per worker>")
     plan = PlanConfig(sampler=_choice("plan.sampler", p.get("sampler"), SAMPLERS), grid=grid,
-                      cheap_bias=_float("plan.cheap_bias", p.get("cheap_bias", 0.0), lo=0.0),
+                      cheap_bias=_float("plan.cheap_bias", p.get("cheap_bias"), lo=0.0),
                       factors=factors,
-                      infeasible=_choice("plan.infeasible", p.get("infeasible", "refuse"),
+                      infeasible=_choice("plan.infeasible", p.get("infeasible"),
                                          INFEASIBLE))
     t = _section(d, "train")
     lb = _section(t, "lbfgs")
@@ -536,8 +622,8 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
             tolerance_grad=_float("train.lbfgs.tolerance_grad", lb.get("tolerance_grad"), lo=0.0),
             tolerance_change=_float("train.lbfgs.tolerance_change", lb.get("tolerance_change"), lo=0.0),
         ),
-        checkpoint_every=_checkpoint_every(t.get("checkpoint_every", "10min")),
-        keep_checkpoints=_bool("train.keep_checkpoints", t.get("keep_checkpoints", False)),
+        checkpoint_every=_checkpoint_every(t.get("checkpoint_every")),
+        keep_checkpoints=_bool("train.keep_checkpoints", t.get("keep_checkpoints")),
         time_budget=_time_budget(t.get("time_budget")),
         fallback_steps=_int("train.fallback_steps", t.get("fallback_steps"), lo=1,
                             allow_none=True),
@@ -554,20 +640,18 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
         save_weights=(None if d.get("save_weights") is None
                       else _bool("save_weights", d.get("save_weights"))),
         measure_modules=(modules := _modules(d.get("measure_modules"))),
-        measures=_measures(d.get("measures", list(DEFAULT_MEASURES)), modules),
-        measure_settings=_measure_settings(d.get("measure_settings")),
+        measures=_measures(d.get("measures"), modules),
+        measure_settings=_measure_settings(d.get("measure_settings"),
+                                           aliases := _metric_aliases(m)),
         dataset=dataset,
         space=space,
         plan=plan,
         train=train,
         metrics=MetricsConfig(
-            jacobian_points=_int("metrics.jacobian_points", m.get("jacobian_points"), lo=1, allow_none=True),
-            transitions_points=_int("metrics.transitions_points", m.get("transitions_points"), lo=0,
-                                    allow_none=True),
-            transitions_k=_int("metrics.transitions_k", m.get("transitions_k"), lo=2),
-            ellipse_k=_ellipse_k(m.get("ellipse_k", 0)),
-            boundary_grid=_int("metrics.boundary_grid", m.get("boundary_grid", 0), lo=0),
-            boundary_extent=_float("metrics.boundary_extent", m.get("boundary_extent", 1.25),
+            **aliases,
+            ellipse_k=_ellipse_k(m.get("ellipse_k")),
+            boundary_grid=_int("metrics.boundary_grid", m.get("boundary_grid"), lo=0),
+            boundary_extent=_float("metrics.boundary_extent", m.get("boundary_extent"),
                                    positive=True),
         ),
         cluster=ClusterConfig(
@@ -579,18 +663,18 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
             gpus_per_trial=_float("resources.gpus_per_trial", r.get("gpus_per_trial"), lo=0.0),
             max_retries=_int("resources.max_retries", r.get("max_retries"), lo=0),
             max_in_flight=_int("resources.max_in_flight", r.get("max_in_flight"), lo=1, allow_none=True),
-            trials_per_task=_int("resources.trials_per_task", r.get("trials_per_task", 16), lo=1),
+            trials_per_task=_int("resources.trials_per_task", r.get("trials_per_task"), lo=1),
             batch_below_flops=_float("resources.batch_below_flops",
-                                     r.get("batch_below_flops", 1e9), lo=0.0),
+                                     r.get("batch_below_flops"), lo=0.0),
             worker_memory_gb=None if r.get("worker_memory_gb") is None else _float(
                 "resources.worker_memory_gb", r.get("worker_memory_gb"), positive=True),
-            cpu_flops=_float("resources.cpu_flops", r.get("cpu_flops", 2e10), positive=True),
-            gpu_flops=_float("resources.gpu_flops", r.get("gpu_flops", 1e13), positive=True),
+            cpu_flops=_float("resources.cpu_flops", r.get("cpu_flops"), positive=True),
+            gpu_flops=_float("resources.gpu_flops", r.get("gpu_flops"), positive=True),
             trial_timeout=_time_budget(r.get("trial_timeout"), "resources.trial_timeout"),
         ),
         figure=_bool("figure", d.get("figure")),
         progress=_bool("progress", d.get("progress")),
-        dry_run=_bool("dry_run", d.get("dry_run", False)),
+        dry_run=_bool("dry_run", d.get("dry_run")),
     )
 
 

@@ -27,8 +27,10 @@ import pyarrow as pa
 
 from sweep import cost
 from sweep.config import FACTORS, SPACE_KEYS, ConfigError, SweepConfig
+from workers.data import planned_sizes
+from workers.results.hyperparameters import BY_NAME, HYPERPARAMETERS, SPACE
 from workers.results.hyperparameters import FIELDS as HYPERPARAMETER_FIELDS
-from workers.results.hyperparameters import values as hyperparameter_values
+from workers.results.hyperparameters import values as _values
 from workers.results.spec import DataSpec, TrainSpec, TrialSpec
 
 
@@ -46,45 +48,74 @@ def _sampler(cfg: SweepConfig):
     return optuna.samplers.RandomSampler(seed=cfg.seed)
 
 
-def _given(v: dict, key: str, default):
-    """A drawn value, or the data set's where the space leaves the key unset (None)."""
-    return default if v.get(key) is None else v[key]
+def hyperparameter_values(spec: TrialSpec) -> dict:
+    """Every hyperparameter's value in a trial (``workers.results.hyperparameters.values``)."""
+    return _values(spec, planned_sizes(spec))
+
+
+def config_value(cfg: SweepConfig, key: str):
+    """The value of a dotted configuration key: ``config_value(cfg, "train.lbfgs.lr")``."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _drawn(cfg: SweepConfig, v: dict, h) -> object:
+    """Hyperparameter ``h``'s value in the trial of the drawn point ``v``: L-BFGS takes a
+    mini-batch-only one from its own key (``h.lbfgs``; None: null, as full batch), a point
+    without a value (an optional key left null, a factor not drawn) from ``h.fallback``."""
+    if h.minibatch_only and v["optimizer"] == "lbfgs":
+        return None if h.lbfgs is None else config_value(cfg, h.lbfgs)
+    if v.get(h.name) is None and h.fallback is not None:
+        return config_value(cfg, h.fallback)
+    return v[h.name]
+
+
+# The hyperparameters a drawn point gives a trial (the sampled ones and augment, which Fig. 4's
+# pairs set), by their place in a TrialSpec; the rest of a trial comes from the configuration.
+_DRAWN = tuple(h for h in HYPERPARAMETERS if h.space or h.fallback is not None)
 
 
 def _trial_spec(cfg: SweepConfig, v: dict) -> TrialSpec:
-    t = cfg.train
-    lbfgs = v["optimizer"] == "lbfgs"
+    """The trial of a drawn point ``v`` (space key -> value) under the configuration: the
+    hyperparameters from the point (``_drawn``), the data set's name, test subset and seed and
+    the training settings (``TrainSpec.config_keys``: ``train.lbfgs.history_size`` is
+    ``lbfgs_history``) from ``cfg``."""
     ds = cfg.dataset
-    return TrialSpec(
-        data=DataSpec(ds.name, _given(v, "train_size", ds.train_size), ds.test_size,
-                      _given(v, "random_labels", ds.random_labels),
-                      v.get("augment", ds.augment), ds.seed),
-        width=v["width"], depth=v["depth"], activation=v["activation"], optimizer=v["optimizer"],
-        lr=t.lbfgs.lr if lbfgs else v["lr"],
-        batch_size=None if lbfgs else v["batch_size"],  # L-BFGS: full batch
-        init_scale=v["init_scale"], seed=v["seed"],
-        train=TrainSpec(
-            steps=t.steps, early_stop=t.early_stop, check_every=t.check_every,
-            lr_decay_epochs=t.lr_decay_epochs, lr_decay=t.lr_decay,
-            lbfgs_history=t.lbfgs.history_size, lbfgs_tolerance_grad=t.lbfgs.tolerance_grad,
-            lbfgs_tolerance_change=t.lbfgs.tolerance_change, lbfgs_max_iter=t.lbfgs.max_iter,
-        ),
-        metrics=cfg.metric_spec(),
-    )
+    parts: dict[str, dict] = {"": {}, "data": {"name": ds.name, "test_size": ds.test_size,
+                                               "seed": ds.seed},
+                              "train": {f: config_value(cfg, k)
+                                        for f, k in TrainSpec.config_keys().items()}}
+    for h in _DRAWN:
+        section, _, name = h.field.rpartition(".")
+        parts[section][name] = _drawn(cfg, v, h)
+    return TrialSpec(data=DataSpec(**parts["data"]), train=TrainSpec(**parts["train"]),
+                     metrics=cfg.metric_spec(), **parts[""])
 
 
-CONDITIONAL = ("lr", "batch_size")  # mini-batch optimizers only
+CONDITIONAL = tuple(h.name for h in SPACE if h.minibatch_only)  # mini-batch optimizers only
+
+
+def _unset(cfg: SweepConfig, key: str):
+    """What a null value of space.<key> means (its fallback's value), else None."""
+    h = BY_NAME[key]
+    return None if h.fallback is None else config_value(cfg, h.fallback)
 
 
 def cheapest_flops(cfg: SweepConfig) -> float:
-    """Estimated FLOPs of the cheapest corner of the space (smallest width, depth, batch and
-    training set)."""
+    """Estimated FLOPs of the cheapest corner of the space: the smallest value of every key
+    that decides a trial's cost (``Hyperparameter.cost``: width, depth, batch size, training
+    set), each optimizer in turn, the first value of the others."""
     s = cfg.space
-    base = {"width": min(s.width), "depth": min(s.depth), "activation": s.activation[0],
-            "lr": min(s.lr), "batch_size": min(s.batch_size), "init_scale": s.init_scale[0],
-            "seed": s.seed[0],
-            "train_size": min(s.values("train_size"),
-                              key=lambda n: cfg.train_split_size if n is None else n)}
+
+    def cheapest(h):
+        vals = s.values(h.name)
+        if not h.cost:
+            return vals[0]
+        unset = cfg.train_split_size if h.name == "train_size" else _unset(cfg, h.name)
+        return min(vals, key=lambda x: unset if x is None else x)
+
+    base = {h.name: cheapest(h) for h in SPACE if h.name != "optimizer"}
     return min(cost.estimate_flops(_trial_spec(cfg, {**base, "optimizer": o})) for o in s.optimizer)
 
 
@@ -92,10 +123,10 @@ def space_size(cfg: SweepConfig) -> int:
     """The number of distinct configurations of the space (L-BFGS has no lr or batch_size of
     its own: one configuration per value of the other keys); for ``plan.factors``, of the
     mini-batch space the base configurations come from."""
-    s, ds = cfg.space, cfg.dataset
+    s = cfg.space
 
     def distinct(k):  # a null of train_size / random_labels is the data set's own value
-        default = getattr(ds, k) if k in ("train_size", "random_labels") else None
+        default = _unset(cfg, k)
         return len({default if v is None else v for v in s.values(k)})
 
     others = math.prod(distinct(k) for k in SPACE_KEYS if k not in ("optimizer",) + CONDITIONAL)
@@ -127,7 +158,7 @@ def plan_trials(cfg: SweepConfig) -> list[TrialSpec]:
 
 def factor_value(spec: TrialSpec, factor: str):
     """The value of a Fig. 4 factor in a trial."""
-    return getattr(spec.data, factor) if factor in ("random_labels", "augment") else getattr(spec, factor)
+    return BY_NAME[factor].get(spec)
 
 
 def _pair_sides(cfg: SweepConfig, base: dict, factor: str) -> tuple[dict, dict]:
@@ -176,7 +207,8 @@ PAIRS_SCHEMA = pa.schema([("pair_id", pa.string()), ("factor", pa.string()),
 ENUMERATE_MAX = 300_000
 
 
-COST_KEYS = ("width", "depth", "optimizer", "batch_size", "lr", "train_size")  # cost, conditionals
+# the keys that decide a trial's cost or are conditional (enumerated with the cost bias)
+COST_KEYS = tuple(h.name for h in SPACE if h.cost or h.minibatch_only)
 
 
 class _Enumerated:
@@ -390,7 +422,7 @@ def grid_note(cfg: SweepConfig, specs: list[TrialSpec]) -> str | None:
         return None
 
     def value(s: TrialSpec, key: str):
-        return getattr(s, key) if hasattr(s, key) else getattr(s.data, key, None)
+        return BY_NAME[key].get(s)
 
     cells = 1
     missing = []

@@ -65,7 +65,18 @@ def test_overrides_and_scalars_become_lists():
     ("measure_settings.pacbayes.upper=0", "measure_settings.pacbayes.upper: must be > 0"),
     ("measure_settings.pacbayes.tolerance=0.2", "measure_settings.pacbayes: tolerance 0.2 >= target 0.1"),
     ("measure_settings.expected_sharpness.alpha_max=1e-5", "alpha_min 0.001 > alpha_max 1e-05"),
-    ("measure_settings.transitions_test.points=3", "measure_settings.transitions_test.points: unknown key"),
+    # the demo sets the alias metrics.transitions_points (25): one setting, set twice
+    ("measure_settings.transitions_test.points=3", r"measure_settings.transitions_test.points: 3, "
+     r"and its alias metrics.transitions_points is 25: one setting, set twice; allowed: one of "
+     r"them \(metrics.transitions_points=100, its default, leaves it to measure_settings\)"),
+    ("measure_settings.transitions_test.pointz=3", "measure_settings.transitions_test.pointz: "
+     "unknown key"),
+    ("measure_settings.transitions_test.k=1", "measure_settings.transitions_test.k: must be >= 2, "
+     "got 1"),
+    ("measure_settings.jacobian_norm_test.points=0", "measure_settings.jacobian_norm_test.points: "
+     "must be >= 1, got 0"),
+    ("measure_settings.sharpness.steps=-1", "measure_settings.sharpness.steps: must be >= 0, got -1"),
+    ("measure_settings.sharpness.alpha=-1", "measure_settings.sharpness.alpha: must be >= 0.0, got -1"),
     ("measure_settings.pacbayes.steps=0", "measure_settings.pacbayes.steps: must be >= 1, got 0"),
     ("measure_settings.pacbayes.target=1.5", "measure_settings.pacbayes: target 1.5: a training "
      "error rises by less than 1; allowed: 0 < target < 1"),

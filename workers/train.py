@@ -6,6 +6,14 @@ draws it (floor(n / B) steps, the remainder dropped). Training stops at the step
 or - with ``early_stop`` - once the whole (un-augmented) train set is classified 100% correctly,
 checked every ``check_every`` steps. A non-finite loss, or non-finite weights after the last
 update, end training as diverged.
+
+Weight decay (``TrainSpec.weight_decay``, lambda; Jiang et al. 2020 vary it) is coupled L2
+regularisation: the objective is the cross-entropy plus (lambda / 2) ||w||^2 over every weight
+(the networks have no biases), so lambda w joins the gradient. The mini-batch optimizers get it
+as PyTorch's ``weight_decay`` argument, which adds lambda w to the gradient before the update
+(for Adam too: ``torch.optim.Adam``, not AdamW's decoupled decay); L-BFGS, whose line search
+needs the objective itself, adds the penalty to its closure's loss. lambda = 0 is the plain
+cross-entropy, bit for bit.
 """
 
 from __future__ import annotations
@@ -46,14 +54,18 @@ class TimeRule:
 
 
 def make_optimizer(name: str, params, lr: float, train: TrainSpec) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over ``params``; the mini-batch ones with ``train.weight_decay``
+    as coupled L2 (lambda w added to the gradient), L-BFGS without it (``_train_lbfgs`` adds
+    the penalty to its loss)."""
+    wd = train.weight_decay
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
     if name == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
     if name == "lbfgs":
         return torch.optim.LBFGS(
             params, lr=lr, max_iter=train.check_every, history_size=train.lbfgs_history,
@@ -223,6 +235,8 @@ def _train_lbfgs(model, data, lr, train, checkpoint=None, time_rule=None) -> Tra
     def closure():
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
+        if train.weight_decay:  # coupled L2: (lambda / 2) ||w||^2
+            loss = loss + 0.5 * train.weight_decay * sum(p.pow(2).sum() for p in model.parameters())
         loss.backward()
         return loss
 

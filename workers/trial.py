@@ -19,7 +19,7 @@ import traceback
 
 import torch
 
-from workers.data import load_data
+from workers.data import load_data, planned_sizes
 from workers.results.hyperparameters import values as hyperparameter_values
 from workers.results.measure_table import write_outcome
 from workers.metrics import per_point_loss
@@ -43,7 +43,7 @@ def base_summary(spec: TrialSpec) -> dict:
     budget and ``steps`` the steps run."""
     row = {
         "trial_id": spec.trial_id, "status": "failed", "error": None, "retryable": False,
-        **hyperparameter_values(spec),
+        **hyperparameter_values(spec, planned_sizes(spec)),
         "steps": 0, "stopped_by_time": None, "input_dim": None, "num_classes": None,
         "n_params": None,
         "jacobian_points_train": 0, "jacobian_points_test": 0,
@@ -124,17 +124,16 @@ def measure(model, data, spec: TrialSpec, init_model=None, cache: dict | None = 
 
 def _record(row: dict, points: list[dict], data, loss_correct: dict, outcomes: dict) -> None:
     """The built-in measures' values in the trial's row (a snapshot; the measures table holds
-    every value) and the per-point records: loss and correctness at every point where a
-    built-in measure has a value."""
-    for split in ("train", "test"):
-        o = outcomes.get(f"jacobian_norm_{split}")
+    every value), with the columns their registration names (``register(record=...)``: how
+    the value was computed, from its info), and the per-point records: loss and correctness at
+    every point where a built-in measure has a value."""
+    from workers.measures import RECORD_MEASURES, REGISTRY
+
+    for name in RECORD_MEASURES:
+        o = outcomes.get(name)
         if o is not None and o.value is not None:
-            row[f"jacobian_norm_{split}"] = o.value
-            row[f"jacobian_points_{split}"] = int(o.info.get("points", 0))
-    o = outcomes.get("transitions_test")
-    if o is not None and o.value is not None:
-        row.update(transitions_test=o.value, transitions_method=o.info.get("method"),
-                   transitions_k=o.info.get("k"), transitions_points=int(o.info.get("points", 0)))
+            row[name] = o.value
+            row.update({col: o.info.get(key) for col, key in REGISTRY[name].record.items()})
     for split, y in (("train", data.y_train), ("test", data.y_test)):
         jac = outcomes.get(f"jacobian_norm_{split}")
         jac = jac.points.get(split, {}) if jac is not None else {}

@@ -7,10 +7,13 @@ project above it (``tests/test_layers.py`` checks):
 - ``hyperparameters``: every hyperparameter declared once (type, space key, identity rule);
 - ``layout``: every path of a sweep directory, and from a path back to its trial;
 - ``storage``: local directories and object stores behind one ``Store``;
+- ``sweep_dir``: ``SweepDir``, the sweep directory as a value (a ``Store`` with its layout and
+  its index);
 - ``conform``: a file's schema cast to the current one;
-- ``record``: a trial's record (``trials/<id>.parquet``) and its statuses;
+- ``record``: a trial's record (``trials/<id>.parquet``) and its ``Status``;
 - ``measure_table``: the measures table (``measures/<id>.<measure>.v<v>.<settings>.parquet``);
-- ``journal`` and ``resume``: the index of what arrived and what is valid;
+- ``index``: the journal, what is valid and retryable (resume) and the status counts (the
+  modules ``journal`` and ``resume`` are names of it);
 - ``compact``: the compacted copy ``sweep compact`` writes.
 
 The names this module held before it became a package (``write_trial``, ``read_result``,
@@ -27,8 +30,9 @@ _COMPAT = {
     "record": ("EXTRA_SCHEMAS", "POINT_FIELDS", "POINT_TYPE", "SCHEMA", "SCHEMA_VERSION",
                "STATUSES", "SUMMARY_COLUMNS", "SUMMARY_FIELDS", "ResultError", "points_columns",
                "read_result", "read_trial", "read_trial_summary", "write_extra", "write_trial"),
-    "journal": ("Journal", "read_journal", "trial_statuses"),
-    "resume": ("result_ids", "result_index", "valid_trial_ids"),
+    "index": ("Journal", "read_journal", "trial_statuses", "result_ids", "result_index",
+              "valid_trial_ids", "Status", "StatusCounts", "status_counts"),
+    "sweep_dir": ("SweepDir",),
 }
 _WHERE = {name: module for module, names in _COMPAT.items() for name in names}
 

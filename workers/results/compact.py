@@ -26,7 +26,8 @@ directory at a time.
 
 Incremental: rows of trials whose file is unchanged are taken from the existing copy (a data
 file with none of its trials changed or gone is kept as it is); only new or changed per-trial
-files are read. Data files hold at most ``RESULT_ROWS`` / ``POINT_ROWS`` rows and never split
+files are read; a compaction that finds nothing new, changed or gone writes nothing (not
+even the manifest). Data files hold at most ``RESULT_ROWS`` / ``POINT_ROWS`` rows and never split
 a trial's points.
 """
 
@@ -46,15 +47,14 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from workers.results.layout import TRIALS, trial_file
+from workers.results.layout import COMPACTED, MANIFEST, RESULT_SUFFIX, TRIALS, trial_file, trial_id_of
 from workers.results.record import (
     POINT_FIELDS, POINT_TYPE, SCHEMA_VERSION, SUMMARY_COLUMNS, SUMMARY_FIELDS, ResultError,
     _validated, read_result,
 )
-from workers.results.storage import Store, store
+from workers.results.storage import Store
+from workers.results.sweep_dir import SweepDir
 
-COMPACTED = "compacted"
-MANIFEST = f"{COMPACTED}/_manifest.parquet"
 RESULT_ROWS = 100_000  # rows per results file at most
 POINT_ROWS = 1_000_000  # rows per points file at most (unless one trial alone has more)
 ROW_GROUP = 131_072  # rows per Parquet row group of a data file
@@ -97,7 +97,7 @@ class Manifest:
 
     def match(self, entries) -> "Match":
         """Compare with a listing of trials/ (Store.list entries)."""
-        now = {e.name[: -len(".parquet")]: (e.size, e.mtime_ns) for e in entries}
+        now = {trial_id_of(e.name): (e.size, e.mtime_ns) for e in entries}
         cols = [self.table.column(c).to_pylist() for c in MANIFEST_SCHEMA.names]
         m = Match()
         for tid, size, mtime, error, rfile, pfile in zip(*cols):
@@ -128,7 +128,7 @@ def partition_dir(kind: str, dataset: str | None) -> str:
 def read_manifest(sweep_dir) -> Manifest | None:
     """The manifest of the compacted copy, or None if there is none or it was written for
     other result columns (a new schema version): then the per-trial files are all there is."""
-    st = store(sweep_dir)
+    st = SweepDir.of(sweep_dir)
     if not st.is_file(MANIFEST):
         return None
     table = st.read_parquet(MANIFEST)
@@ -303,10 +303,12 @@ def compact(sweep_dir) -> dict:
     each one read now with a warning naming it; a column of another type that casts to the
     schema's, such as int32 or dictionary-encoded strings, is cast: ``workers.results.conform``),
     dropped (trials of the previous copy whose file is gone), datasets, files (data
-    files in the copy), written / deleted (data files), version, seconds."""
+    files in the copy), written / deleted (data files), version, seconds. With nothing to do
+    (no per-trial file new, changed or gone, no stray file under ``compacted/``) nothing is
+    written: the copy keeps its version."""
     t0 = time.perf_counter()
-    st = store(sweep_dir)
-    if not st.is_dir(TRIALS):
+    st = SweepDir.of(sweep_dir)
+    if not st.has_trials:
         raise FileNotFoundError(f"{sweep_dir}: not a sweep directory (no {TRIALS}/ inside)")
     try:
         old = read_manifest(st)
@@ -318,8 +320,8 @@ def compact(sweep_dir) -> dict:
     if broken:
         warnings.warn(f"{broken}; rebuilding the compacted copy", stacklevel=2)
         old = None
-    entries = st.list(TRIALS, ".parquet")
-    stat = {e.name[: -len(".parquet")]: (e.size, e.mtime_ns) for e in entries}
+    entries = st.list(TRIALS, RESULT_SUFFIX)
+    stat = {trial_id_of(e.name): (e.size, e.mtime_ns) for e in entries}
     if old is not None:
         match = old.match(entries)
     else:
@@ -399,6 +401,12 @@ def compact(sweep_dir) -> dict:
                     for tid in members[i]:
                         file_of[kind, tid] = f
 
+    if old is not None and not match.new and not match.stale and not writers \
+            and len(kept) == len(old.files) \
+            and set(_files_under(st, COMPACTED)) == {f.path for f in old.files} | {MANIFEST}:
+        # nothing new, changed, gone or stray: the copy stands as it is, and nothing is written
+        return _summary(t0, old.version, match, rows, old.files, [], 0, 0, 0, set(stat))
+
     for w in writers.values():
         w.close()
     written = [f for w in writers.values() for f, _ in w.written]
@@ -430,13 +438,18 @@ def compact(sweep_dir) -> dict:
                 pass
     _prune_empty_dirs(st)
 
-    n_valid = sum(1 for r in rows.values() if r[2] is None)
+    return _summary(t0, version, match, rows, files, written, deleted, n_read, n_invalid_new,
+                    set(stat))
+
+
+def _summary(t0: float, version: str, match: Match, rows: dict, files: list, written: list,
+             deleted: int, n_read: int, n_invalid_new: int, present: set[str]) -> dict:
     return {
-        "trials": n_valid,
+        "trials": sum(1 for r in rows.values() if r[2] is None),
         "reused": len(match.valid),
         "read": n_read,
         "invalid": len(match.invalid) + n_invalid_new,
-        "dropped": len(match.stale - set(stat)),
+        "dropped": len(match.stale - present),
         "datasets": len({f.dataset for f in files if f.kind == "results"}),
         "files": len(files),
         "written": len(written),

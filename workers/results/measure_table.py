@@ -19,10 +19,11 @@ import time
 import pyarrow as pa
 
 from workers.results.conform import conform, drifted
-from workers.measures import Outcome, raised, settings_key
+from workers.results.measure_values import Outcome, raised, settings_key
+from workers.results.layout import MEASURES, SELECTION_FILE, parse_measure_name, raised_file
+from workers.results.layout import measure_file as _measure_file
 from workers.results.storage import store
 
-MEASURES = "measures"
 MEASURE_FORMAT = 1  # bump only for an incompatible change; new optional columns need none
 POINT_VALUE = pa.struct([("split", pa.string()), ("index", pa.int64()), ("value", pa.float64())])
 MEASURE_SCHEMA = pa.schema(
@@ -36,15 +37,12 @@ COLUMNS = [f.name for f in MEASURE_SCHEMA if f.name != "points"]
 
 def measure_file(trial_id: str, measure: str, version: int, settings) -> str:
     """The file of one value, relative to the sweep directory."""
-    return f"{MEASURES}/{trial_id}.{measure}.v{version}.{settings_key(settings)}.parquet"
+    return _measure_file(trial_id, measure, version, settings_key(settings))
 
 
 def parse_name(name: str) -> tuple[str, str, int, str] | None:
     """(trial_id, measure, version, settings key) from a file name, or None."""
-    parts = name[: -len(".parquet")].split(".") if name.endswith(".parquet") else []
-    if len(parts) != 4 or not parts[2].startswith("v") or not parts[2][1:].isdigit():
-        return None
-    return parts[0], parts[1], int(parts[2][1:]), parts[3]
+    return parse_measure_name(name)
 
 
 def stored_keys(sweep_dir) -> set[tuple[str, str, int, str]]:
@@ -72,7 +70,7 @@ def write_outcome(sweep_dir, trial_id: str, o: Outcome, replace: bool = False) -
             err = "unreadable"
         if not raised(err):
             return None
-        st.move(rel, f"{MEASURES}/raised/{rel.split('/', 1)[1]}.{time.time_ns()}")
+        st.move(rel, raised_file(rel, time.time_ns()))
     points = [{"split": split, "index": int(i), "value": None if v is None else float(v)}
               for split, vals in o.points.items() for i, v in sorted(vals.items())]
     row = {"trial_id": trial_id, "measure": o.name, "version": o.version,
@@ -85,7 +83,7 @@ def write_outcome(sweep_dir, trial_id: str, o: Outcome, replace: bool = False) -
     return rel
 
 
-SELECTION = "measures.json"  # the settings last asked for per measure: what load_results shows
+SELECTION = SELECTION_FILE  # the settings last asked for per measure: what load_results shows
 
 
 def canonical_settings(settings) -> str:

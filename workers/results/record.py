@@ -9,19 +9,39 @@ nothing or the whole file.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workers.results.conform import CastError, conform, drifted
+from workers.results.hyperparameters import DEFAULTS as HYPERPARAMETER_DEFAULTS
 from workers.results.hyperparameters import FIELDS as HYPERPARAMETER_FIELDS
-from workers.results.layout import extra_file, trial_file
+from workers.results.layout import CURVES, GRIDS, extra_file, trial_file
 from workers.results.storage import store
 
-# 3: stopped_by_time; 4: float64_agrees, float64_rel_diff (older files read with them null)
-SCHEMA_VERSION = 4
-STATUSES = ("ok", "failed", "diverged", "oom")
+# 3: stopped_by_time; 4: float64_agrees, float64_rel_diff (older files read with them null);
+# 5: weight_decay (older files read with its identity default, 0: they trained without it)
+SCHEMA_VERSION = 5
+
+
+class Status(StrEnum):
+    """A trial's status. A record stores one of the first four (its ``status`` column holds
+    the value, a plain string); the index (``workers.results.index``) also says of a planned
+    trial that its file is not a valid result (INVALID) or that it has none yet (PENDING).
+    A member equals its value (``Status.OK == "ok"``) and prints as it."""
+
+    OK = "ok"  # trained; its measures stand
+    FAILED = "failed"  # raised (``error``; ``retryable`` when the system, not the trial, failed)
+    DIVERGED = "diverged"  # the loss became non-finite
+    OOM = "oom"  # out of memory
+    INVALID = "invalid"  # index only: a result file that is not a valid result
+    PENDING = "pending"  # index only: no result file yet
+
+
+RECORDED = (Status.OK, Status.FAILED, Status.DIVERGED, Status.OOM)  # what a record may hold
+STATUSES = tuple(s.value for s in RECORDED)
 
 POINT_TYPE = pa.struct(
     [
@@ -82,12 +102,12 @@ SCHEMA = pa.schema(
 # Tables a trial may store beside its result file, ``<sweep>/<kind>/<trial_id>.parquet``, written
 # before the result file (which alone marks the trial done).
 EXTRA_SCHEMAS = {
-    "curves": pa.schema([  # workers.studies.ellipse_rows
+    CURVES: pa.schema([  # workers.studies.ellipse_rows
         ("trial_id", pa.string()), ("ellipse", pa.string()), ("phase", pa.string()),
         ("angle", pa.float64()), ("jacobian_norm", pa.float64()), ("transitions", pa.int64()),
         ("density", pa.float64()),
     ]),
-    "grids": pa.schema([  # workers.studies.boundary_map, one row per phase
+    GRIDS: pa.schema([  # workers.studies.boundary_map, one row per phase
         ("trial_id", pa.string()), ("phase", pa.string()), ("n", pa.int64()),
         ("extent", pa.float64()), ("boundary", pa.list_(pa.bool_())),
         ("predicted", pa.list_(pa.int64())), ("anchor_labels", pa.list_(pa.int64())),
@@ -142,13 +162,17 @@ def points_columns(split: str, index, label, jac, loss, correct, transitions=Non
 
 def _with_missing(table: pa.Table, columns: list[str] | None) -> pa.Table:
     """``table`` (read from a file of an older schema version) with the columns of SCHEMA it
-    lacks as nulls, in SCHEMA's order (or ``columns``'); its metadata says the current
-    version, since it now has the current columns."""
+    lacks as nulls (a hyperparameter with an identity default: that default, the value every
+    trial had before it existed), in SCHEMA's order (or ``columns``'); its metadata says the
+    current version, since it now has the current columns."""
     names = columns if columns is not None else SCHEMA.names
     out = []
     for c in names:
         if c in table.column_names:
             out.append(table.column(c))
+        elif c in HYPERPARAMETER_DEFAULTS:
+            out.append(pa.array([HYPERPARAMETER_DEFAULTS[c]] * table.num_rows,
+                                SCHEMA.field(c).type))
         elif c in SCHEMA.names:
             out.append(pa.nulls(table.num_rows, SCHEMA.field(c).type))
         else:

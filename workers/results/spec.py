@@ -19,14 +19,20 @@ import hashlib
 import json
 from dataclasses import dataclass, field, fields, replace
 
+from workers.results.hyperparameters import DEFAULTS, drop_defaults
+from workers.results.measure_values import METRIC_ALIASES
+
 # Bump when the meaning of a spec field changes, so old and new trials never share an id.
 # 1: every field, measurement settings included; 2: only what determines the trained weights.
 SPEC_VERSION = 2
 
-# TrainSpec fields by the optimizers they apply to (the rest apply to all)
-_MINIBATCH_ONLY = ("lr_decay_epochs", "lr_decay")
-_LBFGS_ONLY = ("lbfgs_history", "lbfgs_tolerance_grad", "lbfgs_tolerance_change",
-               "lbfgs_max_iter")
+
+def _setting(default, config: str | None = None, only: str | None = None):
+    """A TrainSpec field: its default (a spec written before the field existed), the
+    configuration key it is taken from (``train.<name>`` unless ``config`` says otherwise; ""
+    for a hyperparameter, which the planner draws) and the optimizers it applies to (``only``:
+    "minibatch" or "lbfgs"; left out of the identity of the others' trials)."""
+    return field(default=default, metadata={"config": config, "only": only})
 
 
 @dataclass(frozen=True)
@@ -41,24 +47,47 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    steps: int = 2000  # optimizer steps (L-BFGS: iterations), the budget
-    early_stop: bool = True  # stop once the whole train set is classified 100% correctly
-    check_every: int = 100  # cadence of the early-stop and divergence checks, in steps
-    lr_decay_epochs: int = 500  # A.5: lr x lr_decay every 500 epochs
-    lr_decay: float = 0.1
-    lbfgs_history: int = 100
-    lbfgs_tolerance_grad: float = 1e-7
-    lbfgs_tolerance_change: float = 1e-9
-    lbfgs_max_iter: int = 2684  # A.5.5: at most 2684 L-BFGS iterations
+    """How the network is trained. Each field names the configuration key it comes from (the
+    planner reads them: ``sweep.plan._trial_spec``); its default is what a spec written before
+    the field existed means."""
+
+    steps: int = _setting(2000)  # optimizer steps (L-BFGS: iterations), the budget
+    early_stop: bool = _setting(True)  # stop once the whole train set is classified 100% correctly
+    check_every: int = _setting(100)  # cadence of the early-stop and divergence checks, in steps
+    lr_decay_epochs: int = _setting(500, only="minibatch")  # A.5: lr x lr_decay every 500 epochs
+    lr_decay: float = _setting(0.1, only="minibatch")
+    lbfgs_history: int = _setting(100, "train.lbfgs.history_size", "lbfgs")
+    lbfgs_tolerance_grad: float = _setting(1e-7, "train.lbfgs.tolerance_grad", "lbfgs")
+    lbfgs_tolerance_change: float = _setting(1e-9, "train.lbfgs.tolerance_change", "lbfgs")
+    lbfgs_max_iter: int = _setting(2684, "train.lbfgs.max_iter", "lbfgs")  # A.5.5: at most 2684
+    # the hyperparameter weight_decay (workers.results.hyperparameters): coupled L2, lambda
+    weight_decay: float = _setting(DEFAULTS["weight_decay"], "")
+
+    @staticmethod
+    def config_keys() -> dict[str, str]:
+        """field -> the configuration key it is taken from, for the fields the configuration
+        sets (the hyperparameters among them are drawn by the planner instead)."""
+        return {f.name: f.metadata["config"] or f"train.{f.name}" for f in fields(TrainSpec)
+                if f.metadata["config"] != ""}
+
+
+# TrainSpec fields by the optimizers they apply to (the rest apply to all)
+_MINIBATCH_ONLY = tuple(f.name for f in fields(TrainSpec) if f.metadata["only"] == "minibatch")
+_LBFGS_ONLY = tuple(f.name for f in fields(TrainSpec) if f.metadata["only"] == "lbfgs")
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    jacobian_points: int | None = None  # per split, seeded subset; None = every point
-    # test points whose translation loop is walked for transitions (seeded subset; None = all,
-    # 0 = off); Tanh networks are counted by dense sampling with transitions_k points per loop
-    transitions_points: int | None = 100
-    transitions_k: int = 4096
+    """How a trial's network is measured (not part of its identity): the registered measures
+    it evaluates, their settings other than the defaults, and the off-data studies."""
+
+    # aliases of measure settings (``METRIC_ALIASES``), kept so that specs of older plans and
+    # callers read the same; at its default (the default its measures register) a field sets
+    # nothing, otherwise it sets its measures' setting (``measure_overrides`` must then not set
+    # that setting to another value):
+    jacobian_points: int | None = None  # jacobian_norm_{train,test}.points (None: every point)
+    transitions_points: int | None = 100  # transitions_test.points (None: all, 0: off)
+    transitions_k: int = 4096  # transitions_test.k (Tanh: samples per loop)
     # off-data studies, before and after training (workers.studies); 0 = off
     ellipse_k: int = 0  # points per ellipse (Fig. 2; the paper: 2^20)
     boundary_grid: int = 0  # n for an n x n grid in the plane of three training points (Fig. 3)
@@ -67,26 +96,37 @@ class MetricSpec:
     measures: tuple[str, ...] = ("jacobian_norm_train", "jacobian_norm_test", "transitions_test")
     # modules that register user measures (workers.measures.load_modules), imported by workers
     measure_modules: tuple[str, ...] = ()
-    # the other measures' settings that differ from their defaults, as canonical JSON
-    # {measure or group: {setting: value}} (the configuration's ``measure_settings``)
+    # the measures' settings other than their registered defaults, as canonical JSON
+    # {measure: {setting: value}} (the configuration's ``measure_settings``, groups expanded:
+    # ``sweep.config.SweepConfig.metric_spec``)
     measure_overrides: str = "{}"
 
     def measure_settings(self) -> dict[str, dict]:
-        """Per measure, the settings that differ from its registered defaults: the Jacobian
-        norms' and transitions' from these fields, the others from ``measure_overrides``
-        (groups expanded: ``workers.measures.expand_settings``)."""
-        from workers.measures import expand_settings
-
-        return {**expand_settings(json.loads(self.measure_overrides)),
-                "jacobian_norm_train": {"points": self.jacobian_points},
-                "jacobian_norm_test": {"points": self.jacobian_points},
-                "transitions_test": {"points": self.transitions_points,
-                                     "k": self.transitions_k}}
+        """Per measure, the settings that differ from its registered defaults: those of
+        ``measure_overrides`` and of the alias fields not at their defaults. Raises ValueError
+        where an alias field and ``measure_overrides`` set one setting to two values."""
+        cached = self.__dict__.get("_settings")
+        if cached is None:
+            cached = {m: dict(st) for m, st in json.loads(self.measure_overrides).items()}
+            defaults = {f.name: f.default for f in fields(self)}
+            for alias, targets in METRIC_ALIASES.items():
+                v = getattr(self, alias)
+                if v == defaults[alias]:
+                    continue
+                for m, k in targets:
+                    st = cached.setdefault(m, {})
+                    if k in st and st[k] != v:
+                        raise ValueError(f"{alias} {v!r} and measure_overrides' {m}.{k} "
+                                         f"{st[k]!r}: one setting, two values; allowed: one")
+                    st[k] = v
+            object.__setattr__(self, "_settings", cached)
+        return {m: dict(st) for m, st in cached.items()}
 
     def active_measures(self) -> tuple[str, ...]:
-        """``measures`` less the ones switched off (transitions_points = 0)."""
-        return tuple(n for n in self.measures
-                     if not (n == "transitions_test" and self.transitions_points == 0))
+        """``measures`` less the ones switched off: asked to run on 0 points
+        (``transitions_test.points`` 0)."""
+        settings = self.measure_settings()
+        return tuple(n for n in self.measures if settings.get(n, {}).get("points") != 0)
 
 
 @dataclass(frozen=True)
@@ -105,19 +145,24 @@ class TrialSpec:
     metrics: MetricSpec = field(default_factory=MetricSpec, compare=False)
     # the id a version-1 plan gave this trial (its hash covered the measurement settings)
     legacy_id: str | None = field(default=None, compare=False)
+    # the measurement settings a version-1 text carried (its id hashed them): canonical_v1
+    # writes these, whatever ``metrics`` the spec is measured with now
+    planned_metrics: MetricSpec | None = field(default=None, compare=False, repr=False)
 
     def identity(self) -> dict:
         """What determines the trained weights, as plain data: the data, architecture,
         initialization, optimizer with the settings that apply to it (no L-BFGS settings in a
         mini-batch trial, no learning-rate decay in an L-BFGS one, whose ``lr`` is its line
-        search's initial step and whose ``batch_size`` is None), step budget, stop rule, seed."""
+        search's initial step and whose ``batch_size`` is None), step budget, stop rule, seed.
+        A hyperparameter at its identity default (``workers.results.hyperparameters``: e.g.
+        ``weight_decay`` 0) is left out, so trials planned before it existed keep their ids."""
         d = {f.name: getattr(self, f.name) for f in fields(self)
-             if f.name not in ("data", "train", "metrics", "legacy_id")}
+             if f.name not in ("data", "train", "metrics", "legacy_id", "planned_metrics")}
         d["data"] = {f.name: getattr(self.data, f.name) for f in fields(self.data)}
         skip = _MINIBATCH_ONLY if self.optimizer == "lbfgs" else _LBFGS_ONLY
         d["train"] = {f.name: getattr(self.train, f.name) for f in fields(self.train)
                       if f.name not in skip}
-        return d
+        return drop_defaults(d, self)  # (a hyperparameter at its default: as before it existed)
 
     def canonical(self) -> str:
         """The identity as canonical JSON (sorted keys, no spaces, with the spec version);
@@ -132,11 +177,15 @@ class TrialSpec:
     def canonical_v1(self) -> str:
         """The version-1 canonical JSON (every field, measurement settings included), which
         plans written before version 2 hashed into their trial ids."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "legacy_id"}
+        d = {f.name: getattr(self, f.name) for f in fields(self)
+             if f.name not in ("legacy_id", "planned_metrics")}
+        if self.planned_metrics is not None:
+            d["metrics"] = self.planned_metrics
         for k in ("data", "train", "metrics"):  # flat dataclasses: one level
             d[k] = {f.name: getattr(d[k], f.name) for f in fields(d[k])
                     if f.name not in ("measures", "measure_modules",
                                       "measure_overrides")}  # (not in version 1)
+        drop_defaults(d, self)
         d["_version"] = 1
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
@@ -168,8 +217,9 @@ class TrialSpec:
         spec = cls(data=DataSpec(**d.pop("data")), train=TrainSpec(**train),
                    metrics=metrics or (MetricSpec(**stored) if stored else MetricSpec()), **d)
         if version == 1:
-            v1 = replace(spec, metrics=MetricSpec(**stored))
-            spec = replace(spec, legacy_id=hashlib.sha256(v1.canonical_v1().encode()).hexdigest()[:16])
+            planned = MetricSpec(**stored)
+            v1 = replace(spec, planned_metrics=planned)
+            spec = replace(v1, legacy_id=hashlib.sha256(v1.canonical_v1().encode()).hexdigest()[:16])
         return spec
 
 

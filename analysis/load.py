@@ -31,9 +31,12 @@ import pyarrow.parquet as pq
 from workers.results.compact import (
     POINTS_SCHEMA, RESULTS_SCHEMA, Match, flatten_points, read_manifest, read_trials,
 )
-from workers.results.layout import PAIRS_FILE, TRIALS
+from workers.results.layout import (
+    CURVES, GRIDS, PAIRS_FILE, RESULT_SUFFIX, TRIALS, trial_file, trial_id_of,
+)
 from workers.results.record import POINT_FIELDS, SUMMARY_COLUMNS
-from workers.results.storage import Store, store
+from workers.results.storage import Store
+from workers.results.sweep_dir import SweepDir
 
 POINT_COLUMNS = ["trial_id"] + POINT_FIELDS
 # what load_points filters may name: its columns and the trial's dataset
@@ -113,16 +116,16 @@ def _from_compacted(st: Store, kind: str, files, needed: list[str], expr, drop: 
 def _read(sweep_dir, kind: str, columns: list[str], expr,
           trial_ids=None) -> pa.Table | None:
     """Rows of ``columns`` (sorted by trial_id) from whichever form the sweep is in."""
-    st = store(sweep_dir)
-    if not st.is_dir(TRIALS):
-        raise FileNotFoundError(f"{sweep_dir}: not a sweep directory (no trials/ inside)")
+    st = SweepDir.of(sweep_dir)
+    if not st.has_trials:
+        raise FileNotFoundError(f"{sweep_dir}: not a sweep directory (no {TRIALS}/ inside)")
     needed = list(dict.fromkeys(list(columns) + ["trial_id"]))
     schema = RESULTS_SCHEMA if kind == "results" else POINTS_SCHEMA
     target = pa.schema([schema.field(c) for c in needed])
     for attempt in range(3):
         try:
             man = read_manifest(st)
-            entries = st.list(TRIALS, ".parquet")
+            entries = st.list(TRIALS, RESULT_SUFFIX)
             match = man.match(entries) if man is not None else None
             parts = [] if man is None else _from_compacted(st, kind, man.files, needed, expr,
                                                            match.stale)
@@ -132,9 +135,9 @@ def _read(sweep_dir, kind: str, columns: list[str], expr,
             warnings.warn(f"compacted copy unreadable ({type(err).__name__}: {err}); reading "
                           "the per-trial files", stacklevel=3)
             man = None
-            entries = st.list(TRIALS, ".parquet")
+            entries = st.list(TRIALS, RESULT_SUFFIX)
         if man is None:
-            match, parts = Match(new=[e.name[: -len(".parquet")] for e in entries]), []
+            match, parts = Match(new=[trial_id_of(e.name) for e in entries]), []
         for error in match.invalid.values():
             warnings.warn(f"skipping {error}", stacklevel=3)
         new = match.new if trial_ids is None else [t for t in match.new if t in trial_ids]
@@ -167,7 +170,7 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
     present); ``filters`` selects rows by summary columns (a pyarrow DNF list or Expression)."""
     from workers.measures import REGISTRY
 
-    overlaid = set(REGISTRY) | {c for cols_of in _INFO_COLUMNS.values() for c, _ in cols_of}
+    overlaid = set(REGISTRY) | {c for cols_of in _info_columns().values() for c, _ in cols_of}
     if columns and all(c in SUMMARY_COLUMNS and c not in overlaid for c in columns):
         wide = _measure_wide(None)  # only trial columns asked for: the table is not read
     else:
@@ -200,7 +203,7 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
             df[m] = df[m].astype("float64").where(~have, got.to_numpy())
         else:
             df[m] = got.to_numpy(dtype="float64")
-    for m, cols_of in _INFO_COLUMNS.items():  # how a built-in value was computed, with it
+    for m, cols_of in _info_columns().items():  # how a built-in value was computed, with it
         if m not in measured:
             continue
         have = wide[m + "\0has"].reindex(ids.to_numpy()).fillna(False).to_numpy(dtype=bool)
@@ -210,20 +213,19 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
                 vals = [json.loads(i).get(key) if h and isinstance(i, str) else None
                         for i, h in zip(info, have)]
                 df[col] = pd.Series(vals, index=df.index, dtype=object).where(have, df[col])
-                if col != "transitions_method":
+                if not pa.types.is_string(RESULTS_SCHEMA.field(col).type):
                     df[col] = pd.to_numeric(df[col])
     df = df[cols]
     df.attrs["measures"] = [c for c in cols if c in measured or c in REGISTRY]
     return df
 
 
-# the record's columns that say how a built-in measure's value was computed: (column, info key)
-_INFO_COLUMNS = {
-    "jacobian_norm_train": [("jacobian_points_train", "points")],
-    "jacobian_norm_test": [("jacobian_points_test", "points")],
-    "transitions_test": [("transitions_points", "points"), ("transitions_method", "method"),
-                         ("transitions_k", "k")],
-}
+def _info_columns() -> dict[str, list[tuple[str, str]]]:
+    """The record's columns that say how a built-in measure's value was computed, as its
+    registration declares them (``register(record=...)``): measure -> [(column, info key)]."""
+    from workers.measures import REGISTRY
+
+    return {name: list(m.record.items()) for name, m in REGISTRY.items() if m.record}
 
 
 def _measure_wide(sweep_dir) -> pd.DataFrame:
@@ -316,12 +318,9 @@ def result_files(sweep_dir) -> list[str]:
     does not fail the whole query as ``read_parquet('trials/*.parquet')`` does. A file with a
     column of another type that casts (int32, dictionary...) is a valid result and is listed:
     the other reader casts it (DuckDB 2.0 does)."""
-    from workers.results.journal import trial_statuses
-
-    st = store(sweep_dir)
-    statuses, _ = trial_statuses(st)
-    rel = [f"{TRIALS}/{tid}.parquet" for tid in sorted(statuses)]
-    return [st.path(r) if st.local else st.uri(r) for r in rel]
+    d = SweepDir.of(sweep_dir)
+    statuses, _ = d.statuses()
+    return [d.locate(trial_file(tid)) for tid in sorted(statuses)]
 
 
 def measure_files(sweep_dir) -> list[str]:
@@ -331,21 +330,20 @@ def measure_files(sweep_dir) -> list[str]:
     read), or one with a column that does not cast to the table's type (as ``load_measures``
     judges it) is left out; a column of another type that casts (int32, dictionary...) is kept,
     for the other reader to cast (DuckDB 2.0 does)."""
-    from workers.results.measure_table import MEASURES, MeasureFormatError, parse_name, read_value_file
+    from workers.results.layout import MEASURES
+    from workers.results.measure_table import MeasureFormatError, read_value_file
 
-    st = store(sweep_dir)
+    d = SweepDir.of(sweep_dir)
     out = []
-    for e in st.list(MEASURES, ".parquet"):
-        rel = f"{MEASURES}/{e.name}"
-        if parse_name(e.name) is None:
-            continue
+    for name, _ in d.measure_names():
+        rel = f"{MEASURES}/{name}"
         try:
-            read_value_file(st, rel, [])  # the footer, and any column of another type
+            read_value_file(d, rel, [])  # the footer, and any column of another type
         except MeasureFormatError:
             raise
         except Exception:
             continue
-        out.append(st.path(rel) if st.local else st.uri(rel))
+        out.append(d.locate(rel))
     return out
 
 
@@ -356,13 +354,11 @@ def _load_extra(sweep_dir, kind: str) -> pd.DataFrame:
     from workers.results.conform import conform
     from workers.results.record import EXTRA_SCHEMAS
     from workers.results.layout import extra_file
-    from workers.results.resume import valid_trial_ids
 
     schema = EXTRA_SCHEMAS[kind]
-    st = store(sweep_dir)
-    present = {e.name[: -len(".parquet")] for e in st.list(kind, ".parquet")}
+    st = SweepDir.of(sweep_dir)
     parts = []
-    for tid in sorted(set(valid_trial_ids(st)) & present):
+    for tid in sorted(set(st.valid()) & st.extra_ids(kind)):
         rel = extra_file(kind, tid)
         try:
             t = conform(st.parquet_file(rel).read(use_threads=False), schema, st.uri(rel))
@@ -382,7 +378,7 @@ def load_curves(sweep_dir) -> pd.DataFrame:
     """Ellipse profiles (Fig. 2): one row per (trial, ellipse, phase, angle) with the Jacobian
     norm, the exact transitions on the k-gon edge from this angle to the next, and the density
     (transitions per radian). Empty unless the sweep ran with ``metrics.ellipse_k`` > 0."""
-    return _load_extra(sweep_dir, "curves")
+    return _load_extra(sweep_dir, CURVES)
 
 
 def load_sharpness_curves(sweep_dir) -> pd.DataFrame:
@@ -410,7 +406,7 @@ def load_sharpness_curves(sweep_dir) -> pd.DataFrame:
 def load_grids(sweep_dir) -> pd.DataFrame:
     """Boundary maps (Fig. 3): one row per (trial, phase) with the flattened n x n last-hidden-
     layer boundary mask and predicted classes. Empty unless ``metrics.boundary_grid`` > 0."""
-    return _load_extra(sweep_dir, "grids")
+    return _load_extra(sweep_dir, GRIDS)
 
 
 PAIR_METRICS = ["status", "train_acc", "test_acc", "gen_gap", "jacobian_norm_test",
@@ -422,7 +418,7 @@ def load_pairs(sweep_dir, columns: list[str] | None = None) -> pd.DataFrame:
     factor, value_a, value_b, trial_a, trial_b and, for each of ``columns`` (summary columns;
     default PAIR_METRICS), ``<column>_a`` and ``<column>_b`` from the two trials' results (NaN
     where a trial has no result yet)."""
-    st = store(sweep_dir)
+    st = SweepDir.of(sweep_dir)
     if not st.is_file(PAIRS_FILE):
         raise FileNotFoundError(f"{sweep_dir}: no {PAIRS_FILE} (plan the sweep with plan.factors)")
     pairs = st.read_parquet(PAIRS_FILE).to_pandas()

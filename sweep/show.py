@@ -132,13 +132,15 @@ def show(overrides: list[str] | tuple[str, ...] = (), keys: bool = False) -> str
     docs = {**key_docs(conf_dir() / "config.yaml"),
             **key_docs(conf_dir() / "dataset" / f"{cfg.dataset.name}.yaml", "dataset."),
             **GROUP_DOCS}
-    from workers.measures import configurable_settings
+    from workers.measures import configurable_settings, setting_rule
 
     for name, defaults in configurable_settings().items():
         for k, v in defaults.items():
+            kind, lowest = setting_rule(name, k)
             docs[f"measure_settings.{name}.{k}"] = (
                 f"null = the measure's default, {'all' if v is None else v}"
-                + ("; an integer >= 1 or all (every training point)" if k == "points" else "")
+                + (f"; an integer >= {lowest} or all (every point)" if kind == "points" else "")
+                + ("; 0 = off" if kind == "points" and lowest == 0 else "")
                 + ("; sets the six PAC-Bayes measures" if name == "pacbayes" else ""))
     allowed = allowed_values()
     flat = _flat(d)

@@ -86,6 +86,7 @@ def test_a_version_1_plan_keeps_its_ids():
     want = hashlib.sha256(text.encode()).hexdigest()[:16]
     spec = TrialSpec.from_json(text)
     assert spec.trial_id == want and spec.metrics.transitions_points == 50
+    assert spec.metrics.measure_settings() == {"transitions_test": {"points": 50}}
     assert spec.canonical_v1() == text
     # carrying today's measurement settings keeps the old id
     assert TrialSpec.from_json(text, MetricSpec(transitions_points=7)).trial_id == want
@@ -488,8 +489,8 @@ def test_measure_settings_reach_the_measures_and_old_sweeps_keep_the_defaults(tm
     assert got["pacbayes_flatness"] == {"samples": 5} and got["pacbayes_mag_init"] == {"samples": 5}
     assert got["pacbayes_orig"] == {"samples": 7} and got["sharpness"] == {"points": None}
     assert "expected_sharpness" not in got
-    assert compose(plain).metric_spec().measure_settings().keys() == {
-        "jacobian_norm_train", "jacobian_norm_test", "transitions_test"}
+    # the paper's measures too: at their registered defaults, nothing to set
+    assert compose(plain).metric_spec().measure_settings() == {}
     # the spec's settings survive the trip to a worker (JSON of the MetricSpec's fields)
     from dataclasses import asdict
 
@@ -598,3 +599,82 @@ def test_a_module_registering_a_reserved_name_is_refused_naming_the_module(tmp_p
     assert code == 2 and len(err.splitlines()) == 1, err
     assert str(mod) in err and "'test_acc' is reserved" in err
     assert not (tmp_path / "s").exists()
+
+
+# --- the paper's measures as ordinary measures; settings declared with the measure ----------------
+
+
+def test_the_papers_measures_are_set_like_any_other_and_the_metrics_aliases_still_work():
+    """``measure_settings.<measure>.<setting>`` sets the Jacobian norms and the transitions;
+    ``metrics.jacobian_points``, ``.transitions_points``, ``.transitions_k`` name the same
+    settings (older sweeps, commands); both for one setting is refused with one line."""
+    from sweep.config import ConfigError
+
+    plain = ["experiment=paper_small"]
+    new = compose(plain + ["measure_settings.jacobian_norm_test.points=40",
+                           "measure_settings.transitions_test.points=0",
+                           "measure_settings.transitions_test.k=64"]).metric_spec()
+    assert new.measure_settings() == {"jacobian_norm_test": {"points": 40},
+                                      "transitions_test": {"points": 0, "k": 64}}
+    assert "transitions_test" not in new.active_measures()  # 0 points: off, as the alias's 0
+    old = compose(plain + ["metrics.jacobian_points=40", "metrics.transitions_points=0",
+                           "metrics.transitions_k=64"]).metric_spec()
+    assert old.measure_settings() == {"jacobian_norm_train": {"points": 40},
+                                      "jacobian_norm_test": {"points": 40},
+                                      "transitions_test": {"points": 0, "k": 64}}
+    assert old.active_measures() == new.active_measures()
+    # null is every point, as it always was (and not the default 100 of the transitions)
+    assert compose(plain + ["metrics.transitions_points=null"]).metric_spec().measure_settings() \
+        == {"transitions_test": {"points": None}}
+    with pytest.raises(ConfigError, match=r"^measure_settings.transitions_test.k: 64, and its "
+                                          r"alias metrics.transitions_k is 32") as e:
+        compose(plain + ["metrics.transitions_k=32", "measure_settings.transitions_test.k=64"])
+    assert "\n" not in str(e.value)
+    # an alias at the registered default sets nothing: the measure_settings key decides
+    assert compose(plain + ["metrics.transitions_k=4096", "measure_settings.transitions_test.k=64"]
+                   ).metric_spec().measure_settings() == {"transitions_test": {"k": 64}}
+    # a MetricSpec of an older plan (the alias fields) and one of today give the same settings
+    assert MetricSpec(jacobian_points=40, transitions_points=0, transitions_k=64
+                      ).measure_settings() == old.measure_settings()
+    with pytest.raises(ValueError, match="two values"):
+        MetricSpec(transitions_k=8, measure_overrides='{"transitions_test":{"k":64}}'
+                   ).measure_settings()
+
+
+def test_a_measures_settings_and_their_rules_are_declared_with_it(scratch_registry):
+    """The defaults come from the function's keyword-only parameters; bounds and the rule
+    across settings are registered with the measure, and the configuration applies them; the
+    MetricSpec alias fields' defaults are those the paper's measures register."""
+    import dataclasses
+
+    from workers.measures import setting_rule
+    from workers.results.measure_values import METRIC_ALIASES
+
+    def rule(st):
+        if st["low"] > st["high"]:
+            raise ValueError(f"low {st['low']} > high {st['high']}")
+
+    @register("banded", source="test", lower={"low": 0}, check=rule)
+    def banded(inputs, *, low: int = 1, high: int = 5, scale: float = 0.5):
+        return float(high - low) * scale
+
+    m = REGISTRY["banded"]
+    assert m.settings == {"low": 1, "high": 5, "scale": 0.5} and m.check is rule
+    assert setting_rule("banded", "low") == ("int", 0)
+    assert setting_rule("banded", "high") == ("int", 1)
+    assert setting_rule("banded", "scale") == ("number", None)
+    assert setting_rule("transitions_test", "points") == ("points", 0)
+    model, x, y = _model_and_data()
+    assert evaluate(model, ["banded"], settings={"banded": {"low": 2}})["banded"] == 1.5
+    with pytest.raises(ValueError, match="no default"):
+        register("nodefault", source="s")(lambda i, *, k: 0.0)
+    with pytest.raises(ValueError, match="disagree"):
+        register("wrong", source="s", settings={"k": 2})(lambda i, *, k=1: 0.0)
+    with pytest.raises(ValueError, match="lower bounds"):
+        register("nolower", source="s", lower={"q": 0})(lambda i, *, k=1: 0.0)
+    # (the older form: settings= agreeing with the function)
+    register("older", source="s", settings={"k": 1})(lambda i, k=1: float(k))
+    assert REGISTRY["older"].settings == {"k": 1}
+    defaults = {f.name: f.default for f in dataclasses.fields(MetricSpec)}
+    for alias, targets in METRIC_ALIASES.items():
+        assert all(REGISTRY[n].settings[k] == defaults[alias] for n, k in targets), alias

@@ -2,9 +2,12 @@
 
 A measure is a function of a trained model (and, if it says so, the initial weights, the
 training inputs and labels, the test inputs) returning one number; it is declared with its
-name, its source (paper and section or equation), what it needs, its settings with defaults and
-a version (bump it when the value it computes changes; values of an older version are then
-"outdated" and ``sweep measure`` computes them again). Sweeps run the measures named in the
+name, its source (paper and section or equation), what it needs and a version (bump it when the
+value it computes changes; values of an older version are then "outdated" and ``sweep
+measure`` computes them again). Its settings are its function's keyword-only parameters with
+their defaults; the rules the configuration checks them by (lower bounds, a rule across
+settings, a group that sets several measures at once) are declared with it. The paper's
+measures are registered like any other (``builtin``). Sweeps run the measures named in the
 configuration's ``measures`` list in every trial, and ``sweep measure`` evaluates them later on
 the saved weights of a finished sweep, without training anything again.
 
@@ -31,6 +34,9 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
+
+# (the plain-data pieces live with the contract; imported from here as before)
+from workers.results.measure_values import Outcome, raised, settings_key  # noqa: F401
 
 NEEDS = ("model", "init_model", "train_inputs", "train_labels", "test_inputs", "test_labels",
          "image_shape")
@@ -64,12 +70,6 @@ def draw_seed(inputs: "MeasureInputs", tag: int) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 2
 
 
-def raised(error: str | None) -> bool:
-    """Whether a stored error says the measure raised (a bug or an environment problem: worth
-    evaluating again once fixed), as opposed to 'undefined' (no value for this network)."""
-    return bool(error) and not error.startswith("undefined")
-
-
 class Undefined(ValueError):
     """Raised by a measure that has no value for this network (e.g. it divides by a margin
     <= 0): recorded as a null value with the message as its reason."""
@@ -87,6 +87,13 @@ class MeasureValue:
 
 @dataclass(frozen=True)
 class Measure:
+    """A registered measure (``register``): its settings are ``{setting: default}``, read from
+    the function's signature; ``lower`` the inclusive lower bound of a setting where it is not
+    the default rule (an integer >= 1, a number > 0, ``points`` an integer >= 1 or all);
+    ``check`` the rule across its settings (ValueError naming them); ``group`` the name under
+    which ``measure_settings`` sets it with others; ``record`` the trial record's columns that
+    say how its value was computed: {column: key of its ``info``}."""
+
     name: str
     fn: Callable[..., Any]
     source: str
@@ -95,21 +102,10 @@ class Measure:
     version: int
     doc: str = ""
     sign: int = 1  # +1: larger is expected to mean a larger generalization gap; -1: a smaller
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One evaluation: ``value`` (None if it raised or was skipped), per-point values, info,
-    the settings and version it ran with, ``seconds`` and ``error`` (the reason, if any)."""
-
-    name: str
-    value: float | None
-    version: int
-    settings: Mapping[str, Any]
-    seconds: float
-    error: str | None = None
-    points: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
-    info: Mapping[str, Any] = field(default_factory=dict)
+    lower: Mapping[str, float] = field(default_factory=dict)
+    check: Callable[[Mapping[str, Any]], None] | None = None
+    group: str | None = None
+    record: Mapping[str, str] = field(default_factory=dict)
 
 
 REGISTRY: dict[str, Measure] = {}
@@ -118,34 +114,73 @@ RECORD_MEASURES = ("jacobian_norm_train", "jacobian_norm_test", "transitions_tes
 
 
 def reserved_names() -> frozenset[str]:
-    """Names no measure may take: every column of a trial's record (``workers.results.record``: the
-    trial's outcome, hyperparameters and bookkeeping, its per-point records) and of the
-    measures table (``workers.results.measure_table``), other than the built-in measures the record
-    keeps (``RECORD_MEASURES``), and ``all`` (the configuration's word for every measure). A
-    measure of such a name would replace that column in ``analysis.load_results``."""
+    """Names no measure may take: every column of a trial's record (``workers.results.record``:
+    the trial's outcome, hyperparameters and bookkeeping, its per-point records) and of the
+    measures table (``workers.results.measure_table``), other than the built-in measures the
+    record keeps (``RECORD_MEASURES``), and ``all`` (the configuration's word for every
+    measure). A measure of such a name would replace that column in ``analysis.load_results``."""
+    from workers.results.measure_table import MEASURE_SCHEMA
     from workers.results.record import POINT_TYPE, SUMMARY_COLUMNS
 
-    table = ("trial_id", "measure", "version", "settings", "value", "seconds", "error", "info",
-             "hostname", "created", "points")  # (workers.results.measure_table.MEASURE_SCHEMA: a test
-    # checks they agree; that module imports this one)
-    names = set(SUMMARY_COLUMNS) | {f.name for f in POINT_TYPE} | set(table) | {"all", "sign"}
+    names = (set(SUMMARY_COLUMNS) | {f.name for f in POINT_TYPE} | set(MEASURE_SCHEMA.names)
+             | {"all", "sign"})
     return frozenset(names - set(RECORD_MEASURES))
+
+
 _NEED_OF = {"model": "model", "init_model": "init_model", "train_inputs": "x_train",
             "train_labels": "y_train", "test_inputs": "x_test", "test_labels": "y_test",
             "image_shape": "image_shape"}
 
 
+def _signature_settings(name: str, fn: Callable, given: Mapping[str, Any] | None) -> dict:
+    """{setting: default}: ``fn``'s keyword-only parameters (``fn(inputs, *, points=100)``),
+    each with its default. ``given`` (``register``'s ``settings=``, the older way to declare
+    them) must agree: it names every keyword-only parameter with its default, and otherwise
+    only parameters of ``fn`` (or any, if ``fn`` takes ``**settings``). ValueError otherwise,
+    or for a keyword-only parameter without a default."""
+    import inspect
+
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    kwonly = {}
+    for p in params:
+        if p.kind is p.KEYWORD_ONLY:
+            if p.default is p.empty:
+                raise ValueError(f"measure {name!r}: setting {p.name!r} has no default; "
+                                 "allowed: fn(inputs, *, setting=default, ...)")
+            kwonly[p.name] = p.default
+    if given is None:
+        return kwonly
+    given, named = dict(given), {p.name: p for p in params}
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    wrong = [k for k, v in given.items()
+             if (k not in named and not var_kw)
+             or (k in named and named[k].default is not named[k].empty
+                 and named[k].default != v)]
+    if wrong or set(kwonly) - set(given):
+        raise ValueError(f"measure {name!r}: settings {given} disagree with its function's "
+                         f"parameters; allowed: leave settings out and declare each as a "
+                         "keyword-only parameter with its default, fn(inputs, *, setting=default)")
+    return given
+
+
 def register(name: str, *, source: str, needs: Iterable[str] = ("model",),
              settings: Mapping[str, Any] | None = None, version: int = 1,
-             replace: bool = False, sign: int = 1) -> Callable:
-    """Decorator: declare ``fn(inputs: MeasureInputs, **settings) -> float | MeasureValue`` as
-    measure ``name``. ``needs`` from NEEDS; ``settings`` the keyword arguments with their
-    defaults (JSON values); ``version`` an integer >= 1; ``sign`` the direction the measure is
-    expected to predict the generalization gap in: +1 (the default, a complexity measure: larger
-    means a larger gap) or -1 (e.g. a margin: larger means a smaller gap); the statistics are
-    computed on sign * value and say so (``analysis.stats.statistics_table``). Raises ValueError for a bad
-    declaration or a name already registered by another function (unless ``replace``; the
-    same definition run again, as a notebook cell, replaces its earlier self)."""
+             replace: bool = False, sign: int = 1, lower: Mapping[str, float] | None = None,
+             check: Callable[[Mapping[str, Any]], None] | None = None,
+             group: str | None = None, record: Mapping[str, str] | None = None) -> Callable:
+    """Decorator: declare ``fn(inputs: MeasureInputs, *, setting=default, ...) -> float |
+    MeasureValue`` as measure ``name``. Its settings are its parameters after ``inputs``, with
+    their defaults (JSON values; ``settings``, if given, must agree). ``needs`` from NEEDS;
+    ``version`` an integer >= 1; ``sign`` the direction the measure is expected to predict the
+    generalization gap in: +1 (the default, a complexity measure: larger means a larger gap)
+    or -1 (e.g. a margin: larger means a smaller gap); the statistics are computed on sign *
+    value and say so (``analysis.stats.statistics_table``). The configuration's rules for its
+    settings (``measure_settings``): ``lower`` {setting: inclusive lower bound} where it is not
+    the default rule (see ``Measure``), ``check(settings)`` raising ValueError(one line) for
+    settings that do not go together, ``group`` a name that sets every measure of the group.
+    Raises ValueError for a bad declaration or a name already registered by another function
+    (unless ``replace``; the same definition run again, as a notebook cell, replaces its
+    earlier self)."""
     needs = tuple(needs)
     bad = [n for n in needs if n not in NEEDS]
     if bad:
@@ -161,10 +196,23 @@ def register(name: str, *, source: str, needs: Iterable[str] = ("model",),
         raise ValueError(f"measure {name!r}: version {version!r}; allowed: an integer >= 1")
     if sign not in (1, -1):
         raise ValueError(f"measure {name!r}: sign {sign!r}; allowed: 1 or -1")
-    settings = dict(settings or {})
-    json.dumps(settings)  # JSON-able, or TypeError now rather than when stored
+    if check is not None and not callable(check):
+        raise ValueError(f"measure {name!r}: check {check!r}; allowed: a function of the "
+                         "settings")
 
     def deco(fn):
+        st = _signature_settings(name, fn, settings)
+        json.dumps(st)  # JSON-able, or TypeError now rather than when stored
+        from workers.results.record import SUMMARY_COLUMNS
+
+        columns = sorted(set(record or {}) - set(SUMMARY_COLUMNS))
+        if columns:
+            raise ValueError(f"measure {name!r}: record columns {columns}, not columns of a "
+                             "trial's record (workers.results.record.SUMMARY_COLUMNS)")
+        unknown = sorted(set(lower or {}) - set(st))
+        if unknown:
+            raise ValueError(f"measure {name!r}: lower bounds of {unknown}, not settings of it; "
+                             f"allowed: {', '.join(st) or 'none'}")
         old = REGISTRY.get(name)
         same = old is not None and (getattr(old.fn, "__module__", None),
                                     getattr(old.fn, "__qualname__", None)) == (
@@ -172,8 +220,9 @@ def register(name: str, *, source: str, needs: Iterable[str] = ("model",),
         if old is not None and not (replace or same):  # (same: a notebook cell run again)
             raise ValueError(f"measure {name!r} is already registered; pass replace=True to "
                              "redefine it (and bump its version if its values change)")
-        REGISTRY[name] = Measure(name, fn, source, needs, settings, version,
-                                 (fn.__doc__ or "").strip(), sign)
+        REGISTRY[name] = Measure(name, fn, source, needs, st, version,
+                                 (fn.__doc__ or "").strip(), sign, dict(lower or {}), check,
+                                 group, dict(record or {}))
         return fn
 
     return deco
@@ -195,12 +244,6 @@ def resolved_settings(name: str, overrides: Mapping[str, Any] | None = None) -> 
         raise ValueError(f"measure {name!r}: settings {bad}; allowed: "
                          f"{', '.join(m.settings) or 'none'}")
     return {**m.settings, **overrides}
-
-
-def settings_key(settings: Mapping[str, Any]) -> str:
-    """A short stable hash of settings (canonical JSON), naming their stored value."""
-    text = json.dumps(dict(settings), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def evaluate_outcomes(inputs: MeasureInputs, names: Sequence[str],
@@ -313,23 +356,37 @@ from workers.measures import builtin, norms, pacbayes, sharpness  # noqa: E402,F
 # default is ``measures: [all]`` (conf/config.yaml).
 DEFAULT_MEASURES = RECORD_MEASURES
 
-# Settings that the configuration sets through ``metrics.*`` (MetricSpec.measure_settings), not
-# through ``measure_settings``: one way to set each.
-METRIC_SETTINGS = ("jacobian_norm_train", "jacobian_norm_test", "transitions_test")
-# ``measure_settings.pacbayes.*`` sets the six PAC-Bayes measures at once (they share their two
-# sigma' searches only when their settings agree)
-SETTING_GROUPS = {"pacbayes": tuple(n for n in REGISTRY if n.startswith("pacbayes"))}
+# ``measure_settings.<group>.*`` sets every measure registered with that ``group`` at once (the
+# six PAC-Bayes measures: they share their two sigma' searches only when their settings agree)
+SETTING_GROUPS: dict[str, tuple[str, ...]] = {
+    g: tuple(n for n, m in REGISTRY.items() if m.group == g)
+    for g in dict.fromkeys(m.group for m in REGISTRY.values() if m.group is not None)}
 
 
 def configurable_settings() -> dict[str, dict[str, Any]]:
-    """{name: its default settings} of the built-in measures whose settings the configuration's
-    ``measure_settings`` may set, with the groups of ``SETTING_GROUPS`` (the settings of their
-    first member); what ``sweep show --keys`` lists as ``measure_settings.<name>.<setting>``."""
+    """{name: its default settings} of the built-in measures with settings, with the groups of
+    ``SETTING_GROUPS`` (the settings of their first member): what the configuration's
+    ``measure_settings`` may set and ``sweep show --keys`` lists as
+    ``measure_settings.<name>.<setting>``."""
     out = {g: dict(REGISTRY[members[0]].settings) for g, members in SETTING_GROUPS.items()}
     for name in available():
-        if REGISTRY[name].settings and name not in METRIC_SETTINGS:
+        if REGISTRY[name].settings:
             out[name] = dict(REGISTRY[name].settings)
     return out
+
+
+def setting_rule(name: str, key: str) -> tuple[str, float | None]:
+    """How the configuration reads setting ``key`` of measure (or group) ``name``: ("points",
+    lowest) an integer >= lowest or ``all``, ("int", lowest) an integer >= lowest, or
+    ("number", lowest) a finite number >= lowest (None: > 0). From the measure's declaration
+    (``register(lower=...)``) and its default's type."""
+    m = REGISTRY[SETTING_GROUPS[name][0] if name in SETTING_GROUPS else name]
+    default, lowest = m.settings[key], m.lower.get(key)
+    if key == "points":
+        return "points", 1 if lowest is None else lowest
+    if isinstance(default, int) and not isinstance(default, bool):
+        return "int", 1 if lowest is None else lowest
+    return "number", lowest
 
 
 def expand_settings(overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

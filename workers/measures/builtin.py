@@ -4,7 +4,10 @@
 Jacobian of the softmax output with respect to the input (workers.metrics.jacobian_norm); test
 inputs only, no labels. ``transitions_test``: the mean over test points of the number of
 linear-region transitions along the point's translation loop (§3, A.1, Eq. 1): exact for
-piecewise-linear networks, Eq. 1 with ``k`` samples for Tanh.
+piecewise-linear networks, Eq. 1 with ``k`` samples for Tanh. Their settings are set like
+every measure's (``measure_settings.transitions_test.points``); the configuration's older
+``metrics.jacobian_points``, ``metrics.transitions_points`` and ``metrics.transitions_k`` name
+the same settings (``workers.results.measure_values.METRIC_ALIASES``).
 """
 
 from __future__ import annotations
@@ -32,15 +35,15 @@ def _jacobian(x: torch.Tensor, model, points: int | None, seed: int, split: str)
 
 
 @register("jacobian_norm_train", source="Novak et al. 2018, §3 (Jacobian norm), on train points",
-          needs=("model", "train_inputs"), settings={"points": None})
-def jacobian_norm_train(inputs: MeasureInputs, points: int | None = None) -> MeasureValue:
+          needs=("model", "train_inputs"), record={"jacobian_points_train": "points"})
+def jacobian_norm_train(inputs: MeasureInputs, *, points: int | None = None) -> MeasureValue:
     """Mean ||J(x)||_F over a seeded subset of ``points`` training inputs (None: all)."""
     return _jacobian(inputs.x_train, inputs.model, points, inputs.seed, "train")
 
 
 @register("jacobian_norm_test", source="Novak et al. 2018, §3 (Jacobian norm)",
-          needs=("model", "test_inputs"), settings={"points": None})
-def jacobian_norm_test(inputs: MeasureInputs, points: int | None = None) -> MeasureValue:
+          needs=("model", "test_inputs"), record={"jacobian_points_test": "points"})
+def jacobian_norm_test(inputs: MeasureInputs, *, points: int | None = None) -> MeasureValue:
     """Mean ||J(x)||_F over a seeded subset of ``points`` test inputs (None: all)."""
     return _jacobian(inputs.x_test, inputs.model, points, inputs.seed, "test")
 
@@ -79,10 +82,15 @@ def _require_loops_agree(inputs: MeasureInputs, images: torch.Tensor) -> None:
 
 
 @register("transitions_test", source="Novak et al. 2018, §3 and A.1, Eq. 1 (transitions)",
-          needs=("model", "test_inputs", "image_shape"), settings={"points": 100, "k": 4096})
-def transitions_test(inputs: MeasureInputs, points: int | None = 100, k: int = 4096) -> MeasureValue:
+          needs=("model", "test_inputs", "image_shape"),
+          lower={"points": 0, "k": 2},  # points 0: off (``MetricSpec.active_measures``)
+          record={"transitions_points": "points", "transitions_method": "method",
+                  "transitions_k": "k"})
+def transitions_test(inputs: MeasureInputs, *, points: int | None = 100,
+                     k: int = 4096) -> MeasureValue:
     """Mean number of transitions along the translation loops of a seeded subset of
-    ``points`` test images (None: all); Tanh networks by Eq. 1 with ``k`` samples per loop."""
+    ``points`` test images (None: all; 0: the measure is off); Tanh networks by Eq. 1 with
+    ``k`` samples per loop."""
     x = inputs.x_test
     idx = point_subset(len(x), points, inputs.seed)
     images = x[idx.to(x.device)].reshape(len(idx), *inputs.image_shape)

@@ -51,8 +51,6 @@ from workers.layers import (ACTIVATION_BOUND, TINY32, U32, activation_error,
 from workers.measures.norms import _cached, _double, _w, _w0, model64, weights
 
 EPS = 1e-3  # Jiang et al. C.7's epsilon of the magnitude-aware perturbation
-SEARCH = {"points": 500, "samples": 10, "steps": 15, "upper": 2.0, "target": 0.1,
-          "tolerance": 0.01}
 JIANG = "Jiang et al. 2019, Appendix C"
 
 
@@ -501,15 +499,32 @@ TRAIN = ("model", "train_inputs", "train_labels")
 INIT_TRAIN = ("model", "init_model", "train_inputs", "train_labels")
 
 
+def _search_check(name):
+    """The sigma' search's rule across its settings (``register(check=...)``)."""
+    def check(st) -> None:
+        if st["target"] >= 1:
+            raise ValueError(f"target {st['target']:g}: a training error rises by less than 1; "
+                             "allowed: 0 < target < 1")
+        if st["tolerance"] >= st["target"]:
+            raise ValueError(f"tolerance {st['tolerance']:g} >= target {st['target']:g} (for "
+                             f"{name}); allowed: tolerance < target")
+    return check
+
+
 def _define(name, eq, magnitude, kind, doc):
     needs = TRAIN if kind == "flatness" else INIT_TRAIN
 
-    def fn(inputs: MeasureInputs, **settings) -> MeasureValue:
-        return _pacbayes(inputs, magnitude, kind, settings)
+    def fn(inputs: MeasureInputs, *, points: int | None = 500, samples: int = 10,
+           steps: int = 15, upper: float = 2.0, target: float = 0.1,
+           tolerance: float = 0.01) -> MeasureValue:
+        return _pacbayes(inputs, magnitude, kind,
+                         {"points": points, "samples": samples, "steps": steps, "upper": upper,
+                          "target": target, "tolerance": tolerance})
 
     fn.__doc__ = doc + " sigma' by the seeded bisection of the module docstring."
     fn.__name__ = fn.__qualname__ = name
-    register(name, source=f"{JIANG}, Eq. {eq}", needs=needs, settings=dict(SEARCH))(fn)
+    register(name, source=f"{JIANG}, Eq. {eq}", needs=needs, group="pacbayes",
+             check=_search_check(name))(fn)
 
 
 _define("pacbayes_flatness", 53, False, "flatness", "1 / sigma'^2.")
@@ -526,8 +541,15 @@ _define("pacbayes_mag_init", 56, True, "init",
 
 
 # --- Neyshabur et al. 2017, §3 and Fig. 2: expected sharpness against KL ------------------------
-CURVE = {"alpha_min": 1e-4, "alpha_max": 1e-1, "alphas": 10, "alpha": 1e-3, "samples": 10,
-         "points": 500}
+def _curve_check(st) -> None:
+    """The curve's rule across its settings (``register(check=...)``)."""
+    if st["alpha_min"] > st["alpha_max"]:
+        raise ValueError(f"alpha_min {st['alpha_min']:g} > alpha_max {st['alpha_max']:g}; "
+                         "allowed: alpha_min <= alpha_max")
+    if st["alphas"] == 1 and st["alpha_max"] != st["alpha_min"]:
+        raise ValueError(f"alphas 1 takes alpha_min ({st['alpha_min']:g}) alone, alpha_max "
+                         f"{st['alpha_max']:g} would not be used; allowed: alpha_max = "
+                         "alpha_min, or alphas >= 2")
 
 
 def expected_sharpness_curve(model, x: torch.Tensor, y: torch.Tensor, alphas, *, samples: int,
@@ -552,8 +574,8 @@ def expected_sharpness_curve(model, x: torch.Tensor, y: torch.Tensor, alphas, *,
 
 
 @register("expected_sharpness", source="Neyshabur et al. 2017, §3 and Fig. 2",
-          needs=TRAIN, settings=dict(CURVE))
-def expected_sharpness(inputs: MeasureInputs, alpha_min: float = 1e-4, alpha_max: float = 1e-1,
+          needs=TRAIN, check=_curve_check)
+def expected_sharpness(inputs: MeasureInputs, *, alpha_min: float = 1e-4, alpha_max: float = 1e-1,
                        alphas: int = 10, alpha: float = 1e-3, samples: int = 10,
                        points: int | None = 500) -> MeasureValue:
     """E_nu[L(w + nu)] - L(w) at ``alpha`` (nu_k ~ N(0, (alpha (10 |w_k| + 1))^2)), and in

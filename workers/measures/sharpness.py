@@ -58,9 +58,9 @@ def sharpness_value(model, x: torch.Tensor, y: torch.Tensor, alpha: float, steps
 
 @register("sharpness", source="Neyshabur et al. 2017, §3 (Keskar et al. 2017's sharpness)",
           needs=("model", "train_inputs", "train_labels"),
-          settings={"alpha": 5e-4, "points": 1000, "steps": 20},
+          lower={"alpha": 0.0, "steps": 0},  # (alpha 0: the value 0; steps 0: the random start)
           version=2)  # 2: the random start seeded from the trial's own seed too (draw_seed)
-def sharpness(inputs: MeasureInputs, alpha: float = 5e-4, points: int | None = 1000,
+def sharpness(inputs: MeasureInputs, *, alpha: float = 5e-4, points: int | None = 1000,
               steps: int = 20) -> MeasureValue:
     """max_{|nu_k| <= alpha (|w_k| + 1)} (L(w + nu) - L(w)) / (1 + L(w)) over a seeded subset
     of ``points`` training points, by ``steps`` projected sign-gradient ascent steps."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from workers.results.record import Status
+
 # The paper's figures and statistics use only the networks that fit their training set.
 DEFAULT_TRAIN_ACC = 1.0
 
@@ -14,5 +16,5 @@ def fits_training_set(df: pd.DataFrame, threshold: float = DEFAULT_TRAIN_ACC) ->
     exact; a trial without a train accuracy is dropped."""
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"train accuracy threshold: {threshold!r}; allowed: a number in [0, 1]")
-    keep = (df["status"] == "ok") & (df["train_acc"] >= float(threshold))
+    keep = (df["status"] == Status.OK) & (df["train_acc"] >= float(threshold))
     return df[keep.fillna(False).astype(bool)]

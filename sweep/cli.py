@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 
 from sweep.commands import sweep_command
 
@@ -114,7 +113,10 @@ def _report_after(sweep_dir) -> None:
     # 200 replicates at 10^5 trials take minutes on 2 cores (bench/README.md): fewer there
     n_boot = 200 if planned <= 20_000 else 50
     try:
-        print(f"report: {make_report(sweep_dir, n_boot=n_boot, progress=True)}", flush=True)
+        from sweep.show import launch_command
+
+        page = make_report(sweep_dir, n_boot=n_boot, progress=True, launch_command=launch_command)
+        print(f"report: {page}", flush=True)
     except Exception as e:
         log(f"no report ({type(e).__name__}: {e}); write it with: "
             + sweep_command("report", d))
@@ -172,44 +174,35 @@ def cmd_measure(sweep_dir: str, overrides: list[str], retry_errors: bool = False
     except (KeyboardInterrupt, MeasureStopped) as e:
         print(f"sweep: measure {'stopped' if isinstance(e, MeasureStopped) else 'interrupted'};"
               f" the values written are kept. Evaluate the rest with: {again}", file=sys.stderr)
-        return 143 if isinstance(e, MeasureStopped) else 130
+        return e.exit_code if isinstance(e, MeasureStopped) else 130
     return 1 if counts["failed"] else 0
 
 
 def cmd_status(sweep_dir: str) -> int:
     """Counts by status, progress, and the failures with their reasons. Fast at 10^5 trials: a
     result file whose size matches the driver's journal is not opened (see
-    workers.results.journal.trial_statuses); `sweep resume` reads and checks every file."""
+    workers.results.index.status_counts); `sweep resume` reads and checks every file."""
     from sweep.lock import lock_status
     from workers.results.layout import PLAN_FILE
     from workers.results.record import ResultError, read_result
-    from workers.results.journal import trial_statuses
     from workers.results.storage import check_location
+    from workers.results.sweep_dir import SweepDir
 
     try:
-        d = check_location(sweep_dir, "SWEEP_DIR")  # (reachable: one line if not)
+        d = SweepDir.of(check_location(sweep_dir, "SWEEP_DIR"))  # (reachable: one line if not)
     except ValueError as e:
         return _fail(str(e))
-    if not d.is_file(PLAN_FILE):
+    if not d.planned:
         return _fail(f"SWEEP_DIR: {d} is not a sweep directory (no {PLAN_FILE})")
     planned = d.read_parquet(PLAN_FILE, columns=["trial_id"]).column("trial_id").to_pylist()
-    statuses, invalid = trial_statuses(d)
-    counts: Counter = Counter()
-    failures = []
-    planned_set = set(planned)
-    bad = [(tid, msg) for tid, msg in invalid if tid in planned_set]
-    bad_ids = {tid for tid, _ in bad}
-    for tid in planned:
-        st = statuses.get(tid)
-        counts["invalid" if tid in bad_ids else (st or "pending")] += 1
-        if st is not None and st != "ok":
-            failures.append((tid, st))
+    sc = d.status_counts(planned)
+    counts, failures, bad = sc.counts, sc.failures, sc.invalid
     print(f"sweep {d}: {len(planned)} trials planned")
     print(f"  {lock_status(d)}")
-    for k in ("ok", "diverged", "failed", "oom", "invalid", "pending"):
+    for k in sc.ORDER:
         if counts[k]:
             print(f"  {k:9s}{counts[k]:>8d}")
-    done = len(planned) - counts["pending"] - counts["invalid"]
+    done = sc.done
     print(f"  progress {done}/{len(planned)} ({100.0 * done / max(1, len(planned)):.1f}%)")
     shown = failures[:50]
     for tid, status in shown:
@@ -227,7 +220,7 @@ def cmd_status(sweep_dir: str) -> int:
 
 
 def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
-               noise_filter: bool = False, rank_by: str = "granulated_kendall") -> int:
+               noise_filter: bool = False, rank_by: str | None = None) -> int:
     from workers.results.layout import SWEEP_FILE
     from workers.results.storage import check_location
 
@@ -240,17 +233,18 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
             return _fail(f"--train-acc: {train_acc}; allowed: a number in [0, 1]")
         if n_boot < 0:
             return _fail(f"--bootstrap: {n_boot}; allowed: an integer >= 0")
-        from analysis.stats import STATISTICS
+        from analysis.stats.registry import RANK_BY, check_statistic
 
-        if rank_by not in STATISTICS:
-            return _fail(f"--rank-by: {rank_by!r}; allowed: {', '.join(STATISTICS)}")
+        rank_by = check_statistic(rank_by or RANK_BY, "--rank-by")  # ValueError: below
         from analysis.report import make_report
         from sweep.driver import log
+        from sweep.show import launch_command
 
         log(f"report: figures and statistics of {sweep_dir} with {n_boot} bootstrap resamples "
             "(the demo: about 20 s at 200, 1.5 minutes at 1000)")
         page = make_report(sweep_dir, train_acc=train_acc, n_boot=n_boot, out=out,
-                           noise_filter=noise_filter, rank_by=rank_by, progress=True)
+                           noise_filter=noise_filter, rank_by=rank_by, progress=True,
+                           launch_command=launch_command)
     except (ValueError, OSError) as e:  # incl. FileNotFoundError: no trials/ yet
         return _fail(str(e))
     print(f"report: {page}")
@@ -389,10 +383,12 @@ def _main(argv: list[str] | None = None) -> int:
                           help="only trials at train accuracy >= this (default 1.0, the paper's)")
     p_report.add_argument("--bootstrap", type=int, default=200,
                           help="bootstrap resamples for the confidence intervals (default 200)")
-    p_report.add_argument("--rank-by", default="granulated_kendall",
+    from analysis.stats.registry import RANK_BY, STATISTICS
+
+    p_report.add_argument("--rank-by", default=RANK_BY,
                           help="the statistic that orders the ranking of the measures (default "
-                               "granulated_kendall; pearson, spearman, kendall, conditional_mi, "
-                               "sign_error, robust_sign_error)")
+                               f"{RANK_BY}; "
+                               f"{', '.join(s for s in STATISTICS if s != RANK_BY)})")
     p_report.add_argument("--noise-filter", action="store_true",
                           help="sign-errors with Dziugaite et al.'s Monte-Carlo noise filter "
                                "(pairs of runs weighted by the Hoeffding bound on their gap "

@@ -23,23 +23,15 @@ from dataclasses import dataclass
 
 import torch
 
-CHECKPOINTS = "checkpoints"
-
-
-def checkpoint_file(trial_id: str) -> str:
-    return f"{CHECKPOINTS}/{trial_id}.pt"
-
-
-def fallback_file(trial_id: str) -> str:
-    """The weights at the fallback step (train.fallback_steps), kept while the trial runs."""
-    return f"{CHECKPOINTS}/{trial_id}.fallback.pt"
+# where they are: the sweep directory's layout (names kept here for their users)
+from workers.results.layout import CHECKPOINTS, checkpoint_file, fallback_file  # noqa: F401
 
 
 def remove_checkpoints(out_dir, trial_id: str) -> None:
     """Delete a trial's checkpoint and fallback files (once its result stands)."""
-    from workers.results.storage import store
+    from workers.results.sweep_dir import SweepDir
 
-    st = store(out_dir)
+    st = SweepDir.of(out_dir)
     for rel in (checkpoint_file(trial_id), fallback_file(trial_id)):
         if st.is_file(rel):
             st.delete(rel)
@@ -95,9 +87,9 @@ class Checkpointer:
 
     def __init__(self, out_dir: str, trial_id: str, spec_text: str, interval: Interval,
                  clock=time.monotonic):
-        from workers.results.storage import store
+        from workers.results.sweep_dir import SweepDir
 
-        self.store = store(out_dir)
+        self.store = SweepDir.of(out_dir)
         self.rel = checkpoint_file(trial_id)
         self.trial_id, self.spec_text = trial_id, spec_text
         self.interval, self.clock = interval, clock

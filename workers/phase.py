@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from workers.results.layout import running_file
+from workers.results.layout import parse_marker_name, running_file  # noqa: F401 (its users)
 
 _ACTIVE: "PhaseMarker | None" = None  # the marker of the task running in this process
 
@@ -39,30 +39,22 @@ def set_phase(phase: str) -> None:
         m.state = (m.state[0], phase)
 
 
-def parse_marker_name(name: str) -> tuple[str, str] | None:
-    """(trial_id, token) of a marker's file name ``<trial_id>.<token>.json``; None for another."""
-    if not name.endswith(".json"):
-        return None
-    tid, _, token = name[: -len(".json")].rpartition(".")
-    return (tid, token) if tid and token else None
-
-
 def read_marker(out, trial_id: str, token: str) -> dict | None:
     """A marker's content (``trial_id, phase, hostname, pid, time``), None if there is none
     or it cannot be read."""
-    from workers.results.storage import store
+    from workers.results.sweep_dir import SweepDir
 
     try:
-        return json.loads(store(out).read_text(running_file(trial_id, token)))
+        return json.loads(SweepDir.of(out).read_text(running_file(trial_id, token)))
     except Exception:
         return None
 
 
 def remove_marker(out, trial_id: str, token: str) -> None:
     """Remove a trial's marker if it is there (a marker left by a killed task)."""
-    from workers.results.storage import store
+    from workers.results.sweep_dir import SweepDir
 
-    st = store(out)
+    st = SweepDir.of(out)
     try:
         if st.is_file(running_file(trial_id, token)):
             st.delete(running_file(trial_id, token))
@@ -76,9 +68,9 @@ class PhaseMarker:
     that cannot be written never fails a trial."""
 
     def __init__(self, out, token: str, tick_s: float):
-        from workers.results.storage import store
+        from workers.results.sweep_dir import SweepDir
 
-        self.store, self.token, self.tick = store(out), token, tick_s
+        self.store, self.token, self.tick = SweepDir.of(out), token, tick_s
         self.state: tuple[str | None, str | None] = (None, None)  # (trial, phase): one assignment
         self._written: tuple[str | None, str | None] = (None, None)
         self._stop, self._lock = threading.Event(), threading.Lock()

@@ -43,12 +43,12 @@ def _retrain(spec, out_dir: str, data_root, download: bool, device: str,
     import torch
 
     from workers.data import load_data
-    from workers.results.layout import WEIGHTS, weights_file
+    from workers.results.layout import damaged_weights_file, weights_file
     from workers.metrics import per_point_loss
     from workers.models import build_mlp
     from workers.phase import set_phase
-    from workers.results.record import ResultError, read_trial_summary
-    from workers.results.storage import store
+    from workers.results.record import ResultError, Status, read_trial_summary
+    from workers.results.sweep_dir import SweepDir
     from workers.train import train_model
     from workers.trial import _save_weights
 
@@ -58,7 +58,7 @@ def _retrain(spec, out_dir: str, data_root, download: bool, device: str,
         row = read_trial_summary(out_dir, tid)
     except ResultError as e:
         return f"its result cannot be read ({e})"
-    if row["status"] != "ok":
+    if row["status"] != Status.OK:
         return f"its status is {row['status']}: it has no trained network to restore"
     if row.get("stopped_by_time"):
         return ("it stopped by its time budget (train.time_budget) at a fallback step, which a "
@@ -89,9 +89,9 @@ def _retrain(spec, out_dir: str, data_root, download: bool, device: str,
                         "(training is not deterministic here, e.g. on a GPU, or the code "
                         "changed): not the recorded network; nothing written")
     set_phase("writing weights")
-    st = store(out_dir)
+    st = SweepDir.of(out_dir)
     rel = weights_file(tid)
     if st.is_file(rel):  # the damaged file makes way, kept
-        st.move(rel, f"{WEIGHTS}/damaged/{tid}.safetensors.{time.time_ns()}")
+        st.move(rel, damaged_weights_file(tid, time.time_ns()))
     _save_weights(out_dir, tid, model)
     return None

@@ -35,14 +35,16 @@ def _jacobian(x: torch.Tensor, model, points: int | None, seed: int, split: str)
 
 
 @register("jacobian_norm_train", source="Novak et al. 2018, §3 (Jacobian norm), on train points",
-          needs=("model", "train_inputs"), record={"jacobian_points_train": "points"})
+          needs=("model", "train_inputs"), record={"jacobian_points_train": "points"},
+          group="jacobian_norm")
 def jacobian_norm_train(inputs: MeasureInputs, *, points: int | None = None) -> MeasureValue:
     """Mean ||J(x)||_F over a seeded subset of ``points`` training inputs (None: all)."""
     return _jacobian(inputs.x_train, inputs.model, points, inputs.seed, "train")
 
 
 @register("jacobian_norm_test", source="Novak et al. 2018, §3 (Jacobian norm)",
-          needs=("model", "test_inputs"), record={"jacobian_points_test": "points"})
+          needs=("model", "test_inputs"), record={"jacobian_points_test": "points"},
+          group="jacobian_norm")
 def jacobian_norm_test(inputs: MeasureInputs, *, points: int | None = None) -> MeasureValue:
     """Mean ||J(x)||_F over a seeded subset of ``points`` test inputs (None: all)."""
     return _jacobian(inputs.x_test, inputs.model, points, inputs.seed, "test")

@@ -335,24 +335,49 @@ def test_the_lab_module_of_these_tests_is_the_readmes():
     assert body.strip() in Path(LAB).read_text()
 
 
-def test_the_readme_example_runs_and_registers_a_measure(scratch_registry, tmp_path,
+@pytest.fixture
+def builtin_registry():
+    """Every built-in measure (``workers.measures.*``) only, for the test; the registry as it
+    was afterwards."""
+    saved = dict(REGISTRY)
+    for name, m in saved.items():
+        if not m.fn.__module__.startswith("workers.measures."):
+            del REGISTRY[name]
+    yield REGISTRY
+    REGISTRY.clear()
+    REGISTRY.update(saved)
+
+
+def test_the_readme_example_runs_and_registers_a_measure(builtin_registry, tmp_path,
                                                          monkeypatch):
     """The README's registry example, executed as written (its module saved as
     lab_measures.py): its measure equals the slow computation and runs through the registry
-    like a built-in one; running the definition again (a notebook cell) is no error."""
+    like a built-in one; running the definition again (a notebook cell) is no error. Its
+    network has PyTorch's default biases: every measure but the bias-free ones has a value,
+    and those say why (issue #26)."""
     import sys
+    import warnings
+
+    from workers.measures import UndefinedMeasures
 
     module, usage = _readme_blocks()
     (tmp_path / "lab_measures.py").write_text(module)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "lab_measures", raising=False)
     scope: dict = {}
-    exec(compile(usage, "README.md", "exec"), scope)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(usage, "README.md", "exec"), scope)
     values = scope["values"]
     w = np.concatenate([p.detach().numpy().ravel().astype(np.float64)
                         for p in scope["model"].parameters()])
     assert values["weight_l2"] == pytest.approx(math.sqrt(float((w ** 2).sum())), rel=1e-12)
     assert values["jacobian_norm_test"] > 0
+    undefined = {n for n, v in values.items() if math.isnan(v)}
+    assert undefined == set(values.reasons) and len(undefined) == 14
+    assert all("path" in n or "neyshabur" in n for n in undefined)
+    assert all("have biases" in why for why in values.reasons.values())
+    assert len([c for c in caught if issubclass(c.category, UndefinedMeasures)]) == 1
     assert "weight_l2" in REGISTRY and REGISTRY["weight_l2"].source.startswith("Neyshabur")
     exec(compile(module, "lab_measures.py", "exec"), {"__name__": "lab_measures"})
 

@@ -1,5 +1,5 @@
 """Training a finished trial's network again to write its weights file anew (``sweep measure
---retrain``), when the file is damaged or missing (issue #22 item 10).
+--retrain``), when the file is damaged or missing.
 
 The trial's record and its measure values are the trial's result and stay as they are: the
 network is trained exactly as its trial trained it (same data, initialization, optimizer and
@@ -40,8 +40,6 @@ def retrain_weights(spec, out_dir: str, data_root, download: bool, device: str =
 def _retrain(spec, out_dir: str, data_root, download: bool, device: str,
              num_threads: int) -> str | None:
     """``retrain_weights``' work, naming its phases (``set_phase``)."""
-    import torch
-
     from workers.data import load_data
     from workers.results.layout import damaged_weights_file, weights_file
     from workers.metrics import per_point_loss
@@ -49,10 +47,10 @@ def _retrain(spec, out_dir: str, data_root, download: bool, device: str,
     from workers.phase import set_phase
     from workers.results.record import ResultError, Status, read_trial_summary
     from workers.results.sweep_dir import SweepDir
-    from workers.train import train_model
+    from workers.train import strict_float32, train_model
     from workers.trial import _save_weights
 
-    torch.set_num_threads(max(1, num_threads))
+    strict_float32(num_threads)
     tid = spec.trial_id
     try:
         row = read_trial_summary(out_dir, tid)

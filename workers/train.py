@@ -53,6 +53,19 @@ class TimeRule:
     clock: object = time.monotonic
 
 
+def strict_float32(num_threads: int | None = None) -> None:
+    """This process's torch in true float32, on a GPU as on a CPU: matmuls at "highest"
+    precision and TF32 off for CUDA matmuls and cuDNN (the paper trains and evaluates in
+    float32; the float32 rounding bounds of ``workers.measures.precision`` assume it;
+    ``bench/gpu_check.py`` checks it inside a worker). With ``num_threads``, also its CPU
+    threads. Every process that trains or measures a network calls it first."""
+    if num_threads is not None:
+        torch.set_num_threads(max(1, num_threads))
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def make_optimizer(name: str, params, lr: float, train: TrainSpec) -> torch.optim.Optimizer:
     """The optimizer ``name`` over ``params``; the mini-batch ones with ``train.weight_decay``
     as coupled L2 (lambda w added to the gradient), L-BFGS without it (``_train_lbfgs`` adds

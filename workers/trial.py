@@ -281,8 +281,10 @@ def is_environment_failure(e: BaseException) -> bool:
 
 def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
     """Run one trial and write its result file; returns the summary row (without points)."""
+    from workers.train import strict_float32
+
     t0 = time.perf_counter()
-    torch.set_num_threads(max(1, ctx.num_threads))
+    strict_float32(ctx.num_threads)  # true float32 on a GPU as on a CPU (no TF32)
     points: list[dict] = []
     try:
         if ctx.dry_run:

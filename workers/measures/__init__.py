@@ -19,7 +19,8 @@ The science is importable without Ray or Hydra::
     def weight_l2(inputs):
         return float(sum((p.detach().double() ** 2).sum() for p in inputs.model.parameters()) ** 0.5)
 
-    evaluate(model, ["jacobian_norm_test", "weight_l2"], x_train=x, y_train=y, x_test=xt)
+    values = evaluate(model, ["jacobian_norm_test", "weight_l2"], x_train=x, y_train=y, x_test=xt)
+    values.reasons  # {name: why} for the measures without a value (NaN), also warned once
 
 Inputs are [N, d] as the model takes them (float32, on the model's device); ``image_shape`` =
 (C, H, W) for measures that need images (the translation loops of ``transitions_test``).
@@ -35,7 +36,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-# (the plain-data pieces live with the contract; imported from here as before)
+# (the plain-data pieces live with the contract; re-exported: ``from workers.measures import
+# Outcome`` works)
 from workers.results.measure_values import Outcome, raised, settings_key  # noqa: F401
 
 NEEDS = ("model", "init_model", "train_inputs", "train_labels", "test_inputs", "test_labels",
@@ -134,7 +136,7 @@ _NEED_OF = {"model": "model", "init_model": "init_model", "train_inputs": "x_tra
 
 def _signature_settings(name: str, fn: Callable, given: Mapping[str, Any] | None) -> dict:
     """{setting: default}: ``fn``'s keyword-only parameters (``fn(inputs, *, points=100)``),
-    each with its default. ``given`` (``register``'s ``settings=``, the older way to declare
+    each with its default. ``given`` (``register``'s ``settings=``, an explicit list of
     them) must agree: it names every keyword-only parameter with its default, and otherwise
     only parameters of ``fn`` (or any, if ``fn`` takes ``**settings``). ValueError otherwise,
     or for a keyword-only parameter without a default."""
@@ -286,19 +288,54 @@ def evaluate_outcomes(inputs: MeasureInputs, names: Sequence[str],
     return out
 
 
+class UndefinedMeasures(UserWarning):
+    """Warned once by ``evaluate`` when measures have no value: it lists them with their
+    reasons (also in the returned ``Values.reasons``)."""
+
+
+class Values(dict):
+    """What ``evaluate`` returns: a dict name -> value (float; NaN for a measure without a
+    value), and ``reasons``: name -> why, for each measure without a value (undefined for this
+    network, an input it needs not given, or the measure's own error)."""
+
+    def __init__(self, values: Mapping[str, float], reasons: Mapping[str, str]):
+        super().__init__(values)
+        self.reasons = dict(reasons)
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
 def evaluate(model, names: Sequence[str], *, x_train=None, y_train=None, x_test=None,
              y_test=None, init_model=None, image_shape=None, seed: int = 0,
              trial_seed: int | None = None,
-             settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, float]:
-    """The measures ``names`` of ``model``: name -> value (NaN where the measure raised; use
-    ``evaluate_outcomes`` for the reasons). Inputs [N, d] as the model takes them; ``seed``
-    seeds the measures' point subsets and, with ``trial_seed``, their Monte-Carlo draws;
-    ``settings`` per measure override its defaults. Raises ValueError for an unknown measure
-    or setting."""
+             settings: Mapping[str, Mapping[str, Any]] | None = None) -> Values:
+    """The measures ``names`` of ``model``: a ``Values``, the dict name -> value (NaN where the
+    measure has no value) whose ``reasons`` say why for each such measure; one
+    ``UndefinedMeasures`` warning lists them (``evaluate_outcomes`` gives every Outcome).
+    Inputs [N, d] as the model takes them; ``init_model`` the network at initialization (the
+    distance-to-initialization measures), ``image_shape`` (C, H, W) (``transitions_test``);
+    ``seed`` seeds the measures' point subsets and, with ``trial_seed``, their Monte-Carlo
+    draws; ``settings`` per measure override its defaults. Raises ValueError for an unknown
+    measure or setting."""
+    import warnings
+
     inputs = MeasureInputs(model, x_train, y_train, x_test, y_test, init_model, image_shape,
                            seed, trial_seed)
-    return {n: (float("nan") if o.value is None else o.value)
-            for n, o in evaluate_outcomes(inputs, names, settings).items()}
+    outcomes = evaluate_outcomes(inputs, names, settings)
+    reasons = {n: o.error or "no value" for n, o in outcomes.items() if o.value is None}
+    if reasons:  # one line per reason, naming the measures that have it
+        by_reason: dict[str, list[str]] = {}
+        for n, r in reasons.items():
+            by_reason.setdefault(_first_line(r), []).append(n)
+        listed = "\n".join(f"  {', '.join(ns)}: {r}" for r, ns in by_reason.items())
+        warnings.warn(f"{len(reasons)} of {len(outcomes)} measures have no value (NaN; the "
+                      f"result's .reasons has each one's):\n{listed}",
+                      UndefinedMeasures, stacklevel=2)
+    return Values({n: (float("nan") if o.value is None else o.value)
+                   for n, o in outcomes.items()}, reasons)
 
 
 _LOADED: dict[str, object] = {}

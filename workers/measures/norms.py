@@ -3,10 +3,23 @@
 Neyshabur et al. 2017, "Exploring Generalization in Deep Learning" (NeurIPS 2017), §2 and
 Fig. 1: norms over the margin gamma_5; Jiang et al. 2019, "Fantastic Generalization Measures and
 Where to Find Them" (ICLR 2020), Appendix C, Eq. 20-45: the margin gamma_10 and the spectral,
-Frobenius, distance-to-initialization, path-norm and Fisher-Rao families. For the project's
-bias-free MLPs f_w(x) = W_d phi(W_{d-1} ... phi(W_1 x)) with any non-linearity; d = number of
-weight matrices, W_i^0 the weights at initialization (``init_model``, rebuilt from the trial's
-seed), S the training set as the trial saw it (random labels included), m = |S|.
+Frobenius, distance-to-initialization, path-norm and Fisher-Rao families. For MLPs
+f_w(x) = W_d phi(W_{d-1} ... phi(W_1 x + b_1) ...) + b_d with any non-linearity (the project's
+networks are bias-free; a user's may have biases); d = number of weight matrices, W_i^0 the
+weights at initialization (``init_model``, rebuilt from the trial's seed), S the training set as
+the trial saw it (random labels included), m = |S|.
+
+Biases. A measure defined on the layers' matrices W_i (Jiang et al. Eq. 29-42: the spectral and
+Frobenius families, ``param_norm``, the distances to initialization) reads the weight matrices;
+the biases are not part of them and do not enter. A measure defined on the parameter vector w
+(``params``, Eq. 20; ``l2``, ``l2_dist``; Fisher-Rao, Eq. 45, <w, grad_w l>) takes every
+parameter, biases included; so do sharpness and the PAC-Bayes measures (``sharpness``,
+``pacbayes``). Defined for bias-free networks only, and undefined with that reason on a network
+with biases (``require_bias_free``): the path norms (Neyshabur et al. 2015, "Norm-Based Capacity
+Control in Neural Networks" and "Path-SGD": a sum over input-output paths; Jiang et al. Eq.
+43-44) and Neyshabur et al. 2017's five measures over gamma_5^2 (§2 defines them on
+f_w(x) = W_d phi(... phi(W_1 x)), without biases; its normalization by the margin rests on the
+margin scaling as c^d under w -> c w, which biases break).
 
 Everything is computed in float64 from the weights. The margin of a point is
 f(x)[y] - max_{j != y} f(x)[j] of the network as scored (a trial's float32 network; the logits
@@ -24,15 +37,56 @@ import torch
 from workers.measures import MeasureInputs, Undefined, register
 
 
-def weights(model) -> list[torch.Tensor]:
-    """The weight matrices W_1..W_d (float64, detached) of a bias-free MLP, in order."""
+def _linears(model) -> list[torch.nn.Linear]:
     lins = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if not lins:
-        raise Undefined("the model has no Linear layers (these measures need a bias-free MLP)")
-    if any(m.bias is not None for m in lins):
-        raise Undefined("the model's Linear layers have biases (these measures are defined for "
-                        "bias-free MLPs)")
-    return [m.weight.detach().to(torch.float64) for m in lins]
+        raise Undefined("the model has no Linear layers (these measures need an MLP)")
+    return lins
+
+
+def weights(model) -> list[torch.Tensor]:
+    """The weight matrices W_1..W_d (float64, detached) of an MLP, in order; its biases, if
+    any, are not among them (``parameters``). Undefined without Linear layers."""
+    return [m.weight.detach().to(torch.float64) for m in _linears(model)]
+
+
+def parameters(model) -> list[torch.Tensor]:
+    """Every parameter of an MLP as w (float64, detached): the weight matrices W_1..W_d, then
+    the biases b_i of the layers that have one, in order (for a bias-free MLP: ``weights``).
+    Undefined without Linear layers, or when the model has parameters outside its Linear
+    layers (w would leave them out)."""
+    lins = _linears(model)
+    out = weights(model) + [m.bias.detach().to(torch.float64) for m in lins
+                            if m.bias is not None]
+    total = sum(p.numel() for p in model.parameters())
+    if sum(p.numel() for p in out) != total:
+        raise Undefined(f"the model has {total - sum(p.numel() for p in out)} parameters "
+                        "outside its Linear layers (these measures need an MLP of Linear layers "
+                        "and parameter-free non-linearities)")
+    return out
+
+
+def biased_layers(model) -> list[int]:
+    """The positions (0-based, among the Linear layers) of the layers with a bias."""
+    return [k for k, m in enumerate(_linears(model)) if m.bias is not None]
+
+
+BIAS_FREE_ONLY = {
+    "path": "path norms are defined for bias-free networks (a sum over input-output paths of "
+            "products of weights, which no bias is on: Neyshabur et al. 2015, Jiang et al. "
+            "2019 Eq. 43-44)",
+    "neyshabur": "Neyshabur et al. 2017 §2 define it for bias-free networks (normalizing by "
+                 "gamma_5^2 rests on the margin scaling as c^d under w -> c w, which biases "
+                 "break)",
+}
+
+
+def require_bias_free(model, why: str) -> None:
+    """Undefined, naming the biased layers and ``BIAS_FREE_ONLY[why]``, for a model whose
+    Linear layers have biases."""
+    biased = biased_layers(model)
+    if biased:
+        raise Undefined(f"Linear layers {biased} (0-based) have biases; {BIAS_FREE_ONLY[why]}")
 
 
 def _cached(inputs: MeasureInputs, key: str, fn):
@@ -47,6 +101,26 @@ def _w(inputs):
 
 def _w0(inputs):
     return _cached(inputs, "w0", lambda: weights(inputs.init_model))
+
+
+def _p(inputs):
+    """w: every parameter (``parameters``), cached."""
+    return _cached(inputs, "p", lambda: parameters(inputs.model))
+
+
+def _p0(inputs):
+    """w^0: every parameter of ``init_model``; Undefined if its shapes are not the model's."""
+    def get():
+        p0 = parameters(inputs.init_model)
+        if [t.shape for t in p0] != [t.shape for t in _p(inputs)]:
+            raise Undefined("init_model's parameters have other shapes than the model's")
+        return p0
+
+    return _cached(inputs, "p0", get)
+
+
+def _bias_free(inputs, why: str) -> None:
+    require_bias_free(inputs.model, why)
 
 
 def _spec(inputs) -> list[float]:
@@ -124,7 +198,9 @@ def _log_path(inputs, power: int) -> float:
     product of the p-th powers of the absolute weights (no non-linearity in between). The
     vector is rescaled to a largest entry of 1 after each layer and the scales' logs summed,
     so no partial product overflows or underflows float64 (depth 65: the sum itself is often
-    beyond float64's range)."""
+    beyond float64's range). Undefined for a network with biases (``require_bias_free``)."""
+    _bias_free(inputs, "path")
+
     def compute():
         v = torch.ones(_w(inputs)[0].shape[1], dtype=torch.float64)
         log_scale = 0.0
@@ -198,6 +274,7 @@ _reg("margin_gamma10", f"{JIANG} 22 (gamma)", TRAIN, lambda i: gamma(i, 10),
 # deep), and as ``<name>`` itself where float64 holds it (undefined beyond, naming the log).
 def _log_neyshabur(kind):
     def logs(i):
+        _bias_free(i, "path" if kind.endswith("path") else "neyshabur")
         if kind == "l2":
             num = sum(_log(f, "a layer's ||W_i||_F^2") for f in _fro2(i))
         elif kind == "l1_path":
@@ -252,8 +329,8 @@ def _dist_fro2(i):
 
 INIT = ("model", "init_model")
 INIT_TRAIN = ("model", "init_model", "train_inputs", "train_labels")
-_reg("params", f"{JIANG} 20", ("model",), lambda i: float(sum(w.numel() for w in _w(i))),
-     "n_w: the number of weights.")
+_reg("params", f"{JIANG} 20", ("model",), lambda i: float(sum(w.numel() for w in _p(i))),
+     "n_w: the number of parameters (weights and biases, if any).")
 _reg("inverse_margin", f"{JIANG} 22", TRAIN,
      lambda i: from_log("inverse_margin", -2 * _log_gamma(i), has_log=False),
      "1 / gamma_10^2.")
@@ -316,9 +393,11 @@ _reg("log_path_norm_over_margin", f"{JIANG} 43", TRAIN,
      lambda i: _log_path(i, 2) - 2 * _log_gamma(i),
      "log path_norm - 2 log gamma_10, computed in log space.")
 _reg("l2", f"{JIANG} C (the l2 norm of the weights)", ("model",),
-     lambda i: math.sqrt(sum(_fro2(i))), "||w||_2, all weights as one vector.")
+     lambda i: math.sqrt(sum(float((p * p).sum()) for p in _p(i))),
+     "||w||_2, all parameters (weights and biases, if any) as one vector.")
 _reg("l2_dist", f"{JIANG} C (the distance to initialization)", INIT,
-     lambda i: math.sqrt(sum(_dist_fro2(i))), "||w - w^0||_2.")
+     lambda i: math.sqrt(sum(float(((p - p0) ** 2).sum()) for p, p0 in zip(_p(i), _p0(i)))),
+     "||w - w^0||_2, all parameters (weights and biases, if any).")
 
 
 def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048,
@@ -326,10 +405,12 @@ def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048,
     """((d + 1)^2 / m) sum_{(x, y) in S} <w, grad_w l(f_w(x), y)>^2 (Jiang et al. 2019, Eq. 45;
     Liang et al. 2019), l the cross-entropy. <w, grad_w l> = sum_c (softmax(f)_c - [c = y])
     <w, grad_w f_c(x)>, and <w, grad_w f_c(x)> is the derivative of f_c(x) along w: one
-    forward-mode pass (a JVP in the direction of the weights) for a whole batch, float64."""
+    forward-mode pass (a JVP in the direction of the parameters) for a whole batch, float64.
+    w is every parameter, biases included (Jiang et al.'s networks had biases); for a bias-free
+    ReLU network <w, grad_w f_c> = d f_c."""
     from torch.func import functional_call, jvp
 
-    weights(model)  # a bias-free MLP, or Undefined (as every measure here)
+    parameters(model)  # an MLP, biases allowed (w is every parameter), or Undefined
     m64 = _double(model) if m64 is None else m64
     params = {k: v.detach() for k, v in m64.named_parameters()}
     d = len([m for m in m64.modules() if isinstance(m, torch.nn.Linear)])

@@ -3,6 +3,8 @@
 Jiang et al. 2019, "Fantastic Generalization Measures and Where to Find Them" (ICLR 2020),
 Appendix C.6-C.7, Eq. 48-49, 53 and 56-57, 61, with their sigma' search; Neyshabur et al.
 2017, "Exploring Generalization in Deep Learning", §3 and Fig. 2 (expected sharpness against KL).
+w is every parameter of the network, biases included where it has them (Jiang et al.'s networks
+had biases): every w_k is perturbed, and ||w||, ||w - w^0||, n_w and the KL sum over all of them.
 
 The sigma' search (Jiang et al. §C, flatness): the largest sigma such that the Monte-Carlo mean
 training error of w + nu, nu_k ~ N(0, sigma^2), exceeds err(w) by at most ``target`` (0.1):
@@ -48,23 +50,47 @@ from workers.measures.builtin import point_subset
 import workers.layers as layers_mod
 from workers.layers import (ACTIVATION_BOUND, TINY32, U32, activation_error,
                             float32_products_exact, overflow_risk, product_error)
-from workers.measures.norms import _cached, _double, _w, _w0, model64, weights
+from workers.measures.norms import _cached, _double, _p, _p0, model64, parameters
 
 EPS = 1e-3  # Jiang et al. C.7's epsilon of the magnitude-aware perturbation
 JIANG = "Jiang et al. 2019, Appendix C"
 
 
+# the entry of ``_layers`` that adds a layer's bias
+BIAS = "bias"
+
+
 def _layers(m64):
-    """(weight index or None, module) along a bias-free Sequential MLP: its Linear layers (by
-    position in ``weights``) and the element-wise non-linearities between them."""
-    out, i = [], 0
-    for mod in m64:
+    """(parameter index or None, module) along a Sequential MLP (nesting allowed; ``Flatten``
+    and ``Identity`` skipped, as ``workers.layers.mlp_layers`` reads it): its Linear layers (by
+    position in ``parameters``: the weight matrices first), each followed, if it has a bias, by
+    (index of the bias in ``parameters``, ``BIAS``), and the element-wise non-linearities
+    between them (index None). For a bias-free MLP the indices are those of ``weights``.
+    Undefined for a module of another form (one whose own weights these would not perturb)."""
+    from workers.layers import _flatten
+
+    mods = _flatten(m64)
+    for mod in mods:
+        if not isinstance(mod, torch.nn.Linear) and any(True for _ in mod.parameters()):
+            raise Undefined(f"{type(mod).__name__} has parameters and is not a Linear layer; "
+                            "allowed: an nn.Sequential of Linear layers and element-wise "
+                            "non-linearities")
+    d = sum(isinstance(mod, torch.nn.Linear) for mod in mods)
+    out, i, j = [], 0, 0
+    for mod in mods:
         if isinstance(mod, torch.nn.Linear):
             out.append((i, mod))
             i += 1
+            if mod.bias is not None:
+                out.append((d + j, BIAS))
+                j += 1
         else:
             out.append((None, mod))
     return out
+
+
+def _has_bias(layers) -> bool:
+    return any(mod is BIAS for _, mod in layers)
 
 
 # float64 elements the perturbed networks (weights and activations) may hold at once: the
@@ -97,17 +123,24 @@ def _stoppable(chunk: int, n: int, stop_above: float) -> int:
 
 
 def _through(layers, ws: list[torch.Tensor], h: torch.Tensor) -> torch.Tensor:
-    """h [S, n, .] through ``layers`` (``_layers``) with the stacked weights ``ws``."""
+    """h [S, n, .] through ``layers`` (``_layers``) with the stacked parameters ``ws`` (weight
+    matrices [S, out, in], biases [S, out])."""
     for i, mod in layers:
-        h = torch.bmm(h, ws[i].transpose(1, 2)) if i is not None else mod(h)
+        if i is None:
+            h = mod(h)
+        elif mod is BIAS:
+            h = h + ws[i][:, None, :]
+        else:
+            h = torch.bmm(h, ws[i].transpose(1, 2))
     return h
 
 
 def batched_logits(m64, ws: list[torch.Tensor], x: torch.Tensor,
                    chunk: int | None = None) -> torch.Tensor:
-    """Logits [S, N, C] of the S networks whose weight matrices are ``ws`` ([S, h_i, h_{i-1}]
-    each, float64), with the architecture (non-linearities) of ``m64``, on x [N, d]; points in
-    chunks of ``chunk`` (default: S * chunk * widest layer <= BUDGET)."""
+    """Logits [S, N, C] of the S networks whose parameters are ``ws`` (``parameters`` order:
+    weight matrices [S, h_i, h_{i-1}], then biases [S, h_i], float64), with the architecture
+    (non-linearities) of ``m64``, on x [N, d]; points in chunks of ``chunk`` (default:
+    S * chunk * widest layer <= BUDGET)."""
     layers = _layers(m64)
     if chunk is None:
         chunk = _chunk_size(ws[0].shape[0], [x.shape[1]] + [w.shape[1] for w in ws])
@@ -182,6 +215,8 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
         lo, hi = torch.aminmax(t, dim=2)
         return torch.maximum(hi, -lo).to(torch.float64)
 
+    if _has_bias(layers):  # (the bound's bookkeeping is for bias-free layers)
+        raise ValueError("_error_counts: bias-free MLPs only; biased ones are counted in float64")
     ws32 = _float32_weights(ws) if ws32 is None else ws32
     n_nets = h64.shape[0]
     shared = h64.stride(0) == 0  # the same points for every network (an expanded [n, d])
@@ -331,7 +366,8 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
     state = {} if state is None else state
     # error counts: in float32, exactly as float64's (``_error_counts``), while it pays: not
     # for narrow networks, whose products cost less than the bound's bookkeeping
-    fast = (statistic is _errors and _one_lipschitz(layers) and float32_products_exact()
+    fast = (statistic is _errors and _one_lipschitz(layers) and not _has_bias(layers)
+            and float32_products_exact()
             and max((w.shape[0] for w in ws[:-1]), default=0) >= FLOAT32_MIN_WIDTH
             and not state.get("float64"))  # (the widest hidden layer)
 
@@ -341,7 +377,7 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
         return statistic(_through(layers, pert, h), yy)
 
     with torch.no_grad():
-        if first is not None and first[0].usable:
+        if first is not None and first[0].usable and not _has_bias(layers):
             fl, t = first
             for z, b, b_max in zip(draws.groups(), fl.per_draw, fl.per_draw_max):
                 pert = [None] + [w[None] + scale(w) * e for w, e in zip(ws[1:], z[1:])]
@@ -372,9 +408,10 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
 
 
 def _setup(model, m64, x, y, samples: int, seed: int, statistic):
-    """(float64 network, its weight matrices on its device, statistic of the unperturbed
-    network per point, the draws): what the sigma' search and the curve start from."""
-    ws = weights(model)  # a bias-free MLP, or Undefined
+    """(float64 network, its parameters on its device (``parameters``: weight matrices, then
+    biases), statistic of the unperturbed network per point, the draws): what the sigma'
+    search and the curve start from."""
+    ws = parameters(model)  # an MLP (biases allowed: they are perturbed too), or Undefined
     m64 = _double(model) if m64 is None else m64
     dev = next(m64.parameters()).device
     ws = [w.to(dev) for w in ws]
@@ -391,7 +428,7 @@ def _subset(inputs: MeasureInputs, points):
 def sigma_search(model, x: torch.Tensor, y: torch.Tensor, *, magnitude: bool, seed: int,
                  samples: int = 10, steps: int = 15, upper: float = 2.0, target: float = 0.1,
                  tolerance: float = 0.01, m64=None) -> dict:
-    """sigma' (or sigma'_mag if ``magnitude``) of a bias-free MLP on (x [N, d], y [N]), see the
+    """sigma' (or sigma'_mag if ``magnitude``) of an MLP on (x [N, d], y [N]), see the
     module docstring; ``seed`` seeds the draws (``normal_draw``). Bisection on [0, ``upper``]:
     at each midpoint sigma the gap = mean training error of w + nu minus err(w); the search
     stops once |gap - target| <= ``tolerance``, else moves down (gap > target) or up. Returns
@@ -402,7 +439,8 @@ def sigma_search(model, x: torch.Tensor, y: torch.Tensor, *, magnitude: bool, se
     never rises by the target below ``upper``: the search is open, e.g. a network at chance)."""
     m64, ws, base, draws = _setup(model, m64, x, y, samples, seed, _errors)
     # without magnitude the perturbation is sigma * z: the first layer's products are reused
-    first = None if magnitude else _FirstLayer(ws, draws, x, lambda w: 1.0)
+    biased = _has_bias(_layers(m64))
+    first = None if magnitude or biased else _FirstLayer(ws, draws, x, lambda w: 1.0)
     # the float32 error counts stop paying above some sigma (the bound grows with the noise):
     # the smallest sigma where they did not, for the later steps
     no32 = [math.inf]
@@ -483,8 +521,8 @@ def _pacbayes(inputs, magnitude: bool, kind: str, settings: dict) -> MeasureValu
     info = {k: found[k] for k in ("sigma", "gap", "steps", "converged", "points", "base_error")}
     if kind == "flatness":
         return MeasureValue(1.0 / s ** 2, info=info)
-    w = _flat(_w(inputs))
-    w0 = _flat(_w0(inputs))
+    w = _flat(_p(inputs))  # every parameter, biases included
+    w0 = _flat(_p0(inputs))
     r = w if kind == "orig" else w - w0
     if not magnitude:  # Eq. 49 (orig) / 48 (init)
         value = float((r * r).sum()) / (4 * s ** 2) + math.log(m / s) + 10
@@ -561,13 +599,15 @@ def expected_sharpness_curve(model, x: torch.Tensor, y: torch.Tensor, alphas, *,
     [{"alpha", "kl", "expected_sharpness"}] in float64, L the mean cross-entropy on
     (x [N, d], y [N])."""
     m64, ws, base, draws = _setup(model, m64, x, y, samples, seed, _losses)
-    first = _FirstLayer(ws, draws, x, lambda w: 10 * w.abs() + 1)
+    first = (None if _has_bias(_layers(m64))
+             else _FirstLayer(ws, draws, x, lambda w: 10 * w.abs() + 1))
     rows = []
     for alpha in alphas:
         def scale(w, a=alpha):
             return a * (10 * w[None].abs() + 1)
 
-        loss = _perturbed_mean(m64, ws, draws, scale, x, y, _losses, (first, alpha))
+        loss = _perturbed_mean(m64, ws, draws, scale, x, y, _losses,
+                               None if first is None else (first, alpha))
         kl = sum(float((w * w / (2 * (alpha * (10 * w.abs() + 1)) ** 2)).sum()) for w in ws)
         rows.append({"alpha": float(alpha), "kl": kl, "expected_sharpness": loss - base})
     return rows

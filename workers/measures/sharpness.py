@@ -3,8 +3,9 @@
 sharpness_alpha(w) = max over nu with |nu_k| <= alpha (|w_k| + 1) of
                      (L(w + nu) - L(w)) / (1 + L(w)),
 
-L the mean cross-entropy over a seeded subset of at most ``points`` training points (with the
-labels the trial trained on). The maximum is sought by projected sign-gradient ascent on L:
+w every parameter of the network (weights and biases, if any), L the mean cross-entropy over a
+seeded subset of at most ``points`` training points (with the labels the trial trained on).
+The maximum is sought by projected sign-gradient ascent on L:
 from a seeded random start in the box, ``steps`` steps of a quarter of the box each, projected
 back into the box; the value is the largest over the start, every iterate and nu = 0 (so it is
 >= 0, and 0 at alpha = 0). Everything in float64; the subset is seeded from the trial's data
@@ -17,16 +18,16 @@ import torch
 
 from workers.measures import MeasureInputs, MeasureValue, draw_seed, register
 from workers.measures.builtin import point_subset
-from workers.measures.norms import _double, model64, weights
+from workers.measures.norms import _double, model64, parameters
 
 
 def sharpness_value(model, x: torch.Tensor, y: torch.Tensor, alpha: float, steps: int,
                     seed: int, m64=None) -> tuple[float, int]:
-    """(sharpness, ascent steps run) of a bias-free MLP on (x, y), see the module docstring;
+    """(sharpness, ascent steps run) of an MLP on (x, y), see the module docstring;
     ``m64``: the network's float64 copy, if the caller has one (it is not modified)."""
     from torch.func import functional_call
 
-    weights(model)  # a bias-free MLP, or Undefined
+    parameters(model)  # an MLP (biases allowed: they are among the w_k), or Undefined
     m64 = _double(model) if m64 is None else m64
     w = {k: v.detach() for k, v in m64.named_parameters()}
     x64, yy = x.to(torch.float64), y.to(next(iter(w.values())).device)

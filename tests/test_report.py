@@ -4,6 +4,7 @@ results set, and `sweep report` on it (the statistics file against scipy)."""
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -162,7 +163,8 @@ def test_report_statistics_match_scipy(tmp_path):
     assert main(["report", str(d), "--bootstrap", "20"]) == 0
     rep = d / "report"
     page = (rep / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 6  # Fig. 1, 4, 5, 6, 8 and the sign-errors embedded
+    # Fig. 1, 4, 5, 6, 8, the ranking and the sign-errors embedded
+    assert page.count("data:image/png;base64,") == 7
     assert (rep / "fig5_jacobian_gap.svg").is_file()
     table = pd.read_csv(rep / "statistics.csv")
     # (the CSV reads a rank column with nulls as float; the Parquet keeps Int64)
@@ -188,6 +190,13 @@ def test_report_statistics_match_scipy(tmp_path):
     assert (np.diff(ranking["granulated_kendall"].dropna()) <= 0).all()
     assert "Ranking of the measures" in page
     assert "n_params <small>(baseline)</small>" in page
+    # issue 26: the ranking figure heads the ranking; the model selection; no "-0.000"
+    assert page.index("<img alt='ranking'") < page.index("<table class='stats'>")
+    assert "jacobian_norm_test, jacobian_norm_train" in page  # train = 0.8 x test: one row
+    assert "Model selection without test labels" in page
+    selection = pd.read_csv(rep / "selection.csv")
+    assert {"jacobian_norm_test", "train_loss", "(random)"} <= set(selection["measure"])
+    assert not re.search(r"-0\.0+(?![0-9]*[1-9])", page)
     assert main(["report", str(d), "--bootstrap", "0", "--rank-by", "sign_error",
                  "--out", str(tmp_path / "r1")]) == 0
     by_se = pd.read_csv(tmp_path / "r1" / "ranking.csv")
@@ -611,8 +620,10 @@ def test_every_count_on_the_page_is_the_datas_and_no_figure_text_is_cut(tmp_path
     # the ranking: per measure, the trials it rests on
     ranking = next(t for t in page.tables if t[0][:4] == ["rank", "measure", "sign", "trials"])
     for r in ranking[1:]:
-        measure = r[1].replace("(baseline)", "").strip()
-        assert int(r[3]) == int((fit[measure].notna() & fit["gen_gap"].notna()).sum()), measure
+        names = r[1].replace("(baseline)", "").replace("(the same ranks)", "").strip()
+        for measure in names.split(", "):  # a row names every measure of identical ranks
+            assert int(r[3]) == int((fit[measure].notna() & fit["gen_gap"].notna()).sum()), \
+                measure
     # the statistics table: trials and configurations (seed means) per row
     stats = next(t for t in page.tables if t[0][:4] == ["group", "measure", "n_trials", "n_configs"])
     hps = ["optimizer", "batch_size", "lr", "width", "depth"]
@@ -640,7 +651,7 @@ def test_every_count_on_the_page_is_the_datas_and_no_figure_text_is_cut(tmp_path
     # no figure text cut: each drawn text inside its figure, in every figure the report made
     made = {name for name, *_ in drawn}
     assert {"fig1_params_loss.png", "fig5_jacobian_gap.png", "fig6_per_point.png",
-            "sign_errors.png"} <= made
+            "sign_errors.png", "ranking.png"} <= made
     assert _cut(drawn) == []
 
 

@@ -12,15 +12,20 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figures, neyshabur
+from analysis.ranking_figure import ranking_figure
+from analysis.selection import model_selection
 from analysis.filters import DEFAULT_TRAIN_ACC, fits_training_set
 from analysis.load import (
     load_curves, load_grids, load_pairs, load_points, load_results, load_sharpness_curves,
 )
 from analysis.progress import StatsProgress
-from analysis.report.decide import BASELINES, decide, pairs_fitting, per_point_trials
+from analysis.report.decide import (
+    BASELINES, decide, pairs_fitting, per_point_trials, ranking_statistics,
+)
 from analysis.report.render import render
 from analysis.stats import (
-    hyperparameter_columns, measure_columns, ranking_table, statistics_table, write_table,
+    equivalent_measures, hyperparameter_columns, measure_columns, merge_equivalent,
+    ranking_table, statistics_table, write_table,
 )
 from analysis.stats.registry import RANK_BY, check_statistic
 from workers.results.layout import PAIRS_FILE, REPORT_DIR
@@ -142,13 +147,26 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
                                  progress=StatsProgress() if progress else None) \
             if len(fit) else pd.DataFrame()
         ranking = ranking_table(table, by=rank_by) if len(table) else ranking_table(table)
+        # measures that rank the trials identically: one row of the ranking (and its figure)
+        same = equivalent_measures(fit, stats_measures, hyperparameters=hps) if len(fit) else []
+        selection = None
+        if len(fit) and "test_acc" in fit:
+            selection = model_selection(fit, [m for m in stats_measures if m not in BASELINES],
+                                        hyperparameters=hps,
+                                        baselines=[b for b in BASELINES if b in fit])
         if len(table):
             table.insert(table.columns.get_loc("sign") + 1, "baseline",
                          table["measure"].isin(BASELINES))
             write_table(table, d / "statistics")
             ranking.to_csv(d / "ranking.csv", index=False)
-            draw("sign_errors", figures.sign_error_figure, ranking)
+            draw("ranking", ranking_figure,
+                 merge_equivalent(ranking, same, ranking_statistics(rank_by)), rank_by,
+                 [b for b in BASELINES if b in set(ranking["measure"])])
+            draw("sign_errors", figures.sign_error_figure, ranking, BASELINES)
+        if selection is not None:
+            selection.to_csv(d / "selection.csv", index=False)
         report = decide(st, df, fit, train_acc, table, made, n_boot, time.perf_counter() - t0,
-                        noise_filter, ranking, rank_by, notes, sweep_dir, hps, launch_command)
+                        noise_filter, ranking, rank_by, notes, sweep_dir, hps, launch_command,
+                        same, selection)
         (d / "report.html").write_text(render(report))
     return target.uri(f"{rel}/report.html" if rel else "report.html")

@@ -9,6 +9,7 @@ Only the trials that fit their training set enter the figures and statistics
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import pandas as pd
 
 from analysis.figures import value_label
 from analysis.filters import fits_training_set
+from analysis.stats.equivalent import merge_equivalent
 from analysis.stats.registry import RANK_BY, REGISTRY
 from workers.results.commands import sweep_command
 from workers.results.layout import SWEEP_FILE
@@ -34,6 +36,8 @@ CAPTION_MEASURES = {
 LOWER_THRESHOLDS = (0.99, 0.95, 0.9, 0.8)
 PER_POINT_TRIALS = 500  # Fig. 6 draws the test points of at most this many trials
 FEW_SEEDS_NOTE = 5  # fewer distinct seeds than this (and at least 2): the intervals are rough
+# the model selection's numbers two equivalent measures must share to be one row
+SELECTION_NUMBERS = ("n_groups", "mean_regret", "worst_regret", "p_best")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,6 +75,48 @@ def seeds_per_config(fit: pd.DataFrame, hyperparameters) -> int:
     if not hps:
         return int(fit["seed"].nunique())
     return int(fit.groupby(hps, dropna=False)["seed"].nunique().max())
+
+
+def supports(table: pd.DataFrame, statistic: str, group: str = "all") -> dict[str, int]:
+    """What ``statistic`` rests on per measure in ``group`` of the statistics table (its
+    ``n_used``: trials, groups, ordered pairs or environments); empty without a table."""
+    if table is None or table.empty:
+        return {}
+    t = table[(table["group"] == group) & (table["statistic"] == statistic)]
+    return {str(m): int(n) for m, n in zip(t["measure"], t["n_used"])}
+
+
+@dataclass(frozen=True)
+class Tie:
+    """Rows of the merged ranking that share a rank: ``rank``, the value of the ranking
+    statistic and its interval when every tied row has the same one (else NaN), ``names`` each
+    tied row's measures, ``n_used`` the smallest and largest support of the tied measures."""
+
+    rank: int
+    value: float
+    ci_low: float
+    ci_high: float
+    names: tuple[tuple[str, ...], ...]
+    n_used: tuple[int, int]
+
+
+def ranking_ties(merged: pd.DataFrame, rank_by: str, used: dict[str, int]) -> list[Tie]:
+    """The ties of the ranking ``merged`` (``merge_equivalent``'s rows: one per group of
+    equivalent measures) by ``rank_by``: every rank shared by two or more rows, best first."""
+    if merged.empty or "rank" not in merged:
+        return []
+    out = []
+    for rank, rows in merged.dropna(subset=["rank"]).groupby("rank", sort=True):
+        if len(rows) < 2:
+            continue
+        lows, highs = rows[f"{rank_by}_low"], rows[f"{rank_by}_high"]
+        same = lows.nunique(dropna=False) == 1 and highs.nunique(dropna=False) == 1
+        n = [used[m] for ms in rows["measures"] for m in ms if m in used] or [0]
+        out.append(Tie(int(rank), float(rows[rank_by].iloc[0]),
+                       float(lows.iloc[0]) if same else math.nan,
+                       float(highs.iloc[0]) if same else math.nan,
+                       tuple(tuple(ms) for ms in rows["measures"]), (min(n), max(n))))
+    return out
 
 
 def ranking_statistics(rank_by: str) -> list[str]:
@@ -277,9 +323,14 @@ class Report:
     the caveats (``filter``, ``unfit``, ``few_seeds``: the distinct seeds when only 2 to 4,
     ``one_seed``: every configuration has a single seed); ``config``; the measures ranked
     (``ranking``, by ``rank_by``, showing ``ranked``) and the statistics table (``table``,
-    ``n_boot`` resamples, ``noise_filter``); ``figures`` drawn (name -> PNG path, in drawing
-    order) with what their captions say of the data (``captions``); ``notes`` about figures;
-    ``seconds`` it took."""
+    ``n_boot`` resamples, ``noise_filter``); ``merged``: the ranking with each group of
+    measures that rank the trials identically as one row (``measures`` names them all;
+    ``analysis.stats.equivalent``; ``rank`` among its rows), ``ties`` its shared ranks and ``used`` what the ranking
+    statistic rests on per measure (groups, environments, ...); ``n_seeds`` the distinct
+    seeds of the passing trials; ``selection``: the label-free model selection
+    (``analysis.selection.model_selection``, empty without one); ``figures`` drawn (name -> PNG
+    path, in drawing order) with what their captions say of the data (``captions``);
+    ``notes`` about figures; ``seconds`` it took."""
 
     location: str
     n_trials: int
@@ -302,26 +353,46 @@ class Report:
     captions: dict[str, list[CaptionFact]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    merged: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ties: list[Tie] = field(default_factory=list)
+    used: dict[str, int] = field(default_factory=dict)
+    n_seeds: int = 0
+    selection: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def decide(st, df: pd.DataFrame, fit: pd.DataFrame, train_acc: float, table: pd.DataFrame,
            figures: dict[str, Path], n_boot: int, seconds: float, noise_filter: bool = False,
            ranking: pd.DataFrame | None = None, rank_by: str = RANK_BY,
            notes: Sequence[str] = (), sweep_dir=None, hyperparameters=(),
-           launch_command: Callable[[dict], tuple[str, bool]] | None = None) -> Report:
+           launch_command: Callable[[dict], tuple[str, bool]] | None = None,
+           equivalent: Sequence[Sequence[str]] = (),
+           selection: pd.DataFrame | None = None) -> Report:
     """The ``Report`` of the sweep in ``st`` (named ``sweep_dir`` in commands) from its results
-    ``df``, the trials that fit (``fit``), the statistics and ranking tables and the figures
-    drawn."""
+    ``df``, the trials that fit (``fit``), the statistics and ranking tables, the groups of
+    measures that rank the trials identically (``equivalent``:
+    ``analysis.stats.equivalent_measures``), the model selection and the figures drawn."""
     counts = df["status"].value_counts().to_dict()
+    ranking = ranking if ranking is not None else pd.DataFrame()
+    merged = merge_equivalent(ranking, equivalent, ranking_statistics(rank_by)) \
+        if len(ranking) else ranking
+    if len(merged):  # ranks among the rows (a merged row counts once), ties sharing the best
+        merged["rank"] = merged["rank"].astype("Float64").rank(method="min").astype("Int64")
+    used = supports(table, rank_by)
+    if selection is not None and len(selection):  # the ranking's rows, where the regrets agree
+        same = [ms for ms in merged["measures"] if len(ms) > 1] if len(merged) else []
+        selection = merge_equivalent(selection, same, columns=SELECTION_NUMBERS)
     return Report(
         location=str(st), n_trials=len(df), statuses=dict(sorted(counts.items())),
         n_fit=len(fit), train_acc=train_acc,
         filter=filter_advice(df, train_acc, sweep_dir if sweep_dir is not None else st),
         unfit=unfit_values(df, train_acc, hyperparameters),
         config=config_summary(st, launch_command),
-        ranking=ranking if ranking is not None else pd.DataFrame(), rank_by=rank_by,
+        ranking=ranking, rank_by=rank_by,
         ranked=ranking_statistics(rank_by),
         one_seed=seeds_per_config(fit, hyperparameters) <= 1, table=table, n_boot=n_boot,
         noise_filter=noise_filter, few_seeds=seeds_caveat(fit), figures=dict(figures),
         captions={name: caption_facts(name, table) for name in figures},
-        notes=[n for n in notes if n], seconds=seconds)
+        notes=[n for n in notes if n], seconds=seconds, merged=merged,
+        ties=ranking_ties(merged, rank_by, used), used=used,
+        n_seeds=int(fit["seed"].nunique()) if "seed" in fit else 0,
+        selection=selection if selection is not None else pd.DataFrame())

@@ -11,12 +11,14 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.report.decide import (
-    BASELINES, CaptionFact, ConfigSummary, FilterAdvice, Report, UnfitValues, caption_facts,
-    changed_settings, config_summary, filter_advice, unfit_values,
+    BASELINES, CaptionFact, ConfigSummary, FilterAdvice, Report, Tie, UnfitValues,
+    caption_facts, changed_settings, config_summary, filter_advice, unfit_values,
 )
 from analysis.stats.registry import LARGER_IS_BETTER, REGISTRY, STATISTICS, SUPPORTS
 
 CAPTIONS = {
+    "ranking": "The measures ranked by the statistic of --rank-by against the generalization "
+               "gap, best at the top.",
     "sign_errors": "The measures' sign-errors against the generalization gap (Dziugaite et al. "
                    "2020, Fig. 1, in spirit): mean over environments with its interval, and the "
                    "worst environment; 0.5 is chance; sorted by the mean sign-error (the "
@@ -51,7 +53,23 @@ STUDY_CAPTIONS = {
                       "short of zero training error).",
 }
 
-RANKING_FIGURES = ("sign_errors",)  # drawn under the ranking table, not with the paper's figures
+# drawn with the ranking (the first above its table, the others under it), not with the
+# paper's figures
+RANKING_FIGURES = ("ranking", "sign_errors")
+
+
+def number(v: float, digits: int = 3) -> str:
+    """``v`` with ``digits`` decimals; a value that rounds to zero is "0.000", never
+    "-0.000"."""
+    text = f"{v:.{digits}f}"
+    return f"{0.0:.{digits}f}" if float(text) == 0 else text
+
+
+def interval(low: float, high: float, digits: int = 3) -> str:
+    """" [low, high]" (``number``), empty without an interval (NaN)."""
+    if pd.isna(low) or pd.isna(high):
+        return ""
+    return f" [{number(low, digits)}, {number(high, digits)}]"
 
 
 def _arrow(statistic: str) -> str:
@@ -72,8 +90,8 @@ def caption_text(facts: list[CaptionFact]) -> str:
     """The sentence a figure's caption says of the data (plain text); empty without facts."""
     said = []
     for f in facts:
-        ci = "" if pd.isna(f.ci_low) else f" [{f.ci_low:.2f}, {f.ci_high:.2f}]"
-        said.append(f"{f.what}: Kendall's \u03c4 = {f.tau:.2f}{ci} over {f.n_trials} "
+        ci = interval(f.ci_low, f.ci_high, 2)
+        said.append(f"{f.what}: Kendall's \u03c4 = {number(f.tau, 2)}{ci} over {f.n_trials} "
                     f"trials, {strength(f.tau)}")
     return ("In this sweep, against the gap: " + "; ".join(said) + ".") if said else ""
 
@@ -197,9 +215,9 @@ def stats_html(table: pd.DataFrame, baselines=BASELINES) -> str:
         n = f"<br><small>n={int(r['n_used'])}</small>" if "n_used" in r else ""
         if pd.isna(r["value"]):
             return "n/a" + n
-        ci = "" if pd.isna(r["ci_low"]) else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        ci = interval(r["ci_low"], r["ci_high"])
         rough = "&dagger;" if r.get("few_seeds", False) and ci else ""
-        return f"{r['value']:.3f}{ci}{rough}{n}"
+        return f"{number(r['value'])}{ci}{rough}{n}"
 
     t["cell"] = t.apply(cell, axis=1)
     t["group"] = t["group"].map(html.escape)
@@ -224,9 +242,18 @@ def figure_html(name: str, path: Path, facts: list[CaptionFact] = ()) -> str:
             + f"(<code>{name}.png</code>, <code>{name}.svg</code>)</figcaption></figure>")
 
 
+def _signs(r) -> str:
+    """A ranking row's sign, or its members' signs when they differ ("+1, -1")."""
+    signs = tuple(r["signs"]) if "signs" in r.index else (int(r["sign"]),)
+    text = ["&minus;1" if s < 0 else "+1" for s in signs]
+    return text[0] if len(set(text)) == 1 else ", ".join(text)
+
+
 def ranking_html(ranking: pd.DataFrame, rank_by: str, order, one_seed: bool = False,
-                 baselines=BASELINES) -> str:
-    """The ranking of the measures by ``rank_by``, with the statistics ``order``."""
+                 baselines=BASELINES, figure: str = "") -> str:
+    """The ranking of the measures by ``rank_by``, with the statistics ``order``; a row whose
+    ``measures`` (``analysis.stats.merge_equivalent``) name several measures names them all.
+    ``figure``: HTML placed between the introduction and the table (the ranking figure)."""
     if ranking.empty:
         return ""
 
@@ -234,23 +261,29 @@ def ranking_html(ranking: pd.DataFrame, rank_by: str, order, one_seed: bool = Fa
         v = r[s]
         if pd.isna(v):
             return "n/a"
-        lo, hi = r[s + "_low"], r[s + "_high"]
-        return f"{v:.3f}" + ("" if pd.isna(lo) else f" <small>[{lo:.3f}, {hi:.3f}]</small>")
+        ci = interval(r[s + "_low"], r[s + "_high"])
+        return number(v) + (f" <small>{ci.strip()}</small>" if ci else "")
 
     rows = ["<tr><th>rank</th><th>measure</th><th>sign</th><th>trials</th>"
             + "".join(f"<th>{html.escape(s)} {_arrow(s)}</th>" for s in order) + "</tr>"]
     for _, r in ranking.iterrows():
         rank = "" if pd.isna(r["rank"]) else int(r["rank"])
-        base = " <small>(baseline)</small>" if r["measure"] in baselines else ""
+        names = tuple(r["measures"]) if "measures" in r.index else (str(r["measure"]),)
+        base = " <small>(baseline)</small>" if any(m in baselines for m in names) else ""
+        same = (" <small>(the same ranks)</small>" if len(names) > 1 else "")
         rows.append(f"<tr><td>{rank}</td><td style='text-align:left'>"
-                    f"{html.escape(str(r['measure']))}{base}</td>"
-                    f"<td>{'&minus;1' if r['sign'] < 0 else '+1'}</td><td>{int(r['n_trials'])}</td>"
+                    f"{html.escape(', '.join(names))}{base}{same}</td>"
+                    f"<td>{_signs(r)}</td><td>{int(r['n_trials'])}</td>"
                     + "".join(f"<td>{cell(r, s)}</td>" for s in order) + "</tr>")
     return ("<h2>Ranking of the measures</h2>"
             f"<p>Every measure of the sweep (and the baselines) over all passing trials, ranked by "
-            f"<b>{html.escape(rank_by)}</b> (<code>sweep report --rank-by</code>; the same ranks "
-            "for every statistic and group are the <code>rank</code> column of "
-            "<code>statistics.csv</code>; this table is <code>ranking.csv</code>). The statistics "
+            f"<b>{html.escape(rank_by)}</b> (<code>sweep report --rank-by</code>; rank among the "
+            "rows, tied rows sharing the best; a measure's rank for every statistic and group is "
+            "the <code>rank</code> column of <code>statistics.csv</code>; "
+            "<code>ranking.csv</code> has a row per measure). One "
+            "row per finding: measures that rank the trials identically (one an increasing "
+            "function of the other on these data, so every statistic but Pearson's r is the "
+            "same; <code>analysis.stats.equivalent_measures</code>) share a row. The statistics "
             "are of <i>sign &times; measure</i>: sign &minus;1 marks a measure expected to fall as "
             "the gap grows (a margin), so for every row a larger correlation and a smaller "
             "sign-error mean it predicts the gap in its expected direction. The conditional MI "
@@ -263,7 +296,117 @@ def ranking_html(ranking: pd.DataFrame, rank_by: str, order, one_seed: bool = Fa
                "is 1 as soon as one environment orders its pair against the gap (with many "
                "environments, for nearly every measure) and ranks little; it needs several "
                "seeds per configuration (<code>space.seed</code>).</p>" if one_seed else "")
-            + "<table class='stats'>" + "".join(rows) + "</table>")
+            + figure + "<table class='stats'>" + "".join(rows) + "</table>")
+
+
+def _names(rows) -> str:
+    return "; ".join(", ".join(ms) for ms in rows)
+
+
+def _count(lo: int, hi: int, what: str) -> str:
+    return f"{lo} {what}" if lo == hi else f"{lo} to {hi} {what}"
+
+
+def tie_text(t: Tie, support: str) -> str:
+    """One tie of the ranking as a sentence (plain text)."""
+    n = sum(len(ms) for ms in t.names)
+    rows = len(t.names)
+    who = f"{n} measures" if rows == n else f"{rows} rows ({n} measures)"
+    return (f"{who} tie at {number(t.value)}{interval(t.ci_low, t.ci_high)} on "
+            f"{_count(*t.n_used, support)} (rank {t.rank}): {_names(t.names)}")
+
+
+def ranking_caption(r: Report) -> str:
+    """The ranking figure's caption (plain text): what it shows, what each value rests on,
+    the intervals and the seeds behind them, the rows that name several measures, the ties."""
+    stat = REGISTRY[r.rank_by]
+    support = SUPPORTS[stat.support]
+    shown = r.merged.dropna(subset=[r.rank_by]) if len(r.merged) else r.merged
+    n = [r.used[m] for ms in shown.get("measures", []) for m in ms if m in r.used]
+    parts = [f"The measures ranked by {r.rank_by} of sign \u00d7 measure against the "
+             f"generalization gap over the {r.n_fit} passing trials, best at the top "
+             f"({stat.better} is better; dashed line: chance, {stat.chance:g}); orange squares: "
+             f"the baselines ({', '.join(r.baselines)}); a shaded band: rows that tie."]
+    if n:
+        parts.append(f"Each value rests on {_count(min(n), max(n), support)}.")
+    if r.n_boot and r.n_seeds >= 2:
+        parts.append(f"Bars: 95% intervals from {r.n_boot} bootstrap resamples of the "
+                     f"{r.n_seeds} seeds.")
+    elif r.n_boot:
+        parts.append(f"Bars: 95% intervals from {r.n_boot} bootstrap resamples of the trials "
+                     "(a single seed).")
+    else:
+        parts.append("No intervals (--bootstrap 0).")
+    if r.few_seeds is not None:
+        parts.append(f"Only {r.few_seeds} seeds: the seed bootstrap has a handful of distinct "
+                     "resamples, so read the intervals as rough (the paper uses 8).")
+    if r.one_seed:
+        parts.append("One seed per configuration: the sign-errors rest on one pair of runs "
+                     "per environment.")
+    merged = [ms for ms in shown.get("measures", []) if len(ms) > 1]
+    if merged:
+        parts.append(f"{len(merged)} row{'s' if len(merged) > 1 else ''} name several measures "
+                     "that rank the trials identically (\"the same ranks\" in the table).")
+    for t in r.ties:
+        parts.append(tie_text(t, support) + ".")
+    return " ".join(parts)
+
+
+def ranking_figure_html(r: Report) -> str:
+    """The ranking figure with its caption; empty when it was not drawn."""
+    if "ranking" not in r.figures:
+        return ""
+    data = base64.b64encode(r.figures["ranking"].read_bytes()).decode()
+    return (f"<figure><img alt='ranking' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(ranking_caption(r))} (<code>ranking.png</code>, "
+            "<code>ranking.svg</code>)</figcaption></figure>")
+
+
+def ties_html(r: Report) -> str:
+    """The ties of the ranking as a note above its table; empty without one."""
+    if not r.ties:
+        return ""
+    support = SUPPORTS[REGISTRY[r.rank_by].support]
+    return ("<p class='warn'><b>Ties:</b> " + html.escape("; ".join(tie_text(t, support)
+                                                                    for t in r.ties))
+            + ". Tied rows are not ordered by the data.</p>")
+
+
+def selection_html(selection: pd.DataFrame, baselines=BASELINES) -> str:
+    """The label-free model selection (``analysis.selection.model_selection``, rows with a
+    ``measures`` column when merged): a sentence on what regret means and the table, best mean
+    regret first; empty without one."""
+    if selection is None or selection.empty:
+        return ""
+    from analysis.selection import RANDOM
+
+    t = selection.sort_values(["mean_regret", "worst_regret"], na_position="last", kind="stable")
+
+    def points(v):
+        return "n/a" if pd.isna(v) else number(100 * v, 2)
+
+    rows = ["<tr><th>chosen by</th><th>sign</th><th>groups</th><th>mean regret &darr;</th>"
+            "<th>worst regret &darr;</th><th>picks the best</th></tr>"]
+    for _, r in t.iterrows():
+        names = tuple(r["measures"]) if "measures" in r.index else (str(r["measure"]),)
+        label = ("at random" if r["measure"] == RANDOM else html.escape(", ".join(names)))
+        if r["kind"] == "baseline" or any(m in baselines for m in names):
+            label += " <small>(baseline)</small>"
+        sign = "" if r["kind"] == "random" else _signs(r)
+        best = "n/a" if pd.isna(r["p_best"]) else f"{100 * r['p_best']:.0f}%"
+        rows.append(f"<tr><td style='text-align:left'>{label}</td><td>{sign}</td>"
+                    f"<td>{int(r['n_groups'])}</td><td>{points(r['mean_regret'])}</td>"
+                    f"<td>{points(r['worst_regret'])}</td><td>{best}</td></tr>")
+    return ("<h2>Model selection without test labels</h2>"
+            "<p><b>Regret</b> is the test accuracy lost, in percentage points, by keeping the "
+            "network a measure ranks best (smallest sign &times; measure) among networks that "
+            "differ in one hyperparameter instead of the best of them; the measure reads no "
+            "test label. The groups are the granulated Kendall's (configurations averaged over "
+            "seeds); mean and worst over the groups; a tie in the measure counts the mean of "
+            "the tied networks; at random: the mean over each group's networks, exactly. "
+            "Picks the best: the share of groups where the choice is a best network "
+            "(<code>analysis.selection.model_selection</code>).</p>"
+            "<table class='stats'>" + "".join(rows) + "</table>")
 
 
 def seeds_html(few_seeds: int | None) -> str:
@@ -291,8 +434,10 @@ def render(r: Report) -> str:
         filter_html(r.filter),
         unfit_html(r.unfit, r.train_acc),
         config_summary_html(r.config),
-        ranking_html(r.ranking, r.rank_by, r.ranked, r.one_seed, r.baselines),
-        *[figure_html(n, r.figures[n]) for n in RANKING_FIGURES if n in r.figures],
+        ranking_html(r.merged if len(r.merged) else r.ranking, r.rank_by, r.ranked, r.one_seed,
+                     r.baselines, ranking_figure_html(r) + ties_html(r)),
+        *[figure_html(n, r.figures[n]) for n in RANKING_FIGURES[1:] if n in r.figures],
+        selection_html(r.selection, r.baselines),
         "<h2>Statistics against the generalization gap</h2>",
         f"<p>Value [95% bootstrap interval over {r.n_boot} resamples of seeds, or of trials when "
         "the sweep has a single seed] of each statistic of <i>sign &times; measure</i> against "

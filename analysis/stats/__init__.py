@@ -21,6 +21,8 @@ One module per algorithm:
 - ``evaluate``: one evaluation of every statistic of the measures that share their rows;
 - ``table``: ``statistics_table`` (all of the above in long form, in processes for a large
   table), ``ranking_table``, ``write_table`` (CSV + Parquet).
+- ``equivalent``: ``equivalent_measures`` (measures that rank the trials identically, one a
+  monotone function of another on the data) and ``merge_equivalent`` (one ranking row each).
 
 Every name of these modules imports from ``analysis.stats`` as well (loaded on first use, so
 that reading the registry loads no statistic).
@@ -50,6 +52,7 @@ _NAMES = {
     "table": ("PARALLEL_ABOVE", "FIXED_COST_TRIALS", "TABLE_COLUMNS", "FEW_SEEDS",
               "statistics_table", "ranking_table", "write_table", "_worker_start",
               "_evaluations", "_same_rows", "_group_label", "_n_seeds", "_ranks"),
+    "equivalent": ("rank_key", "equivalent_measures", "merge_equivalent"),
 }
 _WHERE = {name: module for module, names in _NAMES.items() for name in names}
 __all__ = [name for name in _WHERE if not name.startswith("_")]

@@ -44,7 +44,9 @@ class Statistic:
     ``support``: a key of ``SUPPORTS``; ``over``: one of ``OVER``. ``description``: one line
     of plain text; ``source``: the paper and equation it computes. ``summary``: one of the
     statistics the report's ranking shows (Pearson's and Spearman's are left to the full table:
-    Kendall's tau-b speaks there for the correlations over trial rows)."""
+    Kendall's tau-b speaks there for the correlations over trial rows). ``chance``: its value
+    for a measure unrelated to the target (0 for a correlation, 0.5 for a sign-error), the
+    reference line of the report's ranking figure."""
 
     name: str
     function_name: str
@@ -56,6 +58,7 @@ class Statistic:
     description: str
     source: str
     summary: bool = True
+    chance: float = 0.0
 
     def __post_init__(self):
         if self.support not in SUPPORTS:
@@ -123,13 +126,14 @@ REGISTRY: dict[str, Statistic] = {s.name: s for s in (
         "per environment (two configurations that differ in one hyperparameter) the mean over "
         "every seed of one against every seed of the other of (1 - sign(\u0394\u03bc) "
         "sign(\u0394g))/2; the mean over environments; 0 is perfect, 0.5 chance",
-        "Dziugaite et al. 2020, In search of robust measures of generalization (sign-error)"),
+        "Dziugaite et al. 2020, In search of robust measures of generalization (sign-error)",
+        chance=0.5),
     Statistic(
         "robust_sign_error", "sign_errors:sign_error", "table", "robust", False,
         "environments", "pairs of runs",
         "the worst environment's sign-error (max over environments)",
         "Dziugaite et al. 2020, In search of robust measures of generalization (robust "
-        "sign-error)"),
+        "sign-error)", chance=0.5),
 )}
 
 STATISTICS = tuple(REGISTRY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -87,13 +88,176 @@ def fit_text(fig, rect=None, rounds: int = 4) -> None:
         fig.tight_layout(rect=rect)
 
 
+# --------------------------------------------------------------------------------------------
+# Tick labels of a base-10 log axis. Matplotlib labels the minor ticks of an axis spanning
+# about a decade ("3x10^2" beside "4x10^2" reads as "3x10^24"); these label only ticks far
+# enough apart, decided from the axis' view when it is drawn (a later change of limits is
+# followed).
+
+def log_tick_plan(lo: float, hi: float, numticks: int = 6) -> tuple[str, list[float]]:
+    """The labelled ticks of a log axis whose view is [lo, hi] (0 < lo < hi), at most
+    ``numticks`` of them in view: 1, 2 and 5 times powers of ten, as plain numbers ("plain"),
+    when two to ``numticks`` of those are in view and at most two powers of ten (0.1, 0.2, 0.5,
+    1); else ("decades", powers of ten) when the view holds two or more of them: every s-th
+    power, s the smallest round stride (1, 2, 3, 5, 10, 20, ...) that keeps at most
+    ``numticks`` and two or more in view; else ("plain", 1 and 5 times powers of ten) when
+    two or more of those are in view; else ("plain", up to four evenly spaced round
+    numbers). Ticks outside the view may be included (matplotlib drops them)."""
+    import math
+
+    from matplotlib.ticker import MaxNLocator
+
+    k0, k1 = math.ceil(math.log10(lo) - 1e-9), math.floor(math.log10(hi) + 1e-9)
+    n = k1 - k0 + 1  # powers of ten in view
+    marks = [m * 10.0 ** k for k in range(max(k0 - 2, -320), min(k1 + 2, 306))
+             for m in (1, 2, 5)]
+    shown = sum(1 for v in marks if lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9))
+    if n <= 2 and 2 <= shown <= max(2, numticks):
+        return "plain", marks
+    if n >= 2:
+        # a round stride (10^0, 10^-20, 10^-40, not 10^-17), the smallest that keeps at most
+        # numticks labels, and two or more in view
+        nice = [m * 10 ** e for e in range(0, 4) for m in (1, 2, 3, 5) if m * 10 ** e <= n]
+        fits = [s for s in nice if sum(1 for k in range(k0, k1 + 1) if k % s == 0) >= 2]
+        stride = next((s for s in fits if len(range(k0 + (-k0) % s, k1 + 1, s))
+                       <= max(2, numticks)), fits[-1])
+        return "decades", [10.0 ** k for k in range(max(k0 - stride, -320),
+                                                    min(k1 + stride, 308) + 1) if k % stride == 0]
+    if shown >= 2:  # (more than numticks 1-2-5 marks around one power of ten: 1 and 5)
+        return "plain", [v for v in marks if round(v / 10.0 ** math.floor(math.log10(v))) != 2]
+    locator = MaxNLocator(nbins=3, steps=[1, 2, 2.5, 5, 10])
+    return "plain", [float(v) for v in locator.tick_values(lo, hi) if v > 0]
+
+
+def plain_number(v: float, step: float) -> str:
+    """``v`` (a tick of ticks ``step`` apart) with the fewest decimals that write it exactly,
+    no trailing zeros ("0.2", "5", "312", "1.215"); scientific ("1.2e-05") below 1e-4 or from
+    1e6 up."""
+    v, step = float(v), abs(float(step)) or abs(float(v)) or 1.0
+    tol = 1e-6 * step
+    if v != 0 and not 1e-4 <= abs(v) < 1e6:
+        return next(f"{v:.{d}g}" for d in range(1, 12) if abs(float(f"{v:.{d}g}") - v) <= tol
+                    or d == 11)
+    decimals = next(d for d in range(0, 12) if abs(round(v, d) - v) <= tol or d == 11)
+    return f"{v:.{decimals}f}"
+
+
+@functools.cache
+def _log_ticks_classes():
+    """(``ReadableLogLocator``, ``ReadableLogFormatter``), made on first use (matplotlib is
+    imported only when a figure is drawn)."""
+    from matplotlib.ticker import Formatter, Locator
+
+    class ReadableLogLocator(Locator):
+        """The major ticks of :func:`log_tick_plan` for the axis' current view."""
+
+        def __init__(self, numticks: int | None = None):
+            self.numticks = numticks
+
+        def limit(self) -> int:  # at most this many labels: what fits along the axis
+            if self.numticks is not None:
+                return self.numticks
+            try:
+                return max(2, min(6, int(self.axis.get_tick_space())))
+            except Exception:  # (an axis not yet laid out)
+                return 6
+
+        def __call__(self):
+            lo, hi = sorted(self.axis.get_view_interval())
+            return self.tick_values(lo, hi)
+
+        def tick_values(self, vmin, vmax):
+            lo, hi = sorted((float(vmin), float(vmax)))
+            if not 0 < lo < hi < float("inf"):
+                return []
+            return log_tick_plan(lo, hi, self.limit())[1]
+
+    class ReadableLogFormatter(Formatter):
+        """Powers of ten as 10^k on an axis spanning decades, plain numbers otherwise
+        (:func:`plain_number`, as many digits as the ticks' spacing needs)."""
+
+        ticks: list[float] = []
+
+        def set_locs(self, locs):  # (the ticks about to be labelled: their spacing)
+            self.ticks = [float(v) for v in locs]
+
+        def __call__(self, x, pos=None):
+            import math
+
+            lo, hi = sorted(self.axis.get_view_interval())
+            if not (0 < lo < hi < float("inf")) or x <= 0:
+                return ""
+            locator = self.axis.get_major_locator()
+            mode, _ = log_tick_plan(lo, hi, locator.limit() if hasattr(locator, "limit") else 6)
+            if mode == "decades":
+                k = round(math.log10(x))
+                return f"$\\mathdefault{{10^{{{k}}}}}$" if math.isclose(x, 10.0 ** k) else ""
+            locs = sorted(v for v in self.ticks if v > 0)
+            gaps = [b - a for a, b in zip(locs, locs[1:]) if b > a]
+            return plain_number(x, min(gaps) if gaps else x)
+
+    return ReadableLogLocator, ReadableLogFormatter
+
+
+def readable_log_ticks(axis, numticks: int | None = None) -> None:
+    """Give a base-10 log ``axis`` (``ax.xaxis``, ``ax.yaxis``) labels that never run into
+    each other: major ticks at powers of ten when its view spans two or more of them (at most
+    ``numticks``, default what fits along the axis; minor ticks unlabelled), else a few plain
+    numbers (:func:`log_tick_plan`). Any other axis (linear, symlog, base 2) is left alone."""
+    from matplotlib.ticker import NullFormatter
+
+    if axis.get_scale() != "log" or getattr(axis.get_transform(), "base", 10) != 10:
+        return
+    locator, formatter = _log_ticks_classes()
+    axis.set_major_locator(locator(numticks))
+    axis.set_major_formatter(formatter())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _readable_log_axes(fig) -> None:
+    """:func:`readable_log_ticks` on every base-10 log axis of ``fig`` (colour bars included)
+    that a figure function did not give such ticks already."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if not isinstance(axis.get_major_locator(), _log_ticks_classes()[0]):
+                readable_log_ticks(axis)
+
+
+def _clear_suptitle(fig, rect=None, pad_px: float = 4.0) -> None:
+    """Put ``fig``'s suptitle ``pad_px`` pixels below the top edge and lay the axes out below
+    it: ``tight_layout`` leaves the suptitle out of its reckoning (a panel's title can touch
+    it, or a tall figure keeps an empty band above it)."""
+    title = fig._suptitle
+    if title is None or not title.get_visible() or not title.get_text().strip():
+        return
+    title.set_verticalalignment("top")
+    title.set_y(1.0 - pad_px / fig.bbox.height)
+    x0, y0, x1, y1 = rect or (0, 0, 1, 1)
+    top = None
+    for _ in range(2):  # (tight_layout pads the rectangle: the second pass takes that back)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        limit = title.get_window_extent(renderer).y0 - pad_px
+        if top is None:
+            top = limit
+        else:
+            reach = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes if ax.get_visible())
+            if reach >= limit - pad_px:
+                break
+            top += limit - reach
+        fig.tight_layout(rect=(x0, y0, x1, min(y1, top / fig.bbox.height)))
+
+
 def _save(fig, path: str | Path, vector: bool = False, rect=None) -> Path:
     """Write ``fig`` to ``path`` (PNG) and, with ``vector``, an SVG beside it, after
-    :func:`fit_text` (``rect``: the figure's ``tight_layout`` rectangle, if not the whole)."""
+    :func:`readable_log_ticks` on its log axes, :func:`fit_text` and :func:`_clear_suptitle`
+    (``rect``: the figure's ``tight_layout`` rectangle, if not the whole)."""
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _readable_log_axes(fig)
     fit_text(fig, rect)
+    _clear_suptitle(fig, rect)
     fig.savefig(path)
     if vector:
         fig.savefig(path.with_suffix(".svg"))
@@ -287,7 +451,6 @@ def params_loss_figure(df: pd.DataFrame, path: str | Path,
     for ax in axes:
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
-        _log_x_ticks(ax)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Fig. 1: parameters and train loss vs generalization ({_caption_n(d, m)})",
                  fontsize=10)
@@ -295,10 +458,18 @@ def params_loss_figure(df: pd.DataFrame, path: str | Path,
     return _save(fig, path, vector=True)
 
 
+DISCRETE_COLOURS = 8  # a numeric colour variable with at most this many values: one colour each
+
+
 def _per_dataset(df: pd.DataFrame, measure: str, colour_by: str, path, title: str, xlabel: str,
-                 log_colour: bool = False, hyperparameters: list[str] | None = None) -> Path | None:
+                 log_colour: bool = False, hyperparameters: list[str] | None = None,
+                 colour_label: str | None = None) -> Path | None:
     """One panel per data set: ``measure`` (log x) against the generalization gap, seed means
-    with s.e. bars, coloured by ``colour_by`` (categorical, or a log colour scale)."""
+    with s.e. bars, coloured by ``colour_by``: categorical (a legend), or, with
+    ``log_colour``, a number: one colour per value from an ordered colour map with a legend
+    when it takes at most ``DISCRETE_COLOURS`` values (a null value grey), else a log colour
+    scale with a colour bar. ``colour_label``: the legend's title or colour bar's label
+    (default ``colour_by``)."""
     d = df.dropna(subset=[measure, "gen_gap"])
     d = d[d[measure] > 0]
     if d.empty:
@@ -308,27 +479,41 @@ def _per_dataset(df: pd.DataFrame, measure: str, colour_by: str, path, title: st
     m = _labelled(seed_means(d, [measure, "gen_gap"], hyperparameters))
     if colour_by == "neurons":
         m["neurons"] = m["width"] * (m["depth"] - 1)  # hidden units: depth counts Linear layers
+    label = colour_label or colour_by
     names = sorted(m["dataset"].unique())
     fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names) + 0.8, 4.2), dpi=120,
                              squeeze=False)
-    # (a null value is a category of its own, "null")
-    cats = sorted(m[colour_by].map(value_label).unique()) if not log_colour else None
+    if log_colour:
+        numbers = pd.to_numeric(m[colour_by], errors="coerce")
+        levels = sorted(numbers.dropna().unique())
+        if len(levels) <= DISCRETE_COLOURS:  # (a null value is a category of its own, grey)
+            ramp = plt.get_cmap("viridis")(np.linspace(0.0, 0.8, max(len(levels), 1)))
+            colours = {value_label(v): ramp[i] for i, v in enumerate(levels)}
+            if numbers.isna().any():
+                colours["null"] = "0.5"
+            m["_colour"] = [value_label(v) for v in numbers]
+            colour_by, cats, log_colour = "_colour", list(colours), False
+    else:  # (a null value is a category of its own, "null")
+        cats = sorted(m[colour_by].map(value_label).unique())
+        colours = {cat: f"C{c}" for c, cat in enumerate(cats)}
     for ax, name in zip(axes[0], names):
         g = m[m["dataset"] == name]
         if log_colour:
+            from matplotlib.colors import LogNorm
+
             ax.errorbar(g[measure], g["gen_gap"], xerr=g[f"{measure}_se"], yerr=g["gen_gap_se"],
                         fmt="none", ecolor="0.6", elinewidth=0.6, zorder=1)
-            sc = ax.scatter(g[measure], g["gen_gap"], c=np.log2(g[colour_by].astype(float)),
-                            cmap="viridis", s=18, zorder=2)
-            fig.colorbar(sc, ax=ax, label=f"log2 {colour_by}")
+            sc = ax.scatter(g[measure], g["gen_gap"], c=g[colour_by].astype(float),
+                            norm=LogNorm(min(levels), max(levels)), cmap="viridis", s=18,
+                            zorder=2)
+            fig.colorbar(sc, ax=ax, label=f"{label} (log colour scale)")
         else:
-            for c, cat in enumerate(cats):
+            for cat in cats:
                 sub = g[g[colour_by].map(value_label) == cat]
                 if len(sub):
-                    _errorbar(ax, sub, measure, "gen_gap", color=f"C{c}", label=cat)
-            ax.legend(fontsize=7)
+                    _errorbar(ax, sub, measure, "gen_gap", color=colours[cat], label=cat)
+            ax.legend(fontsize=7, title=label, title_fontsize=7)
         ax.set_xscale("log")
-        _log_x_ticks(ax)
         ax.set_title(f"{name}: {len(g)} configurations", fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
@@ -355,55 +540,25 @@ def transitions_gap_figure(df: pd.DataFrame, path: str | Path,
     return _per_dataset(df, "transitions_test", "neurons", path,
                         "App. Fig. 8: transitions vs generalization gap",
                         "transitions per trajectory (test points)", log_colour=True,
-                        hyperparameters=hyperparameters)
+                        hyperparameters=hyperparameters, colour_label="hidden neurons")
 
 
 PAIR_PANELS = [("gen_gap", "generalization gap", False), ("jacobian_norm_test", "Jacobian norm", True),
                ("transitions_test", "transitions", True)]
 
 
-def _log_x_ticks(ax) -> None:
-    """Tick labels of a log x axis that never run into each other (matplotlib labels the minor
-    ticks of an axis spanning about a decade, 3 x 10^-1 beside 4 x 10^-1): powers of ten when
-    the view holds two or more of them; else 1, 2 and 5 times powers of ten as plain numbers,
-    or, with fewer than two of those in view, three evenly spaced plain numbers. Call after the
-    data and scale are set."""
-    import math
-
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-
-    lo, hi = sorted(ax.get_xlim())
-    if not 0 < lo < hi < math.inf:
-        return
-    k0, k1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
-    powers = [10.0 ** k for k in range(k0, k1 + 1) if lo <= 10.0 ** k <= hi]
-    if len(powers) < 2:
-        marks = [m * 10.0 ** k for k in range(k0, k1 + 1) for m in (1, 2, 5)
-                 if lo <= m * 10.0 ** k <= hi]
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)) if len(marks) >= 2
-                                   else MaxNLocator(nbins=3))
-        ax.xaxis.set_major_formatter(FuncFormatter(
-            lambda v, _: f"{v:.0f}" if 1 <= v < 1e6 and v == round(v) else f"{v:.3g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
 def _readable_ticks(ax, log: bool) -> None:
-    """Three or four labelled ticks per axis, small and the x labels slanted, so that the
-    labels of a small panel never run into each other and every axis keeps at least two: a log
-    axis spanning a decade or more labels powers of ten; one inside a decade (whose powers of
-    ten fall outside the view) gets evenly spaced ticks with plain numbers. Call after the data
-    and scales are set."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+    """Three or four labelled ticks per axis of a small panel, small and the x labels slanted,
+    so that they never run into each other and every axis keeps at least two: a log axis gets
+    :func:`readable_log_ticks` (at most four powers of ten, or plain numbers inside a decade),
+    a linear one at most four round numbers."""
+    from matplotlib.ticker import MaxNLocator
 
-    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
-        lo, hi = min(lo, hi), max(lo, hi)
-        if log and lo > 0 and hi / lo >= 10.0:
-            axis.set_major_locator(LogLocator(numticks=4))
+    for axis in (ax.xaxis, ax.yaxis):
+        if log:
+            readable_log_ticks(axis, numticks=4)
         else:
             axis.set_major_locator(MaxNLocator(nbins=3))
-            if log:
-                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-        axis.set_minor_formatter(NullFormatter())
     ax.tick_params(labelsize=7)
     ax.tick_params(axis="x", labelrotation=30)
     for label in ax.get_xticklabels():
@@ -520,32 +675,50 @@ def per_point_figure(points: pd.DataFrame, path: str | Path, num_classes: int,
     return _save(fig, path, vector=True)
 
 
-def sign_error_figure(ranking: pd.DataFrame, path: str | Path) -> Path | None:
+def sign_error_figure(ranking: pd.DataFrame, path: str | Path,
+                      baselines: tuple[str, ...] | list[str] = ()) -> Path | None:
     """The measures' sign-errors side by side (Dziugaite et al. 2020, Fig. 1, in spirit): per
     measure (rows, from ``analysis.stats.ranking_table``, best mean sign-error at the top) the
     mean over environments with its bootstrap interval and the worst environment
     (``robust_sign_error``, a cross). 0 = every pair of runs ordered as their gaps, 0.5 = chance.
-    A measure with sign -1 is drawn as "-name" (its statistics are of -measure). Returns the
-    path, or None without a sign-error."""
+    A measure with sign -1 is drawn as "-name" (its statistics are of -measure). A baseline
+    (a measure in ``baselines``, or a row whose ``baseline`` column is true) is labelled
+    "name (baseline)", as the report's tables mark it, and drawn in orange squares, as the
+    ranking figure (``analysis.ranking_figure``) draws it. Returns the path, or None without a
+    sign-error."""
     if ranking.empty or ranking["sign_error"].isna().all():
         return None
     r = ranking.dropna(subset=["sign_error"]).sort_values("sign_error", kind="stable")
+    base = r["measure"].isin(list(baselines)).to_numpy(dtype=bool, copy=True)
+    if "baseline" in r:
+        base |= r["baseline"].fillna(False).astype(bool).to_numpy()
     plt = _pyplot()
     n = len(r)
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.24 * n))
     y = np.arange(n)[::-1]
-    lo = (r["sign_error"] - r["sign_error_low"]).clip(lower=0).fillna(0)
-    hi = (r["sign_error_high"] - r["sign_error"]).clip(lower=0).fillna(0)
-    ax.errorbar(r["sign_error"], y, xerr=[lo, hi], fmt="o", color="C0", ms=4, capsize=2,
-                label="mean over environments [95% interval]")
-    ax.plot(r["robust_sign_error"], y, "x", color="C3", label="worst environment")
+    lo = (r["sign_error"] - r["sign_error_low"]).clip(lower=0).fillna(0).to_numpy()
+    hi = (r["sign_error_high"] - r["sign_error"]).clip(lower=0).fillna(0).to_numpy()
+    mean = r["sign_error"].to_numpy()
+    handles = []
+    for rows, style, label in (
+            (~base, dict(fmt="o", color="C0"), "mean over environments [95% interval]"),
+            (base, dict(fmt="s", color="C1"), "baseline (mean [interval])")):
+        if rows.any():
+            handles.append(ax.errorbar(mean[rows], y[rows], xerr=[lo[rows], hi[rows]], ms=4,
+                                       capsize=2, label=label, **style))
+    handles += ax.plot(r["robust_sign_error"], y, "x", color="C3", label="worst environment")
     ax.axvline(0.5, color="grey", lw=0.8, ls="--")
-    names = [("-" if s < 0 else "") + m for m, s in zip(r["measure"], r["sign"])]
+    names = [("-" if s < 0 else "") + m + (" (baseline)" if b else "")
+             for m, s, b in zip(r["measure"], r["sign"], base)]
     ax.set_yticks(y, names, fontsize=8)
+    for label, b in zip(ax.get_yticklabels(), base):
+        if b:
+            label.set_color("C1")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.8, n - 0.2)
-    ax.set_xlabel("sign-error against the generalization gap (lower is better; 0.5 = chance)")
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8,
+    ax.set_xlabel("sign-error against the generalization gap\n(lower is better; 0.5 = chance)")
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncol=len(handles), fontsize=8, columnspacing=1.2, handletextpad=0.4,
               frameon=False)  # (above the axes: no point hidden under it)
     fig.tight_layout()
     return _save(fig, path, vector=True)

@@ -21,3 +21,20 @@ def ray_local():
     check_loopback(ray)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """(endpoint, boto3 client) of a moto S3 server on 127.0.0.1 (tests/s3server.py), one per
+    test module; skipped without moto and boto3 (the ``test`` extras)."""
+    pytest.importorskip("moto")
+    boto3 = pytest.importorskip("boto3")
+    from s3server import moto_server
+
+    try:
+        with moto_server(boto3) as server:
+            yield server
+    except RuntimeError as e:
+        if "did not start" in str(e):
+            pytest.fail(str(e))
+        raise

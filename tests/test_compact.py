@@ -50,6 +50,7 @@ def add_trial(d, i: int, **kw) -> str:
         kw.setdefault("status", "failed")
         kw.setdefault("error", "RuntimeError: boom")
         kw.setdefault("train_acc", math.nan)
+    trial_path(d, tid).unlink(missing_ok=True)  # a re-run: its old result made way (resume)
     write_trial(d, summary(tid, **kw), points(i))
     return tid
 

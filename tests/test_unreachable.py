@@ -7,13 +7,13 @@ without a traceback. Every test runs the CLI in a subprocess, as a user does."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 from procs import kill_tree, run
+from s3server import aws_env, free_port, keys
 
 from sweep.cli import main
 
@@ -32,11 +32,7 @@ COMMANDS = {
 }
 
 
-def _free_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_free_port = free_port
 
 
 def sweep(args, env=None, timeout=180) -> subprocess.CompletedProcess:
@@ -74,45 +70,8 @@ def one_line(r: subprocess.CompletedProcess, *words: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # S3: a moto server on 127.0.0.1
 
-@pytest.fixture(scope="module")
-def s3():
-    """(endpoint, boto3 client) of a moto S3 server on 127.0.0.1 that this test starts (and
-    stops, by its PID)."""
-    pytest.importorskip("moto")
-    boto3 = pytest.importorskip("boto3")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the moto server did not start")
-                time.sleep(0.2)
-        endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="test", aws_secret_access_key="test")
-        yield endpoint, client
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-
-
-def _aws(endpoint: str) -> dict:
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _keys(client, bucket: str) -> list[str]:
-    return [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+_aws = aws_env  # the moto server's ``s3`` fixture: tests/conftest.py, tests/s3server.py
+_keys = keys
 
 
 @pytest.mark.slow

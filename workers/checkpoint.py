@@ -11,11 +11,17 @@ The interval is a number of steps, or minutes of training time (``train.checkpoi
 ``500`` or ``"10min"``); checkpoints are removed once the trial's result is written unless
 ``train.keep_checkpoints``. None of this changes a trial's numbers: it is not part of the
 trial's identity.
+
+A save is dropped (logged) when it is stale: the trial has a result already, or the checkpoint
+there holds a later or equal step (written by another attempt of the trial, e.g. the retry of
+an attempt whose node stalled and woke up). The file is read for its step only when it is not
+the one this attempt last saved or loaded (its size and modification time differ).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 import time
@@ -25,6 +31,9 @@ import torch
 
 # where they are: the sweep directory's layout (names kept here for their users)
 from workers.results.layout import CHECKPOINTS, checkpoint_file, fallback_file  # noqa: F401
+from workers.results.layout import trial_file
+
+_log = logging.getLogger(__name__)
 
 
 def remove_checkpoints(out_dir, trial_id: str) -> None:
@@ -95,6 +104,7 @@ class Checkpointer:
         self.interval, self.clock = interval, clock
         self.last_step, self.last_time = 0, clock()
         self.saves = 0
+        self._seen = None  # (size, mtime_ns) of the checkpoint as this attempt last wrote or read it
 
     def _read(self, rel: str) -> dict | None:
         """The state in ``rel`` if this trial and spec wrote it; None if there is none, it is
@@ -115,7 +125,27 @@ class Checkpointer:
         state = self._read(self.rel)
         if state is not None:
             self.last_step = int(state["step"])
+            self._seen = self._stamp(self.rel)
         return state
+
+    def _stamp(self, rel: str) -> tuple[int, int] | None:
+        try:
+            e = self.store.entry(rel)
+        except OSError:
+            return None
+        return e.size, e.mtime_ns
+
+    def stale(self, step: int) -> str | None:
+        """Why a save at ``step`` would be stale (see the module docstring), or None."""
+        if self.store.is_file(trial_file(self.trial_id)):
+            return "the trial has a result"
+        stamp = self._stamp(self.rel)
+        if stamp is None or stamp == self._seen:
+            return None
+        state = self._read(self.rel)
+        if state is not None and int(state["step"]) >= step:
+            return f"the checkpoint there is at step {int(state['step'])}"
+        return None
 
     def due(self, step: int) -> bool:
         """Whether to save at ``step`` (after it ran)."""
@@ -125,16 +155,28 @@ class Checkpointer:
         return bool(iv.seconds) and self.clock() - self.last_time >= iv.seconds
 
     def save(self, step: int, state: dict) -> None:
+        """Save the state after ``step``, unless that is stale (then only logged)."""
+        why = self.stale(step)
+        if why is not None:
+            _log.warning("%s: a save at step %d is dropped (%s)", self.store.uri(self.rel), step,
+                         why)
+            self.last_step, self.last_time = step, self.clock()
+            return
         buf = io.BytesIO()
         torch.save({**state, "trial_id": self.trial_id, "spec": self.spec_text, "step": step},
                    buf)
         self.store.write_bytes(self.rel, buf.getvalue())
+        self._seen = self._stamp(self.rel)
         self.last_step, self.last_time = step, self.clock()
         self.saves += 1
 
     def save_fallback(self, step: int, weights: dict, nonfinite) -> None:
         """The weights at fallback step ``step`` (and the loop's non-finite flag then), for a
-        retry that resumes after it."""
+        retry that resumes after it; not once the trial has a result (a stale attempt)."""
+        if self.store.is_file(trial_file(self.trial_id)):
+            _log.warning("%s: the trial has a result; the fallback weights are dropped",
+                         self.store.uri(fallback_file(self.trial_id)))
+            return
         buf = io.BytesIO()
         torch.save({"trial_id": self.trial_id, "spec": self.spec_text, "step": step,
                     "model": weights, "nonfinite": nonfinite}, buf)

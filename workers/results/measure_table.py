@@ -5,7 +5,9 @@ own record.
 measure, version, settings (canonical JSON), value (null if the measure raised), seconds,
 error, info (JSON), hostname, created (unix time) and the per-point values (split, index,
 value). Files are written atomically (temporary name, rename) and never overwritten: a value
-exists once per key, so evaluating again is a no-op. Readers accept files that lack columns
+exists once per key, so evaluating again is a no-op, and a stale attempt of a trial that writes
+a value another attempt wrote already leaves it as it is (``storage.Store.write_new``: atomic
+on a POSIX path, checked before the PUT on an object store). Readers accept files that lack columns
 added later (null there); a file of a newer format than this release reads is refused with a
 message naming its version.
 """
@@ -79,7 +81,8 @@ def write_outcome(sweep_dir, trial_id: str, o: Outcome, replace: bool = False) -
            "info": json.dumps(dict(o.info), sort_keys=True, default=str),
            "hostname": socket.gethostname(), "created": time.time(), "points": points}
     st.makedirs(MEASURES)
-    st.write_parquet(rel, pa.Table.from_pylist([row], schema=MEASURE_SCHEMA))
+    if not st.write_parquet_new(rel, pa.Table.from_pylist([row], schema=MEASURE_SCHEMA)):
+        return None  # another attempt wrote it meanwhile: that value stands
     return rel
 
 

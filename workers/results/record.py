@@ -4,11 +4,15 @@ A trial's file ``<sweep>/trials/<trial_id>.parquet`` holds one row: the summary 
 ``points`` column, a list of per-point records (split, index, label, jacobian_norm, loss,
 correct). ``analysis.load_results`` reads the summary columns only; ``analysis.load_points``
 flattens ``points``. A file is written to a temporary name and renamed, so a reader sees either
-nothing or the whole file.
+nothing or the whole file. It is written once: a trial's first finished attempt stands, and a
+later one (a stale attempt on a node that stalled and woke up after the trial was retried
+elsewhere) is dropped with a log line (``storage.Store.write_new``); ``sweep resume`` moves a
+result it runs again aside first.
 """
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
 from pathlib import Path
 
@@ -115,6 +119,9 @@ EXTRA_SCHEMAS = {
 }
 
 
+_log = logging.getLogger(__name__)
+
+
 class ResultError(RuntimeError):
     """A result file that is missing, truncated, corrupt or of another schema."""
 
@@ -129,7 +136,9 @@ def write_extra(sweep_dir, kind: str, trial_id: str, rows: list[dict]) -> str:
 
 
 def write_trial(sweep_dir, summary: dict, points: list[dict] | None = None) -> str:
-    """Write one trial's row atomically; every summary column must be present (None allowed)."""
+    """Write one trial's row atomically; every summary column must be present (None allowed).
+    If the trial has a result file already, it stands and this row is dropped (logged, not an
+    error): the path is returned either way."""
     missing = [c for c in SUMMARY_COLUMNS if c not in summary and c != "schema_version"]
     if missing:
         raise ValueError(f"summary lacks columns: {missing}")
@@ -140,7 +149,10 @@ def write_trial(sweep_dir, summary: dict, points: list[dict] | None = None) -> s
     row["points"] = points or []
     table = pa.Table.from_pylist([row], schema=SCHEMA)
     rel = trial_file(summary["trial_id"])
-    store(sweep_dir).write_parquet(rel, table)
+    st = store(sweep_dir)
+    if not st.write_parquet_new(rel, table):
+        _log.warning("%s exists: this attempt's result (status %s) is dropped; the one there "
+                     "stands", st.uri(rel), summary["status"])
     return rel
 
 

@@ -12,6 +12,8 @@ every backend:
 * a file appears whole or not at all. Local paths and filesystems with an atomic rename (local,
   HDFS) write a temporary sibling and rename it; object stores (S3, GCS) write with one
   streamed PUT, which becomes visible only when it completes;
+* a file written once (a result, a measure value) is written only if it is not there yet
+  (``write_new``), so a stale attempt of a trial cannot replace what another attempt wrote;
 * nothing is deleted: a file that has to make way is moved aside (``move``).
 
 A URI, even ``file://``, uses only the pyarrow filesystem API; a plain path uses ``os`` calls,
@@ -217,7 +219,11 @@ class Store:
             raise
 
     @staticmethod
-    def _write_local(path: str, data: bytes) -> None:
+    def _write_local(path: str, data: bytes, exclusive: bool = False) -> bool:
+        """Write ``path`` through a temporary sibling. With ``exclusive`` the temporary file is
+        hard-linked to ``path``, which fails if ``path`` exists (atomic, NFS included); where
+        the filesystem has no hard links, ``path`` is checked and then renamed over. Returns
+        whether ``path`` was written."""
         parent = os.path.dirname(path) or "."
         os.makedirs(parent, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
@@ -225,11 +231,36 @@ class Store:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.chmod(tmp, _FILE_MODE)  # readable by other nodes' users, as open() would make it
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
+            if not exclusive:
+                os.replace(tmp, path)
+                return True
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links here (some FUSE and SMB mounts): check, then rename
+                if os.path.lexists(path):
+                    return False
+                os.replace(tmp, path)
+            return True
+        finally:
+            if os.path.lexists(tmp):
                 os.unlink(tmp)
-            raise
+
+    def write_new(self, rel: str, data: bytes) -> bool:
+        """Write ``data`` to ``rel`` as ``write_bytes`` does, unless a file is there already;
+        returns whether it was written. This is the guard of a file written once (a trial's
+        result, a measure value): a stale attempt that finishes after another attempt wrote
+        the file leaves it as it is. On a local or shared POSIX path it is atomic (a hard link,
+        ``_write_local``); on an object store (S3, GCS) and other pyarrow filesystems the file
+        is looked up and then written, so two writers that both look before either PUT
+        completes both write, the later PUT winning (both whole files)."""
+        if self.local:
+            return self._write_local(self.path(rel), data, exclusive=True)
+        if self._info(rel).type != pafs.FileType.NotFound:
+            return False
+        self.write_bytes(rel, data)
+        return True
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
@@ -238,6 +269,13 @@ class Store:
         buf = io.BytesIO()
         pq.write_table(table, buf, **kwargs)
         self.write_bytes(rel, buf.getvalue())
+
+    def write_parquet_new(self, rel: str, table, **kwargs) -> bool:
+        """``write_parquet`` unless a file is at ``rel`` already (``write_new``); returns
+        whether it was written."""
+        buf = io.BytesIO()
+        pq.write_table(table, buf, **kwargs)
+        return self.write_new(rel, buf.getvalue())
 
     def delete(self, rel: str) -> None:
         """Remove one file (the driver lock, checkpoints, running trials' markers: results are
@@ -296,8 +334,8 @@ def store(location: "str | Path | Store") -> Store:
 
 
 class Unreachable(ValueError):
-    """A location that cannot be reached, or not written where a command writes (issue #22
-    item 9); the message is one line: what is wrong and what to try."""
+    """A location that cannot be reached, or not written where a command writes; the message
+    is one line: what is wrong and what to try."""
 
 
 _ACCESS_HINTS = {

@@ -1,0 +1,218 @@
+"""A worker node that stalls and wakes up (issue #25 item 3).
+
+A loopback ``ray.cluster_utils.Cluster`` (a head without CPUs, two worker nodes of one CPU) in
+a child process, with Ray's health check shortened so that a silent node is declared dead
+within seconds. Mid-sweep one worker node is frozen (SIGSTOP to its raylet and every process
+under it: its workers and agents); Ray declares it dead, the driver submits its trial again on
+the other node, and the sweep finishes. Then the frozen node's workers are woken (SIGCONT) while
+its raylet stays frozen, so the stale attempt runs on to its writes as a partitioned node's
+would; last the raylet is woken (it learns it was declared dead and exits). The stale attempt's
+late writes are dropped (logged): every result, measure value, checkpoint and journal line the
+retry and the driver wrote stays byte for byte, and ``load_results`` shows each trial once.
+Checkpoints are on, so the frozen attempt is also one that was writing a trial's checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from procs import run
+
+TINY = ["trials=5", "dataset.train_size=200", "dataset.test_size=60", "train.steps=1000",
+        "train.early_stop=false", "train.check_every=250", "space.width=[32]",
+        "space.depth=[2]", "space.batch_size=[32]", "space.optimizer=[sgd,adam]",
+        "measures=[jacobian_norm_test,l2]", "progress=false", "figure=false",
+        "save_weights=true", "train.checkpoint_every=100", "train.keep_checkpoints=true",
+        "resources.max_retries=5"]
+
+SCRIPT = textwrap.dedent("""
+    import json, os, signal, sys, threading, time
+    from pathlib import Path
+
+    import psutil
+    from ray.cluster_utils import Cluster
+
+    from sweep.config import compose
+    from sweep.driver import launch
+
+    out = Path(sys.argv[1])
+    t0 = time.monotonic()
+    stamp = lambda what: print(f"{what} at {time.monotonic() - t0:.1f} s", file=sys.stderr,
+                               flush=True)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+        "_system_config": {"health_check_initial_delay_ms": 1000,
+                           "health_check_period_ms": 500, "health_check_timeout_ms": 500,
+                           "health_check_failure_threshold": 4}})
+    nodes = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+    cluster.wait_for_nodes()
+    stamp("cluster up")
+    frozen = nodes[0]
+    raylet = psutil.Process(frozen.all_processes["raylet"][0].process.pid)
+    state = {}
+
+    def freezer():
+        while len(list((out / "trials").glob("*.parquet"))) < 1:
+            time.sleep(0.05)
+        time.sleep(0.5)  # (mid-trial: each node is on its next trial by now)
+        procs = raylet.children(recursive=True)  # its workers and agents
+        raylet.send_signal(signal.SIGSTOP)
+        for p in procs:
+            p.send_signal(signal.SIGSTOP)
+        state["pids"] = [p.pid for p in procs]
+        state["done_before"] = len(list((out / "trials").glob("*.parquet")))
+        stamp("frozen")
+
+    t = threading.Thread(target=freezer, daemon=True)
+    t.start()
+    launch(compose(sys.argv[2:] + [f"out={out}", f"cluster.address={cluster.address}"]))
+    stamp("sweep done")
+    t.join(timeout=60)
+    import ray
+    state["dead"] = sum(not n["Alive"] for n in ray.nodes())
+    ray.shutdown()
+    print("FROZEN " + json.dumps(state), flush=True)
+    # the test snapshots the sweep directory, then says go
+    sys.stdin.readline()
+    for pid in state["pids"]:  # the workers first: the stale attempt runs on to its writes
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    logs = Path(frozen.get_logs_dir_path())
+    deadline = time.monotonic() + 90
+    seen = ""
+    while time.monotonic() < deadline:
+        seen = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*")
+                       if p.is_file())
+        if "result (status" in seen and "is dropped" in seen:
+            break
+        time.sleep(0.5)
+    stamp("stale writes seen")
+    raylet.send_signal(signal.SIGCONT)  # it learns it was declared dead and exits
+    print("WOKE " + json.dumps([ln for ln in seen.splitlines() if "dropped" in ln]), flush=True)
+    cluster.shutdown()
+    stamp("cluster down")
+""")
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    """relative path -> bytes of every file the sweep's writers own (results, measure values,
+    checkpoints, the journal, weights, the plan)."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.parts[len(out.parts)] in
+            ("trials", "measures", "checkpoints", "journal", "weights", "plan.parquet")}
+
+
+@pytest.mark.slow
+@pytest.mark.long  # (7-8 min on a loaded 2-core machine: outside the default run, -m long)
+def test_a_node_that_stalls_and_wakes_up_overwrites_nothing(tmp_path):
+    import subprocess
+
+    from analysis import load_results
+    from workers.results.index import read_journal
+
+    out = tmp_path / "sweep"
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(out), *TINY], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = ""
+        while not line.startswith("FROZEN "):
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail("the sweep ended early:\n" + proc.stderr.read()[-4000:])
+        state = json.loads(line[len("FROZEN "):])
+        assert state["dead"] >= 1, state  # Ray declared the frozen node dead
+        assert 1 <= state["done_before"] < 5, state
+        df = load_results(out)
+        assert len(df) == 5 and df.trial_id.is_unique and (df.status == "ok").all(), df
+        before = snapshot(out)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        rest, err = proc.communicate(timeout=300)
+    finally:
+        from procs import kill_tree
+
+        kill_tree(proc.pid)
+    assert proc.returncode == 0, err[-4000:]
+    print("\n".join(ln for ln in err.splitlines() if " at " in ln and ln.endswith(" s")))
+    woke = json.loads([ln for ln in rest.splitlines() if ln.startswith("WOKE ")][-1][5:])
+    # the stale attempt did run on to its writes, and each was dropped
+    assert any("result (status ok) is dropped" in ln for ln in woke), (woke, err[-3000:])
+    after = snapshot(out)
+    assert after.keys() == before.keys()
+    changed = [k for k in after if after[k] != before[k]]
+    assert changed == [], changed
+    df2 = load_results(out)
+    assert df2.equals(df)
+    lines = [ln for f in (out / "journal").glob("*.tsv") for ln in f.read_text().splitlines()
+             if ln.strip()]
+    assert len(lines) == 5 and len(read_journal(out)) == 5  # each trial journaled once
+    for tid, (status, size, mtime_ns) in read_journal(out).items():
+        st = (out / "trials" / f"{tid}.parquet").stat()
+        assert (size, mtime_ns) == (st.st_size, st.st_mtime_ns) and status == "ok"
+    assert not list(out.rglob(".*.tmp"))
+
+
+# ---- the guard itself, without Ray
+
+def test_a_file_written_once_is_not_replaced(tmp_path):
+    from workers.results.storage import Store
+
+    st = Store(tmp_path / "s")
+    assert st.write_new("trials/a.parquet", b"first")
+    assert not st.write_new("trials/a.parquet", b"late")
+    assert st.read_bytes("trials/a.parquet") == b"first"
+    assert [p.name for p in (tmp_path / "s" / "trials").iterdir()] == ["a.parquet"]  # no temp
+
+
+def test_a_late_result_and_a_late_value_are_dropped_not_raised(tmp_path, caplog):
+    from workers.results.measure_table import write_outcome
+    from workers.results.measure_values import Outcome
+    from workers.results.record import SUMMARY_COLUMNS, read_trial_summary, write_trial
+
+    def row(status, acc):
+        r = {c: None for c in SUMMARY_COLUMNS if c != "schema_version"}
+        return {**r, "trial_id": "t0", "status": status, "train_acc": acc}
+
+    write_trial(tmp_path, row("ok", 0.5))  # the retry's
+    write_trial(tmp_path, row("failed", 0.1))  # the stale attempt's, later
+    assert read_trial_summary(tmp_path, "t0")["train_acc"] == 0.5
+    assert "is dropped" in caplog.text
+    assert write_outcome(tmp_path, "t0", Outcome("l2", 1.0, 1, {}, 0.0)) is not None
+    assert write_outcome(tmp_path, "t0", Outcome("l2", 2.0, 1, {}, 0.0)) is None
+
+
+def test_a_stale_checkpoint_save_replaces_neither_a_later_step_nor_comes_after_a_result(
+        tmp_path):
+    import io
+
+    import torch
+
+    from workers.checkpoint import Checkpointer, Interval, checkpoint_file
+    from workers.results.layout import trial_path
+
+    def step_there():
+        data = (tmp_path / checkpoint_file("t0")).read_bytes()
+        return torch.load(io.BytesIO(data), weights_only=True)["step"]
+
+    stale = Checkpointer(str(tmp_path), "t0", "{}", Interval(steps=10))
+    retry = Checkpointer(str(tmp_path), "t0", "{}", Interval(steps=10))
+    stale.save(10, {"w": torch.zeros(1)})
+    assert retry.load()["step"] == 10
+    retry.save(50, {"w": torch.ones(1)})
+    stale.save(20, {"w": torch.zeros(1)})  # woke up: the checkpoint there is further on
+    assert step_there() == 50 and stale.saves == 1
+    retry.save(60, {"w": torch.ones(1)})
+    assert step_there() == 60
+    trial_path(tmp_path, "t0").parent.mkdir(parents=True, exist_ok=True)
+    trial_path(tmp_path, "t0").write_bytes(b"a result")
+    retry.save(70, {"w": torch.ones(1)})  # the trial has a result: no checkpoint after it
+    assert step_there() == 60

@@ -4,8 +4,8 @@ once, and the granulated Kendall's and sign-error's sums. Each function states w
 ``tests/test_stats.py`` checks each against the enumeration of all pairs or against scipy.
 
 Integer counts are exact (int32 accumulators flushed into int64 before they can overflow);
-float sums are taken in the order the numpy code they replace takes them (``np.bincount``'s
-sequential loop), so the seed means are the same numbers bit for bit.
+float sums are taken in the order ``np.bincount`` takes them (a sequential loop), so the seed
+means are the same numbers bit for bit as numpy's.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@
                      [--noise-filter] [--out DIR]
                                      figures, statistics and an HTML report (SWEEP_DIR/report/)
     sweep compact SWEEP_DIR          merge the per-trial files into a partitioned dataset
+    sweep slurm [KEY=VALUE ...] --nodes N --time HH:MM:SS [--partition P] [--gpus-per-node G]
+                     [--account A] [--signal-before S] [--dry-run]
+                                     plan the sweep, write its SLURM batch script and submit it
+                                     (a chain of jobs, each a resume; docker/README.md "SLURM")
 
 Results (the sweep directory, the report's path, status tables, `sweep show`) go to stdout;
 progress and diagnostics to stderr. Bad input ends with one line on stderr naming the key and
@@ -79,14 +83,13 @@ def report_current(d, page: str) -> bool:
     """Whether the report ``page`` of sweep store ``d`` exists and is newer than every result
     and measure file (a report that failed, was interrupted or was turned off while trials ran
     is not)."""
-    from workers.results.layout import TRIALS
-    from workers.results.measure_table import MEASURES
+    from workers.results.layout import MEASURES, RESULT_SUFFIX, TRIALS
 
     try:
         made = d.entry(page).mtime_ns
     except OSError:
         return False
-    newest = max((e.mtime_ns for rel in (TRIALS, MEASURES) for e in d.list(rel, ".parquet")),
+    newest = max((e.mtime_ns for rel in (TRIALS, MEASURES) for e in d.list(rel, RESULT_SUFFIX)),
                  default=0)
     return newest <= made
 
@@ -97,13 +100,13 @@ def _report_after(sweep_dir) -> None:
     (``report_current``: nothing was written since). The sweep's results are safe whatever happens here; a
     failure only leaves the report missing."""
     from sweep.driver import log
-    from workers.results.layout import PLAN_FILE
-    from workers.results.storage import store
+    from workers.results.layout import PLAN_FILE, REPORT_PAGE
+    from workers.results.sweep_dir import SweepDir
 
-    from analysis.report import REPORT_DIR, make_report
+    from analysis.report import make_report
 
-    d = store(sweep_dir)
-    page = f"{REPORT_DIR}/report.html"
+    d = SweepDir.of(sweep_dir)  # (the SweepDir the command opened, or the location it returned)
+    page = REPORT_PAGE
     if report_current(d, page):
         log("report: unchanged (nothing new to report); rebuild it with: "
             + sweep_command("report", d))
@@ -115,7 +118,7 @@ def _report_after(sweep_dir) -> None:
     try:
         from sweep.show import launch_command
 
-        page = make_report(sweep_dir, n_boot=n_boot, progress=True, launch_command=launch_command)
+        page = make_report(d, n_boot=n_boot, progress=True, launch_command=launch_command)
         print(f"report: {page}", flush=True)
     except Exception as e:
         log(f"no report ({type(e).__name__}: {e}); write it with: "
@@ -124,13 +127,13 @@ def _report_after(sweep_dir) -> None:
 
 def _interrupted(sweep_dir) -> None:
     """One line after Ctrl-C outside the dispatcher: what is kept and how to go on."""
-    from workers.results.layout import PLAN_FILE
-    from workers.results.storage import store
+    from workers.results.sweep_dir import SweepDir
 
     msg = "sweep: interrupted; every finished trial's result is kept"
     try:
-        if sweep_dir is not None and store(sweep_dir).is_file(PLAN_FILE):
-            msg += "; run the rest with: " + sweep_command("resume", store(sweep_dir))
+        d = None if sweep_dir is None else SweepDir.of(sweep_dir)
+        if d is not None and d.planned:
+            msg += "; run the rest with: " + sweep_command("resume", d)
     except (OSError, ValueError):
         pass
     print(msg, file=sys.stderr)
@@ -141,18 +144,20 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
     from sweep import driver
     from workers.data import DataError
 
+    d = None
     try:
-        cfg = driver.stored_config(sweep_dir, overrides)
-        location = driver.launch(cfg, verify=verify, command="resume")
+        d = driver.open_out(sweep_dir, "SWEEP_DIR")  # (once: passed down)
+        cfg = driver.stored_config(d, overrides)
+        location = driver.launch(cfg, verify=verify, command="resume", out=d)
         _result(location)
         if cfg.figure:
-            _report_after(location)
+            _report_after(d)
     except (ConfigError, DataError) as e:
         return _fail(str(e))
     except driver.DispatchStopped as e:
         return e.exit_code
     except KeyboardInterrupt:
-        _interrupted(sweep_dir)
+        _interrupted(sweep_dir if d is None else d)
         return 130
     return 0
 
@@ -185,11 +190,10 @@ def cmd_status(sweep_dir: str) -> int:
     from sweep.lock import lock_status
     from workers.results.layout import PLAN_FILE
     from workers.results.record import ResultError, read_result
-    from workers.results.storage import check_location
     from workers.results.sweep_dir import SweepDir
 
     try:
-        d = SweepDir.of(check_location(sweep_dir, "SWEEP_DIR"))  # (reachable: one line if not)
+        d = SweepDir.checked(sweep_dir, "SWEEP_DIR")  # (reachable: one line if not)
     except ValueError as e:
         return _fail(str(e))
     if not d.planned:
@@ -199,6 +203,10 @@ def cmd_status(sweep_dir: str) -> int:
     counts, failures, bad = sc.counts, sc.failures, sc.invalid
     print(f"sweep {d}: {len(planned)} trials planned")
     print(f"  {lock_status(d)}")
+    from sweep.slurm import status_lines
+
+    for line in status_lines(d):  # the SLURM jobs of a sweep run by `sweep slurm`
+        print(f"  {line}")
     for k in sc.ORDER:
         if counts[k]:
             print(f"  {k:9s}{counts[k]:>8d}")
@@ -223,9 +231,11 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
                noise_filter: bool = False, rank_by: str | None = None) -> int:
     from workers.results.layout import SWEEP_FILE
     from workers.results.storage import check_location
+    from workers.results.sweep_dir import SweepDir
 
     try:  # reachable, and writable where the report goes
-        if not check_location(sweep_dir, "SWEEP_DIR", write=out is None).is_file(SWEEP_FILE):
+        d = SweepDir.checked(sweep_dir, "SWEEP_DIR", write=out is None)
+        if not d.is_file(SWEEP_FILE):
             return _fail(f"SWEEP_DIR: {sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
         if out is not None:
             check_location(out, "--out", write=True)
@@ -242,7 +252,7 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
 
         log(f"report: figures and statistics of {sweep_dir} with {n_boot} bootstrap resamples "
             "(the demo: about 20 s at 200, 1.5 minutes at 1000)")
-        page = make_report(sweep_dir, train_acc=train_acc, n_boot=n_boot, out=out,
+        page = make_report(d, train_acc=train_acc, n_boot=n_boot, out=out,
                            noise_filter=noise_filter, rank_by=rank_by, progress=True,
                            launch_command=launch_command)
     except (ValueError, OSError) as e:  # incl. FileNotFoundError: no trials/ yet
@@ -253,20 +263,48 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
 
 def cmd_compact(sweep_dir: str) -> int:
     from workers.results.layout import SWEEP_FILE
-    from workers.results.storage import check_location
+    from workers.results.sweep_dir import SweepDir
 
     try:  # reachable and writable (the compacted dataset goes into it)
-        if not check_location(sweep_dir, "SWEEP_DIR", write=True).is_file(SWEEP_FILE):
+        d = SweepDir.checked(sweep_dir, "SWEEP_DIR", write=True)
+        if not d.is_file(SWEEP_FILE):
             return _fail(f"SWEEP_DIR: {sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
     except ValueError as e:
         return _fail(str(e))
     from workers.results.compact import compact, describe
 
     try:
-        summary = compact(sweep_dir)
+        summary = compact(d)
     except (FileNotFoundError, OSError) as e:
         return _fail(f"SWEEP_DIR: {e}")
     print(describe(summary))
+    return 0
+
+
+def cmd_slurm(overrides: list[str], args) -> int:
+    """``sweep slurm``: sweep.slurm.prepare, then submit_sweep; on stdout the script
+    (--dry-run) or the sweep directory and the first job's id."""
+    from sweep.config import ConfigError
+    from sweep.slurm import SlurmOptions, prepare, submit_sweep
+    from workers.data import DataError
+
+    opts = SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node, time=args.time,
+                        partition=args.partition, account=args.account,
+                        signal_before=args.signal_before)
+    try:
+        cfg, d, script = prepare(overrides, opts)
+        if args.dry_run:
+            sys.stdout.write(script)
+            return 0
+        job = submit_sweep(cfg, d, script)
+    except (ConfigError, DataError) as e:
+        return _fail(str(e))
+    except RuntimeError as e:  # sbatch missing or refusing: the plan is written, nothing runs
+        print(f"sweep: error: {e}", file=sys.stderr)
+        return 1
+    _result(str(d))
+    print(f"submitted SLURM job {job} ({sweep_command('status', d)} names the jobs of the "
+          "chain)", flush=True)
     return 0
 
 
@@ -294,6 +332,10 @@ def _main(argv: list[str] | None = None) -> int:
                 del argv[i:i + len(take)]
                 argv[1:1] = take
                 break
+    if argv[:1] == ["slurm"]:  # its options anywhere among the overrides: before them
+        from sweep.slurm import cli_options_first
+
+        argv = cli_options_first(argv)
     if argv[:1] in (["launch"], ["plan"]) and "--cfg" in argv:  # Hydra's spelling of show
         i = argv.index("--cfg")
         if argv[i + 1:i + 2] not in (["job"], ["all"]):
@@ -400,6 +442,31 @@ def _main(argv: list[str] | None = None) -> int:
         description="Merge SWEEP_DIR's per-trial result files into a partitioned Parquet "
                     "dataset (faster loads at 10^5 trials); the per-trial files are kept.")
     p_compact.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    from sweep.slurm import SIGNAL_BEFORE_S
+
+    p_slurm = sub.add_parser(
+        "slurm", help="plan a sweep and run it as a chain of SLURM batch jobs",
+        description="Plan the sweep (as sweep plan), write its batch script "
+                    "SWEEP_DIR/slurm/sweep.sbatch (edit it: module load lines) and submit it "
+                    "with sbatch. Each job starts Ray across its nodes, runs sweep resume "
+                    "against it, and before its time limit stops the driver and submits the "
+                    "next job, until no trial is left. sweep status names the jobs.",
+        epilog=keys_help + ' docker/README.md "SLURM".', formatter_class=fmt)
+    p_slurm.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="as for launch")
+    p_slurm.add_argument("--nodes", type=int, default=1, help="nodes per job (default 1)")
+    p_slurm.add_argument("--gpus-per-node", type=int, default=0,
+                         help="GPUs per node (default 0); Ray gets them all")
+    p_slurm.add_argument("--time", default="24:00:00",
+                         help="each job's time limit (Slurm's format; default 24:00:00)")
+    p_slurm.add_argument("--partition", default=None, help="the partition (default: the "
+                         "cluster's default partition)")
+    p_slurm.add_argument("--account", default=None, help="the account to charge")
+    p_slurm.add_argument("--signal-before", type=int, default=None, metavar="SECONDS",
+                         help="stop the driver and submit the next job this many seconds "
+                              f"before the time limit (default {SIGNAL_BEFORE_S}, at most half "
+                              "the limit)")
+    p_slurm.add_argument("--dry-run", action="store_true",
+                         help="print the batch script; write and submit nothing")
     args = parser.parse_args(argv)
     if args.command == "show":
         return cmd_show(args.overrides, keys=args.keys)
@@ -407,6 +474,8 @@ def _main(argv: list[str] | None = None) -> int:
         return cmd_launch(args.overrides, plan_only=args.command == "plan")
     if args.command == "resume":
         return cmd_resume(args.sweep_dir, args.overrides, verify or args.verify)
+    if args.command == "slurm":
+        return cmd_slurm(args.overrides, args)
     if args.command == "measure":
         return cmd_measure(args.sweep_dir, args.overrides, args.retry_errors, args.retrain)
     try:

@@ -31,6 +31,7 @@ from workers.results import checks
 from workers.results.hyperparameters import SPACE, SPACE_KEYS  # declared once; the planner's keys
 from workers.measures import DEFAULT_MEASURES
 from workers.train import MINIBATCH_OPTIMIZERS, OPTIMIZERS
+from workers.results.layout import SWEEP_FILE
 from workers.results.storage import expand
 
 SAMPLERS = ("random", "qmc")
@@ -249,7 +250,7 @@ class SweepConfig:
             return self.out
         h = self.identity_hash()
         legacy = Path("runs") / f"{self.name}-{h}"
-        if (legacy / "sweep.json").is_file():
+        if (legacy / SWEEP_FILE).is_file():
             return str(legacy)
         return str(Path("runs") / f"{self.name}-{self.dataset.name}-{h}")
 
@@ -406,6 +407,29 @@ def _metric_aliases(m: dict) -> dict:
         else:
             out[alias] = _setting(f"metrics.{alias}", v, *targets[0])
     return out
+
+
+def aliases_given_win(d: dict, overrides) -> dict:
+    """``d`` (a composed or stored configuration) with the measure settings that a
+    ``metrics.*`` alias given in ``overrides`` names taken out of ``measure_settings`` unless
+    ``overrides`` set them too: an alias on the command line overrides what the experiment's
+    YAML (or a stored sweep.json) says, as any override does; the same setting given both
+    ways on the command line stays a conflict (``_measure_settings``). Returns ``d``."""
+    from workers.results.measure_values import METRIC_ALIASES
+    from workers.measures import SETTING_GROUPS
+
+    given = {override_key(o)[1] for o in overrides if "=" in o}
+    settings = d.get("measure_settings") or {}
+    group_of = {m: g for g, members in SETTING_GROUPS.items() for m in members}
+    for alias, targets in METRIC_ALIASES.items():
+        if f"metrics.{alias}" not in given:
+            continue
+        for measure, k in targets:
+            for where in (measure, group_of.get(measure)):
+                if (where in settings and isinstance(settings[where], dict)
+                        and f"measure_settings.{where}.{k}" not in given):
+                    settings[where].pop(k, None)
+    return d
 
 
 def _alias_settings(metrics) -> dict[tuple[str, str], Any]:
@@ -816,7 +840,7 @@ def composed(overrides: list[str] | tuple[str, ...] = ()) -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(_override_hint(first, overrides)) from None
     check_schema(d)
-    return d
+    return aliases_given_win(d, overrides)
 
 
 def _unparsable(overrides) -> str | None:
@@ -874,7 +898,7 @@ def override_tree(overrides) -> dict:
     on ``sweep launch``; ``+``/``++`` prefixes ignored) and their ``${...}`` resolved on their
     own: resolvers such as ``${oc.env:VAR}`` work, other keys are not in scope, a literal
     ``${`` is written ``\\${``. What ``sweep resume`` / ``sweep measure`` apply to a stored
-    configuration, which itself is plain data and never interpolated again (issue #22 item 8).
+    configuration, which itself is plain data and never interpolated again.
     Raises ConfigError naming the override."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf

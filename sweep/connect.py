@@ -1,5 +1,5 @@
 """Connecting the driver to an existing Ray cluster (``cluster.address``), or one line saying why
-it cannot (issue #22 item 9).
+it cannot.
 
 Ray's own ``ray.init(address=...)`` against an address where nothing listens retries for
 minutes, and against a cluster that requires a token the driver lacks it prints a warning a

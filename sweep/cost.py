@@ -9,6 +9,7 @@ scheduler to size resources. Estimates, not measurements: matmul work only (a mu
 from __future__ import annotations
 
 from workers.data import DATASETS
+from workers.results.hyperparameters import HYPERPARAMETERS
 from workers.results.spec import TrialSpec
 
 # optimizer state, in copies of the parameters (besides the parameters and their gradient)
@@ -111,9 +112,26 @@ def human_bytes(n: float) -> str:
     return f"{n / 1024:.1f} KB"
 
 
-def _describe(width: int, depth: int, optimizer: str, batch_size: int | None) -> str:
-    batch = "full batch" if batch_size is None else f"batch {batch_size}"
-    return f"width {width}, depth {depth}, {optimizer}, {batch}"
+# what names a trial in a plan summary: the hyperparameters that decide its cost
+# (``Hyperparameter.cost``) of the network and its training, not of its data (the same size for
+# most trials): width, depth, optimizer, batch_size
+DESCRIBED = tuple(h for h in HYPERPARAMETERS if h.cost and not h.field.startswith("data."))
+# how a value reads there where not as ``_shown`` says
+_SHOWN = {"batch_size": lambda v: "full batch" if v is None else f"batch {v}"}
+
+
+def _shown(name: str, value) -> str:
+    """A hyperparameter's value for people: ``_SHOWN``, else a string alone (the optimizer),
+    else "<name> <value>"."""
+    if name in _SHOWN:
+        return _SHOWN[name](value)
+    return value if isinstance(value, str) else f"{name} {value}"
+
+
+def _describe(values) -> str:
+    """A trial for people from its values of DESCRIBED, in order: "width 64, depth 3, sgd,
+    batch 32"."""
+    return ", ".join(_shown(h.name, v) for h, v in zip(DESCRIBED, values))
 
 
 def plan_summary(specs: list[TrialSpec], cfg) -> dict:
@@ -125,12 +143,11 @@ def plan_summary(specs: list[TrialSpec], cfg) -> dict:
     JSON-able. ``manifest_summary``: the same from a written plan's estimates."""
     return _summary([estimate_flops(s) for s in specs], [estimate_memory(s) for s in specs],
                     [s.trial_id for s in specs],
-                    lambda i: _describe(specs[i].width, specs[i].depth, specs[i].optimizer,
-                                        specs[i].batch_size), cfg)
+                    lambda i: _describe(h.get(specs[i]) for h in DESCRIBED), cfg)
 
 
-MANIFEST_COLUMNS = ("trial_id", "est_flops", "est_memory_bytes", "width", "depth", "optimizer",
-                    "batch_size")  # what ``manifest_summary`` reads of ``plan.parquet``
+MANIFEST_COLUMNS = ("trial_id", "est_flops", "est_memory_bytes",
+                    *(h.name for h in DESCRIBED))  # what ``manifest_summary`` reads of the plan
 
 
 def manifest_summary(table, cfg) -> dict:
@@ -139,7 +156,7 @@ def manifest_summary(table, cfg) -> dict:
     col = {k: table.column(k) for k in MANIFEST_COLUMNS}
 
     def describe(i: int) -> str:
-        return _describe(*(col[k][i].as_py() for k in MANIFEST_COLUMNS[3:]))
+        return _describe(col[h.name][i].as_py() for h in DESCRIBED)
 
     return _summary(col["est_flops"].to_numpy(), col["est_memory_bytes"].to_numpy(),
                     col["trial_id"], describe, cfg)

@@ -253,3 +253,46 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
         raise DispatchStopped(f"stopped by {name}", 128 + int(stop["signal"]), work.counts)
     return work.counts
 
+
+class Tasks:
+    """Ray set up to run the task function ``fn`` over the sweep directory ``out`` (a Store)
+    for ``cfg``, as every dispatch needs it: ``ray`` (``sweep.runtime.start_ray``; a ConfigError
+    if trials ask for GPUs it lacks), ``remote`` (the task function, no options yet),
+    ``options`` (what each task asks for: a trial's CPUs and GPUs; no retries by Ray, whose
+    retries of memory-monitor kills are unbounded: this loop retries, sweep.watch), ``slots``
+    (tasks that can run at once), ``limit`` (``resources.trial_timeout`` in seconds; None: none)
+    and its ``watch`` (sweep.watch.Watch, stale markers cleared), and what a task is told of
+    where it runs: ``out_dir`` (an OS path when local, else the URI), ``device`` and
+    ``num_threads`` (the trial's CPUs, at least 1)."""
+
+    def __init__(self, cfg, fn, out, log):
+        import math
+        import os
+
+        from sweep.runtime import check_gpus, start_ray
+        from sweep.watch import Watch
+        from workers.checkpoint import parse_budget
+
+        self.cfg, self.out = cfg, out
+        self.ray = start_ray(cfg)
+        res = cfg.resources
+        check_gpus(self.ray, res.gpus_per_trial)
+        self.remote = self.ray.remote(fn)
+        self.options = dict(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
+                            max_retries=0, retry_exceptions=False)
+        self.slots = max(1, int(self.ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
+        self.limit = parse_budget(res.trial_timeout, "resources.trial_timeout")
+        self.watch = Watch(out, self.limit, res.trial_timeout, slots=self.slots, log=log)
+        self.watch.clear_stale()
+        self.out_dir = os.path.abspath(out.location) if out.local else out.location
+        self.device = "cuda" if res.gpus_per_trial > 0 else "cpu"
+        self.num_threads = max(1, math.floor(res.cpus_per_trial))
+
+    def task(self, **options):
+        """The remote function with ``options`` and any more (e.g. ``memory``) set."""
+        return self.remote.options(**self.options, **options)
+
+    def run(self, work: Work, lock=None) -> dict[str, int]:
+        """``run`` of ``work`` with these tasks (``cfg.progress``)."""
+        return run(work, self.ray, self.out, self.cfg.resources, self.slots, self.watch,
+                   lock=lock, progress=self.cfg.progress)

@@ -19,8 +19,8 @@ from pathlib import Path
 from sweep import cost
 from sweep.commands import sweep_command
 from sweep.config import IDENTITY_VERSION, NOT_IDENTITY, ConfigError, SweepConfig
-# the dispatch loop (sweep.dispatch), the Ray runtime (sweep.runtime) and training trials
-# (sweep.trials) were parts of this module: their names still import from here
+# the names of the dispatch loop (sweep.dispatch), the Ray runtime (sweep.runtime) and training
+# trials (sweep.trials) import from here too, for callers of their older path sweep.driver
 from sweep.dispatch import (EXIT_RUNTIME_LOST, GRACE_S, KILL_GRACE_S,  # noqa: F401
                             PROGRESS_LINE_S, DispatchStopped, log)
 from sweep.evaluate import run as evaluate_missing
@@ -38,21 +38,19 @@ from workers.results.layout import PLAN_FILE, SWEEP_FILE
 from workers.results.plan_file import (PLAN_SUMMARY_FILE, Todo, pending,  # noqa: F401
                                        pending_rows)
 from workers.results.spec import TrialSpec
-from workers.results.storage import Store
+from workers.results.sweep_dir import SweepDir
 
 
-def open_out(location, key: str = "out") -> Store:
-    """The Store of the sweep directory ``location`` once it is reachable and writable
-    (workers.results.storage.check_location); ConfigError (one line, naming ``key``) if not."""
-    from workers.results.storage import check_location
-
+def open_out(location, key: str = "out") -> SweepDir:
+    """The sweep directory ``location`` once it is reachable and writable (``SweepDir.checked``:
+    what a command opens once and passes down); ConfigError (one line, naming ``key``) if not."""
     try:
-        return check_location(location, key, write=True)
+        return SweepDir.checked(location, key, write=True)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
 
-def check_out_dir(out: Store, cfg: SweepConfig) -> None:
+def check_out_dir(out: SweepDir, cfg: SweepConfig) -> None:
     """Refuse a directory that holds something other than this sweep."""
     if not out.exists():
         return
@@ -109,12 +107,14 @@ def read_plan(out, metrics=None) -> list[TrialSpec]:
     return list(Plan(out, metrics))
 
 
-def prepare(cfg: SweepConfig, planned: tuple | None = None) -> tuple[Store, Plan]:
+def prepare(cfg: SweepConfig, planned: tuple | None = None,
+            out: SweepDir | None = None) -> tuple[SweepDir, Plan]:
     """All checks, then the sweep directory with its configuration and plan. An existing plan
     (same sweep) is read, not redrawn; else ``planned`` (``_new_plan``, made before the lock)
-    is written, or a plan is made. Returns the written plan (streamed: the caller drops
-    ``planned``). Raises ConfigError/DataError before anything is written."""
-    out = open_out(cfg.out_dir())
+    is written, or a plan is made. ``out``: the sweep directory ``cfg.out_dir()`` as opened
+    already (``open_out``); None: opened here. Returns the written plan (streamed: the caller
+    drops ``planned``). Raises ConfigError/DataError before anything is written."""
+    out = open_out(cfg.out_dir()) if out is None else out
     check_out_dir(out, cfg)
     check_available(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
     if out.exists(PLAN_FILE):  # (another driver may have planned it since: read, as planned)
@@ -137,14 +137,15 @@ def prepare(cfg: SweepConfig, planned: tuple | None = None) -> tuple[Store, Plan
 RESUMABLE_KEYS = tuple(k for k in NOT_IDENTITY if k != "out")  # sweep.config, declared once
 
 
-def stored_config(sweep_dir: str | Path, overrides: list[str] = (),
+def stored_config(sweep_dir: str | Path | SweepDir, overrides: list[str] = (),
                   command: str = "resume") -> SweepConfig:
     """The configuration a sweep directory was launched with (``sweep.json``), with ``out`` set
-    to that directory and ``overrides`` (KEY=VALUE, keys in RESUMABLE_KEYS only) applied."""
-    from sweep.config import (check_override_keys, check_schema, from_dict, merged,
-                              override_key, override_tree)
+    to that directory and ``overrides`` (KEY=VALUE, keys in RESUMABLE_KEYS only) applied.
+    ``sweep_dir``: a location (opened here: ``open_out``) or a SweepDir opened already."""
+    from sweep.config import (aliases_given_win, check_override_keys, check_schema, from_dict,
+                              merged, override_key, override_tree)
 
-    d = open_out(sweep_dir, "SWEEP_DIR")
+    d = sweep_dir if isinstance(sweep_dir, SweepDir) else open_out(sweep_dir, "SWEEP_DIR")
     meta = d.uri(SWEEP_FILE)
     if not d.is_file(SWEEP_FILE):
         raise ConfigError(f"SWEEP_DIR: {d} is not a sweep directory (no {SWEEP_FILE})")
@@ -166,7 +167,7 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = (),
         plain.append(o)  # + and ++ of a schema key: a plain value
     # sweep.json holds the resolved configuration: plain data, never interpolated again (a
     # literal ${ in it stays one); only the overrides' own ${...} are resolved
-    conf = merged(conf, override_tree(plain))
+    conf = aliases_given_win(merged(conf, override_tree(plain)), plain)
     conf["out"] = d.location
     check_schema(conf)
     cfg = from_dict(conf)
@@ -176,12 +177,12 @@ def stored_config(sweep_dir: str | Path, overrides: list[str] = (),
     return cfg
 
 
-def _checked_out(cfg: SweepConfig) -> tuple[Store, tuple | None]:
-    """The sweep directory after every check that needs no lock (prepare repeats them under
-    it), and a new plan when it has none (``_new_plan``): bad input, ``trials`` above the space
-    and plans with trials that fit nowhere are refused before the lock is taken or anything is
-    written."""
-    out = open_out(cfg.out_dir())
+def _checked_out(cfg: SweepConfig, out: SweepDir | None = None) -> tuple[SweepDir, tuple | None]:
+    """The sweep directory (``out``, or ``cfg.out_dir()`` opened here) after every check that
+    needs no lock (prepare repeats them under it), and a new plan when it has none
+    (``_new_plan``): bad input, ``trials`` above the space and plans with trials that fit
+    nowhere are refused before the lock is taken or anything is written."""
+    out = open_out(cfg.out_dir()) if out is None else out
     check_out_dir(out, cfg)
     check_available(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
     return out, (None if out.exists(PLAN_FILE) else _new_plan(cfg))
@@ -213,7 +214,7 @@ def plan_only(cfg: SweepConfig) -> str:
     """Write the sweep directory with its configuration and plan; run nothing."""
     out, planned = _checked_out(cfg)
     with DriverLock(out, "plan", log=log):
-        out, plan = prepare(cfg, planned)
+        out, plan = prepare(cfg, planned, out)
         del planned
         todo = pending_rows(out, plan.ids, move_invalid=False)
     log(f"{len(plan)} trials planned ({out.uri(PLAN_FILE)}), {len(plan) - len(todo)} already "
@@ -221,15 +222,18 @@ def plan_only(cfg: SweepConfig) -> str:
     return out.location
 
 
-def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch") -> str:
+def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch",
+           out: SweepDir | None = None) -> str:
     """Plan (or read the plan), run the planned trials that lack a valid result, then evaluate
     the measures asked for that finished trials lack (from their saved weights); returns the
-    sweep directory. Progress and diagnostics go to stderr; the caller prints the result."""
+    sweep directory. ``out``: ``cfg.out_dir()`` as opened already (``open_out``: `sweep
+    resume` opens it to read its configuration); None: opened here. Progress and diagnostics
+    go to stderr; the caller prints the result."""
     if cfg.cluster.address is not None:  # before any work: one line if it cannot be used
         start_ray(cfg)
-    out, planned = _checked_out(cfg)
+    out, planned = _checked_out(cfg, out)
     with DriverLock(out, command, log=log) as lock:
-        out, plan = prepare(cfg, planned)
+        out, plan = prepare(cfg, planned, out)
         del planned  # a new plan's specs: from here on streamed from the manifest
         todo = Todo(plan, pending_rows(out, plan.ids, verify=verify))
         log(f"sweep directory: {out}")

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 from sweep.commands import sweep_command
 from sweep.config import ConfigError, SweepConfig
-from sweep.dispatch import DispatchStopped, Work, run as run_work
-from sweep.runtime import check_gpus, start_ray
-from workers.results.index import result_index
-from workers.results.layout import WEIGHTS, WEIGHTS_SUFFIX, trial_id_of
+from sweep.dispatch import DispatchStopped, Tasks, Work
 from workers.results.plan_file import Plan
+from workers.results.record import Status
 from workers.results.spec import TrialSpec
-from workers.results.storage import store
+from workers.results.sweep_dir import SweepDir
 
 
 def missing(out, specs, retry: set | None = None) -> dict[str, list[str]]:
@@ -34,8 +31,9 @@ def missing(out, specs, retry: set | None = None) -> dict[str, list[str]]:
     from workers.measures import REGISTRY, load_modules, resolved_settings, settings_key
     from workers.results.measure_table import stored_keys
 
-    have = stored_keys(out)
-    ok = {t for t, r in result_index(out, trust_journal=True).items() if r["status"] == "ok"}
+    d = SweepDir.of(out)
+    have = stored_keys(d)
+    ok = {t for t, r in d.index(trust_journal=True).items() if r["status"] == Status.OK}
     todo: dict[str, list[str]] = {}
     if retry is not None:  # values that raised count as missing
         have -= retry
@@ -74,8 +72,6 @@ def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, downl
     import contextlib
     from dataclasses import replace
 
-    import torch
-
     from workers.data import load_data
     from workers.models import load_model
 
@@ -83,9 +79,10 @@ def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, downl
     from workers.results.measure_table import write_outcome
     from workers.phase import PhaseMarker, set_phase, tick
     from workers.results.spec import MetricSpec
+    from workers.train import strict_float32
     from workers.trial import initial_model, measure
 
-    torch.set_num_threads(max(1, num_threads))
+    strict_float32(num_threads)
     ms = MetricSpec(**{**metrics, "measures": tuple(metrics["measures"]),
                        "measure_modules": tuple(metrics["measure_modules"])})
     marker = (PhaseMarker(out_dir, token, tick(trial_timeout))
@@ -216,22 +213,18 @@ def run(cfg: SweepConfig, out, specs, log, lock=None,
     damaged, named with the ``sweep measure --retrain`` command that repairs them; ``again``:
     the overrides that command repeats). Nothing is written when nothing is missing. Raises
     DispatchStopped (the values written are kept) after a signal or when Ray is gone."""
+    import time
     from dataclasses import asdict
 
-    from sweep.watch import Watch
-    from workers.checkpoint import parse_budget
-
-    import time
-
     t0 = time.perf_counter()
-    out = store(out)
+    out = SweepDir.of(out)
     _select(out, specs)
     retry = raised_keys(out) if retry_errors else None
     todo = missing(out, specs, retry)
     counts = {"trials": 0, "values": 0, "no_weights": 0, "failed": 0, "raised": 0}
     if not todo:
         return counts
-    weights = {trial_id_of(e.name, WEIGHTS_SUFFIX) for e in out.list(WEIGHTS, WEIGHTS_SUFFIX)}
+    weights = out.weights_ids()
     runnable = {t: n for t, n in todo.items() if t in weights}
     counts["no_weights"] = len(todo) - len(runnable)
     if not runnable:
@@ -242,27 +235,16 @@ def run(cfg: SweepConfig, out, specs, log, lock=None,
             "run a new sweep with save_weights=true")
     items = [(s.canonical() if s.legacy_id is None else s.canonical_v1(),
               ",".join(runnable[s.trial_id])) for s in _among(specs, runnable)]
-    ray = start_ray(cfg)
-    res = cfg.resources
-    check_gpus(ray, res.gpus_per_trial)
-    # no retries by Ray (its retries of memory-monitor kills are unbounded): the loop retries
-    remote = ray.remote(_measure_remote).options(num_cpus=res.cpus_per_trial,
-                                                 num_gpus=res.gpus_per_trial, max_retries=0)
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
-    out_dir = os.path.abspath(out.location) if out.local else out.location
-    limit = parse_budget(res.trial_timeout, "resources.trial_timeout")
-    args = (out_dir, cfg.dataset.root, cfg.dataset.download,
-            "cuda" if res.gpus_per_trial > 0 else "cpu",
-            max(1, math.floor(res.cpus_per_trial)), asdict(cfg.metric_spec()), limit)
-    watch = Watch(out, limit, res.trial_timeout, slots=slots, log=log)
-    watch.clear_stale()
+    tasks = Tasks(cfg, _measure_remote, out, log)
+    args = (tasks.out_dir, cfg.dataset.root, cfg.dataset.download, tasks.device,
+            tasks.num_threads, asdict(cfg.metric_spec()), tasks.limit)
     log(f"measures: {sum(len(n) for n in runnable.values())} values of {len(runnable)} trials "
         f"to evaluate" + (f" ({counts['no_weights']} trials without saved weights skipped)"
                           if counts["no_weights"] else ""))
-    work = MeasureWork(out, items, res.trials_per_task, remote, args, cfg.metric_spec(), counts,
-                       log)
+    work = MeasureWork(out, items, cfg.resources.trials_per_task, tasks.task(), args,
+                       cfg.metric_spec(), counts, log)
     try:
-        run_work(work, ray, out, res, slots, watch, lock=lock, progress=cfg.progress)
+        tasks.run(work, lock=lock)
     except DispatchStopped as e:
         log(f"measures: {e.reason} after {time.perf_counter() - t0:.1f} s: {counts['values']} "
             f"values of {counts['trials']} trials written; the others are evaluated by: "

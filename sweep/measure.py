@@ -7,15 +7,13 @@ files are never touched; ``--retrain`` writes the weights files of finished tria
 
 from __future__ import annotations
 
-import math
-import os
-
 from sweep.config import ConfigError, SweepConfig
-from sweep.dispatch import DispatchStopped, Work, log, run as run_work
+from sweep.dispatch import DispatchStopped, Tasks, Work, log
 from sweep.evaluate import (_after_timeout, _among, _measure_remote, _select,  # noqa: F401
                             missing, raised_keys, run)
-from sweep.runtime import check_gpus, start_ray
-from workers.results.index import result_index
+from sweep.runtime import start_ray
+from workers.results.record import Status
+from workers.results.sweep_dir import SweepDir
 
 
 STUDIES = ("ellipse_k", "boundary_grid", "boundary_extent")  # run only while a trial trains
@@ -35,10 +33,10 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
                   retrain: tuple[str, ...] = ()) -> dict[str, int]:
     """`sweep measure SWEEP_DIR [measures=[...]] [metrics.*=...] [cluster.*=...]`: evaluate the
     missing values under the sweep's lock; returns the counts of ``run``. ``retry_errors``:
-    evaluate again the values whose measure raised (fixed since). ``retrain``: ids of finished
-    trials whose networks are first trained again to write their weights files anew (the
-    weights only: see ``retrain_weights``); ConfigError for an id that is not an ok trial of
-    the sweep."""
+    evaluate again the values whose measure raised (once the cause is fixed). ``retrain``: ids
+    of finished trials whose networks are first trained again to write their weights files
+    anew (the weights only: see ``retrain_weights``); ConfigError for an id that is not an ok
+    trial of the sweep."""
     import signal
 
     from sweep.driver import Plan, open_out, stored_config
@@ -53,13 +51,13 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
                           "measure_settings.*, metrics.jacobian_points, "
                           "metrics.transitions_points, metrics.transitions_k, cluster.*, "
                           "resources.*")
-    cfg = stored_config(sweep_dir, list(overrides), command="measure")
+    out = open_out(sweep_dir, "SWEEP_DIR")
+    cfg = stored_config(out, list(overrides), command="measure")
     if cfg.dry_run:
         raise ConfigError(f"SWEEP_DIR: {sweep_dir} is a dry run (dry_run=true): its trials "
                           "trained no networks to measure")
-    out = open_out(cfg.out_dir())
     if retrain:
-        ok = {t for t, r in result_index(out, trust_journal=True).items() if r["status"] == "ok"}
+        ok = {t for t, r in out.index(trust_journal=True).items() if r["status"] == Status.OK}
         bad = [t for t in retrain if t not in ok]
         if bad:
             raise ConfigError(f"--retrain: {bad[0]} is not a finished (ok) trial of {out}; "
@@ -137,24 +135,13 @@ def retrain_trials(cfg: SweepConfig, out, plan, ids, log, lock=None) -> int:
     loop (sweep.dispatch.run): a retraining over ``resources.trial_timeout`` is killed like a
     trial (sweep.watch): its line names the limit and the phase it was in, nothing is written
     for it, and the others go on. Returns how many were written."""
-    from sweep.watch import Watch
-    from workers.checkpoint import parse_budget
     from workers.retrain import retrain_weights
 
     specs = list(_among(plan, set(ids)))
-    ray = start_ray(cfg)
-    res = cfg.resources
-    check_gpus(ray, res.gpus_per_trial)
-    remote = ray.remote(retrain_weights).options(num_cpus=res.cpus_per_trial,
-                                                 num_gpus=res.gpus_per_trial, max_retries=0)
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
-    limit = parse_budget(res.trial_timeout, "resources.trial_timeout")
-    watch = Watch(out, limit, res.trial_timeout, slots=slots, log=log)
-    watch.clear_stale()
-    out_dir = os.path.abspath(out.location) if out.local else out.location
+    out = SweepDir.of(out)
+    tasks = Tasks(cfg, retrain_weights, out, log)
     log(f"retrain: training the networks of {len(specs)} trials again to write their weights")
-    work = RetrainWork(specs, remote, (out_dir, cfg.dataset.root, cfg.dataset.download,
-                                       "cuda" if res.gpus_per_trial > 0 else "cpu",
-                                       max(1, math.floor(res.cpus_per_trial)), limit), log)
-    return run_work(work, ray, out, res, slots, watch, lock=lock,
-                    progress=cfg.progress)["written"]
+    work = RetrainWork(specs, tasks.task(), (tasks.out_dir, cfg.dataset.root,
+                                             cfg.dataset.download, tasks.device,
+                                             tasks.num_threads, tasks.limit), log)
+    return tasks.run(work, lock=lock)["written"]

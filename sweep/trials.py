@@ -6,19 +6,14 @@ of a node (``task_memory``), and how a trial's outcome lands: its status counted
 
 from __future__ import annotations
 
-import math
-import os
-
 from sweep import cost
 from sweep.config import SweepConfig
-from sweep.dispatch import Work, log, run
-from sweep.runtime import check_gpus, largest_node_memory, start_ray
-from workers.results.index import Journal
-from workers.results.layout import trial_file
+from sweep.dispatch import Tasks, Work, log
+from sweep.runtime import largest_node_memory
 from workers.results.plan_file import Plan, Todo
-from workers.results.record import ResultError, read_result, write_trial
+from workers.results.record import RECORDED, ResultError, read_result, write_trial
 from workers.results.spec import RunContext, TrialSpec
-from workers.results.storage import store
+from workers.results.sweep_dir import SweepDir
 
 
 def _run_remote(specs: list[TrialSpec], ctx: RunContext,
@@ -56,8 +51,11 @@ def _run_remote(specs: list[TrialSpec], ctx: RunContext,
 
 
 def _file_stamp(out, trial_id: str) -> tuple[int | None, int | None]:
+    """(size, mtime_ns) of the trial's result file in the sweep directory ``out`` (a SweepDir,
+    or on a worker the location it was told), or (None, None) if it cannot be seen."""
     try:
-        e = store(out).entry(trial_file(trial_id))
+        d = SweepDir.of(out)
+        e = d.entry(d.trial_file(trial_id))
         return e.size, e.mtime_ns
     except OSError:  # a shared file system may not show the file yet
         return None, None
@@ -191,19 +189,19 @@ class TrialWork(Work):
     ran over the limit, gets a record saying why (``_record_system_failure``,
     ``_record_timeout``)."""
 
-    def __init__(self, cfg: SweepConfig, out, todo, ctx: RunContext, remote, options: dict,
+    def __init__(self, cfg: SweepConfig, out: SweepDir, todo, ctx: RunContext, tasks: Tasks,
                  node_memory: int):
         self.cfg, self.out, self.todo, self.ctx = cfg, out, todo, ctx
-        self.remote, self.options, self.node_memory = remote, options, node_memory
-        self.counts = {"ok": 0, "failed": 0, "diverged": 0, "oom": 0}
+        self.tasks, self.node_memory = tasks, node_memory
+        self.counts = {s.value: 0 for s in RECORDED}
         self.total = len(todo)
-        self.journal = Journal(out)
+        self.journal = out.journal()
 
     def units(self, slots: int):
         return iter_units(self.cfg, self.todo, slots)
 
     def submit(self, unit: list[TrialSpec], token: str | None):
-        return (self.remote.options(**self.options, memory=task_memory(unit, self.node_memory))
+        return (self.tasks.task(memory=task_memory(unit, self.node_memory))
                 .remote(unit, self.ctx, token))
 
     def trial_ids(self, unit: list[TrialSpec]) -> list[str]:
@@ -273,29 +271,20 @@ def dispatch(cfg: SweepConfig, out, todo, lock=None,
     memory-monitor kill of one trial, else a retryable ``failed``; a trial running longer than
     ``resources.trial_timeout`` is killed and recorded ``failed`` (retryable) with the phase it
     was in, and the other trials of its task run on (sweep.watch)."""
-    from sweep.watch import Watch
-    from workers.checkpoint import parse_budget
-
-    out = store(out)
-    ray = start_ray(cfg)
+    out = SweepDir.of(out)
+    tasks = Tasks(cfg, _run_remote, out, log)
     res = cfg.resources
-    check_gpus(ray, res.gpus_per_trial)
     ctx = RunContext(
-        out_dir=os.path.abspath(out.location) if out.local else out.location,
+        out_dir=tasks.out_dir,
         data_root=cfg.dataset.root, download=cfg.dataset.download,
         save_weights=saves_weights(cfg, todo) if save_weights is None else save_weights,
-        device="cuda" if res.gpus_per_trial > 0 else "cpu",
-        num_threads=max(1, math.floor(res.cpus_per_trial)), dry_run=cfg.dry_run,
+        device=tasks.device, num_threads=tasks.num_threads, dry_run=cfg.dry_run,
         checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=cfg.train.keep_checkpoints,
         time_budget=cfg.train.time_budget, fallback_steps=cfg.train.fallback_steps,
-        trial_timeout=parse_budget(res.trial_timeout, "resources.trial_timeout"),
+        trial_timeout=tasks.limit,
     )
-    # no retries by Ray: its retries of memory-monitor kills are unbounded (sweep.watch)
-    options = dict(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
-                   max_retries=0, retry_exceptions=False)
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
     node_memory = 0 if cfg.dry_run else largest_node_memory(  # (dry runs use none)
-        ray, res.cpus_per_trial, res.gpus_per_trial)
+        tasks.ray, res.cpus_per_trial, res.gpus_per_trial)
     if node_memory > 0:
         memory = todo.memory() if isinstance(todo, Todo) else None
         if memory is None:  # a list, or a manifest written without the estimates
@@ -303,7 +292,4 @@ def dispatch(cfg: SweepConfig, out, todo, lock=None,
         note = memory_note(memory, node_memory)
         if note:
             log(note)
-    watch = Watch(out, ctx.trial_timeout, res.trial_timeout, slots=slots, log=log)
-    watch.clear_stale()
-    work = TrialWork(cfg, out, todo, ctx, ray.remote(_run_remote), options, node_memory)
-    return run(work, ray, out, res, slots, watch, lock=lock, progress=cfg.progress)
+    return tasks.run(TrialWork(cfg, out, todo, ctx, tasks, node_memory), lock=lock)

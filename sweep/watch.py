@@ -36,9 +36,9 @@ import threading
 import time
 import uuid
 
-from workers.results.layout import RUNNING
 from workers.phase import parse_marker_name, read_marker, remove_marker, tick
-from workers.results.storage import store
+from workers.results.layout import MARKER_SUFFIX, RUNNING
+from workers.results.sweep_dir import SweepDir
 
 
 def retried_errors() -> tuple[type, ...]:
@@ -87,7 +87,7 @@ class Watch:
     ``log``: where a sweep directory that does not answer is reported (one line)."""
 
     def __init__(self, out, limit: float | None, setting=None, slots: int = 1, log=_stderr):
-        self.out, self.limit, self.setting = store(out), limit, setting
+        self.out, self.limit, self.setting = SweepDir.of(out), limit, setting
         self.slots, self.log = max(1, int(slots)), log
         self.poll = tick(limit) if limit else None
         self.grace, self.wait = FALLBACK_GRACE_S, STORE_WAIT_S
@@ -115,7 +115,7 @@ class Watch:
             return
 
         def clear():  # (late, after a hang: this driver's own markers stay)
-            for e in self.out.list(RUNNING, ".json"):
+            for e in self.out.list(RUNNING, MARKER_SUFFIX):
                 key = parse_marker_name(e.name)
                 if key is not None and key[1] in self.tokens:
                     continue
@@ -159,7 +159,8 @@ class Watch:
         within ``self.wait`` seconds or failed (said once until it answers again). A listing
         that hangs is not started again while it hangs; its answer, when it comes, is used."""
         if self._listing is None:
-            self._listing = _in_thread(lambda: [e.name for e in self.out.list(RUNNING, ".json")])
+            self._listing = _in_thread(
+                lambda: [e.name for e in self.out.list(RUNNING, MARKER_SUFFIX)])
         thread, box = self._listing
         thread.join(self.wait)
         if thread.is_alive():

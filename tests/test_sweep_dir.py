@@ -108,7 +108,7 @@ def test_entries_name_every_top_level_path():
         layout.extra_file(CURVES, "t"), layout.extra_file(GRIDS, "t"), layout.measure_file(
             "t", "m", 1, "k"), layout.SELECTION_FILE, layout.journal_file("j.tsv"),
         layout.running_file("t", "k"), layout.MANIFEST, layout.REPORT_PAGE, layout.LOCK_FILE,
-        layout.LOCK_TAKEOVER)}
+        layout.LOCK_TAKEOVER, layout.SLURM_JOBS)}
     assert top == set(layout.ENTRIES)
     assert set(os.listdir(FIXTURE)) <= set(layout.ENTRIES)
 

@@ -16,8 +16,8 @@ project above it (``tests/test_layers.py`` checks):
   modules ``journal`` and ``resume`` are names of it);
 - ``compact``: the compacted copy ``sweep compact`` writes.
 
-The names this module held before it became a package (``write_trial``, ``read_result``,
-``Journal``, ...) still import from here.
+The names older code imports from ``workers.results`` itself (``write_trial``, ``read_result``,
+``Journal``, ...) import from here too (``_COMPAT``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,14 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _check_bounds(key: str, v, lo, hi, fmt: str = "") -> None:
+    """ValueError unless lo <= v <= hi (a None bound: none); ``fmt``: how ``v`` is shown."""
+    if lo is not None and v < lo:
+        raise ValueError(f"{key}: must be >= {lo}, got {v:{fmt}}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{key}: must be <= {hi}, got {v:{fmt}}")
+
+
 def check_int(key: str, v, lo: int | None = None, hi: int | None = None,
               allow_none=False) -> int | None:
     """An integer in [lo, hi] (a float with an integer value counts), or None if allowed."""
@@ -30,10 +38,7 @@ def check_int(key: str, v, lo: int | None = None, hi: int | None = None,
         v = int(v)
     if not _is_int(v):
         raise ValueError(f"{key}: expected an integer, got {v!r}")
-    if lo is not None and v < lo:
-        raise ValueError(f"{key}: must be >= {lo}, got {v}")
-    if hi is not None and v > hi:
-        raise ValueError(f"{key}: must be <= {hi}, got {v}")
+    _check_bounds(key, v, lo, hi)
     return v
 
 
@@ -46,10 +51,7 @@ def check_float(key: str, v, positive=False, lo=None, hi=None) -> float:
         raise ValueError(f"{key}: must be finite, got {v}")
     if positive and v <= 0:
         raise ValueError(f"{key}: must be > 0, got {v:g}")
-    if lo is not None and v < lo:
-        raise ValueError(f"{key}: must be >= {lo}, got {v:g}")
-    if hi is not None and v > hi:
-        raise ValueError(f"{key}: must be <= {hi}, got {v:g}")
+    _check_bounds(key, v, lo, hi, "g")
     return v
 
 

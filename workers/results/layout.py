@@ -55,6 +55,10 @@ REPORT_PAGE = f"{REPORT_DIR}/report.html"
 PREVIOUS = "previous"  # <dir>/previous/<time>/: files a new report made way for (Store.staging)
 LOCK_FILE = "driver.lock"
 LOCK_TAKEOVER = f"{LOCK_FILE}.takeover"
+SLURM = "slurm"  # `sweep slurm` (sweep/slurm.py): the batch script, its logs, its jobs
+SLURM_SCRIPT = f"{SLURM}/sweep.sbatch"
+SLURM_JOBS = f"{SLURM}/jobs.tsv"
+SLURM_LOGS = SLURM  # slurm-<job id>.out
 
 RESULT_SUFFIX = ".parquet"  # trials/, curves/, grids/, measures/
 WEIGHTS_SUFFIX = ".safetensors"
@@ -82,6 +86,7 @@ ENTRIES = {
     REPORT_DIR: "the report",
     LOCK_FILE: "the driver lock",
     LOCK_TAKEOVER: "the driver lock's takeover mutex (transient)",
+    SLURM: "the SLURM batch script, its jobs' logs and the list of its jobs",
 }
 EXTRA_KINDS = (CURVES, GRIDS)  # tables a trial may store beside its record
 

@@ -19,7 +19,7 @@ from workers.results.index import (
     valid_trial_ids,
 )
 from workers.results.layout import MeasureName
-from workers.results.storage import Store, expand, store
+from workers.results.storage import Store, check_location, expand, store
 
 
 class SweepDir(Store):
@@ -37,6 +37,14 @@ class SweepDir(Store):
             d.__dict__.update(location.__dict__)  # the same filesystem, not opened again
             return d
         return _cached(expand(location))
+
+    @classmethod
+    def checked(cls, location: "str | Path | Store", key: str = "out",
+                write: bool = False) -> "SweepDir":
+        """``SweepDir.of(location)`` once it answers and, with ``write``, can be written
+        (``storage.check_location``: what a command checks before any work); raises its
+        Unreachable (a ValueError, one line naming ``key``)."""
+        return cls.of(check_location(location, key, write))
 
     def __repr__(self) -> str:
         return f"SweepDir({self.location!r})"

@@ -1,0 +1,516 @@
+"""``sweep slurm``: run a sweep as a chain of SLURM batch jobs (docker/README.md "SLURM").
+
+From a login node, ``sweep slurm [KEY=VALUE ...] --nodes N --gpus-per-node G --time T
+--partition P`` plans the sweep directory (as ``sweep plan``), writes the batch script
+``<sweep>/slurm/sweep.sbatch`` (``batch_script``: plain bash, meant to be read and edited, e.g.
+``module load`` lines) and submits it with ``sbatch``. Each job of the chain:
+
+1. starts Ray across its allocation, as Ray's SLURM recipe does: the head on the first node
+   (the batch host), a worker on each other node, each an ``srun`` step with the CPUs Slurm
+   gave that node and ``G`` GPUs;
+2. runs the driver against it: ``sweep resume <sweep> cluster.address=<head>:<port>`` (every job
+   is a resume: the plan was written by ``sweep slurm`` itself);
+3. at ``--signal-before`` seconds before its time limit Slurm sends the batch shell SIGUSR1
+   (``#SBATCH --signal=B:USR1@S``): the script submits the next job
+   (``sbatch --dependency=afterany:<this job>``, the same file) and sends the driver SIGTERM,
+   which stops dispatching and lets running trials finish (sweep.dispatch.GRACE_S);
+4. when the driver exits 0 nothing is left: the next job, if one was submitted, is cancelled;
+   the chain ends.
+
+Why a new job and not ``scontrol requeue``: a requeued batch job keeps its id but Slurm makes it
+wait (``Reason=BeginTime``, about two minutes on Slurm 22.05) before it may start again, and
+requeueing needs ``--requeue`` and a site that allows it; a dependent job starts as soon as
+this one ends, needs nothing but ``sbatch``, and has its own log and accounting record. The
+successor is submitted when the signal arrives, not after the driver stopped, so the chain goes
+on even if the job is killed at its limit before the script ends.
+
+Every job's events are appended to ``<sweep>/slurm/jobs.tsv`` (``JOB_COLUMNS``); ``sweep
+status`` names the jobs (``status_lines``). The sweep directory must be on a file system the
+nodes share (the script, its logs and the job list are files that Slurm and bash write).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sweep.config import ConfigError
+from workers.results.layout import SLURM_JOBS, SLURM_LOGS, SLURM_SCRIPT
+
+JOB_COLUMNS = ("job_id", "event", "time", "nodes", "detail")
+SIGNAL_BEFORE_S = 300  # default lead of the stop signal: the driver's 30 s grace, ample margin
+SIGNAL_MAX_S = 65535  # Slurm's bound on --signal's time
+RAY_WAIT_S = 180  # how long a job waits for its Ray nodes to join before it gives up
+SQUEUE_TIMEOUT_S = 5.0
+_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """The allocation of each job of the chain. ``time``: Slurm's format (minutes, MM:SS,
+    HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS); ``signal_before``: seconds before the limit at which
+    the job stops its driver and submits the next."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0
+    time: str = "24:00:00"
+    partition: str | None = None
+    account: str | None = None
+    signal_before: int | None = None  # None: SIGNAL_BEFORE_S, at most half the time limit
+
+    def resolved(self) -> "SlurmOptions":
+        """These options with ``signal_before`` filled in (``time`` checked first)."""
+        if self.signal_before is not None:
+            return self
+        lead = min(SIGNAL_BEFORE_S, time_seconds(self.time) // 2)
+        return SlurmOptions(self.nodes, self.gpus_per_node, self.time, self.partition,
+                            self.account, lead)
+
+
+def time_seconds(spec: str) -> int:
+    """Seconds of a Slurm time limit (``sbatch --time``: ``M``, ``M:S``, ``H:M:S``, ``D-H``,
+    ``D-H:M``, ``D-H:M:S``). ValueError for anything else or a limit under one minute."""
+    m = _TIME_RE.match(spec.strip())
+    if not m:
+        raise ValueError(spec)
+    days, a, b, c = (int(g) if g is not None else None for g in m.groups())
+    if days is not None:  # D-H[:M[:S]]
+        secs = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    elif b is None:  # M
+        secs = a * 60
+    elif c is None:  # M:S
+        secs = a * 60 + b
+    else:  # H:M:S
+        secs = a * 3600 + b * 60 + c
+    if secs < 60:
+        raise ValueError(spec)
+    return secs
+
+
+def check_options(opts: SlurmOptions, gpus_per_trial: float = 0.0) -> None:
+    """ConfigError (one line: the option and what is allowed) for options Slurm or the sweep
+    cannot use; before anything is written."""
+    if opts.nodes < 1:
+        raise ConfigError(f"--nodes: {opts.nodes}; allowed: an integer >= 1")
+    if opts.gpus_per_node < 0:
+        raise ConfigError(f"--gpus-per-node: {opts.gpus_per_node}; allowed: an integer >= 0")
+    try:
+        limit = time_seconds(opts.time)
+    except ValueError:
+        raise ConfigError(f"--time: {opts.time!r}; allowed: a Slurm time limit of at least one "
+                          "minute: MINUTES, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS") from None
+    opts = opts.resolved()
+    if not 1 <= opts.signal_before <= SIGNAL_MAX_S or opts.signal_before >= limit:
+        raise ConfigError(f"--signal-before: {opts.signal_before}; allowed: seconds in "
+                          f"[1, {min(SIGNAL_MAX_S, limit - 1)}] (below the time limit, "
+                          f"{limit} s)")
+    for key, value in (("--partition", opts.partition), ("--account", opts.account)):
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.,:+-]+", value):
+            raise ConfigError(f"{key}: {value!r}; allowed: a Slurm name (letters, digits, "
+                              "_ . - , : +)")
+    if gpus_per_trial > 0 and gpus_per_trial > opts.gpus_per_node:
+        raise ConfigError(f"--gpus-per-node: {opts.gpus_per_node}, but resources.gpus_per_trial "
+                          f"is {gpus_per_trial:g}; allowed: --gpus-per-node >= "
+                          f"{gpus_per_trial:g}, or resources.gpus_per_trial=0")
+
+
+def job_name(sweep_dir: str | Path) -> str:
+    """The jobs' name (``scancel --name`` cancels the chain): ``sweep-`` and the directory's
+    name, at most 64 characters."""
+    return ("sweep-" + re.sub(r"[^A-Za-z0-9._-]", "_", Path(sweep_dir).name))[:64]
+
+
+def resume_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of ``sweep slurm`` that each job passes on to ``sweep resume`` (where and
+    how trials run, sweep.driver.RESUMABLE_KEYS), without ``cluster.*``, which the job sets."""
+    from sweep.config import override_key
+    from sweep.driver import RESUMABLE_KEYS
+
+    keep = []
+    for o in overrides:
+        key = override_key(o)[1]
+        if key == "cluster" or key.startswith("cluster."):
+            continue
+        if "=" in o and any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS):
+            keep.append(o)
+    return keep
+
+
+def batch_script(sweep_dir: str | Path, opts: SlurmOptions, overrides: list[str] = (),
+                 bin_dir: str | Path | None = None, workdir: str | Path | None = None) -> str:
+    """The batch script of the sweep at ``sweep_dir`` (an absolute path on a shared file
+    system) for allocations ``opts``; each job runs ``sweep resume <sweep_dir>`` with
+    ``overrides`` (already limited to resumable keys). ``bin_dir``: where the nodes find
+    ``sweep``, ``ray`` and ``python`` (default: this interpreter's directory); ``workdir``:
+    the jobs' working directory (default: the current one)."""
+    d = Path(sweep_dir)
+    opts = opts.resolved()
+    bin_dir = Path(bin_dir if bin_dir is not None else Path(sys.executable).parent)
+    workdir = Path(workdir if workdir is not None else os.getcwd())
+    q = shlex.quote
+    sbatch = [f"--job-name={job_name(d)}"]
+    if opts.partition:
+        sbatch.append(f"--partition={opts.partition}")
+    if opts.account:
+        sbatch.append(f"--account={opts.account}")
+    sbatch += [f"--nodes={opts.nodes}", "--ntasks-per-node=1", "--exclusive", "--mem=0"]
+    if opts.gpus_per_node:
+        sbatch.append(f"--gpus-per-node={opts.gpus_per_node}")
+    sbatch += [f"--time={opts.time}", f"--signal=B:USR1@{opts.signal_before}",
+               f"--chdir={workdir}", f"--output={d / SLURM_LOGS}/slurm-%j.out",
+               "--open-mode=append"]
+    # (a value with a space in double quotes, which sbatch's directive parser reads)
+    directives = "\n".join(f"#SBATCH {s}" if " " not in s else
+                           '#SBATCH {}="{}"'.format(*s.split("=", 1)) for s in sbatch)
+    resume = shlex.join(["sweep", "resume", str(d)]) + ' cluster.address="$address"'
+    if overrides:
+        resume += " " + shlex.join(overrides)
+    gpu_step = f" --gpus-per-node={opts.gpus_per_node}" if opts.gpus_per_node else ""
+    return f"""#!/bin/bash
+# One job of the chain that runs the sweep {d}; written by `sweep slurm`
+# (sweep/slurm.py, docker/README.md "SLURM"). Edit freely: every job of the chain runs this
+# file as it is when the job is submitted (the next job is submitted from this path).
+{directives}
+
+# ---- your environment: load modules, activate an environment. Every node must find the
+# `sweep`, `ray` and `python` commands of one installation (here: the one that wrote this file).
+# module load cuda/12.4
+export PATH={q(str(bin_dir))}:"$PATH"
+
+SWEEP_DIR={q(str(d))}
+SCRIPT={q(str(d / SLURM_SCRIPT))}
+JOBS={q(str(d / SLURM_JOBS))}
+GPUS_PER_NODE={opts.gpus_per_node}
+# Ray's token authentication with a token of this job's own (srun passes it to every node)
+export RAY_AUTH_MODE=token
+RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))'); export RAY_AUTH_TOKEN
+# Ray's ports, derived from the job id so that two jobs on one node do not collide
+RAY_PORT=$((20000 + SLURM_JOB_ID % 10000 * 3))
+
+now() {{ date -u +%Y-%m-%dT%H:%M:%SZ; }}
+note() {{ echo "sweep-slurm $(now) job $SLURM_JOB_ID: $*"; }}
+record() {{  # record JOB EVENT DETAIL: one line of $JOBS (`sweep status` reads it)
+  printf '%s\\t%s\\t%s\\t%s\\t%s\\n' "$1" "$2" "$(now)" "$SLURM_JOB_NODELIST" "$3" >> "$JOBS"
+}}
+
+# ---- the time limit: Slurm sends this shell USR1 --signal-before seconds ahead. Submit the
+# next job (it starts when this one ends), then stop the driver: no new trials, running ones
+# get 30 s to finish (sweep/dispatch.py). A cancelled job (scancel: TERM) stops the same way
+# without a next job.
+stopping=""; next=""; child=""  # child: the command the script waits for
+on_time_limit() {{
+  [ -n "$stopping" ] && return
+  stopping=time-limit
+  record "$SLURM_JOB_ID" stopping "time limit in {opts.signal_before} s or less"
+  if next=$(sbatch --parsable --dependency="afterany:$SLURM_JOB_ID" "$SCRIPT"); then
+    next=${{next%%;*}}
+    record "$next" submitted "continues job $SLURM_JOB_ID"
+    note "time limit near: stopping the driver; job $next continues the sweep"
+  else
+    next=""
+    note "time limit near: stopping the driver; could not submit the next job (sbatch failed)"
+  fi
+  [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
+}}
+on_cancel() {{
+  [ -n "$stopping" ] || stopping=cancelled
+  [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
+}}
+run() {{  # run COMMAND...: in the background, so that the traps above run at once; its exit code
+  "$@" &
+  child=$!
+  [ -n "$stopping" ] && kill -TERM "$child" 2>/dev/null
+  while kill -0 "$child" 2>/dev/null; do sleep 1 & wait $!; done
+  wait "$child"
+}}
+trap on_time_limit USR1
+trap on_cancel TERM INT
+
+record "$SLURM_JOB_ID" started "restart ${{SLURM_RESTART_COUNT:-0}}"
+note "started on $SLURM_JOB_NODELIST"
+
+# ---- Ray across the allocation (Ray's SLURM recipe): the head on this, the first, node, a
+# worker on each other node; each an srun step with the node's CPUs and GPUS_PER_NODE GPUs.
+nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
+head=${{nodes[0]}}
+# the head's address as the other nodes reach it (SWEEP_SLURM_HEAD_IP overrides it)
+head_ip=${{SWEEP_SLURM_HEAD_IP:-$(hostname --ip-address | tr ' ' '\\n' | grep -m1 -E '^[0-9.]+$')}}
+address="$head_ip:$RAY_PORT"
+ray_steps=()
+start_ray() {{  # start_ray NODE RAY-START-OPTIONS...
+  local node=$1; shift
+  srun --nodes=1 --ntasks=1 --overlap -w "$node"{gpu_step} \\
+    bash -c 'exec ray start --num-cpus="$SLURM_CPUS_ON_NODE" "$@" --block' ray-start \\
+    --num-gpus="$GPUS_PER_NODE" --disable-usage-stats "$@" &
+  ray_steps+=($!)
+}}
+start_ray "$head" --head --node-ip-address="$head_ip" --port="$RAY_PORT" \\
+  --dashboard-agent-listen-port=$((RAY_PORT + 1)) --include-dashboard=false
+for node in "${{nodes[@]:1}}"; do
+  start_ray "$node" --address="$address" --dashboard-agent-listen-port=$((RAY_PORT + 1))
+done
+stop_ray() {{ kill -TERM "${{ray_steps[@]}}" 2>/dev/null; wait "${{ray_steps[@]}}" 2>/dev/null; }}
+
+rc=0; driver_rc=""
+# wait (at most {RAY_WAIT_S} s) until every node joined the head (or the head's step ended)
+run python -m sweep.slurm wait-ray "$address" "${{#nodes[@]}}" {RAY_WAIT_S} "${{ray_steps[0]}}"
+rc=$?
+if [ -z "$stopping" ] && [ "$rc" -ne 0 ]; then
+  note "Ray did not start on all ${{#nodes[@]}} node(s)"
+elif [ -z "$stopping" ]; then
+  # ---- the driver: every job of the chain resumes the planned sweep
+  run {resume}
+  rc=$?; driver_rc=$rc
+fi
+
+# ---- what next: the driver's exit 0 means nothing is left (the next job, if any, is cancelled)
+if [ "$stopping" = cancelled ]; then
+  outcome="cancelled"
+elif [ "$driver_rc" = 0 ]; then
+  if [ -n "$next" ]; then
+    scancel "$next" && record "$next" cancelled "nothing left after job $SLURM_JOB_ID"
+  fi
+  outcome="done: nothing left"
+elif [ "$stopping" = time-limit ]; then
+  outcome="stopped before its time limit; ${{next:+continued by job $next}}"; rc=0
+else
+  outcome="failed (driver exit $rc); continue with: sbatch $SCRIPT"
+fi
+record "$SLURM_JOB_ID" ended "$outcome"
+note "$outcome"
+stop_ray
+exit "$rc"
+"""
+
+
+def local_sweep_dir(location: str) -> Path:
+    """The absolute path of a sweep directory on a file system (the nodes must share it);
+    ConfigError for an object-store URI."""
+    from workers.results.storage import is_uri
+
+    if is_uri(location):
+        raise ConfigError(f"out: {location}: sweep slurm needs a sweep directory on a file "
+                          "system the nodes share (its batch script, logs and job list are "
+                          "files Slurm writes); allowed: a path")
+    return Path(os.path.expanduser(location)).resolve()
+
+
+def record(sweep_dir: str | Path, job_id: str, event: str, detail: str = "",
+           nodes: str = "") -> None:
+    """Append one line to the sweep's job list (``JOB_COLUMNS``); the batch script writes the
+    same lines."""
+    path = Path(sweep_dir) / SLURM_JOBS
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(path, "a") as f:
+        f.write("\t".join((str(job_id), event, stamp, nodes, detail)) + "\n")
+
+
+def submit(script: str | Path) -> str:
+    """``sbatch --parsable script``: the job id. RuntimeError (one line) when sbatch fails."""
+    if shutil.which("sbatch") is None:
+        raise RuntimeError("sbatch: not found; run sweep slurm on a login node of the cluster "
+                           "(or --dry-run to print the script)")
+    r = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+    if r.returncode != 0:
+        lines = (r.stderr or r.stdout).strip().splitlines()
+        raise RuntimeError(f"sbatch failed: {lines[-1] if lines else f'exit {r.returncode}'}")
+    return r.stdout.strip().split(";")[0]
+
+
+def prepare(overrides: list[str], opts: SlurmOptions) -> tuple:
+    """(configuration, sweep directory, batch script) of ``sweep slurm`` with ``overrides``
+    (KEY=VALUE, as ``sweep launch``) and ``opts``; nothing is written. ConfigError (one line)
+    for bad input."""
+    from sweep.config import compose, override_key
+
+    for o in overrides:
+        key = override_key(o)[1]
+        if key == "cluster.address" or key == "cluster":
+            raise ConfigError("cluster.address: set by each SLURM job (its own Ray head); "
+                              "allowed: leave it out")
+    cfg = compose(overrides)
+    check_options(opts, cfg.resources.gpus_per_trial)
+    d = local_sweep_dir(cfg.out_dir())
+    return cfg, d, batch_script(d, opts, resume_overrides(overrides))
+
+
+def submit_sweep(cfg, sweep_dir: Path, script_text: str) -> str:
+    """Plan the sweep (as ``sweep plan``: every check first, so each job is a resume), write
+    its batch script and submit it; the job id. ConfigError/DataError before anything is
+    written; RuntimeError when sbatch fails (the plan and the script stay)."""
+    from sweep import driver
+
+    driver.plan_only(cfg)
+    (sweep_dir / SLURM_LOGS).mkdir(parents=True, exist_ok=True)
+    script = sweep_dir / SLURM_SCRIPT
+    script.write_text(script_text)
+    script.chmod(0o755)
+    job = submit(script)
+    record(sweep_dir, job, "submitted", "by sweep slurm")
+    return job
+
+
+_VALUED = ("--nodes", "--gpus-per-node", "--time", "--partition", "--account",
+           "--signal-before")
+
+
+def cli_options_first(argv: list[str]) -> list[str]:
+    """``argv`` (``["slurm", ...]``) with ``sweep slurm``'s own options moved before the
+    KEY=VALUE overrides, so that they may be given anywhere among them."""
+    opts, rest, i = [], [], 1
+    while i < len(argv):
+        a = argv[i]
+        if a in _VALUED:
+            opts += argv[i:i + 2]
+            i += 2
+            continue
+        if a == "--dry-run" or a.startswith(tuple(v + "=" for v in _VALUED)):
+            opts.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return argv[:1] + opts + rest
+
+
+# ---- what `sweep status` says
+def read_jobs(sweep_dir) -> list[dict]:
+    """The lines of the sweep's job list as dicts (``JOB_COLUMNS``), oldest first; [] without
+    one. ``sweep_dir``: a path or a workers.results Store."""
+    from workers.results.storage import store
+
+    d = store(sweep_dir)
+    try:
+        text = d.read_text(SLURM_JOBS)
+    except (OSError, FileNotFoundError):
+        return []
+    rows = []
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2 and parts[0]:
+            rows.append(dict(zip(JOB_COLUMNS, parts + [""] * (len(JOB_COLUMNS) - len(parts)))))
+    return rows
+
+
+def queue_states(job_ids: list[str]) -> dict[str, str]:
+    """The scheduler's state of each job still known to it (``squeue``), {} without squeue or
+    when it does not answer within SQUEUE_TIMEOUT_S."""
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    try:
+        r = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)],
+                           capture_output=True, text=True, timeout=SQUEUE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return dict(line.split(None, 1) for line in r.stdout.splitlines() if " " in line.strip())
+
+
+def status_lines(sweep_dir, shown: int = 5) -> list[str]:
+    """What ``sweep status`` says of the sweep's SLURM jobs: one line per job (the last
+    ``shown``), its state (the scheduler's while it knows the job, else the job list's last
+    event) and its outcome; [] for a sweep never run by ``sweep slurm``."""
+    rows = read_jobs(sweep_dir)
+    if not rows:
+        return []
+    jobs: dict[str, list[dict]] = {}
+    for r in rows:
+        jobs.setdefault(r["job_id"], []).append(r)
+    ids = list(jobs)
+    live = queue_states(ids)
+    lines = [f"slurm: {len(ids)} job(s) ({SLURM_SCRIPT}; cancel the chain: scancel "
+             f"--name={job_name(store_location(sweep_dir))})"]
+    for jid in ids[-shown:]:
+        events = jobs[jid]
+        last = events[-1]
+        state = live.get(jid, "").lower()
+        started = [e for e in events if e["event"] == "started"]
+        where = f" on {started[-1]['nodes']} since {started[-1]['time']}" if started else ""
+        if state == "running":
+            said = f"running{where}" + ("; stopping before its time limit"
+                                        if last["event"] == "stopping" else "")
+        elif state:  # pending, completing, ...
+            said = f"{state} ({last['event']} {last['time']}: {last['detail']})"
+        elif last["event"] in ("ended", "cancelled", "submitted"):
+            said = f"{last['event']} {last['time']}: {last['detail']}"
+        else:  # started or stopping, and the scheduler no longer knows it (or no squeue)
+            said = f"{last['event']} {last['time']}{where}; no end recorded (killed?)"
+        lines.append(f"slurm job {jid}: {said}")
+    if len(ids) > shown:
+        lines.append(f"slurm: ... and {len(ids) - shown} earlier job(s) ({SLURM_JOBS})")
+    return lines
+
+
+def store_location(sweep_dir) -> str:
+    return getattr(sweep_dir, "location", str(sweep_dir))
+
+
+# ---- the batch script's helper
+def wait_ray(address: str, nodes: int, timeout: float, head_pid: int | None = None) -> int:
+    """Wait until the Ray cluster at ``address`` has ``nodes`` live nodes (0), or ``timeout``
+    seconds passed or process ``head_pid`` (the head's srun step) ended (1, with one line on
+    stderr)."""
+    import logging
+    import socket
+
+    def head_gone() -> bool:
+        if head_pid is None:
+            return False
+        try:
+            os.kill(head_pid, 0)
+        except ProcessLookupError:
+            print(f"sweep-slurm: the Ray head's step (pid {head_pid}) ended", file=sys.stderr)
+            return True
+        except PermissionError:
+            pass
+        return False
+
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:  # the head's GCS port first: ray.init would retry for minutes
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+            break
+        except OSError:
+            if head_gone():
+                return 1
+            if time.monotonic() > deadline:
+                print(f"sweep-slurm: nothing answers at {address} after {timeout:.0f} s",
+                      file=sys.stderr)
+                return 1
+            time.sleep(1)
+    import ray
+
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        while True:
+            alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+            if alive >= nodes:
+                return 0
+            if head_gone():
+                return 1
+            if time.monotonic() > deadline:
+                print(f"sweep-slurm: {alive} of {nodes} Ray nodes joined in {timeout:.0f} s",
+                      file=sys.stderr)
+                return 1
+            time.sleep(1)
+    finally:
+        ray.shutdown()
+
+
+def _main(argv: list[str]) -> int:
+    if argv[:1] == ["wait-ray"] and len(argv) in (4, 5):
+        return wait_ray(argv[1], int(argv[2]), float(argv[3]),
+                        int(argv[4]) if len(argv) == 5 else None)
+    print("usage: python -m sweep.slurm wait-ray ADDRESS NODES TIMEOUT_S [HEAD_PID]",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

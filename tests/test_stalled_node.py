@@ -216,3 +216,36 @@ def test_a_stale_checkpoint_save_replaces_neither_a_later_step_nor_comes_after_a
     trial_path(tmp_path, "t0").write_bytes(b"a result")
     retry.save(70, {"w": torch.ones(1)})  # the trial has a result: no checkpoint after it
     assert step_there() == 60
+
+
+def test_a_stale_attempt_writes_none_of_its_files_once_the_trial_has_a_result(tmp_path):
+    """The review's case: a stale attempt reaching its writes after the retry finished must not
+    replace the weights (nor measure values) that the standing result describes: a trial
+    trained with another seed stands in for the retry's network, and its weights, record and
+    values stay byte for byte."""
+    from dataclasses import replace
+
+    from workers.results.layout import trial_file, weights_file
+    from workers.results.spec import DataSpec, RunContext, TrialSpec, TrainSpec
+    from workers.trial import run_trial
+
+    retry = TrialSpec(data=DataSpec("digits", train_size=100, test_size=40), width=8, depth=2,
+                      activation="relu", optimizer="sgd", lr=0.01, batch_size=32,
+                      init_scale=1.0, seed=1, train=TrainSpec(steps=20, early_stop=False))
+    out = tmp_path / "s"
+    ctx = RunContext(str(out), save_weights=True)
+    run_trial(retry, ctx)
+    stale = replace(retry, seed=2)  # another network, written under the retry's id below
+    stale_id = stale.trial_id
+    (out / "trials").mkdir(exist_ok=True)
+    before = {p: (out / p).read_bytes() for p in (trial_file(retry.trial_id),
+                                                   weights_file(retry.trial_id))}
+    for p, b in before.items():  # the retry's files, as if they were the stale trial's
+        target = out / p.replace(retry.trial_id, stale_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b)
+    kept = {p.replace(retry.trial_id, stale_id): b for p, b in before.items()}
+    measures_before = sorted(p.name for p in (out / "measures").glob(f"{stale_id}.*"))
+    run_trial(stale, ctx)  # the stale attempt reaches its writes
+    assert {p: (out / p).read_bytes() for p in kept} == kept
+    assert sorted(p.name for p in (out / "measures").glob(f"{stale_id}.*")) == measures_before

@@ -26,7 +26,7 @@ from workers.metrics import per_point_loss
 from workers.models import build_mlp, count_params
 from workers.phase import set_phase
 from workers.results.record import points_columns, write_extra, write_trial
-from workers.results.layout import weights_file
+from workers.results.layout import trial_file, weights_file
 from workers.results.spec import RunContext, TrialSpec
 
 NAN = float("nan")
@@ -293,6 +293,11 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
         else:
             row, points, model, extras = execute(spec, ctx)
         set_phase("writing")
+        if _finished_elsewhere(ctx.out_dir, spec.trial_id):
+            # a stale attempt (its node stalled, Ray ran the trial again and that attempt
+            # finished): the result, weights and values that stand describe one network, so
+            # this attempt writes none of its files (its result row is dropped by write_trial)
+            model, extras = None, {}
         if model is not None and ctx.save_weights:
             _save_weights(ctx.out_dir, spec.trial_id, model)
         for o in extras.pop("measures", []):  # before the result file, which marks the trial done
@@ -316,6 +321,14 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
 
         remove_checkpoints(ctx.out_dir, spec.trial_id)
     return row
+
+
+def _finished_elsewhere(out_dir: str, trial_id: str) -> bool:
+    """Whether another attempt of the trial has written its result already (``sweep resume``
+    moves a result it re-runs aside first, so a file there means a finished attempt)."""
+    from workers.results.storage import store
+
+    return store(out_dir).exists(trial_file(trial_id))
 
 
 def _save_weights(out_dir: str, trial_id: str, model: torch.nn.Module) -> None:

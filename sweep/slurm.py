@@ -240,13 +240,15 @@ note "started on $SLURM_JOB_NODELIST"
 # worker on each other node; each an srun step with the node's CPUs and GPUS_PER_NODE GPUs.
 nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
 head=${{nodes[0]}}
-# the head's address as the other nodes reach it (SWEEP_SLURM_HEAD_IP overrides it)
-head_ip=${{SWEEP_SLURM_HEAD_IP:-$(hostname --ip-address | tr ' ' '\\n' | grep -m1 -E '^[0-9.]+$')}}
+# the head's address as the other nodes reach it: its first IPv4 address outside loopback
+# (Debian's /etc/hosts maps the host name to 127.0.1.1); SWEEP_SLURM_HEAD_IP overrides it
+ips=$(hostname --ip-address | tr ' ' '\\n' | grep -E '^[0-9.]+$')
+head_ip=${{SWEEP_SLURM_HEAD_IP:-$(echo "$ips" | grep -m1 -v '^127[.]' || echo "$ips" | head -n1)}}
 address="$head_ip:$RAY_PORT"
 ray_steps=()
 start_ray() {{  # start_ray NODE RAY-START-OPTIONS...
   local node=$1; shift
-  srun --nodes=1 --ntasks=1 --overlap -w "$node"{gpu_step} \\
+  srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_ON_NODE" --overlap -w "$node"{gpu_step} \\
     bash -c 'exec ray start --num-cpus="$SLURM_CPUS_ON_NODE" "$@" --block' ray-start \\
     --num-gpus="$GPUS_PER_NODE" --disable-usage-stats "$@" &
   ray_steps+=($!)

@@ -48,7 +48,7 @@ def test_dry_run_prints_the_script_and_writes_nothing(tmp_path, capsys):
     assert re.search(r'start_ray "\$node" --address="\$address"', script)
     assert 'exec ray start --num-cpus="$SLURM_CPUS_ON_NODE"' in script
     assert '--num-gpus="$GPUS_PER_NODE"' in script and "GPUS_PER_NODE=1" in script
-    assert "srun --nodes=1 --ntasks=1 --overlap -w \"$node\" --gpus-per-node=1" in script
+    assert "srun --nodes=1 --ntasks=1 --cpus-per-task=\"$SLURM_CPUS_ON_NODE\" --overlap -w \"$node\" --gpus-per-node=1" in script
     # the driver: a resume of the planned sweep against the job's Ray, shell-quoted
     resume = next(line.strip() for line in script.splitlines()
                   if line.strip().startswith("run sweep resume"))
@@ -71,7 +71,7 @@ def test_script_defaults_and_cpu_only(tmp_path):
     assert "--nodes=1" in lines and "--chdir=/home/me" in lines
     assert not any(s.startswith(("--partition", "--account", "--gpus")) for s in lines)
     assert "export PATH=/opt/env/bin:" in script and "# module load" in script
-    assert "GPUS_PER_NODE=0" in script and "srun --nodes=1 --ntasks=1 --overlap -w \"$node\" \\" \
+    assert "GPUS_PER_NODE=0" in script and "srun --nodes=1 --ntasks=1 --cpus-per-task=\"$SLURM_CPUS_ON_NODE\" --overlap -w \"$node\" \\" \
         in script
     big = batch_script(tmp_path / "s", SlurmOptions(time="2-00:00:00"))
     assert f"--signal=B:USR1@{sl.SIGNAL_BEFORE_S}" in sbatch_lines(big)

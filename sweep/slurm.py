@@ -474,33 +474,36 @@ def wait_ray(address: str, nodes: int, timeout: float, head_pid: int | None = No
 
     host, _, port = address.rpartition(":")
     deadline = time.monotonic() + timeout
-    while True:  # the head's GCS port first: ray.init would retry for minutes
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
-            break
-        except OSError:
+
+    def poll(ready, late) -> int:
+        """0 once ``ready()``; 1 when the head's step ended or the deadline passed (then
+        ``late()`` is the line said)."""
+        while not ready():
             if head_gone():
                 return 1
             if time.monotonic() > deadline:
-                print(f"sweep-slurm: nothing answers at {address} after {timeout:.0f} s",
-                      file=sys.stderr)
+                print(f"sweep-slurm: {late()}", file=sys.stderr)
                 return 1
             time.sleep(1)
+        return 0
+
+    def answers() -> bool:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    # the head's GCS port first: ray.init would retry for minutes
+    if poll(answers, lambda: f"nothing answers at {address} after {timeout:.0f} s"):
+        return 1
     import ray
 
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     try:
-        while True:
-            alive = sum(1 for n in ray.nodes() if n.get("Alive"))
-            if alive >= nodes:
-                return 0
-            if head_gone():
-                return 1
-            if time.monotonic() > deadline:
-                print(f"sweep-slurm: {alive} of {nodes} Ray nodes joined in {timeout:.0f} s",
-                      file=sys.stderr)
-                return 1
-            time.sleep(1)
+        alive = lambda: sum(1 for n in ray.nodes() if n.get("Alive"))  # noqa: E731
+        return poll(lambda: alive() >= nodes,
+                    lambda: f"{alive()} of {nodes} Ray nodes joined in {timeout:.0f} s")
     finally:
         ray.shutdown()
 

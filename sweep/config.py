@@ -200,6 +200,8 @@ class SweepConfig:
         part of it. Version 1 is the identity of sweeps created before version 2 (it kept
         ``metrics``), so that they stay recognised."""
         d = asdict(self)
+        if version < 2:  # version 1 hashed the measures' settings under their older names
+            d["metrics"].update(self._v1_metrics())
         for key in NOT_IDENTITY if version >= 2 else NOT_IDENTITY_V1:
             section, _, name = key.rpartition(".")
             (d[section] if section else d).pop(name)
@@ -212,6 +214,23 @@ class SweepConfig:
         else:  # replace: which trials are drawn depends on the workers' memory
             d["plan"]["worker_memory_gb"] = self.resources.worker_memory_gb
         return d
+
+    def _v1_metrics(self) -> dict:
+        """The ``metrics.*`` aliases as version 1 hashed them: each the value its measure gets
+        (the alias where it is not at the measure's default, else ``measure_settings``, else
+        the alias as given), so a sweep created when the experiment set them as aliases keeps
+        its version-1 identity now that it sets them in ``measure_settings``."""
+        from workers.measures import expand_settings
+        from workers.results.measure_values import METRIC_ALIASES
+
+        given = _alias_settings(self.metrics)
+        settings = expand_settings(json.loads(self.measure_overrides()))
+        out = {}
+        for alias, targets in METRIC_ALIASES.items():
+            measure, key = targets[0]
+            if (measure, key) not in given and key in settings.get(measure, {}):
+                out[alias] = settings[measure][key]
+        return out
 
     def identity_hash(self, version: int = IDENTITY_VERSION) -> str:
         text = json.dumps(self.identity(version), sort_keys=True, separators=(",", ":"))
@@ -413,8 +432,11 @@ def aliases_given_win(d: dict, overrides) -> dict:
     """``d`` (a composed or stored configuration) with the measure settings that a
     ``metrics.*`` alias given in ``overrides`` names taken out of ``measure_settings`` unless
     ``overrides`` set them too: an alias on the command line overrides what the experiment's
-    YAML (or a stored sweep.json) says, as any override does; the same setting given both
-    ways on the command line stays a conflict (``_measure_settings``). Returns ``d``."""
+    YAML (or a stored sweep.json) says, as any override does. The other way round, an alias
+    in ``d`` goes back to its measure's default when ``overrides`` give the setting it names
+    (``measure_settings.<measure or group>.<setting>``) and not the alias. The same setting
+    given both ways on the command line stays a conflict (``_measure_settings``). Returns
+    ``d``."""
     from workers.results.measure_values import METRIC_ALIASES
     from workers.measures import SETTING_GROUPS
 
@@ -429,6 +451,20 @@ def aliases_given_win(d: dict, overrides) -> dict:
                 if (where in settings and isinstance(settings[where], dict)
                         and f"measure_settings.{where}.{k}" not in given):
                     settings[where].pop(k, None)
+    # the other way round: a stored (or YAML) alias gives way to the setting it names given
+    # on the command line under its own name
+    from workers.measures import REGISTRY
+
+    metrics = d.get("metrics")
+    for alias, targets in METRIC_ALIASES.items():
+        if f"metrics.{alias}" in given or not isinstance(metrics, dict) or alias not in metrics:
+            continue
+        named = {f"measure_settings.{w}.{k}" for m, k in targets for w in (m, group_of.get(m))
+                 if w} | {f"measure_settings.{w}" for m, _ in targets
+                          for w in (m, group_of.get(m)) if w}
+        if named & given:
+            measure, k = targets[0]
+            metrics[alias] = REGISTRY[measure].settings[k]
     return d
 
 

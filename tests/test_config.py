@@ -231,3 +231,27 @@ def test_an_alias_on_the_command_line_overrides_the_experiments_measure_settings
     assert compose([]).metric_spec().measure_settings()["transitions_test"]["points"] == 25
     with pytest.raises(ConfigError, match="set twice"):
         compose(["metrics.transitions_points=3", "measure_settings.transitions_test.points=4"])
+
+
+def test_a_stored_alias_gives_way_to_its_setting_given_by_its_own_name(tmp_path):
+    """A sweep.json written when the measures' settings were the ``metrics.*`` aliases
+    (``metrics.transitions_points: 25``) resumed with ``measure_settings.transitions_test.points
+    =50``: the command line's value, not "set twice" (the other direction is tested above)."""
+    import json
+
+    from sweep.driver import plan_only, stored_config
+    from workers.results.layout import SWEEP_FILE
+
+    out = tmp_path / "s"
+    plan_only(compose(["trials=2", f"out={out}"]))
+    doc = json.loads((out / SWEEP_FILE).read_text())
+    doc["config"]["metrics"]["transitions_points"] = 25  # the older way of writing it
+    doc["config"]["measure_settings"].pop("transitions_test", None)
+    (out / SWEEP_FILE).write_text(json.dumps(doc))
+    assert stored_config(out).metric_spec().measure_settings()["transitions_test"]["points"] == 25
+    for given in ("measure_settings.transitions_test.points=50",
+                  "measure_settings.transitions_test={points: 50}"):
+        cfg = stored_config(out, [given])
+        assert cfg.metric_spec().measure_settings()["transitions_test"]["points"] == 50, given
+    cfg = stored_config(out, ["metrics.transitions_points=40"])  # the alias itself: its value
+    assert cfg.metric_spec().measure_settings()["transitions_test"]["points"] == 40

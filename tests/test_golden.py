@@ -36,3 +36,16 @@ def test_identity_and_trial_ids_unchanged(name, golden):
 def test_the_demo_is_pinned_id_by_id():
     demo = GOLDEN["experiments"]["demo"]
     assert demo["overrides"] == [] and demo["n_trials"] == 90 and len(set(demo["trial_ids"])) == 90
+
+
+GOLDEN_V1 = json.loads((Path(__file__).parent / "fixtures" / "golden_identity_v1.json").read_text())
+
+
+@pytest.mark.parametrize("case", GOLDEN_V1["cases"],
+                         ids=[" ".join(c["overrides"]) for c in GOLDEN_V1["cases"]])
+def test_version_1_identity_unchanged(case):
+    """A sweep created before identity version 2 is recognised by its version-1 hash, which
+    kept the measurement settings: moving an experiment's settings from the ``metrics.*``
+    aliases to ``measure_settings`` must not change it (``sweep launch experiment=X
+    out=<that directory>`` would be refused as another sweep)."""
+    assert compose(case["overrides"]).identity_hash(1) == case["identity_hash_v1"]

@@ -57,6 +57,7 @@ class Holder:
     token: str
     boot_id: str = ""  # the host's boot (Linux): a lock from before a reboot is stale
     pid_started: float = 0.0  # the process's start time: a reused pid is not the holder
+    slurm_job: str = ""  # the SLURM job the driver ran in (SLURM_JOB_ID), "" outside SLURM
 
     def describe(self, now: float | None = None) -> str:
         age = (time.time() if now is None else now) - self.heartbeat
@@ -89,7 +90,8 @@ def holder_state(h: Holder, st: Store | None = None, token: str | None = None) -
     the lock recorded (a reused pid, a restarted container that is pid 1 again, a reboot: gone).
     Another host: its heartbeat must be younger than STALE_AFTER_S, measured on the store's
     clock (the lock file's mtime against a probe file written now), so clock skew between
-    hosts does not matter."""
+    hosts does not matter. A driver that ran in a SLURM job the scheduler reports ended is gone
+    at once (the next job of a ``sweep slurm`` chain does not wait out the heartbeat)."""
     if h.host == socket.gethostname():
         if h.boot_id and h.boot_id != _boot_id():
             return False, "the host rebooted since"
@@ -99,10 +101,40 @@ def holder_state(h: Holder, st: Store | None = None, token: str | None = None) -
         if h.pid_started and started and abs(started - h.pid_started) > 1.0:
             return False, f"pid {h.pid} is another process now"
         return True, "its process is running on this host"
+    if h.slurm_job and (ended := slurm_job_ended(h.slurm_job)):
+        return False, ended
     age = _age_on_store(st, h) if st is not None else time.time() - h.heartbeat
     if age > STALE_AFTER_S:
         return False, f"no heartbeat for {age:.0f} s (> {STALE_AFTER_S:.0f} s)"
     return True, f"heartbeat {age:.0f} s ago"
+
+
+# squeue's states of a job that has ended (``man squeue``, JOB STATE CODES)
+SLURM_ENDED = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
+                         "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT"})
+
+
+def slurm_job_ended(job_id: str, timeout: float = 10.0) -> str | None:
+    """Why SLURM job ``job_id`` has certainly ended ("its SLURM job 42 ended (COMPLETED)"), or
+    None when it has not, or when ``squeue`` is missing, fails or does not answer in
+    ``timeout`` s (then the heartbeat decides). squeue keeps an ended job for MinJobAge
+    (300 s by default), then answers "Invalid job id", which also means ended."""
+    import shutil
+    import subprocess
+
+    if not job_id or shutil.which("squeue") is None:
+        return None
+    try:
+        r = subprocess.run(["squeue", "-h", "-o", "%T", "-j", str(job_id)], capture_output=True,
+                           text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    state = r.stdout.strip().split("\n")[0].strip() if r.returncode == 0 else ""
+    if state in SLURM_ENDED:
+        return f"its SLURM job {job_id} ended ({state})"
+    if r.returncode != 0 and "invalid job id" in r.stderr.lower():
+        return f"its SLURM job {job_id} ended (no longer known to the scheduler)"
+    return None
 
 
 def _age_on_store(st: Store, h: Holder) -> float:
@@ -163,7 +195,8 @@ class DriverLock:
 
     def _doc(self) -> str:
         h = Holder(socket.gethostname(), os.getpid(), self.command, self.started, time.time(),
-                   self.token, _boot_id(), _pid_started(os.getpid()) or 0.0)
+                   self.token, _boot_id(), _pid_started(os.getpid()) or 0.0,
+                   os.environ.get("SLURM_JOB_ID", ""))
         return json.dumps(asdict(h))
 
     # ---- acquire

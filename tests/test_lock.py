@@ -207,3 +207,39 @@ def test_a_transient_read_error_does_not_lose_the_lock(tmp_path, monkeypatch):
         time.sleep(0.6)
         assert fails["n"] == 0 and lk.lost is None
         lk.check()
+
+
+@pytest.mark.parametrize("answer, live", [
+    ("echo RUNNING", True), ("echo COMPLETING", True), ("echo COMPLETED", False),
+    ("echo CANCELLED", False), ("echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1",
+                                False),
+    ("echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1", True),
+    ("sleep 30", True)])
+def test_a_lock_of_a_slurm_job_that_ended_is_stale_at_once(tmp_path, monkeypatch, answer, live):
+    """Another host's lock with a fresh heartbeat, written by a driver inside SLURM job 4242:
+    stale at once when the scheduler says the job ended (the next job of a ``sweep slurm``
+    chain after a hard kill does not wait out STALE_AFTER_S); live while it runs or when the
+    scheduler cannot say (a stopped controller, a hang past the timeout)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(
+        f'#!/bin/sh\n[ "$*" = "-h -o %T -j 4242" ] || {{ echo "bad args: $*" >&2; exit 9; }}\n'
+        f"{answer}\n")
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(lock_mod, "slurm_job_ended",
+                        lambda job, timeout=10.0, real=lock_mod.slurm_job_ended: real(job, 2.0))
+    st = Store(tmp_path / "s")
+    _write_lock(st, host="node-that-ran-job-4242", slurm_job="4242")
+    h = read_holder(st)
+    assert h.slurm_job == "4242"
+    got, why = lock_mod.holder_state(h, st)
+    assert got is live, why
+    if not live:
+        assert "SLURM job 4242 ended" in why
+        with DriverLock(st, "resume") as mine:
+            assert read_holder(st).token == mine.token
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # a driver records its own job
+    st2 = Store(tmp_path / "t")
+    with DriverLock(st2, "resume"):
+        assert read_holder(st2).slurm_job == "77"

@@ -14,8 +14,12 @@ From a login node, ``sweep slurm [KEY=VALUE ...] --nodes N --gpus-per-node G --t
    (``#SBATCH --signal=B:USR1@S``): the script submits the next job
    (``sbatch --dependency=afterany:<this job>``, the same file) and sends the driver SIGTERM,
    which stops dispatching and lets running trials finish (sweep.dispatch.GRACE_S);
-4. when the driver exits 0 nothing is left: the next job, if one was submitted, is cancelled;
-   the chain ends.
+4. when the driver exits 0, ``python -m sweep.slurm next`` (``next_step``) decides: nothing
+   left (every planned trial has a finished result): the next job, if one was submitted, is
+   cancelled and the chain ends; trials left (retryable failures: a node died, a trial ran over
+   ``resources.trial_timeout``): the chain goes on with a next job, unless ``STALLED_JOBS`` jobs
+   in a row finished no trial, when it stops with that reason (in ``jobs.tsv``, shown by
+   ``sweep status``) and ``sbatch <sweep>/slurm/sweep.sbatch`` continues it by hand.
 
 Why a new job and not ``scontrol requeue``: a requeued batch job keeps its id but Slurm makes it
 wait (``Reason=BeginTime``, about two minutes on Slurm 22.05) before it may start again, and
@@ -24,9 +28,10 @@ this one ends, needs nothing but ``sbatch``, and has its own log and accounting 
 successor is submitted when the signal arrives, not after the driver stopped, so the chain goes
 on even if the job is killed at its limit before the script ends.
 
-Every job's events are appended to ``<sweep>/slurm/jobs.tsv`` (``JOB_COLUMNS``); ``sweep
-status`` names the jobs (``status_lines``). The sweep directory must be on a file system the
-nodes share (the script, its logs and the job list are files that Slurm and bash write).
+Every job's events are appended to ``<sweep>/slurm/jobs.tsv`` (``JOB_COLUMNS``; a job's
+``left`` event, at its start, holds how many planned trials had no finished result then);
+``sweep status`` names the jobs (``status_lines``). The sweep directory must be on a file system
+the nodes share (the script, its logs and the job list are files that Slurm and bash write).
 """
 
 from __future__ import annotations
@@ -41,13 +46,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweep.config import ConfigError
 from workers.results.layout import SLURM_JOBS, SLURM_LOGS, SLURM_SCRIPT
 
 JOB_COLUMNS = ("job_id", "event", "time", "nodes", "detail")
 SIGNAL_BEFORE_S = 300  # default lead of the stop signal: the driver's 30 s grace, ample margin
 SIGNAL_MAX_S = 65535  # Slurm's bound on --signal's time
 RAY_WAIT_S = 180  # how long a job waits for its Ray nodes to join before it gives up
+STALLED_JOBS = 2  # the chain stops after this many jobs in a row that finished no trial
 SQUEUE_TIMEOUT_S = 5.0
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
@@ -97,6 +102,8 @@ def time_seconds(spec: str) -> int:
 def check_options(opts: SlurmOptions, gpus_per_trial: float = 0.0) -> None:
     """ConfigError (one line: the option and what is allowed) for options Slurm or the sweep
     cannot use; before anything is written."""
+    from sweep.config import ConfigError
+
     if opts.nodes < 1:
         raise ConfigError(f"--nodes: {opts.nodes}; allowed: an integer >= 1")
     if opts.gpus_per_node < 0:
@@ -188,6 +195,10 @@ SWEEP_DIR={q(str(d))}
 SCRIPT={q(str(d / SLURM_SCRIPT))}
 JOBS={q(str(d / SLURM_JOBS))}
 GPUS_PER_NODE={opts.gpus_per_node}
+# trials left after the driver finished (retryable failures: a node died, a trial ran over
+# resources.trial_timeout): the chain goes on, but stops after this many jobs in a row that
+# finished no trial (`python -m sweep.slurm next`, sweep/slurm.py next_step)
+STALLED_JOBS={STALLED_JOBS}
 # Ray's token authentication with a token of this job's own (srun passes it to every node)
 export RAY_AUTH_MODE=token
 RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))'); export RAY_AUTH_TOKEN
@@ -205,16 +216,22 @@ record() {{  # record JOB EVENT DETAIL: one line of $JOBS (`sweep status` reads 
 # get 30 s to finish (sweep/dispatch.py). A cancelled job (scancel: TERM) stops the same way
 # without a next job.
 stopping=""; next=""; child=""  # child: the command the script waits for
+submit_next() {{  # the next job of the chain (it starts when this one ends): its id in $next
+  if next=$(sbatch --parsable --dependency="afterany:$SLURM_JOB_ID" "$SCRIPT"); then
+    next=${{next%%;*}}
+    record "$next" submitted "continues job $SLURM_JOB_ID"
+  else
+    next=""
+  fi
+}}
 on_time_limit() {{
   [ -n "$stopping" ] && return
   stopping=time-limit
   record "$SLURM_JOB_ID" stopping "time limit in {opts.signal_before} s or less"
-  if next=$(sbatch --parsable --dependency="afterany:$SLURM_JOB_ID" "$SCRIPT"); then
-    next=${{next%%;*}}
-    record "$next" submitted "continues job $SLURM_JOB_ID"
+  submit_next
+  if [ -n "$next" ]; then
     note "time limit near: stopping the driver; job $next continues the sweep"
   else
-    next=""
     note "time limit near: stopping the driver; could not submit the next job (sbatch failed)"
   fi
   [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
@@ -229,12 +246,19 @@ run() {{  # run COMMAND...: in the background, so that the traps above run at on
   [ -n "$stopping" ] && kill -TERM "$child" 2>/dev/null
   while kill -0 "$child" 2>/dev/null; do sleep 1 & wait $!; done
   wait "$child"
+  local status=$?
+  child=""
+  return "$status"
 }}
 trap on_time_limit USR1
 trap on_cancel TERM INT
 
 record "$SLURM_JOB_ID" started "restart ${{SLURM_RESTART_COUNT:-0}}"
 note "started on $SLURM_JOB_NODELIST"
+# how many planned trials have no finished result yet (next_step compares it with the end's)
+if left=$(python -m sweep.slurm left "$SWEEP_DIR"); then
+  record "$SLURM_JOB_ID" left "$left"
+fi
 
 # ---- Ray across the allocation (Ray's SLURM recipe): the head on this, the first, node, a
 # worker on each other node; each an srun step with the node's CPUs and GPUS_PER_NODE GPUs.
@@ -272,14 +296,33 @@ elif [ -z "$stopping" ]; then
   rc=$?; driver_rc=$rc
 fi
 
-# ---- what next: the driver's exit 0 means nothing is left (the next job, if any, is cancelled)
+# ---- what next. The driver's exit 0: it ran every trial it could; what is left decides
+# (sweep/slurm.py next_step): "done" (nothing left: the next job, if any, is cancelled),
+# "continue" (retryable failures left: a next job runs them) or "stop" (STALLED_JOBS jobs in a
+# row finished no trial: the chain ends with that reason, exit 1).
 if [ "$stopping" = cancelled ]; then
   outcome="cancelled"
 elif [ "$driver_rc" = 0 ]; then
-  if [ -n "$next" ]; then
-    scancel "$next" && record "$next" cancelled "nothing left after job $SLURM_JOB_ID"
+  [ -n "$stopping" ] || stopping=finished  # (a time-limit signal from here on changes nothing)
+  decision=$(python -m sweep.slurm next "$SWEEP_DIR" "$STALLED_JOBS") \\
+    || decision=$'stop\\t'"stopped: python -m sweep.slurm next failed; continue: sbatch $SCRIPT"
+  action=${{decision%%$'\\t'*}}; outcome=${{decision#*$'\\t'}}
+  if [ "$action" = continue ]; then
+    [ -n "$next" ] || submit_next
+    if [ -n "$next" ]; then
+      outcome="$outcome; continued by job $next"
+    else
+      outcome="$outcome; could not submit the next job (sbatch failed); continue with:"
+      outcome="$outcome sbatch $SCRIPT"
+      rc=1
+    fi
+  else
+    if [ -n "$next" ]; then
+      why="nothing left"; [ "$action" = done ] || why="the chain stopped"
+      scancel "$next" && record "$next" cancelled "$why after job $SLURM_JOB_ID"
+    fi
+    [ "$action" = done ] || rc=1
   fi
-  outcome="done: nothing left"
 elif [ "$stopping" = time-limit ]; then
   outcome="stopped before its time limit; ${{next:+continued by job $next}}"; rc=0
 else
@@ -295,6 +338,7 @@ exit "$rc"
 def local_sweep_dir(location: str) -> Path:
     """The absolute path of a sweep directory on a file system (the nodes must share it);
     ConfigError for an object-store URI."""
+    from sweep.config import ConfigError
     from workers.results.storage import is_uri
 
     if is_uri(location):
@@ -330,7 +374,7 @@ def prepare(overrides: list[str], opts: SlurmOptions) -> tuple:
     """(configuration, sweep directory, batch script) of ``sweep slurm`` with ``overrides``
     (KEY=VALUE, as ``sweep launch``) and ``opts``; nothing is written. ConfigError (one line)
     for bad input."""
-    from sweep.config import compose, override_key
+    from sweep.config import ConfigError, compose, override_key
 
     for o in overrides:
         key = override_key(o)[1]
@@ -339,6 +383,10 @@ def prepare(overrides: list[str], opts: SlurmOptions) -> tuple:
                               "allowed: leave it out")
     cfg = compose(overrides)
     check_options(opts, cfg.resources.gpus_per_trial)
+    if opts.partition and "gpu" in opts.partition.lower() and not opts.gpus_per_node:
+        print(f"sweep: warning: --partition {opts.partition} without --gpus-per-node: the jobs "
+              "ask Slurm for no GPU and Ray sees none; add --gpus-per-node G (and "
+              "resources.gpus_per_trial) to train on the partition's GPUs", file=sys.stderr)
     d = local_sweep_dir(cfg.out_dir())
     return cfg, d, batch_script(d, opts, resume_overrides(overrides))
 
@@ -428,7 +476,7 @@ def status_lines(sweep_dir, shown: int = 5) -> list[str]:
     lines = [f"slurm: {len(ids)} job(s) ({SLURM_SCRIPT}; cancel the chain: scancel "
              f"--name={job_name(store_location(sweep_dir))})"]
     for jid in ids[-shown:]:
-        events = jobs[jid]
+        events = [e for e in jobs[jid] if e["event"] != "left"] or jobs[jid]
         last = events[-1]
         state = live.get(jid, "").lower()
         started = [e for e in events if e["event"] == "started"]
@@ -452,7 +500,55 @@ def store_location(sweep_dir) -> str:
     return getattr(sweep_dir, "location", str(sweep_dir))
 
 
-# ---- the batch script's helper
+# ---- the batch script's helpers
+def trials_left(sweep_dir) -> tuple[int, int]:
+    """(planned trials without a finished result, planned trials) of the sweep at ``sweep_dir``:
+    what ``sweep resume`` would run (``pending_rows``: no file, an unreadable file or a
+    retryable failure); reads only, moves nothing."""
+    from workers.results.layout import PLAN_FILE
+    from workers.results.plan_file import pending_rows
+    from workers.results.sweep_dir import SweepDir
+
+    d = SweepDir.of(sweep_dir)
+    ids = d.read_parquet(PLAN_FILE, columns=["trial_id"]).column("trial_id").to_pylist()
+    return len(pending_rows(d, ids, move_invalid=False)), len(ids)
+
+
+def left_at_starts(rows: list[dict]) -> list[int]:
+    """The counts of the job list's ``left`` events (trials left at each job's start), oldest
+    first; lines that do not parse are skipped."""
+    out = []
+    for r in rows:
+        word = r["detail"].split(" ", 1)[0]
+        if r["event"] == "left" and word.isdigit():
+            out.append(int(word))
+    return out
+
+
+def next_step(left: int, planned: int, starts: list[int], stalled_max: int = STALLED_JOBS,
+              script: str = SLURM_SCRIPT) -> tuple[str, str]:
+    """What the chain does after a job whose driver finished (exit 0), and the words recorded:
+    ``("done", ...)`` when no trial is ``left``; ``("continue", ...)`` while trials are left
+    (retryable failures); ``("stop", reason)`` when the last ``stalled_max`` jobs each finished
+    no trial. ``starts``: trials left at each job's start, oldest first, this job's last
+    (``left_at_starts``); a job finished none when the count after it (the next job's start, or
+    ``left`` for this one) is not lower than at its start. ``script``: the batch script's path,
+    named in the reason to stop."""
+    if left == 0:
+        return "done", "done: nothing left"
+    counts = list(starts) + [left]
+    stalled = 0
+    for before, after in zip(reversed(counts[:-1]), reversed(counts[1:])):
+        if after < before:
+            break
+        stalled += 1
+    said = f"{left} of {planned} trials left (retryable failures)"
+    if stalled >= stalled_max:
+        return "stop", (f"stopped: {said}; no trial finished in the last {stalled} job(s); "
+                        f"see sweep status, then continue with: sbatch {script}")
+    return "continue", said
+
+
 def wait_ray(address: str, nodes: int, timeout: float, head_pid: int | None = None) -> int:
     """Wait until the Ray cluster at ``address`` has ``nodes`` live nodes (0), or ``timeout``
     seconds passed or process ``head_pid`` (the head's srun step) ended (1, with one line on
@@ -509,11 +605,24 @@ def wait_ray(address: str, nodes: int, timeout: float, head_pid: int | None = No
 
 
 def _main(argv: list[str]) -> int:
+    """The batch script's calls: ``wait-ray`` (``wait_ray``); ``left SWEEP_DIR`` prints ``K of
+    N`` (``trials_left``); ``next SWEEP_DIR STALLED_JOBS`` prints the action and the outcome's
+    words, tab-separated (``next_step`` over the job list)."""
     if argv[:1] == ["wait-ray"] and len(argv) in (4, 5):
         return wait_ray(argv[1], int(argv[2]), float(argv[3]),
                         int(argv[4]) if len(argv) == 5 else None)
-    print("usage: python -m sweep.slurm wait-ray ADDRESS NODES TIMEOUT_S [HEAD_PID]",
-          file=sys.stderr)
+    if argv[:1] == ["left"] and len(argv) == 2:
+        left, planned = trials_left(argv[1])
+        print(f"{left} of {planned}")
+        return 0
+    if argv[:1] == ["next"] and len(argv) == 3 and argv[2].isdigit() and int(argv[2]) >= 1:
+        left, planned = trials_left(argv[1])
+        action, said = next_step(left, planned, left_at_starts(read_jobs(argv[1])),
+                                 int(argv[2]), str(Path(argv[1]) / SLURM_SCRIPT))
+        print(f"{action}\t{said}")
+        return 0
+    print("usage: python -m sweep.slurm wait-ray ADDRESS NODES TIMEOUT_S [HEAD_PID] | "
+          "left SWEEP_DIR | next SWEEP_DIR STALLED_JOBS (an integer >= 1)", file=sys.stderr)
     return 2
 
 

@@ -1,5 +1,6 @@
-"""``sweep slurm``: the batch script (fast, no daemons) and a real chain of SLURM jobs on a
-one-node cluster on 127.0.0.1 (slow: tests/slurm_cluster.py starts munged, slurmctld, slurmd)."""
+"""``sweep slurm``: the batch script (fast, no daemons; its decisions at a job's end run by bash
+with stub Slurm commands and a stub driver) and a real chain of SLURM jobs on a one-node cluster
+on 127.0.0.1 (slow: tests/slurm_cluster.py starts munged, slurmctld, slurmd)."""
 
 from __future__ import annotations
 
@@ -119,6 +120,266 @@ def test_status_names_the_jobs(tmp_path, monkeypatch):
     assert sl.status_lines(str(tmp_path / "none")) == []
 
 
+def test_a_gpu_partition_without_gpus_warns_once(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["slurm", *TINY, f"out={out}", "--partition", "gpu-long", "--dry-run"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sweep: warning: --partition gpu-long")
+    assert "--gpus-per-node" in err[0]
+    for argv in (["--partition", "gpu", "--gpus-per-node", "1"], ["--partition", "cpu"], []):
+        assert main(["slurm", *TINY, f"out={out}", *argv, "--dry-run"]) == 0
+        assert "warning" not in capsys.readouterr().err
+
+
+# ---- what the chain does after a job: trials left, next_step, the script acting on it
+def summary_row(tid: str, status: str = "ok", retryable: bool = False) -> dict:
+    from workers.results.record import SUMMARY_COLUMNS
+
+    row = {c: None for c in SUMMARY_COLUMNS}
+    row.update(trial_id=tid, status=status, dataset="digits", width=8, depth=3,
+               activation="relu", optimizer="sgd", lr=0.1, batch_size=32, init_scale=1.0,
+               seed=1, steps=10, train_acc=1.0, test_acc=0.75, spec='{"id": "%s"}' % tid,
+               error=None if status == "ok" else "boom", retryable=retryable)
+    return row
+
+
+def make_results(d: Path, kinds: dict[str, str]) -> None:
+    """A planned sweep at ``d`` whose trials (in plan order) have result ``kinds[tid]``: "ok",
+    "final" (a failure of the trial's own), "retryable" (the system failed), "truncated" (an
+    unreadable file) or "none" (no file)."""
+    import pyarrow as pa
+
+    from workers.results import layout
+    from workers.results.record import write_trial
+    from workers.results.storage import store
+
+    for tid, kind in kinds.items():
+        if kind in ("ok", "final", "retryable", "truncated"):
+            write_trial(d, summary_row(tid, "ok" if kind in ("ok", "truncated") else "failed",
+                                       retryable=kind == "retryable"))
+        if kind == "truncated":
+            f = d / layout.TRIALS / f"{tid}.parquet"
+            f.write_bytes(f.read_bytes()[:40])
+    store(d).write_parquet(layout.PLAN_FILE, pa.table({"trial_id": list(kinds)}))
+    store(d).write_text(layout.SWEEP_FILE, "{}")
+
+
+def test_trials_left_counts_what_resume_would_run_and_moves_nothing(tmp_path):
+    kinds = {"t0": "ok", "t1": "final", "t2": "retryable", "t3": "truncated", "t4": "none",
+             "t5": "ok", "t6": "retryable"}
+    make_results(tmp_path, kinds)
+    before = sorted(p.name for p in (tmp_path / "trials").iterdir())
+    want = sum(k in ("retryable", "truncated", "none") for k in kinds.values())
+    assert sl.trials_left(tmp_path) == (want, len(kinds)) == (4, 7)
+    assert sorted(p.name for p in (tmp_path / "trials").iterdir()) == before
+
+
+@pytest.mark.parametrize("left, starts, stalled_max, action", [
+    (0, [12], 2, "done"),  # nothing left
+    (0, [5, 5, 5], 2, "done"),  # (whatever came before)
+    (3, [12], 2, "continue"),  # this job finished 9
+    (12, [12], 2, "continue"),  # one job without progress
+    (12, [12, 12], 2, "stop"),  # two in a row
+    (4, [12, 4], 2, "continue"),  # the job before finished 8, this one none: 1 stalled
+    (4, [12, 4, 4], 2, "stop"),
+    (4, [12, 4, 4], 3, "continue"),
+    (5, [4], 1, "stop"),  # more left than at the start (a file went bad): no progress
+    (2, [], 2, "continue"),  # no start recorded: this job alone, unknown, not counted
+])
+def test_next_step_continues_on_retryable_failures_and_stops_when_stalled(
+        left, starts, stalled_max, action):
+    got, said = sl.next_step(left, 12, starts, stalled_max, "/s/slurm/sweep.sbatch")
+    assert got == action
+    if action == "done":
+        assert said == "done: nothing left"
+    elif action == "continue":
+        assert said == f"{left} of 12 trials left (retryable failures)"
+    else:
+        stalled = 0  # independently: jobs at the end whose next count is not lower
+        counts = starts + [left]
+        while stalled < len(counts) - 1 and counts[-1 - stalled] >= counts[-2 - stalled]:
+            stalled += 1
+        assert said == (f"stopped: {left} of 12 trials left (retryable failures); no trial "
+                        f"finished in the last {stalled} job(s); see sweep status, then "
+                        "continue with: sbatch /s/slurm/sweep.sbatch")
+
+
+def test_left_events_are_read_in_order_and_status_shows_why_the_chain_stopped(tmp_path,
+                                                                              monkeypatch):
+    (tmp_path / "slurm").mkdir()
+    stop = ("stopped: 2 of 6 trials left (retryable failures); no trial finished in the last 2 "
+            "job(s); see sweep status, then continue with: sbatch x")
+    rows = [("7", "submitted", "", "by sweep slurm"), ("7", "started", "n1", "restart 0"),
+            ("7", "left", "n1", "6 of 6"), ("8", "submitted", "n1", "continues job 7"),
+            ("7", "ended", "n1", "2 of 6 trials left (retryable failures); continued by job 8"),
+            ("8", "started", "n1", "restart 0"), ("8", "left", "n1", "2 of 6"),
+            ("8", "left", "n1", "garbage"), ("8", "ended", "n1", stop),
+            ("9", "started", "n1", "restart 0"), ("9", "left", "n1", "2 of 6")]
+    (tmp_path / "slurm" / "jobs.tsv").write_text(
+        "".join(f"{j}\t{e}\t2026-01-01T00:00:00Z\t{n}\t{d}\n" for j, e, n, d in rows))
+    assert sl.left_at_starts(sl.read_jobs(str(tmp_path))) == [6, 2, 2]
+    monkeypatch.setattr(sl, "queue_states", lambda ids: {})
+    lines = sl.status_lines(str(tmp_path))
+    assert lines[2] == f"slurm job 8: ended 2026-01-01T00:00:00Z: {stop}"
+    # a job whose last line is its count of trials left is named by the line before it
+    assert lines[3].startswith("slurm job 9: started 2026-01-01T00:00:00Z on n1")
+
+
+STUB_PYTHON = """#!/bin/bash
+# the real interpreter, except the wait for Ray's nodes (there is no Ray here)
+echo "python $*" >> "$STUB_LOG"
+[ "$1 $2 $3" = "-m sweep.slurm wait-ray" ] && exit 0
+exec {python} "$@"
+"""
+STUB_SWEEP = """#!/bin/bash
+# the driver: exits $STUB_DRIVER_RC; "wait": runs until SIGTERM, then exits 1 (stopped with
+# trials left, as DispatchStopped); "wait0": the same, but exits 0 (its last trials finished)
+echo "sweep $*" >> "$STUB_LOG"
+case "$STUB_DRIVER_RC" in
+  wait) trap 'echo "sweep got TERM" >> "$STUB_LOG"; exit 1' TERM;;
+  wait0) trap 'echo "sweep got TERM" >> "$STUB_LOG"; exit 0' TERM;;
+  *) exit "$STUB_DRIVER_RC";;
+esac
+while :; do sleep 0.1; done
+"""
+STUBS = {
+    "python": STUB_PYTHON,
+    "sweep": STUB_SWEEP,
+    "sbatch": '#!/bin/bash\necho "sbatch $*" >> "$STUB_LOG"\necho "101;test"\n',
+    "scancel": '#!/bin/bash\necho "scancel $*" >> "$STUB_LOG"\n',
+    "scontrol": '#!/bin/bash\necho node1\n',
+    # a Ray step: runs until stop_ray ends it
+    "srun": '#!/bin/bash\necho "srun pid $$" >> "$STUB_LOG"\nexec sleep 300\n',
+}
+
+
+def run_script(tmp_path: Path, kinds: dict[str, str], driver: str, earlier_left: list[int] = (),
+               time_limit_signal: bool = False,
+               sbatch_fails: bool = False) -> tuple[int, list[list[str]], list[str]]:
+    """The rendered batch script, run by bash as job 100 of a sweep whose results are
+    ``kinds`` (make_results), with stub Slurm commands and a stub driver (``driver``: its exit
+    code, or "wait"/"wait0": STUB_SWEEP); ``earlier_left``: the ``left`` counts of earlier jobs
+    in the job list; ``time_limit_signal``: SIGUSR1 to the batch shell once the driver runs
+    (what Slurm's ``--signal=B:USR1@S`` and ``scancel --batch --signal=USR1`` send);
+    ``sbatch_fails``: sbatch exits 1. Returns (exit code, the job list's lines split, the
+    stubs' log and the script's output)."""
+    import signal
+
+    d = tmp_path / "sweep"
+    d.mkdir()
+    make_results(d, kinds)
+    (d / "slurm").mkdir()
+    (d / "slurm" / "jobs.tsv").write_text("".join(
+        f"{90 + i}\tleft\t2026-01-01T00:00:00Z\tnode1\t{n} of {len(kinds)}\n"
+        for i, n in enumerate(earlier_left)))
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    texts = {**STUBS, **({"sbatch": '#!/bin/bash\necho "sbatch $*" >> "$STUB_LOG"\nexit 1\n'}
+                         if sbatch_fails else {})}
+    for name, text in texts.items():
+        (stubs / name).write_text(text.format(python=shlex.quote(sys.executable)))
+        (stubs / name).chmod(0o755)
+    script = d / "slurm" / "sweep.sbatch"
+    script.write_text(batch_script(d, SlurmOptions(time="10"), ["progress=false"],
+                                   bin_dir=stubs, workdir=tmp_path))
+    log = tmp_path / "stub.log"
+    log.touch()
+    env = {**os.environ, "SLURM_JOB_ID": "100", "SLURM_JOB_NODELIST": "node1",
+           "SLURM_CPUS_ON_NODE": "2", "SWEEP_SLURM_HEAD_IP": "127.0.0.1", "STUB_LOG": str(log),
+           "STUB_DRIVER_RC": driver}
+    proc = subprocess.Popen(["bash", str(script)], env=env, cwd=Path(__file__).parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        if time_limit_signal:
+            deadline = time.monotonic() + 60
+            while "sweep resume" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGUSR1)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    events = [line.split("\t") for line in (d / "slurm" / "jobs.tsv").read_text().splitlines()]
+    assert all(len(e) == 5 for e in events), events
+    calls = log.read_text().splitlines()
+    steps = [int(c.split()[-1]) for c in calls if c.startswith("srun pid ")]
+    assert len(steps) == 1, calls  # one node: the head's step, ended by the script
+    with pytest.raises(ProcessLookupError):
+        os.kill(steps[0], 0)
+    return proc.returncode, events, calls + ["output: " + output]
+
+
+def ended(events):
+    return [e[4] for e in events if e[0] == "100" and e[1] == "ended"]
+
+
+def test_script_ends_the_chain_when_nothing_is_left(tmp_path):
+    rc, events, calls = run_script(tmp_path, {"a": "ok", "b": "final", "c": "ok"}, driver="0")
+    assert rc == 0 and ended(events) == ["done: nothing left"], (events, calls)
+    assert ["100", "left"] == events[1][:2] and events[1][4] == "0 of 3", events
+    assert not any(c.startswith(("sbatch", "scancel")) for c in calls), calls
+    resume = next(c for c in calls if c.startswith("sweep resume"))
+    assert resume == f"sweep resume {tmp_path / 'sweep'} cluster.address=127.0.0.1:20300 " \
+                     "progress=false"
+
+
+def test_script_continues_the_chain_while_retryable_failures_are_left(tmp_path):
+    kinds = {"a": "ok", "b": "retryable", "c": "none", "d": "final"}
+    rc, events, calls = run_script(tmp_path, kinds, driver="0", earlier_left=[4])
+    # the driver "ran" (the stub wrote nothing): 2 of 4 left at the start and at the end, the
+    # job before left 4: this job alone made no progress, fewer than STALLED_JOBS (2)
+    assert sl.STALLED_JOBS == 2
+    assert rc == 0, (events, calls)
+    assert ended(events) == ["2 of 4 trials left (retryable failures); continued by job 101"]
+    assert ["101", "submitted"] == [e[:2] for e in events if e[0] == "101"][0]
+    sub = [c for c in calls if c.startswith("sbatch")]
+    assert sub == [f"sbatch --parsable --dependency=afterany:100 "
+                   f"{tmp_path / 'sweep' / 'slurm' / 'sweep.sbatch'}"], calls
+
+
+def test_script_stops_the_chain_after_jobs_that_finish_nothing(tmp_path, monkeypatch):
+    kinds = {"a": "ok", "b": "retryable", "c": "retryable"}
+    rc, events, calls = run_script(tmp_path, kinds, driver="0", earlier_left=[3, 2])
+    assert rc == 1, (events, calls)
+    assert ended(events) == [
+        "stopped: 2 of 3 trials left (retryable failures); no trial finished in the last 2 "
+        f"job(s); see sweep status, then continue with: sbatch "
+        f"{tmp_path / 'sweep' / 'slurm' / 'sweep.sbatch'}"], events
+    assert not any(c.startswith("sbatch") for c in calls), calls
+    monkeypatch.setattr(sl, "queue_states", lambda ids: {})
+    line = sl.status_lines(str(tmp_path / "sweep"))[-1]
+    assert line.startswith("slurm job 100: ") and "no trial finished in the last 2" in line
+
+
+def test_script_on_the_time_limit_signal_submits_the_next_and_stops_the_driver(tmp_path):
+    rc, events, calls = run_script(tmp_path, {"a": "ok", "b": "none"}, driver="wait",
+                                   time_limit_signal=True)
+    assert rc == 0, (events, calls)
+    assert "sweep got TERM" in calls, calls
+    assert [e[1] for e in events if e[0] == "100"] == ["started", "left", "stopping", "ended"]
+    assert ended(events) == ["stopped before its time limit; continued by job 101"]
+    assert sum(c.startswith("sbatch --parsable --dependency=afterany:100 ") for c in calls) == 1
+    assert not any(c.startswith("python -m sweep.slurm next") for c in calls), calls
+
+
+def test_script_cancels_the_submitted_next_job_when_the_driver_finished_everything(tmp_path):
+    # the signal came while the last trials ran; they finished within the grace: exit 0
+    rc, events, calls = run_script(tmp_path, {"a": "ok"}, driver="wait0", time_limit_signal=True)
+    assert rc == 0, (events, calls)
+    assert ended(events) == ["done: nothing left"], (events, calls)
+    assert "scancel 101" in calls, calls
+    assert [e[1::3] for e in events if e[0] == "101"] == [
+        ["submitted", "continues job 100"], ["cancelled", "nothing left after job 100"]]
+
+
+def test_script_stops_with_its_reason_when_the_next_job_cannot_be_submitted(tmp_path):
+    rc, events, calls = run_script(tmp_path, {"a": "retryable"}, driver="0", sbatch_fails=True)
+    assert rc == 1, (events, calls)
+    assert ended(events) == ["1 of 1 trials left (retryable failures); could not submit the "
+                             "next job (sbatch failed); continue with: sbatch "
+                             f"{tmp_path / 'sweep' / 'slurm' / 'sweep.sbatch'}"]
+
+
 # ---- a real chain of jobs
 @pytest.fixture(scope="module")
 def slurm_env():
@@ -132,24 +393,32 @@ def slurm_env():
         pytest.skip(str(e))
 
 
-# 12 trials of ~10 s each on a free core: more than one job's window (about 35 s of driver
-# time before the signal with --time 2 and --signal-before 60, then 30 s for running trials),
-# less than two. Checkpoints every 2000 steps: on a busy machine a trial cut by the signal
-# goes on from there in the next job (each job makes progress, as a long sweep's jobs do).
-CHAIN = ["trials=12", "dataset.train_size=200", "dataset.test_size=80", "train.steps=8000",
-         "train.early_stop=false", "train.checkpoint_every=2000", "space.width=[16,32]",
+# 12 trials, one at a time (resources.max_in_flight=1), each a second or more. The test makes
+# the first job's time-limit stop itself, at a moment it controls: once the first job wrote a
+# result it sends the batch shell SIGUSR1 (`scancel --batch --signal=USR1`: the signal Slurm
+# sends at --signal=B:USR1@S), so the chain's length does not depend on the machine's speed.
+# After the signal the driver submits nothing new and its one running trial finishes (a trial
+# over the 30 s grace is cut and goes on from its checkpoint in the next job): on any machine
+# the first job writes some of the trials, the next job the rest. The real --signal (at 9 min)
+# never comes first.
+CHAIN = ["trials=12", "dataset.train_size=200", "dataset.test_size=80", "train.steps=1500",
+         "train.early_stop=false", "train.checkpoint_every=500", "space.width=[16,32]",
          "space.depth=[2,3]", "space.batch_size=[32]", "figure=false",
-         "resources.trials_per_task=1", "save_weights=false"]
-CHAIN_TIMEOUT_S = 1200  # about 3 minutes on two free cores
+         "resources.trials_per_task=1", "resources.max_in_flight=1", "save_weights=false"]
+CHAIN_TIMEOUT_S = 900  # about a minute on two quiet cores
+
+
+def squeue_empty(env) -> bool:
+    q = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True,
+                       timeout=30)
+    return q.returncode == 0 and not q.stdout.strip()
 
 
 @pytest.mark.slow
-@pytest.mark.long  # (the chain's length depends on the machine's speed: on a quiet CI machine
-# the sweep finished in its first job and the "at least 2 jobs" check failed; run with -m long)
 def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path):
     from analysis import load_results
     from workers.results.index import read_journal
-    from workers.results.layout import PLAN_FILE
+    from workers.results.layout import JOURNAL, JOURNAL_SUFFIX, PLAN_FILE
 
     import pyarrow.parquet as pq
 
@@ -158,29 +427,49 @@ def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path):
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     r = subprocess.run([sys.executable, "-m", "sweep.cli", "slurm", *CHAIN, f"out={out}",
-                        "--time", "2", "--signal-before", "60"], env=env, capture_output=True,
+                        "--time", "10", "--signal-before", "60"], env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     first = re.search(r"submitted SLURM job (\d+)", r.stdout).group(1)
+    assert "#SBATCH --signal=B:USR1@60" in (out / "slurm" / "sweep.sbatch").read_text()
     jobs = out / "slurm" / "jobs.tsv"
+
+    def logs() -> str:
+        return "\n".join(p.read_text()[-3000:] for p in sorted((out / "slurm").glob("*.out")))
+
+    def written() -> int:
+        return len(list((out / "trials").glob("*.parquet")))
+
     deadline = time.monotonic() + CHAIN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        q = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True,
-                           text=True, timeout=30)
-        if q.returncode == 0 and not q.stdout.strip():
-            break
-        time.sleep(3)
-    else:
-        logs = "\n".join(p.read_text()[-1500:] for p in sorted((out / "slurm").glob("*.out")))
-        pytest.fail(f"the chain did not end in {CHAIN_TIMEOUT_S} s:\n{jobs.read_text()}\n{logs}")
+    while written() == 0:  # the first job's driver wrote its first result
+        if time.monotonic() > deadline or squeue_empty(env):
+            pytest.fail(f"no result from the first job:\n{jobs.read_text()}\n{logs()}")
+        time.sleep(0.2)
+    at_signal = written()
+    sig = subprocess.run(["scancel", "--batch", "--signal=USR1", first], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert sig.returncode == 0, sig.stderr
+    assert at_signal < 12, "the first job wrote every result before the signal: longer trials"
+    while not squeue_empty(env):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the chain did not end in {CHAIN_TIMEOUT_S} s:\n{jobs.read_text()}\n"
+                        f"{logs()}")
+        time.sleep(1)
     events = [line.split("\t") for line in jobs.read_text().splitlines()]
     started = [e[0] for e in events if e[1] == "started"]
-    logs = "\n".join(p.read_text()[-3000:] for p in sorted((out / "slurm").glob("*.out")))
-    assert started[0] == first and len(set(started)) >= 2, (events, logs)
-    assert any(e[1] == "stopping" for e in events), events  # the signal cut a job
+    text = logs()
+    assert started[0] == first and len(set(started)) >= 2, (events, text)
+    assert [e[0] for e in events if e[1] == "stopping"] == [first], events  # the signal's stop
     ended = [e for e in events if e[1] == "ended"]
-    assert len(ended) == len(started) and ended[-1][4] == "done: nothing left", (events, logs)
-    assert all("failed" not in e[4] for e in ended), (events, logs)
+    assert len(ended) == len(started) and ended[-1][4] == "done: nothing left", (events, text)
+    assert ended[0][:2] == [first, "ended"] and ended[0][4] == (
+        f"stopped before its time limit; continued by job {started[1]}"), events
+    assert all("failed" not in e[4] for e in ended), (events, text)
+    # the first job wrote some trials, not all: the second started with the rest left
+    left = [(e[0], e[4]) for e in events if e[1] == "left"]
+    assert left[0] == (first, "12 of 12"), events
+    k = int(left[1][1].split()[0])
+    assert left[1][0] == started[1] and 0 < k < 12 and left[1][1] == f"{k} of 12", events
     # every planned trial written exactly once
     planned = pq.read_table(out / PLAN_FILE, columns=["trial_id"]).column("trial_id").to_pylist()
     files = sorted(p.stem for p in (out / "trials").glob("*.parquet"))
@@ -195,6 +484,12 @@ def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path):
     for tid, (_, size, mtime_ns) in journal.items():
         st = (out / "trials" / f"{tid}.parquet").stat()
         assert (size, mtime_ns) == (st.st_size, st.st_mtime_ns), tid
+    # each job's driver journals what it wrote: every trial once, by the two jobs together
+    sessions = [[line.split("\t")[0] for line in p.read_text().splitlines()]
+                for p in sorted((out / JOURNAL).glob(f"*{JOURNAL_SUFFIX}"))]
+    sessions = [ids for ids in sessions if ids]
+    assert sorted(t for ids in sessions for t in ids) == sorted(planned), sessions
+    assert len(sessions) == 2 and len(sessions[1]) == k, (sessions, events)
     status = subprocess.run([sys.executable, "-m", "sweep.cli", "status", str(out)], env=env,
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "progress 12/12" in status.stdout, status

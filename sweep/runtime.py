@@ -110,6 +110,42 @@ def check_loopback(ray) -> None:
                            "exposure\"): stopped it")
 
 
+# A node that stops answering without dying (a frozen VM, a network partition, SIGSTOP) keeps
+# its TCP connections open, so the driver's call running a task there fails only when a gRPC
+# keepalive ping on that connection goes unanswered: with Ray's defaults (a ping after 300 s
+# without traffic, 120 s for its answer) the task's NodeDiedError, and so its retry elsewhere
+# (sweep.dispatch), came 7 minutes after the node froze, long after Ray had declared the node
+# dead. The driver pings after DRIVER_KEEPALIVE_S instead, so a stalled node's tasks run again
+# within 2 minutes. Not lower: Ray's gRPC servers refuse pings that come more often than
+# min(60 s, their own keepalive time) (ray src/ray/rpc/grpc_server.cc) and close such a
+# connection, which would fail a healthy long task.
+DRIVER_KEEPALIVE_S = 90
+DRIVER_KEEPALIVE_TIMEOUT_S = 30
+_KEEPALIVE_VARS = {"RAY_grpc_client_keepalive_time_ms": DRIVER_KEEPALIVE_S * 1000,
+                   "RAY_grpc_client_keepalive_timeout_ms": DRIVER_KEEPALIVE_TIMEOUT_S * 1000}
+
+
+@contextlib.contextmanager
+def driver_keepalive():
+    """While the driver's Ray starts or connects inside this block: the keepalive of its gRPC
+    connections (DRIVER_KEEPALIVE_S, DRIVER_KEEPALIVE_TIMEOUT_S) through Ray's
+    ``RAY_grpc_client_keepalive_time_ms`` / ``RAY_grpc_client_keepalive_timeout_ms``, which its
+    core worker reads when ``ray.init`` starts it (a local Ray's processes, started then, inherit
+    them). A variable the user set is kept, and a cluster's ``_system_config`` / ``ray start
+    --system-config`` wins over both (Ray's order); the environment is restored on exit."""
+    saved = {k: os.environ.get(k) for k in _KEEPALIVE_VARS}
+    for k, v in _KEEPALIVE_VARS.items():
+        os.environ.setdefault(k, str(v))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def start_ray(cfg: SweepConfig):
     """A local Ray on 127.0.0.1 without dashboard, all of whose servers listen on loopback only
     (``loopback_node``; RuntimeError if Ray does not comply), or the cluster at
@@ -123,7 +159,7 @@ def start_ray(cfg: SweepConfig):
     common = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     if cfg.cluster.address is None:
         _quiet_token_notice()
-        with loopback_node():
+        with loopback_node(), driver_keepalive():
             ray.init(address="local", num_cpus=cfg.cluster.num_cpus, _node_ip_address=LOOPBACK,
                      **common)
         check_loopback(ray)
@@ -132,7 +168,8 @@ def start_ray(cfg: SweepConfig):
         from sweep.connect import connect
 
         common.pop("include_dashboard")
-        connect(ray, cfg.cluster.address, **common)
+        with driver_keepalive():
+            connect(ray, cfg.cluster.address, **common)
     return ray
 
 

@@ -2,9 +2,13 @@
 
 A loopback ``ray.cluster_utils.Cluster`` (a head without CPUs, two worker nodes of one CPU) in
 a child process, with Ray's health check shortened so that a silent node is declared dead
-within seconds. Mid-sweep one worker node is frozen (SIGSTOP to its raylet and every process
-under it: its workers and agents); Ray declares it dead, the driver submits its trial again on
-the other node, and the sweep finishes. Then the frozen node's workers are woken (SIGCONT) while
+within seconds, and its gRPC keepalive shortened so that the driver's call running a task on
+the frozen node fails within seconds too (a frozen node's connections stay open: only an
+unanswered keepalive ping ends that call, after sweep.runtime.DRIVER_KEEPALIVE_S + its timeout
+in a sweep, 420 s with Ray's defaults). Mid-sweep one worker node is frozen (SIGSTOP to its
+raylet and every process under it: its workers and agents); Ray declares it dead, the task
+there ends with NodeDiedError, the driver submits its trial again on the other node, and the
+sweep finishes. Then the frozen node's workers are woken (SIGCONT) while
 its raylet stays frozen, so the stale attempt runs on to its writes as a partitioned node's
 would; last the raylet is woken (it learns it was declared dead and exits). The stale attempt's
 late writes are dropped (logged): every result, measure value, checkpoint and journal line the
@@ -48,7 +52,11 @@ SCRIPT = textwrap.dedent("""
         "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
         "_system_config": {"health_check_initial_delay_ms": 1000,
                            "health_check_period_ms": 500, "health_check_timeout_ms": 500,
-                           "health_check_failure_threshold": 4}})
+                           "health_check_failure_threshold": 4,
+                           # every process's, the driver's too (the cluster's config wins over
+                           # sweep.runtime's default): its servers then accept pings this often
+                           "grpc_client_keepalive_time_ms": 2000,
+                           "grpc_client_keepalive_timeout_ms": 2000}})
     nodes = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
     cluster.wait_for_nodes()
     stamp("cluster up")
@@ -75,6 +83,7 @@ SCRIPT = textwrap.dedent("""
     t.join(timeout=60)
     import ray
     state["dead"] = sum(not n["Alive"] for n in ray.nodes())
+    state["keepalive_ms"] = ray._config.grpc_client_keepalive_time_ms()  # the driver's
     ray.shutdown()
     print("FROZEN " + json.dumps(state), flush=True)
     # the test snapshots the sweep directory, then says go
@@ -110,7 +119,6 @@ def snapshot(out: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.long  # (7-8 min on a loaded 2-core machine: outside the default run, -m long)
 def test_a_node_that_stalls_and_wakes_up_overwrites_nothing(tmp_path):
     import subprocess
 
@@ -130,6 +138,7 @@ def test_a_node_that_stalls_and_wakes_up_overwrites_nothing(tmp_path):
                 pytest.fail("the sweep ended early:\n" + proc.stderr.read()[-4000:])
         state = json.loads(line[len("FROZEN "):])
         assert state["dead"] >= 1, state  # Ray declared the frozen node dead
+        assert state["keepalive_ms"] == 2000, state  # the cluster's, not sweep.runtime's
         assert 1 <= state["done_before"] < 5, state
         df = load_results(out)
         assert len(df) == 5 and df.trial_id.is_unique and (df.status == "ok").all(), df
@@ -159,6 +168,36 @@ def test_a_node_that_stalls_and_wakes_up_overwrites_nothing(tmp_path):
         st = (out / "trials" / f"{tid}.parquet").stat()
         assert (size, mtime_ns) == (st.st_size, st.st_mtime_ns) and status == "ok"
     assert not list(out.rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_the_driver_pings_a_silent_worker_sooner_than_rays_default(tmp_path):
+    """sweep.runtime.start_ray: the driver's Ray uses DRIVER_KEEPALIVE_S / _TIMEOUT_S for its
+    gRPC keepalive (so a task on a frozen node fails and is retried within 2 minutes, not
+    Ray's 7), a value the user set in the environment stays, and the environment is restored
+    once Ray has started; read from Ray's own config in a child process."""
+    code = textwrap.dedent("""
+        import json, os
+        import ray
+        from sweep.config import compose
+        from sweep.runtime import start_ray
+        start_ray(compose(["cluster.num_cpus=1"]))
+        print(json.dumps([ray._config.grpc_client_keepalive_time_ms(),
+                          ray._config.grpc_client_keepalive_timeout_ms(),
+                          os.environ.get("RAY_grpc_client_keepalive_time_ms"),
+                          os.environ.get("RAY_grpc_client_keepalive_timeout_ms")]))
+        ray.shutdown()
+    """)
+    from sweep.runtime import DRIVER_KEEPALIVE_S
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_grpc_client_keepalive")}
+    env["RAY_grpc_client_keepalive_timeout_ms"] = "45000"  # the user's
+    r = run([sys.executable, "-c", code], timeout=300, capture_output=True, text=True, env=env,
+            cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got == [DRIVER_KEEPALIVE_S * 1000, 45000, None, "45000"]
+    assert DRIVER_KEEPALIVE_S * 1000 > 60000 and DRIVER_KEEPALIVE_S * 1000 < 300000
 
 
 # ---- the guard itself, without Ray
@@ -249,3 +288,43 @@ def test_a_stale_attempt_writes_none_of_its_files_once_the_trial_has_a_result(tm
     run_trial(stale, ctx)  # the stale attempt reaches its writes
     assert {p: (out / p).read_bytes() for p in kept} == kept
     assert sorted(p.name for p in (out / "measures").glob(f"{stale_id}.*")) == measures_before
+
+
+def test_an_attempt_whose_result_is_dropped_returns_the_result_that_stands(tmp_path, caplog):
+    """``run_trial`` returns the record on disk: after another attempt's result (here a
+    hand-made ``failed`` one) stands, this attempt's ``ok`` is dropped and what it returns
+    (what the driver journals) is the standing row, read here from the file with pyarrow."""
+    import math
+
+    import pyarrow.parquet as pq
+
+    from workers.results.layout import trial_file
+    from workers.results.record import write_trial
+    from workers.results.spec import DataSpec, RunContext, TrialSpec, TrainSpec
+    from workers.trial import failure_summary, run_trial
+
+    spec = TrialSpec(data=DataSpec("digits", train_size=100, test_size=40), width=8, depth=2,
+                     activation="relu", optimizer="sgd", lr=0.01, batch_size=32,
+                     init_scale=1.0, seed=1, train=TrainSpec(steps=20, early_stop=False))
+
+    def on_disk(out):
+        t = pq.read_table(out / trial_file(spec.trial_id))
+        return t.drop_columns(["points"]).to_pylist()[0]
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(
+            a[k] == b[k] or (isinstance(a[k], float) and isinstance(b[k], float)
+                             and math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+
+    fresh = tmp_path / "fresh"  # no other attempt: its own record, as stored
+    own = run_trial(spec, RunContext(str(fresh)))
+    assert own["status"] == "ok" and same(own, on_disk(fresh))
+
+    out = tmp_path / "s"
+    write_trial(out, failure_summary(spec, "failed", "WorkerCrashedError: the retry's record"))
+    before = (out / trial_file(spec.trial_id)).read_bytes()
+    got = run_trial(spec, RunContext(str(out)))  # trains to ok; its write is dropped
+    assert "result (status ok) is dropped" in caplog.text
+    assert (out / trial_file(spec.trial_id)).read_bytes() == before
+    assert got["status"] == "failed" and got["error"] == "WorkerCrashedError: the retry's record"
+    assert same(got, on_disk(out)) and math.isnan(got["train_acc"])

@@ -25,7 +25,8 @@ from workers.results.measure_table import write_outcome
 from workers.metrics import per_point_loss
 from workers.models import build_mlp, count_params
 from workers.phase import set_phase
-from workers.results.record import points_columns, write_extra, write_trial
+from workers.results.record import (points_columns, read_trial_summary, write_extra,
+                                     write_trial)
 from workers.results.layout import trial_file, weights_file
 from workers.results.spec import RunContext, TrialSpec
 
@@ -280,7 +281,10 @@ def is_environment_failure(e: BaseException) -> bool:
 
 
 def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
-    """Run one trial and write its result file; returns the summary row (without points)."""
+    """Run one trial and write its result file; returns the summary row (without points) of
+    the result that stands on disk, read back: this attempt's, or, if another attempt of the
+    trial wrote its result first (a stale attempt, whose own is then dropped), that one. A
+    result file that cannot be read back raises ResultError (workers.results.record)."""
     from workers.train import strict_float32
 
     t0 = time.perf_counter()
@@ -315,6 +319,10 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
     row["wall_time_s"] = time.perf_counter() - t0
     set_phase("writing")
     write_trial(ctx.out_dir, row, points)
+    # the record that stands: this attempt's, or, when its write was dropped because another
+    # attempt's result was there first (write_trial), that one, so that what the driver
+    # journals is what is on disk
+    row = read_trial_summary(ctx.out_dir, spec.trial_id)
     if (ctx.checkpoint_every is not None and not ctx.keep_checkpoints
             and not row.get("retryable")):  # the result stands: its checkpoints are not needed
         from workers.checkpoint import remove_checkpoints

@@ -203,11 +203,12 @@ def _files(root) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_a_measure_call_with_nothing_to_evaluate_writes_nothing(tmp_path):
+def test_a_measure_call_with_nothing_to_evaluate_writes_nothing(ray_local, tmp_path):
     """`sweep measure` on a sweep whose finished trials have every value asked for: the first
     call may record the selection (measures.json); a second call finds nothing to evaluate and
     leaves every file of the sweep directory as it was (same files, sizes and mtimes). Before,
-    it rewrote measures.json."""
+    it rewrote measures.json. (The first call evaluates `l2` on Ray: the shared local Ray, not
+    one left running in the test process for the next test's fixture to trip on.)"""
     from sweep.driver import plan_only, read_plan
     from sweep.measure import measure_sweep
     from workers.results.storage import Store

@@ -66,7 +66,8 @@ def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
             _report_after(location)
     except (ConfigError, DataError) as e:
         return _fail(str(e))
-    except driver.DispatchStopped as e:  # what finished and the resume command: already said
+    except driver.DispatchStopped as e:  # what finished and the resume command: on stderr
+        _run_the_rest(cfg.out_dir())
         return e.exit_code
     except KeyboardInterrupt:  # outside the dispatcher (starting up, planning, the report)
         _interrupted(cfg.out_dir() if cfg is not None else None)
@@ -125,17 +126,30 @@ def _report_after(sweep_dir) -> None:
             + sweep_command("report", d))
 
 
-def _interrupted(sweep_dir) -> None:
-    """One line after Ctrl-C outside the dispatcher: what is kept and how to go on."""
+def _run_the_rest(sweep_dir) -> str | None:
+    """After a stop (Ctrl-C, SIGTERM, a lost Ray runtime): the ``sweep resume`` command that
+    runs what is left, as one line on stdout, where ``sweep launch ... > log`` keeps it (stderr
+    says what finished); returns it. Nothing (None) when ``sweep_dir`` has no plan yet."""
     from workers.results.sweep_dir import SweepDir
 
-    msg = "sweep: interrupted; every finished trial's result is kept"
     try:
         d = None if sweep_dir is None else SweepDir.of(sweep_dir)
-        if d is not None and d.planned:
-            msg += "; run the rest with: " + sweep_command("resume", d)
+        if d is None or not d.planned:
+            return None
     except (OSError, ValueError):
-        pass
+        return None
+    command = sweep_command("resume", d)
+    print(f"stopped; run the rest with: {command}", flush=True)
+    return command
+
+
+def _interrupted(sweep_dir) -> None:
+    """After Ctrl-C outside the dispatcher: what is kept and how to go on, one line on stderr
+    (and the resume command on stdout: ``_run_the_rest``)."""
+    msg = "sweep: interrupted; every finished trial's result is kept"
+    command = _run_the_rest(sweep_dir)
+    if command is not None:
+        msg += "; run the rest with: " + command
     print(msg, file=sys.stderr)
 
 
@@ -154,7 +168,8 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
             _report_after(d)
     except (ConfigError, DataError) as e:
         return _fail(str(e))
-    except driver.DispatchStopped as e:
+    except driver.DispatchStopped as e:  # what finished and the resume command: on stderr
+        _run_the_rest(d)
         return e.exit_code
     except KeyboardInterrupt:
         _interrupted(sweep_dir if d is None else d)
@@ -179,6 +194,7 @@ def cmd_measure(sweep_dir: str, overrides: list[str], retry_errors: bool = False
     except (KeyboardInterrupt, MeasureStopped) as e:
         print(f"sweep: measure {'stopped' if isinstance(e, MeasureStopped) else 'interrupted'};"
               f" the values written are kept. Evaluate the rest with: {again}", file=sys.stderr)
+        print(f"stopped; evaluate the rest with: {again}", flush=True)  # (kept by `> log`)
         return e.exit_code if isinstance(e, MeasureStopped) else 130
     return 1 if counts["failed"] else 0
 
@@ -308,6 +324,59 @@ def cmd_slurm(overrides: list[str], args) -> int:
     return 0
 
 
+def _missing(sweep_dir: str | None) -> str | None:
+    """The line for a SWEEP_DIR that does not exist (a path, or a URI with no object under it)
+    or cannot be reached (``SweepDir.checked``'s line), before a command reads it; None when it
+    exists or none is given."""
+    from workers.results.sweep_dir import SweepDir
+
+    if sweep_dir is None:
+        return None
+    try:
+        if SweepDir.checked(sweep_dir, "SWEEP_DIR").exists():
+            return None
+    except ValueError as e:  # unreachable: one line naming SWEEP_DIR
+        return str(e)
+    except OSError:
+        return None  # the command's own check says it
+    return (f"SWEEP_DIR: {sweep_dir} does not exist; allowed: a sweep directory (the one "
+            "sweep launch, plan or slurm printed)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse held to the CLI's standard for bad input: one line on stderr naming what is
+    wrong and what is allowed (the choices with the closest ones, the value's type, or the
+    command's usage on one line), exit code 2; ``--help`` is argparse's own."""
+
+    _KINDS = {"int": "an integer", "float": "a number"}
+
+    def error(self, message: str):
+        import difflib
+        import re
+
+        def fail(line: str):
+            self.exit(EXIT_USAGE, f"{self.prog}: error: {line}\n")
+
+        message = message.removeprefix("argument ")
+        m = re.fullmatch(r"(\S+): invalid choice: '(.*)' \(choose from (.*)\)", message)
+        if m:
+            arg, value, choices = m.groups()
+            names = [c.strip("'") for c in choices.split(", ")]
+            close = difflib.get_close_matches(value, names, n=2, cutoff=0.6)
+            hint = f" (closest: {', '.join(close)})" if close else ""
+            fail(f"{arg}: unknown {value!r}{hint}; allowed: {', '.join(names)}")
+        m = re.fullmatch(r"(\S+?)(?:/\S+)?: invalid (int|float) value: '(.*)'", message)
+        if m:
+            arg, kind, value = m.groups()
+            fail(f"{arg}: {value!r}; allowed: {self._KINDS[kind]}")
+        commands = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        if commands:  # the top level: the commands
+            fail(f"{message}; allowed: sweep COMMAND, COMMAND one of "
+                 f"{', '.join(commands[0].choices)} (sweep --help)")
+        usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
+        fail(f"{message}; allowed: {usage.replace(' [-h]', '')} ({self.prog} --help)")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -346,7 +415,7 @@ def _main(argv: list[str] | None = None) -> int:
                  "and allowed values: sweep show --keys. Lists in brackets, quoted for the "
                  "shell: 'space.width=[64,256]'.")
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sweep", description=__doc__.split("\n\n")[0].strip("`").replace("``", ""),
         epilog="Run 'sweep COMMAND --help' for a command's arguments; README.md for the "
                "first hour (launch, status, report, pandas, adding a measure).",
@@ -467,7 +536,12 @@ def _main(argv: list[str] | None = None) -> int:
                               "the limit)")
     p_slurm.add_argument("--dry-run", action="store_true",
                          help="print the batch script; write and submit nothing")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command's own usage, not the top level's
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    missing = _missing(getattr(args, "sweep_dir", None))
+    if missing:
+        return _fail(missing)
     if args.command == "show":
         return cmd_show(args.overrides, keys=args.keys)
     if args.command in ("launch", "plan"):

@@ -553,17 +553,24 @@ def _measures(v, modules: tuple[str, ...] = ()) -> tuple[str, ...]:
     if "all" in names:  # the built-in measures and those of the sweep's measure_modules
         names = tuple(dict.fromkeys([n for x in names
                                      for n in (available(modules) if x == "all" else [x])]))
+    # one short line: the closest names, and where the whole list is (not the list itself)
+    allowed = "allowed: all or a measure that sweep show --keys lists (yours: measure_modules)"
     reserved = sorted(set(names) & reserved_names())
     if reserved:
-        raise ConfigError(f"measures: {reserved} reserved: a column of the results has that "
-                          "name, so it cannot name a measure; allowed: all, or registered "
-                          f"measures ({', '.join(REGISTRY)})")
+        raise ConfigError(f"measures: {reserved[:3]} reserved (a column of the results has that "
+                          f"name); {allowed}")
     unknown = [n for n in names if n not in REGISTRY]
-    if unknown or len(set(names)) != len(names):
-        what = f"unknown {unknown}" if unknown else f"{list(names)} names one twice"
-        raise ConfigError(f"measures: {what}; allowed: all, or registered measures "
-                          f"({', '.join(REGISTRY)}); register your own with "
-                          "workers.measures.register in a module named in measure_modules")
+    if unknown:
+        import difflib
+
+        close = list(dict.fromkeys(c for n in unknown for c in difflib.get_close_matches(
+            n, ["all", *REGISTRY], n=2, cutoff=0.6)))[:2]
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        hint = f"closest: {', '.join(close)}" if close else "no close name"
+        raise ConfigError(f"measures: unknown {unknown[:3]}{more} ({hint}); {allowed}")
+    twice = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+    if twice:
+        raise ConfigError(f"measures: {twice[:3]} named twice; allowed: each measure once")
     return names
 
 

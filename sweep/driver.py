@@ -25,7 +25,7 @@ from sweep.dispatch import (EXIT_RUNTIME_LOST, GRACE_S, KILL_GRACE_S,  # noqa: F
                             PROGRESS_LINE_S, DispatchStopped, log)
 from sweep.evaluate import run as evaluate_missing
 from sweep.lock import LOCK_FILE, DriverLock
-from sweep.plan import grid_note, manifest_table, plan_pairs, plan_trials
+from sweep.plan import grid_note, manifest_table, plan_pairs, plan_trials, seed_note
 from sweep.runtime import (LOOPBACK, RUNTIME_PROBE_S, check_gpus, check_loopback,  # noqa: F401
                            largest_node_memory, local_runtime_exited, loopback_node,
                            runtime_lost, start_ray)
@@ -199,9 +199,9 @@ def _new_plan(cfg: SweepConfig) -> tuple:
     if len(specs) < cfg.trials and pairs is None:
         log(f"note: {len(specs)} distinct configurations were drawn (the cost bias or the memory "
             f"bound rejected the others); planning {len(specs)} trials instead of {cfg.trials}")
-    note = grid_note(cfg, specs)
-    if note:
-        log(note)
+    for note in (grid_note(cfg, specs), seed_note(cfg, specs)):
+        if note:
+            log(note)
     summary = cost.plan_summary(specs, cfg)
     for line in cost.summary_lines(summary):
         log(line)

@@ -112,9 +112,19 @@ def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, downl
     return done
 
 
+def module_of(modules) -> dict[str, str]:
+    """measure name -> the entry of ``modules`` (``measure_modules``, loaded) that registers it,
+    for the measures those modules register (the built-in ones are in none)."""
+    from workers.measures import available
+
+    builtin = set(available(()))
+    return {n: m for m in modules for n in available((m,)) if n not in builtin}
+
+
 def _select(out, specs) -> None:
-    """Record the version and settings asked for now (load_results shows those values); the
-    file is left as it is when it already says so."""
+    """Record the version and settings asked for now (load_results shows those values), and the
+    module of each user measure (``module_of``: what `sweep measure` imports again, see
+    sweep.measure.recorded_modules); the file is left as it is when it already says so."""
     from workers.measures import REGISTRY, load_modules, resolved_settings
     from workers.results.measure_table import read_selection, write_selection
 
@@ -126,12 +136,14 @@ def _select(out, specs) -> None:
     settings = ms.measure_settings()
     asked = {n: (REGISTRY[n].version, resolved_settings(n, settings.get(n)))
              for n in ms.active_measures()}
+    modules = {n: m for n, m in module_of(ms.measure_modules).items() if n in asked}
     have = read_selection(out)
     if all(json.dumps(have.get(n), sort_keys=True)
-           == json.dumps({"version": v, "settings": dict(st)}, sort_keys=True)
+           == json.dumps({"version": v, "settings": dict(st),
+                          **({"module": modules[n]} if n in modules else {})}, sort_keys=True)
            for n, (v, st) in asked.items()):
         return
-    write_selection(out, asked)
+    write_selection(out, asked, modules)
 
 
 def raised_keys(out) -> set:

@@ -7,6 +7,8 @@ files are never touched; ``--retrain`` writes the weights files of finished tria
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sweep.config import ConfigError, SweepConfig
 from sweep.dispatch import DispatchStopped, Tasks, Work, log
 from sweep.evaluate import (_after_timeout, _among, _measure_remote, _select,  # noqa: F401
@@ -52,7 +54,11 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
                           "metrics.transitions_points, metrics.transitions_k, cluster.*, "
                           "resources.*")
     out = open_out(sweep_dir, "SWEEP_DIR")
+    added = recorded_modules(out, overrides)  # (before the check of the measures' names)
     cfg = stored_config(out, list(overrides), command="measure")
+    if added:
+        cfg = replace(cfg, measure_modules=cfg.measure_modules + tuple(
+            m for m in added if m not in cfg.measure_modules))
     if cfg.dry_run:
         raise ConfigError(f"SWEEP_DIR: {sweep_dir} is a dry run (dry_run=true): its trials "
                           "trained no networks to measure")
@@ -87,6 +93,70 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
         log(f"measures: nothing to evaluate ({', '.join(cfg.measures)} are stored for every "
             "finished trial)")
     return counts
+
+
+def recorded_modules(out, overrides: list[str] = ()) -> tuple[str, ...]:
+    """The modules `sweep measure` imports on its own, loaded: for each measure named in
+    ``overrides`` (``measures=[...]``) that neither the built-ins nor the sweep's
+    ``measure_modules`` (``sweep.json``, or the override) register, the module recorded with
+    its stored values in ``measures.json`` (sweep.evaluate._select), as a resume uses the
+    stored configuration's. Nothing for a name no value is stored of (the usual "unknown"
+    line follows). Raises ConfigError (one line naming the ``measure_modules=`` to pass) for
+    such a measure whose recorded module cannot be imported here or no longer registers it,
+    or whose values were stored without a recorded module. Bad overrides and stored modules
+    that cannot be imported are left to ``stored_config``, which says so."""
+    import json
+    from collections import Counter
+
+    from sweep.config import _list, _modules, override_tree
+    from workers.measures import available, load_modules
+    from workers.results.layout import SELECTION_FILE, SWEEP_FILE
+    from workers.results.measure_table import read_selection, stored_keys
+
+    try:
+        tree = override_tree(overrides)
+        names = [str(n) for n in _list("measures", tree.get("measures") or [])]
+        if "measure_modules" in tree:
+            base = _modules(tree["measure_modules"])
+        else:
+            base = tuple(json.loads(out.read_text(SWEEP_FILE))["config"].get("measure_modules")
+                         or ())
+            load_modules(base)
+    except Exception:  # (ConfigError, an unreadable sweep.json, ImportError: said later)
+        return ()
+    known = set(available(base))
+    unknown = [n for n in dict.fromkeys(names) if n != "all" and n not in known]
+    if not unknown:
+        return ()
+    counts = Counter(key[1] for key in stored_keys(out))
+    selection = read_selection(out)
+    added: dict[str, list[str]] = {}  # module -> the measures named for which it is imported
+    for name in unknown:
+        if not counts[name]:
+            continue
+        k = counts[name]
+        stored = f"its {k} stored value" + (" was" if k == 1 else "s were")
+        pass_it = f"pass measure_modules=[PATH] naming the module that registers {name}"
+        module = (selection.get(name) or {}).get("module")
+        if module is None:
+            raise ConfigError(f"measures: {name} is registered by no module of this sweep, and "
+                              f"{stored} measured without a record of its module (in "
+                              f"{out.uri(SELECTION_FILE)}); {pass_it}")
+        try:
+            load_modules((module,))
+        except (ImportError, ValueError) as e:
+            why = str(e).partition(" (")[2].rpartition(");")[0] or str(e)
+            raise ConfigError(f"measures: {name} is registered by no module of this sweep; "
+                              f"{stored} measured with measure_modules=[{module}], which "
+                              f"cannot be imported here ({why}); {pass_it}") from None
+        if name not in available((module,)):
+            raise ConfigError(f"measures: {name}: {stored} measured with measure_modules="
+                              f"[{module}], which no longer registers it; {pass_it}")
+        added.setdefault(module, []).append(name)
+    for module, named in added.items():
+        log(f"measures: {', '.join(named)} from {module}, the module "
+            f"{'its' if len(named) == 1 else 'their'} stored values were measured with")
+    return tuple(added)
 
 
 class RetrainWork(Work):

@@ -441,3 +441,43 @@ def grid_note(cfg: SweepConfig, specs: list[TrialSpec]) -> str | None:
     return (f"note: plan.grid crosses {', '.join(cfg.plan.grid)} in {full} distinct "
             f"combinations, taken in order, and the {len(specs)} planned trials leave out "
             f"{'; '.join(missing)}; ask for trials={full}{more} to cross them in full")
+
+
+def seed_note(cfg: SweepConfig, specs: list[TrialSpec]) -> str | None:
+    """A line for the plan summary when the planned trials give their configurations (a
+    trial's hyperparameters but ``seed``) unequal numbers of seeds, as a ``trials`` that is not
+    the whole space does when ``seed`` is drawn (the robust sign-error and the seed means then
+    rest on more replicates for some configurations than for others): the spread of counts and
+    the ``trials`` of the whole space, every configuration with each of the seeds; when every
+    other varied key is in ``plan.grid``, also ``seed`` last in ``plan.grid`` (each grid
+    combination with all its seeds in turn) and a ``trials`` that is a multiple of the seeds.
+    None with one seed, for ``plan.factors`` (pairs) or when the counts are equal."""
+    from collections import Counter
+
+    seeds = set(cfg.space.values("seed"))
+    if len(seeds) < 2 or cfg.plan.factors or not specs:
+        return None
+    per_config = Counter()
+    for s in specs:
+        v = hyperparameter_values(s)
+        del v["seed"]
+        per_config[tuple(v.values())] += 1
+    spread = Counter(per_config.values())
+    if len(spread) == 1:
+        return None
+    n_seeds, full = len(seeds), space_size(cfg)
+    have = ", ".join(f"{n} have {k}" for k, n in sorted(spread.items(), reverse=True))
+    msg = (f"note: the {len(specs)} planned trials give their {len(per_config)} configurations "
+           f"unequal numbers of seeds (of the {n_seeds} in space.seed: {have}); for every seed "
+           f"of every configuration ask for trials={full} (the whole space)")
+
+    def varied(k):  # a null of train_size / random_labels is the data set's own value
+        default = _unset(cfg, k)
+        return len({default if x is None else x for x in cfg.space.values(k)}) > 1
+
+    if all(k in cfg.plan.grid for k in SPACE_KEYS if k != "seed" and varied(k)):
+        grid = [k for k in cfg.plan.grid if k != "seed"] + ["seed"]
+        m = max(1, min(len(specs), full) // n_seeds)
+        msg += (f", or plan.grid=[{','.join(grid)}] with trials={m * n_seeds} ({m} "
+                f"configurations, each with every seed)")
+    return msg

@@ -98,9 +98,23 @@ def _value(v) -> str:
     return str(v)
 
 
+def data_note(cfg) -> str | None:
+    """Why ``sweep plan`` / ``sweep launch`` of ``cfg`` would be refused for its data set
+    (workers.data.check_available: the files missing under the root it looks in, and how to get
+    them), or None when the data set is there (or will be downloaded)."""
+    from workers.data import DataError, check_available
+
+    try:
+        check_available(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
+    except DataError as e:
+        return f"{e}; sweep plan and sweep launch refuse this configuration until then"
+    return None
+
+
 def show(overrides: list[str] | tuple[str, ...] = (), keys: bool = False) -> str:
     """The text ``sweep show [--keys] [overrides]`` prints: the composed configuration as YAML,
-    headed by the experiment, data set and the command that launches it; with ``keys``, one
+    headed by the experiment, data set and the command that launches it (and a ``# note:`` line
+    when the data set's files are missing on this machine: ``data_note``); with ``keys``, one
     line per key: its value in this composition, what it means and, where fixed, the allowed
     values. Raises ConfigError for bad overrides (as ``sweep launch`` would)."""
     import yaml
@@ -115,6 +129,9 @@ def show(overrides: list[str] | tuple[str, ...] = (), keys: bool = False) -> str
     head = [f"# experiment {experiment}, data set {cfg.dataset.name}, {cfg.trials} trials; "
             f"sweep directory: {cfg.out_dir()}",
             f"# launch it with: {launch}"]
+    note = data_note(cfg)
+    if note:
+        head.append(f"# note: {note}")
     if not keys:
         class Dumper(yaml.SafeDumper):  # sections as blocks, lists of values on one line
             pass

@@ -102,6 +102,7 @@ def check_readme_analysis_examples(out):
     assert main(["compact", str(out)]) == 0
     ns = {}
     exec(readme_block("duckdb").replace('"runs/factors-<hash>"', repr(str(out))), ns)
+    exec(readme_block("duckdb-compacted").replace('"runs/factors-<hash>"', repr(str(out))), {})
     df = load_results(out)
     q = ns["duckdb"].sql(
         f"SELECT count(*), sum(gen_gap) FROM read_parquet('{out}/compacted/results/*/*.parquet', "

@@ -103,11 +103,16 @@ def read_selection(sweep_dir) -> dict[str, dict]:
         return {}
 
 
-def write_selection(sweep_dir, asked: dict[str, tuple[int, dict]]) -> None:
+def write_selection(sweep_dir, asked: dict[str, tuple[int, dict]],
+                    modules: dict[str, str] | None = None) -> None:
     """Record, per measure asked for now, its version and settings (merged into the file;
-    measures not asked for keep their entry). Not a result: rewritten atomically."""
+    measures not asked for keep their entry); ``modules``: per user measure, the
+    ``measure_modules`` entry that registers it (key ``module``: what `sweep measure` imports
+    when the measure is named again without it). Not a result: rewritten atomically."""
     sel = read_selection(sweep_dir)
     sel.update({n: {"version": v, "settings": dict(st)} for n, (v, st) in asked.items()})
+    for n, m in (modules or {}).items():
+        sel[n]["module"] = m
     store(sweep_dir).write_text(SELECTION, json.dumps(sel, indent=1, sort_keys=True))
 
 

@@ -417,6 +417,13 @@ def value_label(v) -> str:
     return str(v)
 
 
+def percent(fraction: float) -> str:
+    """An accuracy (a fraction of correct points, in [0, 1]) as people read it: a percentage
+    with up to 6 significant digits and no float noise (1.0 -> "100%", 0.995 -> "99.5%",
+    0.29 -> "29%")."""
+    return f"{100.0 * float(fraction):.6g}%"
+
+
 def _labelled(m: pd.DataFrame) -> pd.DataFrame:
     """The data set as a label ("null" when missing), for panels and legends."""
     return m.assign(dataset=[("null" if pd.isna(v) else str(v)) for v in m["dataset"]])
@@ -459,6 +466,8 @@ def params_loss_figure(df: pd.DataFrame, path: str | Path,
 
 
 DISCRETE_COLOURS = 8  # a numeric colour variable with at most this many values: one colour each
+# Fig. 8's colour: hidden neurons = width x hidden layers (depth - 1), said where it is read
+NEURONS_LABEL = "hidden neurons\n(width \u00d7 hidden layers)"
 
 
 def _per_dataset(df: pd.DataFrame, measure: str, colour_by: str, path, title: str, xlabel: str,
@@ -536,11 +545,12 @@ def jacobian_gap_figure(df: pd.DataFrame, path: str | Path,
 def transitions_gap_figure(df: pd.DataFrame, path: str | Path,
                            hyperparameters: list[str] | None = None) -> Path | None:
     """App. Fig. 8: transitions along the test points' trajectories against the generalization
-    gap, one panel per data set, coloured by the number of hidden neurons."""
+    gap, one panel per data set, coloured by the number of hidden neurons, width x hidden
+    layers (``depth`` - 1: depth counts the Linear layers), as the legend title says."""
     return _per_dataset(df, "transitions_test", "neurons", path,
                         "App. Fig. 8: transitions vs generalization gap",
                         "transitions per trajectory (test points)", log_colour=True,
-                        hyperparameters=hyperparameters, colour_label="hidden neurons")
+                        hyperparameters=hyperparameters, colour_label=NEURONS_LABEL)
 
 
 PAIR_PANELS = [("gen_gap", "generalization gap", False), ("jacobian_norm_test", "Jacobian norm", True),
@@ -676,25 +686,39 @@ def per_point_figure(points: pd.DataFrame, path: str | Path, num_classes: int,
 
 
 def sign_error_figure(ranking: pd.DataFrame, path: str | Path,
-                      baselines: tuple[str, ...] | list[str] = ()) -> Path | None:
-    """The measures' sign-errors side by side (Dziugaite et al. 2020, Fig. 1, in spirit): per
-    measure (rows, from ``analysis.stats.ranking_table``, best mean sign-error at the top) the
-    mean over environments with its bootstrap interval and the worst environment
-    (``robust_sign_error``, a cross). 0 = every pair of runs ordered as their gaps, 0.5 = chance.
-    A measure with sign -1 is drawn as "-name" (its statistics are of -measure). A baseline
+                      baselines: tuple[str, ...] | list[str] = (),
+                      one_seed: bool = False) -> Path | None:
+    """The sign-errors side by side (Dziugaite et al. 2020, Fig. 1, in spirit): per row of
+    ``ranking`` (best mean sign-error at the top) the mean over environments with its bootstrap
+    interval and the worst environment (``robust_sign_error``, a cross). 0 = every pair of
+    runs ordered as their gaps, 0.5 = chance. The rows are the ranking figure's
+    (``analysis.report.decide.merged_ranking``: measures that rank the trials identically
+    share a row, its ``measures`` and ``signs``), labelled as it labels them
+    (``analysis.ranking_figure.row_label``: "-name" for sign -1, the statistics being of
+    -measure); ``ranking_table``'s rows, one per measure, work too. A row holding a baseline
     (a measure in ``baselines``, or a row whose ``baseline`` column is true) is labelled
-    "name (baseline)", as the report's tables mark it, and drawn in orange squares, as the
-    ranking figure (``analysis.ranking_figure``) draws it. Returns the path, or None without a
-    sign-error."""
+    "(baseline)", as the report's tables mark it, and drawn in orange squares, as the ranking
+    figure draws it. ``one_seed``: every configuration has one seed, so every environment is
+    a single pair of runs and its sign-error 0 or 1; the worst environment is then not drawn
+    (a column of 1s for nearly every row) and the axis' note says so, with the rows whose
+    worst environment is 1. Returns the path, or None without a sign-error."""
+    from analysis.ranking_figure import row_label
+
     if ranking.empty or ranking["sign_error"].isna().all():
         return None
     r = ranking.dropna(subset=["sign_error"]).sort_values("sign_error", kind="stable")
-    base = r["measure"].isin(list(baselines)).to_numpy(dtype=bool, copy=True)
+    members = list(r["measures"]) if "measures" in r else [(m,) for m in r["measure"]]
+    signs = list(r["signs"]) if "signs" in r else [(int(s),) * len(ms)
+                                                    for ms, s in zip(members, r["sign"])]
+    base = np.array([any(m in baselines for m in ms) for ms in members], dtype=bool)
     if "baseline" in r:
         base |= r["baseline"].fillna(False).astype(bool).to_numpy()
+    names = [row_label(ms, ss) + (" (baseline)" if b else "")
+             for ms, ss, b in zip(members, signs, base)]
     plt = _pyplot()
     n = len(r)
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.24 * n))
+    lines = sum(name.count("\n") + 1 for name in names)
+    fig, ax = plt.subplots(figsize=(8, 2.0 + 0.22 * lines + 0.06 * n + 0.5 * one_seed))
     y = np.arange(n)[::-1]
     lo = (r["sign_error"] - r["sign_error_low"]).clip(lower=0).fillna(0).to_numpy()
     hi = (r["sign_error_high"] - r["sign_error"]).clip(lower=0).fillna(0).to_numpy()
@@ -702,21 +726,29 @@ def sign_error_figure(ranking: pd.DataFrame, path: str | Path,
     handles = []
     for rows, style, label in (
             (~base, dict(fmt="o", color="C0"), "mean over environments [95% interval]"),
-            (base, dict(fmt="s", color="C1"), "baseline (mean [interval])")):
+            (base, dict(fmt="s", color="C1"), "baseline")):
         if rows.any():
             handles.append(ax.errorbar(mean[rows], y[rows], xerr=[lo[rows], hi[rows]], ms=4,
                                        capsize=2, label=label, **style))
-    handles += ax.plot(r["robust_sign_error"], y, "x", color="C3", label="worst environment")
+    worst = r["robust_sign_error"].to_numpy(dtype=float)
+    note = ""
+    if one_seed:
+        ones = int((worst == 1.0).sum())
+        note = "\n" + _wrap(
+            f"One seed per configuration: each environment is a single pair of runs (its "
+            f"sign-error 0 or 1), so the worst environment is 1 for {ones} of {n} rows; it is "
+            "not drawn (robust_sign_error in the tables).", 64)
+    else:
+        handles += ax.plot(worst, y, "x", color="C3", label="worst environment")
     ax.axvline(0.5, color="grey", lw=0.8, ls="--")
-    names = [("-" if s < 0 else "") + m + (" (baseline)" if b else "")
-             for m, s, b in zip(r["measure"], r["sign"], base)]
     ax.set_yticks(y, names, fontsize=8)
     for label, b in zip(ax.get_yticklabels(), base):
         if b:
             label.set_color("C1")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.8, n - 0.2)
-    ax.set_xlabel("sign-error against the generalization gap\n(lower is better; 0.5 = chance)")
+    ax.set_xlabel("sign-error against the generalization gap\n(lower is better; 0.5 = chance)"
+                  + note)
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0),
               ncol=len(handles), fontsize=8, columnspacing=1.2, handletextpad=0.4,
               frameon=False)  # (above the axes: no point hidden under it)

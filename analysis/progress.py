@@ -21,10 +21,12 @@ FIRST_ESTIMATE_S = 5.0  # seconds of bootstrap evaluations before the first esti
 class StatsProgress:
     """``analysis.stats.statistics_table``'s ``progress`` callback. The first call comes once
     the estimates (evaluation 0 of every measure and group) are made, in one process: it
-    prints how many evaluations follow; later calls move the bar (with its estimate), or print
-    a line with the time left after ``FIRST_ESTIMATE_S`` and then a line a minute; the last
-    says how long it took. ``stream`` (default stderr) and ``live`` (default:
-    whether the stream is a terminal) choose bar or lines."""
+    prints how many bootstrap evaluations follow (``total - done`` of that call); the bar and
+    the lines count those same evaluations, from 0 to that number, so the total announced is
+    the total counted. Later calls move the bar (with its estimate), or print a line with the
+    time left after ``FIRST_ESTIMATE_S`` and then a line a minute; the last says how long it
+    took. ``stream`` (default stderr) and ``live`` (default: whether the stream is a terminal)
+    choose bar or lines."""
 
     def __init__(self, stream: TextIO | None = None, live: bool | None = None,
                  line_s: float = PROGRESS_LINE_S):
@@ -33,6 +35,7 @@ class StatsProgress:
         self.line_s = line_s
         self.t0 = self.last = time.monotonic()
         self.first: tuple[float, int] | None = None
+        self.since: tuple[float, int] | None = None  # (time, evaluations) the rate starts at
         self.bar = None
         self.finished = False
 
@@ -48,8 +51,12 @@ class StatsProgress:
             # (no time yet: the estimates' own time includes one-off work - compiling the
             # kernels, preparing each measure - that the bootstrap evaluations do not repeat,
             # and overstated it up to 40x; the first line of the bootstrap gives one)
-            self._line(f"estimates of {done} measure(s) x group(s) in {_minutes(now - self.t0)}; "
-                       f"{total - done} bootstrap evaluations follow on {processes} "
+            made = f"estimates of {done} measure(s) x group(s) in {_minutes(now - self.t0)}"
+            if done >= total:  # (--bootstrap 0: nothing follows, nothing to count)
+                self.finished = True
+                self._line(f"{made}; no bootstrap resamples")
+                return
+            self._line(f"{made}; {total - done} bootstrap evaluations follow on {processes} "
                        f"process{'es' if processes > 1 else ''}; their time is estimated "
                        f"after {FIRST_ESTIMATE_S:.0f} s")
             # the first line after 5 s (or line_s, if shorter)
@@ -57,20 +64,30 @@ class StatsProgress:
             if self.live and done < total:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, initial=done, unit="evaluation",
-                                desc="report: statistics", dynamic_ncols=True, file=self.stream,
-                                mininterval=0.5)
-        elif self.bar is not None:
-            self.bar.update(done - self.bar.n)
-        elif now - self.last >= self.line_s and done < total:
+                self.bar = tqdm(total=total - done, initial=0, unit="evaluation",
+                                desc="report: statistics: bootstrap", dynamic_ncols=True,
+                                file=self.stream, mininterval=0.5)
+        t, d = self.first
+        boot, n = done - d, total - d  # the bootstrap evaluations made, of those announced
+        if boot > 0 and self.since is None:
+            # the rate is taken from the first bootstrap evaluation on, over FIRST_ESTIMATE_S
+            # at least: the time before it holds the worker processes' start (their kernels
+            # compiled again; the estimate read 59 min for a 52 s bootstrap), and the
+            # processes' first evaluations arrive together (it read 0 s)
+            self.since = (now, boot)
+        if self.bar is not None:
+            self.bar.update(boot - self.bar.n)
+        elif self.since is not None and boot > self.since[1] and done < total \
+                and now - self.since[0] >= min(FIRST_ESTIMATE_S, self.line_s) \
+                and now - self.last >= self.line_s:  # (a rate over 5 s at least: not a burst)
             self.last = now
-            t, d = self.first
-            rate = (done - d) / max(now - t, 1e-9)
-            eta = (total - done) / rate if rate > 0 else float("nan")
-            self._line(f"{done}/{total} evaluations in {_minutes(now - self.t0)}, about "
+            rate = (boot - self.since[1]) / max(now - self.since[0], 1e-9)
+            eta = (n - boot) / rate if rate > 0 else float("nan")
+            self._line(f"{boot}/{n} bootstrap evaluations in {_minutes(now - t)}, about "
                        f"{_minutes(eta)} left")
         if done >= total:
             self.finished = True
             if self.bar is not None:
                 self.bar.close()
-            self._line(f"{total}/{total} evaluations in {_minutes(now - self.t0)}")
+            self._line(f"{n}/{n} bootstrap evaluations in {_minutes(now - t)} (the statistics "
+                       f"in {_minutes(now - self.t0)})")

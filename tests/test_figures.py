@@ -178,7 +178,7 @@ def test_a_colour_variable_with_two_values_gets_two_colours_and_a_legend(tmp_pat
     assert not [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     for ax in fig.axes:
         legend = ax.get_legend()
-        assert legend.get_title().get_text() == "hidden neurons"
+        assert legend.get_title().get_text() == figures.NEURONS_LABEL  # says what it counts
         assert [t.get_text() for t in legend.get_texts()] == ["32", "128"]
         colours = {tuple(np.round(h.lines[0].get_color(), 6)) if not isinstance(
             h.lines[0].get_color(), str) else h.lines[0].get_color()

@@ -274,7 +274,7 @@ def test_the_report_says_when_few_trials_fit_and_how_to_read_more(tmp_path):
     page = (d / "report" / "report.html").read_text()
     top = page[:page.index("Ranking of the measures")] if "Ranking of the measures" in page else page
     assert f"Few trials fit their training set:</b> 3 of {ok} ok trials" in top
-    assert "&ge; 0.99: 3; &ge; 0.95: 23; &ge; 0.9: 48; &ge; 0.8: 48" in top
+    assert "&ge; 99%: 3; &ge; 95%: 23; &ge; 90%: 48; &ge; 80%: 48" in top  # accuracy: percent
     assert f"sweep report {d} --train-acc 0.9</code>" in top
     assert main(["report", str(d), "--bootstrap", "0", "--train-acc", "0.9",
                  "--out", str(tmp_path / "r")]) == 0
@@ -331,7 +331,7 @@ def test_a_factor_without_a_fitting_pair_is_named(tmp_path):
         write_trial(d, {**r, "train_acc": 0.5 if 8 <= i < 16 and i % 2 else 1.0})
     assert main(["report", str(d), "--bootstrap", "0"]) == 0
     page = (d / "report" / "report.html").read_text()
-    assert "Fig. 4: no pair in which both trials fit their training set (train accuracy &gt;= 1) " \
+    assert "Fig. 4: no pair in which both trials fit their training set (train accuracy \u2265 100%) " \
            "for the factor(s) activation; their rows are left out." in page
 
 

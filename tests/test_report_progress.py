@@ -52,7 +52,7 @@ def test_lines_in_a_log_with_what_follows_first_and_the_time_last():
     with the total, nothing after it; no carriage returns (no bar)."""
     out = io.StringIO()
     p = StatsProgress(out, line_s=0.0)
-    for done in (6, 30, 42, 60, 60):
+    for done in (6, 18, 30, 42, 60, 60):  # (the rate: from the first bootstrap call, 18, on)
         p(done, 60, 2)
     text = out.getvalue()
     lines = text.splitlines()
@@ -60,8 +60,8 @@ def test_lines_in_a_log_with_what_follows_first_and_the_time_last():
     assert re.fullmatch(r"report: statistics: estimates of 6 measure\(s\) x group\(s\) in "
                         r"\d+ s; 54 bootstrap evaluations follow on 2 processes; their time "
                         r"is estimated after 5 s", lines[0])
-    assert lines[1].startswith("report: statistics: 30/60 evaluations in ")
-    assert "left" in lines[1] and lines[3].startswith("report: statistics: 60/60 evaluations")
+    assert lines[1].startswith("report: statistics: 24/54 bootstrap evaluations in ")
+    assert "left" in lines[1] and lines[3].startswith("report: statistics: 54/54 bootstrap evaluations")
 
 
 def test_a_bar_on_a_terminal():
@@ -70,7 +70,7 @@ def test_a_bar_on_a_terminal():
     for done in (2, 5, 10):
         p(done, 10, 1)
     text = out.getvalue()
-    assert "\r" in text and "10/10" in text  # tqdm's frames
+    assert "\r" in text and "8/8" in text  # tqdm's frames: the 8 bootstrap evaluations
     assert text.splitlines()[0].startswith("report: statistics: estimates of 2")
 
 
@@ -100,5 +100,5 @@ def test_a_launch_log_shows_the_reports_progress(tmp_path):
                      text, re.M)
     assert re.search(r"^report: statistics: estimates of \d+ .* bootstrap evaluations follow "
                      r"on \d+ process", text, re.M)
-    assert re.search(r"^report: statistics: (\d+)/\1 evaluations in ", text, re.M)
+    assert re.search(r"^report: statistics: (\d+)/\1 bootstrap evaluations in ", text, re.M)
     assert "\r" not in text

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figures, neyshabur
+from analysis.figures import percent
 from analysis.ranking_figure import ranking_figure
 from analysis.selection import model_selection
 from analysis.filters import DEFAULT_TRAIN_ACC, fits_training_set
@@ -20,12 +21,13 @@ from analysis.load import (
 )
 from analysis.progress import StatsProgress
 from analysis.report.decide import (
-    BASELINES, decide, pairs_fitting, per_point_trials, ranking_statistics,
+    BASELINES, decide, merged_ranking, pairs_fitting, per_point_trials, ranking_rows,
+    seeds_per_config,
 )
 from analysis.report.render import render
 from analysis.stats import (
-    equivalent_measures, hyperparameter_columns, measure_columns, merge_equivalent,
-    ranking_table, statistics_table, write_table,
+    equivalent_measures, hyperparameter_columns, measure_columns, ranking_table,
+    statistics_table, write_table,
 )
 from analysis.stats.registry import RANK_BY, check_statistic
 from workers.results.layout import PAIRS_FILE, REPORT_DIR
@@ -112,7 +114,7 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
             without = [f for f in factors if f not in set(fitting["factor"])]
             if without:
                 notes.append(f"Fig. 4: no pair in which both trials fit their training set "
-                             f"(train accuracy >= {train_acc:g}) for the factor(s) "
+                             f"(train accuracy \u2265 {percent(train_acc)}) for the factor(s) "
                              f"{', '.join(without)}; "
                              + ("their rows are left out." if len(without) < len(factors)
                                 else "the figure is not drawn."))
@@ -158,11 +160,14 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
             table.insert(table.columns.get_loc("sign") + 1, "baseline",
                          table["measure"].isin(BASELINES))
             write_table(table, d / "statistics")
-            ranking.to_csv(d / "ranking.csv", index=False)
-            draw("ranking", ranking_figure,
-                 merge_equivalent(ranking, same, ranking_statistics(rank_by)), rank_by,
+            # the page's rows: equivalent measures merged, ranked among the rows (also in
+            # ranking.csv, beside each measure's own rank)
+            merged = merged_ranking(ranking, same, rank_by)
+            ranking_rows(ranking, merged).to_csv(d / "ranking.csv", index=False)
+            draw("ranking", ranking_figure, merged, rank_by,
                  [b for b in BASELINES if b in set(ranking["measure"])])
-            draw("sign_errors", figures.sign_error_figure, ranking, BASELINES)
+            draw("sign_errors", figures.sign_error_figure, merged, BASELINES,
+                 seeds_per_config(fit, hps) <= 1)
         if selection is not None:
             selection.to_csv(d / "selection.csv", index=False)
         report = decide(st, df, fit, train_acc, table, made, n_boot, time.perf_counter() - t0,

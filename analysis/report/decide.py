@@ -21,6 +21,7 @@ from analysis.filters import fits_training_set
 from analysis.stats.equivalent import merge_equivalent
 from analysis.stats.registry import RANK_BY, REGISTRY
 from workers.results.commands import sweep_command
+from workers.results.hyperparameters import SPACE
 from workers.results.layout import SWEEP_FILE
 
 # Judged against the generalization gap besides every measure of the sweep (the registry's,
@@ -34,6 +35,9 @@ CAPTION_MEASURES = {
     "fig8_transitions_gap": (("transitions_test", "transitions"),),
 }
 LOWER_THRESHOLDS = (0.99, 0.95, 0.9, 0.8)
+# hyperparameters whose space values full-batch L-BFGS does not read, with the configuration
+# key its trials take the value from (None: null): lr from train.lbfgs.lr, batch_size null
+LBFGS_UNREAD = {h.name: h.lbfgs for h in SPACE if h.minibatch_only}
 PER_POINT_TRIALS = 500  # Fig. 6 draws the test points of at most this many trials
 FEW_SEEDS_NOTE = 5  # fewer distinct seeds than this (and at least 2): the intervals are rough
 # the model selection's numbers two equivalent measures must share to be one row
@@ -119,6 +123,34 @@ def ranking_ties(merged: pd.DataFrame, rank_by: str, used: dict[str, int]) -> li
     return out
 
 
+def merged_ranking(ranking: pd.DataFrame, equivalent: Sequence[Sequence[str]],
+                   rank_by: str) -> pd.DataFrame:
+    """The ranking as the page shows it: ``ranking`` (``ranking_table``, one row per measure)
+    with each group of ``equivalent`` measures as one row (``merge_equivalent`` on the
+    statistics the ranking shows, ``ranking_statistics``), its ``rank`` recomputed among the
+    rows (a merged row counts once; tied rows share the best, as ``ranking_table``'s ranks)."""
+    merged = merge_equivalent(ranking, equivalent, ranking_statistics(rank_by)) \
+        if len(ranking) else ranking
+    if len(merged):
+        merged["rank"] = merged["rank"].astype("Float64").rank(method="min").astype("Int64")
+    return merged
+
+
+def ranking_rows(ranking: pd.DataFrame, merged: pd.DataFrame) -> pd.DataFrame:
+    """``ranking.csv``: ``ranking`` (one row per measure, its ``rank`` among the measures)
+    with, after ``rank``, ``row_rank``, the rank of the page's row that holds the measure
+    (``merged``: ``merged_ranking``), and ``row``, that row's measures joined by ", " as the
+    page names it; a measure the page does not show has both null."""
+    out = ranking.copy()
+    at = {m: (r, ", ".join(ms)) for ms, r in zip(merged.get("measures", []),
+                                                 merged.get("rank", [])) for m in ms}
+    where = out.columns.get_loc("rank") + 1 if "rank" in out else 0
+    out.insert(where, "row_rank", pd.array([at.get(m, (pd.NA,))[0] for m in out["measure"]],
+                                           dtype="Int64"))
+    out.insert(where + 1, "row", [at.get(m, (None, None))[1] for m in out["measure"]])
+    return out
+
+
 def ranking_statistics(rank_by: str) -> list[str]:
     """The statistics the ranking shows, ``rank_by`` first, then the registry's summary
     statistics (``Statistic.summary``) in registry order."""
@@ -178,10 +210,14 @@ class UnfitValues:
     """``left_out``: (hyperparameter, value, ok trials) of the values none of whose ok trials
     fit; ``per_value``: for each hyperparameter of 2 to 10 values where the filter leaves some
     out, (hyperparameter, ((value, fitting trials, ok trials), ...)), given only when some ok
-    trials do not fit."""
+    trials do not fit; ``lbfgs``: (hyperparameter, (value, ...)) of the values the L-BFGS
+    trials take of a hyperparameter whose space values L-BFGS does not read
+    (``LBFGS_UNREAD``: its ``lr`` is ``train.lbfgs.lr``, its ``batch_size`` null), among the
+    values listed."""
 
     left_out: tuple[tuple[str, str, int], ...] = ()
     per_value: tuple[tuple[str, tuple[tuple[str, int, int], ...]], ...] = ()
+    lbfgs: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def unfit_values(df: pd.DataFrame, train_acc: float, hyperparameters) -> UnfitValues:
@@ -207,7 +243,26 @@ def unfit_values(df: pd.DataFrame, train_acc: float, hyperparameters) -> UnfitVa
         counts = tuple((v, fitting.get(v, 0), n) for v, n in value_counts(ok[h]).items())
         if any(f < n for _, f, n in counts):
             per.append((h, counts))
-    return UnfitValues(tuple(left_out), tuple(per) if len(fit) < len(ok) else ())
+    per = tuple(per) if len(fit) < len(ok) else ()
+    listed = {(h, v) for h, v, _ in left_out} | {(h, v) for h, c in per for v, _, _ in c}
+    return UnfitValues(tuple(left_out), per, lbfgs_values(ok, listed))
+
+
+def lbfgs_values(ok: pd.DataFrame, listed) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Of the (hyperparameter, value) pairs ``listed`` (values as ``value_label`` writes
+    them), those of a hyperparameter in ``LBFGS_UNREAD`` that the L-BFGS trials of ``ok``
+    (``optimizer`` "lbfgs") take, per hyperparameter in ``LBFGS_UNREAD``'s order."""
+    if "optimizer" not in ok:
+        return ()
+    out = []
+    for h in LBFGS_UNREAD:  # (in declaration order)
+        if h not in ok:
+            continue
+        labels = ok.loc[ok["optimizer"] == "lbfgs", h].map(value_label)
+        values = tuple(v for v in dict.fromkeys(labels) if (h, v) in listed)
+        if values:
+            out.append((h, values))
+    return tuple(out)
 
 
 def seeds_caveat(fit: pd.DataFrame) -> int | None:
@@ -373,10 +428,7 @@ def decide(st, df: pd.DataFrame, fit: pd.DataFrame, train_acc: float, table: pd.
     ``analysis.stats.equivalent_measures``), the model selection and the figures drawn."""
     counts = df["status"].value_counts().to_dict()
     ranking = ranking if ranking is not None else pd.DataFrame()
-    merged = merge_equivalent(ranking, equivalent, ranking_statistics(rank_by)) \
-        if len(ranking) else ranking
-    if len(merged):  # ranks among the rows (a merged row counts once), ties sharing the best
-        merged["rank"] = merged["rank"].astype("Float64").rank(method="min").astype("Int64")
+    merged = merged_ranking(ranking, equivalent, rank_by)
     used = supports(table, rank_by)
     if selection is not None and len(selection):  # the ranking's rows, where the regrets agree
         same = [ms for ms in merged["measures"] if len(ms) > 1] if len(merged) else []

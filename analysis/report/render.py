@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.figures import percent
 from analysis.report.decide import (
     BASELINES, CaptionFact, ConfigSummary, FilterAdvice, Report, Tie, UnfitValues,
     caption_facts, changed_settings, config_summary, filter_advice, unfit_values,
@@ -21,8 +22,9 @@ CAPTIONS = {
                "gap, best at the top.",
     "sign_errors": "The measures' sign-errors against the generalization gap (Dziugaite et al. "
                    "2020, Fig. 1, in spirit): mean over environments with its interval, and the "
-                   "worst environment; 0.5 is chance; sorted by the mean sign-error (the "
-                   "table above by the statistic of --rank-by).",
+                   "worst environment; 0.5 is chance; one row per finding, as in the ranking "
+                   "(measures that rank the trials identically share a row); sorted by the "
+                   "mean sign-error (the table above by the statistic of --rank-by).",
     "fig1_params_loss": "Fig. 1: generalization gap against the number of parameters and the "
                         "train loss (the paper's two baselines).",
     "fig4_factor_pairs": "Fig. 4: pairs of networks identical but for one factor. Points off the "
@@ -30,7 +32,8 @@ CAPTIONS = {
     "fig5_jacobian_gap": "Fig. 5: Jacobian norm (test points) against the generalization gap, "
                          "one panel per data set.",
     "fig8_transitions_gap": "App. Fig. 8: transitions along trajectories through test points "
-                            "against the generalization gap, coloured by hidden neurons.",
+                            "against the generalization gap, coloured by hidden neurons: "
+                            "width \u00d7 hidden layers (depth \u2212 1).",
     "fig6_per_point": "Fig. 6 / App. 11: per-point Jacobian norm against per-point "
                       "cross-entropy, with A.3's approximate bounds.",
     "fig2_trajectory": "Fig. 2: Jacobian norm and transition density along ellipses through "
@@ -106,12 +109,13 @@ def filter_html(advice: FilterAdvice | None) -> str:
     """The warning at the top of the report when few trials fit; empty without one."""
     if advice is None:
         return ""
-    at = "; ".join(f"&ge; {t:g}: {c}" for t, c in advice.at_lower)
+    at = "; ".join(f"&ge; {percent(t)}: {c}" for t, c in advice.at_lower)
     cmd = "" if advice.command is None else (
         f" To read them at a lower threshold (a departure from the paper's 100%): "
         f"<code>{html.escape(advice.command)}</code>.")
     return (f"<p class='warn'><b>Few trials fit their training set:</b> {advice.n_fit} of "
-            f"{advice.n_ok} ok trials reach train accuracy &ge; {advice.train_acc:g}, and only "
+            f"{advice.n_ok} ok trials reach train accuracy &ge; {percent(advice.train_acc)}, "
+            "and only "
             f"those enter the figures and statistics (a statistic shows n/a where they are too "
             f"few)." + (f" At lower thresholds: {at}." if at else "") + cmd
             + " More training steps (<code>train.steps</code>) let more trials fit.</p>")
@@ -130,14 +134,40 @@ def unfit_html(unfit: UnfitValues, train_acc: float) -> str:
     if unfit.left_out:
         said = [f"{h}={v} ({n} ok trial{'s' if n > 1 else ''})" for h, v, n in unfit.left_out]
         parts.append(f"<p><b>Left out entirely:</b> no ok trial of {html.escape('; '.join(said))} "
-                     f"reaches train accuracy &ge; {train_acc:g}, so the statistics say nothing "
+                     f"reaches train accuracy &ge; {percent(train_acc)}, so the statistics say "
+                     "nothing "
                      "about them (<code>analysis.load_results</code> has their numbers).</p>")
     if unfit.per_value:
         per = [f"{h}: " + ", ".join(f"{v} {f}/{n}" for v, f, n in counts)
                for h, counts in unfit.per_value]
         parts.append("<p><small>Trials that fit, of the ok trials, per value: "
                      + html.escape("; ".join(per)) + ".</small></p>")
+    if unfit.lbfgs:
+        parts.append(f"<p><small>{html.escape(lbfgs_text(unfit.lbfgs))}</small></p>")
     return "".join(parts)
+
+
+# what the configuration key an L-BFGS trial takes a hyperparameter from is to L-BFGS
+LBFGS_KEYS = {"train.lbfgs.lr": "the first step its strong-Wolfe line search tries"}
+
+
+def lbfgs_text(lbfgs) -> str:
+    """What the L-BFGS trials' values of the hyperparameters it does not read from the space
+    (``UnfitValues.lbfgs``, ``analysis.report.decide.LBFGS_UNREAD``) mean, as a sentence."""
+    from analysis.report.decide import LBFGS_UNREAD
+
+    def meaning(h):
+        key = LBFGS_UNREAD.get(h)
+        if key is None:
+            return "no mini-batch"
+        return f"{key}, {LBFGS_KEYS[key]}" if key in LBFGS_KEYS else key
+
+    said = [f"{h} {' and '.join(values)} ({meaning(h)})" for h, values in lbfgs]
+    names = [f"space.{h}" for h, _ in lbfgs]
+    reads = (f"no {names[0]}" if len(names) == 1 else
+             f"neither {', '.join(names[:-1])} nor {names[-1]}")
+    return ("L-BFGS is full-batch and chooses its steps by a line search, so it reads "
+            f"{reads}: its trials count under {' and '.join(said)}.")
 
 
 def unfit_note(df: pd.DataFrame, train_acc: float, hyperparameters) -> str:
@@ -232,14 +262,30 @@ def stats_html(table: pd.DataFrame, baselines=BASELINES) -> str:
                                              classes="stats")
 
 
-def figure_html(name: str, path: Path, facts: list[CaptionFact] = ()) -> str:
-    """A figure embedded as PNG, with its caption and what it shows of the data."""
+def figure_html(name: str, path: Path, facts: list[CaptionFact] = (), note: str = "") -> str:
+    """A figure embedded as PNG, with its caption, what it shows of the data and ``note``
+    (plain text)."""
     data = base64.b64encode(path.read_bytes()).decode()
-    said = caption_text(list(facts))
+    said = " ".join(x for x in (caption_text(list(facts)), note) if x)
     return (f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{html.escape({**CAPTIONS, **STUDY_CAPTIONS}.get(name, name))} "
             + (f"{html.escape(said)} " if said else "")
             + f"(<code>{name}.png</code>, <code>{name}.svg</code>)</figcaption></figure>")
+
+
+def sign_errors_note(r: Report) -> str:
+    """What the sign-error figure's caption adds for this sweep (plain text): with one seed
+    per configuration, that every environment is a single pair of runs, so its sign-error is 0
+    or 1, on how many of the figure's rows the worst environment is 1, and that the figure
+    leaves it out (``analysis.figures.sign_error_figure``); empty otherwise."""
+    if not r.one_seed or r.merged.empty or "sign_error" not in r.merged:
+        return ""
+    rows = r.merged.dropna(subset=["sign_error"])
+    ones = int((rows["robust_sign_error"] == 1.0).sum())
+    return (f"One seed per configuration: every environment is a single pair of runs, so its "
+            f"sign-error is 0 or 1 and the worst environment (robust_sign_error) is 1 for "
+            f"{ones} of the {len(rows)} rows; the figure does not draw it, and the mean over "
+            "environments is the share of pairs ordered against the gap.")
 
 
 def _signs(r) -> str:
@@ -280,7 +326,9 @@ def ranking_html(ranking: pd.DataFrame, rank_by: str, order, one_seed: bool = Fa
             f"<b>{html.escape(rank_by)}</b> (<code>sweep report --rank-by</code>; rank among the "
             "rows, tied rows sharing the best; a measure's rank for every statistic and group is "
             "the <code>rank</code> column of <code>statistics.csv</code>; "
-            "<code>ranking.csv</code> has a row per measure). One "
+            "<code>ranking.csv</code> has a row per measure: its <code>rank</code> among the "
+            "measures, and <code>row_rank</code> and <code>row</code>, the rank and the name "
+            "of its row here). One "
             "row per finding: measures that rank the trials identically (one an increasing "
             "function of the other on these data, so every statistic but Pearson's r is the "
             "same; <code>analysis.stats.equivalent_measures</code>) share a row. The statistics "
@@ -430,13 +478,15 @@ def render(r: Report) -> str:
         ".warn{background:#fff3cd;border:1px solid #e0c36a;padding:6px 10px}</style></head><body>",
         f"<h1>Sweep report</h1><p><code>{html.escape(r.location)}</code>: {r.n_trials} trials "
         f"({html.escape(status)}). Figures and statistics use the {r.n_fit} ok trials at train "
-        f"accuracy &ge; {r.train_acc:g} (<code>analysis.filters.fits_training_set</code>).</p>",
+        f"accuracy &ge; {percent(r.train_acc)} "
+        "(<code>analysis.filters.fits_training_set</code>).</p>",
         filter_html(r.filter),
         unfit_html(r.unfit, r.train_acc),
         config_summary_html(r.config),
         ranking_html(r.merged if len(r.merged) else r.ranking, r.rank_by, r.ranked, r.one_seed,
                      r.baselines, ranking_figure_html(r) + ties_html(r)),
-        *[figure_html(n, r.figures[n]) for n in RANKING_FIGURES[1:] if n in r.figures],
+        *[figure_html(n, r.figures[n], note=sign_errors_note(r) if n == "sign_errors" else "")
+          for n in RANKING_FIGURES[1:] if n in r.figures],
         selection_html(r.selection, r.baselines),
         "<h2>Statistics against the generalization gap</h2>",
         f"<p>Value [95% bootstrap interval over {r.n_boot} resamples of seeds, or of trials when "

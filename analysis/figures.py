@@ -608,7 +608,8 @@ def factor_pairs_figure(pairs: pd.DataFrame, path: str | Path,
                 ax.set_yscale("log")
             ax.set_xlabel(f"{label}, {factor}={va}", fontsize=8)
             ax.set_ylabel(f"{label}, {factor}={vb}", fontsize=8)
-            ax.set_title(f"{factor}: {int(ok.sum())} pairs", fontsize=9)
+            ax.set_title(f"{factor}: {int(ok.sum())} pair{'' if int(ok.sum()) == 1 else 's'}",
+                         fontsize=9)
             ax.grid(alpha=0.3)
             _readable_ticks(ax, log)
     fig.suptitle("Fig. 4: pairs identical but for one factor (dashed: y = x)"

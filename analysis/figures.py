@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -417,6 +419,20 @@ def value_label(v) -> str:
     return str(v)
 
 
+LABEL_CHARS = 44  # a row's label is wrapped at this many characters (two lines at most)
+
+
+def row_label(measures: Sequence[str], signs: Sequence[int]) -> str:
+    """A row's name: its measures joined by ", " (several when they rank the trials
+    identically), "-" before one of sign -1 (the statistics are of -measure), wrapped onto
+    two lines at most ("..." ends a longer one)."""
+    names = ", ".join(("-" if s < 0 else "") + m for m, s in zip(measures, signs))
+    lines = textwrap.wrap(names, LABEL_CHARS, break_long_words=False) or [names]
+    if len(lines) > 2:
+        lines = [lines[0], textwrap.shorten(" ".join(lines[1:]), LABEL_CHARS, placeholder=" ...")]
+    return "\n".join(lines)
+
+
 def percent(fraction: float) -> str:
     """An accuracy (a fraction of correct points, in [0, 1]) as people read it: a percentage
     with up to 6 significant digits and no float noise (1.0 -> "100%", 0.995 -> "99.5%",
@@ -703,7 +719,6 @@ def sign_error_figure(ranking: pd.DataFrame, path: str | Path,
     a single pair of runs and its sign-error 0 or 1; the worst environment is then not drawn
     (a column of 1s for nearly every row) and the axis' note says so, with the rows whose
     worst environment is 1. Returns the path, or None without a sign-error."""
-    from analysis.ranking_figure import row_label
 
     if ranking.empty or ranking["sign_error"].isna().all():
         return None

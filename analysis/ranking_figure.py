@@ -11,22 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.figures import _pyplot, _save
+from analysis.figures import LABEL_CHARS, _pyplot, _save, row_label  # noqa: F401 (row_label: here too)
 from analysis.stats.registry import REGISTRY
-
-LABEL_CHARS = 44  # a row's label is wrapped at this many characters (two lines at most)
-
-
-def row_label(measures: Sequence[str], signs: Sequence[int]) -> str:
-    """A row's name: its measures joined by ", " (several when they rank the trials
-    identically), "-" before one of sign -1 (the statistics are of -measure), wrapped onto
-    two lines at most ("..." ends a longer one)."""
-    names = ", ".join(("-" if s < 0 else "") + m for m, s in zip(measures, signs))
-    lines = textwrap.wrap(names, LABEL_CHARS, break_long_words=False) or [names]
-    if len(lines) > 2:
-        lines = [lines[0], textwrap.shorten(" ".join(lines[1:]), LABEL_CHARS, placeholder=" ...")]
-    return "\n".join(lines)
-
 
 def ranking_figure(merged: pd.DataFrame, path: str | Path, rank_by: str,
                    baselines: Sequence[str] = ()) -> Path | None:

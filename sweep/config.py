@@ -432,10 +432,9 @@ def aliases_given_win(d: dict, overrides) -> dict:
     """``d`` (a composed or stored configuration) with the measure settings that a
     ``metrics.*`` alias given in ``overrides`` names taken out of ``measure_settings`` unless
     ``overrides`` set them too: an alias on the command line overrides what the experiment's
-    YAML (or a stored sweep.json) says, as any override does. The other way round, an alias
-    in ``d`` goes back to its measure's default when ``overrides`` give the setting it names
-    (``measure_settings.<measure or group>.<setting>``) and not the alias. The same setting
-    given both ways on the command line stays a conflict (``_measure_settings``). Returns
+    YAML (or a stored sweep.json) says, as any override does; the same setting given both
+    ways on the command line stays a conflict (``_measure_settings``). (The other way round,
+    a stored alias under a setting given by its own name: ``settings_from_aliases``.) Returns
     ``d``."""
     from workers.results.measure_values import METRIC_ALIASES
     from workers.measures import SETTING_GROUPS
@@ -451,20 +450,45 @@ def aliases_given_win(d: dict, overrides) -> dict:
                 if (where in settings and isinstance(settings[where], dict)
                         and f"measure_settings.{where}.{k}" not in given):
                     settings[where].pop(k, None)
-    # the other way round: a stored (or YAML) alias gives way to the setting it names given
-    # on the command line under its own name
-    from workers.measures import REGISTRY
+    return d
+
+
+def settings_from_aliases(d: dict) -> dict:
+    """``d`` (a stored configuration, changed in place) with each ``metrics.*`` alias that is
+    not at its measures' default moved into ``measure_settings``: under the group its
+    measures form (``jacobian_points`` -> ``jacobian_norm``), else under each measure, where
+    ``measure_settings`` does not set it already; the alias back at the default. The measures
+    get the same settings as before (``SweepConfig.metric_spec``; identities unchanged), and
+    a setting given on the command line by its own name then merges over the stored ones key
+    by key (``measure_settings.jacobian_norm_test.points=100`` leaves the train split's
+    stored value, ``measure_settings.transitions_test={k: 5}`` the stored points) instead of
+    meeting its alias ("set twice"). Returns ``d``."""
+    from workers.measures import REGISTRY, SETTING_GROUPS
+    from workers.results.measure_values import METRIC_ALIASES
 
     metrics = d.get("metrics")
+    if not isinstance(metrics, dict):
+        return d
+    if not isinstance(d.get("measure_settings"), dict):
+        d["measure_settings"] = {}
+    settings = d["measure_settings"]
     for alias, targets in METRIC_ALIASES.items():
-        if f"metrics.{alias}" in given or not isinstance(metrics, dict) or alias not in metrics:
+        if alias not in metrics:
             continue
-        named = {f"measure_settings.{w}.{k}" for m, k in targets for w in (m, group_of.get(m))
-                 if w} | {f"measure_settings.{w}" for m, _ in targets
-                          for w in (m, group_of.get(m)) if w}
-        if named & given:
-            measure, k = targets[0]
-            metrics[alias] = REGISTRY[measure].settings[k]
+        v = metrics[alias]
+        k = targets[0][1]
+        default = REGISTRY[targets[0][0]].settings[k]
+        if k == "points" and v in (None, "all"):
+            v = "all" if default is not None else None
+        if v is None or not any(v != REGISTRY[m].settings[key] for m, key in targets):
+            continue
+        members = {m for m, _ in targets}
+        group = next((g for g, ms in SETTING_GROUPS.items() if set(ms) == members), None)
+        for where in ([group] if group and len(members) > 1 else [m for m, _ in targets]):
+            if not isinstance(settings.get(where), dict):
+                settings[where] = {}
+            settings[where].setdefault(k, v)
+        metrics[alias] = default
     return d
 
 

@@ -11,6 +11,7 @@ sweep.dispatch's loop (sweep.trials: the unit of work) on sweep.runtime's Ray.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict
@@ -143,7 +144,7 @@ def stored_config(sweep_dir: str | Path | SweepDir, overrides: list[str] = (),
     to that directory and ``overrides`` (KEY=VALUE, keys in RESUMABLE_KEYS only) applied.
     ``sweep_dir``: a location (opened here: ``open_out``) or a SweepDir opened already."""
     from sweep.config import (aliases_given_win, check_override_keys, check_schema, from_dict,
-                              merged, override_key, override_tree)
+                              merged, override_key, override_tree, settings_from_aliases)
 
     d = sweep_dir if isinstance(sweep_dir, SweepDir) else open_out(sweep_dir, "SWEEP_DIR")
     meta = d.uri(SWEEP_FILE)
@@ -167,13 +168,26 @@ def stored_config(sweep_dir: str | Path | SweepDir, overrides: list[str] = (),
         plain.append(o)  # + and ++ of a schema key: a plain value
     # sweep.json holds the resolved configuration: plain data, never interpolated again (a
     # literal ${ in it stays one); only the overrides' own ${...} are resolved
+    # the stored configuration is checked against its own identity hash as written (a version-1
+    # hash covers the measures' settings, which the overrides may change); then the overrides
+    # must leave the trials as they are (the current identity of both)
+    base = {**copy.deepcopy(conf), "out": d.location}
+    check_schema(base)
+    base_cfg = from_dict(base)
+    if base_cfg.identity_hash(version) != stored:
+        raise ConfigError(f"SWEEP_DIR: {meta} does not match its own identity hash {stored}; "
+                          "it was edited or written by another version")
+    if not plain:
+        return base_cfg
+    conf = settings_from_aliases(copy.deepcopy(conf))  # the stored aliases: settings, as today's
     conf = aliases_given_win(merged(conf, override_tree(plain)), plain)
     conf["out"] = d.location
     check_schema(conf)
     cfg = from_dict(conf)
-    if cfg.identity_hash(version) != stored:
-        raise ConfigError(f"SWEEP_DIR: {meta} does not match its own identity hash {stored}; "
-                          "it was edited or written by another version")
+    if cfg.identity_hash() != base_cfg.identity_hash():
+        raise ConfigError(f"{command}: {' '.join(plain)} would change the sweep's trials (e.g. "
+                          "resources.worker_memory_gb with plan.infeasible=replace); allowed: "
+                          "overrides that keep them")
     return cfg
 
 

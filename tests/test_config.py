@@ -4,7 +4,7 @@ import pytest
 
 from procs import run
 from sweep.cli import main
-from sweep.config import ConfigError, compose
+from sweep.config import ConfigError, compose, from_dict
 
 ACTS = "relu, relu6, tanh, hardtanh, hardsigmoid"
 OPTS = "sgd, momentum, adam, rmsprop, lbfgs"
@@ -233,25 +233,61 @@ def test_an_alias_on_the_command_line_overrides_the_experiments_measure_settings
         compose(["metrics.transitions_points=3", "measure_settings.transitions_test.points=4"])
 
 
-def test_a_stored_alias_gives_way_to_its_setting_given_by_its_own_name(tmp_path):
-    """A sweep.json written when the measures' settings were the ``metrics.*`` aliases
-    (``metrics.transitions_points: 25``) resumed with ``measure_settings.transitions_test.points
-    =50``: the command line's value, not "set twice" (the other direction is tested above)."""
+def _old_style_sweep(tmp_path, version: int = 2):
+    """A planned sweep whose sweep.json says its measures' settings the older way
+    (``metrics.transitions_points: 25``, ``metrics.jacobian_points: 50``), as written before they
+    moved to ``measure_settings``; ``version`` 1: with that identity version and hash."""
     import json
 
-    from sweep.driver import plan_only, stored_config
+    from sweep.driver import plan_only
     from workers.results.layout import SWEEP_FILE
 
-    out = tmp_path / "s"
+    out = tmp_path / f"s{version}"
     plan_only(compose(["trials=2", f"out={out}"]))
     doc = json.loads((out / SWEEP_FILE).read_text())
-    doc["config"]["metrics"]["transitions_points"] = 25  # the older way of writing it
-    doc["config"]["measure_settings"].pop("transitions_test", None)
+    doc["config"]["metrics"].update(transitions_points=25, jacobian_points=50)
+    doc["config"]["measure_settings"] = {}
+    if version == 1:
+        doc["identity_version"] = 1
+        doc["identity_hash"] = from_dict(json.loads(json.dumps(doc["config"]))).identity_hash(1)
     (out / SWEEP_FILE).write_text(json.dumps(doc))
-    assert stored_config(out).metric_spec().measure_settings()["transitions_test"]["points"] == 25
-    for given in ("measure_settings.transitions_test.points=50",
-                  "measure_settings.transitions_test={points: 50}"):
-        cfg = stored_config(out, [given])
-        assert cfg.metric_spec().measure_settings()["transitions_test"]["points"] == 50, given
-    cfg = stored_config(out, ["metrics.transitions_points=40"])  # the alias itself: its value
-    assert cfg.metric_spec().measure_settings()["transitions_test"]["points"] == 40
+    return out
+
+
+def _settings(cfg):
+    """(transitions points, k, Jacobian train points, test points) the trials get: the
+    settings other than the defaults, else the measure's registered default."""
+    from workers.measures import REGISTRY
+
+    s = cfg.metric_spec().measure_settings()
+
+    def get(m, k):
+        return s.get(m, {}).get(k, REGISTRY[m].settings[k])
+
+    return (get("transitions_test", "points"), get("transitions_test", "k"),
+            get("jacobian_norm_train", "points"), get("jacobian_norm_test", "points"))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_stored_alias_gives_way_to_its_setting_given_by_its_own_name(tmp_path, version):
+    """A sweep.json that says its settings with the older ``metrics.*`` names, resumed with one
+    setting given by its own name: that setting takes the command line's value, every other
+    stored setting keeps its value (not "set twice", not the default), and a version-1 sweep
+    (whose identity hash covers these settings) is still recognised."""
+    from sweep.driver import stored_config
+    from workers.measures import REGISTRY
+
+    out = _old_style_sweep(tmp_path, version)
+    k0 = REGISTRY["transitions_test"].settings["k"]
+    assert _settings(stored_config(out)) == (25, k0, 50, 50)
+    for given, want in (
+            (["measure_settings.transitions_test.points=60"], (60, k0, 50, 50)),
+            (["measure_settings.transitions_test={points: 60}"], (60, k0, 50, 50)),
+            (["measure_settings.transitions_test={k: 5}"], (25, 5, 50, 50)),
+            (["measure_settings.transitions_test.k=5"], (25, 5, 50, 50)),
+            (["measure_settings.jacobian_norm_test.points=100"], (25, k0, 50, 100)),
+            (["measure_settings.jacobian_norm.points=100"], (25, k0, 100, 100)),
+            (["metrics.transitions_points=40"], (40, k0, 50, 50)),  # the alias itself
+            (["metrics.jacobian_points=70", "measure_settings.transitions_test.k=6"],
+             (25, 6, 70, 70))):
+        assert _settings(stored_config(out, given)) == want, given

@@ -6,15 +6,47 @@ once, and the granulated Kendall's and sign-error's sums. Each function states w
 Integer counts are exact (int32 accumulators flushed into int64 before they can overflow);
 float sums are taken in the order ``np.bincount`` takes them (a sequential loop), so the seed
 means are the same numbers bit for bit as numpy's.
+
+The conditional MI's counts lay every conditioning set s out as a (k[s], kp[s]) block of a flat
+array (``off[s]`` its start; kp[s] = k[s] rounded up to a multiple of 8, the columns past k[s]
+always 0) and its running histogram as kp[s] entries from ``hoff[s]``, so that a row is added
+to a row in whole 8-lane vector additions (``_add8``). ``rec`` (n, S) holds each element's
+class under each set (int8, int16 or int32, the smallest that holds every class).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 # int32 accumulators are flushed into int64 once a cell could hold more than this
 _FLUSH = 1 << 30
+# the dominance count enumerates the pairs inside blocks of this many elements of the g-order
+# (its first merge levels), then merges
+_BLOCK = 16
+
+
+@intrinsic
+def _add8(typingctx, a, ia, b, ib):
+    """a[ia:ia + 8] += b[ib:ib + 8] on int32 arrays as one 8-lane vector addition (the caller
+    keeps both ranges inside the arrays; LLVM would otherwise guard each short loop against
+    the two arrays overlapping and add element by element)."""
+    sig = types.void(a, ia, b, ib)
+
+    def codegen(context, builder, signature, args):
+        aa, ja, bb, jb = args
+        ap = context.make_array(signature.args[0])(context, builder, aa)
+        bp = context.make_array(signature.args[2])(context, builder, bb)
+        vec = ir.VectorType(ir.IntType(32), 8).as_pointer()
+        pa = builder.bitcast(builder.gep(ap.data, [ja]), vec)
+        pb = builder.bitcast(builder.gep(bp.data, [jb]), vec)
+        builder.store(builder.add(builder.load(pa, align=4), builder.load(pb, align=4)), pa,
+                      align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True)
@@ -25,27 +57,32 @@ def _flush(acc, out):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _add_row(acc, rb, h, hb, kk):
-    a = acc[rb:rb + kk]
-    v = h[hb:hb + kk]
-    for b in range(kk):
-        a[b] += v[b]
+def _add_rows(acc, rec, e, h, kp, off, hoff):
+    """Each set's histogram h (kp[s] entries from hoff[s]) added to the row of acc that the
+    element's classes ``rec[e, :]`` select."""
+    for s in range(kp.size):
+        r = off[s] + rec[e, s] * kp[s]
+        for b in range(0, kp[s], 8):
+            _add8(acc, r + b, h, hoff[s] + b)
 
 
 @njit(cache=True, nogil=True)
-def count_below(rank, base, cls, k, hoff, out, flush=_FLUSH):
+def count_below(rank, rec, kp, off, hoff, out, flush=_FLUSH):
     """One-dimensional counts of every conditioning set at once: for each set s and classes
-    (a, b), ``out[base_of(a) + b] += #{(i, j): class_s(i) = a, class_s(j) = b,
+    (a, b), ``out[off[s] + a * kp[s] + b] += #{(i, j): class_s(i) = a, class_s(j) = b,
     rank[j] < rank[i]}`` over all ordered pairs of the n elements.
 
-    rank (n,) int64 (ties equal); cls (n, S) int32 class of each element under each set;
-    base (n, S) int32 = off[s] + cls * k[s], the row of the (k[s], k[s]) block of set s that
-    the element's class owns in ``out``; k (S,) classes per set; hoff (S + 1,) offsets of each
-    set's running histogram. ``out`` (sum k^2,) int64, added to; ``flush``: the int32
-    accumulators go into ``out`` once a cell may exceed it (tests pass 1). Cost: n * sum(k)
-    additions (a running histogram of the elements below, added to each element's row)."""
-    n, S = cls.shape
+    rank (n,) int64 (ties equal); rec (n, S) each element's class under each set; kp (S,)
+    classes per set rounded up to a multiple of 8; off (S + 1,) offsets of each set's
+    (k, kp) block in ``out`` and hoff (S + 1,) of its histogram, both int64. ``out`` (off[S],)
+    int64, added to; ``flush``: the int32 accumulators go into ``out`` once a cell may exceed it
+    (tests pass 1). Cost: n * sum(kp) / 8 vector additions (a running histogram of the
+    elements below, added to each element's row)."""
+    n, S = rec.shape
     order = np.argsort(rank, kind="mergesort")
+    srt = np.empty_like(rec)
+    for t in range(n):
+        srt[t] = rec[order[t]]
     h = np.zeros(hoff[S], np.int32)
     acc = np.zeros(out.size, np.int32)
     bound = 0
@@ -56,87 +93,113 @@ def count_below(rank, base, cls, k, hoff, out, flush=_FLUSH):
         while j < n and rank[order[j]] == r:
             j += 1
         for t in range(i, j):
-            e = order[t]
-            for s in range(S):
-                _add_row(acc, base[e, s], h, hoff[s], k[s])
+            _add_rows(acc, srt, t, h, kp, off, hoff)
             bound += i
             if bound > flush:
                 _flush(acc, out)
                 bound = 0
         for t in range(i, j):
-            e = order[t]
+            row = srt[t]
             for s in range(S):
-                h[hoff[s] + cls[e, s]] += 1
+                h[hoff[s] + row[s]] += 1
         i = j
     _flush(acc, out)
 
 
 @njit(cache=True, nogil=True)
-def count_dominated(rg, rm, base, cls, k, hoff, out, flush=_FLUSH):
-    """Two-dimensional counts of every conditioning set at once: ``out[base_of(a) + b] +=
-    #{(i, j): class_s(i) = a, class_s(j) = b, rg[j] < rg[i] and rm[j] < rm[i]}`` (arguments as
-    ``count_below``; rg, rm (n,) int64 dense ranks, ties equal).
+def count_dominated(rg, rm, rec, kp, off, hoff, out, flush=_FLUSH):
+    """Two-dimensional counts of every conditioning set at once: ``out[off[s] + a * kp[s] + b]
+    += #{(i, j): class_s(i) = a, class_s(j) = b, rg[j] < rg[i] and rm[j] < rm[i]}`` (arguments
+    as ``count_below``; rg, rm (n,) int64 dense ranks, ties equal).
 
-    Divide and conquer over the g-order (ties broken by mu descending, so a pair tied in g never
-    counts): a bottom-up merge sort by mu in which, at every level, the upper half of each
-    segment holds the targets and the lower half the sources, merged with targets first among
-    equal mu (so a pair tied in mu never counts); each pair split at a level is counted there
-    and only there. A target adds the running histogram of the sources merged before it to its
-    row (sum(k) additions); while a segment is short, a set with many classes lists the few
-    sources instead. Cost: about n log2(n) / 2 * sum(k) additions."""
-    n, S = cls.shape
+    In the g-order (ties broken by mu descending) a pair (j before i) counts exactly when
+    rm[j] < rm[i]. Blocks of ``_BLOCK`` consecutive elements count their pairs directly; then a
+    bottom-up merge sort by mu in which, at every level, the upper half of each segment holds
+    the targets and the lower half the sources, merged with targets first among equal mu (so a
+    pair tied in mu never counts): each pair split at a level is counted there and only there.
+    A target adds the running histogram of the sources merged before it to its row; the
+    elements' classes travel with them (``rec`` rows copied in merged order, read in sequence).
+    Cost: about n (log2(n) - 4) / 2 * sum(kp) / 8 vector additions."""
+    n, S = rec.shape
     if n < 2:
         return
-    span = np.int64(rm.max()) + 1 if n else 1
+    span = np.int64(rm.max()) + 1
     key = rg.astype(np.int64) * span + (span - 1 - rm.astype(np.int64))
     perm = np.argsort(key, kind="mergesort")
-    buf = np.empty_like(perm)
-    h = np.zeros(hoff[S], np.int32)
+    per = 8 // rec.itemsize  # classes per 8-byte word
+    W = (S + per - 1) // per  # words per element
+    cur = np.zeros((n, W * per), rec.dtype)  # the classes in merge order, padded rows
+    nxt = np.zeros((n, W * per), rec.dtype)
+    cw = cur.reshape(n * W * per).view(np.uint64).reshape(n, W)  # the same rows as words
+    nw = nxt.reshape(n * W * per).view(np.uint64).reshape(n, W)
+    val = np.empty(n, np.int64)
+    for t in range(n):
+        cur[t, :S] = rec[perm[t]]
+        val[t] = rm[perm[t]]
     acc = np.zeros(out.size, np.int32)
-    rows = np.zeros(S, np.bool_)
+    tmp = np.empty(W, np.uint64)
     bound = 0
-    width = 1
+    # the first merge levels: every pair inside a block, then the block sorted by mu
+    for lo in range(0, n, _BLOCK):
+        hi = min(lo + _BLOCK, n)
+        for i in range(lo + 1, hi):
+            for j in range(lo, i):
+                if val[j] < val[i]:
+                    for s in range(S):
+                        acc[off[s] + cur[i, s] * kp[s] + cur[j, s]] += 1
+        bound += (hi - lo) * (hi - lo)
+        if bound > flush:
+            _flush(acc, out)
+            bound = 0
+        for i in range(lo + 1, hi):  # insertion sort by mu (the order of ties is free here)
+            v = val[i]
+            for w in range(W):
+                tmp[w] = cw[i, w]
+            j = i - 1
+            while j >= lo and val[j] > v:
+                val[j + 1] = val[j]
+                for w in range(W):
+                    cw[j + 1, w] = cw[j, w]
+                j -= 1
+            val[j + 1] = v
+            for w in range(W):
+                cw[j + 1, w] = tmp[w]
+    vnx = np.empty_like(val)
+    h = np.zeros(hoff[S], np.int32)
+    width = _BLOCK
     while width < n:
-        for s in range(S):  # a row costs k[s]; listing costs the sources, about width / 2
-            rows[s] = k[s] <= 4 * width
         for lo in range(0, n, 2 * width):
             mid = min(lo + width, n)
             hi = min(lo + 2 * width, n)
-            if mid >= hi:
-                for q in range(lo, hi):
-                    buf[q] = perm[q]
-                continue
             i, j, o = lo, mid, lo
             while i < mid or j < hi:
-                if j >= hi or (i < mid and rm[perm[i]] < rm[perm[j]]):
-                    e = perm[i]
-                    buf[o] = e
+                if j >= hi or (i < mid and val[i] < val[j]):
                     for s in range(S):
-                        if rows[s]:
-                            h[hoff[s] + cls[e, s]] += 1
+                        h[hoff[s] + cur[i, s]] += 1
+                    for w in range(W):
+                        nw[o, w] = cw[i, w]
+                    vnx[o] = val[i]
                     i += 1
                 else:
-                    e = perm[j]
-                    buf[o] = e
-                    for s in range(S):
-                        rb = base[e, s]
-                        if rows[s]:
-                            _add_row(acc, rb, h, hoff[s], k[s])
-                        else:
-                            for q in range(lo, i):
-                                acc[rb + cls[perm[q], s]] += 1
+                    _add_rows(acc, cur, j, h, kp, off, hoff)
+                    for w in range(W):
+                        nw[o, w] = cw[j, w]
+                    vnx[o] = val[j]
                     bound += i - lo
                     if bound > flush:
                         _flush(acc, out)
                         bound = 0
                     j += 1
                 o += 1
-            for q in range(lo, mid):  # the histogram back to zero for the next segment
-                e = perm[q]
-                for s in range(S):
-                    if rows[s]:
-                        h[hoff[s] + cls[e, s]] -= 1
-        perm, buf = buf, perm
+            if (mid - lo) * S > h.size:  # the histogram back to zero for the next segment
+                h[:] = 0
+            else:
+                for q in range(lo, mid):
+                    for s in range(S):
+                        h[hoff[s] + cur[q, s]] -= 1
+        cur, nxt = nxt, cur
+        cw, nw = nw, cw
+        val, vnx = vnx, val
         width *= 2
     _flush(acc, out)
 

@@ -1,6 +1,7 @@
 """Time `analysis.stats.statistics_table` on a synthetic results table of N trials, side by side
-with the same function of an earlier revision (``--baseline REV``, read from git), compare
-their tables, and read the peak memory of all processes.
+with the same function of an earlier revision (``--baseline REV``: that revision's files from
+git, run in a child process), compare their tables, and read the peak memory and the CPU
+seconds of all processes.
 
 The table has the paper's large space (A.5.5: widths 2^0..2^16, depths 2..65, five
 non-linearities and optimizers, three learning rates, two batch sizes, four init scales, seeds
@@ -10,13 +11,12 @@ bootstrap replicates as `sweep report` runs it (processes=None), the time at 200
 from the estimates' and the replicates' times, the largest difference from the baseline's
 table per statistic, and each part's time in one evaluation. Last line: JSON.
 
-    python bench/stats.py --trials 100000 --measures 41 --boot 2 --baseline 0d88d7f
+    python bench/stats.py --trials 100000 --measures 41 --boot 2 --baseline 1f11721
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
 import json
 import os
@@ -45,7 +45,7 @@ def synthetic(n: int, measures: int, seed: int = 0) -> pd.DataFrame:
         "optimizer": rng.choice(["sgd", "momentum", "adam", "rmsprop", "lbfgs"], n),
         "lr": rng.choice([0.01, 0.005, 0.0005], n),
         "batch_size": rng.choice([128.0, 512.0], n), "init_scale": rng.choice([0.5, 1, 4, 8], n),
-        "step_budget": 2 ** 19, "seed": rng.integers(1, 9, n),
+        "step_budget": 2 ** 19, "weight_decay": 0.0, "seed": rng.integers(1, 9, n),
     })
     base = rng.lognormal(0, 1, n)
     df["gen_gap"] = 0.1 * np.log1p(base) + rng.normal(0, 0.02, n)
@@ -54,14 +54,57 @@ def synthetic(n: int, measures: int, seed: int = 0) -> pd.DataFrame:
     return df
 
 
-def baseline_module(rev: str):
-    """analysis/stats.py as of ``rev``, imported under another name."""
-    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:analysis/stats.py"],
-                          check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "baseline_stats.py"
-    path.write_text(text)
-    sys.path.insert(0, str(path.parent))  # spawned worker processes import it by name too
-    return importlib.import_module("baseline_stats")
+_RUNNER = """import pickle, resource, sys, time
+def cpu():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ru.ru_utime + ru.ru_stime
+if __name__ == "__main__":
+    from analysis import stats
+    df, kw = pickle.load(open(sys.argv[1], "rb"))
+    stats.statistics_table(df.head(300), **{**kw, "n_boot": 1, "processes": 1})  # compiled
+    t, c = time.perf_counter(), cpu()
+    table = stats.statistics_table(df, **kw)
+    seconds, cpu_s = time.perf_counter() - t, cpu() - c
+    pickle.dump((table, seconds, cpu_s), open(sys.argv[2], "wb"))
+"""
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its ended child processes (user + system)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ru.ru_utime + ru.ru_stime
+
+
+class Baseline:
+    """``statistics_table`` of the repository at revision ``rev`` (its files from ``git
+    archive``, so ``analysis.stats`` may be a module or a package there), run in a child
+    process whose ``analysis`` is that revision's; ``seconds`` is the child's own time of the
+    call and ``cpu`` its CPU seconds with its worker processes' (its numba loops compiled
+    before, on a small table)."""
+
+    def __init__(self, rev: str):
+        self.rev = rev
+        self.dir = Path(tempfile.mkdtemp(prefix=f"stats-{rev}-"))
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True,
+                             capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(self.dir)], input=tar, check=True)
+        (self.dir / "_bench_runner.py").write_text(_RUNNER)
+        self.seconds = self.cpu = None
+
+    def statistics_table(self, df: pd.DataFrame, **kw) -> pd.DataFrame:
+        import pickle
+
+        src, dst = self.dir / "in.pkl", self.dir / "out.pkl"
+        with open(src, "wb") as f:
+            pickle.dump((df, kw), f)
+        env = {**os.environ, "PYTHONPATH": str(self.dir)}
+        subprocess.run([sys.executable, "_bench_runner.py", str(src), str(dst)], cwd=self.dir,
+                       env=env, check=True)
+        with open(dst, "rb") as f:
+            table, self.seconds, self.cpu = pickle.load(f)
+        return table
 
 
 def breakdown(df: pd.DataFrame, measure: str) -> dict[str, float]:
@@ -165,26 +208,29 @@ def main() -> None:
     args = p.parse_args()
     df = synthetic(args.trials, args.measures)
     names = [f"m{i}" for i in range(args.measures)]
-    times, phases, memory = {}, {}, {}
+    times, phases, memory, cpu = {}, {}, {}, {}
     cores = os.cpu_count() or 1
     runs = [(f"current, processes=None as sweep report ({cores} cores)", stats,
              {"processes": None})]
     if args.single:
         runs.append(("current, 1 process", stats, {"processes": 1}))
     if args.baseline:
-        runs.append((f"baseline {args.baseline}, processes=None", baseline_module(args.baseline),
+        runs.append((f"baseline {args.baseline}, processes=None", Baseline(args.baseline),
                      {"processes": None}))
     tables = {}
+    stats.statistics_table(df.head(300), measures=names, n_boot=1, processes=1,
+                           hyperparameters=stats.HYPERPARAMETERS)  # numba's loops loaded
     for label, mod, kw in runs:
         marks = []
         if mod is stats:
             kw = {**kw, "progress": lambda done, total, procs: marks.append(
                 (time.perf_counter(), done))}
         mem = PeakMemory()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         tables[label] = mod.statistics_table(df, measures=names, n_boot=args.boot,
                                              hyperparameters=stats.HYPERPARAMETERS, **kw)
-        times[label] = time.perf_counter() - t
+        times[label] = getattr(mod, "seconds", None) or time.perf_counter() - t
+        cpu[label] = getattr(mod, "cpu", None) or cpu_seconds() - c
         memory[label] = mem.stop()
         if marks:  # the estimates, then the replicates: the time at 200 replicates from both
             est = marks[0][0] - t
@@ -201,13 +247,15 @@ def main() -> None:
                      f"{ph['replicates_s']:.1f} s, so at 200 replicates about "
                      f"{ph['at_200_replicates_s']:.0f} s")
         print(f"{label}: {args.trials} trials, {args.measures} measures, "
-              f"{first.group.nunique()} groups, {args.boot} replicates: {s:.1f} s "
-              f"({s / evaluations:.3f} s per evaluation of all statistics of one measure); "
+              f"{first.group.nunique()} groups, {args.boot} replicates: {s:.1f} s, "
+              f"{cpu[label]:.1f} CPU s ({s / evaluations:.3f} s, {cpu[label] / evaluations:.3f} "
+              "CPU s per evaluation of all statistics of one measure); "
               f"peak memory of all processes {memory[label]:.2f} GiB{extra}")
     diffs = {}
     for label, _, _ in runs[1:]:
         diffs[label] = compare(first, tables[label])
-        print(f"{runs[0][0]} / {label}: time {times[runs[0][0]] / times[label]:.3f}; largest "
+        print(f"{runs[0][0]} / {label}: time {times[runs[0][0]] / times[label]:.3f}, CPU time "
+              f"{cpu[runs[0][0]] / cpu[label]:.3f}; largest "
               "difference of value, ci_low, ci_high: " + ", ".join(
                   f"{k} {v:.1e}" for k, v in diffs[label].items()))
     parts = {} if args.no_breakdown else breakdown(df, names[0])
@@ -215,7 +263,7 @@ def main() -> None:
         print(f"one evaluation, group 'all' ({parts.pop('configurations')} configurations): "
               + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items()))
     print(json.dumps({"trials": args.trials, "measures": args.measures, "boot": args.boot,
-                      "seconds": times, "phases": phases, "peak_gib": memory,
+                      "seconds": times, "cpu_seconds": cpu, "phases": phases, "peak_gib": memory,
                       "evaluations": evaluations, "largest_difference": diffs,
                       "breakdown_all": parts}))
 

@@ -558,6 +558,34 @@ def test_pair_counts_equal_enumeration(n, kind):
         np.testing.assert_array_equal(got[s], want[s])
 
 
+@pytest.mark.parametrize("n", [15, 16, 17, 31, 32, 33, 48, 257, 700])
+@pytest.mark.parametrize("kind", ["random", "g_ties", "mu_ties", "both_tied_runs"])
+def test_pair_counts_at_block_edges_and_wide_classes_equal_enumeration(n, kind):
+    """The dominance count enumerates the pairs inside blocks of 16 elements of the g-order and
+    merges above: sizes at and around the block and merge boundaries, ties in g only, in mu
+    only, and long runs tied in both; a set with 150 classes (classes stored as int16, not
+    int8) beside small ones; every count equal to the enumeration of all n^2 pairs."""
+    from analysis.stats import _pair_counts, _SetClasses
+
+    rng = np.random.default_rng(1000 + n + 7 * len(kind))
+    levels = np.array([10, 15, 2])
+    codes = np.stack([rng.integers(0, v, n) for v in levels], 1)
+    g, mu = rng.normal(size=n), rng.normal(size=n)
+    if kind == "g_ties":
+        g = rng.integers(0, 4, n).astype(float)
+    elif kind == "mu_ties":
+        mu = rng.integers(0, 4, n).astype(float)
+    elif kind == "both_tied_runs":
+        g = np.repeat(rng.normal(size=n // 8 + 1), 8)[:n]
+        mu = np.repeat(rng.normal(size=n // 5 + 1), 5)[:n]
+    sets = [(0, 1), (2,), (1, 2), (0, 2)]
+    assert _SetClasses(codes, levels, sets).cls.dtype == np.int16
+    got = _pair_counts(mu, g, codes, levels, sets)
+    want = enumerated_outcomes(mu, g, codes, levels, sets)
+    for s in sets:
+        np.testing.assert_array_equal(got[s], want[s])
+
+
 def test_pair_counts_flush_their_int32_cells_exactly():
     """The kernels count in int32 cells flushed into int64 before they could overflow: with
     the flush after every addition (flush=1) and never before the end (a huge bound) the counts
@@ -574,8 +602,8 @@ def test_pair_counts_flush_their_int32_cells_exactly():
     for flush in (1, 2**62):
         both = np.zeros(int(sc.off[-1]), dtype=np.int64)
         below = np.zeros(int(sc.off[-1]), dtype=np.int64)
-        kernels.count_dominated(rg, rm, sc.base, sc.cls, sc.k, sc.hoff, both, flush)
-        kernels.count_below(rm, sc.base, sc.cls, sc.k, sc.hoff, below, flush)
+        kernels.count_dominated(rg, rm, sc.cls, sc.kp, sc.off, sc.hoff, both, flush)
+        kernels.count_below(rm, sc.cls, sc.kp, sc.off, sc.hoff, below, flush)
         got = sc.outcomes(sc.below(rg), below, both)
         want = enumerated_outcomes(mu, g, codes, levels, [(0,), (0, 1)])
         for s in want:

@@ -22,46 +22,55 @@ from analysis.stats.configs import _Configs, _configs, _dense_rank, _kernels, _p
 # G and M are one-dimensional counts (one pass in sorted order with a running histogram of the
 # classes below, analysis.kernels.count_below); GM is a two-dimensional dominance count (a
 # merge sort over the g-order by mu that counts the pairs split at each level,
-# analysis.kernels.count_dominated). Every conditioning set is counted in the same pass, and
-# nothing enumerates the n^2 pairs: O(n log n * sum of the sets' class counts). G depends on the
-# target and the configurations only and is shared by every measure over them (`_Shared`).
+# analysis.kernels.count_dominated, its first four levels enumerated inside blocks of 16).
+# Every conditioning set is counted in the same pass, a histogram added to a row in 8-lane
+# vector additions, and nothing enumerates the n^2 pairs: O(n log n * sum of the sets' class
+# counts). G depends on the target and the configurations only and is shared by every measure
+# over them (`_Shared`).
 
 
 class _SetClasses:
-    """Each configuration's class under each conditioning set, laid out for the kernels: the
-    sets' (K, K) blocks one after another in a flat count array (``off``), their running
-    histograms likewise (``hoff``)."""
+    """Each configuration's class under each conditioning set, laid out for the kernels
+    (``analysis.kernels``): per set s a (k, kp) block of a flat count array from ``off[s]``
+    (kp = k rounded up to a multiple of 8, the extra columns always 0), its running histogram
+    of kp entries from ``hoff[s]``, and ``cls`` (n, S) the classes in the smallest integer type
+    that holds them (the kernels' ``rec``)."""
 
     def __init__(self, codes: np.ndarray, levels: np.ndarray, sets: Sequence[tuple[int, ...]]):
         self.sets = tuple(sets)
         n = codes.shape[0]
         self.k = np.array([math.prod(int(levels[c]) for c in s) for s in sets], dtype=np.int64)
-        if (self.k * self.k).sum() >= 2**31:
-            raise ValueError(f"conditional MI: {int((self.k * self.k).sum())} cells; at most "
+        self.kp = (self.k + 7) // 8 * 8
+        if (self.k * self.kp).sum() >= 2**31:
+            raise ValueError(f"conditional MI: {int((self.k * self.kp).sum())} cells; at most "
                              f"{2**31 - 1} (fewer hyperparameter values or a smaller k)")
-        self.off = np.concatenate([[0], np.cumsum(self.k * self.k)]).astype(np.int64)
-        self.hoff = np.concatenate([[0], np.cumsum(self.k)]).astype(np.int64)
-        self.cls = np.zeros((n, len(sets)), dtype=np.int32)
+        self.off = np.concatenate([[0], np.cumsum(self.k * self.kp)]).astype(np.int64)
+        self.hoff = np.concatenate([[0], np.cumsum(self.kp)]).astype(np.int64)
+        top = int(self.k.max()) if len(sets) else 1
+        dtype = np.int8 if top <= 2**7 else np.int16 if top <= 2**15 else np.int32
+        self.cls = np.zeros((n, len(sets)), dtype=dtype)
         for q, s in enumerate(sets):
             c = np.zeros(n, dtype=np.int64)
             for col in s:
                 c = c * int(levels[col]) + codes[:, col]
             self.cls[:, q] = c
-        self.base = (self.off[:-1][None, :] + self.cls * self.k[None, :]).astype(np.int32)
         self.size = {s: np.bincount(self.cls[:, q], minlength=int(self.k[q])).astype(np.float64)
                      for q, s in enumerate(sets)}
 
+    def _counts(self) -> np.ndarray:
+        return np.zeros(int(self.off[-1]), dtype=np.int64)
+
     def below(self, rank: np.ndarray) -> np.ndarray:
-        """Flat counts, per set and classes (a, b): pairs i in a, j in b with rank_j < rank_i."""
-        out = np.zeros(int(self.off[-1]), dtype=np.int64)
-        _kernels().count_below(rank, self.base, self.cls, self.k, self.hoff, out)
+        """Flat counts, per set and classes (a, b) at ``off[s] + a * kp[s] + b``: pairs i in a,
+        j in b with rank_j < rank_i."""
+        out = self._counts()
+        _kernels().count_below(rank, self.cls, self.kp, self.off, self.hoff, out)
         return out
 
     def dominated(self, rg: np.ndarray, rm: np.ndarray) -> np.ndarray:
-        """Flat counts, per set and classes (a, b): pairs i in a, j in b with rg_j < rg_i and
-        rm_j < rm_i."""
-        out = np.zeros(int(self.off[-1]), dtype=np.int64)
-        _kernels().count_dominated(rg, rm, self.base, self.cls, self.k, self.hoff, out)
+        """Flat counts as ``below``: pairs i in a, j in b with rg_j < rg_i and rm_j < rm_i."""
+        out = self._counts()
+        _kernels().count_dominated(rg, rm, self.cls, self.kp, self.off, self.hoff, out)
         return out
 
     def outcomes(self, g_below: np.ndarray, m_below: np.ndarray, both: np.ndarray) -> dict:
@@ -69,9 +78,10 @@ class _SetClasses:
         the ordered pairs with outcome 2 V_g + V_mu; empty classes give empty cells."""
         out = {}
         for q, s in enumerate(self.sets):
-            a, b = self.off[q], self.off[q + 1]
+            a, b, k, kp = self.off[q], self.off[q + 1], int(self.k[q]), int(self.kp[q])
             n_ab = np.outer(self.size[s], self.size[s]).ravel()
-            g_ab, m_ab, gm_ab = (x[a:b].astype(np.float64) for x in (g_below, m_below, both))
+            g_ab, m_ab, gm_ab = (x[a:b].reshape(k, kp)[:, :k].astype(np.float64).ravel()
+                                 for x in (g_below, m_below, both))
             out[s] = np.stack([n_ab - g_ab - m_ab + gm_ab, m_ab - gm_ab, g_ab - gm_ab, gm_ab],
                               axis=-1)
         return out

@@ -35,6 +35,9 @@ from workers.results.storage import Store
 
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 120.0  # another host's lock without a heartbeat for this long is taken over
+# ... or for this long when the SLURM job its driver ran in has ended (a driver can outlive its
+# job's end briefly, or for good under salloc without --kill-command: three missed heartbeats)
+SLURM_ENDED_AFTER_S = 3 * HEARTBEAT_S + 1.0
 SETTLE_S = 1.0  # object stores: wait before reading the lock back
 FRESH_S = 10.0  # an unreadable lock file younger than this is being written: treated as live
 
@@ -91,7 +94,8 @@ def holder_state(h: Holder, st: Store | None = None, token: str | None = None) -
     Another host: its heartbeat must be younger than STALE_AFTER_S, measured on the store's
     clock (the lock file's mtime against a probe file written now), so clock skew between
     hosts does not matter. A driver that ran in a SLURM job the scheduler reports ended is gone
-    at once (the next job of a ``sweep slurm`` chain does not wait out the heartbeat)."""
+    after SLURM_ENDED_AFTER_S without a heartbeat (the next job of a ``sweep slurm`` chain
+    does not wait out STALE_AFTER_S)."""
     if h.host == socket.gethostname():
         if h.boot_id and h.boot_id != _boot_id():
             return False, "the host rebooted since"
@@ -101,9 +105,10 @@ def holder_state(h: Holder, st: Store | None = None, token: str | None = None) -
         if h.pid_started and started and abs(started - h.pid_started) > 1.0:
             return False, f"pid {h.pid} is another process now"
         return True, "its process is running on this host"
-    if h.slurm_job and (ended := slurm_job_ended(h.slurm_job)):
-        return False, ended
     age = _age_on_store(st, h) if st is not None else time.time() - h.heartbeat
+    if (h.slurm_job and age > SLURM_ENDED_AFTER_S
+            and (ended := slurm_job_ended(h.slurm_job))):
+        return False, f"{ended}, no heartbeat for {age:.0f} s"
     if age > STALE_AFTER_S:
         return False, f"no heartbeat for {age:.0f} s (> {STALE_AFTER_S:.0f} s)"
     return True, f"heartbeat {age:.0f} s ago"

@@ -216,10 +216,12 @@ def test_a_transient_read_error_does_not_lose_the_lock(tmp_path, monkeypatch):
     ("echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1", True),
     ("sleep 30", True)])
 def test_a_lock_of_a_slurm_job_that_ended_is_stale_at_once(tmp_path, monkeypatch, answer, live):
-    """Another host's lock with a fresh heartbeat, written by a driver inside SLURM job 4242:
-    stale at once when the scheduler says the job ended (the next job of a ``sweep slurm``
-    chain after a hard kill does not wait out STALE_AFTER_S); live while it runs or when the
-    scheduler cannot say (a stopped controller, a hang past the timeout)."""
+    """Another host's lock written by a driver inside SLURM job 4242, its last heartbeat 40 s
+    ago: stale when the scheduler says the job ended (the next job of a ``sweep slurm`` chain
+    after a hard kill does not wait out STALE_AFTER_S = 120 s); live while it runs or when the
+    scheduler cannot say (a stopped controller, a hang past the timeout). With a fresh
+    heartbeat it is live whatever the scheduler says (a driver under salloc outlives its
+    allocation)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "squeue").write_text(
@@ -230,7 +232,10 @@ def test_a_lock_of_a_slurm_job_that_ended_is_stale_at_once(tmp_path, monkeypatch
     monkeypatch.setattr(lock_mod, "slurm_job_ended",
                         lambda job, timeout=10.0, real=lock_mod.slurm_job_ended: real(job, 2.0))
     st = Store(tmp_path / "s")
-    _write_lock(st, host="node-that-ran-job-4242", slurm_job="4242")
+    _write_lock(st, host="node-that-ran-job-4242", slurm_job="4242", heartbeat=time.time() - 1)
+    assert lock_mod.holder_state(read_holder(st), st)[0] is True  # fresh: live
+    _write_lock(st, host="node-that-ran-job-4242", slurm_job="4242",
+                heartbeat=time.time() - 40)
     h = read_holder(st)
     assert h.slurm_job == "4242"
     got, why = lock_mod.holder_state(h, st)

@@ -127,12 +127,13 @@ _KEEPALIVE_VARS = {"RAY_grpc_client_keepalive_time_ms": DRIVER_KEEPALIVE_S * 100
 
 @contextlib.contextmanager
 def driver_keepalive():
-    """While the driver's Ray starts or connects inside this block: the keepalive of its gRPC
+    """While the driver connects to a cluster inside this block: the keepalive of its gRPC
     connections (DRIVER_KEEPALIVE_S, DRIVER_KEEPALIVE_TIMEOUT_S) through Ray's
     ``RAY_grpc_client_keepalive_time_ms`` / ``RAY_grpc_client_keepalive_timeout_ms``, which its
-    core worker reads when ``ray.init`` starts it (a local Ray's processes, started then, inherit
-    them). A variable the user set is kept, and a cluster's ``_system_config`` / ``ray start
-    --system-config`` wins over both (Ray's order); the environment is restored on exit."""
+    core worker reads when ``ray.init`` starts it. Not for a local Ray, whose own processes
+    would inherit them with nothing to gain on one node. A variable the user set is kept, and
+    a cluster's ``_system_config`` / ``ray start --system-config`` wins over both (Ray's
+    order); the environment is restored on exit."""
     saved = {k: os.environ.get(k) for k in _KEEPALIVE_VARS}
     for k, v in _KEEPALIVE_VARS.items():
         os.environ.setdefault(k, str(v))
@@ -159,7 +160,7 @@ def start_ray(cfg: SweepConfig):
     common = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     if cfg.cluster.address is None:
         _quiet_token_notice()
-        with loopback_node(), driver_keepalive():
+        with loopback_node():  # (one node: no stall to detect; Ray's keepalive defaults)
             ray.init(address="local", num_cpus=cfg.cluster.num_cpus, _node_ip_address=LOOPBACK,
                      **common)
         check_loopback(ray)

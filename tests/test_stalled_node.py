@@ -172,32 +172,53 @@ def test_a_node_that_stalls_and_wakes_up_overwrites_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_the_driver_pings_a_silent_worker_sooner_than_rays_default(tmp_path):
-    """sweep.runtime.start_ray: the driver's Ray uses DRIVER_KEEPALIVE_S / _TIMEOUT_S for its
-    gRPC keepalive (so a task on a frozen node fails and is retried within 2 minutes, not
-    Ray's 7), a value the user set in the environment stays, and the environment is restored
-    once Ray has started; read from Ray's own config in a child process."""
-    code = textwrap.dedent("""
+    """sweep.runtime.start_ray: a driver connecting to a cluster uses DRIVER_KEEPALIVE_S /
+    _TIMEOUT_S for its gRPC keepalive (so a task on a frozen node fails and is retried within 2
+    minutes, not Ray's 7), a value the user set in the environment stays, and the environment
+    is restored once Ray has started; a local Ray (one node) keeps Ray's defaults. Read from
+    Ray's own config in child processes, against a loopback cluster started there."""
+    connect = textwrap.dedent("""
         import json, os
+        import ray
+        from ray.cluster_utils import Cluster
+        from sweep.config import compose
+        from sweep.runtime import start_ray
+        c = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+        try:
+            start_ray(compose([f"cluster.address={c.address}"]))
+            print(json.dumps([ray._config.grpc_client_keepalive_time_ms(),
+                              ray._config.grpc_client_keepalive_timeout_ms(),
+                              os.environ.get("RAY_grpc_client_keepalive_time_ms"),
+                              os.environ.get("RAY_grpc_client_keepalive_timeout_ms")]))
+            ray.shutdown()
+        finally:
+            c.shutdown()
+    """)
+    local = textwrap.dedent("""
+        import json
         import ray
         from sweep.config import compose
         from sweep.runtime import start_ray
         start_ray(compose(["cluster.num_cpus=1"]))
         print(json.dumps([ray._config.grpc_client_keepalive_time_ms(),
-                          ray._config.grpc_client_keepalive_timeout_ms(),
-                          os.environ.get("RAY_grpc_client_keepalive_time_ms"),
-                          os.environ.get("RAY_grpc_client_keepalive_timeout_ms")]))
+                          ray._config.grpc_client_keepalive_timeout_ms()]))
         ray.shutdown()
     """)
     from sweep.runtime import DRIVER_KEEPALIVE_S
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_grpc_client_keepalive")}
-    env["RAY_grpc_client_keepalive_timeout_ms"] = "45000"  # the user's
-    r = run([sys.executable, "-c", code], timeout=300, capture_output=True, text=True, env=env,
-            cwd=Path(__file__).resolve().parents[1])
-    assert r.returncode == 0, r.stderr[-3000:]
-    got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert got == [DRIVER_KEEPALIVE_S * 1000, 45000, None, "45000"]
+    env.pop("RAY_ADDRESS", None)
+    got = []
+    for code, extra in ((connect, {"RAY_grpc_client_keepalive_timeout_ms": "45000"}),  # the user's
+                        (local, {})):
+        r = run([sys.executable, "-c", code], timeout=300, capture_output=True, text=True,
+                env={**env, **extra}, cwd=Path(__file__).resolve().parents[1])
+        assert r.returncode == 0, r.stderr[-3000:]
+        got.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert got[0] == [DRIVER_KEEPALIVE_S * 1000, 45000, None, "45000"]
     assert DRIVER_KEEPALIVE_S * 1000 > 60000 and DRIVER_KEEPALIVE_S * 1000 < 300000
+    assert got[1][0] != DRIVER_KEEPALIVE_S * 1000  # Ray's own (300 s in ray 2.x)
 
 
 # ---- the guard itself, without Ray

@@ -140,7 +140,8 @@ def ranking_rows(ranking: pd.DataFrame, merged: pd.DataFrame) -> pd.DataFrame:
     """``ranking.csv``: ``ranking`` (one row per measure, its ``rank`` among the measures)
     with, after ``rank``, ``row_rank``, the rank of the page's row that holds the measure
     (``merged``: ``merged_ranking``), and ``row``, that row's measures joined by ", " as the
-    page names it; a measure the page does not show has both null."""
+    page's ranking table names it (with their signs in its ``sign`` column; the figure writes
+    "-name" for sign -1); a measure the page does not show has both null."""
     out = ranking.copy()
     at = {m: (r, ", ".join(ms)) for ms, r in zip(merged.get("measures", []),
                                                  merged.get("rank", [])) for m in ms}

@@ -13,7 +13,8 @@ from sweep.plan import plan_pairs
 SMALL = ["experiment=factors", "dataset=digits", "trials=3", "train.steps=200",
          "train.check_every=100", "space.width=[16,32]", "space.depth=[2,3]", "space.batch_size=[32,64]",
          "dataset.train_size=200", "dataset.test_size=60", "metrics.transitions_points=5",
-         "progress=false", "figure=false"]
+         "progress=false", "figure=false",
+         "measures=[jacobian_norm_test,transitions_test]"]  # Fig. 4's; the rest are not tested here
 # where each factor lives in a spec's canonical JSON; lbfgs also drops lr/batch_size
 WHERE = {"random_labels": ("data", "random_labels"), "augment": ("data", "augment"),
          "activation": (None, "activation"), "optimizer": (None, "optimizer")}

@@ -105,7 +105,8 @@ def test_sweep_to_a_uri_launches_loads_and_resumes(ray_local, tmp_path, capsys):
     local, uri = tmp_path / "ref", f"file://{tmp_path}/s"
     over = ["trials=4", "dataset.train_size=120", "dataset.test_size=40", "train.steps=60",
             "train.check_every=30", "space.width=[16]", "space.depth=[2]",
-            "space.batch_size=[32]", "metrics.transitions_points=4", "progress=false"]
+            "space.batch_size=[32]", "metrics.transitions_points=4", "progress=false",
+            "measures=[jacobian_norm_test,transitions_test]"]  # the two compared (and ranked)
     from sweep.cli import main
 
     assert main(["launch", *over, f"out={uri}", "save_weights=true"]) == 0  # with the report

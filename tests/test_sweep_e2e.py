@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 TINY = ["trials=6", "dataset.train_size=200", "dataset.test_size=80", "train.steps=150",
         "train.check_every=50", "space.width=[16,32]", "space.depth=[2,3]",
-        "space.batch_size=[32]", "progress=false"]
+        "space.batch_size=[32]", "progress=false",
+        "measures=[jacobian_norm_train,jacobian_norm_test]"]  # (two keep trials short and rank)
+EVERY = ["measures=[all]"]  # the default: the first test runs every measure end to end
 FILLED = ["trial_id", "status", "dataset", "width", "depth", "activation", "optimizer", "lr",
           "init_scale", "seed", "random_labels", "augment", "steps", "n_params",
           "train_acc", "test_acc", "train_loss", "test_loss", "gen_gap", "jacobian_norm_train",
@@ -27,8 +29,8 @@ FILLED = ["trial_id", "status", "dataset", "width", "depth", "activation", "opti
 
 def test_tiny_sweep_resume_and_weights(ray_local, tmp_path, capsys):
     out = tmp_path / "sweep"
-    cfg = compose(TINY + [f"out={out}", "save_weights=true"])
-    assert main(["launch", *TINY, f"out={out}", "save_weights=true"]) == 0  # and the report
+    cfg = compose(TINY + EVERY + [f"out={out}", "save_weights=true"])
+    assert main(["launch", *TINY, *EVERY, f"out={out}", "save_weights=true"]) == 0  # and the report
     df = load_results(out)
     assert len(df) == 6 and (df["status"] == "ok").all(), df[["status", "error"]]
     assert df[FILLED].notna().all().all()

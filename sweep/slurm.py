@@ -19,7 +19,16 @@ From a login node, ``sweep slurm [KEY=VALUE ...] --nodes N --gpus-per-node G --t
    cancelled and the chain ends; trials left (retryable failures: a node died, a trial ran over
    ``resources.trial_timeout``): the chain goes on with a next job, unless ``STALLED_JOBS`` jobs
    in a row finished no trial, when it stops with that reason (in ``jobs.tsv``, shown by
-   ``sweep status``) and ``sbatch <sweep>/slurm/sweep.sbatch`` continues it by hand.
+   ``sweep status``) and ``sbatch <sweep>/slurm/sweep.sbatch`` continues it by hand;
+5. when the driver was stopped at the time limit, ``python -m sweep.slurm limit``
+   (``limit_step``) decides: the next job goes on, unless ``STALLED_JOBS`` jobs in a row neither
+   finished a trial nor wrote a checkpoint (a trial longer than one job, without
+   ``resources.trial_timeout`` or ``train.checkpoint_every``): then the job submitted at the
+   signal is cancelled and the chain stops with that reason. If a helper fails, a job already
+   submitted stays (its own driver decides again). A cancel (TERM) at any moment ends the job
+   ``cancelled`` and submits nothing; a job submitted at the time-limit signal before it stays
+   (Slurm also sends TERM at the limit). sbatch may fail after Slurm accepted the job: before
+   a second submit the script looks for a pending job of the chain (``squeue --name``).
 
 Why a new job and not ``scontrol requeue``: a requeued batch job keeps its id but Slurm makes it
 wait (``Reason=BeginTime``, about two minutes on Slurm 22.05) before it may start again, and
@@ -195,9 +204,11 @@ SWEEP_DIR={q(str(d))}
 SCRIPT={q(str(d / SLURM_SCRIPT))}
 JOBS={q(str(d / SLURM_JOBS))}
 GPUS_PER_NODE={opts.gpus_per_node}
+JOB_NAME={q(job_name(d))}  # the chain's jobs' name (squeue --name, scancel --name)
 # trials left after the driver finished (retryable failures: a node died, a trial ran over
-# resources.trial_timeout): the chain goes on, but stops after this many jobs in a row that
-# finished no trial (`python -m sweep.slurm next`, sweep/slurm.py next_step)
+# resources.trial_timeout) or was stopped at the time limit: the chain goes on, but stops after
+# this many jobs in a row that finished no trial (and, at the time limit, wrote no checkpoint)
+# (`python -m sweep.slurm next` / `limit`, sweep/slurm.py next_step / limit_step)
 STALLED_JOBS={STALLED_JOBS}
 # Ray's token authentication with a token of this job's own (srun passes it to every node)
 export RAY_AUTH_MODE=token
@@ -214,9 +225,20 @@ record() {{  # record JOB EVENT DETAIL: one line of $JOBS (`sweep status` reads 
 # ---- the time limit: Slurm sends this shell USR1 --signal-before seconds ahead. Submit the
 # next job (it starts when this one ends), then stop the driver: no new trials, running ones
 # get 30 s to finish (sweep/dispatch.py). A cancelled job (scancel: TERM) stops the same way
-# without a next job.
-stopping=""; next=""; child=""  # child: the command the script waits for
+# and submits no next job from then on, whenever the TERM comes.
+stopping=""; cancelled=""; next=""; child=""  # child: the command the script waits for
+tried=""  # sbatch was run once (it may have failed after Slurm accepted the job)
 submit_next() {{  # the next job of the chain (it starts when this one ends): its id in $next
+  [ -z "$cancelled" ] || return 0  # a cancelled job submits nothing
+  if [ -n "$tried" ]; then  # a job of this chain already queued (an earlier sbatch's)? use it
+    next=$(squeue --name="$JOB_NAME" --states=PENDING -h -o %i 2>/dev/null \\
+           | grep -v -x "$SLURM_JOB_ID" | head -n1)
+    if [ -n "$next" ]; then
+      record "$next" submitted "continues job $SLURM_JOB_ID (found queued after sbatch failed)"
+      return 0
+    fi
+  fi
+  tried=1
   if next=$(sbatch --parsable --dependency="afterany:$SLURM_JOB_ID" "$SCRIPT"); then
     next=${{next%%;*}}
     record "$next" submitted "continues job $SLURM_JOB_ID"
@@ -236,7 +258,8 @@ on_time_limit() {{
   fi
   [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
 }}
-on_cancel() {{
+on_cancel() {{  # whatever the job is doing: the outcome is "cancelled", nothing is submitted
+  cancelled=1
   [ -n "$stopping" ] || stopping=cancelled
   [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
 }}
@@ -299,32 +322,59 @@ fi
 # ---- what next. The driver's exit 0: it ran every trial it could; what is left decides
 # (sweep/slurm.py next_step): "done" (nothing left: the next job, if any, is cancelled),
 # "continue" (retryable failures left: a next job runs them) or "stop" (STALLED_JOBS jobs in a
-# row finished no trial: the chain ends with that reason, exit 1).
-if [ "$stopping" = cancelled ]; then
-  outcome="cancelled"
-elif [ "$driver_rc" = 0 ]; then
+# row finished no trial: the chain ends with that reason, exit 1). The driver stopped at the
+# time limit: the next job goes on, unless STALLED_JOBS jobs in a row neither finished a trial
+# nor wrote a checkpoint (sweep/slurm.py limit_step: a trial longer than a job, without
+# checkpoints, would be cut at every limit): then the chain ends, exit 1. A cancel (TERM), at
+# any moment, decides over all of these.
+cancel_next() {{  # cancel_next WHY: cancel the next job, if one was submitted
+  [ -n "$next" ] && scancel "$next" && record "$next" cancelled "$1 after job $SLURM_JOB_ID"
+  next=""
+}}
+decision=""
+if [ -z "$cancelled" ] && [ "$driver_rc" = 0 ]; then
   [ -n "$stopping" ] || stopping=finished  # (a time-limit signal from here on changes nothing)
-  decision=$(python -m sweep.slurm next "$SWEEP_DIR" "$STALLED_JOBS") \\
-    || decision=$'stop\\t'"stopped: python -m sweep.slurm next failed; continue: sbatch $SCRIPT"
-  action=${{decision%%$'\\t'*}}; outcome=${{decision#*$'\\t'}}
-  if [ "$action" = continue ]; then
-    [ -n "$next" ] || submit_next
-    if [ -n "$next" ]; then
-      outcome="$outcome; continued by job $next"
-    else
-      outcome="$outcome; could not submit the next job (sbatch failed); continue with:"
-      outcome="$outcome sbatch $SCRIPT"
-      rc=1
-    fi
+  decision=$(python -m sweep.slurm next "$SWEEP_DIR" "$STALLED_JOBS") || decision=failed
+elif [ -z "$cancelled" ] && [ "$stopping" = time-limit ]; then
+  decision=$(python -m sweep.slurm limit "$SWEEP_DIR" "$STALLED_JOBS") || decision=failed
+fi
+action=${{decision%%$'\\t'*}}; said=${{decision#*$'\\t'}}
+if [ -n "$cancelled" ]; then  # checked last: a TERM may have come while the helpers ran
+  outcome="cancelled"
+  if [ -n "$next" ] && [ "$stopping" = time-limit ]; then
+    # submitted at the time-limit signal (Slurm also sends TERM at the limit): it stays
+    outcome="$outcome; job $next, submitted at the time-limit signal, continues the sweep"
+    outcome="$outcome (scancel $next to end the chain)"
   else
-    if [ -n "$next" ]; then
-      why="nothing left"; [ "$action" = done ] || why="the chain stopped"
-      scancel "$next" && record "$next" cancelled "$why after job $SLURM_JOB_ID"
-    fi
-    [ "$action" = done ] || rc=1
+    cancel_next "job cancelled"
   fi
-elif [ "$stopping" = time-limit ]; then
-  outcome="stopped before its time limit; ${{next:+continued by job $next}}"; rc=0
+elif [ "$action" = failed ]; then
+  if [ -n "$next" ]; then  # submitted at the time-limit signal: its own driver decides again
+    outcome="python -m sweep.slurm could not decide; job $next (submitted at the time-limit"
+    outcome="$outcome signal) continues the sweep"
+  else
+    outcome="stopped: python -m sweep.slurm could not decide; continue with: sbatch $SCRIPT"
+  fi
+  rc=1
+elif [ "$action" = continue ]; then
+  [ -n "$next" ] || submit_next
+  if [ -n "$cancelled" ]; then  # TERM during sbatch
+    outcome="cancelled"; cancel_next "job cancelled"
+  elif [ -n "$next" ]; then
+    outcome="$said; continued by job $next"; rc=0
+    [ "$driver_rc" = 0 ] || outcome="stopped before its time limit; $outcome"
+  else
+    outcome="$said; could not submit the next job (sbatch failed); continue with:"
+    outcome="$outcome sbatch $SCRIPT"
+    rc=1
+  fi
+elif [ "$action" = done ]; then
+  outcome="$said"
+  cancel_next "nothing left"
+elif [ "$action" = stop ]; then
+  outcome="$said"
+  cancel_next "the chain stopped"
+  rc=1
 else
   outcome="failed (driver exit $rc); continue with: sbatch $SCRIPT"
 fi
@@ -517,12 +567,35 @@ def trials_left(sweep_dir) -> tuple[int, int]:
 def left_at_starts(rows: list[dict]) -> list[int]:
     """The counts of the job list's ``left`` events (trials left at each job's start), oldest
     first; lines that do not parse are skipped."""
+    return [count for count, _ in left_events(rows)]
+
+
+def left_events(rows: list[dict]) -> list[tuple[int, float | None]]:
+    """(trials left, the event's time in seconds since the epoch, None if unreadable) of each
+    of the job list's ``left`` events (recorded at each job's start), oldest first; lines whose
+    count does not parse are skipped."""
+    import calendar
+
     out = []
     for r in rows:
         word = r["detail"].split(" ", 1)[0]
         if r["event"] == "left" and word.isdigit():
-            out.append(int(word))
+            try:
+                at = float(calendar.timegm(time.strptime(r["time"], "%Y-%m-%dT%H:%M:%SZ")))
+            except ValueError:
+                at = None
+            out.append((int(word), at))
     return out
+
+
+def newest_checkpoint(sweep_dir) -> float | None:
+    """The newest modification time (seconds since the epoch) of any file under the sweep's
+    ``checkpoints/`` (running trials' training state), None without one."""
+    from workers.results.layout import CHECKPOINTS
+
+    times = [p.stat().st_mtime for p in (Path(sweep_dir) / CHECKPOINTS).rglob("*")
+             if p.is_file()]
+    return max(times, default=None)
 
 
 def next_step(left: int, planned: int, starts: list[int], stalled_max: int = STALLED_JOBS,
@@ -546,6 +619,36 @@ def next_step(left: int, planned: int, starts: list[int], stalled_max: int = STA
     if stalled >= stalled_max:
         return "stop", (f"stopped: {said}; no trial finished in the last {stalled} job(s); "
                         f"see sweep status, then continue with: sbatch {script}")
+    return "continue", said
+
+
+def limit_step(left: int, planned: int, starts: list[tuple[int, float | None]],
+               checkpoint_at: float | None, stalled_max: int = STALLED_JOBS,
+               script: str = SLURM_SCRIPT) -> tuple[str, str]:
+    """Whether the chain goes on after a job stopped at its time limit (its driver cut short),
+    and the words recorded: ``("continue", ...)`` unless the last ``stalled_max`` jobs each
+    neither finished a trial nor wrote a checkpoint, then ``("stop", reason)``: a trial that
+    cannot finish within one job (no ``resources.trial_timeout``, no checkpoints) would
+    otherwise be cut at every limit, for ever. ``starts``: (trials left, start time) of each
+    job, oldest first, this job's last (``left_events``); ``checkpoint_at``: the newest
+    checkpoint's time (``newest_checkpoint``); a job made no progress when the count after it is
+    not lower than at its start and no checkpoint is newer than its start (an unknown start time
+    counts as progress). ``left``: trials left now."""
+    counts = [c for c, _ in starts] + [left]
+    stalled = 0
+    for i in range(len(starts) - 1, -1, -1):
+        at = starts[i][1]
+        wrote = at is None or (checkpoint_at is not None and checkpoint_at >= at)
+        if counts[i + 1] < counts[i] or wrote:
+            break
+        stalled += 1
+    said = f"{left} of {planned} trials left"
+    if left and stalled >= stalled_max:
+        return "stop", (f"stopped at the time limit: {said}; no trial finished and no "
+                        f"checkpoint was written in the last {stalled} job(s): a trial needs "
+                        "more than one job; set resources.trial_timeout (it then fails, "
+                        "retryable) or train.checkpoint_every (it then goes on from its "
+                        f"checkpoint), then continue with: sbatch {script}")
     return "continue", said
 
 
@@ -607,7 +710,8 @@ def wait_ray(address: str, nodes: int, timeout: float, head_pid: int | None = No
 def _main(argv: list[str]) -> int:
     """The batch script's calls: ``wait-ray`` (``wait_ray``); ``left SWEEP_DIR`` prints ``K of
     N`` (``trials_left``); ``next SWEEP_DIR STALLED_JOBS`` prints the action and the outcome's
-    words, tab-separated (``next_step`` over the job list)."""
+    words, tab-separated (``next_step`` over the job list); ``limit SWEEP_DIR STALLED_JOBS`` the
+    same after a job stopped at its time limit (``limit_step``)."""
     if argv[:1] == ["wait-ray"] and len(argv) in (4, 5):
         return wait_ray(argv[1], int(argv[2]), float(argv[3]),
                         int(argv[4]) if len(argv) == 5 else None)
@@ -621,8 +725,16 @@ def _main(argv: list[str]) -> int:
                                  int(argv[2]), str(Path(argv[1]) / SLURM_SCRIPT))
         print(f"{action}\t{said}")
         return 0
+    if argv[:1] == ["limit"] and len(argv) == 3 and argv[2].isdigit() and int(argv[2]) >= 1:
+        left, planned = trials_left(argv[1])
+        action, said = limit_step(left, planned, left_events(read_jobs(argv[1])),
+                                  newest_checkpoint(argv[1]), int(argv[2]),
+                                  str(Path(argv[1]) / SLURM_SCRIPT))
+        print(f"{action}\t{said}")
+        return 0
     print("usage: python -m sweep.slurm wait-ray ADDRESS NODES TIMEOUT_S [HEAD_PID] | "
-          "left SWEEP_DIR | next SWEEP_DIR STALLED_JOBS (an integer >= 1)", file=sys.stderr)
+          "left SWEEP_DIR | next SWEEP_DIR STALLED_JOBS | limit SWEEP_DIR STALLED_JOBS "
+          "(STALLED_JOBS: an integer >= 1)", file=sys.stderr)
     return 2
 
 

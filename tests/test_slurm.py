@@ -229,12 +229,17 @@ STUB_PYTHON = """#!/bin/bash
 # the real interpreter, except the wait for Ray's nodes (there is no Ray here)
 echo "python $*" >> "$STUB_LOG"
 [ "$1 $2 $3" = "-m sweep.slurm wait-ray" ] && exit 0
+# a helper that fails ($STUB_FAIL: left, next or limit) or takes two seconds ($STUB_SLOW)
+[ "$1 $2 $3" = "-m sweep.slurm $STUB_FAIL" ] && exit 1
+[ "$1 $2 $3" = "-m sweep.slurm $STUB_SLOW" ] && sleep 2
 exec {python} "$@"
 """
 STUB_SWEEP = """#!/bin/bash
 # the driver: exits $STUB_DRIVER_RC; "wait": runs until SIGTERM, then exits 1 (stopped with
 # trials left, as DispatchStopped); "wait0": the same, but exits 0 (its last trials finished)
 echo "sweep $*" >> "$STUB_LOG"
+# $STUB_CHECKPOINT: a training state the driver writes (a path under the sweep)
+[ -n "$STUB_CHECKPOINT" ] && mkdir -p "$(dirname "$STUB_CHECKPOINT")" && touch "$STUB_CHECKPOINT"
 case "$STUB_DRIVER_RC" in
   wait) trap 'echo "sweep got TERM" >> "$STUB_LOG"; exit 1' TERM;;
   wait0) trap 'echo "sweep got TERM" >> "$STUB_LOG"; exit 0' TERM;;
@@ -247,6 +252,8 @@ STUBS = {
     "sweep": STUB_SWEEP,
     "sbatch": '#!/bin/bash\necho "sbatch $*" >> "$STUB_LOG"\necho "101;test"\n',
     "scancel": '#!/bin/bash\necho "scancel $*" >> "$STUB_LOG"\n',
+    # the queue: the job ids in $STUB_QUEUE, one a line
+    "squeue": '#!/bin/bash\necho "squeue $*" >> "$STUB_LOG"\nprintf "%s\\n" $STUB_QUEUE\n',
     "scontrol": '#!/bin/bash\necho node1\n',
     # a Ray step: runs until stop_ray ends it
     "srun": '#!/bin/bash\necho "srun pid $$" >> "$STUB_LOG"\nexec sleep 300\n',
@@ -254,14 +261,19 @@ STUBS = {
 
 
 def run_script(tmp_path: Path, kinds: dict[str, str], driver: str, earlier_left: list[int] = (),
-               time_limit_signal: bool = False,
-               sbatch_fails: bool = False) -> tuple[int, list[list[str]], list[str]]:
+               time_limit_signal: bool = False, sbatch_fails: bool = False,
+               signals: list[tuple[str, int]] = (), sbatch: str | None = None,
+               env_extra: dict[str, str] | None = None,
+               ) -> tuple[int, list[list[str]], list[str]]:
     """The rendered batch script, run by bash as job 100 of a sweep whose results are
     ``kinds`` (make_results), with stub Slurm commands and a stub driver (``driver``: its exit
     code, or "wait"/"wait0": STUB_SWEEP); ``earlier_left``: the ``left`` counts of earlier jobs
     in the job list; ``time_limit_signal``: SIGUSR1 to the batch shell once the driver runs
     (what Slurm's ``--signal=B:USR1@S`` and ``scancel --batch --signal=USR1`` send);
-    ``sbatch_fails``: sbatch exits 1. Returns (exit code, the job list's lines split, the
+    ``sbatch_fails``: sbatch exits 1; ``sbatch``: another stub sbatch; ``signals``: (a text,
+    a signal): once the stubs' log holds the text, the signal to the batch shell, in order;
+    ``env_extra``: the stubs' settings (STUB_FAIL, STUB_SLOW, STUB_QUEUE, STUB_CHECKPOINT).
+    Returns (exit code, the job list's lines split, the
     stubs' log and the script's output)."""
     import signal
 
@@ -275,7 +287,7 @@ def run_script(tmp_path: Path, kinds: dict[str, str], driver: str, earlier_left:
     stubs = tmp_path / "bin"
     stubs.mkdir()
     texts = {**STUBS, **({"sbatch": '#!/bin/bash\necho "sbatch $*" >> "$STUB_LOG"\nexit 1\n'}
-                         if sbatch_fails else {})}
+                         if sbatch_fails else {}), **({"sbatch": sbatch} if sbatch else {})}
     for name, text in texts.items():
         (stubs / name).write_text(text.format(python=shlex.quote(sys.executable)))
         (stubs / name).chmod(0o755)
@@ -286,15 +298,19 @@ def run_script(tmp_path: Path, kinds: dict[str, str], driver: str, earlier_left:
     log.touch()
     env = {**os.environ, "SLURM_JOB_ID": "100", "SLURM_JOB_NODELIST": "node1",
            "SLURM_CPUS_ON_NODE": "2", "SWEEP_SLURM_HEAD_IP": "127.0.0.1", "STUB_LOG": str(log),
-           "STUB_DRIVER_RC": driver}
+           "STUB_DRIVER_RC": driver, "STUB_FAIL": "", "STUB_SLOW": "", "STUB_QUEUE": "",
+           "STUB_CHECKPOINT": "", **(env_extra or {})}
     proc = subprocess.Popen(["bash", str(script)], env=env, cwd=Path(__file__).parents[1],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         if time_limit_signal:
+            signals = [("sweep resume", signal.SIGUSR1), *signals]
+        for text, sig in signals:
             deadline = time.monotonic() + 60
-            while "sweep resume" not in log.read_text() and time.monotonic() < deadline:
+            while text not in log.read_text() and time.monotonic() < deadline:
                 time.sleep(0.1)
-            proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.3)  # (the command that logged the text is running)
+            proc.send_signal(sig)
         output, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -357,9 +373,11 @@ def test_script_on_the_time_limit_signal_submits_the_next_and_stops_the_driver(t
     assert rc == 0, (events, calls)
     assert "sweep got TERM" in calls, calls
     assert [e[1] for e in events if e[0] == "100"] == ["started", "left", "stopping", "ended"]
-    assert ended(events) == ["stopped before its time limit; continued by job 101"]
+    assert ended(events) == ["stopped before its time limit; 1 of 2 trials left; continued by "
+                             "job 101"]
     assert sum(c.startswith("sbatch --parsable --dependency=afterany:100 ") for c in calls) == 1
     assert not any(c.startswith("python -m sweep.slurm next") for c in calls), calls
+    assert any(c.startswith("python -m sweep.slurm limit") for c in calls), calls
 
 
 def test_script_cancels_the_submitted_next_job_when_the_driver_finished_everything(tmp_path):
@@ -378,6 +396,129 @@ def test_script_stops_with_its_reason_when_the_next_job_cannot_be_submitted(tmp_
     assert ended(events) == ["1 of 1 trials left (retryable failures); could not submit the "
                              "next job (sbatch failed); continue with: sbatch "
                              f"{tmp_path / 'sweep' / 'slurm' / 'sweep.sbatch'}"]
+
+
+def test_a_cancel_while_the_end_is_decided_submits_nothing(tmp_path):
+    # TERM (scancel) after the driver exited 0, while `next` decides "continue"
+    import signal
+
+    rc, events, calls = run_script(tmp_path, {"a": "retryable"}, driver="0",
+                                   signals=[("python -m sweep.slurm next", signal.SIGTERM)],
+                                   env_extra={"STUB_SLOW": "next"})
+    assert ended(events) == ["cancelled"], (events, calls)
+    assert not any(c.startswith("sbatch") for c in calls), calls
+    assert [e[0] for e in events] == ["100"] * 3, events
+
+
+def test_a_cancel_after_the_time_limit_keeps_the_job_submitted_at_the_signal(tmp_path):
+    # Slurm itself sends TERM at the time limit: the job submitted at USR1 stays
+    import signal
+
+    rc, events, calls = run_script(tmp_path, {"a": "none"}, driver="wait",
+                                   time_limit_signal=True, env_extra={"STUB_SLOW": "limit"},
+                                   signals=[("python -m sweep.slurm limit", signal.SIGTERM)])
+    assert ended(events) == ["cancelled; job 101, submitted at the time-limit signal, continues "
+                             "the sweep (scancel 101 to end the chain)"], (events, calls)
+    assert sum(c.startswith("sbatch") for c in calls) == 1 and "scancel 101" not in calls, calls
+
+
+@pytest.mark.parametrize("left, starts, checkpoint_at, stalled_max, action", [
+    (1, [(1, 100.0)], None, 2, "continue"),  # one job without progress
+    (1, [(1, 100.0), (1, 200.0)], None, 2, "stop"),  # two: a trial longer than a job
+    (1, [(1, 100.0), (1, 200.0)], 150.0, 2, "continue"),  # the job before wrote a checkpoint
+    (1, [(1, 100.0), (1, 200.0)], 250.0, 2, "continue"),  # this job wrote one
+    (1, [(1, 100.0), (1, 200.0)], 99.0, 2, "stop"),  # only before both jobs
+    (1, [(1, 100.0), (1, 200.0)], 99.0, 3, "continue"),
+    (1, [(3, 100.0), (1, 200.0)], None, 2, "continue"),  # the job before finished 2
+    (1, [(1, 100.0), (1, None)], None, 2, "continue"),  # a start time unknown: progress
+    (0, [(1, 100.0), (1, 200.0)], None, 1, "continue"),  # nothing left: the next job ends it
+    (2, [(2, 0.0), (2, 100.0), (2, 200.0)], 50.0, 2, "stop"),
+])
+def test_limit_step_stops_after_jobs_that_neither_finish_nor_checkpoint(
+        left, starts, checkpoint_at, stalled_max, action):
+    got, said = sl.limit_step(left, 4, starts, checkpoint_at, stalled_max, "/s/x.sbatch")
+    # independently: count the jobs at the end without a lower count after them and with no
+    # checkpoint at or after their start
+    counts, stalled = [c for c, _ in starts] + [left], 0
+    for k in range(len(starts), 0, -1):
+        at = starts[k - 1][1]
+        if (counts[k] < counts[k - 1] or at is None
+                or (checkpoint_at is not None and checkpoint_at >= at)):
+            break
+        stalled += 1
+    assert got == action == ("stop" if left and stalled >= stalled_max else "continue")
+    if action == "continue":
+        assert said == f"{left} of 4 trials left"
+    else:
+        assert said.startswith(f"stopped at the time limit: {left} of 4 trials left; no trial "
+                               f"finished and no checkpoint was written in the last {stalled} "
+                               "job(s)") and said.endswith("continue with: sbatch /s/x.sbatch")
+        assert "resources.trial_timeout" in said and "train.checkpoint_every" in said
+
+
+def test_the_time_limit_path_stops_when_jobs_make_no_progress(tmp_path, monkeypatch):
+    # the job before and this one: the same trial left, cut at the limit, no checkpoint
+    rc, events, calls = run_script(tmp_path, {"a": "ok", "b": "none"}, driver="wait",
+                                   time_limit_signal=True, earlier_left=[1])
+    assert rc == 1, (events, calls)
+    (reason,) = ended(events)
+    assert reason.startswith("stopped at the time limit: 1 of 2 trials left; no trial finished "
+                             "and no checkpoint was written in the last 2 job(s)"), events
+    assert "scancel 101" in calls, calls
+    assert [e[1::3] for e in events if e[0] == "101"] == [
+        ["submitted", "continues job 100"], ["cancelled", "the chain stopped after job 100"]]
+    monkeypatch.setattr(sl, "queue_states", lambda ids: {})
+    line = next(x for x in sl.status_lines(str(tmp_path / "sweep"))
+                if x.startswith("slurm job 100: "))
+    assert "stopped at the time limit" in line and "train.checkpoint_every" in line, line
+
+
+def test_the_time_limit_path_goes_on_while_checkpoints_are_written(tmp_path):
+    ckpt = tmp_path / "sweep" / "checkpoints" / "b.pt"
+    rc, events, calls = run_script(tmp_path, {"a": "ok", "b": "none"}, driver="wait",
+                                   time_limit_signal=True, earlier_left=[1, 1],
+                                   env_extra={"STUB_CHECKPOINT": str(ckpt)})
+    assert ckpt.exists() and rc == 0, (events, calls)
+    assert ended(events) == ["stopped before its time limit; 1 of 2 trials left; continued by "
+                             "job 101"], (events, calls)
+    assert "scancel 101" not in calls, calls
+
+
+def test_a_failed_decision_keeps_the_job_submitted_at_the_signal(tmp_path):
+    # `next` fails after the time-limit signal submitted job 101: it stays and decides again
+    rc, events, calls = run_script(tmp_path, {"a": "retryable"}, driver="wait0",
+                                   time_limit_signal=True, env_extra={"STUB_FAIL": "next"})
+    assert rc == 1, (events, calls)
+    assert ended(events) == ["python -m sweep.slurm could not decide; job 101 (submitted at the "
+                             "time-limit signal) continues the sweep"], (events, calls)
+    assert not any(c.startswith("scancel") for c in calls), calls
+    # without a job submitted, the chain stops with the way to go on
+    (tmp_path / "b").mkdir()
+    rc, events, calls = run_script(tmp_path / "b", {"a": "retryable"}, driver="0",
+                                   env_extra={"STUB_FAIL": "next"})
+    assert rc == 1 and ended(events) == [
+        "stopped: python -m sweep.slurm could not decide; continue with: sbatch "
+        f"{tmp_path / 'b' / 'sweep' / 'slurm' / 'sweep.sbatch'}"], (events, calls)
+
+
+def test_a_second_submit_uses_a_job_sbatch_queued_before_it_failed(tmp_path):
+    # sbatch prints an id but exits 1 (e.g. a timeout after Slurm accepted the job)
+    flaky = '#!/bin/bash\necho "sbatch $*" >> "$STUB_LOG"\necho "4242;test"\nexit 1\n'
+    rc, events, calls = run_script(tmp_path, {"a": "retryable", "b": "ok"}, driver="wait0",
+                                   time_limit_signal=True, sbatch=flaky,
+                                   env_extra={"STUB_QUEUE": "100 4242"})
+    assert rc == 0, (events, calls)
+    assert sum(c.startswith("sbatch") for c in calls) == 1, calls
+    assert "squeue --name=sweep-sweep --states=PENDING -h -o %i" in calls, calls
+    assert ended(events) == ["1 of 2 trials left (retryable failures); continued by job 4242"]
+    assert [e[1] for e in events if e[0] == "4242"] == ["submitted"], events
+    # nothing queued: sbatch again
+    (tmp_path / "b").mkdir()
+    rc, events, calls = run_script(tmp_path / "b", {"a": "retryable", "b": "ok"},
+                                   driver="wait0", time_limit_signal=True, sbatch=flaky,
+                                   env_extra={"STUB_QUEUE": "100"})
+    assert rc == 1 and sum(c.startswith("sbatch") for c in calls) == 2, calls
+    assert "could not submit the next job (sbatch failed)" in ended(events)[0], events
 
 
 # ---- a real chain of jobs
@@ -462,14 +603,15 @@ def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path):
     assert [e[0] for e in events if e[1] == "stopping"] == [first], events  # the signal's stop
     ended = [e for e in events if e[1] == "ended"]
     assert len(ended) == len(started) and ended[-1][4] == "done: nothing left", (events, text)
-    assert ended[0][:2] == [first, "ended"] and ended[0][4] == (
-        f"stopped before its time limit; continued by job {started[1]}"), events
     assert all("failed" not in e[4] for e in ended), (events, text)
     # the first job wrote some trials, not all: the second started with the rest left
     left = [(e[0], e[4]) for e in events if e[1] == "left"]
     assert left[0] == (first, "12 of 12"), events
     k = int(left[1][1].split()[0])
     assert left[1][0] == started[1] and 0 < k < 12 and left[1][1] == f"{k} of 12", events
+    assert ended[0][:2] == [first, "ended"] and ended[0][4] == (
+        f"stopped before its time limit; {k} of 12 trials left; continued by job "
+        f"{started[1]}"), events
     # every planned trial written exactly once
     planned = pq.read_table(out / PLAN_FILE, columns=["trial_id"]).column("trial_id").to_pylist()
     files = sorted(p.stem for p in (out / "trials").glob("*.parquet"))

@@ -441,12 +441,36 @@ def prepare(overrides: list[str], opts: SlurmOptions) -> tuple:
     return cfg, d, batch_script(d, opts, resume_overrides(overrides))
 
 
+def check_scheduler(timeout: float = 30.0) -> None:
+    """ConfigError (one line, before anything is planned or written) unless this machine can
+    submit: ``sbatch`` on PATH and the controller answering ``sinfo`` within ``timeout`` s (a
+    machine with SLURM's commands but no configuration or controller, e.g. not a login node)."""
+    from sweep.config import ConfigError
+
+    hint = "allowed: sweep slurm on a login node of the cluster (--dry-run prints the script)"
+    if shutil.which("sbatch") is None:
+        raise ConfigError(f"sweep slurm: no sbatch command on this machine; {hint}")
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
+                           timeout=timeout)
+    except FileNotFoundError:
+        raise ConfigError(f"sweep slurm: no sinfo command on this machine; {hint}") from None
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"sweep slurm: the SLURM controller did not answer sinfo within "
+                          f"{timeout:.0f} s; {hint}") from None
+    if r.returncode != 0:
+        why = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        raise ConfigError(f"sweep slurm: SLURM cannot be reached from here (sinfo: {why}); "
+                          f"{hint}")
+
+
 def submit_sweep(cfg, sweep_dir: Path, script_text: str) -> str:
     """Plan the sweep (as ``sweep plan``: every check first, so each job is a resume), write
     its batch script and submit it; the job id. ConfigError/DataError before anything is
     written; RuntimeError when sbatch fails (the plan and the script stay)."""
     from sweep import driver
 
+    check_scheduler()
     driver.plan_only(cfg)
     (sweep_dir / SLURM_LOGS).mkdir(parents=True, exist_ok=True)
     script = sweep_dir / SLURM_SCRIPT

@@ -638,3 +638,31 @@ def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path):
     for jid in set(started):
         assert f"slurm job {jid}:" in status.stdout, status.stdout
     assert os.path.exists(out / "slurm" / "sweep.sbatch")
+
+
+@pytest.mark.parametrize("tools, words", [
+    ({"sinfo": "echo 'sinfo: fatal: Could not establish a configuration source' >&2; exit 1"},
+     ("no sbatch command",)),
+    ({"sbatch": "exit 0",
+      "sinfo": "echo 'sinfo: fatal: Could not establish a configuration source' >&2; exit 1"},
+     ("SLURM cannot be reached", "Could not establish a configuration source")),
+])
+def test_a_machine_that_cannot_submit_is_one_line_before_anything_is_written(
+        tmp_path, monkeypatch, capsys, tools, words):
+    """sbatch missing, or SLURM's commands without a configuration or controller (not a login
+    node): one line, exit 2, and no plan written (before, the plan was written and sbatch's own
+    error came after it, exit 1)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in tools.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin/python-none")
+    monkeypatch.setattr(sl.shutil, "which",
+                        lambda cmd, path=None: str(bin_dir / cmd) if (bin_dir / cmd).exists()
+                        else None)
+    out = tmp_path / "s"
+    assert main(["slurm", *TINY, f"out={out}", "--time", "1:00:00"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and all(w in err for w in words), err
+    assert "login node" in err and not out.exists()

@@ -440,6 +440,12 @@ def percent(fraction: float) -> str:
     return f"{100.0 * float(fraction):.6g}%"
 
 
+def at_least(fraction: float, ge: str = "\u2265") -> str:
+    """A train-accuracy threshold as people read it after "train accuracy": "100%" at 1 (no
+    accuracy exceeds it), else ``ge`` and the percentage ("\u2265 99%"); ``ge`` "&ge;" in HTML."""
+    return percent(fraction) if float(fraction) >= 1.0 else f"{ge} {percent(fraction)}"
+
+
 def _labelled(m: pd.DataFrame) -> pd.DataFrame:
     """The data set as a label ("null" when missing), for panels and legends."""
     return m.assign(dataset=[("null" if pd.isna(v) else str(v)) for v in m["dataset"]])

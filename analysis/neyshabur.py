@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.figures import _pyplot, _save, percent, value_label
+from analysis.figures import _pyplot, _save, at_least, value_label
 
 # Fig. 1's measures (Neyshabur et al. 2017, §2: norms over the margin gamma_5), in their order.
 FIG1_MEASURES = ("neyshabur_l2", "neyshabur_l1_path", "neyshabur_l2_path", "neyshabur_spectral",
@@ -63,7 +63,7 @@ def fitted_note(fit: pd.DataFrame, ok: pd.DataFrame, threshold: float) -> str:
 
     lacking = sorted(cells(ok) - cells(fit), key=order)
     text = (f"Neyshabur et al.'s Fig. 1-2 analogues: {len(fit)} of {len(ok)} trained trials "
-            f"reach train accuracy \u2265 {percent(threshold)}; only those are drawn.")
+            f"reach train accuracy {at_least(threshold)}; only those are drawn.")
     if lacking:
         text += " No trial does at: " + ", ".join(
             f"{LABEL_KINDS.get(r, r + ' (random_labels)')} labels, "

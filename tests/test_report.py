@@ -331,7 +331,7 @@ def test_a_factor_without_a_fitting_pair_is_named(tmp_path):
         write_trial(d, {**r, "train_acc": 0.5 if 8 <= i < 16 and i % 2 else 1.0})
     assert main(["report", str(d), "--bootstrap", "0"]) == 0
     page = (d / "report" / "report.html").read_text()
-    assert "Fig. 4: no pair in which both trials fit their training set (train accuracy \u2265 100%) " \
+    assert "Fig. 4: no pair in which both trials fit their training set (train accuracy 100%) " \
            "for the factor(s) activation; their rows are left out." in page
 
 

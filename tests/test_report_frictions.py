@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from analysis import figures, neyshabur
-from analysis.figures import percent, value_label
+from analysis.figures import at_least, percent, value_label
 from analysis.filters import fits_training_set
 from analysis.load import load_results
 from analysis.progress import StatsProgress
@@ -161,14 +161,15 @@ def report(tmp_path_factory):
 def test_accuracies_read_as_percentages(report):
     assert [percent(x) for x in (1.0, 0.99, 0.995, 0.29, 0.0)] == \
         ["100%", "99%", "99.5%", "29%", "0%"]
+    assert (at_least(1.0), at_least(0.99, "&ge;")) == ("100%", "&ge; 99%")  # no "≥ 100%"
     d, _, page, _ = report
     df = load_results(d)
     head = _Page(page).paragraph("Figures and statistics use the")
     n_fit = len(fits_training_set(df, 1.0))
-    assert f"the {n_fit} ok trials at train accuracy \u2265 100%" in head
+    assert f"the {n_fit} ok trials at train accuracy 100%" in head
     assert not re.search(r"(&ge;|\u2265|>=) ?[01](\.\d+)?(?![\d%])", page)  # no bare fraction
     advice = FilterAdvice(3, 48, 1.0, ((0.99, 3), (0.95, 23)), None)
-    assert "&ge; 100%, and only" in filter_html(advice)
+    assert "train accuracy 100%, and only" in filter_html(advice)
     assert "At lower thresholds: &ge; 99%: 3; &ge; 95%: 23." in filter_html(advice)
     ok = df[df["status"] == "ok"].assign(train_size=128, random_labels=False)
     assert "train accuracy \u2265 99%;" in neyshabur.fitted_note(ok, ok, 0.99)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figures, neyshabur
-from analysis.figures import percent
+from analysis.figures import at_least
 from analysis.ranking_figure import ranking_figure
 from analysis.selection import model_selection
 from analysis.filters import DEFAULT_TRAIN_ACC, fits_training_set
@@ -114,7 +114,7 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
             without = [f for f in factors if f not in set(fitting["factor"])]
             if without:
                 notes.append(f"Fig. 4: no pair in which both trials fit their training set "
-                             f"(train accuracy \u2265 {percent(train_acc)}) for the factor(s) "
+                             f"(train accuracy {at_least(train_acc)}) for the factor(s) "
                              f"{', '.join(without)}; "
                              + ("their rows are left out." if len(without) < len(factors)
                                 else "the figure is not drawn."))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.figures import percent
+from analysis.figures import at_least, percent
 from analysis.report.decide import (
     BASELINES, CaptionFact, ConfigSummary, FilterAdvice, Report, Tie, UnfitValues,
     caption_facts, changed_settings, config_summary, filter_advice, unfit_values,
@@ -114,7 +114,7 @@ def filter_html(advice: FilterAdvice | None) -> str:
         f" To read them at a lower threshold (a departure from the paper's 100%): "
         f"<code>{html.escape(advice.command)}</code>.")
     return (f"<p class='warn'><b>Few trials fit their training set:</b> {advice.n_fit} of "
-            f"{advice.n_ok} ok trials reach train accuracy &ge; {percent(advice.train_acc)}, "
+            f"{advice.n_ok} ok trials reach train accuracy {at_least(advice.train_acc, '&ge;')}, "
             "and only "
             f"those enter the figures and statistics (a statistic shows n/a where they are too "
             f"few)." + (f" At lower thresholds: {at}." if at else "") + cmd
@@ -134,7 +134,7 @@ def unfit_html(unfit: UnfitValues, train_acc: float) -> str:
     if unfit.left_out:
         said = [f"{h}={v} ({n} ok trial{'s' if n > 1 else ''})" for h, v, n in unfit.left_out]
         parts.append(f"<p><b>Left out entirely:</b> no ok trial of {html.escape('; '.join(said))} "
-                     f"reaches train accuracy &ge; {percent(train_acc)}, so the statistics say "
+                     f"reaches train accuracy {at_least(train_acc, '&ge;')}, so the statistics say "
                      "nothing "
                      "about them (<code>analysis.load_results</code> has their numbers).</p>")
     if unfit.per_value:
@@ -478,7 +478,7 @@ def render(r: Report) -> str:
         ".warn{background:#fff3cd;border:1px solid #e0c36a;padding:6px 10px}</style></head><body>",
         f"<h1>Sweep report</h1><p><code>{html.escape(r.location)}</code>: {r.n_trials} trials "
         f"({html.escape(status)}). Figures and statistics use the {r.n_fit} ok trials at train "
-        f"accuracy &ge; {percent(r.train_acc)} "
+        f"accuracy {at_least(r.train_acc, '&ge;')} "
         "(<code>analysis.filters.fits_training_set</code>).</p>",
         filter_html(r.filter),
         unfit_html(r.unfit, r.train_acc),

@@ -264,3 +264,16 @@ def test_a_measure_named_twice_or_reserved_is_one_short_line():
         with pytest.raises(ConfigError) as e:
             compose([f"measures={given}"])
         assert str(e.value).startswith(words) and len(str(e.value)) < 200
+
+
+def test_a_mistyped_statistic_names_the_closest(tmp_path, capsys):
+    """`sweep report DIR --rank-by kendal`: one line naming the closest statistic, exit 2."""
+    from analysis.stats.registry import STATISTICS
+
+    out = tmp_path / "s"
+    assert main(["plan", "trials=2", f"out={out}"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out), "--rank-by", "kendal"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "(closest: kendall)" in err
+    assert err.endswith("allowed: " + ", ".join(STATISTICS)), err

@@ -145,7 +145,11 @@ def check_statistic(name: str, what: str = "statistic") -> str:
     """``name`` if it is a registered statistic; else ValueError naming ``what`` (the option)
     and the allowed values."""
     if name not in REGISTRY:
-        raise ValueError(f"{what}: {name!r}; allowed: {', '.join(STATISTICS)}")
+        import difflib
+
+        close = difflib.get_close_matches(str(name), STATISTICS, n=2, cutoff=0.6)
+        hint = f" (closest: {', '.join(close)})" if close else ""
+        raise ValueError(f"{what}: {name!r}{hint}; allowed: {', '.join(STATISTICS)}")
     return name
 
 

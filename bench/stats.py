@@ -8,8 +8,9 @@ non-linearities and optimizers, three learning rates, two batch sizes, four init
 1..8, two data sets) with a gap that grows with the Jacobian norm plus noise. It times the table
 of `--measures` measures (copies of the Jacobian norm with independent noise) with `--boot`
 bootstrap replicates as `sweep report` runs it (processes=None), the time at 200 replicates
-from the estimates' and the replicates' times, the largest difference from the baseline's
-table per statistic, and each part's time in one evaluation. Last line: JSON.
+from the estimates' and the replicates' times and from the CPU seconds (on all cores), the
+largest difference from the baseline's table per statistic, and each part's time in one
+evaluation. Last line: JSON.
 
     python bench/stats.py --trials 100000 --measures 41 --boot 2 --baseline 1f11721
 """
@@ -240,12 +241,17 @@ def main() -> None:
     first = tables[runs[0][0]]
     evaluations = first.groupby(["group", "measure"]).ngroups * (args.boot + 1)
     for label, s in times.items():
-        extra = ""
-        if label in phases:
+        # (in processes the estimates run beside the first replicates: the wall-clock
+        # projection then understates; the CPU one overstates by each process's start)
+        cpu_200 = cpu[label] / evaluations * (evaluations // (args.boot + 1)) * 201 / cores
+        phases.setdefault(label, {})["at_200_replicates_cpu_s"] = cpu_200
+        extra = (f"; at 200 replicates from the CPU time about {cpu_200 / 60:.1f} min on "
+                 f"{cores} cores")
+        if "estimates_s" in phases[label]:
             ph = phases[label]
-            extra = (f"; estimates {ph['estimates_s']:.1f} s, replicates "
-                     f"{ph['replicates_s']:.1f} s, so at 200 replicates about "
-                     f"{ph['at_200_replicates_s']:.0f} s")
+            extra += (f"; estimates {ph['estimates_s']:.1f} s, replicates "
+                      f"{ph['replicates_s']:.1f} s, so at 200 replicates about "
+                      f"{ph['at_200_replicates_s']:.0f} s")
         print(f"{label}: {args.trials} trials, {args.measures} measures, "
               f"{first.group.nunique()} groups, {args.boot} replicates: {s:.1f} s, "
               f"{cpu[label]:.1f} CPU s ({s / evaluations:.3f} s, {cpu[label] / evaluations:.3f} "

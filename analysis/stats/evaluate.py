@@ -125,7 +125,9 @@ def _replicate_statistics(job: _JobRows, idx: np.ndarray | None, k: int,
     c = cnt[present].astype(np.float64)
     keep = present[ps[0].row_cfg[rows]]
     runs = shared.runs()
-    run_rows = rows[keep][runs.order]
+    # every measure's seed means and run values at once, one contiguous row per measure
+    mu_cs = np.ascontiguousarray((mu_sum[present] / c[:, None]).T)
+    mu_runs = np.ascontiguousarray(job.mu[rows[keep][runs.order]].T)
     gk_parts, se_parts = shared.granulated_parts(), shared.sign_error_parts()
     n_cfg, h = cf.codes.shape
     sets = list(itertools.combinations(range(h), min(k, h))) if n_cfg >= 2 and h else []
@@ -133,14 +135,14 @@ def _replicate_statistics(job: _JobRows, idx: np.ndarray | None, k: int,
     for m, p in enumerate(ps):
         pear, spear, kend = kern.correlations(p.mu, job.xorder[m], job.xties[m], job.g,
                                               job.yrank, job.n_yrank, yavg, w)
-        mu_c = mu_sum[present, m] / c
+        mu_c = mu_cs[m]
         psi, n_groups = {}, {}
         for name, a, b, lab, sg, n_pairs, has in gk_parts:
             num = kern.pair_signs(mu_c, a, b, sg, lab, n_pairs.size)
             psi[name] = float((num[has] / n_pairs[has]).mean())
             n_groups[name] = int(has.sum())
         gk = float(np.mean(list(psi.values()))) if psi else math.nan
-        mu_run = np.ascontiguousarray(job.mu[run_rows, m])
+        mu_run = mu_runs[m]
         errs, worst = [], []
         for env, ra, rb, sg, wsum, used in se_parts:
             e = kern.run_errors(mu_run, ra, rb, sg, env, wsum.size)[used] / wsum[used]

@@ -64,6 +64,8 @@ def _evaluations(ps: Sequence[_Prepared], n_boot: int, seed: int, k: int, noise_
             break
         if r >= first:
             out[r] = _all_statistics(ps, idx, k, noise_filter, support=r == 0, job=job)
+            if r == 0:  # (the estimates are announced together, by the caller)
+                continue
             if report is not None:
                 report(len(ps))
             elif _QUEUE is not None:
@@ -123,8 +125,8 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     ``if __name__ == "__main__":`` guard. Every part regenerates its group's draws from the
     seeded generator: the table is the same either way. ``progress(done, total, processes)``:
     called with the evaluations of one measure done so far out of ``total`` (measures x groups
-    x (n_boot + 1)) once the estimates are made (in this process, first) and after each
-    replicate, for a progress bar and an estimate of the time left."""
+    x (n_boot + 1)) once the estimates are made (first: in this process, or the processes'
+    first tasks) and after each replicate, for a progress bar and an estimate of the time left."""
     _check_columns(df, [target], "target")
     if measures is None:
         measures = measure_columns(df)
@@ -171,21 +173,28 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
             >= PARALLEL_ABOVE
         processes = (os.cpu_count() or 1) if big else 1
     total = sum(len(j[1]) for j in jobs) * (n_boot + 1)  # evaluations of one measure
-    # the estimates (evaluation 0) here, timed; then each job's n_boot replicates in parts:
-    # about two per process and job, biggest first
-    done = []
-    for j, (_, names, ps) in enumerate(jobs):
-        done.append(((j, 0, 1), _evaluations(ps, n_boot, seed, k, noise_filter, 0, 1)))
     first = sum(len(j[1]) for j in jobs)
-    if progress is not None and jobs:
-        progress(first, total, processes)
+    # each job's estimate (evaluation 0), then its n_boot replicates in parts (about two per
+    # process and job), biggest first; in processes, the estimates are the first tasks there
+    def size(t):
+        return -jobs[t[0]][2][0].n * len(jobs[t[0]][1])
+
+    estimates = sorted(((j, 0, 1) for j in range(len(jobs))), key=size)
     n_parts = 1 if processes <= 1 else min(n_boot, 2 * processes)
     cut = np.linspace(1, n_boot + 1, n_parts + 1).round().astype(int)
     tasks = sorted(((j, int(a), int(b)) for j in range(len(jobs))
-                    for a, b in zip(cut[:-1], cut[1:]) if b > a),
-                   key=lambda t: -jobs[t[0]][2][0].n * len(jobs[t[0]][1]))
+                    for a, b in zip(cut[:-1], cut[1:]) if b > a), key=size)
+    parallel = processes > 1 and len(tasks) + len(estimates) > 1
+    done = []
+    if not parallel:
+        for t in estimates:
+            done.append((t, _evaluations(jobs[t[0]][2], n_boot, seed, k, noise_filter, 0, 1)))
+        if progress is not None and jobs:
+            progress(first, total, processes)
+    else:
+        tasks = estimates + tasks
     args = [(jobs[j][2], n_boot, seed, k, noise_filter, a, b) for j, a, b in tasks]
-    if processes > 1 and len(tasks) > 1:
+    if parallel:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, wait
 
@@ -197,14 +206,23 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
         with ProcessPoolExecutor(min(processes, len(tasks)), mp_context=ctx,
                                  initializer=_worker_start, initargs=(queue,)) as ex:
             futures = [ex.submit(_evaluations, *a) for a in args]
-            count = first
-            while queue is not None and not all(f.done() for f in futures):
-                wait(futures, timeout=0.5, return_when="FIRST_EXCEPTION")
-                while not queue.empty():
+            ests = futures[:len(estimates)]
+            count, announced = first, False
+            while progress is not None and not all(f.done() for f in futures):
+                wait(futures if announced else ests, timeout=0.5,
+                     return_when="FIRST_EXCEPTION")
+                if not announced and all(f.done() for f in ests):
+                    if any(f.exception() is not None for f in ests):
+                        break
+                    progress(first, total, processes)  # the estimates made, as in one process
+                    announced = True
+                while announced and not queue.empty():
                     count += queue.get()
                     progress(count, total, processes)
             done += [(t, f.result()) for t, f in zip(tasks, futures)]
-            if queue is not None:
+            if progress is not None:
+                if not announced and jobs:
+                    progress(first, total, processes)
                 progress(total, total, processes)
     else:
         count = first

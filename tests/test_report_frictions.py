@@ -29,24 +29,17 @@ from workers.results.record import points_columns, write_trial
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
+from test_report_progress import Terminal, table as progress_table  # noqa: E402 (shared)
+
 
 # ---------------------------------------------------------------------------------------------
 # 1. The progress counts what it announces
 
 
-class Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def _table(n=160, seed=0):
-    rng = np.random.default_rng(seed)
-    df = pd.DataFrame({"dataset": rng.choice(["a", "b"], n), "width": rng.integers(0, 4, n),
-                       "depth": rng.integers(0, 3, n), "seed": rng.integers(1, 4, n)})
-    df["gen_gap"] = 0.1 * df.width + rng.normal(scale=0.1, size=n)
-    df["m0"] = df.gen_gap + rng.normal(scale=0.1, size=n)
-    df["m1"] = rng.normal(size=n)
-    df["m2"] = rng.normal(size=n)
+def _table():
+    """test_report_progress's table with a third measure unrelated to the gap."""
+    df = progress_table()
+    df["m2"] = np.random.default_rng(1).normal(size=len(df))
     return df
 
 

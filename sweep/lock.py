@@ -198,6 +198,30 @@ class DriverLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _ended_job_settles(self, h: Holder) -> bool:
+        """True once the live-looking lock of ``h``, a driver on another host in a SLURM job
+        the scheduler reports ended, has gone SLURM_ENDED_AFTER_S without a heartbeat (then
+        it is stale), waiting at most that long: the next job of a ``sweep slurm`` chain
+        starts as soon as a job killed hard at its time limit has ended, its driver's last
+        heartbeat a few seconds old. False at once for any other lock, or when the heartbeat
+        goes on (a driver that outlived its job, e.g. under salloc: LockHeld)."""
+        if not h.slurm_job or h.host == socket.gethostname():
+            return False
+        ended = slurm_job_ended(h.slurm_job)
+        if not ended:
+            return False
+        self.log(f"note: the lock's driver ran in a SLURM job that ended ({ended}); waiting up "
+                 f"to {SLURM_ENDED_AFTER_S:.0f} s for its heartbeat to stop")
+        deadline = time.monotonic() + SLURM_ENDED_AFTER_S + 1.0
+        while time.monotonic() < deadline:
+            time.sleep(min(2.0, SLURM_ENDED_AFTER_S / 4))
+            now = read_holder(self.st)
+            if now is None or now.token != h.token:
+                return True  # released or taken over: look again
+            if not holder_state(now, self.st, self.token)[0]:
+                return True
+        return False
+
     def _doc(self) -> str:
         h = Holder(socket.gethostname(), os.getpid(), self.command, self.started, time.time(),
                    self.token, _boot_id(), _pid_started(os.getpid()) or 0.0,
@@ -218,6 +242,8 @@ class DriverLock:
             h = read_holder(self.st)
             if h is not None:
                 live, why = holder_state(h, self.st, self.token)
+                if live and self._ended_job_settles(h):
+                    continue  # its heartbeat stopped with its SLURM job: look again
                 if live:
                     raise LockHeld(
                         f"SWEEP_DIR: {self.st} is being run by another driver ({h.describe()}); "

@@ -248,3 +248,44 @@ def test_a_lock_of_a_slurm_job_that_ended_is_stale_at_once(tmp_path, monkeypatch
     st2 = Store(tmp_path / "t")
     with DriverLock(st2, "resume"):
         assert read_holder(st2).slurm_job == "77"
+
+
+def test_the_next_job_of_a_chain_waits_out_a_hard_killed_drivers_last_heartbeat(
+        tmp_path, monkeypatch):
+    """A driver on another host in SLURM job 4242, killed hard at its job's end: its lock's
+    heartbeat is seconds old when the chain's next job starts. The next driver waits until it
+    is SLURM_ENDED_AFTER_S old (lowered to 4 s here) and takes the lock, instead of exiting
+    with LockHeld (which ended the chain); a heartbeat that goes on is a live driver
+    (LockHeld after the wait)."""
+    import threading
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\necho COMPLETED\n")
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(lock_mod, "SLURM_ENDED_AFTER_S", 4.0)
+    st = Store(tmp_path / "s")
+    _write_lock(st, host="node-of-job-4242", slurm_job="4242", heartbeat=time.time() - 1)
+    notes = []
+    t0 = time.monotonic()
+    with DriverLock(st, "resume", log=notes.append) as mine:
+        assert read_holder(st).token == mine.token
+    assert time.monotonic() - t0 >= 2.0  # it waited for the heartbeat to stop
+    assert any("SLURM job 4242 ended" in n and "waiting up to 4 s" in n for n in notes), notes
+
+    _write_lock(st, host="node-of-job-4242", slurm_job="4242", heartbeat=time.time())
+    stop = threading.Event()
+
+    def beat():  # the driver outlived its job: its heartbeat goes on
+        while not stop.wait(0.5):
+            os.utime(st.path(LOCK_FILE), None)
+
+    beating = threading.Thread(target=beat)
+    beating.start()
+    try:
+        with pytest.raises(LockHeld):
+            DriverLock(st, "resume").acquire()
+    finally:
+        stop.set()
+        beating.join()

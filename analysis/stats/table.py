@@ -40,11 +40,15 @@ _QUEUE = None  # in a worker process: where each evaluation's measure count goes
 
 
 def _worker_start(queue) -> None:
-    """A worker process: one BLAS thread; the progress queue (or None)."""
+    """A worker process: one BLAS thread; the progress queue (or None), which the process
+    does not wait to flush when it exits (its counts are progress only: a caller that stopped
+    reading after an error must not keep the worker from exiting)."""
     global _QUEUE
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+    if queue is not None:
+        queue.cancel_join_thread()
     _QUEUE = queue
 
 
@@ -54,8 +58,8 @@ def _evaluations(ps: Sequence[_Prepared], n_boot: int, seed: int, k: int, noise_
     """Evaluations ``first`` .. ``stop - 1`` of one job: 0 is the estimate (with support),
     r >= 1 the r-th bootstrap replicate (draws from ``numpy.random.default_rng(seed)`` afresh,
     so a job gives the same numbers in any process and in any number of parts). ``report``:
-    called with the number of measures after each evaluation (in a worker process they go to
-    the progress queue, if any)."""
+    called with the number of measures after each bootstrap evaluation, not after the
+    estimate (in a worker process they go to the progress queue, if any)."""
     method, draws = _bootstrap_indices(ps[0].seed_codes, ps[0].n, n_boot, seed)
     job = _JobRows(ps) if noise_filter is False and ps[0].n else None
     out = {}
@@ -212,8 +216,11 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
                 wait(futures if announced else ests, timeout=0.5,
                      return_when="FIRST_EXCEPTION")
                 if not announced and all(f.done() for f in ests):
-                    if any(f.exception() is not None for f in ests):
-                        break
+                    failed = [f.exception() for f in ests if f.exception() is not None]
+                    if failed:  # at once, as in one process: the replicates are not run
+                        for f in futures:
+                            f.cancel()
+                        raise failed[0]
                     progress(first, total, processes)  # the estimates made, as in one process
                     announced = True
                 while announced and not queue.empty():

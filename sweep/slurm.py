@@ -228,11 +228,14 @@ record() {{  # record JOB EVENT DETAIL: one line of $JOBS (`sweep status` reads 
 # and submits no next job from then on, whenever the TERM comes.
 stopping=""; cancelled=""; next=""; child=""  # child: the command the script waits for
 tried=""  # sbatch was run once (it may have failed after Slurm accepted the job)
+queued_successor() {{  # a pending job of this chain, this user's, other than this one
+  squeue --name="$JOB_NAME" --user="${{USER:-$(id -un)}}" --states=PENDING -h -o %i \\
+    2>/dev/null | grep -v -x "$SLURM_JOB_ID" | head -n1
+}}
 submit_next() {{  # the next job of the chain (it starts when this one ends): its id in $next
   [ -z "$cancelled" ] || return 0  # a cancelled job submits nothing
   if [ -n "$tried" ]; then  # a job of this chain already queued (an earlier sbatch's)? use it
-    next=$(squeue --name="$JOB_NAME" --states=PENDING -h -o %i 2>/dev/null \\
-           | grep -v -x "$SLURM_JOB_ID" | head -n1)
+    next=$(queued_successor)
     if [ -n "$next" ]; then
       record "$next" submitted "continues job $SLURM_JOB_ID (found queued after sbatch failed)"
       return 0
@@ -318,6 +321,10 @@ elif [ -z "$stopping" ]; then
   run {resume}
   rc=$?; driver_rc=$rc
 fi
+# from here on a time-limit signal submits nothing by itself: the end step decides
+if [ -z "$stopping" ]; then
+  if [ "$driver_rc" = 0 ]; then stopping=finished; else stopping=ended; fi
+fi
 
 # ---- what next. The driver's exit 0: it ran every trial it could; what is left decides
 # (sweep/slurm.py next_step): "done" (nothing left: the next job, if any, is cancelled),
@@ -327,7 +334,9 @@ fi
 # nor wrote a checkpoint (sweep/slurm.py limit_step: a trial longer than a job, without
 # checkpoints, would be cut at every limit): then the chain ends, exit 1. A cancel (TERM), at
 # any moment, decides over all of these.
-cancel_next() {{  # cancel_next WHY: cancel the next job, if one was submitted
+cancel_next() {{  # cancel_next WHY: cancel the next job, if one was submitted (or one that
+  # sbatch reported failed but Slurm accepted: queued_successor)
+  [ -n "$next" ] || [ -z "$tried" ] || next=$(queued_successor)
   [ -n "$next" ] && scancel "$next" && record "$next" cancelled "$1 after job $SLURM_JOB_ID"
   next=""
 }}
@@ -613,12 +622,19 @@ def left_events(rows: list[dict]) -> list[tuple[int, float | None]]:
 
 
 def newest_checkpoint(sweep_dir) -> float | None:
-    """The newest modification time (seconds since the epoch) of any file under the sweep's
-    ``checkpoints/`` (running trials' training state), None without one."""
-    from workers.results.layout import CHECKPOINTS
+    """The newest modification time (seconds since the epoch) of a trial's training state in
+    the sweep's ``checkpoints/`` (``<trial>.pt``; not the fallback weights, which a restarted
+    attempt writes again, nor a save's temporary file), None without one."""
+    from workers.results.layout import CHECKPOINT_SUFFIX, CHECKPOINTS, FALLBACK_SUFFIX
 
-    times = [p.stat().st_mtime for p in (Path(sweep_dir) / CHECKPOINTS).rglob("*")
-             if p.is_file()]
+    times = []
+    for p in (Path(sweep_dir) / CHECKPOINTS).glob(f"*{CHECKPOINT_SUFFIX}"):
+        if p.name.endswith(FALLBACK_SUFFIX):  # (rewritten by every restarted attempt)
+            continue
+        try:
+            times.append(p.stat().st_mtime)
+        except FileNotFoundError:  # deleted meanwhile: the trial's result stands
+            continue
     return max(times, default=None)
 
 
@@ -650,7 +666,8 @@ def limit_step(left: int, planned: int, starts: list[tuple[int, float | None]],
                checkpoint_at: float | None, stalled_max: int = STALLED_JOBS,
                script: str = SLURM_SCRIPT) -> tuple[str, str]:
     """Whether the chain goes on after a job stopped at its time limit (its driver cut short),
-    and the words recorded: ``("continue", ...)`` unless the last ``stalled_max`` jobs each
+    and the words recorded: ``("done", ...)`` when no trial is ``left``; ``("continue", ...)``
+    unless the last ``stalled_max`` jobs each
     neither finished a trial nor wrote a checkpoint, then ``("stop", reason)``: a trial that
     cannot finish within one job (no ``resources.trial_timeout``, no checkpoints) would
     otherwise be cut at every limit, for ever. ``starts``: (trials left, start time) of each
@@ -658,6 +675,8 @@ def limit_step(left: int, planned: int, starts: list[tuple[int, float | None]],
     checkpoint's time (``newest_checkpoint``); a job made no progress when the count after it is
     not lower than at its start and no checkpoint is newer than its start (an unknown start time
     counts as progress). ``left``: trials left now."""
+    if left == 0:  # the last trials finished as the signal came: the next job is not needed
+        return "done", "done: nothing left"
     counts = [c for c, _ in starts] + [left]
     stalled = 0
     for i in range(len(starts) - 1, -1, -1):

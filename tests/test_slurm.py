@@ -4,6 +4,7 @@ on 127.0.0.1 (slow: tests/slurm_cluster.py starts munged, slurmctld, slurmd)."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import shlex
@@ -431,7 +432,7 @@ def test_a_cancel_after_the_time_limit_keeps_the_job_submitted_at_the_signal(tmp
     (1, [(1, 100.0), (1, 200.0)], 99.0, 3, "continue"),
     (1, [(3, 100.0), (1, 200.0)], None, 2, "continue"),  # the job before finished 2
     (1, [(1, 100.0), (1, None)], None, 2, "continue"),  # a start time unknown: progress
-    (0, [(1, 100.0), (1, 200.0)], None, 1, "continue"),  # nothing left: the next job ends it
+    (0, [(1, 100.0), (1, 200.0)], None, 1, "done"),  # nothing left: the next job is cancelled
     (2, [(2, 0.0), (2, 100.0), (2, 200.0)], 50.0, 2, "stop"),
 ])
 def test_limit_step_stops_after_jobs_that_neither_finish_nor_checkpoint(
@@ -446,8 +447,11 @@ def test_limit_step_stops_after_jobs_that_neither_finish_nor_checkpoint(
                 or (checkpoint_at is not None and checkpoint_at >= at)):
             break
         stalled += 1
-    assert got == action == ("stop" if left and stalled >= stalled_max else "continue")
-    if action == "continue":
+    assert got == action == ("done" if not left else
+                             "stop" if stalled >= stalled_max else "continue")
+    if action == "done":
+        assert said == "done: nothing left"
+    elif action == "continue":
         assert said == f"{left} of 4 trials left"
     else:
         assert said.startswith(f"stopped at the time limit: {left} of 4 trials left; no trial "
@@ -509,7 +513,8 @@ def test_a_second_submit_uses_a_job_sbatch_queued_before_it_failed(tmp_path):
                                    env_extra={"STUB_QUEUE": "100 4242"})
     assert rc == 0, (events, calls)
     assert sum(c.startswith("sbatch") for c in calls) == 1, calls
-    assert "squeue --name=sweep-sweep --states=PENDING -h -o %i" in calls, calls
+    user = os.environ.get("USER") or getpass.getuser()
+    assert f"squeue --name=sweep-sweep --user={user} --states=PENDING -h -o %i" in calls, calls
     assert ended(events) == ["1 of 2 trials left (retryable failures); continued by job 4242"]
     assert [e[1] for e in events if e[0] == "4242"] == ["submitted"], events
     # nothing queued: sbatch again
@@ -666,3 +671,17 @@ def test_a_machine_that_cannot_submit_is_one_line_before_anything_is_written(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and all(w in err for w in words), err
     assert "login node" in err and not out.exists()
+
+
+def test_newest_checkpoint_is_a_trials_training_state(tmp_path):
+    """The time-limit bound's 'a checkpoint was written': <trial>.pt files only; the fallback
+    weights (written again by every restarted attempt) and a save's leftovers do not count."""
+    from workers.results.layout import CHECKPOINTS, checkpoint_file, fallback_file
+
+    (tmp_path / CHECKPOINTS).mkdir()
+    assert sl.newest_checkpoint(tmp_path) is None
+    for rel, t in ((checkpoint_file("a"), 100.0), (checkpoint_file("b"), 200.0),
+                   (fallback_file("b"), 900.0), (f"{CHECKPOINTS}/c.pt.tmp-1234", 950.0)):
+        (tmp_path / rel).write_bytes(b"x")
+        os.utime(tmp_path / rel, (t, t))
+    assert sl.newest_checkpoint(tmp_path) == 200.0

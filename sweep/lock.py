@@ -119,11 +119,11 @@ SLURM_ENDED = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAI
                          "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT"})
 
 
-def slurm_job_ended(job_id: str, timeout: float = 10.0) -> str | None:
-    """Why SLURM job ``job_id`` has certainly ended ("its SLURM job 42 ended (COMPLETED)"), or
-    None when it has not, or when ``squeue`` is missing, fails or does not answer in
-    ``timeout`` s (then the heartbeat decides). squeue keeps an ended job for MinJobAge
-    (300 s by default), then answers "Invalid job id", which also means ended."""
+def slurm_job_state(job_id: str, timeout: float = 10.0) -> str | None:
+    """SLURM job ``job_id``'s state as ``squeue`` prints it (RUNNING, COMPLETING, COMPLETED,
+    ...), ``GONE`` when the scheduler no longer knows it ("Invalid job id": squeue keeps an
+    ended job for MinJobAge, 300 s by default), or None when ``squeue`` is missing, fails or
+    does not answer in ``timeout`` s."""
     import shutil
     import subprocess
 
@@ -134,10 +134,22 @@ def slurm_job_ended(job_id: str, timeout: float = 10.0) -> str | None:
                            text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    state = r.stdout.strip().split("\n")[0].strip() if r.returncode == 0 else ""
+    if r.returncode != 0:
+        return GONE if "invalid job id" in r.stderr.lower() else None
+    return r.stdout.strip().split("\n")[0].strip() or None
+
+
+GONE = "GONE"  # slurm_job_state: the scheduler no longer knows the job
+
+
+def slurm_job_ended(job_id: str, timeout: float = 10.0) -> str | None:
+    """Why SLURM job ``job_id`` has certainly ended ("its SLURM job 42 ended (COMPLETED)"), or
+    None when it has not (COMPLETING: its processes are still being ended), or when the
+    scheduler cannot say (``slurm_job_state`` None: then the heartbeat decides)."""
+    state = slurm_job_state(job_id, timeout)
     if state in SLURM_ENDED:
         return f"its SLURM job {job_id} ended ({state})"
-    if r.returncode != 0 and "invalid job id" in r.stderr.lower():
+    if state == GONE:
         return f"its SLURM job {job_id} ended (no longer known to the scheduler)"
     return None
 
@@ -201,12 +213,18 @@ class DriverLock:
     def _ended_job_settles(self, h: Holder) -> bool:
         """True once the live-looking lock of ``h``, a driver on another host in a SLURM job
         the scheduler reports ended, has gone SLURM_ENDED_AFTER_S without a heartbeat (then
-        it is stale), waiting at most that long: the next job of a ``sweep slurm`` chain
+        it is stale), waiting at most that long (after the job's COMPLETING state, at most
+        STALE_AFTER_S): the next job of a ``sweep slurm`` chain
         starts as soon as a job killed hard at its time limit has ended, its driver's last
         heartbeat a few seconds old. False at once for any other lock, or when the heartbeat
         goes on (a driver that outlived its job, e.g. under salloc: LockHeld)."""
         if not h.slurm_job or h.host == socket.gethostname():
             return False
+        # COMPLETING: the job's processes are being ended (the chain's next job may start
+        # meanwhile: afterany is satisfied); wait for it to end, at most STALE_AFTER_S
+        until = time.monotonic() + STALE_AFTER_S
+        while slurm_job_state(h.slurm_job) == "COMPLETING" and time.monotonic() < until:
+            time.sleep(2.0)
         ended = slurm_job_ended(h.slurm_job)
         if not ended:
             return False

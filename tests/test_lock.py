@@ -289,3 +289,23 @@ def test_the_next_job_of_a_chain_waits_out_a_hard_killed_drivers_last_heartbeat(
     finally:
         stop.set()
         beating.join()
+
+
+def test_a_completing_job_is_waited_for_before_its_lock_is_judged(tmp_path, monkeypatch):
+    """The chain's next job can start while the previous one is COMPLETING (afterany is
+    satisfied): the driver waits for the state to become an end state, then for the
+    heartbeat's age, and takes the lock; it does not exit with LockHeld."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    count = tmp_path / "calls"
+    (bin_dir / "squeue").write_text(
+        f'#!/bin/sh\necho x >> "{count}"\n'
+        f'if [ "$(wc -l < "{count}")" -le 2 ]; then echo COMPLETING; else echo COMPLETED; fi\n')
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(lock_mod, "SLURM_ENDED_AFTER_S", 4.0)
+    st = Store(tmp_path / "s")
+    _write_lock(st, host="node-of-job-4242", slurm_job="4242", heartbeat=time.time() - 1)
+    with DriverLock(st, "resume") as mine:
+        assert read_holder(st).token == mine.token
+    assert len(count.read_text().splitlines()) >= 3  # COMPLETING twice, then COMPLETED

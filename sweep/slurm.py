@@ -764,8 +764,14 @@ def _main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["next"] and len(argv) == 3 and argv[2].isdigit() and int(argv[2]) >= 1:
         left, planned = trials_left(argv[1])
-        action, said = next_step(left, planned, left_at_starts(read_jobs(argv[1])),
-                                 int(argv[2]), str(Path(argv[1]) / SLURM_SCRIPT))
+        rows, script = read_jobs(argv[1]), str(Path(argv[1]) / SLURM_SCRIPT)
+        action, said = next_step(left, planned, left_at_starts(rows), int(argv[2]), script)
+        if action == "stop" and limit_step(left, planned, left_events(rows),
+                                           newest_checkpoint(argv[1]), int(argv[2]),
+                                           script)[0] == "continue":
+            # no trial finished, but a checkpoint was written in those jobs: a long trial
+            # that spanned time-limited jobs, then failed retryably, goes on
+            action, said = "continue", f"{left} of {planned} trials left (retryable failures)"
         print(f"{action}\t{said}")
         return 0
     if argv[:1] == ["limit"] and len(argv) == 3 and argv[2].isdigit() and int(argv[2]) >= 1:

@@ -685,3 +685,20 @@ def test_newest_checkpoint_is_a_trials_training_state(tmp_path):
         (tmp_path / rel).write_bytes(b"x")
         os.utime(tmp_path / rel, (t, t))
     assert sl.newest_checkpoint(tmp_path) == 200.0
+
+
+def test_a_long_trial_that_checkpointed_and_then_failed_retryably_goes_on(tmp_path):
+    """The driver exits 0 with a retryable failure left, after jobs that finished no trial: the
+    chain stops (next_step), unless a checkpoint was written in those jobs (a long trial that
+    spanned time-limited jobs and then failed retryably goes on)."""
+    ckpt = tmp_path / "one" / "sweep" / "checkpoints" / "a.pt"
+    (tmp_path / "one").mkdir()
+    rc, events, calls = run_script(tmp_path / "one", {"a": "retryable"}, driver="0",
+                                   earlier_left=[1, 1], env_extra={"STUB_CHECKPOINT": str(ckpt)})
+    assert ckpt.exists() and rc == 0, (events, calls)
+    assert ended(events) == ["1 of 1 trials left (retryable failures); continued by job 101"], \
+        (events, calls)
+    (tmp_path / "two").mkdir()  # the same without a checkpoint: stopped
+    rc, events, calls = run_script(tmp_path / "two", {"a": "retryable"}, driver="0",
+                                   earlier_left=[1, 1])
+    assert rc == 1 and ended(events)[0].startswith("stopped: 1 of 1 trials left"), events

@@ -61,6 +61,8 @@ JOB_COLUMNS = ("job_id", "event", "time", "nodes", "detail")
 SIGNAL_BEFORE_S = 300  # default lead of the stop signal: the driver's 30 s grace, ample margin
 SIGNAL_MAX_S = 65535  # Slurm's bound on --signal's time
 RAY_WAIT_S = 180  # how long a job waits for its Ray nodes to join before it gives up
+# a TERM this close to the job's end time (or later) is Slurm's at the time limit, not scancel
+LIMIT_MARGIN_S = 5
 STALLED_JOBS = 2  # the chain stops after this many jobs in a row that finished no trial
 SQUEUE_TIMEOUT_S = 5.0
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -225,7 +227,8 @@ record() {{  # record JOB EVENT DETAIL: one line of $JOBS (`sweep status` reads 
 # ---- the time limit: Slurm sends this shell USR1 --signal-before seconds ahead. Submit the
 # next job (it starts when this one ends), then stop the driver: no new trials, running ones
 # get 30 s to finish (sweep/dispatch.py). A cancelled job (scancel: TERM) stops the same way
-# and submits no next job from then on, whenever the TERM comes.
+# and submits no next job from then on, whenever the TERM comes -- except Slurm's own TERM at
+# the time limit (the job's end time has come), which counts as the time-limit signal.
 stopping=""; cancelled=""; next=""; child=""  # child: the command the script waits for
 tried=""  # sbatch was run once (it may have failed after Slurm accepted the job)
 queued_successor() {{  # a pending job of this chain, this user's, other than this one
@@ -249,10 +252,10 @@ submit_next() {{  # the next job of the chain (it starts when this one ends): it
     next=""
   fi
 }}
-on_time_limit() {{
+on_time_limit() {{  # on_time_limit [WHY]
   [ -n "$stopping" ] && return
   stopping=time-limit
-  record "$SLURM_JOB_ID" stopping "time limit in {opts.signal_before} s or less"
+  record "$SLURM_JOB_ID" stopping "${{1:-time limit in {opts.signal_before} s or less}}"
   submit_next
   if [ -n "$next" ]; then
     note "time limit near: stopping the driver; job $next continues the sweep"
@@ -261,7 +264,21 @@ on_time_limit() {{
   fi
   [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
 }}
+at_time_limit() {{  # true when this job's end time (squeue %e, asked now: a limit changed
+  # by `scontrol update` counts) has come: a TERM then is Slurm's own, at the time limit
+  local end
+  end=$(timeout 10 squeue -h -j "$SLURM_JOB_ID" -o %e 2>/dev/null | head -n1)
+  [[ "$end" =~ ^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}T[0-9:]+$ ]] || return 1
+  end=$(date -d "$end" +%s 2>/dev/null) || return 1
+  [ "$(date +%s)" -ge $((end - {LIMIT_MARGIN_S})) ]
+}}
 on_cancel() {{  # whatever the job is doing: the outcome is "cancelled", nothing is submitted
+  # -- unless the TERM is Slurm's at the time limit (no USR1 came before it, e.g. a limit
+  # shorter than --signal's lead): that stops the driver as USR1 does and the chain goes on
+  if [ -z "$cancelled" ] && at_time_limit; then
+    on_time_limit "time limit reached (TERM from Slurm, no time-limit signal before it)"
+    return
+  fi
   cancelled=1
   [ -n "$stopping" ] || stopping=cancelled
   [ -n "$child" ] && kill -TERM "$child" 2>/dev/null

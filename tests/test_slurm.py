@@ -253,8 +253,10 @@ STUBS = {
     "sweep": STUB_SWEEP,
     "sbatch": '#!/bin/bash\necho "sbatch $*" >> "$STUB_LOG"\necho "101;test"\n',
     "scancel": '#!/bin/bash\necho "scancel $*" >> "$STUB_LOG"\n',
-    # the queue: the job ids in $STUB_QUEUE, one a line
-    "squeue": '#!/bin/bash\necho "squeue $*" >> "$STUB_LOG"\nprintf "%s\\n" $STUB_QUEUE\n',
+    # the queue: the job ids in $STUB_QUEUE, one a line; a job's end time (-o %e): $STUB_END
+    "squeue": '#!/bin/bash\necho "squeue $*" >> "$STUB_LOG"\n'
+              'case "$*" in *%e*) echo "$STUB_END"; exit 0;; esac\n'
+              'printf "%s\\n" $STUB_QUEUE\n',
     "scontrol": '#!/bin/bash\necho node1\n',
     # a Ray step: runs until stop_ray ends it
     "srun": '#!/bin/bash\necho "srun pid $$" >> "$STUB_LOG"\nexec sleep 300\n',
@@ -273,7 +275,8 @@ def run_script(tmp_path: Path, kinds: dict[str, str], driver: str, earlier_left:
     (what Slurm's ``--signal=B:USR1@S`` and ``scancel --batch --signal=USR1`` send);
     ``sbatch_fails``: sbatch exits 1; ``sbatch``: another stub sbatch; ``signals``: (a text,
     a signal): once the stubs' log holds the text, the signal to the batch shell, in order;
-    ``env_extra``: the stubs' settings (STUB_FAIL, STUB_SLOW, STUB_QUEUE, STUB_CHECKPOINT).
+    ``env_extra``: the stubs' settings (STUB_FAIL, STUB_SLOW, STUB_QUEUE, STUB_CHECKPOINT,
+    STUB_END).
     Returns (exit code, the job list's lines split, the
     stubs' log and the script's output)."""
     import signal
@@ -300,7 +303,7 @@ def run_script(tmp_path: Path, kinds: dict[str, str], driver: str, earlier_left:
     env = {**os.environ, "SLURM_JOB_ID": "100", "SLURM_JOB_NODELIST": "node1",
            "SLURM_CPUS_ON_NODE": "2", "SWEEP_SLURM_HEAD_IP": "127.0.0.1", "STUB_LOG": str(log),
            "STUB_DRIVER_RC": driver, "STUB_FAIL": "", "STUB_SLOW": "", "STUB_QUEUE": "",
-           "STUB_CHECKPOINT": "", **(env_extra or {})}
+           "STUB_CHECKPOINT": "", "STUB_END": "", **(env_extra or {})}
     proc = subprocess.Popen(["bash", str(script)], env=env, cwd=Path(__file__).parents[1],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -421,6 +424,29 @@ def test_a_cancel_after_the_time_limit_keeps_the_job_submitted_at_the_signal(tmp
     assert ended(events) == ["cancelled; job 101, submitted at the time-limit signal, continues "
                              "the sweep (scancel 101 to end the chain)"], (events, calls)
     assert sum(c.startswith("sbatch") for c in calls) == 1 and "scancel 101" not in calls, calls
+
+
+@pytest.mark.parametrize("end_in_s, cancelled", [(-20, False), (0, False), (3600, True)])
+def test_slurms_term_at_the_time_limit_is_not_a_cancel(tmp_path, end_in_s, cancelled):
+    """A TERM with no USR1 before it: when the job's end time (squeue %e) has come it is
+    Slurm's at the time limit (a limit shorter than --signal's lead, or a signal lost): the next
+    job is submitted and the chain goes on; an hour before the end it is scancel's."""
+    import signal
+
+    end = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + end_in_s))
+    rc, events, calls = run_script(tmp_path, {"a": "ok", "b": "none"}, driver="wait",
+                                   signals=[("sweep resume", signal.SIGTERM)],
+                                   env_extra={"STUB_END": end})
+    assert "sweep got TERM" in calls, calls
+    submitted = sum(c.startswith("sbatch --parsable --dependency=afterany:100 ") for c in calls)
+    if cancelled:
+        assert ended(events) == ["cancelled"] and submitted == 0, (events, calls)
+        return
+    assert submitted == 1, calls
+    stopping = [e[4] for e in events if e[0] == "100" and e[1] == "stopping"]
+    assert stopping == ["time limit reached (TERM from Slurm, no time-limit signal before it)"]
+    assert ended(events)[0].endswith("1 of 2 trials left; continued by job 101"), events
+    assert rc == 0, (events, calls)
 
 
 @pytest.mark.parametrize("left, starts, checkpoint_at, stalled_max, action", [

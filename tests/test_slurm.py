@@ -394,6 +394,25 @@ def test_script_cancels_the_submitted_next_job_when_the_driver_finished_everythi
         ["submitted", "continues job 100"], ["cancelled", "nothing left after job 100"]]
 
 
+@pytest.mark.parametrize("kind, action", [("ok", "done: nothing left"),
+                                          ("retryable", "continued by job 101")])
+def test_a_time_limit_signal_after_the_driver_ended_submits_nothing_itself(tmp_path, kind,
+                                                                           action):
+    """USR1 while the end step decides (the driver exited 0): the decision alone says what
+    follows; nothing is submitted at the signal, and a "continue" submits one job."""
+    import signal
+
+    rc, events, calls = run_script(tmp_path, {"a": kind}, driver="0",
+                                   signals=[("python -m sweep.slurm next", signal.SIGUSR1)],
+                                   env_extra={"STUB_SLOW": "next"})
+    assert rc == 0, (events, calls)
+    assert ended(events)[0].endswith(action), (events, calls)
+    assert not [e for e in events if e[1] == "stopping"], events
+    submitted = sum(c.startswith("sbatch") for c in calls)
+    assert submitted == (kind == "retryable"), calls
+    assert not any(c.startswith("scancel") for c in calls), calls
+
+
 def test_script_stops_with_its_reason_when_the_next_job_cannot_be_submitted(tmp_path):
     rc, events, calls = run_script(tmp_path, {"a": "retryable"}, driver="0", sbatch_fails=True)
     assert rc == 1, (events, calls)

@@ -95,16 +95,18 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
     return counts
 
 
-def recorded_modules(out, overrides: list[str] = ()) -> tuple[str, ...]:
-    """The modules `sweep measure` imports on its own, loaded: for each measure named in
-    ``overrides`` (``measures=[...]``) that neither the built-ins nor the sweep's
-    ``measure_modules`` (``sweep.json``, or the override) register, the module recorded with
-    its stored values in ``measures.json`` (sweep.evaluate._select), as a resume uses the
-    stored configuration's. Nothing for a name no value is stored of (the usual "unknown"
+def recorded_modules(out, overrides: list[str] = (),
+                     base: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The modules `sweep measure`, `sweep resume` and `sweep launch` of an existing sweep
+    import on their own, loaded: for each measure named in ``overrides`` (``measures=[...]``)
+    that neither the built-ins nor the sweep's ``measure_modules`` register, the module
+    recorded with its stored values in ``measures.json`` (sweep.evaluate._select). The sweep's
+    modules: ``base`` (a launch's composed ``measure_modules``, loaded), else the override,
+    else ``sweep.json``'s. Nothing for a name no value is stored of (the usual "unknown"
     line follows). Raises ConfigError (one line naming the ``measure_modules=`` to pass) for
     such a measure whose recorded module cannot be imported here or no longer registers it,
     or whose values were stored without a recorded module. Bad overrides and stored modules
-    that cannot be imported are left to ``stored_config``, which says so."""
+    that cannot be imported are left to ``stored_config``/``compose``, which say so."""
     import json
     from collections import Counter
 
@@ -116,9 +118,9 @@ def recorded_modules(out, overrides: list[str] = ()) -> tuple[str, ...]:
     try:
         tree = override_tree(overrides)
         names = [str(n) for n in _list("measures", tree.get("measures") or [])]
-        if "measure_modules" in tree:
+        if base is None and "measure_modules" in tree:
             base = _modules(tree["measure_modules"])
-        else:
+        elif base is None:
             base = tuple(json.loads(out.read_text(SWEEP_FILE))["config"].get("measure_modules")
                          or ())
             load_modules(base)

@@ -55,11 +55,12 @@ def cmd_show(overrides: list[str], keys: bool = False) -> int:
 def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
     from sweep.config import ConfigError
     from sweep import driver
+    from sweep.measure import launch_config
     from workers.data import DataError
 
     cfg = None
     try:
-        cfg = _launch_config(overrides)
+        cfg = launch_config(overrides)
         location = (driver.plan_only if plan_only else driver.launch)(cfg)
         _result(location)
         if not plan_only and cfg.figure:
@@ -73,47 +74,6 @@ def cmd_launch(overrides: list[str], plan_only: bool = False) -> int:
         _interrupted(cfg.out_dir() if cfg is not None else None)
         return 130
     return 0
-
-
-def _launch_config(overrides: list[str]):
-    """The configuration of `sweep launch`/`sweep plan` (``compose``). A measure named in
-    ``measures=[...]`` that neither the built-ins nor the launch's ``measure_modules`` register
-    is imported, when the sweep directory holds that sweep already, from the module its stored
-    values were measured with, which joins ``measure_modules`` (sweep.measure.recorded_modules,
-    as `sweep measure` and `sweep resume` do). ConfigError (one line) before any work."""
-    from sweep.config import ConfigError, _list, compose, override_key, override_tree
-    from sweep.measure import recorded_modules
-    from workers.measures import available
-    from workers.results.layout import SWEEP_FILE
-    from workers.results.sweep_dir import SweepDir
-
-    try:
-        names = [str(n) for n in _list("measures", override_tree(overrides).get("measures") or [])]
-    except ConfigError:  # (compose says what is wrong)
-        names = []
-    builtin = set(available())
-    if all(n == "all" or n in builtin for n in names):
-        return compose(overrides)
-    # the sweep directory does not depend on the measures (not in the identity): found without
-    first = compose([o for o in overrides if override_key(o)[1] != "measures"])
-    try:
-        out = SweepDir.of(first.out_dir())
-        stored = out.is_file(SWEEP_FILE)
-    except (OSError, ValueError):  # (an unreachable out: the launch says so)
-        stored = False
-    added = recorded_modules(out, overrides, base=first.measure_modules) if stored else ()
-    return _with_modules(compose(overrides), added)
-
-
-def _with_modules(cfg, added: tuple[str, ...]):
-    """``cfg`` with ``added`` (sweep.measure.recorded_modules) after its ``measure_modules``:
-    the workers import them too."""
-    from dataclasses import replace
-
-    if not added:
-        return cfg
-    return replace(cfg, measure_modules=cfg.measure_modules + tuple(
-        m for m in added if m not in cfg.measure_modules))
 
 
 def _result(location: str) -> None:
@@ -197,14 +157,14 @@ def _interrupted(sweep_dir) -> None:
 def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> int:
     from sweep.config import ConfigError
     from sweep import driver
-    from sweep.measure import recorded_modules
+    from sweep.measure import recorded_modules, with_modules
     from workers.data import DataError
 
     d = None
     try:
         d = driver.open_out(sweep_dir, "SWEEP_DIR")  # (once: passed down)
         added = recorded_modules(d, overrides)  # (before the check of the measures' names)
-        cfg = _with_modules(driver.stored_config(d, overrides), added)
+        cfg = with_modules(driver.stored_config(d, overrides), added)
         location = driver.launch(cfg, verify=verify, command="resume", out=d)
         _result(location)
         if cfg.figure:

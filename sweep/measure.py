@@ -161,6 +161,47 @@ def recorded_modules(out, overrides: list[str] = (),
     return tuple(added)
 
 
+def launch_config(overrides: list[str]):
+    """The configuration of `sweep launch`/`sweep plan` (``compose``). A measure named in
+    ``measures=[...]`` that neither the built-ins nor the launch's ``measure_modules`` register
+    is imported, when the sweep directory holds that sweep already, from the module its stored
+    values were measured with, which joins ``measure_modules`` (sweep.measure.recorded_modules,
+    as `sweep measure` and `sweep resume` do). ConfigError (one line) before any work."""
+    from sweep.config import ConfigError, _list, compose, override_key, override_tree
+    from workers.measures import available
+    from workers.results.layout import SWEEP_FILE
+    from workers.results.sweep_dir import SweepDir
+
+    try:
+        names = [str(n) for n in _list("measures", override_tree(overrides).get("measures") or [])]
+    except ConfigError:  # (compose says what is wrong)
+        names = []
+    builtin = set(available())
+    if all(n == "all" or n in builtin for n in names):
+        return compose(overrides)
+    # the sweep directory does not depend on the measures (not in the identity): found without
+    first = compose([o for o in overrides if override_key(o)[1] != "measures"])
+    try:
+        out = SweepDir.of(first.out_dir())
+        stored = out.is_file(SWEEP_FILE)
+    except (OSError, ValueError):  # (an unreachable out: the launch says so)
+        stored = False
+    added = recorded_modules(out, overrides, base=first.measure_modules) if stored else ()
+    return with_modules(compose(overrides), added)
+
+
+def with_modules(cfg, added: tuple[str, ...]):
+    """``cfg`` with ``added`` (sweep.measure.recorded_modules) after its ``measure_modules``:
+    the workers import them too."""
+    from dataclasses import replace
+
+    if not added:
+        return cfg
+    return replace(cfg, measure_modules=cfg.measure_modules + tuple(
+        m for m in added if m not in cfg.measure_modules))
+
+
+
 class RetrainWork(Work):
     """Retrain networks (sweep.dispatch.Work): a unit is one TrialSpec, run by
     workers.retrain.retrain_weights, which writes the weights file itself where the network

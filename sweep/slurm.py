@@ -450,14 +450,15 @@ def prepare(overrides: list[str], opts: SlurmOptions) -> tuple:
     """(configuration, sweep directory, batch script) of ``sweep slurm`` with ``overrides``
     (KEY=VALUE, as ``sweep launch``) and ``opts``; nothing is written. ConfigError (one line)
     for bad input."""
-    from sweep.config import ConfigError, compose, override_key
+    from sweep.config import ConfigError, override_key
+    from sweep.measure import launch_config
 
     for o in overrides:
         key = override_key(o)[1]
         if key == "cluster.address" or key == "cluster":
             raise ConfigError("cluster.address: set by each SLURM job (its own Ray head); "
                               "allowed: leave it out")
-    cfg = compose(overrides)
+    cfg = launch_config(overrides)  # (a user's measure from the module its values recorded)
     check_options(opts, cfg.resources.gpus_per_trial)
     if opts.partition and "gpu" in opts.partition.lower() and not opts.gpus_per_node:
         print(f"sweep: warning: --partition {opts.partition} without --gpus-per-node: the jobs "

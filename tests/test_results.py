@@ -54,7 +54,7 @@ def test_round_trip(tmp_path):
 
 
 def test_truncated_or_foreign_files_are_detected(tmp_path):
-    path = tmp_path / write_trial(tmp_path, summary())
+    path = tmp_path / write_trial(tmp_path, summary()).path
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ResultError, match="unreadable"):
@@ -67,7 +67,7 @@ def test_truncated_or_foreign_files_are_detected(tmp_path):
     with pytest.raises(ResultError, match="schema version"):
         read_trial(trial_path(tmp_path, "x"))
     # a file of a newer release: refused, naming its version and what to do
-    t = pq.read_table(tmp_path / write_trial(tmp_path, summary(trial_id="n")))
+    t = pq.read_table(tmp_path / write_trial(tmp_path, summary(trial_id="n")).path)
     meta = {b"sensitivity_sweep_schema_version": b"7"}
     pq.write_table(t.replace_schema_metadata(meta), trial_path(tmp_path, "n"))
     with pytest.raises(ResultError, match="schema version 7, newer.*upgrade"):

@@ -233,21 +233,70 @@ def test_a_file_written_once_is_not_replaced(tmp_path):
     assert [p.name for p in (tmp_path / "s" / "trials").iterdir()] == ["a.parquet"]  # no temp
 
 
-def test_a_late_result_and_a_late_value_are_dropped_not_raised(tmp_path, caplog):
-    from workers.results.measure_table import write_outcome
-    from workers.results.measure_values import Outcome
-    from workers.results.record import SUMMARY_COLUMNS, read_trial_summary, write_trial
+def _s3_location(s3, monkeypatch, bucket: str):
+    """``s3://<bucket>/runs`` on the module's moto server (this process's pyarrow S3 clients
+    pointed at it), and a reader of a file's bytes there through boto3, not the project's code."""
+    from s3server import aws_env
+
+    endpoint, client = s3
+    for k, v in aws_env(endpoint).items():
+        monkeypatch.setenv(k, v)
+    client.create_bucket(Bucket=bucket)
+
+    def read_bytes(loc: str, rel: str) -> bytes:
+        key = f"{loc.removeprefix(f's3://{bucket}/')}/{rel}"
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    return f"s3://{bucket}/runs", read_bytes
+
+
+def _a_late_row_is_dropped_and_said_so(loc, read_bytes):
+    """``write_trial`` twice for one trial at sweep directory ``loc``: the first row is written
+    and says so, with the row the file stores (checked against the file's bytes, read by
+    ``read_bytes(loc, rel)`` and parsed with pyarrow); the second is dropped, says so, and the
+    file stays byte for byte."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from workers.results.layout import trial_file
+    from workers.results.record import (SCHEMA_VERSION, SUMMARY_COLUMNS, WriteOutcome,
+                                         write_trial)
 
     def row(status, acc):
         r = {c: None for c in SUMMARY_COLUMNS if c != "schema_version"}
-        return {**r, "trial_id": "t0", "status": status, "train_acc": acc}
+        return {**r, "trial_id": "t0", "status": status, "train_acc": acc, "steps": 7}
 
-    write_trial(tmp_path, row("ok", 0.5))  # the retry's
-    write_trial(tmp_path, row("failed", 0.1))  # the stale attempt's, later
-    assert read_trial_summary(tmp_path, "t0")["train_acc"] == 0.5
+    rel = trial_file("t0")
+    first = write_trial(loc, row("ok", 0.5))  # the retry's
+    stored = read_bytes(loc, rel)
+    late = write_trial(loc, row("failed", 0.1))  # the stale attempt's, later
+    assert (first.path, first.outcome, first.written) == (rel, "written", True)
+    assert first.outcome is WriteOutcome.WRITTEN
+    assert (late.path, late.outcome, late.written, late.summary) == (rel, "dropped", False, None)
+    assert late.outcome is WriteOutcome.DROPPED
+    assert read_bytes(loc, rel) == stored
+    on_disk = pq.read_table(io.BytesIO(stored)).drop_columns(["points"]).to_pylist()[0]
+    assert on_disk["train_acc"] == 0.5 and on_disk["status"] == "ok" and on_disk["steps"] == 7
+    assert on_disk["schema_version"] == SCHEMA_VERSION
+    assert first.summary == on_disk
+
+
+def test_a_late_result_and_a_late_value_are_dropped_not_raised(tmp_path, caplog):
+    from workers.results.measure_table import write_outcome
+    from workers.results.measure_values import Outcome
+
+    _a_late_row_is_dropped_and_said_so(str(tmp_path), lambda _, rel: (tmp_path / rel).read_bytes())
     assert "is dropped" in caplog.text
     assert write_outcome(tmp_path, "t0", Outcome("l2", 1.0, 1, {}, 0.0)) is not None
     assert write_outcome(tmp_path, "t0", Outcome("l2", 2.0, 1, {}, 0.0)) is None
+
+
+def test_a_late_result_is_dropped_and_said_so_on_an_object_store(s3, monkeypatch, caplog):
+    """The same guard on S3 (``Store.write_new`` looks the object up, then PUTs)."""
+    loc, read_bytes = _s3_location(s3, monkeypatch, "write-once")
+    _a_late_row_is_dropped_and_said_so(loc, read_bytes)
+    assert "is dropped" in caplog.text
 
 
 def test_a_stale_checkpoint_save_replaces_neither_a_later_step_nor_comes_after_a_result(
@@ -311,10 +360,29 @@ def test_a_stale_attempt_writes_none_of_its_files_once_the_trial_has_a_result(tm
     assert sorted(p.name for p in (out / "measures").glob(f"{stale_id}.*")) == measures_before
 
 
-def test_an_attempt_whose_result_is_dropped_returns_the_result_that_stands(tmp_path, caplog):
-    """``run_trial`` returns the record on disk: after another attempt's result (here a
-    hand-made ``failed`` one) stands, this attempt's ``ok`` is dropped and what it returns
-    (what the driver journals) is the standing row, read here from the file with pyarrow."""
+def _reads_of(monkeypatch, rel: str) -> list[str]:
+    """A list that gains the method's name at every read of ``rel`` through a Store (its read
+    functions wrapped, on every backend)."""
+    from workers.results.storage import Store
+
+    reads = []
+    for name in ("parquet_file", "read_parquet", "read_bytes"):
+        def counted(self, r, *args, _read=getattr(Store, name), _name=name, **kwargs):
+            if r == rel:
+                reads.append(_name)
+            return _read(self, r, *args, **kwargs)
+
+        monkeypatch.setattr(Store, name, counted)
+    return reads
+
+
+def _returns_what_stands(fresh, out, read_bytes, monkeypatch, caplog, **ctx):
+    """``run_trial`` returns the record on disk, reading it back only when its write was
+    dropped. At ``fresh`` (no other attempt) its own record, not read back; at ``out``, after
+    another attempt's result (a hand-made ``failed`` one) stands, its ``ok`` is dropped and what
+    it returns (what the driver journals) is the standing row, read back once. Both are checked
+    against the file's bytes (``read_bytes(loc, rel)``) parsed with pyarrow."""
+    import io
     import math
 
     import pyarrow.parquet as pq
@@ -327,9 +395,10 @@ def test_an_attempt_whose_result_is_dropped_returns_the_result_that_stands(tmp_p
     spec = TrialSpec(data=DataSpec("digits", train_size=100, test_size=40), width=8, depth=2,
                      activation="relu", optimizer="sgd", lr=0.01, batch_size=32,
                      init_scale=1.0, seed=1, train=TrainSpec(steps=20, early_stop=False))
+    rel = trial_file(spec.trial_id)
 
-    def on_disk(out):
-        t = pq.read_table(out / trial_file(spec.trial_id))
+    def on_disk(loc):
+        t = pq.read_table(io.BytesIO(read_bytes(loc, rel)))
         return t.drop_columns(["points"]).to_pylist()[0]
 
     def same(a, b):
@@ -337,15 +406,29 @@ def test_an_attempt_whose_result_is_dropped_returns_the_result_that_stands(tmp_p
             a[k] == b[k] or (isinstance(a[k], float) and isinstance(b[k], float)
                              and math.isnan(a[k]) and math.isnan(b[k])) for k in a)
 
-    fresh = tmp_path / "fresh"  # no other attempt: its own record, as stored
-    own = run_trial(spec, RunContext(str(fresh)))
+    reads = _reads_of(monkeypatch, rel)
+    own = run_trial(spec, RunContext(fresh, **ctx))  # no other attempt: its own record
+    assert reads == []  # written, so not read back
     assert own["status"] == "ok" and same(own, on_disk(fresh))
 
-    out = tmp_path / "s"
     write_trial(out, failure_summary(spec, "failed", "WorkerCrashedError: the retry's record"))
-    before = (out / trial_file(spec.trial_id)).read_bytes()
-    got = run_trial(spec, RunContext(str(out)))  # trains to ok; its write is dropped
+    before = read_bytes(out, rel)
+    got = run_trial(spec, RunContext(out, **ctx))  # ends ok; its write is dropped
     assert "result (status ok) is dropped" in caplog.text
-    assert (out / trial_file(spec.trial_id)).read_bytes() == before
+    assert read_bytes(out, rel) == before
+    assert len(reads) == 1  # the standing record, read back
     assert got["status"] == "failed" and got["error"] == "WorkerCrashedError: the retry's record"
     assert same(got, on_disk(out)) and math.isnan(got["train_acc"])
+
+
+def test_an_attempt_whose_result_is_dropped_returns_the_result_that_stands(
+        tmp_path, monkeypatch, caplog):
+    _returns_what_stands(str(tmp_path / "fresh"), str(tmp_path / "s"),
+                         lambda loc, rel: (Path(loc) / rel).read_bytes(), monkeypatch, caplog)
+
+
+def test_on_an_object_store_only_a_dropped_write_is_read_back(s3, monkeypatch, caplog):
+    """The same on S3, where the read back is a GET (a dry run: the write path, no training)."""
+    loc, read_bytes = _s3_location(s3, monkeypatch, "read-back")
+    _returns_what_stands(f"{loc}/fresh", f"{loc}/s", read_bytes, monkeypatch, caplog,
+                         dry_run=True)

@@ -41,7 +41,7 @@ def make_sweep(d: Path, journal: bool = True) -> list[str]:
     ids = [f"t{i}" for i in range(8)]
     j = Journal(d) if journal else None
     for tid, status in zip(ids, statuses):
-        rel = write_trial(d, summary(tid, status, error=None if status == "ok" else "boom"))
+        rel = write_trial(d, summary(tid, status, error=None if status == "ok" else "boom")).path
         if j is not None and tid in ids[:3]:
             e = store(d).entry(rel)
             j.record(tid, status, e.size, e.mtime_ns)

@@ -282,9 +282,10 @@ def is_environment_failure(e: BaseException) -> bool:
 
 def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
     """Run one trial and write its result file; returns the summary row (without points) of
-    the result that stands on disk, read back: this attempt's, or, if another attempt of the
-    trial wrote its result first (a stale attempt, whose own is then dropped), that one. A
-    result file that cannot be read back raises ResultError (workers.results.record)."""
+    the result that stands on disk: this attempt's as written (not read back), or, if another
+    attempt of the trial wrote its result first (a stale attempt, whose own is then dropped),
+    that one, read back. A standing result file that cannot be read raises ResultError
+    (workers.results.record)."""
     from workers.train import strict_float32
 
     t0 = time.perf_counter()
@@ -318,11 +319,11 @@ def run_trial(spec: TrialSpec, ctx: RunContext) -> dict:
             row["retryable"] = is_environment_failure(e)
     row["wall_time_s"] = time.perf_counter() - t0
     set_phase("writing")
-    write_trial(ctx.out_dir, row, points)
-    # the record that stands: this attempt's, or, when its write was dropped because another
-    # attempt's result was there first (write_trial), that one, so that what the driver
-    # journals is what is on disk
-    row = read_trial_summary(ctx.out_dir, spec.trial_id)
+    wrote = write_trial(ctx.out_dir, row, points)
+    # the record that stands, so that what the driver journals is what is on disk: this
+    # attempt's as stored, or, when its write was dropped because another attempt's result was
+    # there first, that one, read back
+    row = wrote.summary if wrote.written else read_trial_summary(ctx.out_dir, spec.trial_id)
     if (ctx.checkpoint_every is not None and not ctx.keep_checkpoints
             and not row.get("retryable")):  # the result stands: its checkpoints are not needed
         from workers.checkpoint import remove_checkpoints

@@ -6,13 +6,15 @@ correct). ``analysis.load_results`` reads the summary columns only; ``analysis.l
 flattens ``points``. A file is written to a temporary name and renamed, so a reader sees either
 nothing or the whole file. It is written once: a trial's first finished attempt stands, and a
 later one (a stale attempt on a node that stalled and woke up after the trial was retried
-elsewhere) is dropped with a log line (``storage.Store.write_new``); ``sweep resume`` moves a
-result it runs again aside first.
+elsewhere) is dropped with a log line (``storage.Store.write_new``), and ``write_trial``'s
+:class:`TrialWrite` tells its caller which happened; ``sweep resume`` moves a result it runs
+again aside first.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -135,10 +137,37 @@ def write_extra(sweep_dir, kind: str, trial_id: str, rows: list[dict]) -> str:
     return rel
 
 
-def write_trial(sweep_dir, summary: dict, points: list[dict] | None = None) -> str:
-    """Write one trial's row atomically; every summary column must be present (None allowed).
-    If the trial has a result file already, it stands and this row is dropped (logged, not an
-    error): the path is returned either way."""
+class WriteOutcome(StrEnum):
+    """What ``write_trial`` did with a trial's row (a member equals its value)."""
+
+    WRITTEN = "written"  # the trial had no result file: this row is its result now
+    DROPPED = "dropped"  # a result file stood there (another attempt's): it stands, unchanged
+
+
+@dataclass(frozen=True)
+class TrialWrite:
+    """What ``write_trial`` did. ``path``: the trial's result file, relative to the sweep
+    directory (``layout.trial_file``), whichever row it holds. ``summary``: when WRITTEN, the
+    summary row as the file now stores it (the SUMMARY_COLUMNS in SCHEMA's types, equal to what
+    ``read_trial_summary`` reads back, without reading it); when DROPPED, None: the row that
+    stands is the file's (``read_trial_summary``). On an object store two attempts whose
+    look-ups both come before either PUT completes are both WRITTEN, the later PUT standing
+    (``Store.write_new``); on a local or shared POSIX path exactly one is."""
+
+    path: str
+    outcome: WriteOutcome
+    summary: dict | None
+
+    @property
+    def written(self) -> bool:
+        return self.outcome is WriteOutcome.WRITTEN
+
+
+def write_trial(sweep_dir, summary: dict, points: list[dict] | None = None) -> TrialWrite:
+    """Write one trial's row atomically; every summary column must be present (None allowed;
+    ValueError names the missing ones or a status outside STATUSES). Written once
+    (``Store.write_new``): if the trial has a result file already, it stands and this row is
+    dropped (logged, not an error). Returns a :class:`TrialWrite` saying which happened."""
     missing = [c for c in SUMMARY_COLUMNS if c not in summary and c != "schema_version"]
     if missing:
         raise ValueError(f"summary lacks columns: {missing}")
@@ -153,7 +182,9 @@ def write_trial(sweep_dir, summary: dict, points: list[dict] | None = None) -> s
     if not st.write_parquet_new(rel, table):
         _log.warning("%s exists: this attempt's result (status %s) is dropped; the one there "
                      "stands", st.uri(rel), summary["status"])
-    return rel
+        return TrialWrite(rel, WriteOutcome.DROPPED, None)
+    stored = table.select(SUMMARY_COLUMNS).to_pylist()[0]  # the row in the file's types
+    return TrialWrite(rel, WriteOutcome.WRITTEN, stored)
 
 
 POINT_FIELDS = [f.name for f in POINT_TYPE]

@@ -714,7 +714,8 @@ def per_point_figure(points: pd.DataFrame, path: str | Path, num_classes: int,
 
 def sign_error_figure(ranking: pd.DataFrame, path: str | Path,
                       baselines: tuple[str, ...] | list[str] = (),
-                      one_seed: bool = False) -> Path | None:
+                      one_seed: bool = False,
+                      single_pairs: tuple[int, int] | None = None) -> Path | None:
     """The sign-errors side by side (Dziugaite et al. 2020, Fig. 1, in spirit): per row of
     ``ranking`` (best mean sign-error at the top) the mean over environments with its bootstrap
     interval and the worst environment (``robust_sign_error``, a cross). 0 = every pair of
@@ -728,7 +729,12 @@ def sign_error_figure(ranking: pd.DataFrame, path: str | Path,
     figure draws it. ``one_seed``: every configuration has one seed, so every environment is
     a single pair of runs and its sign-error 0 or 1; the worst environment is then not drawn
     (a column of 1s for nearly every row) and the axis' note says so, with the rows whose
-    worst environment is 1. Returns the path, or None without a sign-error."""
+    worst environment is 1. ``single_pairs``: (environments that rest on a single pair of
+    runs, all environments; ``analysis.report.decide.single_pair_environments``): when some
+    do but not every configuration has one seed, the worst environment is drawn and the note
+    says how many environments rest on one pair (one reversed pair makes the worst 1). The
+    axis says which way is better, as the ranking figure does. Returns the path, or None
+    without a sign-error."""
 
     if ranking.empty or ranking["sign_error"].isna().all():
         return None
@@ -744,7 +750,9 @@ def sign_error_figure(ranking: pd.DataFrame, path: str | Path,
     plt = _pyplot()
     n = len(r)
     lines = sum(name.count("\n") + 1 for name in names)
-    fig, ax = plt.subplots(figsize=(8, 2.0 + 0.22 * lines + 0.06 * n + 0.5 * one_seed))
+    single, envs = single_pairs if single_pairs is not None else (0, 0)
+    noted = one_seed or single > 0
+    fig, ax = plt.subplots(figsize=(8, 2.0 + 0.22 * lines + 0.06 * n + 0.5 * noted))
     y = np.arange(n)[::-1]
     lo = (r["sign_error"] - r["sign_error_low"]).clip(lower=0).fillna(0).to_numpy()
     hi = (r["sign_error_high"] - r["sign_error"]).clip(lower=0).fillna(0).to_numpy()
@@ -766,15 +774,26 @@ def sign_error_figure(ranking: pd.DataFrame, path: str | Path,
             "not drawn (robust_sign_error in the tables).", 64)
     else:
         handles += ax.plot(worst, y, "x", color="C3", label="worst environment")
+        if single > 0:
+            ones = int((worst == 1.0).sum())
+            note = "\n" + _wrap(
+                f"{single} of {envs} environments rest on a single pair of runs (one seed on "
+                f"each side; sign-error 0 or 1): one pair ordered against the gap makes the "
+                f"worst environment 1, as it is for {ones} of {n} rows.", 64)
     ax.axvline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_yticks(y, names, fontsize=8)
     for label, b in zip(ax.get_yticklabels(), base):
         if b:
             label.set_color("C1")
     ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.8, n - 0.2)
+    ax.set_ylim(-1.6, n - 0.2)  # (a free band below the last row holds the direction)
     ax.set_xlabel("sign-error against the generalization gap\n(lower is better; 0.5 = chance)"
                   + note)
+    from matplotlib.transforms import blended_transform_factory
+
+    ax.text(0.01, -1.05, "\u2190 better", transform=blended_transform_factory(
+        ax.transAxes, ax.transData), ha="left", va="center", fontsize=10, fontweight="bold",
+        color="#333")  # as analysis.ranking_figure marks it
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0),
               ncol=len(handles), fontsize=8, columnspacing=1.2, handletextpad=0.4,
               frameon=False)  # (above the axes: no point hidden under it)

@@ -22,7 +22,7 @@ from analysis.load import (
 from analysis.progress import StatsProgress
 from analysis.report.decide import (
     BASELINES, decide, merged_ranking, pairs_fitting, per_point_trials, ranking_rows,
-    seeds_per_config,
+    seeds_per_config, single_pair_environments,
 )
 from analysis.report.render import render
 from analysis.stats import (
@@ -166,8 +166,9 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
             ranking_rows(ranking, merged).to_csv(d / "ranking.csv", index=False)
             draw("ranking", ranking_figure, merged, rank_by,
                  [b for b in BASELINES if b in set(ranking["measure"])])
+            pairs = single_pair_environments(fit, hps)
             draw("sign_errors", figures.sign_error_figure, merged, BASELINES,
-                 seeds_per_config(fit, hps) <= 1)
+                 seeds_per_config(fit, hps) <= 1, (pairs.single, pairs.environments))
         if selection is not None:
             selection.to_csv(d / "selection.csv", index=False)
         report = decide(st, df, fit, train_acc, table, made, n_boot, time.perf_counter() - t0,

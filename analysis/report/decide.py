@@ -81,6 +81,45 @@ def seeds_per_config(fit: pd.DataFrame, hyperparameters) -> int:
     return int(fit.groupby(hps, dropna=False)["seed"].nunique().max())
 
 
+@dataclass(frozen=True)
+class SinglePairs:
+    """How much of the sign-errors rests on one run per configuration, over the passing trials
+    with a gap: ``configs`` configurations, ``one_run`` of them with a single trial (one
+    seed); ``environments`` pairs of configurations that differ in one hyperparameter
+    (``analysis.stats.sign_errors``), ``single`` of them a single pair of runs (one trial on
+    each side), whose sign-error is therefore 0 or 1 (0.5 on a tie)."""
+
+    configs: int
+    one_run: int
+    environments: int
+    single: int
+
+
+def single_pair_environments(fit: pd.DataFrame, hyperparameters) -> SinglePairs:
+    """``SinglePairs`` of ``fit`` (trial rows; the rows without ``gen_gap`` left out),
+    configurations keyed by ``hyperparameters`` (the seed excluded; a null is a value of its
+    own, as the statistics key them). Counted per hyperparameter h from the sizes of the
+    groups of configurations that agree on every other one: a group of k configurations, s of
+    them with one trial, holds k(k - 1)/2 environments, s(s - 1)/2 of them single pairs."""
+    rows = fit.dropna(subset=["gen_gap"]) if "gen_gap" in fit else fit
+    hps = [h for h in hyperparameters if h != "seed" and h in rows]
+    if rows.empty:
+        return SinglePairs(0, 0, 0, 0)
+    if not hps:
+        return SinglePairs(1, int(len(rows) == 1), 0, 0)
+    configs = rows.groupby(hps, dropna=False).size().rename("runs").reset_index()
+    configs["one"] = (configs["runs"] == 1).astype(int)
+    environments = single = 0
+    for h in hps:
+        others = [o for o in hps if o != h]
+        groups = (configs.groupby(others, dropna=False)["one"].agg(["size", "sum"]) if others
+                  else pd.DataFrame({"size": [len(configs)], "sum": [configs["one"].sum()]}))
+        k, s = groups["size"].to_numpy(dtype=int), groups["sum"].to_numpy(dtype=int)
+        environments += int((k * (k - 1) // 2).sum())
+        single += int((s * (s - 1) // 2).sum())
+    return SinglePairs(len(configs), int(configs["one"].sum()), environments, single)
+
+
 def supports(table: pd.DataFrame, statistic: str, group: str = "all") -> dict[str, int]:
     """What ``statistic`` rests on per measure in ``group`` of the statistics table (its
     ``n_used``: trials, groups, ordered pairs or environments); empty without a table."""
@@ -377,7 +416,8 @@ class Report:
     """Everything the report page says. ``location``: the sweep directory as named; counts of
     all trials (``n_trials``, ``statuses``) and of those that fit (``n_fit`` at ``train_acc``);
     the caveats (``filter``, ``unfit``, ``few_seeds``: the distinct seeds when only 2 to 4,
-    ``one_seed``: every configuration has a single seed); ``config``; the measures ranked
+    ``one_seed``: every configuration has a single seed; ``single_pairs``: the environments
+    that rest on one pair of runs, ``SinglePairs``); ``config``; the measures ranked
     (``ranking``, by ``rank_by``, showing ``ranked``) and the statistics table (``table``,
     ``n_boot`` resamples, ``noise_filter``); ``merged``: the ranking with each group of
     measures that rank the trials identically as one row (``measures`` names them all;
@@ -414,6 +454,7 @@ class Report:
     used: dict[str, int] = field(default_factory=dict)
     n_seeds: int = 0
     selection: pd.DataFrame = field(default_factory=pd.DataFrame)
+    single_pairs: SinglePairs | None = None
 
 
 def decide(st, df: pd.DataFrame, fit: pd.DataFrame, train_acc: float, table: pd.DataFrame,
@@ -448,4 +489,5 @@ def decide(st, df: pd.DataFrame, fit: pd.DataFrame, train_acc: float, table: pd.
         notes=[n for n in notes if n], seconds=seconds, merged=merged,
         ties=ranking_ties(merged, rank_by, used), used=used,
         n_seeds=int(fit["seed"].nunique()) if "seed" in fit else 0,
-        selection=selection if selection is not None else pd.DataFrame())
+        selection=selection if selection is not None else pd.DataFrame(),
+        single_pairs=single_pair_environments(fit, hyperparameters))

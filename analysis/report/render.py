@@ -221,14 +221,23 @@ def config_html(st, launch_command=None) -> str:
     return config_summary_html(config_summary(st, launch_command))
 
 
+# what a support's n counts, where its name alone does not say it (plain text)
+SUPPORT_NOTES = {
+    "pairs": "n = (configurations)\u00b2: the ordered pairs (i, j) include each configuration "
+             "with itself, (i, i), as the PGDL scoring counts them (analysis.stats.cmi)",
+}
+
+
 def statistics_list(noise_filter: bool = False) -> str:
     """What each statistic of the registry is, one item each: name, direction, what it is
-    computed over and rests on (n), description and source."""
+    computed over and rests on (n, with ``SUPPORT_NOTES``), description and source."""
     items = []
     for s in REGISTRY.values():
+        how = SUPPORT_NOTES.get(s.support)
         items.append(f"<li><code>{s.name}</code> {_arrow(s.name)} over {html.escape(s.over)} "
                      f"(n: {html.escape(SUPPORTS[s.support])}): {html.escape(s.description)}. "
-                     f"<small>{html.escape(s.source)}.</small></li>")
+                     + (f"{html.escape(how)}. " if how else "")
+                     + f"<small>{html.escape(s.source)}.</small></li>")
     filtered = ("<p>With the Monte-Carlo noise filter: the sign-errors' pairs of runs weighted by "
                 "the Hoeffding bound on their gap difference.</p>" if noise_filter else "")
     return "<ul>" + "".join(items) + "</ul>" + filtered
@@ -274,18 +283,32 @@ def figure_html(name: str, path: Path, facts: list[CaptionFact] = (), note: str 
 
 
 def sign_errors_note(r: Report) -> str:
-    """What the sign-error figure's caption adds for this sweep (plain text): with one seed
-    per configuration, that every environment is a single pair of runs, so its sign-error is 0
-    or 1, on how many of the figure's rows the worst environment is 1, and that the figure
-    leaves it out (``analysis.figures.sign_error_figure``); empty otherwise."""
-    if not r.one_seed or r.merged.empty or "sign_error" not in r.merged:
+    """What the sign-error figure's caption adds for this sweep (plain text), the page's one
+    note on environments that rest on a single pair of runs (sign-error 0 or 1): with one
+    seed per configuration, that every environment is one, on how many of the figure's rows
+    the worst environment is 1, and that the figure leaves it out
+    (``analysis.figures.sign_error_figure``); when only some configurations have one seed,
+    how many environments (of how many) and configurations rest on one; empty when none
+    does."""
+    if r.merged.empty or "sign_error" not in r.merged:
+        return ""
+    p = r.single_pairs
+    if not r.one_seed and (p is None or p.single == 0):
         return ""
     rows = r.merged.dropna(subset=["sign_error"])
     ones = int((rows["robust_sign_error"] == 1.0).sum())
-    return (f"One seed per configuration: every environment is a single pair of runs, so its "
-            f"sign-error is 0 or 1 and the worst environment (robust_sign_error) is 1 for "
-            f"{ones} of the {len(rows)} rows; the figure does not draw it, and the mean over "
-            "environments is the share of pairs ordered against the gap.")
+    seeds = ("; robust_sign_error ranks little until every configuration has several seeds "
+             "(space.seed).")
+    if r.one_seed:
+        return (f"One seed per configuration: every environment is a single pair of runs, so "
+                f"its sign-error is 0 or 1 and the worst environment (robust_sign_error) is 1 "
+                f"for {ones} of the {len(rows)} rows; the figure does not draw it, and the "
+                "mean over environments is the share of pairs ordered against the gap" + seeds)
+    return (f"Unequal seeds: {p.one_run} of the {p.configs} configurations have one seed, so "
+            f"{p.single} of the {p.environments} environments are a single pair of runs, whose "
+            f"sign-error is 0 or 1; one such pair ordered against the gap makes the worst "
+            f"environment (robust_sign_error) 1, as it is for {ones} of the {len(rows)} rows"
+            + seeds)
 
 
 def _signs(r) -> str:
@@ -295,11 +318,13 @@ def _signs(r) -> str:
     return text[0] if len(set(text)) == 1 else ", ".join(text)
 
 
-def ranking_html(ranking: pd.DataFrame, rank_by: str, order, one_seed: bool = False,
+def ranking_html(ranking: pd.DataFrame, rank_by: str, order, single_pairs: bool = False,
                  baselines=BASELINES, figure: str = "") -> str:
     """The ranking of the measures by ``rank_by``, with the statistics ``order``; a row whose
     ``measures`` (``analysis.stats.merge_equivalent``) name several measures names them all.
-    ``figure``: HTML placed between the introduction and the table (the ranking figure)."""
+    ``figure``: HTML placed between the introduction and the table (the ranking figure).
+    ``single_pairs``: some environments rest on a single pair of runs; the introduction then
+    points to the note under the sign-error figure (``sign_errors_note``)."""
     if ranking.empty:
         return ""
 
@@ -338,13 +363,11 @@ def ranking_html(ranking: pd.DataFrame, rank_by: str, order, one_seed: bool = Fa
             "is the exception: it measures dependence in either direction (a measure ordered "
             "exactly against the gap scores as high as one ordered with it), so read it with "
             "the sign of Kendall's &tau;. &uarr;: larger is better; &darr;: smaller is better. "
-            "Value [95% bootstrap interval].</p>"
-            + ("<p><b>One seed per configuration:</b> each environment's sign-error is then 0 or "
-               "1 (one pair of runs), so <code>robust_sign_error</code>, the worst environment, "
-               "is 1 as soon as one environment orders its pair against the gap (with many "
-               "environments, for nearly every measure) and ranks little; it needs several "
-               "seeds per configuration (<code>space.seed</code>).</p>" if one_seed else "")
-            + figure + "<table class='stats'>" + "".join(rows) + "</table>")
+            "Value [95% bootstrap interval]."
+            + (" Environments of a single pair of runs (one seed): see under the sign-error "
+               "figure for what they do to <code>robust_sign_error</code>." if single_pairs
+               else "")
+            + "</p>" + figure + "<table class='stats'>" + "".join(rows) + "</table>")
 
 
 def _names(rows) -> str:
@@ -388,15 +411,14 @@ def ranking_caption(r: Report) -> str:
     if r.few_seeds is not None:
         parts.append(f"Only {r.few_seeds} seeds: the seed bootstrap has a handful of distinct "
                      "resamples, so read the intervals as rough (the paper uses 8).")
-    if r.one_seed:
-        parts.append("One seed per configuration: the sign-errors rest on one pair of runs "
-                     "per environment.")
     merged = [ms for ms in shown.get("measures", []) if len(ms) > 1]
     if merged:
         parts.append(f"{len(merged)} row{'s' if len(merged) > 1 else ''} name several measures "
                      "that rank the trials identically (\"the same ranks\" in the table).")
     for t in r.ties:
         parts.append(tie_text(t, support) + ".")
+    if r.ties:
+        parts.append("Tied rows are not ordered by the data.")
     return " ".join(parts)
 
 
@@ -411,8 +433,9 @@ def ranking_figure_html(r: Report) -> str:
 
 
 def ties_html(r: Report) -> str:
-    """The ties of the ranking as a note above its table; empty without one."""
-    if not r.ties:
+    """The ties of the ranking as a note above its table when the ranking figure, whose
+    caption says them, was not drawn; empty otherwise."""
+    if not r.ties or "ranking" in r.figures:
         return ""
     support = SUPPORTS[REGISTRY[r.rank_by].support]
     return ("<p class='warn'><b>Ties:</b> " + html.escape("; ".join(tie_text(t, support)
@@ -483,7 +506,8 @@ def render(r: Report) -> str:
         filter_html(r.filter),
         unfit_html(r.unfit, r.train_acc),
         config_summary_html(r.config),
-        ranking_html(r.merged if len(r.merged) else r.ranking, r.rank_by, r.ranked, r.one_seed,
+        ranking_html(r.merged if len(r.merged) else r.ranking, r.rank_by, r.ranked,
+                     "sign_errors" in r.figures and bool(sign_errors_note(r)),
                      r.baselines, ranking_figure_html(r) + ties_html(r)),
         *[figure_html(n, r.figures[n], note=sign_errors_note(r) if n == "sign_errors" else "")
           for n in RANKING_FIGURES[1:] if n in r.figures],

@@ -61,8 +61,6 @@ JOB_COLUMNS = ("job_id", "event", "time", "nodes", "detail")
 SIGNAL_BEFORE_S = 300  # default lead of the stop signal: the driver's 30 s grace, ample margin
 SIGNAL_MAX_S = 65535  # Slurm's bound on --signal's time
 RAY_WAIT_S = 180  # how long a job waits for its Ray nodes to join before it gives up
-# a TERM this close to the job's end time (or later) is Slurm's at the time limit, not scancel
-LIMIT_MARGIN_S = 5
 STALLED_JOBS = 2  # the chain stops after this many jobs in a row that finished no trial
 SQUEUE_TIMEOUT_S = 5.0
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -264,23 +262,29 @@ on_time_limit() {{  # on_time_limit [WHY]
   fi
   [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
 }}
-at_time_limit() {{  # true when this job's end time (squeue %e, asked now: a limit changed
-  # by `scontrol update` counts) has come: a TERM then is Slurm's own, at the time limit
-  local end
-  end=$(timeout 10 squeue -h -j "$SLURM_JOB_ID" -o %e 2>/dev/null | head -n1)
-  [[ "$end" =~ ^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}T[0-9:]+$ ]] || return 1
-  end=$(date -d "$end" +%s 2>/dev/null) || return 1
-  [ "$(date +%s)" -ge $((end - {LIMIT_MARGIN_S})) ]
+at_time_limit() {{  # true when Slurm reports this job ended by its time limit (squeue's
+  # reason TimeLimit, set before Slurm's TERM at the limit; a scancel leaves it None): a TERM
+  # then is Slurm's own. False when squeue does not answer within 10 s (then: a cancel)
+  [ "$(timeout 10 squeue -h -j "$SLURM_JOB_ID" -o %r 2>/dev/null | head -n1)" = TimeLimit ]
 }}
 on_cancel() {{  # whatever the job is doing: the outcome is "cancelled", nothing is submitted
   # -- unless the TERM is Slurm's at the time limit (no USR1 came before it, e.g. a limit
   # shorter than --signal's lead): that stops the driver as USR1 does and the chain goes on
-  if [ -z "$cancelled" ] && at_time_limit; then
-    on_time_limit "time limit reached (TERM from Slurm, no time-limit signal before it)"
-    return
+  if [ -z "$cancelled" ]; then
+    cancelled=1  # (meanwhile a USR1 submits nothing: submit_next checks it)
+    if at_time_limit; then
+      cancelled=""
+      on_time_limit "time limit reached (TERM from Slurm, no time-limit signal before it)"
+      return
+    fi
   fi
   cancelled=1
-  [ -n "$stopping" ] || stopping=cancelled
+  if [ -z "$stopping" ]; then
+    stopping=cancelled
+    # recorded at once: Slurm kills the job KillWait seconds (30 by default) after its TERM,
+    # which may come before the driver's grace and the end step are over
+    record "$SLURM_JOB_ID" stopping "cancelled (TERM: scancel)"
+  fi
   [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
 }}
 run() {{  # run COMMAND...: in the background, so that the traps above run at once; its exit code

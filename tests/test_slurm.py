@@ -253,9 +253,10 @@ STUBS = {
     "sweep": STUB_SWEEP,
     "sbatch": '#!/bin/bash\necho "sbatch $*" >> "$STUB_LOG"\necho "101;test"\n',
     "scancel": '#!/bin/bash\necho "scancel $*" >> "$STUB_LOG"\n',
-    # the queue: the job ids in $STUB_QUEUE, one a line; a job's end time (-o %e): $STUB_END
+    # the queue: the job ids in $STUB_QUEUE, one a line; a job's reason (-o %r): $STUB_REASON
+    # (Slurm's: TimeLimit once the limit ended it; None after a scancel)
     "squeue": '#!/bin/bash\necho "squeue $*" >> "$STUB_LOG"\n'
-              'case "$*" in *%e*) echo "$STUB_END"; exit 0;; esac\n'
+              'case "$*" in *%r*) echo "$STUB_REASON"; exit 0;; esac\n'
               'printf "%s\\n" $STUB_QUEUE\n',
     "scontrol": '#!/bin/bash\necho node1\n',
     # a Ray step: runs until stop_ray ends it
@@ -276,7 +277,7 @@ def run_script(tmp_path: Path, kinds: dict[str, str], driver: str, earlier_left:
     ``sbatch_fails``: sbatch exits 1; ``sbatch``: another stub sbatch; ``signals``: (a text,
     a signal): once the stubs' log holds the text, the signal to the batch shell, in order;
     ``env_extra``: the stubs' settings (STUB_FAIL, STUB_SLOW, STUB_QUEUE, STUB_CHECKPOINT,
-    STUB_END).
+    STUB_REASON).
     Returns (exit code, the job list's lines split, the
     stubs' log and the script's output)."""
     import signal
@@ -303,7 +304,7 @@ def run_script(tmp_path: Path, kinds: dict[str, str], driver: str, earlier_left:
     env = {**os.environ, "SLURM_JOB_ID": "100", "SLURM_JOB_NODELIST": "node1",
            "SLURM_CPUS_ON_NODE": "2", "SWEEP_SLURM_HEAD_IP": "127.0.0.1", "STUB_LOG": str(log),
            "STUB_DRIVER_RC": driver, "STUB_FAIL": "", "STUB_SLOW": "", "STUB_QUEUE": "",
-           "STUB_CHECKPOINT": "", "STUB_END": "", **(env_extra or {})}
+           "STUB_CHECKPOINT": "", "STUB_REASON": "", **(env_extra or {})}
     proc = subprocess.Popen(["bash", str(script)], env=env, cwd=Path(__file__).parents[1],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -445,17 +446,19 @@ def test_a_cancel_after_the_time_limit_keeps_the_job_submitted_at_the_signal(tmp
     assert sum(c.startswith("sbatch") for c in calls) == 1 and "scancel 101" not in calls, calls
 
 
-@pytest.mark.parametrize("end_in_s, cancelled", [(-20, False), (0, False), (3600, True)])
-def test_slurms_term_at_the_time_limit_is_not_a_cancel(tmp_path, end_in_s, cancelled):
-    """A TERM with no USR1 before it: when the job's end time (squeue %e) has come it is
+@pytest.mark.parametrize("reason, cancelled", [("TimeLimit", False), ("None", True),
+                                              ("", True)])
+def test_slurms_term_at_the_time_limit_is_not_a_cancel(tmp_path, reason, cancelled):
+    """A TERM with no USR1 before it: when squeue gives the job's reason as TimeLimit it is
     Slurm's at the time limit (a limit shorter than --signal's lead, or a signal lost): the next
-    job is submitted and the chain goes on; an hour before the end it is scancel's."""
+    job is submitted and the chain goes on. After a scancel the reason is None (Slurm also sets
+    the end time to the cancel's time, so the end time cannot tell them apart); a squeue that
+    answers nothing: a cancel, as before."""
     import signal
 
-    end = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + end_in_s))
     rc, events, calls = run_script(tmp_path, {"a": "ok", "b": "none"}, driver="wait",
                                    signals=[("sweep resume", signal.SIGTERM)],
-                                   env_extra={"STUB_END": end})
+                                   env_extra={"STUB_REASON": reason})
     assert "sweep got TERM" in calls, calls
     submitted = sum(c.startswith("sbatch --parsable --dependency=afterany:100 ") for c in calls)
     if cancelled:
@@ -606,6 +609,7 @@ def squeue_empty(env) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("slurm")  # (one Slurm cluster for both: on one test worker)
 def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path):
     from analysis import load_results
     from workers.results.index import read_journal
@@ -688,6 +692,43 @@ def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path):
     for jid in set(started):
         assert f"slurm job {jid}:" in status.stdout, status.stdout
     assert os.path.exists(out / "slurm" / "sweep.sbatch")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("slurm")
+def test_a_scancel_ends_the_chain_on_a_real_cluster(slurm_env, tmp_path):
+    """`scancel JOB` (TERM to the batch shell; Slurm sets the job's end time to the cancel's
+    time, its reason stays None): the job records "cancelled" at once, no next job is
+    submitted, and the trials it finished stay."""
+    out = tmp_path / "sweep"
+    env = {**slurm_env, "SWEEP_SLURM_HEAD_IP": "127.0.0.1",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run([sys.executable, "-m", "sweep.cli", "slurm", *CHAIN, f"out={out}",
+                        "--time", "10", "--signal-before", "60"], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = re.search(r"submitted SLURM job (\d+)", r.stdout).group(1)
+    jobs = out / "slurm" / "jobs.tsv"
+    deadline = time.monotonic() + CHAIN_TIMEOUT_S
+    while not list((out / "trials").glob("*.parquet")):  # the driver runs
+        if time.monotonic() > deadline or squeue_empty(env):
+            pytest.fail(f"no result from the job:\n{jobs.read_text()}")
+        time.sleep(0.2)
+    c = subprocess.run(["scancel", first], env=env, capture_output=True, text=True, timeout=30)
+    assert c.returncode == 0, c.stderr
+    while not squeue_empty(env):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the job did not end:\n{jobs.read_text()}")
+        time.sleep(0.5)
+    time.sleep(2)  # (a job submitted in the last moment would be in the queue by now)
+    assert squeue_empty(env)
+    events = [line.split("\t") for line in jobs.read_text().splitlines()]
+    assert {e[0] for e in events} == {first}, events  # no job submitted after it
+    # recorded at the TERM (this cluster's KillWait=5 kills the job before its end step)
+    assert [e[4] for e in events if e[1] == "stopping"] == ["cancelled (TERM: scancel)"], events
+    assert [e[4] for e in events if e[1] == "ended"] in ([], ["cancelled"]), events
+    assert list((out / "trials").glob("*.parquet"))
 
 
 @pytest.mark.parametrize("tools, words", [

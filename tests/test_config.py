@@ -57,6 +57,7 @@ def test_overrides_and_scalars_become_lists():
     ("plan.sampler=grid", "plan.sampler: unknown value 'grid'; allowed: random, qmc"),
     ("plan.grid=[colour]", "plan.grid: unknown value 'colour'"),
     ("space.width=[wide]", "space.width: expected an integer, got 'wide'"),
+    ("trials=abc", "trials: expected an integer, got 'abc'; allowed: an integer >= 1"),
     ("no_such_key=1", "no_such_key: unknown key"),
     ("measure_settings.sharpness.pointz=3", "measure_settings.sharpness.pointz: unknown key; "
      "closest valid keys: measure_settings.sharpness.points"),

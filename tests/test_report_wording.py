@@ -224,3 +224,16 @@ def test_the_sign_error_figure_marks_the_better_direction(unbalanced):
     rows = [np.min(ln.get_ydata()) for ln in ax.get_lines() if ln.get_marker() in ("o", "s")]
     assert rows and ax.get_ylim()[0] < y < min(rows) - 0.5
     assert [c for c in _cut(texts) if "sign_errors" in c[0]] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. A window narrower than a table scrolls the table, never cuts its columns off
+
+
+def test_every_table_scrolls_in_its_own_box_and_the_style_says_so(unbalanced):
+    _, _, page, _, _ = unbalanced
+    tables = re.findall(r"<table", page)
+    boxed = re.findall(r"<div class='wide'>\s*<table", page)
+    assert len(tables) >= 3 and len(boxed) == len(tables), (len(tables), len(boxed))
+    style = re.search(r"<style>(.*?)</style>", page, re.S).group(1)
+    assert re.search(r"\.wide\{[^}]*overflow-x:auto", style), style

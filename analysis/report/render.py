@@ -267,8 +267,14 @@ def stats_html(table: pd.DataFrame, baselines=BASELINES) -> str:
     order = [c for c in STATISTICS if c in wide.columns]
     wide = wide[order]
     wide.columns = [f"{c} {_arrow(c)}" for c in order]
-    return wide.reset_index().to_html(index=False, escape=False, border=0,
-                                             classes="stats")
+    return scrolls(wide.reset_index().to_html(index=False, escape=False, border=0,
+                                              classes="stats"))
+
+
+def scrolls(table: str) -> str:
+    """``table`` (HTML) in a box that scrolls sideways when the window is narrower than the
+    table (its columns are never cut off: class ``wide`` in ``render``'s style)."""
+    return f"<div class='wide'>{table}</div>"
 
 
 def figure_html(name: str, path: Path, facts: list[CaptionFact] = (), note: str = "") -> str:
@@ -367,7 +373,7 @@ def ranking_html(ranking: pd.DataFrame, rank_by: str, order, single_pairs: bool 
             + (" Environments of a single pair of runs (one seed): see under the sign-error "
                "figure for what they do to <code>robust_sign_error</code>." if single_pairs
                else "")
-            + "</p>" + figure + "<table class='stats'>" + "".join(rows) + "</table>")
+            + "</p>" + figure + scrolls("<table class='stats'>" + "".join(rows) + "</table>"))
 
 
 def _names(rows) -> str:
@@ -477,7 +483,7 @@ def selection_html(selection: pd.DataFrame, baselines=BASELINES) -> str:
             "the tied networks; at random: the mean over each group's networks, exactly. "
             "Picks the best: the share of groups where the choice is a best network "
             "(<code>analysis.selection.model_selection</code>).</p>"
-            "<table class='stats'>" + "".join(rows) + "</table>")
+            + scrolls("<table class='stats'>" + "".join(rows) + "</table>"))
 
 
 def seeds_html(few_seeds: int | None) -> str:
@@ -498,7 +504,8 @@ def render(r: Report) -> str:
         "table.stats{border-collapse:collapse;font-size:13px}table.stats td,table.stats th"
         "{border:1px solid #ccc;padding:3px 6px;text-align:right}figure{margin:1.5em 0}"
         "img{max-width:100%}figcaption{font-size:14px;color:#333}"
-        ".warn{background:#fff3cd;border:1px solid #e0c36a;padding:6px 10px}</style></head><body>",
+        ".warn{background:#fff3cd;border:1px solid #e0c36a;padding:6px 10px}"
+        ".wide{overflow-x:auto;max-width:100%}</style></head><body>",
         f"<h1>Sweep report</h1><p><code>{html.escape(r.location)}</code>: {r.n_trials} trials "
         f"({html.escape(status)}). Figures and statistics use the {r.n_fit} ok trials at train "
         f"accuracy {at_least(r.train_acc, '&ge;')} "

@@ -37,7 +37,9 @@ def check_int(key: str, v, lo: int | None = None, hi: int | None = None,
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     if not _is_int(v):
-        raise ValueError(f"{key}: expected an integer, got {v!r}")
+        where = (f" in [{lo}, {hi}]" if lo is not None and hi is not None else
+                 f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else "")
+        raise ValueError(f"{key}: expected an integer, got {v!r}; allowed: an integer{where}")
     _check_bounds(key, v, lo, hi)
     return v
 

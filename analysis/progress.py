@@ -51,7 +51,8 @@ class StatsProgress:
             # (no time yet: the estimates' own time includes one-off work - compiling the
             # kernels, preparing each measure - that the bootstrap evaluations do not repeat,
             # and overstated it up to 40x; the first line of the bootstrap gives one)
-            made = f"estimates of {done} measure(s) x group(s) in {_minutes(now - self.t0)}"
+            made = (f"estimates of {done} (measure, group) pair{'s' if done != 1 else ''} in "
+                    f"{_minutes(now - self.t0)}")
             if done >= total:  # (--bootstrap 0: nothing follows, nothing to count)
                 self.finished = True
                 self._line(f"{made}; no bootstrap resamples")

@@ -87,7 +87,7 @@ def worker_memory(cfg) -> tuple[int, str]:
     here = int(psutil.virtual_memory().total)
     address = cfg.cluster.address
     if address is None:
-        return here, "this machine; set resources.worker_memory_gb"
+        return here, "this machine's memory; resources.worker_memory_gb sets another"
     from sweep.runtime import largest_node_memory, start_ray
 
     try:
@@ -203,7 +203,8 @@ def summary_lines(summary: dict) -> list[str]:
     for rc, c in summary["classes"].items():
         unit = next(k for k in c if k.endswith("-hours"))
         lines.append(f"plan: {rc}: {c['trials']:,} trials, {c[unit]:.3g} {unit} at "
-                     f"{c['flops_per_second_per_device']:.3g} FLOP/s per device")
+                     f"{c['flops_per_second_per_device']:.3g} FLOP/s per "
+                     f"{unit.rsplit('-', 1)[0]}")
     lines.append(f"plan: the costliest 1% of trials hold {100 * summary['top_1_percent_share']:.0f}%"
                  " of the FLOPs")
     lines.append(f"plan: largest trial memory {human_bytes(summary['largest_memory_bytes'])} "

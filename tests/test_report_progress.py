@@ -57,7 +57,7 @@ def test_lines_in_a_log_with_what_follows_first_and_the_time_last():
     text = out.getvalue()
     lines = text.splitlines()
     assert "\r" not in text and len(lines) == 4
-    assert re.fullmatch(r"report: statistics: estimates of 6 measure\(s\) x group\(s\) in "
+    assert re.fullmatch(r"report: statistics: estimates of 6 \(measure, group\) pairs in "
                         r"\d+ s; 54 bootstrap evaluations follow on 2 processes; their time "
                         r"is estimated after 5 s", lines[0])
     assert lines[1].startswith("report: statistics: 24/54 bootstrap evaluations in ")

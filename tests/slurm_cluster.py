@@ -54,6 +54,9 @@ def _pid(path: Path) -> int | None:
 def slurm_conf(root: Path, host: str, ports: list[int], cpus: int, memory_mb: int) -> str:
     return f"""\
 ClusterName=sweeptest
+# job ids (and so the batch script's Ray ports, 20000 + 3 x id) of their own, unlike those of
+# another test cluster on this machine (two test workers may run one each)
+FirstJobId={1 + ports[0] % 997 * 3}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ports[0]}
 SlurmdPort={ports[1]}

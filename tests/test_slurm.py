@@ -602,6 +602,19 @@ CHAIN = ["trials=12", "dataset.train_size=200", "dataset.test_size=80", "train.s
 CHAIN_TIMEOUT_S = 900  # about a minute on two quiet cores
 
 
+def submit_chain(slurm_env, out: Path) -> tuple[dict, str]:
+    """`sweep slurm` of CHAIN to ``out`` (a 10-minute limit, its signal 60 s before) on the
+    test cluster: (the environment its commands run in, the first job's id)."""
+    env = {**slurm_env, "SWEEP_SLURM_HEAD_IP": "127.0.0.1",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run([sys.executable, "-m", "sweep.cli", "slurm", *CHAIN, f"out={out}",
+                        "--time", "10", "--signal-before", "60"], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return env, re.search(r"submitted SLURM job (\d+)", r.stdout).group(1)
+
+
 def squeue_empty(env) -> bool:
     q = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True,
                        timeout=30)
@@ -609,7 +622,8 @@ def squeue_empty(env) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm")  # (one Slurm cluster for both: on one test worker)
+@pytest.mark.xdist_group("slurm")  # (together where xdist keeps the group; apart, each
+# worker starts a cluster of its own, whose job ids and so Ray ports differ: slurm_cluster.py)
 def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path):
     from analysis import load_results
     from workers.results.index import read_journal
@@ -618,14 +632,7 @@ def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path):
     import pyarrow.parquet as pq
 
     out = tmp_path / "sweep"
-    env = {**slurm_env, "SWEEP_SLURM_HEAD_IP": "127.0.0.1",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    env.pop("RAY_ADDRESS", None)
-    r = subprocess.run([sys.executable, "-m", "sweep.cli", "slurm", *CHAIN, f"out={out}",
-                        "--time", "10", "--signal-before", "60"], env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    first = re.search(r"submitted SLURM job (\d+)", r.stdout).group(1)
+    env, first = submit_chain(slurm_env, out)
     assert "#SBATCH --signal=B:USR1@60" in (out / "slurm" / "sweep.sbatch").read_text()
     jobs = out / "slurm" / "jobs.tsv"
 
@@ -701,14 +708,7 @@ def test_a_scancel_ends_the_chain_on_a_real_cluster(slurm_env, tmp_path):
     time, its reason stays None): the job records "cancelled" at once, no next job is
     submitted, and the trials it finished stay."""
     out = tmp_path / "sweep"
-    env = {**slurm_env, "SWEEP_SLURM_HEAD_IP": "127.0.0.1",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    env.pop("RAY_ADDRESS", None)
-    r = subprocess.run([sys.executable, "-m", "sweep.cli", "slurm", *CHAIN, f"out={out}",
-                        "--time", "10", "--signal-before", "60"], env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    first = re.search(r"submitted SLURM job (\d+)", r.stdout).group(1)
+    env, first = submit_chain(slurm_env, out)
     jobs = out / "slurm" / "jobs.tsv"
     deadline = time.monotonic() + CHAIN_TIMEOUT_S
     while not list((out / "trials").glob("*.parquet")):  # the driver runs

@@ -28,9 +28,11 @@ SMALL = ["trials=1", "dataset.train_size=100", "dataset.test_size=40", "train.st
          "measures=[jacobian_norm_test]"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def moddir(tmp_path_factory) -> Path:
-    """A directory really named ``${m}`` holding lab.py (MODULE)."""
+    """A directory really named ``${m}`` holding lab.py (MODULE); once per test process (a
+    second copy, made when this module's tests do not run one after the other, would register
+    MODULE's measure again from another path: an error)."""
     d = tmp_path_factory.mktemp("mods") / "${m}"
     d.mkdir()
     (d / "lab.py").write_text(MODULE)

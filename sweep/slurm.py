@@ -226,7 +226,8 @@ record() {{  # record JOB EVENT DETAIL: one line of $JOBS (`sweep status` reads 
 # next job (it starts when this one ends), then stop the driver: no new trials, running ones
 # get 30 s to finish (sweep/dispatch.py). A cancelled job (scancel: TERM) stops the same way
 # and submits no next job from then on, whenever the TERM comes -- except Slurm's own TERM at
-# the time limit (the job's end time has come), which counts as the time-limit signal.
+# the time limit (squeue gives the job's reason as TimeLimit), which counts as the time-limit
+# signal.
 stopping=""; cancelled=""; next=""; child=""  # child: the command the script waits for
 tried=""  # sbatch was run once (it may have failed after Slurm accepted the job)
 queued_successor() {{  # a pending job of this chain, this user's, other than this one

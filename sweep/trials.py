@@ -135,7 +135,9 @@ def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: 
     row = failure_summary(spec, status, f"{type(exc).__name__} ({attempts} attempt"
                           f"{'s' if attempts != 1 else ''}): {said}"[:4000])
     row["retryable"] = status == "failed"  # the system failed, not the trial: resume retries it
-    write_trial(out, row)
+    wrote = write_trial(out, row)
+    if not wrote.written:  # a stale attempt's result landed first meanwhile: that one stands
+        return _result_status(out, spec.trial_id) or status
     if not row["retryable"] and not keep_checkpoints:  # final: its checkpoints are not needed
         from workers.checkpoint import remove_checkpoints
 
@@ -162,7 +164,8 @@ def _record_timeout(out, spec: TrialSpec, error: str) -> str:
         return status
     row = failure_summary(spec, "failed", error[:4000])
     row["retryable"] = True  # a stuck file system, a slow node, a limit too tight: run again
-    write_trial(out, row)
+    if not write_trial(out, row).written:  # its own result landed meanwhile: that one stands
+        return _result_status(out, spec.trial_id) or "failed"
     return "failed"
 
 

@@ -251,10 +251,14 @@ def resolved_settings(name: str, overrides: Mapping[str, Any] | None = None) -> 
 def evaluate_outcomes(inputs: MeasureInputs, names: Sequence[str],
                       settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Outcome]:
     """Every measure in ``names`` on ``inputs``; a measure that raises (or lacks an input it
-    needs) gives an Outcome with ``value`` None and its ``error``, and the others still run."""
+    needs) gives an Outcome with ``value`` None and its ``error``, and the others still run.
+    ``settings``: per measure, or per group of ``SETTING_GROUPS`` (applied to each member, a
+    member's own entry over it: ``expand_settings``), the settings that override defaults."""
     from workers.phase import set_phase
 
     check_names(names)
+    if settings and any(g in SETTING_GROUPS for g in settings):  # (a group read as a name
+        settings = expand_settings(settings)  # would set nothing, silently)
     out = {}
     for name in names:
         set_phase(f"measuring {name}")  # (for a trial's wall-clock limit: workers.phase)
@@ -318,8 +322,8 @@ def evaluate(model, names: Sequence[str], *, x_train=None, y_train=None, x_test=
     Inputs [N, d] as the model takes them; ``init_model`` the network at initialization (the
     distance-to-initialization measures), ``image_shape`` (C, H, W) (``transitions_test``);
     ``seed`` seeds the measures' point subsets and, with ``trial_seed``, their Monte-Carlo
-    draws; ``settings`` per measure override its defaults. Raises ValueError for an unknown
-    measure or setting."""
+    draws; ``settings`` per measure (or group: ``evaluate_outcomes``) override its defaults.
+    Raises ValueError for an unknown measure or setting."""
     import warnings
 
     inputs = MeasureInputs(model, x_train, y_train, x_test, y_test, init_model, image_shape,

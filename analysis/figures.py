@@ -59,6 +59,7 @@ def fit_text(fig, rect=None, rounds: int = 4) -> None:
     again (``tight_layout(rect=rect)``), and, when some text still extends past the figure (a
     word longer than the room), the figure is widened or heightened to hold it. Drawn with the
     figure's renderer; call after the figure is complete."""
+    fresh = False  # drawn, and unchanged since
     for _ in range(rounds):
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
@@ -74,10 +75,13 @@ def fit_text(fig, rect=None, rounds: int = 4) -> None:
                 t.set_text(wrapped)
                 changed = True
         if not changed:
+            fresh = True
             break
         fig.tight_layout(rect=rect)
     for _ in range(rounds):  # still past the edge: a larger figure, laid out again
-        fig.canvas.draw()
+        if not fresh:  # (a draw of an unchanged figure is the figure's costliest step)
+            fig.canvas.draw()
+        fresh = False
         inside = fig.bbox.padded(-1.0)  # (a pixel of rounding)
         tight = fig.get_tightbbox(fig.canvas.get_renderer()).transformed(fig.dpi_scale_trans)
         grow_w = max(inside.x0 - tight.x0, 0) + max(tight.x1 - inside.x1, 0)

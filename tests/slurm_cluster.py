@@ -162,23 +162,29 @@ def _stop(env: dict, pid_files: list[Path], root: Path) -> None:
             time.sleep(0.5)
     except (OSError, subprocess.TimeoutExpired):
         pass
-    for f in reversed(pid_files):  # slurmd, slurmctld, munged
-        pid = _pid(f)
-        if pid is None:
-            continue
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        for _ in range(100):
+    # slurmd and slurmctld together (each takes ~2 s to exit), then munged, which they use
+    for group in ([pid_files[2], pid_files[1]], [pid_files[0]]):
+        pids = []
+        for f in group:
+            pid = _pid(f)
+            if pid is None:
+                continue
             try:
-                os.kill(pid, 0)
+                os.kill(pid, signal.SIGTERM)
+                pids.append(pid)
             except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+                continue
+        for pid in pids:  # up to 10 s in all, then SIGKILL
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
     shutil.rmtree(root, ignore_errors=True)

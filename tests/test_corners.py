@@ -8,14 +8,18 @@ import math
 
 import pytest
 
-from workers.measures import available, raised
+from workers.measures import available, expand_settings, raised
 from workers.results.record import read_trial
 from workers.results.layout import trial_path
 from workers.results.spec import DataSpec, MetricSpec, RunContext, TrainSpec, TrialSpec
 from workers.trial import run_trial
 
 ACTIVATIONS = ("relu", "relu6", "tanh", "hardtanh", "hardsigmoid")
-# cheap settings (the values' definitions are unchanged; only fewer points, draws and steps)
+# cheap settings (the values' definitions are unchanged; only fewer points, draws and steps);
+# "pacbayes" is the group of the six PAC-Bayes measures: a trial's measure_overrides take
+# measures, so it is expanded (expand_settings) before it goes into the spec (unexpanded, the
+# worker ignored it and the deep wide HardSigmoid corner ran the searches at their defaults:
+# 15 steps of 10 draws of a 65 x 256 network, most of the test's time)
 CHEAP = {"sharpness": {"points": 60, "steps": 2},
          "pacbayes": {"points": 60, "samples": 2, "steps": 3},
          "expected_sharpness": {"points": 60, "samples": 2, "alphas": 1, "alpha_min": 1e-3,
@@ -57,7 +61,7 @@ def test_every_measure_is_finite_or_undefined_with_its_reason_at_the_corners(tmp
                          "sgd", 0.01, 32, scale, 1, train=TrainSpec(steps=10, check_every=5),
                          metrics=MetricSpec(measures=names, transitions_points=3,
                                             transitions_k=64, jacobian_points=30,
-                                            measure_overrides=json.dumps(CHEAP)))
+                                            measure_overrides=json.dumps(expand_settings(CHEAP))))
         row = run_trial(spec, RunContext(str(tmp_path)))
         stored = read_trial(trial_path(tmp_path, spec.trial_id)).to_pylist()[0]
         where = (act, depth, width, scale)

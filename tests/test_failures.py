@@ -18,6 +18,7 @@ import pytest
 
 from analysis import load_results
 from procs import run
+from sweep.cli import main
 from sweep.config import compose
 from sweep.driver import launch
 
@@ -65,7 +66,7 @@ def wait_for_results(out: Path, n: int, proc, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
-def test_sigkill_driver_then_resume_equals_an_uninterrupted_run(ray_local, tmp_path):
+def test_sigkill_driver_then_resume_equals_an_uninterrupted_run(ray_local, tmp_path, capsys):
     over = TINY + ["trials=8"]
     ref = tmp_path / "ref"
     launch(compose(over + [f"out={ref}"]))
@@ -80,10 +81,13 @@ def test_sigkill_driver_then_resume_equals_an_uninterrupted_run(ray_local, tmp_p
         kill_tree(proc.pid)  # the driver and the local Ray it started: SIGKILL, no cleanup
     done = len(list((out / "trials").glob("*.parquet")))
     assert 2 <= done < 8, "the driver was not killed mid-sweep"
-    launch_rc = run([sys.executable, "-m", "sweep.cli", "resume", str(out)], env=ENV,
-                    capture_output=True, text=True, timeout=900)
-    assert launch_rc.returncode == 0, launch_rc.stderr
-    assert f"{done} already have results" in launch_rc.stderr
+    # the resume in this process, on the suite's Ray (`sweep resume` in a subprocess, on its own
+    # local Ray: test_ctrl_c_and_sigterm_stop_cleanly)
+    capsys.readouterr()
+    rc = main(["resume", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert f"{done} already have results" in err
     a, b = frame(ref), frame(out)
     assert len(b) == 8 and (b["status"] == "ok").all()
     assert a.equals(b)  # same trial ids, identical numbers (CPU)
@@ -147,7 +151,10 @@ def test_a_trial_out_of_memory_is_oom_and_the_others_finish(ray_local, tmp_path)
     assert df.loc[16, "status"] == "ok"
 
 
-LONGER = [o for o in TINY if not o.startswith("train.steps")] + ["train.steps=3000"]
+# Trials of a few seconds: long enough that a signal or a kill sent at the second result lands
+# while trials run and most are still to run; short, since the stopped sweeps wait for (or never
+# need) them.
+LONGER = [o for o in TINY if not o.startswith("train.steps")] + ["train.steps=1000"]
 
 
 def _launch(out: Path, trials: int):
@@ -171,12 +178,14 @@ def _descendants(pid: int) -> list:
 CTRL_C_TRIALS = 10
 
 
-@pytest.mark.parametrize("sig,times,code", [(signal.SIGINT, 1, 130), (signal.SIGTERM, 1, 143),
-                                            (signal.SIGINT, 2, 130)])
-def test_ctrl_c_and_sigterm_stop_cleanly(tmp_path, sig, times, code):
+@pytest.mark.parametrize("sig,times,code,resume", [(signal.SIGINT, 1, 130, True),
+                                                   (signal.SIGTERM, 1, 143, False),
+                                                   (signal.SIGINT, 2, 130, False)])
+def test_ctrl_c_and_sigterm_stop_cleanly(tmp_path, sig, times, code, resume):
     """No new trials; the running ones finish (a second Ctrl-C cancels them); the journal is
     flushed; what finished and the resume command are printed; exit 130 / 143, no traceback;
-    no record for a trial that did not run."""
+    no record for a trial that did not run. The first case also resumes the stopped sweep to its
+    end (the other two stop the same way; their resume would only repeat it)."""
     out = tmp_path / "s"
     proc = _launch(out, CTRL_C_TRIALS)
     try:
@@ -194,6 +203,8 @@ def test_ctrl_c_and_sigterm_stop_cleanly(tmp_path, sig, times, code):
     assert 2 <= len(df) < CTRL_C_TRIALS and set(df.status) == {"ok"}  # nothing recorded as failed
     lines = [ln for f in (out / "journal").glob("*") for ln in f.read_text().splitlines() if ln]
     assert len(lines) == len(df)  # every result that arrived is journaled
+    if not resume:
+        return
     rc = run([sys.executable, "-m", "sweep.cli", "resume", str(out)], env=ENV,
              capture_output=True, text=True, timeout=900)
     assert rc.returncode == 0, rc.stderr
@@ -268,8 +279,9 @@ MEMORY_SCRIPT = textwrap.dedent("""
     cluster.add_node(num_cpus=1, memory=3 * 2**30, node_ip_address="127.0.0.1")
     cluster.add_node(num_cpus=1, memory=2 * 2**30, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
-    cfg = compose(sys.argv[1:] + [f"cluster.address={cluster.address}"])
-    print("MEMORY " + json.dumps(cost.worker_memory(cfg)), flush=True)
+    for over in ([], ["resources.worker_memory_gb=7"]):  # on the one cluster: both
+        cfg = compose(over + [f"cluster.address={cluster.address}"])
+        print("MEMORY " + json.dumps(cost.worker_memory(cfg)), flush=True)
     import ray
     ray.shutdown()
     cluster.shutdown()
@@ -282,10 +294,9 @@ def test_the_plan_takes_worker_memory_from_the_connected_cluster():
     r = run([sys.executable, "-c", MEMORY_SCRIPT], env=ENV, capture_output=True,
             text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    line = [l for l in r.stdout.splitlines() if l.startswith("MEMORY ")]
-    limit, source = json.loads(line[-1][len("MEMORY "):])
+    lines = [l for l in r.stdout.splitlines() if l.startswith("MEMORY ")]
+    assert len(lines) == 2, r.stdout[-2000:]
+    limit, source = json.loads(lines[0][len("MEMORY "):])
     assert limit == 3 * 2**30 and source.startswith("the largest node of the cluster at 127.0.0.1")
-    r = run([sys.executable, "-c", MEMORY_SCRIPT, "resources.worker_memory_gb=7"],
-            env=ENV, capture_output=True, text=True, timeout=600)
-    limit, source = json.loads([l for l in r.stdout.splitlines() if l.startswith("MEMORY ")][-1][7:])
+    limit, source = json.loads(lines[1][len("MEMORY "):])  # the same cluster, the setting given
     assert (limit, source) == (7 * 2**30, "resources.worker_memory_gb")

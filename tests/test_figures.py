@@ -22,16 +22,17 @@ RANGES = {"tight": (1.21, 1.25), "narrow": (250.0, 450.0), "decade": (30.0, 400.
 
 @pytest.fixture
 def saved(monkeypatch):
-    """Every PNG written (``Figure.savefig``), drawn as saved: a list of (file name, per axis:
+    """Every PNG written (``Figure.savefig``), as saved: a list of (file name, per axis:
     (axes label, "x"/"y", scale, whether it shows tick labels at all (a shared axis may not),
-    [(text, extent)] of the tick labels drawn in view))."""
+    [(text, extent)] of the tick labels drawn in view)), read from the draw that wrote the
+    PNG. The SVG beside it is not written (these tests read the PNG's labels only)."""
     out = []
     real = matplotlib.figure.Figure.savefig
 
     def savefig(fig, fname, *a, **kw):
         if not str(fname).endswith(".png"):
-            return real(fig, fname, *a, **kw)
-        fig.canvas.draw()
+            return None  # (an SVG: the same figure drawn again, as vectors)
+        result = real(fig, fname, *a, **kw)  # (drawn by the canvas at the figure's dpi)
         renderer = fig.canvas.get_renderer()
         axes = []
         for ax in fig.axes:
@@ -44,7 +45,7 @@ def saved(monkeypatch):
                 labelled = any(t.get_visible() for t in ticks)
                 axes.append((ax.get_label(), "xy"[i], axis.get_scale(), labelled, shown))
         out.append((str(fname).rsplit("/", 1)[-1], axes))
-        return real(fig, fname, *a, **kw)
+        return result
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
     return out
@@ -223,11 +224,12 @@ def test_the_sign_error_figure_labels_the_baselines(tmp_path, monkeypatch):
 
 
 def test_the_report_marks_its_baselines_in_the_sign_error_figure(tmp_path, monkeypatch):
-    from test_report import synthetic_sweep
+    from test_report import synthetic_sweep, undrawn_figures
 
     from analysis.report import BASELINES
     from sweep.cli import main
 
+    undrawn_figures(monkeypatch)  # (the figure's arguments are checked, not its drawing)
     drawn = []
     real = figures.sign_error_figure
 

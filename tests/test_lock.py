@@ -229,8 +229,10 @@ def test_a_lock_of_a_slurm_job_that_ended_is_stale_at_once(tmp_path, monkeypatch
         f"{answer}\n")
     (bin_dir / "squeue").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    hang = answer.startswith("sleep")  # waited out: a short timeout; the others answer at once
     monkeypatch.setattr(lock_mod, "slurm_job_ended",
-                        lambda job, timeout=10.0, real=lock_mod.slurm_job_ended: real(job, 2.0))
+                        lambda job, timeout=10.0, real=lock_mod.slurm_job_ended:
+                        real(job, 1.0 if hang else 10.0))
     st = Store(tmp_path / "s")
     _write_lock(st, host="node-that-ran-job-4242", slurm_job="4242", heartbeat=time.time() - 1)
     assert lock_mod.holder_state(read_holder(st), st)[0] is True  # fresh: live
@@ -254,7 +256,7 @@ def test_the_next_job_of_a_chain_waits_out_a_hard_killed_drivers_last_heartbeat(
         tmp_path, monkeypatch):
     """A driver on another host in SLURM job 4242, killed hard at its job's end: its lock's
     heartbeat is seconds old when the chain's next job starts. The next driver waits until it
-    is SLURM_ENDED_AFTER_S old (lowered to 4 s here) and takes the lock, instead of exiting
+    is SLURM_ENDED_AFTER_S old (lowered to 3 s here) and takes the lock, instead of exiting
     with LockHeld (which ended the chain); a heartbeat that goes on is a live driver
     (LockHeld after the wait)."""
     import threading
@@ -264,15 +266,15 @@ def test_the_next_job_of_a_chain_waits_out_a_hard_killed_drivers_last_heartbeat(
     (bin_dir / "squeue").write_text("#!/bin/sh\necho COMPLETED\n")
     (bin_dir / "squeue").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(lock_mod, "SLURM_ENDED_AFTER_S", 4.0)
+    monkeypatch.setattr(lock_mod, "SLURM_ENDED_AFTER_S", 3.0)
     st = Store(tmp_path / "s")
+    t0 = time.monotonic()  # (before the heartbeat: it is 3 s old 2 s after it)
     _write_lock(st, host="node-of-job-4242", slurm_job="4242", heartbeat=time.time() - 1)
     notes = []
-    t0 = time.monotonic()
     with DriverLock(st, "resume", log=notes.append) as mine:
         assert read_holder(st).token == mine.token
     assert time.monotonic() - t0 >= 2.0  # it waited for the heartbeat to stop
-    assert any("SLURM job 4242 ended" in n and "waiting up to 4 s" in n for n in notes), notes
+    assert any("SLURM job 4242 ended" in n and "waiting up to 3 s" in n for n in notes), notes
 
     _write_lock(st, host="node-of-job-4242", slurm_job="4242", heartbeat=time.time())
     stop = threading.Event()

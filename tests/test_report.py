@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -135,6 +136,33 @@ def synthetic_sweep(d, rng):
     return rows
 
 
+def undrawn_figures(monkeypatch) -> dict:
+    """For a test of a report's text and tables: every figure is made (its data, axes, labels
+    and notes, by the figure functions themselves) but not laid out, drawn or encoded; ``_save``
+    writes a stand-in PNG (and SVG) where the figure would be and closes it. Returns {file
+    name: Figure}, filled as the figures are saved. The drawn figures are checked by the tests
+    that do not call this (test_every_figure_renders_from_a_synthetic_sweep, the first report
+    of test_report_statistics_match_scipy, test_figures.py, the fixtures of
+    test_report_wording.py and test_report_frictions.py, ...)."""
+    from analysis import neyshabur, ranking_figure
+
+    made = {}
+
+    def save(fig, path, vector=False, rect=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n")
+        if vector:
+            path.with_suffix(".svg").write_text("<?xml version='1.0'?><svg/>")
+        made[path.name] = fig
+        figures._pyplot().close(fig)
+        return path
+
+    for module in (figures, neyshabur, ranking_figure):
+        monkeypatch.setattr(module, "_save", save)
+    return made
+
+
 def test_every_figure_renders_from_a_synthetic_sweep(tmp_path):
     d = tmp_path / "s"
     synthetic_sweep(d, np.random.default_rng(0))
@@ -157,7 +185,7 @@ def test_every_figure_renders_from_a_synthetic_sweep(tmp_path):
     assert figures.transitions_gap_figure(df.assign(transitions_test=np.nan), tmp_path / "x.png") is None
 
 
-def test_report_statistics_match_scipy(tmp_path):
+def test_report_statistics_match_scipy(tmp_path, monkeypatch):
     d = tmp_path / "s"
     synthetic_sweep(d, np.random.default_rng(1))
     assert main(["report", str(d), "--bootstrap", "20"]) == 0
@@ -197,6 +225,7 @@ def test_report_statistics_match_scipy(tmp_path):
     selection = pd.read_csv(rep / "selection.csv")
     assert {"jacobian_norm_test", "train_loss", "(random)"} <= set(selection["measure"])
     assert not re.search(r"-0\.0+(?![0-9]*[1-9])", page)
+    undrawn_figures(monkeypatch)  # the reports below: their tables only
     assert main(["report", str(d), "--bootstrap", "0", "--rank-by", "sign_error",
                  "--out", str(tmp_path / "r1")]) == 0
     by_se = pd.read_csv(tmp_path / "r1" / "ranking.csv")
@@ -225,8 +254,9 @@ def test_report_refuses_bad_input(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
 
 
-def test_report_to_a_uri(tmp_path):
+def test_report_to_a_uri(tmp_path, monkeypatch):
     d = tmp_path / "s"
+    undrawn_figures(monkeypatch)  # (the figures' files are written, not drawn)
     synthetic_sweep(d, np.random.default_rng(3))
     uri = f"file://{tmp_path}/r"
     assert main(["report", str(d), "--bootstrap", "0", "--out", uri]) == 0
@@ -260,8 +290,9 @@ def test_resume_accepts_verify_among_the_overrides(tmp_path, capsys):
     assert "not a sweep directory" in err and "unrecognized" not in err
 
 
-def test_the_report_says_when_few_trials_fit_and_how_to_read_more(tmp_path):
+def test_the_report_says_when_few_trials_fit_and_how_to_read_more(tmp_path, monkeypatch):
     d = tmp_path / "s"
+    undrawn_figures(monkeypatch)  # (the page's text)
     rows = synthetic_sweep(d, np.random.default_rng(3))
     ok = len(rows)
     # rewrite: only 3 trials at 100%, 20 at >= 0.95, the rest at 0.9
@@ -288,8 +319,10 @@ def test_the_report_says_when_few_trials_fit_and_how_to_read_more(tmp_path):
     assert "3 of 48 ok trials" in note and "--train-acc" not in note
 
 
-def test_statistics_state_direction_baselines_and_few_seeds_and_captions_state_the_data(tmp_path):
+def test_statistics_state_direction_baselines_and_few_seeds_and_captions_state_the_data(
+        tmp_path, monkeypatch):
     d = tmp_path / "s"
+    undrawn_figures(monkeypatch)  # (the table, the page's text and captions)
     synthetic_sweep(d, np.random.default_rng(4))
     assert main(["report", str(d), "--bootstrap", "10"]) == 0
     rep = d / "report"
@@ -320,8 +353,9 @@ def test_statistics_state_direction_baselines_and_few_seeds_and_captions_state_t
     assert f"trials, {strength(tau_j)}" in page
 
 
-def test_a_factor_without_a_fitting_pair_is_named(tmp_path):
+def test_a_factor_without_a_fitting_pair_is_named(tmp_path, monkeypatch):
     d = tmp_path / "s"
+    undrawn_figures(monkeypatch)  # (the page's text)
     rows = synthetic_sweep(d, np.random.default_rng(5))
     # the activation pairs use rows 8..15: make one side of each short of 100%
     import shutil
@@ -395,9 +429,11 @@ def test_figure_axes_fit_the_data_and_tick_labels_do_not_overlap(tmp_path, monke
                 assert not a.overlaps(b), (ta, tb)
 
 
-def test_the_report_names_values_that_never_fit_and_explains_robust_sign_error_on_one_seed(tmp_path):
+def test_the_report_names_values_that_never_fit_and_explains_robust_sign_error_on_one_seed(
+        tmp_path, monkeypatch):
     import shutil
 
+    undrawn_figures(monkeypatch)  # (the page's text)
     d = tmp_path / "s"
     rows = synthetic_sweep(d, np.random.default_rng(7))
     shutil.rmtree(d / "trials")
@@ -423,7 +459,6 @@ def test_the_report_names_values_that_never_fit_and_explains_robust_sign_error_o
 # --- the page shows what was measured (issue 22, item 11) -----------------------------------
 
 from html.parser import HTMLParser
-from pathlib import Path
 
 
 class _Page(HTMLParser):

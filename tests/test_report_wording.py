@@ -17,7 +17,7 @@ from analysis.load import load_results
 from analysis.report import make_report
 from analysis.report.decide import single_pair_environments
 from analysis.stats import sign_error
-from test_report import _cut, _drawn_texts, _Page, _row
+from test_report import _cut, _drawn_texts, _Page, _row, undrawn_figures
 from workers.results.layout import SWEEP_FILE
 from workers.results.record import write_trial
 
@@ -60,10 +60,15 @@ def enumerate_environments(rows):
     return len(runs), sum(v == 1 for v in runs.values()), envs, single
 
 
-def _report(d, monkeypatch):
-    """(page, {file name: Figure}, drawn texts) of ``make_report(d, n_boot=0)``."""
+def _report(d, monkeypatch, drawn: bool = True):
+    """(page, {file name: Figure}, drawn texts) of ``make_report(d, n_boot=0)``; without
+    ``drawn``, the figures are made but not drawn (``undrawn_figures``: no texts)."""
     import matplotlib.figure
 
+    if not drawn:
+        figs = undrawn_figures(monkeypatch)
+        make_report(d, n_boot=0)
+        return (d / "report" / "report.html").read_text(), figs, []
     texts = _drawn_texts(monkeypatch)  # (patches savefig: record the figures around it)
     figs = {}
     real = matplotlib.figure.Figure.savefig
@@ -133,7 +138,7 @@ def test_an_unbalanced_plan_gets_the_note_with_its_counts(unbalanced):
 def test_a_balanced_plan_gets_no_note(tmp_path, monkeypatch):
     d = tmp_path / "s"
     unbalanced_sweep(d, np.random.default_rng(3), lambda w: True)
-    page, figs, _ = _report(d, monkeypatch)
+    page, figs, _ = _report(d, monkeypatch, drawn=False)  # (the page and the figure's label)
     assert "single pair of runs" not in page
     assert "single pair" not in figs["sign_errors.png"].axes[0].get_xlabel()
 
@@ -175,7 +180,7 @@ def test_the_ties_are_listed_once(tmp_path, drawn):
 def test_the_one_seed_note_is_on_the_page_once(tmp_path, monkeypatch):
     d = tmp_path / "s"
     rows = unbalanced_sweep(d, np.random.default_rng(4), lambda w: False)
-    page, _, _ = _report(d, monkeypatch)
+    page, _, _ = _report(d, monkeypatch, drawn=False)  # (the page)
     text = _Page(page)
     blocks = text.paragraphs + text.captions
     about = [t for t in blocks if re.search(r"one seed|single pair|one pair of runs", t, re.I)

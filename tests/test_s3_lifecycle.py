@@ -3,7 +3,10 @@
 user runs it: launch, status, resume after a deleted and after a truncated result, ``sweep
 measure`` (a new measure from the saved weights), report, compact, ``load_results``, two
 drivers racing for the lock; and a multi-node loopback Ray cluster whose workers write to the
-bucket with no shared disk (nothing lands in a local directory)."""
+bucket with no shared disk (nothing lands in a local directory). The commands that start Ray
+(launch, resume, measure) run in subprocesses; status, report and compact, which read and
+write the bucket from the driver alone, run through ``sweep.cli.main`` in this process (the
+same code and environment, without a Python start and torch import for each)."""
 
 from __future__ import annotations
 
@@ -30,6 +33,17 @@ def sweep(args, endpoint: str, timeout: float = 300, cwd=None) -> subprocess.Com
                timeout=timeout, env=env, cwd=cwd)
 
 
+def here(args, capsys) -> subprocess.CompletedProcess:
+    """``sweep ARGS`` through ``sweep.cli.main`` in this process (its environment and working
+    directory: the test's), as a CompletedProcess with what it printed."""
+    from sweep.cli import main
+
+    capsys.readouterr()
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out, err)
+
+
 def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert r.returncode == 0, (r.returncode, r.stderr[-3000:])
     return r
@@ -49,7 +63,7 @@ def frame(loc: str):
     return load_results(loc)[VALUES].sort_values("trial_id").reset_index(drop=True)
 
 
-def test_the_whole_lifecycle_on_an_s3_bucket(s3, tmp_path, monkeypatch):
+def test_the_whole_lifecycle_on_an_s3_bucket(s3, tmp_path, monkeypatch, capsys):
     endpoint, client = s3
     for k, v in aws_env(endpoint).items():  # load_results in this process reads the bucket too
         monkeypatch.setenv(k, v)
@@ -57,6 +71,7 @@ def test_the_whole_lifecycle_on_an_s3_bucket(s3, tmp_path, monkeypatch):
     loc = "s3://lifecycle/runs/x"
     cwd = tmp_path / "cwd"  # the commands run here: nothing may be written to it
     cwd.mkdir()
+    monkeypatch.chdir(cwd)  # (those run in this process too)
 
     # launch: every result, weight and the journal in the bucket
     r = ok(sweep(["launch", *TINY, "trials=4", "save_weights=true", f"out={loc}"], endpoint,
@@ -69,7 +84,7 @@ def test_the_whole_lifecycle_on_an_s3_bucket(s3, tmp_path, monkeypatch):
     assert "runs/x/plan.parquet" in keys(client, "lifecycle", "runs/x/")
     before = frame(loc)
     assert len(before) == 4 and (before.status == "ok").all()
-    r = ok(sweep(["status", loc], endpoint, cwd=cwd))
+    r = ok(here(["status", loc], capsys))
     assert "4/4" in r.stdout, r.stdout
 
     # one result deleted, one truncated: status says so, resume runs those two (only)
@@ -79,7 +94,7 @@ def test_the_whole_lifecycle_on_an_s3_bucket(s3, tmp_path, monkeypatch):
     client.put_object(Bucket="lifecycle", Key=cut, Body=body[:100])
     kept = {k: v for k, v in stamps(client, "lifecycle", "runs/x/trials/").items()
             if k in trials[2:]}
-    r = ok(sweep(["status", loc], endpoint, cwd=cwd))
+    r = ok(here(["status", loc], capsys))
     assert "invalid" in r.stdout and "pending" in r.stdout, r.stdout
     r = ok(sweep(["resume", loc], endpoint, cwd=cwd))
     assert "2 already have results, 2 to run" in r.stderr, r.stderr[-2000:]
@@ -87,7 +102,7 @@ def test_the_whole_lifecycle_on_an_s3_bucket(s3, tmp_path, monkeypatch):
     after = stamps(client, "lifecycle", "runs/x/trials/")
     assert {k: after[k] for k in kept} == kept  # the two good results untouched
     assert frame(loc).equals(before)  # the re-runs reproduce the lost numbers (CPU)
-    r = ok(sweep(["status", loc], endpoint, cwd=cwd))
+    r = ok(here(["status", loc], capsys))
     assert "4/4" in r.stdout and "invalid" not in r.stdout.replace("invalid: 0", ""), r.stdout
 
     # a new measure from the saved weights: the results stay as they are
@@ -102,9 +117,9 @@ def test_the_whole_lifecycle_on_an_s3_bucket(s3, tmp_path, monkeypatch):
                 if ".l2." in k]) == 4
 
     # report and compact; load_results reads the compacted copy with the same values
-    ok(sweep(["report", loc], endpoint, cwd=cwd))
+    ok(here(["report", loc], capsys))
     assert "runs/x/report/report.html" in keys(client, "lifecycle", "runs/x/report/")
-    ok(sweep(["compact", loc], endpoint, cwd=cwd))
+    ok(here(["compact", loc], capsys))
     compacted = [k for k in keys(client, "lifecycle", "runs/x/") if "compact" in k]
     assert compacted, keys(client, "lifecycle", "runs/x/")
     assert frame(loc).equals(before)

@@ -587,7 +587,7 @@ def slurm_env():
         pytest.skip(str(e))
 
 
-# 12 trials, one at a time (resources.max_in_flight=1), each a second or more. The test makes
+# 6 trials, one at a time (resources.max_in_flight=1), each a second or more. The test makes
 # the first job's time-limit stop itself, at a moment it controls: once the first job wrote a
 # result it sends the batch shell SIGUSR1 (`scancel --batch --signal=USR1`: the signal Slurm
 # sends at --signal=B:USR1@S), so the chain's length does not depend on the machine's speed.
@@ -595,7 +595,7 @@ def slurm_env():
 # over the 30 s grace is cut and goes on from its checkpoint in the next job): on any machine
 # the first job writes some of the trials, the next job the rest. The real --signal (at 9 min)
 # never comes first.
-CHAIN = ["trials=12", "dataset.train_size=200", "dataset.test_size=80", "train.steps=1500",
+CHAIN = ["trials=6", "dataset.train_size=200", "dataset.test_size=80", "train.steps=1500",
          "train.early_stop=false", "train.checkpoint_every=500", "space.width=[16,32]",
          "space.depth=[2,3]", "space.batch_size=[32]", "figure=false",
          "resources.trials_per_task=1", "resources.max_in_flight=1", "save_weights=false"]
@@ -624,7 +624,7 @@ def squeue_empty(env) -> bool:
 @pytest.mark.slow
 @pytest.mark.xdist_group("slurm")  # (together where xdist keeps the group; apart, each
 # worker starts a cluster of its own, whose job ids and so Ray ports differ: slurm_cluster.py)
-def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path):
+def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path, capsys):
     from analysis import load_results
     from workers.results.index import read_journal
     from workers.results.layout import JOURNAL, JOURNAL_SUFFIX, PLAN_FILE
@@ -651,7 +651,7 @@ def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path):
     sig = subprocess.run(["scancel", "--batch", "--signal=USR1", first], env=env,
                          capture_output=True, text=True, timeout=30)
     assert sig.returncode == 0, sig.stderr
-    assert at_signal < 12, "the first job wrote every result before the signal: longer trials"
+    assert at_signal < 6, "the first job wrote every result before the signal: longer trials"
     while not squeue_empty(env):
         if time.monotonic() > deadline:
             pytest.fail(f"the chain did not end in {CHAIN_TIMEOUT_S} s:\n{jobs.read_text()}\n"
@@ -667,20 +667,20 @@ def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path):
     assert all("failed" not in e[4] for e in ended), (events, text)
     # the first job wrote some trials, not all: the second started with the rest left
     left = [(e[0], e[4]) for e in events if e[1] == "left"]
-    assert left[0] == (first, "12 of 12"), events
+    assert left[0] == (first, "6 of 6"), events
     k = int(left[1][1].split()[0])
-    assert left[1][0] == started[1] and 0 < k < 12 and left[1][1] == f"{k} of 12", events
+    assert left[1][0] == started[1] and 0 < k < 6 and left[1][1] == f"{k} of 6", events
     assert ended[0][:2] == [first, "ended"] and ended[0][4] == (
-        f"stopped before its time limit; {k} of 12 trials left; continued by job "
+        f"stopped before its time limit; {k} of 6 trials left; continued by job "
         f"{started[1]}"), events
     # every planned trial written exactly once
     planned = pq.read_table(out / PLAN_FILE, columns=["trial_id"]).column("trial_id").to_pylist()
     files = sorted(p.stem for p in (out / "trials").glob("*.parquet"))
-    assert files == sorted(planned) and len(planned) == 12
+    assert files == sorted(planned) and len(planned) == 6
     assert not any((out / "trials" / d).exists() and any((out / "trials" / d).iterdir())
                    for d in ("invalid", "retried"))
     df = load_results(out)
-    assert len(df) == 12 and sorted(df.trial_id) == sorted(planned)
+    assert len(df) == 6 and sorted(df.trial_id) == sorted(planned)
     assert (df.status == "ok").all(), df[["status", "error"]]
     journal = read_journal(out)  # what the drivers journaled is each result as it is on disk
     assert journal and set(journal) <= set(planned)
@@ -693,11 +693,13 @@ def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path):
     sessions = [ids for ids in sessions if ids]
     assert sorted(t for ids in sessions for t in ids) == sorted(planned), sessions
     assert len(sessions) == 2 and len(sessions[1]) == k, (sessions, events)
-    status = subprocess.run([sys.executable, "-m", "sweep.cli", "status", str(out)], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert status.returncode == 0 and "progress 12/12" in status.stdout, status
+    from sweep.cli import main  # `sweep status` (in this process: it reads files, no Slurm)
+
+    capsys.readouterr()
+    rc, stdout = main(["status", str(out)]), capsys.readouterr().out
+    assert rc == 0 and "progress 6/6" in stdout, stdout
     for jid in set(started):
-        assert f"slurm job {jid}:" in status.stdout, status.stdout
+        assert f"slurm job {jid}:" in stdout, stdout
     assert os.path.exists(out / "slurm" / "sweep.sbatch")
 
 

@@ -25,7 +25,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from procs import run
+from procs import kill_tree
 
 TINY = ["trials=5", "dataset.train_size=200", "dataset.test_size=60", "train.steps=1000",
         "train.early_stop=false", "train.check_every=250", "space.width=[32]",
@@ -209,13 +209,22 @@ def test_the_driver_pings_a_silent_worker_sooner_than_rays_default(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_grpc_client_keepalive")}
     env.pop("RAY_ADDRESS", None)
+    import subprocess
+
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**env, **extra},
+                              cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+             for code, extra in ((connect, {"RAY_grpc_client_keepalive_timeout_ms": "45000"}),
+                                 (local, {}))]  # (the user's timeout in the first; both at once)
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            kill_tree(p.pid)
     got = []
-    for code, extra in ((connect, {"RAY_grpc_client_keepalive_timeout_ms": "45000"}),  # the user's
-                        (local, {})):
-        r = run([sys.executable, "-c", code], timeout=300, capture_output=True, text=True,
-                env={**env, **extra}, cwd=Path(__file__).resolve().parents[1])
-        assert r.returncode == 0, r.stderr[-3000:]
-        got.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        got.append(json.loads(out.strip().splitlines()[-1]))
     assert got[0] == [DRIVER_KEEPALIVE_S * 1000, 45000, None, "45000"]
     assert DRIVER_KEEPALIVE_S * 1000 > 60000 and DRIVER_KEEPALIVE_S * 1000 < 300000
     assert got[1][0] != DRIVER_KEEPALIVE_S * 1000  # Ray's own (300 s in ray 2.x)

@@ -7,10 +7,12 @@ local Ray is already up).
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -157,9 +159,10 @@ def test_a_trial_out_of_memory_is_oom_and_the_others_finish(ray_local, tmp_path)
 LONGER = [o for o in TINY if not o.startswith("train.steps")] + ["train.steps=1000"]
 
 
-def _launch(out: Path, trials: int):
+def _launch(out: Path, trials: int, steps: int = 1000):
+    over = [o for o in LONGER if not o.startswith("train.steps")] + [f"train.steps={steps}"]
     return subprocess.Popen(
-        [sys.executable, "-m", "sweep.cli", "launch", *LONGER, f"trials={trials}", f"out={out}",
+        [sys.executable, "-m", "sweep.cli", "launch", *over, f"trials={trials}", f"out={out}",
          "cluster.num_cpus=2"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True)
 
@@ -178,26 +181,43 @@ def _descendants(pid: int) -> list:
 CTRL_C_TRIALS = 10
 
 
-@pytest.mark.parametrize("sig,times,code,resume", [(signal.SIGINT, 1, 130, True),
+@pytest.mark.parametrize("sig,times,code,resume", [(signal.SIGINT, 1, 130, False),
                                                    (signal.SIGTERM, 1, 143, False),
-                                                   (signal.SIGINT, 2, 130, False)])
+                                                   (signal.SIGINT, 2, 130, True)])
 def test_ctrl_c_and_sigterm_stop_cleanly(tmp_path, sig, times, code, resume):
     """No new trials; the running ones finish (a second Ctrl-C cancels them); the journal is
     flushed; what finished and the resume command are printed; exit 130 / 143, no traceback;
-    no record for a trial that did not run. The first case also resumes the stopped sweep to its
-    end (the other two stop the same way; their resume would only repeat it)."""
+    no record for a trial that did not run. The double Ctrl-C, whose cancelled trials leave the
+    most to pick up, is also resumed to its end (the sigkill test resumes a killed driver's)."""
     out = tmp_path / "s"
-    proc = _launch(out, CTRL_C_TRIALS)
+    # (the double Ctrl-C: trials long enough that the second comes while they run)
+    proc = _launch(out, CTRL_C_TRIALS, steps=3000 if times == 2 else 1000)
+    said: dict = {"err": [], "out": []}
+    readers = [threading.Thread(target=lambda k=k, f=f: said[k].extend(iter(f.readline, "")),
+                                daemon=True) for k, f in (("err", proc.stderr), ("out", proc.stdout))]
+    for r in readers:
+        r.start()
     try:
         wait_for_results(out, 2, proc)
-        for _ in range(times):
+        # each signal once the driver has answered the one before: two signals that arrive
+        # while the driver is inside Ray's wait run Python's handler once
+        for answer in ("no new trials", "cancelling the running trials")[:times]:
             proc.send_signal(sig)
-            time.sleep(0.3)
-        stdout, err = proc.communicate(timeout=120)
+            t0 = time.monotonic()
+            while (not any(answer in ln for ln in said["err"]) and proc.poll() is None
+                   and time.monotonic() - t0 < 60):
+                time.sleep(0.05)
+        proc.wait(timeout=120)
+        for r in readers:
+            r.join(timeout=30)
+        stdout, err = "".join(said["out"]), "".join(said["err"])
     finally:
         kill_tree(proc.pid)
     assert proc.returncode == code, err
     assert "Traceback" not in err and f"sweep resume {out}" in err and "left" in err
+    # the signal came while trials ran (and the second one cancelled those still running)
+    assert re.search(r"no new trials; waiting up to \d+ s for the [1-9]\d* running task", err), err
+    assert ("cancelling the running trials" in err) == (times == 2), err
     assert f"sweep resume {out}" in stdout  # `sweep launch ... > log` keeps the command
     df = load_results(out)
     assert 2 <= len(df) < CTRL_C_TRIALS and set(df.status) == {"ok"}  # nothing recorded as failed

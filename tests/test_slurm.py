@@ -624,7 +624,8 @@ def squeue_empty(env) -> bool:
 @pytest.mark.slow
 @pytest.mark.xdist_group("slurm")  # (together where xdist keeps the group; apart, each
 # worker starts a cluster of its own, whose job ids and so Ray ports differ: slurm_cluster.py)
-def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path, capsys):
+def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path, capsys,
+                                                          monkeypatch):
     from analysis import load_results
     from workers.results.index import read_journal
     from workers.results.layout import JOURNAL, JOURNAL_SUFFIX, PLAN_FILE
@@ -693,8 +694,9 @@ def test_a_sweep_runs_as_a_chain_of_jobs_each_trial_once(slurm_env, tmp_path, ca
     sessions = [ids for ids in sessions if ids]
     assert sorted(t for ids in sessions for t in ids) == sorted(planned), sessions
     assert len(sessions) == 2 and len(sessions[1]) == k, (sessions, events)
-    from sweep.cli import main  # `sweep status` (in this process: it reads files, no Slurm)
+    from sweep.cli import main  # `sweep status`, in this process, asking the test cluster
 
+    monkeypatch.setenv("SLURM_CONF", env["SLURM_CONF"])
     capsys.readouterr()
     rc, stdout = main(["status", str(out)]), capsys.readouterr().out
     assert rc == 0 and "progress 6/6" in stdout, stdout

@@ -590,6 +590,41 @@ def test_pair_counts_at_block_edges_and_wide_classes_equal_enumeration(n, kind):
         np.testing.assert_array_equal(got[s], want[s])
 
 
+@pytest.mark.parametrize("kind", ["random", "heavy_ties"])
+def test_joint_groups_give_every_sets_counts_as_counted_alone(kind):
+    """The kernels count the conditioning sets in groups of columns (``_cover``): each set's
+    counts are sums of its group's cells. On the paper's space (8 hyperparameters, 28 pairs)
+    the groups are fewer than the sets, every set lies inside one, and the counts of every set
+    (its own column order, also a reversed one) equal those of the set counted on its own
+    (``joint=False``) and the enumeration of all pairs."""
+    from analysis.stats import _SetClasses, _dense_rank
+    from analysis.stats.cmi import JOINT_CLASSES, _cover
+
+    rng = np.random.default_rng(11 + len(kind))
+    levels = np.array([2, 17, 7, 5, 5, 3, 2, 4])
+    n = 700
+    codes = np.stack([rng.integers(0, v, n) for v in levels], 1)
+    g, mu = rng.normal(size=n), rng.normal(size=n)
+    if kind == "heavy_ties":
+        g, mu = rng.integers(0, 3, n).astype(float), rng.integers(0, 4, n).astype(float)
+    sets = list(itertools.combinations(range(8), 2)) + [(3, 1), (5,), (0, 6, 7)]
+    joints = _cover(tuple(int(x) for x in levels), tuple(sets))
+    assert len(joints) < len(sets)
+    for s in sets:
+        assert any(set(s) <= set(j) for j in joints), s
+    for j in joints:
+        assert np.prod(levels[list(j)]) <= JOINT_CLASSES or j in sets, j
+    rg, rm = _dense_rank(g), _dense_rank(mu)
+    got, alone = (_SetClasses(codes, levels, sets, joint=flag) for flag in (True, False))
+    assert alone.joints == tuple(sets)
+    a = got.outcomes(got.below(rg), got.below(rm), got.dominated(rg, rm))
+    b = alone.outcomes(alone.below(rg), alone.below(rm), alone.dominated(rg, rm))
+    want = enumerated_outcomes(mu, g, codes, levels, sets)
+    for s in sets:
+        np.testing.assert_array_equal(a[s], b[s])
+        np.testing.assert_array_equal(a[s], want[s])
+
+
 def test_pair_counts_flush_their_int32_cells_exactly():
     """The kernels count in int32 cells flushed into int64 before they could overflow: with
     the flush after every addition (flush=1) and never before the end (a huge bound) the counts

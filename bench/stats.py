@@ -210,7 +210,7 @@ def main() -> None:
     df = synthetic(args.trials, args.measures)
     names = [f"m{i}" for i in range(args.measures)]
     times, phases, memory, cpu = {}, {}, {}, {}
-    cores = os.cpu_count() or 1
+    cores = stats.usable_cores()
     runs = [(f"current, processes=None as sweep report ({cores} cores)", stats,
              {"processes": None})]
     if args.single:

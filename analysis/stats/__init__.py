@@ -49,7 +49,7 @@ _NAMES = {
                   "_percentiles", "_as_values"),
     "evaluate": ("_Shared", "_JobRows", "_replicate_statistics", "_with_mu", "_all_statistics",
                  "_each_statistics"),
-    "table": ("PARALLEL_ABOVE", "FIXED_COST_TRIALS", "TABLE_COLUMNS", "FEW_SEEDS",
+    "table": ("PARALLEL_ABOVE", "FIXED_COST_TRIALS", "usable_cores", "TABLE_COLUMNS", "FEW_SEEDS",
               "statistics_table", "ranking_table", "write_table", "_worker_start",
               "_evaluations", "_same_rows", "_group_label", "_n_seeds", "_ranks"),
     "equivalent": ("rank_key", "equivalent_measures", "merge_equivalent"),

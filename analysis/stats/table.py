@@ -36,6 +36,29 @@ TABLE_COLUMNS = ["group", "measure", "sign", "target", "statistic", "value", "ci
 FEW_SEEDS = 5
 
 
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def usable_cores(cpu_max: str | os.PathLike = CGROUP_CPU_MAX) -> int:
+    """The CPUs this process may use, >= 1: the CPUs of its affinity mask (a SLURM job's
+    cpuset, ``taskset``, a container's ``--cpuset-cpus``; ``os.cpu_count()`` where the platform
+    has none), capped by a cgroup v2 CPU quota (``cpu_max``: a Kubernetes pod's or ``docker
+    --cpus`` limit, quota / period rounded up). ``os.cpu_count()`` alone counts every core of
+    the machine: on a node shared by SLURM jobs it would start a process per core, each with
+    its own copy of the data."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            cores = min(cores, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit here (or unreadable): the affinity stands
+    return max(1, cores)
+
+
 _QUEUE = None  # in a worker process: where each evaluation's measure count goes (progress)
 
 
@@ -122,8 +145,8 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     group whose rows are the same (no NaN in one that the other lacks) share the work that
     depends on the configurations and the target alone (one-factor pairs, the target's order
     counts). ``processes``: each group's n_boot + 1 evaluations run in parts in that many
-    spawned processes (default 1: in this process; None: one per core once trials x measures x
-    (n_boot + 1) reaches ``PARALLEL_ABOVE``, counting ``FIXED_COST_TRIALS`` more trials per
+    spawned processes (default 1: in this process; None: one per usable core, ``usable_cores``,
+    once trials x measures x (n_boot + 1) reaches ``PARALLEL_ABOVE``, counting ``FIXED_COST_TRIALS`` more trials per
     evaluation, as ``sweep report`` does). Spawned processes
     import the caller's main module, so a script that asks for more than one needs the
     ``if __name__ == "__main__":`` guard. Every part regenerates its group's draws from the
@@ -175,7 +198,7 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     if processes is None:  # only where the work outweighs starting interpreters (~1 s each)
         big = sum((j[2][0].n + FIXED_COST_TRIALS) * len(j[1]) for j in jobs) * (n_boot + 1) \
             >= PARALLEL_ABOVE
-        processes = (os.cpu_count() or 1) if big else 1
+        processes = usable_cores() if big else 1
     total = sum(len(j[1]) for j in jobs) * (n_boot + 1)  # evaluations of one measure
     first = sum(len(j[1]) for j in jobs)
     # each job's estimate (evaluation 0), then its n_boot replicates in parts (about two per

@@ -67,9 +67,10 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
     test points behind each gap taken from the trials' ``test_size``. ``processes``: see
     ``analysis.stats.statistics_table`` (default: one per usable CPU, ``usable_cores``, for a
     large table). ``rank_by``: the statistic that orders the ranking of the measures
-    (``analysis.stats.ranking_table``, over all passing trials; also ``ranking.csv``). ``launch_command(config)``: the command
-    that launches the stored sweep and whether it is exact, for the header (``sweep report``
-    passes ``sweep.show.launch_command``; without it the header names no command)."""
+    (``analysis.stats.ranking_table``, over all passing trials; also ``ranking.csv``).
+    ``launch_command(config)``: the command that launches the stored sweep and whether it is
+    exact, for the header (``sweep report`` passes ``sweep.show.launch_command``; without it
+    the header names no command)."""
     if not 0.0 <= float(train_acc) <= 1.0:
         raise ValueError(f"--train-acc: {train_acc!r}; allowed: a number in [0, 1]")
     if n_boot < 0:

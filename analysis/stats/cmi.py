@@ -44,7 +44,8 @@ JOINT_MAX_COLUMNS = 12  # with more varying hyperparameters every set is counted
 
 
 @functools.lru_cache(maxsize=64)
-def _cover(levels: tuple[int, ...], sets: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
+def _cover(levels: tuple[int, ...],
+           sets: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
     """Column groups ("joints", sorted tuples of columns) such that every set in ``sets`` is a
     subset of one of them, chosen greedily by sets newly covered per cost (JOINT_OVERHEAD +
     classes / 8, classes rounded up to 8) among the sets themselves and the groups of at most

@@ -145,10 +145,10 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     group whose rows are the same (no NaN in one that the other lacks) share the work that
     depends on the configurations and the target alone (one-factor pairs, the target's order
     counts). ``processes``: each group's n_boot + 1 evaluations run in parts in that many
-    spawned processes (default 1: in this process; None: one per usable core, ``usable_cores``,
-    once trials x measures x (n_boot + 1) reaches ``PARALLEL_ABOVE``, counting ``FIXED_COST_TRIALS`` more trials per
-    evaluation, as ``sweep report`` does). Spawned processes
-    import the caller's main module, so a script that asks for more than one needs the
+    spawned processes (default 1: in this process; None: one per usable CPU, ``usable_cores``,
+    once trials x measures x (n_boot + 1) reaches ``PARALLEL_ABOVE``, counting
+    ``FIXED_COST_TRIALS`` more trials per evaluation, as ``sweep report`` does). Spawned
+    processes import the caller's main module, so a script that asks for more than one needs the
     ``if __name__ == "__main__":`` guard. Every part regenerates its group's draws from the
     seeded generator: the table is the same either way. ``progress(done, total, processes)``:
     called with the evaluations of one measure done so far out of ``total`` (measures x groups

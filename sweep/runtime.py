@@ -160,9 +160,13 @@ def start_ray(cfg: SweepConfig):
     common = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     if cfg.cluster.address is None:
         _quiet_token_notice()
+        from workers.cores import usable_cores
+
+        # (cluster.num_cpus null: the CPUs this process may use, not Ray's count of the node's
+        # cores, which ignores a SLURM allocation's or taskset's affinity mask)
+        num_cpus = cfg.cluster.num_cpus if cfg.cluster.num_cpus is not None else usable_cores()
         with loopback_node():  # (one node: no stall to detect; Ray's keepalive defaults)
-            ray.init(address="local", num_cpus=cfg.cluster.num_cpus, _node_ip_address=LOOPBACK,
-                     **common)
+            ray.init(address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK, **common)
         check_loopback(ray)
         _start_reaper(ray)
     else:  # checked first: one line (ClusterUnreachable, a ConfigError) if it cannot be used

@@ -1,6 +1,7 @@
-"""``statistics_table(processes=None)`` (as ``sweep report`` runs it) starts one process per CPU
-this process may use, not per core of the machine: a SLURM job's cpuset or ``taskset`` (the
-affinity mask) and a cgroup v2 CPU quota (a Kubernetes pod, ``docker --cpus``) bound it."""
+"""``workers.cores.usable_cores``: the CPUs this process may use, not every core of the machine
+(a SLURM job's cpuset or ``taskset``: the affinity mask; a cgroup CPU quota: a Kubernetes pod,
+``docker --cpus``), by which ``statistics_table(processes=None)`` (as ``sweep report`` runs it)
+and a local Ray without ``cluster.num_cpus`` are sized."""
 
 import os
 import subprocess
@@ -13,17 +14,64 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("text, cap", [("max 100000\n", None), ("150000 100000\n", 2),
-                                       ("50000 100000\n", 1), ("400000 100000", 4),
-                                       ("", None), ("garbage here\n", None)])
-def test_a_cgroup_quota_caps_the_cores(tmp_path, text, cap):
-    from analysis.stats import usable_cores
+def _tree(tmp_path, v2=None, v1=None, leaf="job_7/step_0"):
+    """A fake cgroup tree: ``v2`` {relative dir: cpu.max text}, ``v1`` (quota, period) files."""
+    root = tmp_path / "cgroup"
+    (root / leaf).mkdir(parents=True)
+    for rel, text in (v2 or {}).items():
+        (root / rel / "cpu.max").write_text(text)
+    if v1 is not None:
+        (root / "cpu").mkdir()
+        (root / "cpu" / "cpu.cfs_quota_us").write_text(f"{v1[0]}\n")
+        (root / "cpu" / "cpu.cfs_period_us").write_text(f"{v1[1]}\n")
+    proc = tmp_path / "proc_cgroup"
+    proc.write_text(f"0::/{leaf}\n")
+    return root, proc
 
-    f = tmp_path / "cpu.max"
-    f.write_text(text)
+
+@pytest.mark.parametrize("v2, v1, cap", [
+    ({}, None, None),  # no limit anywhere
+    ({"": "max 100000\n"}, None, None),  # the root unlimited
+    ({"": "150000 100000\n"}, None, 2),  # a container's quota of 1.5 CPUs: 2 processes
+    ({"": "50000 100000\n"}, None, 1),
+    ({"job_7": "400000 100000\n", "job_7/step_0": "max 100000\n"}, None, 4),  # an ancestor
+    ({"job_7": "800000 100000\n", "job_7/step_0": "300000 100000\n"}, None, 3),  # the tightest
+    ({"": "garbage\n"}, None, None),
+    ({}, (200000, 100000), 2),  # cgroup v1
+    ({}, (-1, 100000), None),  # v1 without a quota
+])
+def test_a_cgroup_quota_caps_the_cores(tmp_path, v2, v1, cap):
+    from workers.cores import cgroup_cpu_limit, usable_cores
+
+    root, proc = _tree(tmp_path, v2, v1)
     mask = len(os.sched_getaffinity(0))
-    assert usable_cores(f) == (mask if cap is None else min(mask, cap))
-    assert usable_cores(tmp_path / "absent") == mask
+    assert usable_cores(root, proc) == (mask if cap is None else max(1, min(mask, cap)))
+    limit = cgroup_cpu_limit(root, proc)
+    assert (limit is None) == (cap is None)
+    assert usable_cores(tmp_path / "absent", tmp_path / "absent") == mask
+
+
+def test_a_local_ray_gets_the_usable_cores_when_none_are_configured(monkeypatch):
+    """``sweep.runtime.start_ray`` with ``cluster.num_cpus`` null asks Ray for
+    ``usable_cores()`` CPUs (Ray's own count ignores the affinity mask); a configured count
+    stands."""
+    import types
+
+    import ray
+
+    from sweep import runtime
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(runtime, "check_loopback", lambda r: None)
+    monkeypatch.setattr(runtime, "_start_reaper", lambda r: None)
+    monkeypatch.setattr("workers.cores.usable_cores", lambda *a: 3)
+    for configured, want in ((None, 3), (5, 5)):
+        cfg = types.SimpleNamespace(cluster=types.SimpleNamespace(address=None,
+                                                                  num_cpus=configured))
+        runtime.start_ray(cfg)
+        assert seen["num_cpus"] == want
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a machine with 2 CPUs")

@@ -5,7 +5,6 @@ and ``write_table`` (CSV + Parquet)."""
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from analysis.stats.evaluate import _all_statistics, _JobRows
 from analysis.stats.registry import (
     LARGER_IS_BETTER, RANK_BY, REGISTRY, STATISTICS, check_statistic,
 )
+from workers.cores import usable_cores
 
 # statistics_table: (trials + FIXED_COST_TRIALS) x measures x (replicates + 1) from which it runs
 # in processes; an evaluation costs about as much as this many trials even on a tiny table
@@ -34,29 +34,6 @@ TABLE_COLUMNS = ["group", "measure", "sign", "target", "statistic", "value", "ci
 # An interval resampled over fewer seeds than this has only a handful of distinct resamples
 # (2 seeds: 3 of them): ``few_seeds`` marks it (the paper used 8 seeds)
 FEW_SEEDS = 5
-
-
-CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>" or "max <period>"
-
-
-def usable_cores(cpu_max: str | os.PathLike = CGROUP_CPU_MAX) -> int:
-    """The CPUs this process may use, >= 1: the CPUs of its affinity mask (a SLURM job's
-    cpuset, ``taskset``, a container's ``--cpuset-cpus``; ``os.cpu_count()`` where the platform
-    has none), capped by a cgroup v2 CPU quota (``cpu_max``: a Kubernetes pod's or ``docker
-    --cpus`` limit, quota / period rounded up). ``os.cpu_count()`` alone counts every core of
-    the machine: on a node shared by SLURM jobs it would start a process per core, each with
-    its own copy of the data."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = Path(cpu_max).read_text().split()[:2]
-        if quota != "max" and int(period) > 0:
-            cores = min(cores, -(-int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 limit here (or unreadable): the affinity stands
-    return max(1, cores)
 
 
 _QUEUE = None  # in a worker process: where each evaluation's measure count goes (progress)

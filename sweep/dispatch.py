@@ -4,8 +4,12 @@
 
 What a unit is and how its outcome lands is a ``Work``; everything else is here, once:
 
-- **signals**: on Ctrl-C or SIGTERM no new units are submitted; running tasks get GRACE_S
-  seconds to finish, a second Ctrl-C cancels them; then DispatchStopped (exit 130 / 143);
+- **signals**: on Ctrl-C or SIGTERM no trial starts any more, anywhere: no new units are
+  submitted, and the driver sets its stop flag (``StopFlag``, a Ray actor that every task asks
+  before each trial, ``stop_asked``), so that a task submitted earlier that starts only now, and
+  the next trial of a running task of several, return without running it (no record: a later
+  call runs it); the trials already running get GRACE_S seconds to finish, a second Ctrl-C
+  cancels them; then DispatchStopped (exit 130 / 143);
 - **runtime loss**: when the Ray runtime itself is gone (``sweep.runtime.runtime_lost``),
   DispatchStopped (exit EXIT_RUNTIME_LOST), nothing recorded for what did not run;
 - **retries**: a task whose worker or node died, or that Ray's memory monitor killed
@@ -25,6 +29,7 @@ import time
 from sweep.runtime import RUNTIME_PROBE_S, local_runtime_exited, runtime_lost
 
 GRACE_S = 30.0  # after Ctrl-C / SIGTERM: how long running trials may take to finish
+STOP_CHECK_S = 60.0  # how long a task waits for the stop flag's answer (none: it stops)
 KILL_GRACE_S = 30.0  # a task killed over resources.trial_timeout: how long its end may take
 PROGRESS_LINE_S = 60.0  # progress=true without a terminal: one progress line per minute
 EXIT_RUNTIME_LOST = 3
@@ -49,6 +54,91 @@ def _runtime_stop(why: str, counts: dict[str, int]) -> DispatchStopped:
     return DispatchStopped(f"{why}: stopped dispatching", EXIT_RUNTIME_LOST, counts)
 
 
+class _Flag:
+    """The stop flag's actor (``StopFlag``): set once, asked by the tasks."""
+
+    def __init__(self):
+        self.stopped = False
+
+    def set(self) -> None:
+        self.stopped = True
+
+    def is_set(self) -> bool:
+        return self.stopped
+
+
+class StopFlag:
+    """The driver's "no new trials" flag for its tasks: a Ray actor (``_Flag``: no CPU, placed
+    on the driver's node when Ray says which, owned by the driver, so it dies with it) whose
+    ``handle`` every task gets and asks before each trial (``stop_asked``). ``set`` is
+    idempotent and never raises; ``answers`` probes it from the driver; ``renew`` replaces an
+    actor that no longer answers; ``close`` kills it (a task that asks then stops)."""
+
+    def __init__(self, ray):
+        self.ray = ray
+        self.handle = self._start()
+        self.stopped = False
+
+    def _start(self):
+        try:  # next to the driver, so that it dies only with it (a Ray Client driver has no
+            # node here: Ray's default placement then)
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            where = NodeAffinitySchedulingStrategy(
+                self.ray.get_runtime_context().get_node_id(), soft=True)
+        except Exception:
+            where = "DEFAULT"
+        return self.ray.remote(_Flag).options(num_cpus=0, max_restarts=0,
+                                              scheduling_strategy=where).remote()
+
+    def set(self) -> None:
+        """Tasks asking from now on stop (one actor call, not waited for)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        try:
+            self.handle.set.remote()
+        except Exception:  # (Ray itself failing: the loop finds out; a task that cannot ask
+            pass  # stops anyway)
+
+    def answers(self, timeout: float) -> bool:
+        """Whether the actor answers the driver within ``timeout`` seconds."""
+        try:
+            self.handle.is_set.remote().future().result(timeout=timeout)
+            return True
+        except Exception:
+            return False
+
+    def renew(self) -> None:
+        """A new actor (set if this one was) in place of one that does not answer."""
+        self.close()
+        self.handle = self._start()
+        if self.stopped:
+            self.stopped = False
+            self.set()
+
+    def close(self) -> None:
+        try:
+            self.ray.kill(self.handle)
+        except Exception:  # (already gone, or the runtime with it)
+            pass
+
+
+def stop_asked(stop) -> bool:
+    """In a task, before each trial: whether the driver's ``StopFlag`` (its ``handle``; None:
+    never) says to start no trial; True also when the flag does not answer within STOP_CHECK_S
+    seconds or raises (its driver or actor gone), so that no trial starts then. About a
+    millisecond (one actor call). Waits on the call's future, not in ``ray.get``: a task
+    blocked in ``ray.get`` hands its CPU back to Ray meanwhile, which may start a queued task
+    on it (two trials on one CPU)."""
+    if stop is None:
+        return False
+    try:
+        return bool(stop.is_set.remote().future().result(timeout=STOP_CHECK_S))
+    except Exception:
+        return True
+
+
 class Work:
     """What one dispatch runs. A unit is a list of items (one per trial, in the order its task
     runs them); each method that lands outcomes returns how many trials it settled (the
@@ -61,15 +151,18 @@ class Work:
         """The units to submit, formed as they are taken (a generator is fine)."""
         raise NotImplementedError
 
-    def submit(self, unit: list, token: str | None):
-        """Submit the unit's Ray task (``token``: its phase markers', sweep.watch); its ref."""
+    def submit(self, unit: list, token: str | None, stop):
+        """Submit the unit's Ray task (``token``: its phase markers', sweep.watch; ``stop``:
+        the ``StopFlag.handle`` its task asks, ``stop_asked``, before each trial); its ref."""
         raise NotImplementedError
 
     def trial_ids(self, unit: list) -> list[str]:
         raise NotImplementedError
 
-    def done(self, unit: list, results) -> int:
-        """The task returned ``results``: land them."""
+    def done(self, unit: list, results: list) -> int:
+        """The task returned ``results``, one per trial it ran, in order: the first
+        ``len(results)`` of the unit (fewer than all when the stop flag told it to start no
+        more: those get no record). Land them; returns ``len(results)``."""
         raise NotImplementedError
 
     def settled(self, trial_id: str) -> bool:
@@ -107,7 +200,12 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
     sweep.watch.Watch of ``resources.trial_timeout`` for this sweep directory ``out``;
     ``slots``: tasks that can run at once; ``progress``: a bar on a terminal, else a line per
     PROGRESS_LINE_S. Raises DispatchStopped (nothing recorded for what did not run) after a
-    signal or when the runtime is gone; LockHeld when ``lock`` was lost."""
+    signal or when the runtime is gone; LockHeld when ``lock`` was lost. Its ``StopFlag``
+    lives while it runs: set at the first signal, killed when it ends (so that a task left
+    running, e.g. after LockHeld, starts no more trials either). A task that ran fewer than
+    its trials though no signal came (its flag did not answer it) has the rest submitted again
+    (an attempt, as after a dead worker; a new flag if the driver cannot reach it either), then
+    DispatchStopped (EXIT_RUNTIME_LOST)."""
     import signal
     import threading
 
@@ -124,19 +222,23 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
     timed_out: dict = {}  # ref -> (trial_id, phase, seconds, error, when killed)
     stop: dict = {"signal": None, "count": 0, "since": None}
     settled = 0
+    flag = StopFlag(ray)
 
     def on_signal(signum, frame):
         stop["count"] += 1
         if stop["signal"] is None:
             stop["signal"], stop["since"] = signum, time.monotonic()
             log(f"\n{signal.Signals(signum).name}: no new trials; waiting up to {GRACE_S:.0f} s "
-                f"for the {len(in_flight)} running task(s) (Ctrl-C again cancels them)")
+                f"for the {min(len(in_flight), slots)} running task(s) (Ctrl-C again cancels "
+                "them)")
         elif stop["count"] == 2:
             log("cancelling the running trials")
 
     handled = (signal.SIGINT, signal.SIGTERM)
-    old = ({s: signal.signal(s, on_signal) for s in handled}
-           if threading.current_thread() is threading.main_thread() else {})
+    old, unrelay = {}, None
+    if threading.current_thread() is threading.main_thread():
+        old = {s: signal.signal(s, on_signal) for s in handled}
+        unrelay = _relay_signals(handled, flag)
     # a live bar on a terminal; into a file or pipe, one plain line per PROGRESS_LINE_S instead
     # of the bar's carriage-return frames
     live = progress and sys.stderr.isatty()
@@ -147,7 +249,7 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
 
     def submit(u: list, attempt: int) -> None:
         token = watch.token(len(u))
-        in_flight[work.submit(u, token)] = (u, attempt, token)
+        in_flight[work.submit(u, token, flag.handle)] = (u, attempt, token)
 
     def landed(n: int) -> None:
         nonlocal settled
@@ -159,6 +261,7 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
             if lock is not None:
                 lock.check()
             if stop["signal"] is not None:
+                flag.set()  # (the relay set it when the signal came; else now: a no-op then)
                 unit = None  # submit nothing more
                 retry.clear()  # (no record: a later call runs them)
                 if stop["count"] >= 2 or time.monotonic() - stop["since"] > GRACE_S:
@@ -234,6 +337,18 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                     landed(work.failed(done, e, attempt + 1))
                     continue
                 landed(work.done(done, results))
+                rest = done[len(results):]  # not run: the stop flag said so, or did not answer
+                if rest and stop["signal"] is None:
+                    if attempt >= resources.max_retries:
+                        raise _runtime_stop(
+                            f"tasks could not reach the driver's stop flag (a Ray actor) "
+                            f"{attempt + 1} times", work.counts)
+                    if not flag.answers(RUNTIME_PROBE_S):
+                        flag.renew()
+                    retry.append((rest, attempt + 1))
+                    log(f"note: a task ran {len(results)} of its {len(done)} trials: it could "
+                        "not reach the driver's stop flag; running the others again (retry "
+                        f"{attempt + 1} of {resources.max_retries})")
             bar.set_postfix(**work.postfix(), running=min(len(in_flight), slots),
                             refresh=False)
             bar.refresh()
@@ -246,12 +361,54 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if unrelay is not None:
+            unrelay()
+        flag.close()
         bar.close()
         work.close()
     if stop["signal"] is not None and settled < work.total:  # else: all ran
         name = signal.Signals(stop["signal"]).name
         raise DispatchStopped(f"stopped by {name}", 128 + int(stop["signal"]), work.counts)
     return work.counts
+
+
+def _relay_signals(handled, flag: StopFlag):
+    """Set ``flag`` the moment one of the signals ``handled`` arrives, from a thread: Python
+    runs the driver's handler only when its main thread is back in Python, which inside Ray's
+    wait is up to a second later, while the wakeup file descriptor (``signal.set_wakeup_fd``)
+    gets the signal's number at once. Call only from the main thread, with handlers for
+    ``handled`` installed; returns the function that restores the previous wakeup fd and ends
+    the thread."""
+    import signal
+    import socket
+    import threading
+
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    numbers = {int(s) for s in handled}
+
+    def relay():
+        with reader:
+            while True:
+                try:
+                    data = reader.recv(64)
+                except OSError:
+                    return
+                if not data:  # the writer closed: the loop ended
+                    return
+                if numbers & set(data):
+                    flag.set()
+
+    thread = threading.Thread(target=relay, name="dispatch-stop-relay", daemon=True)
+    thread.start()
+
+    def undo() -> None:
+        signal.set_wakeup_fd(previous)
+        writer.close()
+        thread.join(timeout=5)
+
+    return undo
 
 
 class Tasks:

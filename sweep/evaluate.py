@@ -17,7 +17,7 @@ import math
 
 from sweep.commands import sweep_command
 from sweep.config import ConfigError, SweepConfig
-from sweep.dispatch import DispatchStopped, Tasks, Work
+from sweep.dispatch import DispatchStopped, Tasks, Work, stop_asked
 from workers.results.plan_file import Plan
 from workers.results.record import Status
 from workers.results.spec import TrialSpec
@@ -61,14 +61,16 @@ def _among(specs, ids):
 
 def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, download: bool,
                     device: str, num_threads: int, metrics: dict,
-                    trial_timeout: float | None = None,
-                    token: str | None = None) -> list[tuple[str, str | None]]:
+                    trial_timeout: float | None = None, token: str | None = None,
+                    stop=None) -> list[tuple[str, str | None]]:
     """On a worker: for each (trial spec JSON, measure names joined by ','), rebuild the trained
     network from its weights (and the initial one from its seed, if a measure needs it), load
     its data, evaluate, write each value. Returns (trial_id, error or None, values that raised)
     per trial: an error of the trial's environment (data, weights) writes nothing, so a later
     call retries it. With ``trial_timeout`` (seconds) and the submission's ``token``, each
-    trial's phase is marked for the driver (workers.phase, sweep.watch)."""
+    trial's phase is marked for the driver (workers.phase, sweep.watch). ``stop``: the driver's
+    stop flag (sweep.dispatch.stop_asked), asked before each trial: once it says stop, no more
+    trial starts and the list ends there (nothing written for the others)."""
     import contextlib
     from dataclasses import replace
 
@@ -90,6 +92,8 @@ def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, downl
     done = []
     with marker or contextlib.nullcontext():  # (closed, its last marker removed, on any error)
         for text, names in items:
+            if stop_asked(stop):
+                break  # the driver stopped: no new trial
             spec = TrialSpec.from_json(text, ms)
             only = replace(spec, metrics=replace(ms, measures=tuple(names.split(","))))
             if marker is not None:
@@ -175,8 +179,8 @@ class MeasureWork(Work):
         size = max(1, min(self.per_task, math.ceil(len(self.items) / (2 * slots))))
         return (self.items[i:i + size] for i in range(0, len(self.items), size))
 
-    def submit(self, unit, token):
-        return self.remote.remote(unit, *self.args, token)
+    def submit(self, unit, token, stop):
+        return self.remote.remote(unit, *self.args, token, stop)
 
     def trial_ids(self, unit) -> list[str]:
         return [TrialSpec.from_json(t).trial_id for t, _ in unit]
@@ -193,7 +197,7 @@ class MeasureWork(Work):
                     self.damaged.append(tid)
                     err = err.partition("; train its network again")[0]
                 self.log(f"measures of trial {tid} not evaluated: {err}")
-        return len(unit)
+        return len(results)
 
     def unfinished(self, unit) -> tuple[list, int]:
         return list(unit), 0  # (evaluated again whole: missing() was read before the loop)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from sweep.config import ConfigError, SweepConfig
-from sweep.dispatch import DispatchStopped, Tasks, Work, log
+from sweep.dispatch import DispatchStopped, Tasks, Work, log, stop_asked
 from sweep.evaluate import (_after_timeout, _among, _measure_remote, _select,  # noqa: F401
                             missing, raised_keys, run)
 from sweep.runtime import start_ray
@@ -202,10 +202,29 @@ def with_modules(cfg, added: tuple[str, ...]):
 
 
 
+def _retrain_remote(specs: list, out_dir: str, data_root, download: bool, device: str,
+                    num_threads: int, trial_timeout: float | None = None,
+                    token: str | None = None, stop=None) -> list[str | None]:
+    """One Ray task: workers.retrain.retrain_weights for each of ``specs`` in order (the
+    arguments are its own); per network None (written) or why not. ``stop``: the driver's stop
+    flag (sweep.dispatch.stop_asked), asked before each: once it says stop, no more starts and
+    the list ends there."""
+    from workers.retrain import retrain_weights
+
+    out = []
+    for spec in specs:
+        if stop_asked(stop):
+            break  # the driver stopped: no new retraining
+        out.append(retrain_weights(spec, out_dir, data_root, download, device, num_threads,
+                                   trial_timeout, token))
+    return out
+
+
 class RetrainWork(Work):
     """Retrain networks (sweep.dispatch.Work): a unit is one TrialSpec, run by
-    workers.retrain.retrain_weights, which writes the weights file itself where the network
-    reproduces the record; each outcome is one log line (``written``: how many were)."""
+    ``_retrain_remote`` (workers.retrain.retrain_weights), which writes the weights file itself
+    where the network reproduces the record; each outcome is one log line (``written``: how
+    many were)."""
 
     def __init__(self, specs: list, remote, args: tuple, log):
         self.specs, self.remote, self.args, self.log = specs, remote, args, log
@@ -215,30 +234,30 @@ class RetrainWork(Work):
     def units(self, slots: int):
         return ([s] for s in self.specs)
 
-    def submit(self, unit, token):
-        return self.remote.remote(unit[0], *self.args, token)
+    def submit(self, unit, token, stop):
+        return self.remote.remote(unit, *self.args, token, stop)
 
     def trial_ids(self, unit) -> list[str]:
         return [s.trial_id for s in unit]
 
     def done(self, unit, results) -> int:
-        (spec,), why = unit, results
-        if why is None:
-            self.counts["written"] += 1
-            self.log(f"retrain: trial {spec.trial_id}: weights written again (the network "
-                     "reproduces its record)")
-        else:
-            self.counts["not_written"] += 1
-            self.log(f"retrain: trial {spec.trial_id}: weights not written: {why}")
-        return 1
+        for spec, why in zip(unit, results):
+            if why is None:
+                self.counts["written"] += 1
+                self.log(f"retrain: trial {spec.trial_id}: weights written again (the network "
+                         "reproduces its record)")
+            else:
+                self.counts["not_written"] += 1
+                self.log(f"retrain: trial {spec.trial_id}: weights not written: {why}")
+        return len(results)
 
     def timed_out(self, unit, trial_id, phase, seconds, error) -> tuple[int, list[list]]:
-        return self.done(unit, error + " (a longer limit: resources.trial_timeout=...)"), []
+        return self.done(unit, [error + " (a longer limit: resources.trial_timeout=...)"]), []
 
     def failed(self, unit, exc: BaseException, attempts: int) -> int:
         from sweep.watch import first_line
 
-        return self.done(unit, first_line(exc))
+        return self.done(unit, [first_line(exc)])
 
 
 def retrain_trials(cfg: SweepConfig, out, plan, ids, log, lock=None) -> int:
@@ -248,11 +267,9 @@ def retrain_trials(cfg: SweepConfig, out, plan, ids, log, lock=None) -> int:
     loop (sweep.dispatch.run): a retraining over ``resources.trial_timeout`` is killed like a
     trial (sweep.watch): its line names the limit and the phase it was in, nothing is written
     for it, and the others go on. Returns how many were written."""
-    from workers.retrain import retrain_weights
-
     specs = list(_among(plan, set(ids)))
     out = SweepDir.of(out)
-    tasks = Tasks(cfg, retrain_weights, out, log)
+    tasks = Tasks(cfg, _retrain_remote, out, log)
     log(f"retrain: training the networks of {len(specs)} trials again to write their weights")
     work = RetrainWork(specs, tasks.task(), (tasks.out_dir, cfg.dataset.root,
                                              cfg.dataset.download, tasks.device,

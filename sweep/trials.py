@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sweep import cost
 from sweep.config import SweepConfig
-from sweep.dispatch import Tasks, Work, log
+from sweep.dispatch import Tasks, Work, log, stop_asked
 from sweep.runtime import largest_node_memory
 from workers.results.plan_file import Plan, Todo
 from workers.results.record import RECORDED, ResultError, read_result, write_trial
@@ -16,13 +16,15 @@ from workers.results.spec import RunContext, TrialSpec
 from workers.results.sweep_dir import SweepDir
 
 
-def _run_remote(specs: list[TrialSpec], ctx: RunContext,
-                token: str | None = None) -> list[tuple[str, int | None, int | None]]:
+def _run_remote(specs: list[TrialSpec], ctx: RunContext, token: str | None = None,
+                stop=None) -> list[tuple[str, int | None, int | None]]:
     """One Ray task: run a unit of trials in order; per trial its status and its result file's
     size and modification time (for the driver's journal; None if the file cannot be seen). A
     retried unit (its worker died) skips the trials that had already written a valid result.
     With ``ctx.trial_timeout`` and the submission's ``token``, each trial's phase is marked for
-    the driver (workers.phase, sweep.watch)."""
+    the driver (workers.phase, sweep.watch). ``stop``: the driver's stop flag
+    (sweep.dispatch.stop_asked), asked before each trial: once it says stop, no more trial
+    starts and the list ends there (the trials after it get nothing: a later call runs them)."""
     import contextlib
 
     from workers.phase import PhaseMarker, tick
@@ -41,6 +43,8 @@ def _run_remote(specs: list[TrialSpec], ctx: RunContext,
                 except ResultError:  # none yet (or a torn one): run the trial
                     pass
             if status is None:
+                if stop_asked(stop):
+                    break  # the driver stopped: no new trial (nor a record of it)
                 if marker is not None:
                     marker.begin(spec.trial_id)
                 status = run_trial(spec, ctx)["status"]
@@ -203,9 +207,9 @@ class TrialWork(Work):
     def units(self, slots: int):
         return iter_units(self.cfg, self.todo, slots)
 
-    def submit(self, unit: list[TrialSpec], token: str | None):
+    def submit(self, unit: list[TrialSpec], token: str | None, stop):
         return (self.tasks.task(memory=task_memory(unit, self.node_memory))
-                .remote(unit, self.ctx, token))
+                .remote(unit, self.ctx, token, stop))
 
     def trial_ids(self, unit: list[TrialSpec]) -> list[str]:
         return [s.trial_id for s in unit]
@@ -218,7 +222,7 @@ class TrialWork(Work):
     def done(self, unit: list[TrialSpec], results) -> int:
         for spec, (status, size, mtime_ns) in zip(unit, results):
             self._land(spec, status, size, mtime_ns)
-        return len(unit)
+        return len(results)
 
     def settled(self, trial_id: str) -> bool:
         return _result_status(self.out, trial_id) is not None

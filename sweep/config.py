@@ -25,12 +25,13 @@ NOT_IDENTITY = ("out", "save_weights", "cluster", "resources", "figure", "progre
 NOT_IDENTITY_V1 = tuple(k for k in NOT_IDENTITY if k != "metrics")  # version 1 hashed metrics
 WEIGHTS_AUTO_BYTES = 2 * 1024**3  # save_weights: null saves them when the plan's total is below
 
-from workers.activations import ACTIVATIONS
+# (torch-free: the commands that only read or check a configuration answer without it,
+# tests/test_cli_imports.py; a module imported here must not import torch at module level)
 from workers.data import DATASETS
+from workers.names import ACTIVATION_NAMES, MINIBATCH_OPTIMIZERS, OPTIMIZERS
 from workers.results import checks
 from workers.results.hyperparameters import SPACE, SPACE_KEYS  # declared once; the planner's keys
 from workers.measures import DEFAULT_MEASURES
-from workers.train import MINIBATCH_OPTIMIZERS, OPTIMIZERS
 from workers.results.layout import SWEEP_FILE
 from workers.results.storage import expand
 
@@ -318,7 +319,7 @@ def space_limits(split: int) -> dict:
     """What the hyperparameters' validators (``Hyperparameter.check``) need from above the
     contract: ``split``, the data set's whole train split (the largest space.train_size), and
     the registered activation and optimizer names."""
-    return {"split": split, "activation": tuple(ACTIVATIONS), "optimizer": OPTIMIZERS}
+    return {"split": split, "activation": ACTIVATION_NAMES, "optimizer": OPTIMIZERS}
 
 
 def _space(d: dict, train_split: int, split: int) -> Space:

@@ -60,15 +60,14 @@ def key_docs(path: Path, prefix: str = "") -> dict[str, str]:
 
 def allowed_values() -> dict[str, list[str]]:
     """The keys that take one of a fixed set of values (or a list of them), with that set."""
-    from workers.activations import ACTIVATIONS
     from workers.measures import available as measures_available
-    from workers.train import OPTIMIZERS
+    from workers.names import ACTIVATION_NAMES, OPTIMIZERS
 
     space = [k.split(".", 1)[1] for k in schema_keys() if k.startswith("space.")]
     return {
         "experiment": available("experiment"),
         "dataset": available("dataset"),
-        "space.activation": list(ACTIVATIONS),
+        "space.activation": list(ACTIVATION_NAMES),
         "space.optimizer": list(OPTIMIZERS),
         "plan.sampler": list(SAMPLERS),
         "plan.infeasible": list(INFEASIBLE),

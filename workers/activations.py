@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from workers.names import ACTIVATION_NAMES
+
 
 @dataclass(frozen=True)
 class Activation:
@@ -70,6 +72,9 @@ ACTIVATIONS: dict[str, Activation] = {
     "hardsigmoid": Activation("hardsigmoid", _hardsigmoid, (-0.5, 0.5), True, 2.0,
                               _window(-0.5, 0.5)),
 }
+if tuple(ACTIVATIONS) != ACTIVATION_NAMES:  # (the names, torch-free, are declared there once)
+    raise ImportError(f"workers.activations defines {tuple(ACTIVATIONS)}, workers.names."
+                      f"ACTIVATION_NAMES lists {ACTIVATION_NAMES}: make them the same")
 
 
 def get_activation(name: str) -> Activation:

@@ -27,11 +27,12 @@ import re
 import time
 from dataclasses import dataclass
 
-import torch
-
 # where they are: the sweep directory's layout (names kept here for their users)
 from workers.results.layout import CHECKPOINTS, checkpoint_file, fallback_file  # noqa: F401
 from workers.results.layout import trial_file
+
+# torch: imported by the methods that load and save, so that the configuration's checks
+# (parse_interval, parse_budget) load without it (tests/test_cli_imports.py)
 
 _log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ class Checkpointer:
     def _read(self, rel: str) -> dict | None:
         """The state in ``rel`` if this trial and spec wrote it; None if there is none, it is
         unreadable or another's (left where it is)."""
+        import torch
+
         if not self.store.is_file(rel):
             return None
         try:
@@ -156,6 +159,8 @@ class Checkpointer:
 
     def save(self, step: int, state: dict) -> None:
         """Save the state after ``step``, unless that is stale (then only logged)."""
+        import torch
+
         why = self.stale(step)
         if why is not None:
             _log.warning("%s: a save at step %d is dropped (%s)", self.store.uri(self.rel), step,
@@ -173,6 +178,8 @@ class Checkpointer:
     def save_fallback(self, step: int, weights: dict, nonfinite) -> None:
         """The weights at fallback step ``step`` (and the loop's non-finite flag then), for a
         retry that resumes after it; not once the trial has a result (a stale attempt)."""
+        import torch
+
         if self.store.is_file(trial_file(self.trial_id)):
             _log.warning("%s: the trial has a result; the fallback weights are dropped",
                          self.store.uri(fallback_file(self.trial_id)))

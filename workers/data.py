@@ -23,9 +23,14 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+# torch: imported by the functions that make tensors, so that DATASETS and the checks of a
+# configuration load without it (tests/test_cli_imports.py)
+if TYPE_CHECKING:  # (annotations only)
+    import torch
 
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 DEFAULT_ROOT = "~/.cache/sensitivity-sweep/data"
@@ -213,6 +218,7 @@ def _read_raw(name: str, root: Path, split: str) -> tuple[np.ndarray, np.ndarray
 
 
 def _digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    import torch
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -229,6 +235,8 @@ def _digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def normalize_per_input(x: torch.Tensor) -> torch.Tensor:
     """Each input (all pixels and channels) to zero mean and unit variance (A.5)."""
+    import torch
+
     flat = x.reshape(len(x), -1).to(torch.float32)
     flat = flat - flat.mean(dim=1, keepdim=True)
     std = flat.pow(2).mean(dim=1, keepdim=True).sqrt()
@@ -243,6 +251,8 @@ def centre_crop(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def _subset(n_total: int, n: int | None, gen: torch.Generator) -> torch.Tensor | None:
+    import torch
+
     if n is None or n == n_total:
         return None
     if not 1 <= n <= n_total:
@@ -254,6 +264,8 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, max_shift: int = 4) -> 
     """A.5.4 augmentation of a batch [B, C, H, W]: a random circular translation by up to
     ``max_shift`` pixels vertically and horizontally (wrap-around), then a horizontal flip with
     probability 0.5. Vectorized; the random numbers come from ``gen`` on ``x``'s device."""
+    import torch
+
     b, _, h, w = x.shape
     dev = x.device
     dy = torch.randint(-max_shift, max_shift + 1, (b,), generator=gen, device=dev)
@@ -284,6 +296,8 @@ def load_data(
     device: str | torch.device = "cpu",
 ) -> Data:
     """Load ``name`` as normalized tensors on ``device``; cached per process and arguments."""
+    import torch
+
     if name not in DATASETS:
         raise DataError(f"dataset: unknown value {name!r}; allowed: {', '.join(DATASETS)}")
     key = (name, root, train_size, test_size, random_labels, seed, str(device))

@@ -27,10 +27,8 @@ from torch import nn
 
 from workers.data import Data, augment_batch
 from workers.metrics import accuracy
+from workers.names import MINIBATCH_OPTIMIZERS, OPTIMIZERS  # noqa: F401 (torch-free there)
 from workers.results.spec import TrainSpec
-
-OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "lbfgs")
-MINIBATCH_OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 
 
 @dataclass

@@ -24,6 +24,12 @@ The science is importable without Ray or Hydra::
 
 Inputs are [N, d] as the model takes them (float32, on the model's device); ``image_shape`` =
 (C, H, W) for measures that need images (the translation loops of ``transitions_test``).
+
+Importing the registry does not import torch: the built-in modules import it inside the
+functions that compute, so the commands that only read or check a configuration (``sweep
+show``, the configuration's checks of ``measures`` and ``measure_settings``) answer without it
+(tests/test_cli_imports.py). A user's module (``measure_modules``) may import it at its top: it
+is loaded only for the sweeps that name it.
 """
 
 from __future__ import annotations

@@ -12,14 +12,21 @@ the same settings (``workers.results.measure_values.METRIC_ALIASES``).
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from workers.measures import MeasureInputs, MeasureValue, Undefined, register
+
+# torch: imported by the functions that compute, so that registering these measures does not
+# (workers.measures, tests/test_cli_imports.py)
+if TYPE_CHECKING:  # (annotations only)
+    import torch
 
 
 def point_subset(n: int, k: int | None, seed: int) -> torch.Tensor:
     """The same seeded subset of k of n points for every trial on the same data (sorted). Every
     measure draws from the same permutation, so a smaller subset is inside a larger one."""
+    import torch
+
     if k is None or k >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))[:k].sort().values
@@ -53,6 +60,8 @@ def jacobian_norm_test(inputs: MeasureInputs, *, points: int | None = None) -> M
 def loop_transitions(model, images: torch.Tensor, k: int) -> tuple[torch.Tensor, str, int | None]:
     """Transitions along the translation loop of each image ([n, C, H, W]) -> ([n] float64,
     method, k): exact for piecewise-linear networks, Eq. 1 with k samples for Tanh."""
+    import torch
+
     from workers.trajectories import translation_path
     from workers.transitions import count_transitions_batch, sampled_transitions, supports_exact
 
@@ -69,6 +78,8 @@ def _require_loops_agree(inputs: MeasureInputs, images: torch.Tensor) -> None:
     """The counts read the network's activation codes in float64 (exactly, or where float32's
     rounding could flip one): Undefined unless its float64 copy is the function that was
     scored on the loops' points (every translate of every image; workers.measures.precision)."""
+    import torch
+
     from workers.measures.norms import _cached, _double
     from workers.measures.precision import compare_precisions, disagreement
     from workers.trajectories import translation_path

@@ -31,13 +31,20 @@ k = max(1, floor(q m / 100)). A measure divided by a margin is undefined when th
 from __future__ import annotations
 
 import math
-
-import torch
+import sys
+from typing import TYPE_CHECKING
 
 from workers.measures import MeasureInputs, Undefined, register
 
+# torch: imported by the functions that compute, so that registering these measures does not
+# (workers.measures, tests/test_cli_imports.py)
+if TYPE_CHECKING:  # (annotations only)
+    import torch
+
 
 def _linears(model) -> list[torch.nn.Linear]:
+    import torch
+
     lins = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if not lins:
         raise Undefined("the model has no Linear layers (these measures need an MLP)")
@@ -47,6 +54,8 @@ def _linears(model) -> list[torch.nn.Linear]:
 def weights(model) -> list[torch.Tensor]:
     """The weight matrices W_1..W_d (float64, detached) of an MLP, in order; its biases, if
     any, are not among them (``parameters``). Undefined without Linear layers."""
+    import torch
+
     return [m.weight.detach().to(torch.float64) for m in _linears(model)]
 
 
@@ -55,6 +64,8 @@ def parameters(model) -> list[torch.Tensor]:
     the biases b_i of the layers that have one, in order (for a bias-free MLP: ``weights``).
     Undefined without Linear layers, or when the model has parameters outside its Linear
     layers (w would leave them out)."""
+    import torch
+
     lins = _linears(model)
     out = weights(model) + [m.bias.detach().to(torch.float64) for m in lins
                             if m.bias is not None]
@@ -123,10 +134,16 @@ def _bias_free(inputs, why: str) -> None:
     require_bias_free(inputs.model, why)
 
 
+def spectral_norm(w: torch.Tensor) -> float:
+    """||w||_2 of a matrix [out, in]: its largest singular value (exact)."""
+    import torch
+
+    return float(torch.linalg.matrix_norm(w, ord=2))
+
+
 def _spec(inputs) -> list[float]:
     """||W_i||_2 (exact: the largest singular value)."""
-    return _cached(inputs, "spec", lambda: [float(torch.linalg.matrix_norm(w, ord=2))
-                                            for w in _w(inputs)])
+    return _cached(inputs, "spec", lambda: [spectral_norm(w) for w in _w(inputs)])
 
 
 def _fro2(inputs) -> list[float]:
@@ -138,6 +155,8 @@ def margins(model, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -
     (its own dtype: for a trial, the float32 network that was trained and scored, in the
     batches it was scored in, ``workers.metrics.SCORE_CHUNK``), the logits subtracted in
     float64."""
+    import torch
+
     from workers.metrics import SCORE_CHUNK
 
     chunk = chunk or SCORE_CHUNK
@@ -154,6 +173,8 @@ def margins(model, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -
 
 
 def _double(model):
+    import torch
+
     import copy
 
     return copy.deepcopy(model).to(torch.float64).eval()
@@ -172,6 +193,8 @@ def model64(inputs: MeasureInputs):
 
 def gamma(inputs: MeasureInputs, q: float) -> float:
     """gamma_q: the k-th smallest training margin, k = max(1, floor(q m / 100))."""
+    import torch
+
     mg = _cached(inputs, "margins", lambda: margins(inputs.model, inputs.x_train, inputs.y_train))
     if len(mg) == 0:
         raise Undefined("no training points")
@@ -199,6 +222,8 @@ def _log_path(inputs, power: int) -> float:
     vector is rescaled to a largest entry of 1 after each layer and the scales' logs summed,
     so no partial product overflows or underflows float64 (depth 65: the sum itself is often
     beyond float64's range). Undefined for a network with biases (``require_bias_free``)."""
+    import torch
+
     _bias_free(inputs, "path")
 
     def compute():
@@ -229,8 +254,8 @@ def _log_l1_inf(i) -> float:
 
 
 # log(float64's largest finite value): a measure whose log is above it has no float64 value
-_LOG_MAX = math.log(torch.finfo(torch.float64).max)
-_LOG_MIN = math.log(torch.finfo(torch.float64).tiny)  # the smallest normal float64
+_LOG_MAX = math.log(sys.float_info.max)  # (torch.finfo(torch.float64).max)
+_LOG_MIN = math.log(sys.float_info.min)  # the smallest normal float64 (torch.finfo's tiny)
 
 
 def from_log(name: str, log_value: float, has_log: bool = True) -> float:
@@ -374,8 +399,7 @@ _reg("log_spec_init_main", f"{JIANG} 29", INIT_TRAIN,
 _reg("fro_dist", f"{JIANG} 40", INIT, lambda i: sum(_dist_fro2(i)),
      "sum_i ||W_i - W_i^0||_F^2.")
 _reg("dist_spec_init", f"{JIANG} 41", INIT,
-     lambda i: sum(float(torch.linalg.matrix_norm(w - w0, ord=2)) ** 2
-                   for w, w0 in zip(_w(i), _w0(i))),
+     lambda i: sum(spectral_norm(w - w0) ** 2 for w, w0 in zip(_w(i), _w0(i))),
      "sum_i ||W_i - W_i^0||_2^2.")
 _reg("param_norm", f"{JIANG} 42", ("model",), lambda i: sum(_fro2(i)),
      "sum_i ||W_i||_F^2.")
@@ -408,6 +432,8 @@ def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048,
     forward-mode pass (a JVP in the direction of the parameters) for a whole batch, float64.
     w is every parameter, biases included (Jiang et al.'s networks had biases); for a bias-free
     ReLU network <w, grad_w f_c> = d f_c."""
+    import torch
+
     from torch.func import functional_call, jvp
 
     parameters(model)  # an MLP, biases allowed (w is every parameter), or Undefined

@@ -42,15 +42,16 @@ takes all of them. The labels are those the trial trained on; ``point_subset`` d
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from workers.measures import MeasureInputs, MeasureValue, Undefined, draw_seed, register
 from workers.measures.builtin import point_subset
-import workers.layers as layers_mod
-from workers.layers import (ACTIVATION_BOUND, TINY32, U32, activation_error,
-                            float32_products_exact, overflow_risk, product_error)
 from workers.measures.norms import _cached, _double, _p, _p0, model64, parameters
+
+# torch (and workers.layers, which imports it): imported by the functions that compute, so
+# that registering these measures does not (workers.measures, tests/test_cli_imports.py)
+if TYPE_CHECKING:  # (annotations only)
+    import torch
 
 EPS = 1e-3  # Jiang et al. C.7's epsilon of the magnitude-aware perturbation
 JIANG = "Jiang et al. 2019, Appendix C"
@@ -67,6 +68,8 @@ def _layers(m64):
     (index of the bias in ``parameters``, ``BIAS``), and the element-wise non-linearities
     between them (index None). For a bias-free MLP the indices are those of ``weights``.
     Undefined for a module of another form (one whose own weights these would not perturb)."""
+    import torch
+
     from workers.layers import _flatten
 
     mods = _flatten(m64)
@@ -125,6 +128,8 @@ def _stoppable(chunk: int, n: int, stop_above: float) -> int:
 def _through(layers, ws: list[torch.Tensor], h: torch.Tensor) -> torch.Tensor:
     """h [S, n, .] through ``layers`` (``_layers``) with the stacked parameters ``ws`` (weight
     matrices [S, out, in], biases [S, out])."""
+    import torch
+
     for i, mod in layers:
         if i is None:
             h = mod(h)
@@ -141,6 +146,8 @@ def batched_logits(m64, ws: list[torch.Tensor], x: torch.Tensor,
     weight matrices [S, h_i, h_{i-1}], then biases [S, h_i], float64), with the architecture
     (non-linearities) of ``m64``, on x [N, d]; points in chunks of ``chunk`` (default:
     S * chunk * widest layer <= BUDGET)."""
+    import torch
+
     layers = _layers(m64)
     if chunk is None:
         chunk = _chunk_size(ws[0].shape[0], [x.shape[1]] + [w.shape[1] for w in ws])
@@ -159,6 +166,8 @@ def _one_lipschitz(layers) -> bool:
     """Whether every non-linearity between the Linear layers is one of the element-wise,
     1-Lipschitz activations (the paper's five, torch's ReLU, ReLU6, Hardtanh, Tanh), for which
     ``_error_counts``'s error bound holds."""
+    import torch
+
     from workers.activations import PaperActivation
 
     def known(mod):
@@ -172,7 +181,10 @@ def _one_lipschitz(layers) -> bool:
 def _act_bound(mod) -> float | None:
     """A bound on |mod(z)| for every z (tanh, HardTanh, HardSigmoid: 1; ReLU6: 6), or None
     (ReLU: unbounded)."""
+    import torch
+
     from workers.activations import PaperActivation
+    from workers.layers import ACTIVATION_BOUND
 
     if isinstance(mod, PaperActivation):
         return ACTIVATION_BOUND.get(mod.spec.name)
@@ -187,6 +199,8 @@ def _float32_weights(ws: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.T
     """Per weight matrix [S, out, in] (float64; None kept): its float32 copy and ||W||_inf (the
     largest row sum of |W|, in float64) per network, [S, 1]: what ``_error_counts`` needs,
     made once for all chunks of points."""
+    import torch
+
     return [None if w is None else (w.to(torch.float32), w.abs().sum(dim=2).amax(dim=1)[:, None])
             for w in ws]
 
@@ -211,6 +225,11 @@ def _error_counts(layers, ws: list[torch.Tensor], h64: torch.Tensor, y: torch.Te
     Beyond the input, |h| is bounded without a pass over the values: after a product by
     ||W||_inf (||h|| + its error) plus the product's error, after a bounded activation by its
     bound, after a ReLU as before it (|relu(z)| <= |z|)."""
+    import torch
+
+    import workers.layers as layers_mod
+    from workers.layers import TINY32, U32, activation_error, overflow_risk, product_error
+
     def inf_norm(t):  # max |t| over the last dim, in float64: [S, n] (one pass, no temporary)
         lo, hi = torch.aminmax(t, dim=2)
         return torch.maximum(hi, -lo).to(torch.float64)
@@ -279,6 +298,8 @@ def _errors(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of each of the S networks: logits [S, N, C] -> [S] (float64)."""
+    import torch
+
     yy = y.to(logits.device)
     lse = torch.logsumexp(logits, dim=2)
     true = logits.gather(2, yy[None, :, None].expand(logits.shape[0], -1, 1))[..., 0]
@@ -293,6 +314,8 @@ def sample_seed(seed: int, sample: int) -> int:
 def normal_draw(shapes, seed: int, sample: int, device="cpu") -> list[torch.Tensor]:
     """Draw ``sample``: one standard-normal tensor per weight shape (float64), from a generator
     of its own (``sample_seed``), so a draw does not depend on how draws are grouped."""
+    import torch
+
     gen = torch.Generator().manual_seed(sample_seed(seed, sample))
     return [torch.randn(*s, generator=gen, dtype=torch.float64).to(device) for s in shapes]
 
@@ -313,6 +336,8 @@ class _Draws:
             self.kept = [self._group(0, samples)]
 
     def _group(self, a: int, b: int) -> list[torch.Tensor]:
+        import torch
+
         draws = [normal_draw(self.shapes, self.seed, k, self.device) for k in range(a, b)]
         return [torch.stack([d[i] for d in draws]) for i in range(len(self.shapes))]
 
@@ -334,6 +359,8 @@ class _FirstLayer:
     to float64 rounding."""
 
     def __init__(self, ws: list[torch.Tensor], draws: "_Draws", x: torch.Tensor, c):
+        import torch
+
         self.usable = False
         if (draws.samples + draws.per_group + 1) * len(x) * ws[0].shape[0] > BUDGET // 2:
             return
@@ -360,6 +387,10 @@ def _perturbed_mean(m64, ws, draws: _Draws, scale, x, y, statistic,
     ``stop_above``: for a non-negative statistic, the pass stops as soon as the mean of the
     points seen so far over all draws and points (a lower bound of the mean) exceeds it, and
     returns that bound (the caller only needs to know it is above)."""
+    import torch
+
+    from workers.layers import float32_products_exact
+
     total = 0.0
     evaluations = draws.samples * len(x)
     layers = _layers(m64)
@@ -437,6 +468,8 @@ def sigma_search(model, x: torch.Tensor, y: torch.Tensor, *, magnitude: bool, se
     <= target. Raises ``Undefined`` when there is none (every midpoint raised the error by more
     than the target) or when no midpoint raised it by more than target - tolerance (the error
     never rises by the target below ``upper``: the search is open, e.g. a network at chance)."""
+    import torch
+
     m64, ws, base, draws = _setup(model, m64, x, y, samples, seed, _errors)
     # without magnitude the perturbation is sigma * z: the first layer's products are reused
     biased = _has_bias(_layers(m64))
@@ -512,10 +545,14 @@ def _sigma(inputs: MeasureInputs, magnitude: bool, settings: dict) -> dict:
 
 
 def _flat(w) -> torch.Tensor:
+    import torch
+
     return torch.cat([t.reshape(-1) for t in w])
 
 
 def _pacbayes(inputs, magnitude: bool, kind: str, settings: dict) -> MeasureValue:
+    import torch
+
     found = _sigma(inputs, magnitude, settings)
     s, m = found["sigma"], len(inputs.x_train)
     info = {k: found[k] for k in ("sigma", "gap", "steps", "converged", "points", "base_error")}
@@ -622,6 +659,8 @@ def expected_sharpness(inputs: MeasureInputs, *, alpha_min: float = 1e-4, alpha_
     ``info["curve"]`` the table (alpha, kl, expected_sharpness) over ``alphas`` log-spaced
     values from ``alpha_min`` to ``alpha_max`` (with ``alpha`` added), for Neyshabur et al.'s
     Fig. 2; ``analysis.load_curves`` reads the tables of a sweep."""
+    import torch
+
     if not (0 < alpha_min <= alpha_max) or alphas < 1 or alpha <= 0:
         raise ValueError("expected_sharpness: need 0 < alpha_min <= alpha_max, alphas >= 1 and "
                          f"alpha > 0; got {alpha_min}, {alpha_max}, {alphas}, {alpha}")

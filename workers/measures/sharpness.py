@@ -14,17 +14,23 @@ seed (the same points across trials), the random start from the trial (``draw_se
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from workers.measures import MeasureInputs, MeasureValue, draw_seed, register
 from workers.measures.builtin import point_subset
 from workers.measures.norms import _double, model64, parameters
+
+# torch: imported by the functions that compute, so that registering these measures does not
+# (workers.measures, tests/test_cli_imports.py)
+if TYPE_CHECKING:  # (annotations only)
+    import torch
 
 
 def sharpness_value(model, x: torch.Tensor, y: torch.Tensor, alpha: float, steps: int,
                     seed: int, m64=None) -> tuple[float, int]:
     """(sharpness, ascent steps run) of an MLP on (x, y), see the module docstring;
     ``m64``: the network's float64 copy, if the caller has one (it is not modified)."""
+    import torch
     from torch.func import functional_call
 
     parameters(model)  # an MLP (biases allowed: they are among the w_k), or Undefined

@@ -9,7 +9,8 @@ What a unit is and how its outcome lands is a ``Work``; everything else is here,
   before each trial, ``stop_asked``), so that a task submitted earlier that starts only now, and
   the next trial of a running task of several, return without running it (no record: a later
   call runs it); the trials already running get GRACE_S seconds to finish, a second Ctrl-C
-  cancels them; then DispatchStopped (exit 130 / 143);
+  cancels them; then DispatchStopped (exit 130 / 143). A task that cannot reach the flag (its
+  actor killed, e.g. by Ray's memory monitor) runs its trials as if it had none;
 - **runtime loss**: when the Ray runtime itself is gone (``sweep.runtime.runtime_lost``),
   DispatchStopped (exit EXIT_RUNTIME_LOST), nothing recorded for what did not run;
 - **retries**: a task whose worker or node died, or that Ray's memory monitor killed
@@ -29,7 +30,7 @@ import time
 from sweep.runtime import RUNTIME_PROBE_S, local_runtime_exited, runtime_lost
 
 GRACE_S = 30.0  # after Ctrl-C / SIGTERM: how long running trials may take to finish
-STOP_CHECK_S = 60.0  # how long a task waits for the stop flag's answer (none: it stops)
+STOP_CHECK_S = 10.0  # how long a task waits for the stop flag's answer (none: it goes on)
 KILL_GRACE_S = 30.0  # a task killed over resources.trial_timeout: how long its end may take
 PROGRESS_LINE_S = 60.0  # progress=true without a terminal: one progress line per minute
 EXIT_RUNTIME_LOST = 3
@@ -71,8 +72,8 @@ class StopFlag:
     """The driver's "no new trials" flag for its tasks: a Ray actor (``_Flag``: no CPU, placed
     on the driver's node when Ray says which, owned by the driver, so it dies with it) whose
     ``handle`` every task gets and asks before each trial (``stop_asked``). ``set`` is
-    idempotent and never raises; ``answers`` probes it from the driver; ``renew`` replaces an
-    actor that no longer answers; ``close`` kills it (a task that asks then stops)."""
+    idempotent and never raises; ``close`` sets it and kills the actor. The flag only stops
+    trials from starting after a signal: a task that cannot reach it goes on, as without one."""
 
     def __init__(self, ray):
         self.ray = ray
@@ -80,8 +81,8 @@ class StopFlag:
         self.stopped = False
 
     def _start(self):
-        try:  # next to the driver, so that it dies only with it (a Ray Client driver has no
-            # node here: Ray's default placement then)
+        try:  # next to the driver, so that it dies only with it (under Ray Client: the head
+            # node; where Ray cannot say, its default placement)
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             where = NodeAffinitySchedulingStrategy(
@@ -101,42 +102,39 @@ class StopFlag:
         except Exception:  # (Ray itself failing: the loop finds out; a task that cannot ask
             pass  # stops anyway)
 
-    def answers(self, timeout: float) -> bool:
-        """Whether the actor answers the driver within ``timeout`` seconds."""
-        try:
-            self.handle.is_set.remote().future().result(timeout=timeout)
-            return True
-        except Exception:
-            return False
-
-    def renew(self) -> None:
-        """A new actor (set if this one was) in place of one that does not answer."""
-        self.close()
-        self.handle = self._start()
-        if self.stopped:
-            self.stopped = False
-            self.set()
-
     def close(self) -> None:
+        """Set (a task still asking it stops), then the actor killed (one asking later runs
+        its trials, as with no flag: by then its driver's loop has ended)."""
+        self.set()
         try:
-            self.ray.kill(self.handle)
+            self.ray.kill(self.handle, no_restart=True)
         except Exception:  # (already gone, or the runtime with it)
             pass
 
 
+_UNREACHABLE: set[str] = set()  # in a worker process: flags that did not answer (not asked again)
+
+
 def stop_asked(stop) -> bool:
     """In a task, before each trial: whether the driver's ``StopFlag`` (its ``handle``; None:
-    never) says to start no trial; True also when the flag does not answer within STOP_CHECK_S
-    seconds or raises (its driver or actor gone), so that no trial starts then. About a
-    millisecond (one actor call). Waits on the call's future, not in ``ray.get``: a task
-    blocked in ``ray.get`` hands its CPU back to Ray meanwhile, which may start a queued task
-    on it (two trials on one CPU)."""
+    never) says to start no trial. About a millisecond (one actor call). A flag that does not
+    answer within STOP_CHECK_S seconds or raises (its actor killed, e.g. by Ray's memory
+    monitor, or its driver gone) says go on, and this process does not ask it again: the flag
+    only keeps trials from starting after a signal, and a trial must never be lost to it (a
+    task whose driver died is ended by Ray; a stale attempt's write is refused by the
+    write-once guard). Waits on the call's future, not in ``ray.get``: a task blocked in
+    ``ray.get`` hands its CPU back to Ray meanwhile, which may start a queued task on it (two
+    trials on one CPU)."""
     if stop is None:
+        return False
+    key = repr(stop)
+    if key in _UNREACHABLE:
         return False
     try:
         return bool(stop.is_set.remote().future().result(timeout=STOP_CHECK_S))
     except Exception:
-        return True
+        _UNREACHABLE.add(key)
+        return False
 
 
 class Work:
@@ -201,11 +199,7 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
     ``slots``: tasks that can run at once; ``progress``: a bar on a terminal, else a line per
     PROGRESS_LINE_S. Raises DispatchStopped (nothing recorded for what did not run) after a
     signal or when the runtime is gone; LockHeld when ``lock`` was lost. Its ``StopFlag``
-    lives while it runs: set at the first signal, killed when it ends (so that a task left
-    running, e.g. after LockHeld, starts no more trials either). A task that ran fewer than
-    its trials though no signal came (its flag did not answer it) has the rest submitted again
-    (an attempt, as after a dead worker; a new flag if the driver cannot reach it either), then
-    DispatchStopped (EXIT_RUNTIME_LOST)."""
+    lives while it runs: set at the first signal, set and killed when it ends."""
     import signal
     import threading
 
@@ -337,18 +331,9 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                     landed(work.failed(done, e, attempt + 1))
                     continue
                 landed(work.done(done, results))
-                rest = done[len(results):]  # not run: the stop flag said so, or did not answer
-                if rest and stop["signal"] is None:
-                    if attempt >= resources.max_retries:
-                        raise _runtime_stop(
-                            f"tasks could not reach the driver's stop flag (a Ray actor) "
-                            f"{attempt + 1} times", work.counts)
-                    if not flag.answers(RUNTIME_PROBE_S):
-                        flag.renew()
-                    retry.append((rest, attempt + 1))
-                    log(f"note: a task ran {len(results)} of its {len(done)} trials: it could "
-                        "not reach the driver's stop flag; running the others again (retry "
-                        f"{attempt + 1} of {resources.max_retries})")
+                rest = done[len(results):]  # not run: the stop flag said so
+                if rest and stop["signal"] is None:  # (only a signal sets it while this runs)
+                    retry.append((rest, attempt))
             bar.set_postfix(**work.postfix(), running=min(len(in_flight), slots),
                             refresh=False)
             bar.refresh()
@@ -359,13 +344,15 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                     f"{now - lines['t0']:.0f} s (" + ", ".join(
                         f"{v} {k}" for k, v in work.counts.items() if v) + ")")
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if unrelay is not None:
+        if unrelay is not None:  # (first: the wakeup fd back before its socket closes)
             unrelay()
-        flag.close()
-        bar.close()
-        work.close()
+        try:  # (the handlers last: a Ctrl-C meanwhile is counted, not a KeyboardInterrupt)
+            flag.close()
+            bar.close()
+            work.close()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
     if stop["signal"] is not None and settled < work.total:  # else: all ran
         name = signal.Signals(stop["signal"]).name
         raise DispatchStopped(f"stopped by {name}", 128 + int(stop["signal"]), work.counts)
@@ -426,7 +413,7 @@ class Tasks:
         import math
         import os
 
-        from sweep.runtime import check_gpus, start_ray
+        from sweep.runtime import check_cpus, check_gpus, start_ray
         from sweep.watch import Watch
         from workers.checkpoint import parse_budget
 
@@ -434,6 +421,7 @@ class Tasks:
         self.ray = start_ray(cfg)
         res = cfg.resources
         check_gpus(self.ray, res.gpus_per_trial)
+        check_cpus(self.ray, res.cpus_per_trial)
         self.remote = self.ray.remote(fn)
         self.options = dict(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
                             max_retries=0, retry_exceptions=False)

@@ -97,7 +97,7 @@ def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, downl
             spec = TrialSpec.from_json(text, ms)
             only = replace(spec, metrics=replace(ms, measures=tuple(names.split(","))))
             if marker is not None:
-                marker.begin(spec.trial_id)  # (and the previous trial's marker removed)
+                marker.begin(spec.trial_id)
             try:
                 d = spec.data
                 set_phase("loading data")
@@ -113,6 +113,8 @@ def _measure_remote(items: list[tuple[str, str]], out_dir: str, data_root, downl
                              sum(raised(o.error) for o in outcomes.values())))
             except Exception as e:
                 done.append((spec.trial_id, f"{type(e).__name__}: {e}"[:500], 0))
+            if marker is not None:  # (ended: the next stop-flag question is not its time)
+                marker.end()
     return done
 
 

@@ -187,6 +187,19 @@ def check_gpus(ray, per_trial: float) -> None:
                           f"{have:g} GPUs; allowed: 0 here (CPU), or a cluster with GPUs")
 
 
+def check_cpus(ray, per_trial: float) -> None:
+    """A one-line refusal when trials ask for more CPUs than any node of the Ray cluster has (a
+    task runs on one node: they would wait forever). A local Ray has the CPUs this process may
+    use (``workers.cores.usable_cores``) unless ``cluster.num_cpus`` says otherwise."""
+    have = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")),
+               default=0)
+    if per_trial > have:
+        raise ConfigError(f"resources.cpus_per_trial: {per_trial:g}, but the largest node of the "
+                          f"Ray cluster has {have:g} CPUs (a local Ray: those this process may "
+                          f"use, its affinity mask or cgroup quota); allowed: at most {have:g}, or "
+                          "cluster.num_cpus=N for a local Ray of N CPUs")
+
+
 def local_runtime_exited(ray) -> str | None:
     """For a local Ray this driver started: which of its raylet and GCS processes exited (a
     cheap poll of processes we hold), else None."""

@@ -156,12 +156,13 @@ def test_train_trials_start_no_more_after_ctrl_c(ray_local, tmp_path, flags, tri
     assert not list((out / "running").glob("*.json"))  # (no marker: no time limit)
 
 
-def test_a_flag_that_does_not_answer_stops_its_tasks_and_the_driver_runs_their_trials_again(
+def test_a_flag_that_does_not_answer_loses_no_trial(
         ray_local, tmp_path, flags, capsys):
     """No signal, but the flag's actor dies while the first unit of 3 runs its first trial (as
-    when Ray's memory monitor kills it): the tasks that ask it start no trial (they cannot
-    tell), and the driver, which got no signal, starts a new flag and submits their trials
-    again (a retry); every trial runs once and the launch ends normally."""
+    when Ray's memory monitor kills it, which the suite's memory tests provoke): the tasks
+    that ask it go on as without a flag, so every trial runs once, none is retried, and the
+    launch ends normally (before: each task stopped and the launch ended "could not reach the
+    driver's stop flag")."""
     import ray
 
     from sweep.driver import launch
@@ -196,8 +197,8 @@ def test_a_flag_that_does_not_answer_stops_its_tasks_and_the_driver_runs_their_t
                              ONE_SLOT, "resources.trials_per_task=3", f"out={out}"]))
     assert "error" not in box, box["error"]
     err = capsys.readouterr().err
-    assert "could not reach the driver's stop flag; running the others again (retry 1" in err, err
-    assert len(flags) == 1 and flags[0].handle is not box["killed"]  # a new actor in its place
+    assert "retry" not in err and "stop flag" not in err, err
+    assert len(flags) == 1
     df = load_results(out)
     assert len(df) == 12 and (df.status == "ok").all() and df.trial_id.is_unique, df
     assert len(started(gate_dir)) == 12, started(gate_dir)  # each trial ran once

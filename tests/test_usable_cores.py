@@ -29,25 +29,26 @@ def _tree(tmp_path, v2=None, v1=None, leaf="job_7/step_0"):
     return root, proc
 
 
-@pytest.mark.parametrize("v2, v1, cap", [
-    ({}, None, None),  # no limit anywhere
-    ({"": "max 100000\n"}, None, None),  # the root unlimited
-    ({"": "150000 100000\n"}, None, 2),  # a container's quota of 1.5 CPUs: 2 processes
-    ({"": "50000 100000\n"}, None, 1),
-    ({"job_7": "400000 100000\n", "job_7/step_0": "max 100000\n"}, None, 4),  # an ancestor
-    ({"job_7": "800000 100000\n", "job_7/step_0": "300000 100000\n"}, None, 3),  # the tightest
-    ({"": "garbage\n"}, None, None),
-    ({}, (200000, 100000), 2),  # cgroup v1
-    ({}, (-1, 100000), None),  # v1 without a quota
+@pytest.mark.parametrize("v2, v1, limit, cap", [
+    ({}, None, None, None),  # no limit anywhere
+    ({"": "max 100000\n"}, None, None, None),  # the root unlimited
+    ({"": "150000 100000\n"}, None, 1.5, 2),  # a container's quota of 1.5 CPUs: 2 processes
+    ({"": "50000 100000\n"}, None, 0.5, 1),
+    ({"job_7": "400000 100000\n", "job_7/step_0": "max 100000\n"}, None, 4.0, 4),  # ancestor
+    ({"job_7": "800000 100000\n", "job_7/step_0": "300000 100000\n"}, None, 3.0, 3),  # tightest
+    ({"job_7": "100000 100000\n", "job_7/step_0": "300000 100000\n"}, None, 1.0, 1),
+    ({"": "garbage\n"}, None, None, None),
+    ({}, (200000, 100000), 2.0, 2),  # cgroup v1
+    ({}, (-1, 100000), None, None),  # v1 without a quota
 ])
-def test_a_cgroup_quota_caps_the_cores(tmp_path, v2, v1, cap):
+def test_a_cgroup_quota_caps_the_cores(tmp_path, v2, v1, limit, cap):
     from workers.cores import cgroup_cpu_limit, usable_cores
 
     root, proc = _tree(tmp_path, v2, v1)
     mask = len(os.sched_getaffinity(0))
     assert usable_cores(root, proc) == (mask if cap is None else max(1, min(mask, cap)))
-    limit = cgroup_cpu_limit(root, proc)
-    assert (limit is None) == (cap is None)
+    got = cgroup_cpu_limit(root, proc)
+    assert got == (None if limit is None else pytest.approx(limit))
     assert usable_cores(tmp_path / "absent", tmp_path / "absent") == mask
 
 
@@ -72,6 +73,26 @@ def test_a_local_ray_gets_the_usable_cores_when_none_are_configured(monkeypatch)
                                                                   num_cpus=configured))
         runtime.start_ray(cfg)
         assert seen["num_cpus"] == want
+
+
+def test_trials_asking_more_cpus_than_any_node_has_are_refused_in_one_line():
+    """``sweep.runtime.check_cpus``: a trial runs on one node; asking for more CPUs than the
+    largest live node has would wait forever (a local Ray sized by ``usable_cores`` inside a
+    one-CPU allocation, with ``resources.cpus_per_trial=2``)."""
+    import types
+
+    from sweep.config import ConfigError
+    from sweep.runtime import check_cpus
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 8.0}}]  # a dead node does not count
+    ray = types.SimpleNamespace(nodes=lambda: nodes)
+    check_cpus(ray, 1)
+    check_cpus(ray, 0.5)
+    with pytest.raises(ConfigError) as e:
+        check_cpus(ray, 2)
+    assert "resources.cpus_per_trial: 2" in str(e.value) and "has 1 CPUs" in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a machine with 2 CPUs")

@@ -59,17 +59,15 @@ def _cover(levels: tuple[int, ...],
         [tuple(sorted(s)) for s in sets]
         + [j for r in range(2, top + 1) for j in itertools.combinations(cols, r)
            if math.prod(levels[c] for c in j) <= JOINT_CLASSES]))
-    todo = set(sets)
+    # each candidate's sets as a bitmask (bit q: sets[q] inside it), its cost once
+    masks = [sum(1 << q for q, s in enumerate(sets) if set(s) <= set(j)) for j in cands]
+    cost = [JOINT_OVERHEAD + (math.prod(levels[c] for c in j) + 7) // 8 for j in cands]
+    todo = (1 << len(sets)) - 1
     out = []
     while todo:
-        def gain(j):
-            new = sum(1 for s in todo if set(s) <= set(j))
-            k = math.prod(levels[c] for c in j)
-            return new / (JOINT_OVERHEAD + (k + 7) // 8)
-
-        best = max(cands, key=gain)
-        out.append(best)
-        todo = {s for s in todo if not set(s) <= set(best)}
+        best = max(range(len(cands)), key=lambda t: (masks[t] & todo).bit_count() / cost[t])
+        out.append(cands[best])
+        todo &= ~masks[best]
     return tuple(out)
 
 

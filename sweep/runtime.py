@@ -188,9 +188,11 @@ def check_gpus(ray, per_trial: float) -> None:
 
 
 def check_cpus(ray, per_trial: float) -> None:
-    """A one-line refusal when trials ask for more CPUs than any node of the Ray cluster has (a
-    task runs on one node: they would wait forever). A local Ray has the CPUs this process may
-    use (``workers.cores.usable_cores``) unless ``cluster.num_cpus`` says otherwise."""
+    """A one-line refusal when trials ask for more CPUs than any node of the Ray runtime has (a
+    task runs on one node: they would wait forever). For the local Ray this driver starts (the
+    CPUs this process may use, ``workers.cores.usable_cores``, unless ``cluster.num_cpus`` says
+    otherwise), not an existing cluster, where nodes may still join (an autoscaler, a SLURM
+    allocation's workers starting)."""
     have = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")),
                default=0)
     if per_trial > have:

@@ -117,7 +117,7 @@ _UNREACHABLE: set[str] = set()  # in a worker process: flags that did not answer
 
 def stop_asked(stop) -> bool:
     """In a task, before each trial: whether the driver's ``StopFlag`` (its ``handle``; None:
-    never) says to start no trial. About a millisecond (one actor call). A flag that does not
+    never) says to start no trial. A few milliseconds (one actor call). A flag that does not
     answer within STOP_CHECK_S seconds or raises (its actor killed, e.g. by Ray's memory
     monitor, or its driver gone) says go on, and this process does not ask it again: the flag
     only keeps trials from starting after a signal, and a trial must never be lost to it (a

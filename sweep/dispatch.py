@@ -100,7 +100,7 @@ class StopFlag:
         try:
             self.handle.set.remote()
         except Exception:  # (Ray itself failing: the loop finds out; a task that cannot ask
-            pass  # stops anyway)
+            pass  # runs its trials, as with no flag)
 
     def close(self) -> None:
         """Set (a task still asking it stops), then the actor killed (one asking later runs

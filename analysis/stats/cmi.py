@@ -37,7 +37,7 @@ from analysis.stats.configs import _Configs, _configs, _dense_rank, _kernels, _p
 # theirs holds every set inside it, and each set's counts are sums of the joint's cells (exact
 # integers). A joint has at most JOINT_CLASSES classes (its (k, k) block stays in the caches),
 # chosen greedily (``_cover``). At 10^5 trials and 8 hyperparameters: 28 sets in 14 joints,
-# the dominance count about 1.3x faster (bench/README.md).
+# the dominance count about 1.2x faster (bench/README.md, bench/stats_parts.py).
 JOINT_CLASSES = 128
 JOINT_OVERHEAD = 8  # the fixed cost of a column group, in 8-lane vector additions
 JOINT_MAX_COLUMNS = 12  # with more varying hyperparameters every set is counted on its own

@@ -71,6 +71,15 @@ def _cover(levels: tuple[int, ...],
     return tuple(out)
 
 
+def _class_of(codes: np.ndarray, levels: Sequence[int], cols: Sequence[int]) -> np.ndarray:
+    """(n,) int64: each row's class under the columns ``cols`` of ``codes`` (n, h), the mixed
+    radix of their codes, the first column most significant (0 .. prod(levels[cols]) - 1)."""
+    c = np.zeros(codes.shape[0], dtype=np.int64)
+    for col in cols:
+        c = c * int(levels[col]) + codes[:, col]
+    return c
+
+
 class _SetClasses:
     """Each configuration's class under each column group of the conditioning sets' cover
     (``_cover``: a set's counts are sums of its group's), laid out for the kernels
@@ -96,10 +105,7 @@ class _SetClasses:
         dtype = np.int8 if top <= 2**7 else np.int16 if top <= 2**15 else np.int32
         self.cls = np.zeros((n, len(self.joints)), dtype=dtype)
         for q, j in enumerate(self.joints):
-            c = np.zeros(n, dtype=np.int64)
-            for col in j:
-                c = c * lv[col] + codes[:, col]
-            self.cls[:, q] = c
+            self.cls[:, q] = _class_of(codes, lv, j)
         # per set: its group, and the axes of the group's (levels..., levels...) table to sum
         self.place = {}
         for s in self.sets:
@@ -111,10 +117,8 @@ class _SetClasses:
             self.place[s] = (q, drop, perm, math.prod(lv[c] for c in s))
         self.size = {}
         for s in self.sets:
-            c = np.zeros(n, dtype=np.int64)
-            for col in s:
-                c = c * lv[col] + codes[:, col]
-            self.size[s] = np.bincount(c, minlength=self.place[s][3]).astype(np.float64)
+            self.size[s] = np.bincount(_class_of(codes, lv, s),
+                                       minlength=self.place[s][3]).astype(np.float64)
         self.levels = lv
 
     def _counts(self) -> np.ndarray:

@@ -28,8 +28,8 @@ from sweep.evaluate import run as evaluate_missing
 from sweep.lock import LOCK_FILE, DriverLock
 from sweep.plan import grid_note, manifest_table, plan_pairs, plan_trials, seed_note
 from sweep.runtime import (LOOPBACK, RUNTIME_PROBE_S, check_gpus, check_loopback,  # noqa: F401
-                           largest_node_memory, local_runtime_exited, loopback_node,
-                           runtime_lost, start_ray)
+                           check_resources, largest_node_memory, local_runtime_exited,
+                           loopback_node, runtime_lost, start_ray)
 from sweep.trials import (_file_stamp, _record_system_failure, _record_timeout,  # noqa: F401
                           _result_status, _run_remote, dispatch, iter_units, make_units,
                           memory_note, saves_weights, task_memory)
@@ -243,8 +243,7 @@ def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch",
     sweep directory. ``out``: ``cfg.out_dir()`` as opened already (``open_out``: `sweep
     resume` opens it to read its configuration); None: opened here. Progress and diagnostics
     go to stderr; the caller prints the result."""
-    if cfg.cluster.address is not None:  # before any work: one line if it cannot be used
-        start_ray(cfg)
+    check_resources(cfg)  # before any work: one line if the trials cannot run there
     out, planned = _checked_out(cfg, out)
     with DriverLock(out, command, log=log) as lock:
         out, plan = prepare(cfg, planned, out)

@@ -195,11 +195,32 @@ def check_cpus(ray, per_trial: float) -> None:
     allocation's workers starting)."""
     have = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")),
                default=0)
+    _refuse_cpus(per_trial, have, "the largest node of the Ray cluster has")
+
+
+def _refuse_cpus(per_trial: float, have: float, where: str) -> None:
     if per_trial > have:
-        raise ConfigError(f"resources.cpus_per_trial: {per_trial:g}, but the largest node of the "
-                          f"Ray cluster has {have:g} CPUs (a local Ray: those this process may "
-                          f"use, its affinity mask or cgroup quota); allowed: at most {have:g}, or "
-                          "cluster.num_cpus=N for a local Ray of N CPUs")
+        raise ConfigError(f"resources.cpus_per_trial: {per_trial:g}, but {where} {have:g} CPUs "
+                          "(a local Ray: those this process may use, its affinity mask or cgroup "
+                          f"quota); allowed: at most {have:g}, or cluster.num_cpus=N for a local "
+                          "Ray of N CPUs")
+
+
+def check_resources(cfg: SweepConfig) -> None:
+    """Before any work (a plan written, a lock taken), what ``Tasks`` checks again once Ray
+    runs: trials that ask for more CPUs than the local Ray will have (``cluster.num_cpus``, else
+    ``workers.cores.usable_cores``: no Ray needed) or for GPUs the Ray runtime lacks (started
+    here for that question: a local Ray only when trials ask for GPUs; a cluster is connected
+    to already, ``start_ray``). A ConfigError in one line, else nothing."""
+    res = cfg.resources
+    if cfg.cluster.address is None:
+        from workers.cores import usable_cores
+
+        num = cfg.cluster.num_cpus
+        _refuse_cpus(res.cpus_per_trial, num if num is not None else usable_cores(),
+                     "the local Ray will have")
+    if res.gpus_per_trial > 0 or cfg.cluster.address is not None:
+        check_gpus(start_ray(cfg), res.gpus_per_trial)
 
 
 def local_runtime_exited(ray) -> str | None:

@@ -128,3 +128,43 @@ def test_the_report_runs_on_the_cpus_of_its_affinity_mask_not_the_machines():
         script.unlink()
     assert r.returncode == 0, r.stderr[-3000:]
     assert "PROCESSES [1]" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_a_trial_larger_than_the_local_ray_is_refused_before_any_work(tmp_path, capsys):
+    """`sweep launch`, `sweep resume` and `sweep measure` refuse trials that ask for more CPUs
+    than the local Ray will have in one line, exit 2, before a plan is written or a lock taken
+    (``sweep.runtime.check_resources``; before, the refusal came once Ray ran, after the plan)."""
+    from sweep.cli import main
+
+    out = tmp_path / "s"
+    too_big = ["cluster.num_cpus=1", "resources.cpus_per_trial=2"]
+    assert main(["launch", "trials=2", f"out={out}", *too_big]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "resources.cpus_per_trial: 2, but the local Ray will have 1 CPUs" in err
+    assert not out.exists()  # no plan, no sweep.json, no lock
+    assert main(["plan", "trials=2", f"out={out}"]) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    capsys.readouterr()
+    for command in ("resume", "measure"):
+        assert main([command, str(out), *too_big]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "the local Ray will have 1 CPUs" in err, err
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before, command
+    assert main(["launch", "trials=2", f"out={out}", "cluster.num_cpus=2",
+                 "resources.cpus_per_trial=2", "--cfg", "job"]) == 0  # (fits: no refusal)
+
+
+@pytest.mark.skipif(Path("/dev/nvidiactl").exists(), reason="this machine has NVIDIA GPUs")
+def test_gpus_a_local_ray_lacks_are_refused_before_any_work(tmp_path):
+    """The same for GPUs on a machine without any (this one): the local Ray is started for the
+    question, before the plan is written."""
+    from procs import run
+
+    out = tmp_path / "g"
+    r = run([sys.executable, "-m", "sweep.cli", "launch", "trials=1", f"out={out}",
+             "resources.gpus_per_trial=1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+    assert "resources.gpus_per_trial: 1, but the Ray cluster has 0 GPUs" in r.stderr
+    assert not out.exists()

@@ -52,6 +52,82 @@ def test_a_cgroup_quota_caps_the_cores(tmp_path, v2, v1, limit, cap):
     assert usable_cores(tmp_path / "absent", tmp_path / "absent") == mask
 
 
+def test_a_cgroup_v1_quota_is_read_along_the_processs_own_path(tmp_path):
+    """cgroup v1 on a host (systemd's ``CPUQuota`` of a slice): the cpu controller's path from
+    /proc/self/cgroup, then its ancestors; a path that is not under the mount (a container's
+    view of the host's path) falls back to the mount's root."""
+    from workers.cores import cgroup_cpu_limit
+
+    root = tmp_path / "cg"
+    for rel, q in (("", -1), ("user.slice", 300000), ("user.slice/job.scope", -1)):
+        d = root / "cpu,cpuacct" / rel
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cpu.cfs_quota_us").write_text(f"{q}\n")
+        (d / "cpu.cfs_period_us").write_text("100000\n")
+    proc = tmp_path / "proc"
+    proc.write_text("4:memory:/user.slice\n2:cpu,cpuacct:/user.slice/job.scope\n0::/\n")
+    assert cgroup_cpu_limit(root, proc) == pytest.approx(3.0)  # the slice above the scope
+    proc.write_text("2:cpu,cpuacct:/docker/abc\n")  # not under the mount: its root, unlimited
+    assert cgroup_cpu_limit(root, proc) is None
+    (root / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("50000\n")
+    assert cgroup_cpu_limit(root, proc) == pytest.approx(0.5)
+
+
+def _memory_tree(tmp_path, v2=None, v1=None, proc_text="0::/job/step\n"):
+    """A fake cgroup tree with memory files: ``v2`` {rel: (max, current, inactive_file)}, ``v1``
+    {rel: (limit, usage, total_inactive_file)} under memory/."""
+    root = tmp_path / "cgm"
+    root.mkdir()
+    for rel, (mx, cur, inact) in (v2 or {}).items():
+        d = root / rel
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "memory.max").write_text(f"{mx}\n")
+        (d / "memory.current").write_text(f"{cur}\n")
+        (d / "memory.stat").write_text(f"anon 5\ninactive_file {inact}\nactive_file 7\n")
+    for rel, (lim, use, inact) in (v1 or {}).items():
+        d = root / "memory" / rel
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "memory.limit_in_bytes").write_text(f"{lim}\n")
+        (d / "memory.usage_in_bytes").write_text(f"{use}\n")
+        (d / "memory.stat").write_text(f"cache 1\ntotal_inactive_file {inact}\n")
+    proc = tmp_path / "proc_mem"
+    proc.write_text(proc_text)
+    return root, proc
+
+
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize("v2, v1, proc_text, room", [
+    ({}, None, "0::/job/step\n", None),
+    ({"": ("max", 5, 0), "job": ("max", 5, 0), "job/step": ("max", 5, 0)}, None,
+     "0::/job/step\n", None),
+    # a SLURM job's --mem=4G: 4 GiB - (3 GiB in use - 1 GiB of inactive cache)
+    ({"job": (4 * GIB, 3 * GIB, GIB), "job/step": ("max", 3 * GIB, GIB)}, None,
+     "0::/job/step\n", 2 * GIB),
+    ({"job": (8 * GIB, GIB, 0), "job/step": (2 * GIB, GIB, 0)}, None, "0::/job/step\n", GIB),
+    ({"job": (GIB, 2 * GIB, 0)}, None, "0::/job\n", 0),  # over its limit: no room, not < 0
+    (None, {"": (2**63 - 4096, GIB, 0), "slurm/uid_1/job_9": (6 * GIB, 2 * GIB, GIB)}, 
+     "4:memory:/slurm/uid_1/job_9\n0::/\n", 5 * GIB),
+    (None, {"": (2**63 - 4096, GIB, 0)}, "4:memory:/slurm/job_9\n", None),
+    (None, {"": (3 * GIB, GIB, 0)}, "4:memory:/docker/abc\n", 2 * GIB),  # a container's view
+])
+def test_the_cgroup_memory_headroom_is_the_tightest_along_the_path(tmp_path, v2, v1, proc_text,
+                                                                    room):
+    from workers.cores import cgroup_memory_headroom, usable_memory
+
+    root, proc = _memory_tree(tmp_path, v2, v1, proc_text)
+    assert cgroup_memory_headroom(root, proc) == room
+    import psutil
+
+    free = psutil.virtual_memory().available
+    got = usable_memory(root, proc)
+    if room is None:
+        assert abs(got - free) < GIB // 4  # (the machine's, read twice)
+    else:
+        assert got <= room
+
+
 def test_a_local_ray_gets_the_usable_cores_when_none_are_configured(monkeypatch):
     """``sweep.runtime.start_ray`` with ``cluster.num_cpus`` null asks Ray for
     ``usable_cores()`` CPUs (Ray's own count ignores the affinity mask); a configured count
@@ -168,3 +244,51 @@ def test_gpus_a_local_ray_lacks_are_refused_before_any_work(tmp_path):
     assert r.stderr.strip().count("\n") == 0, r.stderr
     assert "resources.gpus_per_trial: 1, but the Ray cluster has 0 GPUs" in r.stderr
     assert not out.exists()
+
+
+def test_the_statistics_processes_are_as_many_as_the_memory_holds():
+    """``process_count``: one per usable CPU, but no more than MEMORY_SHARE of the usable memory
+    holds at ``process_bytes`` each (the largest job's), at least one; computed by hand."""
+    from analysis.stats import (MEMORY_SHARE, PROCESS_BYTES, PROCESS_TRIAL_BYTES,
+                                PROCESS_TRIAL_MEASURE_BYTES, process_bytes, process_count)
+
+    jobs = [(100_000, 41), (50_000, 41), (50_000, 41)]
+    need = PROCESS_BYTES + 100_000 * (PROCESS_TRIAL_BYTES + 41 * PROCESS_TRIAL_MEASURE_BYTES)
+    assert process_bytes(100_000, 41) == need
+    assert process_count(jobs, cores=8, memory=64 * GIB) == 8  # the CPUs bound it
+    assert process_count(jobs, cores=8, memory=int(3 * need / MEMORY_SHARE) + 1) == 3
+    assert process_count(jobs, cores=8, memory=int(3 * need / MEMORY_SHARE) - 1) == 2
+    assert process_count(jobs, cores=8, memory=0) == 1  # never none
+    assert process_count(jobs, cores=1, memory=64 * GIB) == 1
+    assert process_count([], cores=8, memory=64 * GIB) == 1
+
+
+def test_a_report_in_a_small_memory_limit_runs_in_one_process(monkeypatch):
+    """``statistics_table(processes=None)`` on a table big enough for processes, with the
+    usable memory below what two of them need: it computes in this process (the progress
+    callback says 1), the same table as with processes=1 (the usable memory read once)."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.stats import FIXED_COST_TRIALS, PARALLEL_ABOVE, process_bytes, statistics_table
+    from analysis.stats import table as table_module
+
+    rng = np.random.default_rng(0)
+    n = 1500
+    df = pd.DataFrame({"width": rng.choice([8, 16, 32], n), "depth": rng.choice([2, 3], n),
+                       "seed": rng.integers(1, 4, n)})
+    df["gen_gap"] = rng.normal(size=n)
+    df["m"] = df["gen_gap"] + rng.normal(size=n)
+    n_boot = -(-PARALLEL_ABOVE // (n + FIXED_COST_TRIALS))
+    reads = []
+    monkeypatch.setattr(table_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(table_module, "usable_memory",
+                        lambda: reads.append(1) or process_bytes(n, 1))
+    seen = set()
+    small = statistics_table(df, ["m"], by=None, n_boot=n_boot, processes=None,
+                             hyperparameters=["width", "depth"],
+                             progress=lambda done, total, p: seen.add(p))
+    assert seen == {1} and reads == [1]
+    one = statistics_table(df, ["m"], by=None, n_boot=n_boot, processes=1,
+                           hyperparameters=["width", "depth"])
+    pd.testing.assert_frame_equal(small, one)

@@ -1,5 +1,5 @@
-"""The CPUs this process may use: what a local Ray and the report's statistics processes are
-sized by when no count is given.
+"""The CPUs and memory this process may use: what a local Ray and the report's statistics
+processes are sized by when no count is given.
 
 ``os.cpu_count()`` (and Ray's own detection, which reads a container's cgroup files but not the
 affinity mask) counts every core of the machine. Inside a SLURM allocation on a shared node
@@ -25,40 +25,141 @@ def _quota(quota: str, period: str) -> float | None:
     return q / p if q > 0 and p > 0 else None
 
 
+def _cgroup_paths(proc_cgroup: str | os.PathLike) -> dict[str, str]:
+    """This process's cgroup path per hierarchy from ``/proc/self/cgroup``: "" for the cgroup v2
+    one ("0::<path>"), else each v1 controller's name ("4:memory:<path>" gives "memory"); the
+    paths relative, without a leading "/". {} if it cannot be read."""
+    out = {}
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        rel = parts[2].strip().lstrip("/")
+        if parts[0] == "0" and parts[1] == "":
+            out[""] = rel
+        for name in parts[1].split(","):
+            if name:
+                out[name] = rel
+    return out
+
+
+def _upwards(top: Path, rel: str):
+    """``top``/``rel``, then each directory above it, up to and including ``top``; when
+    ``rel`` is not under ``top`` (a container that sees its own cgroup as the mount's root,
+    while /proc/self/cgroup names the host's path), ``top`` alone."""
+    d = top / rel if rel else top
+    if not d.is_dir():
+        yield top
+        return
+    while True:
+        yield d
+        if d == top or top not in d.parents:
+            return
+        d = d.parent
+
+
+def _v1_mounts(root: Path, controller: str) -> list[Path]:
+    """The directories a cgroup v1 ``controller`` may be mounted at under ``root``."""
+    names = {"cpu": ("cpu,cpuacct", "cpu"), "memory": ("memory",)}[controller]
+    return [root / n for n in names if (root / n).is_dir()][:1]
+
+
 def cgroup_cpu_limit(root: str | os.PathLike = CGROUP_ROOT,
                      proc_cgroup: str | os.PathLike = PROC_CGROUP) -> float | None:
     """The tightest CFS CPU quota over this process's cgroup and its ancestors, in CPUs (float),
     or None where there is none or it cannot be read. cgroup v2: ``cpu.max`` ("<quota>
     <period>" or "max <period>") of the cgroup ``proc_cgroup`` names ("0::<path>") under
     ``root`` and of each directory above it up to ``root``; cgroup v1: ``cpu.cfs_quota_us`` /
-    ``cpu.cfs_period_us`` under ``root``/cpu,cpuacct or ``root``/cpu (a container's view)."""
+    ``cpu.cfs_period_us`` of the cpu controller's cgroup ("N:cpu,cpuacct:<path>") under
+    ``root``/cpu,cpuacct or ``root``/cpu and of each directory above it (a host's systemd
+    ``CPUQuota``), or of that mount's root alone where the path is not under it (a container's
+    view)."""
     root = Path(root)
+    paths = _cgroup_paths(proc_cgroup)
     limits = []
-    rel = ""
-    try:
-        for line in Path(proc_cgroup).read_text().splitlines():
-            if line.startswith("0::"):
-                rel = line[3:].strip().lstrip("/")
-    except OSError:
-        pass
-    d = root / rel if rel else root
-    while True:
+    for d in _upwards(root, paths.get("", "")):
         try:
             limits.append(_quota(*(d / "cpu.max").read_text().split()[:2]))
         except (OSError, ValueError, TypeError):
             pass
-        if d == root or root not in d.parents:
-            break
-        d = d.parent
-    for v1 in ("cpu,cpuacct", "cpu"):
-        try:
-            limits.append(_quota((root / v1 / "cpu.cfs_quota_us").read_text(),
-                                 (root / v1 / "cpu.cfs_period_us").read_text()))
-            break
-        except (OSError, ValueError):
-            continue
+    for top in _v1_mounts(root, "cpu"):
+        for d in _upwards(top, paths.get("cpu", "")):
+            try:
+                limits.append(_quota((d / "cpu.cfs_quota_us").read_text(),
+                                     (d / "cpu.cfs_period_us").read_text()))
+            except (OSError, ValueError):
+                pass
     limits = [x for x in limits if x is not None]
     return min(limits) if limits else None
+
+
+# a cgroup v1 memory limit at or above this is "no limit" (the kernel writes 2^63 - 4096)
+_V1_UNLIMITED = 1 << 62
+
+
+def _stat_value(path: Path, key: str) -> int:
+    """The value of ``key`` in a cgroup ``memory.stat`` file, 0 if absent or unreadable."""
+    try:
+        for line in path.read_text().splitlines():
+            k, _, v = line.partition(" ")
+            if k == key:
+                return int(v)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def cgroup_memory_headroom(root: str | os.PathLike = CGROUP_ROOT,
+                           proc_cgroup: str | os.PathLike = PROC_CGROUP) -> int | None:
+    """Bytes this process's cgroup and each of its ancestors may still take before their
+    memory limit, the smallest of them, or None where none has a limit (or none can be read):
+    the limit minus what is in use, less the inactive file cache the kernel reclaims first
+    (Kubernetes's "working set"). cgroup v2: ``memory.max`` - (``memory.current`` -
+    ``inactive_file`` of ``memory.stat``) along the path as ``cgroup_cpu_limit`` walks it (a
+    SLURM job's ``--mem``, a pod's limit); v1: ``memory.limit_in_bytes`` -
+    (``memory.usage_in_bytes`` - ``total_inactive_file``) of the memory controller's cgroup
+    and each directory above it. Never below 0."""
+    root = Path(root)
+    paths = _cgroup_paths(proc_cgroup)
+    rooms = []
+    for d in _upwards(root, paths.get("", "")):
+        try:
+            limit = (d / "memory.max").read_text().strip()
+            if limit == "max":
+                continue
+            used = int((d / "memory.current").read_text())
+            used -= _stat_value(d / "memory.stat", "inactive_file")
+            rooms.append(int(limit) - max(used, 0))
+        except (OSError, ValueError):
+            pass
+    for top in _v1_mounts(root, "memory"):
+        for d in _upwards(top, paths.get("memory", "")):
+            try:
+                limit = int((d / "memory.limit_in_bytes").read_text())
+                if limit >= _V1_UNLIMITED:
+                    continue
+                used = int((d / "memory.usage_in_bytes").read_text())
+                used -= _stat_value(d / "memory.stat", "total_inactive_file")
+                rooms.append(limit - max(used, 0))
+            except (OSError, ValueError):
+                pass
+    return max(0, min(rooms)) if rooms else None
+
+
+def usable_memory(root: str | os.PathLike = CGROUP_ROOT,
+                  proc_cgroup: str | os.PathLike = PROC_CGROUP) -> int:
+    """Bytes this process may still allocate without being killed or swapping: the machine's
+    available memory (``psutil.virtual_memory().available``), capped by the cgroup memory
+    headroom (``cgroup_memory_headroom``: a SLURM job's ``--mem``, a container's limit)."""
+    import psutil
+
+    free = int(psutil.virtual_memory().available)
+    room = cgroup_memory_headroom(root, proc_cgroup)
+    return free if room is None else min(free, room)
 
 
 def usable_cores(root: str | os.PathLike = CGROUP_ROOT,

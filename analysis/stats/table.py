@@ -21,7 +21,7 @@ from analysis.stats.evaluate import _all_statistics, _JobRows
 from analysis.stats.registry import (
     LARGER_IS_BETTER, RANK_BY, REGISTRY, STATISTICS, check_statistic,
 )
-from workers.cores import usable_cores
+from workers.cores import usable_cores, usable_memory
 
 # statistics_table: (trials + FIXED_COST_TRIALS) x measures x (replicates + 1) from which it runs
 # in processes; an evaluation costs about as much as this many trials even on a tiny table
@@ -31,6 +31,17 @@ FIXED_COST_TRIALS = 200
 TABLE_COLUMNS = ["group", "measure", "sign", "target", "statistic", "value", "ci_low", "ci_high",
                  "ci_method", "n_trials", "n_configs", "n_used", "rank", "better", "n_seeds",
                  "few_seeds"]
+# A statistics process's peak memory (resident; bench/stats_memory.py, where the model is set
+# against each process's measured peak): PROCESS_BYTES whatever it computes (the interpreter,
+# numpy, pandas, scipy, numba's kernels), + PROCESS_TRIAL_BYTES per trial row of the largest job
+# it is given + PROCESS_TRIAL_MEASURE_BYTES per trial row and measure of that job (a job: the
+# measures of one group over the same rows). With processes=None, no more processes run than
+# MEMORY_SHARE of the memory this process may use holds (``workers.cores.usable_memory``: a
+# SLURM job's --mem, a container's limit, else the machine's available memory)
+PROCESS_BYTES = 320 << 20
+PROCESS_TRIAL_BYTES = 2048
+PROCESS_TRIAL_MEASURE_BYTES = 56
+MEMORY_SHARE = 0.8
 # An interval resampled over fewer seeds than this has only a handful of distinct resamples
 # (2 seeds: 3 of them): ``few_seeds`` marks it (the paper used 8 seeds)
 FEW_SEEDS = 5
@@ -92,6 +103,27 @@ def _group_label(v) -> str:
     return "null" if pd.isna(v) else str(v)
 
 
+def process_bytes(trials: int, measures: int) -> int:
+    """The modelled peak memory in bytes of a statistics process given a job of ``trials`` rows
+    and ``measures`` measures (PROCESS_BYTES + per trial + per trial and measure)."""
+    return PROCESS_BYTES + trials * (PROCESS_TRIAL_BYTES + PROCESS_TRIAL_MEASURE_BYTES * measures)
+
+
+def process_count(jobs: Sequence[tuple[int, int]], cores: int | None = None,
+                  memory: int | None = None) -> int:
+    """How many statistics processes to run (``processes=None``), >= 1: one per usable CPU
+    (``cores``; None: ``workers.cores.usable_cores()``), but no more than MEMORY_SHARE of
+    ``memory`` bytes (None: ``workers.cores.usable_memory()``) holds, each as large as the
+    largest job needs (``process_bytes``; ``jobs``: (trial rows, measures) per job). One process
+    computes in this one, starting none."""
+    cores = usable_cores() if cores is None else cores
+    if cores <= 1 or not jobs:
+        return 1
+    memory = usable_memory() if memory is None else memory
+    need = max(process_bytes(n, m) for n, m in jobs)
+    return max(1, min(cores, int(MEMORY_SHARE * memory // need)))
+
+
 def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
                      target: str = "gen_gap", by: str | None = "dataset", n_boot: int = 200,
                      seed: int = 0, *, hyperparameters: Sequence[str] | None = None,
@@ -123,7 +155,8 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     depends on the configurations and the target alone (one-factor pairs, the target's order
     counts). ``processes``: each group's n_boot + 1 evaluations run in parts in that many
     spawned processes (default 1: in this process; None: one per usable CPU, ``usable_cores``,
-    once trials x measures x (n_boot + 1) reaches ``PARALLEL_ABOVE``, counting
+    as many as the usable memory holds, ``process_count``, once trials x measures x
+    (n_boot + 1) reaches ``PARALLEL_ABOVE``, counting
     ``FIXED_COST_TRIALS`` more trials per evaluation, as ``sweep report`` does). Spawned
     processes import the caller's main module, so a script that asks for more than one needs the
     ``if __name__ == "__main__":`` guard. Every part regenerates its group's draws from the
@@ -175,7 +208,7 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     if processes is None:  # only where the work outweighs starting interpreters (~1 s each)
         big = sum((j[2][0].n + FIXED_COST_TRIALS) * len(j[1]) for j in jobs) * (n_boot + 1) \
             >= PARALLEL_ABOVE
-        processes = usable_cores() if big else 1
+        processes = process_count([(j[2][0].n, len(j[1])) for j in jobs]) if big else 1
     total = sum(len(j[1]) for j in jobs) * (n_boot + 1)  # evaluations of one measure
     first = sum(len(j[1]) for j in jobs)
     # each job's estimate (evaluation 0), then its n_boot replicates in parts (about two per

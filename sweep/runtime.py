@@ -209,11 +209,15 @@ def _refuse_cpus(per_trial: float, have: float, where: str) -> None:
 def check_resources(cfg: SweepConfig) -> None:
     """Before any work (a plan written, a lock taken), what ``Tasks`` checks again once Ray
     runs: trials that ask for more CPUs than the local Ray will have (``cluster.num_cpus``, else
-    ``workers.cores.usable_cores``: no Ray needed) or for GPUs the Ray runtime lacks (started
-    here for that question: a local Ray only when trials ask for GPUs; a cluster is connected
-    to already, ``start_ray``). A ConfigError in one line, else nothing."""
+    ``workers.cores.usable_cores``: no Ray needed; a Ray this process runs already: its nodes)
+    or for GPUs the Ray runtime lacks (started here for that question: a local Ray only when
+    trials ask for GPUs; a cluster is connected to already, ``start_ray``). A ConfigError in
+    one line, else nothing."""
     res = cfg.resources
-    if cfg.cluster.address is None:
+    running = sys.modules.get("ray")  # (a Ray this process runs already is the one used)
+    if cfg.cluster.address is None and running is not None and running.is_initialized():
+        check_cpus(running, res.cpus_per_trial)
+    elif cfg.cluster.address is None:
         from workers.cores import usable_cores
 
         num = cfg.cluster.num_cpus

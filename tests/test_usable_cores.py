@@ -292,3 +292,20 @@ def test_a_report_in_a_small_memory_limit_runs_in_one_process(monkeypatch):
     one = statistics_table(df, ["m"], by=None, n_boot=n_boot, processes=1,
                            hyperparameters=["width", "depth"])
     pd.testing.assert_frame_equal(small, one)
+
+
+def test_a_ray_this_process_runs_already_is_the_one_checked(monkeypatch):
+    """``check_resources`` with a local Ray already started in this process (a notebook, the
+    tests' shared Ray): its nodes' CPUs decide, not the usable cores."""
+    import types
+
+    from sweep.config import ConfigError, compose
+    from sweep.runtime import check_resources
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 4.0}}]
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True,
+                                                                  nodes=lambda: nodes))
+    monkeypatch.setattr("workers.cores.usable_cores", lambda *a: 1)
+    check_resources(compose(["resources.cpus_per_trial=4"]))  # the running Ray has 4
+    with pytest.raises(ConfigError, match="the largest node of the Ray cluster has 4 CPUs"):
+        check_resources(compose(["resources.cpus_per_trial=5"]))

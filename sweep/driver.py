@@ -243,7 +243,11 @@ def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch",
     sweep directory. ``out``: ``cfg.out_dir()`` as opened already (``open_out``: `sweep
     resume` opens it to read its configuration); None: opened here. Progress and diagnostics
     go to stderr; the caller prints the result."""
-    check_resources(cfg)  # before any work: one line if the trials cannot run there
+    out = open_out(cfg.out_dir()) if out is None else out
+    if cfg.cluster.address is not None:  # before any work: one line if it cannot be used
+        start_ray(cfg)
+    if not out.exists(PLAN_FILE):  # a new sweep: before it is planned, one line if its trials
+        check_resources(cfg)  # cannot run here (a planned one: once it has trials to run)
     out, planned = _checked_out(cfg, out)
     with DriverLock(out, command, log=log) as lock:
         out, plan = prepare(cfg, planned, out)

@@ -13,7 +13,7 @@ from sweep.config import ConfigError, SweepConfig
 from sweep.dispatch import DispatchStopped, Tasks, Work, log, stop_asked
 from sweep.evaluate import (_after_timeout, _among, _measure_remote, _select,  # noqa: F401
                             missing, raised_keys, run)
-from sweep.runtime import check_resources
+from sweep.runtime import start_ray
 from workers.results.record import Status
 from workers.results.sweep_dir import SweepDir
 
@@ -69,7 +69,8 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
             raise ConfigError(f"--retrain: {bad[0]} is not a finished (ok) trial of {out}; "
                               "allowed: ids of its ok trials, comma-separated (sweep status, "
                               "analysis.load_results)")
-    check_resources(cfg)  # before any work: one line if the trials cannot run there
+    if cfg.cluster.address is not None:  # before any work: one line if it cannot be used
+        start_ray(cfg)
 
     def on_term(signum, frame):
         raise MeasureStopped()

@@ -187,42 +187,54 @@ def check_gpus(ray, per_trial: float) -> None:
                           f"{have:g} GPUs; allowed: 0 here (CPU), or a cluster with GPUs")
 
 
-def check_cpus(ray, per_trial: float) -> None:
+def check_cpus(ray, per_trial: float, running: bool = False) -> None:
     """A one-line refusal when trials ask for more CPUs than any node of the Ray runtime has (a
     task runs on one node: they would wait forever). For the local Ray this driver starts (the
     CPUs this process may use, ``workers.cores.usable_cores``, unless ``cluster.num_cpus`` says
     otherwise), not an existing cluster, where nodes may still join (an autoscaler, a SLURM
-    allocation's workers starting)."""
+    allocation's workers starting). ``running``: a Ray this process had started before the
+    sweep (a notebook's), which ``start_ray`` reuses."""
     have = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")),
                default=0)
-    _refuse_cpus(per_trial, have, "the largest node of the Ray cluster has")
+    if running:
+        _refuse_cpus(per_trial, have, f"the Ray this process runs already has {have:g} CPUs",
+                     "")
+    else:
+        _refuse_cpus(per_trial, have, f"the largest node of the Ray runtime has {have:g} CPUs",
+                     " (a local Ray: those this process may use, its affinity mask or cgroup "
+                     "quota, unless cluster.num_cpus says otherwise)", fix=True)
 
 
-def _refuse_cpus(per_trial: float, have: float, where: str) -> None:
+def _refuse_cpus(per_trial: float, have: float, why: str, detail: str,
+                 fix: bool = False) -> None:
     if per_trial > have:
-        raise ConfigError(f"resources.cpus_per_trial: {per_trial:g}, but {where} {have:g} CPUs "
-                          "(a local Ray: those this process may use, its affinity mask or cgroup "
-                          f"quota); allowed: at most {have:g}, or cluster.num_cpus=N for a local "
-                          "Ray of N CPUs")
+        raise ConfigError(f"resources.cpus_per_trial: {per_trial:g}, but {why}{detail}; allowed: "
+                          f"at most {have:g}" + (", or cluster.num_cpus=N for a local Ray of N "
+                                                 "CPUs" if fix else ""))
 
 
 def check_resources(cfg: SweepConfig) -> None:
-    """Before any work (a plan written, a lock taken), what ``Tasks`` checks again once Ray
-    runs: trials that ask for more CPUs than the local Ray will have (``cluster.num_cpus``, else
+    """What ``Tasks`` checks once Ray runs, asked before a new sweep is planned: trials that ask
+    for more CPUs than the local Ray will have (``cluster.num_cpus``, else
     ``workers.cores.usable_cores``: no Ray needed; a Ray this process runs already: its nodes)
     or for GPUs the Ray runtime lacks (started here for that question: a local Ray only when
-    trials ask for GPUs; a cluster is connected to already, ``start_ray``). A ConfigError in
-    one line, else nothing."""
+    trials ask for GPUs; a cluster is connected to, ``start_ray``). A ConfigError in one line,
+    else nothing."""
     res = cfg.resources
     running = sys.modules.get("ray")  # (a Ray this process runs already is the one used)
     if cfg.cluster.address is None and running is not None and running.is_initialized():
-        check_cpus(running, res.cpus_per_trial)
+        check_cpus(running, res.cpus_per_trial, running=True)
     elif cfg.cluster.address is None:
-        from workers.cores import usable_cores
-
         num = cfg.cluster.num_cpus
-        _refuse_cpus(res.cpus_per_trial, num if num is not None else usable_cores(),
-                     "the local Ray will have")
+        if num is not None:
+            _refuse_cpus(res.cpus_per_trial, num, f"cluster.num_cpus is {num}", "", fix=True)
+        else:
+            from workers.cores import usable_cores
+
+            have = usable_cores()
+            _refuse_cpus(res.cpus_per_trial, have, f"this process may use {have} CPUs",
+                         " (its affinity mask, e.g. a SLURM allocation's, or a cgroup quota)",
+                         fix=True)
     if res.gpus_per_trial > 0 or cfg.cluster.address is not None:
         check_gpus(start_ray(cfg), res.gpus_per_trial)
 

@@ -111,21 +111,33 @@ GIB = 1 << 30
      "4:memory:/slurm/uid_1/job_9\n0::/\n", 5 * GIB),
     (None, {"": (2**63 - 4096, GIB, 0)}, "4:memory:/slurm/job_9\n", None),
     (None, {"": (3 * GIB, GIB, 0)}, "4:memory:/docker/abc\n", 2 * GIB),  # a container's view
+    # a leaf that is not visible: from the deepest part that is
+    ({"job": (4 * GIB, GIB, 0)}, None, "0::/job/step (deleted)\n", 3 * GIB),
+    ({"job": (4 * GIB, GIB, 0)}, None, "0::/job/step/task_0\n", 3 * GIB),
+    ({"": (4 * GIB, GIB, 0)}, None, "0::/../elsewhere\n", 3 * GIB),  # never above the mount
 ])
-def test_the_cgroup_memory_headroom_is_the_tightest_along_the_path(tmp_path, v2, v1, proc_text,
-                                                                    room):
+def test_the_cgroup_memory_headroom_is_the_tightest_along_the_path(tmp_path, monkeypatch, v2, v1,
+                                                                    proc_text, room):
+    import types
+
+    import psutil
+
     from workers.cores import cgroup_memory_headroom, usable_memory
 
     root, proc = _memory_tree(tmp_path, v2, v1, proc_text)
     assert cgroup_memory_headroom(root, proc) == room
-    import psutil
+    for avail in (64 * GIB, GIB // 2):  # the machine's available memory, then less than room
+        monkeypatch.setattr(psutil, "virtual_memory",
+                            lambda: types.SimpleNamespace(available=avail, total=128 * GIB))
+        assert usable_memory(root, proc) == (avail if room is None else min(avail, room))
 
-    free = psutil.virtual_memory().available
-    got = usable_memory(root, proc)
-    if room is None:
-        assert abs(got - free) < GIB // 4  # (the machine's, read twice)
-    else:
-        assert got <= room
+
+def test_a_memory_limit_whose_usage_cannot_be_read_counts_whole(tmp_path):
+    from workers.cores import cgroup_memory_headroom
+
+    root, proc = _memory_tree(tmp_path, {"job": (4 * GIB, GIB, 0)}, None, "0::/job\n")
+    (root / "job" / "memory.current").unlink()
+    assert cgroup_memory_headroom(root, proc) == 4 * GIB
 
 
 def test_a_local_ray_gets_the_usable_cores_when_none_are_configured(monkeypatch):
@@ -206,44 +218,92 @@ def test_the_report_runs_on_the_cpus_of_its_affinity_mask_not_the_machines():
     assert "PROCESSES [1]" in r.stdout, r.stdout + r.stderr[-2000:]
 
 
-def test_a_trial_larger_than_the_local_ray_is_refused_before_any_work(tmp_path, capsys):
-    """`sweep launch`, `sweep resume` and `sweep measure` refuse trials that ask for more CPUs
-    than the local Ray will have in one line, exit 2, before a plan is written or a lock taken
-    (``sweep.runtime.check_resources``; before, the refusal came once Ray ran, after the plan)."""
-    from sweep.cli import main
-
-    out = tmp_path / "s"
-    too_big = ["cluster.num_cpus=1", "resources.cpus_per_trial=2"]
-    assert main(["launch", "trials=2", f"out={out}", *too_big]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0, err
-    assert "resources.cpus_per_trial: 2, but the local Ray will have 1 CPUs" in err
-    assert not out.exists()  # no plan, no sweep.json, no lock
-    assert main(["plan", "trials=2", f"out={out}"]) == 0
-    before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    capsys.readouterr()
-    for command in ("resume", "measure"):
-        assert main([command, str(out), *too_big]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.count("\n") == 0 and "the local Ray will have 1 CPUs" in err, err
-        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before, command
-    assert main(["launch", "trials=2", f"out={out}", "cluster.num_cpus=2",
-                 "resources.cpus_per_trial=2", "--cfg", "job"]) == 0  # (fits: no refusal)
-
-
-@pytest.mark.skipif(Path("/dev/nvidiactl").exists(), reason="this machine has NVIDIA GPUs")
-def test_gpus_a_local_ray_lacks_are_refused_before_any_work(tmp_path):
-    """The same for GPUs on a machine without any (this one): the local Ray is started for the
-    question, before the plan is written."""
+def _cli(args, timeout=600):
+    """``sweep ARGS`` in a fresh process (no Ray of this test process's in the way)."""
     from procs import run
 
-    out = tmp_path / "g"
-    r = run([sys.executable, "-m", "sweep.cli", "launch", "trials=1", f"out={out}",
-             "resources.gpus_per_trial=1"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert r.stderr.strip().count("\n") == 0, r.stderr
-    assert "resources.gpus_per_trial: 1, but the Ray cluster has 0 GPUs" in r.stderr
+    return run([sys.executable, "-m", "sweep.cli", *args], capture_output=True, text=True,
+               timeout=timeout, cwd=ROOT)
+
+
+def test_a_new_sweeps_trials_larger_than_the_local_ray_are_refused_before_it_is_planned(
+        tmp_path):
+    """`sweep launch` of a new sweep refuses trials that ask for more CPUs than the local Ray
+    will have in one line, exit 2, before the plan is made or anything written
+    (``sweep.runtime.check_resources``; before, the refusal came once Ray ran, after the plan
+    was written), naming where the count comes from."""
+    out = tmp_path / "s"
+    r = _cli(["launch", "trials=2", f"out={out}", "cluster.num_cpus=1",
+              "resources.cpus_per_trial=2"])
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
+    assert "resources.cpus_per_trial: 2, but cluster.num_cpus is 1; allowed: at most 1" \
+        in r.stderr
+    assert not out.exists()  # no plan, no sweep.json, no lock
+    r = _cli(["launch", "trials=2", f"out={out}", "resources.cpus_per_trial=999"])
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
+    assert f"but this process may use {len(os.sched_getaffinity(0))} CPUs (its affinity mask" \
+        in r.stderr
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_planned_sweep_is_checked_once_it_has_trials_to_run(tmp_path):
+    """A finished sweep resumed or measured on a smaller machine with nothing to do ends as
+    before (exit 0: the check is for trials that run); a planned one with trials left is
+    refused in one line by the check ``Tasks`` makes, and no trial is recorded."""
+    out = tmp_path / "f"
+    small = ["space.width=[8]", "space.depth=[2]", "train.steps=10", "dataset.train_size=100",
+             "dataset.test_size=40", "space.batch_size=[32]", "progress=false", "figure=false",
+             "measures=[jacobian_norm_test]", "save_weights=true"]
+    r = _cli(["launch", "trials=2", f"out={out}", *small, "cluster.num_cpus=2",
+              "resources.cpus_per_trial=2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    fewer = ["cluster.num_cpus=1"]
+    r = _cli(["resume", str(out), *fewer])
+    assert r.returncode == 0 and "0 to run" in r.stderr, r.stderr[-3000:]
+    r = _cli(["measure", str(out), *fewer])
+    assert r.returncode == 0 and "nothing to evaluate" in r.stderr, r.stderr[-3000:]
+    planned = tmp_path / "p"
+    r = _cli(["plan", "trials=2", f"out={planned}", *small, "resources.cpus_per_trial=2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _cli(["resume", str(planned), *fewer])
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        "sweep: error: resources.cpus_per_trial: 2, but the largest node of the Ray runtime "
+        "has 1 CPUs"), r.stderr[-3000:]
+    assert not list(planned.glob("trials/*.parquet"))
+
+
+def test_check_resources_asks_ray_only_for_gpus_or_a_cluster(monkeypatch):
+    """``check_resources``: no Ray for a CPU-only local sweep; GPUs the runtime lacks refused in
+    one line; a Ray this process runs already (a notebook's, which ``start_ray`` reuses)
+    decides the CPU check by its nodes, not the usable cores."""
+    import types
+
+    from sweep import runtime
+    from sweep.config import ConfigError, compose
+
+    started = []
+    fake = types.SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
+    monkeypatch.setattr(runtime, "start_ray", lambda cfg: started.append(cfg) or fake)
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: False))
+    monkeypatch.setattr("workers.cores.usable_cores", lambda *a: 2)
+    runtime.check_resources(compose(["resources.cpus_per_trial=2"]))
+    assert started == []  # no Ray started to ask
+    with pytest.raises(ConfigError) as e:
+        runtime.check_resources(compose(["resources.gpus_per_trial=1"]))
+    assert "resources.gpus_per_trial: 1, but the Ray cluster has 0 GPUs" in str(e.value)
+    assert "\n" not in str(e.value) and len(started) == 1
+    with pytest.raises(ConfigError, match="but this process may use 2 CPUs"):
+        runtime.check_resources(compose(["resources.cpus_per_trial=3"]))
+    nodes = [{"Alive": True, "Resources": {"CPU": 4.0}}]
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True,
+                                                                  nodes=lambda: nodes))
+    runtime.check_resources(compose(["resources.cpus_per_trial=4"]))  # the running Ray has 4
+    with pytest.raises(ConfigError) as e:
+        runtime.check_resources(compose(["resources.cpus_per_trial=5"]))
+    assert "the Ray this process runs already has 4 CPUs; allowed: at most 4" in str(e.value)
+    assert "cluster.num_cpus" not in str(e.value)  # (it would not change a running Ray)
 
 
 def test_the_statistics_processes_are_as_many_as_the_memory_holds():
@@ -292,20 +352,3 @@ def test_a_report_in_a_small_memory_limit_runs_in_one_process(monkeypatch):
     one = statistics_table(df, ["m"], by=None, n_boot=n_boot, processes=1,
                            hyperparameters=["width", "depth"])
     pd.testing.assert_frame_equal(small, one)
-
-
-def test_a_ray_this_process_runs_already_is_the_one_checked(monkeypatch):
-    """``check_resources`` with a local Ray already started in this process (a notebook, the
-    tests' shared Ray): its nodes' CPUs decide, not the usable cores."""
-    import types
-
-    from sweep.config import ConfigError, compose
-    from sweep.runtime import check_resources
-
-    nodes = [{"Alive": True, "Resources": {"CPU": 4.0}}]
-    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True,
-                                                                  nodes=lambda: nodes))
-    monkeypatch.setattr("workers.cores.usable_cores", lambda *a: 1)
-    check_resources(compose(["resources.cpus_per_trial=4"]))  # the running Ray has 4
-    with pytest.raises(ConfigError, match="the largest node of the Ray cluster has 4 CPUs"):
-        check_resources(compose(["resources.cpus_per_trial=5"]))

@@ -48,16 +48,22 @@ def _cgroup_paths(proc_cgroup: str | os.PathLike) -> dict[str, str]:
 
 
 def _upwards(top: Path, rel: str):
-    """``top``/``rel``, then each directory above it, up to and including ``top``; when
-    ``rel`` is not under ``top`` (a container that sees its own cgroup as the mount's root,
-    while /proc/self/cgroup names the host's path), ``top`` alone."""
-    d = top / rel if rel else top
-    if not d.is_dir():
-        yield top
-        return
+    """The deepest existing directory of ``top``/``rel``, then each one above it, up to and
+    including ``top``: a path whose last parts are not visible (a task's cgroup, " (deleted)")
+    starts at what is, and one that is not under ``top`` at all (a container that sees its own
+    cgroup as the mount's root while /proc/self/cgroup names the host's path, or a path with
+    "..", from outside a cgroup namespace) gives ``top`` alone."""
+    if rel.endswith(" (deleted)"):
+        rel = rel[:-len(" (deleted)")]
+    parts = [p for p in rel.split("/") if p]
+    if ".." in parts:
+        parts = []
+    d = top.joinpath(*parts)
+    while d != top and not d.is_dir():
+        d = d.parent
     while True:
         yield d
-        if d == top or top not in d.parents:
+        if d == top:
             return
         d = d.parent
 
@@ -113,6 +119,16 @@ def _stat_value(path: Path, key: str) -> int:
     return 0
 
 
+def _used(usage: Path, stat: Path, inactive: str) -> int:
+    """A cgroup's memory in use less its inactive file cache, >= 0; 0 where the usage cannot be
+    read (its limit then stands as the room: a ceiling still)."""
+    try:
+        used = int(usage.read_text())
+    except (OSError, ValueError):
+        return 0
+    return max(0, used - _stat_value(stat, inactive))
+
+
 def cgroup_memory_headroom(root: str | os.PathLike = CGROUP_ROOT,
                            proc_cgroup: str | os.PathLike = PROC_CGROUP) -> int | None:
     """Bytes this process's cgroup and each of its ancestors may still take before their
@@ -122,7 +138,8 @@ def cgroup_memory_headroom(root: str | os.PathLike = CGROUP_ROOT,
     ``inactive_file`` of ``memory.stat``) along the path as ``cgroup_cpu_limit`` walks it (a
     SLURM job's ``--mem``, a pod's limit); v1: ``memory.limit_in_bytes`` -
     (``memory.usage_in_bytes`` - ``total_inactive_file``) of the memory controller's cgroup
-    and each directory above it. Never below 0."""
+    and each directory above it. Never below 0; a limit whose usage cannot be read counts
+    whole."""
     root = Path(root)
     paths = _cgroup_paths(proc_cgroup)
     rooms = []
@@ -131,9 +148,8 @@ def cgroup_memory_headroom(root: str | os.PathLike = CGROUP_ROOT,
             limit = (d / "memory.max").read_text().strip()
             if limit == "max":
                 continue
-            used = int((d / "memory.current").read_text())
-            used -= _stat_value(d / "memory.stat", "inactive_file")
-            rooms.append(int(limit) - max(used, 0))
+            rooms.append(int(limit) - _used(d / "memory.current", d / "memory.stat",
+                                            "inactive_file"))
         except (OSError, ValueError):
             pass
     for top in _v1_mounts(root, "memory"):
@@ -142,9 +158,8 @@ def cgroup_memory_headroom(root: str | os.PathLike = CGROUP_ROOT,
                 limit = int((d / "memory.limit_in_bytes").read_text())
                 if limit >= _V1_UNLIMITED:
                     continue
-                used = int((d / "memory.usage_in_bytes").read_text())
-                used -= _stat_value(d / "memory.stat", "total_inactive_file")
-                rooms.append(limit - max(used, 0))
+                rooms.append(limit - _used(d / "memory.usage_in_bytes", d / "memory.stat",
+                                           "total_inactive_file"))
             except (OSError, ValueError):
                 pass
     return max(0, min(rooms)) if rooms else None

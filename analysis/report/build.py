@@ -65,8 +65,8 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
     is and about how long is left (analysis.progress: a bar on a terminal, lines in a log).
     ``noise_filter``: the sign-errors with Dziugaite et al.'s Monte-Carlo noise filter, the
     test points behind each gap taken from the trials' ``test_size``. ``processes``: see
-    ``analysis.stats.statistics_table`` (default: one per usable CPU, ``usable_cores``, for a
-    large table). ``rank_by``: the statistic that orders the ranking of the measures
+    ``analysis.stats.statistics_table`` (default, for a large table: one per usable CPU, no
+    more than the usable memory holds, ``analysis.stats.process_count``). ``rank_by``: the statistic that orders the ranking of the measures
     (``analysis.stats.ranking_table``, over all passing trials; also ``ranking.csv``).
     ``launch_command(config)``: the command that launches the stored sweep and whether it is
     exact, for the header (``sweep report`` passes ``sweep.show.launch_command``; without it

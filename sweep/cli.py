@@ -162,9 +162,13 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
 
     d = None
     try:
-        d = driver.open_out(sweep_dir, "SWEEP_DIR")  # (once: passed down)
-        added = recorded_modules(d, overrides)  # (before the check of the measures' names)
+        d = driver.open_out(sweep_dir, "SWEEP_DIR", write=False)  # (once: passed down)
+        notes: list[str] = []
+        added = recorded_modules(d, overrides, notes=notes)  # (before the names' check)
         cfg = with_modules(driver.stored_config(d, overrides), added)
+        driver.check_writable(d, "SWEEP_DIR")  # (the input checked: no probe for bad input)
+        for note in notes:
+            driver.log(note)
         location = driver.launch(cfg, verify=verify, command="resume", out=d)
         _result(location)
         if cfg.figure:
@@ -252,12 +256,8 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
     from workers.results.storage import check_location
     from workers.results.sweep_dir import SweepDir
 
-    try:  # reachable, and writable where the report goes
-        d = SweepDir.checked(sweep_dir, "SWEEP_DIR", write=out is None)
-        if not d.is_file(SWEEP_FILE):
-            return _fail(f"SWEEP_DIR: {sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
-        if out is not None:
-            check_location(out, "--out", write=True)
+    try:  # the arguments, then reachable, then writable where the report goes (no probe
+        # written for bad input)
         if not 0.0 <= train_acc <= 1.0:
             return _fail(f"--train-acc: {train_acc}; allowed: a number in [0, 1]")
         if n_boot < 0:
@@ -265,6 +265,11 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
         from analysis.stats.registry import RANK_BY, check_statistic
 
         rank_by = check_statistic(rank_by or RANK_BY, "--rank-by")  # ValueError: below
+        d = SweepDir.checked(sweep_dir, "SWEEP_DIR")
+        if not d.is_file(SWEEP_FILE):
+            return _fail(f"SWEEP_DIR: {sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
+        check_location(d.location if out is None else out, "SWEEP_DIR" if out is None else "--out",
+                       write=True)
         from analysis.report import make_report
         from sweep.driver import log
         from sweep.show import launch_command
@@ -450,20 +455,21 @@ def _main(argv: list[str] | None = None) -> int:
     p_show.add_argument("--keys", action="store_true",
                         help="one line per key: value, meaning, allowed values")
     p_show.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="as for launch")
+    from sweep.config import resumable_keys_text
+
+    overridable = resumable_keys_text()
     p_resume = sub.add_parser(
         "resume", help="run a sweep's planned trials that lack a valid result",
         description="Run the planned trials of SWEEP_DIR that have no valid result (never "
                     "redraws the plan; finished trials are not touched).",
-        epilog="Overrides allowed: where and how trials run (cluster.*, resources.*, "
-               "progress, figure, save_weights, dataset.root, measures, measure_modules, "
-               "metrics.*); the trials themselves cannot change.", formatter_class=fmt)
+        epilog=f"Overrides allowed: where and how trials run and what is measured "
+               f"({overridable}); the trials themselves cannot change.", formatter_class=fmt)
     p_resume.add_argument("sweep_dir", metavar="SWEEP_DIR")
     p_resume.add_argument("--verify", action="store_true",
                           help="read and check every result file, not only those whose size or "
                                "modification time differs from the drivers' journal")
     p_resume.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                          help="cluster.*, resources.*, progress, figure, save_weights, "
-                               "dataset.root, measures, measure_modules, metrics.*")
+                          help=overridable)
     p_measure = sub.add_parser(
         "measure", help="evaluate measures on a sweep's saved networks (no training)",
         description="Evaluate the measures asked for on SWEEP_DIR's saved networks: only the "
@@ -480,8 +486,8 @@ def _main(argv: list[str] | None = None) -> int:
     p_measure.add_argument("--retry-errors", action="store_true",
                            help="evaluate again the values whose measure raised")
     p_measure.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                           help="measures=[...], measure_modules=[...], metrics.*, cluster.*, "
-                                "resources.*")
+                           help=f"measures=[...], measure_modules=[...]; any of "
+                                f"{overridable}")
     p_status = sub.add_parser(
         "status", help="counts by status, progress and failures of a sweep",
         description="Counts by status, progress, the lock's holder and the failures with "

@@ -191,6 +191,29 @@ class Work:
         """The loop ended (normally or not)."""
 
 
+def progress_line(settled: int, total: int, seconds: float, counts: dict[str, int],
+                  running: int) -> str:
+    """The plain progress line of a run without a terminal (what the bar shows): trials settled
+    of ``total`` after ``seconds``, the counts by outcome, the running tasks and, once a trial
+    has settled, the time left at the rate so far (as the bar's estimate: rough while the
+    trials' costs differ)."""
+    parts = [", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none settled",
+             f"{running} running"]
+    if 0 < settled < total:
+        left = seconds / settled * (total - settled)
+        parts.append(f"about {_duration(left)} left at the rate so far")
+    return f"progress: {settled}/{total} trials in {seconds:.0f} s ({'; '.join(parts)})"
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` for people: "45 s", "12 min", "3.2 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
         progress: bool = False) -> dict[str, int]:
     """Run ``work`` on ``ray`` (a started runtime) with at most ``resources.max_in_flight``
@@ -340,9 +363,8 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
             now = time.monotonic()
             if progress and not live and now - lines["last"] >= PROGRESS_LINE_S:
                 lines["last"] = now
-                log(f"progress: {settled}/{work.total} trials in "
-                    f"{now - lines['t0']:.0f} s (" + ", ".join(
-                        f"{v} {k}" for k, v in work.counts.items() if v) + ")")
+                log(progress_line(settled, work.total, now - lines["t0"], work.counts,
+                                  min(len(in_flight), slots)))
     finally:
         if unrelay is not None:  # (first: the wakeup fd back before its socket closes)
             unrelay()

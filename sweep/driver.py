@@ -42,13 +42,21 @@ from workers.results.spec import TrialSpec
 from workers.results.sweep_dir import SweepDir
 
 
-def open_out(location, key: str = "out") -> SweepDir:
+def open_out(location, key: str = "out", write: bool = True) -> SweepDir:
     """The sweep directory ``location`` once it is reachable and writable (``SweepDir.checked``:
-    what a command opens once and passes down); ConfigError (one line, naming ``key``) if not."""
+    what a command opens once and passes down); ConfigError (one line, naming ``key``) if not.
+    ``write=False``: reachable only (a command that checks the rest of its input first, then
+    ``check_writable``: no probe is written for bad input)."""
     try:
-        return SweepDir.checked(location, key, write=True)
+        return SweepDir.checked(location, key, write=write)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def check_writable(out: SweepDir, key: str = "out") -> None:
+    """ConfigError (one line, naming ``key``) unless the sweep directory ``out`` can be written
+    (``storage.check_location``'s probe)."""
+    open_out(out.location, key)
 
 
 def check_out_dir(out: SweepDir, cfg: SweepConfig) -> None:

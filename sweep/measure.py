@@ -41,7 +41,7 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
     trial of the sweep."""
     import signal
 
-    from sweep.driver import Plan, open_out, stored_config
+    from sweep.driver import Plan, check_writable, open_out, stored_config
     from sweep.lock import DriverLock
 
     studies = [o.split("=")[0] for o in overrides
@@ -53,8 +53,9 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
                           "measure_settings.*, metrics.jacobian_points, "
                           "metrics.transitions_points, metrics.transitions_k, cluster.*, "
                           "resources.*")
-    out = open_out(sweep_dir, "SWEEP_DIR")
-    added = recorded_modules(out, overrides)  # (before the check of the measures' names)
+    out = open_out(sweep_dir, "SWEEP_DIR", write=False)  # (written to once the input is checked)
+    notes: list[str] = []
+    added = recorded_modules(out, overrides, notes=notes)  # (before the check of the names)
     cfg = stored_config(out, list(overrides), command="measure")
     if added:
         cfg = replace(cfg, measure_modules=cfg.measure_modules + tuple(
@@ -69,8 +70,11 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
             raise ConfigError(f"--retrain: {bad[0]} is not a finished (ok) trial of {out}; "
                               "allowed: ids of its ok trials, comma-separated (sweep status, "
                               "analysis.load_results)")
+    check_writable(out, "SWEEP_DIR")
     if cfg.cluster.address is not None:  # before any work: one line if it cannot be used
         start_ray(cfg)
+    for note in notes:
+        log(note)
 
     def on_term(signum, frame):
         raise MeasureStopped()
@@ -90,13 +94,13 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not any(counts.values()):
-        log(f"measures: nothing to evaluate ({', '.join(cfg.measures)} are stored for every "
-            "finished trial)")
+        log(f"measures: nothing to evaluate (every finished trial has "
+            f"{', '.join(cfg.measures)} stored)")
     return counts
 
 
-def recorded_modules(out, overrides: list[str] = (),
-                     base: tuple[str, ...] | None = None) -> tuple[str, ...]:
+def recorded_modules(out, overrides: list[str] = (), base: tuple[str, ...] | None = None,
+                     notes: list[str] | None = None) -> tuple[str, ...]:
     """The modules `sweep measure`, `sweep resume` and `sweep launch` of an existing sweep
     import on their own, loaded: for each measure named in ``overrides`` (``measures=[...]``)
     that neither the built-ins nor the sweep's ``measure_modules`` register, the module
@@ -106,7 +110,9 @@ def recorded_modules(out, overrides: list[str] = (),
     line follows). Raises ConfigError (one line naming the ``measure_modules=`` to pass) for
     such a measure whose recorded module cannot be imported here or no longer registers it,
     or whose values were stored without a recorded module. Bad overrides and stored modules
-    that cannot be imported are left to ``stored_config``/``compose``, which say so."""
+    that cannot be imported are left to ``stored_config``/``compose``, which say so. What it
+    imported is said on stderr, or appended to ``notes`` for the caller to say once the rest
+    of the input is checked (bad input: one line)."""
     import json
     from collections import Counter
 
@@ -156,8 +162,9 @@ def recorded_modules(out, overrides: list[str] = (),
                               f"[{module}], which no longer registers it; {pass_it}")
         added.setdefault(module, []).append(name)
     for module, named in added.items():
-        log(f"measures: {', '.join(named)} from {module}, the module "
-            f"{'its' if len(named) == 1 else 'their'} stored values were measured with")
+        note = (f"measures: {', '.join(named)} from {module}, the module "
+                f"{'its' if len(named) == 1 else 'their'} stored values were measured with")
+        log(note) if notes is None else notes.append(note)
     return tuple(added)
 
 
@@ -186,8 +193,13 @@ def launch_config(overrides: list[str]):
         stored = out.is_file(SWEEP_FILE)
     except (OSError, ValueError):  # (an unreachable out: the launch says so)
         stored = False
-    added = recorded_modules(out, overrides, base=first.measure_modules) if stored else ()
-    return with_modules(compose(overrides), added)
+    notes: list[str] = []
+    added = recorded_modules(out, overrides, base=first.measure_modules,
+                             notes=notes) if stored else ()
+    cfg = with_modules(compose(overrides), added)
+    for note in notes:
+        log(note)
+    return cfg
 
 
 def with_modules(cfg, added: tuple[str, ...]):

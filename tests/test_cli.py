@@ -208,3 +208,43 @@ def test_a_report_older_than_a_result_is_not_current(tmp_path):
     os.utime(tmp_path / "trials/a.parquet", ns=(3 * 10**18, 3 * 10**18))
     assert not report_current(d, "report/report.html")
     assert not report_current(d, "report/missing.html")
+
+
+@pytest.mark.parametrize("command", ["resume", "measure"])
+def test_resume_and_measure_help_list_every_key_they_accept(capsys, command):
+    """The keys `sweep resume --help` and `sweep measure --help` name are exactly those
+    ``stored_config`` accepts (sweep.driver.RESUMABLE_KEYS, a group's as "group.*"): before,
+    the help named 9 of 15."""
+    from sweep.driver import RESUMABLE_KEYS
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for key in RESUMABLE_KEYS:
+        named = [k for k in schema_keys() if k.startswith(key + ".")]
+        assert (f"{key}.*" if named else key) in out, key
+
+
+@pytest.mark.parametrize("args", [
+    ["report", "{d}", "--rank-by", "foo"],
+    ["report", "{d}", "--bootstrap", "-1"],
+    ["report", "{d}", "--train-acc", "2"],
+    ["resume", "{d}", "train.steps=10"],
+    ["resume", "{d}", "measures=[no_such_measure]"],
+    ["measure", "{d}", "measures=[no_such_measure]"],
+    ["measure", "{d}", "--retrain", "not_a_trial"],
+])
+def test_bad_input_to_an_existing_sweep_writes_nothing_there(tmp_path, capsys, args):
+    """Bad arguments or overrides for `sweep report`, `resume` and `measure` end in one line,
+    exit 2, before anything is written in the sweep directory: not even the probe that checks
+    it can be written (whose creation and removal changed the directory's modification time)."""
+    import os
+
+    d = tmp_path / "p"
+    assert main(["plan", "trials=2", f"out={d}"]) == 0
+    capsys.readouterr()
+    stamp = {p: os.stat(p).st_mtime_ns for p in [d, *d.rglob("*")]}
+    assert main([a.format(d=d) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("sweep: error: "), err
+    assert {p: os.stat(p).st_mtime_ns for p in [d, *d.rglob("*")]} == stamp

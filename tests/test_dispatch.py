@@ -282,3 +282,18 @@ def test_the_plan_file_holds_what_the_cost_summary_reads():
     from workers.results.plan_file import LIGHT_COLUMNS
 
     assert set(cost.MANIFEST_COLUMNS) | {"n_params"} <= set(LIGHT_COLUMNS)
+
+
+def test_the_plain_progress_line_says_what_the_bar_does():
+    """Without a terminal, the line a minute holds what the bar shows: settled of total, the
+    counts, the running tasks and the time left at the rate so far (60 s for 20 of 80 trials:
+    3 s each, 180 s for the 60 left)."""
+    from sweep.dispatch import progress_line
+
+    line = progress_line(20, 80, 60.0, {"ok": 18, "failed": 2, "oom": 0}, 2)
+    assert line == ("progress: 20/80 trials in 60 s (18 ok, 2 failed; 2 running; about 3 min "
+                    "left at the rate so far)")
+    assert progress_line(0, 80, 5.0, {"ok": 0}, 2) == \
+        "progress: 0/80 trials in 5 s (none settled; 2 running)"
+    assert "left" not in progress_line(80, 80, 240.0, {"ok": 80}, 0)
+    assert "about 2.0 h left" in progress_line(1, 3, 3600.0, {"ok": 1}, 1)

@@ -142,8 +142,10 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
 
         stats_measures = [m for m in ranked if m in fit]
         if progress and len(fit):
-            say(f"report: statistics of {len(stats_measures)} measures over {len(fit)} trials, "
-                f"{n_boot} bootstrap resamples")
+            base = [m for m in stats_measures if m in BASELINES]
+            say(f"report: statistics of {len(stats_measures)} measures"
+                + (f" ({len(stats_measures) - len(base)} and the baselines {', '.join(base)})"
+                   if base else "") + f" over {len(fit)} trials, {n_boot} bootstrap resamples")
         table = statistics_table(fit, measures=stats_measures,
                                  n_boot=n_boot, seed=seed, hyperparameters=hps,
                                  noise_filter=noise_filter, processes=processes,

@@ -443,7 +443,8 @@ class Tasks:
         self.ray = start_ray(cfg)
         res = cfg.resources
         check_gpus(self.ray, res.gpus_per_trial)
-        if cfg.cluster.address is None:  # (a cluster's nodes may join later: autoscaling)
+        # (a cluster's nodes may join later, an autoscaler's, unless cluster.fixed_nodes)
+        if cfg.cluster.address is None or cfg.cluster.fixed_nodes:
             check_cpus(self.ray, res.cpus_per_trial)
         self.remote = self.ray.remote(fn)
         self.options = dict(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,

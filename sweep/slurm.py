@@ -185,7 +185,8 @@ def batch_script(sweep_dir: str | Path, opts: SlurmOptions, overrides: list[str]
     # (a value with a space in double quotes, which sbatch's directive parser reads)
     directives = "\n".join(f"#SBATCH {s}" if " " not in s else
                            '#SBATCH {}="{}"'.format(*s.split("=", 1)) for s in sbatch)
-    resume = shlex.join(["sweep", "resume", str(d)]) + ' cluster.address="$address"'
+    resume = shlex.join(["sweep", "resume", str(d)]) + ' cluster.address="$address"' \
+        + " cluster.fixed_nodes=true"
     if overrides:
         resume += " " + shlex.join(overrides)
     gpu_step = f" --gpus-per-node={opts.gpus_per_node}" if opts.gpus_per_node else ""

@@ -56,7 +56,7 @@ def test_dry_run_prints_the_script_and_writes_nothing(tmp_path, capsys):
                   if line.strip().startswith("run sweep resume"))
     words = shlex.split(resume.replace('"$address"', "ADDR"))
     assert words == ["run", "sweep", "resume", str(out), "cluster.address=ADDR",
-                     "progress=false", "resources.cpus_per_trial=2"]
+                     "cluster.fixed_nodes=true", "progress=false", "resources.cpus_per_trial=2"]
     # the time limit: trap, the next job after this one, the driver stopped with SIGTERM
     assert "trap on_time_limit USR1" in script
     assert 'sbatch --parsable --dependency="afterany:$SLURM_JOB_ID" "$SCRIPT"' in script
@@ -341,7 +341,7 @@ def test_script_ends_the_chain_when_nothing_is_left(tmp_path):
     assert not any(c.startswith(("sbatch", "scancel")) for c in calls), calls
     resume = next(c for c in calls if c.startswith("sweep resume"))
     assert resume == f"sweep resume {tmp_path / 'sweep'} cluster.address=127.0.0.1:20300 " \
-                     "progress=false"
+                     "cluster.fixed_nodes=true progress=false"
 
 
 def test_script_continues_the_chain_while_retryable_failures_are_left(tmp_path):

@@ -352,3 +352,35 @@ def test_a_report_in_a_small_memory_limit_runs_in_one_process(monkeypatch):
     one = statistics_table(df, ["m"], by=None, n_boot=n_boot, processes=1,
                            hyperparameters=["width", "depth"])
     pd.testing.assert_frame_equal(small, one)
+
+
+def test_a_cluster_of_fixed_nodes_refuses_trials_larger_than_every_node(monkeypatch):
+    """On a cluster (``cluster.address``) nodes may join later (an autoscaler), so trials larger
+    than every node now are not refused; with ``cluster.fixed_nodes=true`` (what each
+    `sweep slurm` job passes: its nodes have all joined when the driver starts) they are, in
+    one line, where they would wait forever."""
+    import types
+
+    from sweep import dispatch, runtime
+    from sweep.config import ConfigError, compose
+
+    class Reached(Exception):
+        pass
+
+    def remote(fn):
+        raise Reached  # (past the checks)
+
+    fake = types.SimpleNamespace(
+        nodes=lambda: [{"Alive": True, "Resources": {"CPU": 8.0}}],
+        cluster_resources=lambda: {"CPU": 16.0}, remote=remote)
+    monkeypatch.setattr(runtime, "start_ray", lambda cfg: fake)
+    big = ["cluster.address=127.0.0.1:6379", "resources.cpus_per_trial=12"]
+    with pytest.raises(Reached):
+        dispatch.Tasks(compose(big), print, None, print)
+    with pytest.raises(ConfigError) as e:
+        dispatch.Tasks(compose(big + ["cluster.fixed_nodes=true"]), print, None, print)
+    assert "resources.cpus_per_trial: 12, but the largest node of the Ray runtime has 8 CPUs" \
+        in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(Reached):
+        dispatch.Tasks(compose(big[:1] + ["resources.cpus_per_trial=8",
+                                          "cluster.fixed_nodes=true"]), print, None, print)

@@ -442,7 +442,8 @@ class Tasks:
         self.cfg, self.out = cfg, out
         self.ray = start_ray(cfg)
         res = cfg.resources
-        check_gpus(self.ray, res.gpus_per_trial)
+        check_gpus(self.ray, res.gpus_per_trial,
+                   per_node=cfg.cluster.address is None or cfg.cluster.fixed_nodes)
         # (a cluster's nodes may join later, an autoscaler's, unless cluster.fixed_nodes)
         if cfg.cluster.address is None or cfg.cluster.fixed_nodes:
             check_cpus(self.ray, res.cpus_per_trial)

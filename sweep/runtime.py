@@ -178,13 +178,24 @@ def start_ray(cfg: SweepConfig):
     return ray
 
 
-def check_gpus(ray, per_trial: float) -> None:
+def check_gpus(ray, per_trial: float, per_node: bool = False) -> None:
     """A one-line refusal when trials ask for GPUs the Ray cluster does not have (they would
-    wait forever)."""
+    wait forever). ``per_node``: against its largest node's GPUs (a task runs on one node: a
+    local Ray, or a cluster whose nodes have all joined, ``cluster.fixed_nodes``), else against
+    the cluster's total (an autoscaler may add nodes)."""
+    if per_trial <= 0:
+        return
     have = ray.cluster_resources().get("GPU", 0)
-    if per_trial > 0 and have < per_trial:
+    if have < per_trial:
         raise ConfigError(f"resources.gpus_per_trial: {per_trial:g}, but the Ray cluster has "
                           f"{have:g} GPUs; allowed: 0 here (CPU), or a cluster with GPUs")
+    if per_node:
+        top = max((n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")),
+                  default=0)
+        if top < per_trial:
+            raise ConfigError(f"resources.gpus_per_trial: {per_trial:g}, but the largest node "
+                              f"of the Ray cluster has {top:g} GPUs (a trial runs on one node); "
+                              f"allowed: at most {top:g}")
 
 
 def check_cpus(ray, per_trial: float, running: bool = False) -> None:
@@ -236,7 +247,8 @@ def check_resources(cfg: SweepConfig) -> None:
                          " (its affinity mask, e.g. a SLURM allocation's, or a cgroup quota)",
                          fix=True)
     if res.gpus_per_trial > 0 or cfg.cluster.address is not None:
-        check_gpus(start_ray(cfg), res.gpus_per_trial)
+        check_gpus(start_ray(cfg), res.gpus_per_trial,
+                   per_node=cfg.cluster.address is None or cfg.cluster.fixed_nodes)
 
 
 def local_runtime_exited(ray) -> str | None:

@@ -47,12 +47,14 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
     studies = [o.split("=")[0] for o in overrides
                if o.split("=")[0].lstrip("+~").removeprefix("metrics.") in STUDIES]
     if studies:
+        from sweep.config import resumable_keys_text, schema_keys
+
+        metrics = [k for k in schema_keys() if k.startswith("metrics.")
+                   and k.removeprefix("metrics.") not in STUDIES]
+        allowed = [k for k in resumable_keys_text().split(", ") if k != "metrics.*"] + metrics
         raise ConfigError(f"measure: {', '.join(studies)}: the off-data studies (Fig. 2, 3) run "
                           "while a trial trains, before and after; sweep measure cannot add them "
-                          "to finished trials; allowed: measures, measure_modules, "
-                          "measure_settings.*, metrics.jacobian_points, "
-                          "metrics.transitions_points, metrics.transitions_k, cluster.*, "
-                          "resources.*")
+                          f"to finished trials; allowed: {', '.join(allowed)}")
     out = open_out(sweep_dir, "SWEEP_DIR", write=False)  # (written to once the input is checked)
     notes: list[str] = []
     added = recorded_modules(out, overrides, notes=notes)  # (before the check of the names)

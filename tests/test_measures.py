@@ -452,6 +452,14 @@ def test_measure_refuses_study_settings_and_training_keys(tmp_path, capsys):
     assert main(["measure", str(old), "metrics.ellipse_k=16"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "off-data studies" in err
+    allowed = err.split("allowed: ")[1].strip().split(", ")
+    assert "metrics.jacobian_points" in allowed and "metrics.ellipse_k" not in allowed
+    assert {"measure_settings.*", "cluster.*", "resources.*", "dataset.root"} <= set(allowed)
+    for key in allowed:  # each one accepted (the same value as stored: nothing to do)
+        assert key.endswith(".*") or key.startswith("metrics.") or key in (
+            "save_weights", "figure", "progress", "dataset.root", "dataset.download",
+            "measures", "measure_modules", "train.checkpoint_every", "train.keep_checkpoints",
+            "train.time_budget", "train.fallback_steps"), key
     assert main(["measure", str(old), "train.steps=5"]) == 2
     assert "measure: cannot override 'train.steps'" in capsys.readouterr().err
 

@@ -38,6 +38,7 @@ class StatsProgress:
         self.since: tuple[float, int] | None = None  # (time, evaluations) the rate starts at
         self.bar = None
         self.finished = False
+        self.processes_note = ""  # why fewer processes than CPUs (statistics_table sets it)
 
     def _line(self, text: str) -> None:
         print(f"report: statistics: {text}", file=self.stream, flush=True)
@@ -57,8 +58,9 @@ class StatsProgress:
                 self.finished = True
                 self._line(f"{made}; no bootstrap resamples")
                 return
+            why = f" ({self.processes_note})" if self.processes_note else ""
             self._line(f"{made}; {total - done} bootstrap evaluations follow on {processes} "
-                       f"process{'es' if processes > 1 else ''}; their time is estimated "
+                       f"process{'es' if processes > 1 else ''}{why}; their time is estimated "
                        f"after {FIRST_ESTIMATE_S:.0f} s")
             # the first line after 5 s (or line_s, if shorter)
             self.last = now - self.line_s + min(FIRST_ESTIMATE_S, self.line_s)

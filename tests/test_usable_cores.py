@@ -344,11 +344,25 @@ def test_a_report_in_a_small_memory_limit_runs_in_one_process(monkeypatch):
     monkeypatch.setattr(table_module, "usable_cores", lambda: 2)
     monkeypatch.setattr(table_module, "usable_memory",
                         lambda: reads.append(1) or process_bytes(n, 1))
+    import io
+
+    from analysis.progress import StatsProgress
+
     seen = set()
+
+    class Seen(StatsProgress):
+        def __call__(self, done, total, processes):
+            seen.add(processes)
+            super().__call__(done, total, processes)
+
+    said = io.StringIO()
     small = statistics_table(df, ["m"], by=None, n_boot=n_boot, processes=None,
                              hyperparameters=["width", "depth"],
-                             progress=lambda done, total, p: seen.add(p))
+                             progress=Seen(stream=said, live=False))
     assert seen == {1} and reads == [1]
+    need = process_bytes(n, 1) / 2**30
+    assert (f"follow on 1 process (not 2: 0.8 of the usable memory, {need:.1f} GiB, holds 1 "
+            f"of about {need:.1f} GiB each)") in said.getvalue(), said.getvalue()
     one = statistics_table(df, ["m"], by=None, n_boot=n_boot, processes=1,
                            hyperparameters=["width", "depth"])
     pd.testing.assert_frame_equal(small, one)

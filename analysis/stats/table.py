@@ -110,18 +110,24 @@ def process_bytes(trials: int, measures: int) -> int:
 
 
 def process_count(jobs: Sequence[tuple[int, int]], cores: int | None = None,
-                  memory: int | None = None) -> int:
+                  memory: int | None = None, why: list[str] | None = None) -> int:
     """How many statistics processes to run (``processes=None``), >= 1: one per usable CPU
     (``cores``; None: ``workers.cores.usable_cores()``), but no more than MEMORY_SHARE of
     ``memory`` bytes (None: ``workers.cores.usable_memory()``) holds, each as large as the
     largest job needs (``process_bytes``; ``jobs``: (trial rows, measures) per job). One process
-    computes in this one, starting none."""
+    computes in this one, starting none. ``why``: given a list, a line saying so is appended
+    to it when the memory, not the CPUs, set the count."""
     cores = usable_cores() if cores is None else cores
     if cores <= 1 or not jobs:
         return 1
     memory = usable_memory() if memory is None else memory
     need = max(process_bytes(n, m) for n, m in jobs)
-    return max(1, min(cores, int(MEMORY_SHARE * memory // need)))
+    count = max(1, min(cores, int(MEMORY_SHARE * memory // need)))
+    if count < cores and why is not None:
+        why.append(f"not {cores}: {MEMORY_SHARE:g} of the usable memory, "
+                   f"{memory / 2**30:.1f} GiB, holds {count} of about "
+                   f"{need / 2**30:.1f} GiB each")
+    return count
 
 
 def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
@@ -208,7 +214,10 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     if processes is None:  # only where the work outweighs starting interpreters (~1 s each)
         big = sum((j[2][0].n + FIXED_COST_TRIALS) * len(j[1]) for j in jobs) * (n_boot + 1) \
             >= PARALLEL_ABOVE
-        processes = process_count([(j[2][0].n, len(j[1])) for j in jobs]) if big else 1
+        why: list[str] = []
+        processes = process_count([(j[2][0].n, len(j[1])) for j in jobs], why=why) if big else 1
+        if why and hasattr(progress, "processes_note"):  # (analysis.progress.StatsProgress)
+            progress.processes_note = why[0]
     total = sum(len(j[1]) for j in jobs) * (n_boot + 1)  # evaluations of one measure
     first = sum(len(j[1]) for j in jobs)
     # each job's estimate (evaluation 0), then its n_boot replicates in parts (about two per

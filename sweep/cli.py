@@ -469,7 +469,7 @@ def _main(argv: list[str] | None = None) -> int:
                           help="read and check every result file, not only those whose size or "
                                "modification time differs from the drivers' journal")
     p_resume.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                          help=overridable)
+                          help="overrides of the keys below")
     p_measure = sub.add_parser(
         "measure", help="evaluate measures on a sweep's saved networks (no training)",
         description="Evaluate the measures asked for on SWEEP_DIR's saved networks: only the "
@@ -486,8 +486,7 @@ def _main(argv: list[str] | None = None) -> int:
     p_measure.add_argument("--retry-errors", action="store_true",
                            help="evaluate again the values whose measure raised")
     p_measure.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                           help=f"measures=[...], measure_modules=[...]; any of "
-                                f"{overridable}")
+                           help=f"overrides, e.g. measures=[...]; allowed keys: {overridable}")
     p_status = sub.add_parser(
         "status", help="counts by status, progress and failures of a sweep",
         description="Counts by status, progress, the lock's holder and the failures with "

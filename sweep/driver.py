@@ -152,7 +152,8 @@ def stored_config(sweep_dir: str | Path | SweepDir, overrides: list[str] = (),
     to that directory and ``overrides`` (KEY=VALUE, keys in RESUMABLE_KEYS only) applied.
     ``sweep_dir``: a location (opened here: ``open_out``) or a SweepDir opened already."""
     from sweep.config import (aliases_given_win, check_override_keys, check_schema, from_dict,
-                              merged, override_key, override_tree, settings_from_aliases)
+                              merged, override_key, override_tree, resumable_keys_text,
+                              settings_from_aliases)
 
     d = sweep_dir if isinstance(sweep_dir, SweepDir) else open_out(sweep_dir, "SWEEP_DIR")
     meta = d.uri(SWEEP_FILE)
@@ -171,7 +172,7 @@ def stored_config(sweep_dir: str | Path | SweepDir, overrides: list[str] = (),
         if prefix == "~" or "=" not in o or not any(key == k or key.startswith(k + ".")
                                                      for k in RESUMABLE_KEYS):
             raise ConfigError(f"{command}: cannot override {prefix + key!r}; allowed: KEY=VALUE with "
-                              f"KEY in {', '.join(RESUMABLE_KEYS)} (other keys change the "
+                              f"KEY in {resumable_keys_text()} (other keys change the "
                               "sweep's trials)")
         plain.append(o)  # + and ++ of a schema key: a plain value
     # sweep.json holds the resolved configuration: plain data, never interpolated again (a
@@ -241,6 +242,12 @@ def plan_only(cfg: SweepConfig) -> str:
         todo = pending_rows(out, plan.ids, move_invalid=False)
     log(f"{len(plan)} trials planned ({out.uri(PLAN_FILE)}), {len(plan) - len(todo)} already "
         f"have results; run them with: {sweep_command('resume', out)}")
+    if cfg.cluster.address is None and cfg.resources.gpus_per_trial == 0:
+        try:  # (a plan may be for another machine: said, not refused; no Ray started to ask)
+            check_resources(cfg)
+        except ConfigError as e:
+            log(f"note: a local resume here would refuse it: {e}; resume it on a cluster "
+                "(cluster.address=...) or a machine where it fits")
     return out.location
 
 

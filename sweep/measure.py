@@ -96,8 +96,10 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not any(counts.values()):
-        log(f"measures: nothing to evaluate (every finished trial has "
-            f"{', '.join(cfg.measures)} stored)")
+        asked = (', '.join(cfg.measures) if len(cfg.measures) <= 3 and "all" not in cfg.measures
+                 else f"each of the {len(cfg.measures)} measures asked for"
+                 if "all" not in cfg.measures else "every measure asked for")
+        log(f"measures: nothing to evaluate (every finished trial has {asked} stored)")
     return counts
 
 

@@ -248,3 +248,17 @@ def test_bad_input_to_an_existing_sweep_writes_nothing_there(tmp_path, capsys, a
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("sweep: error: "), err
     assert {p: os.stat(p).st_mtime_ns for p in [d, *d.rglob("*")]} == stamp
+
+
+def test_a_plan_too_large_for_this_machine_is_written_with_a_note(tmp_path, capsys):
+    """`sweep plan` runs nothing (a plan may be for a cluster): trials larger than a local Ray
+    here would be are written, with a note saying that a local resume would refuse them; the
+    refusal of a key resume cannot change names the keys it can (groups as "group.*")."""
+    out = tmp_path / "p"
+    assert main(["plan", "trials=2", f"out={out}", "resources.cpus_per_trial=999"]) == 0
+    err = capsys.readouterr().err
+    assert "note: a local resume here would refuse it: resources.cpus_per_trial: 999" in err
+    assert (out / "plan.parquet").exists()
+    assert main(["resume", str(out), "train.steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert "cluster.*, resources.*" in err and "metrics.*" in err, err

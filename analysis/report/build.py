@@ -144,7 +144,8 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
         if progress and len(fit):
             base = [m for m in stats_measures if m in BASELINES]
             say(f"report: statistics of {len(stats_measures)} measures"
-                + (f" ({len(stats_measures) - len(base)} and the baselines {', '.join(base)})"
+                + (f" ({len(stats_measures) - len(base)} measures and the {len(base)} "
+                   f"baselines {', '.join(base)})"
                    if base else "") + f" over {len(fit)} trials, {n_boot} bootstrap resamples")
         table = statistics_table(fit, measures=stats_measures,
                                  n_boot=n_boot, seed=seed, hyperparameters=hps,

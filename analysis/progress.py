@@ -11,8 +11,14 @@ from typing import TextIO
 PROGRESS_LINE_S = 60.0  # without a terminal: one progress line per minute (as the trials')
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+def duration(seconds: float) -> str:
+    """``seconds`` for people: "45 s", "12.5 min", "3.2 h" (the statistics' progress lines and
+    the trials', sweep.dispatch)."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 FIRST_ESTIMATE_S = 5.0  # seconds of bootstrap evaluations before the first estimate of the rest
@@ -53,7 +59,7 @@ class StatsProgress:
             # kernels, preparing each measure - that the bootstrap evaluations do not repeat,
             # and overstated it up to 40x; the first line of the bootstrap gives one)
             made = (f"estimates of {done} (measure, group) pair{'s' if done != 1 else ''} in "
-                    f"{_minutes(now - self.t0)}")
+                    f"{duration(now - self.t0)}")
             if done >= total:  # (--bootstrap 0: nothing follows, nothing to count)
                 self.finished = True
                 self._line(f"{made}; no bootstrap resamples")
@@ -86,11 +92,11 @@ class StatsProgress:
             self.last = now
             rate = (boot - self.since[1]) / max(now - self.since[0], 1e-9)
             eta = (n - boot) / rate if rate > 0 else float("nan")
-            self._line(f"{boot}/{n} bootstrap evaluations in {_minutes(now - t)}, about "
-                       f"{_minutes(eta)} left")
+            self._line(f"{boot}/{n} bootstrap evaluations in {duration(now - t)}, about "
+                       f"{duration(eta)} left")
         if done >= total:
             self.finished = True
             if self.bar is not None:
                 self.bar.close()
-            self._line(f"{n}/{n} bootstrap evaluations in {_minutes(now - t)} (the statistics "
-                       f"in {_minutes(now - self.t0)})")
+            self._line(f"{n}/{n} bootstrap evaluations in {duration(now - t)} (the statistics "
+                       f"in {duration(now - self.t0)})")

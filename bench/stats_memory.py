@@ -3,7 +3,8 @@ process count by (``analysis.stats.table.process_bytes``: a fixed part + per tri
 trial row and measure of the largest job), on bench/stats.py's synthetic table, as `sweep
 report` runs it (two processes, 2 bootstrap replicates: the peak is reached in the first
 evaluation of the largest job). Each process's resident memory is sampled every 50 ms
-(psutil); the model should be at or above every measured peak (exit 1 if not).
+(psutil), and this process's (the table's data, the jobs it prepares, the results it
+gathers); the model should be at or above every worker's peak (exit 1 if not).
 
     python bench/stats_memory.py --sizes 10000x41 100000x5 100000x41 100000x80 300000x41
 """
@@ -32,8 +33,11 @@ def one(trials: int, measures: int) -> dict:
     peaks: dict = {}
     stop = threading.Event()
 
+    before = me.memory_info().rss  # this process, which prepares the jobs and gathers results
+
     def watch():
         while not stop.is_set():
+            peaks["parent"] = max(peaks.get("parent", 0), me.memory_info().rss)
             for c in me.children(recursive=True):
                 try:
                     peaks[c.pid] = max(peaks.get(c.pid, 0), c.memory_info().rss)
@@ -49,10 +53,11 @@ def one(trials: int, measures: int) -> dict:
     stop.set()
     th.join()
     # the workers (the spawn machinery's resource tracker holds ~12 MB: not one of them)
+    parent = peaks.pop("parent", before)
     workers = sorted((v for v in peaks.values() if v > 64 << 20), reverse=True)
     model = process_bytes(trials, measures)  # the largest job: group "all", every measure
     return {"trials": trials, "measures": measures, "seconds": seconds,
-            "peaks": workers, "model": model}
+            "peaks": workers, "model": model, "parent": (before, parent)}
 
 
 def main() -> int:
@@ -60,8 +65,9 @@ def main() -> int:
     ap.add_argument("--sizes", nargs="+", default=["10000x41", "100000x41"],
                     help="TRIALSxMEASURES")
     args = ap.parse_args()
-    print("| trials | measures | processes' peaks (MiB) | model (MiB) | model / largest peak | s |")
-    print("|---:|---:|---|---:|---:|---:|")
+    print("| trials | measures | processes' peaks (MiB) | model (MiB) | model / largest peak | "
+          "this process: before -> peak (MiB) | s |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
     ok = True
     for size in args.sizes:
         t, m = (int(x) for x in size.split("x"))
@@ -70,7 +76,8 @@ def main() -> int:
         ratio = r["model"] / top if top else float("nan")
         ok &= ratio >= 1
         print(f"| {t:,} | {m} | {', '.join(str(p >> 20) for p in r['peaks'])} | "
-              f"{r['model'] >> 20} | {ratio:.2f} | {r['seconds']:.1f} |", flush=True)
+              f"{r['model'] >> 20} | {ratio:.2f} | {r['parent'][0] >> 20} -> "
+              f"{r['parent'][1] >> 20} | {r['seconds']:.1f} |", flush=True)
     return 0 if ok else 1
 
 

@@ -813,15 +813,15 @@ def _schema():
     return _schema_class(SweepConfig, "SweepSchema")
 
 
-@lru_cache(maxsize=1)
 def resumable_keys_text() -> str:
     """The keys `sweep resume` and `sweep measure` may override (``NOT_IDENTITY`` but ``out``),
-    a group's as "group.*", comma-separated: for their help."""
+    a group's as "group.*", comma-separated: for their help and refusals."""
     keys = schema_keys()
     return ", ".join(k + ".*" if any(x.startswith(k + ".") for x in keys) else k
                      for k in NOT_IDENTITY if k != "out")
 
 
+@lru_cache(maxsize=1)
 def schema_keys() -> tuple[str, ...]:
     """Every key of the configuration, dotted (``train.lbfgs.lr``), from the dataclasses."""
     def walk(cls, prefix):

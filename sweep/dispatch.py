@@ -27,6 +27,7 @@ from __future__ import annotations
 import sys
 import time
 
+from analysis.progress import duration
 from sweep.runtime import RUNTIME_PROBE_S, local_runtime_exited, runtime_lost
 
 GRACE_S = 30.0  # after Ctrl-C / SIGTERM: how long running trials may take to finish
@@ -201,17 +202,8 @@ def progress_line(settled: int, total: int, seconds: float, counts: dict[str, in
              f"{running} running"]
     if 0 < settled < total:
         left = seconds / settled * (total - settled)
-        parts.append(f"about {_duration(left)} left at the rate so far")
+        parts.append(f"about {duration(left)} left at the rate so far")
     return f"progress: {settled}/{total} trials in {seconds:.0f} s ({'; '.join(parts)})"
-
-
-def _duration(seconds: float) -> str:
-    """``seconds`` for people: "45 s", "12 min", "3.2 h"."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def run(work: Work, ray, out, resources, slots: int, watch, lock=None,

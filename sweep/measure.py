@@ -96,9 +96,12 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not any(counts.values()):
-        asked = (', '.join(cfg.measures) if len(cfg.measures) <= 3 and "all" not in cfg.measures
-                 else f"each of the {len(cfg.measures)} measures asked for"
-                 if "all" not in cfg.measures else "every measure asked for")
+        if "all" in cfg.measures:
+            asked = "every measure asked for"
+        elif len(cfg.measures) > 3:
+            asked = f"each of the {len(cfg.measures)} measures asked for"
+        else:
+            asked = ", ".join(cfg.measures)
         log(f"measures: nothing to evaluate (every finished trial has {asked} stored)")
     return counts
 
@@ -268,12 +271,13 @@ class RetrainWork(Work):
         return len(results)
 
     def timed_out(self, unit, trial_id, phase, seconds, error) -> tuple[int, list[list]]:
-        return self.done(unit, [error + " (a longer limit: resources.trial_timeout=...)"]), []
+        why = error + " (a longer limit: resources.trial_timeout=...)"
+        return self.done(unit, [why] * len(unit)), []
 
     def failed(self, unit, exc: BaseException, attempts: int) -> int:
         from sweep.watch import first_line
 
-        return self.done(unit, [first_line(exc)])
+        return self.done(unit, [first_line(exc)] * len(unit))
 
 
 def retrain_trials(cfg: SweepConfig, out, plan, ids, log, lock=None) -> int:

@@ -178,6 +178,12 @@ def start_ray(cfg: SweepConfig):
     return ray
 
 
+def _largest_node(ray, resource: str) -> float:
+    """The largest amount of ``resource`` ("CPU", "GPU") on one live node of the Ray runtime."""
+    return max((n.get("Resources", {}).get(resource, 0) for n in ray.nodes() if n.get("Alive")),
+               default=0)
+
+
 def check_gpus(ray, per_trial: float, per_node: bool = False) -> None:
     """A one-line refusal when trials ask for GPUs the Ray cluster does not have (they would
     wait forever). ``per_node``: against its largest node's GPUs (a task runs on one node: a
@@ -189,39 +195,37 @@ def check_gpus(ray, per_trial: float, per_node: bool = False) -> None:
     if have < per_trial:
         raise ConfigError(f"resources.gpus_per_trial: {per_trial:g}, but the Ray cluster has "
                           f"{have:g} GPUs; allowed: 0 here (CPU), or a cluster with GPUs")
-    if per_node:
-        top = max((n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")),
-                  default=0)
-        if top < per_trial:
-            raise ConfigError(f"resources.gpus_per_trial: {per_trial:g}, but the largest node "
-                              f"of the Ray cluster has {top:g} GPUs (a trial runs on one node); "
-                              f"allowed: at most {top:g}")
+    top = _largest_node(ray, "GPU") if per_node else have
+    if top < per_trial:
+        raise ConfigError(f"resources.gpus_per_trial: {per_trial:g}, but the largest node of the "
+                          f"Ray cluster has {top:g} GPUs (a trial runs on one node); allowed: at "
+                          f"most {top:g}")
 
 
 def check_cpus(ray, per_trial: float, running: bool = False) -> None:
-    """A one-line refusal when trials ask for more CPUs than any node of the Ray runtime has (a
-    task runs on one node: they would wait forever). For the local Ray this driver starts (the
-    CPUs this process may use, ``workers.cores.usable_cores``, unless ``cluster.num_cpus`` says
-    otherwise), not an existing cluster, where nodes may still join (an autoscaler, a SLURM
-    allocation's workers starting). ``running``: a Ray this process had started before the
-    sweep (a notebook's), which ``start_ray`` reuses."""
-    have = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")),
-               default=0)
+    """A one-line refusal when trials ask for more CPUs than any live node of the Ray runtime
+    has (a task runs on one node: they would wait forever). The caller asks it where no node
+    can join later: a local Ray (the CPUs this process may use, ``workers.cores.usable_cores``,
+    unless ``cluster.num_cpus`` says otherwise) or a cluster with ``cluster.fixed_nodes``.
+    ``running``: a Ray this process had started before the sweep (a notebook's), which
+    ``start_ray`` reuses (``cluster.num_cpus`` would not change it)."""
+    have = _largest_node(ray, "CPU")
     if running:
         _refuse_cpus(per_trial, have, f"the Ray this process runs already has {have:g} CPUs",
-                     "")
+                     fix=False)
     else:
-        _refuse_cpus(per_trial, have, f"the largest node of the Ray runtime has {have:g} CPUs",
-                     " (a local Ray: those this process may use, its affinity mask or cgroup "
-                     "quota, unless cluster.num_cpus says otherwise)", fix=True)
+        _refuse_cpus(per_trial, have, f"the largest node of the Ray runtime has {have:g} CPUs "
+                     "(a local Ray: those this process may use, its affinity mask or cgroup "
+                     "quota, unless cluster.num_cpus says otherwise)")
 
 
-def _refuse_cpus(per_trial: float, have: float, why: str, detail: str,
-                 fix: bool = False) -> None:
+def _refuse_cpus(per_trial: float, have: float, why: str, fix: bool = True) -> None:
+    """ConfigError "resources.cpus_per_trial: X, but ``why``; allowed: ..." when
+    ``per_trial`` > ``have``; ``fix``: name cluster.num_cpus as the other way out."""
     if per_trial > have:
-        raise ConfigError(f"resources.cpus_per_trial: {per_trial:g}, but {why}{detail}; allowed: "
-                          f"at most {have:g}" + (", or cluster.num_cpus=N for a local Ray of N "
-                                                 "CPUs" if fix else ""))
+        raise ConfigError(f"resources.cpus_per_trial: {per_trial:g}, but {why}; allowed: at most "
+                          f"{have:g}" + (", or cluster.num_cpus=N for a local Ray of N CPUs"
+                                         if fix else ""))
 
 
 def check_resources(cfg: SweepConfig) -> None:
@@ -238,14 +242,13 @@ def check_resources(cfg: SweepConfig) -> None:
     elif cfg.cluster.address is None:
         num = cfg.cluster.num_cpus
         if num is not None:
-            _refuse_cpus(res.cpus_per_trial, num, f"cluster.num_cpus is {num}", "", fix=True)
+            _refuse_cpus(res.cpus_per_trial, num, f"cluster.num_cpus is {num}")
         else:
             from workers.cores import usable_cores
 
             have = usable_cores()
-            _refuse_cpus(res.cpus_per_trial, have, f"this process may use {have} CPUs",
-                         " (its affinity mask, e.g. a SLURM allocation's, or a cgroup quota)",
-                         fix=True)
+            _refuse_cpus(res.cpus_per_trial, have, f"this process may use {have} CPUs (its "
+                         "affinity mask, e.g. a SLURM allocation's, or a cgroup quota)")
     if res.gpus_per_trial > 0 or cfg.cluster.address is not None:
         check_gpus(start_ray(cfg), res.gpus_per_trial,
                    per_node=cfg.cluster.address is None or cfg.cluster.fixed_nodes)

@@ -291,7 +291,7 @@ def test_the_plain_progress_line_says_what_the_bar_does():
     from sweep.dispatch import progress_line
 
     line = progress_line(20, 80, 60.0, {"ok": 18, "failed": 2, "oom": 0}, 2)
-    assert line == ("progress: 20/80 trials in 60 s (18 ok, 2 failed; 2 running; about 3 min "
+    assert line == ("progress: 20/80 trials in 60 s (18 ok, 2 failed; 2 running; about 3.0 min "
                     "left at the rate so far)")
     assert progress_line(0, 80, 5.0, {"ok": 0}, 2) == \
         "progress: 0/80 trials in 5 s (none settled; 2 running)"

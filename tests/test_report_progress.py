@@ -99,7 +99,8 @@ def test_a_launch_log_shows_the_reports_progress(tmp_path):
     assert r.returncode == 0, text[-3000:]
     assert re.search(r"^report: figures of 4 trials", text, re.M), text[-3000:]
     assert re.search(r"^report: statistics of (\d+) measures \(\d+ measures and the 2 baselines "
-                     r"n_params, train_loss\) over \d+ trials, \d+ bootstrap", text, re.M), text[-3000:]
+                     r"n_params, train_loss\) over \d+ trials, \d+ bootstrap", text, re.M), \
+        text[-3000:]
     assert re.search(r"^report: statistics: estimates of \d+ .* bootstrap evaluations follow "
                      r"on \d+ process", text, re.M)
     assert re.search(r"^report: statistics: (\d+)/\1 bootstrap evaluations in ", text, re.M)

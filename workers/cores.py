@@ -68,10 +68,19 @@ def _upwards(top: Path, rel: str):
         d = d.parent
 
 
-def _v1_mounts(root: Path, controller: str) -> list[Path]:
-    """The directories a cgroup v1 ``controller`` may be mounted at under ``root``."""
+def _cgroup_dirs(root: str | os.PathLike, proc_cgroup: str | os.PathLike, controller: str):
+    """(version, directory) of this process's cgroup and of each one above it, where
+    ``controller`` ("cpu", "memory") keeps its limits: cgroup v2 (2) under ``root`` along the
+    "0::<path>" line of ``proc_cgroup``, then cgroup v1 (1) under the controller's mount
+    (``root``/cpu,cpuacct or ``root``/cpu; ``root``/memory) along its own line."""
+    root = Path(root)
+    paths = _cgroup_paths(proc_cgroup)
+    for d in _upwards(root, paths.get("", "")):
+        yield 2, d
     names = {"cpu": ("cpu,cpuacct", "cpu"), "memory": ("memory",)}[controller]
-    return [root / n for n in names if (root / n).is_dir()][:1]
+    for top in [root / n for n in names if (root / n).is_dir()][:1]:
+        for d in _upwards(top, paths.get(controller, "")):
+            yield 1, d
 
 
 def cgroup_cpu_limit(root: str | os.PathLike = CGROUP_ROOT,
@@ -84,26 +93,19 @@ def cgroup_cpu_limit(root: str | os.PathLike = CGROUP_ROOT,
     ``root``/cpu,cpuacct or ``root``/cpu and of each directory above it (a host's systemd
     ``CPUQuota``), or of that mount's root alone where the path is not under it (a container's
     view)."""
-    root = Path(root)
-    paths = _cgroup_paths(proc_cgroup)
     limits = []
-    for d in _upwards(root, paths.get("", "")):
+    for version, d in _cgroup_dirs(root, proc_cgroup, "cpu"):
         try:
-            limits.append(_quota(*(d / "cpu.max").read_text().split()[:2]))
+            limits.append(_quota(*(d / "cpu.max").read_text().split()[:2]) if version == 2
+                          else _quota((d / "cpu.cfs_quota_us").read_text(),
+                                      (d / "cpu.cfs_period_us").read_text()))
         except (OSError, ValueError, TypeError):
             pass
-    for top in _v1_mounts(root, "cpu"):
-        for d in _upwards(top, paths.get("cpu", "")):
-            try:
-                limits.append(_quota((d / "cpu.cfs_quota_us").read_text(),
-                                     (d / "cpu.cfs_period_us").read_text()))
-            except (OSError, ValueError):
-                pass
     limits = [x for x in limits if x is not None]
     return min(limits) if limits else None
 
 
-# a cgroup v1 memory limit at or above this is "no limit" (the kernel writes 2^63 - 4096)
+# a cgroup memory limit at or above this is "no limit" (v1: the kernel writes 2^63 - 4096)
 _V1_UNLIMITED = 1 << 62
 
 
@@ -140,28 +142,17 @@ def cgroup_memory_headroom(root: str | os.PathLike = CGROUP_ROOT,
     (``memory.usage_in_bytes`` - ``total_inactive_file``) of the memory controller's cgroup
     and each directory above it. Never below 0; a limit whose usage cannot be read counts
     whole."""
-    root = Path(root)
-    paths = _cgroup_paths(proc_cgroup)
     rooms = []
-    for d in _upwards(root, paths.get("", "")):
+    for version, d in _cgroup_dirs(root, proc_cgroup, "memory"):
+        files = (("memory.max", "memory.current", "inactive_file") if version == 2 else
+                 ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
         try:
-            limit = (d / "memory.max").read_text().strip()
-            if limit == "max":
+            text = (d / files[0]).read_text().strip()
+            if text == "max" or int(text) >= _V1_UNLIMITED:
                 continue
-            rooms.append(int(limit) - _used(d / "memory.current", d / "memory.stat",
-                                            "inactive_file"))
+            rooms.append(int(text) - _used(d / files[1], d / "memory.stat", files[2]))
         except (OSError, ValueError):
             pass
-    for top in _v1_mounts(root, "memory"):
-        for d in _upwards(top, paths.get("memory", "")):
-            try:
-                limit = int((d / "memory.limit_in_bytes").read_text())
-                if limit >= _V1_UNLIMITED:
-                    continue
-                rooms.append(limit - _used(d / "memory.usage_in_bytes", d / "memory.stat",
-                                           "total_inactive_file"))
-            except (OSError, ValueError):
-                pass
     return max(0, min(rooms)) if rooms else None
 
 

@@ -66,7 +66,8 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
     ``noise_filter``: the sign-errors with Dziugaite et al.'s Monte-Carlo noise filter, the
     test points behind each gap taken from the trials' ``test_size``. ``processes``: see
     ``analysis.stats.statistics_table`` (default, for a large table: one per usable CPU, no
-    more than the usable memory holds, ``analysis.stats.process_count``). ``rank_by``: the statistic that orders the ranking of the measures
+    more than the usable memory holds, ``analysis.stats.process_count``). ``rank_by``: the
+    statistic that orders the ranking of the measures
     (``analysis.stats.ranking_table``, over all passing trials; also ``ranking.csv``).
     ``launch_command(config)``: the command that launches the stored sweep and whether it is
     exact, for the header (``sweep report`` passes ``sweep.show.launch_command``; without it
@@ -143,10 +144,10 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
         stats_measures = [m for m in ranked if m in fit]
         if progress and len(fit):
             base = [m for m in stats_measures if m in BASELINES]
-            say(f"report: statistics of {len(stats_measures)} measures"
-                + (f" ({len(stats_measures) - len(base)} measures and the {len(base)} "
-                   f"baselines {', '.join(base)})"
-                   if base else "") + f" over {len(fit)} trials, {n_boot} bootstrap resamples")
+            among = (f" ({len(stats_measures) - len(base)} measures and the {len(base)} "
+                     f"baselines {', '.join(base)})" if base else "")
+            say(f"report: statistics of {len(stats_measures)} measures{among} over {len(fit)} "
+                f"trials, {n_boot} bootstrap resamples")
         table = statistics_table(fit, measures=stats_measures,
                                  n_boot=n_boot, seed=seed, hyperparameters=hps,
                                  noise_filter=noise_filter, processes=processes,

@@ -134,7 +134,7 @@ class MetricsConfig:
 class ClusterConfig:
     address: str | None
     num_cpus: int | None
-    fixed_nodes: bool = False
+    fixed_nodes: bool | None = None  # None: not said (sweep.runtime.check_trials_fit)
 
 
 @dataclass(frozen=True)
@@ -750,7 +750,8 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
         cluster=ClusterConfig(
             address=None if address is None else str(address),
             num_cpus=_int("cluster.num_cpus", c.get("num_cpus"), lo=1, allow_none=True),
-            fixed_nodes=_bool("cluster.fixed_nodes", c.get("fixed_nodes", False)),
+            fixed_nodes=(None if c.get("fixed_nodes") is None
+                         else _bool("cluster.fixed_nodes", c.get("fixed_nodes"))),
         ),
         resources=ResourcesConfig(
             cpus_per_trial=_float("resources.cpus_per_trial", r.get("cpus_per_trial"), positive=True),

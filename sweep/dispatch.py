@@ -427,18 +427,19 @@ class Tasks:
         import math
         import os
 
-        from sweep.runtime import check_cpus, check_gpus, start_ray
+        from sweep.runtime import check_trials_fit, start_ray
         from sweep.watch import Watch
         from workers.checkpoint import parse_budget
 
         self.cfg, self.out = cfg, out
         self.ray = start_ray(cfg)
         res = cfg.resources
-        check_gpus(self.ray, res.gpus_per_trial,
-                   per_node=cfg.cluster.address is None or cfg.cluster.fixed_nodes)
-        # (a cluster's nodes may join later, an autoscaler's, unless cluster.fixed_nodes)
-        if cfg.cluster.address is None or cfg.cluster.fixed_nodes:
-            check_cpus(self.ray, res.cpus_per_trial)
+        # (a local Ray's nodes are all there; a cluster's may join later, unless
+        # cluster.fixed_nodes=true)
+        note = check_trials_fit(self.ray, res.cpus_per_trial, res.gpus_per_trial,
+                                True if cfg.cluster.address is None else cfg.cluster.fixed_nodes)
+        if note:
+            log(note)
         self.remote = self.ray.remote(fn)
         self.options = dict(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
                             max_retries=0, retry_exceptions=False)

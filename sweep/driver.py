@@ -27,9 +27,9 @@ from sweep.dispatch import (EXIT_RUNTIME_LOST, GRACE_S, KILL_GRACE_S,  # noqa: F
 from sweep.evaluate import run as evaluate_missing
 from sweep.lock import LOCK_FILE, DriverLock
 from sweep.plan import grid_note, manifest_table, plan_pairs, plan_trials, seed_note
-from sweep.runtime import (LOOPBACK, RUNTIME_PROBE_S, check_gpus, check_loopback,  # noqa: F401
-                           check_resources, largest_node_memory, local_runtime_exited,
-                           loopback_node, runtime_lost, start_ray)
+from sweep.runtime import (LOOPBACK, RUNTIME_PROBE_S, check_loopback,  # noqa: F401
+                           check_resources, check_trials_fit, largest_node_memory,
+                           local_runtime_exited, loopback_node, runtime_lost, start_ray)
 from sweep.trials import (_file_stamp, _record_system_failure, _record_timeout,  # noqa: F401
                           _result_status, _run_remote, dispatch, iter_units, make_units,
                           memory_note, saves_weights, task_memory)

@@ -184,22 +184,68 @@ def _largest_node(ray, resource: str) -> float:
                default=0)
 
 
-def check_gpus(ray, per_trial: float, per_node: bool = False) -> None:
-    """A one-line refusal when trials ask for GPUs the Ray cluster does not have (they would
-    wait forever). ``per_node``: against its largest node's GPUs (a task runs on one node: a
-    local Ray, or a cluster whose nodes have all joined, ``cluster.fixed_nodes``), else against
-    the cluster's total (an autoscaler may add nodes)."""
-    if per_trial <= 0:
-        return
-    have = ray.cluster_resources().get("GPU", 0)
-    if have < per_trial:
-        raise ConfigError(f"resources.gpus_per_trial: {per_trial:g}, but the Ray cluster has "
-                          f"{have:g} GPUs; allowed: 0 here (CPU), or a cluster with GPUs")
-    top = _largest_node(ray, "GPU") if per_node else have
-    if top < per_trial:
-        raise ConfigError(f"resources.gpus_per_trial: {per_trial:g}, but the largest node of the "
-                          f"Ray cluster has {top:g} GPUs (a trial runs on one node); allowed: at "
-                          f"most {top:g}")
+def node_groups(ray) -> list[dict] | None:
+    """The resources of each node group an autoscaler may start (``max_count`` not 0), as the
+    autoscaler reported them to the GCS (Ray's ``ClusterConfig``, read as Ray Data reads it:
+    ``ray._private.state.state.get_cluster_config()``; private API, in one place); None where
+    no autoscaler reported one (Ray 2.60's own autoscalers do not) or it cannot be read."""
+    try:
+        config = ray._private.state.state.get_cluster_config()
+    except Exception:  # (a Ray without it, a stand-in, a runtime that cannot answer)
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return [dict(g.resources) for g in config.node_group_configs if g.max_count != 0]
+
+
+def check_trials_fit(ray, cpus: float, gpus: float, fixed_nodes: bool | None) -> str | None:
+    """Whether a trial asking ``cpus`` CPUs and ``gpus`` GPUs can ever be placed (a task runs
+    on one node; one that never can would wait forever): a one-line ConfigError where it
+    cannot, else a note to log where trials will wait for a node to join, else None.
+
+    ``fixed_nodes`` True, where no node joins (a local Ray; ``cluster.fixed_nodes=true``, each
+    `sweep slurm` job's): against the largest live node. Otherwise, where an autoscaler
+    reported its node groups (``node_groups``): against the largest live node or node group.
+    Without that report, False (``cluster.fixed_nodes=false``: an autoscaler adds nodes)
+    refuses nothing; None (not said: the default) refuses GPU trials where the whole cluster
+    has fewer GPUs than one trial (GPUs asked of a CPU cluster), naming
+    ``cluster.fixed_nodes=false`` as the way to wait for an autoscaler's GPU nodes."""
+    if fixed_nodes is True:
+        check_cpus(ray, cpus)
+    groups = None if fixed_nodes is True else node_groups(ray)
+    waits = []
+    for key, resource, per_trial in (("resources.cpus_per_trial", "CPU", cpus),
+                                     ("resources.gpus_per_trial", "GPU", gpus)):
+        top = _largest_node(ray, resource)
+        if per_trial <= 0 or per_trial <= top:
+            continue
+        total = ray.cluster_resources().get(resource, 0)
+        if fixed_nodes is True:
+            if total < per_trial:
+                raise ConfigError(f"{key}: {per_trial:g}, but the Ray cluster has {total:g} "
+                                  "GPUs; allowed: 0 here (CPU), or a cluster with GPUs")
+            raise ConfigError(f"{key}: {per_trial:g}, but the largest node of the Ray cluster "
+                              f"has {top:g} GPUs (a trial runs on one node); allowed: at most "
+                              f"{top:g}")
+        if groups is not None:
+            grown = max((g.get(resource, 0) for g in groups), default=0)
+            if per_trial > grown:
+                raise ConfigError(
+                    f"{key}: {per_trial:g}, but no node of the Ray cluster has more than {top:g} "
+                    f"{resource}s, nor any node group of its autoscaler more than {grown:g} (a "
+                    f"trial runs on one node); allowed: at most {max(top, grown):g}")
+        elif fixed_nodes is None and resource == "GPU" and total < per_trial:
+            raise ConfigError(
+                f"{key}: {per_trial:g}, but the Ray cluster has {total:g} GPUs; allowed: 0 "
+                "(CPU), a cluster with GPUs, or cluster.fixed_nodes=false where an autoscaler "
+                "adds GPU nodes")
+        waits.append(f"{per_trial:g} {resource}s")
+    if not waits:
+        return None
+    return (f"note: no node of the Ray cluster has {' and '.join(waits)} now (a trial runs on "
+            "one node): trials wait until "
+            + ("its autoscaler starts one (a node group has them)" if groups is not None else
+               "one joins (an autoscaler's); cluster.fixed_nodes=true refuses them instead"))
 
 
 def check_cpus(ray, per_trial: float, running: bool = False) -> None:
@@ -249,9 +295,11 @@ def check_resources(cfg: SweepConfig) -> None:
             have = usable_cores()
             _refuse_cpus(res.cpus_per_trial, have, f"this process may use {have} CPUs (its "
                          "affinity mask, e.g. a SLURM allocation's, or a cgroup quota)")
-    if res.gpus_per_trial > 0 or cfg.cluster.address is not None:
-        check_gpus(start_ray(cfg), res.gpus_per_trial,
-                   per_node=cfg.cluster.address is None or cfg.cluster.fixed_nodes)
+    if cfg.cluster.address is not None:
+        check_trials_fit(start_ray(cfg), res.cpus_per_trial, res.gpus_per_trial,
+                         cfg.cluster.fixed_nodes)
+    elif res.gpus_per_trial > 0:
+        check_trials_fit(start_ray(cfg), 0, res.gpus_per_trial, True)
 
 
 def local_runtime_exited(ray) -> str | None:

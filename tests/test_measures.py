@@ -466,15 +466,18 @@ def test_measure_refuses_study_settings_and_training_keys(tmp_path, capsys):
 
 def test_gpus_the_cluster_lacks_are_refused():
     from sweep.config import ConfigError
-    from sweep.driver import check_gpus
+    from sweep.driver import check_trials_fit
 
     class FakeRay:
         def cluster_resources(self):
             return {"CPU": 2.0}
 
-    check_gpus(FakeRay(), 0)
+        def nodes(self):
+            return [{"Alive": True, "Resources": {"CPU": 2.0}}]
+
+    assert check_trials_fit(FakeRay(), 1, 0, None) is None
     with pytest.raises(ConfigError, match="gpus_per_trial: 1, but the Ray cluster has 0 GPUs"):
-        check_gpus(FakeRay(), 1)
+        check_trials_fit(FakeRay(), 1, 1, True)
 
 
 def test_all_means_the_built_in_measures_and_the_sweeps_own_modules():

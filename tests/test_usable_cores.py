@@ -284,7 +284,8 @@ def test_check_resources_asks_ray_only_for_gpus_or_a_cluster(monkeypatch):
     from sweep.config import ConfigError, compose
 
     started = []
-    fake = types.SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
+    fake = types.SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0},
+                                 nodes=lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
     monkeypatch.setattr(runtime, "start_ray", lambda cfg: started.append(cfg) or fake)
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: False))
     monkeypatch.setattr("workers.cores.usable_cores", lambda *a: 2)
@@ -398,26 +399,3 @@ def test_a_cluster_of_fixed_nodes_refuses_trials_larger_than_every_node(monkeypa
     with pytest.raises(Reached):
         dispatch.Tasks(compose(big[:1] + ["resources.cpus_per_trial=8",
                                           "cluster.fixed_nodes=true"]), print, None, print)
-
-
-def test_gpus_are_checked_per_node_where_the_nodes_are_all_there():
-    """``check_gpus``: against the total on a cluster that may grow; against the largest node
-    with ``per_node`` (a local Ray, ``cluster.fixed_nodes``): two one-GPU nodes cannot run a
-    trial of 2 GPUs."""
-    import types
-
-    from sweep.config import ConfigError
-    from sweep.runtime import check_gpus
-
-    ray = types.SimpleNamespace(
-        cluster_resources=lambda: {"CPU": 16.0, "GPU": 2.0},
-        nodes=lambda: [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
-                       {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
-                       {"Alive": False, "Resources": {"GPU": 4.0}}])
-    check_gpus(ray, 2)
-    check_gpus(ray, 1, per_node=True)
-    with pytest.raises(ConfigError) as e:
-        check_gpus(ray, 2, per_node=True)
-    assert "largest node of the Ray cluster has 1 GPUs" in str(e.value)
-    with pytest.raises(ConfigError, match="the Ray cluster has 2 GPUs"):
-        check_gpus(ray, 3)

@@ -1,0 +1,258 @@
+"""Trials that no node can run: refused in one line where no node can join, waited for (with a
+note) where an autoscaler adds nodes (``cluster.fixed_nodes``, ``sweep.runtime.check_trials_fit``).
+
+The shape that matters is docker/cluster.yaml's and docker/rayjob.yaml's: a head without CPUs
+and GPU workers that an autoscaler starts from zero, so the cluster has no GPU when the driver
+starts."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+from sweep.config import ConfigError, compose
+from sweep.runtime import check_trials_fit, node_groups
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stub(nodes, groups=None):
+    """A stand-in for the ``ray`` module: live ``nodes`` (resource dicts), and node groups an
+    autoscaler reported (resource dicts, max_count 4; None: none reported)."""
+    config = None
+    if groups is not None:
+        config = types.SimpleNamespace(node_group_configs=[
+            types.SimpleNamespace(resources=g, max_count=4) for g in groups])
+    total = {}
+    for n in nodes:
+        for k, v in n.items():
+            total[k] = total.get(k, 0) + v
+    state = types.SimpleNamespace(get_cluster_config=lambda: config)
+    return types.SimpleNamespace(
+        nodes=lambda: [{"Alive": True, "Resources": n} for n in nodes]
+        + [{"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}],  # dead: never counts
+        cluster_resources=lambda: total,
+        _private=types.SimpleNamespace(state=types.SimpleNamespace(state=state)))
+
+
+def one_line(e) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+def test_where_no_node_joins_a_trial_larger_than_every_node_is_refused():
+    ray = stub([{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}])
+    assert check_trials_fit(ray, 8, 1, True) is None
+    with pytest.raises(ConfigError) as e:
+        check_trials_fit(ray, 12, 0, True)
+    assert "resources.cpus_per_trial: 12, but the largest node of the Ray runtime has 8 CPUs" \
+        in one_line(e)
+    with pytest.raises(ConfigError) as e:  # 2 GPUs in all, but 1 per node
+        check_trials_fit(ray, 1, 2, True)
+    assert "gpus_per_trial: 2, but the largest node of the Ray cluster has 1 GPUs" in one_line(e)
+    with pytest.raises(ConfigError) as e:
+        check_trials_fit(ray, 1, 3, True)
+    assert "gpus_per_trial: 3, but the Ray cluster has 2 GPUs" in one_line(e)
+    # fixed nodes: what an autoscaler reported does not matter (none runs)
+    with pytest.raises(ConfigError):
+        check_trials_fit(stub([{"CPU": 8.0}], groups=[{"CPU": 8.0, "GPU": 4.0}]), 1, 1, True)
+
+
+def test_not_said_refuses_only_gpus_the_whole_cluster_lacks():
+    head_only = stub([{"CPU": 0.0}, {"CPU": 4.0}])  # no GPU node has started yet
+    with pytest.raises(ConfigError) as e:
+        check_trials_fit(head_only, 1, 0.25, None)
+    msg = one_line(e)
+    assert "gpus_per_trial: 0.25, but the Ray cluster has 0 GPUs" in msg
+    assert "cluster.fixed_nodes=false where an autoscaler adds GPU nodes" in msg
+    # CPUs beyond every node, or GPUs in all but not on one node: a note, the trials wait
+    note = check_trials_fit(stub([{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]), 6, 2,
+                            None)
+    assert note == ("note: no node of the Ray cluster has 6 CPUs and 2 GPUs now (a trial runs on "
+                    "one node): trials wait until one joins (an autoscaler's); "
+                    "cluster.fixed_nodes=true refuses them instead")
+    assert check_trials_fit(head_only, 4, 0, None) is None
+
+
+def test_under_an_autoscaler_nothing_is_refused_and_what_waits_is_said():
+    head_only = stub([{"CPU": 0.0}])
+    note = check_trials_fit(head_only, 1, 0.25, False)
+    assert note.startswith("note: no node of the Ray cluster has 1 CPUs and 0.25 GPUs now")
+    assert check_trials_fit(stub([{"CPU": 2.0, "GPU": 1.0}]), 1, 0.25, False) is None
+
+
+def test_node_groups_an_autoscaler_reported_decide_where_they_exist():
+    groups = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 32.0}]
+    ray = stub([{"CPU": 0.0}], groups=groups)
+    for fixed in (None, False):
+        note = check_trials_fit(ray, 8, 1, fixed)
+        assert note.endswith("trials wait until its autoscaler starts one (a node group has "
+                             "them)"), note
+        with pytest.raises(ConfigError) as e:
+            check_trials_fit(ray, 1, 2, fixed)
+        assert ("gpus_per_trial: 2, but no node of the Ray cluster has more than 0 GPUs, nor "
+                "any node group of its autoscaler more than 1") in one_line(e)
+        with pytest.raises(ConfigError) as e:
+            check_trials_fit(ray, 48, 0, fixed)
+        assert "cpus_per_trial: 48" in one_line(e) and "more than 32" in one_line(e)
+    # a group the autoscaler may not start (max_count 0) does not count
+    ray.cluster_resources = lambda: {}
+    config = types.SimpleNamespace(node_group_configs=[
+        types.SimpleNamespace(resources={"CPU": 8.0, "GPU": 4.0}, max_count=0)])
+    ray._private.state.state.get_cluster_config = lambda: config
+    assert node_groups(ray) == []
+    with pytest.raises(ConfigError, match="more than 0"):
+        check_trials_fit(ray, 1, 1, None)
+
+
+def test_a_stand_in_or_a_ray_without_the_report_reads_as_none():
+    assert node_groups(types.SimpleNamespace()) is None
+
+
+def test_fixed_nodes_reads_true_false_and_null():
+    assert compose([]).cluster.fixed_nodes is None
+    assert compose(["cluster.fixed_nodes=true"]).cluster.fixed_nodes is True
+    assert compose(["cluster.fixed_nodes=false"]).cluster.fixed_nodes is False
+    with pytest.raises(ConfigError, match="cluster.fixed_nodes: expected true or false"):
+        compose(["cluster.fixed_nodes=sometimes"])
+
+
+CLUSTER = textwrap.dedent("""
+    import sys
+    from ray.cluster_utils import Cluster
+
+    # docker/cluster.yaml's shape: a head without CPUs, a CPU worker, no GPU yet
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    print("ADDRESS " + cluster.address, flush=True)
+    for line in sys.stdin:  # "gpu": the autoscaler adds a GPU node; "stop"
+        if line.strip() == "gpu":
+            cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
+            cluster.wait_for_nodes()
+            print("JOINED", flush=True)
+        else:
+            break
+    cluster.shutdown()
+""")
+
+DRIVER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+
+    import ray
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+    from sweep.config import ConfigError, compose
+    from sweep.driver import launch
+
+    out, address, tiny = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    ray.init(address=address, log_to_driver=False)
+    gpu = [f"cluster.address={address}", "resources.gpus_per_trial=1"]
+
+    def refused(extra, name):
+        try:
+            launch(compose(tiny + gpu + extra + [f"out={out / name}"]))
+        except ConfigError as e:
+            print("REFUSED " + str(e), flush=True)
+            print("WROTE " + str((out / name).exists()), flush=True)
+        else:
+            print("RAN", flush=True)
+
+    refused([], "default")  # not said: the cluster has no GPU at all
+    # an autoscaler that reports its node groups (as KubeRay's does to the GCS): GPU nodes of 1
+    config = autoscaler_pb2.ClusterConfig()
+    group = config.node_group_configs.add()
+    group.name, group.max_count = "gpu", 4
+    group.resources["CPU"], group.resources["GPU"] = 1, 1
+    ns = ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode()
+    key = ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode()
+    _internal_kv_put(key, config.SerializeToString(), namespace=ns)
+    refused(["resources.gpus_per_trial=2", "cluster.fixed_nodes=false"], "two")
+    _internal_kv_del(key, namespace=ns)
+    # cluster.fixed_nodes=false: the trials wait until the test adds a GPU node
+    launch(compose(tiny + gpu + ["cluster.fixed_nodes=false", "dry_run=true",
+                                 f"out={out / 'waits'}"]))
+    print("DONE", flush=True)
+    ray.shutdown()
+""")
+
+
+@pytest.mark.slow
+def test_gpu_trials_wait_for_an_autoscalers_node_and_are_refused_where_none_can_come(tmp_path):
+    """On a real loopback cluster (a head without CPUs, one CPU worker): GPU trials are refused
+    by default (no GPU anywhere, one line naming cluster.fixed_nodes=false, nothing written);
+    with node groups reported to the GCS, 2 GPUs per trial are refused against GPU nodes of 1
+    even with cluster.fixed_nodes=false; with cluster.fixed_nodes=false and no report, the
+    launch notes that the trials wait, runs none, and runs them all once a GPU node joins."""
+    import threading
+    import time
+
+    from analysis import load_results
+
+    tiny = ["experiment=demo", "trials=3", "progress=false", "figure=false"]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cluster = subprocess.Popen([sys.executable, "-c", CLUSTER], env=env, cwd=ROOT,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    driver = None
+    try:
+        line = cluster.stdout.readline()
+        assert line.startswith("ADDRESS "), line
+        address = line.split()[1]
+        driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path), address, *tiny],
+                                  env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        err = []
+        reader = threading.Thread(target=lambda: err.extend(driver.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 300
+        while not any("trials wait until one joins" in e for e in err):
+            assert time.monotonic() < deadline and driver.poll() is None, "".join(err)[-3000:]
+            time.sleep(0.2)
+        time.sleep(2)  # (waiting, not running)
+        before = list((tmp_path / "waits" / "trials").glob("*.parquet"))
+        cluster.stdin.write("gpu\n")
+        cluster.stdin.flush()
+        assert cluster.stdout.readline().strip() == "JOINED"
+        out, _ = driver.communicate(timeout=300)
+        reader.join(timeout=10)
+    finally:
+        for proc in (driver, cluster):
+            if proc is not None and proc.poll() is None:
+                if proc is cluster:
+                    try:
+                        proc.stdin.write("stop\n")
+                        proc.stdin.flush()
+                        proc.wait(timeout=60)
+                        continue
+                    except (OSError, subprocess.TimeoutExpired):
+                        pass
+                proc.kill()
+                proc.wait()
+    assert driver.returncode == 0, "".join(err)[-3000:]
+    said = [ln for ln in out.splitlines() if ln.startswith(("REFUSED", "WROTE", "RAN", "DONE"))]
+    assert said[0] == ("REFUSED resources.gpus_per_trial: 1, but the Ray cluster has 0 GPUs; "
+                       "allowed: 0 (CPU), a cluster with GPUs, or cluster.fixed_nodes=false "
+                       "where an autoscaler adds GPU nodes"), said
+    assert said[1] == "WROTE False", said
+    assert said[2].startswith("REFUSED resources.gpus_per_trial: 2, but no node of the Ray "
+                              "cluster has more than 0 GPUs, nor any node group of its "
+                              "autoscaler more than 1"), said
+    assert said[3] == "WROTE False" and said[4] == "DONE", said
+    assert before == []
+    assert any(e.startswith("note: no node of the Ray cluster has 1 GPUs now (a trial runs on "
+                            "one node): trials wait until one joins (an autoscaler's)")
+               for e in err), err
+    df = load_results(tmp_path / "waits")
+    assert len(df) == 3 and (df["status"] == "ok").all(), df[["status", "error"]]
+    assert json.loads((tmp_path / "waits" / "sweep.json").read_text())["config"]["cluster"][
+        "fixed_nodes"] is False

@@ -274,8 +274,7 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
         from sweep.driver import log
         from sweep.show import launch_command
 
-        log(f"report: figures and statistics of {sweep_dir} with {n_boot} bootstrap resamples "
-            "(the demo: about 20 s at 200, 1.5 minutes at 1000)")
+        log(f"report: figures and statistics of {sweep_dir} with {n_boot} bootstrap resamples")
         page = make_report(d, train_acc=train_acc, n_boot=n_boot, out=out,
                            noise_filter=noise_filter, rank_by=rank_by, progress=True,
                            launch_command=launch_command)
@@ -362,8 +361,8 @@ class _Parser(argparse.ArgumentParser):
         import difflib
         import re
 
-        def fail(line: str):
-            self.exit(EXIT_USAGE, f"{self.prog}: error: {line}\n")
+        def fail(line: str):  # (the prefix of every refusal, the commands' own too: _fail)
+            self.exit(EXIT_USAGE, f"sweep: error: {line}\n")
 
         message = message.removeprefix("argument ")
         m = re.fullmatch(r"(\S+): invalid choice: '(.*)' \(choose from (.*)\)", message)

@@ -195,17 +195,17 @@ def test_a_sweep_dir_that_does_not_exist_is_named_so(tmp_path, capsys, command):
          "(sweep --help)"),
     (["lunch"], "sweep: error: COMMAND: unknown 'lunch' (closest: launch); allowed: launch, "
                 "plan, show, resume, measure, status, report, compact, slurm"),
-    (["status"], "sweep status: error: the following arguments are required: SWEEP_DIR; "
+    (["status"], "sweep: error: the following arguments are required: SWEEP_DIR; "
                  "allowed: sweep status SWEEP_DIR (sweep status --help)"),
-    (["status", "a", "b"], "sweep status: error: unrecognized arguments: b; allowed: sweep "
+    (["status", "a", "b"], "sweep: error: unrecognized arguments: b; allowed: sweep "
                            "status SWEEP_DIR (sweep status --help)"),
-    (["report", "x", "--bootstrap", "q"], "sweep report: error: --bootstrap: 'q'; allowed: an "
+    (["report", "x", "--bootstrap", "q"], "sweep: error: --bootstrap: 'q'; allowed: an "
                                           "integer"),
-    (["report", "x", "--train-acc", "high"], "sweep report: error: --train-acc: 'high'; "
+    (["report", "x", "--train-acc", "high"], "sweep: error: --train-acc: 'high'; "
                                              "allowed: a number"),
-    (["slurm", "trials=4", "--nodes", "two"], "sweep slurm: error: --nodes: 'two'; allowed: an "
+    (["slurm", "trials=4", "--nodes", "two"], "sweep: error: --nodes: 'two'; allowed: an "
                                               "integer"),
-    (["launch", "--trials=4"], "sweep launch: error: unrecognized arguments: --trials=4; "
+    (["launch", "--trials=4"], "sweep: error: unrecognized arguments: --trials=4; "
                                "allowed: sweep launch [KEY=VALUE ...] (sweep launch --help)"),
 ])
 def test_argparse_errors_are_one_line_naming_what_is_allowed(capsys, argv, line):
@@ -220,7 +220,7 @@ def test_argparse_errors_with_a_long_usage_stay_one_line(capsys):
         main(["report", "x", "--train-acc"])
     assert e.value.code == 2
     err = _err_lines(capsys)
-    assert len(err) == 1 and err[0].startswith("sweep report: error: --train-acc: expected one "
+    assert len(err) == 1 and err[0].startswith("sweep: error: --train-acc: expected one "
                                                "argument; allowed: sweep report ")
     assert "--bootstrap BOOTSTRAP" in err[0] and "SWEEP_DIR" in err[0] and "[-h]" not in err[0]
 

@@ -34,6 +34,7 @@ GRACE_S = 30.0  # after Ctrl-C / SIGTERM: how long running trials may take to fi
 STOP_CHECK_S = 10.0  # how long a task waits for the stop flag's answer (none: it goes on)
 KILL_GRACE_S = 30.0  # a task killed over resources.trial_timeout: how long its end may take
 PROGRESS_LINE_S = 60.0  # progress=true without a terminal: one progress line per minute
+CAPACITY_POLL_S = 10.0  # on a cluster: how often the trials its nodes can run are counted again
 EXIT_RUNTIME_LOST = 3
 
 
@@ -207,11 +208,15 @@ def progress_line(settled: int, total: int, seconds: float, counts: dict[str, in
 
 
 def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
-        progress: bool = False) -> dict[str, int]:
+        progress: bool = False, capacity=None) -> dict[str, int]:
     """Run ``work`` on ``ray`` (a started runtime) with at most ``resources.max_in_flight``
     (default 2 per slot) tasks in flight; returns ``work.counts``. ``watch``: the
     sweep.watch.Watch of ``resources.trial_timeout`` for this sweep directory ``out``;
-    ``slots``: tasks that can run at once; ``progress``: a bar on a terminal, else a line per
+    ``slots``: tasks that can run at once; ``capacity``: None, or a function giving that number
+    as nodes join or leave (a cluster's), asked every CAPACITY_POLL_S: the default bound
+    follows it, so that an autoscaler sees the demand of twice the trials the cluster runs and
+    the nodes it adds are used (a bound fixed at the start, on a cluster whose workers start at
+    zero, kept 2 tasks in flight for good). ``progress``: a bar on a terminal, else a line per
     PROGRESS_LINE_S. Raises DispatchStopped (nothing recorded for what did not run) after a
     signal or when the runtime is gone; LockHeld when ``lock`` was lost. Its ``StopFlag``
     lives while it runs: set at the first signal, set and killed when it ends."""
@@ -255,6 +260,24 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                file=sys.stderr, mininterval=0.5)
     lines = {"last": time.monotonic(), "t0": time.monotonic()}
     quiet_since = time.monotonic()
+    asked = time.monotonic()  # when ``capacity`` was last asked
+
+    def follow_capacity() -> None:
+        nonlocal slots, max_in_flight, asked
+        asked = time.monotonic()
+        try:
+            now = capacity()
+        except Exception:  # (the runtime's trouble is the loop's to find: runtime_lost)
+            return
+        if now == slots:
+            return
+        before, slots = slots, now
+        watch.slots = now
+        if resources.max_in_flight is None:
+            max_in_flight = 2 * now
+        log(f"note: the cluster's nodes now run {now} trial(s) at once (was {before})"
+            + (f"; up to {max_in_flight} tasks in flight" if resources.max_in_flight is None
+               else ""))
 
     def submit(u: list, attempt: int) -> None:
         token = watch.token(len(u))
@@ -277,6 +300,8 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                     for ref in in_flight:
                         ray.cancel(ref, force=True)
                     break  # cancelled units get no record: a later call runs them
+            if capacity is not None and time.monotonic() - asked >= CAPACITY_POLL_S:
+                follow_capacity()
             while (retry or unit is not None) and len(in_flight) < max_in_flight:
                 if retry:
                     submit(*retry.pop(0))
@@ -443,7 +468,7 @@ class Tasks:
         self.remote = self.ray.remote(fn)
         self.options = dict(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
                             max_retries=0, retry_exceptions=False)
-        self.slots = max(1, int(self.ray.cluster_resources().get("CPU", 1) // res.cpus_per_trial))
+        self.slots = self.capacity()
         self.limit = parse_budget(res.trial_timeout, "resources.trial_timeout")
         self.watch = Watch(out, self.limit, res.trial_timeout, slots=self.slots, log=log)
         self.watch.clear_stale()
@@ -455,7 +480,32 @@ class Tasks:
         """The remote function with ``options`` and any more (e.g. ``memory``) set."""
         return self.remote.options(**self.options, **options)
 
+    def capacity(self) -> int:
+        """How many trials the live nodes can run at once, at least 1: per node, its CPUs over
+        ``resources.cpus_per_trial`` and, where trials ask for GPUs, its GPUs over
+        ``resources.gpus_per_trial``, the smaller, rounded down (a task runs on one node);
+        summed over the nodes."""
+        res = self.cfg.resources
+        total = 0
+        for node in self.ray.nodes():
+            if not node.get("Alive"):
+                continue
+            have = node.get("Resources", {})
+            fits = _fits(have.get("CPU", 0), res.cpus_per_trial)
+            if res.gpus_per_trial > 0:
+                fits = min(fits, _fits(have.get("GPU", 0), res.gpus_per_trial))
+            total += fits
+        return max(1, total)
+
     def run(self, work: Work, lock=None) -> dict[str, int]:
-        """``run`` of ``work`` with these tasks (``cfg.progress``)."""
+        """``run`` of ``work`` with these tasks (``cfg.progress``); on a cluster the number of
+        trials that can run at once is followed as nodes join and leave (``capacity``)."""
         return run(work, self.ray, self.out, self.cfg.resources, self.slots, self.watch,
-                   lock=lock, progress=self.cfg.progress)
+                   lock=lock, progress=self.cfg.progress,
+                   capacity=None if self.cfg.cluster.address is None else self.capacity)
+
+
+def _fits(have: float, per_trial: float) -> int:
+    """How many trials asking ``per_trial`` of a resource ``have`` holds (Ray counts fractions
+    of a resource to 1e-4: 1 GPU holds ten trials of 0.1)."""
+    return int((have + 1e-6) // per_trial)

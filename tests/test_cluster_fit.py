@@ -256,3 +256,86 @@ def test_gpu_trials_wait_for_an_autoscalers_node_and_are_refused_where_none_can_
     assert len(df) == 3 and (df["status"] == "ok").all(), df[["status", "error"]]
     assert json.loads((tmp_path / "waits" / "sweep.json").read_text())["config"]["cluster"][
         "fixed_nodes"] is False
+
+
+def test_the_trials_a_cluster_runs_at_once_are_counted_per_node():
+    """``Tasks.capacity``: per live node, its CPUs over cpus_per_trial and its GPUs over
+    gpus_per_trial (fractions as Ray counts them), the smaller, rounded down; summed; at least
+    one (a head without CPUs and no worker yet)."""
+    from sweep.dispatch import Tasks
+
+    def capacity(nodes, *overrides):
+        t = Tasks.__new__(Tasks)
+        t.cfg = compose(list(overrides))
+        t.ray = stub(nodes)
+        return t.capacity()
+
+    g5 = {"CPU": 8.0, "GPU": 1.0}
+    assert capacity([{"CPU": 0.0}]) == 1
+    assert capacity([{"CPU": 0.0}, g5, g5], "resources.gpus_per_trial=0.25") == 8
+    assert capacity([{"CPU": 0.0}, g5, g5], "resources.gpus_per_trial=0.1") == 16  # 8 CPUs
+    assert capacity([{"CPU": 0.0}, g5], "resources.gpus_per_trial=0.1",
+                    "resources.cpus_per_trial=0.5") == 10  # 10 of 0.1 in one GPU
+    assert capacity([{"CPU": 3.0}, {"CPU": 3.0}], "resources.cpus_per_trial=2") == 2  # not 3
+    assert capacity([{"CPU": 4.0}, {"CPU": 2.0}]) == 6  # (the dead node of 64 not counted)
+
+
+def test_the_tasks_in_flight_follow_the_nodes_that_join(ray_local, tmp_path, monkeypatch):
+    """``dispatch.run`` with ``capacity``: the default bound (2 per trial the nodes can run)
+    follows it as it grows, on a real Ray; before, a cluster whose workers start at zero kept
+    2 tasks in flight however many nodes an autoscaler added."""
+    import threading
+    import time
+
+    from sweep import dispatch
+    from sweep.watch import Watch
+
+    @ray_local.remote(num_cpus=0)
+    def nap(unit):
+        time.sleep(0.3)
+        return list(unit)
+
+    class Naps(dispatch.Work):
+        def __init__(self, n):
+            self.counts, self.total = {"ok": 0}, n
+            self.lock = threading.Lock()
+            self.open, self.peaks = 0, []
+
+        def units(self, slots):
+            return ([i] for i in range(self.total))
+
+        def submit(self, unit, token, stop):
+            with self.lock:
+                self.open += 1
+                self.peaks.append((grown["now"], self.open))
+            return nap.remote(unit)
+
+        def trial_ids(self, unit):
+            return [str(u) for u in unit]
+
+        def done(self, unit, results):
+            with self.lock:
+                self.open -= 1
+            self.counts["ok"] += len(results)
+            return len(results)
+
+    grown = {"now": 1}
+    said = []
+    monkeypatch.setattr(dispatch, "CAPACITY_POLL_S", 0.2)
+    monkeypatch.setattr(dispatch, "log", said.append)
+    work = Naps(60)
+    threading.Timer(1.0, lambda: grown.update(now=3)).start()  # "two nodes joined"
+    counts = dispatch.run(work, ray_local, tmp_path, compose([]).resources, 1,
+                          Watch(tmp_path, None), capacity=lambda: grown["now"])
+    assert counts == {"ok": 60}
+    assert max(o for g, o in work.peaks if g == 1) == 2
+    assert max(o for g, o in work.peaks if g == 3) == 6
+    assert "note: the cluster's nodes now run 3 trial(s) at once (was 1); up to 6 tasks in " \
+           "flight" in said
+    # a bound the user set stays
+    grown["now"] = 1
+    work = Naps(30)
+    threading.Timer(1.0, lambda: grown.update(now=3)).start()
+    dispatch.run(work, ray_local, tmp_path, compose(["resources.max_in_flight=2"]).resources, 1,
+                 Watch(tmp_path, None), capacity=lambda: grown["now"])
+    assert max(o for _, o in work.peaks) == 2

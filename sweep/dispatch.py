@@ -269,10 +269,11 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
             now = capacity()
         except Exception:  # (the runtime's trouble is the loop's to find: runtime_lost)
             return
+        watch.slots = now  # (0: no node can run a trial yet; none of the tasks is timed)
+        now = max(1, now)
         if now == slots:
             return
         before, slots = slots, now
-        watch.slots = now
         if resources.max_in_flight is None:
             max_in_flight = 2 * now
         log(f"note: the cluster's nodes now run {now} trial(s) at once (was {before})"
@@ -461,16 +462,18 @@ class Tasks:
         res = cfg.resources
         # (a local Ray's nodes are all there; a cluster's may join later, unless
         # cluster.fixed_nodes=true)
+        local = cfg.cluster.address is None
         note = check_trials_fit(self.ray, res.cpus_per_trial, res.gpus_per_trial,
-                                True if cfg.cluster.address is None else cfg.cluster.fixed_nodes)
+                                True if local else cfg.cluster.fixed_nodes, local=local)
         if note:
             log(note)
         self.remote = self.ray.remote(fn)
         self.options = dict(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
                             max_retries=0, retry_exceptions=False)
-        self.slots = self.capacity()
+        runs = self.capacity()
+        self.slots = max(1, runs)
         self.limit = parse_budget(res.trial_timeout, "resources.trial_timeout")
-        self.watch = Watch(out, self.limit, res.trial_timeout, slots=self.slots, log=log)
+        self.watch = Watch(out, self.limit, res.trial_timeout, slots=runs, log=log)
         self.watch.clear_stale()
         self.out_dir = os.path.abspath(out.location) if out.local else out.location
         self.device = "cuda" if res.gpus_per_trial > 0 else "cpu"
@@ -481,7 +484,7 @@ class Tasks:
         return self.remote.options(**self.options, **options)
 
     def capacity(self) -> int:
-        """How many trials the live nodes can run at once, at least 1: per node, its CPUs over
+        """How many trials the live nodes can run at once (0: none yet): per node, its CPUs over
         ``resources.cpus_per_trial`` and, where trials ask for GPUs, its GPUs over
         ``resources.gpus_per_trial``, the smaller, rounded down (a task runs on one node);
         summed over the nodes."""
@@ -495,7 +498,7 @@ class Tasks:
             if res.gpus_per_trial > 0:
                 fits = min(fits, _fits(have.get("GPU", 0), res.gpus_per_trial))
             total += fits
-        return max(1, total)
+        return total
 
     def run(self, work: Work, lock=None) -> dict[str, int]:
         """``run`` of ``work`` with these tasks (``cfg.progress``); on a cluster the number of

@@ -185,84 +185,101 @@ def _largest_node(ray, resource: str) -> float:
 
 
 def node_groups(ray) -> list[dict] | None:
-    """The resources of each node group an autoscaler may start (``max_count`` not 0), as the
-    autoscaler reported them to the GCS (Ray's ``ClusterConfig``, read as Ray Data reads it:
-    ``ray._private.state.state.get_cluster_config()``; private API, in one place); None where
-    no autoscaler reported one (Ray 2.60's own autoscalers do not) or it cannot be read."""
+    """The resources of each node group an autoscaler may start (``max_count`` not 0, its
+    resources given), as an autoscaler reported them to the GCS (Ray's ``ClusterConfig``, read
+    as Ray Data reads it: ``ray._private.state.state.get_cluster_config()``; private API, in
+    one place); None where none was reported (Ray 2.60's own autoscalers report none; the
+    GCS keeps what a newer one reports) or it cannot be read."""
     try:
         config = ray._private.state.state.get_cluster_config()
     except Exception:  # (a Ray without it, a stand-in, a runtime that cannot answer)
         return None
-    if config is None or not config.node_group_configs:
+    if config is None:
         return None
-    return [dict(g.resources) for g in config.node_group_configs if g.max_count != 0]
+    groups = [dict(g.resources) for g in config.node_group_configs
+              if g.max_count != 0 and g.resources]
+    return groups or None
 
 
-def check_trials_fit(ray, cpus: float, gpus: float, fixed_nodes: bool | None) -> str | None:
+def _holds(resources: dict, cpus: float, gpus: float) -> bool:
+    """Whether one node (or node group) of ``resources`` holds a trial of ``cpus`` CPUs and
+    ``gpus`` GPUs."""
+    return resources.get("CPU", 0) >= cpus and (gpus <= 0 or resources.get("GPU", 0) >= gpus)
+
+
+def _short(nodes: list[dict], cpus: float, gpus: float, where: str) -> tuple[str, str]:
+    """(why none of ``nodes`` holds the trial, the largest trial they hold) for a refusal:
+    ``where`` ("the largest node of the Ray runtime") has too few CPUs, or too few GPUs, or
+    no node has both (each alone on some node)."""
+    top_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+    top_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+    if top_cpu < cpus:
+        return f"{where} has {top_cpu:g} CPUs", f"resources.cpus_per_trial at most {top_cpu:g}"
+    if gpus > 0 and top_gpu < gpus:
+        return f"{where} has {top_gpu:g} GPUs", f"resources.gpus_per_trial at most {top_gpu:g}"
+    with_gpus = max(n.get("CPU", 0) for n in nodes if n.get("GPU", 0) >= gpus)
+    return (f"those with {gpus:g} GPUs have at most {with_gpus:g} CPUs",
+            f"resources.cpus_per_trial at most {with_gpus:g} with these GPUs")
+
+
+def check_trials_fit(ray, cpus: float, gpus: float, fixed_nodes: bool | None,
+                     local: bool = False) -> str | None:
     """Whether a trial asking ``cpus`` CPUs and ``gpus`` GPUs can ever be placed (a task runs
-    on one node; one that never can would wait forever): a one-line ConfigError where it
-    cannot, else a note to log where trials will wait for a node to join, else None.
+    on one node, which must have both; one that never can would wait forever): a one-line
+    ConfigError where it cannot, else a note to log where trials wait for a node to join,
+    else None.
 
-    ``fixed_nodes`` True, where no node joins (a local Ray; ``cluster.fixed_nodes=true``, each
-    `sweep slurm` job's): against the largest live node. Otherwise, where an autoscaler
-    reported its node groups (``node_groups``): against the largest live node or node group.
+    ``fixed_nodes`` True, where no node joins (``local``: a local Ray; ``cluster.fixed_nodes
+    =true``, each `sweep slurm` job's): against the live nodes. Otherwise, where an autoscaler
+    reported its node groups (``node_groups``): against the live nodes and the node groups.
     Without that report, False (``cluster.fixed_nodes=false``: an autoscaler adds nodes)
     refuses nothing; None (not said: the default) refuses GPU trials where the whole cluster
-    has fewer GPUs than one trial (GPUs asked of a CPU cluster), naming
+    has fewer GPUs than one trial asks (GPUs asked of a CPU cluster), naming
     ``cluster.fixed_nodes=false`` as the way to wait for an autoscaler's GPU nodes."""
-    if fixed_nodes is True:
-        check_cpus(ray, cpus)
-    groups = None if fixed_nodes is True else node_groups(ray)
-    waits = []
-    for key, resource, per_trial in (("resources.cpus_per_trial", "CPU", cpus),
-                                     ("resources.gpus_per_trial", "GPU", gpus)):
-        top = _largest_node(ray, resource)
-        if per_trial <= 0 or per_trial <= top:
-            continue
-        total = ray.cluster_resources().get(resource, 0)
-        if fixed_nodes is True:
-            if total < per_trial:
-                raise ConfigError(f"{key}: {per_trial:g}, but the Ray cluster has {total:g} "
-                                  "GPUs; allowed: 0 here (CPU), or a cluster with GPUs")
-            raise ConfigError(f"{key}: {per_trial:g}, but the largest node of the Ray cluster "
-                              f"has {top:g} GPUs (a trial runs on one node); allowed: at most "
-                              f"{top:g}")
-        if groups is not None:
-            grown = max((g.get(resource, 0) for g in groups), default=0)
-            if per_trial > grown:
-                raise ConfigError(
-                    f"{key}: {per_trial:g}, but no node of the Ray cluster has more than {top:g} "
-                    f"{resource}s, nor any node group of its autoscaler more than {grown:g} (a "
-                    f"trial runs on one node); allowed: at most {max(top, grown):g}")
-        elif fixed_nodes is None and resource == "GPU" and total < per_trial:
-            raise ConfigError(
-                f"{key}: {per_trial:g}, but the Ray cluster has {total:g} GPUs; allowed: 0 "
-                "(CPU), a cluster with GPUs, or cluster.fixed_nodes=false where an autoscaler "
-                "adds GPU nodes")
-        waits.append(f"{per_trial:g} {resource}s")
-    if not waits:
+    live = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(_holds(n, cpus, gpus) for n in live):
         return None
-    return (f"note: no node of the Ray cluster has {' and '.join(waits)} now (a trial runs on "
-            "one node): trials wait until "
-            + ("its autoscaler starts one (a node group has them)" if groups is not None else
-               "one joins (an autoscaler's); cluster.fixed_nodes=true refuses them instead"))
-
-
-def check_cpus(ray, per_trial: float, running: bool = False) -> None:
-    """A one-line refusal when trials ask for more CPUs than any live node of the Ray runtime
-    has (a task runs on one node: they would wait forever). The caller asks it where no node
-    can join later: a local Ray (the CPUs this process may use, ``workers.cores.usable_cores``,
-    unless ``cluster.num_cpus`` says otherwise) or a cluster with ``cluster.fixed_nodes``.
-    ``running``: a Ray this process had started before the sweep (a notebook's), which
-    ``start_ray`` reuses (``cluster.num_cpus`` would not change it)."""
-    have = _largest_node(ray, "CPU")
-    if running:
-        _refuse_cpus(per_trial, have, f"the Ray this process runs already has {have:g} CPUs",
-                     fix=False)
+    asked = f"resources.cpus_per_trial: {cpus:g}" + (
+        f", resources.gpus_per_trial: {gpus:g}" if gpus > 0 else "")
+    total_gpus = ray.cluster_resources().get("GPU", 0)
+    if fixed_nodes is True:
+        why, allowed = _short(live, cpus, gpus, "the largest node of the Ray "
+                              + ("runtime" if local else "cluster"))
+        if gpus > 0 and total_gpus == 0:
+            why, allowed = "the Ray cluster has 0 GPUs", "0 here (CPU), or a cluster with GPUs"
+        elif local and why.endswith(" CPUs") and not why.startswith("those"):
+            allowed += (" (a local Ray: the CPUs this process may use, its affinity mask or "
+                        "cgroup quota), or cluster.num_cpus=N for a local Ray of N CPUs")
+        raise ConfigError(f"{asked}, but {why} (a trial runs on one node); allowed: {allowed}")
+    groups = node_groups(ray)
+    if groups is not None:
+        if not any(_holds(g, cpus, gpus) for g in groups):
+            why, allowed = _short(live + groups, cpus, gpus, "the largest node of the Ray "
+                                  "cluster or node group of its autoscaler")
+            raise ConfigError(f"{asked}, but {why} (a trial runs on one node); allowed: "
+                              f"{allowed}")
+        wait = "its autoscaler starts one (a node group holds it)"
+    elif fixed_nodes is None and gpus > 0 and total_gpus < gpus:
+        raise ConfigError(
+            f"resources.gpus_per_trial: {gpus:g}, but the Ray cluster has {total_gpus:g} GPUs "
+            "in all; allowed: 0 (CPU), "
+            + (f"at most {total_gpus:g}, " if total_gpus > 0 else "a cluster with GPUs, ")
+            + "or cluster.fixed_nodes=false where an autoscaler adds GPU nodes")
     else:
-        _refuse_cpus(per_trial, have, f"the largest node of the Ray runtime has {have:g} CPUs "
-                     "(a local Ray: those this process may use, its affinity mask or cgroup "
-                     "quota, unless cluster.num_cpus says otherwise)")
+        wait = "one joins (an autoscaler's); cluster.fixed_nodes=true refuses them instead"
+    need = f"{cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus > 0 else "")
+    return (f"note: no node of the Ray cluster holds a trial of {need} now (a trial runs on one "
+            f"node): trials wait until {wait}")
+
+
+def check_cpus(ray, per_trial: float) -> None:
+    """A one-line refusal when trials ask for more CPUs than any node of a Ray this process had
+    started before the sweep (a notebook's), which ``start_ray`` reuses (``cluster.num_cpus``
+    would not change it): they would wait forever. (Once Ray runs for the sweep,
+    ``check_trials_fit`` asks the same of every runtime.)"""
+    have = _largest_node(ray, "CPU")
+    _refuse_cpus(per_trial, have, f"the Ray this process runs already has {have:g} CPUs",
+                 fix=False)
 
 
 def _refuse_cpus(per_trial: float, have: float, why: str, fix: bool = True) -> None:
@@ -277,14 +294,15 @@ def _refuse_cpus(per_trial: float, have: float, why: str, fix: bool = True) -> N
 def check_resources(cfg: SweepConfig) -> None:
     """What ``Tasks`` checks once Ray runs, asked before a new sweep is planned: trials that ask
     for more CPUs than the local Ray will have (``cluster.num_cpus``, else
-    ``workers.cores.usable_cores``: no Ray needed; a Ray this process runs already: its nodes)
-    or for GPUs the Ray runtime lacks (started here for that question: a local Ray only when
-    trials ask for GPUs; a cluster is connected to, ``start_ray``). A ConfigError in one line,
-    else nothing."""
+    ``workers.cores.usable_cores``: no Ray needed; a Ray this process runs already: its nodes),
+    or for GPUs it lacks (a local Ray started here for that question only when trials ask for
+    GPUs), and on a cluster (connected to, ``start_ray``) what ``check_trials_fit`` refuses
+    there. A ConfigError in one line, else nothing (a note of trials that will wait is
+    ``Tasks``' to say)."""
     res = cfg.resources
     running = sys.modules.get("ray")  # (a Ray this process runs already is the one used)
     if cfg.cluster.address is None and running is not None and running.is_initialized():
-        check_cpus(running, res.cpus_per_trial, running=True)
+        check_cpus(running, res.cpus_per_trial)
     elif cfg.cluster.address is None:
         num = cfg.cluster.num_cpus
         if num is not None:
@@ -299,7 +317,8 @@ def check_resources(cfg: SweepConfig) -> None:
         check_trials_fit(start_ray(cfg), res.cpus_per_trial, res.gpus_per_trial,
                          cfg.cluster.fixed_nodes)
     elif res.gpus_per_trial > 0:
-        check_trials_fit(start_ray(cfg), 0, res.gpus_per_trial, True)
+        check_trials_fit(start_ray(cfg), res.cpus_per_trial, res.gpus_per_trial, True,
+                         local=True)
 
 
 def local_runtime_exited(ray) -> str | None:

@@ -83,12 +83,14 @@ def _stderr(msg: str) -> None:
 class Watch:
     """The markers of the running trials of one driver, against ``limit`` seconds (None: no
     limit; then nothing is written or polled). ``setting``: the limit as configured, for
-    messages; ``slots``: how many of the driver's tasks can run at once (the fallback clock);
+    messages; ``slots``: how many of the driver's tasks can run at once (the fallback clock;
+    0 where no node can run one yet: a cluster waiting for its autoscaler, whose tasks are not
+    timed while they wait);
     ``log``: where a sweep directory that does not answer is reported (one line)."""
 
     def __init__(self, out, limit: float | None, setting=None, slots: int = 1, log=_stderr):
         self.out, self.limit, self.setting = SweepDir.of(out), limit, setting
-        self.slots, self.log = max(1, int(slots)), log
+        self.slots, self.log = max(0, int(slots)), log
         self.poll = tick(limit) if limit else None
         self.grace, self.wait = FALLBACK_GRACE_S, STORE_WAIT_S
         # token -> [trials in its task, when its fallback clock started (None: not yet)], in

@@ -51,31 +51,61 @@ def test_where_no_node_joins_a_trial_larger_than_every_node_is_refused():
     assert check_trials_fit(ray, 8, 1, True) is None
     with pytest.raises(ConfigError) as e:
         check_trials_fit(ray, 12, 0, True)
-    assert "resources.cpus_per_trial: 12, but the largest node of the Ray runtime has 8 CPUs" \
-        in one_line(e)
+    assert one_line(e) == ("resources.cpus_per_trial: 12, but the largest node of the Ray "
+                           "cluster has 8 CPUs (a trial runs on one node); allowed: "
+                           "resources.cpus_per_trial at most 8")  # (no local Ray's hint)
     with pytest.raises(ConfigError) as e:  # 2 GPUs in all, but 1 per node
         check_trials_fit(ray, 1, 2, True)
-    assert "gpus_per_trial: 2, but the largest node of the Ray cluster has 1 GPUs" in one_line(e)
+    assert one_line(e) == ("resources.cpus_per_trial: 1, resources.gpus_per_trial: 2, but the "
+                           "largest node of the Ray cluster has 1 GPUs (a trial runs on one "
+                           "node); allowed: resources.gpus_per_trial at most 1")
     with pytest.raises(ConfigError) as e:
-        check_trials_fit(ray, 1, 3, True)
-    assert "gpus_per_trial: 3, but the Ray cluster has 2 GPUs" in one_line(e)
+        check_trials_fit(stub([{"CPU": 8.0}]), 1, 1, True)
+    assert "but the Ray cluster has 0 GPUs (a trial runs on one node); allowed: 0 here (CPU), " \
+        "or a cluster with GPUs" in one_line(e)
     # fixed nodes: what an autoscaler reported does not matter (none runs)
     with pytest.raises(ConfigError):
         check_trials_fit(stub([{"CPU": 8.0}], groups=[{"CPU": 8.0, "GPU": 4.0}]), 1, 1, True)
+
+
+def test_a_trial_needs_its_cpus_and_gpus_on_one_node():
+    """Nodes of 32 CPUs and of 4 CPUs with a GPU hold no trial of 8 CPUs and 1 GPU, though
+    each resource alone is there: refused where the nodes are all there, and against node
+    groups that hold each but not both; waited for only where a node that holds both may
+    come."""
+    nodes = [{"CPU": 32.0}, {"CPU": 4.0, "GPU": 1.0}]
+    with pytest.raises(ConfigError) as e:
+        check_trials_fit(stub(nodes), 8, 1, True)
+    assert one_line(e) == ("resources.cpus_per_trial: 8, resources.gpus_per_trial: 1, but "
+                           "those with 1 GPUs have at most 4 CPUs (a trial runs on one node); "
+                           "allowed: resources.cpus_per_trial at most 4 with these GPUs")
+    assert check_trials_fit(stub(nodes), 4, 1, True) is None
+    groups = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 32.0}]
+    with pytest.raises(ConfigError) as e:
+        check_trials_fit(stub([{"CPU": 0.0}], groups=groups), 16, 1, None)
+    assert "those with 1 GPUs have at most 8 CPUs" in one_line(e)
+    assert check_trials_fit(stub([{"CPU": 0.0}], groups=groups), 8, 1, None).endswith(
+        "its autoscaler starts one (a node group holds it)")
+    assert check_trials_fit(stub(nodes), 8, 1, False).startswith(
+        "note: no node of the Ray cluster holds a trial of 8 CPUs and 1 GPUs now")
 
 
 def test_not_said_refuses_only_gpus_the_whole_cluster_lacks():
     head_only = stub([{"CPU": 0.0}, {"CPU": 4.0}])  # no GPU node has started yet
     with pytest.raises(ConfigError) as e:
         check_trials_fit(head_only, 1, 0.25, None)
-    msg = one_line(e)
-    assert "gpus_per_trial: 0.25, but the Ray cluster has 0 GPUs" in msg
-    assert "cluster.fixed_nodes=false where an autoscaler adds GPU nodes" in msg
+    assert one_line(e) == ("resources.gpus_per_trial: 0.25, but the Ray cluster has 0 GPUs in "
+                           "all; allowed: 0 (CPU), a cluster with GPUs, or "
+                           "cluster.fixed_nodes=false where an autoscaler adds GPU nodes")
+    with pytest.raises(ConfigError) as e:
+        check_trials_fit(stub([{"CPU": 4.0, "GPU": 1.0}]), 1, 2, None)
+    assert "has 1 GPUs in all; allowed: 0 (CPU), at most 1, or cluster.fixed_nodes=false" \
+        in one_line(e)
     # CPUs beyond every node, or GPUs in all but not on one node: a note, the trials wait
     note = check_trials_fit(stub([{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]), 6, 2,
                             None)
-    assert note == ("note: no node of the Ray cluster has 6 CPUs and 2 GPUs now (a trial runs on "
-                    "one node): trials wait until one joins (an autoscaler's); "
+    assert note == ("note: no node of the Ray cluster holds a trial of 6 CPUs and 2 GPUs now (a "
+                    "trial runs on one node): trials wait until one joins (an autoscaler's); "
                     "cluster.fixed_nodes=true refuses them instead")
     assert check_trials_fit(head_only, 4, 0, None) is None
 
@@ -83,7 +113,8 @@ def test_not_said_refuses_only_gpus_the_whole_cluster_lacks():
 def test_under_an_autoscaler_nothing_is_refused_and_what_waits_is_said():
     head_only = stub([{"CPU": 0.0}])
     note = check_trials_fit(head_only, 1, 0.25, False)
-    assert note.startswith("note: no node of the Ray cluster has 1 CPUs and 0.25 GPUs now")
+    assert note.startswith("note: no node of the Ray cluster holds a trial of 1 CPUs and 0.25 "
+                           "GPUs now")
     assert check_trials_fit(stub([{"CPU": 2.0, "GPU": 1.0}]), 1, 0.25, False) is None
 
 
@@ -92,27 +123,75 @@ def test_node_groups_an_autoscaler_reported_decide_where_they_exist():
     ray = stub([{"CPU": 0.0}], groups=groups)
     for fixed in (None, False):
         note = check_trials_fit(ray, 8, 1, fixed)
-        assert note.endswith("trials wait until its autoscaler starts one (a node group has "
-                             "them)"), note
+        assert note.endswith("trials wait until its autoscaler starts one (a node group holds "
+                             "it)"), note
         with pytest.raises(ConfigError) as e:
             check_trials_fit(ray, 1, 2, fixed)
-        assert ("gpus_per_trial: 2, but no node of the Ray cluster has more than 0 GPUs, nor "
-                "any node group of its autoscaler more than 1") in one_line(e)
+        assert one_line(e) == (
+            "resources.cpus_per_trial: 1, resources.gpus_per_trial: 2, but the largest node of "
+            "the Ray cluster or node group of its autoscaler has 1 GPUs (a trial runs on one "
+            "node); allowed: resources.gpus_per_trial at most 1")
         with pytest.raises(ConfigError) as e:
             check_trials_fit(ray, 48, 0, fixed)
-        assert "cpus_per_trial: 48" in one_line(e) and "more than 32" in one_line(e)
-    # a group the autoscaler may not start (max_count 0) does not count
+        assert "cpus_per_trial: 48" in one_line(e) and "has 32 CPUs" in one_line(e)
+    # a group the autoscaler may not start (max_count 0), or whose resources it does not
+    # give, does not count; none left: as if none were reported
     ray.cluster_resources = lambda: {}
     config = types.SimpleNamespace(node_group_configs=[
-        types.SimpleNamespace(resources={"CPU": 8.0, "GPU": 4.0}, max_count=0)])
+        types.SimpleNamespace(resources={"CPU": 8.0, "GPU": 4.0}, max_count=0),
+        types.SimpleNamespace(resources={}, max_count=4)])
     ray._private.state.state.get_cluster_config = lambda: config
-    assert node_groups(ray) == []
-    with pytest.raises(ConfigError, match="more than 0"):
+    assert node_groups(ray) is None
+    with pytest.raises(ConfigError, match="has 0 GPUs in all"):
         check_trials_fit(ray, 1, 1, None)
 
 
 def test_a_stand_in_or_a_ray_without_the_report_reads_as_none():
     assert node_groups(types.SimpleNamespace()) is None
+
+
+def test_tasks_say_what_waits_and_refuse_what_cannot_run(monkeypatch):
+    """``dispatch.Tasks`` logs check_trials_fit's note (one line) and goes on; it refuses
+    before anything runs where no node can ever hold a trial."""
+    from sweep import dispatch, runtime
+
+    class Reached(Exception):
+        pass
+
+    def remote(fn):
+        raise Reached  # (past the checks)
+
+    ray = stub([{"CPU": 0.0}])
+    ray.remote = remote
+    monkeypatch.setattr(runtime, "start_ray", lambda cfg: ray)
+    said = []
+    over = ["cluster.address=127.0.0.1:6379", "resources.gpus_per_trial=0.25"]
+    with pytest.raises(Reached):
+        dispatch.Tasks(compose(over + ["cluster.fixed_nodes=false"]), print, None, said.append)
+    assert said == ["note: no node of the Ray cluster holds a trial of 1 CPUs and 0.25 GPUs now "
+                    "(a trial runs on one node): trials wait until one joins (an autoscaler's); "
+                    "cluster.fixed_nodes=true refuses them instead"]
+    for fixed in ([], ["cluster.fixed_nodes=true"]):
+        with pytest.raises(ConfigError, match="has 0 GPUs"):
+            dispatch.Tasks(compose(over + fixed), print, None, said.append)
+    assert len(said) == 1
+
+
+def test_a_sweep_stored_with_fixed_nodes_false_reads_as_an_autoscaler():
+    """sweep.json of sweeps launched while the key was a plain boolean holds
+    ``fixed_nodes: false`` (its default then, meaning "not said"): it now reads as "an
+    autoscaler adds nodes" (GPU trials wait rather than being refused), one without the key
+    as null; ``sweep resume DIR cluster.fixed_nodes=...`` sets either (docker/README.md)."""
+    from dataclasses import asdict
+
+    from sweep.config import from_dict
+
+    d = json.loads(json.dumps(asdict(compose([]))))  # as sweep.json holds it
+    assert d["cluster"]["fixed_nodes"] is None
+    d["cluster"]["fixed_nodes"] = False
+    assert from_dict(d).cluster.fixed_nodes is False
+    del d["cluster"]["fixed_nodes"]
+    assert from_dict(d).cluster.fixed_nodes is None
 
 
 def test_fixed_nodes_reads_true_false_and_null():
@@ -168,7 +247,8 @@ DRIVER = textwrap.dedent("""
             print("RAN", flush=True)
 
     refused([], "default")  # not said: the cluster has no GPU at all
-    # an autoscaler that reports its node groups (as KubeRay's does to the GCS): GPU nodes of 1
+    # node groups as an autoscaler reports them to the GCS (Ray 2.60's own do not; the key
+    # is Ray's, read by Ray Data too): GPU nodes of 1
     config = autoscaler_pb2.ClusterConfig()
     group = config.node_group_configs.add()
     group.name, group.max_count = "gpu", 4
@@ -240,18 +320,19 @@ def test_gpu_trials_wait_for_an_autoscalers_node_and_are_refused_where_none_can_
                 proc.wait()
     assert driver.returncode == 0, "".join(err)[-3000:]
     said = [ln for ln in out.splitlines() if ln.startswith(("REFUSED", "WROTE", "RAN", "DONE"))]
-    assert said[0] == ("REFUSED resources.gpus_per_trial: 1, but the Ray cluster has 0 GPUs; "
-                       "allowed: 0 (CPU), a cluster with GPUs, or cluster.fixed_nodes=false "
+    assert said[0] == ("REFUSED resources.gpus_per_trial: 1, but the Ray cluster has 0 GPUs in "
+                       "all; allowed: 0 (CPU), a cluster with GPUs, or cluster.fixed_nodes=false "
                        "where an autoscaler adds GPU nodes"), said
     assert said[1] == "WROTE False", said
-    assert said[2].startswith("REFUSED resources.gpus_per_trial: 2, but no node of the Ray "
-                              "cluster has more than 0 GPUs, nor any node group of its "
-                              "autoscaler more than 1"), said
+    assert said[2] == ("REFUSED resources.cpus_per_trial: 1, resources.gpus_per_trial: 2, but "
+                       "the largest node of the Ray cluster or node group of its autoscaler has "
+                       "1 GPUs (a trial runs on one node); allowed: resources.gpus_per_trial at "
+                       "most 1"), said
     assert said[3] == "WROTE False" and said[4] == "DONE", said
     assert before == []
-    assert any(e.startswith("note: no node of the Ray cluster has 1 GPUs now (a trial runs on "
-                            "one node): trials wait until one joins (an autoscaler's)")
-               for e in err), err
+    assert any(e.startswith("note: no node of the Ray cluster holds a trial of 1 CPUs and 1 GPUs "
+                            "now (a trial runs on one node): trials wait until one joins (an "
+                            "autoscaler's)") for e in err), err
     df = load_results(tmp_path / "waits")
     assert len(df) == 3 and (df["status"] == "ok").all(), df[["status", "error"]]
     assert json.loads((tmp_path / "waits" / "sweep.json").read_text())["config"]["cluster"][
@@ -260,8 +341,8 @@ def test_gpu_trials_wait_for_an_autoscalers_node_and_are_refused_where_none_can_
 
 def test_the_trials_a_cluster_runs_at_once_are_counted_per_node():
     """``Tasks.capacity``: per live node, its CPUs over cpus_per_trial and its GPUs over
-    gpus_per_trial (fractions as Ray counts them), the smaller, rounded down; summed; at least
-    one (a head without CPUs and no worker yet)."""
+    gpus_per_trial (fractions as Ray counts them), the smaller, rounded down; summed; 0 for a
+    head without CPUs and no worker yet (the watch's fallback clock then times no task)."""
     from sweep.dispatch import Tasks
 
     def capacity(nodes, *overrides):
@@ -271,7 +352,7 @@ def test_the_trials_a_cluster_runs_at_once_are_counted_per_node():
         return t.capacity()
 
     g5 = {"CPU": 8.0, "GPU": 1.0}
-    assert capacity([{"CPU": 0.0}]) == 1
+    assert capacity([{"CPU": 0.0}]) == 0
     assert capacity([{"CPU": 0.0}, g5, g5], "resources.gpus_per_trial=0.25") == 8
     assert capacity([{"CPU": 0.0}, g5, g5], "resources.gpus_per_trial=0.1") == 16  # 8 CPUs
     assert capacity([{"CPU": 0.0}, g5], "resources.gpus_per_trial=0.1",

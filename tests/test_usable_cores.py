@@ -164,23 +164,26 @@ def test_a_local_ray_gets_the_usable_cores_when_none_are_configured(monkeypatch)
 
 
 def test_trials_asking_more_cpus_than_any_node_has_are_refused_in_one_line():
-    """``sweep.runtime.check_cpus``: a trial runs on one node; asking for more CPUs than the
-    largest live node has would wait forever (a local Ray sized by ``usable_cores`` inside a
-    one-CPU allocation, with ``resources.cpus_per_trial=2``)."""
+    """``sweep.runtime.check_trials_fit`` on a local Ray: a trial runs on one node; asking for
+    more CPUs than the largest live node has would wait forever (a local Ray sized by
+    ``usable_cores`` inside a one-CPU allocation, with ``resources.cpus_per_trial=2``)."""
     import types
 
     from sweep.config import ConfigError
-    from sweep.runtime import check_cpus
+    from sweep.runtime import check_trials_fit
 
     nodes = [{"Alive": True, "Resources": {"CPU": 1.0}},
              {"Alive": False, "Resources": {"CPU": 8.0}}]  # a dead node does not count
-    ray = types.SimpleNamespace(nodes=lambda: nodes)
-    check_cpus(ray, 1)
-    check_cpus(ray, 0.5)
+    ray = types.SimpleNamespace(nodes=lambda: nodes, cluster_resources=lambda: {"CPU": 1.0})
+    assert check_trials_fit(ray, 1, 0, True, local=True) is None
+    assert check_trials_fit(ray, 0.5, 0, True, local=True) is None
     with pytest.raises(ConfigError) as e:
-        check_cpus(ray, 2)
-    assert "resources.cpus_per_trial: 2" in str(e.value) and "has 1 CPUs" in str(e.value)
-    assert "\n" not in str(e.value)
+        check_trials_fit(ray, 2, 0, True, local=True)
+    assert str(e.value) == (
+        "resources.cpus_per_trial: 2, but the largest node of the Ray runtime has 1 CPUs (a "
+        "trial runs on one node); allowed: resources.cpus_per_trial at most 1 (a local Ray: the "
+        "CPUs this process may use, its affinity mask or cgroup quota), or cluster.num_cpus=N "
+        "for a local Ray of N CPUs")
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a machine with 2 CPUs")
@@ -394,7 +397,7 @@ def test_a_cluster_of_fixed_nodes_refuses_trials_larger_than_every_node(monkeypa
         dispatch.Tasks(compose(big), print, None, print)
     with pytest.raises(ConfigError) as e:
         dispatch.Tasks(compose(big + ["cluster.fixed_nodes=true"]), print, None, print)
-    assert "resources.cpus_per_trial: 12, but the largest node of the Ray runtime has 8 CPUs" \
+    assert "resources.cpus_per_trial: 12, but the largest node of the Ray cluster has 8 CPUs" \
         in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(Reached):
         dispatch.Tasks(compose(big[:1] + ["resources.cpus_per_trial=8",

@@ -478,3 +478,17 @@ def test_a_trial_whose_markers_never_reach_the_sweep_directory_is_killed_by_the_
     assert bad["error"].startswith("TrialTimeout: its task still running after"), bad["error"]
     assert "phase unknown (no phase marker reached the sweep directory)" in bad["error"]
     assert "resources.trial_timeout=10 (10 s) per trial plus 10 s to start" in bad["error"]
+
+
+def test_no_task_is_timed_while_no_node_can_run_one(tmp_path):
+    """``slots`` 0 (a cluster whose autoscaler has not started a node that fits a trial): the
+    driver's fallback clock starts for no task, however long they wait; once nodes join
+    (``dispatch.run`` sets the count it follows), the oldest start."""
+    from sweep.watch import Watch
+
+    watch = Watch(tmp_path, 1.0, "1s", slots=0)
+    a, b = watch.token(1), watch.token(1)
+    assert _poll(watch) == [] and watch.tokens[a][1] is None and watch.tokens[b][1] is None
+    watch.slots = 1
+    assert _poll(watch) == []
+    assert watch.tokens[a][1] is not None and watch.tokens[b][1] is None

@@ -127,10 +127,11 @@ def _report_after(sweep_dir) -> None:
             + sweep_command("report", d))
 
 
-def _run_the_rest(sweep_dir) -> str | None:
+def _run_the_rest(sweep_dir, again: list[str] = ()) -> str | None:
     """After a stop (Ctrl-C, SIGTERM, a lost Ray runtime): the ``sweep resume`` command that
-    runs what is left, as one line on stdout, where ``sweep launch ... > log`` keeps it (stderr
-    says what finished); returns it. Nothing (None) when ``sweep_dir`` has no plan yet."""
+    runs what is left (with ``again``, a resume's own overrides, which the sweep does not
+    store), as one line on stdout, where ``sweep launch ... > log`` keeps it (stderr says what
+    finished); returns it. Nothing (None) when ``sweep_dir`` has no plan yet."""
     from workers.results.sweep_dir import SweepDir
 
     try:
@@ -139,16 +140,16 @@ def _run_the_rest(sweep_dir) -> str | None:
             return None
     except (OSError, ValueError):
         return None
-    command = sweep_command("resume", d)
+    command = sweep_command("resume", d, *again)
     print(f"stopped; run the rest with: {command}", flush=True)
     return command
 
 
-def _interrupted(sweep_dir) -> None:
+def _interrupted(sweep_dir, again: list[str] = ()) -> None:
     """After Ctrl-C outside the dispatcher: what is kept and how to go on, one line on stderr
     (and the resume command on stdout: ``_run_the_rest``)."""
     msg = "sweep: interrupted; every finished trial's result is kept"
-    command = _run_the_rest(sweep_dir)
+    command = _run_the_rest(sweep_dir, again)
     if command is not None:
         msg += "; run the rest with: " + command
     print(msg, file=sys.stderr)
@@ -169,17 +170,18 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
         driver.check_writable(d, "SWEEP_DIR")  # (the input checked: no probe for bad input)
         for note in notes:
             driver.log(note)
-        location = driver.launch(cfg, verify=verify, command="resume", out=d)
+        location = driver.launch(cfg, verify=verify, command="resume", out=d,
+                                 again=tuple(overrides))
         _result(location)
         if cfg.figure:
             _report_after(d)
     except (ConfigError, DataError) as e:
         return _fail(str(e))
     except driver.DispatchStopped as e:  # what finished and the resume command: on stderr
-        _run_the_rest(d)
+        _run_the_rest(d, overrides)
         return e.exit_code
     except KeyboardInterrupt:
-        _interrupted(sweep_dir if d is None else d)
+        _interrupted(sweep_dir if d is None else d, overrides)
         return 130
     return 0
 

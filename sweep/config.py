@@ -296,6 +296,13 @@ def _config_error(check):
     return checked
 
 
+def _fixed_nodes(v) -> bool | None:
+    """cluster.fixed_nodes: true, false or null (not said)."""
+    if v is not None and not isinstance(v, bool):
+        raise ConfigError(f"cluster.fixed_nodes: expected true, false or null, got {v!r}")
+    return v
+
+
 _int = _config_error(checks.check_int)
 _float = _config_error(checks.check_float)
 _bool = _config_error(checks.check_bool)
@@ -750,8 +757,7 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
         cluster=ClusterConfig(
             address=None if address is None else str(address),
             num_cpus=_int("cluster.num_cpus", c.get("num_cpus"), lo=1, allow_none=True),
-            fixed_nodes=(None if c.get("fixed_nodes") is None
-                         else _bool("cluster.fixed_nodes", c.get("fixed_nodes"))),
+            fixed_nodes=_fixed_nodes(c.get("fixed_nodes")),
         ),
         resources=ResourcesConfig(
             cpus_per_trial=_float("resources.cpus_per_trial", r.get("cpus_per_trial"), positive=True),

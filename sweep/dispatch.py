@@ -238,13 +238,19 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
     settled = 0
     flag = StopFlag(ray)
 
+    def running() -> int:  # (as far as the driver can tell: 0 while no node can run one)
+        return min(len(in_flight), watch.slots)
+
     def on_signal(signum, frame):
         stop["count"] += 1
         if stop["signal"] is None:
             stop["signal"], stop["since"] = signum, time.monotonic()
-            log(f"\n{signal.Signals(signum).name}: no new trials; waiting up to {GRACE_S:.0f} s "
-                f"for the {min(len(in_flight), slots)} running task(s) (Ctrl-C again cancels "
-                "them)")
+            name = signal.Signals(signum).name
+            if running() == 0:
+                log(f"\n{name}: no new trials; none is running (no node can run one yet)")
+            else:
+                log(f"\n{name}: no new trials; waiting up to {GRACE_S:.0f} s for the "
+                    f"{running()} running task(s) (Ctrl-C again cancels them)")
         elif stop["count"] == 2:
             log("cancelling the running trials")
 
@@ -297,7 +303,8 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                 flag.set()  # (the relay set it when the signal came; else now: a no-op then)
                 unit = None  # submit nothing more
                 retry.clear()  # (no record: a later call runs them)
-                if stop["count"] >= 2 or time.monotonic() - stop["since"] > GRACE_S:
+                if (stop["count"] >= 2 or time.monotonic() - stop["since"] > GRACE_S
+                        or running() == 0):
                     for ref in in_flight:
                         ray.cancel(ref, force=True)
                     break  # cancelled units get no record: a later call runs them
@@ -375,14 +382,13 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                 rest = done[len(results):]  # not run: the stop flag said so
                 if rest and stop["signal"] is None:  # (only a signal sets it while this runs)
                     retry.append((rest, attempt))
-            bar.set_postfix(**work.postfix(), running=min(len(in_flight), slots),
-                            refresh=False)
+            bar.set_postfix(**work.postfix(), running=running(), refresh=False)
             bar.refresh()
             now = time.monotonic()
             if progress and not live and now - lines["last"] >= PROGRESS_LINE_S:
                 lines["last"] = now
                 log(progress_line(settled, work.total, now - lines["t0"], work.counts,
-                                  min(len(in_flight), slots)))
+                                  running()))
     finally:
         if unrelay is not None:  # (first: the wakeup fd back before its socket closes)
             unrelay()

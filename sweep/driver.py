@@ -242,22 +242,28 @@ def plan_only(cfg: SweepConfig) -> str:
         todo = pending_rows(out, plan.ids, move_invalid=False)
     log(f"{len(plan)} trials planned ({out.uri(PLAN_FILE)}), {len(plan) - len(todo)} already "
         f"have results; run them with: {sweep_command('resume', out)}")
-    if cfg.cluster.address is None and cfg.resources.gpus_per_trial == 0:
-        try:  # (a plan may be for another machine: said, not refused; no Ray started to ask)
+    if cfg.cluster.address is not None or cfg.resources.gpus_per_trial == 0:
+        try:  # (a plan may be for another machine: said, not refused; no local Ray started to
+            # ask; a cluster's was asked for the memory estimate already)
             check_resources(cfg)
         except ConfigError as e:
-            log(f"note: a local resume here would refuse it: {e}; resume it on a cluster "
-                "(cluster.address=...) or a machine where it fits")
+            if cfg.cluster.address is None:
+                log(f"note: a local resume here would refuse it: {e}; resume it on a cluster "
+                    "(cluster.address=...) or a machine where it fits")
+            else:
+                log(f"note: a resume on the cluster at {cfg.cluster.address} would refuse it "
+                    f"as it is now: {e}")
     return out.location
 
 
 def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch",
-           out: SweepDir | None = None) -> str:
+           out: SweepDir | None = None, again: tuple[str, ...] = ()) -> str:
     """Plan (or read the plan), run the planned trials that lack a valid result, then evaluate
     the measures asked for that finished trials lack (from their saved weights); returns the
     sweep directory. ``out``: ``cfg.out_dir()`` as opened already (``open_out``: `sweep
-    resume` opens it to read its configuration); None: opened here. Progress and diagnostics
-    go to stderr; the caller prints the result."""
+    resume` opens it to read its configuration); None: opened here. ``again``: the overrides
+    of a `sweep resume` (not stored with the sweep), repeated in the resume command said
+    after a stop. Progress and diagnostics go to stderr; the caller prints the result."""
     out = open_out(cfg.out_dir()) if out is None else out
     if cfg.cluster.address is not None:  # before any work: one line if it cannot be used
         start_ray(cfg)
@@ -283,7 +289,7 @@ def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch",
                     "in this session ("
                     + (", ".join(f"{v} {k}" for k, v in e.counts.items() if v) or "none")
                     + f"); {left} of {len(plan)} left. Run them with: "
-                    + sweep_command("resume", out))
+                    + sweep_command("resume", out, *again))
                 raise
             log("finished in {:.1f} s: ".format(time.perf_counter() - t0)
                 + ", ".join(f"{v} {k}" for k, v in counts.items() if v))

@@ -7,6 +7,7 @@ starts."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -198,7 +199,7 @@ def test_fixed_nodes_reads_true_false_and_null():
     assert compose([]).cluster.fixed_nodes is None
     assert compose(["cluster.fixed_nodes=true"]).cluster.fixed_nodes is True
     assert compose(["cluster.fixed_nodes=false"]).cluster.fixed_nodes is False
-    with pytest.raises(ConfigError, match="cluster.fixed_nodes: expected true or false"):
+    with pytest.raises(ConfigError, match="cluster.fixed_nodes: expected true, false or null"):
         compose(["cluster.fixed_nodes=sometimes"])
 
 
@@ -223,15 +224,16 @@ CLUSTER = textwrap.dedent("""
 """)
 
 DRIVER = textwrap.dedent("""
-    import sys
+    import sys, time
     from pathlib import Path
 
     import ray
     from ray.core.generated import autoscaler_pb2
     from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
+    from sweep.cli import main
     from sweep.config import ConfigError, compose
-    from sweep.driver import launch
+    from sweep.driver import launch, plan_only
 
     out, address, tiny = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
     ray.init(address=address, log_to_driver=False)
@@ -247,6 +249,8 @@ DRIVER = textwrap.dedent("""
             print("RAN", flush=True)
 
     refused([], "default")  # not said: the cluster has no GPU at all
+    # a plan is written (it may be for later), with a note that a resume would refuse it now
+    plan_only(compose(tiny + gpu + [f"out={out / 'planned'}"]))
     # node groups as an autoscaler reports them to the GCS (Ray 2.60's own do not; the key
     # is Ray's, read by Ray Data too): GPU nodes of 1
     config = autoscaler_pb2.ClusterConfig()
@@ -258,6 +262,11 @@ DRIVER = textwrap.dedent("""
     _internal_kv_put(key, config.SerializeToString(), namespace=ns)
     refused(["resources.gpus_per_trial=2", "cluster.fixed_nodes=false"], "two")
     _internal_kv_del(key, namespace=ns)
+    # the plan resumed with cluster.fixed_nodes=false: it waits; the test sends SIGINT
+    t0 = time.monotonic()
+    rc = main(["resume", str(out / "planned"), f"cluster.address={address}",
+               "cluster.fixed_nodes=false"])
+    print(f"RESUMED {rc} {time.monotonic() - t0:.1f}", flush=True)
     # cluster.fixed_nodes=false: the trials wait until the test adds a GPU node
     launch(compose(tiny + gpu + ["cluster.fixed_nodes=false", "dry_run=true",
                                  f"out={out / 'waits'}"]))
@@ -294,10 +303,17 @@ def test_gpu_trials_wait_for_an_autoscalers_node_and_are_refused_where_none_can_
         err = []
         reader = threading.Thread(target=lambda: err.extend(driver.stderr), daemon=True)
         reader.start()
-        deadline = time.monotonic() + 300
-        while not any("trials wait until one joins" in e for e in err):
-            assert time.monotonic() < deadline and driver.poll() is None, "".join(err)[-3000:]
-            time.sleep(0.2)
+        def waiting(n):  # the n-th "trials wait" note
+            deadline = time.monotonic() + 300
+            while sum("trials wait until one joins" in e for e in err) < n:
+                assert time.monotonic() < deadline and driver.poll() is None, \
+                    "".join(err)[-3000:]
+                time.sleep(0.2)
+
+        waiting(1)  # the resume
+        time.sleep(1)
+        driver.send_signal(signal.SIGINT)  # nothing runs: it stops at once, not after 30 s
+        waiting(2)  # the launch
         time.sleep(2)  # (waiting, not running)
         before = list((tmp_path / "waits" / "trials").glob("*.parquet"))
         cluster.stdin.write("gpu\n")
@@ -319,7 +335,8 @@ def test_gpu_trials_wait_for_an_autoscalers_node_and_are_refused_where_none_can_
                 proc.kill()
                 proc.wait()
     assert driver.returncode == 0, "".join(err)[-3000:]
-    said = [ln for ln in out.splitlines() if ln.startswith(("REFUSED", "WROTE", "RAN", "DONE"))]
+    said = [ln for ln in out.splitlines() if ln.startswith(("REFUSED", "WROTE", "RAN", "DONE",
+                                                             "RESUMED", "stopped;"))]
     assert said[0] == ("REFUSED resources.gpus_per_trial: 1, but the Ray cluster has 0 GPUs in "
                        "all; allowed: 0 (CPU), a cluster with GPUs, or cluster.fixed_nodes=false "
                        "where an autoscaler adds GPU nodes"), said
@@ -328,7 +345,19 @@ def test_gpu_trials_wait_for_an_autoscalers_node_and_are_refused_where_none_can_
                        "the largest node of the Ray cluster or node group of its autoscaler has "
                        "1 GPUs (a trial runs on one node); allowed: resources.gpus_per_trial at "
                        "most 1"), said
-    assert said[3] == "WROTE False" and said[4] == "DONE", said
+    assert said[3] == "WROTE False", said
+    # the resume: stopped at once, and the command to run the rest keeps its overrides
+    assert said[4] == (f"stopped; run the rest with: sweep resume {tmp_path / 'planned'} "
+                       f"cluster.address={address} cluster.fixed_nodes=false"), said
+    rc, seconds = said[5].split()[1:]
+    assert rc == "130" and float(seconds) < 25, said
+    assert said[6] == "DONE", said
+    text = "".join(err)
+    assert (f"note: a resume on the cluster at {address} would refuse it as it is now: "
+            "resources.gpus_per_trial: 1, but the Ray cluster has 0 GPUs in all") in text
+    assert "SIGINT: no new trials; none is running (no node can run one yet)" in text
+    assert "run them with: sweep resume" in text and not list(
+        (tmp_path / "planned" / "trials").glob("*.parquet"))
     assert before == []
     assert any(e.startswith("note: no node of the Ray cluster holds a trial of 1 CPUs and 1 GPUs "
                             "now (a trial runs on one node): trials wait until one joins (an "

@@ -249,7 +249,11 @@ def test_bias_free_project_networks_keep_their_values():
     out = evaluate_outcomes(MeasureInputs(model, x, y, xt, None, init, (1, 4, 4), 0, 1),
                             list(BEFORE))
     got = {n: o.value for n, o in out.items()}
-    assert got == pytest.approx(BEFORE, rel=1e-9, abs=1e-12)
+    # (float32 forward passes differ in their last bits between CPUs, whose kernels take other
+    # paths, e.g. AVX-512 or AVX2 in oneDNN: seen as 2e-6 relative in the margins, which
+    # subtract two close logits, and so in the measures over a margin; a change of code moves
+    # them by far more)
+    assert got == pytest.approx(BEFORE, rel=1e-5, abs=1e-12)
 
 
 def test_a_module_of_another_form_is_undefined_not_wrong():

@@ -28,6 +28,7 @@ what is allowed, exit code 2, before anything is written or Ray starts.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from sweep.commands import sweep_command
@@ -161,6 +162,10 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
     from sweep.measure import recorded_modules, with_modules
     from workers.data import DataError
 
+    # the overrides that the command to run the rest repeats (a sweep slurm job's own
+    # cluster.* name its allocation's head, gone when it ends: the chain goes on without them)
+    again = [o for o in overrides if not (os.environ.get("SWEEP_SLURM_JOB")
+                                          and o.startswith("cluster."))]
     d = None
     try:
         d = driver.open_out(sweep_dir, "SWEEP_DIR", write=False)  # (once: passed down)
@@ -171,17 +176,17 @@ def cmd_resume(sweep_dir: str, overrides: list[str], verify: bool = False) -> in
         for note in notes:
             driver.log(note)
         location = driver.launch(cfg, verify=verify, command="resume", out=d,
-                                 again=tuple(overrides))
+                                 again=tuple(again))
         _result(location)
         if cfg.figure:
             _report_after(d)
     except (ConfigError, DataError) as e:
         return _fail(str(e))
     except driver.DispatchStopped as e:  # what finished and the resume command: on stderr
-        _run_the_rest(d, overrides)
+        _run_the_rest(d, again)
         return e.exit_code
     except KeyboardInterrupt:
-        _interrupted(sweep_dir if d is None else d, overrides)
+        _interrupted(sweep_dir if d is None else d, again)
         return 130
     return 0
 

@@ -28,6 +28,7 @@ import sys
 import time
 
 from analysis.progress import duration
+from sweep.config import ConfigError
 from sweep.runtime import RUNTIME_PROBE_S, local_runtime_exited, runtime_lost
 
 GRACE_S = 30.0  # after Ctrl-C / SIGTERM: how long running trials may take to finish
@@ -241,16 +242,10 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
     def running() -> int:  # (as far as the driver can tell: 0 while no node can run one)
         return min(len(in_flight), watch.slots)
 
-    def on_signal(signum, frame):
+    def on_signal(signum, frame):  # (said in the loop, after a fresh count of the nodes)
         stop["count"] += 1
         if stop["signal"] is None:
             stop["signal"], stop["since"] = signum, time.monotonic()
-            name = signal.Signals(signum).name
-            if running() == 0:
-                log(f"\n{name}: no new trials; none is running (no node can run one yet)")
-            else:
-                log(f"\n{name}: no new trials; waiting up to {GRACE_S:.0f} s for the "
-                    f"{running()} running task(s) (Ctrl-C again cancels them)")
         elif stop["count"] == 2:
             log("cancelling the running trials")
 
@@ -266,23 +261,19 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                file=sys.stderr, mininterval=0.5)
     lines = {"last": time.monotonic(), "t0": time.monotonic()}
     quiet_since = time.monotonic()
-    asked = time.monotonic()  # when ``capacity`` was last asked
+    asked = float("-inf")  # when ``capacity`` was last asked (first: at once)
 
     def follow_capacity() -> None:
         nonlocal slots, max_in_flight, asked
         asked = time.monotonic()
-        try:
-            now = capacity()
-        except Exception:  # (the runtime's trouble is the loop's to find: runtime_lost)
+        now = _bounded(capacity, RUNTIME_PROBE_S)  # (a hung head: the last count stands,
+        if now is None or now == watch.slots:  # runtime_lost is the loop's to find)
             return
-        watch.slots = now  # (0: no node can run a trial yet; none of the tasks is timed)
-        now = max(1, now)
-        if now == slots:
-            return
-        before, slots = slots, now
+        before, watch.slots = watch.slots, now  # (0: no node can run one; none is timed)
+        slots = max(1, now)
         if resources.max_in_flight is None:
-            max_in_flight = 2 * now
-        log(f"note: the cluster's nodes now run {now} trial(s) at once (was {before})"
+            max_in_flight = 2 * slots
+        log(f"note: the cluster's nodes now run {now} trial(s) at once (were {before})"
             + (f"; up to {max_in_flight} tasks in flight" if resources.max_in_flight is None
                else ""))
 
@@ -303,6 +294,17 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                 flag.set()  # (the relay set it when the signal came; else now: a no-op then)
                 unit = None  # submit nothing more
                 retry.clear()  # (no record: a later call runs them)
+                if not stop.get("said"):
+                    stop["said"] = True
+                    if capacity is not None:
+                        follow_capacity()  # (a node may have joined since the last count)
+                    name = signal.Signals(stop["signal"]).name
+                    if running() == 0:
+                        log(f"\n{name}: no new trials; none is running (no node can run one "
+                            "yet)")
+                    else:
+                        log(f"\n{name}: no new trials; waiting up to {GRACE_S:.0f} s for the "
+                            f"{running()} running task(s) (Ctrl-C again cancels them)")
                 if (stop["count"] >= 2 or time.monotonic() - stop["since"] > GRACE_S
                         or running() == 0):
                     for ref in in_flight:
@@ -469,14 +471,20 @@ class Tasks:
         # (a local Ray's nodes are all there; a cluster's may join later, unless
         # cluster.fixed_nodes=true)
         local = cfg.cluster.address is None
-        note = check_trials_fit(self.ray, res.cpus_per_trial, res.gpus_per_trial,
-                                True if local else cfg.cluster.fixed_nodes, local=local)
+        try:
+            note = check_trials_fit(self.ray, res.cpus_per_trial, res.gpus_per_trial,
+                                    True if local else cfg.cluster.fixed_nodes, local=local)
+            runs = self.capacity()
+        except ConfigError:
+            raise
+        except Exception as e:  # Ray itself failed answering (a head gone since connecting)
+            why = runtime_lost(self.ray, e) or f"Ray failed ({type(e).__name__}: {e})"
+            raise _runtime_stop(why, {}) from None
         if note:
             log(note)
         self.remote = self.ray.remote(fn)
         self.options = dict(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
                             max_retries=0, retry_exceptions=False)
-        runs = self.capacity()
         self.slots = max(1, runs)
         self.limit = parse_budget(res.trial_timeout, "resources.trial_timeout")
         self.watch = Watch(out, self.limit, res.trial_timeout, slots=runs, log=log)
@@ -512,6 +520,25 @@ class Tasks:
         return run(work, self.ray, self.out, self.cfg.resources, self.slots, self.watch,
                    lock=lock, progress=self.cfg.progress,
                    capacity=None if self.cfg.cluster.address is None else self.capacity)
+
+
+def _bounded(fn, seconds: float):
+    """``fn()`` asked from a daemon thread for at most ``seconds`` (a cluster query can hang
+    while its head is gone); None if it did not answer or failed."""
+    import threading
+
+    answer: list = []
+
+    def ask():
+        try:
+            answer.append(fn())
+        except Exception:
+            pass
+
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    t.join(seconds)
+    return answer[0] if answer else None
 
 
 def _fits(have: float, per_trial: float) -> int:

@@ -244,12 +244,14 @@ def plan_only(cfg: SweepConfig) -> str:
         f"have results; run them with: {sweep_command('resume', out)}")
     if cfg.cluster.address is not None or cfg.resources.gpus_per_trial == 0:
         try:  # (a plan may be for another machine: said, not refused; no local Ray started to
-            # ask; a cluster's was asked for the memory estimate already)
+            # ask; a cluster is connected to)
             check_resources(cfg)
         except ConfigError as e:
             if cfg.cluster.address is None:
                 log(f"note: a local resume here would refuse it: {e}; resume it on a cluster "
                     "(cluster.address=...) or a machine where it fits")
+            elif type(e).__name__ == "ClusterUnreachable":  # (sweep.connect's)
+                log(f"note: could not ask the cluster whether its nodes hold the trials: {e}")
             else:
                 log(f"note: a resume on the cluster at {cfg.cluster.address} would refuse it "
                     f"as it is now: {e}")

@@ -211,6 +211,8 @@ JOB_NAME={q(job_name(d))}  # the chain's jobs' name (squeue --name, scancel --na
 # this many jobs in a row that finished no trial (and, at the time limit, wrote no checkpoint)
 # (`python -m sweep.slurm next` / `limit`, sweep/slurm.py next_step / limit_step)
 STALLED_JOBS={STALLED_JOBS}
+# the driver knows it runs in a job of the chain (its stop says: the chain goes on)
+export SWEEP_SLURM_JOB="$SLURM_JOB_ID"
 # Ray's token authentication with a token of this job's own (srun passes it to every node)
 export RAY_AUTH_MODE=token
 RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))'); export RAY_AUTH_TOKEN

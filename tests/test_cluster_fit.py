@@ -262,7 +262,17 @@ DRIVER = textwrap.dedent("""
     _internal_kv_put(key, config.SerializeToString(), namespace=ns)
     refused(["resources.gpus_per_trial=2", "cluster.fixed_nodes=false"], "two")
     _internal_kv_del(key, namespace=ns)
-    # the plan resumed with cluster.fixed_nodes=false: it waits; the test sends SIGINT
+    # the plan resumed with cluster.fixed_nodes=false: it waits; the test sends SIGINT once
+    # the dispatch loop's handlers are in place (said on stderr)
+    import sweep.dispatch as dispatch
+    relay = dispatch._relay_signals
+
+    def said_relay(*a, **k):
+        undo = relay(*a, **k)
+        print("HANDLERS", file=sys.stderr, flush=True)
+        return undo
+
+    dispatch._relay_signals = said_relay
     t0 = time.monotonic()
     rc = main(["resume", str(out / "planned"), f"cluster.address={address}",
                "cluster.fixed_nodes=false"])
@@ -311,7 +321,11 @@ def test_gpu_trials_wait_for_an_autoscalers_node_and_are_refused_where_none_can_
                 time.sleep(0.2)
 
         waiting(1)  # the resume
-        time.sleep(1)
+        deadline = time.monotonic() + 120
+        while not any(e.startswith("HANDLERS") for e in err):
+            assert time.monotonic() < deadline and driver.poll() is None, "".join(err)[-3000:]
+            time.sleep(0.1)
+        time.sleep(0.5)
         driver.send_signal(signal.SIGINT)  # nothing runs: it stops at once, not after 30 s
         waiting(2)  # the launch
         time.sleep(2)  # (waiting, not running)
@@ -440,7 +454,7 @@ def test_the_tasks_in_flight_follow_the_nodes_that_join(ray_local, tmp_path, mon
     assert counts == {"ok": 60}
     assert max(o for g, o in work.peaks if g == 1) == 2
     assert max(o for g, o in work.peaks if g == 3) == 6
-    assert "note: the cluster's nodes now run 3 trial(s) at once (was 1); up to 6 tasks in " \
+    assert "note: the cluster's nodes now run 3 trial(s) at once (were 1); up to 6 tasks in " \
            "flight" in said
     # a bound the user set stays
     grown["now"] = 1
@@ -449,3 +463,54 @@ def test_the_tasks_in_flight_follow_the_nodes_that_join(ray_local, tmp_path, mon
     dispatch.run(work, ray_local, tmp_path, compose(["resources.max_in_flight=2"]).resources, 1,
                  Watch(tmp_path, None), capacity=lambda: grown["now"])
     assert max(o for _, o in work.peaks) == 2
+
+
+def test_a_signal_counts_the_nodes_again_before_it_says_none_is_running(ray_local, tmp_path,
+                                                                        monkeypatch):
+    """The last count said no node could run a trial (a cluster from zero), but nodes joined
+    since and tasks run: a Ctrl-C counts again, says they run and lets them finish within the
+    grace, rather than cancelling them as if none ran (a reviewer's case)."""
+    import signal
+    import threading
+    import time
+
+    from sweep import dispatch
+    from sweep.watch import Watch
+
+    @ray_local.remote(num_cpus=1)
+    def nap(unit):
+        time.sleep(3)
+        return list(unit)
+
+    class Naps(dispatch.Work):
+        def __init__(self):
+            self.counts, self.total = {"ok": 0}, 2
+
+        def units(self, slots):
+            return ([i] for i in range(2))
+
+        def submit(self, unit, token, stop):
+            return nap.remote(unit)
+
+        def trial_ids(self, unit):
+            return [str(u) for u in unit]
+
+        def done(self, unit, results):
+            self.counts["ok"] += len(results)
+            return len(results)
+
+    said = []
+    monkeypatch.setattr(dispatch, "log", said.append)
+    monkeypatch.setattr(dispatch, "CAPACITY_POLL_S", 3600.0)  # (only the signal asks again)
+    nodes = {"run": 0}  # none at the start (the loop's first count); two when the signal comes
+
+    def joined_and_signal():
+        nodes["run"] = 2
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Timer(1.5, joined_and_signal).start()
+    counts = dispatch.run(Naps(), ray_local, tmp_path, compose([]).resources, 1,
+                          Watch(tmp_path, None, slots=0), capacity=lambda: nodes["run"])
+    assert counts == {"ok": 2}, said
+    assert "\nSIGINT: no new trials; waiting up to 30 s for the 2 running task(s) (Ctrl-C " \
+           "again cancels them)" in said, said

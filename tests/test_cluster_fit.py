@@ -514,3 +514,32 @@ def test_a_signal_counts_the_nodes_again_before_it_says_none_is_running(ray_loca
     assert counts == {"ok": 2}, said
     assert "\nSIGINT: no new trials; waiting up to 30 s for the 2 running task(s) (Ctrl-C " \
            "again cancels them)" in said, said
+
+
+@pytest.mark.parametrize("in_slurm_job", [False, True])
+def test_the_command_to_run_the_rest_repeats_a_resumes_overrides(tmp_path, capsys, monkeypatch,
+                                                                  in_slurm_job):
+    """After a stop, `sweep resume DIR OVERRIDES` says `sweep resume DIR OVERRIDES` (they are
+    not stored with the sweep), except, in a `sweep slurm` job, the job's own cluster.* (its
+    allocation's head is gone when it ends)."""
+    from sweep import driver
+    from sweep.cli import main
+
+    out = tmp_path / "s"
+    assert main(["plan", "trials=2", f"out={out}", "progress=false", "figure=false"]) == 0
+    capsys.readouterr()
+
+    def stopped(cfg, **kw):
+        raise driver.DispatchStopped("stopped by SIGINT", 130, {})
+
+    monkeypatch.setattr(driver, "launch", stopped)
+    if in_slurm_job:
+        monkeypatch.setenv("SWEEP_SLURM_JOB", "17")
+    else:
+        monkeypatch.delenv("SWEEP_SLURM_JOB", raising=False)
+    over = ["cluster.address=10.0.0.1:6379", "cluster.fixed_nodes=false",
+            "resources.max_in_flight=8"]
+    assert main(["resume", str(out), *over]) == 130
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    kept = over[2:] if in_slurm_job else over
+    assert said == f"stopped; run the rest with: sweep resume {out} " + " ".join(kept)

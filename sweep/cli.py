@@ -197,7 +197,8 @@ def cmd_measure(sweep_dir: str, overrides: list[str], retry_errors: bool = False
     from sweep.measure import MeasureStopped, measure_sweep
     from workers.data import DataError
 
-    again = sweep_command("measure", sweep_dir, *overrides)
+    again = sweep_command("measure", sweep_dir, *(["--retry-errors"] if retry_errors else []),
+                          *overrides)  # (--retrain: the next call names the damaged ones left)
     ids = tuple(t for t in (retrain or "").split(",") if t.strip())
     if retrain is not None and not ids:
         return _fail("--retrain: no trial id; allowed: trial ids, comma-separated")

@@ -121,6 +121,10 @@ def test_an_interrupted_measure_prints_its_own_command_again(odd, capsys, monkey
     assert cli.cmd_measure(odd, overrides) == 130
     assert _after(capsys.readouterr().err, "Evaluate the rest with: ") == [
         "sweep", "measure", odd, *overrides]
+    # --retry-errors is part of what to run again (the errors not yet retried stay errors)
+    assert cli.cmd_measure(odd, overrides, retry_errors=True) == 130
+    assert _after(capsys.readouterr().err, "Evaluate the rest with: ") == [
+        "sweep", "measure", odd, "--retry-errors", *overrides]
 
 
 def test_show_prints_the_launch_command_it_was_given(odd):

@@ -227,7 +227,7 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
     import ray.exceptions as rex
     from tqdm import tqdm
 
-    from sweep.watch import retried_errors
+    from sweep.watch import bounded, retried_errors
 
     max_in_flight = resources.max_in_flight or 2 * slots
     units = iter(work.units(slots))
@@ -264,15 +264,14 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
     asked = float("-inf")  # when ``capacity`` was last asked (first: at once)
 
     def follow_capacity() -> None:
-        nonlocal slots, max_in_flight, asked
+        nonlocal max_in_flight, asked
         asked = time.monotonic()
-        now = _bounded(capacity, RUNTIME_PROBE_S)  # (a hung head: the last count stands,
+        now = bounded(capacity, RUNTIME_PROBE_S)  # (a hung head: the last count stands,
         if now is None or now == watch.slots:  # runtime_lost is the loop's to find)
             return
         before, watch.slots = watch.slots, now  # (0: no node can run one; none is timed)
-        slots = max(1, now)
         if resources.max_in_flight is None:
-            max_in_flight = 2 * slots
+            max_in_flight = 2 * max(1, now)
         log(f"note: the cluster's nodes now run {now} trial(s) at once (were {before})"
             + (f"; up to {max_in_flight} tasks in flight" if resources.max_in_flight is None
                else ""))
@@ -520,25 +519,6 @@ class Tasks:
         return run(work, self.ray, self.out, self.cfg.resources, self.slots, self.watch,
                    lock=lock, progress=self.cfg.progress,
                    capacity=None if self.cfg.cluster.address is None else self.capacity)
-
-
-def _bounded(fn, seconds: float):
-    """``fn()`` asked from a daemon thread for at most ``seconds`` (a cluster query can hang
-    while its head is gone); None if it did not answer or failed."""
-    import threading
-
-    answer: list = []
-
-    def ask():
-        try:
-            answer.append(fn())
-        except Exception:
-            pass
-
-    t = threading.Thread(target=ask, daemon=True)
-    t.start()
-    t.join(seconds)
-    return answer[0] if answer else None
 
 
 def _fits(have: float, per_trial: float) -> int:

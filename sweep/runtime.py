@@ -207,18 +207,20 @@ def _holds(resources: dict, cpus: float, gpus: float) -> bool:
     return resources.get("CPU", 0) >= cpus and (gpus <= 0 or resources.get("GPU", 0) >= gpus)
 
 
-def _short(nodes: list[dict], cpus: float, gpus: float, where: str) -> tuple[str, str]:
-    """(why none of ``nodes`` holds the trial, the largest trial they hold) for a refusal:
-    ``where`` ("the largest node of the Ray runtime") has too few CPUs, or too few GPUs, or
-    no node has both (each alone on some node)."""
+def _short(nodes: list[dict], cpus: float, gpus: float, where: str) -> tuple[str, str, str]:
+    """(what is short: "CPU", "GPU" or "both", why none of ``nodes`` holds the trial, the
+    largest trial they hold) for a refusal: ``where`` ("the largest node of the Ray runtime")
+    has too few CPUs, or too few GPUs, or no node has both (each alone on some node)."""
     top_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
     top_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
     if top_cpu < cpus:
-        return f"{where} has {top_cpu:g} CPUs", f"resources.cpus_per_trial at most {top_cpu:g}"
+        return ("CPU", f"{where} has {top_cpu:g} CPUs",
+                f"resources.cpus_per_trial at most {top_cpu:g}")
     if gpus > 0 and top_gpu < gpus:
-        return f"{where} has {top_gpu:g} GPUs", f"resources.gpus_per_trial at most {top_gpu:g}"
+        return ("GPU", f"{where} has {top_gpu:g} GPUs",
+                f"resources.gpus_per_trial at most {top_gpu:g}")
     with_gpus = max(n.get("CPU", 0) for n in nodes if n.get("GPU", 0) >= gpus)
-    return (f"those with {gpus:g} GPUs have at most {with_gpus:g} CPUs",
+    return ("both", f"those with {gpus:g} GPUs have at most {with_gpus:g} CPUs",
             f"resources.cpus_per_trial at most {with_gpus:g} with these GPUs")
 
 
@@ -243,19 +245,19 @@ def check_trials_fit(ray, cpus: float, gpus: float, fixed_nodes: bool | None,
         f", resources.gpus_per_trial: {gpus:g}" if gpus > 0 else "")
     total_gpus = ray.cluster_resources().get("GPU", 0)
     if fixed_nodes is True:
-        why, allowed = _short(live, cpus, gpus, "the largest node of the Ray "
-                              + ("runtime" if local else "cluster"))
+        short, why, allowed = _short(live, cpus, gpus, "the largest node of the Ray "
+                                     + ("runtime" if local else "cluster"))
         if gpus > 0 and total_gpus == 0:
             why, allowed = "the Ray cluster has 0 GPUs", "0 here (CPU), or a cluster with GPUs"
-        elif local and why.endswith(" CPUs") and not why.startswith("those"):
+        elif local and short == "CPU":
             allowed += (" (a local Ray: the CPUs this process may use, its affinity mask or "
                         "cgroup quota), or cluster.num_cpus=N for a local Ray of N CPUs")
         raise ConfigError(f"{asked}, but {why} (a trial runs on one node); allowed: {allowed}")
     groups = node_groups(ray)
     if groups is not None:
         if not any(_holds(g, cpus, gpus) for g in groups):
-            why, allowed = _short(live + groups, cpus, gpus, "the largest node of the Ray "
-                                  "cluster or node group of its autoscaler")
+            _, why, allowed = _short(live + groups, cpus, gpus, "the largest node of the Ray "
+                                     "cluster or node group of its autoscaler")
             raise ConfigError(f"{asked}, but {why} (a trial runs on one node); allowed: "
                               f"{allowed}")
         wait = "its autoscaler starts one (a node group holds it)"

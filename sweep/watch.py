@@ -76,6 +76,14 @@ def _in_thread(fn) -> tuple[threading.Thread, dict]:
     return thread, box
 
 
+def bounded(fn, seconds: float, default=None):
+    """``fn()``, or ``default`` if it raises or does not return within ``seconds`` (it goes
+    on in its daemon thread): a read of a store, a question to a cluster whose head may hang."""
+    thread, box = _in_thread(fn)
+    thread.join(seconds)
+    return box.get("value", default) if not thread.is_alive() else default
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -105,9 +113,7 @@ class Watch:
     def bounded(self, fn, default=None):
         """``fn()`` (a read of the sweep directory), or ``default`` if it raises or does not
         return within ``self.wait`` seconds (it goes on in its daemon thread)."""
-        thread, box = _in_thread(fn)
-        thread.join(self.wait)
-        return box.get("value", default) if not thread.is_alive() else default
+        return bounded(fn, self.wait, default)
 
     def clear_stale(self) -> None:
         """Remove the markers left by tasks of earlier drivers (killed with their driver);

@@ -148,8 +148,10 @@ class Work:
     counts: dict[str, int]  # by outcome, what DispatchStopped and the progress line report
     total: int  # trials to settle
 
-    def units(self, slots: int):
-        """The units to submit, formed as they are taken (a generator is fine)."""
+    def units(self, slots):
+        """The units to submit, formed as they are taken (a generator is fine). ``slots()``:
+        how many trials the nodes can run at once now (at least 1; on a cluster it follows the
+        nodes that join, so a unit formed later may be sized for more of them)."""
         raise NotImplementedError
 
     def submit(self, unit: list, token: str | None, stop):
@@ -230,7 +232,7 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
     from sweep.watch import bounded, retried_errors
 
     max_in_flight = resources.max_in_flight or 2 * slots
-    units = iter(work.units(slots))
+    units = iter(work.units(lambda: max(1, watch.slots)))
     unit = next(units, None)  # the next unit to submit; None: all submitted
     in_flight: dict = {}  # ref -> (unit, attempt: 0 for the first submission, token)
     retry: list = []  # (unit, attempt) to submit again, before new units

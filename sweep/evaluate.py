@@ -177,9 +177,14 @@ class MeasureWork(Work):
         self.counts, self.total = counts, len(items)
         self.damaged: list[str] = []  # trials whose weights file could not be loaded
 
-    def units(self, slots: int):
-        size = max(1, min(self.per_task, math.ceil(len(self.items) / (2 * slots))))
-        return (self.items[i:i + size] for i in range(0, len(self.items), size))
+    def units(self, slots):
+        """Up to ``per_task`` items per unit, but at least 2 units per trial the nodes can run
+        at once (``slots()``, asked as each unit is formed: nodes that join later get units)."""
+        i = 0
+        while i < len(self.items):
+            size = max(1, min(self.per_task, math.ceil(len(self.items) / (2 * max(1, slots())))))
+            yield self.items[i:i + size]
+            i += size
 
     def submit(self, unit, token, stop):
         return self.remote.remote(unit, *self.args, token, stop)

@@ -250,7 +250,7 @@ class RetrainWork(Work):
         self.counts = {"written": 0, "not_written": 0}
         self.total = len(specs)
 
-    def units(self, slots: int):
+    def units(self, slots):
         return ([s] for s in self.specs)
 
     def submit(self, unit, token, stop):

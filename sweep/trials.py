@@ -95,23 +95,32 @@ def make_units(cfg: SweepConfig, todo, slots: int = 1) -> list[list[TrialSpec]]:
     return list(iter_units(cfg, todo, slots))
 
 
-def iter_units(cfg: SweepConfig, todo, slots: int = 1):
+def iter_units(cfg: SweepConfig, todo, slots=1):
     """Trials grouped into Ray tasks, one unit at a time as ``todo`` (a sized iterable of
     TrialSpecs: a list or a streamed ``Todo``) yields them: cheap ones (estimated FLOPs below
     ``resources.batch_below_flops``; every dry-run trial) in units of up to
     ``resources.trials_per_task``, so that per-task overhead does not dominate them, but never
     so large that there are fewer than 4 units per slot (load balance of small sweeps); every
-    other trial alone, so that expensive trials spread over the cluster."""
+    other trial alone, so that expensive trials spread over the cluster. ``slots``: how many
+    trials can run at once, an int or a function giving it now (asked as each unit is started:
+    on a cluster whose nodes join later, later units are sized for them)."""
     res = cfg.resources
-    size = max(1, min(res.trials_per_task, len(todo) // (4 * max(1, slots))))
-    cur = []
+    count = slots if callable(slots) else (lambda: slots)
+    total = len(todo)
+
+    def size() -> int:
+        return max(1, min(res.trials_per_task, total // (4 * max(1, count()))))
+
+    cur, cap = [], None
     for s in todo:
         cheap = cfg.dry_run or cost.estimate_flops(s) < res.batch_below_flops
-        if not cheap or size == 1:
+        if cheap and not cur:
+            cap = size()
+        if not cheap or cap == 1:
             yield [s]
             continue
         cur.append(s)
-        if len(cur) == size:
+        if len(cur) >= cap:
             yield cur
             cur = []
     if cur:
@@ -204,7 +213,7 @@ class TrialWork(Work):
         self.total = len(todo)
         self.journal = out.journal()
 
-    def units(self, slots: int):
+    def units(self, slots):
         return iter_units(self.cfg, self.todo, slots)
 
     def submit(self, unit: list[TrialSpec], token: str | None, stop):

@@ -423,10 +423,12 @@ def test_the_tasks_in_flight_follow_the_nodes_that_join(ray_local, tmp_path, mon
         def __init__(self, n):
             self.counts, self.total = {"ok": 0}, n
             self.lock = threading.Lock()
-            self.open, self.peaks = 0, []
+            self.open, self.peaks, self.formed = 0, [], []
 
         def units(self, slots):
-            return ([i] for i in range(self.total))
+            for i in range(self.total):
+                self.formed.append(slots())  # (the count each unit was formed for)
+                yield [i]
 
         def submit(self, unit, token, stop):
             with self.lock:
@@ -454,6 +456,7 @@ def test_the_tasks_in_flight_follow_the_nodes_that_join(ray_local, tmp_path, mon
     assert counts == {"ok": 60}
     assert max(o for g, o in work.peaks if g == 1) == 2
     assert max(o for g, o in work.peaks if g == 3) == 6
+    assert work.formed[0] == 1 and work.formed[-1] == 3  # units formed for the nodes now
     assert "note: the cluster's nodes now run 3 trial(s) at once (were 1); up to 6 tasks in " \
            "flight" in said
     # a bound the user set stays

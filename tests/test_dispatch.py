@@ -98,6 +98,39 @@ def test_small_sweeps_keep_enough_units_to_balance():
     assert max(len(u) for u in units) == 30 // 8 and len(units) >= 8
 
 
+def test_units_formed_after_nodes_join_are_sized_for_them():
+    """``slots`` as a function (what dispatch passes: the nodes' count now) is asked as each
+    unit starts: 80 cheap trials, 10 per task at most and at least 4 units per slot, are 10
+    per unit for 1 slot and 5 once 4 can run (before, the first count sized every unit)."""
+    from sweep.evaluate import MeasureWork
+
+    cfg = compose(["trials=80", "dry_run=true", "resources.trials_per_task=10"])
+    specs = plan_trials(cfg)
+    now = {"slots": 1}
+
+    def sizes(units, switch_after):
+        out = []
+        for u in units:
+            out.append(len(u))
+            if len(out) == switch_after:
+                now["slots"] = 4
+        return out
+
+    got = sizes(make_units(cfg, specs, slots=1), 0)
+    assert got == [10] * 8
+    now["slots"] = 1
+    from sweep.trials import iter_units
+
+    got = sizes(iter_units(cfg, specs, lambda: now["slots"]), 2)
+    assert got[:2] == [10, 10] and set(got[2:]) == {5} and sum(got) == 80
+    # `sweep measure`'s units: at least 2 per slot, up to per_task (here 100 items, 20 per task)
+    items = [(str(i), "m") for i in range(100)]
+    work = MeasureWork(None, items, 20, None, (), None, {}, print)
+    now["slots"] = 1
+    got = sizes(work.units(lambda: now["slots"]), 1)
+    assert got[0] == 20 and set(got[1:-1]) == {13} and sum(got) == 100  # ceil(100 / 8)
+
+
 def test_resume_trusts_the_journal_only_for_unchanged_files(tmp_path):
     from sweep.driver import pending
     from workers.results.record import write_trial

@@ -337,22 +337,23 @@ def runtime_lost(ray, exc: BaseException | None = None) -> str | None:
 
     A local Ray that this driver started is gone once its raylet or GCS process has exited (we
     hold their processes); any runtime is gone when it does not answer a cluster query within
-    RUNTIME_PROBE_S seconds (a dead head of a remote cluster, a killed local GCS)."""
-    import threading
-
+    RUNTIME_PROBE_S seconds (a dead head of a remote cluster, a killed local GCS) or fails it
+    (its error named)."""
     import ray.exceptions as rex
+
+    from sweep.watch import _in_thread, first_line
 
     why = local_runtime_exited(ray)
     if why is not None:
         return why
     if isinstance(exc, rex.LocalRayletDiedError):
         return "the local raylet died"
-    answer: list = []
-    probe = threading.Thread(target=lambda: answer.append(ray.cluster_resources()), daemon=True)
-    probe.start()
+    probe, box = _in_thread(ray.cluster_resources)  # (a hung head: the thread is left)
     probe.join(RUNTIME_PROBE_S)
-    if not answer:
-        return f"the Ray runtime did not answer for {RUNTIME_PROBE_S:.0f} s"
+    if "error" in box:
+        return f"the Ray runtime failed a cluster query ({first_line(box['error'])})"
+    if probe.is_alive():
+        return f"the Ray runtime did not answer for {RUNTIME_PROBE_S:g} s"
     return None
 
 

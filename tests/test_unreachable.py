@@ -209,3 +209,27 @@ def test_a_cluster_that_wants_a_token_the_driver_lacks_is_one_line(planned, tmp_
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def test_a_runtime_that_fails_or_hangs_its_probe_is_said_to_be_gone(monkeypatch):
+    """``runtime_lost``'s probe of the cluster: an answer is a live runtime; a query that
+    raises names its error (before, it read as 'did not answer for 5 s' at once); one that
+    hangs past RUNTIME_PROBE_S is named as such, the hung thread left behind."""
+    import threading
+    import types
+
+    from sweep import runtime
+
+    monkeypatch.setattr(runtime, "RUNTIME_PROBE_S", 0.3)
+    live = types.SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
+    assert runtime.runtime_lost(live) is None
+
+    def refused():
+        raise ConnectionError("GCS at 127.0.0.1:6379 refused\nmore lines")
+
+    assert runtime.runtime_lost(types.SimpleNamespace(cluster_resources=refused)) == (
+        "the Ray runtime failed a cluster query (ConnectionError: GCS at 127.0.0.1:6379 refused)")
+    gate = threading.Event()
+    hung = types.SimpleNamespace(cluster_resources=lambda: gate.wait(30))
+    assert runtime.runtime_lost(hung) == "the Ray runtime did not answer for 0.3 s"
+    gate.set()

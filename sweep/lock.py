@@ -11,7 +11,11 @@ commands (``sweep status``, ``sweep report``, ``analysis.load_results``) never t
 Guarantees by backend:
 - local and shared POSIX paths: the lock is created with O_CREAT | O_EXCL (atomic on local disks
   and on NFSv3+), and a stale lock is taken over by renaming it aside first (a rename succeeds for
-  exactly one taker), so two drivers never both hold it;
+  exactly one taker), so two drivers never both hold it. The holder keeps the file open: its
+  heartbeat is written through that descriptor, after checking that the path is still that file,
+  so a driver suspended between the check and the write only writes into its own lock (moved
+  aside), never over the lock of a driver that took over meanwhile; it removes its lock only
+  holding the takeover file (``driver.lock.takeover``), so no takeover can move it in between;
 - object stores (s3://, gs://): no create-if-absent is available, so the lock is written with one
   PUT and read back ``SETTLE_S`` seconds later; of two drivers that start within that window the
   later PUT wins and the other stops. Each heartbeat reads the lock first, so a driver that finds
@@ -209,6 +213,7 @@ class DriverLock:
         self.lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._fd: int | None = None  # local paths: the lock file, open while held
 
     def _ended_job_settles(self, h: Holder) -> bool:
         """True once the live-looking lock of ``h``, a driver on another host in a SLURM job
@@ -293,23 +298,38 @@ class DriverLock:
             return True
         return time.time() - mtime > FRESH_S
 
+    def _takeover_mutex(self) -> bool:
+        """Local paths: create the takeover file (O_EXCL), which serialises takers and the
+        holder's release; False if another holds it (one that died holding it is freed after
+        FRESH_S). Object stores: True (best effort)."""
+        if not self.st.local:
+            return True
+        try:
+            fd = os.open(self.st.path(LOCK_TAKEOVER), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.close(fd)
+            return True
+        except FileExistsError:
+            try:  # a taker that died holding it: free it after FRESH_S
+                if time.time() - self.st.entry(LOCK_TAKEOVER).mtime_ns / 1e9 > FRESH_S:
+                    self.st.delete(LOCK_TAKEOVER)
+            except OSError:
+                pass
+            return False
+
+    def _free_mutex(self) -> None:
+        if self.st.local:
+            try:
+                self.st.delete(LOCK_TAKEOVER)
+            except OSError:
+                pass
+
     def _set_aside(self, token: str | None) -> bool:
         """Move the stale lock away; False if it is no longer the one we judged stale. Takers
         are serialised by a second O_EXCL file (``driver.lock.takeover``), so that no taker
         can move aside a lock another taker has just created (object stores: best effort)."""
-        mutex = LOCK_TAKEOVER
-        if self.st.local:
-            try:
-                fd = os.open(self.st.path(mutex), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                os.close(fd)
-            except FileExistsError:
-                try:  # a taker that died holding it: free it after FRESH_S
-                    if time.time() - self.st.entry(mutex).mtime_ns / 1e9 > FRESH_S:
-                        self.st.delete(mutex)
-                except OSError:
-                    pass
-                time.sleep(0.1)
-                return False
+        if not self._takeover_mutex():
+            time.sleep(0.1)
+            return False
         try:
             h = read_holder(self.st)
             if token is not None and (h is None or h.token != token):
@@ -321,20 +341,16 @@ class DriverLock:
                 return False
             return True
         finally:
-            if self.st.local:
-                try:
-                    self.st.delete(mutex)
-                except OSError:
-                    pass
+            self._free_mutex()
 
     def _create(self) -> bool:
         if self.st.local:
             try:
-                fd = os.open(self.st.path(LOCK_FILE), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(self.st.path(LOCK_FILE), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "w") as f:
-                f.write(self._doc())
+            os.write(fd, self._doc().encode())
+            self._fd = fd  # kept open while held: the heartbeat writes through it
             return True
         self.st.write_text(LOCK_FILE, self._doc())  # one PUT (object stores)
         time.sleep(SETTLE_S)
@@ -342,22 +358,63 @@ class DriverLock:
         return h is not None and h.token == self.token
 
     # ---- hold
+    def _ours_local(self) -> bool | None:
+        """Local paths: whether the lock's path is still the file this driver created (the
+        same device and inode as the descriptor it holds); None when that cannot be told (a
+        read error other than a missing file: transient on a shared file system)."""
+        try:
+            there = os.stat(self.st.path(LOCK_FILE))
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            self.log(f"note: could not look at the driver lock ({e})")
+            return None
+        mine = os.fstat(self._fd)
+        return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def _refresh(self) -> str | None:
+        """One heartbeat; the reason the lock was lost, or None. Local paths: checked by inode,
+        then written through the held descriptor (padded with spaces, never shorter, so that no
+        reader sees a shorter document with the end of the last one), which only ever writes
+        this driver's own lock file, wherever it has been moved. Object stores: read, then one
+        PUT (a driver suspended between the two can overwrite a taker's lock; the taker then
+        stops at its next heartbeat, and one driver goes on)."""
+        if self._fd is not None:
+            ours = self._ours_local()
+            if ours is None:
+                return None
+            if ours:
+                data = self._doc().encode()
+                try:
+                    size = os.fstat(self._fd).st_size
+                    os.pwrite(self._fd, data.ljust(max(size, len(data))), 0)
+                except OSError as e:  # a full disk: try again at the next beat
+                    self.log(f"note: could not refresh the driver lock ({e})")
+                return None
+            h = read_holder(self.st)
+            return "the driver lock was taken over by " + (
+                h.describe() if h else "nobody (it was removed)")
+        try:
+            h = read_holder(self.st, strict=True)
+        except OSError as e:  # a transient store error: look again at the next beat
+            self.log(f"note: could not read the driver lock ({e})")
+            return None
+        if h is None or h.token != self.token:
+            return "the driver lock was taken over by " + (
+                h.describe() if h else "nobody (it was removed)")
+        try:
+            self.st.write_text(LOCK_FILE, self._doc())
+        except OSError as e:  # a transient store error: try again at the next beat
+            self.log(f"note: could not refresh the driver lock ({e})")
+        return None
+
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            try:
-                h = read_holder(self.st, strict=True)
-            except OSError as e:  # a transient store error: look again at the next beat
-                self.log(f"note: could not read the driver lock ({e})")
-                continue
-            if h is None or h.token != self.token:
-                self.lost = ("the driver lock was taken over by "
-                             + (h.describe() if h else "nobody (it was removed)"))
+            lost = self._refresh()
+            if lost:
+                self.lost = lost
                 self.log(f"error: {self.lost}; stopping")
                 return
-            try:
-                self.st.write_text(LOCK_FILE, self._doc())
-            except OSError as e:  # a transient store error: try again at the next beat
-                self.log(f"note: could not refresh the driver lock ({e})")
 
     def check(self) -> None:
         """Raise LockHeld if the lock was lost (the dispatcher calls this between waits)."""
@@ -366,12 +423,35 @@ class DriverLock:
 
     # ---- release
     def release(self) -> None:
+        """Stop the heartbeat and remove the lock if it is still this driver's. Local paths:
+        while holding the takeover file (waiting up to FRESH_S for a taker to finish), so that
+        no takeover moves it between the check and the removal; never another driver's."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        h = read_holder(self.st)
-        if h is not None and h.token == self.token:
+        if self._fd is None:
+            if self.st.local:
+                return  # (never held)
+            h = read_holder(self.st)
+            if h is not None and h.token == self.token:
+                try:
+                    self.st.delete(LOCK_FILE)
+                except OSError:
+                    pass
+            return
+        try:
+            deadline = time.monotonic() + FRESH_S + 1.0
+            while not self._takeover_mutex():
+                if time.monotonic() > deadline:
+                    return  # (left for the next driver to judge: its process is gone by then)
+                time.sleep(0.05)
             try:
-                self.st.delete(LOCK_FILE)
+                if self._ours_local():
+                    self.st.delete(LOCK_FILE)
             except OSError:
                 pass
+            finally:
+                self._free_mutex()
+        finally:
+            os.close(self._fd)
+            self._fd = None

@@ -190,9 +190,12 @@ def test_two_launches_into_one_directory(tmp_path):
 
 
 def test_a_transient_read_error_does_not_lose_the_lock(tmp_path, monkeypatch):
-    """An object store's 503 on one heartbeat read is not 'the lock was removed'."""
+    """An object store's 503 on one heartbeat read is not 'the lock was removed'; nor is a
+    shared file system's I/O error when a local holder looks at its lock file."""
+    import errno
+
     monkeypatch.setattr(lock_mod, "HEARTBEAT_S", 0.05)
-    st = Store(tmp_path / "s")
+    st = Store((tmp_path / "s").as_uri())
     real = st.read_text
     fails = {"n": 3}
 
@@ -207,6 +210,127 @@ def test_a_transient_read_error_does_not_lose_the_lock(tmp_path, monkeypatch):
         time.sleep(0.6)
         assert fails["n"] == 0 and lk.lost is None
         lk.check()
+    local = Store(tmp_path / "l")
+    real_stat = os.stat
+    fails["n"] = 3
+
+    def flaky_stat(path, *a, **kw):
+        if str(path) == local.path(LOCK_FILE) and fails["n"] > 0:
+            fails["n"] -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        return real_stat(path, *a, **kw)
+
+    with DriverLock(local, "launch") as lk:
+        monkeypatch.setattr(lock_mod.os, "stat", flaky_stat)
+        time.sleep(0.6)
+        monkeypatch.setattr(lock_mod.os, "stat", real_stat)
+        assert fails["n"] == 0 and lk.lost is None
+        lk.check()
+    assert not local.exists(LOCK_FILE)
+
+
+def _take_over(st: Store) -> None:
+    """What a taker does: the lock moved aside, its own created (token 'taker')."""
+    st.move(LOCK_FILE, f"{LOCK_FILE}.stale-test")
+    fd = os.open(st.path(LOCK_FILE), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    os.write(fd, json.dumps(dict(host="elsewhere", pid=1, command="resume", started=time.time(),
+                                 heartbeat=time.time(), token="taker")).encode())
+    os.close(fd)
+
+
+def test_a_heartbeat_never_writes_over_the_lock_of_a_driver_that_took_over(tmp_path,
+                                                                              monkeypatch):
+    """A holder suspended after it saw its own lock and before it refreshed it, while another
+    driver took the lock over (the old heartbeat read the lock, then wrote a new one by path:
+    the taker's lock was overwritten, the taker stopped and the suspended one went on). Now the
+    refresh goes through the descriptor of its own file: the taker's lock stays, and the next
+    heartbeat finds the lock lost."""
+    st = Store(tmp_path / "s")
+    lk = DriverLock(st, "launch")
+    lk.acquire()
+    lk._stop.set()  # (the heartbeats are driven by hand here)
+    lk._thread.join(5)
+    mine = read_holder(st)
+    real_read = lock_mod.read_holder
+    real_ours = lk._ours_local
+    taken: list = []
+
+    def seen_then_taken(*a, **kw):  # (the old heartbeat's look: its own lock, then the takeover)
+        if not taken:
+            taken.append(1)
+            _take_over(st)
+            return mine
+        return real_read(*a, **kw)
+
+    def ours_then_taken():  # (the new heartbeat's look)
+        out = real_ours()
+        if not taken:
+            taken.append(1)
+            _take_over(st)
+        return out
+
+    monkeypatch.setattr(lock_mod, "read_holder", seen_then_taken)
+    monkeypatch.setattr(lk, "_ours_local", ours_then_taken)
+    assert lk._refresh() is None  # (it looked before the takeover)
+    monkeypatch.setattr(lock_mod, "read_holder", real_read)
+    assert taken and read_holder(st).token == "taker"
+    aside = json.loads(st.read_text(f"{LOCK_FILE}.stale-test"))
+    assert aside["token"] == lk.token and aside["heartbeat"] >= mine.heartbeat
+    monkeypatch.setattr(lk, "_ours_local", real_ours)
+    assert lk._refresh().startswith("the driver lock was taken over by `sweep resume` on host "
+                                    "elsewhere")
+    lk.release()
+    assert read_holder(st).token == "taker"  # the loser removes nothing
+
+
+def test_a_release_never_removes_the_lock_of_a_driver_that_took_over(tmp_path, monkeypatch):
+    """A takeover between the holder's last look and its removal of the lock (the old release
+    read the lock, then deleted by path: the taker's lock was deleted) cannot happen: the
+    holder removes its lock holding the takeover file, so a taker waits."""
+    st = Store(tmp_path / "s")
+    lk = DriverLock(st, "launch")
+    lk.acquire()
+    mine = read_holder(st)
+    real_read = lock_mod.read_holder
+    real_ours = lk._ours_local
+    tried = []
+
+    def taker_tries():  # another driver judges the holder stale meanwhile
+        if not tried:
+            tried.append(DriverLock(st, "resume")._set_aside(mine.token))
+
+    def looked_then_tries(*a, **kw):  # (the old release's look)
+        out = real_read(*a, **kw)
+        taker_tries()
+        return out
+
+    def ours_then_tries():  # (the new release's look)
+        out = real_ours()
+        taker_tries()
+        return out
+
+    monkeypatch.setattr(lock_mod, "read_holder", looked_then_tries)
+    monkeypatch.setattr(lk, "_ours_local", ours_then_tries)
+    lk.release()
+    monkeypatch.setattr(lock_mod, "read_holder", real_read)
+    assert tried == [False]  # the taker found the takeover file held and looks again later
+    assert not st.exists(LOCK_FILE) and not st.exists(lock_mod.LOCK_TAKEOVER)
+
+
+def test_a_heartbeat_keeps_the_lock_readable(tmp_path, monkeypatch):
+    """The heartbeat rewrites the held file in place, padded: a lock whose document got
+    shorter (a heartbeat with fewer digits) still reads whole, and its mtime moves."""
+    st = Store(tmp_path / "s")
+    with DriverLock(st, "launch") as lk:
+        lk._stop.set()
+        lk._thread.join(5)
+        before = st.entry(LOCK_FILE).mtime_ns
+        os.pwrite(lk._fd, b" " * 64, os.fstat(lk._fd).st_size)  # a longer last document
+        time.sleep(0.01)
+        assert lk._refresh() is None
+        h = read_holder(st)
+        assert h is not None and h.token == lk.token and h.heartbeat > 0
+        assert st.entry(LOCK_FILE).mtime_ns > before
 
 
 @pytest.mark.parametrize("answer, live", [

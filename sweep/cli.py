@@ -198,7 +198,7 @@ def cmd_measure(sweep_dir: str, overrides: list[str], retry_errors: bool = False
     from workers.data import DataError
 
     again = sweep_command("measure", sweep_dir, *(["--retry-errors"] if retry_errors else []),
-                          *overrides)  # (--retrain: the next call names the damaged ones left)
+                          *overrides)  # (--retrain: added if a stop came while retraining)
     ids = tuple(t for t in (retrain or "").split(",") if t.strip())
     if retrain is not None and not ids:
         return _fail("--retrain: no trial id; allowed: trial ids, comma-separated")
@@ -207,6 +207,10 @@ def cmd_measure(sweep_dir: str, overrides: list[str], retry_errors: bool = False
     except (ConfigError, DataError) as e:
         return _fail(str(e))
     except (KeyboardInterrupt, MeasureStopped) as e:
+        left = getattr(e, "retrain_left", ())
+        if left:  # stopped while retraining: those whose retraining did not end, first
+            again = sweep_command("measure", sweep_dir, "--retrain", ",".join(left),
+                                  *(["--retry-errors"] if retry_errors else []), *overrides)
         print(f"sweep: measure {'stopped' if isinstance(e, MeasureStopped) else 'interrupted'};"
               f" the values written are kept. Evaluate the rest with: {again}", file=sys.stderr)
         print(f"stopped; evaluate the rest with: {again}", flush=True)  # (kept by `> log`)

@@ -24,11 +24,13 @@ STUDIES = ("ellipse_k", "boundary_grid", "boundary_extent")  # run only while a 
 class MeasureStopped(DispatchStopped):
     """`sweep measure` stopped before it was done: SIGTERM outside the dispatch loop (exit 143),
     or the loop's DispatchStopped (a signal, a lost Ray runtime: its ``exit_code``). The values
-    written are kept."""
+    written are kept. ``retrain_left``: when it stopped while retraining (``--retrain``), the
+    ids whose retraining did not end (the next call names them again)."""
 
     def __init__(self, reason: str = "stopped by SIGTERM", exit_code: int = 143,
-                 counts: dict[str, int] | None = None):
+                 counts: dict[str, int] | None = None, retrain_left: tuple[str, ...] = ()):
         super().__init__(reason, exit_code, counts or {})
+        self.retrain_left = tuple(retrain_left)
 
 
 def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = False,
@@ -86,7 +88,12 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
         with DriverLock(out, "measure", log=log) as lock:
             plan = Plan(out, cfg.metric_spec())
             if retrain:
-                retrain_trials(cfg, out, plan, retrain, log, lock)
+                try:
+                    retrain_trials(cfg, out, plan, retrain, log, lock)
+                except DispatchStopped as e:  # (the retrainings that did not end, in order)
+                    ended = getattr(e, "retrained", set())
+                    raise MeasureStopped(e.reason, e.exit_code, e.counts,
+                                         tuple(t for t in retrain if t not in ended)) from None
             counts = run(cfg, out, plan, log, lock, retry_errors=retry_errors,
                          again=tuple(overrides))
     except DispatchStopped as e:  # (a signal or a lost runtime in the loop)
@@ -248,6 +255,7 @@ class RetrainWork(Work):
     def __init__(self, specs: list, remote, args: tuple, log):
         self.specs, self.remote, self.args, self.log = specs, remote, args, log
         self.counts = {"written": 0, "not_written": 0}
+        self.ended: set[str] = set()  # trials whose retraining ended (written or not)
         self.total = len(specs)
 
     def units(self, slots):
@@ -261,6 +269,7 @@ class RetrainWork(Work):
 
     def done(self, unit, results) -> int:
         for spec, why in zip(unit, results):
+            self.ended.add(spec.trial_id)
             if why is None:
                 self.counts["written"] += 1
                 self.log(f"retrain: trial {spec.trial_id}: weights written again (the network "
@@ -294,4 +303,8 @@ def retrain_trials(cfg: SweepConfig, out, plan, ids, log, lock=None) -> int:
     work = RetrainWork(specs, tasks.task(), (tasks.out_dir, cfg.dataset.root,
                                              cfg.dataset.download, tasks.device,
                                              tasks.num_threads, tasks.limit), log)
-    return tasks.run(work, lock=lock)["written"]
+    try:
+        return tasks.run(work, lock=lock)["written"]
+    except DispatchStopped as e:
+        e.retrained = set(work.ended)  # (what a stop leaves to retrain: measure_sweep)
+        raise

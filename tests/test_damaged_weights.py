@@ -118,3 +118,47 @@ def test_retrain_of_an_id_that_is_not_a_finished_trial_is_one_line(tmp_path, cap
     assert err.count("\n") == 0 and "--retrain: 0123456789abcdef is not a finished (ok) trial" in err
     assert main(["measure", str(out), "--retrain="]) == 2
     assert "--retrain: no trial id" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_stop_while_retraining_prints_the_retrainings_left(ray_local, tmp_path, capsys,
+                                                              monkeypatch):
+    """Ctrl-C after the first of three retrainings: the command printed to evaluate the rest
+    names the two whose retraining did not end (`--retrain`), not all three and not none (the
+    next call would have failed them as damaged again, or trained the first again); that
+    command retrains those two and evaluates."""
+    import os
+    import signal
+
+    import sweep.measure
+    from sweep.driver import launch
+
+    out = tmp_path / "s"
+    launch(compose(TINY + [f"out={out}"]))
+    ids = sorted(p.stem for p in (out / "weights").glob("*.safetensors"))
+    real_done = sweep.measure.RetrainWork.done
+    seen = []
+
+    def done_then_interrupted(self, unit, results):
+        n = real_done(self, unit, results)
+        seen.extend(s.trial_id for s in unit)
+        if len(seen) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # (the loop's handler: no new retraining)
+        return n
+
+    monkeypatch.setattr(sweep.measure.RetrainWork, "done", done_then_interrupted)
+    capsys.readouterr()
+    rc = main(["measure", str(out), "--retrain", ",".join(ids), "resources.max_in_flight=1",
+               "measures=[jacobian_norm_train]"])
+    err = capsys.readouterr().err
+    assert rc == 130 and len(seen) == 1, err
+    m = re.search(r"Evaluate the rest with: (sweep measure .*)$", err, re.M)
+    assert m, err
+    command = shlex.split(m.group(1))
+    left = [t for t in ids if t not in seen]
+    assert command == ["sweep", "measure", str(out), "--retrain", ",".join(left),
+                       "resources.max_in_flight=1", "measures=[jacobian_norm_train]"]
+    monkeypatch.setattr(sweep.measure.RetrainWork, "done", real_done)
+    assert main(command[1:]) == 0
+    err = capsys.readouterr().err
+    assert err.count("weights written again") == 2 and all(t in err for t in left), err

@@ -125,6 +125,15 @@ def test_an_interrupted_measure_prints_its_own_command_again(odd, capsys, monkey
     assert cli.cmd_measure(odd, overrides, retry_errors=True) == 130
     assert _after(capsys.readouterr().err, "Evaluate the rest with: ") == [
         "sweep", "measure", odd, "--retry-errors", *overrides]
+    # stopped while retraining: the ids whose retraining did not end (sweep.measure)
+
+    def stopped_retraining(*a, **k):
+        raise sweep.measure.MeasureStopped("SIGINT", 130, {}, ("ab12", "cd34"))
+
+    monkeypatch.setattr(sweep.measure, "measure_sweep", stopped_retraining)
+    assert cli.cmd_measure(odd, overrides, retry_errors=True, retrain="ab12,cd34,ef56") == 130
+    assert _after(capsys.readouterr().err, "Evaluate the rest with: ") == [
+        "sweep", "measure", odd, "--retrain", "ab12,cd34", "--retry-errors", *overrides]
 
 
 def test_show_prints_the_launch_command_it_was_given(odd):

@@ -13,6 +13,10 @@ What a unit is and how its outcome lands is a ``Work``; everything else is here,
   actor killed, e.g. by Ray's memory monitor) runs its trials as if it had none;
 - **runtime loss**: when the Ray runtime itself is gone (``sweep.runtime.runtime_lost``),
   DispatchStopped (exit EXIT_RUNTIME_LOST), nothing recorded for what did not run;
+- **a sweep directory the driver cannot write**: when landing an outcome raises OSError (the
+  Work's own writes, each tried again first: a full disk, a read-only mount, a store that
+  refuses), the running tasks are cancelled and DispatchStopped (exit EXIT_SWEEP_DIR) names
+  the error: what could not be recorded runs again on resume;
 - **retries**: a task whose worker or node died, or that Ray's memory monitor killed
   (``sweep.watch.retried_errors``), is submitted again at most ``resources.max_retries`` times
   with its unfinished trials (one by one after a memory-monitor kill); then its failure lands;
@@ -37,6 +41,7 @@ KILL_GRACE_S = 30.0  # a task killed over resources.trial_timeout: how long its 
 PROGRESS_LINE_S = 60.0  # progress=true without a terminal: one progress line per minute
 CAPACITY_POLL_S = 10.0  # on a cluster: how often the trials its nodes can run are counted again
 EXIT_RUNTIME_LOST = 3
+EXIT_SWEEP_DIR = 4  # the sweep directory could not be written (a full disk, a read-only mount)
 
 
 def log(msg: str) -> None:
@@ -287,6 +292,18 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
         settled += n
         bar.update(n)
 
+    def settle(fn, *args):  # a Work method that lands outcomes (it writes the sweep directory)
+        try:
+            return fn(*args)
+        except OSError as e:  # nothing more can be recorded: stop, naming why
+            from sweep.watch import first_line
+
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
+            raise DispatchStopped(
+                f"the sweep directory {out} could not be written ({first_line(e)}): stopped "
+                "dispatching", EXIT_SWEEP_DIR, work.counts) from None
+
     try:
         while unit is not None or in_flight or retry:
             if lock is not None:
@@ -358,7 +375,7 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                 except Exception as e:
                     watch.finished(token, work.trial_ids(done), killed=True)
                     if ref in timed_out:  # killed over the limit (or it died meanwhile)
-                        n, rest = work.timed_out(done, *timed_out.pop(ref)[:-1])
+                        n, rest = settle(work.timed_out, done, *timed_out.pop(ref)[:-1])
                         landed(n)
                         retry.extend((u, attempt) for u in rest)  # the task's others run on
                         continue
@@ -368,7 +385,7 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                     if why is not None:
                         raise _runtime_stop(why, work.counts) from None
                     if isinstance(e, retried_errors()) and attempt < resources.max_retries:
-                        left, n = work.unfinished(done)
+                        left, n = settle(work.unfinished, done)
                         landed(n)
                         # a memory-monitor kill of several trials: again one by one, so that
                         # the trial that does not fit is the one recorded oom
@@ -379,9 +396,9 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                             f"{type(e).__name__}; running its {len(left)} unfinished trial(s) "
                             f"again (retry {attempt + 1} of {resources.max_retries})")
                         continue
-                    landed(work.failed(done, e, attempt + 1))
+                    landed(settle(work.failed, done, e, attempt + 1))
                     continue
-                landed(work.done(done, results))
+                landed(settle(work.done, done, results))
                 rest = done[len(results):]  # not run: the stop flag said so
                 if rest and stop["signal"] is None:  # (only a signal sets it while this runs)
                     retry.append((rest, attempt))

@@ -349,13 +349,29 @@ class DriverLock:
                 fd = os.open(self.st.path(LOCK_FILE), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
             except FileExistsError:
                 return False
-            os.write(fd, self._doc().encode())
+            try:
+                os.write(fd, self._doc().encode())
+            except OSError as e:  # a full disk: no lock left behind, one line
+                os.close(fd)
+                try:
+                    os.unlink(self.st.path(LOCK_FILE))
+                except OSError:
+                    pass
+                raise self._unwritable(e) from None
             self._fd = fd  # kept open while held: the heartbeat writes through it
             return True
-        self.st.write_text(LOCK_FILE, self._doc())  # one PUT (object stores)
+        try:
+            self.st.write_text(LOCK_FILE, self._doc())  # one PUT (object stores)
+        except OSError as e:
+            raise self._unwritable(e) from None
         time.sleep(SETTLE_S)
         h = read_holder(self.st)
         return h is not None and h.token == self.token
+
+    def _unwritable(self, e: OSError) -> ConfigError:
+        return ConfigError(f"SWEEP_DIR: {self.st}: the driver lock cannot be written "
+                           f"({type(e).__name__}: {e}); free space or choose a writable "
+                           "directory")
 
     # ---- hold
     def _ours_local(self) -> bool | None:

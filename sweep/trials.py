@@ -6,6 +6,8 @@ of a node (``task_memory``), and how a trial's outcome lands: its status counted
 
 from __future__ import annotations
 
+import time
+
 from sweep import cost
 from sweep.config import SweepConfig
 from sweep.dispatch import Tasks, Work, log, stop_asked
@@ -127,12 +129,34 @@ def iter_units(cfg: SweepConfig, todo, slots=1):
         yield cur
 
 
+# the driver's own records (a failure row): attempts at a write that raises OSError, and the
+# waits between them (a transient error of a store or a shared file system), before the
+# dispatch loop stops with the reason (sweep.dispatch: a sweep directory it cannot write)
+RECORD_WAITS_S = (2.0, 8.0)
+
+
+def _write_record(out, row: dict):
+    """``write_trial`` of the driver's record ``row``, tried again after each of
+    RECORD_WAITS_S on an OSError (write-once: an attempt that did write leaves a file the next
+    one finds, and its row is dropped); the last OSError is raised."""
+    for wait in (*RECORD_WAITS_S, None):
+        try:
+            return write_trial(out, row)
+        except OSError:
+            if wait is None:
+                raise
+            time.sleep(wait)
+
+
 def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: int = 1,
-                           keep_checkpoints: bool = False, attempts: int = 1) -> str:
+                           keep_checkpoints: bool = False, attempts: int = 1) -> str | None:
     """A trial whose worker died (after ``attempts`` attempts: the driver's retries,
     sweep.watch) gets a result recording why. Ray's memory monitor killing a task of one trial
     makes it ``oom``; any other death, and an oom kill of a task that ran several trials (which
-    of them used the memory is unknown), is a retryable ``failed`` that resume runs again."""
+    of them used the memory is unknown), is a retryable ``failed`` that resume runs again.
+    Returns the status that stands, or None when a result file stands there that cannot be read
+    (damaged: a node that crashed while writing it; resume moves it aside and runs the trial
+    again). OSError when the sweep directory cannot be written (``_write_record``)."""
     from workers.trial import failure_summary
 
     try:  # the worker may have written its result just before it died
@@ -148,9 +172,9 @@ def _record_system_failure(out, spec: TrialSpec, exc: BaseException, unit_size: 
     row = failure_summary(spec, status, f"{type(exc).__name__} ({attempts} attempt"
                           f"{'s' if attempts != 1 else ''}): {said}"[:4000])
     row["retryable"] = status == "failed"  # the system failed, not the trial: resume retries it
-    wrote = write_trial(out, row)
-    if not wrote.written:  # a stale attempt's result landed first meanwhile: that one stands
-        return _result_status(out, spec.trial_id) or status
+    wrote = _write_record(out, row)
+    if not wrote.written:  # a stale attempt's result landed first meanwhile (that one stands),
+        return _result_status(out, spec.trial_id)  # or a damaged file is there (None)
     if not row["retryable"] and not keep_checkpoints:  # final: its checkpoints are not needed
         from workers.checkpoint import remove_checkpoints
 
@@ -166,10 +190,11 @@ def _result_status(out, trial_id: str) -> str | None:
         return None
 
 
-def _record_timeout(out, spec: TrialSpec, error: str) -> str:
+def _record_timeout(out, spec: TrialSpec, error: str) -> str | None:
     """A trial killed over resources.trial_timeout (``error``: sweep.watch.Watch.message) gets
     a retryable ``failed`` result, unless it wrote its own result just before (that stands).
-    Its checkpoints stay: resume continues from them."""
+    Its checkpoints stay: resume continues from them. None, OSError: as
+    ``_record_system_failure``."""
     from workers.trial import failure_summary
 
     status = _result_status(out, spec.trial_id)
@@ -177,8 +202,8 @@ def _record_timeout(out, spec: TrialSpec, error: str) -> str:
         return status
     row = failure_summary(spec, "failed", error[:4000])
     row["retryable"] = True  # a stuck file system, a slow node, a limit too tight: run again
-    if not write_trial(out, row).written:  # its own result landed meanwhile: that one stands
-        return _result_status(out, spec.trial_id) or "failed"
+    if not _write_record(out, row).written:  # its own result landed meanwhile (that one
+        return _result_status(out, spec.trial_id)  # stands), or a damaged file is there (None)
     return "failed"
 
 
@@ -212,6 +237,7 @@ class TrialWork(Work):
         self.counts = {s.value: 0 for s in RECORDED}
         self.total = len(todo)
         self.journal = out.journal()
+        self._journal_said = False
 
     def units(self, slots):
         return iter_units(self.cfg, self.todo, slots)
@@ -223,9 +249,19 @@ class TrialWork(Work):
     def trial_ids(self, unit: list[TrialSpec]) -> list[str]:
         return [s.trial_id for s in unit]
 
-    def _land(self, spec: TrialSpec, status: str, size=None, mtime_ns=None) -> None:
+    def _land(self, spec: TrialSpec, status: str | None, size=None, mtime_ns=None) -> None:
+        if status is None:  # a damaged result file stands: no journal line, counted failed
+            where = self.out.uri(self.out.trial_file(spec.trial_id))
+            log(f"trial {spec.trial_id}: its result file {where} cannot be read (damaged); "
+                "`sweep resume` sets it aside and runs the trial again")
+            self.counts["failed"] += 1
+            return
         if size is not None:  # else no journal line: status reads the file instead
             self.journal.record(spec.trial_id, status, size, mtime_ns)
+            if self.journal.error is not None and not self._journal_said:
+                self._journal_said = True
+                log(f"note: the sweep directory's journal could not be written "
+                    f"({self.journal.error}); status and resume read the result files instead")
         self.counts[status] += 1
 
     def done(self, unit: list[TrialSpec], results) -> int:

@@ -49,36 +49,64 @@ class Journal:
         self._pending, self._every, self._seconds = 0, flush_every, flush_seconds
         self._last = time.monotonic()
         self._f = None
+        # why the journal stopped (an OSError writing it: a full disk, a read-only mount): it
+        # records nothing more, and status reads the result files of this session instead
+        self.error: str | None = None
         if self._store.local:
-            self._store.makedirs(JOURNAL)
-            self._f = open(self._store.path(self._rel), "a")
+            try:
+                self._store.makedirs(JOURNAL)
+                self._f = open(self._store.path(self._rel), "a")
+            except OSError as e:
+                self._failed(e)
+
+    def _failed(self, e: OSError) -> None:
+        self.error = f"{type(e).__name__}: {e}"
+        self._lines, self._pending = [], 0
+        if self._f is not None:
+            try:
+                self._f.close()
+            except OSError:
+                pass  # (what it could not write is dropped: a torn last line does not parse)
+            self._f = None
 
     def record(self, trial_id: str, status: str, size: int, mtime_ns: int) -> None:
+        if self.error is not None:
+            return
         line = f"{trial_id}\t{status}\t{size}\t{mtime_ns}\n"
         self._pending += 1
-        if self._f is not None:
-            self._f.write(line)
-            if self._pending >= self._every:
+        try:
+            if self._f is not None:
+                self._f.write(line)
+                if self._pending >= self._every:
+                    self.flush()
+                return
+            self._lines.append(line)
+            if time.monotonic() - self._last > self._seconds:
                 self.flush()
-            return
-        self._lines.append(line)
-        if time.monotonic() - self._last > self._seconds:
-            self.flush()
+        except OSError as e:
+            self._failed(e)
 
     def flush(self) -> None:
+        """Write the lines recorded so far; an OSError stops the journal (``error``)."""
         self._last = time.monotonic()
-        if self._pending == 0:
+        if self._pending == 0 or self.error is not None:
             return
         self._pending = 0
-        if self._f is not None:
-            self._f.flush()
-        else:
-            self._store.write_text(self._rel, "".join(self._lines))
+        try:
+            if self._f is not None:
+                self._f.flush()
+            else:
+                self._store.write_text(self._rel, "".join(self._lines))
+        except OSError as e:
+            self._failed(e)
 
     def close(self) -> None:
         self.flush()
         if self._f is not None:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError as e:
+                self._failed(e)
 
 
 def read_journal(sweep_dir) -> dict[str, tuple[str, int, int]]:

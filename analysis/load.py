@@ -164,7 +164,11 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
     from the measures table (``load_measures``): for every (trial, measure) the value of the
     measure's current version, the latest evaluated if there are several (other settings), or
     else the latest of any version; null where it raised (its reason is in ``load_measures``)
-    and NaN where it was never evaluated. Result files written before the measures table
+    and NaN where it was never evaluated. A column whose values were computed under several
+    versions or settings (a ``sweep measure`` at new settings that did not finish) is warned
+    about, one line per measure naming the counts and the command that makes them one; it is
+    in ``df.attrs["mixed_settings"]`` (measure -> (version, settings JSON, values, whether the
+    settings asked for last), ...). Result files written before the measures table
     (schema 2) keep their built-in measure columns where the table has no value. ``columns``
     selects summary columns and measures (default: all summary columns and every measure
     present); ``filters`` selects rows by summary columns (a pyarrow DNF list or Expression)."""
@@ -217,6 +221,10 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
                     df[col] = pd.to_numeric(df[col])
     df = df[cols]
     df.attrs["measures"] = [c for c in cols if c in measured or c in REGISTRY]
+    mixed = {m: k for m, k in wide.attrs.get("mixed", {}).items() if m in cols}
+    df.attrs["mixed_settings"] = mixed  # measure -> ((version, settings, values, selected), ...)
+    for m, kinds in mixed.items():
+        warnings.warn(mixed_note(m, kinds, sweep_dir), stacklevel=2)
     return df
 
 
@@ -252,13 +260,54 @@ def _measure_wide(sweep_dir) -> pd.DataFrame:
     current = t["measure"].map(lambda n: REGISTRY[n].version if n in REGISTRY else -1)
     t["current"] = t["version"] == current
     t = t.sort_values(["selected", "current", "created"]).groupby(["trial_id", "measure"]).tail(1)
+    mixed = {}  # measure -> the kinds of value its column holds, when more than one
+    for m, g in t.groupby("measure"):
+        kinds = g.groupby(["version", "settings"]).agg(n=("trial_id", "size"),
+                                                       selected=("selected", "first"))
+        if len(kinds) > 1:
+            mixed[m] = tuple(sorted(((int(v), st, int(r.n), bool(r.selected))
+                                     for (v, st), r in kinds.iterrows()),
+                                    key=lambda k: (not k[3], -k[2])))
     wide = t.pivot(index="trial_id", columns="measure", values="value").astype("float64")
     has = t.assign(has=True).pivot(index="trial_id", columns="measure", values="has")
     info = t.pivot(index="trial_id", columns="measure", values="info")
     for m in list(wide.columns):
         wide[m + "\0has"] = has[m].notna()
         wide[m + "\0info"] = info[m]
+    wide.attrs["mixed"] = mixed
     return wide
+
+
+def mixed_note(measure: str, kinds, sweep_dir=None) -> str:
+    """One sentence: the values of ``measure``'s column were computed under several versions
+    or settings (``kinds``: (version, settings JSON, values, selected) as ``load_results``'
+    ``attrs["mixed_settings"]`` holds them), and how to make them one (``sweep measure``)."""
+    from workers.results.commands import sweep_command
+
+    versions = {k[0] for k in kinds}
+
+    def what(k) -> str:
+        settings = json.loads(k[1])
+        same = [json.loads(o[1]) for o in kinds]
+        shown = {key: v for key, v in settings.items()  # the settings that differ among kinds
+                 if any(o.get(key) != v for o in same)} or settings
+        text = ", ".join(f"{key}={v}" for key, v in sorted(shown.items())) or "no settings"
+        return (f"version {k[0]}, " if len(versions) > 1 else "") + text
+
+    sel = [k for k in kinds if k[3]]
+    parts = [f"{k[2]} under {what(k)}" + (" (the settings asked for last)" if k[3] else "")
+             for k in kinds]
+    total = sum(k[2] for k in kinds)
+    fix = ""
+    if sel and sweep_dir is not None:  # (every setting named: the sweep's own may differ)
+        keys = [f"measure_settings.{measure}.{key}="
+                + (v if isinstance(v, str) else json.dumps(v))
+                for key, v in sorted(json.loads(sel[0][1]).items())]
+        fix = (f"; `{sweep_command('measure', sweep_dir, f'measures=[{measure}]', *keys)}` "
+               f"evaluates the other {total - sel[0][2]} under the settings asked for last")
+    return (f"{measure}: its {total} values were computed under {len(kinds)} different "
+            f"{'versions or settings' if len(versions) > 1 else 'settings'} ({'; '.join(parts)}), "
+            f"and the column mixes them{fix} (load_measures has each value's settings)")
 
 
 def load_measures(sweep_dir, measures: list[str] | None = None,

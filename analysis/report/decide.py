@@ -18,6 +18,7 @@ import pandas as pd
 
 from analysis.figures import value_label
 from analysis.filters import fits_training_set
+from analysis.load import mixed_note
 from analysis.stats.equivalent import merge_equivalent
 from analysis.stats.registry import RANK_BY, REGISTRY
 from workers.results.commands import sweep_command
@@ -426,7 +427,8 @@ class Report:
     seeds of the passing trials; ``selection``: the label-free model selection
     (``analysis.selection.model_selection``, empty without one); ``figures`` drawn (name -> PNG
     path, in drawing order) with what their captions say of the data (``captions``);
-    ``notes`` about figures; ``seconds`` it took."""
+    ``notes`` about figures; ``seconds`` it took; ``mixed``: a sentence per measure whose values
+    were computed under several versions or settings (``analysis.load.mixed_note``)."""
 
     location: str
     n_trials: int
@@ -455,6 +457,7 @@ class Report:
     n_seeds: int = 0
     selection: pd.DataFrame = field(default_factory=pd.DataFrame)
     single_pairs: SinglePairs | None = None
+    mixed: tuple[str, ...] = ()  # measures whose values mix versions or settings: a sentence each
 
 
 def decide(st, df: pd.DataFrame, fit: pd.DataFrame, train_acc: float, table: pd.DataFrame,
@@ -490,4 +493,6 @@ def decide(st, df: pd.DataFrame, fit: pd.DataFrame, train_acc: float, table: pd.
         ties=ranking_ties(merged, rank_by, used), used=used,
         n_seeds=int(fit["seed"].nunique()) if "seed" in fit else 0,
         selection=selection if selection is not None else pd.DataFrame(),
-        single_pairs=single_pair_environments(fit, hyperparameters))
+        single_pairs=single_pair_environments(fit, hyperparameters),
+        mixed=tuple(mixed_note(m, kinds, sweep_dir if sweep_dir is not None else st)
+                    for m, kinds in sorted(df.attrs.get("mixed_settings", {}).items())))

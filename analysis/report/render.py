@@ -494,6 +494,16 @@ def seeds_html(few_seeds: int | None) -> str:
             "distinct resamples; read the intervals as rough. The paper uses 8 seeds.</p>")
 
 
+def mixed_html(mixed) -> str:
+    """The warning that some measures' columns mix versions or settings (the report ranks them
+    as they are: ``analysis.load.mixed_note``, a sentence each); empty when none does."""
+    if not mixed:
+        return ""
+    return ("<p class='warn'><b>Values computed under different settings in one column.</b> "
+            "Their statistics, ranks and figures below mix them:<br>"
+            + "<br>".join(html.escape(m) for m in mixed) + "</p>")
+
+
 def render(r: Report) -> str:
     """The report page: header and caveats, configuration, ranking, statistics, figures."""
     status = ", ".join(f"{v} {k}" for k, v in r.statuses.items())
@@ -510,6 +520,7 @@ def render(r: Report) -> str:
         f"({html.escape(status)}). Figures and statistics use the {r.n_fit} ok trials at train "
         f"accuracy {at_least(r.train_acc, '&ge;')} "
         "(<code>analysis.filters.fits_training_set</code>).</p>",
+        mixed_html(r.mixed),
         filter_html(r.filter),
         unfit_html(r.unfit, r.train_acc),
         config_summary_html(r.config),

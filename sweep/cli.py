@@ -224,7 +224,7 @@ def cmd_status(sweep_dir: str) -> int:
     workers.results.index.status_counts); `sweep resume` reads and checks every file."""
     from sweep.lock import lock_status
     from workers.results.layout import PLAN_FILE
-    from workers.results.record import ResultError, read_result
+    from workers.results.record import ResultError, Status, read_result
     from workers.results.sweep_dir import SweepDir
 
     try:
@@ -259,7 +259,21 @@ def cmd_status(sweep_dir: str) -> int:
         print(f"  ... and {len(failures) - len(shown)} more (analysis.load_results for all)")
     for _, msg in bad:
         print(f"  invalid: {msg}")
+    left = counts[Status.PENDING] + counts[Status.INVALID]
+    if (left or counts[Status.FAILED]) and not _driver_live(d):
+        what = [f"the {left} without a valid result"] if left else []
+        if counts[Status.FAILED]:
+            what.append("the failures recorded as retryable (a worker or node that died)")
+        print(f"  next: {sweep_command('resume', d)} runs {' and '.join(what)}")
     return 0
+
+
+def _driver_live(d) -> bool:
+    """Whether a driver holds the sweep directory ``d`` now (sweep.lock)."""
+    from sweep.lock import holder_state, read_holder
+
+    h = read_holder(d)
+    return h is not None and holder_state(h, d)[0]
 
 
 def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,

@@ -163,6 +163,20 @@ def test_status_command_counts_from_the_index(tmp_path, capsys):
     counts = {ln[0]: int(ln[1]) for ln in lines if len(ln) == 2 and ln[1].isdigit()}
     assert counts == {"ok": 2, "diverged": 1, "failed": 1, "oom": 1, "invalid": 1, "pending": 2}
     assert "progress 5/8 (62.5%)" in out and "t2 failed: boom" in out
+    # no driver runs it: the next command is named (the invalid file and the two pending)
+    assert out.splitlines()[-1] == (
+        f"  next: sweep resume {tmp_path} runs the 3 without a valid result and the failures "
+        "recorded as retryable (a worker or node that died)")
+    import json
+    import os
+    import socket
+    import time
+
+    (tmp_path / "driver.lock").write_text(json.dumps(dict(  # a live driver: nothing to advise
+        host=socket.gethostname(), pid=os.getpid(), command="resume", started=time.time(),
+        heartbeat=time.time(), token="t")))
+    assert main(["status", str(tmp_path)]) == 0
+    assert "next:" not in capsys.readouterr().out
 
 
 def test_old_module_names_are_the_index():

@@ -1069,3 +1069,112 @@ def test_every_name_of_the_stats_package_imports_from_it():
     for name, module in pkg._WHERE.items():
         assert getattr(pkg, name) is getattr(importlib.import_module(f"analysis.stats.{module}"),
                                              name), name
+
+
+# ---- edges found by a review (2026-12-07): labels, configurations, seeds, bad options
+def _edge_frame(ds_values=("x", "y"), seeds=3, seed=0):
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    rows = [dict(dataset=ds, a=a, b=b, seed=s) for ds in ds_values
+            for a, b in itertools.product(range(3), range(2)) for s in range(seeds)]
+    df = pd.DataFrame(rows)
+    df["gen_gap"] = 0.05 * df.a + rng.normal(scale=0.05, size=len(df))
+    df["m0"] = df.gen_gap + rng.normal(scale=0.05, size=len(df))
+    return df
+
+
+EDGE_KW = dict(measures=["m0"], n_boot=0, hyperparameters=["dataset", "a", "b"],
+               signs={"m0": 1})
+
+
+@pytest.mark.parametrize("labels", [
+    {"all": "dataset='all'", "other": "other"},
+    {"null": "dataset='null'", None: "dataset=None"},
+    {1: "dataset=1", "1": "dataset='1'"}])
+def test_a_group_whose_value_reads_like_another_label_keeps_its_own_rows(labels):
+    """A `by` value printed like the whole table's label ("all"), or like another value ("null"
+    and a missing value, 1 and "1"), wrote over that group's rows: two rows of one group, the
+    other's results gone. Each group is its own, checked against scipy on its rows."""
+    from analysis.stats import ranking_table
+
+    df = _edge_frame(tuple(labels))
+    t = statistics_table(df, **EDGE_KW)
+    k = t[t.statistic == "kendall"].set_index("group")
+    assert sorted(k.index) == sorted(["all", *labels.values()]) and k.index.is_unique
+    assert k.loc["all", "value"] == pytest.approx(scipy.stats.kendalltau(df.m0, df.gen_gap)[0])
+    for v, label in labels.items():
+        part = df[[pd.isna(x) if v is None else (x == v and type(x) is type(v))
+                   for x in df.dataset]]
+        assert k.loc[label, "n_trials"] == len(part)
+        assert k.loc[label, "value"] == pytest.approx(
+            scipy.stats.kendalltau(part.m0, part.gen_gap)[0]), label
+    assert len(ranking_table(t, group="all")) == 1
+
+
+@pytest.mark.parametrize("extra", ["m0", "gen_gap", "seed"])
+def test_the_measure_the_target_or_the_seed_is_no_hyperparameter(extra):
+    """Each as a hyperparameter made every value a configuration of its own and silently
+    changed Psi, the CMI and the sign-error (the seed: nothing averaged over seeds)."""
+    df = _edge_frame()
+    hps = ["dataset", "a", "b", extra]
+    with pytest.raises(ValueError, match=rf"hyperparameters: \['{extra}'\] \(a measure, the "
+                                         "target or the seed\)"):
+        statistics_table(df, **{**EDGE_KW, "hyperparameters": hps})
+    for fn in (granulated_kendall, conditional_mutual_information, sign_error):
+        with pytest.raises(ValueError, match="a measure, the target or the seed"):
+            fn(df, "m0", hyperparameters=hps)
+
+
+@pytest.mark.parametrize("option, message", [
+    (dict(n_boot=-1), "n_boot: -1; allowed: an integer >= 0"),
+    (dict(n_boot=2.5), "n_boot: 2.5; allowed"),
+    (dict(k=1.5), "k: 1.5; allowed: an integer >= 1"),
+    (dict(k=True), "k: True; allowed"),
+    (dict(k=0), "k: 0; allowed"),
+    (dict(signs={"m0": 1.5}), r"signs: \{'m0': 1.5\}; allowed: 1 or -1"),
+    (dict(signs={"m0": 2}), "signs:"),
+    (dict(noise_filter=0), "noise_filter: 0; allowed: False, True"),
+    (dict(noise_filter=-5.0), "noise_filter: -5.0; allowed"),
+    (dict(noise_filter=float("nan")), "noise_filter: nan; allowed")])
+def test_options_outside_what_is_allowed_are_refused(option, message):
+    """Before: a silent NaN (noise_filter 0 or negative or NaN, min_ess NaN, n_boot < 0),
+    a truncated sign (1.5 taken as 1), a bare TypeError (k=1.5), k=True run as 1."""
+    with pytest.raises(ValueError, match=message):
+        statistics_table(_edge_frame(), **{**EDGE_KW, **option})
+
+
+def test_options_of_the_single_statistics_are_refused_alike():
+    df = _edge_frame()
+    with pytest.raises(ValueError, match="min_ess: nan; allowed: a number >= 0"):
+        sign_error(df, "m0", noise_filter=1e6, min_ess=float("nan"))
+    with pytest.raises(ValueError, match="noise_filter: -5; allowed"):
+        sign_error(df, "m0", noise_filter=-5)
+    with pytest.raises(ValueError, match="k: True; allowed"):
+        conditional_mutual_information(df, "m0", k=True)
+    with pytest.raises(ValueError, match="n_boot: -2; allowed"):
+        bootstrap_ci(df, lambda d: kendall(d.m0, d.gen_gap), n_boot=-2)
+    # a measure named twice is one
+    t = statistics_table(df, **{**EDGE_KW, "measures": ["m0", "m0"]})
+    assert len(t) == len(statistics_table(df, **EDGE_KW))
+
+
+def test_a_missing_seed_is_one_seed_as_the_bootstrap_resamples_it():
+    df = _edge_frame(("x",), seeds=4)
+    df["seed"] = df["seed"].astype(float)
+    df.loc[df.seed == 3, "seed"] = np.nan
+    t = statistics_table(df, **{**EDGE_KW, "n_boot": 4})
+    assert set(t.n_seeds) == {4} and set(t.ci_method) == {"seeds"}  # 0, 1, 2 and the missing
+
+
+def test_n_configs_counts_the_configurations_the_statistics_use():
+    """A configuration whose seeds hold +inf and -inf has no mean and is left out by every
+    statistic; the table counted it."""
+    df = _edge_frame(("x",), seeds=2)
+    df.loc[[0, 1], "m0"] = [np.inf, -np.inf]
+    hps = EDGE_KW["hyperparameters"]
+    t = statistics_table(df, **EDGE_KW)
+    want = granulated_kendall(df, "m0", hyperparameters=hps).n_configs
+    assert want == conditional_mutual_information(df, "m0", hyperparameters=hps).n_configs == 5
+    assert set(t.n_configs) == {want}
+    assert t.set_index("statistic").loc["conditional_mi", "n_used"] == want ** 2

@@ -23,6 +23,12 @@ class BootstrapCI:
     n_valid: int | np.ndarray
 
 
+def check_n_boot(n_boot) -> None:
+    """ValueError (one line) unless ``n_boot`` is an integer >= 0 (0: the estimates alone)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ValueError(f"n_boot: {n_boot!r}; allowed: an integer >= 0")
+
+
 def _seed_codes(df: pd.DataFrame) -> np.ndarray | None:
     if "seed" not in df.columns:
         return None
@@ -86,6 +92,7 @@ def bootstrap_ci(df: pd.DataFrame, fn: Callable[[pd.DataFrame], object], n_boot:
     non-NaN replicates; NaN if none. Deterministic given ``seed``."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: {level}; allowed: 0 < level < 1")
+    check_n_boot(n_boot)
     estimate = _as_values(fn(df))
     method, draws = _bootstrap_indices(_seed_codes(df), len(df), n_boot, seed)
     reps = np.array([_as_values(fn(df.iloc[idx].reset_index(drop=True))) for idx in draws])

@@ -275,7 +275,12 @@ def conditional_mutual_information(df: pd.DataFrame, measure: str, target: str =
     always NaN with <= k varying hyperparameters (pass k=1 then). As in PGDL (which takes the
     minimum over all pairs of distinct hyperparameters, |S| = 2), the score is blind to the
     direction of the relation: mu and -mu score the same."""
-    if k < 1:
-        raise ValueError(f"k: {k}; allowed: an integer >= 1")
+    check_k(k)
     cf = _configs(_prepare(df, measure, target, hyperparameters))
     return _cmi(cf, k)
+
+
+def check_k(k) -> None:
+    """ValueError (one line) unless ``k`` (the conditioning sets' size) is an integer >= 1."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k: {k!r}; allowed: an integer >= 1")

@@ -117,6 +117,19 @@ def _row_keys(codes: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return np.unique(codes, axis=0, return_inverse=True)[1].reshape(-1)
 
 
+def check_hyperparameters(hyperparameters: Sequence[str], measures: Sequence[str],
+                          target: str) -> None:
+    """ValueError (one line) when ``hyperparameters`` names a measure, the target or ``seed``:
+    a configuration is what trials share apart from their seed, and the measure and the target
+    are what the statistics compare over configurations (as a hyperparameter, each would make
+    every value a configuration of its own and silently change every statistic)."""
+    bad = [h for h in hyperparameters if h in set(measures) | {target, "seed"}]
+    if bad:
+        raise ValueError(f"hyperparameters: {bad} (a measure, the target or the seed); allowed: "
+                         "columns that define a configuration, the seed left out (configurations "
+                         "are averaged over it)")
+
+
 def _numeric(df: pd.DataFrame, column: str) -> np.ndarray:
     return pd.to_numeric(df[column], errors="raise").to_numpy(dtype=float, na_value=np.nan)
 
@@ -127,6 +140,7 @@ def _prepare(df: pd.DataFrame, measure: str, target: str,
     if hyperparameters is None:
         hyperparameters = hyperparameter_columns(df, exclude=[measure, target])
     _check_columns(df, hyperparameters, "hyperparameters")
+    check_hyperparameters(hyperparameters, [measure], target)
     mu_all, g_all = _numeric(df, measure), _numeric(df, target)
     keep = ~(np.isnan(mu_all) | np.isnan(g_all))
     sub = df.loc[keep]

@@ -54,6 +54,20 @@ def _run_pairs(counts: np.ndarray, first: np.ndarray, a: np.ndarray, b: np.ndarr
 MIN_ESS = 12.0  # the noise filter's minimum effective sample size per environment
 
 
+def check_noise_filter(noise_filter, min_ess: float = MIN_ESS) -> None:
+    """ValueError (one line) unless ``noise_filter`` is False, True or a number of test points
+    > 0 (finite), and ``min_ess`` a finite number >= 0 (0: no minimum; a silent NaN
+    otherwise)."""
+    if not (isinstance(noise_filter, bool) or (
+            isinstance(noise_filter, (int, float, np.integer, np.floating))
+            and math.isfinite(noise_filter) and noise_filter > 0)):
+        raise ValueError(f"noise_filter: {noise_filter!r}; allowed: False, True (the test_size "
+                         "column) or the number of test points behind each gap (> 0)")
+    if isinstance(min_ess, bool) or not (isinstance(min_ess, (int, float, np.integer, np.floating))
+                                         and math.isfinite(min_ess) and min_ess >= 0):
+        raise ValueError(f"min_ess: {min_ess!r}; allowed: a number >= 0")
+
+
 class _RunPairs:
     """Every environment's pairs of runs (rows in configuration order), per hyperparameter,
     with the target's sign on each: they depend on the configurations and the target only."""
@@ -135,5 +149,6 @@ def sign_error(df: pd.DataFrame, measure: str, target: str = "gen_gap",
     test points behind each gap from the ``test_size`` column (the smaller of the two runs), a
     number sets them. NaN when there is no environment. Environments are found by grouping
     configurations on all-but-one hyperparameter, never by looping over all pairs."""
+    check_noise_filter(noise_filter, min_ess)
     cf = _configs(_prepare(df, measure, target, hyperparameters))
     return _sign_error(cf, _one_factor_pairs(cf), noise_filter, min_ess)

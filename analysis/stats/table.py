@@ -12,15 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.stats.bootstrap import _bootstrap_indices, _percentiles
+from analysis.stats.bootstrap import _bootstrap_indices, _percentiles, check_n_boot
+from analysis.stats.cmi import check_k
 from analysis.stats.configs import (
-    _check_columns, _numeric, _Prepared, _prepare, hyperparameter_columns, measure_columns,
-    measure_sign,
+    _check_columns, _configs, _numeric, _Prepared, _prepare, check_hyperparameters,
+    hyperparameter_columns, measure_columns, measure_sign,
 )
 from analysis.stats.evaluate import _all_statistics, _JobRows
 from analysis.stats.registry import (
     LARGER_IS_BETTER, RANK_BY, REGISTRY, STATISTICS, check_statistic,
 )
+from analysis.stats.sign_errors import check_noise_filter
 from workers.cores import usable_cores, usable_memory
 
 # statistics_table: (trials + FIXED_COST_TRIALS) x measures x (replicates + 1) from which it runs
@@ -103,6 +105,17 @@ def _group_label(v) -> str:
     return "null" if pd.isna(v) else str(v)
 
 
+def _group_labels(values, by: str) -> list[str]:
+    """One distinct label per value of ``by`` (``_group_label``: its string, "null" for a
+    missing one); a label that would be "all" (the whole table's group) or that two values
+    share (the string "null" and a missing value, 1 and "1") is ``by=<repr of the value>``
+    instead, so no group's rows are written over another's."""
+    plain = [_group_label(v) for v in values]
+    clash = {lb for lb in plain if lb == "all" or plain.count(lb) > 1}
+    return [f"{by}={None if pd.isna(v) else v!r}" if lb in clash else lb
+            for v, lb in zip(values, plain)]
+
+
 def process_bytes(trials: int, measures: int) -> int:
     """The modelled peak memory in bytes of a statistics process given a job of ``trials`` rows
     and ``measures`` measures (PROCESS_BYTES + per trial + per trial and measure)."""
@@ -145,7 +158,8 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     "predicts the gap in the expected direction").
 
     One row per (group, measure, statistic): ``group`` is "all" and, when ``by`` has several
-    values, each value of ``by`` (as a string; "null" for a missing value); ``statistic`` one of
+    values, each value of ``by`` (as a string; "null" for a missing value; ``by=<value>`` where
+    that string would be "all" or another value's); ``statistic`` one of
     STATISTICS, in registry order (``analysis.stats.registry.REGISTRY``: each statistic's
     function, direction and support); ``value`` on the group's rows whose measure and target
     are not NaN (``n_trials`` rows, ``n_configs`` configurations; ``n_used`` what the statistic
@@ -154,7 +168,10 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     ``ci_low``/``ci_high`` the ``bootstrap_ci`` interval at ``level`` (all statistics from the
     same resamples; ``numpy.random.default_rng(seed)`` afresh for each group and measure, so a
     measure's interval does not depend on the other measures) and ``ci_method`` "seeds" or
-    "trials". Measures absent from ``df`` or all-NaN in a group are skipped.
+    "trials". Measures absent from ``df`` or all-NaN in a group are skipped; one named twice
+    is one. ValueError (one line) for ``hyperparameters`` that name a measure, the target or
+    the seed, and for options outside what is allowed (``n_boot``, ``k``, ``signs``,
+    ``noise_filter``, ``level``).
     ``hyperparameters``: default ``hyperparameter_columns(df, exclude=measures + [target])``,
     the same for every measure. ``noise_filter``: see ``sign_error``. Measures of a
     group whose rows are the same (no NaN in one that the other lacks) share the work that
@@ -171,20 +188,24 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     x (n_boot + 1)) once the estimates are made (first: in this process, or the processes'
     first tasks) and after each replicate, for a progress bar and an estimate of the time left."""
     _check_columns(df, [target], "target")
-    if measures is None:
-        measures = measure_columns(df)
+    measures = measure_columns(df) if measures is None else list(dict.fromkeys(measures))
     if hyperparameters is None:
         hyperparameters = hyperparameter_columns(df, exclude=[*measures, target])
     _check_columns(df, hyperparameters, "hyperparameters")
-    sign = {m: int((signs or {}).get(m, measure_sign(m))) for m in measures}
-    bad = {m: v for m, v in sign.items() if v not in (1, -1)}
+    check_hyperparameters(hyperparameters, measures, target)
+    check_n_boot(n_boot)
+    check_noise_filter(noise_filter)
+    given = {m: (signs or {}).get(m, measure_sign(m)) for m in measures}
+    bad = {m: v for m, v in given.items()
+           if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
+           or v not in (1, -1)}
     if bad:
         raise ValueError(f"signs: {bad}; allowed: 1 or -1 per measure")
+    sign = {m: int(v) for m, v in given.items()}
     flip = [m for m in measures if sign[m] < 0 and m in df.columns]
     if flip:
         df = df.assign(**{m: -df[m] for m in flip})
-    if k < 1:
-        raise ValueError(f"k: {k}; allowed: an integer >= 1")
+    check_k(k)
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: {level}; allowed: 0 < level < 1")
     groups = [("all", df)]
@@ -192,7 +213,8 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
         _check_columns(df, [by], "by")
         codes, uniques = pd.factorize(df[by], use_na_sentinel=False)
         if len(uniques) > 1:
-            parts = [(_group_label(u), df[codes == c]) for c, u in enumerate(uniques)]
+            labels = _group_labels(uniques, by)
+            parts = [(labels[c], df[codes == c]) for c in range(len(uniques))]
             groups += sorted(parts, key=lambda t: t[0])
     jobs = []  # (label, measures, prepared): measures of a group with the same rows share work
     for label, part in groups:
@@ -289,6 +311,9 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
         results.setdefault(j, {}).update(evals)
         methods[j] = method
     rows = {}
+    # configurations with a defined mean (as the statistics count them: +inf and -inf among a
+    # configuration's seeds leave it out), per prepared rows (measures of a job may share them)
+    configs = {id(p): int(_configs(p).mu.size) for _, _, ps in jobs for p in ps}
     for j, (label, names, ps) in enumerate(jobs):
         ev = results[j]
         for m, (measure, p) in enumerate(zip(names, ps)):
@@ -297,8 +322,7 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
             low, high, _ = _percentiles(reps.reshape(n_boot, len(STATISTICS)), level)
             rows[label, measure] = [
                 (label, measure, sign[measure], target, name, est[i], low[i], high[i],
-                 methods[j], p.n,
-                 p.cfg_codes.shape[0], used[i]) for i, name in enumerate(STATISTICS)]
+                 methods[j], p.n, configs[id(p)], used[i]) for i, name in enumerate(STATISTICS)]
     parts = [rows[label, m] for label, _ in groups for m in measures if (label, m) in rows]
     table = pd.DataFrame([r for part in parts for r in part], columns=TABLE_COLUMNS[:12])
     table["rank"] = _ranks(table)
@@ -321,7 +345,8 @@ def _n_seeds(part: pd.DataFrame, measure: str, target: str) -> int:
     if "seed" not in part.columns:
         return 0
     keep = ~(np.isnan(_numeric(part, measure)) | np.isnan(_numeric(part, target)))
-    return int(part.loc[keep, "seed"].nunique())
+    return int(part.loc[keep, "seed"].nunique(dropna=False))  # (a missing seed: a unit, as
+    # the bootstrap resamples it)
 
 
 def _ranks(table: pd.DataFrame) -> pd.Series:

@@ -36,9 +36,38 @@ def _jacobian(x: torch.Tensor, model, points: int | None, seed: int, split: str)
     from workers.metrics import jacobian_norm
 
     idx = point_subset(len(x), points, seed)
-    jac = jacobian_norm(model, x[idx.to(x.device)]).cpu().double()
-    return MeasureValue(float(jac.mean()) if len(jac) else float("nan"),
-                        {split: dict(zip(idx.tolist(), jac.tolist()))}, {"points": len(idx)})
+    if not len(idx):
+        raise Undefined(f"no {split} points")
+    xs = x[idx.to(x.device)]
+    jac = jacobian_norm(model, xs).cpu().double()
+    value = float(jac.mean())
+    if value == 0.0:  # a network whose logits do not move with the input is a true 0; one
+        saturated = saturated_points(model, xs)  # whose softmax is saturated is not
+        if saturated:
+            raise Undefined(f"the Jacobian norm is below float64's range: the softmax is "
+                            f"saturated at {saturated} of {len(idx)} {split} points (logit "
+                            "margins above about 745): a tie at 0 of every such network")
+    return MeasureValue(value, {split: dict(zip(idx.tolist(), jac.tolist()))},
+                        {"points": len(idx)})
+
+
+def saturated_points(model, x: torch.Tensor) -> int:
+    """How many of the points x [N, d] have a softmax saturated in float64 (every class but the
+    top one at probability exactly 0: logit margins above about 745), where the softmax's
+    Jacobian, and any sum of its entries, is 0 in float64 however the logits move."""
+    import torch
+
+    from workers.metrics import SCORE_CHUNK
+
+    count = 0
+    with torch.no_grad():
+        for a in range(0, len(x), SCORE_CHUNK):
+            z = model(x[a:a + SCORE_CHUNK]).to(torch.float64)
+            if z.shape[1] < 2:
+                return 0
+            e = torch.exp(z - z.amax(dim=1, keepdim=True))
+            count += int(((e > 0).sum(dim=1) == 1).sum())
+    return count
 
 
 @register("jacobian_norm_train", source="Novak et al. 2018, §3 (Jacobian norm), on train points",

@@ -198,6 +198,10 @@ def gamma(inputs: MeasureInputs, q: float) -> float:
     mg = _cached(inputs, "margins", lambda: margins(inputs.model, inputs.x_train, inputs.y_train))
     if len(mg) == 0:
         raise Undefined("no training points")
+    bad = int((~torch.isfinite(mg)).sum())
+    if bad:  # (sorting would put NaN last and take the k-th of the others as if they were all)
+        raise Undefined(f"the network's outputs are not finite at {bad} of {len(mg)} training "
+                        "points: no margin there")
     k = max(1, math.floor(q * len(mg) / 100))
     return float(torch.sort(mg).values[k - 1])
 
@@ -280,11 +284,11 @@ _MARGIN_V2 = {"margin_gamma5", "margin_gamma10", "inverse_margin", "path_norm_ov
               *(f"log_{f}_of_{k}_over_margin" for f in ("prod", "sum") for k in ("spec", "fro"))}
 
 
-def _reg(name, source, needs, fn, doc, sign=1):
+def _reg(name, source, needs, fn, doc, sign=1, version=None):
     fn.__doc__ = doc
     fn.__name__ = fn.__qualname__ = name
     register(name, source=source, needs=needs, sign=sign,
-             version=2 if name in _MARGIN_V2 else 1)(fn)
+             version=version or (2 if name in _MARGIN_V2 else 1))(fn)
 
 
 # --- margins --------------------------------------------------------------------------------
@@ -437,24 +441,36 @@ def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048,
     from torch.func import functional_call, jvp
 
     parameters(model)  # an MLP, biases allowed (w is every parameter), or Undefined
+    if not len(x):
+        raise Undefined("no training points")
     m64 = _double(model) if m64 is None else m64
     params = {k: v.detach() for k, v in m64.named_parameters()}
     d = len([m for m in m64.modules() if isinstance(m, torch.nn.Linear)])
-    total, m = 0.0, len(x)
+    total, m, saturated = 0.0, len(x), 0
     for a in range(0, m, chunk):
         xb = x[a:a + chunk].to(torch.float64)
         f, df = jvp(lambda p: functional_call(m64, p, (xb,)), (params,), (params,))
-        g = torch.softmax(f, dim=1)
-        g[torch.arange(len(xb)), y[a:a + chunk].to(g.device)] -= 1.0
-        total += float(((g * df).sum(dim=1) ** 2).sum())
-    if not m:
-        return float("nan")
+        s = torch.softmax(f, dim=1)
+        yb = y[a:a + chunk].to(s.device)
+        # sum_c (s_c - [c = y]) df_c = sum_c s_c (df_c - df_y): no 1 - s_y, which rounds to 0
+        # from margins of about 37 and took the -df_y term with it
+        inner = (s * (df - df.gather(1, yb[:, None]))).sum(dim=1)
+        total += float((inner ** 2).sum())
+        others = s.scatter(1, yb[:, None], 0.0)
+        saturated += int(((others == 0).all(dim=1) & (s.shape[1] > 1)).sum())
     value = (d + 1) ** 2 / m * total
+    if value == 0.0 and saturated:  # (a network whose derivative along w is 0 is a true 0)
+        raise Undefined(f"the Fisher-Rao sum is below float64's range: the softmax is "
+                        f"saturated at {saturated} of {m} training points (logit margins above "
+                        "about 745): a tie at 0 of every such network")
     if not math.isfinite(value):  # the derivative along w overflows float64 (deep, large w)
         raise Undefined(f"the Fisher-Rao sum is not finite in float64 ({value})")
     return value
 
 
+# version 2: sum_c s_c (df_c - df_y), exact at large margins (version 1 formed s_y - 1, which
+# rounds to 0 from margins of about 37: values about 10x too large there)
 _reg("fisher_rao", f"{JIANG} 45 (Liang et al. 2019)", TRAIN,
      lambda i: fisher_rao_value(i.model, i.x_train, i.y_train, m64=model64(i)),
-     "((d + 1)^2 / m) sum_S <w, grad_w l(f_w(x), y)>^2, by forward-mode differentiation.")
+     "((d + 1)^2 / m) sum_S <w, grad_w l(f_w(x), y)>^2, by forward-mode differentiation.",
+     version=2)

@@ -297,13 +297,15 @@ def _errors(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of each of the S networks: logits [S, N, C] -> [S] (float64)."""
-    import torch
+    """Summed cross-entropy of each of the S networks: logits [S, N, C] -> [S] (float64), each
+    point's in the stable form (``workers.metrics.cross_entropy_float64``: float64 logsumexp -
+    z_y is 0 from margins of about 37)."""
+    from workers.metrics import cross_entropy_float64
 
+    n_nets, n, c = logits.shape
     yy = y.to(logits.device)
-    lse = torch.logsumexp(logits, dim=2)
-    true = logits.gather(2, yy[None, :, None].expand(logits.shape[0], -1, 1))[..., 0]
-    return (lse - true).sum(dim=1)
+    per = cross_entropy_float64(logits.reshape(n_nets * n, c), yy.repeat(n_nets))
+    return per.reshape(n_nets, n).sum(dim=1)
 
 
 def sample_seed(seed: int, sample: int) -> int:
@@ -633,8 +635,8 @@ def expected_sharpness_curve(model, x: torch.Tensor, y: torch.Tensor, alphas, *,
     deviation), expected sharpness E_nu[L(w + nu)] - L(w) by ``samples`` seeded draws (the same
     standard-normal draws, ``normal_draw`` from ``seed``, scaled for every alpha), and
     KL = sum_k w_k^2 / (2 sigma_k^2) (Neyshabur et al. 2017, §3). Returns
-    [{"alpha", "kl", "expected_sharpness"}] in float64, L the mean cross-entropy on
-    (x [N, d], y [N])."""
+    [{"alpha", "kl", "expected_sharpness", "base": L(w)}] in float64, L the mean cross-entropy
+    (the stable form, ``_losses``) on (x [N, d], y [N])."""
     m64, ws, base, draws = _setup(model, m64, x, y, samples, seed, _losses)
     first = (None if _has_bias(_layers(m64))
              else _FirstLayer(ws, draws, x, lambda w: 10 * w.abs() + 1))
@@ -646,12 +648,15 @@ def expected_sharpness_curve(model, x: torch.Tensor, y: torch.Tensor, alphas, *,
         loss = _perturbed_mean(m64, ws, draws, scale, x, y, _losses,
                                None if first is None else (first, alpha))
         kl = sum(float((w * w / (2 * (alpha * (10 * w.abs() + 1)) ** 2)).sum()) for w in ws)
-        rows.append({"alpha": float(alpha), "kl": kl, "expected_sharpness": loss - base})
+        rows.append({"alpha": float(alpha), "kl": kl, "expected_sharpness": loss - base,
+                     "base": base})
     return rows
 
 
 @register("expected_sharpness", source="Neyshabur et al. 2017, §3 and Fig. 2",
-          needs=TRAIN, check=_curve_check)
+          needs=TRAIN, check=_curve_check,
+          version=2)  # 2: the loss in the stable form (_losses): version 1 was 0 or inexact
+# from training margins of about 30
 def expected_sharpness(inputs: MeasureInputs, *, alpha_min: float = 1e-4, alpha_max: float = 1e-1,
                        alphas: int = 10, alpha: float = 1e-3, samples: int = 10,
                        points: int | None = 500) -> MeasureValue:
@@ -673,6 +678,9 @@ def expected_sharpness(inputs: MeasureInputs, *, alpha_min: float = 1e-4, alpha_
     rows = expected_sharpness_curve(inputs.model, x, y, grid, samples=samples,
                                     seed=draw_seed(inputs, 11), m64=model64(inputs))
     at = next(r for r in rows if r["alpha"] == float(alpha))
+    if at["expected_sharpness"] == 0.0 and at["base"] == 0.0:
+        raise Undefined("the training loss is below float64's range, perturbed and not (logit "
+                        "margins above about 745): a tie at 0 of every such network")
     return MeasureValue(at["expected_sharpness"],
                         info={"curve": {k: [r[k] for r in rows]
                                         for k in ("alpha", "kl", "expected_sharpness")},

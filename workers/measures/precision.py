@@ -32,11 +32,12 @@ def compare_precisions(model, m64, x: torch.Tensor, chunk: int | None = None) ->
     """Both evaluations of the network on x [N, d]: ``model`` as given (its own dtype, the
     function as scored) and its float64 copy ``m64``. Returns {"agrees": bool, "rel_diff":
     the largest over points of max_j |z64_j - z_j| / (1 + max_j |z_j|) (float; inf where a
-    logit is not finite), "flips": points whose predicted class differs, "points": N}."""
+    logit is not finite), "flips": points whose predicted class differs, "points": N,
+    "nonfinite": points where a float32 logit is not finite}."""
     from workers.metrics import SCORE_CHUNK
 
     chunk = chunk or SCORE_CHUNK  # the batches the network was scored in
-    worst, flips, n = 0.0, 0, len(x)
+    worst, flips, n, nonfinite = 0.0, 0, len(x), 0
     dtype = next(model.parameters()).dtype
     for a in range(0, n, chunk):
         xb = x[a:a + chunk]
@@ -46,11 +47,16 @@ def compare_precisions(model, m64, x: torch.Tensor, chunk: int | None = None) ->
         rel = torch.where(torch.isfinite(rel), rel, torch.full_like(rel, math.inf))
         worst = max(worst, float(rel.max()) if len(rel) else 0.0)
         flips += int((z.argmax(dim=1) != z64.argmax(dim=1)).sum())
-    return {"agrees": worst <= RTOL, "rel_diff": worst, "flips": flips, "points": n}
+        nonfinite += int((~torch.isfinite(z)).any(dim=1).sum())
+    return {"agrees": worst <= RTOL, "rel_diff": worst, "flips": flips, "points": n,
+            "nonfinite": nonfinite}
 
 
 def disagreement(check: dict, where: str) -> str:
     """The reason a measure is undefined when ``check`` (``compare_precisions``) disagrees."""
+    if check.get("nonfinite"):  # (not a matter of precision: the scored network has no value)
+        return (f"the float32 network's outputs are not finite at {check['nonfinite']} of "
+                f"{check['points']} {where}")
     return (f"the float64 re-evaluation is another function than the float32 network that was "
             f"scored: on {check['points']} {where} its logits differ by up to "
             f"{check['rel_diff']:.3g} (relative; allowed {RTOL:g}) and {check['flips']} "

@@ -8,7 +8,9 @@ seeded subset of at most ``points`` training points (with the labels the trial t
 The maximum is sought by projected sign-gradient ascent on L:
 from a seeded random start in the box, ``steps`` steps of a quarter of the box each, projected
 back into the box; the value is the largest over the start, every iterate and nu = 0 (so it is
->= 0, and 0 at alpha = 0). Everything in float64; the subset is seeded from the trial's data
+>= 0, and 0 at alpha = 0). Everything in float64, the cross-entropy in the stable form
+(``workers.metrics.cross_entropy_float64``: exact at any margin up to float64's range; beyond
+it, at every point and step, undefined); the subset is seeded from the trial's data
 seed (the same points across trials), the random start from the trial (``draw_seed``).
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.measures import MeasureInputs, MeasureValue, draw_seed, register
+from workers.measures import MeasureInputs, MeasureValue, Undefined, draw_seed, register
 from workers.measures.builtin import point_subset
 from workers.measures.norms import _double, model64, parameters
 
@@ -33,13 +35,17 @@ def sharpness_value(model, x: torch.Tensor, y: torch.Tensor, alpha: float, steps
     import torch
     from torch.func import functional_call
 
+    from workers.metrics import cross_entropy_float64
+
     parameters(model)  # an MLP (biases allowed: they are among the w_k), or Undefined
+    if len(x) == 0:
+        raise Undefined("no training points")
     m64 = _double(model) if m64 is None else m64
     w = {k: v.detach() for k, v in m64.named_parameters()}
     x64, yy = x.to(torch.float64), y.to(next(iter(w.values())).device)
 
-    def loss(p):
-        return torch.nn.functional.cross_entropy(functional_call(m64, p, (x64,)), yy)
+    def loss(p):  # (the stable form: float64 logsumexp - z_y is 0 from margins of about 37)
+        return cross_entropy_float64(functional_call(m64, p, (x64,)), yy).mean()
 
     with torch.no_grad():
         base = float(loss(w))
@@ -60,13 +66,21 @@ def sharpness_value(model, x: torch.Tensor, y: torch.Tensor, alpha: float, steps
         with torch.no_grad():
             for (k, g) in zip(p, grads):
                 nu[k] = torch.clamp(nu[k] + 0.25 * bound[k] * torch.sign(g), -bound[k], bound[k])
+    if best == 0.0 and base == 0.0:  # every loss on the way below float64's range
+        raise Undefined(BELOW_RANGE)
     return best, steps
+
+
+BELOW_RANGE = ("the training loss is below float64's range at every point and every step "
+               "(logit margins above about 745): a tie at 0 of every such network")
 
 
 @register("sharpness", source="Neyshabur et al. 2017, §3 (Keskar et al. 2017's sharpness)",
           needs=("model", "train_inputs", "train_labels"),
           lower={"alpha": 0.0, "steps": 0},  # (alpha 0: the value 0; steps 0: the random start)
-          version=2)  # 2: the random start seeded from the trial's own seed too (draw_seed)
+          version=3)  # 2: the random start seeded from the trial's own seed too (draw_seed);
+# 3: the loss in the stable form (cross_entropy_float64): version 2 was 0 or inexact from
+# training margins of about 30 (float64 logsumexp - z_y rounds to 0 from about 37)
 def sharpness(inputs: MeasureInputs, *, alpha: float = 5e-4, points: int | None = 1000,
               steps: int = 20) -> MeasureValue:
     """max_{|nu_k| <= alpha (|w_k| + 1)} (L(w + nu) - L(w)) / (1 + L(w)) over a seeded subset

@@ -304,8 +304,14 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
         page = make_report(d, train_acc=train_acc, n_boot=n_boot, out=out,
                            noise_filter=noise_filter, rank_by=rank_by, progress=True,
                            launch_command=launch_command)
-    except (ValueError, OSError) as e:  # incl. FileNotFoundError: no trials/ yet
+    except FileNotFoundError as e:  # no trials/ yet
         return _fail(str(e))
+    except ValueError as e:
+        return _fail(str(e))
+    except OSError as e:  # (a full disk, a read-only mount, a store that refuses)
+        where = out if out is not None else f"{sweep_dir}/report"
+        return _fail(f"report: could not be made in {where} ({type(e).__name__}: {e}); "
+                     "nothing was replaced (a previous report stays)")
     print(f"report: {page}")
     return 0
 

@@ -213,3 +213,40 @@ def test_a_full_disk_stops_the_sweep_with_its_reason_and_resume_runs_the_rest(
     d = SweepDir.of(out)
     ids = d.read_parquet("plan.parquet", columns=["trial_id"]).column("trial_id").to_pylist()
     assert {k: v for k, v in status_counts(d, ids).counts.items() if v} == {"ok": 12}
+
+
+@pytest.mark.slow
+def test_a_report_on_a_full_disk_replaces_nothing_and_says_so(ray_local, small_disk, capsys):
+    """The report is written beside the last one and moved in only once whole: on a full disk
+    `sweep report` is one line (exit 2) and the previous report stays as it was, with nothing
+    of the new one beside it (before: the previous one was moved aside, the new one half
+    written, and the line said only '[Errno 28] No space left on device')."""
+    from sweep.cli import main
+    from sweep.config import compose
+    from sweep.driver import launch
+
+    out = small_disk / "r"
+    launch(compose(["experiment=demo", "trials=3", "dataset.train_size=120",
+                    "dataset.test_size=40", "train.steps=40", "train.check_every=20",
+                    "space.width=[8]", "space.depth=[2]", "space.batch_size=[32]",
+                    "metrics.transitions_points=2", "progress=false", "figure=false",
+                    f"out={out}"]))
+    assert main(["report", str(out), "--bootstrap", "2"]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in (out / "report").rglob("*")
+              if p.is_file()}
+    filler = _fill(small_disk)
+    capsys.readouterr()
+    assert main(["report", str(out), "--bootstrap", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"sweep: error: report: could not be made in {out}/report "
+                              "(OSError: [Errno 28] No space left on device); nothing was "
+                              "replaced"), err
+    after = {p.relative_to(out): p.read_bytes() for p in (out / "report").rglob("*")
+             if p.is_file()}
+    assert after == before
+    assert not [n for n in os.listdir(out / "report") if n.startswith(".incoming")]
+    os.unlink(filler)
+    assert main(["report", str(out), "--bootstrap", "2"]) == 0
+    kept = list((out / "report" / "previous").iterdir())
+    assert len(kept) == 1 and (kept[0] / "report.html").read_bytes() == \
+        before[(out / "report" / "report.html").relative_to(out)]

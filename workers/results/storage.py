@@ -307,17 +307,48 @@ class Store:
         """A fresh local directory to write files into (for writers that need a path, such as
         matplotlib). On success its files are published under ``rel``, each atomically, after
         the files already at ``rel``'s top level are moved to ``rel/previous/<time>/`` (nothing
-        is overwritten). On failure nothing is published."""
+        is overwritten). On failure nothing is published: the files are first written beside
+        (``rel/.incoming-<time>/``, hidden), and only once all are there are the old ones moved
+        aside and the new ones moved in (renames), so a write that fails (a full disk) leaves
+        the previous files where they were and nothing of the new ones."""
         with tempfile.TemporaryDirectory(prefix="sweep-stage-") as tmp:
             yield Path(tmp)
             join = (lambda n: posixpath.join(rel, n)) if rel else (lambda n: n)
-            old = self.list(rel) if self.exists(rel) else []
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**9:09d}"
+            incoming = join(f".incoming-{stamp}")
+            files = [p.relative_to(tmp).as_posix() for p in sorted(Path(tmp).rglob("*"))
+                     if p.is_file()]
+            written = []
+            try:
+                for name in files:
+                    self.write_bytes(posixpath.join(incoming, name), (Path(tmp) / name).read_bytes())
+                    written.append(name)
+            except BaseException:
+                for name in written:
+                    try:
+                        self.delete(posixpath.join(incoming, name))
+                    except OSError:
+                        pass
+                self._remove_empty_dirs(incoming)
+                raise
+            old = self.list(rel) if self.exists(rel) else []
             for e in old:
                 self.move(join(e.name), join(f"previous/{stamp}/{e.name}"))
-            for p in sorted(Path(tmp).rglob("*")):
-                if p.is_file():
-                    self.write_bytes(join(p.relative_to(tmp).as_posix()), p.read_bytes())
+            for name in files:
+                self.move(posixpath.join(incoming, name), join(name))
+            self._remove_empty_dirs(incoming)
+
+    def _remove_empty_dirs(self, rel: str) -> None:
+        """Remove the directory ``rel`` and its subdirectories where they hold no file (local
+        paths; object stores have no empty directories to leave)."""
+        if not self.local or not os.path.isdir(self.path(rel)):
+            return
+        for root, dirs, names in os.walk(self.path(rel), topdown=False):
+            if not names:
+                try:
+                    os.rmdir(root)
+                except OSError:
+                    pass
 
 
 @lru_cache(maxsize=16)

@@ -222,8 +222,10 @@ def cmd_status(sweep_dir: str) -> int:
     """Counts by status, progress, and the failures with their reasons. Fast at 10^5 trials: a
     result file whose size matches the driver's journal is not opened (see
     workers.results.index.status_counts); `sweep resume` reads and checks every file."""
-    from sweep.lock import lock_status
-    from workers.results.layout import PLAN_FILE
+    import shlex
+
+    from sweep.lock import lock_state
+    from workers.results.layout import PLAN_FILE, SLURM_SCRIPT
     from workers.results.record import ResultError, Status, read_result
     from workers.results.sweep_dir import SweepDir
 
@@ -237,10 +239,12 @@ def cmd_status(sweep_dir: str) -> int:
     sc = d.status_counts(planned)
     counts, failures, bad = sc.counts, sc.failures, sc.invalid
     print(f"sweep {d}: {len(planned)} trials planned")
-    print(f"  {lock_status(d)}")
-    from sweep.slurm import status_lines
+    line, driving = lock_state(d)
+    print(f"  {line}")
+    from sweep.slurm import chain_status
 
-    for line in status_lines(d):  # the SLURM jobs of a sweep run by `sweep slurm`
+    jobs, chain_live = chain_status(d)
+    for line in jobs:  # the SLURM jobs of a sweep run by `sweep slurm`
         print(f"  {line}")
     for k in sc.ORDER:
         if counts[k]:
@@ -260,20 +264,30 @@ def cmd_status(sweep_dir: str) -> int:
     for _, msg in bad:
         print(f"  invalid: {msg}")
     left = counts[Status.PENDING] + counts[Status.INVALID]
-    if (left or counts[Status.FAILED]) and not _driver_live(d):
+    retry = _retryable(d, [t for t, st in failures if st == Status.FAILED])
+    if (left or retry) and not driving and not chain_live:
         what = [f"the {left} without a valid result"] if left else []
-        if counts[Status.FAILED]:
-            what.append("the failures recorded as retryable (a worker or node that died)")
-        print(f"  next: {sweep_command('resume', d)} runs {' and '.join(what)}")
+        if retry:
+            what.append(f"the {retry} failure(s) recorded as retryable (a worker or node that "
+                        "died)")
+        command = (sweep_command("resume", d) if chain_live is None else
+                   f"sbatch {shlex.quote(d.path(SLURM_SCRIPT))}")  # (the chain, continued)
+        print(f"  next: {command} runs {' and '.join(what)}")
     return 0
 
 
-def _driver_live(d) -> bool:
-    """Whether a driver holds the sweep directory ``d`` now (sweep.lock)."""
-    from sweep.lock import holder_state, read_holder
+def _retryable(d, failed: list[str]) -> int:
+    """How many of the ``failed`` trials' records say the failure is retryable (resume runs
+    them again; a trial's own failure is final)."""
+    from workers.results.record import ResultError, read_result
 
-    h = read_holder(d)
-    return h is not None and holder_state(h, d)[0]
+    n = 0
+    for tid in failed:
+        try:
+            n += bool(read_result(d, tid, columns=["retryable"]).column("retryable")[0].as_py())
+        except ResultError:
+            pass
+    return n
 
 
 def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
@@ -309,9 +323,12 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
     except ValueError as e:
         return _fail(str(e))
     except OSError as e:  # (a full disk, a read-only mount, a store that refuses)
+        from workers.results.storage import PartlyPublished
+
         where = out if out is not None else f"{sweep_dir}/report"
-        return _fail(f"report: could not be made in {where} ({type(e).__name__}: {e}); "
-                     "nothing was replaced (a previous report stays)")
+        return _fail(f"report: could not be made in {where} ({type(e).__name__}: {e})"
+                     + ("" if isinstance(e, PartlyPublished) else
+                        "; nothing was replaced (a previous report stays)"))
     print(f"report: {page}")
     return 0
 

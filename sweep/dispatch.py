@@ -295,6 +295,8 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
     def settle(fn, *args):  # a Work method that lands outcomes (it writes the sweep directory)
         try:
             return fn(*args)
+        except BrokenPipeError:  # (stderr's reader gone: not the sweep directory's fault)
+            raise
         except OSError as e:  # nothing more can be recorded: stop, naming why
             from sweep.watch import first_line
 

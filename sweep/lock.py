@@ -192,13 +192,20 @@ def read_holder(st: Store, strict: bool = False) -> Holder | None:
 
 def lock_status(st: Store) -> str:
     """One line for ``sweep status``: whether a driver is live, and since when."""
+    return lock_state(st)[0]
+
+
+def lock_state(st: Store) -> tuple[str, bool]:
+    """(``lock_status``'s line, whether a driver holds the sweep directory now: a live holder,
+    or a lock file that cannot be read, which a driver may be writing)."""
     h = read_holder(st)
     if h is None:
-        return "driver: none running" if not st.exists(LOCK_FILE) else \
-            f"driver: unreadable lock file {st.uri(LOCK_FILE)}"
+        if not st.exists(LOCK_FILE):
+            return "driver: none running", False
+        return f"driver: unreadable lock file {st.uri(LOCK_FILE)}", True
     live, why = holder_state(h, st)
     return (f"driver: {'live' if live else 'gone (stale lock; the next driver takes it over)'}: "
-            f"{h.describe()} ({why})")
+            f"{h.describe()} ({why})", live)
 
 
 class DriverLock:
@@ -378,14 +385,17 @@ class DriverLock:
         """Local paths: whether the lock's path is still the file this driver created (the
         same device and inode as the descriptor it holds); None when that cannot be told (a
         read error other than a missing file: transient on a shared file system)."""
-        try:
-            there = os.stat(self.st.path(LOCK_FILE))
+        try:  # (open, not stat: on NFS an open revalidates, a stat may answer from a cache)
+            fd = os.open(self.st.path(LOCK_FILE), os.O_RDONLY)
         except FileNotFoundError:
             return False
         except OSError as e:
             self.log(f"note: could not look at the driver lock ({e})")
             return None
-        mine = os.fstat(self._fd)
+        try:
+            there, mine = os.fstat(fd), os.fstat(self._fd)
+        finally:
+            os.close(fd)
         return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
     def _refresh(self) -> str | None:
@@ -404,6 +414,8 @@ class DriverLock:
                 try:
                     size = os.fstat(self._fd).st_size
                     os.pwrite(self._fd, data.ljust(max(size, len(data))), 0)
+                    os.fsync(self._fd)  # (on NFS: the heartbeat and its mtime reach the server,
+                    # where other hosts judge its age, now, not at the client's writeback)
                 except OSError as e:  # a full disk: try again at the next beat
                     self.log(f"note: could not refresh the driver lock ({e})")
                 return None
@@ -445,6 +457,8 @@ class DriverLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._thread is not None and self._thread.is_alive():  # a heartbeat stuck in a hung
+            return  # file system: the lock is left (judged by its process), its file open
         if self._fd is None:
             if self.st.local:
                 return  # (never held)

@@ -574,9 +574,15 @@ def status_lines(sweep_dir, shown: int = 5) -> list[str]:
     """What ``sweep status`` says of the sweep's SLURM jobs: one line per job (the last
     ``shown``), its state (the scheduler's while it knows the job, else the job list's last
     event) and its outcome; [] for a sweep never run by ``sweep slurm``."""
+    return chain_status(sweep_dir, shown)[0]
+
+
+def chain_status(sweep_dir, shown: int = 5) -> tuple[list[str], bool | None]:
+    """(``status_lines``, whether a job of the chain is in the scheduler's queue now: None for
+    a sweep never run by ``sweep slurm``)."""
     rows = read_jobs(sweep_dir)
     if not rows:
-        return []
+        return [], None
     jobs: dict[str, list[dict]] = {}
     for r in rows:
         jobs.setdefault(r["job_id"], []).append(r)
@@ -602,7 +608,7 @@ def status_lines(sweep_dir, shown: int = 5) -> list[str]:
         lines.append(f"slurm job {jid}: {said}")
     if len(ids) > shown:
         lines.append(f"slurm: ... and {len(ids) - shown} earlier job(s) ({SLURM_JOBS})")
-    return lines
+    return lines, bool(live)
 
 
 def store_location(sweep_dir) -> str:

@@ -60,11 +60,13 @@ def mp_softmax(z: np.ndarray):
     return [mpmath.exp(v - max(zs)) / total for v in zs]
 
 
-@pytest.mark.parametrize("margin", [20, 40, 120, 300, 600])
+@pytest.mark.parametrize("margin", [20, 40, 120, 300, 360, 600])
 def test_fisher_rao_at_large_margins_against_homogeneity_and_mpmath(margin):
     """For a bias-free ReLU network of d layers <w, grad_w f_c> = d f_c (f(t w) = t^d f(w)), so
     Eq. 45 is ((d + 1)^2 d^2 / m) sum_x (sum_{c != y} s_c (f_c - f_y))^2, s in mpmath. At a
     smallest margin of 600 the sum (about e^-1200) is below float64's range: undefined."""
+    if margin == 360:  # every point at that margin: each square about e^-720, the sum near
+        return _fisher_rao_at_one_margin(margin)  # float64's smallest normal
     model = mlp((5, 12, 12, 4), seed=3)
     x, y = at_margin(model, torch.randn(60, 5, dtype=torch.float64,
                                         generator=torch.Generator().manual_seed(1)), margin)
@@ -83,6 +85,30 @@ def test_fisher_rao_at_large_margins_against_homogeneity_and_mpmath(margin):
         assert out.value is None and "below float64's range" in out.error, (out, want)
         return
     assert out.value == pytest.approx(float(want), rel=1e-9, abs=0), (out.value, want, out.error)
+
+
+def _fisher_rao_at_one_margin(margin):
+    """20 copies of one point at the given margin (the review's case: margins between about
+    372 and 745 gave a silent 0, the squares underflowing before the softmax saturates)."""
+    model = mlp((5, 12, 12, 4), seed=3)
+    x = torch.randn(1, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x, y = at_margin(model, x.repeat(20, 1), margin)
+    with torch.no_grad():
+        z = model(x).numpy()
+    s = mp_softmax(z[0])
+    yi = int(y[0])
+    term = sum(s[c] * 3 * (mpmath.mpf(float(z[0][c])) - mpmath.mpf(float(z[0][yi])))
+               for c in range(len(s)) if c != yi) ** 2
+    want = 16 * term  # (d + 1)^2 / m * m identical terms
+    out = evaluate_outcomes(MeasureInputs(model, x, y, x, y, None, None, 0),
+                            ["fisher_rao"])["fisher_rao"]
+    assert want > mpmath.mpf("1e-310") and out.value == pytest.approx(float(want), rel=1e-6,
+                                                                       abs=0), (out, want)
+    for beyond in (400, 700):  # each square below float64's range, the softmax not saturated
+        xb, yb = at_margin(model, x, beyond)
+        o = evaluate_outcomes(MeasureInputs(model, xb, yb, xb, yb, None, None, 0),
+                              ["fisher_rao"])["fisher_rao"]
+        assert o.value is None and "below float64's range" in o.error, (beyond, o)
 
 
 def test_sharpness_at_a_margin_of_60_against_the_brute_force_maximum_in_mpmath():

@@ -211,19 +211,19 @@ def test_a_transient_read_error_does_not_lose_the_lock(tmp_path, monkeypatch):
         assert fails["n"] == 0 and lk.lost is None
         lk.check()
     local = Store(tmp_path / "l")
-    real_stat = os.stat
+    real_open = os.open
     fails["n"] = 3
 
-    def flaky_stat(path, *a, **kw):
-        if str(path) == local.path(LOCK_FILE) and fails["n"] > 0:
+    def flaky_open(path, flags, *a, **kw):
+        if str(path) == local.path(LOCK_FILE) and flags == os.O_RDONLY and fails["n"] > 0:
             fails["n"] -= 1
             raise OSError(errno.EIO, "Input/output error")
-        return real_stat(path, *a, **kw)
+        return real_open(path, flags, *a, **kw)
 
     with DriverLock(local, "launch") as lk:
-        monkeypatch.setattr(lock_mod.os, "stat", flaky_stat)
+        monkeypatch.setattr(lock_mod.os, "open", flaky_open)
         time.sleep(0.6)
-        monkeypatch.setattr(lock_mod.os, "stat", real_stat)
+        monkeypatch.setattr(lock_mod.os, "open", real_open)
         assert fails["n"] == 0 and lk.lost is None
         lk.check()
     assert not local.exists(LOCK_FILE)

@@ -131,3 +131,51 @@ def test_sweep_to_a_uri_launches_loads_and_resumes(ray_local, tmp_path, capsys):
     again = load_results(uri).sort_values("trial_id").reset_index(drop=True)
     assert again[cols].equals(ref[cols])
     assert list((tmp_path / "s" / "trials" / "invalid").iterdir())
+
+
+def test_a_staging_that_fails_while_moving_in_puts_the_previous_files_back(tmp_path, monkeypatch):
+    """The publish step's moves: one that fails midway is undone (the new files out, the old
+    ones back, nothing hidden left behind); when even that fails, the error says where the
+    previous files are (review, 2026-12-07)."""
+    import errno
+    import os
+
+    from workers.results.storage import PartlyPublished, Store
+
+    st = Store(tmp_path / "s")
+    with st.staging("r") as d:
+        (d / "a.txt").write_text("old a")
+        (d / "b.txt").write_text("old b")
+    real = st.move
+    calls = []
+
+    def fails_on_the_second_move_in(src, dst):
+        calls.append((src, dst))
+        if ".incoming-" in src and sum(".incoming-" in s for s, _ in calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(st, "move", fails_on_the_second_move_in)
+    with pytest.raises(OSError, match="Input/output error") as e:
+        with st.staging("r") as d:
+            (d / "a.txt").write_text("new a")
+            (d / "b.txt").write_text("new b")
+    assert not isinstance(e.value, PartlyPublished)
+    assert st.read_text("r/a.txt") == "old a" and st.read_text("r/b.txt") == "old b"
+    assert sorted(os.listdir(tmp_path / "s" / "r")) == ["a.txt", "b.txt"]  # (and previous/
+    # only if a report went there before: none here)
+
+    def every_move_back_fails(src, dst):
+        if "previous/" in src or ".incoming-" in src:
+            if ".incoming-" in src and not calls_after:
+                calls_after.append(1)
+                return real(src, dst)
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst)
+
+    calls_after = []
+    monkeypatch.setattr(st, "move", every_move_back_fails)
+    with pytest.raises(PartlyPublished, match="could not all be put back: they are in"):
+        with st.staging("r") as d:
+            (d / "a.txt").write_text("newer a")
+            (d / "b.txt").write_text("newer b")

@@ -163,10 +163,10 @@ def test_status_command_counts_from_the_index(tmp_path, capsys):
     counts = {ln[0]: int(ln[1]) for ln in lines if len(ln) == 2 and ln[1].isdigit()}
     assert counts == {"ok": 2, "diverged": 1, "failed": 1, "oom": 1, "invalid": 1, "pending": 2}
     assert "progress 5/8 (62.5%)" in out and "t2 failed: boom" in out
-    # no driver runs it: the next command is named (the invalid file and the two pending)
+    # no driver runs it: the next command is named (the invalid file and the two pending;
+    # t2's failure is its own, final: resume does not run it)
     assert out.splitlines()[-1] == (
-        f"  next: sweep resume {tmp_path} runs the 3 without a valid result and the failures "
-        "recorded as retryable (a worker or node that died)")
+        f"  next: sweep resume {tmp_path} runs the 3 without a valid result")
     import json
     import os
     import socket
@@ -175,6 +175,38 @@ def test_status_command_counts_from_the_index(tmp_path, capsys):
     (tmp_path / "driver.lock").write_text(json.dumps(dict(  # a live driver: nothing to advise
         host=socket.gethostname(), pid=os.getpid(), command="resume", started=time.time(),
         heartbeat=time.time(), token="t")))
+    assert main(["status", str(tmp_path)]) == 0
+    assert "next:" not in capsys.readouterr().out
+
+
+def test_status_names_the_next_command_only_for_what_it_runs(tmp_path, capsys, monkeypatch):
+    """A retryable failure is run again by resume (named); a trial's own failure is final (not
+    named: nothing to run); a sweep run by `sweep slurm` continues with its chain (sbatch), and
+    while a job of the chain is queued nothing is to be run by hand."""
+    import sweep.slurm as sl
+    from sweep.cli import main
+
+    ids = ["a", "b", "c"]
+    write_trial(tmp_path, summary("a"))
+    write_trial(tmp_path, summary("b", "failed", error="its own ValueError"))
+    store(tmp_path).write_parquet(layout.PLAN_FILE, pa.table({"trial_id": ids[:2]}))
+    store(tmp_path).write_text(layout.SWEEP_FILE, "{}")
+    assert main(["status", str(tmp_path)]) == 0
+    assert "next:" not in capsys.readouterr().out  # (b is final)
+    write_trial(tmp_path, summary("c", "failed", error="WorkerCrashedError", retryable=True))
+    store(tmp_path).write_parquet(layout.PLAN_FILE, pa.table({"trial_id": ids}))
+    assert main(["status", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"  next: sweep resume {tmp_path} runs the 1 failure(s) recorded as retryable (a worker "
+        "or node that died)")
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "jobs.tsv").write_text(
+        "7\tsubmitted\t2026-01-01T00:00:00Z\t\tby sweep slurm\n")
+    monkeypatch.setattr(sl, "queue_states", lambda ids: {})  # the chain ended
+    assert main(["status", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        f"  next: sbatch {tmp_path}/slurm/sweep.sbatch runs the 1 failure(s)")
+    monkeypatch.setattr(sl, "queue_states", lambda ids: {"7": "PENDING"})  # a job is queued
     assert main(["status", str(tmp_path)]) == 0
     assert "next:" not in capsys.readouterr().out
 

@@ -44,7 +44,10 @@ def remove_checkpoints(out_dir, trial_id: str) -> None:
     st = SweepDir.of(out_dir)
     for rel in (checkpoint_file(trial_id), fallback_file(trial_id)):
         if st.is_file(rel):
-            st.delete(rel)
+            try:
+                st.delete(rel)
+            except FileNotFoundError:  # (removed meanwhile by another attempt: gone either way)
+                pass
 
 
 def parse_budget(value, key: str = "train.time_budget") -> float | None:

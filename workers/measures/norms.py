@@ -446,7 +446,7 @@ def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048,
     m64 = _double(model) if m64 is None else m64
     params = {k: v.detach() for k, v in m64.named_parameters()}
     d = len([m for m in m64.modules() if isinstance(m, torch.nn.Linear)])
-    total, m, saturated = 0.0, len(x), 0
+    m, saturated, inners = len(x), 0, []
     for a in range(0, m, chunk):
         xb = x[a:a + chunk].to(torch.float64)
         f, df = jvp(lambda p: functional_call(m64, p, (xb,)), (params,), (params,))
@@ -454,15 +454,25 @@ def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048,
         yb = y[a:a + chunk].to(s.device)
         # sum_c (s_c - [c = y]) df_c = sum_c s_c (df_c - df_y): no 1 - s_y, which rounds to 0
         # from margins of about 37 and took the -df_y term with it
-        inner = (s * (df - df.gather(1, yb[:, None]))).sum(dim=1)
-        total += float((inner ** 2).sum())
+        inners.append((s * (df - df.gather(1, yb[:, None]))).sum(dim=1).cpu())
         others = s.scatter(1, yb[:, None], 0.0)
         saturated += int(((others == 0).all(dim=1) & (s.shape[1] > 1)).sum())
-    value = (d + 1) ** 2 / m * total
-    if value == 0.0 and saturated:  # (a network whose derivative along w is 0 is a true 0)
-        raise Undefined(f"the Fisher-Rao sum is below float64's range: the softmax is "
-                        f"saturated at {saturated} of {m} training points (logit margins above "
-                        "about 745): a tie at 0 of every such network")
+    inner = torch.cat(inners)
+    top = float(inner.abs().max())
+    if top == 0.0:
+        if saturated:  # (a network whose derivative along w is 0 is a true 0)
+            raise Undefined(f"the Fisher-Rao sum is below float64's range: the softmax is "
+                            f"saturated at {saturated} of {m} training points (logit margins "
+                            "above about 745): a tie at 0 of every such network")
+        return 0.0
+    # the squares summed relative to the largest term (inner^2 underflows from margins of
+    # about 372, long before the softmax saturates), scaled back at the end
+    value = (d + 1) ** 2 / m * top * top * float(((inner / top) ** 2).sum()) if math.isfinite(
+        top) else math.inf
+    if value == 0.0:
+        raise Undefined(f"the Fisher-Rao sum is below float64's range (its largest term "
+                        f"{top:.3g}^2; logit margins above about 370): a tie at 0 of every "
+                        "such network")
     if not math.isfinite(value):  # the derivative along w overflows float64 (deep, large w)
         raise Undefined(f"the Fisher-Rao sum is not finite in float64 ({value})")
     return value

@@ -310,7 +310,9 @@ class Store:
         is overwritten). On failure nothing is published: the files are first written beside
         (``rel/.incoming-<time>/``, hidden), and only once all are there are the old ones moved
         aside and the new ones moved in (renames), so a write that fails (a full disk) leaves
-        the previous files where they were and nothing of the new ones."""
+        the previous files where they were and nothing of the new ones; a move that fails is
+        undone (the new files out, the previous ones back), or the OSError says where the
+        previous files are."""
         with tempfile.TemporaryDirectory(prefix="sweep-stage-") as tmp:
             yield Path(tmp)
             join = (lambda n: posixpath.join(rel, n)) if rel else (lambda n: n)
@@ -331,11 +333,39 @@ class Store:
                         pass
                 self._remove_empty_dirs(incoming)
                 raise
-            old = self.list(rel) if self.exists(rel) else []
-            for e in old:
-                self.move(join(e.name), join(f"previous/{stamp}/{e.name}"))
-            for name in files:
-                self.move(posixpath.join(incoming, name), join(name))
+            old = [e.name for e in (self.list(rel) if self.exists(rel) else [])]
+            aside, placed = [], []
+            try:
+                for name in old:
+                    self.move(join(name), join(f"previous/{stamp}/{name}"))
+                    aside.append(name)
+                for name in files:
+                    self.move(posixpath.join(incoming, name), join(name))
+                    placed.append(name)
+            except BaseException as e:  # the new files out, the previous ones back
+                undone = True
+                for name in placed:
+                    try:
+                        self.move(join(name), posixpath.join(incoming, name))
+                    except OSError:
+                        undone = False
+                for name in aside:
+                    try:
+                        self.move(join(f"previous/{stamp}/{name}"), join(name))
+                    except OSError:
+                        undone = False
+                for name in files:
+                    try:
+                        self.delete(posixpath.join(incoming, name))
+                    except OSError:
+                        pass
+                self._remove_empty_dirs(incoming)
+                self._remove_empty_dirs(join("previous"))
+                if not undone and isinstance(e, OSError):
+                    raise PartlyPublished(e.errno, f"{e.strerror or e}; and the previous files "
+                                          "could not all be put back: they are in "
+                                          f"{self.uri(join(f'previous/{stamp}'))}") from e
+                raise
             self._remove_empty_dirs(incoming)
 
     def _remove_empty_dirs(self, rel: str) -> None:
@@ -349,6 +379,11 @@ class Store:
                     os.rmdir(root)
                 except OSError:
                     pass
+
+
+class PartlyPublished(OSError):
+    """``Store.staging`` failed while moving the files in, and could not put all the previous
+    files back: the message says where they are."""
 
 
 @lru_cache(maxsize=16)

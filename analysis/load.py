@@ -168,7 +168,10 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
     versions or settings (a ``sweep measure`` at new settings that did not finish) is warned
     about, one line per measure naming the counts and the command that makes them one; it is
     in ``df.attrs["mixed_settings"]`` (measure -> (version, settings JSON, values, whether the
-    settings asked for last), ...). Result files written before the measures table
+    settings asked for last), ...; a kind of 0 values: what was asked for last, of which the
+    column holds none). A column whose values are all of versions older than this release
+    computes is warned about too (``attrs["outdated"]``). Result files written before the
+    measures table
     (schema 2) keep their built-in measure columns where the table has no value. ``columns``
     selects summary columns and measures (default: all summary columns and every measure
     present); ``filters`` selects rows by summary columns (a pyarrow DNF list or Expression)."""
@@ -225,6 +228,10 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
     df.attrs["mixed_settings"] = mixed  # measure -> ((version, settings, values, selected), ...)
     for m, kinds in mixed.items():
         warnings.warn(mixed_note(m, kinds, sweep_dir), stacklevel=2)
+    outdated = {m: v for m, v in wide.attrs.get("outdated", {}).items() if m in cols}
+    df.attrs["outdated"] = outdated  # measure -> (stored versions, the registry's)
+    if outdated:
+        warnings.warn(outdated_note(outdated, sweep_dir), stacklevel=2)
     return df
 
 
@@ -260,22 +267,44 @@ def _measure_wide(sweep_dir) -> pd.DataFrame:
     current = t["measure"].map(lambda n: REGISTRY[n].version if n in REGISTRY else -1)
     t["current"] = t["version"] == current
     t = t.sort_values(["selected", "current", "created"]).groupby(["trial_id", "measure"]).tail(1)
-    mixed = {}  # measure -> the kinds of value its column holds, when more than one
+    # measure -> the kinds of value its column holds (version, settings, values, asked for
+    # last), when more than one, or when none is what was asked for last (a kind of 0 values
+    # then stands for that); measure -> (stored versions, the registry's) where all are older
+    mixed, outdated = {}, {}
     for m, g in t.groupby("measure"):
-        kinds = g.groupby(["version", "settings"]).agg(n=("trial_id", "size"),
-                                                       selected=("selected", "first"))
+        kinds = [(int(v), st, int(r.n), bool(r.selected)) for (v, st), r in
+                 g.groupby(["version", "settings"]).agg(n=("trial_id", "size"),
+                                                        selected=("selected", "first")).iterrows()]
+        if m in asked and not any(k[3] for k in kinds):
+            kinds.append((int(asked[m][0]), asked[m][1], 0, True))
         if len(kinds) > 1:
-            mixed[m] = tuple(sorted(((int(v), st, int(r.n), bool(r.selected))
-                                     for (v, st), r in kinds.iterrows()),
-                                    key=lambda k: (not k[3], -k[2])))
+            mixed[m] = tuple(sorted(kinds, key=lambda k: (not k[3], -k[2])))
+        if m in REGISTRY and all(k[0] < REGISTRY[m].version for k in kinds if k[2]):
+            outdated[m] = (tuple(sorted({k[0] for k in kinds if k[2]})), REGISTRY[m].version)
     wide = t.pivot(index="trial_id", columns="measure", values="value").astype("float64")
     has = t.assign(has=True).pivot(index="trial_id", columns="measure", values="has")
     info = t.pivot(index="trial_id", columns="measure", values="info")
     for m in list(wide.columns):
         wide[m + "\0has"] = has[m].notna()
         wide[m + "\0info"] = info[m]
-    wide.attrs["mixed"] = mixed
+    wide.attrs["mixed"], wide.attrs["outdated"] = mixed, outdated
     return wide
+
+
+def outdated_note(outdated: dict, sweep_dir=None) -> str:
+    """One sentence: the measures whose stored values are all of versions older than this
+    release computes (``outdated``: measure -> (stored versions, current version), as
+    ``load_results``' ``attrs["outdated"]`` holds them), and the command that adds the current
+    ones (the stored ones are kept)."""
+    from workers.results.commands import sweep_command
+
+    names = sorted(outdated)
+    each = ", ".join(f"{m} (version {'/'.join(map(str, outdated[m][0]))}; now "
+                     f"{outdated[m][1]})" for m in names)
+    fix = (f"; `{sweep_command('measure', sweep_dir, f'measures=[{chr(44).join(names)}]')}` "
+           "adds the current ones" if sweep_dir is not None else "")
+    return (f"values of older versions than this release computes: {each}{fix} (the stored "
+            "ones are kept; the README says what changed)")
 
 
 def mixed_note(measure: str, kinds, sweep_dir=None) -> str:
@@ -285,6 +314,7 @@ def mixed_note(measure: str, kinds, sweep_dir=None) -> str:
     from workers.results.commands import sweep_command
 
     versions = {k[0] for k in kinds}
+    settings_differ = len({k[1] for k in kinds}) > 1
 
     def what(k) -> str:
         settings = json.loads(k[1])
@@ -292,11 +322,10 @@ def mixed_note(measure: str, kinds, sweep_dir=None) -> str:
         shown = {key: v for key, v in settings.items()  # the settings that differ among kinds
                  if any(o.get(key) != v for o in same)} or settings
         text = ", ".join(f"{key}={v}" for key, v in sorted(shown.items())) or "no settings"
-        return (f"version {k[0]}, " if len(versions) > 1 else "") + text
+        return ", ".join(([f"version {k[0]}"] if len(versions) > 1 else [])
+                         + ([text] if settings_differ else []))
 
     sel = [k for k in kinds if k[3]]
-    parts = [f"{k[2]} under {what(k)}" + (" (the settings asked for last)" if k[3] else "")
-             for k in kinds]
     total = sum(k[2] for k in kinds)
     fix = ""
     if sel and sweep_dir is not None:  # (every setting named: the sweep's own may differ)
@@ -305,9 +334,20 @@ def mixed_note(measure: str, kinds, sweep_dir=None) -> str:
                 for key, v in sorted(json.loads(sel[0][1]).items())]
         fix = (f"; `{sweep_command('measure', sweep_dir, f'measures=[{measure}]', *keys)}` "
                f"evaluates the other {total - sel[0][2]} under the settings asked for last")
+    kind = ("versions or settings" if len(versions) > 1 and settings_differ
+            else "versions" if len(versions) > 1 else "settings")
+    if sel and sel[0][2] == 0:  # (none under what was asked for last)
+        held = [k for k in kinds if not k[3]]
+        under = (what(held[0]) if len(held) == 1 else
+                 "; ".join(f"{k[2]} under {what(k)}" for k in held))
+        return (f"{measure}: its {total} values were computed under {under}, none under the "
+                f"{kind} asked for last ({what(sel[0])}){fix} (load_measures has each value's "
+                "settings)")
+    parts = [f"{k[2]} under {what(k)}" + (" (the settings asked for last)" if k[3] else "")
+             for k in kinds]
     return (f"{measure}: its {total} values were computed under {len(kinds)} different "
-            f"{'versions or settings' if len(versions) > 1 else 'settings'} ({'; '.join(parts)}), "
-            f"and the column mixes them{fix} (load_measures has each value's settings)")
+            f"{kind} ({'; '.join(parts)}), and the column mixes them{fix} (load_measures has "
+            "each value's settings)")
 
 
 def load_measures(sweep_dir, measures: list[str] | None = None,

@@ -326,9 +326,11 @@ def cmd_report(sweep_dir: str, train_acc: float, n_boot: int, out: str | None,
         from workers.results.storage import PartlyPublished
 
         where = out if out is not None else f"{sweep_dir}/report"
+        had = os.path.exists(os.path.join(where, "report.html")) if "://" not in where else True
         return _fail(f"report: could not be made in {where} ({type(e).__name__}: {e})"
                      + ("" if isinstance(e, PartlyPublished) else
-                        "; nothing was replaced (a previous report stays)"))
+                        "; nothing was replaced (a previous report stays)" if had else
+                        "; nothing was written"))
     print(f"report: {page}")
     return 0
 
@@ -434,11 +436,31 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    previous = warnings.formatwarning
+    warnings.formatwarning = _user_warning  # (a note a user reads, not a source line)
     try:
         return _main(argv)
     except KeyboardInterrupt:  # e.g. while torch and Ray import: nothing has started
         print("sweep: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous
+
+
+def _user_warning(message, category, filename, lineno, line=None) -> str:
+    """How the command line shows a warning of the project's (a UserWarning: what a user should
+    know, e.g. a measure column that mixes settings) as one "note:" line; any other warning as
+    Python does."""
+    import warnings
+
+    if issubclass(category, UserWarning) and not any(
+            part in filename for part in ("site-packages", "dist-packages")):
+        return f"note: {message}\n"
+    return warnings._formatwarning_orig(message, category, filename, lineno, line) \
+        if hasattr(warnings, "_formatwarning_orig") else \
+        f"{filename}:{lineno}: {category.__name__}: {message}\n"
 
 
 def _main(argv: list[str] | None = None) -> int:

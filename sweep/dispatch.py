@@ -300,8 +300,7 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
         except OSError as e:  # nothing more can be recorded: stop, naming why
             from sweep.watch import first_line
 
-            for ref in in_flight:
-                ray.cancel(ref, force=True)
+            _cancel(ray, list(in_flight))
             raise DispatchStopped(
                 f"the sweep directory {out} could not be written ({first_line(e)}): stopped "
                 "dispatching", EXIT_SWEEP_DIR, work.counts) from None
@@ -327,8 +326,7 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                             f"{running()} running task(s) (Ctrl-C again cancels them)")
                 if (stop["count"] >= 2 or time.monotonic() - stop["since"] > GRACE_S
                         or running() == 0):
-                    for ref in in_flight:
-                        ray.cancel(ref, force=True)
+                    _cancel(ray, list(in_flight))
                     break  # cancelled units get no record: a later call runs them
             if capacity is not None and time.monotonic() - asked >= CAPACITY_POLL_S:
                 follow_capacity()
@@ -425,6 +423,27 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
         name = signal.Signals(stop["signal"]).name
         raise DispatchStopped(f"stopped by {name}", 128 + int(stop["signal"]), work.counts)
     return work.counts
+
+
+def _cancel(ray, refs: list, wait_s: float = 2.0) -> None:
+    """Cancel the tasks ``refs`` (force: their workers are killed) and take the outcome of those
+    that end within ``wait_s``: a task that failed just before (say, on the full disk the loop
+    stops for) would otherwise have Ray print its traceback as an "unhandled error" after the
+    driver's own last line. Nothing of theirs is recorded: a later call runs them."""
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # (a task that ended meanwhile, a runtime going away)
+            pass
+    try:
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s) if refs else ([], [])
+    except Exception:
+        return
+    for ref in ready:
+        try:
+            ray.get(ref, timeout=0)
+        except Exception:  # (its error, now handled: not printed by Ray)
+            pass
 
 
 def _relay_signals(handled, flag: StopFlag):

@@ -80,7 +80,7 @@ def test_a_column_of_two_settings_is_warned_about_and_the_report_says_so(ray_loc
     uri = make_report(str(out), n_boot=2, processes=1)
     html = open(uri.removeprefix("file://")).read()
     top = html.split("<h2>", 1)[0]
-    assert "Values computed under different settings in one column." in top
+    assert "Measure values computed under other settings or versions than asked for." in top
     assert "1 under points=3 (the settings asked for last); 2 under points=2" in top
     # the printed command makes them one: then no warning
     assert main(shlex.split(command)[1:]) == 0
@@ -88,3 +88,32 @@ def test_a_column_of_two_settings_is_warned_about_and_the_report_says_so(ray_loc
         warnings.simplefilter("error")
         df = load_results(out)
     assert df.attrs["mixed_settings"] == {} and (df.transitions_points == 3).all()
+    # asked for new settings, stopped before any value was written (measures.json is written
+    # first): the column is one setting, but not what was asked for last, and says so
+    from dataclasses import replace
+
+    from workers.measures import REGISTRY
+    from workers.results.measure_table import write_selection
+
+    m = REGISTRY["transitions_test"]
+    write_selection(str(out), {"transitions_test": (m.version, {**m.settings, "points": 5})})
+    with pytest.warns(UserWarning) as caught:
+        df = load_results(out)
+    said = [str(w.message) for w in caught if "transitions_test" in str(w.message)]
+    assert said == [
+        f"transitions_test: its 3 values were computed under points=3, none under the settings "
+        f"asked for last (points=5); `sweep measure {out} 'measures=[transitions_test]' "
+        "measure_settings.transitions_test.k=4096 measure_settings.transitions_test.points=5` "
+        "evaluates the other 3 under the settings asked for last (load_measures has each "
+        "value's settings)"]
+    # a release that computes a newer version: the stored ones are said to be older
+    monkeypatch.setitem(REGISTRY, "transitions_test", replace(m, version=m.version + 1))
+    write_selection(str(out), {"transitions_test": (m.version, {**m.settings, "points": 3})})
+    with pytest.warns(UserWarning) as caught:
+        df = load_results(out)
+    said = [str(w.message) for w in caught if "transitions_test" in str(w.message)]
+    assert said == [
+        f"values of older versions than this release computes: transitions_test (version "
+        f"{m.version}; now {m.version + 1}); `sweep measure {out} 'measures=[transitions_test]'` "
+        "adds the current ones (the stored ones are kept; the README says what changed)"]
+    assert df.attrs["outdated"] == {"transitions_test": ((m.version,), m.version + 1)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -172,7 +173,7 @@ def _fill(where) -> str:
 
 @pytest.mark.slow
 def test_a_full_disk_stops_the_sweep_with_its_reason_and_resume_runs_the_rest(
-        ray_local, small_disk, capsys, monkeypatch):
+        ray_local, small_disk, capfd, monkeypatch):
     """The paper-sized failure of a days-long sweep: its disk fills. Before, the driver died
     with three chained tracebacks (the worker's, the driver's failure record's, the journal's
     flush) and printed no resume command. Now: exit 4, one reason, the resume command; once
@@ -187,9 +188,9 @@ def test_a_full_disk_stops_the_sweep_with_its_reason_and_resume_runs_the_rest(
     args = [f"out={out}", "trials=12", "dry_run=true", "progress=false", "figure=false"]
     assert main(["plan", *args]) == 0
     filler = _fill(small_disk)  # full before it starts: one line, exit 2, no lock left
-    capsys.readouterr()
+    capfd.readouterr()
     assert main(["resume", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
+    err = capfd.readouterr().err.strip()
     assert err.count("\n") == 0 and "No space left on device" in err, err
     assert not (out / "driver.lock").exists()
     os.unlink(filler)
@@ -202,9 +203,12 @@ def test_a_full_disk_stops_the_sweep_with_its_reason_and_resume_runs_the_rest(
 
     monkeypatch.setattr(trials.TrialWork, "__init__", fills_once_dispatch_starts)
     rc = main(["resume", str(out)])
-    cap = capsys.readouterr()
+    cap = capfd.readouterr()
     assert rc == 4, cap.err
     assert "No space left on device" in cap.err and "Traceback" not in cap.err, cap.err
+    time.sleep(2)  # (Ray prints a dropped task's error when it collects the reference)
+    late = capfd.readouterr()
+    assert "Unhandled error" not in cap.err + late.err, cap.err + late.err
     assert f"sweep resume {out}" in cap.out, cap.out
     monkeypatch.setattr(trials.TrialWork, "__init__", real_init)
     filler, = fillers
@@ -216,7 +220,8 @@ def test_a_full_disk_stops_the_sweep_with_its_reason_and_resume_runs_the_rest(
 
 
 @pytest.mark.slow
-def test_a_report_on_a_full_disk_replaces_nothing_and_says_so(ray_local, small_disk, capsys):
+def test_a_report_on_a_full_disk_replaces_nothing_and_says_so(ray_local, small_disk, capsys,
+                                                               monkeypatch):
     """The report is written beside the last one and moved in only once whole: on a full disk
     `sweep report` is one line (exit 2) and the previous report stays as it was, with nothing
     of the new one beside it (before: the previous one was moved aside, the new one half
@@ -236,6 +241,14 @@ def test_a_report_on_a_full_disk_replaces_nothing_and_says_so(ray_local, small_d
               if p.is_file()}
     filler = _fill(small_disk)
     capsys.readouterr()
+    assert main(["report", str(out), "--bootstrap", "2"]) == 2  # full: refused before work
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"sweep: error: SWEEP_DIR: cannot write to {out} (No space left on device "
+                   f"in {out}); choose a directory you can write to"], err
+    import workers.results.storage as storage
+
+    monkeypatch.setattr(storage, "PROBE_BYTES", 1)  # (the probe passes: the report's own
+    os.truncate(filler, os.path.getsize(filler) - 4096)  # writes are what fill the disk)
     assert main(["report", str(out), "--bootstrap", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"sweep: error: report: could not be made in {out}/report "

@@ -18,7 +18,7 @@ import pandas as pd
 
 from analysis.figures import value_label
 from analysis.filters import fits_training_set
-from analysis.load import mixed_note
+from analysis.load import mixed_note, outdated_note
 from analysis.stats.equivalent import merge_equivalent
 from analysis.stats.registry import RANK_BY, REGISTRY
 from workers.results.commands import sweep_command
@@ -457,7 +457,8 @@ class Report:
     n_seeds: int = 0
     selection: pd.DataFrame = field(default_factory=pd.DataFrame)
     single_pairs: SinglePairs | None = None
-    mixed: tuple[str, ...] = ()  # measures whose values mix versions or settings: a sentence each
+    mixed: tuple[str, ...] = ()  # measures whose values mix versions or settings, or are not
+    # what was asked for last, or of older versions: a sentence each
 
 
 def decide(st, df: pd.DataFrame, fit: pd.DataFrame, train_acc: float, table: pd.DataFrame,
@@ -495,4 +496,6 @@ def decide(st, df: pd.DataFrame, fit: pd.DataFrame, train_acc: float, table: pd.
         selection=selection if selection is not None else pd.DataFrame(),
         single_pairs=single_pair_environments(fit, hyperparameters),
         mixed=tuple(mixed_note(m, kinds, sweep_dir if sweep_dir is not None else st)
-                    for m, kinds in sorted(df.attrs.get("mixed_settings", {}).items())))
+                    for m, kinds in sorted(df.attrs.get("mixed_settings", {}).items()))
+        + ((outdated_note(df.attrs["outdated"], sweep_dir if sweep_dir is not None else st),)
+           if df.attrs.get("outdated") else ()))

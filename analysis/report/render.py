@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -499,9 +500,13 @@ def mixed_html(mixed) -> str:
     as they are: ``analysis.load.mixed_note``, a sentence each); empty when none does."""
     if not mixed:
         return ""
-    return ("<p class='warn'><b>Values computed under different settings in one column.</b> "
-            "Their statistics, ranks and figures below mix them:<br>"
-            + "<br>".join(html.escape(m) for m in mixed) + "</p>")
+
+    def code(text: str) -> str:  # `a command` as <code>
+        return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+    return ("<p class='warn'><b>Measure values computed under other settings or versions than "
+            "asked for.</b> The statistics, ranks and figures below use them as they are:<br>"
+            + "<br>".join(code(m) for m in mixed) + "</p>")
 
 
 def render(r: Report) -> str:

@@ -320,6 +320,7 @@ class Store:
             incoming = join(f".incoming-{stamp}")
             files = [p.relative_to(tmp).as_posix() for p in sorted(Path(tmp).rglob("*"))
                      if p.is_file()]
+            existed = not rel or self.exists(rel)
             written = []
             try:
                 for name in files:
@@ -331,7 +332,7 @@ class Store:
                         self.delete(posixpath.join(incoming, name))
                     except OSError:
                         pass
-                self._remove_empty_dirs(incoming)
+                self._remove_empty_dirs(incoming if existed else rel)
                 raise
             old = [e.name for e in (self.list(rel) if self.exists(rel) else [])]
             aside, placed = [], []
@@ -463,6 +464,9 @@ def check_location(location: "str | Path | Store", key: str = "out",
     return st
 
 
+PROBE_BYTES = 65536  # what the write probe of a local path writes (about a result file or two)
+
+
 def _check_local_write(root: str, location: str, key: str) -> None:
     """Unreachable unless a file can be created in the nearest existing directory of local
     path ``root`` (a temporary file, removed at once)."""
@@ -473,10 +477,13 @@ def _check_local_write(root: str, location: str, key: str) -> None:
     if not os.path.isdir(parent):
         raise Unreachable(f"{key}: {location}: {parent} is a file, not a directory; choose "
                           "another location")
-    try:
+    try:  # (some bytes, not an empty file: a full disk still has inodes for that)
         fd, tmp = tempfile.mkstemp(prefix=".sweep-write-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"\0" * PROBE_BYTES)
+        finally:
+            os.unlink(tmp)
     except OSError as e:
         raise Unreachable(f"{key}: cannot write to {location} ({e.strerror} in {parent}); "
                           "choose a directory you can write to") from None

@@ -39,6 +39,7 @@ from workers.results.layout import PLAN_FILE, SWEEP_FILE
 from workers.results.plan_file import (PLAN_SUMMARY_FILE, Todo, pending,  # noqa: F401
                                        pending_rows)
 from workers.results.spec import TrialSpec
+from workers.results.storage import PROBE_PREFIX
 from workers.results.sweep_dir import SweepDir
 
 
@@ -61,9 +62,10 @@ def check_writable(out: SweepDir, key: str = "out") -> None:
 
 def check_out_dir(out: SweepDir, cfg: SweepConfig) -> None:
     """Refuse a directory that holds something other than this sweep."""
-    if not out.exists():
+    kind = out.kind()  # (one look: another driver's objects may come and go meanwhile)
+    if kind == "none":
         return
-    if not out.is_dir():
+    if kind == "file":
         raise ConfigError(f"out: {out} exists and is not a directory")
     meta = out.uri(SWEEP_FILE)
     if out.is_file(SWEEP_FILE):
@@ -81,7 +83,8 @@ def check_out_dir(out: SweepDir, cfg: SweepConfig) -> None:
                    "created before identity version 2 keeps metrics.* in its identity; `"
                    + sweep_command("resume", out) + "` runs what is left with its own settings)")
             )
-    elif any(not n.startswith(LOCK_FILE) for n in out.names()):  # a lock alone: a new sweep
+    elif any(not n.startswith((LOCK_FILE, PROBE_PREFIX))  # a lock alone (and another
+             for n in out.names()):  # driver's write probe, there a moment): a new sweep
         raise ConfigError(f"out: {out} is not empty and holds no {SWEEP_FILE}; choose another out directory")
 
 

@@ -435,3 +435,26 @@ def test_a_completing_job_is_waited_for_before_its_lock_is_judged(tmp_path, monk
     with DriverLock(st, "resume") as mine:
         assert read_holder(st).token == mine.token
     assert len(count.read_text().splitlines()) >= 3  # COMPLETING twice, then COMPLETED
+
+
+def test_another_drivers_lock_and_write_probe_read_as_a_new_sweep_being_started(tmp_path):
+    """Two launches into one new directory: the second can look while the first's lock and its
+    write probe (removed a moment later) are all there is. That is a new sweep being started
+    (the lock then refuses it, naming the holder), not 'not empty ... choose another out
+    directory'; on an object store, one look decides whether the directory exists (two looks
+    could see the probe go between them: 'exists and is not a directory')."""
+    from sweep.config import compose
+    from sweep.driver import check_out_dir
+    from workers.results.storage import PROBE_PREFIX
+    from workers.results.sweep_dir import SweepDir
+
+    for st in _stores(tmp_path):
+        st.makedirs()
+        st.write_text(LOCK_FILE, "{}")
+        st.write_text(f"{PROBE_PREFIX}123-abcd", "")
+        d = SweepDir.of(st.location)
+        assert d.kind() == "dir" and d.kind(LOCK_FILE) == "file" and d.kind("nope") == "none"
+        check_out_dir(d, compose(["dry_run=true", "trials=2"]))  # (no refusal)
+        st.write_text("other.txt", "x")
+        with pytest.raises(Exception, match="is not empty and holds no sweep.json"):
+            check_out_dir(d, compose(["dry_run=true", "trials=2"]))

@@ -128,6 +128,16 @@ class Store:
             return os.path.isdir(self.path(rel))
         return self._info(rel).type == pafs.FileType.Directory
 
+    def kind(self, rel: str = "") -> str:
+        """"none", "file" or "dir" for ``rel``, from one look (on an object store a directory
+        is a prefix: two looks, ``exists`` then ``is_dir``, can see another writer's last
+        object under it appear or go between them)."""
+        if self.local:
+            path = self.path(rel)
+            return "dir" if os.path.isdir(path) else "file" if os.path.lexists(path) else "none"
+        t = self._info(rel).type
+        return {pafs.FileType.NotFound: "none", pafs.FileType.Directory: "dir"}.get(t, "file")
+
     def entry(self, rel: str) -> Entry:
         """Size and modification time of a file; OSError if there is none."""
         if self.local:
@@ -446,7 +456,7 @@ def check_location(location: "str | Path | Store", key: str = "out",
         raise Unreachable(f"{key}: cannot reach {st.location} ({_first_line(e)}); check "
                           f"{hint}, or use a local path") from None
     if write:
-        probe = f".sweep-write-probe-{os.getpid()}-{os.urandom(4).hex()}"
+        probe = f"{PROBE_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
         try:
             missing, path = [], st.root  # the directories (markers) the probe will create
             while "/" in path and st.fs.get_file_info(path).type == pafs.FileType.NotFound:
@@ -465,6 +475,7 @@ def check_location(location: "str | Path | Store", key: str = "out",
 
 
 PROBE_BYTES = 65536  # what the write probe of a local path writes (about a result file or two)
+PROBE_PREFIX = ".sweep-write-probe-"  # the write probes' names (removed at once)
 
 
 def _check_local_write(root: str, location: str, key: str) -> None:
@@ -478,7 +489,7 @@ def _check_local_write(root: str, location: str, key: str) -> None:
         raise Unreachable(f"{key}: {location}: {parent} is a file, not a directory; choose "
                           "another location")
     try:  # (some bytes, not an empty file: a full disk still has inodes for that)
-        fd, tmp = tempfile.mkstemp(prefix=".sweep-write-probe-", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(b"\0" * PROBE_BYTES)

@@ -449,14 +449,26 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = previous
 
 
+def _ours(filename: str) -> bool:
+    """Whether ``filename`` is a module of this project's packages (sweep, analysis, workers),
+    wherever they are installed."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        path = Path(filename).resolve()
+    except (OSError, ValueError):
+        return False
+    return any(path.is_relative_to(root / pkg) for pkg in ("sweep", "analysis", "workers"))
+
+
 def _user_warning(message, category, filename, lineno, line=None) -> str:
     """How the command line shows a warning of the project's (a UserWarning: what a user should
     know, e.g. a measure column that mixes settings) as one "note:" line; any other warning as
     Python does."""
     import warnings
 
-    if issubclass(category, UserWarning) and not any(
-            part in filename for part in ("site-packages", "dist-packages")):
+    if issubclass(category, UserWarning) and _ours(filename):
         return f"note: {message}\n"
     return warnings._formatwarning_orig(message, category, filename, lineno, line) \
         if hasattr(warnings, "_formatwarning_orig") else \

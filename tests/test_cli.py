@@ -262,3 +262,18 @@ def test_a_plan_too_large_for_this_machine_is_written_with_a_note(tmp_path, caps
     assert main(["resume", str(out), "train.steps=3"]) == 2
     err = capsys.readouterr().err
     assert "cluster.*, resources.*" in err and "metrics.*" in err, err
+
+
+def test_the_command_line_shows_the_projects_warnings_as_note_lines():
+    """A UserWarning of the project's (a measure column that mixes settings, read by `sweep
+    report`) is one "note:" line, not Python's file:line and source line; others as Python
+    shows them."""
+    import analysis.load
+    from sweep.cli import _user_warning
+
+    assert _user_warning("mixes them", UserWarning, analysis.load.__file__, 3) == \
+        "note: mixes them\n"
+    other = _user_warning("x", UserWarning, "/usr/lib/python3/dist-packages/x.py", 7)
+    assert other.startswith("/usr/lib/python3/dist-packages/x.py:7: UserWarning: x")
+    assert "DeprecationWarning" in _user_warning("y", DeprecationWarning,
+                                                 analysis.load.__file__, 3)

@@ -350,7 +350,10 @@ def test_statistics_state_direction_baselines_and_few_seeds_and_captions_state_t
 
     assert strength(0.05) == "no association to speak of"
     assert strength(-0.35) == "a moderate negative association"
-    assert f"trials, {strength(tau_j)}" in page
+    assert strength(-0.12, -0.27, 0.07) == ("a weak negative association, not a clear one: its "
+                                             "interval includes 0")  # (the demo's Fig. 8)
+    assert strength(0.37, 0.17, 0.53) == "a moderate positive association"
+    assert f"trials, {strength(tau_j).split(',')[0]}" in page
 
 
 def test_a_factor_without_a_fitting_pair_is_named(tmp_path, monkeypatch):
@@ -733,3 +736,21 @@ def test_fit_text_wraps_only_what_overflows():
     box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
     assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1
     plt.close(fig)
+
+
+def test_fig8s_note_says_how_many_points_are_sampled_counts():
+    """Fig. 8 pooled exact and sampled transition counts unmarked (a review of the demo's
+    report: 9 of its 52 points sampled, which undercount); the note counts them."""
+    import pandas as pd
+
+    from analysis.report.build import sampled_note
+
+    fit = pd.DataFrame({"transitions_test": [10.0, 12.0, None, 9.0, 30.0],
+                        "transitions_method": ["exact", "sampled", "sampled", "sampled", "exact"],
+                        "transitions_k": [None, 4096, 4096, 4096, None]})
+    want = int(((fit.transitions_method == "sampled") & fit.transitions_test.notna()).sum())
+    note = sampled_note(fit)
+    assert note.startswith(f"Fig. 8: {want} of its 4 points are counts sampled by Eq. 1 with "
+                           "k = 4096"), note
+    assert sampled_note(fit[fit.transitions_method == "exact"]) == ""
+    assert sampled_note(fit[fit.transitions_method == "sampled"]) == ""  # (all alike: no mix)

@@ -55,6 +55,24 @@ def _load_sweep_modules(st) -> None:
             warnings.warn(f"report: {e}; its measures are ranked with sign +1", stacklevel=2)
 
 
+def sampled_note(fit: pd.DataFrame) -> str:
+    """Fig. 8's note when some of its points are sampled counts (Eq. 1 with k samples per
+    edge, the Tanh networks') among exact ones: how many, and that sampling can miss close
+    pairs of crossings (it undercounts); empty otherwise."""
+    if "transitions_method" not in fit or "transitions_test" not in fit:
+        return ""
+    drawn = fit[fit["transitions_test"].notna()]
+    sampled = drawn[drawn["transitions_method"] == "sampled"]
+    if sampled.empty or len(sampled) == len(drawn):
+        return ""
+    ks = sorted({int(k) for k in sampled.get("transitions_k", pd.Series(dtype=float)).dropna()})
+    at = f" with k = {', '.join(map(str, ks))}" if ks else ""
+    return (f"Fig. 8: {len(sampled)} of its {len(drawn)} points are counts sampled by Eq. 1{at} "
+            "(Tanh networks: the exact count walks piecewise-linear ones only), the others exact; "
+            "sampling can miss close pairs of crossings, so those counts can be lower "
+            "(column transitions_method).")
+
+
 def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 200,
                 out: str | None = None, seed: int = 0, noise_filter: bool = False,
                 processes: int | None = None, rank_by: str = RANK_BY,
@@ -123,6 +141,9 @@ def make_report(sweep_dir, train_acc: float = DEFAULT_TRAIN_ACC, n_boot: int = 2
             draw("fig4_factor_pairs", figures.factor_pairs_figure, fitting, factors)
         draw("fig5_jacobian_gap", figures.jacobian_gap_figure, fit, hps)
         draw("fig8_transitions_gap", figures.transitions_gap_figure, fit, hps)
+        note = sampled_note(fit)
+        if "fig8_transitions_gap" in made and note:
+            notes.append(note)
         chosen = per_point_trials(fit)
         if chosen:
             points = load_points(st, [("split", "=", "test")], trial_ids=chosen)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
 from pathlib import Path
 
@@ -80,14 +81,18 @@ def _arrow(statistic: str) -> str:
     return "&uarr;" if LARGER_IS_BETTER[statistic] else "&darr;"
 
 
-def strength(tau: float) -> str:
+def strength(tau: float, low: float = math.nan, high: float = math.nan) -> str:
     """A word for the size of a rank correlation: |tau| < 0.1 none to speak of, < 0.3 weak,
-    < 0.5 moderate, else strong (with its direction)."""
+    < 0.5 moderate, else strong (with its direction); with its interval [low, high], that an
+    association of that size is not clear when the interval includes 0."""
     a = abs(tau)
     if a < 0.1:
         return "no association to speak of"
     word = "weak" if a < 0.3 else "moderate" if a < 0.5 else "strong"
-    return f"a {word} {'positive' if tau > 0 else 'negative'} association"
+    said = f"a {word} {'positive' if tau > 0 else 'negative'} association"
+    if math.isfinite(low) and math.isfinite(high) and low <= 0 <= high:
+        said += ", not a clear one: its interval includes 0"
+    return said
 
 
 def caption_text(facts: list[CaptionFact]) -> str:
@@ -96,7 +101,7 @@ def caption_text(facts: list[CaptionFact]) -> str:
     for f in facts:
         ci = interval(f.ci_low, f.ci_high, 2)
         said.append(f"{f.what}: Kendall's \u03c4 = {number(f.tau, 2)}{ci} over {f.n_trials} "
-                    f"trials, {strength(f.tau)}")
+                    f"trials, {strength(f.tau, f.ci_low, f.ci_high)}")
     return ("In this sweep, against the gap: " + "; ".join(said) + ".") if said else ""
 
 
@@ -183,8 +188,10 @@ def settings_line(settings) -> str:
     """The measures' settings other than their defaults, as a line of the header."""
     if not settings:
         return ""
-    return ("<br>Measure settings other than their defaults (the values below are these; "
-            "<code>sweep show --keys</code> lists the defaults): "
+    return ("<br>Measure settings other than their defaults, as last asked for (where a "
+            "column's values are under other settings, a box at the top says so; a "
+            "<code>points</code> beyond a split's size takes all of it; <code>sweep show "
+            "--keys</code> lists the defaults): "
             + html.escape("; ".join(settings)))
 
 
@@ -404,7 +411,8 @@ def ranking_caption(r: Report) -> str:
     parts = [f"The measures ranked by {r.rank_by} of sign \u00d7 measure against the "
              f"generalization gap over the {r.n_fit} passing trials, best at the top "
              f"({stat.better} is better; dashed line: chance, {stat.chance:g}); orange squares: "
-             f"the baselines ({', '.join(r.baselines)}); a shaded band: rows that tie."]
+             f"the baselines ({', '.join(r.baselines)})"
+             + ("; a shaded band: rows that tie." if r.ties else ".")]
     if n:
         parts.append(f"Each value rests on {_count(min(n), max(n), support)}.")
     if r.n_boot and r.n_seeds >= 2:
@@ -482,7 +490,8 @@ def selection_html(selection: pd.DataFrame, baselines=BASELINES) -> str:
             "test label. The groups are the granulated Kendall's (configurations averaged over "
             "seeds); mean and worst over the groups; a tie in the measure counts the mean of "
             "the tied networks; at random: the mean over each group's networks, exactly. "
-            "Picks the best: the share of groups where the choice is a best network "
+            "Picks the best: the share of groups where the choice is a best network (where "
+            "the measure ties, the share of the tied networks that are best) "
             "(<code>analysis.selection.model_selection</code>).</p>"
             + scrolls("<table class='stats'>" + "".join(rows) + "</table>"))
 

@@ -750,7 +750,7 @@ def test_fig8s_note_says_how_many_points_are_sampled_counts():
                         "transitions_k": [None, 4096, 4096, 4096, None]})
     want = int(((fit.transitions_method == "sampled") & fit.transitions_test.notna()).sum())
     note = sampled_note(fit)
-    assert note.startswith(f"Fig. 8: {want} of its 4 points are counts sampled by Eq. 1 with "
+    assert note.startswith(f"App. Fig. 8: {want} of its 4 points are counts sampled by Eq. 1 with "
                            "k = 4096"), note
     assert sampled_note(fit[fit.transitions_method == "exact"]) == ""
     assert sampled_note(fit[fit.transitions_method == "sampled"]) == ""  # (all alike: no mix)

@@ -67,7 +67,7 @@ def sampled_note(fit: pd.DataFrame) -> str:
         return ""
     ks = sorted({int(k) for k in sampled.get("transitions_k", pd.Series(dtype=float)).dropna()})
     at = f" with k = {', '.join(map(str, ks))}" if ks else ""
-    return (f"Fig. 8: {len(sampled)} of its {len(drawn)} points are counts sampled by Eq. 1{at} "
+    return (f"App. Fig. 8: {len(sampled)} of its {len(drawn)} points are counts sampled by Eq. 1{at} "
             "(Tanh networks: the exact count walks piecewise-linear ones only), the others exact; "
             "sampling can miss close pairs of crossings, so those counts can be lower "
             "(column transitions_method).")

@@ -117,7 +117,9 @@ REGISTRY: dict[str, Statistic] = {s.name: s for s in (
         "pairs", "configurations averaged over seeds",
         "normalized conditional mutual information of the two orders of a pair of "
         "configurations, counted over all ordered pairs, minimum over pairs of hyperparameters "
-        "conditioned on; blind to the direction of the relation",
+        "conditioned on; blind to the direction of the relation (nearly: the pairs (i, i) "
+        "count too); a plug-in estimate, larger on fewer distinct configurations, so on a "
+        "resample (which holds fewer) it tends to rise: its interval can lie above its value",
         "Jiang et al. 2019 (conditional-independence criterion); the PGDL scoring, Jiang et al. "
         "2020"),
     Statistic(

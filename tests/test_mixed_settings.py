@@ -23,6 +23,15 @@ TINY = ["experiment=demo", "trials=3", "dataset.train_size=120", "dataset.test_s
         "figure=false", "save_weights=true", "measures=[jacobian_norm_test]"]
 
 
+def _loaded_with_notes(out):
+    """load_results of ``out`` and the warnings it gave about transitions_test."""
+    from analysis import load_results
+
+    with pytest.warns(UserWarning) as caught:
+        df = load_results(out)
+    return df, [str(w.message) for w in caught if "transitions_test" in str(w.message)]
+
+
 @pytest.mark.slow
 def test_a_column_of_two_settings_is_warned_about_and_the_report_says_so(ray_local, tmp_path,
                                                                          capsys, monkeypatch):
@@ -97,9 +106,7 @@ def test_a_column_of_two_settings_is_warned_about_and_the_report_says_so(ray_loc
 
     m = REGISTRY["transitions_test"]
     write_selection(str(out), {"transitions_test": (m.version, {**m.settings, "points": 5})})
-    with pytest.warns(UserWarning) as caught:
-        df = load_results(out)
-    said = [str(w.message) for w in caught if "transitions_test" in str(w.message)]
+    df, said = _loaded_with_notes(out)
     assert said == [
         f"transitions_test: its 3 values were computed under points=3, none under the settings "
         f"asked for last (points=5); `sweep measure {out} 'measures=[transitions_test]' "
@@ -109,9 +116,7 @@ def test_a_column_of_two_settings_is_warned_about_and_the_report_says_so(ray_loc
     # a release that computes a newer version: the stored ones are said to be older
     monkeypatch.setitem(REGISTRY, "transitions_test", replace(m, version=m.version + 1))
     write_selection(str(out), {"transitions_test": (m.version, {**m.settings, "points": 3})})
-    with pytest.warns(UserWarning) as caught:
-        df = load_results(out)
-    said = [str(w.message) for w in caught if "transitions_test" in str(w.message)]
+    df, said = _loaded_with_notes(out)
     assert said == [
         f"values of older versions than this release computes: transitions_test (version "
         f"{m.version}; now {m.version + 1}); `sweep measure {out} 'measures=[transitions_test]'` "

@@ -754,3 +754,19 @@ def test_fig8s_note_says_how_many_points_are_sampled_counts():
                            "k = 4096"), note
     assert sampled_note(fit[fit.transitions_method == "exact"]) == ""
     assert sampled_note(fit[fit.transitions_method == "sampled"]) == ""  # (all alike: no mix)
+
+
+def test_the_model_selection_names_merged_measures_as_the_ranking_does():
+    """The selection merged equivalent measures in its own row order ("params, n_params")
+    beside the ranking's ("n_params, params"); the same names now, signs with them."""
+    import pandas as pd
+
+    from analysis.report.decide import _names_as_ranked
+
+    sel = pd.DataFrame({"measure": ["params", "margin_gamma5"],
+                        "measures": [("params", "n_params"), ("margin_gamma5",)],
+                        "signs": [(1, -1), (-1,)]})
+    out = _names_as_ranked(sel, [("n_params", "params")])
+    assert list(out["measures"]) == [("n_params", "params"), ("margin_gamma5",)]
+    assert list(out["signs"]) == [(-1, 1), (-1,)]
+    assert list(sel["measures"]) == [("params", "n_params"), ("margin_gamma5",)]  # a copy

@@ -461,6 +461,25 @@ class Report:
     # what was asked for last, or of older versions: a sentence each
 
 
+def _names_as_ranked(selection: pd.DataFrame, groups) -> pd.DataFrame:
+    """The model-selection rows' merged names in the order the ranking gives them (the
+    selection merges in its own row order: "params, n_params" beside the ranking's "n_params,
+    params"), their signs with them."""
+    order = {frozenset(g): tuple(g) for g in groups}
+    out = selection.copy()
+    names, signs = [], []
+    for i, ms in enumerate(out["measures"]):
+        want = order.get(frozenset(ms), tuple(ms))
+        names.append(want)
+        if "signs" in out.columns:
+            by = dict(zip(ms, out["signs"].iloc[i]))
+            signs.append(tuple(by[m] for m in want))
+    out["measures"] = names
+    if "signs" in out.columns:
+        out["signs"] = signs
+    return out
+
+
 def decide(st, df: pd.DataFrame, fit: pd.DataFrame, train_acc: float, table: pd.DataFrame,
            figures: dict[str, Path], n_boot: int, seconds: float, noise_filter: bool = False,
            ranking: pd.DataFrame | None = None, rank_by: str = RANK_BY,
@@ -479,6 +498,7 @@ def decide(st, df: pd.DataFrame, fit: pd.DataFrame, train_acc: float, table: pd.
     if selection is not None and len(selection):  # the ranking's rows, where the regrets agree
         same = [ms for ms in merged["measures"] if len(ms) > 1] if len(merged) else []
         selection = merge_equivalent(selection, same, columns=SELECTION_NUMBERS)
+        selection = _names_as_ranked(selection, same)
     return Report(
         location=str(st), n_trials=len(df), statuses=dict(sorted(counts.items())),
         n_fit=len(fit), train_acc=train_acc,

@@ -271,10 +271,12 @@ def _measure_wide(sweep_dir) -> pd.DataFrame:
     # last), when more than one, or when none is what was asked for last (a kind of 0 values
     # then stands for that); measure -> (stored versions, the registry's) where all are older
     mixed, outdated = {}, {}
-    for m, g in t.groupby("measure"):
-        kinds = [(int(v), st, int(r.n), bool(r.selected)) for (v, st), r in
-                 g.groupby(["version", "settings"]).agg(n=("trial_id", "size"),
-                                                        selected=("selected", "first")).iterrows()]
+    counted = t.groupby(["measure", "version", "settings"]).agg(
+        n=("trial_id", "size"), selected=("selected", "first"))  # (one pass over the values)
+    by_measure: dict[str, list] = {}
+    for (m, v, st), r in counted.iterrows():
+        by_measure.setdefault(m, []).append((int(v), st, int(r.n), bool(r.selected)))
+    for m, kinds in by_measure.items():
         if m in asked and not any(k[3] for k in kinds):
             kinds.append((int(asked[m][0]), asked[m][1], 0, True))
         if len(kinds) > 1:

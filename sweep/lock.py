@@ -190,14 +190,10 @@ def read_holder(st: Store, strict: bool = False) -> Holder | None:
         return None
 
 
-def lock_status(st: Store) -> str:
-    """One line for ``sweep status``: whether a driver is live, and since when."""
-    return lock_state(st)[0]
-
-
 def lock_state(st: Store) -> tuple[str, bool]:
-    """(``lock_status``'s line, whether a driver holds the sweep directory now: a live holder,
-    or a lock file that cannot be read, which a driver may be writing)."""
+    """(one line for ``sweep status``: whether a driver is live, and since when; whether a
+    driver holds the sweep directory now: a live holder, or a lock file that cannot be read,
+    which a driver may be writing)."""
     h = read_holder(st)
     if h is None:
         if not st.exists(LOCK_FILE):

@@ -39,7 +39,7 @@ on even if the job is killed at its limit before the script ends.
 
 Every job's events are appended to ``<sweep>/slurm/jobs.tsv`` (``JOB_COLUMNS``; a job's
 ``left`` event, at its start, holds how many planned trials had no finished result then);
-``sweep status`` names the jobs (``status_lines``). The sweep directory must be on a file system
+``sweep status`` names the jobs (``chain_status``). The sweep directory must be on a file system
 the nodes share (the script, its logs and the job list are files that Slurm and bash write).
 """
 
@@ -570,16 +570,11 @@ def queue_states(job_ids: list[str]) -> dict[str, str]:
     return dict(line.split(None, 1) for line in r.stdout.splitlines() if " " in line.strip())
 
 
-def status_lines(sweep_dir, shown: int = 5) -> list[str]:
-    """What ``sweep status`` says of the sweep's SLURM jobs: one line per job (the last
-    ``shown``), its state (the scheduler's while it knows the job, else the job list's last
-    event) and its outcome; [] for a sweep never run by ``sweep slurm``."""
-    return chain_status(sweep_dir, shown)[0]
-
-
 def chain_status(sweep_dir, shown: int = 5) -> tuple[list[str], bool | None]:
-    """(``status_lines``, whether a job of the chain is in the scheduler's queue now: None for
-    a sweep never run by ``sweep slurm``)."""
+    """(what ``sweep status`` says of the sweep's SLURM jobs: one line per job (the last
+    ``shown``), its state (the scheduler's while it knows the job, else the job list's last
+    event) and its outcome, [] for a sweep never run by ``sweep slurm``; whether a job of the
+    chain is in the scheduler's queue now, None for such a sweep)."""
     rows = read_jobs(sweep_dir)
     if not rows:
         return [], None

@@ -13,7 +13,7 @@ import pytest
 
 import sweep.lock as lock_mod
 from sweep.cli import main
-from sweep.lock import LOCK_FILE, DriverLock, LockHeld, lock_status, read_holder
+from sweep.lock import LOCK_FILE, DriverLock, LockHeld, lock_state, read_holder
 from workers.results.storage import Store
 
 
@@ -53,9 +53,9 @@ def test_second_driver_is_refused_naming_the_holder(tmp_path, which):
         msg = str(e.value)
         assert "\n" not in msg and f"pid {os.getpid()}" in msg and socket.gethostname() in msg
         assert "sweep launch" in msg
-        assert lock_status(st).startswith("driver: live")
+        assert lock_state(st)[0].startswith("driver: live")
     assert not st.exists(LOCK_FILE)  # released
-    assert lock_status(st) == "driver: none running"
+    assert lock_state(st)[0] == "driver: none running"
 
 
 @pytest.mark.parametrize("which", [0, 1])
@@ -63,7 +63,7 @@ def test_a_gone_holder_is_taken_over_with_a_note(tmp_path, which):
     st = _stores(tmp_path)[which]
     notes = []
     _write_lock(st, pid=_dead_pid())  # same host, process gone
-    assert lock_status(st).startswith("driver: gone")
+    assert lock_state(st)[0].startswith("driver: gone")
     with DriverLock(st, "resume", log=notes.append) as lk:
         assert read_holder(st).token == lk.token
     assert any("taking over" in n and "is gone" in n for n in notes)

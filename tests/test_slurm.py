@@ -114,11 +114,11 @@ def test_status_names_the_jobs(tmp_path, monkeypatch):
     (tmp_path / "slurm" / "jobs.tsv").write_text(
         "".join(f"{j}\t{e}\t2026-01-01T00:00:00Z\t{n}\t{d}\n" for j, e, n, d in rows))
     monkeypatch.setattr(sl, "queue_states", lambda ids: {"42": "RUNNING"})
-    lines = sl.status_lines(str(tmp_path))
+    lines = sl.chain_status(str(tmp_path))[0]
     assert lines[0].startswith("slurm: 2 job(s)") and "scancel --name=sweep-" in lines[0]
     assert "slurm job 41: ended" in lines[1] and "continued by job 42" in lines[1]
     assert lines[2].startswith("slurm job 42: running on n2")
-    assert sl.status_lines(str(tmp_path / "none")) == []
+    assert sl.chain_status(str(tmp_path / "none"))[0] == []
 
 
 def test_a_gpu_partition_without_gpus_warns_once(tmp_path, capsys):
@@ -220,7 +220,7 @@ def test_left_events_are_read_in_order_and_status_shows_why_the_chain_stopped(tm
         "".join(f"{j}\t{e}\t2026-01-01T00:00:00Z\t{n}\t{d}\n" for j, e, n, d in rows))
     assert sl.left_at_starts(sl.read_jobs(str(tmp_path))) == [6, 2, 2]
     monkeypatch.setattr(sl, "queue_states", lambda ids: {})
-    lines = sl.status_lines(str(tmp_path))
+    lines = sl.chain_status(str(tmp_path))[0]
     assert lines[2] == f"slurm job 8: ended 2026-01-01T00:00:00Z: {stop}"
     # a job whose last line is its count of trials left is named by the line before it
     assert lines[3].startswith("slurm job 9: started 2026-01-01T00:00:00Z on n1")
@@ -368,7 +368,7 @@ def test_script_stops_the_chain_after_jobs_that_finish_nothing(tmp_path, monkeyp
         f"{tmp_path / 'sweep' / 'slurm' / 'sweep.sbatch'}"], events
     assert not any(c.startswith("sbatch") for c in calls), calls
     monkeypatch.setattr(sl, "queue_states", lambda ids: {})
-    line = sl.status_lines(str(tmp_path / "sweep"))[-1]
+    line = sl.chain_status(str(tmp_path / "sweep"))[0][-1]
     assert line.startswith("slurm job 100: ") and "no trial finished in the last 2" in line
 
 
@@ -520,7 +520,7 @@ def test_the_time_limit_path_stops_when_jobs_make_no_progress(tmp_path, monkeypa
     assert [e[1::3] for e in events if e[0] == "101"] == [
         ["submitted", "continues job 100"], ["cancelled", "the chain stopped after job 100"]]
     monkeypatch.setattr(sl, "queue_states", lambda ids: {})
-    line = next(x for x in sl.status_lines(str(tmp_path / "sweep"))
+    line = next(x for x in sl.chain_status(str(tmp_path / "sweep"))[0]
                 if x.startswith("slurm job 100: "))
     assert "stopped at the time limit" in line and "train.checkpoint_every" in line, line
 

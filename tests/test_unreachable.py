@@ -110,6 +110,35 @@ def test_an_existing_bucket_works_and_a_refused_plan_leaves_nothing_there(s3):
     assert r.returncode == 0 and "1 trials planned" in r.stdout, r.stderr
 
 
+def test_two_write_probes_of_one_new_prefix_leave_each_other_alone(s3, monkeypatch):
+    """Two drivers probe the same new prefix at once (CI saw the second refused with "cannot
+    write to ... Path does not exist"): both find the prefix missing and write their probes;
+    the first one's cleanup used to remove the prefix's marker with pyarrow's recursive
+    ``delete_dir``, taking the other's probe with it (and a lock, had the other got that far),
+    so the other's own removal failed. Each cleanup now leaves what is not its own, takes a
+    probe already gone in its stride, and once both are done nothing is left."""
+    from workers.results import storage
+
+    endpoint, client = s3
+    client.create_bucket(Bucket="peers")
+    for k, v in _aws(endpoint).items():
+        monkeypatch.setenv(k, v)
+    st = storage.check_location("s3://peers/a/new")
+    ours, theirs = (storage.PROBE_PREFIX + n for n in ("1-a", "2-b"))
+    missing = ["peers/a/new", "peers/a"]  # what each found missing before its probe
+    st.write_bytes(ours, b"")
+    st.write_bytes(theirs, b"")
+    storage._remove_probe(st, ours, missing)
+    assert f"a/new/{theirs}" in _keys(client, "peers")  # theirs stays (and the prefix's marker)
+    storage._remove_probe(st, ours, missing)  # ours already gone (a peer took it): no error
+    storage._remove_probe(st, theirs, missing)
+    assert _keys(client, "peers") == []
+    st.write_bytes(ours, b"")
+    st.write_bytes("driver.lock", b"{}")  # the other driver got as far as its lock
+    storage._remove_probe(st, ours, missing)
+    assert "a/new/driver.lock" in _keys(client, "peers")
+
+
 # ---------------------------------------------------------------------------------------------
 # Local paths that cannot be written (as root, permission bits do not stop a write: /proc and a
 # path under a file do)

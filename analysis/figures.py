@@ -464,7 +464,7 @@ def _caption_n(df: pd.DataFrame, m: pd.DataFrame) -> str:
     """How many trials and configurations a figure draws, and what a point is: the mean and
     standard error over seeds, or one trial when no configuration has two."""
     if len(df) == len(m):
-        return f"{len(df)} trials, one per configuration (one seed: no error bars)"
+        return f"{len(df)} trials, one per configuration: one seed, no error bars"
     return f"{len(df)} trials, {len(m)} configurations; mean +- s.e. over seeds"
 
 

@@ -5,6 +5,17 @@ import pytest
 # Keep any Ray started by the tests on the loopback interface (must precede Ray's start).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+# Where the fixtures' stalling measures count their attempts (tests/fixtures/stall_measures.py):
+# one directory per test process, so that two runs of the suite on one machine do not count
+# each other's (set before any Ray or subprocess starts, which inherit it).
+if "SWEEP_TEST_ATTEMPTS_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["SWEEP_TEST_ATTEMPTS_DIR"] = tempfile.mkdtemp(prefix="sweep-test-attempts-")
+    atexit.register(shutil.rmtree, os.environ["SWEEP_TEST_ATTEMPTS_DIR"], ignore_errors=True)
+
 # Most of the suite's time is spent waiting (Ray starting, sweeps' subprocesses, time limits
 # running out), so even on 2 cores two workers finish it ~1.4x sooner; beyond 4 the tests that
 # start a 2-CPU Ray each only compete (measured: 4 workers on 2 cores were no faster than 2).

@@ -46,7 +46,8 @@ def attempts_file(name: str) -> str:
     not imported here: that would register its measures in this process a second time)."""
     import tempfile
 
-    return os.path.join(tempfile.gettempdir(), f"sensitivity-sweep-test-{name}-{os.getuid()}.log")
+    return os.path.join(os.environ.get("SWEEP_TEST_ATTEMPTS_DIR") or tempfile.gettempdir(),
+                        f"sensitivity-sweep-test-{name}-{os.getuid()}.log")
 
 
 def _wait_for(cond, what: str, timeout: float = 30.0) -> None:

@@ -264,7 +264,8 @@ def stats_html(table: pd.DataFrame, baselines=BASELINES) -> str:
             return "n/a" + n
         ci = interval(r["ci_low"], r["ci_high"])
         rough = "&dagger;" if r.get("few_seeds", False) and ci else ""
-        return f"{number(r['value'])}{ci}{rough}{n}"
+        ci = f" <span class='ci'>{ci.strip()}{rough}</span>" if ci else ""
+        return f"{number(r['value'])}{ci}{n}"
 
     t["cell"] = t.apply(cell, axis=1)
     t["group"] = t["group"].map(html.escape)
@@ -347,7 +348,7 @@ def ranking_html(ranking: pd.DataFrame, rank_by: str, order, single_pairs: bool 
         if pd.isna(v):
             return "n/a"
         ci = interval(r[s + "_low"], r[s + "_high"])
-        return number(v) + (f" <small>{ci.strip()}</small>" if ci else "")
+        return number(v) + (f" <small class='ci'>{ci.strip()}</small>" if ci else "")
 
     rows = ["<tr><th>rank</th><th>measure</th><th>sign</th><th>trials</th>"
             + "".join(f"<th>{html.escape(s)} {_arrow(s)}</th>" for s in order) + "</tr>"]
@@ -529,7 +530,7 @@ def render(r: Report) -> str:
         "{border:1px solid #ccc;padding:3px 6px;text-align:right}figure{margin:1.5em 0}"
         "img{max-width:100%}figcaption{font-size:14px;color:#333}"
         ".warn{background:#fff3cd;border:1px solid #e0c36a;padding:6px 10px}"
-        ".wide{overflow-x:auto;max-width:100%}</style></head><body>",
+        ".wide{overflow-x:auto;max-width:100%}.ci{white-space:nowrap}</style></head><body>",
         f"<h1>Sweep report</h1><p><code>{html.escape(r.location)}</code>: {r.n_trials} trials "
         f"({html.escape(status)}). Figures and statistics use the {r.n_fit} ok trials at train "
         f"accuracy {at_least(r.train_acc, '&ge;')} "

@@ -135,6 +135,7 @@ class ClusterConfig:
     address: str | None
     num_cpus: int | None
     fixed_nodes: bool | None = None  # None: not said (sweep.runtime.check_trials_fit)
+    node_wait: float | str | None = "1h"  # how long trials may wait with no node to run one
 
 
 @dataclass(frozen=True)
@@ -758,6 +759,8 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
             address=None if address is None else str(address),
             num_cpus=_int("cluster.num_cpus", c.get("num_cpus"), lo=1, allow_none=True),
             fixed_nodes=_fixed_nodes(c.get("fixed_nodes")),
+            # (a sweep stored before the key existed: its default)
+            node_wait=_time_budget(c.get("node_wait", "1h"), "cluster.node_wait"),
         ),
         resources=ResourcesConfig(
             cpus_per_trial=_float("resources.cpus_per_trial", r.get("cpus_per_trial"), positive=True),

@@ -17,6 +17,9 @@ What a unit is and how its outcome lands is a ``Work``; everything else is here,
   Work's own writes, each tried again first: a full disk, a read-only mount, a store that
   refuses), the running tasks are cancelled and DispatchStopped (exit EXIT_SWEEP_DIR) names
   the error: what could not be recorded runs again on resume;
+- **no node**: on a cluster, when no live node can run a task for ``cluster.node_wait`` (an
+  autoscaler that starts none, a fixed cluster's nodes lost), the waiting tasks are cancelled
+  and DispatchStopped (exit EXIT_NO_NODES): a later call runs them;
 - **retries**: a task whose worker or node died, or that Ray's memory monitor killed
   (``sweep.watch.retried_errors``), is submitted again at most ``resources.max_retries`` times
   with its unfinished trials (one by one after a memory-monitor kill); then its failure lands;
@@ -42,6 +45,7 @@ PROGRESS_LINE_S = 60.0  # progress=true without a terminal: one progress line pe
 CAPACITY_POLL_S = 10.0  # on a cluster: how often the trials its nodes can run are counted again
 EXIT_RUNTIME_LOST = 3
 EXIT_SWEEP_DIR = 4  # the sweep directory could not be written (a full disk, a read-only mount)
+EXIT_NO_NODES = 5  # no node of the cluster could run a trial for cluster.node_wait
 
 
 def log(msg: str) -> None:
@@ -216,7 +220,7 @@ def progress_line(settled: int, total: int, seconds: float, counts: dict[str, in
 
 
 def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
-        progress: bool = False, capacity=None) -> dict[str, int]:
+        progress: bool = False, capacity=None, node_wait: float | None = None) -> dict[str, int]:
     """Run ``work`` on ``ray`` (a started runtime) with at most ``resources.max_in_flight``
     (default 2 per slot) tasks in flight; returns ``work.counts``. ``watch``: the
     sweep.watch.Watch of ``resources.trial_timeout`` for this sweep directory ``out``;
@@ -224,9 +228,11 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
     as nodes join or leave (a cluster's), asked every CAPACITY_POLL_S: the default bound
     follows it, so that an autoscaler sees the demand of twice the trials the cluster runs and
     the nodes it adds are used (a bound fixed at the start, on a cluster whose workers start at
-    zero, kept 2 tasks in flight for good). ``progress``: a bar on a terminal, else a line per
-    PROGRESS_LINE_S. Raises DispatchStopped (nothing recorded for what did not run) after a
-    signal or when the runtime is gone; LockHeld when ``lock`` was lost. Its ``StopFlag``
+    zero, kept 2 tasks in flight for good). ``node_wait``: with ``capacity``, how many seconds
+    in a row no live node may be able to run a task (None: no limit); then the tasks waiting
+    are cancelled and DispatchStopped (EXIT_NO_NODES). ``progress``: a bar on a terminal, else
+    a line per PROGRESS_LINE_S. Raises DispatchStopped (nothing recorded for what did not run)
+    after a signal, when the runtime is gone or no node came; LockHeld when ``lock`` was lost. Its ``StopFlag``
     lives while it runs: set at the first signal, set and killed when it ends."""
     import signal
     import threading
@@ -269,6 +275,7 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
     lines = {"last": time.monotonic(), "t0": time.monotonic()}
     quiet_since = time.monotonic()
     asked = float("-inf")  # when ``capacity`` was last asked (first: at once)
+    no_node_since = None  # since when no live node can run a task (None: one can)
 
     def follow_capacity() -> None:
         nonlocal max_in_flight, asked
@@ -330,6 +337,17 @@ def run(work: Work, ray, out, resources, slots: int, watch, lock=None,
                     break  # cancelled units get no record: a later call runs them
             if capacity is not None and time.monotonic() - asked >= CAPACITY_POLL_S:
                 follow_capacity()
+            if capacity is not None and node_wait is not None and stop["signal"] is None:
+                if watch.slots > 0:
+                    no_node_since = None
+                elif no_node_since is None:
+                    no_node_since = time.monotonic()
+                elif time.monotonic() - no_node_since > node_wait:
+                    _cancel(ray, list(in_flight))  # (waiting for a node: none of them runs)
+                    raise DispatchStopped(
+                        f"no node of the Ray cluster could run a trial for "
+                        f"{duration(node_wait)} (cluster.node_wait): stopped dispatching",
+                        EXIT_NO_NODES, work.counts)
             while (retry or unit is not None) and len(in_flight) < max_in_flight:
                 if retry:
                     submit(*retry.pop(0))
@@ -520,7 +538,9 @@ class Tasks:
             why = runtime_lost(self.ray, e) or f"Ray failed ({type(e).__name__}: {e})"
             raise _runtime_stop(why, {}) from None
         if note:
-            log(note)
+            wait = parse_budget(cfg.cluster.node_wait, "cluster.node_wait")
+            log(note + ("" if wait is None else f"; at most {duration(wait)} in a row, then "
+                        "the driver stops (cluster.node_wait)"))
         self.remote = self.ray.remote(fn)
         self.options = dict(num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial,
                             max_retries=0, retry_exceptions=False)
@@ -556,9 +576,13 @@ class Tasks:
     def run(self, work: Work, lock=None) -> dict[str, int]:
         """``run`` of ``work`` with these tasks (``cfg.progress``); on a cluster the number of
         trials that can run at once is followed as nodes join and leave (``capacity``)."""
+        from workers.checkpoint import parse_budget
+
+        local = self.cfg.cluster.address is None  # (a local Ray's nodes are all there)
         return run(work, self.ray, self.out, self.cfg.resources, self.slots, self.watch,
                    lock=lock, progress=self.cfg.progress,
-                   capacity=None if self.cfg.cluster.address is None else self.capacity)
+                   capacity=None if local else self.capacity,
+                   node_wait=parse_budget(self.cfg.cluster.node_wait, "cluster.node_wait"))
 
 
 def _fits(have: float, per_trial: float) -> int:

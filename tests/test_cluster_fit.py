@@ -171,7 +171,8 @@ def test_tasks_say_what_waits_and_refuse_what_cannot_run(monkeypatch):
         dispatch.Tasks(compose(over + ["cluster.fixed_nodes=false"]), print, None, said.append)
     assert said == ["note: no node of the Ray cluster holds a trial of 1 CPUs and 0.25 GPUs now "
                     "(a trial runs on one node): trials wait until one joins (an autoscaler's); "
-                    "cluster.fixed_nodes=true refuses them instead"]
+                    "cluster.fixed_nodes=true refuses them instead; at most 60.0 min in a row, "
+                    "then the driver stops (cluster.node_wait)"]
     for fixed in ([], ["cluster.fixed_nodes=true"]):
         with pytest.raises(ConfigError, match="has 0 GPUs"):
             dispatch.Tasks(compose(over + fixed), print, None, said.append)
@@ -201,6 +202,19 @@ def test_fixed_nodes_reads_true_false_and_null():
     assert compose(["cluster.fixed_nodes=false"]).cluster.fixed_nodes is False
     with pytest.raises(ConfigError, match="cluster.fixed_nodes: expected true, false or null"):
         compose(["cluster.fixed_nodes=sometimes"])
+
+
+def test_node_wait_is_a_duration_and_a_stored_sweep_without_it_gets_the_default():
+    assert compose([]).cluster.node_wait == "1h"
+    assert compose(["cluster.node_wait=null"]).cluster.node_wait is None
+    assert compose(["cluster.node_wait=90"]).cluster.node_wait == 90
+    with pytest.raises(ConfigError, match=r"cluster.node_wait: 'soon'; allowed: seconds"):
+        compose(["cluster.node_wait=soon"])
+    from sweep.config import composed, from_dict
+
+    d = composed([])
+    del d["cluster"]["node_wait"]  # (a sweep.json written before the key existed)
+    assert from_dict(d).cluster.node_wait == "1h"
 
 
 CLUSTER = textwrap.dedent("""
@@ -546,3 +560,44 @@ def test_the_command_to_run_the_rest_repeats_a_resumes_overrides(tmp_path, capsy
     said = capsys.readouterr().out.strip().splitlines()[-1]
     kept = over[2:] if in_slurm_job else over
     assert said == f"stopped; run the rest with: sweep resume {out} " + " ".join(kept)
+
+
+@pytest.mark.slow
+def test_trials_no_node_can_run_stop_the_driver_after_node_wait(tmp_path):
+    """On a real loopback cluster (a head without CPUs, one CPU worker, no GPU) with
+    cluster.fixed_nodes=false (an autoscaler would add nodes) and cluster.node_wait=3: GPU
+    trials wait for a node that never comes; after 3 s the driver cancels them and stops in
+    one run of lines, exit 5, with the resume command, and records nothing (before, it waited
+    for good)."""
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cluster = subprocess.Popen([sys.executable, "-c", CLUSTER], env=env, cwd=ROOT,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = cluster.stdout.readline()
+        assert line.startswith("ADDRESS "), line
+        address = line.split()[1]
+        out = tmp_path / "waits"
+        r = subprocess.run(
+            [sys.executable, "-m", "sweep.cli", "launch", "experiment=demo", "trials=3",
+             "progress=false", "figure=false", "dry_run=true", f"cluster.address={address}",
+             "resources.gpus_per_trial=1", "cluster.fixed_nodes=false", "cluster.node_wait=3",
+             f"out={out}"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finally:
+        try:
+            cluster.stdin.write("stop\n")
+            cluster.stdin.flush()
+            cluster.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            cluster.kill()
+            cluster.wait()
+    assert r.returncode == 5, (r.returncode, r.stderr[-3000:])
+    assert ("no node of the Ray cluster could run a trial for 3 s (cluster.node_wait): stopped "
+            "dispatching") in r.stderr, r.stderr[-3000:]
+    assert f"3 of 3 left. Run them with: sweep resume {out}" in r.stderr, r.stderr[-3000:]
+    assert ("trials wait until one joins (an autoscaler's); cluster.fixed_nodes=true refuses "
+            "them instead; at most 3 s in a row, then the driver stops (cluster.node_wait)"
+            ) in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert not list((out / "trials").glob("*.parquet"))

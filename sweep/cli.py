@@ -265,7 +265,10 @@ def cmd_status(sweep_dir: str) -> int:
         print(f"  invalid: {msg}")
     left = counts[Status.PENDING] + counts[Status.INVALID]
     retry = _retryable(d, [t for t, st in failures if st == Status.FAILED])
-    if (left or retry) and not driving and not chain_live:
+    if sc.newer:  # (resume refuses them: they are a newer release's valid results)
+        print(f"  next: upgrade sensitivity-sweep: {len(sc.newer)} result file(s) were written "
+              "by a newer release, which `sweep resume` here refuses to run past")
+    elif (left or retry) and not driving and not chain_live:
         what = [f"the {left} without a valid result"] if left else []
         if retry:
             what.append(f"the {retry} failure(s) recorded as retryable (a worker or node that "

@@ -38,6 +38,7 @@ from workers.results import plan_file
 from workers.results.layout import PLAN_FILE, SWEEP_FILE
 from workers.results.plan_file import (PLAN_SUMMARY_FILE, Todo, pending,  # noqa: F401
                                        pending_rows)
+from workers.results.record import NewerResult
 from workers.results.spec import TrialSpec
 from workers.results.storage import PROBE_PREFIX
 from workers.results.sweep_dir import SweepDir
@@ -278,7 +279,10 @@ def launch(cfg: SweepConfig, verify: bool = False, command: str = "launch",
     with DriverLock(out, command, log=log) as lock:
         out, plan = prepare(cfg, planned, out)
         del planned  # a new plan's specs: from here on streamed from the manifest
-        todo = Todo(plan, pending_rows(out, plan.ids, verify=verify))
+        try:
+            todo = Todo(plan, pending_rows(out, plan.ids, verify=verify))
+        except NewerResult as e:  # (one line: nothing was set aside or run)
+            raise ConfigError(f"out: {e}") from None
         log(f"sweep directory: {out}")
         log(f"{len(plan)} trials planned, {len(plan) - len(todo)} already have results, "
             f"{len(todo)} to run")

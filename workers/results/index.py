@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from workers.results.layout import (
     JOURNAL, JOURNAL_SUFFIX, RESULT_SUFFIX, TRIALS, journal_file, trial_file, trial_id_of,
 )
-from workers.results.record import STATUSES, ResultError, Status, read_result
+from workers.results.record import STATUSES, ResultError, Status, newer_release, read_result
 from workers.results.storage import store
 
 __all__ = ["Journal", "Status", "StatusCounts", "read_journal", "result_ids", "result_index",
@@ -205,12 +205,14 @@ class StatusCounts:
     """A plan's trials by status: ``counts`` holds every Status (the recorded ones, INVALID for
     a result file that is not a valid result, PENDING for none yet; zero where none);
     ``failures`` the (trial_id, status) of planned trials whose record is not ``ok``, in plan
-    order; ``invalid`` the (trial_id, error) of planned trials whose file is not valid."""
+    order; ``invalid`` the (trial_id, error) of planned trials whose file is not valid; ``newer``
+    those of them a newer release wrote (``record.newer_release``)."""
 
     planned: int
     counts: Counter = field(default_factory=Counter)
     failures: list[tuple[str, Status]] = field(default_factory=list)
     invalid: list[tuple[str, str]] = field(default_factory=list)
+    newer: list[str] = field(default_factory=list)  # invalid here: a newer release's results
 
     ORDER = (Status.OK, Status.DIVERGED, Status.FAILED, Status.OOM, Status.INVALID,
              Status.PENDING)  # as ``sweep status`` lists them
@@ -230,6 +232,7 @@ def status_counts(sweep_dir, planned: Iterable[str]) -> StatusCounts:
     out = StatusCounts(len(planned), Counter({s: 0 for s in Status}))
     out.invalid = [(tid, msg) for tid, msg in invalid if tid in planned_set]
     bad_ids = {tid for tid, _ in out.invalid}
+    out.newer = [tid for tid, _ in out.invalid if newer_release(sweep_dir, tid) is not None]
     for tid in planned:
         st = statuses.get(tid)
         if tid in bad_ids:

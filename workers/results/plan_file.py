@@ -16,6 +16,7 @@ import time
 from workers.results.layout import (INVALID, PAIRS_FILE, PLAN_FILE, PLAN_SUMMARY_FILE, RETRIED,
                                     TRIALS, aside_file, trial_file)
 from workers.results.index import result_ids, result_index
+from workers.results.record import SCHEMA_VERSION, NewerResult, newer_release
 from workers.results.spec import TrialSpec
 from workers.results.storage import store
 
@@ -173,10 +174,21 @@ def pending_rows(out, ids: list[str], move_invalid: bool = True,
     aside (never deleted), unreadable ones to ``trials/invalid/``, retryable failures to
     ``trials/retried/``, so that the re-run can write its result. A file is read and checked
     unless its size and modification time match the drivers' journal (a truncated or rewritten
-    file never does); ``verify`` reads every file."""
+    file never does); ``verify`` reads every file. A file of a newer release's schema
+    (``newer_release``) raises NewerResult before anything is moved (with ``move_invalid``;
+    else it counts as without a result here)."""
     out = store(out)
     readable = result_index(out, trust_journal=not verify)
     present = set(result_ids(out)) if move_invalid else set()
+    newer = {tid: v for tid in present - set(readable)
+             if (v := newer_release(out, tid)) is not None}
+    if newer:  # a newer release's results: valid there, never set aside or run again here
+        tid, v = next(iter(newer.items()))
+        raise NewerResult(
+            f"{len(newer)} result file(s) of this sweep were written by a newer release of "
+            f"sensitivity-sweep (schema version {v}; this release reads up to {SCHEMA_VERSION}), "
+            f"e.g. {out.uri(trial_file(tid))}: upgrade sensitivity-sweep to run the rest "
+            "(nothing was set aside or run)")
     todo = []
     for i, tid in enumerate(ids):
         r = readable.get(tid)

@@ -128,6 +128,24 @@ class ResultError(RuntimeError):
     """A result file that is missing, truncated, corrupt or of another schema."""
 
 
+class NewerResult(ResultError):
+    """A result file of a newer schema than this release reads: a valid result of the release
+    that wrote it, so never set aside or run again by this one (``newer_release``)."""
+
+
+def newer_release(sweep_dir, trial_id: str) -> int | None:
+    """The schema version of the trial's result file where it is newer than this release reads
+    (SCHEMA_VERSION), else None (no file, an older or this release's, or not readable: its
+    footer alone is read)."""
+    st = store(sweep_dir)
+    try:
+        meta = st.parquet_file(trial_file(trial_id)).schema_arrow.metadata or {}
+    except Exception:  # (missing, truncated, not parquet: not a newer release's)
+        return None
+    version = meta.get(b"sensitivity_sweep_schema_version", b"")
+    return int(version) if version.isdigit() and int(version) > SCHEMA_VERSION else None
+
+
 def write_extra(sweep_dir, kind: str, trial_id: str, rows: list[dict]) -> str:
     """Write a trial's extra table (``kind`` in EXTRA_SCHEMAS) atomically."""
     schema = EXTRA_SCHEMAS[kind]
@@ -236,7 +254,7 @@ def _validated(open_file, name: str, columns: list[str] | None) -> pa.Table:
             raise ResultError(f"{name}: not a result file of this tool (schema version "
                               f"{version!r}; this release reads 2 to {SCHEMA_VERSION})")
         if int(version) > SCHEMA_VERSION:
-            raise ResultError(f"{name}: schema version {int(version)}, newer than this release "
+            raise NewerResult(f"{name}: schema version {int(version)}, newer than this release "
                               f"reads ({SCHEMA_VERSION}): upgrade sensitivity-sweep to read it")
         present = set(pf.schema_arrow.names)
         want = None if columns is None else [c for c in columns if c in present]

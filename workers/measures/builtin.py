@@ -47,8 +47,39 @@ def _jacobian(x: torch.Tensor, model, points: int | None, seed: int, split: str)
             raise Undefined(f"the Jacobian norm is below float64's range: the softmax is "
                             f"saturated at {saturated} of {len(idx)} {split} points (logit "
                             "margins above about 745): a tie at 0 of every such network")
+        why = _zero_jacobian(model, xs, split)  # nor one whose float32 values underflowed
+        if why:
+            raise Undefined(why)
     return MeasureValue(value, {split: dict(zip(idx.tolist(), jac.tolist()))},
                         {"points": len(idx)})
+
+
+def _zero_jacobian(model, x: torch.Tensor, split: str) -> str | None:
+    """Why a Jacobian norm of exactly 0 at every point of x [N, d] is not the network's value,
+    or None where it is (a network locally constant there: ReLU units all off, HardTanh all
+    clipped). Not the value: the float64 copy's norm is above 0 (float32's activations or
+    derivatives underflowed: e.g. ReLU, depth 65, init_scale 0.01), or the network has Tanh
+    units, whose derivative is never 0 (1 - tanh^2 below float64's range from |h| of about
+    19: saturated units, e.g. init_scale 8)."""
+    import torch
+
+    from workers.activations import PaperActivation
+    from workers.metrics import jacobian_norm
+    from workers.measures.norms import _double
+
+    if next(model.parameters()).dtype != torch.float64:
+        j64 = jacobian_norm(_double(model), x.to(torch.float64)).cpu().double()
+        if float(j64.max()) > 0:
+            return (f"the float32 network's Jacobian norm underflows to 0 at every one of the "
+                    f"{len(x)} {split} points, where its float64 copy's is up to "
+                    f"{float(j64.max()):.3g}: its activations or their derivatives are below "
+                    "float32's range")
+    if any((isinstance(m, PaperActivation) and m.name == "tanh") or isinstance(m, torch.nn.Tanh)
+           for m in model.modules()):
+        return (f"the Jacobian norm is below float64's range at every one of the {len(x)} "
+                f"{split} points: Tanh units saturate (1 - tanh^2 rounds to 0), while its "
+                "true value is above 0: a tie at 0 of every such network")
+    return None
 
 
 def saturated_points(model, x: torch.Tensor) -> int:

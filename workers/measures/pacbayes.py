@@ -681,6 +681,11 @@ def expected_sharpness(inputs: MeasureInputs, *, alpha_min: float = 1e-4, alpha_
     if at["expected_sharpness"] == 0.0 and at["base"] == 0.0:
         raise Undefined("the training loss is below float64's range, perturbed and not (logit "
                         "margins above about 745): a tie at 0 of every such network")
+    from workers.measures.sharpness import below_resolution
+
+    why = below_resolution(at["expected_sharpness"], at["base"])
+    if why:
+        raise Undefined(why)
     return MeasureValue(at["expected_sharpness"],
                         info={"curve": {k: [r[k] for r in rows]
                                         for k in ("alpha", "kl", "expected_sharpness")},

@@ -68,7 +68,26 @@ def sharpness_value(model, x: torch.Tensor, y: torch.Tensor, alpha: float, steps
                 nu[k] = torch.clamp(nu[k] + 0.25 * bound[k] * torch.sign(g), -bound[k], bound[k])
     if best == 0.0 and base == 0.0:  # every loss on the way below float64's range
         raise Undefined(BELOW_RANGE)
+    why = below_resolution(best * (1.0 + base), base)
+    if why:
+        raise Undefined(why)
     return best, steps
+
+
+RESOLUTION_ULPS = 64  # a loss change within this many float64 rounding steps of L(w) is noise
+
+
+def below_resolution(change: float, base: float) -> str | None:
+    """Why a loss change ``change`` from L(w) = ``base`` (float64, > 0) is not a value: within
+    RESOLUTION_ULPS rounding steps of ``base`` it is rounding, not the network (logits that
+    hardly move, as in a network whose outputs are all about 0: L(w) ~ log C); else None."""
+    import math
+
+    if base <= 0 or abs(change) > RESOLUTION_ULPS * math.ulp(base):
+        return None
+    return (f"the loss changes by {change:.3g} from L(w) = {base:.17g}, within "
+            f"{RESOLUTION_ULPS} float64 rounding steps of it ({math.ulp(base):.3g} each): "
+            "below float64's resolution (the logits hardly move), not a value")
 
 
 BELOW_RANGE = ("the training loss is below float64's range at every point and every step "

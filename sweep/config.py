@@ -736,7 +736,7 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
     return SweepConfig(
         name=str(d.get("name")),
         trials=_int("trials", d.get("trials"), lo=1),
-        seed=_int("seed", d.get("seed"), lo=0),
+        seed=_int("seed", d.get("seed"), lo=0, hi=2**32 - 1),  # (the samplers' numpy seed)
         out=None if d.get("out") is None else expand(d["out"]),  # ~ as a shell reads it
         save_weights=(None if d.get("save_weights") is None
                       else _bool("save_weights", d.get("save_weights"))),

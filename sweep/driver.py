@@ -136,13 +136,15 @@ def prepare(cfg: SweepConfig, planned: tuple | None = None,
             log(line)
         return out, plan
     specs, pairs, summary = planned if planned is not None else _new_plan(cfg)
+    manifest = manifest_table(specs, cfg)  # (before anything is written: it may fail)
+    del specs, planned
     out.makedirs()
     if not out.exists(SWEEP_FILE):
         doc = {"identity_hash": cfg.identity_hash(), "identity_version": IDENTITY_VERSION,
                "config": asdict(cfg), "created": time.time()}
         out.write_text(SWEEP_FILE, json.dumps(doc, indent=2, sort_keys=True))
-    plan_file.write_plan(out, manifest_table(specs, cfg), pairs, summary)
-    del specs, planned
+    plan_file.write_plan(out, manifest, pairs, summary)
+    del manifest
     return out, Plan(out, cfg.metric_spec())
 
 

@@ -241,21 +241,21 @@ def run(cfg: SweepConfig, out, specs, log, lock=None,
 
     t0 = time.perf_counter()
     out = SweepDir.of(out)
-    _select(out, specs)
     retry = raised_keys(out) if retry_errors else None
     todo = missing(out, specs, retry)
     counts = {"trials": 0, "values": 0, "no_weights": 0, "failed": 0, "raised": 0}
-    if not todo:
-        return counts
-    weights = out.weights_ids()
+    weights = out.weights_ids() if todo else set()
     runnable = {t: n for t, n in todo.items() if t in weights}
     counts["no_weights"] = len(todo) - len(runnable)
-    if not runnable:
+    if todo and not runnable:  # (refused: nothing is written, measures.json neither)
         raise ConfigError(
             f"SWEEP_DIR: {out}: {len(todo)} finished trials lack values of "
             f"{sorted({n for v in todo.values() for n in v})}, but none has saved weights (the "
             "sweep ran with save_weights=false); measures are evaluated on the saved networks: "
             "run a new sweep with save_weights=true")
+    _select(out, specs)
+    if not todo:
+        return counts
     items = [(s.canonical() if s.legacy_id is None else s.canonical_v1(),
               ",".join(runnable[s.trial_id])) for s in _among(specs, runnable)]
     tasks = Tasks(cfg, _measure_remote, out, log)

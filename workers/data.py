@@ -155,7 +155,7 @@ def _how_to_get(name: str, root: Path) -> str:
 
 def missing_files(name: str, root: str | Path) -> list[str]:
     """Names of the files ``name`` needs that are not under ``root`` (empty when all present)."""
-    root = Path(root).expanduser()
+    root = Path(os.path.expanduser(root))
     if name == "digits":
         return []
     if name in ("fashion_mnist", "mnist"):
@@ -169,7 +169,7 @@ def missing_files(name: str, root: str | Path) -> list[str]:
 
 def check_available(name: str, root: str | None, download: bool) -> None:
     """Raise :class:`DataError` naming the root and how to obtain the data, if it is missing."""
-    r = Path(root or default_root(name)).expanduser()
+    r = Path(os.path.expanduser(root or default_root(name)))
     missing = missing_files(name, r)
     if missing and not download:
         raise DataMissing(
@@ -307,7 +307,7 @@ def load_data(
     if name == "digits":
         xtr, ytr, xte, yte = _digits(seed)
     else:
-        r = Path(root or default_root(name)).expanduser()
+        r = Path(os.path.expanduser(root or default_root(name)))
         if missing_files(name, r) and download:
             check_available(name, str(r), download)
             _download(name, r)

@@ -29,9 +29,13 @@ def _check_bounds(key: str, v, lo, hi, fmt: str = "") -> None:
         raise ValueError(f"{key}: must be <= {hi}, got {v:{fmt}}")
 
 
+INT64_MAX = 2**63 - 1  # every integer setting is stored as int64 (the plan, the records)
+
+
 def check_int(key: str, v, lo: int | None = None, hi: int | None = None,
               allow_none=False) -> int | None:
-    """An integer in [lo, hi] (a float with an integer value counts), or None if allowed."""
+    """An integer in [lo, hi] (a float with an integer value counts), or None if allowed;
+    ``hi`` None: at most INT64_MAX."""
     if v is None and allow_none:
         return None
     if isinstance(v, float) and v.is_integer():
@@ -40,6 +44,9 @@ def check_int(key: str, v, lo: int | None = None, hi: int | None = None,
         where = (f" in [{lo}, {hi}]" if lo is not None and hi is not None else
                  f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else "")
         raise ValueError(f"{key}: expected an integer, got {v!r}; allowed: an integer{where}")
+    if hi is None and v > INT64_MAX:
+        raise ValueError(f"{key}: {v} does not fit in 64 bits; allowed: an integer"
+                         + (f" in [{lo}, {INT64_MAX}]" if lo is not None else f" <= {INT64_MAX}"))
     _check_bounds(key, v, lo, hi)
     return v
 
@@ -69,10 +76,17 @@ def check_choice(key: str, v, allowed) -> str:
     return v
 
 
-def integer(lo: int | None = None, hi: str | None = None, allow_none=False) -> Check:
-    """An integer >= lo and, with ``hi`` (a name in ``limits``), <= that limit."""
-    return lambda key, v, limits: check_int(key, v, lo, None if hi is None else limits[hi],
-                                            allow_none)
+def integer(lo: int | None = None, hi: str | None = None, allow_none=False,
+            cap: int | None = None) -> Check:
+    """An integer >= lo and, with ``hi`` (a name in ``limits``), <= that limit; with ``cap``,
+    <= that number."""
+    def check(key, v, limits):
+        top = None if hi is None else limits[hi]
+        if cap is not None:
+            top = cap if top is None else min(top, cap)
+        return check_int(key, v, lo, top, allow_none)
+
+    return check
 
 
 def number(positive=False, lo: float | None = None) -> Check:

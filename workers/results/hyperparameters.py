@@ -65,6 +65,11 @@ class Hyperparameter:
 
 
 H = Hyperparameter
+
+# sanity bounds far beyond the papers' space (width 1..2^16, depth 2..65): larger values only
+# overflow the cost model's integers (and no machine trains them)
+MAX_WIDTH = 2**24
+MAX_DEPTH = 10_000
 HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     H("dataset", pa.string(), lambda s, n: s.data.name, False, True, "data set",
       field="data.name"),
@@ -80,9 +85,9 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     H("augment", pa.bool_(), lambda s, n: s.data.augment, False, True, "A.5.4 augmentation",
       field="data.augment", fallback="dataset.augment"),
     H("width", pa.int64(), lambda s, n: s.width, True, True, "hidden units per layer",
-      field="width", check=integer(lo=1), cost=True),
+      field="width", check=integer(lo=1, cap=MAX_WIDTH), cost=True),
     H("depth", pa.int64(), lambda s, n: s.depth, True, True, "weight matrices",
-      field="depth", check=integer(lo=2), cost=True),
+      field="depth", check=integer(lo=2, cap=MAX_DEPTH), cost=True),
     H("activation", pa.string(), lambda s, n: s.activation, True, True, "non-linearity",
       field="activation", check=one_of("activation")),
     H("optimizer", pa.string(), lambda s, n: s.optimizer, True, True, "optimizer",

@@ -28,6 +28,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from analysis import args as argcheck
 from workers.results.compact import (
     POINTS_SCHEMA, RESULTS_SCHEMA, Match, flatten_points, read_manifest, read_trials,
 )
@@ -45,12 +46,13 @@ _POINTS_READ_SCHEMA = POINTS_SCHEMA.append(pa.field("dataset", pa.string()))
 
 def _expression(filters, kind: str) -> pc.Expression | None:
     """``filters`` (DNF list or Expression) as an Expression, checked against the columns."""
-    if filters is None or (not isinstance(filters, pc.Expression) and not filters):
+    if filters is None or (isinstance(filters, (list, tuple)) and not filters):
         return None
     schema = RESULTS_SCHEMA if kind == "results" else _POINTS_READ_SCHEMA
     if isinstance(filters, pc.Expression):
         expr = filters
     else:
+        argcheck.dnf_filters(filters)
         terms = [t for conj in filters for t in conj] if isinstance(filters[0], list) else filters
         unknown = sorted({t[0] for t in terms if t[0] not in schema.names})
         if unknown:
@@ -177,6 +179,7 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
     present); ``filters`` selects rows by summary columns (a pyarrow DNF list or Expression)."""
     from workers.measures import REGISTRY
 
+    columns = argcheck.names(columns, "columns")
     overlaid = set(REGISTRY) | {c for cols_of in _info_columns().values() for c, _ in cols_of}
     if columns and all(c in SUMMARY_COLUMNS and c not in overlaid for c in columns):
         wide = _measure_wide(None)  # only trial columns asked for: the table is not read
@@ -191,7 +194,9 @@ def load_results(sweep_dir, columns: list[str] | None = None, filters=None) -> p
         raise ValueError(f"columns: unknown {unknown}; allowed: summary columns "
                          f"({', '.join(SUMMARY_COLUMNS)}) and measures ({', '.join(sorted(set(REGISTRY) | set(measured)))})")
     summary = [c for c in cols if c in SUMMARY_COLUMNS]
-    table = _read(sweep_dir, "results", summary or ["trial_id"], _expression(filters, "results"))
+    if "trial_id" not in summary:  # (what the measures' values are joined on; dropped below)
+        summary = ["trial_id", *summary]
+    table = _read(sweep_dir, "results", summary, _expression(filters, "results"))
     if table is None:
         df = _empty(RESULTS_SCHEMA, summary)
     else:
@@ -361,7 +366,8 @@ def load_measures(sweep_dir, measures: list[str] | None = None,
     with pandas (``load_results`` picks one value per trial and measure)."""
     from workers.results.measure_table import read_values
 
-    return read_values(sweep_dir, names=measures, points=points).to_pandas()
+    return read_values(sweep_dir, names=argcheck.names(measures, "measures"),
+                       points=points).to_pandas()
 
 
 def _one_meaning(df: pd.DataFrame) -> pd.DataFrame:
@@ -391,7 +397,7 @@ def load_points(sweep_dir, filters=None, trial_ids=None) -> pd.DataFrame:
     ``load_points(d, trial_ids=load_results(d, ["trial_id"], filters=f).trial_id)``."""
     expr = _expression(filters, "points")
     if trial_ids is not None:  # only these trials' files are opened (per-trial form)
-        trial_ids = set(trial_ids)
+        trial_ids = set(argcheck.names(trial_ids, "trial_ids"))
         among = pc.field("trial_id").isin(pa.array(sorted(trial_ids), pa.string()))
         expr = among if expr is None else expr & among
     table = _read(sweep_dir, "points", POINT_COLUMNS, expr, trial_ids)
@@ -513,7 +519,7 @@ def load_pairs(sweep_dir, columns: list[str] | None = None) -> pd.DataFrame:
     if not st.is_file(PAIRS_FILE):
         raise FileNotFoundError(f"{sweep_dir}: no {PAIRS_FILE} (plan the sweep with plan.factors)")
     pairs = st.read_parquet(PAIRS_FILE).to_pandas()
-    cols = list(columns or PAIR_METRICS)
+    cols = list(argcheck.names(columns, "columns") or PAIR_METRICS)
     res = load_results(sweep_dir, columns=["trial_id"] + cols).set_index("trial_id")
     for side in ("a", "b"):
         part = res.reindex(pairs[f"trial_{side}"])

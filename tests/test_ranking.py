@@ -158,7 +158,7 @@ def test_no_negative_zero_anywhere():
     assert interval(-1e-9, 1e-9) == " [0.000, 0.000]" and interval(np.nan, 1.0) == ""
     merged = _ranking_with_ties()
     html = ranking_html(merged, "granulated_kendall", ["granulated_kendall"])
-    assert "0.000 <small>[-0.200, 0.000]</small>" in html
+    assert "0.000 <small class='ci'>[-0.200, 0.000]</small>" in html
     assert "<td>+1, &minus;1</td>" in html and "b, d <small>(the same ranks)</small>" in html
     table = pd.DataFrame({"group": ["all"], "measure": ["a"], "n_trials": [5], "n_configs": [3],
                           "statistic": ["kendall"], "value": [-1e-5], "ci_low": [-3e-4],

@@ -63,6 +63,10 @@ def equivalent_measures(df: pd.DataFrame, measures: Sequence[str], target: str =
     ``hyperparameter_columns(df, exclude=measures + [target])``)."""
     from analysis.stats.configs import hyperparameter_columns
 
+    from analysis import args as argcheck
+
+    measures = argcheck.names(measures, "measures") or []
+    hyperparameters = argcheck.names(hyperparameters, "hyperparameters")
     present = [m for m in measures if m in df.columns]
     if hyperparameters is None:
         hyperparameters = hyperparameter_columns(df, exclude=[*present, target])

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis import args as argcheck
 from analysis.stats.bootstrap import _bootstrap_indices, _percentiles, check_n_boot
 from analysis.stats.cmi import check_k
 from analysis.stats.configs import (
@@ -187,6 +188,13 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     called with the evaluations of one measure done so far out of ``total`` (measures x groups
     x (n_boot + 1)) once the estimates are made (first: in this process, or the processes'
     first tasks) and after each replicate, for a progress bar and an estimate of the time left."""
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"df: a {type(df).__name__}; allowed: a pandas DataFrame "
+                         "(analysis.load_results)")
+    measures = argcheck.names(measures, "measures")
+    hyperparameters = argcheck.names(hyperparameters, "hyperparameters")
+    argcheck.processes(processes)
+    argcheck.seed(seed)
     _check_columns(df, [target], "target")
     measures = measure_columns(df) if measures is None else list(dict.fromkeys(measures))
     if hyperparameters is None:

@@ -297,6 +297,24 @@ def _config_error(check):
     return checked
 
 
+def _address(v) -> str | None:
+    """cluster.address: null, ``auto``, ``ray://HOST:PORT`` or ``HOST:PORT`` (a port 1-65535):
+    its form only, so that `sweep plan` refuses what `sweep launch` would (whether a cluster
+    answers there is asked when one is used: sweep.connect)."""
+    import re
+
+    if v is None:
+        return None
+    text = str(v).strip()
+    m = re.fullmatch(r"(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})", text)
+    if text == "auto" or (m and 1 <= int(m.group(2)) <= 65535) or (
+            text.startswith("ray://") and re.fullmatch(r"ray://[^\s:/]+", text)):
+        return text  # (ray://HOST: the Ray Client's default port)
+    raise ConfigError(f"cluster.address: {v!r} is not an address; allowed: null (a local Ray on "
+                      "127.0.0.1), auto, HOST:PORT (the head's GCS port, e.g. 127.0.0.1:6379) "
+                      "or ray://HOST:PORT")
+
+
 def _fixed_nodes(v) -> bool | None:
     """cluster.fixed_nodes: true, false or null (not said)."""
     if v is not None and not isinstance(v, bool):
@@ -756,7 +774,7 @@ def from_dict(d: dict[str, Any]) -> SweepConfig:
                                    positive=True),
         ),
         cluster=ClusterConfig(
-            address=None if address is None else str(address),
+            address=_address(address),
             num_cpus=_int("cluster.num_cpus", c.get("num_cpus"), lo=1, allow_none=True),
             fixed_nodes=_fixed_nodes(c.get("fixed_nodes")),
             # (a sweep stored before the key existed: its default)

@@ -1,6 +1,7 @@
 """Bad input found by a helper's audit that crashed with a traceback (or left a file behind)
 instead of one line and exit 2: integers beyond 64 bits, a seed beyond numpy's samplers' 32
-bits, absurd widths and depths, a data root under a user that does not exist; and a refused
+bits, absurd widths and depths, a data root under a user that does not exist, a
+cluster.address that `sweep plan` took and `sweep launch` refused; and a refused
 `sweep measure` that still rewrote measures.json."""
 
 import json
@@ -30,6 +31,8 @@ def _refused(capsys, args, *words):
     ("space.width=[9223372036854775807]", ("space.width", "16777216")),
     ("space.depth=[100000]", ("space.depth", "10000")),
     ('dataset.root="~nosuchuser-for-sure/x"', ("files not found under ~nosuchuser-for-sure/x",)),
+    ("cluster.address=garbage", ("cluster.address: 'garbage' is not an address", "HOST:PORT")),
+    ("cluster.address=127.0.0.1:notaport", ("is not an address",)),
 ])
 @pytest.mark.parametrize("command", ["plan", "launch"])
 def test_values_that_crashed_are_one_line_and_write_nothing(tmp_path, capsys, command, override,

@@ -884,15 +884,18 @@ def override_key(override: str) -> tuple[str, str]:
     return "", key
 
 
-def check_override_keys(overrides, allow_groups: bool = True) -> None:
-    """ConfigError naming the first override whose key is not in the schema, with the closest
-    valid keys; before Hydra composes anything (its own struct-mode error would name the key
-    but not the alternatives)."""
+def check_override_keys(overrides) -> None:
+    """ConfigError naming the first override whose key is not in the schema (nor a config
+    group: ``GROUPS``), with the closest valid keys; before Hydra composes anything (its own
+    struct-mode error would name the key but not the alternatives)."""
     keys = set(schema_keys())
     for o in overrides:
         _, key = override_key(o)
-        if key.startswith("hydra.") or (allow_groups and key in GROUPS):
-            continue
+        if key.startswith("hydra.") or key in GROUPS:  # (a group: the caller says whether it
+            continue  # may be given; resume and measure refuse it as a key they cannot change)
+        if not key:
+            raise ConfigError(f"{o!r}: no key before '='; allowed: KEY=VALUE (every key, its "
+                              "default and allowed values: sweep show --keys)")
         if key not in keys:
             raise ConfigError(unknown_key_message(key))
 

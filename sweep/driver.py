@@ -171,7 +171,7 @@ def stored_config(sweep_dir: str | Path | SweepDir, overrides: list[str] = (),
         version = int(doc.get("identity_version", 1))
     except Exception as e:
         raise ConfigError(f"SWEEP_DIR: {meta} is unreadable ({type(e).__name__})") from None
-    check_override_keys(overrides, allow_groups=False)  # an unknown key: its closest keys
+    check_override_keys(overrides)  # an unknown key: its closest keys
     plain = []
     for o in overrides:
         prefix, key = override_key(o)

@@ -109,7 +109,11 @@ def measure_sweep(sweep_dir, overrides: list[str] = (), retry_errors: bool = Fal
             asked = f"each of the {len(cfg.measures)} measures asked for"
         else:
             asked = ", ".join(cfg.measures)
-        log(f"measures: nothing to evaluate (every finished trial has {asked} stored)")
+        finished = sum(r["status"] == Status.OK
+                       for r in out.index(trust_journal=True).values())
+        log("measures: nothing to evaluate (" + (
+            f"every finished trial has {asked} stored)" if finished else
+            "no trial has finished yet: `sweep resume` runs them, and measures them)"))
     return counts
 
 

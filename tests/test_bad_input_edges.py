@@ -57,3 +57,16 @@ def test_a_refused_measure_leaves_measures_json_as_it_was(tmp_path, capsys, ray_
              "none has saved weights")
     assert (out / "measures.json").read_bytes() == before
     assert "transitions_test" not in json.loads(before)
+
+
+def test_a_group_given_to_resume_or_measure_is_a_key_they_cannot_change(tmp_path, capsys):
+    """`experiment=` read as an unknown key whose closest valid key was "experiment"."""
+    out = tmp_path / "s"
+    assert main(["plan", *TINY, f"out={out}"]) == 0
+    capsys.readouterr()
+    for command in ("resume", "measure"):
+        _refused(capsys, [command, str(out), "experiment=paper_large"],
+                 f"{command}: cannot override 'experiment'")
+    _refused(capsys, ["plan", "=5"], "'=5': no key before '='", "KEY=VALUE")
+    assert main(["measure", str(out)]) == 0  # a planned sweep: none finished, none measured
+    assert "nothing to evaluate (no trial has finished yet" in capsys.readouterr().err

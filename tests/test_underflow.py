@@ -131,3 +131,20 @@ def test_ordinary_networks_still_agree_layer_by_layer(digits, act, depth):
     model = build_mlp(64, 64, depth, 10, act, 1.0, seed=0)
     check = compare_precisions(model, _double(model), x)
     assert check["agrees"] and check["hidden_rel_diff"] < 1e-5, check
+
+
+def test_a_margin_of_a_tie_is_zero_not_negative_zero(digits):
+    """A tie between the true class and another (z_y - max_j z_j rounds to -0.0, as the audit's
+    dead width-1 ReLU network gave) is a margin of 0.0, not -0.0 (printed as below 0): the
+    5th and 10th percentile margins of 40 points of which 20 are tied."""
+    from workers.measures import MeasureInputs, evaluate_outcomes
+
+    x, y = digits
+    model = build_mlp(64, 4, 2, 10, "relu", 1.0, seed=0)
+    tied = torch.tensor([-0.0] * 20 + [1.0] * 20, dtype=torch.float64)
+    assert torch.signbit(torch.sort(tied).values[0])  # (the k-th smallest is -0.0 itself)
+    inputs = MeasureInputs(model, x[:40], y[:40], x[:40], y[:40], None, (1, 8, 8), 0, 0,
+                           {"margins": tied})
+    out = evaluate_outcomes(inputs, ["margin_gamma5", "margin_gamma10"])
+    for k, o in out.items():
+        assert o.value == 0.0 and math.copysign(1.0, o.value) == 1.0, (k, o.value, o.error)

@@ -203,7 +203,7 @@ def gamma(inputs: MeasureInputs, q: float) -> float:
         raise Undefined(f"the network's outputs are not finite at {bad} of {len(mg)} training "
                         "points: no margin there")
     k = max(1, math.floor(q * len(mg) / 100))
-    return float(torch.sort(mg).values[k - 1])
+    return float(torch.sort(mg).values[k - 1]) + 0.0  # (+ 0.0: a tie's -0.0 is stored as 0.0)
 
 
 def _positive_gamma(inputs, q) -> float:

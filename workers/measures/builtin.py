@@ -158,7 +158,10 @@ def _require_loops_agree(inputs: MeasureInputs, images: torch.Tensor) -> None:
           needs=("model", "test_inputs", "image_shape"),
           lower={"points": 0, "k": 2},  # points 0: off (``MetricSpec.active_measures``)
           record={"transitions_points": "points", "transitions_method": "method",
-                  "transitions_k": "k"})
+                  "transitions_k": "k"},
+          version=2)  # 2: undefined where the float64 copy disagrees in a hidden layer
+# (workers.measures.precision, 2026-12-08): version 1 counted an underflowed float32 network's
+# float64 copy (its activation patterns are not the scored network's)
 def transitions_test(inputs: MeasureInputs, *, points: int | None = 100,
                      k: int = 4096) -> MeasureValue:
     """Mean number of transitions along the translation loops of a seeded subset of

@@ -479,8 +479,9 @@ def fisher_rao_value(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048,
 
 
 # version 2: sum_c s_c (df_c - df_y), exact at large margins (version 1 formed s_y - 1, which
-# rounds to 0 from margins of about 37: values about 10x too large there)
+# rounds to 0 from margins of about 37: values about 10x too large there); version 3: undefined
+# where the float64 copy disagrees in a hidden layer (workers.measures.precision, 2026-12-08)
 _reg("fisher_rao", f"{JIANG} 45 (Liang et al. 2019)", TRAIN,
      lambda i: fisher_rao_value(i.model, i.x_train, i.y_train, m64=model64(i)),
      "((d + 1)^2 / m) sum_S <w, grad_w l(f_w(x), y)>^2, by forward-mode differentiation.",
-     version=2)
+     version=3)

@@ -600,8 +600,10 @@ def _define(name, eq, magnitude, kind, doc):
 
     fn.__doc__ = doc + " sigma' by the seeded bisection of the module docstring."
     fn.__name__ = fn.__qualname__ = name
+    # version 2: undefined where the float64 copy disagrees in a hidden layer
+    # (workers.measures.precision, 2026-12-08; version 1 checked the logits alone)
     register(name, source=f"{JIANG}, Eq. {eq}", needs=needs, group="pacbayes",
-             check=_search_check(name))(fn)
+             check=_search_check(name), version=2)(fn)
 
 
 _define("pacbayes_flatness", 53, False, "flatness", "1 / sigma'^2.")
@@ -655,8 +657,9 @@ def expected_sharpness_curve(model, x: torch.Tensor, y: torch.Tensor, alphas, *,
 
 @register("expected_sharpness", source="Neyshabur et al. 2017, §3 and Fig. 2",
           needs=TRAIN, check=_curve_check,
-          version=2)  # 2: the loss in the stable form (_losses): version 1 was 0 or inexact
-# from training margins of about 30
+          version=3)  # 2: the loss in the stable form (_losses): version 1 was 0 or inexact
+# from training margins of about 30; 3: undefined where the float64 copy disagrees in a hidden
+# layer (workers.measures.precision) and where the loss change is below float64's resolution
 def expected_sharpness(inputs: MeasureInputs, *, alpha_min: float = 1e-4, alpha_max: float = 1e-1,
                        alphas: int = 10, alpha: float = 1e-3, samples: int = 10,
                        points: int | None = 500) -> MeasureValue:

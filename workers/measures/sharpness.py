@@ -97,9 +97,11 @@ BELOW_RANGE = ("the training loss is below float64's range at every point and ev
 @register("sharpness", source="Neyshabur et al. 2017, §3 (Keskar et al. 2017's sharpness)",
           needs=("model", "train_inputs", "train_labels"),
           lower={"alpha": 0.0, "steps": 0},  # (alpha 0: the value 0; steps 0: the random start)
-          version=3)  # 2: the random start seeded from the trial's own seed too (draw_seed);
+          version=4)  # 2: the random start seeded from the trial's own seed too (draw_seed);
 # 3: the loss in the stable form (cross_entropy_float64): version 2 was 0 or inexact from
-# training margins of about 30 (float64 logsumexp - z_y rounds to 0 from about 37)
+# training margins of about 30 (float64 logsumexp - z_y rounds to 0 from about 37);
+# 4: undefined where the float64 copy disagrees in a hidden layer (workers.measures.precision)
+# and where the loss change is below float64's resolution (version 3 stored 0 there)
 def sharpness(inputs: MeasureInputs, *, alpha: float = 5e-4, points: int | None = 1000,
               steps: int = 20) -> MeasureValue:
     """max_{|nu_k| <= alpha (|w_k| + 1)} (L(w + nu) - L(w)) / (1 + L(w)) over a seeded subset

@@ -458,12 +458,8 @@ def check_location(location: "str | Path | Store", key: str = "out",
     if write:
         probe = f"{PROBE_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
         try:
-            missing, path = [], st.root  # the directories (markers) the probe will create
-            while "/" in path and st.fs.get_file_info(path).type == pafs.FileType.NotFound:
-                missing.append(path)
-                path = posixpath.dirname(path)
             st.write_bytes(probe, b"")
-            _remove_probe(st, probe, missing)
+            _remove_probe(st, probe)
         except OSError as e:
             raise Unreachable(f"{key}: cannot write to {st.location} ({_first_line(e)}); "
                               "check that the credentials may write there, or choose another "
@@ -471,25 +467,16 @@ def check_location(location: "str | Path | Store", key: str = "out",
     return st
 
 
-def _remove_probe(st: Store, probe: str, missing: list[str]) -> None:
-    """Remove the write probe ``probe`` of an object store and the directory markers its
-    removal leaves at ``missing`` (the prefixes that did not exist before it, deepest first;
-    pyarrow marks a parent that would otherwise vanish). Another driver may probe the same new
-    prefix at the same moment: its probe may already have taken ours away, or removed a marker,
-    and a marker is removed only while nothing else is under it (``delete_dir`` is recursive:
-    a peer's probe or lock under it must stay)."""
+def _remove_probe(st: Store, probe: str) -> None:
+    """Remove the write probe ``probe`` of an object store. The empty directory markers that
+    pyarrow leaves where the probe's prefix was new stay: pyarrow removes a marker only with
+    the recursive ``delete_dir``, which could take a peer driver's probe or lock written under
+    the same new prefix at the same moment (a check of the listing first still leaves a window;
+    a review reproduced it). Another driver's cleanup may have taken this probe already."""
     try:
         st.delete(probe)
-    except FileNotFoundError:  # (a peer's cleanup of the same new prefix took it)
+    except FileNotFoundError:
         pass
-    for path in missing:  # deepest first: each removal may re-mark its parent
-        under = st.fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-        if under or st.fs.get_file_info(path).type != pafs.FileType.Directory:
-            return  # (someone else's objects: the prefix is theirs too now)
-        try:
-            st.fs.delete_dir(path)
-        except FileNotFoundError:
-            pass
 
 
 PROBE_BYTES = 65536  # what the write probe of a local path writes (about a result file or two)

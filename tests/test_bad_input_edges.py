@@ -31,6 +31,9 @@ def _refused(capsys, args, *words):
     ("space.width=[9223372036854775807]", ("space.width", "16777216")),
     ("space.depth=[100000]", ("space.depth", "10000")),
     ('dataset.root="~nosuchuser-for-sure/x"', ("files not found under ~nosuchuser-for-sure/x",)),
+    (f"space.lr=[{10**400}]", ("space.lr: must be finite, got an integer of 401 digits",)),
+    (f"cluster.node_wait={10**400}", ("cluster.node_wait", "allowed: seconds")),
+    (f"resources.trial_timeout={10**400}", ("resources.trial_timeout", "allowed: seconds")),
     ("cluster.address=garbage", ("cluster.address: 'garbage' is not an address", "HOST:PORT")),
     ("cluster.address=127.0.0.1:notaport", ("is not an address",)),
 ])

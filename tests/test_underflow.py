@@ -76,7 +76,28 @@ def test_a_float32_network_whose_hidden_units_underflowed_is_not_measured_in_flo
     assert "underflows to 0" in v.reasons["jacobian_norm_test"]
     for k in ("transitions_test", "fisher_rao", "sharpness", "expected_sharpness"):
         assert (f"every float32 pre-activation of hidden layer {layer + 1} is exactly 0 "
-                "(underflow") in v.reasons[k], (k, v.reasons[k])
+                "(the network is constant there") in v.reasons[k], (k, v.reasons[k])
+        assert "float32 underflowed" in v.reasons[k]
+
+
+def test_underflow_at_some_points_only_is_found_however_large_the_others_are(digits):
+    """A layer's largest |value| over the points sets the tolerance, so points whose float32
+    layer underflowed to all 0 passed while other points were large (review): the digits and
+    the same digits scaled by 1e-10, through a deep ReLU network of small init."""
+    x, _ = digits
+    model = build_mlp(64, 16, 65, 10, "relu", 0.3, seed=0)
+    both = torch.cat([x[:60], x[:60] * 1e-10])
+    ref = _numpy_hidden(model, both)  # float64: the scaled points' last layer is not all 0
+    assert (np.abs(ref[-1][60:]).max(axis=1) > 0).all()
+    with torch.no_grad():
+        h = both
+        for m in list(model)[:-1]:
+            h = m(h)
+    dead = int((h[60:] == 0).all(dim=1).sum())  # ... while float32's is, at every one of them
+    assert dead == 60 and (h[:60] != 0).any()
+    assert compare_precisions(model, _double(model), x[:60])["agrees"]  # (the large ones alone)
+    check = compare_precisions(model, _double(model), both)
+    assert not check["agrees"] and 0 < check["hidden_dead"] <= 60, check  # (its first such layer)
 
 
 def test_saturated_tanh_units_leave_no_jacobian_but_clipped_hardtanh_ones_a_true_zero(digits):

@@ -56,8 +56,8 @@ def parse_budget(value, key: str = "train.time_budget") -> float | None:
     null for none. Returns seconds or None; raises ValueError naming what is allowed."""
     if value is None:
         return None
-    if (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-            and math.isfinite(value)):
+    if (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e300
+            and math.isfinite(value)):  # (an int beyond float64's range is refused below)
         return float(value)
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|min|h)\s*", str(value))
     if m and float(m.group(1)) > 0 and math.isfinite(float(m.group(1))):

@@ -43,7 +43,28 @@ def _hidden_layers(model, m64) -> list[int] | None:
             and len(model) == len(m64)):
         return None
     linear = [i for i, m in enumerate(model) if isinstance(m, nn.Linear)]
-    return linear[:-1]
+    return linear[:-1] if linear else None  # (none at the top level: nested, not walked)
+
+
+ROWS = 1024  # the float64 differences of a hidden layer are taken this many points at a time
+
+
+def _layer_stats(st: list, z: torch.Tensor, z64: torch.Tensor) -> None:
+    """Add one chunk of a hidden layer's pre-activations (``z`` as scored, ``z64`` its float64
+    copy's, [n, width]) to ``st`` = [largest |z|, largest |z64|, largest |z64 - z|, points
+    whose float32 row is all 0 while the float64 row is not], with at most ROWS x width
+    float64 values allocated at a time (a float64 copy of a wide layer is large)."""
+    if not z.numel():
+        return
+    inf = float("inf")
+    st[0] = max(st[0], float(torch.linalg.vector_norm(z, ord=inf)))
+    st[1] = max(st[1], float(torch.linalg.vector_norm(z64, ord=inf)))
+    for a in range(0, len(z), ROWS):
+        d = z[a:a + ROWS].to(torch.float64)
+        d.sub_(z64[a:a + ROWS])
+        st[2] = max(st[2], float(d.abs_().max()))
+        st[3] += int(((z[a:a + ROWS] == 0).all(dim=1)
+                      & (z64[a:a + ROWS] != 0).any(dim=1)).sum())
 
 
 @torch.no_grad()
@@ -56,7 +77,9 @@ def compare_precisions(model, m64, x: torch.Tensor, chunk: int | None = None) ->
     over hidden layers of max |h64 - h| / max |h| over the points (0 where both are 0
     everywhere, inf where only the float32 layer is: it underflowed), "hidden_layer": that
     layer's number (1 = the first hidden layer; None: the layers were not compared),
-    "hidden_scale": (the largest |h| of that layer in float32, in float64)}."""
+    "hidden_scale": (the largest |h| of that layer in float32, in float64), "hidden_dead":
+    the points where that layer's float32 row is all 0 and the float64 row is not (counted
+    as inf: underflow there, however large the layer is at other points)}."""
     from workers.metrics import SCORE_CHUNK
 
     chunk = chunk or SCORE_CHUNK  # the batches the network was scored in
@@ -64,7 +87,7 @@ def compare_precisions(model, m64, x: torch.Tensor, chunk: int | None = None) ->
     dtype = next(model.parameters()).dtype
     hidden = _hidden_layers(model, m64)
     # per hidden layer: the largest |h| in float32 and in float64, the largest difference
-    stats = [[0.0, 0.0, 0.0] for _ in hidden or []]
+    stats = [[0.0, 0.0, 0.0, 0] for _ in hidden or []]
     for a in range(0, n, chunk):
         xb = x[a:a + chunk]
         if hidden is None:
@@ -75,12 +98,7 @@ def compare_precisions(model, m64, x: torch.Tensor, chunk: int | None = None) ->
             for i, (m, m2) in enumerate(zip(model, m64)):
                 z, z64 = m(z), m2(z64)
                 if q < len(hidden) and i == hidden[q]:
-                    h = z.to(torch.float64)
-                    st = stats[q]
-                    if h.numel():
-                        st[0] = max(st[0], float(h.abs().max()))
-                        st[1] = max(st[1], float(z64.abs().max()))
-                        st[2] = max(st[2], float((z64 - h).abs().max()))
+                    _layer_stats(stats[q], z, z64)
                     q += 1
             z = z.to(torch.float64)
         rel = (z64 - z).abs().amax(dim=1) / (1 + z.abs().amax(dim=1))
@@ -88,16 +106,18 @@ def compare_precisions(model, m64, x: torch.Tensor, chunk: int | None = None) ->
         worst = max(worst, float(rel.max()) if len(rel) else 0.0)
         flips += int((z.argmax(dim=1) != z64.argmax(dim=1)).sum())
         nonfinite += int((~torch.isfinite(z)).any(dim=1).sum())
-    h_worst, h_layer, h_scale = 0.0, None, None
-    for q, (s32, s64, diff) in enumerate(stats):
+    h_worst, h_layer, h_scale, h_dead = 0.0, None, None, 0
+    for q, (s32, s64, diff, dead) in enumerate(stats):
         if not (math.isfinite(s32) and math.isfinite(diff)):
             continue  # (non-finite: said by the logits' check)
         r = 0.0 if diff == 0 else (diff / s32 if s32 > 0 else math.inf)
+        if dead:  # points whose float32 layer is all 0 where float64's is not: underflow
+            r, s32 = math.inf, 0.0  # there, however large the layer is at other points
         if h_layer is None or r > h_worst:
-            h_worst, h_layer, h_scale = r, q + 1, (s32, s64)
+            h_worst, h_layer, h_scale, h_dead = r, q + 1, (s32, s64), dead
     return {"agrees": worst <= RTOL and h_worst <= RTOL, "rel_diff": worst, "flips": flips,
             "points": n, "nonfinite": nonfinite, "hidden_rel_diff": h_worst,
-            "hidden_layer": h_layer, "hidden_scale": h_scale}
+            "hidden_layer": h_layer, "hidden_scale": h_scale, "hidden_dead": h_dead}
 
 
 def disagreement(check: dict, where: str) -> str:
@@ -108,11 +128,15 @@ def disagreement(check: dict, where: str) -> str:
     if check["rel_diff"] <= RTOL and check.get("hidden_rel_diff", 0.0) > RTOL:
         layer, (s32, s64) = check["hidden_layer"], check["hidden_scale"]
         if s32 == 0:
+            dead = check.get("hidden_dead") or check["points"]
+            at = (f"on {check['points']} {where}" if dead >= check["points"] else
+                  f"at {dead} of {check['points']} {where}")
             return (f"the float64 re-evaluation is another function than the float32 network "
-                    f"that was scored: on {check['points']} {where} every float32 "
-                    f"pre-activation of hidden layer {layer} is exactly 0 (underflow: the "
-                    f"network is constant from there on) where the float64 copy's reach "
-                    f"{s64:.3g}")
+                    f"that was scored: {at} every float32 pre-activation of hidden layer "
+                    f"{layer} is exactly 0 (the network is constant there from that layer on) "
+                    f"where the float64 copy's are not"
+                    + (f" (up to {s64:.3g})" if dead >= check["points"] else "")
+                    + ": float32 underflowed")
         return (f"the float64 re-evaluation is another function than the float32 network that "
                 f"was scored: on {check['points']} {where} the pre-activations of hidden layer "
                 f"{layer} differ by up to {check['hidden_rel_diff']:.3g} of the layer's largest "

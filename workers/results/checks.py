@@ -55,7 +55,11 @@ def check_float(key: str, v, positive=False, lo=None, hi=None) -> float:
     """A finite number (as a float), > 0 if ``positive``, in [lo, hi]."""
     if not (isinstance(v, (int, float)) and not isinstance(v, bool)):
         raise ValueError(f"{key}: expected a number, got {v!r}")
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:  # (an integer beyond float64's range: 10**400)
+        raise ValueError(f"{key}: must be finite, got an integer of {len(str(abs(v)))} "
+                         "digits") from None
     if v != v or v in (float("inf"), float("-inf")):
         raise ValueError(f"{key}: must be finite, got {v}")
     if positive and v <= 0:

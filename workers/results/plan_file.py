@@ -176,13 +176,14 @@ def pending_rows(out, ids: list[str], move_invalid: bool = True,
     unless its size and modification time match the drivers' journal (a truncated or rewritten
     file never does); ``verify`` reads every file. A file of a newer release's schema
     (``newer_release``) raises NewerResult before anything is moved (with ``move_invalid``;
-    else it counts as without a result here)."""
+    else it is not pending: not this release's to run)."""
     out = store(out)
     readable = result_index(out, trust_journal=not verify)
-    present = set(result_ids(out)) if move_invalid else set()
-    newer = {tid: v for tid in present - set(readable)
+    present = set(result_ids(out))
+    newer = {tid: v for tid in (present & set(ids)) - set(readable)
              if (v := newer_release(out, tid)) is not None}
-    if newer:  # a newer release's results: valid there, never set aside or run again here
+    if newer and move_invalid:  # a newer release's results: valid there, never set aside or
+        # run again here (counting only, they are not this release's to run: not pending)
         tid, v = next(iter(newer.items()))
         raise NewerResult(
             f"{len(newer)} result file(s) of this sweep were written by a newer release of "
@@ -192,9 +193,9 @@ def pending_rows(out, ids: list[str], move_invalid: bool = True,
     todo = []
     for i, tid in enumerate(ids):
         r = readable.get(tid)
-        if r is not None and not r["retryable"]:
+        if (r is not None and not r["retryable"]) or tid in newer:
             continue
-        if tid in present:
+        if move_invalid and tid in present:
             why = RETRIED if tid in readable else INVALID
             out.move(trial_file(tid), aside_file(tid, why, time.time_ns()))
         todo.append(i)

@@ -142,6 +142,14 @@ def test_bad_declarations_and_names_are_refused(scratch_registry):
         register("jacobian_norm_test", source="s")(lambda i: 0.0)
     with pytest.raises(ValueError, match="version"):
         register("m2", source="s", version=0)(lambda i: 0.0)
+    # a default before the `*`: no setting (its values were stored with none and kept when the
+    # default changed; a new user's finding), refused naming the keyword-only form
+    with pytest.raises(ValueError, match=r"'points' has a default but is not keyword-only.*"
+                                         r"fn\(inputs, \*, points=default"):
+        register("m3", source="s")(lambda i, points=200: 0.0)
+    assert "m3" not in REGISTRY
+    register("m4", source="s")(lambda i, *, points=200: 0.0)
+    assert REGISTRY["m4"].settings == {"points": 200}
     model, x, y = _model_and_data()
     with pytest.raises(ValueError, match="unknown"):
         evaluate(model, ["no_such_measure"], x_test=x)

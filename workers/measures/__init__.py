@@ -145,7 +145,10 @@ def _signature_settings(name: str, fn: Callable, given: Mapping[str, Any] | None
     each with its default. ``given`` (``register``'s ``settings=``, an explicit list of
     them) must agree: it names every keyword-only parameter with its default, and otherwise
     only parameters of ``fn`` (or any, if ``fn`` takes ``**settings``). ValueError otherwise,
-    or for a keyword-only parameter without a default."""
+    for a keyword-only parameter without a default, or (without ``given``) for a parameter
+    with a default that is not keyword-only (it would be no setting: ``fn(inputs,
+    points=200)`` stored its values as if it had none, and kept them when the default
+    changed)."""
     import inspect
 
     params = list(inspect.signature(fn).parameters.values())[1:]
@@ -157,6 +160,13 @@ def _signature_settings(name: str, fn: Callable, given: Mapping[str, Any] | None
                                  "allowed: fn(inputs, *, setting=default, ...)")
             kwonly[p.name] = p.default
     if given is None:
+        plain = [p.name for p in params
+                 if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty]
+        if plain:  # (not a setting: its values would be stored as if it had none, and kept
+            # when its default changes)
+            raise ValueError(f"measure {name!r}: parameter {plain[0]!r} has a default but is "
+                             "not keyword-only, so it would not be a setting; allowed: "
+                             f"fn(inputs, *, {plain[0]}=default, ...)")
         return kwonly
     given, named = dict(given), {p.name: p for p in params}
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params)

@@ -326,10 +326,15 @@ _NEYSHABUR = {
     "l1_inf": "(prod_i max_j ||W_i[j, :]||_1)^2 / gamma_5^2 (l_{1,inf} norm over the margin: the "
               "largest l1 norm of a unit's incoming weights)",
 }
+def _from_log_of(name: str, logf):
+    """The measure ``name`` from its log ``logf`` (a closure: a default argument would read as
+    a setting of the measure)."""
+    return lambda i: from_log(name, logf(i))
+
+
 for _kind, _doc in _NEYSHABUR.items():
     _logf = _log_neyshabur(_kind)
-    _reg(f"neyshabur_{_kind}", NEY, TRAIN,
-         lambda i, f=_logf, n=f"neyshabur_{_kind}": from_log(n, f(i)),
+    _reg(f"neyshabur_{_kind}", NEY, TRAIN, _from_log_of(f"neyshabur_{_kind}", _logf),
          f"{_doc}; undefined beyond float64's range (log_neyshabur_{_kind} holds its log).")
     _reg(f"log_neyshabur_{_kind}", NEY, TRAIN, _logf,
          f"log of {_doc}, computed in log space (defined at any depth).")
@@ -371,15 +376,21 @@ def _families():
                                      ("fro", "||W_i||_F^2", _log_prod_fro, (37, 36, 39, 38))):
         _reg(f"log_prod_of_{kind}", f"{JIANG} {eqs[0]}", ("model",), logprod,
              f"sum_i log {norm}.")
-        _reg(f"log_prod_of_{kind}_over_margin", f"{JIANG} {eqs[1]}", TRAIN,
-             lambda i, lp=logprod: lp(i) - 2 * _log_gamma(i),
+        over, total, total_over = _forms(logprod)
+        _reg(f"log_prod_of_{kind}_over_margin", f"{JIANG} {eqs[1]}", TRAIN, over,
              f"sum_i log {norm} - 2 log gamma_10.")
-        _reg(f"log_sum_of_{kind}", f"{JIANG} {eqs[2]}", ("model",),
-             lambda i, lp=logprod: math.log(_d(i)) + lp(i) / _d(i),
+        _reg(f"log_sum_of_{kind}", f"{JIANG} {eqs[2]}", ("model",), total,
              f"log d + (1/d) log_prod_of_{kind}.")
-        _reg(f"log_sum_of_{kind}_over_margin", f"{JIANG} {eqs[3]}", TRAIN,
-             lambda i, lp=logprod: math.log(_d(i)) + (lp(i) - 2 * _log_gamma(i)) / _d(i),
+        _reg(f"log_sum_of_{kind}_over_margin", f"{JIANG} {eqs[3]}", TRAIN, total_over,
              f"log d + (1/d) (log_prod_of_{kind} - 2 log gamma_10).")
+
+
+def _forms(lp):
+    """The over-margin, sum and sum-over-margin forms of the log product ``lp`` (closures: a
+    default argument would read as a setting of the measure)."""
+    return (lambda i: lp(i) - 2 * _log_gamma(i),
+            lambda i: math.log(_d(i)) + lp(i) / _d(i),
+            lambda i: math.log(_d(i)) + (lp(i) - 2 * _log_gamma(i)) / _d(i))
 
 
 _families()
@@ -390,7 +401,7 @@ def _fro_over_spec(i, num=None):
                for f, s in zip(num, _spec(i)))
 
 
-_reg("fro_over_spec", f"{JIANG} 33", ("model",), _fro_over_spec,
+_reg("fro_over_spec", f"{JIANG} 33", ("model",), lambda i: _fro_over_spec(i),
      "sum_i ||W_i||_F^2 / ||W_i||_2^2.")
 _reg("log_spec_orig_main", f"{JIANG} 30", TRAIN,
      lambda i: _log_prod_spec(i) - 2 * _log_gamma(i)

@@ -568,7 +568,7 @@ def jacobian_gap_figure(df: pd.DataFrame, path: str | Path,
     coloured by non-linearity."""
     return _per_dataset(df, "jacobian_norm_test", "activation", path,
                         "Fig. 5: Jacobian norm vs generalization gap",
-                        "Jacobian norm  E_test ||d softmax / dx||_F",
+                        "Jacobian norm: E_test ||d softmax / dx||_F",
                         hyperparameters=hyperparameters)
 
 

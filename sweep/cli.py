@@ -45,6 +45,13 @@ def cmd_show(overrides: list[str], keys: bool = False) -> int:
     from sweep.config import ConfigError
     from sweep.show import show
 
+    first = next((o for o in overrides if "=" not in o and not o.startswith("~")), None)
+    if first is not None:  # (a sweep directory, most likely: show composes a configuration)
+        from workers.results.layout import SWEEP_FILE
+
+        return _fail(f"{first}: not KEY=VALUE; sweep show composes a configuration from "
+                     f"overrides (a sweep's own is in its {SWEEP_FILE}; sweep status DIR shows "
+                     "its progress)")
     try:
         text = show(overrides, keys=keys)
     except ConfigError as e:

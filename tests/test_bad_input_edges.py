@@ -73,3 +73,9 @@ def test_a_group_given_to_resume_or_measure_is_a_key_they_cannot_change(tmp_path
     _refused(capsys, ["plan", "=5"], "'=5': no key before '='", "KEY=VALUE")
     assert main(["measure", str(out)]) == 0  # a planned sweep: none finished, none measured
     assert "nothing to evaluate (no trial has finished yet" in capsys.readouterr().err
+
+
+def test_show_given_a_sweep_directory_says_what_it_takes(tmp_path, capsys):
+    """`sweep show runs/x` read the directory as an unknown key."""
+    _refused(capsys, ["show", str(tmp_path)], f"{tmp_path}: not KEY=VALUE",
+             "sweep status DIR")

@@ -770,3 +770,25 @@ def test_the_model_selection_names_merged_measures_as_the_ranking_does():
     assert list(out["measures"]) == [("n_params", "params"), ("margin_gamma5",)]
     assert list(out["signs"]) == [(-1, 1), (-1,)]
     assert list(sel["measures"]) == [("params", "n_params"), ("margin_gamma5",)]  # a copy
+
+
+def test_a_measure_without_any_value_is_named_with_its_reason(tmp_path, monkeypatch):
+    """A user measure that raised on every trial was only a row of n/a in the model selection
+    (a new user's finding): the page now names it and its error, and the statistics leave it
+    out."""
+    from workers.measures import Outcome
+    from workers.results.measure_table import write_outcome
+
+    undrawn_figures(monkeypatch)
+    d = tmp_path / "s"
+    rows = synthetic_sweep(d, np.random.default_rng(3))
+    for r in rows:
+        write_outcome(d, r["trial_id"], Outcome("boom", None, 1, {}, 0.01,
+                                                "RuntimeError: no convergence\n  (traceback)"))
+    page = Path(make_report(d, n_boot=0, processes=1)).read_text()
+    n_fit = len(fits_training_set(load_results(d)))
+    assert ("<b>Measures without a value on any passing trial</b>" in page
+            and f"<code>boom</code>: RuntimeError: no convergence (on all {n_fit} passing "
+                "trials)" in page), page[:3000]
+    stats = pd.read_csv(d / "report" / "statistics.csv")
+    assert "boom" not in set(stats["measure"])

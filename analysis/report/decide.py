@@ -428,7 +428,9 @@ class Report:
     (``analysis.selection.model_selection``, empty without one); ``figures`` drawn (name -> PNG
     path, in drawing order) with what their captions say of the data (``captions``);
     ``notes`` about figures; ``seconds`` it took; ``mixed``: a sentence per measure whose values
-    were computed under several versions or settings (``analysis.load.mixed_note``)."""
+    were computed under several versions or settings (``analysis.load.mixed_note``);
+    ``valueless``: the measures without a value on any passing trial, with why
+    (``valueless_measures``)."""
 
     location: str
     n_trials: int
@@ -454,6 +456,7 @@ class Report:
     merged: pd.DataFrame = field(default_factory=pd.DataFrame)
     ties: list[Tie] = field(default_factory=list)
     used: dict[str, int] = field(default_factory=dict)
+    valueless: tuple[tuple[str, int, str], ...] = ()
     n_seeds: int = 0
     selection: pd.DataFrame = field(default_factory=pd.DataFrame)
     single_pairs: SinglePairs | None = None
@@ -478,6 +481,34 @@ def _names_as_ranked(selection: pd.DataFrame, groups) -> pd.DataFrame:
     if "signs" in out.columns:
         out["signs"] = signs
     return out
+
+
+def valueless_measures(st, fit: pd.DataFrame, measures) -> tuple[tuple[str, int, str], ...]:
+    """(measure, passing trials, the most common reason) of each of ``measures`` (columns of
+    the results) without a value on any of the passing trials ``fit``: the statistics and the
+    ranking leave it out, and the page says why (a measure that raised on every trial was
+    otherwise a row of n/a). Only measures with stored values there (asked for and run); the
+    reason is their most common error's first line (``analysis.load_measures``)."""
+    from analysis.load import load_measures
+
+    names = [m for m in measures if m in fit.columns and len(fit) and fit[m].isna().all()]
+    if not names:
+        return ()
+    try:
+        stored = load_measures(st, measures=names)
+    except Exception:  # (the reasons are a courtesy: the page is made without them)
+        stored = pd.DataFrame(columns=["trial_id", "measure", "error"])
+    stored = stored[stored["trial_id"].isin(set(fit["trial_id"]))]
+    out = []
+    for m in names:
+        if not (stored["measure"] == m).any():  # (never measured here: a legacy column)
+            continue
+        errors = stored.loc[stored["measure"] == m, "error"].dropna().astype(str)
+        errors = errors.map(lambda e: e.strip().splitlines()[0] if e.strip() else "")
+        errors = errors[errors != ""]
+        why = errors.value_counts().index[0] if len(errors) else "no value"
+        out.append((m, len(fit), why))
+    return tuple(out)
 
 
 def decide(st, df: pd.DataFrame, fit: pd.DataFrame, train_acc: float, table: pd.DataFrame,
@@ -515,6 +546,7 @@ def decide(st, df: pd.DataFrame, fit: pd.DataFrame, train_acc: float, table: pd.
         n_seeds=int(fit["seed"].nunique()) if "seed" in fit else 0,
         selection=selection if selection is not None else pd.DataFrame(),
         single_pairs=single_pair_environments(fit, hyperparameters),
+        valueless=valueless_measures(st, fit, df.attrs.get("measures", [])),
         mixed=tuple(mixed_note(m, kinds, sweep_dir if sweep_dir is not None else st)
                     for m, kinds in sorted(df.attrs.get("mixed_settings", {}).items()))
         + ((outdated_note(df.attrs["outdated"], sweep_dir if sweep_dir is not None else st),)

@@ -519,6 +519,17 @@ def mixed_html(mixed) -> str:
             + "<br>".join(code(m) for m in mixed) + "</p>")
 
 
+def valueless_html(valueless) -> str:
+    """The warning that some measures have no value on any passing trial (left out of the
+    statistics and the ranking), each with its most common reason; empty when none."""
+    if not valueless:
+        return ""
+    rows = "<br>".join(f"<code>{html.escape(m)}</code>: {html.escape(why)} (on all {n} passing "
+                       "trials)" for m, n, why in valueless)
+    return ("<p class='warn'><b>Measures without a value on any passing trial</b> (not ranked; "
+            "<code>analysis.load_measures</code> has each trial's error):<br>" + rows + "</p>")
+
+
 def render(r: Report) -> str:
     """The report page: header and caveats, configuration, ranking, statistics, figures."""
     status = ", ".join(f"{v} {k}" for k, v in r.statuses.items())
@@ -536,6 +547,7 @@ def render(r: Report) -> str:
         f"accuracy {at_least(r.train_acc, '&ge;')} "
         "(<code>analysis.filters.fits_training_set</code>).</p>",
         mixed_html(r.mixed),
+        valueless_html(r.valueless),
         filter_html(r.filter),
         unfit_html(r.unfit, r.train_acc),
         config_summary_html(r.config),

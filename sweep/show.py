@@ -158,6 +158,17 @@ def show(overrides: list[str] | tuple[str, ...] = (), keys: bool = False) -> str
                 + (f"; an integer >= {lowest} or all (every point)" if kind == "points" else "")
                 + ("; 0 = off" if kind == "points" and lowest == 0 else "")
                 + ("; sets the six PAC-Bayes measures" if name == "pacbayes" else ""))
+    from workers.results.measure_values import METRIC_ALIASES
+
+    base = (yaml.safe_load((conf_dir() / "config.yaml").read_text()) or {}).get("metrics", {})
+    for alias, targets in METRIC_ALIASES.items():  # (an older name beside the key in use)
+        key = f"metrics.{alias}"
+        if key in docs:
+            names = ", ".join(f"measure_settings.{m}.{k}" for m, k in targets)
+            at_default = alias in base and d.get("metrics", {}).get(alias) == base[alias]
+            docs[key] = (f"older name of {names}"
+                         + ("; at this default it sets nothing (that key's value is used)"
+                            if at_default else "") + f"; {docs[key]}")
     allowed = allowed_values()
     flat = _flat(d)
     flat = {"experiment": experiment, "dataset": cfg.dataset.name, **flat}

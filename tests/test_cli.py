@@ -277,3 +277,17 @@ def test_the_command_line_shows_the_projects_warnings_as_note_lines():
     assert other.startswith("/usr/lib/python3/dist-packages/x.py:7: UserWarning: x")
     assert "DeprecationWarning" in _user_warning("y", DeprecationWarning,
                                                  analysis.load.__file__, 3)
+
+
+def test_show_keys_says_an_older_metrics_name_at_its_default_sets_nothing(capsys):
+    """The demo's `sweep show --keys` listed metrics.transitions_points 100 beside
+    measure_settings.transitions_test.points 25 without saying which is used (new user)."""
+    assert main(["show", "--keys"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines()
+                if ln.startswith("metrics.transitions_points "))
+    assert ("older name of measure_settings.transitions_test.points; at this default it sets "
+            "nothing (that key's value is used)") in line
+    assert main(["show", "--keys", "metrics.transitions_points=7"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines()
+                if ln.startswith("metrics.transitions_points "))
+    assert "older name of" in line and "sets nothing" not in line

@@ -16,6 +16,7 @@ seed (the same points across trials), the random start from the trial (``draw_se
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from workers.measures import MeasureInputs, MeasureValue, Undefined, draw_seed, register
@@ -55,10 +56,11 @@ def sharpness_value(model, x: torch.Tensor, y: torch.Tensor, alpha: float, steps
     gen = torch.Generator().manual_seed(seed + 104729)
     nu = {k: (torch.rand(v.shape, generator=gen, dtype=torch.float64) * 2 - 1).to(v.device)
           * bound[k] for k, v in w.items()}
-    best = 0.0
+    best, top = 0.0, -math.inf  # (top: the largest change itself, for the resolution check)
     for step in range(steps + 1):
         p = {k: (w[k] + nu[k]).requires_grad_(step < steps) for k in w}
         value = loss(p)
+        top = max(top, float(value.detach()) - base)
         best = max(best, (float(value.detach()) - base) / (1.0 + base))
         if step == steps:
             break
@@ -68,7 +70,7 @@ def sharpness_value(model, x: torch.Tensor, y: torch.Tensor, alpha: float, steps
                 nu[k] = torch.clamp(nu[k] + 0.25 * bound[k] * torch.sign(g), -bound[k], bound[k])
     if best == 0.0 and base == 0.0:  # every loss on the way below float64's range
         raise Undefined(BELOW_RANGE)
-    why = below_resolution(best * (1.0 + base), base)
+    why = below_resolution(top, base)  # (a loss that only fell, clearly, is a true 0)
     if why:
         raise Undefined(why)
     return best, steps

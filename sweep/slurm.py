@@ -138,9 +138,30 @@ def check_options(opts: SlurmOptions, gpus_per_trial: float = 0.0) -> None:
 
 
 def job_name(sweep_dir: str | Path) -> str:
-    """The jobs' name (``scancel --name`` cancels the chain): ``sweep-`` and the directory's
-    name, at most 64 characters."""
-    return ("sweep-" + re.sub(r"[^A-Za-z0-9._-]", "_", Path(sweep_dir).name))[:64]
+    """The jobs' name (``scancel --name`` cancels the chain): ``sweep-``, the directory's name
+    and 6 hex digits of its whole path (two sweeps in directories of the same name, e.g.
+    ``a/sweep`` and ``b/sweep``, had one name, so that ``scancel --name`` cancelled both
+    chains), at most 64 characters."""
+    import hashlib
+
+    tag = hashlib.sha1(str(sweep_dir).encode()).hexdigest()[:6]
+    return ("sweep-" + re.sub(r"[^A-Za-z0-9._-]", "_", Path(sweep_dir).name))[:57] + "-" + tag
+
+
+def chain_name(sweep_dir) -> str:
+    """The name the sweep's chain runs under: its script's ``JOB_NAME`` (a chain keeps the name
+    it was submitted with; older releases named it without the path's digits), else
+    ``job_name``."""
+    from workers.results.sweep_dir import SweepDir
+
+    try:
+        text = SweepDir.of(sweep_dir).read_text(SLURM_SCRIPT)
+        m = re.search(r"^JOB_NAME=(\S+)", text, re.M)
+        if m:
+            return shlex.split(m.group(1))[0]
+    except (OSError, ValueError, IndexError):
+        pass
+    return job_name(store_location(sweep_dir))
 
 
 def resume_overrides(overrides: list[str]) -> list[str]:
@@ -584,7 +605,7 @@ def chain_status(sweep_dir, shown: int = 5) -> tuple[list[str], bool | None]:
     ids = list(jobs)
     live = queue_states(ids)
     lines = [f"slurm: {len(ids)} job(s) ({SLURM_SCRIPT}; cancel the chain: scancel "
-             f"--name={job_name(store_location(sweep_dir))})"]
+             f"--name={chain_name(sweep_dir)})"]
     for jid in ids[-shown:]:
         events = [e for e in jobs[jid] if e["event"] != "left"] or jobs[jid]
         last = events[-1]

@@ -41,8 +41,11 @@ def test_dry_run_prints_the_script_and_writes_nothing(tmp_path, capsys):
     lines = sbatch_lines(script)
     for want in ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=1", "--time=1-12:00:00",
                  "--partition=gpu", "--account=lab", "--signal=B:USR1@600",
-                 "--job-name=sweep-my_sweep", "--open-mode=append"):
+                 "--open-mode=append"):
         assert want in lines, (want, lines)
+    # the directory's name and 6 hex digits of its whole path (two `sweep` directories had one
+    # name, and `scancel --name` cancelled both chains)
+    assert [ln for ln in lines if re.fullmatch(r"--job-name=sweep-my_sweep-[0-9a-f]{6}", ln)]
     assert f'--output="{out}/slurm/slurm-%j.out"' in lines
     # Ray across the allocation: the head on the first node, workers on the others
     assert re.search(r'start_ray "\$head" --head --node-ip-address="\$head_ip" '
@@ -562,7 +565,9 @@ def test_a_second_submit_uses_a_job_sbatch_queued_before_it_failed(tmp_path):
     assert rc == 0, (events, calls)
     assert sum(c.startswith("sbatch") for c in calls) == 1, calls
     user = os.environ.get("USER") or getpass.getuser()
-    assert f"squeue --name=sweep-sweep --user={user} --states=PENDING -h -o %i" in calls, calls
+    assert [c for c in calls if re.fullmatch(
+        rf"squeue --name=sweep-sweep-[0-9a-f]{{6}} --user={user} --states=PENDING -h -o %i",
+        c)], calls
     assert ended(events) == ["1 of 2 trials left (retryable failures); continued by job 4242"]
     assert [e[1] for e in events if e[0] == "4242"] == ["submitted"], events
     # nothing queued: sbatch again
@@ -792,3 +797,18 @@ def test_a_long_trial_that_checkpointed_and_then_failed_retryably_goes_on(tmp_pa
     rc, events, calls = run_script(tmp_path / "two", {"a": "retryable"}, driver="0",
                                    earlier_left=[1, 1])
     assert rc == 1 and ended(events)[0].startswith("stopped: 1 of 1 trials left"), events
+
+
+def test_two_sweeps_of_one_directory_name_have_chains_of_their_own_names(tmp_path):
+    """`scancel --name=sweep-sweep`, which `sweep status` printed for a/sweep, also cancelled
+    b/sweep's chain (a helper's audit on real Slurm). The names now differ by 6 hex digits of
+    the whole path; a chain submitted before keeps its script's name, which status names."""
+    a, b = sl.job_name(tmp_path / "a" / "sweep"), sl.job_name(tmp_path / "b" / "sweep")
+    assert a != b and a.startswith("sweep-sweep-") and b.startswith("sweep-sweep-")
+    assert len(sl.job_name(tmp_path / ("x" * 200))) <= 64
+    old = tmp_path / "old"
+    (old / "slurm").mkdir(parents=True)
+    (old / "slurm" / "sweep.sbatch").write_text(
+        "#!/bin/bash\nJOB_NAME=sweep-old  # the chain's jobs' name\n")
+    assert sl.chain_name(old) == "sweep-old"
+    assert sl.chain_name(tmp_path / "a" / "sweep") == sl.job_name(str(tmp_path / "a" / "sweep"))

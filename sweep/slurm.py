@@ -525,8 +525,18 @@ def submit_sweep(cfg, sweep_dir: Path, script_text: str) -> str:
     its batch script and submit it; the job id. ConfigError/DataError before anything is
     written; RuntimeError when sbatch fails (the plan and the script stay)."""
     from sweep import driver
+    from sweep.config import ConfigError
 
     check_scheduler()
+    if (sweep_dir / SLURM_JOBS).exists():  # a chain of this sweep queued or running: a second
+        jobs = list(dict.fromkeys(r["job_id"] for r in read_jobs(sweep_dir)))  # would race it
+        live = queue_states(jobs)
+        queued = [j for j in jobs if j in live]
+        if queued:
+            raise ConfigError(
+                f"out: {sweep_dir} has a chain of SLURM jobs in the queue (job {queued[-1]}); "
+                f"allowed: wait for it, or cancel it first (scancel --name="
+                f"{chain_name(sweep_dir)}); `sweep status {sweep_dir}` shows it")
     driver.plan_only(cfg)
     (sweep_dir / SLURM_LOGS).mkdir(parents=True, exist_ok=True)
     script = sweep_dir / SLURM_SCRIPT

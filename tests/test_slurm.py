@@ -812,3 +812,34 @@ def test_two_sweeps_of_one_directory_name_have_chains_of_their_own_names(tmp_pat
         "#!/bin/bash\nJOB_NAME=sweep-old  # the chain's jobs' name\n")
     assert sl.chain_name(old) == "sweep-old"
     assert sl.chain_name(tmp_path / "a" / "sweep") == sl.job_name(str(tmp_path / "a" / "sweep"))
+
+
+def test_a_second_sweep_slurm_while_the_chain_is_queued_is_refused(tmp_path, monkeypatch,
+                                                                   capsys):
+    """Running `sweep slurm` again while the first job waits in the queue submitted a second
+    chain of the same sweep (a helper on real Slurm): now one line, exit 2, naming the queued
+    job and the cancel command; once the queue no longer holds it, a new chain is submitted."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tools = {"sbatch": 'echo "77;test"', "sinfo": "exit 0",
+             "squeue": 'case "$*" in *-j*) [ -e "$QUEUED" ] && echo "77 PENDING";; esac; exit 0'}
+    for name, body in tools.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    flag = tmp_path / "queued"
+    monkeypatch.setenv("QUEUED", str(flag))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(sl.shutil, "which",
+                        lambda cmd, path=None: str(bin_dir / cmd) if (bin_dir / cmd).exists()
+                        else None)
+    out = tmp_path / "s"
+    argv = ["slurm", *TINY, f"out={out}", "--time", "1:00:00"]
+    assert main(argv) == 0
+    flag.touch()
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "has a chain of SLURM jobs in the queue (job 77)" in err, err
+    assert f"scancel --name={sl.job_name(out)}" in err, err
+    flag.unlink()
+    assert main(argv) == 0  # (the first job gone from the queue)

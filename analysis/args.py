@@ -10,6 +10,15 @@ import numpy as np
 PYARROW_OPERATORS = ("=", "==", "!=", "<", "<=", ">", ">=", "in", "not in")
 
 
+def frame(df, key: str = "df") -> None:
+    """ValueError unless ``df`` is a pandas DataFrame (a results table, ``load_results``)."""
+    import pandas as pd
+
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"{key}: a {type(df).__name__}; allowed: a pandas DataFrame "
+                         "(analysis.load_results)")
+
+
 def names(value, key: str) -> list[str] | None:
     """``value`` as a list of names: None stays None; one string is one name (as pandas takes a
     column; a string was split into its characters before); an iterable of strings (a list, a

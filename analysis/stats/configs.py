@@ -138,9 +138,7 @@ def _prepare(df: pd.DataFrame, measure: str, target: str,
              hyperparameters: Sequence[str] | None) -> _Prepared:
     from analysis import args as argcheck
 
-    if not isinstance(df, pd.DataFrame):
-        raise ValueError(f"df: a {type(df).__name__}; allowed: a pandas DataFrame "
-                         "(analysis.load_results)")
+    argcheck.frame(df)
     hyperparameters = argcheck.names(hyperparameters, "hyperparameters")
     _check_columns(df, [measure, target], "measure/target")
     if hyperparameters is None:

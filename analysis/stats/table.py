@@ -188,9 +188,7 @@ def statistics_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
     called with the evaluations of one measure done so far out of ``total`` (measures x groups
     x (n_boot + 1)) once the estimates are made (first: in this process, or the processes'
     first tasks) and after each replicate, for a progress bar and an estimate of the time left."""
-    if not isinstance(df, pd.DataFrame):
-        raise ValueError(f"df: a {type(df).__name__}; allowed: a pandas DataFrame "
-                         "(analysis.load_results)")
+    argcheck.frame(df)
     measures = argcheck.names(measures, "measures")
     hyperparameters = argcheck.names(hyperparameters, "hyperparameters")
     argcheck.processes(processes)
